@@ -1,0 +1,176 @@
+//! MQTT framing for one connection: which protocol version it speaks, and packets to and from bytes.
+//!
+//! rumqttd ships one codec per MQTT version and, in its own server, one port per version. Grove
+//! serves both versions on one port, as mosquitto does and as stock clients expect: [`sniff`] reads
+//! the protocol level from the first bytes of CONNECT and the connection then keeps that codec.
+//! The decoding itself is rumqttd's (`rumqttd::protocol::{v4, v5}`); this module only chooses and
+//! adapts (MQTT 3.1.1 has no properties, so they are dropped on the way out to a 3.1.1 client).
+
+use bytes::BytesMut;
+use rumqttd::protocol::{self, v4::V4, v5::V5, Packet, Protocol};
+
+/// The MQTT version a connection speaks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    /// MQTT 3.1.1 (protocol level 4).
+    V311,
+    /// MQTT 5 (protocol level 5).
+    V5,
+}
+
+/// What the first bytes of a connection say.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Sniff {
+    /// Not enough bytes yet; at least this many more are needed.
+    NeedMore(usize),
+    /// A CONNECT for a supported version.
+    Version(Version),
+    /// A CONNECT for a protocol level Grove does not speak (e.g. 3 for MQTT 3.1); a 3.1.1 CONNACK
+    /// with "unacceptable protocol version" is the right answer.
+    UnsupportedLevel(u8),
+    /// Not an MQTT CONNECT at all.
+    NotMqtt,
+}
+
+/// Reads the protocol level from the start of a CONNECT packet.
+///
+/// Layout (MQTT 3.1.1 §3.1, MQTT 5 §3.1): fixed header byte 0x10, remaining length (1 to 4 bytes),
+/// protocol name as a length-prefixed string ("MQTT"; "MQIsdp" for 3.1), then the level byte.
+pub fn sniff(bytes: &[u8]) -> Sniff {
+    let Some(&first) = bytes.first() else {
+        return Sniff::NeedMore(1);
+    };
+    if first != 0x10 {
+        return Sniff::NotMqtt;
+    }
+    // Skip the variable-length remaining-length field.
+    let mut i = 1;
+    loop {
+        match bytes.get(i) {
+            None => return Sniff::NeedMore(1),
+            Some(b) if b & 0x80 == 0 => break,
+            Some(_) if i == 4 => return Sniff::NotMqtt,
+            Some(_) => i += 1,
+        }
+    }
+    let name_at = i + 1;
+    let Some(len) = bytes.get(name_at..name_at + 2) else {
+        return Sniff::NeedMore(name_at + 2 - bytes.len());
+    };
+    let name_len = usize::from(u16::from_be_bytes([len[0], len[1]]));
+    let level_at = name_at + 2 + name_len;
+    if name_len > 6 {
+        return Sniff::NotMqtt;
+    }
+    let Some(&level) = bytes.get(level_at) else {
+        return Sniff::NeedMore(level_at + 1 - bytes.len());
+    };
+    match (&bytes[name_at + 2..level_at], level) {
+        (b"MQTT", 4) => Sniff::Version(Version::V311),
+        (b"MQTT", 5) => Sniff::Version(Version::V5),
+        (b"MQTT" | b"MQIsdp", level) => Sniff::UnsupportedLevel(level),
+        _ => Sniff::NotMqtt,
+    }
+}
+
+/// rumqttd's codec for the version a connection speaks.
+#[derive(Debug, Clone)]
+pub enum Codec {
+    /// MQTT 3.1.1.
+    V311(V4),
+    /// MQTT 5.
+    V5(V5),
+}
+
+impl Codec {
+    /// The codec for `version`.
+    pub fn new(version: Version) -> Codec {
+        match version {
+            Version::V311 => Codec::V311(V4),
+            Version::V5 => Codec::V5(V5),
+        }
+    }
+
+    /// The version this codec speaks.
+    pub fn version(&self) -> Version {
+        match self {
+            Codec::V311(_) => Version::V311,
+            Codec::V5(_) => Version::V5,
+        }
+    }
+
+    /// Takes one whole packet off the front of `buf`; `InsufficientBytes` when it is not all there.
+    /// A packet whose remaining length exceeds `max_len` is refused before it is read.
+    pub fn read(&mut self, buf: &mut BytesMut, max_len: usize) -> Result<Packet, protocol::Error> {
+        match self {
+            Codec::V311(p) => p.read_mut(buf, max_len),
+            Codec::V5(p) => p.read_mut(buf, max_len),
+        }
+    }
+
+    /// Appends one packet to `out`.
+    pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, protocol::Error> {
+        match self {
+            Codec::V311(p) => p.write(strip_properties(packet), out),
+            Codec::V5(p) => p.write(packet, out),
+        }
+    }
+}
+
+/// MQTT 3.1.1 has no properties; rumqttd's 3.1.1 writer refuses packets that carry them (for
+/// instance a message published by an MQTT 5 client), so they are dropped here.
+fn strip_properties(packet: Packet) -> Packet {
+    match packet {
+        Packet::Publish(p, _) => Packet::Publish(p, None),
+        Packet::ConnAck(a, _) => Packet::ConnAck(a, None),
+        Packet::PubAck(a, _) => Packet::PubAck(a, None),
+        Packet::SubAck(a, _) => Packet::SubAck(a, None),
+        Packet::UnsubAck(a, _) => Packet::UnsubAck(a, None),
+        Packet::PubRec(a, _) => Packet::PubRec(a, None),
+        Packet::PubRel(a, _) => Packet::PubRel(a, None),
+        Packet::PubComp(a, _) => Packet::PubComp(a, None),
+        Packet::Disconnect(d, _) => Packet::Disconnect(d, None),
+        other => other,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A CONNECT prefix with the given protocol name and level.
+    fn connect(name: &[u8], level: u8) -> Vec<u8> {
+        let mut v = vec![0x10, 0x20, 0x00, name.len() as u8];
+        v.extend_from_slice(name);
+        v.push(level);
+        v
+    }
+
+    #[test]
+    fn sniff_cases() {
+        let long_len = {
+            let mut v = vec![0x10, 0x80, 0x80, 0x01, 0x00, 0x04];
+            v.extend_from_slice(b"MQTT\x05");
+            v
+        };
+        let cases: Vec<(Vec<u8>, Sniff)> = vec![
+            (vec![], Sniff::NeedMore(1)),
+            (vec![0x30], Sniff::NotMqtt),
+            (b"GET / HTTP/1.1".to_vec(), Sniff::NotMqtt),
+            (vec![0x10], Sniff::NeedMore(1)),
+            (vec![0x10, 0x20], Sniff::NeedMore(2)),
+            (vec![0x10, 0x20, 0x00, 0x04, b'M'], Sniff::NeedMore(4)),
+            (connect(b"MQTT", 4), Sniff::Version(Version::V311)),
+            (connect(b"MQTT", 5), Sniff::Version(Version::V5)),
+            (connect(b"MQIsdp", 3), Sniff::UnsupportedLevel(3)),
+            (connect(b"MQTT", 9), Sniff::UnsupportedLevel(9)),
+            (connect(b"XXXX", 4), Sniff::NotMqtt),
+            (long_len, Sniff::Version(Version::V5)),
+            (vec![0x10, 0x80, 0x80, 0x80, 0x80, 0x01], Sniff::NotMqtt),
+            (vec![0x10, 0x20, 0x00, 0x40], Sniff::NotMqtt),
+        ];
+        for (bytes, want) in cases {
+            assert_eq!(sniff(&bytes), want, "for {bytes:02x?}");
+        }
+    }
+}

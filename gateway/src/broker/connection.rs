@@ -1,0 +1,644 @@
+//! One device connection: Grove's MQTT connection layer on top of rumqttd's router.
+//!
+//! rumqttd's own server hides its connection handling; Grove terminates MQTT itself so that it can
+//! serve MQTT 3.1.1 and 5 on one port, persist retained messages before they are acknowledged,
+//! count what flows for `/metrics`, enforce the payload limit with a clear refusal, and (later)
+//! authorize every packet. Everything after CONNECT is relayed to the router through a local link,
+//! the same interface rumqttd's server uses internally; subscriptions, QoS 1 flow, persistent
+//! sessions and retained delivery remain the router's.
+//!
+//! Lifecycle: sniff the version, read CONNECT (within `connect_timeout_ms`), register a link with
+//! the router (which answers CONNACK), then relay both ways until DISCONNECT, an error, a keep-alive
+//! timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
+//! MQTT 5 will delay, if any) and is removed from the router.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
+use std::time::Duration;
+
+use bytes::BytesMut;
+use rumqttd::local::{LinkRx, LinkTx};
+use rumqttd::protocol::{
+    self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
+    LastWillProperties, Packet, Publish,
+};
+use rumqttd::Notification;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::codec::{sniff, Codec, Sniff, Version};
+use super::{namespace, Shared};
+
+/// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
+/// MQTT 5 properties). The exact payload limit is checked after decoding.
+const HEADER_ALLOWANCE: usize = 128 * 1024;
+
+/// Why a connection ended.
+#[derive(Debug)]
+enum End {
+    /// The client sent DISCONNECT (its will is cleared unless it asked for it, MQTT 5 0x04).
+    Disconnected {
+        /// MQTT 5 "disconnect with will message".
+        with_will: bool,
+    },
+    /// The client closed the socket, or it failed, without DISCONNECT.
+    Lost(String),
+    /// Nothing arrived within 1.5 keep-alive periods.
+    KeepAliveTimeout,
+    /// Grove refused a packet and closes the connection.
+    Refused {
+        reason: &'static str,
+        detail: String,
+        code: DisconnectReasonCode,
+    },
+    /// The router dropped the link (e.g. the same client id connected again: session takeover).
+    RouterClosed,
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// What the handshake produced.
+struct Session {
+    client_id: String,
+    codec: Codec,
+    keep_alive: Option<Duration>,
+    will: Option<Will>,
+    tx: LinkTx,
+    rx: LinkRx,
+}
+
+/// A will message and when to publish it.
+struct Will {
+    will: LastWill,
+    properties: Option<LastWillProperties>,
+    delay: Duration,
+}
+
+/// Counts connections for generated client ids.
+static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
+
+/// Serves one accepted TCP connection to its end.
+pub(super) async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
+    let peer = stream
+        .peer_addr()
+        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+    let mut buf = BytesMut::with_capacity(4096);
+    let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+    let session = match tokio::time::timeout(timeout, handshake(&mut stream, &mut buf, &shared))
+        .await
+    {
+        Ok(Ok(session)) => session,
+        Ok(Err(refusal)) => {
+            shared.metrics.refuse(refusal.reason);
+            debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+            return;
+        }
+        Err(_) => {
+            shared.metrics.refuse("connect_timeout");
+            debug!(%peer, "no CONNECT within connect_timeout_ms");
+            return;
+        }
+    };
+    let _slot = ConnectionSlot::taken(&shared);
+    let client_id = session.client_id.clone();
+    shared.metrics.connections.inc();
+    info!(%peer, client_id, version = ?session.codec.version(), "client connected");
+    let mut relay = Relay {
+        shared: shared.clone(),
+        stream,
+        read: buf,
+        write: BytesMut::with_capacity(8192),
+        session,
+    };
+    let end = relay.run().await;
+    relay.finish(end, &peer).await;
+}
+
+/// A CONNECT that was refused: the reason label for metrics and what to log.
+struct Refusal {
+    reason: &'static str,
+    detail: String,
+}
+
+impl Refusal {
+    fn new(reason: &'static str, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            reason,
+            detail: detail.into(),
+        }
+    }
+}
+
+/// Reads CONNECT, checks it, registers the link with the router and answers CONNACK.
+async fn handshake(
+    stream: &mut TcpStream,
+    buf: &mut BytesMut,
+    shared: &Shared,
+) -> Result<Session, Refusal> {
+    let version = loop {
+        match sniff(buf) {
+            Sniff::Version(v) => break v,
+            Sniff::NeedMore(_) => read_more(stream, buf).await?,
+            Sniff::NotMqtt => return Err(Refusal::new("protocol", "not an MQTT CONNECT")),
+            Sniff::UnsupportedLevel(level) => {
+                let refuse = ConnAck {
+                    session_present: false,
+                    code: ConnectReturnCode::RefusedProtocolVersion,
+                };
+                write_packet(
+                    stream,
+                    &Codec::new(Version::V311),
+                    Packet::ConnAck(refuse, None),
+                )
+                .await;
+                return Err(Refusal::new(
+                    "protocol",
+                    format!("unsupported protocol level {level}"),
+                ));
+            }
+        }
+    };
+    let mut codec = Codec::new(version);
+    let max_len = shared.config.max_payload_size + HEADER_ALLOWANCE;
+    let packet = loop {
+        match codec.read(buf, max_len) {
+            Ok(p) => break p,
+            Err(protocol::Error::InsufficientBytes(_)) => read_more(stream, buf).await?,
+            Err(e) => return Err(Refusal::new("malformed", format!("bad CONNECT: {e}"))),
+        }
+    };
+    let Packet::Connect(connect, props, will, will_props, _login) = packet else {
+        return Err(Refusal::new("protocol", "first packet is not CONNECT"));
+    };
+
+    let refuse = |code_v311, code_v5| ConnAck {
+        session_present: false,
+        code: match version {
+            Version::V311 => code_v311,
+            Version::V5 => code_v5,
+        },
+    };
+    if shared.connected() >= shared.config.max_connections {
+        let ack = refuse(
+            ConnectReturnCode::ServiceUnavailable,
+            ConnectReturnCode::ServerBusy,
+        );
+        write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
+        return Err(Refusal::new(
+            "max_connections",
+            "broker.max_connections reached",
+        ));
+    }
+    let mut assigned = None;
+    let client_id = if connect.client_id.is_empty() {
+        if !connect.clean_session {
+            let ack = refuse(
+                ConnectReturnCode::ClientIdentifierNotValid,
+                ConnectReturnCode::ClientIdentifierNotValid,
+            );
+            write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
+            return Err(Refusal::new(
+                "identifier_rejected",
+                "an empty client id needs a clean session",
+            ));
+        }
+        let id = format!(
+            "grove-{}-{}",
+            std::process::id(),
+            ASSIGNED_IDS.fetch_add(1, Ordering::Relaxed)
+        );
+        assigned = Some(id.clone());
+        id
+    } else {
+        connect.client_id.clone()
+    };
+
+    let session_expiry = props
+        .as_ref()
+        .and_then(|p| p.session_expiry_interval)
+        .unwrap_or(0);
+    let will = will.map(|will| {
+        let delay = will_props
+            .as_ref()
+            .and_then(|p| p.delay_interval)
+            .unwrap_or(0);
+        Will {
+            will,
+            properties: will_props,
+            // MQTT 5 §3.1.3.2.2: the will waits for the will delay or the session's end,
+            // whichever is first.
+            delay: Duration::from_secs(u64::from(delay.min(session_expiry))),
+        }
+    });
+    let topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+    let (tx, rx, ack) = shared
+        .router
+        .link(
+            namespace::client_id_to_router(&client_id),
+            connect.clean_session,
+            topic_alias_max,
+        )
+        .await
+        .map_err(|e| Refusal::new("router", format!("the router refused the link: {e}")))?;
+    let Notification::DeviceAck(ack) = ack else {
+        return Err(Refusal::new("router", "the router did not answer CONNACK"));
+    };
+    let mut connack: Packet = ack.into();
+    if let (Packet::ConnAck(_, props), Some(id)) = (&mut connack, assigned) {
+        props
+            .get_or_insert_with(Default::default)
+            .assigned_client_identifier = Some(id);
+    }
+    let mut out = BytesMut::new();
+    codec
+        .write(connack, &mut out)
+        .map_err(|e| Refusal::new("protocol", format!("cannot encode CONNACK: {e}")))?;
+    stream
+        .write_all(&out)
+        .await
+        .map_err(|e| Refusal::new("io", e.to_string()))?;
+    shared.cancel_delayed_will(&client_id);
+    Ok(Session {
+        client_id,
+        codec,
+        keep_alive: (connect.keep_alive > 0)
+            .then(|| Duration::from_secs(u64::from(connect.keep_alive))),
+        will,
+        tx,
+        rx,
+    })
+}
+
+async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Refusal> {
+    match stream.read_buf(buf).await {
+        Ok(0) => Err(Refusal::new("io", "closed before CONNECT")),
+        Ok(_) => Ok(()),
+        Err(e) => Err(Refusal::new("io", e.to_string())),
+    }
+}
+
+/// Best-effort write of a refusal before closing; the connection is being dropped either way.
+async fn write_packet(stream: &mut TcpStream, codec: &Codec, packet: Packet) {
+    let mut out = BytesMut::new();
+    if codec.write(packet, &mut out).is_ok() {
+        let _ = stream.write_all(&out).await;
+    }
+}
+
+/// Holds one of `max_connections` and the connected-clients gauge while a client is connected.
+struct ConnectionSlot<'a>(&'a Shared);
+
+impl<'a> ConnectionSlot<'a> {
+    fn taken(shared: &'a Shared) -> Self {
+        shared.connected.fetch_add(1, Ordering::Relaxed);
+        shared.metrics.connected_clients.inc();
+        ConnectionSlot(shared)
+    }
+}
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.connected.fetch_sub(1, Ordering::Relaxed);
+        self.0.metrics.connected_clients.dec();
+    }
+}
+
+/// Relays packets between the socket and the router for one established session.
+struct Relay {
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    read: BytesMut,
+    write: BytesMut,
+    session: Session,
+}
+
+impl Relay {
+    async fn run(&mut self) -> End {
+        let mut shutdown = self.shared.shutdown.clone();
+        let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        // CONNECT may have arrived together with the first packets.
+        if !self.read.is_empty() {
+            if let Some(end) = self.ingest().await {
+                return end;
+            }
+        }
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return End::Shutdown,
+                read = self.stream.read_buf(&mut self.read) => {
+                    match read {
+                        Ok(0) => return End::Lost("closed by the client".into()),
+                        Err(e) => return End::Lost(e.to_string()),
+                        Ok(_) => {}
+                    }
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    if let Some(end) = self.ingest().await {
+                        return end;
+                    }
+                }
+                notification = self.session.rx.next() => {
+                    match notification {
+                        Ok(first) => {
+                            if let Some(end) = self.deliver(first).await {
+                                return end;
+                            }
+                        }
+                        Err(_) => return End::RouterClosed,
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
+            }
+        }
+    }
+
+    /// Decodes every whole packet in the read buffer and relays them to the router in one batch.
+    async fn ingest(&mut self) -> Option<End> {
+        let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
+        let mut batch = Vec::new();
+        let mut end = None;
+        loop {
+            let packet = match self.session.codec.read(&mut self.read, max_len) {
+                Ok(p) => p,
+                Err(protocol::Error::InsufficientBytes(_)) => break,
+                Err(protocol::Error::PayloadSizeLimitExceeded(len)) => {
+                    end = Some(self.too_large(len));
+                    break;
+                }
+                Err(e) => {
+                    end = Some(End::Refused {
+                        reason: "malformed",
+                        detail: e.to_string(),
+                        code: DisconnectReasonCode::MalformedPacket,
+                    });
+                    break;
+                }
+            };
+            match packet {
+                Packet::Publish(publish, props) => {
+                    if publish.payload.len() > self.shared.config.max_payload_size {
+                        end = Some(self.too_large(publish.payload.len()));
+                        break;
+                    }
+                    if let Err(detail) = check_topic_name(
+                        &publish,
+                        props.as_ref().is_some_and(|p| p.topic_alias.is_some()),
+                    ) {
+                        end = Some(End::Refused {
+                            reason: "malformed",
+                            detail,
+                            code: DisconnectReasonCode::TopicNameInvalid,
+                        });
+                        break;
+                    }
+                    self.shared.metrics.messages_received.inc();
+                    self.shared
+                        .metrics
+                        .bytes_received
+                        .inc_by(publish.payload.len() as u64);
+                    if let Err(e) = self.shared.persist_retained(&publish).await {
+                        end = Some(End::Refused {
+                            reason: "store_failed",
+                            detail: format!("cannot store the retained message: {e}"),
+                            code: DisconnectReasonCode::UnspecifiedError,
+                        });
+                        break;
+                    }
+                    let mut publish = publish;
+                    publish.topic = namespace::topic_to_router(&publish.topic);
+                    batch.push(Packet::Publish(publish, props));
+                }
+                Packet::Subscribe(mut subscribe, props) => {
+                    if let Some(detail) = subscribe
+                        .filters
+                        .iter()
+                        .find_map(|f| namespace::check_filter(&f.path).err())
+                    {
+                        end = Some(End::Refused {
+                            reason: "malformed",
+                            detail,
+                            code: DisconnectReasonCode::TopicFilterInvalid,
+                        });
+                        break;
+                    }
+                    for f in &mut subscribe.filters {
+                        f.path = namespace::filter_to_router(&f.path);
+                    }
+                    batch.push(Packet::Subscribe(subscribe, props));
+                }
+                Packet::Unsubscribe(mut unsubscribe, props) => {
+                    for f in &mut unsubscribe.filters {
+                        *f = namespace::filter_to_router(f);
+                    }
+                    batch.push(Packet::Unsubscribe(unsubscribe, props));
+                }
+                Packet::Disconnect(d, props) => {
+                    let with_will =
+                        d.reason_code == DisconnectReasonCode::DisconnectWithWillMessage;
+                    batch.push(Packet::Disconnect(d, props));
+                    end = Some(End::Disconnected { with_will });
+                    break;
+                }
+                p @ (Packet::PingReq(_)
+                | Packet::PubAck(..)
+                | Packet::PubRec(..)
+                | Packet::PubRel(..)
+                | Packet::PubComp(..)) => batch.push(p),
+                other => {
+                    end = Some(End::Refused {
+                        reason: "protocol",
+                        detail: format!("unexpected packet from a client: {}", packet_name(&other)),
+                        code: DisconnectReasonCode::ProtocolError,
+                    });
+                    break;
+                }
+            }
+        }
+        if !batch.is_empty()
+            && self
+                .shared
+                .router
+                .relay(&mut self.session.tx, batch)
+                .await
+                .is_err()
+        {
+            return Some(End::RouterClosed);
+        }
+        end
+    }
+
+    fn too_large(&self, len: usize) -> End {
+        End::Refused {
+            reason: "payload_too_large",
+            detail: format!(
+                "a {len}-byte packet exceeds broker.max_payload_size = {}",
+                self.shared.config.max_payload_size
+            ),
+            code: DisconnectReasonCode::PacketTooLarge,
+        }
+    }
+
+    /// Writes `first` and every notification already waiting, in one socket write.
+    async fn deliver(&mut self, first: Option<Notification>) -> Option<End> {
+        let mut next = first;
+        let mut unscheduled = false;
+        let mut end = None;
+        loop {
+            if let Some(notification) = next.take() {
+                match notification {
+                    Notification::Forward(mut f) => {
+                        self.shared.metrics.messages_sent.inc();
+                        self.shared
+                            .metrics
+                            .bytes_sent
+                            .inc_by(f.publish.payload.len() as u64);
+                        f.publish.topic = namespace::topic_from_router(f.publish.topic);
+                        self.encode(Packet::Publish(f.publish, f.properties));
+                    }
+                    Notification::DeviceAck(ack) => self.encode(ack.into()),
+                    Notification::Unschedule => unscheduled = true,
+                    Notification::Disconnect(d, props) => {
+                        self.encode(Packet::Disconnect(d, props));
+                        end = Some(End::RouterClosed);
+                        break;
+                    }
+                    other => debug!(?other, "ignoring a router notification"),
+                }
+            }
+            match poll_now(&mut self.session.rx) {
+                Some(Ok(Some(n))) => next = Some(n),
+                Some(Ok(None)) => {}
+                Some(Err(_)) => {
+                    end = Some(End::RouterClosed);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if !self.write.is_empty() {
+            if let Err(e) = self.stream.write_all(&self.write).await {
+                return Some(End::Lost(e.to_string()));
+            }
+            self.write.clear();
+        }
+        // The router stops scheduling a connection whose outgoing buffer is full (Unschedule); it
+        // must be told once that buffer has been written out.
+        if unscheduled && self.session.rx.wake().await.is_err() {
+            return Some(End::RouterClosed);
+        }
+        end
+    }
+
+    fn encode(&mut self, packet: Packet) {
+        if let Err(e) = self.session.codec.write(packet, &mut self.write) {
+            warn!(client_id = self.session.client_id, error = %e, "cannot encode a packet; dropped");
+        }
+    }
+
+    /// Says goodbye as the reason requires, publishes the will when due, and removes the
+    /// connection from the router.
+    async fn finish(mut self, end: End, peer: &str) {
+        let client_id = self.session.client_id.clone();
+        let fire_will = match &end {
+            End::Disconnected { with_will } => *with_will,
+            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } => true,
+            // The router closes a link when the same client id connects again; MQTT says the will
+            // is then published, unless a persistent session continues (MQTT 5 §3.1.2.5 ties that
+            // to the will delay, handled below).
+            End::RouterClosed => true,
+            End::Shutdown => false,
+        };
+        match &end {
+            End::Disconnected { .. } => info!(%peer, client_id, "client disconnected"),
+            End::Lost(why) => info!(%peer, client_id, why, "connection lost"),
+            End::KeepAliveTimeout => info!(%peer, client_id, "keep-alive timeout"),
+            End::Refused { reason, detail, .. } => {
+                self.shared.metrics.refuse(reason);
+                warn!(%peer, client_id, reason, detail, "closing the connection");
+            }
+            End::RouterClosed => info!(%peer, client_id, "session closed by the router"),
+            End::Shutdown => debug!(%peer, client_id, "closing for shutdown"),
+        }
+        if self.session.codec.version() == Version::V5 {
+            let code = match &end {
+                End::Refused { code, .. } => Some(*code),
+                End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+                End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+                _ => None,
+            };
+            if let Some(reason_code) = code {
+                self.encode(Packet::Disconnect(Disconnect { reason_code }, None));
+                let _ = self.stream.write_all(&self.write).await;
+            }
+        }
+        let mut batch = Vec::new();
+        if let Some(will) = self.session.will.take().filter(|_| fire_will) {
+            if will.delay.is_zero() {
+                match self.shared.will_publish(&will.will, will.properties).await {
+                    Ok(packet) => batch.push(packet),
+                    Err(e) => {
+                        warn!(client_id, error = %e, "cannot store the retained will; not published")
+                    }
+                }
+            } else {
+                self.shared.clone().delay_will(
+                    client_id.clone(),
+                    will.will,
+                    will.properties,
+                    will.delay,
+                );
+            }
+        }
+        if !matches!(end, End::Disconnected { .. } | End::RouterClosed) {
+            // Tell the router the client is gone, so it frees the connection (or keeps the
+            // persistent session); a DISCONNECT it received from the client did that already.
+            batch.push(Packet::Disconnect(
+                Disconnect {
+                    reason_code: DisconnectReasonCode::NormalDisconnection,
+                },
+                None,
+            ));
+        }
+        if !batch.is_empty() {
+            let _ = self.shared.router.relay(&mut self.session.tx, batch).await;
+        }
+    }
+}
+
+/// Polls a link once without waiting: `None` when nothing is ready.
+fn poll_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, rumqttd::local::LinkError>> {
+    let mut next = std::pin::pin!(rx.next());
+    match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
+
+/// MQTT §4.7.3: a topic name is at least one character long (MQTT 5 allows it empty when a topic
+/// alias stands for it), valid UTF-8, and has no wildcard.
+fn check_topic_name(publish: &Publish, uses_alias: bool) -> Result<(), String> {
+    let topic = std::str::from_utf8(&publish.topic).map_err(|_| "topic is not UTF-8".to_owned())?;
+    if topic.is_empty() && !uses_alias {
+        return Err("empty topic name".into());
+    }
+    if topic.contains(['+', '#', '\0']) {
+        return Err(format!("topic name {topic:?} contains a wildcard or NUL"));
+    }
+    Ok(())
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::PingResp(_) => "PINGRESP",
+        _ => "packet",
+    }
+}

@@ -1,0 +1,456 @@
+//! The embedded MQTT broker: rumqttd's router, driven by Grove's own listeners and connections.
+//!
+//! rumqttd's router (subscriptions, in-memory per-filter logs, QoS 1 flow, persistent sessions,
+//! retained delivery) runs on its own thread. Grove binds the listeners itself and runs each
+//! connection on its tokio runtime ([`connection`]), relaying packets to the router through local
+//! links. Components inside the gateway reach the broker the same way, through [`Broker::bus`],
+//! never through a loopback socket.
+//!
+//! What rumqttd does not give, Grove adds here: retained messages survive restarts (they are
+//! written to the store before the router sees them, and restored before the listeners open),
+//! both MQTT versions on one port, refusal of oversized payloads with a reason, will messages for
+//! connections that end without DISCONNECT, and counters for `/metrics`.
+//!
+//! Architecture invariant: rumqttd types stay inside `broker` and `bus`; other modules see Grove's
+//! types.
+
+pub mod codec;
+mod connection;
+pub mod namespace;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
+use rumqttd::protocol::{
+    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Publish,
+    PublishProperties, QoS,
+};
+use rumqttd::{Notification, Router, RouterConfig};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
+
+use crate::config::{BrokerConfig, ConfigError};
+use crate::metrics::BrokerMetrics;
+use crate::store::{RetainedMessage, Store, StoreError};
+
+/// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of
+/// device ids ([`namespace::client_id_to_router`]) never produces, so no device can take them over.
+///
+/// Links the gateway itself holds open to the router (system link, restore, components); reserved
+/// on top of `max_connections` so devices cannot starve the gateway of links.
+const INTERNAL_LINKS: usize = 64;
+
+/// Why the broker could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum BrokerError {
+    /// A listener could not bind; the message names the configuration key.
+    #[error(transparent)]
+    Listen(#[from] ConfigError),
+    /// The store refused to give back the retained messages.
+    #[error("cannot restore retained messages: {0}")]
+    Restore(#[from] StoreError),
+    /// The router refused a link.
+    #[error("the MQTT router refused a link: {0}")]
+    Link(String),
+}
+
+/// A started broker; dropping it does not stop it, [`Broker::shutdown`] does.
+pub struct Broker {
+    shared: Arc<Shared>,
+    shutdown: watch::Sender<bool>,
+    tasks: JoinSet<()>,
+    /// The addresses the listeners actually bound (port 0 resolved), by listener name.
+    pub bound: Vec<(String, SocketAddr)>,
+}
+
+/// State shared by every connection task.
+pub(crate) struct Shared {
+    config: BrokerConfig,
+    router: RouterHandle,
+    store: Store,
+    metrics: BrokerMetrics,
+    /// Devices connected now, checked against `max_connections` at CONNECT.
+    connected: AtomicUsize,
+    shutdown: watch::Receiver<bool>,
+    /// The gateway's own link, used to publish delayed wills after their client is gone.
+    system: tokio::sync::Mutex<LinkTx>,
+    /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
+    /// removes the entry, which cancels the will.
+    pending_wills: Mutex<HashMap<String, u64>>,
+}
+
+/// The router's entry point, with rumqttd's channel type kept out of sight: it is not nameable
+/// outside rumqttd, so the sender lives inside this closure.
+type LinkFn =
+    dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+
+/// Creates links to the router.
+#[derive(Clone)]
+pub(crate) struct RouterHandle {
+    link: Arc<LinkFn>,
+}
+
+impl RouterHandle {
+    /// Registers a new connection with the router. rumqttd's `LinkBuilder::build` blocks until the
+    /// router answers, so it runs on the blocking pool.
+    pub(crate) async fn link(
+        &self,
+        client_id: String,
+        clean_session: bool,
+        topic_alias_max: u16,
+    ) -> Result<(LinkTx, LinkRx, Notification), String> {
+        let link = self.link.clone();
+        tokio::task::spawn_blocking(move || link(&client_id, clean_session, topic_alias_max))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())
+    }
+
+    /// Hands a batch of packets to the router and wakes it once.
+    ///
+    /// rumqttd's `LinkTx::send` is `async` in name only: it pushes and then does a blocking send of
+    /// one wake-up on the router's bounded channel (1,000 slots). It blocks only when the router is
+    /// 1,000 events behind, which is the backpressure we want; the router never waits on a
+    /// connection, so this cannot deadlock.
+    pub(crate) async fn relay(
+        &self,
+        tx: &mut LinkTx,
+        mut batch: Vec<Packet>,
+    ) -> Result<(), LinkError> {
+        let Some(last) = batch.pop() else {
+            return Ok(());
+        };
+        tx.buffer().extend(batch);
+        tx.send(last).await.map(|_| ())
+    }
+}
+
+impl Broker {
+    /// Starts the router, restores retained messages from the store, then binds every listener.
+    ///
+    /// Nothing is accepted before the retained messages are back, so a subscriber can never see
+    /// the broker without them.
+    pub async fn start(
+        config: BrokerConfig,
+        store: Store,
+        metrics: BrokerMetrics,
+    ) -> Result<Broker, BrokerError> {
+        let router = Router::new(
+            0,
+            RouterConfig {
+                max_connections: config.max_connections + INTERNAL_LINKS,
+                max_outgoing_packet_count: config.max_outgoing_batch,
+                max_segment_size: config.segment_size,
+                max_segment_count: config.segment_count,
+                ..RouterConfig::default()
+            },
+        );
+        let router_tx = router.spawn();
+        let router = RouterHandle {
+            link: Arc::new(move |client_id, clean, alias_max| {
+                LinkBuilder::new(client_id, router_tx.clone())
+                    .clean_session(clean)
+                    .topic_alias_max(alias_max)
+                    .build()
+            }),
+        };
+        let (system_tx, system_rx, _) = router
+            .link("%grove-system".to_owned(), true, 0)
+            .await
+            .map_err(BrokerError::Link)?;
+        let (shutdown, shutdown_rx) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            config,
+            router,
+            store,
+            metrics,
+            connected: AtomicUsize::new(0),
+            shutdown: shutdown_rx,
+            system: tokio::sync::Mutex::new(system_tx),
+            pending_wills: Mutex::new(HashMap::new()),
+        });
+        let mut tasks = JoinSet::new();
+        tasks.spawn(drain(system_rx, shared.shutdown.clone()));
+        shared.restore_retained().await?;
+
+        let mut listeners = Vec::new();
+        for l in &shared.config.listeners {
+            let listener =
+                TcpListener::bind(l.bind.value)
+                    .await
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: l.bind.origin.clone(),
+                        message: format!("cannot listen on {}: {e}", l.bind.value),
+                    })?;
+            let addr = listener.local_addr().unwrap_or(l.bind.value);
+            info!(listener = l.name, %addr, "MQTT listener ready (MQTT 3.1.1 and 5)");
+            listeners.push((l.name.clone(), addr, listener));
+        }
+        let bound = listeners.iter().map(|(n, a, _)| (n.clone(), *a)).collect();
+        for (name, _, listener) in listeners {
+            tasks.spawn(accept_loop(name, listener, shared.clone()));
+        }
+        Ok(Broker {
+            shared,
+            shutdown,
+            tasks,
+            bound,
+        })
+    }
+
+    /// Stops accepting, closes every connection and waits for the connection tasks.
+    pub async fn shutdown(mut self) {
+        let _ = self.shutdown.send(true);
+        // Connection tasks are detached from the accept loops; give them a moment to say goodbye.
+        let wait = async {
+            while self.tasks.join_next().await.is_some() {}
+            while self.shared.connected.load(Ordering::Relaxed) > 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
+        if tokio::time::timeout(Duration::from_millis(500), wait)
+            .await
+            .is_err()
+        {
+            warn!("some connections did not close within 500 ms");
+        }
+    }
+}
+
+async fn accept_loop(name: String, listener: TcpListener, shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => {
+                    // Small packets must not wait for Nagle's algorithm: latency is the point.
+                    let _ = stream.set_nodelay(true);
+                    tokio::spawn(connection::serve(stream, shared.clone()));
+                }
+                Err(e) => {
+                    // Usually EMFILE: back off instead of spinning.
+                    error!(listener = name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
+        }
+    }
+}
+
+/// Reads and discards what the router sends a publish-only link (PUBACKs of its QoS 1 messages),
+/// so its buffer never fills.
+async fn drain(mut rx: LinkRx, mut shutdown: watch::Receiver<bool>) {
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            n = rx.next() => match n {
+                Ok(Some(Notification::Unschedule)) => { let _ = rx.wake().await; }
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+}
+
+impl Shared {
+    fn connected(&self) -> usize {
+        self.connected.load(Ordering::Relaxed)
+    }
+
+    /// Writes a retained message (or its deletion) to the store before the router sees it.
+    ///
+    /// rumqttd drops a topic's retained message on *any* empty payload, retain flag or not
+    /// (`append_to_commitlog`); the store mirrors that so that a restart restores exactly what the
+    /// router held.
+    pub(crate) async fn persist_retained(&self, publish: &Publish) -> Result<(), StoreError> {
+        if !publish.retain && !publish.payload.is_empty() {
+            return Ok(());
+        }
+        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
+            return Ok(());
+        };
+        if topic.is_empty() {
+            // An MQTT 5 topic alias: the router resolves it; Grove does not track aliases, so such
+            // a retained message lives only in memory. Documented in ARCHITECTURE.md.
+            return Ok(());
+        }
+        self.store
+            .retain(RetainedMessage {
+                topic: topic.to_owned(),
+                payload: publish.payload.clone(),
+                qos: publish_qos(publish),
+            })
+            .await
+    }
+
+    /// Publishes every stored retained message into the router, before any listener opens.
+    async fn restore_retained(&self) -> Result<(), BrokerError> {
+        let retained = self.store.load_retained().await?;
+        if retained.is_empty() {
+            return Ok(());
+        }
+        let (mut tx, _rx, _) = self
+            .router
+            .link("%grove-restore".to_owned(), true, 0)
+            .await
+            .map_err(BrokerError::Link)?;
+        let count = retained.len();
+        let mut batch: Vec<Packet> = retained
+            .into_iter()
+            .enumerate()
+            .map(|(i, m)| {
+                // Packet ids only need to be unique among this link's unacknowledged messages.
+                let pkid = (i % usize::from(u16::MAX)) as u16 + 1;
+                let mut publish = make_publish(&m.topic, m.payload, m.qos, true, pkid);
+                publish.topic = namespace::topic_to_router(&publish.topic);
+                Packet::Publish(publish, None)
+            })
+            .collect();
+        // The router handles a link's packets in order, so the DISCONNECT that frees this
+        // short-lived link comes after every message has been retained.
+        batch.push(Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        ));
+        self.router
+            .relay(&mut tx, batch)
+            .await
+            .map_err(|e| BrokerError::Link(e.to_string()))?;
+        self.metrics.retained_restored.inc_by(count as u64);
+        info!(count, "retained messages restored");
+        Ok(())
+    }
+
+    /// The PUBLISH for a will, stored first if it is retained.
+    pub(crate) async fn will_publish(
+        &self,
+        will: &LastWill,
+        properties: Option<LastWillProperties>,
+    ) -> Result<Packet, StoreError> {
+        let publish = make_publish(
+            std::str::from_utf8(&will.topic).unwrap_or_default(),
+            will.message.clone(),
+            will.qos as u8,
+            will.retain,
+            1,
+        );
+        self.persist_retained(&publish).await?;
+        let mut publish = publish;
+        publish.topic = namespace::topic_to_router(&publish.topic);
+        let properties = properties.map(|p| PublishProperties {
+            payload_format_indicator: p.payload_format_indicator,
+            message_expiry_interval: p.message_expiry_interval,
+            response_topic: p.response_topic,
+            correlation_data: p.correlation_data,
+            user_properties: p.user_properties,
+            content_type: p.content_type,
+            ..PublishProperties::default()
+        });
+        Ok(Packet::Publish(publish, properties))
+    }
+
+    /// Publishes a will after its delay, unless the client connects again first.
+    pub(crate) fn delay_will(
+        self: Arc<Self>,
+        client_id: String,
+        will: LastWill,
+        properties: Option<LastWillProperties>,
+        delay: Duration,
+    ) {
+        static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(client_id.clone(), ticket);
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let due = {
+                let mut pending = self.pending_wills.lock().unwrap_or_else(|p| p.into_inner());
+                let due = pending.get(&client_id) == Some(&ticket);
+                if due {
+                    pending.remove(&client_id);
+                }
+                due
+            };
+            if !due {
+                return;
+            }
+            match self.will_publish(&will, properties).await {
+                Ok(packet) => {
+                    let mut system = self.system.lock().await;
+                    if let Err(e) = self.router.relay(&mut system, vec![packet]).await {
+                        warn!(client_id, error = %e, "cannot publish the delayed will");
+                    }
+                }
+                Err(e) => warn!(client_id, error = %e, "cannot store the delayed retained will"),
+            }
+        });
+    }
+
+    /// A client connected again: its delayed will, if any, is not published.
+    pub(crate) fn cancel_delayed_will(&self, client_id: &str) {
+        // The pending timer finds its ticket gone and gives up.
+        self.pending_wills
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(client_id);
+    }
+}
+
+/// The QoS of a decoded PUBLISH.
+///
+/// rumqttd keeps `Publish::qos` crate-private; its public serialisation starts with the fixed
+/// header byte, whose bits 1-2 are the QoS. This copies the packet, so it is only used on the rare
+/// retained path.
+fn publish_qos(publish: &Publish) -> u8 {
+    (publish.serialize()[0] >> 1) & 0b11
+}
+
+/// Builds a PUBLISH with a QoS, which rumqttd's public constructor cannot (it makes QoS 0 only):
+/// its public deserialiser reads the same layout `Publish::serialize` writes.
+fn make_publish(topic: &str, payload: Bytes, qos: u8, retain: bool, pkid: u16) -> Publish {
+    let qos = if qos > QoS::AtLeastOnce as u8 {
+        QoS::AtLeastOnce as u8
+    } else {
+        qos
+    };
+    let mut b = BytesMut::with_capacity(7 + topic.len() + payload.len());
+    b.put_u8(0b0011_0000 | u8::from(retain) | (qos << 1));
+    b.put_u16(if qos == 0 { 0 } else { pkid });
+    b.put_u16(topic.len() as u16);
+    b.extend_from_slice(topic.as_bytes());
+    b.extend_from_slice(&payload);
+    Publish::deserialize(b.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn made_publishes_carry_their_qos_and_retain_flag() {
+        for (qos, retain) in [(0, false), (0, true), (1, false), (1, true)] {
+            let p = make_publish("a/b", Bytes::from_static(b"xyz"), qos, retain, 7);
+            assert_eq!(publish_qos(&p), qos);
+            assert_eq!(p.retain, retain);
+            assert_eq!(&p.topic[..], b"a/b");
+            assert_eq!(&p.payload[..], b"xyz");
+        }
+        // QoS 2 is not offered by Grove's own publishes; it is lowered to 1.
+        assert_eq!(
+            publish_qos(&make_publish("t", Bytes::new(), 2, false, 1)),
+            1
+        );
+    }
+}

@@ -1,0 +1,500 @@
+//! Configuration: `grove.toml`, in two layers.
+//!
+//! The first layer ([`RawConfig`] and friends) mirrors the file: serde structs with
+//! `deny_unknown_fields`, so a typo is an error and not a silently ignored key. The second layer
+//! ([`Config`]) is what the gateway runs on: every value resolved, defaulted and validated, each
+//! component receiving only its own section. Values that the file can get wrong carry their
+//! [`Origin`] (key and line), so that an error found later, at startup (a port already in use, a data
+//! directory that cannot be written), still names the key, the file and the line.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use toml::Spanned;
+
+/// The default configuration file written by `grove init`, fully commented.
+///
+/// A unit test checks that it parses to exactly the built-in defaults, so the comments cannot drift
+/// from the code.
+pub const DEFAULT_TEMPLATE: &str = include_str!("default-grove.toml");
+
+/// The largest payload MQTT can carry: the remaining length is at most 268,435,455 bytes.
+const MQTT_MAX_PACKET: usize = 268_435_455;
+
+/// Where a configured value came from, for error messages.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Origin {
+    /// The file the value was read from; `None` for built-in defaults.
+    pub file: Option<PathBuf>,
+    /// The dotted key, e.g. `broker.listeners[0].bind`.
+    pub key: String,
+    /// The 1-based line of the value in the file, when it came from the file.
+    pub line: Option<usize>,
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.file, self.line) {
+            (Some(file), Some(line)) => write!(f, "{}:{}: `{}`", file.display(), line, self.key),
+            (Some(file), None) => write!(f, "{}: `{}` (default)", file.display(), self.key),
+            (None, _) => write!(f, "`{}` (default)", self.key),
+        }
+    }
+}
+
+/// Everything that can be wrong with a configuration, found while loading it or while starting on it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid TOML, has an unknown key or a value of the wrong type.
+    #[error("{}:{line}:{column}: {message}", file.display())]
+    Parse {
+        /// The file.
+        file: PathBuf,
+        /// 1-based line of the offending text.
+        line: usize,
+        /// 1-based column of the offending text.
+        column: usize,
+        /// The parser's message, which names the key.
+        message: String,
+    },
+    /// A value is well-typed but impossible (out of range, conflicting, or refused by the machine).
+    #[error("{origin}: {message}")]
+    Invalid {
+        /// The key at fault.
+        origin: Origin,
+        /// What is wrong with it.
+        message: String,
+    },
+}
+
+/// The file as written. Every section and key is optional; missing ones take the defaults.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    data_dir: Option<Spanned<PathBuf>>,
+    #[serde(default)]
+    log: RawLog,
+    #[serde(default)]
+    broker: RawBroker,
+    #[serde(default)]
+    ops: RawOps,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    filter: Option<Spanned<String>>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBroker {
+    listeners: Option<Spanned<Vec<RawListener>>>,
+    max_connections: Option<Spanned<usize>>,
+    max_payload_size: Option<Spanned<usize>>,
+    connect_timeout_ms: Option<Spanned<u64>>,
+    segment_size: Option<Spanned<usize>>,
+    segment_count: Option<Spanned<usize>>,
+    max_outgoing_batch: Option<Spanned<u64>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawListener {
+    name: Option<String>,
+    bind: Spanned<SocketAddr>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOps {
+    enabled: Option<bool>,
+    bind: Option<Spanned<SocketAddr>>,
+}
+
+/// The resolved configuration the gateway runs on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Config {
+    /// The data directory, holding the database.
+    pub data_dir: Located<PathBuf>,
+    /// The log filter from the file; `GROVE_LOG` and `RUST_LOG` override it.
+    pub log_filter: String,
+    /// The embedded MQTT broker.
+    pub broker: BrokerConfig,
+    /// The operations HTTP endpoint, or `None` when disabled.
+    pub ops: Option<Located<SocketAddr>>,
+}
+
+/// A value with the place it was configured, so startup errors can point at it.
+///
+/// Two `Located` values are equal when their values are: where a value was written is not part of
+/// the configuration's meaning.
+#[derive(Debug, Clone)]
+pub struct Located<T> {
+    /// The value.
+    pub value: T,
+    /// Where it was set.
+    pub origin: Origin,
+}
+
+/// The embedded broker's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BrokerConfig {
+    /// TCP listeners; each accepts MQTT 3.1.1 and MQTT 5 on the same port.
+    pub listeners: Vec<ListenerConfig>,
+    /// Most device connections at once; more are refused at CONNECT.
+    pub max_connections: usize,
+    /// Largest accepted PUBLISH payload, in bytes; a larger one closes that client's connection.
+    pub max_payload_size: usize,
+    /// How long a new TCP connection may take to send CONNECT.
+    pub connect_timeout_ms: u64,
+    /// Size of one in-memory log segment per subscription filter (rumqttd's router).
+    pub segment_size: usize,
+    /// Segments kept per filter; a subscriber that falls further behind loses the oldest.
+    pub segment_count: usize,
+    /// Most packets the router hands one connection per scheduling round.
+    pub max_outgoing_batch: u64,
+}
+
+/// One MQTT listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListenerConfig {
+    /// A name for logs and metrics.
+    pub name: String,
+    /// Where it listens.
+    pub bind: Located<SocketAddr>,
+}
+
+impl<T: PartialEq> PartialEq for Located<T> {
+    fn eq(&self, other: &Self) -> bool {
+        self.value == other.value
+    }
+}
+
+impl<T: Eq> Eq for Located<T> {}
+
+impl Config {
+    /// Loads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        Config::parse(&text, Some(path))
+    }
+
+    /// The built-in defaults, used when `grove run` is given no file.
+    pub fn defaults() -> Config {
+        // The empty document is a valid configuration by construction; see the tests.
+        Config::parse("", None).expect("the empty configuration is valid")
+    }
+
+    /// Parses and validates configuration text; `file` is only used in messages.
+    pub fn parse(text: &str, file: Option<&Path>) -> Result<Config, ConfigError> {
+        let raw: RawConfig = toml::from_str(text).map_err(|e| {
+            let (line, column) = e
+                .span()
+                .map(|span| line_col(text, span.start))
+                .unwrap_or((1, 1));
+            ConfigError::Parse {
+                file: file
+                    .map(Path::to_owned)
+                    .unwrap_or_else(|| "<config>".into()),
+                line,
+                column,
+                message: e.message().to_owned(),
+            }
+        })?;
+        Resolver { text, file }.resolve(raw)
+    }
+}
+
+/// Turns raw sections into resolved ones, remembering where each value came from.
+struct Resolver<'a> {
+    text: &'a str,
+    file: Option<&'a Path>,
+}
+
+impl Resolver<'_> {
+    fn origin(&self, key: &str, span: Option<Range<usize>>) -> Origin {
+        Origin {
+            file: self.file.map(Path::to_owned),
+            key: key.to_owned(),
+            line: span.map(|s| line_col(self.text, s.start).0),
+        }
+    }
+
+    fn located<T>(&self, key: &str, value: Option<Spanned<T>>, default: T) -> Located<T> {
+        match value {
+            Some(v) => {
+                let span = v.span();
+                Located {
+                    value: v.into_inner(),
+                    origin: self.origin(key, Some(span)),
+                }
+            }
+            None => Located {
+                value: default,
+                origin: self.origin(key, None),
+            },
+        }
+    }
+
+    fn invalid<T>(&self, located: &Located<T>, message: impl Into<String>) -> ConfigError {
+        ConfigError::Invalid {
+            origin: located.origin.clone(),
+            message: message.into(),
+        }
+    }
+
+    /// Checks that a value lies in `range`, naming the key when it does not.
+    fn ranged<T: PartialOrd + fmt::Display + Copy>(
+        &self,
+        key: &str,
+        value: Option<Spanned<T>>,
+        default: T,
+        range: std::ops::RangeInclusive<T>,
+    ) -> Result<T, ConfigError> {
+        let v = self.located(key, value, default);
+        if !range.contains(&v.value) {
+            return Err(self.invalid(
+                &v,
+                format!(
+                    "{} is out of range: it must be between {} and {}",
+                    v.value,
+                    range.start(),
+                    range.end()
+                ),
+            ));
+        }
+        Ok(v.value)
+    }
+
+    fn resolve(&self, raw: RawConfig) -> Result<Config, ConfigError> {
+        let data_dir = self.located("data_dir", raw.data_dir, PathBuf::from("./grove-data"));
+        if data_dir.value.as_os_str().is_empty() {
+            return Err(self.invalid(&data_dir, "the data directory must not be empty"));
+        }
+        let broker = self.resolve_broker(raw.broker)?;
+        let ops = match raw.ops.enabled.unwrap_or(true) {
+            false => None,
+            true => Some(self.located(
+                "ops.bind",
+                raw.ops.bind,
+                SocketAddr::from(([127, 0, 0, 1], 9464)),
+            )),
+        };
+        if let Some(ops) = &ops {
+            if let Some(clash) = broker
+                .listeners
+                .iter()
+                .find(|l| l.bind.value == ops.value && ops.value.port() != 0)
+            {
+                return Err(self.invalid(
+                    ops,
+                    format!(
+                        "{} is also the address of the MQTT listener `{}`",
+                        ops.value, clash.name
+                    ),
+                ));
+            }
+        }
+        let log_filter = self.located("log.filter", raw.log.filter, "info,rumqttd=warn".to_owned());
+        if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_filter.value) {
+            return Err(self.invalid(&log_filter, format!("not a valid log filter: {e}")));
+        }
+        Ok(Config {
+            data_dir,
+            log_filter: log_filter.value,
+            broker,
+            ops,
+        })
+    }
+
+    fn resolve_broker(&self, raw: RawBroker) -> Result<BrokerConfig, ConfigError> {
+        let listeners = match raw.listeners {
+            None => vec![ListenerConfig {
+                name: "mqtt".to_owned(),
+                bind: self.located(
+                    "broker.listeners[0].bind",
+                    None,
+                    SocketAddr::from(([127, 0, 0, 1], 1883)),
+                ),
+            }],
+            Some(list) => {
+                let list_origin = self.origin("broker.listeners", Some(list.span()));
+                let list = list.into_inner();
+                let mut out: Vec<ListenerConfig> = Vec::with_capacity(list.len());
+                for (i, l) in list.into_iter().enumerate() {
+                    let bind =
+                        self.located(&format!("broker.listeners[{i}].bind"), Some(l.bind), {
+                            SocketAddr::from(([0, 0, 0, 0], 0))
+                        });
+                    let name = l.name.unwrap_or_else(|| format!("mqtt{i}"));
+                    if let Some(other) = out.iter().find(|o| o.name == name) {
+                        return Err(self.invalid(
+                            &bind,
+                            format!(
+                                "listener name `{name}` is used twice ({})",
+                                other.bind.origin.key
+                            ),
+                        ));
+                    }
+                    if bind.value.port() != 0 {
+                        if let Some(other) = out.iter().find(|o| o.bind.value == bind.value) {
+                            return Err(self.invalid(
+                                &bind,
+                                format!(
+                                    "{} is already the address of listener `{}`",
+                                    bind.value, other.name
+                                ),
+                            ));
+                        }
+                    }
+                    out.push(ListenerConfig { name, bind });
+                }
+                if out.is_empty() {
+                    return Err(ConfigError::Invalid {
+                        origin: list_origin,
+                        message: "at least one MQTT listener is needed".to_owned(),
+                    });
+                }
+                out
+            }
+        };
+        let max_payload_size = self.ranged(
+            "broker.max_payload_size",
+            raw.max_payload_size,
+            1024 * 1024,
+            16..=MQTT_MAX_PACKET,
+        )?;
+        let segment_size = self.located("broker.segment_size", raw.segment_size, 1024 * 1024);
+        // rumqttd panics on segments under 1 KiB; a segment smaller than one message would hold
+        // less than one message, so the floor is the payload limit.
+        if segment_size.value < 1024 || segment_size.value < max_payload_size {
+            return Err(self.invalid(
+                &segment_size,
+                format!(
+                    "{} bytes is too small: a segment must hold at least 1024 bytes and one \
+                     maximum-size payload (broker.max_payload_size = {max_payload_size})",
+                    segment_size.value
+                ),
+            ));
+        }
+        Ok(BrokerConfig {
+            listeners,
+            max_connections: self.ranged(
+                "broker.max_connections",
+                raw.max_connections,
+                1000,
+                1..=100_000,
+            )?,
+            max_payload_size,
+            connect_timeout_ms: self.ranged(
+                "broker.connect_timeout_ms",
+                raw.connect_timeout_ms,
+                5000,
+                100..=600_000,
+            )?,
+            segment_size: segment_size.value,
+            segment_count: self.ranged("broker.segment_count", raw.segment_count, 4, 1..=1000)?,
+            max_outgoing_batch: self.ranged(
+                "broker.max_outgoing_batch",
+                raw.max_outgoing_batch,
+                200,
+                1..=100_000,
+            )?,
+        })
+    }
+}
+
+/// 1-based line and column of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn template_is_exactly_the_defaults() {
+        let from_template = Config::parse(DEFAULT_TEMPLATE, None).expect("template parses");
+        assert_eq!(from_template, Config::defaults());
+    }
+
+    #[test]
+    fn defaults_match_the_documented_values() {
+        let c = Config::defaults();
+        assert_eq!(c.data_dir.value, PathBuf::from("./grove-data"));
+        assert_eq!(c.broker.listeners.len(), 1);
+        assert_eq!(
+            c.broker.listeners[0].bind.value,
+            "127.0.0.1:1883".parse().unwrap()
+        );
+        assert_eq!(c.ops.unwrap().value, "127.0.0.1:9464".parse().unwrap());
+        assert_eq!(c.log_filter, "info,rumqttd=warn");
+    }
+
+    /// One case per line: the config text and a fragment the error message must contain.
+    #[test]
+    fn errors_name_the_key_and_line() {
+        let cases: &[(&str, &str)] = &[
+            ("colour = 1\n", "1:1: unknown field `colour`"),
+            ("[broker]\nmax_conections = 5\n", "2:1: unknown field `max_conections`"),
+            ("[broker]\nmax_connections = \"many\"\n", "2:19: invalid type: string \"many\""),
+            ("[broker]\nmax_connections = 0\n", "2: `broker.max_connections`: 0 is out of range"),
+            ("[broker]\nmax_payload_size = 4\n", "2: `broker.max_payload_size`: 4 is out of range"),
+            (
+                "[broker]\nmax_payload_size = 2000000\n",
+                "grove.toml: `broker.segment_size` (default): 1048576 bytes is too small",
+            ),
+            ("[[broker.listeners]]\nbind = \"nowhere\"\n", "2:8: invalid socket address syntax"),
+            (
+                "[[broker.listeners]]\nbind = \"127.0.0.1:1\"\n[[broker.listeners]]\nbind = \"127.0.0.1:1\"\n",
+                "4: `broker.listeners[1].bind`: 127.0.0.1:1 is already the address of listener `mqtt0`",
+            ),
+            ("[broker]\nlisteners = []\n", "grove.toml:2: `broker.listeners`: at least one"),
+            ("[ops]\nbind = \"127.0.0.1:1883\"\n", "2: `ops.bind`: 127.0.0.1:1883 is also the address"),
+            ("data_dir = \"\"\n", "1: `data_dir`: the data directory must not be empty"),
+            ("[ops\n", "1:5:"),
+            ("[log]\nfilter = \"info,x=loud\"\n", "2: `log.filter`: not a valid log filter"),
+        ];
+        for (text, want) in cases {
+            let err = Config::parse(text, Some(Path::new("grove.toml")))
+                .expect_err(&format!("{text:?} must be refused"))
+                .to_string();
+            assert!(
+                err.contains(want),
+                "for {text:?}\n  got:  {err}\n  want: {want}"
+            );
+            assert!(err.starts_with("grove.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn ops_can_be_disabled() {
+        let c = Config::parse("[ops]\nenabled = false\n", None).unwrap();
+        assert_eq!(c.ops, None);
+    }
+
+    #[test]
+    fn line_col_counts_from_one() {
+        assert_eq!(line_col("ab\ncd", 0), (1, 1));
+        assert_eq!(line_col("ab\ncd", 4), (2, 2));
+    }
+}

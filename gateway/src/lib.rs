@@ -1,0 +1,21 @@
+//! `grove-gateway`: the Grove edge gateway, built into the `grove` binary.
+//!
+//! One process holds an embedded MQTT broker (rumqttd's router behind Grove's own connection
+//! layer), the durable store (SQLite), and the operations endpoint; the device shadow service,
+//! rules, WebAssembly functions and cloud sync plug into the broker through in-process links as
+//! they land. See `ARCHITECTURE.md` at the repository root for the map and its invariants.
+//!
+//! Modules:
+//! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
+//! - [`broker`]: the embedded broker and its connection layer.
+//! - [`store`]: the SQLite database and its single owner thread with group commit.
+//! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
+//! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
+
+pub mod broker;
+pub mod config;
+pub mod logging;
+pub mod metrics;
+pub mod ops;
+pub mod run;
+pub mod store;

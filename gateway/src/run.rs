@@ -1,0 +1,128 @@
+//! `grove run`: start every part in order, serve until a signal, then stop in reverse order.
+//!
+//! Startup order matters: the store first (it holds what must be restored), then the broker (which
+//! restores retained messages before it binds its listeners), then the ops endpoint. Shutdown
+//! closes the listeners and connections, then the ops endpoint, then the store, which finishes its
+//! last group commit before the process exits.
+
+use std::sync::Arc;
+
+use tokio::net::TcpListener;
+use tokio::sync::oneshot;
+use tracing::info;
+
+use crate::broker::{Broker, BrokerError};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
+
+/// Why the gateway could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The configuration is wrong, or the machine refuses it (port in use, data directory not
+    /// writable). Exit code 2.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// Anything else. Exit code 1.
+    #[error(transparent)]
+    Broker(BrokerError),
+    /// Waiting for signals failed.
+    #[error("cannot install signal handlers: {0}")]
+    Signals(std::io::Error),
+}
+
+impl RunError {
+    /// The process exit code for this error: 2 for configuration errors, 1 otherwise.
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            RunError::Config(_) => 2,
+            _ => 1,
+        }
+    }
+}
+
+impl From<BrokerError> for RunError {
+    fn from(e: BrokerError) -> Self {
+        match e {
+            BrokerError::Listen(c) => RunError::Config(c),
+            other => RunError::Broker(other),
+        }
+    }
+}
+
+/// Runs the gateway until SIGINT or SIGTERM.
+pub async fn run(config: Config) -> Result<(), RunError> {
+    let data_dir = &config.data_dir;
+    let (store, store_thread) = Store::open(&data_dir.value).map_err(|e| {
+        let message = match e {
+            StoreError::Locked { .. } => e.to_string(),
+            other => format!(
+                "cannot use data directory {}: {other}",
+                data_dir.value.display()
+            ),
+        };
+        ConfigError::Invalid {
+            origin: data_dir.origin.clone(),
+            message,
+        }
+    })?;
+    let metrics = Arc::new(Metrics::new());
+    let broker = match Broker::start(config.broker, store, metrics.broker.clone()).await {
+        Ok(b) => b,
+        Err(e) => {
+            store_thread.close().await;
+            return Err(e.into());
+        }
+    };
+
+    let (ops_stop, ops_stopped) = oneshot::channel::<()>();
+    let ops_task = match &config.ops {
+        None => None,
+        Some(bind) => {
+            let listener = match TcpListener::bind(bind.value).await {
+                Ok(l) => l,
+                Err(e) => {
+                    broker.shutdown().await;
+                    store_thread.close().await;
+                    return Err(ConfigError::Invalid {
+                        origin: bind.origin.clone(),
+                        message: format!("cannot listen on {}: {e}", bind.value),
+                    }
+                    .into());
+                }
+            };
+            info!(addr = %listener.local_addr().unwrap_or(bind.value), "ops endpoint ready (/healthz, /metrics)");
+            let shutdown = async {
+                let _ = ops_stopped.await;
+            };
+            Some(tokio::spawn(crate::ops::serve(
+                listener,
+                metrics.clone(),
+                shutdown,
+            )))
+        }
+    };
+    info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.value.display(), "grove is running");
+
+    let signal = wait_for_signal().await.map_err(RunError::Signals);
+    info!("shutting down");
+    broker.shutdown().await;
+    let _ = ops_stop.send(());
+    if let Some(task) = ops_task {
+        let _ = task.await;
+    }
+    store_thread.close().await;
+    info!("stopped");
+    signal
+}
+
+async fn wait_for_signal() -> std::io::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+    Ok(())
+}

@@ -1,0 +1,338 @@
+//! The durable store: one SQLite database in the data directory, owned by one thread.
+//!
+//! Every write goes through [`Store`], a cheap cloneable handle that sends commands to the owner
+//! thread. The thread takes whatever commands are waiting, applies them in one transaction and
+//! commits once (group commit), then answers each caller. A caller is told "done" only after the
+//! commit returned, with `synchronous=FULL`, so what Grove acknowledges survives a power cut; and
+//! because commands that arrive during a commit share the next one, durability does not cap
+//! throughput.
+//!
+//! Architecture invariant: rusqlite types never leave this module; the rest of the gateway sees
+//! [`Store`], [`RetainedMessage`] and [`StoreError`].
+
+use std::path::{Path, PathBuf};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use rusqlite::{params, Connection};
+use tokio::sync::{mpsc, oneshot};
+
+/// The database file inside the data directory.
+pub const DB_FILE: &str = "grove.db";
+
+/// Most commands applied in one transaction; bounds the latency of the first one in a burst.
+const MAX_BATCH: usize = 1024;
+
+/// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+const MIGRATIONS: &[&str] = &[
+    // 1: retained MQTT messages, which rumqttd keeps only in memory.
+    "CREATE TABLE retained (
+        topic   TEXT PRIMARY KEY NOT NULL,
+        payload BLOB NOT NULL,
+        qos     INTEGER NOT NULL
+    ) WITHOUT ROWID;",
+];
+
+/// Why the store refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened or prepared.
+    #[error("cannot open the database {}: {message}", path.display())]
+    Open {
+        /// The database file.
+        path: PathBuf,
+        /// SQLite's or the file system's message.
+        message: String,
+    },
+    /// Another process holds the database.
+    #[error("the database {} is in use by another process (is another grove running on this data directory?)", path.display())]
+    Locked {
+        /// The database file.
+        path: PathBuf,
+    },
+    /// A statement or commit failed; nothing of that transaction was kept.
+    #[error("database error: {0}")]
+    Sqlite(String),
+    /// The store has shut down.
+    #[error("the store is closed")]
+    Closed,
+}
+
+impl From<rusqlite::Error> for StoreError {
+    fn from(e: rusqlite::Error) -> Self {
+        StoreError::Sqlite(e.to_string())
+    }
+}
+
+/// A retained MQTT message as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetainedMessage {
+    /// The topic it was published on.
+    pub topic: String,
+    /// Its payload (never empty: an empty retained payload deletes the entry).
+    pub payload: Bytes,
+    /// Its QoS (0 or 1).
+    pub qos: u8,
+}
+
+/// A write or read for the owner thread.
+enum Command {
+    /// Store (or, with an empty payload, delete) the retained message of a topic.
+    Retain {
+        message: RetainedMessage,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Read every retained message.
+    LoadRetained {
+        done: oneshot::Sender<Result<Vec<RetainedMessage>, StoreError>>,
+    },
+    /// Finish what is queued before this, then stop.
+    Close,
+}
+
+/// Handle to the store; clone it freely.
+#[derive(Clone, Debug)]
+pub struct Store {
+    tx: mpsc::Sender<Command>,
+}
+
+/// Owns the store's thread; [`StoreThread::close`] waits until the last commit is done.
+#[derive(Debug)]
+pub struct StoreThread {
+    tx: mpsc::Sender<Command>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the database in `data_dir`, runs migrations and starts the owner
+    /// thread.
+    pub fn open(data_dir: &Path) -> Result<(Store, StoreThread), StoreError> {
+        let path = data_dir.join(DB_FILE);
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            path: path.clone(),
+            message: e.to_string(),
+        };
+        std::fs::create_dir_all(data_dir).map_err(|e| open_err(&e))?;
+        let mut conn = Connection::open(&path).map_err(|e| open_err(&e))?;
+        // Exclusive locking keeps a second gateway from writing the same database behind this
+        // one's back; with WAL it also lets SQLite skip shared-memory locking.
+        conn.execute_batch(
+            "PRAGMA locking_mode = EXCLUSIVE;
+             PRAGMA journal_mode = WAL;
+             PRAGMA synchronous = FULL;",
+        )
+        .map_err(|e| classify_open_error(&path, e))?;
+        migrate(&mut conn).map_err(|e| classify_open_error(&path, e))?;
+
+        let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
+        let thread = std::thread::Builder::new()
+            .name("grove-store".into())
+            .spawn(move || owner_loop(conn, rx))
+            .map_err(|e| open_err(&e))?;
+        Ok((
+            Store { tx: tx.clone() },
+            StoreThread {
+                tx,
+                thread: Some(thread),
+            },
+        ))
+    }
+
+    /// Durably records the retained message of a topic (an empty payload deletes it). Returns
+    /// after the commit.
+    pub async fn retain(&self, message: RetainedMessage) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::Retain { message, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every stored retained message, in topic order.
+    pub async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::LoadRetained { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    async fn send(&self, command: Command) -> Result<(), StoreError> {
+        self.tx.send(command).await.map_err(|_| StoreError::Closed)
+    }
+}
+
+impl StoreThread {
+    /// Lets queued commands finish, closes the database and waits for the thread.
+    pub async fn close(mut self) {
+        // If the thread is already gone the send fails, which is fine: there is nothing to flush.
+        let _ = self.tx.send(Command::Close).await;
+        if let Some(thread) = self.thread.take() {
+            let _ = tokio::task::spawn_blocking(move || thread.join()).await;
+        }
+    }
+}
+
+fn classify_open_error(path: &Path, e: rusqlite::Error) -> StoreError {
+    match e.sqlite_error_code() {
+        Some(rusqlite::ErrorCode::DatabaseBusy | rusqlite::ErrorCode::DatabaseLocked) => {
+            StoreError::Locked {
+                path: path.to_owned(),
+            }
+        }
+        _ => StoreError::Open {
+            path: path.to_owned(),
+            message: e.to_string(),
+        },
+    }
+}
+
+fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
+    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
+    let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+    }
+    tx.commit()
+}
+
+/// The owner thread: batch, apply, commit, answer.
+fn owner_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while let Some(first) = rx.blocking_recv() {
+        batch.push(first);
+        while batch.len() < MAX_BATCH {
+            match rx.try_recv() {
+                Ok(c) => batch.push(c),
+                Err(_) => break,
+            }
+        }
+        let close = apply_batch(&mut conn, &mut batch);
+        if close {
+            break;
+        }
+    }
+    if let Err(e) = conn.close() {
+        tracing::error!(error = %e.1, "closing the database failed");
+    }
+}
+
+/// Applies a batch in one transaction and answers each command; returns whether to stop.
+fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
+    let mut close = false;
+    let mut acks = Vec::new();
+    let result = (|| -> rusqlite::Result<()> {
+        let tx = conn.transaction()?;
+        for command in batch.drain(..) {
+            match command {
+                Command::Retain { message, done } => {
+                    apply_retain(&tx, &message)?;
+                    acks.push(done);
+                }
+                Command::LoadRetained { done } => {
+                    let _ = done.send(load_retained(&tx).map_err(StoreError::from));
+                }
+                Command::Close => close = true,
+            }
+        }
+        tx.commit()
+    })();
+    match result {
+        Ok(()) => acks.into_iter().for_each(|a| {
+            let _ = a.send(Ok(()));
+        }),
+        Err(e) => {
+            tracing::error!(error = %e, "store commit failed; the batch was rolled back");
+            for a in acks {
+                let _ = a.send(Err(StoreError::Sqlite(e.to_string())));
+            }
+        }
+    }
+    close
+}
+
+fn apply_retain(tx: &rusqlite::Transaction<'_>, m: &RetainedMessage) -> rusqlite::Result<()> {
+    if m.payload.is_empty() {
+        tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
+            .execute(params![m.topic])?;
+    } else {
+        tx.prepare_cached(
+            "INSERT INTO retained (topic, payload, qos) VALUES (?1, ?2, ?3)
+             ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos",
+        )?
+        .execute(params![m.topic, m.payload.as_ref(), m.qos])?;
+    }
+    Ok(())
+}
+
+fn load_retained(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<RetainedMessage>> {
+    let mut stmt = tx.prepare_cached("SELECT topic, payload, qos FROM retained ORDER BY topic")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(RetainedMessage {
+            topic: r.get(0)?,
+            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
+            qos: r.get(2)?,
+        })
+    })?;
+    rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &'static [u8]) -> RetainedMessage {
+        RetainedMessage {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload),
+            qos: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn retained_survive_reopen_and_empty_payload_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        store.retain(msg("a/b", b"1")).await.unwrap();
+        store.retain(msg("a/c", b"2")).await.unwrap();
+        store.retain(msg("a/b", b"3")).await.unwrap();
+        store.retain(msg("a/c", b"")).await.unwrap();
+        thread.close().await;
+
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"3")]);
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn a_second_opener_is_refused_while_the_first_holds_the_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_store, thread) = Store::open(dir.path()).unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(err, StoreError::Locked { .. }), "{err}");
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .retain(RetainedMessage {
+                        topic: format!("t/{i:03}"),
+                        payload: Bytes::from(vec![b'x'; i + 1]),
+                        qos: 0,
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let all = store.load_retained().await.unwrap();
+        assert_eq!(all.len(), 200);
+        assert_eq!(all[199].payload.len(), 200);
+        thread.close().await;
+    }
+}
