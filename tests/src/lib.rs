@@ -1,4 +1,387 @@
-//! `grove-tests`: helpers for Grove's end-to-end tests.
+//! `grove-tests`: the harness for Grove's end-to-end tests.
 //!
 //! The tests in `tests/tests/` start the real `grove` binary on free loopback ports with a
-//! temporary data directory, and drive it with real clients (rumqttc, mosquitto_pub/sub).
+//! temporary data directory and drive it with real clients: rumqttc (MQTT 3.1.1 and 5) and the
+//! mosquitto command-line clients. Nothing is mocked. The binary is the one `cargo build` put next
+//! to the test executable (`target/<profile>/grove`), or `$GROVE_BIN`; the test command builds it
+//! first.
+
+use std::io::Read;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
+
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
+use tokio::sync::mpsc;
+
+/// Path of a binary built by this workspace (`grove`, `grove-sim`, ...).
+pub fn workspace_bin(name: &str) -> PathBuf {
+    let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
+    if let Some(p) = std::env::var_os(&var) {
+        return PathBuf::from(p);
+    }
+    // target/<profile>/deps/<test-exe> -> target/<profile>/<name>
+    let exe = std::env::current_exe().expect("current_exe");
+    let dir = exe.parent().and_then(Path::parent).expect("target dir");
+    let bin = dir.join(name);
+    assert!(
+        bin.exists(),
+        "{} is missing: build it first (`cargo build --workspace --bins`) or set ${var}",
+        bin.display()
+    );
+    bin
+}
+
+/// A loopback port that was free a moment ago.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// A running `grove run` process with its own ports and data directory.
+pub struct Gateway {
+    /// The MQTT port.
+    pub mqtt_port: u16,
+    /// The ops HTTP port.
+    pub ops_port: u16,
+    /// Holds the config, the data directory and the log.
+    pub dir: tempfile::TempDir,
+    child: Option<Child>,
+    /// Extra TOML given at start, kept for restarts.
+    extra: String,
+}
+
+impl Gateway {
+    /// Starts a gateway on free ports; `extra` is appended to the generated config (use it for
+    /// `[broker]` keys and other sections; the listener and ops sections are generated).
+    pub fn start(extra: &str) -> Gateway {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut g = Gateway {
+            mqtt_port: free_port(),
+            ops_port: free_port(),
+            dir,
+            child: None,
+            extra: extra.to_owned(),
+        };
+        g.write_config();
+        g.spawn();
+        g
+    }
+
+    /// The generated config file.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("grove.toml")
+    }
+
+    /// The data directory.
+    pub fn data_dir(&self) -> PathBuf {
+        self.dir.path().join("data")
+    }
+
+    /// The MQTT address.
+    pub fn mqtt_addr(&self) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], self.mqtt_port))
+    }
+
+    fn write_config(&self) {
+        let text = format!(
+            "data_dir = {data:?}\n{extra}\n[[broker.listeners]]\nname = \"test\"\nbind = \"127.0.0.1:{mqtt}\"\n\n[ops]\nbind = \"127.0.0.1:{ops}\"\n",
+            data = self.data_dir(),
+            extra = self.extra,
+            mqtt = self.mqtt_port,
+            ops = self.ops_port,
+        );
+        std::fs::write(self.config_path(), text).expect("write config");
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("grove.log"))
+            .expect("log file");
+        let child = Command::new(workspace_bin("grove"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .env("GROVE_LOG", "debug,rumqttd=warn")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn grove");
+        self.child = Some(child);
+        self.wait_ready();
+    }
+
+    /// Waits until both the MQTT and the ops port accept connections.
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        for port in [self.mqtt_port, self.ops_port] {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|c| c.try_wait().ok().flatten())
+                {
+                    panic!("grove exited during startup ({status}):\n{}", self.log());
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "grove did not open port {port}:\n{}",
+                    self.log()
+                );
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
+    }
+
+    /// Everything grove wrote to stderr so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("grove.log")).unwrap_or_default()
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// Sends a signal and waits for the exit, returning its status and how long it took.
+    pub fn stop_with(&mut self, signal: &str) -> (ExitStatus, Duration) {
+        let mut child = self.child.take().expect("running");
+        let started = Instant::now();
+        let ok = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{signal} failed");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(status) = child.try_wait().expect("wait") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "grove did not exit after SIG{signal}"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// Stops (SIGTERM) and starts again on the same ports and data directory.
+    pub fn restart(&mut self) {
+        let (status, _) = self.stop_with("TERM");
+        assert!(
+            status.success(),
+            "grove exited with {status} on SIGTERM:\n{}",
+            self.log()
+        );
+        self.spawn();
+    }
+
+    /// Kills with SIGKILL (no chance to clean up) and starts again.
+    pub fn kill_and_restart(&mut self) {
+        self.stop_with("KILL");
+        self.spawn();
+    }
+
+    /// GET a path of the ops endpoint; returns (status, content type, body).
+    pub fn http_get(&self, path: &str) -> (u16, String, String) {
+        http_get(("127.0.0.1", self.ops_port), path)
+    }
+
+    /// The value of a metric line (`name{labels} value`) in `/metrics`, or 0 if absent.
+    pub fn metric(&self, series: &str) -> f64 {
+        let (_, _, body) = self.http_get("/metrics");
+        body.lines()
+            .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
+            .map_or(0.0, |v| v.trim().parse().expect("metric value"))
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET (the ops endpoint's protocol is plain HTTP; the test needs no client
+/// library beyond this). Returns (status, content type, body).
+pub fn http_get(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String, String) {
+    use std::io::Write;
+    let mut s = TcpStream::connect(addr).expect("connect to ops endpoint");
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").unwrap();
+    let mut raw = String::new();
+    s.read_to_string(&mut raw).expect("read response");
+    let (head, body) = raw.split_once("\r\n\r\n").expect("HTTP response");
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .expect("status");
+    let content_type = head
+        .lines()
+        .find_map(|l| {
+            let (k, v) = l.split_once(':')?;
+            k.eq_ignore_ascii_case("content-type")
+                .then(|| v.trim().to_owned())
+        })
+        .unwrap_or_default();
+    (status, content_type, body.to_owned())
+}
+
+/// Runs `grove` with arguments to completion; returns (exit code, stderr).
+pub fn grove(args: &[&str], cwd: &Path) -> (i32, String) {
+    let out = Command::new(workspace_bin("grove"))
+        .args(args)
+        .current_dir(cwd)
+        .output()
+        .expect("run grove");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
+    )
+}
+
+/// An MQTT 3.1.1 client (rumqttc) whose event loop runs in a task; received publishes arrive on a
+/// channel.
+pub struct Client {
+    /// The rumqttc client handle.
+    pub client: AsyncClient,
+    rx: mpsc::UnboundedReceiver<Publish>,
+    subacks: mpsc::UnboundedReceiver<rumqttc::SubAck>,
+    task: tokio::task::JoinHandle<Option<String>>,
+}
+
+/// Options for [`Client::connect_with`].
+pub fn options(id: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o.set_max_packet_size(4 << 20, 4 << 20);
+    o
+}
+
+impl Client {
+    /// Connects with a clean session and waits for CONNACK.
+    pub async fn connect(id: &str, port: u16) -> Client {
+        Client::connect_with(options(id, port)).await
+    }
+
+    /// Connects with the given options and waits for CONNACK.
+    pub async fn connect_with(options: MqttOptions) -> Client {
+        let (client, eventloop) = AsyncClient::new(options, 1000);
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (suback_tx, subacks) = mpsc::unbounded_channel();
+        let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
+        let task = tokio::spawn(drive(eventloop, tx, suback_tx, ready_tx));
+        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(e))) => panic!("connect failed: {e}"),
+            other => panic!("no CONNACK: {other:?}"),
+        }
+        Client {
+            client,
+            rx,
+            subacks,
+            task,
+        }
+    }
+
+    /// Subscribes and waits for the SUBACK; returns its return codes.
+    pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
+        self.client.subscribe(filter, qos).await.expect("subscribe");
+        let ack = tokio::time::timeout(Duration::from_secs(10), self.subacks.recv())
+            .await
+            .expect("no SUBACK within 10 s")
+            .expect("connection closed before SUBACK");
+        ack.return_codes
+    }
+
+    /// Publishes.
+    pub async fn publish(&self, topic: &str, qos: QoS, retain: bool, payload: impl Into<Vec<u8>>) {
+        self.client
+            .publish(topic, qos, retain, payload.into())
+            .await
+            .expect("publish");
+    }
+
+    /// The next received publish, or `None` after `timeout`.
+    pub async fn recv(&mut self, timeout: Duration) -> Option<Publish> {
+        tokio::time::timeout(timeout, self.rx.recv())
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Receives exactly `n` publishes within `timeout`, panicking with what was missing.
+    pub async fn recv_n(&mut self, n: usize, timeout: Duration) -> Vec<Publish> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, self.rx.recv()).await {
+                Ok(Some(p)) => got.push(p),
+                _ => panic!("received {} of {n} messages", got.len()),
+            }
+        }
+        got
+    }
+
+    /// Waits for the connection to end; returns the error that ended it.
+    pub async fn closed(self, timeout: Duration) -> Option<String> {
+        tokio::time::timeout(timeout, self.task)
+            .await
+            .expect("connection still open")
+            .expect("event loop task")
+    }
+
+    /// Sends DISCONNECT.
+    pub async fn disconnect(self) {
+        let _ = self.client.disconnect().await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.task).await;
+    }
+}
+
+/// Polls the event loop, forwarding publishes; ends at the first error (returned), without
+/// reconnecting, so tests see exactly what the broker did.
+async fn drive(
+    mut eventloop: EventLoop,
+    tx: mpsc::UnboundedSender<Publish>,
+    subacks: mpsc::UnboundedSender<rumqttc::SubAck>,
+    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
+) -> Option<String> {
+    let mut ready = Some(ready);
+    loop {
+        match eventloop.poll().await {
+            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(if ack.code == rumqttc::ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("{:?}", ack.code))
+                    });
+                }
+            }
+            Ok(Event::Incoming(Packet::Publish(p))) => {
+                let _ = tx.send(p);
+            }
+            Ok(Event::Incoming(Packet::SubAck(a))) => {
+                let _ = subacks.send(a);
+            }
+            Ok(_) => {}
+            Err(e) => {
+                if let Some(r) = ready.take() {
+                    let _ = r.send(Err(e.to_string()));
+                }
+                return Some(e.to_string());
+            }
+        }
+    }
+}

@@ -89,7 +89,7 @@ pub(crate) struct Shared {
 /// The router's entry point, with rumqttd's channel type kept out of sight: it is not nameable
 /// outside rumqttd, so the sender lives inside this closure.
 type LinkFn =
-    dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), LinkError> + Send + Sync;
+    dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
 
 /// Creates links to the router.
 #[derive(Clone)]
@@ -110,7 +110,6 @@ impl RouterHandle {
         tokio::task::spawn_blocking(move || link(&client_id, clean_session, topic_alias_max))
             .await
             .map_err(|e| e.to_string())?
-            .map_err(|e| e.to_string())
     }
 
     /// Hands a batch of packets to the router and wakes it once.
@@ -159,6 +158,8 @@ impl Broker {
                     .clean_session(clean)
                     .topic_alias_max(alias_max)
                     .build()
+                    // rumqttd's error is large and only ever reported, so it travels as text.
+                    .map_err(|e| e.to_string())
             }),
         };
         let (system_tx, system_rx, _) = router
