@@ -89,6 +89,16 @@ pub struct RawConfig {
     broker: RawBroker,
     #[serde(default)]
     ops: RawOps,
+    #[serde(default)]
+    shadow: RawShadow,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadow {
+    max_state_bytes: Option<Spanned<usize>>,
+    max_depth: Option<Spanned<usize>>,
+    max_inflight_per_client: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -134,6 +144,19 @@ pub struct Config {
     pub broker: BrokerConfig,
     /// The operations HTTP endpoint, or `None` when disabled.
     pub ops: Option<Located<SocketAddr>>,
+    /// The device shadow service.
+    pub shadow: ShadowConfig,
+}
+
+/// The device shadow service's section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowConfig {
+    /// Largest state (desired plus reported, compact JSON) a shadow may hold; AWS's is 8 KiB.
+    pub max_state_bytes: usize,
+    /// Deepest nesting of a request's `state`; AWS's is 6.
+    pub max_depth: usize,
+    /// Requests one client may have unanswered at once before it gets 429; AWS's is 10.
+    pub max_inflight_per_client: usize,
 }
 
 /// A value with the place it was configured, so startup errors can point at it.
@@ -314,11 +337,27 @@ impl Resolver<'_> {
         if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_filter.value) {
             return Err(self.invalid(&log_filter, format!("not a valid log filter: {e}")));
         }
+        let shadow = ShadowConfig {
+            max_state_bytes: self.ranged(
+                "shadow.max_state_bytes",
+                raw.shadow.max_state_bytes,
+                8 * 1024,
+                16..=broker.max_payload_size,
+            )?,
+            max_depth: self.ranged("shadow.max_depth", raw.shadow.max_depth, 6, 1..=64)?,
+            max_inflight_per_client: self.ranged(
+                "shadow.max_inflight_per_client",
+                raw.shadow.max_inflight_per_client,
+                10,
+                1..=100_000,
+            )?,
+        };
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
             broker,
             ops,
+            shadow,
         })
     }
 
@@ -473,6 +512,8 @@ mod tests {
             ("data_dir = \"\"\n", "1: `data_dir`: the data directory must not be empty"),
             ("[ops\n", "1:5:"),
             ("[log]\nfilter = \"info,x=loud\"\n", "2: `log.filter`: not a valid log filter"),
+            ("[shadow]\nmax_depth = 0\n", "2: `shadow.max_depth`: 0 is out of range"),
+            ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, Some(Path::new("grove.toml")))

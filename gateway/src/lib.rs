@@ -7,15 +7,18 @@
 //!
 //! Modules:
 //! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
-//! - [`broker`]: the embedded broker and its connection layer.
+//! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
+//! - [`shadow`]: the AWS IoT Device Shadow service.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
 
 pub mod broker;
+pub mod bus;
 pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
 pub mod run;
+pub mod shadow;
 pub mod store;

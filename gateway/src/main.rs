@@ -3,12 +3,14 @@
 //! This file only parses arguments and maps errors to exit codes (2 for configuration errors, 1
 //! for the rest); the work is in the `grove_gateway` library.
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
+use grove_gateway::shadow::client::{self, Request};
 
 /// Grove: an edge IoT gateway runtime. An MQTT broker for your devices, AWS IoT-compatible
 /// device shadows, rules, WebAssembly functions and cloud sync, in one small binary.
@@ -31,6 +33,19 @@ enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: Option<PathBuf>,
     },
+    /// Read or change device shadows on a running gateway, over its MQTT API.
+    ///
+    /// The gateway is found through --config (its first MQTT listener) or --mqtt.
+    Shadow {
+        #[command(subcommand)]
+        action: ShadowAction,
+        /// The gateway's configuration file, to find its MQTT listener.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The gateway's MQTT address (overrides --config).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        mqtt: Option<SocketAddr>,
+    },
     /// Write a fully commented default configuration file.
     Init {
         /// Where to write it.
@@ -42,10 +57,58 @@ enum Command {
     },
 }
 
+#[derive(Subcommand)]
+enum ShadowAction {
+    /// List every shadow with its version.
+    List {
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a shadow's desired, reported and delta state.
+    Get {
+        /// The thing name.
+        thing: String,
+        /// A named shadow (default: the classic shadow).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the raw `get/accepted` document.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Update a shadow with an AWS update document, e.g. '{"state":{"desired":{"on":true}}}'.
+    Update {
+        /// The thing name.
+        thing: String,
+        /// A named shadow (default: the classic shadow).
+        #[arg(long)]
+        name: Option<String>,
+        /// The update document.
+        #[arg(long, value_name = "DOC")]
+        json: String,
+    },
+    /// Delete a shadow.
+    Delete {
+        /// The thing name.
+        thing: String,
+        /// A named shadow (default: the classic shadow).
+        #[arg(long)]
+        name: Option<String>,
+        /// Print the raw `delete/accepted` document.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Run { config } => run(config),
+        Command::Shadow {
+            action,
+            config,
+            mqtt,
+        } => shadow(action, config, mqtt),
         Command::Init { file, force } => match init(&file, force) {
             Ok(()) => {
                 eprintln!("wrote {}", file.display());
@@ -98,6 +161,69 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             ExitCode::from(code as u8)
         }
     }
+}
+
+fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr>) -> ExitCode {
+    let addr = match (mqtt, config) {
+        (Some(addr), _) => addr,
+        (None, config) => {
+            let config = match config {
+                Some(path) => Config::load(&path),
+                None => Ok(Config::defaults()),
+            };
+            match config {
+                Ok(c) => gateway_address(&c),
+                Err(e) => {
+                    eprintln!("grove: configuration error: {e}");
+                    return ExitCode::from(2);
+                }
+            }
+        }
+    };
+    let (thing, name, request, raw) = match action {
+        ShadowAction::List { json } => (String::new(), None, Request::List, json),
+        ShadowAction::Get { thing, name, json } => (thing, name, Request::Get, json),
+        ShadowAction::Update { thing, name, json } => (thing, name, Request::Update(json), true),
+        ShadowAction::Delete { thing, name, json } => (thing, name, Request::Delete, json),
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("grove: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(client::call(addr, &thing, name.as_deref(), request.clone())) {
+        Ok(doc) if raw && !matches!(request, Request::Update(_)) => {
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Ok(doc) => {
+            print!("{}", client::render(&request, &thing, &doc));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("grove shadow: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Where a client on this machine reaches the gateway: its first listener, with an unspecified
+/// address (0.0.0.0, ::) replaced by loopback.
+fn gateway_address(config: &Config) -> SocketAddr {
+    let mut addr = config.broker.listeners[0].bind.value;
+    if addr.ip().is_unspecified() {
+        addr.set_ip(if addr.is_ipv4() {
+            std::net::Ipv4Addr::LOCALHOST.into()
+        } else {
+            std::net::Ipv6Addr::LOCALHOST.into()
+        });
+    }
+    addr
 }
 
 fn init(file: &PathBuf, force: bool) -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ use tracing::info;
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::shadow::service::ShadowService;
 use crate::store::{Store, StoreError};
 
 /// Why the gateway could not run.
@@ -67,11 +68,11 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     })?;
     let metrics = Arc::new(Metrics::new());
-    let broker = match Broker::start(config.broker, store, metrics.broker.clone()).await {
-        Ok(b) => b,
+    let (broker, shadows) = match start(&config, store, &metrics).await {
+        Ok(started) => started,
         Err(e) => {
             store_thread.close().await;
-            return Err(e.into());
+            return Err(e);
         }
     };
 
@@ -107,6 +108,7 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     let signal = wait_for_signal().await.map_err(RunError::Signals);
     info!("shutting down");
     broker.shutdown().await;
+    let _ = shadows.await;
     let _ = ops_stop.send(());
     if let Some(task) = ops_task {
         let _ = task.await;
@@ -114,6 +116,25 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     store_thread.close().await;
     info!("stopped");
     signal
+}
+
+/// Starts the broker and the components on it, then opens the listeners.
+async fn start(
+    config: &Config,
+    store: Store,
+    metrics: &Metrics,
+) -> Result<(Broker, tokio::task::JoinHandle<()>), RunError> {
+    let mut broker =
+        Broker::start(config.broker.clone(), store.clone(), metrics.broker.clone()).await?;
+    let shadow_bus = broker.bus("shadow").await?;
+    let service = ShadowService::new(shadow_bus, store, &config.shadow, metrics.shadow.clone())
+        .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
+    let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
+    if let Err(e) = broker.listen().await {
+        broker.shutdown().await;
+        return Err(e.into());
+    }
+    Ok((broker, shadows))
 }
 
 async fn wait_for_signal() -> std::io::Result<()> {

@@ -31,6 +31,16 @@ const MIGRATIONS: &[&str] = &[
         payload BLOB NOT NULL,
         qos     INTEGER NOT NULL
     ) WITHOUT ROWID;",
+    // 2: device shadows; `name` is '' for a thing's classic shadow. `document` is the shadow
+    // module's own JSON (state, metadata, version, tombstone); `version` is kept beside it for
+    // listing without parsing.
+    "CREATE TABLE shadows (
+        thing    TEXT NOT NULL,
+        name     TEXT NOT NULL,
+        version  INTEGER NOT NULL,
+        document TEXT NOT NULL,
+        PRIMARY KEY (thing, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// Why the store refused or failed.
@@ -75,8 +85,42 @@ pub struct RetainedMessage {
     pub qos: u8,
 }
 
+/// Identifies a shadow: a thing and, for a named shadow, its name.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ShadowKey {
+    /// The thing name.
+    pub thing: String,
+    /// The shadow name; `None` for the classic shadow.
+    pub name: Option<String>,
+}
+
+/// A shadow as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredShadow {
+    /// Which shadow.
+    pub key: ShadowKey,
+    /// Its version, for listings.
+    pub version: u64,
+    /// The shadow module's JSON document.
+    pub document: String,
+}
+
 /// A write or read for the owner thread.
 enum Command {
+    /// Write shadows (all in the same transaction).
+    WriteShadows {
+        shadows: Vec<StoredShadow>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Read one shadow.
+    LoadShadow {
+        key: ShadowKey,
+        done: oneshot::Sender<Result<Option<StoredShadow>, StoreError>>,
+    },
+    /// List every shadow (without documents).
+    ListShadows {
+        done: oneshot::Sender<Result<Vec<(ShadowKey, u64)>, StoreError>>,
+    },
     /// Store (or, with an empty payload, delete) the retained message of a topic.
     Retain {
         message: RetainedMessage,
@@ -150,6 +194,27 @@ impl Store {
     pub async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
         let (done, wait) = oneshot::channel();
         self.send(Command::LoadRetained { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably writes shadows, all or none. Returns after the commit.
+    pub async fn write_shadows(&self, shadows: Vec<StoredShadow>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::WriteShadows { shadows, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One shadow, if stored.
+    pub async fn load_shadow(&self, key: ShadowKey) -> Result<Option<StoredShadow>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::LoadShadow { key, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every stored shadow's key and version, ordered by thing then name.
+    pub async fn list_shadows(&self) -> Result<Vec<(ShadowKey, u64)>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::ListShadows { done }).await?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -229,6 +294,18 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
                 Command::LoadRetained { done } => {
                     let _ = done.send(load_retained(&tx).map_err(StoreError::from));
                 }
+                Command::WriteShadows { shadows, done } => {
+                    for shadow in &shadows {
+                        write_shadow(&tx, shadow)?;
+                    }
+                    acks.push(done);
+                }
+                Command::LoadShadow { key, done } => {
+                    let _ = done.send(load_shadow(&tx, key).map_err(StoreError::from));
+                }
+                Command::ListShadows { done } => {
+                    let _ = done.send(list_shadows(&tx).map_err(StoreError::from));
+                }
                 Command::Close => close = true,
             }
         }
@@ -260,6 +337,53 @@ fn apply_retain(tx: &rusqlite::Transaction<'_>, m: &RetainedMessage) -> rusqlite
         .execute(params![m.topic, m.payload.as_ref(), m.qos])?;
     }
     Ok(())
+}
+
+fn write_shadow(tx: &rusqlite::Transaction<'_>, s: &StoredShadow) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO shadows (thing, name, version, document) VALUES (?1, ?2, ?3, ?4)
+         ON CONFLICT (thing, name) DO UPDATE SET version = excluded.version, document = excluded.document",
+    )?
+    .execute(params![
+        s.key.thing,
+        s.key.name.as_deref().unwrap_or(""),
+        s.version as i64,
+        s.document
+    ])?;
+    Ok(())
+}
+
+fn load_shadow(
+    tx: &rusqlite::Transaction<'_>,
+    key: ShadowKey,
+) -> rusqlite::Result<Option<StoredShadow>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT version, document FROM shadows WHERE thing = ?1 AND name = ?2")?;
+    let mut rows = stmt.query(params![key.thing, key.name.as_deref().unwrap_or("")])?;
+    match rows.next()? {
+        None => Ok(None),
+        Some(row) => Ok(Some(StoredShadow {
+            version: row.get::<_, i64>(0)? as u64,
+            document: row.get(1)?,
+            key,
+        })),
+    }
+}
+
+fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowKey, u64)>> {
+    let mut stmt =
+        tx.prepare_cached("SELECT thing, name, version FROM shadows ORDER BY thing, name")?;
+    let rows = stmt.query_map([], |r| {
+        let name: String = r.get(1)?;
+        Ok((
+            ShadowKey {
+                thing: r.get(0)?,
+                name: (!name.is_empty()).then_some(name),
+            },
+            r.get::<_, i64>(2)? as u64,
+        ))
+    })?;
+    rows.collect()
 }
 
 fn load_retained(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<RetainedMessage>> {
@@ -298,6 +422,42 @@ mod tests {
 
         let (store, thread) = Store::open(dir.path()).unwrap();
         assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"3")]);
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn shadows_are_written_together_and_listed() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let key = |thing: &str, name: Option<&str>| ShadowKey {
+            thing: thing.into(),
+            name: name.map(Into::into),
+        };
+        let shadow = |k: ShadowKey, v: u64| StoredShadow {
+            key: k,
+            version: v,
+            document: format!("{{\"v\":{v}}}"),
+        };
+        store
+            .write_shadows(vec![
+                shadow(key("b", None), 1),
+                shadow(key("a", Some("x")), 2),
+            ])
+            .await
+            .unwrap();
+        store
+            .write_shadows(vec![shadow(key("b", None), 3)])
+            .await
+            .unwrap();
+        thread.close().await;
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        assert_eq!(
+            store.list_shadows().await.unwrap(),
+            vec![(key("a", Some("x")), 2), (key("b", None), 3)]
+        );
+        let b = store.load_shadow(key("b", None)).await.unwrap().unwrap();
+        assert_eq!(b.document, "{\"v\":3}");
+        assert_eq!(store.load_shadow(key("c", None)).await.unwrap(), None);
         thread.close().await;
     }
 

@@ -183,6 +183,12 @@ impl Gateway {
         self.spawn();
     }
 
+    /// Starts again after [`Gateway::stop_with`].
+    pub fn restart_stopped(&mut self) {
+        assert!(self.child.is_none(), "still running");
+        self.spawn();
+    }
+
     /// Kills with SIGKILL (no chance to clean up) and starts again.
     pub fn kill_and_restart(&mut self) {
         self.stop_with("KILL");

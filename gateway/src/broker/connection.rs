@@ -12,10 +12,8 @@
 //! timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
 //! MQTT 5 will delay, if any) and is removed from the router.
 
-use std::future::Future;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
 use bytes::BytesMut;
@@ -31,7 +29,7 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{sniff, Codec, Sniff, Version};
-use super::{namespace, Shared};
+use super::{namespace, poll_now, Shared, ORIGIN_PROPERTY};
 
 /// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
 /// MQTT 5 properties). The exact payload limit is checked after decoding.
@@ -410,6 +408,17 @@ impl Relay {
                         break;
                     }
                     let mut publish = publish;
+                    let mut props = props;
+                    // The origin property is Grove's to set: a device may not forge it.
+                    if let Some(p) = &mut props {
+                        p.user_properties.retain(|(k, _)| k != ORIGIN_PROPERTY);
+                    }
+                    if publish.topic.starts_with(b"$aws/things/") {
+                        props
+                            .get_or_insert_with(Default::default)
+                            .user_properties
+                            .push((ORIGIN_PROPERTY.to_owned(), self.session.client_id.clone()));
+                    }
                     publish.topic = namespace::topic_to_router(&publish.topic);
                     batch.push(Packet::Publish(publish, props));
                 }
@@ -498,6 +507,9 @@ impl Relay {
                             .bytes_sent
                             .inc_by(f.publish.payload.len() as u64);
                         f.publish.topic = namespace::topic_from_router(f.publish.topic);
+                        if let Some(p) = &mut f.properties {
+                            p.user_properties.retain(|(k, _)| k != ORIGIN_PROPERTY);
+                        }
                         self.encode(Packet::Publish(f.publish, f.properties));
                     }
                     Notification::DeviceAck(ack) => self.encode(ack.into()),
@@ -607,15 +619,6 @@ impl Relay {
         if !batch.is_empty() {
             let _ = self.shared.router.relay(&mut self.session.tx, batch).await;
         }
-    }
-}
-
-/// Polls a link once without waiting: `None` when nothing is ready.
-fn poll_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, rumqttd::local::LinkError>> {
-    let mut next = std::pin::pin!(rx.next());
-    match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
     }
 }
 

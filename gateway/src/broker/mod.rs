@@ -19,7 +19,6 @@ mod connection;
 pub mod namespace;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -36,6 +35,7 @@ use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
+use crate::bus::Bus;
 use crate::config::{BrokerConfig, ConfigError};
 use crate::metrics::BrokerMetrics;
 use crate::store::{RetainedMessage, Store, StoreError};
@@ -46,6 +46,33 @@ use crate::store::{RetainedMessage, Store, StoreError};
 /// Links the gateway itself holds open to the router (system link, restore, components); reserved
 /// on top of `max_connections` so devices cannot starve the gateway of links.
 const INTERNAL_LINKS: usize = 64;
+
+/// The MQTT 5 user property in which the connection layer records, inside the router, which client
+/// published a message on `$aws/things/...`: the shadow service needs it (AWS's per-connection
+/// in-flight limit), and rumqttd's router does not say who published what. It is removed from
+/// every message before it leaves for a client, and a client cannot set it.
+pub(crate) const ORIGIN_PROPERTY: &str = "$grove-origin";
+
+/// The publishing client recorded by the connection layer, if any.
+pub(crate) fn origin_client_id(properties: Option<&PublishProperties>) -> Option<String> {
+    properties?
+        .user_properties
+        .iter()
+        .find(|(k, _)| k == ORIGIN_PROPERTY)
+        .map(|(_, v)| v.clone())
+}
+
+/// Polls a link once without waiting: `None` when nothing is ready. Lets a reader take every
+/// notification already queued in one go and write them out together.
+pub(crate) fn poll_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, LinkError>> {
+    use std::future::Future;
+    use std::task::{Context, Poll, Waker};
+    let mut next = std::pin::pin!(rx.next());
+    match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
+        Poll::Ready(r) => Some(r),
+        Poll::Pending => None,
+    }
+}
 
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
@@ -66,8 +93,6 @@ pub struct Broker {
     shared: Arc<Shared>,
     shutdown: watch::Sender<bool>,
     tasks: JoinSet<()>,
-    /// The addresses the listeners actually bound (port 0 resolved), by listener name.
-    pub bound: Vec<(String, SocketAddr)>,
 }
 
 /// State shared by every connection task.
@@ -132,10 +157,8 @@ impl RouterHandle {
 }
 
 impl Broker {
-    /// Starts the router, restores retained messages from the store, then binds every listener.
-    ///
-    /// Nothing is accepted before the retained messages are back, so a subscriber can never see
-    /// the broker without them.
+    /// Starts the router and restores retained messages from the store. Devices are accepted only
+    /// once [`Broker::listen`] is called, so a subscriber never sees the broker without them.
     pub async fn start(
         config: BrokerConfig,
         store: Store,
@@ -180,9 +203,18 @@ impl Broker {
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
         shared.restore_retained().await?;
+        Ok(Broker {
+            shared,
+            shutdown,
+            tasks,
+        })
+    }
 
+    /// Binds every listener and starts accepting devices. Components take their [`Broker::bus`]
+    /// links before this, so no device message can arrive before they listen.
+    pub async fn listen(&mut self) -> Result<(), BrokerError> {
         let mut listeners = Vec::new();
-        for l in &shared.config.listeners {
+        for l in &self.shared.config.listeners {
             let listener =
                 TcpListener::bind(l.bind.value)
                     .await
@@ -194,16 +226,27 @@ impl Broker {
             info!(listener = l.name, %addr, "MQTT listener ready (MQTT 3.1.1 and 5)");
             listeners.push((l.name.clone(), addr, listener));
         }
-        let bound = listeners.iter().map(|(n, a, _)| (n.clone(), *a)).collect();
         for (name, _, listener) in listeners {
-            tasks.spawn(accept_loop(name, listener, shared.clone()));
+            self.tasks
+                .spawn(accept_loop(name, listener, self.shared.clone()));
         }
-        Ok(Broker {
-            shared,
-            shutdown,
-            tasks,
-            bound,
-        })
+        Ok(())
+    }
+
+    /// An in-process client of the broker for one of the gateway's components.
+    pub async fn bus(&self, component: &str) -> Result<Bus, BrokerError> {
+        let (tx, rx, _) = self
+            .shared
+            .router
+            .link(format!("%g{component}"), true, 0)
+            .await
+            .map_err(BrokerError::Link)?;
+        Ok(Bus::new(tx, rx, self.shared.router.clone()))
+    }
+
+    /// A receiver that turns true when the broker shuts down, for components to stop with it.
+    pub fn shutdown_signal(&self) -> watch::Receiver<bool> {
+        self.shared.shutdown.clone()
     }
 
     /// Stops accepting, closes every connection and waits for the connection tasks.

@@ -115,6 +115,11 @@ pub enum Rejection {
     /// 400: `state` is nested deeper than the limit.
     #[error("JSON contains too many levels of nesting; maximum is {0}")]
     TooDeep(usize),
+    /// 400: the thing or shadow name in the request topic is not one AWS accepts. AWS IoT Core refuses
+    /// such a publish outright and documents no answer; Grove answers on `/rejected` so a device learns
+    /// why (Grove's own text).
+    #[error("Invalid {0}")]
+    InvalidName(String),
     /// 404: get or delete of a shadow that does not exist; quotes the shadow name, or the thing name for
     /// a classic shadow.
     #[error("No shadow exists with name: '{0}'")]
@@ -147,7 +152,8 @@ impl Rejection {
             | Rejection::InvalidStateNode(_)
             | Rejection::InvalidVersion
             | Rejection::InvalidClientToken
-            | Rejection::TooDeep(_) => 400,
+            | Rejection::TooDeep(_)
+            | Rejection::InvalidName(_) => 400,
             Rejection::NoShadow(_) => 404,
             Rejection::VersionConflict => 409,
             Rejection::TooLarge => 413,

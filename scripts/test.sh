@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# The whole test suite: what CI runs (.ci/run calls exactly this) and what the README tells you to
+# run. It installs what the tests need by itself (apt packages, rustup targets, cargo tools), so it
+# works on a fresh machine that has only the Rust toolchain.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+step() { printf '\n==> %s\n' "$*"; }
+
+step "system packages"
+missing=()
+command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
+command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -eq 0 ] || sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# Debian puts mosquitto in /usr/sbin, which is not on every PATH.
+export PATH="$PATH:/usr/sbin"
+mosquitto -h 2>&1 | head -1
+
+step "formatting and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "build"
+cargo build --workspace --bins --locked
+
+step "tests"
+cargo test --workspace --locked
+
+for extra in firmware/ci.sh rules/ci.sh; do
+  if [ -f "$extra" ]; then
+    step "$extra"
+    bash "$extra"
+  fi
+done
+
+step "all tests passed"

@@ -1,0 +1,691 @@
+//! End-to-end tests of the device shadow service: the real `grove` binary, real MQTT clients, on
+//! AWS's `$aws/things/...` topics and documents.
+
+use std::time::Duration;
+
+use grove_tests::{grove, options, Client, Gateway};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A device talking to its shadow as an AWS IoT SDK does: subscribed to every response topic of
+/// the shadow, correlating answers by client token.
+struct Device {
+    client: Client,
+    prefix: String,
+    /// Client tokens are `{id}-{n}`, unique across devices watching the same shadow.
+    id: String,
+    next: u64,
+    /// Answers that arrived for other tokens (or without one), kept in order.
+    others: Vec<(String, Value)>,
+}
+
+impl Device {
+    async fn connect(g: &Gateway, client_id: &str, thing: &str, shadow: Option<&str>) -> Device {
+        let prefix = match shadow {
+            None => format!("$aws/things/{thing}/shadow"),
+            Some(s) => format!("$aws/things/{thing}/shadow/name/{s}"),
+        };
+        let mut client = Client::connect(client_id, g.mqtt_port).await;
+        for filter in ["get/+", "update/+", "delete/+"] {
+            client
+                .subscribe(&format!("{prefix}/{filter}"), QoS::AtLeastOnce)
+                .await;
+        }
+        Device {
+            client,
+            prefix,
+            id: client_id.to_owned(),
+            next: 0,
+            others: Vec::new(),
+        }
+    }
+
+    /// Publishes `body` (with a fresh client token) to `{prefix}/{op}` and returns the answer:
+    /// (`accepted` or `rejected`, document).
+    async fn call(&mut self, op: &str, mut body: Value) -> (String, Value) {
+        self.next += 1;
+        let token = format!("{}-{}", self.id, self.next);
+        body["clientToken"] = token.clone().into();
+        self.publish_raw(op, body.to_string().into_bytes()).await;
+        self.answer(op, &token).await
+    }
+
+    async fn publish_raw(&self, op: &str, payload: Vec<u8>) {
+        self.client
+            .publish(
+                &format!("{}/{op}", self.prefix),
+                QoS::AtLeastOnce,
+                false,
+                payload,
+            )
+            .await;
+    }
+
+    /// Waits for `{op}/accepted|rejected` carrying `token`.
+    async fn answer(&mut self, op: &str, token: &str) -> (String, Value) {
+        loop {
+            let p = self
+                .client
+                .recv(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("no answer to {op} {token}"));
+            let doc: Value = serde_json::from_slice(&p.payload).expect("JSON answer");
+            let suffix = p
+                .topic
+                .strip_prefix(&format!("{}/", self.prefix))
+                .unwrap()
+                .to_owned();
+            if doc["clientToken"] == token
+                && (suffix == format!("{op}/accepted") || suffix == format!("{op}/rejected"))
+            {
+                return (suffix.rsplit('/').next().unwrap().to_owned(), doc);
+            }
+            self.others.push((suffix, doc));
+        }
+    }
+
+    /// The next message on `{prefix}/{suffix}`, from what arrived already or what arrives next.
+    async fn next_on(&mut self, suffix: &str) -> Value {
+        if let Some(i) = self.others.iter().position(|(s, _)| s == suffix) {
+            return self.others.remove(i).1;
+        }
+        loop {
+            let p = self
+                .client
+                .recv(WAIT)
+                .await
+                .unwrap_or_else(|| panic!("nothing on {suffix}"));
+            let got = p
+                .topic
+                .strip_prefix(&format!("{}/", self.prefix))
+                .unwrap()
+                .to_owned();
+            let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+            if got == suffix {
+                return doc;
+            }
+            self.others.push((got, doc));
+        }
+    }
+}
+
+fn rejected(answer: &(String, Value), code: u64, message: &str) {
+    assert_eq!(answer.0, "rejected", "{answer:?}");
+    assert_eq!(answer.1["code"], code, "{answer:?}");
+    assert_eq!(answer.1["message"], message, "{answer:?}");
+    assert!(answer.1["timestamp"].is_u64(), "{answer:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn classic_and_named_shadow_lifecycle_with_delta_to_the_device() {
+    let mut g = Gateway::start("");
+    for shadow in [None, Some("config")] {
+        let mut app = Device::connect(&g, &format!("app-{shadow:?}"), "lamp-1", shadow).await;
+        let mut device = Client::connect(&format!("lamp-{shadow:?}"), g.mqtt_port).await;
+        let prefix = app.prefix.clone();
+        device
+            .subscribe(&format!("{prefix}/update/delta"), QoS::AtLeastOnce)
+            .await;
+
+        let not_found = app.call("get", json!({})).await;
+        let name = shadow.unwrap_or("lamp-1");
+        rejected(
+            &not_found,
+            404,
+            &format!("No shadow exists with name: '{name}'"),
+        );
+
+        let (kind, doc) = app
+            .call(
+                "update",
+                json!({"state": {"desired": {"on": true, "rgb": [1, 2, 3]}}}),
+            )
+            .await;
+        assert_eq!(kind, "accepted", "{doc}");
+        assert_eq!(doc["version"], 1);
+        assert_eq!(
+            doc["state"],
+            json!({"desired": {"on": true, "rgb": [1, 2, 3]}})
+        );
+        assert!(doc["metadata"]["desired"]["on"]["timestamp"].is_u64());
+        assert_eq!(
+            doc["metadata"]["desired"]["rgb"].as_array().unwrap().len(),
+            3,
+            "a timestamp per element"
+        );
+
+        let documents = app.next_on("update/documents").await;
+        assert_eq!(documents["current"]["version"], 1);
+        assert!(documents.get("previous").is_none() || documents["previous"].is_null());
+
+        // The device gets its delta, as a device of AWS IoT would.
+        let delta = device.recv(WAIT).await.expect("delta reaches the device");
+        let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+        assert_eq!(delta["state"], json!({"on": true, "rgb": [1, 2, 3]}));
+        assert_eq!(delta["version"], 1);
+        assert_eq!(delta["clientToken"], format!("app-{shadow:?}-2"));
+
+        // The device reports; desired and reported agree, so no new delta.
+        let mut dev = Device::connect(&g, &format!("dev-{shadow:?}"), "lamp-1", shadow).await;
+        let (kind, doc) = dev
+            .call(
+                "update",
+                json!({"state": {"reported": {"on": true, "rgb": [1, 2, 3]}}}),
+            )
+            .await;
+        assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(2)));
+        assert!(
+            device.recv(Duration::from_millis(300)).await.is_none(),
+            "no delta when in sync"
+        );
+
+        // A null deletes a key; the merge is recursive.
+        let (_, doc) = app
+            .call(
+                "update",
+                json!({"state": {"desired": {"rgb": null, "mode": {"a": 1}}}}),
+            )
+            .await;
+        assert_eq!(doc["version"], 3);
+        let (kind, doc) = app.call("get", json!({})).await;
+        assert_eq!(kind, "accepted");
+        assert_eq!(
+            doc["state"]["desired"],
+            json!({"on": true, "mode": {"a": 1}})
+        );
+        assert_eq!(doc["state"]["delta"], json!({"mode": {"a": 1}}));
+        assert_eq!(doc["version"], 3);
+
+        // Persistence across a restart.
+        g.restart();
+        let mut app = Device::connect(&g, &format!("app2-{shadow:?}"), "lamp-1", shadow).await;
+        let (_, doc) = app.call("get", json!({})).await;
+        assert_eq!(doc["version"], 3);
+        assert_eq!(
+            doc["state"]["reported"],
+            json!({"on": true, "rgb": [1, 2, 3]})
+        );
+
+        let (kind, doc) = app.call("delete", json!({})).await;
+        assert_eq!(kind, "accepted");
+        assert_eq!(doc["version"], 3);
+        rejected(
+            &app.call("get", json!({})).await,
+            404,
+            &format!("No shadow exists with name: '{name}'"),
+        );
+        rejected(
+            &app.call("delete", json!({})).await,
+            404,
+            &format!("No shadow exists with name: '{name}'"),
+        );
+        // Re-created, it continues from the deleted version.
+        let (_, doc) = app
+            .call("update", json!({"state": {"reported": {"on": false}}}))
+            .await;
+        assert_eq!(doc["version"], 4, "deleting does not reset the version");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_code_with_aws_messages_and_nothing_stored_on_error() {
+    let g = Gateway::start("[shadow]\nmax_state_bytes = 1024\n");
+    let mut d = Device::connect(&g, "errors", "err-thing", None).await;
+    let (_, doc) = d
+        .call("update", json!({"state": {"reported": {"ok": 1}}}))
+        .await;
+    assert_eq!(doc["version"], 1);
+
+    let deep = json!({"state": {"reported": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}});
+    let cases: Vec<(Value, u64, &str)> = vec![
+        (json!({"nostate": 1}), 400, "Missing required node: state"),
+        (json!({"state": 5}), 400, "State node must be an object"),
+        (
+            json!({"state": {"desired": [1]}}),
+            400,
+            "Desired node must be an object",
+        ),
+        (
+            json!({"state": {"reported": "x"}}),
+            400,
+            "Reported node must be an object",
+        ),
+        (
+            json!({"state": {"delta": {}}}),
+            400,
+            "State contains an invalid node: 'delta'",
+        ),
+        (
+            json!({"state": {"reported": {}}, "version": "one"}),
+            400,
+            "Invalid version",
+        ),
+        (
+            json!({"state": {"reported": {}}, "version": -1}),
+            400,
+            "Invalid version",
+        ),
+        (
+            deep,
+            400,
+            "JSON contains too many levels of nesting; maximum is 6",
+        ),
+        (
+            json!({"state": {"reported": {"ok": 2}}, "version": 7}),
+            409,
+            "Version conflict",
+        ),
+        (
+            json!({"state": {"reported": {"big": "x".repeat(1100)}}}),
+            413,
+            "The payload exceeds the maximum size allowed",
+        ),
+    ];
+    for (body, code, message) in cases {
+        let answer = d.call("update", body.clone()).await;
+        rejected(&answer, code, message);
+        assert!(
+            answer.1["clientToken"].is_string(),
+            "token echoed for {body}"
+        );
+    }
+
+    // Payloads that are not JSON, or not UTF-8, or with a bad token.
+    let raw: Vec<(Vec<u8>, u64, &str)> = vec![
+        (b"{not json".to_vec(), 400, "Invalid JSON"),
+        (b"[1,2]".to_vec(), 400, "Invalid JSON"),
+        (
+            vec![0xff, 0xfe, b'{'],
+            415,
+            "Unsupported documented encoding; supported encoding is UTF-8",
+        ),
+        (
+            json!({"state": {}, "clientToken": "x".repeat(65)})
+                .to_string()
+                .into_bytes(),
+            400,
+            "Invalid clientToken",
+        ),
+    ];
+    for (payload, code, message) in raw {
+        d.publish_raw("update", payload).await;
+        let doc = d.next_on("update/rejected").await;
+        assert_eq!(
+            (
+                doc["code"].as_u64().unwrap(),
+                doc["message"].as_str().unwrap()
+            ),
+            (code, message)
+        );
+    }
+
+    // A topic with a name AWS would not accept gets a 400 on its rejected topic.
+    let mut watcher = Client::connect("bad-name-watcher", g.mqtt_port).await;
+    watcher
+        .subscribe(
+            "$aws/things/bad.name/shadow/update/rejected",
+            QoS::AtLeastOnce,
+        )
+        .await;
+    watcher
+        .publish(
+            "$aws/things/bad.name/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            "{\"state\":{}}",
+        )
+        .await;
+    let doc: Value =
+        serde_json::from_slice(&watcher.recv(WAIT).await.expect("400").payload).unwrap();
+    assert_eq!(doc["code"], 400);
+
+    // Nothing of the failed requests was stored.
+    let (_, doc) = d.call("get", json!({})).await;
+    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["state"]["reported"], json!({"ok": 1}));
+    assert_eq!(
+        g.metric("grove_shadow_requests_total{op=\"update\",code=\"400\"}"),
+        11.0
+    );
+    assert_eq!(
+        g.metric("grove_shadow_requests_total{op=\"update\",code=\"413\"}"),
+        1.0
+    );
+    assert_eq!(
+        g.metric("grove_shadow_requests_total{op=\"update\",code=\"200\"}"),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_many_in_flight_requests_from_one_connection_get_429() {
+    let g = Gateway::start("");
+    let mut d = Device::connect(&g, "flood", "flood-thing", None).await;
+    // 40 requests at once from one connection: AWS allows 10 in flight per connection.
+    for i in 0..40 {
+        let body = json!({"state": {"reported": {"i": i}}, "clientToken": format!("f{i}")});
+        d.publish_raw("update", body.to_string().into_bytes()).await;
+    }
+    let (mut accepted, mut too_many) = (0, 0);
+    while accepted + too_many < 40 {
+        let p = d
+            .client
+            .recv(WAIT)
+            .await
+            .expect("every request is answered");
+        let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+        if p.topic.ends_with("update/accepted") {
+            accepted += 1;
+        } else if p.topic.ends_with("update/rejected") {
+            assert_eq!(
+                (doc["code"].as_u64(), doc["message"].as_str()),
+                (Some(429), Some("Too Many Requests"))
+            );
+            too_many += 1;
+        }
+    }
+    assert!(too_many > 0, "some requests exceeded the in-flight limit");
+    assert!(accepted >= 10, "at least the first batch's ten were served");
+    let (_, doc) = d.call("get", json!({})).await;
+    assert_eq!(
+        doc["version"], accepted,
+        "exactly the accepted updates were applied"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_versioned_updates_exactly_one_wins() {
+    let g = Gateway::start("");
+    let mut a = Device::connect(&g, "writer-a", "contested", None).await;
+    let mut b = Device::connect(&g, "writer-b", "contested", None).await;
+    a.call("update", json!({"state": {"desired": {"owner": "nobody"}}}))
+        .await;
+    for round in 1..=20u64 {
+        let body = |who: &str| json!({"state": {"desired": {"owner": who}}, "version": round});
+        let (ra, rb) = tokio::join!(a.call("update", body("a")), b.call("update", body("b")));
+        let wins = [&ra, &rb].iter().filter(|r| r.0 == "accepted").count();
+        assert_eq!(wins, 1, "round {round}: {ra:?} {rb:?}");
+        let loser = if ra.0 == "accepted" { &rb } else { &ra };
+        rejected(loser, 409, "Version conflict");
+    }
+    let (_, doc) = a.call("get", json!({})).await;
+    assert_eq!(doc["version"], 21);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_updates_survive_kill_9() {
+    let mut g = Gateway::start("[shadow]\nmax_inflight_per_client = 1000\n");
+    let mut d = Device::connect(&g, "hammer", "durable", None).await;
+    // Fire updates as fast as possible, each with a counter, and record what was accepted.
+    let sender = d.client.client.clone();
+    let topic = format!("{}/update", d.prefix);
+    let fire = tokio::spawn(async move {
+        for i in 1..=100_000u64 {
+            let body = json!({"state": {"reported": {"n": i}}, "clientToken": format!("k{i}")});
+            if sender
+                .publish(&topic, QoS::AtLeastOnce, false, body.to_string())
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    let mut max_accepted = (0u64, 0u64); // (version, n)
+    let mut kill_after = 300;
+    loop {
+        let Some(p) = d.client.recv(Duration::from_secs(3)).await else {
+            break;
+        };
+        if p.topic.ends_with("update/accepted") {
+            let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+            let v = (
+                doc["version"].as_u64().unwrap(),
+                doc["state"]["reported"]["n"].as_u64().unwrap(),
+            );
+            assert!(v.0 > max_accepted.0, "versions increase");
+            max_accepted = v;
+            kill_after -= 1;
+            if kill_after == 0 {
+                break;
+            }
+        }
+    }
+    assert!(
+        max_accepted.0 >= 300,
+        "the stream got going: {max_accepted:?}"
+    );
+    // SIGKILL mid-stream: no chance to flush anything.
+    g.kill_and_restart();
+    fire.abort();
+    let mut d = Device::connect(&g, "after", "durable", None).await;
+    let (_, doc) = d.call("get", json!({})).await;
+    let stored = (
+        doc["version"].as_u64().unwrap(),
+        doc["state"]["reported"]["n"].as_u64().unwrap(),
+    );
+    assert!(
+        stored.0 >= max_accepted.0 && stored.1 >= max_accepted.1,
+        "acknowledged {max_accepted:?} but stored {stored:?}"
+    );
+    // Version and value move together: each accepted update was exactly one version.
+    assert_eq!(
+        stored.0, stored.1,
+        "version {} holds n = {}",
+        stored.0, stored.1
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_clients_use_shadows_too() {
+    let g = Gateway::start("");
+    let port = g.mqtt_port.to_string();
+    let sub = std::process::Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port,
+            "-t",
+            "$aws/things/mq/shadow/update/delta",
+            "-C",
+            "1",
+            "-W",
+            "10",
+            "-q",
+            "1",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("mosquitto_sub");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let st = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port,
+            "-t",
+            "$aws/things/mq/shadow/update",
+            "-q",
+            "1",
+            "-m",
+        ])
+        .arg(r#"{"state":{"desired":{"fan":"high"}}}"#)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let out = sub.wait_with_output().unwrap();
+    let delta: Value = serde_json::from_slice(&out.stdout).expect("a delta document");
+    assert_eq!(delta["state"], json!({"fan": "high"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_grove_shadow_command_drives_a_running_gateway() {
+    let g = Gateway::start("");
+    let addr = format!("127.0.0.1:{}", g.mqtt_port);
+    let dir = g.dir.path();
+    let (code, out) = grove(
+        &[
+            "shadow",
+            "--mqtt",
+            &addr,
+            "update",
+            "pump",
+            "--json",
+            r#"{"state":{"desired":{"rpm":900}}}"#,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("pump: updated to version 1"), "{out}");
+    let (code, out) = grove(
+        &[
+            "shadow",
+            "--mqtt",
+            &addr,
+            "update",
+            "pump",
+            "--name",
+            "limits",
+            "--json",
+            r#"{"state":{"reported":{"max":5}}}"#,
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "get", "pump"], dir);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("pump: version 1") && out.contains("delta:") && out.contains("900"),
+        "{out}"
+    );
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "get", "pump", "--json"], dir);
+    assert_eq!(code, 0, "{out}");
+    let raw: Value = serde_json::from_str(out.trim()).expect("--json prints the raw document");
+    assert_eq!(raw["state"]["desired"]["rpm"], 900);
+    // --config finds the listener too.
+    let cfg = g.config_path();
+    let (code, out) = grove(
+        &[
+            "shadow",
+            "--config",
+            cfg.to_str().unwrap(),
+            "list",
+            "--json",
+        ],
+        dir,
+    );
+    assert_eq!(code, 0, "{out}");
+    let list: Value = serde_json::from_str(out.trim()).unwrap();
+    let names: Vec<_> = list["shadows"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| {
+            (
+                s["thing"].as_str().unwrap().to_owned(),
+                s["shadow"].as_str().map(str::to_owned),
+                s["version"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        names,
+        [
+            ("pump".into(), None, 1),
+            ("pump".into(), Some("limits".into()), 1)
+        ]
+    );
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "delete", "pump"], dir);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "get", "pump"], dir);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("404 No shadow exists with name: 'pump'"),
+        "{out}"
+    );
+    let (code, out) = grove(
+        &[
+            "shadow", "--mqtt", &addr, "update", "pump", "--json", "{oops",
+        ],
+        dir,
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("--json is not valid JSON"), "{out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_updating_many_shadows_all_converge() {
+    let g = Gateway::start("");
+    let mut tasks = Vec::new();
+    for dev in 0..20 {
+        let port = g.mqtt_port;
+        tasks.push(tokio::spawn(async move {
+            let client = Client::connect_with(options(&format!("fleet-{dev}"), port)).await;
+            let mut d = Device {
+                client,
+                prefix: format!("$aws/things/fleet-{dev}/shadow"),
+                id: format!("fleet-{dev}"),
+                next: 0,
+                others: Vec::new(),
+            };
+            for filter in ["get/+", "update/+"] {
+                d.client
+                    .subscribe(&format!("{}/{filter}", d.prefix), QoS::AtLeastOnce)
+                    .await;
+            }
+            for i in 0..25u64 {
+                let (kind, doc) = d
+                    .call("update", json!({"state": {"reported": {"i": i}}}))
+                    .await;
+                assert_eq!(
+                    (kind.as_str(), doc["version"].as_u64()),
+                    ("accepted", Some(i + 1))
+                );
+            }
+            let (_, doc) = d.call("get", json!({})).await;
+            assert_eq!(doc["version"], 25);
+            assert_eq!(doc["state"]["reported"]["i"], 24);
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert!(g.metric("grove_shadow_commits_total") >= 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreadable_stored_shadow_answers_500_and_others_keep_working() {
+    let mut g = Gateway::start("");
+    let mut d = Device::connect(&g, "pre", "broken", None).await;
+    d.call("update", json!({"state": {"reported": {"x": 1}}}))
+        .await;
+    let mut ok = Device::connect(&g, "pre-ok", "fine", None).await;
+    ok.call("update", json!({"state": {"reported": {"y": 1}}}))
+        .await;
+    // Damage one stored document while the gateway is stopped.
+    g.stop_with("TERM");
+    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
+    db.execute(
+        "UPDATE shadows SET document = '{broken' WHERE thing = 'broken'",
+        [],
+    )
+    .unwrap();
+    drop(db);
+    g.restart_stopped();
+    let mut d = Device::connect(&g, "post", "broken", None).await;
+    rejected(
+        &d.call("get", json!({})).await,
+        500,
+        "Internal service failure",
+    );
+    rejected(
+        &d.call("update", json!({"state": {"reported": {"x": 2}}}))
+            .await,
+        500,
+        "Internal service failure",
+    );
+    let mut ok = Device::connect(&g, "post-ok", "fine", None).await;
+    let (kind, doc) = ok.call("get", json!({})).await;
+    assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(1)));
+    assert!(g.log().contains("a stored shadow is unreadable"), "logged");
+}
