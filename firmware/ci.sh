@@ -1,0 +1,111 @@
+#!/usr/bin/env bash
+# Firmware checks that the workspace's `cargo test` cannot do: builds grove-firmware for both thumb
+# targets, builds the STM32F411 example and the size probes, prints flash and static RAM from the ELFs,
+# fails beyond the budget, runs a self-test image under QEMU (installing qemu-system-arm if missing), and runs
+# the fuzz targets briefly.
+#
+# Budget (issue 7): the example at most 64 KiB flash and 16 KiB static RAM; the device core alone at
+# most 24 KiB flash. The core is measured as the difference between two probe images that differ only
+# in linking it (see firmware/size-probe/src/lib.rs).
+#
+# Environment: CARGO_TARGET_DIR (default: <repo>/target), FUZZ_SECONDS per fuzz target (default 15;
+# 0 skips fuzzing).
+set -euo pipefail
+
+FIRMWARE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(dirname "$FIRMWARE")"
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
+FUZZ_SECONDS="${FUZZ_SECONDS:-15}"
+THUMB_TARGETS=(thumbv7em-none-eabihf thumbv6m-none-eabi)
+FLASH_BUDGET=$((64 * 1024))
+RAM_BUDGET=$((16 * 1024))
+CORE_FLASH_BUDGET=$((24 * 1024))
+
+step() { printf '\n== %s\n' "$*"; }
+fail() { printf 'FAIL: %s\n' "$*" >&2; exit 1; }
+
+step "rustup targets"
+installed="$(rustup target list --installed)"
+for target in "${THUMB_TARGETS[@]}"; do
+    grep -qx "$target" <<<"$installed" || rustup target add "$target"
+done
+
+# llvm-size understands every ELF; GNU size from binutils reads ARM ELFs too.
+SIZE="$(command -v llvm-size || command -v rust-size || command -v arm-none-eabi-size || command -v size || true)"
+[[ -n "$SIZE" ]] || fail "no size tool: apt-get install llvm (llvm-size) or binutils (size)"
+
+# Prints "flash ram" for an ELF: flash = text (vectors, code, rodata) + data (its load image);
+# static RAM = data + bss.
+sizes() {
+    "$SIZE" -B "$1" | awk 'NR == 2 { print $1 + $2, $2 + $3 }'
+}
+
+step "grove-firmware for ${THUMB_TARGETS[*]}"
+for target in "${THUMB_TARGETS[@]}"; do
+    (cd "$ROOT" && cargo build -p grove-firmware --target "$target")
+done
+
+step "board example (STM32F411, thumbv7em-none-eabihf) and size probes"
+(cd "$FIRMWARE/board" && cargo clippy --release -- -D warnings && cargo build --release)
+for target in "${THUMB_TARGETS[@]}"; do
+    (cd "$FIRMWARE/size-probe" && cargo clippy --release --target "$target" -- -D warnings \
+        && cargo build --release --target "$target")
+done
+
+step "memory (bytes; command: $SIZE -B <elf>)"
+status=0
+printf '%-58s %8s %8s\n' "image" "flash" "ram"
+read -r flash ram < <(sizes "$CARGO_TARGET_DIR/thumbv7em-none-eabihf/release/grove-firmware-board")
+printf '%-58s %8d %8d\n' "example stm32f411 (thumbv7em-none-eabihf), whole image" "$flash" "$ram"
+(( flash <= FLASH_BUDGET )) || { echo "  over the flash budget of $FLASH_BUDGET"; status=1; }
+(( ram <= RAM_BUDGET )) || { echo "  over the static RAM budget of $RAM_BUDGET"; status=1; }
+for target in "${THUMB_TARGETS[@]}"; do
+    read -r base_flash base_ram < <(sizes "$CARGO_TARGET_DIR/$target/release/without-core")
+    read -r core_flash core_ram < <(sizes "$CARGO_TARGET_DIR/$target/release/with-core")
+    for image in "$base_flash $base_ram probe without core" "$core_flash $core_ram probe with core"; do
+        read -r f r label <<<"$image"
+        printf '%-58s %8d %8d\n' "$label ($target)" "$f" "$r"
+    done
+    delta_flash=$((core_flash - base_flash))
+    delta_ram=$((core_ram - base_ram))
+    printf '%-58s %8d %8d\n' "device core alone ($target)" "$delta_flash" "$delta_ram"
+    (( delta_flash <= CORE_FLASH_BUDGET )) || { echo "  over the core flash budget of $CORE_FLASH_BUDGET"; status=1; }
+    (( core_flash <= FLASH_BUDGET && core_ram <= RAM_BUDGET )) || { echo "  probe over the budget"; status=1; }
+done
+(( status == 0 )) || fail "memory budget exceeded"
+
+step "self-test image under QEMU (micro:bit Cortex-M0, MPS2-AN386 Cortex-M4F)"
+if ! command -v qemu-system-arm >/dev/null; then
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends qemu-system-arm
+fi
+{
+    for pair in "thumbv6m-none-eabi microbit" "thumbv7em-none-eabihf mps2-an386"; do
+        read -r target machine <<<"$pair"
+        (cd "$FIRMWARE/qemu" && cargo clippy --release --target "$target" -- -D warnings \
+            && cargo build --release --target "$target")
+        echo "-- $machine ($target)"
+        timeout 120 qemu-system-arm -machine "$machine" -nographic -monitor none -serial none \
+            -semihosting-config enable=on,target=native \
+            -kernel "$CARGO_TARGET_DIR/$target/release/grove-firmware-qemu" \
+            || fail "QEMU self-test on $machine"
+    done
+}
+
+if (( FUZZ_SECONDS > 0 )); then
+    step "fuzz targets, ${FUZZ_SECONDS}s each"
+    command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
+    # cargo-fuzz needs nightly-only flags (sanitizer, coverage instrumentation); RUSTC_BOOTSTRAP lets
+    # the stable toolchain accept them. A separate target dir keeps those flags from invalidating the
+    # normal builds.
+    for fuzz_target in codec device; do
+        (cd "$FIRMWARE/fuzz" && CARGO_TARGET_DIR="$CARGO_TARGET_DIR/fuzz" RUSTC_BOOTSTRAP=1 \
+            cargo fuzz run "$fuzz_target" -- -max_total_time="$FUZZ_SECONDS" -seed=1 -print_final_stats=1 2>&1 \
+            | grep -E '^(Done|stat::number_of_executed_units|==[0-9]+==|thread .* panicked|SUMMARY)' ) \
+            || fail "fuzz target $fuzz_target"
+    done
+fi
+
+step "firmware checks passed"
