@@ -1,0 +1,247 @@
+//! The device core over real TCP (`transport::StdTcp`) against a real MQTT broker (mosquitto, which the
+//! workspace's end-to-end tests also use), with a second client, written with the crate's own codec,
+//! playing the shadow service: the device connects with its will, subscribes, reports on boot, asks
+//! for its document, applies a delta, reports back, and its will fires when its connection drops.
+//!
+//! This is wire compatibility with a broker other than the scripted one; the shadow round trip through
+//! a Grove gateway is the end-to-end test that still needs the gateway's shadow service.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant as WallClock};
+
+use grove_firmware::actuator::Actuator;
+use grove_firmware::mqtt::{decode, Connect, Filter, Packet, Publish, QoS, SubscribeFilters};
+use grove_firmware::shadow::State;
+use grove_firmware::transport::{self, StdTcp};
+use grove_firmware::{Config, Device, Event, Instant};
+
+const THING: &str = "e2e-1";
+const DEADLINE: Duration = Duration::from_secs(20);
+
+/// A mosquitto process on a free loopback port, killed on drop.
+struct Mosquitto {
+    child: Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Mosquitto {
+    fn start() -> Self {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &conf,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
+        )
+        .unwrap();
+        let child = Command::new("mosquitto")
+            .arg("-c")
+            .arg(&conf)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("mosquitto is installed (apt-get install mosquitto)");
+        let broker = Self {
+            child,
+            port,
+            _dir: dir,
+        };
+        let start = WallClock::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(start.elapsed() < DEADLINE, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        broker
+    }
+
+    fn connect(&self) -> TcpStream {
+        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        stream.set_nodelay(true).unwrap();
+        stream
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A blocking MQTT client built on the crate's codec, standing in for the shadow service.
+struct Service {
+    stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Service {
+    fn connect(broker: &Mosquitto, topics: &[&str]) -> Self {
+        let mut service = Self {
+            stream: broker.connect(),
+            buf: Vec::new(),
+        };
+        service.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        let connect = Connect {
+            client_id: "shadow-service",
+            keep_alive: 60,
+            clean_session: true,
+            will: None,
+            username: None,
+            password: None,
+        };
+        service.send(Packet::Connect(connect));
+        assert!(matches!(service.next(), (0x20, _)), "CONNACK");
+        let filters: Vec<Filter<'_>> = topics
+            .iter()
+            .map(|topic| Filter {
+                topic,
+                qos: QoS::AtMostOnce,
+            })
+            .collect();
+        service.send(Packet::Subscribe {
+            pkid: 1,
+            filters: SubscribeFilters::new(&filters),
+        });
+        assert!(matches!(service.next(), (0x90, _)), "SUBACK");
+        service
+    }
+
+    fn send(&mut self, packet: Packet<'_>) {
+        let mut buf = vec![0u8; 512];
+        let len = packet.encode(&mut buf).unwrap();
+        self.stream.write_all(&buf[..len]).unwrap();
+    }
+
+    /// The next packet's first byte and, for a PUBLISH, its topic and payload.
+    fn next(&mut self) -> (u8, Option<(String, String)>) {
+        loop {
+            if let Some((packet, used)) = decode(&self.buf).unwrap() {
+                let first = self.buf[0] & 0xf0;
+                let message = match packet {
+                    Packet::Publish(p) => Some((
+                        p.topic.to_string(),
+                        String::from_utf8_lossy(p.payload).into_owned(),
+                    )),
+                    _ => None,
+                };
+                self.buf.drain(..used);
+                return (first, message);
+            }
+            let mut chunk = [0u8; 512];
+            let n = self
+                .stream
+                .read(&mut chunk)
+                .expect("broker answers in time");
+            assert!(n > 0, "broker closed the connection");
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    fn next_message(&mut self) -> (String, String) {
+        loop {
+            if let (_, Some(message)) = self.next() {
+                return message;
+            }
+        }
+    }
+}
+
+/// The relay as the simulator would model it: a flag.
+struct Flag(bool);
+
+impl Actuator for Flag {
+    type Error = std::convert::Infallible;
+
+    fn set(&mut self, on: bool) -> Result<(), Self::Error> {
+        self.0 = on;
+        Ok(())
+    }
+}
+
+/// Runs the device's shell until `done` accepts an event; returns every event seen.
+fn run_until(
+    device: &mut Device<Flag>,
+    io: &mut StdTcp,
+    clock: WallClock,
+    done: impl Fn(&Event) -> bool,
+) -> Vec<Event> {
+    let mut scratch = [0u8; 256];
+    let mut events = Vec::new();
+    while clock.elapsed() < DEADLINE {
+        let now = Instant::from_millis(clock.elapsed().as_millis() as u64);
+        transport::poll(device, io, now, &mut scratch).expect("transport stays up");
+        while let Some(event) = device.poll_event() {
+            if event == Event::OpenTransport {
+                device.transport_opened(now);
+            }
+            let finished = done(&event);
+            events.push(event);
+            if finished {
+                return events;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    panic!("timed out; events so far: {events:?}");
+}
+
+fn topic(suffix: &str) -> String {
+    format!("$aws/things/{THING}/shadow/{suffix}")
+}
+
+#[test]
+fn shadow_round_trip_through_mosquitto() {
+    let broker = Mosquitto::start();
+    let status = format!("$grove/things/{THING}/status");
+    let mut service = Service::connect(&broker, &[&topic("update"), &topic("get"), &status]);
+
+    let clock = WallClock::now();
+    let config = Config::new(THING).unwrap();
+    let mut device = Device::new(config, Flag(true), Instant::from_millis(0));
+    let mut io = StdTcp(broker.connect());
+    run_until(&mut device, &mut io, clock, |e| *e == Event::Connected);
+
+    assert_eq!(service.next_message(), (status.clone(), "online".into()));
+    let boot_report = r#"{"state":{"reported":{"relay":false,"interval_s":10}}}"#;
+    assert_eq!(
+        service.next_message(),
+        (topic("update"), boot_report.into())
+    );
+    assert_eq!(service.next_message(), (topic("get"), "{}".into()));
+
+    let delta = r#"{"version":1,"timestamp":1700000000,"state":{"relay":true},"metadata":{}}"#;
+    let delta_topic = topic("update/delta");
+    let publish = Publish {
+        dup: false,
+        qos: QoS::AtMostOnce,
+        retain: false,
+        topic: &delta_topic,
+        pkid: 0,
+        payload: delta.as_bytes(),
+    };
+    service.send(Packet::Publish(publish));
+    let events = run_until(&mut device, &mut io, clock, |e| {
+        matches!(e, Event::Applied(_))
+    });
+    assert_eq!(
+        events.last(),
+        Some(&Event::Applied(State {
+            relay: true,
+            interval_s: 10
+        }))
+    );
+    assert!(device.actuator().0, "relay switched on");
+    let report = r#"{"state":{"reported":{"relay":true,"interval_s":10}}}"#;
+    assert_eq!(service.next_message(), (topic("update"), report.into()));
+
+    // The device vanishes without DISCONNECT: the broker publishes its will.
+    drop(io);
+    assert_eq!(service.next_message(), (status, "offline".into()));
+}
