@@ -12,8 +12,12 @@ use std::net::SocketAddr;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
+use std::collections::BTreeMap;
+
 use serde::Deserialize;
 use toml::Spanned;
+
+use crate::auth::policy::{self, Policy};
 
 /// The default configuration file written by `grove init`, fully commented.
 ///
@@ -91,6 +95,8 @@ pub struct RawConfig {
     ops: RawOps,
     #[serde(default)]
     shadow: RawShadow,
+    #[serde(default)]
+    policies: Vec<Spanned<Policy>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -124,6 +130,42 @@ struct RawBroker {
 struct RawListener {
     name: Option<String>,
     bind: Spanned<SocketAddr>,
+    auth: Option<Spanned<AuthMode>>,
+    policy: Option<Spanned<String>>,
+    tls: Option<Spanned<RawTls>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: Option<PathBuf>,
+}
+
+/// How devices on a listener prove who they are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthMode {
+    /// Anyone may connect (the default on loopback listeners only).
+    Anonymous,
+    /// Username (= client id) and password, checked against the devices file's argon2 hashes
+    /// (the default on other listeners).
+    Password,
+    /// A client certificate from `tls.client_ca` whose common name is the client id and which is
+    /// registered in the devices file.
+    Certificate,
+}
+
+/// TLS files of a listener.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    /// The server certificate chain (PEM).
+    pub cert: PathBuf,
+    /// The server's private key (PEM).
+    pub key: PathBuf,
+    /// The CA that signs client certificates (PEM), for mutual TLS.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +230,8 @@ pub struct BrokerConfig {
     pub segment_count: usize,
     /// Most packets the router hands one connection per scheduling round.
     pub max_outgoing_batch: u64,
+    /// Every policy by name: the built-in `device` and `allow-all`, and `[[policies]]`.
+    pub policies: BTreeMap<String, Policy>,
 }
 
 /// One MQTT listener.
@@ -197,6 +241,12 @@ pub struct ListenerConfig {
     pub name: String,
     /// Where it listens.
     pub bind: Located<SocketAddr>,
+    /// How devices authenticate.
+    pub auth: AuthMode,
+    /// The policy devices on this listener get (unless their identity names another).
+    pub policy: String,
+    /// TLS, when configured; its origin is where startup errors about the files point.
+    pub tls: Option<Located<TlsFiles>>,
 }
 
 impl<T: PartialEq> PartialEq for Located<T> {
@@ -309,7 +359,8 @@ impl Resolver<'_> {
         if data_dir.value.as_os_str().is_empty() {
             return Err(self.invalid(&data_dir, "the data directory must not be empty"));
         }
-        let broker = self.resolve_broker(raw.broker)?;
+        let policies = self.resolve_policies(raw.policies)?;
+        let broker = self.resolve_broker(raw.broker, &policies)?;
         let ops = match raw.ops.enabled.unwrap_or(true) {
             false => None,
             true => Some(self.located(
@@ -361,7 +412,110 @@ impl Resolver<'_> {
         })
     }
 
-    fn resolve_broker(&self, raw: RawBroker) -> Result<BrokerConfig, ConfigError> {
+    fn resolve_listener(
+        &self,
+        i: usize,
+        l: RawListener,
+        policies: &BTreeMap<String, Policy>,
+    ) -> Result<ListenerConfig, ConfigError> {
+        let key = |k: &str| format!("broker.listeners[{i}].{k}");
+        let bind = self.located(
+            &key("bind"),
+            Some(l.bind),
+            SocketAddr::from(([0, 0, 0, 0], 0)),
+        );
+        let loopback = bind.value.ip().is_loopback();
+        // Anonymous access only where configured: by default only loopback listeners are open.
+        let default_auth = if loopback {
+            AuthMode::Anonymous
+        } else {
+            AuthMode::Password
+        };
+        let auth = self.located(&key("auth"), l.auth, default_auth);
+        let tls = l.tls.map(|t| {
+            let span = t.span();
+            let t = t.into_inner();
+            Located {
+                value: TlsFiles {
+                    cert: self.relative(t.cert),
+                    key: self.relative(t.key),
+                    client_ca: t.client_ca.map(|p| self.relative(p)),
+                },
+                origin: self.origin(&key("tls"), Some(span)),
+            }
+        });
+        let has_client_ca = tls.as_ref().is_some_and(|t| t.value.client_ca.is_some());
+        if auth.value == AuthMode::Certificate && !has_client_ca {
+            return Err(self.invalid(&auth, "auth = \"certificate\" needs tls.client_ca (the CA that signs device certificates)"));
+        }
+        if auth.value != AuthMode::Certificate && has_client_ca {
+            return Err(self.invalid(
+                &auth,
+                "tls.client_ca is set, so auth must be \"certificate\"",
+            ));
+        }
+        let default_policy = if auth.value == AuthMode::Anonymous && loopback {
+            "allow-all"
+        } else {
+            "device"
+        };
+        let policy = self.located(&key("policy"), l.policy, default_policy.to_owned());
+        if !policies.contains_key(&policy.value) {
+            let known: Vec<&str> = policies.keys().map(String::as_str).collect();
+            return Err(self.invalid(
+                &policy,
+                format!(
+                    "no policy named `{}` (known: {})",
+                    policy.value,
+                    known.join(", ")
+                ),
+            ));
+        }
+        Ok(ListenerConfig {
+            name: l.name.unwrap_or_else(|| format!("mqtt{i}")),
+            bind,
+            auth: auth.value,
+            policy: policy.value,
+            tls,
+        })
+    }
+
+    /// A path from the file, relative to the file's directory.
+    fn relative(&self, path: PathBuf) -> PathBuf {
+        match self.file.and_then(Path::parent) {
+            Some(dir) if path.is_relative() => dir.join(path),
+            _ => path,
+        }
+    }
+
+    fn resolve_policies(
+        &self,
+        raw: Vec<Spanned<Policy>>,
+    ) -> Result<BTreeMap<String, Policy>, ConfigError> {
+        let mut out = BTreeMap::new();
+        for builtin in [policy::device_policy(), policy::allow_all_policy()] {
+            out.insert(builtin.name.clone(), builtin);
+        }
+        let mut seen = std::collections::HashSet::new();
+        for (i, p) in raw.into_iter().enumerate() {
+            let origin = self.origin(&format!("policies[{i}]"), Some(p.span()));
+            let p = p.into_inner();
+            let located = Located { value: (), origin };
+            if !seen.insert(p.name.clone()) {
+                return Err(self.invalid(&located, format!("policy `{}` is defined twice", p.name)));
+            }
+            p.validate()
+                .map_err(|e| self.invalid(&located, e.to_string()))?;
+            out.insert(p.name.clone(), p);
+        }
+        Ok(out)
+    }
+
+    fn resolve_broker(
+        &self,
+        raw: RawBroker,
+        policies: &BTreeMap<String, Policy>,
+    ) -> Result<BrokerConfig, ConfigError> {
         let listeners = match raw.listeners {
             None => vec![ListenerConfig {
                 name: "mqtt".to_owned(),
@@ -370,38 +524,39 @@ impl Resolver<'_> {
                     None,
                     SocketAddr::from(([127, 0, 0, 1], 1883)),
                 ),
+                auth: AuthMode::Anonymous,
+                policy: "allow-all".to_owned(),
+                tls: None,
             }],
             Some(list) => {
                 let list_origin = self.origin("broker.listeners", Some(list.span()));
                 let list = list.into_inner();
                 let mut out: Vec<ListenerConfig> = Vec::with_capacity(list.len());
                 for (i, l) in list.into_iter().enumerate() {
-                    let bind =
-                        self.located(&format!("broker.listeners[{i}].bind"), Some(l.bind), {
-                            SocketAddr::from(([0, 0, 0, 0], 0))
-                        });
-                    let name = l.name.unwrap_or_else(|| format!("mqtt{i}"));
-                    if let Some(other) = out.iter().find(|o| o.name == name) {
+                    let listener = self.resolve_listener(i, l, policies)?;
+                    if let Some(other) = out.iter().find(|o| o.name == listener.name) {
                         return Err(self.invalid(
-                            &bind,
+                            &listener.bind,
                             format!(
-                                "listener name `{name}` is used twice ({})",
-                                other.bind.origin.key
+                                "listener name `{}` is used twice ({})",
+                                listener.name, other.bind.origin.key
                             ),
                         ));
                     }
-                    if bind.value.port() != 0 {
-                        if let Some(other) = out.iter().find(|o| o.bind.value == bind.value) {
+                    if listener.bind.value.port() != 0 {
+                        if let Some(other) =
+                            out.iter().find(|o| o.bind.value == listener.bind.value)
+                        {
                             return Err(self.invalid(
-                                &bind,
+                                &listener.bind,
                                 format!(
                                     "{} is already the address of listener `{}`",
-                                    bind.value, other.name
+                                    listener.bind.value, other.name
                                 ),
                             ));
                         }
                     }
-                    out.push(ListenerConfig { name, bind });
+                    out.push(listener);
                 }
                 if out.is_empty() {
                     return Err(ConfigError::Invalid {
@@ -448,6 +603,7 @@ impl Resolver<'_> {
             )?,
             segment_size: segment_size.value,
             segment_count: self.ranged("broker.segment_count", raw.segment_count, 4, 1..=1000)?,
+            policies: policies.clone(),
             max_outgoing_batch: self.ranged(
                 "broker.max_outgoing_batch",
                 raw.max_outgoing_batch,
@@ -513,6 +669,21 @@ mod tests {
             ("[ops\n", "1:5:"),
             ("[log]\nfilter = \"info,x=loud\"\n", "2: `log.filter`: not a valid log filter"),
             ("[shadow]\nmax_depth = 0\n", "2: `shadow.max_depth`: 0 is out of range"),
+            (
+                "[[broker.listeners]]\nbind = \"0.0.0.0:1\"\nauth = \"certificate\"\n",
+                "3: `broker.listeners[0].auth`: auth = \"certificate\" needs tls.client_ca",
+            ),
+            ("[[broker.listeners]]\nbind = \"0.0.0.0:1\"\nauth = \"magic\"\n", "3:8: unknown variant `magic`"),
+            (
+                "[[broker.listeners]]\nbind = \"0.0.0.0:1\"\npolicy = \"nope\"\n",
+                "3: `broker.listeners[0].policy`: no policy named `nope` (known: allow-all, device)",
+            ),
+            (
+                "[[policies]]\nname = \"p\"\npublish = [\"a/${who}\"]\n",
+                "1: `policies[0]`: policy `p`: unknown variable",
+            ),
+            ("[[policies]]\nname = \"p\"\npublish = [\"a/#/b\"]\n", "is not a valid topic filter"),
+            ("[[policies]]\nname = \"p\"\npublsh = []\n", "unknown field `publsh`"),
             ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
         ];
         for (text, want) in cases {
@@ -525,6 +696,37 @@ mod tests {
             );
             assert!(err.starts_with("grove.toml"), "{err}");
         }
+    }
+
+    #[test]
+    fn listeners_default_to_anonymous_only_on_loopback() {
+        let c = Config::parse(
+            "[[broker.listeners]]\nbind = \"127.0.0.1:1\"\n[[broker.listeners]]\nbind = \"0.0.0.0:2\"\n",
+            None,
+        )
+        .unwrap();
+        let l = &c.broker.listeners;
+        assert_eq!(
+            (l[0].auth, l[0].policy.as_str()),
+            (AuthMode::Anonymous, "allow-all")
+        );
+        assert_eq!(
+            (l[1].auth, l[1].policy.as_str()),
+            (AuthMode::Password, "device")
+        );
+        let c = Config::parse(
+            "[[broker.listeners]]\nbind = \"0.0.0.0:2\"\nauth = \"anonymous\"\n",
+            None,
+        )
+        .unwrap();
+        assert_eq!(
+            (
+                c.broker.listeners[0].auth,
+                c.broker.listeners[0].policy.as_str()
+            ),
+            (AuthMode::Anonymous, "device"),
+            "anonymous off loopback only when configured, and confined by the device policy"
+        );
     }
 
     #[test]

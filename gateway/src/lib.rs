@@ -13,6 +13,7 @@
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
 
+pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod config;

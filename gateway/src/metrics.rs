@@ -16,8 +16,16 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusalLabels {
     /// `payload_too_large`, `malformed`, `protocol`, `max_connections`, `connect_timeout`,
-    /// `identifier_rejected` or `store_failed`.
+    /// `identifier_rejected`, `store_failed`, `tls_handshake`, `bad_credentials`,
+    /// `identity_mismatch`, `unknown_certificate` or `not_authorized`.
     pub reason: &'static str,
+}
+
+/// What a policy refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// `publish`, `subscribe` or `receive`.
+    pub action: &'static str,
 }
 
 /// The broker's counters.
@@ -39,9 +47,16 @@ pub struct BrokerMetrics {
     pub refused: Family<RefusalLabels, Counter>,
     /// Retained messages restored from the store at startup.
     pub retained_restored: Counter,
+    /// Actions refused by a policy.
+    pub denied: Family<DeniedLabels, Counter>,
 }
 
 impl BrokerMetrics {
+    /// Counts a policy refusal.
+    pub fn deny(&self, action: &'static str) {
+        self.denied.get_or_create(&DeniedLabels { action }).inc();
+    }
+
     /// Counts a refusal.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
@@ -162,6 +177,11 @@ impl Metrics {
             "refused",
             "Packets and connections refused by the broker, by reason",
             broker.refused.clone(),
+        );
+        b.register(
+            "denied",
+            "Publishes, subscriptions and deliveries refused by a policy",
+            broker.denied.clone(),
         );
         b.register(
             "retained_restored",

@@ -11,6 +11,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tracing::info;
 
+use crate::auth::identity::{Identities, DEVICES_FILE};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
@@ -124,8 +125,18 @@ async fn start(
     store: Store,
     metrics: &Metrics,
 ) -> Result<(Broker, tokio::task::JoinHandle<()>), RunError> {
-    let mut broker =
-        Broker::start(config.broker.clone(), store.clone(), metrics.broker.clone()).await?;
+    let devices = config.data_dir.value.join(DEVICES_FILE);
+    let identities = Identities::open(devices).map_err(|e| ConfigError::Invalid {
+        origin: config.data_dir.origin.clone(),
+        message: format!("cannot read the device identities: {e}"),
+    })?;
+    let mut broker = Broker::start(
+        config.broker.clone(),
+        store.clone(),
+        identities,
+        metrics.broker.clone(),
+    )
+    .await?;
     let shadow_bus = broker.bus("shadow").await?;
     let service = ShadowService::new(shadow_bus, store, &config.shadow, metrics.shadow.clone())
         .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;

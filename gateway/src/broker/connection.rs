@@ -12,6 +12,7 @@
 //! timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
 //! MQTT 5 will delay, if any) and is removed from the router.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,16 +21,19 @@ use bytes::BytesMut;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Packet, Publish,
+    LastWillProperties, Login, Packet, PubAck, PubAckReason, Publish, SubAck, SubscribeReasonCode,
 };
 use rumqttd::Notification;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{sniff, Codec, Sniff, Version};
-use super::{namespace, poll_now, Shared, ORIGIN_PROPERTY};
+use super::{namespace, poll_now, publish_qos_pkid, Listener, Shared, ORIGIN_PROPERTY};
+use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
+use crate::auth::tls::common_name;
+use crate::config::AuthMode;
 
 /// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
 /// MQTT 5 properties). The exact payload limit is checked after decoding.
@@ -63,6 +67,11 @@ enum End {
 struct Session {
     client_id: String,
     codec: Codec,
+    /// The policy resolved for this client; `None` on an allow-all listener (nothing to check).
+    policy: Option<Resolved>,
+    /// SUBSCRIBEs of which the router answers only the allowed filters: the codes of the denied
+    /// ones, by position, merged into the router's SUBACK.
+    partial_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     keep_alive: Option<Duration>,
     will: Option<Will>,
     tx: LinkTx,
@@ -80,19 +89,33 @@ struct Will {
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
 /// Serves one accepted TCP connection to its end.
-pub(super) async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
-    let peer = stream
-        .peer_addr()
-        .map_or_else(|_| "?".to_owned(), |a| a.to_string());
+pub(super) async fn serve<S>(
+    mut stream: S,
+    peer: String,
+    peer_cert: Option<Vec<u8>>,
+    listener: Arc<Listener>,
+    shared: Arc<Shared>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     let mut buf = BytesMut::with_capacity(4096);
     let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
-    let session = match tokio::time::timeout(timeout, handshake(&mut stream, &mut buf, &shared))
-        .await
-    {
+    let handshake = handshake(
+        &mut stream,
+        &mut buf,
+        &shared,
+        &listener,
+        peer_cert.as_deref(),
+    );
+    let session = match tokio::time::timeout(timeout, handshake).await {
         Ok(Ok(session)) => session,
         Ok(Err(refusal)) => {
             shared.metrics.refuse(refusal.reason);
-            debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+            if refusal.security {
+                warn!(%peer, listener = listener.name, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+            } else {
+                debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+            }
             return;
         }
         Err(_) => {
@@ -120,6 +143,8 @@ pub(super) async fn serve(mut stream: TcpStream, shared: Arc<Shared>) {
 struct Refusal {
     reason: &'static str,
     detail: String,
+    /// An authentication or authorization failure: logged as a warning.
+    security: bool,
 }
 
 impl Refusal {
@@ -127,15 +152,25 @@ impl Refusal {
         Refusal {
             reason,
             detail: detail.into(),
+            security: false,
+        }
+    }
+
+    fn security(reason: &'static str, detail: impl Into<String>) -> Refusal {
+        Refusal {
+            security: true,
+            ..Refusal::new(reason, detail)
         }
     }
 }
 
 /// Reads CONNECT, checks it, registers the link with the router and answers CONNACK.
-async fn handshake(
-    stream: &mut TcpStream,
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
     buf: &mut BytesMut,
     shared: &Shared,
+    listener: &Listener,
+    peer_cert: Option<&[u8]>,
 ) -> Result<Session, Refusal> {
     let version = loop {
         match sniff(buf) {
@@ -169,7 +204,7 @@ async fn handshake(
             Err(e) => return Err(Refusal::new("malformed", format!("bad CONNECT: {e}"))),
         }
     };
-    let Packet::Connect(connect, props, will, will_props, _login) = packet else {
+    let Packet::Connect(connect, props, will, will_props, login) = packet else {
         return Err(Refusal::new("protocol", "first packet is not CONNECT"));
     };
 
@@ -215,6 +250,13 @@ async fn handshake(
         connect.client_id.clone()
     };
 
+    let policy = match authenticate(shared, listener, &client_id, login.as_ref(), peer_cert).await {
+        Ok(policy) => policy,
+        Err((refusal, v311, v5)) => {
+            write_packet(stream, &codec, Packet::ConnAck(refuse(v311, v5), None)).await;
+            return Err(refusal);
+        }
+    };
     let session_expiry = props
         .as_ref()
         .and_then(|p| p.session_expiry_interval)
@@ -232,7 +274,11 @@ async fn handshake(
             delay: Duration::from_secs(u64::from(delay.min(session_expiry))),
         }
     });
-    let topic_alias_max = props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0);
+    // A topic alias would hide the topic from the policy check, so policed clients get none.
+    let topic_alias_max = match policy {
+        Some(_) => 0,
+        None => props.as_ref().and_then(|p| p.topic_alias_max).unwrap_or(0),
+    };
     let (tx, rx, ack) = shared
         .router
         .link(
@@ -263,6 +309,8 @@ async fn handshake(
     Ok(Session {
         client_id,
         codec,
+        policy,
+        partial_subacks: HashMap::new(),
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_secs(u64::from(connect.keep_alive))),
         will,
@@ -271,7 +319,108 @@ async fn handshake(
     })
 }
 
-async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Refusal> {
+/// A refused CONNECT: what to log and count, and the CONNACK codes for MQTT 3.1.1 and 5.
+type AuthRefusal = (Refusal, ConnectReturnCode, ConnectReturnCode);
+
+/// Authenticates a client as its listener requires and resolves its policy (`None`: allow all).
+async fn authenticate(
+    shared: &Shared,
+    listener: &Listener,
+    client_id: &str,
+    login: Option<&Login>,
+    peer_cert: Option<&[u8]>,
+) -> Result<Option<Resolved>, AuthRefusal> {
+    let bad_login = |detail: String| {
+        (
+            Refusal::security("bad_credentials", detail),
+            ConnectReturnCode::BadUserNamePassword,
+            ConnectReturnCode::BadUserNamePassword,
+        )
+    };
+    let not_authorized = |reason: &'static str, detail: String| {
+        (
+            Refusal::security(reason, detail),
+            ConnectReturnCode::NotAuthorized,
+            ConnectReturnCode::NotAuthorized,
+        )
+    };
+    let device = match listener.auth {
+        AuthMode::Anonymous => None,
+        AuthMode::Password => {
+            let Some(login) = login else {
+                return Err(bad_login(format!(
+                    "client {client_id:?} sent no username and password"
+                )));
+            };
+            let checked = shared
+                .identities
+                .check_password(client_id, &login.username, &login.password)
+                .await;
+            match checked {
+                Some(d) => Some(d),
+                None => {
+                    return Err(bad_login(format!(
+                        "wrong username or password for client {client_id:?} (username {:?})",
+                        login.username
+                    )))
+                }
+            }
+        }
+        AuthMode::Certificate => {
+            let Some(der) = peer_cert else {
+                return Err(not_authorized(
+                    "identity_mismatch",
+                    "no client certificate".into(),
+                ));
+            };
+            let cn = common_name(der).unwrap_or_default();
+            if cn != client_id {
+                return Err(not_authorized(
+                    "identity_mismatch",
+                    format!("client id {client_id:?} does not match its certificate's common name {cn:?}"),
+                ));
+            }
+            match shared.identities.check_certificate(client_id, der) {
+                Some(d) => Some(d),
+                None => return Err(not_authorized(
+                    "unknown_certificate",
+                    format!(
+                        "the certificate of {client_id:?} is not registered (a removed device?)"
+                    ),
+                )),
+            }
+        }
+    };
+    let policy_name = device
+        .as_ref()
+        .and_then(|d| d.policy.as_deref())
+        .unwrap_or(&listener.policy);
+    let Some(policy) = shared.config.policies.get(policy_name) else {
+        return Err(not_authorized(
+            "not_authorized",
+            format!("device {client_id:?} names the unknown policy `{policy_name}`"),
+        ));
+    };
+    if *policy == allow_all_policy() {
+        return Ok(None);
+    }
+    let thing = device.as_ref().map_or(client_id, |d| d.thing());
+    if !safe_variable(client_id) || !safe_variable(thing) {
+        return Err(not_authorized(
+            "not_authorized",
+            format!(
+                "client id {client_id:?} or thing {thing:?} contains one of / + # $ {{ }} \
+                 and cannot be used with policy `{policy_name}`"
+            ),
+        ));
+    }
+    Ok(Some(policy.resolve(client_id, thing)))
+}
+
+async fn read_more<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+) -> Result<(), Refusal> {
     match stream.read_buf(buf).await {
         Ok(0) => Err(Refusal::new("io", "closed before CONNECT")),
         Ok(_) => Ok(()),
@@ -280,7 +429,7 @@ async fn read_more(stream: &mut TcpStream, buf: &mut BytesMut) -> Result<(), Ref
 }
 
 /// Best-effort write of a refusal before closing; the connection is being dropped either way.
-async fn write_packet(stream: &mut TcpStream, codec: &Codec, packet: Packet) {
+async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, codec: &Codec, packet: Packet) {
     let mut out = BytesMut::new();
     if codec.write(packet, &mut out).is_ok() {
         let _ = stream.write_all(&out).await;
@@ -306,15 +455,15 @@ impl Drop for ConnectionSlot<'_> {
 }
 
 /// Relays packets between the socket and the router for one established session.
-struct Relay {
+struct Relay<S> {
     shared: Arc<Shared>,
-    stream: TcpStream,
+    stream: S,
     read: BytesMut,
     write: BytesMut,
     session: Session,
 }
 
-impl Relay {
+impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn run(&mut self) -> End {
         let mut shutdown = self.shared.shutdown.clone();
         let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
@@ -394,6 +543,32 @@ impl Relay {
                         });
                         break;
                     }
+                    if let Some(policy) = &self.session.policy {
+                        let topic = String::from_utf8_lossy(&publish.topic);
+                        if !policy.may_publish(&topic) {
+                            self.shared.metrics.deny("publish");
+                            warn!(client_id = self.session.client_id, %topic, "publish denied by policy");
+                            if self.session.codec.version() == Version::V311 {
+                                // MQTT 3.1.1 has no way to refuse a PUBLISH: close, as AWS IoT does.
+                                end = Some(End::Refused {
+                                    reason: "not_authorized",
+                                    detail: format!("publish to {topic} denied"),
+                                    code: DisconnectReasonCode::NotAuthorized,
+                                });
+                                break;
+                            }
+                            // MQTT 5: a QoS 1 PUBLISH gets PUBACK 0x87; a QoS 0 one is dropped.
+                            let (qos, pkid) = publish_qos_pkid(&publish);
+                            if qos > 0 {
+                                let ack = PubAck {
+                                    pkid,
+                                    reason: PubAckReason::NotAuthorized,
+                                };
+                                self.encode(Packet::PubAck(ack, None));
+                            }
+                            continue;
+                        }
+                    }
                     self.shared.metrics.messages_received.inc();
                     self.shared
                         .metrics
@@ -434,6 +609,51 @@ impl Relay {
                             code: DisconnectReasonCode::TopicFilterInvalid,
                         });
                         break;
+                    }
+                    if let Some(policy) = &self.session.policy {
+                        let denied: Vec<bool> = subscribe
+                            .filters
+                            .iter()
+                            .map(|f| !policy.may_subscribe(&f.path))
+                            .collect();
+                        if denied.iter().any(|d| *d) {
+                            let code = match self.session.codec.version() {
+                                Version::V311 => SubscribeReasonCode::Failure,
+                                Version::V5 => SubscribeReasonCode::NotAuthorized,
+                            };
+                            for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, d)| **d)
+                            {
+                                self.shared.metrics.deny("subscribe");
+                                warn!(
+                                    client_id = self.session.client_id,
+                                    filter = f.path,
+                                    "subscribe denied by policy"
+                                );
+                            }
+                            let codes: Vec<_> = denied.iter().map(|d| d.then_some(code)).collect();
+                            let mut filters = std::mem::take(&mut subscribe.filters).into_iter();
+                            subscribe.filters = denied
+                                .iter()
+                                .filter_map(|d| {
+                                    let f = filters.next();
+                                    if *d {
+                                        None
+                                    } else {
+                                        f
+                                    }
+                                })
+                                .collect();
+                            if subscribe.filters.is_empty() {
+                                // Nothing for the router: answer the SUBACK here.
+                                let ack = SubAck {
+                                    pkid: subscribe.pkid,
+                                    return_codes: codes.into_iter().flatten().collect(),
+                                };
+                                self.encode(Packet::SubAck(ack, None));
+                                continue;
+                            }
+                            self.session.partial_subacks.insert(subscribe.pkid, codes);
+                        }
                     }
                     for f in &mut subscribe.filters {
                         f.path = namespace::filter_to_router(&f.path);
@@ -478,6 +698,13 @@ impl Relay {
         {
             return Some(End::RouterClosed);
         }
+        // Answers Grove gives itself (refused PUBLISHes and SUBSCRIBEs).
+        if !self.write.is_empty() {
+            if let Err(e) = self.stream.write_all(&self.write).await {
+                return Some(End::Lost(e.to_string()));
+            }
+            self.write.clear();
+        }
         end
     }
 
@@ -494,6 +721,7 @@ impl Relay {
 
     /// Writes `first` and every notification already waiting, in one socket write.
     async fn deliver(&mut self, first: Option<Notification>) -> Option<End> {
+        let mut router_acks = Vec::new();
         let mut next = first;
         let mut unscheduled = false;
         let mut end = None;
@@ -501,18 +729,43 @@ impl Relay {
             if let Some(notification) = next.take() {
                 match notification {
                     Notification::Forward(mut f) => {
+                        f.publish.topic = namespace::topic_from_router(f.publish.topic);
+                        if let Some(policy) = &self.session.policy {
+                            let topic = String::from_utf8_lossy(&f.publish.topic);
+                            if !policy.may_receive(&topic) {
+                                self.shared.metrics.deny("receive");
+                                debug!(client_id = self.session.client_id, %topic, "delivery denied by policy");
+                                // The router waits for a PUBACK of a QoS 1 delivery: give it one.
+                                let (qos, pkid) = publish_qos_pkid(&f.publish);
+                                if qos > 0 {
+                                    let ack = PubAck {
+                                        pkid,
+                                        reason: PubAckReason::Success,
+                                    };
+                                    router_acks.push(Packet::PubAck(ack, None));
+                                }
+                                continue;
+                            }
+                        }
                         self.shared.metrics.messages_sent.inc();
                         self.shared
                             .metrics
                             .bytes_sent
                             .inc_by(f.publish.payload.len() as u64);
-                        f.publish.topic = namespace::topic_from_router(f.publish.topic);
                         if let Some(p) = &mut f.properties {
                             p.user_properties.retain(|(k, _)| k != ORIGIN_PROPERTY);
                         }
                         self.encode(Packet::Publish(f.publish, f.properties));
                     }
-                    Notification::DeviceAck(ack) => self.encode(ack.into()),
+                    Notification::DeviceAck(ack) => {
+                        let packet = match ack.into() {
+                            Packet::SubAck(ack, props) => {
+                                Packet::SubAck(self.merge_suback(ack), props)
+                            }
+                            other => other,
+                        };
+                        self.encode(packet);
+                    }
                     Notification::Unschedule => unscheduled = true,
                     Notification::Disconnect(d, props) => {
                         self.encode(Packet::Disconnect(d, props));
@@ -538,12 +791,34 @@ impl Relay {
             }
             self.write.clear();
         }
+        if !router_acks.is_empty()
+            && self
+                .shared
+                .router
+                .relay(&mut self.session.tx, router_acks)
+                .await
+                .is_err()
+        {
+            return Some(End::RouterClosed);
+        }
         // The router stops scheduling a connection whose outgoing buffer is full (Unschedule); it
         // must be told once that buffer has been written out.
         if unscheduled && self.session.rx.wake().await.is_err() {
             return Some(End::RouterClosed);
         }
         end
+    }
+
+    /// Puts the codes of filters the policy denied back into the router's SUBACK, in order.
+    fn merge_suback(&mut self, mut ack: SubAck) -> SubAck {
+        if let Some(codes) = self.session.partial_subacks.remove(&ack.pkid) {
+            let mut granted = std::mem::take(&mut ack.return_codes).into_iter();
+            ack.return_codes = codes
+                .into_iter()
+                .filter_map(|c| c.or_else(|| granted.next()))
+                .collect();
+        }
+        ack
     }
 
     fn encode(&mut self, packet: Packet) {

@@ -33,10 +33,13 @@ use rumqttd::{Notification, Router, RouterConfig};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-use tracing::{error, info, warn};
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, error, info, warn};
 
+use crate::auth::identity::Identities;
+use crate::auth::tls;
 use crate::bus::Bus;
-use crate::config::{BrokerConfig, ConfigError};
+use crate::config::{AuthMode, BrokerConfig, ConfigError};
 use crate::metrics::BrokerMetrics;
 use crate::store::{RetainedMessage, Store, StoreError};
 
@@ -95,6 +98,16 @@ pub struct Broker {
     tasks: JoinSet<()>,
 }
 
+/// A listener as its connections see it.
+pub(crate) struct Listener {
+    /// Its configured name, for logs.
+    pub(crate) name: String,
+    /// How its devices authenticate.
+    pub(crate) auth: AuthMode,
+    /// The policy its devices get unless their identity names another.
+    pub(crate) policy: String,
+}
+
 /// State shared by every connection task.
 pub(crate) struct Shared {
     config: BrokerConfig,
@@ -106,6 +119,8 @@ pub(crate) struct Shared {
     shutdown: watch::Receiver<bool>,
     /// The gateway's own link, used to publish delayed wills after their client is gone.
     system: tokio::sync::Mutex<LinkTx>,
+    /// Registered device identities (passwords, certificates).
+    identities: Identities,
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
     /// removes the entry, which cancels the will.
     pending_wills: Mutex<HashMap<String, u64>>,
@@ -162,6 +177,7 @@ impl Broker {
     pub async fn start(
         config: BrokerConfig,
         store: Store,
+        identities: Identities,
         metrics: BrokerMetrics,
     ) -> Result<Broker, BrokerError> {
         let router = Router::new(
@@ -199,6 +215,7 @@ impl Broker {
             shutdown: shutdown_rx,
             system: tokio::sync::Mutex::new(system_tx),
             pending_wills: Mutex::new(HashMap::new()),
+            identities,
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
@@ -215,6 +232,18 @@ impl Broker {
     pub async fn listen(&mut self) -> Result<(), BrokerError> {
         let mut listeners = Vec::new();
         for l in &self.shared.config.listeners {
+            let tls = match &l.tls {
+                None => None,
+                Some(files) => {
+                    let t = &files.value;
+                    let config = tls::server_config(&t.cert, &t.key, t.client_ca.as_deref())
+                        .map_err(|e| ConfigError::Invalid {
+                            origin: files.origin.clone(),
+                            message: e.to_string(),
+                        })?;
+                    Some(TlsAcceptor::from(config))
+                }
+            };
             let listener =
                 TcpListener::bind(l.bind.value)
                     .await
@@ -223,12 +252,27 @@ impl Broker {
                         message: format!("cannot listen on {}: {e}", l.bind.value),
                     })?;
             let addr = listener.local_addr().unwrap_or(l.bind.value);
-            info!(listener = l.name, %addr, "MQTT listener ready (MQTT 3.1.1 and 5)");
-            listeners.push((l.name.clone(), addr, listener));
+            if l.auth == AuthMode::Anonymous && !addr.ip().is_loopback() {
+                warn!(listener = l.name, %addr, "anonymous access from the network, as configured");
+            }
+            info!(
+                listener = l.name,
+                %addr,
+                tls = tls.is_some(),
+                auth = ?l.auth,
+                policy = l.policy,
+                "MQTT listener ready (MQTT 3.1.1 and 5)"
+            );
+            let ctx = Arc::new(Listener {
+                name: l.name.clone(),
+                auth: l.auth,
+                policy: l.policy.clone(),
+            });
+            listeners.push((ctx, listener, tls));
         }
-        for (name, _, listener) in listeners {
+        for (ctx, listener, tls) in listeners {
             self.tasks
-                .spawn(accept_loop(name, listener, self.shared.clone()));
+                .spawn(accept_loop(ctx, listener, tls, self.shared.clone()));
         }
         Ok(())
     }
@@ -268,20 +312,56 @@ impl Broker {
     }
 }
 
-async fn accept_loop(name: String, listener: TcpListener, shared: Arc<Shared>) {
+async fn accept_loop(
+    listener: Arc<Listener>,
+    socket: TcpListener,
+    tls: Option<TlsAcceptor>,
+    shared: Arc<Shared>,
+) {
     let mut shutdown = shared.shutdown.clone();
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
+            accepted = socket.accept() => match accepted {
+                Ok((stream, peer)) => {
                     // Small packets must not wait for Nagle's algorithm: latency is the point.
                     let _ = stream.set_nodelay(true);
-                    tokio::spawn(connection::serve(stream, shared.clone()));
+                    let peer = peer.to_string();
+                    let (listener, shared) = (listener.clone(), shared.clone());
+                    match &tls {
+                        None => {
+                            tokio::spawn(connection::serve(stream, peer, None, listener, shared));
+                        }
+                        Some(acceptor) => {
+                            let acceptor = acceptor.clone();
+                            tokio::spawn(async move {
+                                let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
+                                match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+                                    Ok(Ok(tls)) => {
+                                        let cert = tls
+                                            .get_ref()
+                                            .1
+                                            .peer_certificates()
+                                            .and_then(|c| c.first())
+                                            .map(|c| c.to_vec());
+                                        connection::serve(tls, peer, cert, listener, shared).await;
+                                    }
+                                    Ok(Err(e)) => {
+                                        shared.metrics.refuse("tls_handshake");
+                                        warn!(%peer, listener = listener.name, error = %e, "TLS handshake failed");
+                                    }
+                                    Err(_) => {
+                                        shared.metrics.refuse("tls_handshake");
+                                        debug!(%peer, "TLS handshake timed out");
+                                    }
+                                }
+                            });
+                        }
+                    }
                 }
                 Err(e) => {
                     // Usually EMFILE: back off instead of spinning.
-                    error!(listener = name, error = %e, "accept failed");
+                    error!(listener = listener.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                 }
             }
@@ -452,13 +532,21 @@ impl Shared {
     }
 }
 
-/// The QoS of a decoded PUBLISH.
+/// The QoS and packet id of a decoded PUBLISH.
 ///
-/// rumqttd keeps `Publish::qos` crate-private; its public serialisation starts with the fixed
-/// header byte, whose bits 1-2 are the QoS. This copies the packet, so it is only used on the rare
-/// retained path.
+/// rumqttd keeps `Publish::qos` and `pkid` crate-private; its public serialisation starts with the
+/// fixed header byte (QoS in bits 1-2) and the packet id. This copies the packet, so it is only
+/// used on rare paths: retained messages, wills, and messages a policy refuses.
+pub(crate) fn publish_qos_pkid(publish: &Publish) -> (u8, u16) {
+    let bytes = publish.serialize();
+    (
+        (bytes[0] >> 1) & 0b11,
+        u16::from_be_bytes([bytes[1], bytes[2]]),
+    )
+}
+
 fn publish_qos(publish: &Publish) -> u8 {
-    (publish.serialize()[0] >> 1) & 0b11
+    publish_qos_pkid(publish).0
 }
 
 /// Builds a PUBLISH with a QoS, which rumqttd's public constructor cannot (it makes QoS 0 only):

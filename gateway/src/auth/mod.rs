@@ -1,0 +1,12 @@
+//! Device security: who may connect ([`identity`], [`tls`], [`ca`]) and what they may do
+//! ([`policy`]).
+//!
+//! Each listener has an authentication mode (anonymous, password, or client certificate over
+//! mutual TLS) and a policy. The connection layer authenticates at CONNECT, resolves the policy's
+//! variables for that client, and checks every PUBLISH, every SUBSCRIBE filter and every message
+//! delivered (`broker/connection.rs`). A policy that cannot be enforced is a startup error.
+
+pub mod ca;
+pub mod identity;
+pub mod policy;
+pub mod tls;
