@@ -9,6 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
+use grove_gateway::auth::{ca, identity, policy};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::shadow::client::{self, Request};
 
@@ -45,6 +46,17 @@ enum Command {
         /// The gateway's MQTT address (overrides --config).
         #[arg(long, value_name = "HOST:PORT", global = true)]
         mqtt: Option<SocketAddr>,
+    },
+    /// Manage device identities: a local CA, device certificates, passwords.
+    ///
+    /// Identities live in {data_dir}/devices.toml, certificates in {data_dir}/pki/. A running
+    /// gateway picks up changes at the next CONNECT; removing a device revokes it.
+    Device {
+        #[command(subcommand)]
+        action: DeviceAction,
+        /// The gateway's configuration file, to find its data directory.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
     },
     /// Write a fully commented default configuration file.
     Init {
@@ -100,6 +112,41 @@ enum ShadowAction {
     },
 }
 
+#[derive(Subcommand)]
+enum DeviceAction {
+    /// Create the local CA and a server certificate for TLS listeners.
+    InitCa {
+        /// DNS names or IP addresses the gateway is reached at (repeatable).
+        #[arg(long = "server-name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
+        server_names: Vec<String>,
+    },
+    /// Register a device (or update one): a password read from stdin, and/or a client
+    /// certificate issued by the local CA.
+    Add {
+        /// The device id, which is its MQTT client id.
+        id: String,
+        /// The thing name its policy sees as ${thing} (default: the id).
+        #[arg(long)]
+        thing: Option<String>,
+        /// A policy overriding the listener's.
+        #[arg(long)]
+        policy: Option<String>,
+        /// Read the device's password from the first line of stdin.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Issue a client certificate (written to {data_dir}/pki/devices/ID.pem and .key).
+        #[arg(long)]
+        cert: bool,
+    },
+    /// Remove a device: its password and certificate stop working.
+    Remove {
+        /// The device id.
+        id: String,
+    },
+    /// List registered devices.
+    List,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -109,6 +156,13 @@ fn main() -> ExitCode {
             config,
             mqtt,
         } => shadow(action, config, mqtt),
+        Command::Device { action, config } => match device(action, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("grove device: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Init { file, force } => match init(&file, force) {
             Ok(()) => {
                 eprintln!("wrote {}", file.display());
@@ -224,6 +278,110 @@ fn gateway_address(config: &Config) -> SocketAddr {
         });
     }
     addr
+}
+
+fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::defaults(),
+    };
+    let data_dir = config.data_dir.value;
+    let pki = ca::pki_dir(&data_dir);
+    let file = data_dir.join(identity::DEVICES_FILE);
+    std::fs::create_dir_all(&data_dir)
+        .with_context(|| format!("cannot create {}", data_dir.display()))?;
+    match action {
+        DeviceAction::InitCa { server_names } => {
+            ca::init(&pki, &server_names)?;
+            println!(
+                "created the local CA in {dir}\n  ca.pem      the CA: set `client_ca` of a TLS listener to it, give it to devices\n  server.pem  server.key: the gateway's certificate for {names}",
+                dir = pki.display(),
+                names = server_names.join(", ")
+            );
+        }
+        DeviceAction::Add {
+            id,
+            thing,
+            policy,
+            password_stdin,
+            cert,
+        } => {
+            anyhow::ensure!(
+                password_stdin || cert,
+                "say how the device proves itself: --password-stdin and/or --cert"
+            );
+            anyhow::ensure!(
+                policy::safe_variable(&id),
+                "a device id must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
+            );
+            if let Some(p) = &policy {
+                anyhow::ensure!(
+                    config.broker.policies.contains_key(p),
+                    "no policy named `{p}` in the configuration"
+                );
+            }
+            let mut devices = identity::load(&file)?;
+            let entry = devices
+                .entry(id.clone())
+                .or_insert_with(|| identity::Device {
+                    id: id.clone(),
+                    thing: None,
+                    policy: None,
+                    password_hash: None,
+                    certificate_sha256: None,
+                });
+            if thing.is_some() {
+                entry.thing = thing;
+            }
+            if policy.is_some() {
+                entry.policy = policy;
+            }
+            if password_stdin {
+                let mut line = String::new();
+                std::io::stdin().read_line(&mut line)?;
+                let password = line.trim_end_matches(['\n', '\r']);
+                anyhow::ensure!(!password.is_empty(), "the password on stdin is empty");
+                entry.password_hash = Some(identity::hash_password(password)?);
+            }
+            if cert {
+                let (path, der) = ca::issue_device(&pki, &id)?;
+                entry.certificate_sha256 = Some(identity::fingerprint(&der));
+                println!("certificate: {} (key beside it)", path.display());
+            }
+            identity::save(&file, &devices)?;
+            println!("device {id} registered in {}", file.display());
+        }
+        DeviceAction::Remove { id } => {
+            let mut devices = identity::load(&file)?;
+            anyhow::ensure!(devices.remove(&id).is_some(), "no device {id}");
+            identity::save(&file, &devices)?;
+            println!("device {id} removed");
+        }
+        DeviceAction::List => {
+            let devices = identity::load(&file)?;
+            println!(
+                "{:<32} {:<24} {:<12} {:<9} {:<11}",
+                "DEVICE", "THING", "POLICY", "PASSWORD", "CERTIFICATE"
+            );
+            for d in devices.values() {
+                println!(
+                    "{:<32} {:<24} {:<12} {:<9} {:<11}",
+                    d.id,
+                    d.thing(),
+                    d.policy.as_deref().unwrap_or("(listener)"),
+                    if d.password_hash.is_some() {
+                        "yes"
+                    } else {
+                        "no"
+                    },
+                    d.certificate_sha256
+                        .as_deref()
+                        .map_or("no".to_owned(), |f| format!("{}…", &f[..10])),
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 fn init(file: &PathBuf, force: bool) -> anyhow::Result<()> {

@@ -58,7 +58,12 @@ impl Gateway {
     /// Starts a gateway on free ports; `extra` is appended to the generated config (use it for
     /// `[broker]` keys and other sections; the listener and ops sections are generated).
     pub fn start(extra: &str) -> Gateway {
-        let dir = tempfile::tempdir().expect("tempdir");
+        Gateway::start_in(tempfile::tempdir().expect("tempdir"), extra)
+    }
+
+    /// Like [`Gateway::start`], in a directory the test has prepared (the data directory is its
+    /// `data/`, e.g. with a CA and devices made by `grove device`).
+    pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Gateway {
         let mut g = Gateway {
             mqtt_port: free_port(),
             ops_port: free_port(),

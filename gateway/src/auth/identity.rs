@@ -158,10 +158,13 @@ pub fn fingerprint(der: &[u8]) -> String {
     digest.as_ref().iter().map(|b| format!("{b:02x}")).collect()
 }
 
+/// The devices as last read, with the file's modification time then.
+type Snapshot = (Option<SystemTime>, Arc<BTreeMap<String, Device>>);
+
 /// The gateway's view of the devices file, reloaded when it changes.
 pub struct Identities {
     path: PathBuf,
-    cache: Mutex<(Option<SystemTime>, Arc<BTreeMap<String, Device>>)>,
+    cache: Mutex<Snapshot>,
     checks: Semaphore,
 }
 

@@ -113,21 +113,15 @@ impl Policy {
     pub fn validate(&self) -> Result<(), PolicyError> {
         for filter in self.all_filters() {
             for level in filter.split('/') {
-                if level.contains("${") {
-                    if level != "${client_id}" && level != "${thing}" {
-                        let err = if level.contains("${client_id}") || level.contains("${thing}") {
-                            PolicyError::PartialLevelVariable {
-                                policy: self.name.clone(),
-                                filter: filter.clone(),
-                            }
-                        } else {
-                            PolicyError::UnknownVariable {
-                                policy: self.name.clone(),
-                                filter: filter.clone(),
-                            }
-                        };
-                        return Err(err);
-                    }
+                let variable = level == "${client_id}" || level == "${thing}";
+                if level.contains("${") && !variable {
+                    let partial = level.contains("${client_id}") || level.contains("${thing}");
+                    let (policy, filter) = (self.name.clone(), filter.clone());
+                    return Err(if partial {
+                        PolicyError::PartialLevelVariable { policy, filter }
+                    } else {
+                        PolicyError::UnknownVariable { policy, filter }
+                    });
                 }
             }
             let sample = substitute(filter, "x", "x");

@@ -382,12 +382,14 @@ async fn authenticate(
             }
             match shared.identities.check_certificate(client_id, der) {
                 Some(d) => Some(d),
-                None => return Err(not_authorized(
-                    "unknown_certificate",
-                    format!(
+                None => {
+                    return Err(not_authorized(
+                        "unknown_certificate",
+                        format!(
                         "the certificate of {client_id:?} is not registered (a removed device?)"
                     ),
-                )),
+                    ))
+                }
             }
         }
     };
