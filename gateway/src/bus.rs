@@ -1,18 +1,23 @@
-//! The bus: how the gateway's own components (shadows, and rules, functions and cloud sync as they
+//! The bus: how the gateway's own components (shadows, rules, and functions and cloud sync as they
 //! land) talk MQTT with the devices, through an in-process link to the router, never a socket.
 //!
 //! A component gets a [`Bus`] from [`crate::broker::Broker::bus`], subscribes to exactly the filters
 //! it serves, takes received messages in batches (whatever is waiting, so a busy component handles
 //! many per wake-up and can group its durable writes), and publishes its answers in batches.
 //! Topics and filters are the wire names (`$aws/things/...`); the translation to the router's names
-//! happens here, as it does in the connection layer.
+//! happens here, as it does in the connection layer. Gateway metadata travels in `$grove-` user
+//! properties that the connection layer strips from everything a device sends or receives.
+
+use std::sync::Arc;
 
 use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Packet, Publish};
+use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::Notification;
 
-use crate::broker::{namespace, origin_client_id, poll_now, RouterHandle};
+use crate::broker::{
+    make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
+};
 
 /// A message received by a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -22,8 +27,10 @@ pub struct Message {
     /// The payload.
     pub payload: Bytes,
     /// The client id of the device that published it, when the connection layer recorded it (it
-    /// does for the topics components serve: `$aws/things/...`).
+    /// does for `$aws/things/...`, and for every topic while rules are configured).
     pub origin: Option<String>,
+    /// How many rule republishes led to this message (0 for a device's own message).
+    pub hops: u32,
 }
 
 /// A message a component publishes.
@@ -33,23 +40,61 @@ pub struct Outgoing {
     pub topic: String,
     /// The payload.
     pub payload: Bytes,
+    /// QoS 0 or 1 (subscribers receive it at their subscription's QoS either way; see
+    /// ARCHITECTURE.md).
+    pub qos: u8,
+    /// Whether the broker retains it (and the store persists it, before it is published).
+    pub retain: bool,
+    /// Rule republish hops, carried so that loops can be cut.
+    pub hops: u32,
 }
 
-/// The router has gone away: the gateway is shutting down.
+impl Outgoing {
+    /// A plain QoS 0, non-retained message.
+    pub fn new(topic: String, payload: Bytes) -> Outgoing {
+        Outgoing {
+            topic,
+            payload,
+            qos: 0,
+            retain: false,
+            hops: 0,
+        }
+    }
+}
+
+/// The router has gone away, or the store refused a retained message.
 #[derive(Debug, thiserror::Error)]
-#[error("the MQTT router link is closed")]
-pub struct Closed;
+pub enum Closed {
+    /// The router link is closed: the gateway is shutting down.
+    #[error("the MQTT router link is closed")]
+    Link,
+    /// A retained message could not be stored, so it was not published.
+    #[error("cannot store a retained message: {0}")]
+    Store(String),
+}
 
 /// A component's link to the broker.
 pub struct Bus {
     tx: LinkTx,
     rx: LinkRx,
     router: RouterHandle,
+    shared: Arc<Shared>,
+    /// Messages that arrived while waiting for a SUBACK, handed out by the next receive.
+    pending: Vec<Message>,
+    /// Packet ids for QoS 1 publishes (the router acknowledges them; nothing waits for that).
+    next_pkid: u16,
 }
 
 impl Bus {
-    pub(crate) fn new(tx: LinkTx, rx: LinkRx, router: RouterHandle) -> Bus {
-        Bus { tx, rx, router }
+    pub(crate) fn new(tx: LinkTx, rx: LinkRx, router: RouterHandle, shared: Arc<Shared>) -> Bus {
+        Bus {
+            tx,
+            rx,
+            router,
+            shared,
+            pending: Vec::new(),
+            next_pkid: 0,
+        }
     }
 
     /// Subscribes (QoS 0; the router's in-memory log is what buffers for a busy component).
@@ -57,55 +102,119 @@ impl Bus {
         self.tx
             .subscribe(namespace::filter_to_router(filter))
             .map(|_| ())
-            .map_err(|_| Closed)
+            .map_err(|_| Closed::Link)
     }
 
-    /// Waits for at least one message, then appends every message already waiting to `out`.
-    pub async fn recv_batch(&mut self, out: &mut Vec<Message>) -> Result<(), Closed> {
-        let start = out.len();
-        while out.len() == start {
-            let first = self.rx.next().await.map_err(|_| Closed)?;
-            let mut next = first;
-            let mut unscheduled = false;
-            loop {
-                match next.take() {
-                    Some(Notification::Forward(f)) => out.push(Message {
-                        origin: origin_client_id(f.properties.as_ref()),
-                        topic: String::from_utf8_lossy(&namespace::topic_from_router(
-                            f.publish.topic,
-                        ))
-                        .into_owned(),
-                        payload: f.publish.payload,
-                    }),
-                    Some(Notification::Unschedule) => unscheduled = true,
-                    // SUBACKs and the like need no answer from a QoS 0 subscriber.
-                    Some(_) | None => {}
+    /// Subscribes to every filter and returns once the router has confirmed all of them, so that
+    /// every message published after this returns reaches this link.
+    pub async fn subscribe_confirmed(&mut self, filters: &[String]) -> Result<(), Closed> {
+        for f in filters {
+            self.subscribe(f)?;
+        }
+        let mut acks = 0;
+        while acks < filters.len() {
+            let n = self.rx.next().await.map_err(|_| Closed::Link)?;
+            match n {
+                Some(Notification::DeviceAck(ack)) => {
+                    if matches!(ack.into(), Packet::SubAck(..)) {
+                        acks += 1;
+                    }
                 }
-                match poll_now(&mut self.rx) {
-                    Some(Ok(n)) => next = n,
-                    Some(Err(_)) => return Err(Closed),
-                    None => break,
-                }
-            }
-            if unscheduled {
-                self.rx.wake().await.map_err(|_| Closed)?;
+                Some(Notification::Forward(f)) => self.pending.push(received(f)),
+                Some(Notification::Unschedule) => self.rx.wake().await.map_err(|_| Closed::Link)?,
+                Some(_) | None => {}
             }
         }
         Ok(())
     }
 
-    /// Publishes messages (QoS 0 from the gateway; subscribers receive them at their own QoS).
+    /// Waits for at least one message, then appends every message already waiting to `out`.
+    pub async fn recv_batch(&mut self, out: &mut Vec<Message>) -> Result<(), Closed> {
+        let start = out.len();
+        out.append(&mut self.pending);
+        loop {
+            let mut unscheduled = false;
+            while let Some(n) = poll_now(&mut self.rx) {
+                take(n.map_err(|_| Closed::Link)?, out, &mut unscheduled);
+            }
+            // The router stops scheduling a link whose buffer filled up until it is told that
+            // the buffer was drained.
+            if unscheduled {
+                self.rx.wake().await.map_err(|_| Closed::Link)?;
+            }
+            if out.len() > start {
+                return Ok(());
+            }
+            let n = self.rx.next().await.map_err(|_| Closed::Link)?;
+            take(n, out, &mut unscheduled);
+            if unscheduled {
+                self.rx.wake().await.map_err(|_| Closed::Link)?;
+            }
+        }
+    }
+
+    /// Leaves the broker: the router frees the link (it would otherwise keep it forever).
+    pub async fn close(mut self) {
+        let bye = Packet::Disconnect(
+            Disconnect {
+                reason_code: DisconnectReasonCode::NormalDisconnection,
+            },
+            None,
+        );
+        let _ = self.router.relay(&mut self.tx, vec![bye]).await;
+    }
+
+    /// Publishes messages. Retained ones are stored first, like a device's.
     pub async fn publish(&mut self, messages: Vec<Outgoing>) -> Result<(), Closed> {
-        let batch = messages
-            .into_iter()
-            .map(|m| {
-                let topic = namespace::topic_to_router(&Bytes::from(m.topic));
-                Packet::Publish(Publish::new(topic, m.payload, false), None)
-            })
-            .collect();
+        let mut batch = Vec::with_capacity(messages.len());
+        for m in messages {
+            let publish = if m.qos == 0 && !m.retain {
+                Publish::new(Bytes::from(m.topic), m.payload, false)
+            } else {
+                self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+                make_publish(&m.topic, m.payload, m.qos, m.retain, self.next_pkid)
+            };
+            if m.retain {
+                self.shared
+                    .persist_retained(&publish)
+                    .await
+                    .map_err(|e| Closed::Store(e.to_string()))?;
+            }
+            let mut publish = publish;
+            publish.topic = namespace::topic_to_router(&publish.topic);
+            let props = (m.hops > 0).then(|| PublishProperties {
+                user_properties: vec![(HOPS_PROPERTY.to_owned(), m.hops.to_string())],
+                ..PublishProperties::default()
+            });
+            batch.push(Packet::Publish(publish, props));
+        }
         self.router
             .relay(&mut self.tx, batch)
             .await
-            .map_err(|_| Closed)
+            .map_err(|_| Closed::Link)
+    }
+}
+
+/// Keeps what a notification carries for a component: messages; SUBACKs and PUBACKs need no answer.
+fn take(n: Option<Notification>, out: &mut Vec<Message>, unscheduled: &mut bool) {
+    match n {
+        Some(Notification::Forward(f)) => out.push(received(f)),
+        Some(Notification::Unschedule) => *unscheduled = true,
+        Some(_) | None => {}
+    }
+}
+
+fn received(f: rumqttd::Forward) -> Message {
+    let hops = f
+        .properties
+        .as_ref()
+        .and_then(|p| p.user_properties.iter().find(|(k, _)| k == HOPS_PROPERTY))
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0);
+    Message {
+        origin: origin_client_id(f.properties.as_ref()),
+        topic: String::from_utf8_lossy(&namespace::topic_from_router(f.publish.topic)).into_owned(),
+        payload: f.publish.payload,
+        hops,
     }
 }

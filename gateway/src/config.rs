@@ -18,6 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::policy::{self, Policy};
+use crate::rules::{RawRule, RuleConfig};
 
 /// The default configuration file written by `grove init`, fully commented.
 ///
@@ -97,6 +98,8 @@ pub struct RawConfig {
     shadow: RawShadow,
     #[serde(default)]
     policies: Vec<Spanned<Policy>>,
+    #[serde(default)]
+    rules: Vec<Spanned<RawRule>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -188,6 +191,8 @@ pub struct Config {
     pub ops: Option<Located<SocketAddr>>,
     /// The device shadow service.
     pub shadow: ShadowConfig,
+    /// The rules, compiled (disabled ones included, marked).
+    pub rules: Vec<RuleConfig>,
 }
 
 /// The device shadow service's section.
@@ -403,12 +408,29 @@ impl Resolver<'_> {
                 1..=100_000,
             )?,
         };
+        let mut rules: Vec<RuleConfig> = Vec::with_capacity(raw.rules.len());
+        for (i, raw_rule) in raw.rules.into_iter().enumerate() {
+            let origin = self.origin(&format!("rules[{i}]"), Some(raw_rule.span()));
+            let raw_rule = raw_rule.into_inner();
+            let located = Located { value: (), origin };
+            if rules.iter().any(|r| r.name == raw_rule.name) {
+                return Err(self.invalid(
+                    &located,
+                    format!("rule `{}` is defined twice", raw_rule.name),
+                ));
+            }
+            let compiled = raw_rule
+                .compile()
+                .map_err(|e| self.invalid(&located, format!("rule `{}`: {e}", raw_rule.name)))?;
+            rules.push(compiled);
+        }
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
             broker,
             ops,
             shadow,
+            rules,
         })
     }
 
@@ -684,6 +706,14 @@ mod tests {
             ),
             ("[[policies]]\nname = \"p\"\npublish = [\"a/#/b\"]\n", "is not a valid topic filter"),
             ("[[policies]]\nname = \"p\"\npublsh = []\n", "unknown field `publsh`"),
+            (
+                "[[rules]]\nname = \"r\"\nsql = \"SELECT x FROM\"\nactions = [{ republish = { topic = \"a\" } }]\n",
+                "1: `rules[0]`: rule `r`: the SQL does not compile",
+            ),
+            (
+                "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = {} }]\n",
+                "unknown variant `cloud`, expected `republish` or `shadow`",
+            ),
             ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
         ];
         for (text, want) in cases {

@@ -8,7 +8,8 @@
 //! Modules:
 //! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
 //! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
-//! - [`shadow`]: the AWS IoT Device Shadow service.
+//! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
+//! - [`auth`]: TLS, device identities and policies.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
@@ -16,10 +17,12 @@
 pub mod auth;
 pub mod broker;
 pub mod bus;
+pub mod client;
 pub mod config;
 pub mod logging;
 pub mod metrics;
 pub mod ops;
+pub mod rules;
 pub mod run;
 pub mod shadow;
 pub mod store;

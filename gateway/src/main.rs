@@ -11,6 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use grove_gateway::auth::{ca, identity, policy};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
+use grove_gateway::rules::engine::RELOAD_TOPIC;
 use grove_gateway::shadow::client::{self, Request};
 
 /// Grove: an edge IoT gateway runtime. An MQTT broker for your devices, AWS IoT-compatible
@@ -46,6 +47,11 @@ enum Command {
         /// The gateway's MQTT address (overrides --config).
         #[arg(long, value_name = "HOST:PORT", global = true)]
         mqtt: Option<SocketAddr>,
+    },
+    /// Rules: try a rule offline, or reload a running gateway's rules from its configuration.
+    Rules {
+        #[command(subcommand)]
+        action: RulesAction,
     },
     /// Manage device identities: a local CA, device certificates, passwords.
     ///
@@ -113,6 +119,35 @@ enum ShadowAction {
 }
 
 #[derive(Subcommand)]
+enum RulesAction {
+    /// Evaluate a rule on one message, without a gateway, and print the output (or the error).
+    Test {
+        /// The AWS IoT SQL statement.
+        #[arg(long)]
+        sql: String,
+        /// The message's topic.
+        #[arg(long)]
+        topic: String,
+        /// The message's payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+        /// The publishing client's id, for clientid().
+        #[arg(long, default_value = "")]
+        client_id: String,
+    },
+    /// Make a running gateway re-read the [[rules]] of its configuration file (as SIGHUP does);
+    /// if any rule is wrong, nothing changes and the error is printed.
+    Reload {
+        /// The gateway's configuration file, to find its MQTT listener.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The gateway's MQTT address (overrides --config).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<SocketAddr>,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceAction {
     /// Create the local CA and a server certificate for TLS listeners.
     InitCa {
@@ -156,6 +191,7 @@ fn main() -> ExitCode {
             config,
             mqtt,
         } => shadow(action, config, mqtt),
+        Command::Rules { action } => rules(action),
         Command::Device { action, config } => match device(action, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -177,8 +213,8 @@ fn main() -> ExitCode {
 }
 
 fn run(config_path: Option<PathBuf>) -> ExitCode {
-    let config = match config_path {
-        Some(path) => Config::load(&path),
+    let config = match &config_path {
+        Some(path) => Config::load(path),
         None => Ok(Config::defaults()),
     };
     let config = match config {
@@ -199,7 +235,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let result = runtime.block_on(grove_gateway::run::run(config));
+    let result = runtime.block_on(grove_gateway::run::run(config, config_path));
     // Connection tasks that are still winding down must not hold the exit.
     runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
@@ -218,21 +254,9 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
 }
 
 fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr>) -> ExitCode {
-    let addr = match (mqtt, config) {
-        (Some(addr), _) => addr,
-        (None, config) => {
-            let config = match config {
-                Some(path) => Config::load(&path),
-                None => Ok(Config::defaults()),
-            };
-            match config {
-                Ok(c) => gateway_address(&c),
-                Err(e) => {
-                    eprintln!("grove: configuration error: {e}");
-                    return ExitCode::from(2);
-                }
-            }
-        }
+    let addr = match gateway_for(mqtt, config) {
+        Ok(a) => a,
+        Err(code) => return code,
     };
     let (thing, name, request, raw) = match action {
         ShadowAction::List { json } => (String::new(), None, Request::List, json),
@@ -278,6 +302,106 @@ fn gateway_address(config: &Config) -> SocketAddr {
         });
     }
     addr
+}
+
+fn rules(action: RulesAction) -> ExitCode {
+    match action {
+        RulesAction::Test {
+            sql,
+            topic,
+            payload,
+            client_id,
+        } => {
+            let rule = match grove_rules::Rule::compile(&sql) {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("grove rules test: the rule does not compile:\n{e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let message = grove_rules::Message::new(&topic, &client_id, payload.into_bytes());
+            let uuids = || uuid::Uuid::new_v4().to_string();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as i64);
+            let ctx = grove_rules::Context::new(now, &uuids);
+            if !grove_rules::topic_matches(rule.topic_filter(), &topic) {
+                println!(
+                    "no output: the topic {topic} does not match FROM '{}'",
+                    rule.topic_filter()
+                );
+                return ExitCode::SUCCESS;
+            }
+            let outputs = match rule.window() {
+                // One message through a window, then the window closed: the row it would emit.
+                Some(mut w) => {
+                    let mut rows = w.on_message(&message, &ctx);
+                    let later = grove_rules::Context::new(now + 366 * 86_400_000, &uuids);
+                    rows.extend(w.poll(&later));
+                    rows
+                }
+                None => match rule.evaluate(&message, &ctx) {
+                    Ok(o) => o.into_iter().collect(),
+                    Err(e) => {
+                        eprintln!("grove rules test: evaluation failed: {e}");
+                        return ExitCode::FAILURE;
+                    }
+                },
+            };
+            if outputs.is_empty() {
+                println!("no output: the WHERE clause did not let the message through");
+            }
+            for o in outputs {
+                println!("{}", String::from_utf8_lossy(&o.to_bytes()));
+            }
+            ExitCode::SUCCESS
+        }
+        RulesAction::Reload { config, mqtt } => {
+            let addr = match gateway_for(mqtt, config) {
+                Ok(a) => a,
+                Err(code) => return code,
+            };
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    eprintln!("grove: cannot start the runtime: {e}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            let request = grove_gateway::client::request(addr, RELOAD_TOPIC, serde_json::json!({}));
+            match runtime.block_on(request) {
+                Ok(doc) => {
+                    println!("rules reloaded: {}", doc["rules"]);
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("grove rules reload: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+/// The gateway's MQTT address from --mqtt, or from the configuration's first listener.
+fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<SocketAddr, ExitCode> {
+    if let Some(addr) = mqtt {
+        return Ok(addr);
+    }
+    let config = match config {
+        Some(path) => Config::load(&path),
+        None => Ok(Config::defaults()),
+    };
+    match config {
+        Ok(c) => Ok(gateway_address(&c)),
+        Err(e) => {
+            eprintln!("grove: configuration error: {e}");
+            Err(ExitCode::from(2))
+        }
+    }
 }
 
 fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {

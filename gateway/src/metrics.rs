@@ -122,6 +122,39 @@ impl ShadowMetrics {
     }
 }
 
+/// Labels of a per-rule counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RuleLabels {
+    /// The rule's name.
+    pub rule: String,
+}
+
+/// The rules engine's counters, per rule.
+#[derive(Clone, Debug, Default)]
+pub struct RulesMetrics {
+    /// Messages whose topic matched the rule's FROM filter.
+    pub matched: Family<RuleLabels, Counter>,
+    /// Outputs the rule produced (rows passing WHERE, window rows).
+    pub outputs: Family<RuleLabels, Counter>,
+    /// Evaluation errors.
+    pub errors: Family<RuleLabels, Counter>,
+    /// Failed actions (each also reported to the error action, if any).
+    pub action_failures: Family<RuleLabels, Counter>,
+    /// Outputs dropped because the message had already been republished `MAX_HOPS` times.
+    pub hop_dropped: Family<RuleLabels, Counter>,
+}
+
+impl RulesMetrics {
+    /// The counter of `rule` in `family`, to keep and increment without a lookup per message.
+    pub fn counter(&self, family: &Family<RuleLabels, Counter>, rule: &str) -> Counter {
+        family
+            .get_or_create(&RuleLabels {
+                rule: rule.to_owned(),
+            })
+            .clone()
+    }
+}
+
 /// All of Grove's metrics and the registry that exports them.
 #[derive(Debug)]
 pub struct Metrics {
@@ -130,6 +163,8 @@ pub struct Metrics {
     pub broker: BrokerMetrics,
     /// The shadow service's counters.
     pub shadow: ShadowMetrics,
+    /// The rules engine's counters.
+    pub rules: RulesMetrics,
 }
 
 impl Metrics {
@@ -211,10 +246,34 @@ impl Metrics {
             shadow.commit_seconds.clone(),
         );
         sh.register("cached", "Shadows held in memory", shadow.cached.clone());
+        let rules = RulesMetrics::default();
+        let r = registry.sub_registry_with_prefix("rule");
+        r.register(
+            "matched",
+            "Messages that matched the rule's FROM filter",
+            rules.matched.clone(),
+        );
+        r.register(
+            "outputs",
+            "Outputs the rule produced",
+            rules.outputs.clone(),
+        );
+        r.register("errors", "Rule evaluation errors", rules.errors.clone());
+        r.register(
+            "action_failures",
+            "Failed rule actions",
+            rules.action_failures.clone(),
+        );
+        r.register(
+            "hop_dropped",
+            "Rule outputs dropped at the republish hop limit",
+            rules.hop_dropped.clone(),
+        );
         Metrics {
             registry,
             broker,
             shadow,
+            rules,
         }
     }
 

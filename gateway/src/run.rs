@@ -7,14 +7,18 @@
 
 use std::sync::Arc;
 
+use std::path::PathBuf;
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::auth::identity::{Identities, DEVICES_FILE};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
+use crate::rules::engine::{Reload, RulesEngine};
 use crate::shadow::service::ShadowService;
 use crate::store::{Store, StoreError};
 
@@ -52,8 +56,8 @@ impl From<BrokerError> for RunError {
     }
 }
 
-/// Runs the gateway until SIGINT or SIGTERM.
-pub async fn run(config: Config) -> Result<(), RunError> {
+/// Runs the gateway until SIGINT or SIGTERM (SIGHUP reloads the rules from `config_path`).
+pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
     let data_dir = &config.data_dir;
     let (store, store_thread) = Store::open(&data_dir.value).map_err(|e| {
         let message = match e {
@@ -69,7 +73,8 @@ pub async fn run(config: Config) -> Result<(), RunError> {
         }
     })?;
     let metrics = Arc::new(Metrics::new());
-    let (broker, shadows) = match start(&config, store, &metrics).await {
+    let (reload_tx, reload_rx) = mpsc::channel(4);
+    let (broker, components) = match start(&config, config_path, store, &metrics, reload_rx).await {
         Ok(started) => started,
         Err(e) => {
             store_thread.close().await;
@@ -106,10 +111,12 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     };
     info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.value.display(), "grove is running");
 
-    let signal = wait_for_signal().await.map_err(RunError::Signals);
+    let signal = wait_for_signal(reload_tx).await.map_err(RunError::Signals);
     info!("shutting down");
     broker.shutdown().await;
-    let _ = shadows.await;
+    for task in components {
+        let _ = task.await;
+    }
     let _ = ops_stop.send(());
     if let Some(task) = ops_task {
         let _ = task.await;
@@ -119,12 +126,14 @@ pub async fn run(config: Config) -> Result<(), RunError> {
     signal
 }
 
-/// Starts the broker and the components on it, then opens the listeners.
+/// Starts the broker and the components on it (shadows, rules), then opens the listeners.
 async fn start(
     config: &Config,
+    config_path: Option<PathBuf>,
     store: Store,
     metrics: &Metrics,
-) -> Result<(Broker, tokio::task::JoinHandle<()>), RunError> {
+    reloads: mpsc::Receiver<Reload>,
+) -> Result<(Broker, Vec<JoinHandle<()>>), RunError> {
     let devices = config.data_dir.value.join(DEVICES_FILE);
     let identities = Identities::open(devices).map_err(|e| ConfigError::Invalid {
         origin: config.data_dir.origin.clone(),
@@ -141,20 +150,42 @@ async fn start(
     let service = ShadowService::new(shadow_bus, store, &config.shadow, metrics.shadow.clone())
         .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
+    let engine = RulesEngine::start(
+        broker.bus_maker(),
+        config_path,
+        &config.rules,
+        metrics.rules.clone(),
+    )
+    .await
+    .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
+    info!(
+        rules = config.rules.iter().filter(|r| r.enabled).count(),
+        "rules running"
+    );
+    let rules = tokio::spawn(engine.run(reloads, broker.shutdown_signal()));
     if let Err(e) = broker.listen().await {
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, shadows))
+    Ok((broker, vec![shadows, rules]))
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+/// Waits for SIGINT or SIGTERM; each SIGHUP in the meantime reloads the rules.
+async fn wait_for_signal(reloads: mpsc::Sender<Reload>) -> std::io::Result<()> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
+    let mut hup = signal(SignalKind::hangup())?;
+    loop {
+        tokio::select! {
+            _ = term.recv() => return Ok(()),
+            _ = int.recv() => return Ok(()),
+            _ = hup.recv() => {
+                info!("SIGHUP: reloading rules");
+                let (done, _outcome) = oneshot::channel();
+                // The engine logs the outcome; a full queue means reloads are already pending.
+                let _ = reloads.try_send(Reload { done });
+            }
+        }
     }
-    Ok(())
 }

@@ -30,7 +30,9 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use super::codec::{sniff, Codec, Sniff, Version};
-use super::{namespace, poll_now, publish_qos_pkid, Listener, Shared, ORIGIN_PROPERTY};
+use super::{
+    namespace, poll_now, publish_qos_pkid, Listener, Shared, GROVE_PROPERTY_PREFIX, ORIGIN_PROPERTY,
+};
 use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
 use crate::auth::tls::common_name;
 use crate::config::AuthMode;
@@ -586,11 +588,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     }
                     let mut publish = publish;
                     let mut props = props;
-                    // The origin property is Grove's to set: a device may not forge it.
+                    // `$grove-` properties are Grove's to set: a device may not forge them.
                     if let Some(p) = &mut props {
-                        p.user_properties.retain(|(k, _)| k != ORIGIN_PROPERTY);
+                        p.user_properties
+                            .retain(|(k, _)| !k.starts_with(GROVE_PROPERTY_PREFIX));
                     }
-                    if publish.topic.starts_with(b"$aws/things/") {
+                    if publish.topic.starts_with(b"$aws/things/")
+                        || self.shared.record_origin.load(Ordering::Relaxed)
+                    {
                         props
                             .get_or_insert_with(Default::default)
                             .user_properties
@@ -755,7 +760,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                             .bytes_sent
                             .inc_by(f.publish.payload.len() as u64);
                         if let Some(p) = &mut f.properties {
-                            p.user_properties.retain(|(k, _)| k != ORIGIN_PROPERTY);
+                            p.user_properties
+                                .retain(|(k, _)| !k.starts_with(GROVE_PROPERTY_PREFIX));
                         }
                         self.encode(Packet::Publish(f.publish, f.properties));
                     }

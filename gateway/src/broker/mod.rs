@@ -56,6 +56,12 @@ const INTERNAL_LINKS: usize = 64;
 /// every message before it leaves for a client, and a client cannot set it.
 pub(crate) const ORIGIN_PROPERTY: &str = "$grove-origin";
 
+/// The MQTT 5 user property counting rule republishes, so that a rule feeding itself is cut off.
+pub(crate) const HOPS_PROPERTY: &str = "$grove-hops";
+
+/// Prefix of every user property that is Grove's own: removed from what devices send and receive.
+pub(crate) const GROVE_PROPERTY_PREFIX: &str = "$grove-";
+
 /// The publishing client recorded by the connection layer, if any.
 pub(crate) fn origin_client_id(properties: Option<&PublishProperties>) -> Option<String> {
     properties?
@@ -121,6 +127,9 @@ pub(crate) struct Shared {
     system: tokio::sync::Mutex<LinkTx>,
     /// Registered device identities (passwords, certificates).
     identities: Identities,
+    /// Whether the connection layer records every publisher's client id (rules need it for
+    /// `clientid()`); otherwise only on `$aws/things/...`.
+    pub(crate) record_origin: std::sync::atomic::AtomicBool,
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
     /// removes the entry, which cancels the will.
     pending_wills: Mutex<HashMap<String, u64>>,
@@ -216,6 +225,7 @@ impl Broker {
             system: tokio::sync::Mutex::new(system_tx),
             pending_wills: Mutex::new(HashMap::new()),
             identities,
+            record_origin: std::sync::atomic::AtomicBool::new(false),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
@@ -279,13 +289,14 @@ impl Broker {
 
     /// An in-process client of the broker for one of the gateway's components.
     pub async fn bus(&self, component: &str) -> Result<Bus, BrokerError> {
-        let (tx, rx, _) = self
-            .shared
-            .router
-            .link(format!("%g{component}"), true, 0)
-            .await
-            .map_err(BrokerError::Link)?;
-        Ok(Bus::new(tx, rx, self.shared.router.clone()))
+        self.bus_maker().bus(component).await
+    }
+
+    /// A handle that creates bus links later (for components that re-create theirs on reload).
+    pub fn bus_maker(&self) -> BusMaker {
+        BusMaker {
+            shared: self.shared.clone(),
+        }
     }
 
     /// A receiver that turns true when the broker shuts down, for components to stop with it.
@@ -309,6 +320,35 @@ impl Broker {
         {
             warn!("some connections did not close within 500 ms");
         }
+    }
+}
+
+/// Creates bus links; cheap to clone.
+#[derive(Clone)]
+pub struct BusMaker {
+    shared: Arc<Shared>,
+}
+
+impl BusMaker {
+    /// A new link named after `component`.
+    pub async fn bus(&self, component: &str) -> Result<Bus, BrokerError> {
+        let (tx, rx, _) = self
+            .shared
+            .router
+            .link(format!("%g{component}"), true, 0)
+            .await
+            .map_err(BrokerError::Link)?;
+        Ok(Bus::new(
+            tx,
+            rx,
+            self.shared.router.clone(),
+            self.shared.clone(),
+        ))
+    }
+
+    /// Makes the connection layer record every publisher's client id, for rules' `clientid()`.
+    pub fn record_origins(&self, on: bool) {
+        self.shared.record_origin.store(on, Ordering::Relaxed);
     }
 }
 
@@ -551,7 +591,13 @@ fn publish_qos(publish: &Publish) -> u8 {
 
 /// Builds a PUBLISH with a QoS, which rumqttd's public constructor cannot (it makes QoS 0 only):
 /// its public deserialiser reads the same layout `Publish::serialize` writes.
-fn make_publish(topic: &str, payload: Bytes, qos: u8, retain: bool, pkid: u16) -> Publish {
+pub(crate) fn make_publish(
+    topic: &str,
+    payload: Bytes,
+    qos: u8,
+    retain: bool,
+    pkid: u16,
+) -> Publish {
     let qos = if qos > QoS::AtLeastOnce as u8 {
         QoS::AtLeastOnce as u8
     } else {

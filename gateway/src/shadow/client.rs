@@ -3,46 +3,17 @@
 //! It speaks the same MQTT API a device uses (subscribe to the response topics, publish the request
 //! with a client token, wait for the answer carrying that token), so it never opens the database
 //! behind the gateway's back and works against any Grove (or AWS IoT Core-compatible) endpoint.
-//! `list`, which AWS's MQTT API lacks, uses Grove's `$grove/shadows/list` topic.
+//! `list`, which AWS's MQTT API lacks, uses Grove's `$grove/shadows/list` topic. The MQTT exchange
+//! itself is [`crate::client::request`].
 
 use std::net::SocketAddr;
-use std::time::Duration;
 
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
 use serde_json::{json, Value};
+
+use crate::client::ClientError;
 
 use super::names::{request_topic, Operation};
 use super::service::LIST_TOPIC;
-
-/// How long to wait for the gateway's answer.
-const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// Why a shadow command failed.
-#[derive(Debug, thiserror::Error)]
-pub enum ClientError {
-    /// The gateway could not be reached or the connection failed.
-    #[error("cannot talk to the gateway at {addr}: {message}")]
-    Connection {
-        /// Where.
-        addr: SocketAddr,
-        /// What happened.
-        message: String,
-    },
-    /// No answer in time.
-    #[error("no answer from the gateway within {0:?}")]
-    Timeout(Duration),
-    /// The gateway rejected the request (the AWS error document's code and message).
-    #[error("rejected: {code} {message}")]
-    Rejected {
-        /// AWS's error code.
-        code: u64,
-        /// AWS's message.
-        message: String,
-    },
-    /// The document given with `--json` is not JSON.
-    #[error("--json is not valid JSON: {0}")]
-    BadDocument(serde_json::Error),
-}
 
 /// What to ask.
 #[derive(Debug, Clone)]
@@ -57,15 +28,14 @@ pub enum Request {
     Delete,
 }
 
-/// Sends one request to the gateway at `addr` and returns the accepted document.
+/// Sends one shadow request to the gateway at `addr` and returns the accepted document.
 pub async fn call(
     addr: SocketAddr,
     thing: &str,
     shadow: Option<&str>,
     request: Request,
 ) -> Result<Value, ClientError> {
-    let token = format!("grove-cli-{}", std::process::id());
-    let (topic, mut body) = match &request {
+    let (topic, body) = match &request {
         Request::List => (LIST_TOPIC.to_owned(), json!({})),
         Request::Get => (request_topic(thing, shadow, Operation::Get), json!({})),
         Request::Delete => (request_topic(thing, shadow, Operation::Delete), json!({})),
@@ -74,56 +44,7 @@ pub async fn call(
             serde_json::from_str(doc).map_err(ClientError::BadDocument)?,
         ),
     };
-    if let Value::Object(map) = &mut body {
-        map.insert("clientToken".into(), token.clone().into());
-    }
-    let connection = |message: String| ClientError::Connection { addr, message };
-    let mut options = MqttOptions::new(token.clone(), addr.ip().to_string(), addr.port());
-    options.set_keep_alive(Duration::from_secs(30));
-    options.set_max_packet_size(1 << 20, 1 << 20);
-    let (client, mut events) = AsyncClient::new(options, 10);
-    let accepted = format!("{topic}/accepted");
-    let rejected = format!("{topic}/rejected");
-    client
-        .subscribe(format!("{topic}/+"), QoS::AtLeastOnce)
-        .await
-        .map_err(|e| connection(e.to_string()))?;
-    let answer = async {
-        loop {
-            match events.poll().await {
-                Ok(Event::Incoming(Packet::SubAck(_))) => {
-                    client
-                        .publish(&topic, QoS::AtLeastOnce, false, body.to_string())
-                        .await
-                        .map_err(|e| connection(e.to_string()))?;
-                }
-                Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(doc) = serde_json::from_slice::<Value>(&p.payload) else {
-                        continue;
-                    };
-                    if doc["clientToken"] != token.as_str() {
-                        continue;
-                    }
-                    if p.topic == rejected || (p.topic == accepted && doc.get("code").is_some()) {
-                        return Err(ClientError::Rejected {
-                            code: doc["code"].as_u64().unwrap_or(0),
-                            message: doc["message"].as_str().unwrap_or_default().to_owned(),
-                        });
-                    }
-                    if p.topic == accepted {
-                        return Ok(doc);
-                    }
-                }
-                Ok(_) => {}
-                Err(e) => return Err(connection(e.to_string())),
-            }
-        }
-    };
-    let result = tokio::time::timeout(ANSWER_TIMEOUT, answer)
-        .await
-        .unwrap_or(Err(ClientError::Timeout(ANSWER_TIMEOUT)));
-    let _ = client.disconnect().await;
-    result
+    crate::client::request(addr, &topic, body).await
 }
 
 /// A readable rendering of an accepted document, for people; `--json` prints the raw one instead.

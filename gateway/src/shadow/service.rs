@@ -51,6 +51,9 @@ struct Answer {
     rejected_topic: String,
     /// The request payload, to echo its client token in that 500.
     payload: Bytes,
+    /// Rule republish hops of the request, carried on to the answers so that a rule loop through
+    /// a shadow is cut like any other (see `rules`).
+    hops: u32,
 }
 
 impl ShadowService {
@@ -139,6 +142,7 @@ impl ShadowService {
                         &message.payload,
                         now,
                         !writes.is_empty(),
+                        message.hops,
                     ));
                     continue;
                 }
@@ -160,6 +164,7 @@ impl ShadowService {
                         &message.payload,
                         now,
                         !writes.is_empty(),
+                        message.hops,
                     ));
                     continue;
                 }
@@ -191,6 +196,7 @@ impl ShadowService {
                                 &message.payload,
                                 now,
                                 !writes.is_empty(),
+                                message.hops,
                             ));
                             None
                         }
@@ -213,6 +219,7 @@ impl ShadowService {
                             &message.payload,
                             now,
                             !writes.is_empty(),
+                            message.hops,
                         ));
                         None
                     }
@@ -231,6 +238,7 @@ impl ShadowService {
                                 durable: !writes.is_empty(),
                                 rejected_topic: topic.rejected(),
                                 payload: message.payload.clone(),
+                                hops: message.hops,
                             });
                         }
                         Err(rejected) => {
@@ -240,6 +248,7 @@ impl ShadowService {
                                 &message.payload,
                                 now,
                                 !writes.is_empty(),
+                                message.hops,
                             ));
                         }
                     }
@@ -256,6 +265,7 @@ impl ShadowService {
                     durable: true,
                     rejected_topic: topic.rejected(),
                     payload: message.payload,
+                    hops: message.hops,
                 });
             }
         }
@@ -273,7 +283,16 @@ impl ShadowService {
                 answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
             }
         }
-        answers.into_iter().flat_map(|a| a.publish).collect()
+        answers
+            .into_iter()
+            .flat_map(|a| {
+                let hops = a.hops;
+                a.publish.into_iter().map(move |mut o| {
+                    o.hops = hops;
+                    o
+                })
+            })
+            .collect()
     }
 
     /// Writes the batch's shadows in one transaction; false if that failed.
@@ -337,6 +356,7 @@ impl ShadowService {
         payload: &Bytes,
         now: u64,
         durable: bool,
+        hops: u32,
     ) -> Answer {
         self.metrics.count(topic.op, rejected.code());
         Answer {
@@ -345,6 +365,7 @@ impl ShadowService {
             durable,
             rejected_topic: topic.rejected(),
             payload: payload.clone(),
+            hops,
         }
     }
 
@@ -366,6 +387,7 @@ impl ShadowService {
             durable: false,
             rejected_topic,
             payload: message.payload.clone(),
+            hops: message.hops,
         }
     }
 
@@ -391,13 +413,11 @@ impl ShadowService {
             durable: false,
             rejected_topic: format!("{LIST_TOPIC}/rejected"),
             payload: message.payload,
+            hops: 0,
         }
     }
 }
 
 fn outgoing(topic: String, doc: &Value) -> Outgoing {
-    Outgoing {
-        topic,
-        payload: Bytes::from(doc.to_string()),
-    }
+    Outgoing::new(topic, Bytes::from(doc.to_string()))
 }

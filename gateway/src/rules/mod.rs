@@ -1,0 +1,272 @@
+//! The rules engine in the gateway: `[[rules]]` from the configuration, evaluated by `grove-rules`
+//! on the messages their `FROM` filters select, with actions and an error action.
+//!
+//! - [`RuleConfig`]: what a `[[rules]]` entry says, compiled and checked when the configuration is
+//!   loaded (a bad rule stops startup with the rule's line and the SQL error with a caret).
+//! - [`engine`]: the component. It subscribes on the bus, evaluates, runs actions (`republish`,
+//!   `shadow`), sends failures to the error action in AWS's payload shape, runs windows on a
+//!   timer, cuts republish loops after [`MAX_HOPS`], and swaps rule sets on reload without a gap.
+//!
+//! Actions, as AWS IoT's (a rule's output is the message the action sends):
+//! - `republish = { topic = "alerts/${topic(2)}", qos = 1, retain = false }`: the topic is a
+//!   substitution template evaluated against the original message.
+//! - `shadow = { thing = "${topic(2)}", name = "optional" }`: the output (a JSON object with
+//!   `state`) is sent as an update to that thing's (named) shadow through the shadow service.
+
+pub mod engine;
+
+use std::fmt;
+
+use grove_rules::{CompileError, Rule, Template};
+use serde::Deserialize;
+
+/// Most times a message may be republished by rules before the next republish is dropped (and
+/// counted): a rule that matches its own output stops there instead of looping forever.
+pub const MAX_HOPS: u32 = 8;
+
+/// A `[[rules]]` entry as written.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRule {
+    /// The rule's name (metrics, logs, error payloads).
+    pub name: String,
+    /// The AWS IoT SQL statement.
+    pub sql: String,
+    /// Whether the rule runs.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+    /// What to do with each output.
+    #[serde(default)]
+    pub actions: Vec<RawAction>,
+    /// Where failures of the actions go.
+    pub error_action: Option<RawAction>,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// An action as written: exactly one of the keys.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "snake_case")]
+pub enum RawAction {
+    /// Publish the output on a topic.
+    Republish {
+        /// Topic template.
+        topic: String,
+        /// QoS 0 or 1.
+        #[serde(default)]
+        qos: u8,
+        /// Retain the message.
+        #[serde(default)]
+        retain: bool,
+    },
+    /// Update a device shadow with the output.
+    Shadow {
+        /// Thing name template.
+        thing: String,
+        /// Named shadow (template); the classic shadow when absent.
+        name: Option<String>,
+    },
+}
+
+/// A compiled action.
+#[derive(Debug, Clone)]
+pub enum Action {
+    /// See [`RawAction::Republish`].
+    Republish {
+        /// The compiled topic template.
+        topic: Template,
+        /// QoS.
+        qos: u8,
+        /// Retain flag.
+        retain: bool,
+    },
+    /// See [`RawAction::Shadow`].
+    Shadow {
+        /// The compiled thing-name template.
+        thing: Template,
+        /// The compiled shadow-name template.
+        name: Option<Template>,
+    },
+}
+
+impl Action {
+    /// AWS's name of the action kind, for error payloads.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Action::Republish { .. } => "RepublishAction",
+            Action::Shadow { .. } => "IotShadowAction",
+        }
+    }
+}
+
+/// A compiled, checked rule.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    /// The rule's name.
+    pub name: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// The compiled statement.
+    pub rule: Rule,
+    /// Its actions.
+    pub actions: Vec<Action>,
+    /// Its error action.
+    pub error_action: Option<Action>,
+}
+
+impl PartialEq for RuleConfig {
+    fn eq(&self, other: &Self) -> bool {
+        self.name == other.name
+            && self.enabled == other.enabled
+            && self.rule.sql() == other.rule.sql()
+    }
+}
+
+impl Eq for RuleConfig {}
+
+/// Why a rule cannot run.
+#[derive(Debug)]
+pub enum RuleError {
+    /// The SQL does not compile.
+    Sql(CompileError),
+    /// An action's template does not compile.
+    Template {
+        /// Which template (`actions[0].topic`, ...).
+        field: String,
+        /// The error.
+        error: CompileError,
+    },
+    /// Something else about an action.
+    Action(String),
+}
+
+impl fmt::Display for RuleError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            RuleError::Sql(e) => write!(f, "the SQL does not compile:\n{e}"),
+            RuleError::Template { field, error } => write!(f, "{field} does not compile:\n{error}"),
+            RuleError::Action(m) => f.write_str(m),
+        }
+    }
+}
+
+impl RawRule {
+    /// Compiles and checks the rule.
+    pub fn compile(&self) -> Result<RuleConfig, RuleError> {
+        let rule = Rule::compile(&self.sql).map_err(RuleError::Sql)?;
+        let actions = self
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(i, a)| compile_action(a, &format!("actions[{i}]")))
+            .collect::<Result<Vec<_>, _>>()?;
+        if actions.is_empty() {
+            return Err(RuleError::Action(
+                "a rule needs at least one action".to_owned(),
+            ));
+        }
+        let error_action = self
+            .error_action
+            .as_ref()
+            .map(|a| compile_action(a, "error_action"))
+            .transpose()?;
+        Ok(RuleConfig {
+            name: self.name.clone(),
+            enabled: self.enabled,
+            rule,
+            actions,
+            error_action,
+        })
+    }
+}
+
+fn compile_action(action: &RawAction, field: &str) -> Result<Action, RuleError> {
+    let template = |text: &str, part: &str| {
+        Template::parse(text).map_err(|error| RuleError::Template {
+            field: format!("{field}.{part}"),
+            error,
+        })
+    };
+    Ok(match action {
+        RawAction::Republish { topic, qos, retain } => {
+            if *qos > 1 {
+                return Err(RuleError::Action(format!(
+                    "{field}.qos must be 0 or 1, not {qos}"
+                )));
+            }
+            if topic.contains(['+', '#']) {
+                return Err(RuleError::Action(format!(
+                    "{field}.topic {topic:?} contains a wildcard; a topic name cannot"
+                )));
+            }
+            Action::Republish {
+                topic: template(topic, "topic")?,
+                qos: *qos,
+                retain: *retain,
+            }
+        }
+        RawAction::Shadow { thing, name } => Action::Shadow {
+            thing: template(thing, "thing")?,
+            name: name.as_deref().map(|n| template(n, "name")).transpose()?,
+        },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn raw(sql: &str, actions: Vec<RawAction>) -> RawRule {
+        RawRule {
+            name: "r".into(),
+            sql: sql.into(),
+            enabled: true,
+            actions,
+            error_action: None,
+        }
+    }
+
+    fn republish(topic: &str, qos: u8) -> RawAction {
+        RawAction::Republish {
+            topic: topic.into(),
+            qos,
+            retain: false,
+        }
+    }
+
+    #[test]
+    fn compile_errors_say_what_is_wrong() {
+        let cases: Vec<(RawRule, &str)> = vec![
+            (
+                raw("SELECT FROM 't'", vec![republish("x", 0)]),
+                "the SQL does not compile",
+            ),
+            (raw("SELECT * FROM 't'", vec![]), "at least one action"),
+            (
+                raw("SELECT * FROM 't'", vec![republish("x/${", 0)]),
+                "actions[0].topic does not compile",
+            ),
+            (
+                raw("SELECT * FROM 't'", vec![republish("x/#", 0)]),
+                "contains a wildcard",
+            ),
+            (
+                raw("SELECT * FROM 't'", vec![republish("x", 2)]),
+                "qos must be 0 or 1",
+            ),
+            (
+                raw(
+                    "SELECT aws_lambda('arn', *) FROM 't'",
+                    vec![republish("x", 0)],
+                ),
+                "aws_lambda",
+            ),
+        ];
+        for (rule, want) in cases {
+            let err = rule.compile().unwrap_err().to_string();
+            assert!(err.contains(want), "{err}");
+        }
+    }
+}

@@ -1,0 +1,281 @@
+//! End-to-end tests of the rules engine in the real `grove` binary: devices publish, rules
+//! republish, update shadows, report failures to their error action, window, never loop, and reload
+//! without dropping messages.
+
+use std::time::Duration;
+
+use grove_tests::{grove, Client, Gateway};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+const RULES: &str = r#"
+[[rules]]
+name = "hot"
+sql = "SELECT temp, topic(2) AS id, clientid() AS sender FROM 'sensors/+/t' WHERE temp > 30"
+actions = [{ republish = { topic = "alerts/${topic(2)}", qos = 1 } }]
+
+[[rules]]
+name = "to-shadow"
+sql = "SELECT {'reported': {'temp': temp}} AS state FROM 'sensors/+/t'"
+actions = [{ shadow = { thing = "${topic(2)}" } }]
+error_action = { republish = { topic = "errors/rules" } }
+
+[[rules]]
+name = "loop"
+sql = "SELECT * FROM 'loop/#'"
+actions = [{ republish = { topic = "loop/again" } }]
+
+[[rules]]
+name = "avg3"
+sql = "SELECT avg(temp) AS mean, count(*) AS n FROM 'sensors/+/t' GROUP BY COUNTWINDOW(3)"
+actions = [{ republish = { topic = "summary" } }]
+
+[[rules]]
+name = "off"
+enabled = false
+sql = "SELECT * FROM 'sensors/+/t'"
+actions = [{ republish = { topic = "never" } }]
+"#;
+
+fn json_of(p: &rumqttc::Publish) -> Value {
+    serde_json::from_slice(&p.payload).expect("JSON")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_republish_update_shadows_report_errors_window_and_stop_loops() {
+    let g = Gateway::start(RULES);
+    let mut watch = Client::connect("watch", g.mqtt_port).await;
+    for f in ["alerts/#", "errors/#", "summary", "never", "loop/#"] {
+        watch.subscribe(f, QoS::AtLeastOnce).await;
+    }
+    let device = Client::connect("sensor-d1", g.mqtt_port).await;
+    for temp in [31, 20, 35] {
+        device
+            .publish(
+                "sensors/d1/t",
+                QoS::AtLeastOnce,
+                false,
+                json!({"temp": temp}).to_string(),
+            )
+            .await;
+    }
+    // Alerts for the two hot readings, with clientid(); a window summary of all three.
+    let mut got: Vec<(String, Value)> = watch
+        .recv_n(3, WAIT)
+        .await
+        .iter()
+        .map(|p| (p.topic.clone(), json_of(p)))
+        .collect();
+    got.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.to_string().cmp(&b.1.to_string())));
+    assert_eq!(
+        got,
+        [
+            (
+                "alerts/d1".into(),
+                json!({"temp": 31, "id": "d1", "sender": "sensor-d1"})
+            ),
+            (
+                "alerts/d1".into(),
+                json!({"temp": 35, "id": "d1", "sender": "sensor-d1"})
+            ),
+            (
+                "summary".into(),
+                json!({"mean": 28.666666666666668, "n": 3})
+            ),
+        ]
+    );
+    // The shadow action updated d1's shadow.
+    let addr = format!("127.0.0.1:{}", g.mqtt_port);
+    let (code, out) = grove(
+        &["shadow", "--mqtt", &addr, "get", "d1", "--json"],
+        g.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    let shadow: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(shadow["state"]["reported"]["temp"], 35);
+    assert_eq!(shadow["version"], 3);
+
+    // A thing name AWS would refuse makes the shadow action fail: the error action gets AWS's payload.
+    device
+        .publish(
+            "sensors/bad.name/t",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"temp": 1}"#,
+        )
+        .await;
+    let err = watch.recv(WAIT).await.expect("error action");
+    assert_eq!(err.topic, "errors/rules");
+    let err = json_of(&err);
+    assert_eq!(err["ruleName"], "to-shadow");
+    assert_eq!(err["topic"], "sensors/bad.name/t");
+    assert_eq!(err["clientId"], "sensor-d1");
+    assert_eq!(err["base64OriginalPayload"], "eyJ0ZW1wIjogMX0=");
+    assert_eq!(err["failures"][0]["failedAction"], "IotShadowAction");
+    assert_eq!(err["failures"][0]["failedResource"], "bad.name");
+
+    // A rule that matches its own output stops at the hop limit: the original plus 8 republishes.
+    device
+        .publish("loop/start", QoS::AtLeastOnce, false, "x")
+        .await;
+    let seen = watch.recv_n(9, WAIT).await;
+    assert_eq!(seen.iter().filter(|p| p.topic == "loop/again").count(), 8);
+    assert!(
+        watch.recv(Duration::from_millis(500)).await.is_none(),
+        "the loop was cut"
+    );
+    assert_eq!(g.metric("grove_rule_hop_dropped_total{rule=\"loop\"}"), 1.0);
+    assert_eq!(g.metric("grove_rule_matched_total{rule=\"hot\"}"), 4.0);
+    assert_eq!(g.metric("grove_rule_outputs_total{rule=\"hot\"}"), 2.0);
+    assert_eq!(
+        g.metric("grove_rule_action_failures_total{rule=\"to-shadow\"}"),
+        1.0
+    );
+    assert_eq!(
+        g.metric("grove_rule_matched_total{rule=\"off\"}"),
+        0.0,
+        "disabled rules do not run"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_swaps_rules_without_dropping_messages() {
+    let v1 = "[[rules]]\nname = \"fwd\"\nsql = \"SELECT * FROM 'in/#'\"\nactions = [{ republish = { topic = \"out/v1\" } }]\n";
+    let mut g = Gateway::start(v1);
+    let mut watch = Client::connect("watch", g.mqtt_port).await;
+    watch.subscribe("out/#", QoS::AtLeastOnce).await;
+    let publisher = Client::connect("pub", g.mqtt_port).await;
+    let addr = format!("127.0.0.1:{}", g.mqtt_port);
+    let config = g.config_path();
+    let total = 3000u32;
+    let sender = publisher.client.clone();
+    let send = tokio::spawn(async move {
+        for i in 0..total {
+            sender
+                .publish("in/x", QoS::AtLeastOnce, false, i.to_be_bytes().to_vec())
+                .await
+                .unwrap();
+            if i % 100 == 0 {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        }
+    });
+    // Swap to v2 over MQTT, then to v3 with SIGHUP, while messages flow.
+    tokio::time::sleep(Duration::from_millis(30)).await;
+    let text = std::fs::read_to_string(&config)
+        .unwrap()
+        .replace("out/v1", "out/v2");
+    std::fs::write(&config, &text).unwrap();
+    let (code, out) = grove(&["rules", "reload", "--mqtt", &addr], g.dir.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("[\"fwd\"]"), "{out}");
+    std::fs::write(&config, text.replace("out/v2", "out/v3")).unwrap();
+    std::process::Command::new("kill")
+        .args(["-HUP", &g.pid().to_string()])
+        .status()
+        .unwrap();
+    send.await.unwrap();
+    let mut seen = vec![false; total as usize];
+    let mut versions = std::collections::BTreeSet::new();
+    while let Some(p) = watch.recv(Duration::from_secs(2)).await {
+        versions.insert(p.topic.clone());
+        let i = u32::from_be_bytes(p.payload[..4].try_into().unwrap());
+        seen[i as usize] = true;
+    }
+    let missing: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, s)| !**s)
+        .map(|(i, _)| i)
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "messages lost across reloads: {missing:?}"
+    );
+    assert!(
+        versions.contains("out/v1") && versions.contains("out/v2"),
+        "{versions:?}"
+    );
+    assert!(g.log().contains("rules reloaded"));
+
+    // A broken rule is refused: the running rules stay, and the error says where.
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)
+            .unwrap()
+            .replace("SELECT *", "SELEC *"),
+    )
+    .unwrap();
+    let (code, out) = grove(&["rules", "reload", "--mqtt", &addr], g.dir.path());
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("rule `fwd`") && out.contains('^'), "{out}");
+    publisher
+        .publish("in/x", QoS::AtLeastOnce, false, vec![0, 0, 0, 0])
+        .await;
+    let p = watch.recv(WAIT).await.expect("the old rules still run");
+    assert_eq!(p.topic, "out/v3");
+    // With the broken file in place, a restart refuses to start, naming the rule and the position.
+    let (status, _) = g.stop_with("TERM");
+    assert!(status.success());
+    let (code, out) = grove(&["run", "--config", config.to_str().unwrap()], g.dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(
+        out.contains("`rules[0]`: rule `fwd`: the SQL does not compile"),
+        "{out}"
+    );
+    assert!(
+        out.contains("SELEC *") && out.contains('^'),
+        "the error shows the SQL with a caret: {out}"
+    );
+}
+
+#[test]
+fn rules_test_evaluates_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let (code, out) = grove(
+        &[
+            "rules",
+            "test",
+            "--sql",
+            "SELECT temp * 2 AS t2, topic(2) AS id FROM 'a/+/b' WHERE temp > 1",
+            "--topic",
+            "a/x/b",
+            "--payload",
+            r#"{"temp": 5}"#,
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(
+        serde_json::from_str::<Value>(out.trim()).unwrap(),
+        json!({"t2": 10, "id": "x"})
+    );
+    let (code, out) = grove(
+        &[
+            "rules",
+            "test",
+            "--sql",
+            "SELECT * FROM 'a' WHERE x > 1",
+            "--topic",
+            "a",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains("no output"), "{out}");
+    let (code, out) = grove(
+        &[
+            "rules",
+            "test",
+            "--sql",
+            "SELECT aws_lambda('x', *) FROM 'a'",
+            "--topic",
+            "a",
+        ],
+        dir.path(),
+    );
+    assert_eq!(code, 1);
+    assert!(out.contains("aws_lambda") && out.contains('^'), "{out}");
+}
