@@ -81,15 +81,19 @@ impl Shell {
     }
 }
 
-/// The shadow's document, read through the gateway's own CLI (its MQTT API).
-fn shadow(g: &Gateway) -> Value {
+/// The shadow's document, read through the gateway's own CLI (its MQTT API); `None` while the
+/// shadow does not exist yet.
+fn shadow(g: &Gateway) -> Option<Value> {
     let addr = format!("127.0.0.1:{}", g.mqtt_port);
     let (code, out) = grove(
         &["shadow", "--mqtt", &addr, "get", THING, "--json"],
         g.dir.path(),
     );
-    assert_eq!(code, 0, "{out}");
-    serde_json::from_str(out.trim()).unwrap()
+    if code != 0 {
+        assert!(out.contains("404"), "{out}");
+        return None;
+    }
+    Some(serde_json::from_str(out.trim()).unwrap())
 }
 
 fn set_desired(g: &Gateway, desired: Value) {
@@ -107,10 +111,13 @@ fn wait_for_shadow(g: &Gateway, ok: impl Fn(&Value) -> bool) -> Value {
     let start = WallClock::now();
     loop {
         let doc = shadow(g);
-        if ok(&doc) {
-            return doc;
+        if let Some(doc) = doc.as_ref().filter(|d| ok(d)) {
+            return doc.clone();
         }
-        assert!(start.elapsed() < DEADLINE, "shadow never got there: {doc}");
+        assert!(
+            start.elapsed() < DEADLINE,
+            "shadow never got there: {doc:?}"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
