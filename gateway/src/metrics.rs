@@ -219,6 +219,11 @@ impl Metrics {
             broker.denied.clone(),
         );
         b.register(
+            "subscriber_overruns",
+            "Times a subscriber fell further behind than the router's in-memory log holds and lost its oldest messages (raise broker.segment_count)",
+            crate::logging::subscriber_overruns(),
+        );
+        b.register(
             "retained_restored",
             "Retained messages restored from the store at startup",
             broker.retained_restored.clone(),

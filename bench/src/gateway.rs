@@ -1,0 +1,306 @@
+//! Benchmarks of the gateway's own services, driven over MQTT like devices drive them:
+//!
+//! - `grove-bench shadow`: acknowledged durable shadow updates per second (publish to
+//!   `update/accepted`, `synchronous=FULL`) for one hot thing, for 1,000 things, and the latency at
+//!   a fixed 1,000 updates/s.
+//! - `grove-bench rules`: a device publishes, a rule republishes; messages/s and latency from the
+//!   device's publish to the republished message at 10,000 msg/s, against the same load published
+//!   straight to the subscriber (no rule) in the same gateway, for the ratio.
+//!
+//! There is no peer for these (mosquitto has no shadows or rules); the baseline is the gateway's
+//! own plain pub/sub path.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use tokio::sync::Semaphore;
+
+use crate::peer::{PeerKind, PeerSpec, RunningPeer};
+use crate::stats::{LatencyRecorder, LatencySummary};
+
+/// One measured shadow or rules scenario.
+#[derive(Debug, serde::Serialize)]
+pub struct GatewayResult {
+    /// What was measured.
+    pub scenario: String,
+    /// Requests or messages completed per second.
+    pub per_second: f64,
+    /// Completed in the measured window.
+    pub completed: u64,
+    /// Refused (shadow 429s / rejections).
+    pub rejected: u64,
+    /// Latency from publish to answer or republished message.
+    pub latency: LatencySummary,
+    /// Gateway resident memory after the scenario (KiB).
+    pub rss_kib: Option<u64>,
+}
+
+fn options(id: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(100);
+    o
+}
+
+/// Starts the gateway with extra TOML.
+fn start(grove: &PathBuf, extra: &[&str]) -> anyhow::Result<RunningPeer> {
+    let spec = PeerSpec {
+        kind: PeerKind::Grove,
+        binary: grove.clone(),
+        extra_config: extra.iter().map(|s| s.to_string()).collect(),
+    };
+    spec.start().context("starting grove")
+}
+
+/// A shadow client: `window` updates in flight at most (AWS allows 10 per connection), each
+/// measured from publish to its `update/accepted` (matched by client token).
+async fn shadow_client(
+    port: u16,
+    id: usize,
+    things: Vec<String>,
+    window: usize,
+    rate: Option<f64>,
+    until: Instant,
+    warmup: Instant,
+) -> anyhow::Result<(LatencyRecorder, u64, u64)> {
+    let (client, mut events) = AsyncClient::new(options(&format!("shadow-bench-{id}"), port), 1000);
+    for t in &things {
+        client
+            .subscribe(format!("$aws/things/{t}/shadow/update/accepted"), QoS::AtMostOnce)
+            .await?;
+        client
+            .subscribe(format!("$aws/things/{t}/shadow/update/rejected"), QoS::AtMostOnce)
+            .await?;
+    }
+    let slots = Arc::new(Semaphore::new(window));
+    let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
+    let counter = Arc::new(AtomicU64::new(0));
+    let (mut latency, mut ok, mut rejected) = (LatencyRecorder::new(), 0u64, 0u64);
+    // Wait for the SUBACKs before sending.
+    let mut subacks = 0;
+    while subacks < things.len() * 2 {
+        if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+            subacks += 1;
+        }
+    }
+    let sender = {
+        let (client, slots, sent, counter) = (client.clone(), slots.clone(), sent.clone(), counter.clone());
+        tokio::spawn(async move {
+            let mut n = 0u64;
+            let start = Instant::now();
+            while Instant::now() < until {
+                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                permit.forget();
+                if let Some(rate) = rate {
+                    let due = start + Duration::from_secs_f64(n as f64 / rate);
+                    tokio::time::sleep_until(due.into()).await;
+                }
+                let thing = &things[(n as usize) % things.len()];
+                let token = format!("{id}-{n}");
+                let body = format!(
+                    "{{\"state\":{{\"reported\":{{\"c{id}\":{n}}}}},\"clientToken\":\"{token}\"}}"
+                );
+                sent.lock().unwrap().insert(token, Instant::now());
+                if client
+                    .publish(format!("$aws/things/{thing}/shadow/update"), QoS::AtMostOnce, false, body)
+                    .await
+                    .is_err()
+                {
+                    break;
+                }
+                n += 1;
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+        })
+    };
+    let drain_until = until + Duration::from_secs(2);
+    while Instant::now() < drain_until {
+        let ev = match tokio::time::timeout_at(drain_until.into(), events.poll()).await {
+            Ok(ev) => ev?,
+            Err(_) => break,
+        };
+        if let Event::Incoming(Packet::Publish(p)) = ev {
+            let doc: serde_json::Value = match serde_json::from_slice(&p.payload) {
+                Ok(d) => d,
+                Err(_) => continue,
+            };
+            let Some(token) = doc["clientToken"].as_str() else { continue };
+            let Some(at) = sent.lock().unwrap().remove(token) else { continue };
+            slots.add_permits(1);
+            let now = Instant::now();
+            if p.topic.ends_with("/accepted") {
+                if at >= warmup && now <= until {
+                    latency.record(now - at);
+                    ok += 1;
+                }
+            } else {
+                rejected += 1;
+            }
+        }
+        if sender.is_finished() && sent.lock().unwrap().is_empty() {
+            break;
+        }
+    }
+    sender.abort();
+    let _ = client.disconnect().await;
+    Ok((latency, ok, rejected))
+}
+
+/// Runs the shadow scenarios against a fresh gateway each.
+pub async fn shadow(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+    let scenarios: Vec<(&str, usize, usize, Option<f64>)> = vec![
+        // (name, clients, things per client, rate per client)
+        ("1 thing, 50 clients, 10 in flight each, flat out", 50, 0, None),
+        ("1,000 things, 50 clients (20 each), 10 in flight each, flat out", 50, 20, None),
+        ("1 client, 1 thing, 10 in flight, flat out", 1, 1, None),
+        ("1,000 updates/s: 10 clients x 100/s over 1,000 things", 10, 100, Some(100.0)),
+    ];
+    let mut results = Vec::new();
+    for (name, clients, per_client, rate) in scenarios {
+        let peer = start(grove, &[])?;
+        let port = peer.port();
+        let warmup = Instant::now() + Duration::from_secs(1);
+        let until = warmup + Duration::from_secs(seconds);
+        let mut tasks = Vec::new();
+        for c in 0..clients {
+            let things: Vec<String> = if per_client == 0 {
+                vec!["hot-thing".to_owned()]
+            } else {
+                (0..per_client).map(|k| format!("t{c}x{k}")).collect()
+            };
+            tasks.push(tokio::spawn(shadow_client(port, c, things, 10, rate, until, warmup)));
+        }
+        let mut latency = LatencyRecorder::new();
+        let (mut ok, mut rejected) = (0, 0);
+        for t in tasks {
+            let (l, o, r) = t.await??;
+            latency.merge(&l);
+            ok += o;
+            rejected += r;
+        }
+        let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
+        results.push(GatewayResult {
+            scenario: name.to_owned(),
+            per_second: ok as f64 / seconds as f64,
+            completed: ok,
+            rejected,
+            latency: latency.summary(),
+            rss_kib,
+        });
+        peer.stop()?;
+    }
+    Ok(results)
+}
+
+/// The rule the rules benchmark runs: AWS's typical example.
+const RULE: &str = r#"[[rules]]
+name = "bench"
+sql = "SELECT temp, t0, topic(2) AS id FROM 'sensors/+/t' WHERE temp > 30"
+actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
+"#;
+
+/// Runs the rules scenarios: through a rule vs published straight to the subscriber.
+pub async fn rules(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+    let mut results = Vec::new();
+    // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
+    // outrun the subscriber only measure how far behind it falls (see the broker benchmark).
+    for (name, rate) in [("10,000 msg/s (10 publishers x 1,000/s)", 1000.0)] {
+        for (path, via_rule) in [("through the rule", true), ("plain pub/sub (baseline)", false)] {
+            let peer = start(grove, &[RULE])?;
+            let r = rule_load(peer.port(), via_rule, rate, seconds).await?;
+            let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
+            results.push(GatewayResult {
+                scenario: format!("{name}, {path}"),
+                rss_kib,
+                ..r
+            });
+            peer.stop()?;
+        }
+    }
+    Ok(results)
+}
+
+async fn rule_load(port: u16, via_rule: bool, rate: f64, seconds: u64) -> anyhow::Result<GatewayResult> {
+    let (sub, mut sub_events) = AsyncClient::new(options("rules-bench-sub", port), 10_000);
+    let filter = if via_rule { "alerts/#" } else { "sensors/#" };
+    sub.subscribe(filter, QoS::AtMostOnce).await?;
+    loop {
+        if let Event::Incoming(Packet::SubAck(_)) = sub_events.poll().await? {
+            break;
+        }
+    }
+    let epoch = Instant::now();
+    let warmup = epoch + Duration::from_secs(1);
+    let until = warmup + Duration::from_secs(seconds);
+    let mut publishers = Vec::new();
+    for p in 0..10 {
+        publishers.push(tokio::spawn(async move {
+            let (client, mut events) = AsyncClient::new(options(&format!("rules-bench-pub-{p}"), port), 10_000);
+            let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
+            let mut n = 0u64;
+            while Instant::now() < until {
+                tokio::time::sleep_until((epoch + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+                let t0 = epoch.elapsed().as_nanos() as u64;
+                let body = format!("{{\"temp\":31.5,\"t0\":{t0}}}");
+                if client.publish(format!("sensors/d{p}/t"), QoS::AtMostOnce, false, body).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+            poll.abort();
+            n
+        }));
+    }
+    let mut latency = LatencyRecorder::new();
+    let mut got = 0u64;
+    let end = until + Duration::from_secs(1);
+    while let Ok(ev) = tokio::time::timeout_at(end.into(), sub_events.poll()).await {
+        if let Event::Incoming(Packet::Publish(p)) = ev? {
+            let now = epoch.elapsed();
+            let doc: serde_json::Value = serde_json::from_slice(&p.payload)?;
+            let t0 = Duration::from_nanos(doc["t0"].as_u64().unwrap_or(0));
+            if epoch + t0 >= warmup && epoch + t0 < until {
+                latency.record(now.saturating_sub(t0));
+                got += 1;
+            }
+        }
+    }
+    for p in publishers {
+        p.await?;
+    }
+    Ok(GatewayResult {
+        scenario: String::new(),
+        per_second: got as f64 / seconds as f64,
+        completed: got,
+        rejected: 0,
+        latency: latency.summary(),
+        rss_kib: None,
+    })
+}
+
+/// A Markdown table of results.
+pub fn markdown(results: &[GatewayResult]) -> String {
+    let mut out = String::from("| scenario | per second | completed | rejected | p50 | p99 | p999 | max | gateway RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    for r in results {
+        let l = &r.latency;
+        out.push_str(&format!(
+            "| {} | {:.0} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |\n",
+            r.scenario,
+            r.per_second,
+            r.completed,
+            r.rejected,
+            l.p50_us as f64 / 1000.0,
+            l.p99_us as f64 / 1000.0,
+            l.p999_us as f64 / 1000.0,
+            l.max_us as f64 / 1000.0,
+            r.rss_kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+        ));
+    }
+    out
+}

@@ -1,0 +1,328 @@
+//! grove-bench: the benchmark harness of Grove.
+//!
+//! `grove-bench broker` runs the very same MQTT load (N publishers, M subscribers, rumqttc on loopback)
+//! against the grove gateway and against mosquitto, in one run, and reports delivered msgs/s, end-to-end
+//! latency percentiles, losses and duplicates, the ratio grove/mosquitto, each broker's start time (spawn
+//! to first CONNACK) and its resident memory. The output is Markdown for BENCHMARKS.md; `--json` writes the
+//! same results for tools. Exit status: 0 on success, 1 on error, 3 if a QoS 1 message was lost.
+
+mod gateway;
+mod load;
+mod payload;
+mod peer;
+mod report;
+mod runner;
+mod stats;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::{Args, Parser, Subcommand};
+
+use crate::load::Stop;
+use crate::peer::{PeerKind, PeerSpec};
+use crate::report::{Mode, Scenario, Settings};
+use crate::runner::Plan;
+
+/// Messages per publisher in a `max` phase unless --messages or --duration says otherwise.
+const DEFAULT_MAX_MESSAGES: u64 = 20_000;
+
+/// Messages per publisher in a `rate` phase unless --rate-messages or --duration says otherwise.
+const DEFAULT_RATE_MESSAGES: u64 = 5_000;
+
+/// Largest payload accepted: large enough for any realistic IoT message, small enough to stay bounded.
+const MAX_PAYLOAD: usize = 1024 * 1024;
+
+#[derive(Debug, Parser)]
+#[command(name = "grove-bench", version, about = "Benchmarks for Grove")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the same MQTT load against grove and mosquitto and compare them.
+    ///
+    /// For each broker: N publishers publish to `bench/<phase>/<publisher>`, M subscribers each subscribe
+    /// to `bench/<phase>/#`, so every message is delivered M times. Each combination of --mode, --qos
+    /// and --payload is one phase; phases alternate between the brokers. By default each combination runs
+    /// twice: `max` (publishers flat out: maximum throughput) and `rate` (each publisher at --rate msg/s:
+    /// latency without queueing). Everything runs on 127.0.0.1 and stops by itself.
+    Broker(BrokerArgs),
+    /// Acknowledged durable shadow updates per second and their latency (publish to
+    /// `update/accepted`): one hot thing, 1,000 things, one client, and a fixed 1,000 updates/s.
+    Shadow(GatewayArgs),
+    /// Device publish -> rule -> republished message: messages/s and latency at 10,000 msg/s,
+    /// against plain pub/sub in the same gateway.
+    Rules(GatewayArgs),
+}
+
+#[derive(Debug, Args)]
+struct GatewayArgs {
+    /// The grove binary to benchmark.
+    #[arg(long, value_name = "PATH")]
+    grove: PathBuf,
+    /// Seconds measured per scenario (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Also write the results as JSON.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct BrokerArgs {
+    /// The grove binary to benchmark; without it only mosquitto is measured.
+    #[arg(long, value_name = "PATH")]
+    grove: Option<PathBuf>,
+
+    /// The mosquitto binary (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+
+    /// A line appended to the generated mosquitto config (repeatable), e.g. "set_tcp_nodelay true".
+    #[arg(long, value_name = "LINE")]
+    mosquitto_conf: Vec<String>,
+
+    /// A TOML snippet merged into the generated grove config (repeatable), e.g.
+    /// "broker.segment_count = 64".
+    #[arg(long, value_name = "TOML", value_parser = parse_toml_snippet)]
+    grove_conf: Vec<String>,
+
+    /// Skip mosquitto (only with --grove).
+    #[arg(long, requires = "grove")]
+    no_mosquitto: bool,
+
+    /// Publishers per phase.
+    #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    publishers: u32,
+
+    /// Subscribers per phase; each receives every message.
+    #[arg(long, value_name = "M", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
+    subscribers: u32,
+
+    /// QoS levels to run, comma separated (0 and/or 1).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "0,1",
+          value_parser = clap::value_parser!(u8).range(0..=1))]
+    qos: Vec<u8>,
+
+    /// Payload sizes in bytes, comma separated (at least 24, the benchmark header).
+    #[arg(long, value_name = "LIST", value_delimiter = ',', default_value = "64,1024",
+          value_parser = parse_payload)]
+    payload: Vec<usize>,
+
+    /// Phases to run, comma separated: `max` (flat out) and/or `rate` (--rate per publisher).
+    #[arg(
+        long,
+        value_name = "LIST",
+        value_delimiter = ',',
+        default_value = "max,rate"
+    )]
+    mode: Vec<Mode>,
+
+    /// Messages per publisher in each `max` phase [default: 20000].
+    #[arg(long, value_name = "K", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    messages: Option<u64>,
+
+    /// Messages per publisher in each `rate` phase [default: 5000, i.e. 5 s at the default rate].
+    #[arg(long, value_name = "K", conflicts_with = "duration",
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    rate_messages: Option<u64>,
+
+    /// Seconds of publishing per phase (both kinds), instead of message counts.
+    #[arg(long, value_name = "S", value_parser = parse_duration)]
+    duration: Option<Duration>,
+
+    /// Messages per second per publisher in `rate` phases.
+    #[arg(long, value_name = "R", default_value_t = 1000, value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    rate: u32,
+
+    /// Spawns of each broker timed for the start-to-first-CONNACK median.
+    #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
+    startup_runs: u32,
+
+    /// Clients connected then disconnected before the second RSS reading.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=5000))]
+    idle_clients: u32,
+
+    /// Hard limit on each phase's publishing, in seconds, whatever --messages says.
+    #[arg(long, value_name = "S", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..=600))]
+    phase_timeout: u64,
+
+    /// Also write the results as JSON to this file.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+}
+
+fn parse_payload(text: &str) -> Result<usize, String> {
+    let size: usize = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size in bytes"))?;
+    if !(payload::HEADER_LEN..=MAX_PAYLOAD).contains(&size) {
+        return Err(format!(
+            "payload must be {}..={MAX_PAYLOAD} bytes (the benchmark header takes {})",
+            payload::HEADER_LEN,
+            payload::HEADER_LEN
+        ));
+    }
+    Ok(size)
+}
+
+fn parse_toml_snippet(text: &str) -> Result<String, String> {
+    // Validate here, so a typo fails before any broker starts; the peer merges the text later.
+    peer::grove_config(std::path::Path::new("/"), 1, &[text.to_owned()])
+        .map(|_| text.to_owned())
+        .map_err(|e| format!("not a TOML snippet: {e}"))
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    let secs: f64 = text
+        .parse()
+        .map_err(|_| format!("`{text}` is not a number of seconds"))?;
+    if !(secs > 0.0 && secs <= 600.0) {
+        return Err("duration must be more than 0 and at most 600 seconds".to_owned());
+    }
+    Ok(Duration::from_secs_f64(secs))
+}
+
+impl BrokerArgs {
+    /// Resolves the arguments into a plan; lists keep their order, repeats are dropped.
+    fn plan(&self, command: String) -> Plan {
+        let mut peers = Vec::new();
+        if !self.no_mosquitto {
+            peers.push(PeerSpec {
+                kind: PeerKind::Mosquitto,
+                binary: self.mosquitto.clone(),
+                extra_config: self.mosquitto_conf.clone(),
+            });
+        }
+        if let Some(grove) = &self.grove {
+            peers.push(PeerSpec {
+                kind: PeerKind::Grove,
+                binary: grove.clone(),
+                extra_config: self.grove_conf.clone(),
+            });
+        }
+        let mut scenarios = Vec::new();
+        for &mode in &self.mode {
+            for &qos in &self.qos {
+                for &payload in &self.payload {
+                    let scenario = Scenario { mode, qos, payload };
+                    if !scenarios.contains(&scenario) {
+                        scenarios.push(scenario);
+                    }
+                }
+            }
+        }
+        let stop = |messages: Option<u64>, default| match self.duration {
+            Some(duration) => Stop::Duration(duration),
+            None => Stop::Messages(messages.unwrap_or(default)),
+        };
+        Plan {
+            peers,
+            scenarios,
+            settings: Settings {
+                publishers: self.publishers,
+                subscribers: self.subscribers,
+                max_stop: stop(self.messages, DEFAULT_MAX_MESSAGES),
+                rate_stop: stop(self.rate_messages, DEFAULT_RATE_MESSAGES),
+                rate_per_publisher: self.rate,
+                startup_runs: self.startup_runs,
+                idle_clients: self.idle_clients,
+                publish_limit_s: self.phase_timeout,
+            },
+            command,
+        }
+    }
+}
+
+/// The command line as typed, shell-quoted so it can be pasted back.
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args_os()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    shlex::try_join(args.iter().map(String::as_str)).unwrap_or_else(|_| args.join(" "))
+}
+
+/// Resolves on Ctrl-C or SIGTERM.
+async fn shutdown_signal() -> anyhow::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    tokio::select! {
+        result = tokio::signal::ctrl_c() => result.context("waiting for Ctrl-C")?,
+        _ = term.recv() => {}
+    }
+    Ok(())
+}
+
+async fn broker(args: BrokerArgs) -> anyhow::Result<ExitCode> {
+    let plan = args.plan(command_line());
+    // Dropping the run future on a signal drops the running brokers, which kills them.
+    let report = tokio::select! {
+        report = runner::run(&plan) => report?,
+        signal = shutdown_signal() => {
+            signal?;
+            anyhow::bail!("interrupted; the brokers under test were stopped");
+        }
+    };
+    println!("{}", report.to_markdown());
+    if let Some(path) = &args.json {
+        let json = serde_json::to_string_pretty(&report).context("serialising the report")?;
+        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+        eprintln!("results written to {}", path.display());
+    }
+    if report.qos1_losses.is_empty() {
+        Ok(ExitCode::SUCCESS)
+    } else {
+        eprintln!("\n!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        for line in &report.qos1_losses {
+            eprintln!("!!! {line}");
+        }
+        eprintln!("!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!!");
+        Ok(ExitCode::from(3))
+    }
+}
+
+async fn gateway_bench(args: GatewayArgs, which: &str) -> anyhow::Result<ExitCode> {
+    use procfs::Current as _;
+    let results = match which {
+        "shadow" => gateway::shadow(&args.grove, args.seconds).await?,
+        _ => gateway::rules(&args.grove, args.seconds).await?,
+    };
+    let cpu = procfs::CpuInfo::current()
+        .ok()
+        .and_then(|c| c.model_name(0).map(str::to_owned))
+        .unwrap_or_default();
+    let load = procfs::LoadAverage::current().map(|l| l.one).unwrap_or(0.0);
+    println!(
+        "grove-bench {which}: {cpu}, {} CPUs, load {load:.1} at the end, {}\ncommand: {}\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
+        command_line()
+    );
+    println!("{}", gateway::markdown(&results));
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Broker(args) => broker(args).await,
+        Command::Shadow(args) => gateway_bench(args, "shadow").await,
+        Command::Rules(args) => gateway_bench(args, "rules").await,
+    };
+    result.unwrap_or_else(|error| {
+        // `{:#}` prints the whole context chain on one line, without a backtrace.
+        eprintln!("grove-bench: error: {error:#}");
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,123 @@
+//! The benchmark message: a fixed header that says who sent it, its sequence number and when, padded with
+//! zeros to the payload size under test.
+//!
+//! Layout (little endian): `b"GRVB"` magic (4 bytes), publisher index (u32), sequence number (u64), send
+//! time in nanoseconds since the run's shared clock origin (u64), then zero padding. Publishers and
+//! subscribers live in one process, so a monotonic `Instant` origin shared by all of them makes the
+//! send and receive times directly comparable without any clock synchronisation.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// Length of the header; the smallest payload the benchmark can send.
+pub const HEADER_LEN: usize = 24;
+
+/// Marks a payload as ours, so a stray message on the topic is counted as foreign instead of misread.
+const MAGIC: [u8; 4] = *b"GRVB";
+
+/// What a subscriber learns from a benchmark payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stamp {
+    /// Index of the publisher that sent the message (0-based).
+    pub publisher: u32,
+    /// Sequence number within that publisher's phase (0-based, no gaps on the sending side).
+    pub seq: u64,
+    /// Send time, nanoseconds since the run's clock origin.
+    pub sent_ns: u64,
+}
+
+/// Why a payload could not be built or read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// The payload (or the requested size) cannot hold the header.
+    #[error("payload of {size} bytes is shorter than the {HEADER_LEN}-byte benchmark header")]
+    TooShort {
+        /// The size seen or requested.
+        size: usize,
+    },
+    /// The payload does not start with the benchmark's magic bytes.
+    #[error("payload does not start with the benchmark magic bytes")]
+    BadMagic,
+}
+
+/// Builds a payload of exactly `size` bytes carrying `stamp`.
+pub fn encode(stamp: Stamp, size: usize) -> Result<Bytes, PayloadError> {
+    if size < HEADER_LEN {
+        return Err(PayloadError::TooShort { size });
+    }
+    let mut buf = BytesMut::with_capacity(size);
+    buf.put_slice(&MAGIC);
+    buf.put_u32_le(stamp.publisher);
+    buf.put_u64_le(stamp.seq);
+    buf.put_u64_le(stamp.sent_ns);
+    buf.put_bytes(0, size - HEADER_LEN);
+    Ok(buf.freeze())
+}
+
+/// Reads the stamp of a received payload; the padding is not inspected.
+pub fn decode(payload: &[u8]) -> Result<Stamp, PayloadError> {
+    if payload.len() < HEADER_LEN {
+        return Err(PayloadError::TooShort {
+            size: payload.len(),
+        });
+    }
+    let mut buf = payload;
+    if buf[..MAGIC.len()] != MAGIC {
+        return Err(PayloadError::BadMagic);
+    }
+    buf.advance(MAGIC.len());
+    Ok(Stamp {
+        publisher: buf.get_u32_le(),
+        seq: buf.get_u64_le(),
+        sent_ns: buf.get_u64_le(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(publisher: u32, seq: u64, sent_ns: u64) -> Stamp {
+        Stamp {
+            publisher,
+            seq,
+            sent_ns,
+        }
+    }
+
+    /// Encodes, checks the size, decodes, and expects the same stamp back.
+    fn check_round_trip(stamp: Stamp, size: usize) {
+        let bytes = encode(stamp, size).expect("size holds the header");
+        assert_eq!(bytes.len(), size, "payload size for {stamp:?}");
+        assert_eq!(decode(&bytes), Ok(stamp), "round trip at size {size}");
+    }
+
+    #[test]
+    fn round_trips() {
+        check_round_trip(stamp(0, 0, 0), HEADER_LEN);
+        check_round_trip(stamp(3, 41, 1_234_567_890), 64);
+        check_round_trip(stamp(u32::MAX, u64::MAX, u64::MAX), 1024);
+        check_round_trip(stamp(7, 1 << 40, 5), 256 * 1024);
+    }
+
+    /// Decodes raw bytes and expects the given error.
+    fn check_rejects(raw: &[u8], expected: PayloadError) {
+        assert_eq!(decode(raw), Err(expected), "decoding {raw:?}");
+    }
+
+    #[test]
+    fn rejects_foreign_payloads() {
+        check_rejects(b"", PayloadError::TooShort { size: 0 });
+        check_rejects(b"hello", PayloadError::TooShort { size: 5 });
+        check_rejects(&[0u8; 23], PayloadError::TooShort { size: 23 });
+        check_rejects(&[0u8; 64], PayloadError::BadMagic);
+        check_rejects(b"GRVA00000000000000000000", PayloadError::BadMagic);
+    }
+
+    #[test]
+    fn refuses_to_encode_below_header_size() {
+        assert_eq!(
+            encode(stamp(0, 0, 0), 10),
+            Err(PayloadError::TooShort { size: 10 })
+        );
+    }
+}
