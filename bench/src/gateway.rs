@@ -11,7 +11,7 @@
 //! own plain pub/sub path.
 
 use std::collections::HashMap;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -49,10 +49,10 @@ fn options(id: &str, port: u16) -> MqttOptions {
 }
 
 /// Starts the gateway with extra TOML.
-fn start(grove: &PathBuf, extra: &[&str]) -> anyhow::Result<RunningPeer> {
+fn start(grove: &Path, extra: &[&str]) -> anyhow::Result<RunningPeer> {
     let spec = PeerSpec {
         kind: PeerKind::Grove,
-        binary: grove.clone(),
+        binary: grove.to_owned(),
         extra_config: extra.iter().map(|s| s.to_string()).collect(),
     };
     spec.start().context("starting grove")
@@ -72,10 +72,16 @@ async fn shadow_client(
     let (client, mut events) = AsyncClient::new(options(&format!("shadow-bench-{id}"), port), 1000);
     for t in &things {
         client
-            .subscribe(format!("$aws/things/{t}/shadow/update/accepted"), QoS::AtMostOnce)
+            .subscribe(
+                format!("$aws/things/{t}/shadow/update/accepted"),
+                QoS::AtMostOnce,
+            )
             .await?;
         client
-            .subscribe(format!("$aws/things/{t}/shadow/update/rejected"), QoS::AtMostOnce)
+            .subscribe(
+                format!("$aws/things/{t}/shadow/update/rejected"),
+                QoS::AtMostOnce,
+            )
             .await?;
     }
     let slots = Arc::new(Semaphore::new(window));
@@ -90,12 +96,15 @@ async fn shadow_client(
         }
     }
     let sender = {
-        let (client, slots, sent, counter) = (client.clone(), slots.clone(), sent.clone(), counter.clone());
+        let (client, slots, sent, counter) =
+            (client.clone(), slots.clone(), sent.clone(), counter.clone());
         tokio::spawn(async move {
             let mut n = 0u64;
             let start = Instant::now();
             while Instant::now() < until {
-                let Ok(permit) = slots.clone().acquire_owned().await else { break };
+                let Ok(permit) = slots.clone().acquire_owned().await else {
+                    break;
+                };
                 permit.forget();
                 if let Some(rate) = rate {
                     let due = start + Duration::from_secs_f64(n as f64 / rate);
@@ -108,7 +117,12 @@ async fn shadow_client(
                 );
                 sent.lock().unwrap().insert(token, Instant::now());
                 if client
-                    .publish(format!("$aws/things/{thing}/shadow/update"), QoS::AtMostOnce, false, body)
+                    .publish(
+                        format!("$aws/things/{thing}/shadow/update"),
+                        QoS::AtMostOnce,
+                        false,
+                        body,
+                    )
                     .await
                     .is_err()
                 {
@@ -130,8 +144,12 @@ async fn shadow_client(
                 Ok(d) => d,
                 Err(_) => continue,
             };
-            let Some(token) = doc["clientToken"].as_str() else { continue };
-            let Some(at) = sent.lock().unwrap().remove(token) else { continue };
+            let Some(token) = doc["clientToken"].as_str() else {
+                continue;
+            };
+            let Some(at) = sent.lock().unwrap().remove(token) else {
+                continue;
+            };
             slots.add_permits(1);
             let now = Instant::now();
             if p.topic.ends_with("/accepted") {
@@ -153,13 +171,28 @@ async fn shadow_client(
 }
 
 /// Runs the shadow scenarios against a fresh gateway each.
-pub async fn shadow(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn shadow(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
     let scenarios: Vec<(&str, usize, usize, Option<f64>)> = vec![
         // (name, clients, things per client, rate per client)
-        ("1 thing, 50 clients, 10 in flight each, flat out", 50, 0, None),
-        ("1,000 things, 50 clients (20 each), 10 in flight each, flat out", 50, 20, None),
+        (
+            "1 thing, 50 clients, 10 in flight each, flat out",
+            50,
+            0,
+            None,
+        ),
+        (
+            "1,000 things, 50 clients (20 each), 10 in flight each, flat out",
+            50,
+            20,
+            None,
+        ),
         ("1 client, 1 thing, 10 in flight, flat out", 1, 1, None),
-        ("1,000 updates/s: 10 clients x 100/s over 1,000 things", 10, 100, Some(100.0)),
+        (
+            "1,000 updates/s: 10 clients x 100/s over 1,000 things",
+            10,
+            100,
+            Some(100.0),
+        ),
     ];
     let mut results = Vec::new();
     for (name, clients, per_client, rate) in scenarios {
@@ -174,7 +207,9 @@ pub async fn shadow(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<Gateway
             } else {
                 (0..per_client).map(|k| format!("t{c}x{k}")).collect()
             };
-            tasks.push(tokio::spawn(shadow_client(port, c, things, 10, rate, until, warmup)));
+            tasks.push(tokio::spawn(shadow_client(
+                port, c, things, 10, rate, until, warmup,
+            )));
         }
         let mut latency = LatencyRecorder::new();
         let (mut ok, mut rejected) = (0, 0);
@@ -206,12 +241,15 @@ actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
 "#;
 
 /// Runs the rules scenarios: through a rule vs published straight to the subscriber.
-pub async fn rules(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn rules(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
     let mut results = Vec::new();
     // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
     // outrun the subscriber only measure how far behind it falls (see the broker benchmark).
     for (name, rate) in [("10,000 msg/s (10 publishers x 1,000/s)", 1000.0)] {
-        for (path, via_rule) in [("through the rule", true), ("plain pub/sub (baseline)", false)] {
+        for (path, via_rule) in [
+            ("through the rule", true),
+            ("plain pub/sub (baseline)", false),
+        ] {
             let peer = start(grove, &[RULE])?;
             let r = rule_load(peer.port(), via_rule, rate, seconds).await?;
             let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
@@ -226,7 +264,12 @@ pub async fn rules(grove: &PathBuf, seconds: u64) -> anyhow::Result<Vec<GatewayR
     Ok(results)
 }
 
-async fn rule_load(port: u16, via_rule: bool, rate: f64, seconds: u64) -> anyhow::Result<GatewayResult> {
+async fn rule_load(
+    port: u16,
+    via_rule: bool,
+    rate: f64,
+    seconds: u64,
+) -> anyhow::Result<GatewayResult> {
     let (sub, mut sub_events) = AsyncClient::new(options("rules-bench-sub", port), 10_000);
     let filter = if via_rule { "alerts/#" } else { "sensors/#" };
     sub.subscribe(filter, QoS::AtMostOnce).await?;
@@ -241,14 +284,20 @@ async fn rule_load(port: u16, via_rule: bool, rate: f64, seconds: u64) -> anyhow
     let mut publishers = Vec::new();
     for p in 0..10 {
         publishers.push(tokio::spawn(async move {
-            let (client, mut events) = AsyncClient::new(options(&format!("rules-bench-pub-{p}"), port), 10_000);
+            let (client, mut events) =
+                AsyncClient::new(options(&format!("rules-bench-pub-{p}"), port), 10_000);
             let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
             let mut n = 0u64;
             while Instant::now() < until {
-                tokio::time::sleep_until((epoch + Duration::from_secs_f64(n as f64 / rate)).into()).await;
+                tokio::time::sleep_until((epoch + Duration::from_secs_f64(n as f64 / rate)).into())
+                    .await;
                 let t0 = epoch.elapsed().as_nanos() as u64;
                 let body = format!("{{\"temp\":31.5,\"t0\":{t0}}}");
-                if client.publish(format!("sensors/d{p}/t"), QoS::AtMostOnce, false, body).await.is_err() {
+                if client
+                    .publish(format!("sensors/d{p}/t"), QoS::AtMostOnce, false, body)
+                    .await
+                    .is_err()
+                {
                     break;
                 }
                 n += 1;
@@ -299,7 +348,8 @@ pub fn markdown(results: &[GatewayResult]) -> String {
             l.p99_us as f64 / 1000.0,
             l.p999_us as f64 / 1000.0,
             l.max_us as f64 / 1000.0,
-            r.rss_kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            r.rss_kib
+                .map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
         ));
     }
     out

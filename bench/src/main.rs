@@ -51,7 +51,7 @@ enum Command {
     /// and --payload is one phase; phases alternate between the brokers. By default each combination runs
     /// twice: `max` (publishers flat out: maximum throughput) and `rate` (each publisher at --rate msg/s:
     /// latency without queueing). Everything runs on 127.0.0.1 and stops by itself.
-    Broker(BrokerArgs),
+    Broker(Box<BrokerArgs>),
     /// Acknowledged durable shadow updates per second and their latency (publish to
     /// `update/accepted`): one hot thing, 1,000 things, one client, and a fixed 1,000 updates/s.
     Shadow(GatewayArgs),
@@ -316,7 +316,7 @@ async fn gateway_bench(args: GatewayArgs, which: &str) -> anyhow::Result<ExitCod
 async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Broker(args) => broker(args).await,
+        Command::Broker(args) => broker(*args).await,
         Command::Shadow(args) => gateway_bench(args, "shadow").await,
         Command::Rules(args) => gateway_bench(args, "rules").await,
     };

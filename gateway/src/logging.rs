@@ -54,9 +54,12 @@ pub fn init(config_filter: &str) {
         .with_ansi(std::io::stderr().is_terminal())
         .with_filter(filter);
     // The counter sees rumqttd's segment warnings whatever the log filter says.
-    let overruns = OverrunCounter(subscriber_overruns())
-        .with_filter(EnvFilter::new("rumqttd::segments=warn"));
-    tracing_subscriber::registry().with(fmt).with(overruns).init();
+    let overruns =
+        OverrunCounter(subscriber_overruns()).with_filter(EnvFilter::new("rumqttd::segments=warn"));
+    tracing_subscriber::registry()
+        .with(fmt)
+        .with(overruns)
+        .init();
     if let Some(problem) = problem {
         tracing::warn!("{problem}");
     }
