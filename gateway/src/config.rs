@@ -397,7 +397,8 @@ impl Resolver<'_> {
             max_state_bytes: self.ranged(
                 "shadow.max_state_bytes",
                 raw.shadow.max_state_bytes,
-                8 * 1024,
+                // AWS's 8 KiB, unless the broker's payload limit is smaller.
+                (8 * 1024).min(broker.max_payload_size),
                 16..=broker.max_payload_size,
             )?,
             max_depth: self.ranged("shadow.max_depth", raw.shadow.max_depth, 6, 1..=64)?,
