@@ -171,7 +171,7 @@ async fn shadow_client(
 }
 
 /// Runs the shadow scenarios against a fresh gateway each.
-pub async fn shadow(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn shadow(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<Vec<GatewayResult>> {
     let scenarios: Vec<(&str, usize, usize, Option<f64>)> = vec![
         // (name, clients, things per client, rate per client)
         (
@@ -196,7 +196,7 @@ pub async fn shadow(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayRes
     ];
     let mut results = Vec::new();
     for (name, clients, per_client, rate) in scenarios {
-        let peer = start(grove, &[])?;
+        let peer = start(grove, extra)?;
         let port = peer.port();
         let warmup = Instant::now() + Duration::from_secs(1);
         let until = warmup + Duration::from_secs(seconds);
@@ -241,7 +241,7 @@ actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
 "#;
 
 /// Runs the rules scenarios: through a rule vs published straight to the subscriber.
-pub async fn rules(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn rules(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<Vec<GatewayResult>> {
     let mut results = Vec::new();
     // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
     // outrun the subscriber only measure how far behind it falls (see the broker benchmark).
@@ -250,7 +250,8 @@ pub async fn rules(grove: &Path, seconds: u64) -> anyhow::Result<Vec<GatewayResu
             ("through the rule", true),
             ("plain pub/sub (baseline)", false),
         ] {
-            let peer = start(grove, &[RULE])?;
+            let config: Vec<&str> = std::iter::once(RULE).chain(extra.iter().copied()).collect();
+            let peer = start(grove, &config)?;
             let r = rule_load(peer.port(), via_rule, rate, seconds).await?;
             let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
             results.push(GatewayResult {

@@ -71,6 +71,10 @@ struct GatewayArgs {
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+    /// TOML merged into grove's generated config, e.g. `broker.max_outgoing_batch = 1000`
+    /// (repeatable).
+    #[arg(long = "grove-conf", value_name = "TOML")]
+    grove_conf: Vec<String>,
 }
 
 #[derive(Debug, Args)]
@@ -289,9 +293,10 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 
 async fn gateway_bench(args: GatewayArgs, which: &str) -> anyhow::Result<ExitCode> {
     use procfs::Current as _;
+    let extra: Vec<&str> = args.grove_conf.iter().map(String::as_str).collect();
     let results = match which {
-        "shadow" => gateway::shadow(&args.grove, args.seconds).await?,
-        _ => gateway::rules(&args.grove, args.seconds).await?,
+        "shadow" => gateway::shadow(&args.grove, args.seconds, &extra).await?,
+        _ => gateway::rules(&args.grove, args.seconds, &extra).await?,
     };
     let cpu = procfs::CpuInfo::current()
         .ok()
