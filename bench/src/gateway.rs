@@ -171,7 +171,11 @@ async fn shadow_client(
 }
 
 /// Runs the shadow scenarios against a fresh gateway each.
-pub async fn shadow(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn shadow(
+    grove: &Path,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<Vec<GatewayResult>> {
     let scenarios: Vec<(&str, usize, usize, Option<f64>)> = vec![
         // (name, clients, things per client, rate per client)
         (
@@ -241,7 +245,11 @@ actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
 "#;
 
 /// Runs the rules scenarios: through a rule vs published straight to the subscriber.
-pub async fn rules(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<Vec<GatewayResult>> {
+pub async fn rules(
+    grove: &Path,
+    seconds: u64,
+    extra: &[&str],
+) -> anyhow::Result<Vec<GatewayResult>> {
     let mut results = Vec::new();
     // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
     // outrun the subscriber only measure how far behind it falls (see the broker benchmark).

@@ -579,23 +579,35 @@ async fn healthz_and_metrics() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_subscriber_that_falls_behind_the_router_log_is_counted_not_silent() {
     // A tiny router log (one 1 KiB segment per filter) and a subscriber that never reads.
-    let g = Gateway::start("[broker]\nmax_payload_size = 1024\nsegment_size = 1024\nsegment_count = 1\n");
+    let g = Gateway::start(
+        "[broker]\nmax_payload_size = 1024\nsegment_size = 1024\nsegment_count = 1\n",
+    );
     let mut stalled = TcpStream::connect(g.mqtt_addr()).unwrap();
-    let mut connect = vec![0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04];
+    let mut connect = vec![
+        0x10, 0x10, 0x00, 0x04, b'M', b'Q', b'T', b'T', 0x04, 0x02, 0x00, 0x3c, 0x00, 0x04,
+    ];
     connect.extend_from_slice(b"slow");
     stalled.write_all(&connect).unwrap();
     // SUBSCRIBE packet id 1 to "flood" at QoS 1.
     stalled
-        .write_all(&[0x82, 0x0a, 0x00, 0x01, 0x00, 0x05, b'f', b'l', b'o', b'o', b'd', 0x01])
+        .write_all(&[
+            0x82, 0x0a, 0x00, 0x01, 0x00, 0x05, b'f', b'l', b'o', b'o', b'd', 0x01,
+        ])
         .unwrap();
     tokio::time::sleep(Duration::from_millis(200)).await;
     let publisher = Client::connect("flooder", g.mqtt_port).await;
     for i in 0..20_000u32 {
-        publisher.publish("flood", QoS::AtMostOnce, false, vec![(i % 251) as u8; 512]).await;
+        publisher
+            .publish("flood", QoS::AtMostOnce, false, vec![(i % 251) as u8; 512])
+            .await;
     }
     let deadline = std::time::Instant::now() + WAIT;
     while g.metric("grove_broker_subscriber_overruns_total") == 0.0 {
-        assert!(std::time::Instant::now() < deadline, "no overrun counted:\n{}", g.log());
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no overrun counted:\n{}",
+            g.log()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     drop(stalled);
