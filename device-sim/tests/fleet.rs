@@ -1,0 +1,274 @@
+//! `grove-sim` end to end: the real `grove` binary on free loopback ports, the real `grove-sim` binary
+//! running the shipped scenarios against it, judged by exit code and the `--json` summary.
+//!
+//! The gateway binary is `$GROVE_BIN`, or the `grove` that `cargo build --workspace --bins` put in
+//! this test's target directory.
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+/// A `grove run` process with its own ports and data directory, killed on drop.
+struct Gateway {
+    mqtt_port: u16,
+    child: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Gateway {
+    fn start() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (mqtt_port, ops_port) = (free_port(), free_port());
+        let config = dir.path().join("grove.toml");
+        std::fs::write(
+            &config,
+            format!(
+                "data_dir = {:?}\n[broker]\nmax_connections = 2000\n[[broker.listeners]]\nbind = \"127.0.0.1:{mqtt_port}\"\n[ops]\nbind = \"127.0.0.1:{ops_port}\"\n",
+                dir.path().join("data")
+            ),
+        )
+        .expect("write config");
+        let log = std::fs::File::create(dir.path().join("grove.log")).expect("log file");
+        let child = Command::new(grove_bin())
+            .arg("run")
+            .arg("--config")
+            .arg(&config)
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn grove");
+        let gateway = Self {
+            mqtt_port,
+            child,
+            dir,
+        };
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "grove did not open its MQTT port:\n{}",
+                gateway.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        gateway
+    }
+
+    fn target(&self) -> String {
+        format!("127.0.0.1:{}", self.mqtt_port)
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("grove.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
+}
+
+/// `$GROVE_BIN`, or `target/<profile>/grove` next to this test executable.
+fn grove_bin() -> PathBuf {
+    if let Some(path) = std::env::var_os("GROVE_BIN") {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("current_exe");
+    let bin = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target dir")
+        .join("grove");
+    assert!(
+        bin.exists(),
+        "{} is missing: run `cargo build --workspace --bins` first or set $GROVE_BIN",
+        bin.display()
+    );
+    bin
+}
+
+fn scenario(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("scenarios")
+        .join(format!("{name}.toml"))
+}
+
+/// Runs `grove-sim` with `args`; returns its output and the `--json` summary it wrote (if any).
+fn grove_sim(args: &[&str]) -> (Output, Option<Value>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let json = dir.path().join("summary.json");
+    let mut command = Command::new(env!("CARGO_BIN_EXE_grove-sim"));
+    command.args(args);
+    if args.first() == Some(&"run") {
+        command.arg("--json").arg(&json).arg("--quiet");
+    }
+    let output = command.output().expect("run grove-sim");
+    let summary = std::fs::read_to_string(&json)
+        .ok()
+        .map(|text| serde_json::from_str(&text).expect("the summary is JSON"));
+    (output, summary)
+}
+
+fn explain(output: &Output, gateway: &Gateway) -> String {
+    format!(
+        "stdout:\n{}\nstderr:\n{}\ngateway log (tail):\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr),
+        gateway
+            .log()
+            .lines()
+            .rev()
+            .take(30)
+            .collect::<Vec<_>>()
+            .join("\n")
+    )
+}
+
+#[test]
+fn smoke_scenario_passes_against_the_gateway() {
+    let gateway = Gateway::start();
+    let path = scenario("smoke");
+    let (output, summary) =
+        grove_sim(&["run", path.to_str().unwrap(), "--target", &gateway.target()]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        explain(&output, &gateway)
+    );
+    let summary = summary.expect("summary written");
+    assert_eq!(summary["passed"], true);
+    assert_eq!(summary["devices"], 10);
+    let telemetry = &summary["telemetry"];
+    // 10 devices at 1 sample/s for 10 s; timers that straddle the phase edges may add or drop one.
+    let sent = telemetry["sent"].as_u64().unwrap();
+    assert!((90..=110).contains(&sent), "sent {sent}");
+    assert_eq!(telemetry["delivered"], sent);
+    assert_eq!(telemetry["lost"], 0);
+    assert!(telemetry["latency_ms"]["p99"].as_f64().unwrap() > 0.0);
+    let shadow = &summary["shadow"];
+    assert!(shadow["desired_accepted"].as_u64().unwrap() >= 15);
+    assert_eq!(shadow["converged_changes"], shadow["desired_accepted"]);
+    assert_eq!(shadow["final_check"]["converged"], 10);
+    assert_eq!(shadow["final_check"]["relays_match"], 10);
+    // The summary printed on stdout says the same.
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.trim_end().ends_with("PASSED"), "{stdout}");
+}
+
+#[test]
+fn a_failed_expectation_exits_non_zero() {
+    let gateway = Gateway::start();
+    let dir = tempfile::tempdir().unwrap();
+    // The smoke scenario with a latency bound no network stack meets.
+    let text = std::fs::read_to_string(scenario("smoke"))
+        .unwrap()
+        .replace("latency_p99_ms_max = 50", "latency_p99_ms_max = 0.001");
+    assert!(
+        text.contains("0.001"),
+        "the smoke scenario sets latency_p99_ms_max"
+    );
+    let path = dir.path().join("impossible.toml");
+    std::fs::write(&path, text).unwrap();
+    let (output, summary) = grove_sim(&[
+        "run",
+        path.to_str().unwrap(),
+        "--target",
+        &gateway.target(),
+        "--duration",
+        "3",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(1),
+        "{}",
+        explain(&output, &gateway)
+    );
+    let summary = summary.expect("summary written");
+    assert_eq!(summary["passed"], false);
+    let failed: Vec<&str> = summary["expectations"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|o| o["passed"] == false)
+        .map(|o| o["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(failed, ["latency_p99_ms_max"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        stdout.contains("expect FAIL latency_p99_ms_max"),
+        "{stdout}"
+    );
+}
+
+#[test]
+fn chaos_scenario_converges() {
+    let gateway = Gateway::start();
+    let path = scenario("chaos");
+    // The shipped storm scenario, shortened to 12 s (one storm, at 10 s, plus random drops, reboots
+    // and slow links) and 100 devices, so it runs beside the other tests on a small machine.
+    let (output, summary) = grove_sim(&[
+        "run",
+        path.to_str().unwrap(),
+        "--target",
+        &gateway.target(),
+        "--duration",
+        "12",
+        "--devices",
+        "100",
+    ]);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        explain(&output, &gateway)
+    );
+    let summary = summary.expect("summary written");
+    let connections = &summary["connections"];
+    assert!(connections["chaos_disconnects"].as_u64().unwrap() > 0);
+    assert!(connections["reboots"].as_u64().unwrap() > 0);
+    assert!(connections["reconnects"].as_u64().unwrap() > 0);
+    assert_eq!(connections["connected_at_end"], summary["devices"]);
+    let check = &summary["shadow"]["final_check"];
+    assert_eq!(check["checked"], summary["devices"]);
+    assert_eq!(check["converged"], summary["devices"]);
+    assert_eq!(check["relays_match"], summary["devices"]);
+}
+
+/// Runs `grove-sim` with arguments that must fail before any traffic; checks exit code and message.
+fn check_refused(args: &[&str], code: i32, message: &str) {
+    let (output, summary) = grove_sim(args);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(code), "{args:?}: {stderr}");
+    assert!(stderr.contains(message), "{args:?}: {stderr}");
+    assert!(summary.is_none(), "{args:?} wrote a summary");
+}
+
+#[test]
+fn bad_input_and_unreachable_gateways_are_refused() {
+    let smoke = scenario("smoke");
+    let smoke = smoke.to_str().unwrap();
+    let closed = format!("127.0.0.1:{}", free_port());
+    check_refused(&["run", "/nonexistent.toml"], 2, "cannot read scenario");
+    check_refused(&["run", smoke, "--devices", "0"], 2, "`fleet.devices`");
+    check_refused(
+        &["run", smoke, "--devices", "20000"],
+        2,
+        "must be 1 to 10000",
+    );
+    check_refused(&["run", smoke, "--duration=-1"], 2, "`duration_s`");
+    check_refused(&["run", smoke, "--target", "nowhere"], 2, "invalid value");
+    check_refused(&["run", smoke, "--target", &closed], 3, "could not connect");
+}
