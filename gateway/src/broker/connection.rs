@@ -100,7 +100,7 @@ pub(super) async fn serve<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut buf = BytesMut::with_capacity(4096);
+    let mut buf = BytesMut::with_capacity(1024);
     let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
     let handshake = handshake(
         &mut stream,
@@ -134,7 +134,7 @@ pub(super) async fn serve<S>(
         shared: shared.clone(),
         stream,
         read: buf,
-        write: BytesMut::with_capacity(8192),
+        write: BytesMut::with_capacity(1024),
         session,
     };
     let end = relay.run().await;
