@@ -32,7 +32,7 @@ step "tests"
 cargo test --workspace --locked
 echo "security: $(cat target/tmp/hostile-cases.txt)"
 
-for extra in gateway/ci.sh firmware/ci.sh rules/ci.sh; do
+for extra in gateway/ci.sh firmware/ci.sh rules/ci.sh cross/ci.sh; do
   if [ -f "$extra" ]; then
     step "$extra"
     bash "$extra"

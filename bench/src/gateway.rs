@@ -17,7 +17,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS};
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 use tokio::sync::Semaphore;
 
 use crate::peer::{PeerKind, PeerSpec, RunningPeer};
@@ -38,6 +38,17 @@ pub struct GatewayResult {
     pub latency: LatencySummary,
     /// Gateway resident memory after the scenario (KiB).
     pub rss_kib: Option<u64>,
+}
+
+/// A client with Nagle's algorithm off, as in the broker benchmark, so that latencies measure the
+/// gateway and not TCP's delayed ACK; a deep request queue, so a fast sender is never throttled by
+/// the client library itself.
+fn event_loop(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
 }
 
 fn options(id: &str, port: u16) -> MqttOptions {
@@ -69,7 +80,7 @@ async fn shadow_client(
     until: Instant,
     warmup: Instant,
 ) -> anyhow::Result<(LatencyRecorder, u64, u64)> {
-    let (client, mut events) = AsyncClient::new(options(&format!("shadow-bench-{id}"), port), 1000);
+    let (client, mut events) = event_loop(options(&format!("shadow-bench-{id}"), port));
     for t in &things {
         client
             .subscribe(
@@ -279,7 +290,7 @@ async fn rule_load(
     rate: f64,
     seconds: u64,
 ) -> anyhow::Result<GatewayResult> {
-    let (sub, mut sub_events) = AsyncClient::new(options("rules-bench-sub", port), 10_000);
+    let (sub, mut sub_events) = event_loop(options("rules-bench-sub", port));
     let filter = if via_rule { "alerts/#" } else { "sensors/#" };
     sub.subscribe(filter, QoS::AtMostOnce).await?;
     loop {
@@ -294,7 +305,7 @@ async fn rule_load(
     for p in 0..10 {
         publishers.push(tokio::spawn(async move {
             let (client, mut events) =
-                AsyncClient::new(options(&format!("rules-bench-pub-{p}"), port), 10_000);
+                event_loop(options(&format!("rules-bench-pub-{p}"), port));
             let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
             let mut n = 0u64;
             while Instant::now() < until {
