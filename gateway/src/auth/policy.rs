@@ -212,36 +212,14 @@ fn any_matches(filters: &[String], topic: &str) -> bool {
     filters.iter().any(|f| matches(f, topic))
 }
 
-/// Whether a topic filter is valid (MQTT 3.1.1 §4.7.1).
+/// Whether a topic filter is valid (MQTT 3.1.1 §4.7.1); the rules engine's check, shared.
 pub fn valid_filter(filter: &str) -> bool {
-    if filter.is_empty() || filter.contains('\0') {
-        return false;
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    levels.iter().enumerate().all(|(i, level)| {
-        (!level.contains('#') || (*level == "#" && i + 1 == levels.len()))
-            && (!level.contains('+') || *level == "+")
-    })
+    grove_rules::validate_filter(filter).is_ok()
 }
 
 /// MQTT topic matching (MQTT 3.1.1 §4.7), including the rule that a filter starting with a
-/// wildcard does not match a topic starting with `$`.
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && (filter.starts_with('+') || filter.starts_with('#')) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
+/// wildcard does not match a topic starting with `$`: the rules engine's reference matcher, shared.
+pub use grove_rules::topic_matches as matches;
 
 /// Whether every topic matched by `inner` is matched by `outer`.
 pub fn covers(outer: &str, inner: &str) -> bool {

@@ -86,23 +86,11 @@ pub fn client_id_to_router(client_id: &str) -> String {
     out
 }
 
-/// Checks a topic filter (MQTT 3.1.1 §4.7.1): not empty, no NUL, `#` only as the whole last
-/// level, `+` only as a whole level.
+/// Checks a topic filter (MQTT 3.1.1 §4.7.1, with the rules engine's check): not empty, no NUL,
+/// `#` only as the whole last level, `+` only as a whole level; and a `$share/{group}/{filter}`
+/// shared subscription names a group and a filter.
 pub fn check_filter(filter: &str) -> Result<(), String> {
-    if filter.is_empty() {
-        return Err("empty topic filter".into());
-    }
-    if filter.contains('\0') {
-        return Err(format!("topic filter {filter:?} contains NUL"));
-    }
-    let levels: Vec<&str> = filter.split('/').collect();
-    for (i, level) in levels.iter().enumerate() {
-        let bad_hash = level.contains('#') && (*level != "#" || i + 1 != levels.len());
-        let bad_plus = level.contains('+') && *level != "+";
-        if bad_hash || bad_plus {
-            return Err(format!("invalid topic filter {filter:?}"));
-        }
-    }
+    grove_rules::validate_filter(filter).map_err(|e| e.to_string())?;
     if let Some(rest) = filter.strip_prefix(SHARE) {
         match rest.split_once('/') {
             Some((group, path))

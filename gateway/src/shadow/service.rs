@@ -132,10 +132,8 @@ impl ShadowService {
                 let n = inflight.entry(origin.clone()).or_default();
                 *n += 1;
                 if *n > self.max_inflight {
-                    let token = document::decode_client_token(&message.payload)
-                        .ok()
-                        .flatten();
-                    let rejected = Rejected::new(Rejection::TooManyRequests, token);
+                    let rejected =
+                        Rejected::new(Rejection::TooManyRequests, client_token(&message.payload));
                     answers.push(self.rejection(
                         &topic,
                         rejected,
@@ -154,10 +152,8 @@ impl ShadowService {
             let stored = match self.load(&key).await {
                 Ok(s) => s,
                 Err(()) => {
-                    let token = document::decode_client_token(&message.payload)
-                        .ok()
-                        .flatten();
-                    let rejected = Rejected::new(Rejection::Internal, token);
+                    let rejected =
+                        Rejected::new(Rejection::Internal, client_token(&message.payload));
                     answers.push(self.rejection(
                         &topic,
                         rejected,
@@ -276,9 +272,7 @@ impl ShadowService {
                 self.cache.insert(key, shadow);
             }
             for answer in answers.iter_mut().filter(|a| a.durable) {
-                let token = document::decode_client_token(&answer.payload)
-                    .ok()
-                    .flatten();
+                let token = client_token(&answer.payload);
                 let doc = Rejected::new(Rejection::Internal, token).document(now);
                 answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
             }
@@ -376,9 +370,7 @@ impl ShadowService {
             topic = message.topic,
             "shadow request with an invalid name: {what}"
         );
-        let token = document::decode_client_token(&message.payload)
-            .ok()
-            .flatten();
+        let token = client_token(&message.payload);
         let rejected_topic = format!("{}/rejected", message.topic);
         let doc = Rejected::new(Rejection::InvalidName(what), token).document(now);
         self.metrics.invalid_names.inc();
@@ -393,9 +385,7 @@ impl ShadowService {
 
     /// Answers `$grove/shadows/list` with every stored shadow's thing, name and version.
     async fn list(&self, message: Message, now: u64) -> Answer {
-        let token = document::decode_client_token(&message.payload)
-            .ok()
-            .flatten();
+        let token = client_token(&message.payload);
         let doc = match self.store.list_shadows().await {
             Ok(list) => {
                 let shadows: Vec<Value> = list
@@ -416,6 +406,11 @@ impl ShadowService {
             hops: 0,
         }
     }
+}
+
+/// The client token of a request, to echo in an error that the document module did not produce.
+fn client_token(payload: &[u8]) -> Option<String> {
+    document::decode_client_token(payload).ok().flatten()
 }
 
 fn outgoing(topic: String, doc: &Value) -> Outgoing {
