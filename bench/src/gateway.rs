@@ -304,8 +304,7 @@ async fn rule_load(
     let mut publishers = Vec::new();
     for p in 0..10 {
         publishers.push(tokio::spawn(async move {
-            let (client, mut events) =
-                event_loop(options(&format!("rules-bench-pub-{p}"), port));
+            let (client, mut events) = event_loop(options(&format!("rules-bench-pub-{p}"), port));
             let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
             let mut n = 0u64;
             while Instant::now() < until {
