@@ -264,15 +264,8 @@ fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr
         ShadowAction::Update { thing, name, json } => (thing, name, Request::Update(json), true),
         ShadowAction::Delete { thing, name, json } => (thing, name, Request::Delete, json),
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(r) => r,
-        Err(e) => {
-            eprintln!("grove: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
     };
     match runtime.block_on(client::call(addr, &thing, name.as_deref(), request.clone())) {
         Ok(doc) if raw && !matches!(request, Request::Update(_)) => {
@@ -361,15 +354,8 @@ fn rules(action: RulesAction) -> ExitCode {
                 Ok(a) => a,
                 Err(code) => return code,
             };
-            let runtime = match tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("grove: cannot start the runtime: {e}");
-                    return ExitCode::FAILURE;
-                }
+            let Some(runtime) = client_runtime() else {
+                return ExitCode::FAILURE;
             };
             let request = grove_gateway::client::request(addr, RELOAD_TOPIC, serde_json::json!({}));
             match runtime.block_on(request) {
@@ -382,6 +368,21 @@ fn rules(action: RulesAction) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+/// The single-threaded runtime of an operator command (one MQTT request); `None` after saying why
+/// it could not be built.
+fn client_runtime() -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => Some(r),
+        Err(e) => {
+            eprintln!("grove: cannot start the runtime: {e}");
+            None
         }
     }
 }

@@ -137,10 +137,9 @@ impl ShadowService {
                     answers.push(self.rejection(
                         &topic,
                         rejected,
-                        &message.payload,
+                        &message,
                         now,
                         !writes.is_empty(),
-                        message.hops,
                     ));
                     continue;
                 }
@@ -157,10 +156,9 @@ impl ShadowService {
                     answers.push(self.rejection(
                         &topic,
                         rejected,
-                        &message.payload,
+                        &message,
                         now,
                         !writes.is_empty(),
-                        message.hops,
                     ));
                     continue;
                 }
@@ -189,10 +187,9 @@ impl ShadowService {
                             answers.push(self.rejection(
                                 &topic,
                                 rejected,
-                                &message.payload,
+                                &message,
                                 now,
                                 !writes.is_empty(),
-                                message.hops,
                             ));
                             None
                         }
@@ -212,10 +209,9 @@ impl ShadowService {
                         answers.push(self.rejection(
                             &topic,
                             rejected,
-                            &message.payload,
+                            &message,
                             now,
                             !writes.is_empty(),
-                            message.hops,
                         ));
                         None
                     }
@@ -241,10 +237,9 @@ impl ShadowService {
                             answers.push(self.rejection(
                                 &topic,
                                 rejected,
-                                &message.payload,
+                                &message,
                                 now,
                                 !writes.is_empty(),
-                                message.hops,
                             ));
                         }
                     }
@@ -347,10 +342,9 @@ impl ShadowService {
         &self,
         topic: &RequestTopic<'_>,
         rejected: Rejected,
-        payload: &Bytes,
+        message: &Message,
         now: u64,
         durable: bool,
-        hops: u32,
     ) -> Answer {
         self.metrics.count(topic.op, rejected.code());
         Answer {
@@ -358,8 +352,8 @@ impl ShadowService {
             // A rejection reflects the state as of this batch, so it waits for the batch's commit.
             durable,
             rejected_topic: topic.rejected(),
-            payload: payload.clone(),
-            hops,
+            payload: message.payload.clone(),
+            hops: message.hops,
         }
     }
 
