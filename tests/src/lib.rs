@@ -10,6 +10,7 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
@@ -33,12 +34,31 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     bin
 }
 
-/// A loopback port that was free a moment ago.
+/// A loopback port that is free now and that no other call in this process has returned.
+///
+/// Asking the kernel for port 0 is not enough: it hands the same port out again as soon as the
+/// probe socket is closed (two listeners of one test got the same port that way), and ports in
+/// the ephemeral range (32768-60999 on Linux) can be taken by any outgoing connection before the
+/// gateway binds them. So ports come from below that range, from a process-wide counter that never
+/// repeats; the start is spread by process id so test binaries running side by side rarely meet,
+/// and a port someone else holds is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let start = std::process::id().wrapping_mul(397) % SPAN;
+    loop {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(
+            n < SPAN,
+            "no free loopback port left in {LOW}..{}",
+            LOW + SPAN
+        );
+        let port = u16::try_from(LOW + (start + n) % SPAN).expect("below 32768");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// A running `grove run` process with its own ports and data directory.

@@ -1,107 +1,21 @@
 //! `grove-sim` end to end: the real `grove` binary on free loopback ports, the real `grove-sim` binary
-//! running the shipped scenarios against it, judged by exit code and the `--json` summary.
-//!
-//! The gateway binary is `$GROVE_BIN`, or the `grove` that `cargo build --workspace --bins` put in
-//! this test's target directory.
+//! running the shipped scenarios (`device-sim/scenarios/`) against it, judged by exit code and the
+//! `--json` summary.
 
-use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output};
 
+use grove_tests::{free_port, workspace_bin, Gateway};
 use serde_json::Value;
 
-/// A `grove run` process with its own ports and data directory, killed on drop.
-struct Gateway {
-    mqtt_port: u16,
-    child: Child,
-    dir: tempfile::TempDir,
-}
-
-impl Gateway {
-    fn start() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let (mqtt_port, ops_port) = (free_port(), free_port());
-        let config = dir.path().join("grove.toml");
-        std::fs::write(
-            &config,
-            format!(
-                "data_dir = {:?}\n[broker]\nmax_connections = 2000\n[[broker.listeners]]\nbind = \"127.0.0.1:{mqtt_port}\"\n[ops]\nbind = \"127.0.0.1:{ops_port}\"\n",
-                dir.path().join("data")
-            ),
-        )
-        .expect("write config");
-        let log = std::fs::File::create(dir.path().join("grove.log")).expect("log file");
-        let child = Command::new(grove_bin())
-            .arg("run")
-            .arg("--config")
-            .arg(&config)
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn grove");
-        let gateway = Self {
-            mqtt_port,
-            child,
-            dir,
-        };
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", mqtt_port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "grove did not open its MQTT port:\n{}",
-                gateway.log()
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        gateway
-    }
-
-    fn target(&self) -> String {
-        format!("127.0.0.1:{}", self.mqtt_port)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("grove.log")).unwrap_or_default()
-    }
-}
-
-impl Drop for Gateway {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind 127.0.0.1:0")
-        .port()
-}
-
-/// `$GROVE_BIN`, or `target/<profile>/grove` next to this test executable.
-fn grove_bin() -> PathBuf {
-    if let Some(path) = std::env::var_os("GROVE_BIN") {
-        return PathBuf::from(path);
-    }
-    let exe = std::env::current_exe().expect("current_exe");
-    let bin = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("target dir")
-        .join("grove");
-    assert!(
-        bin.exists(),
-        "{} is missing: run `cargo build --workspace --bins` first or set $GROVE_BIN",
-        bin.display()
-    );
-    bin
+/// A gateway that admits a fleet.
+fn fleet_gateway() -> Gateway {
+    Gateway::start("[broker]\nmax_connections = 2000\n")
 }
 
 fn scenario(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("scenarios")
+        .join("../device-sim/scenarios")
         .join(format!("{name}.toml"))
 }
 
@@ -109,7 +23,7 @@ fn scenario(name: &str) -> PathBuf {
 fn grove_sim(args: &[&str]) -> (Output, Option<Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("summary.json");
-    let mut command = Command::new(env!("CARGO_BIN_EXE_grove-sim"));
+    let mut command = Command::new(workspace_bin("grove-sim"));
     command.args(args);
     if args.first() == Some(&"run") {
         command.arg("--json").arg(&json).arg("--quiet");
@@ -138,10 +52,14 @@ fn explain(output: &Output, gateway: &Gateway) -> String {
 
 #[test]
 fn smoke_scenario_passes_against_the_gateway() {
-    let gateway = Gateway::start();
+    let gateway = fleet_gateway();
     let path = scenario("smoke");
-    let (output, summary) =
-        grove_sim(&["run", path.to_str().unwrap(), "--target", &gateway.target()]);
+    let (output, summary) = grove_sim(&[
+        "run",
+        path.to_str().unwrap(),
+        "--target",
+        &gateway.mqtt_addr().to_string(),
+    ]);
     assert_eq!(
         output.status.code(),
         Some(0),
@@ -170,7 +88,7 @@ fn smoke_scenario_passes_against_the_gateway() {
 
 #[test]
 fn a_failed_expectation_exits_non_zero() {
-    let gateway = Gateway::start();
+    let gateway = fleet_gateway();
     let dir = tempfile::tempdir().unwrap();
     // The smoke scenario with a latency bound no network stack meets.
     let text = std::fs::read_to_string(scenario("smoke"))
@@ -186,7 +104,7 @@ fn a_failed_expectation_exits_non_zero() {
         "run",
         path.to_str().unwrap(),
         "--target",
-        &gateway.target(),
+        &gateway.mqtt_addr().to_string(),
         "--duration",
         "3",
     ]);
@@ -215,7 +133,7 @@ fn a_failed_expectation_exits_non_zero() {
 
 #[test]
 fn chaos_scenario_converges() {
-    let gateway = Gateway::start();
+    let gateway = fleet_gateway();
     let path = scenario("chaos");
     // The shipped storm scenario, shortened to 12 s (one storm, at 10 s, plus random drops, reboots
     // and slow links) and 100 devices, so it runs beside the other tests on a small machine.
@@ -223,7 +141,7 @@ fn chaos_scenario_converges() {
         "run",
         path.to_str().unwrap(),
         "--target",
-        &gateway.target(),
+        &gateway.mqtt_addr().to_string(),
         "--duration",
         "12",
         "--devices",
