@@ -18,6 +18,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::auth::policy::{self, Policy};
+use crate::cloud::config::{CloudConfig, RawCloud};
 use crate::rules::{RawRule, RuleConfig};
 
 /// The default configuration file written by `grove init`, fully commented.
@@ -100,6 +101,7 @@ pub struct RawConfig {
     policies: Vec<Spanned<Policy>>,
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
+    cloud: Option<Spanned<RawCloud>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +195,9 @@ pub struct Config {
     pub shadow: ShadowConfig,
     /// The rules, compiled (disabled ones included, marked).
     pub rules: Vec<RuleConfig>,
+    /// Cloud sync, when `[cloud]` is configured and enabled; the origin is the section, where
+    /// startup errors (unusable TLS files) point.
+    pub cloud: Option<Located<CloudConfig>>,
 }
 
 /// The device shadow service's section.
@@ -410,8 +415,10 @@ impl Resolver<'_> {
             )?,
         };
         let mut rules: Vec<RuleConfig> = Vec::with_capacity(raw.rules.len());
+        let mut rule_origins = Vec::with_capacity(raw.rules.len());
         for (i, raw_rule) in raw.rules.into_iter().enumerate() {
             let origin = self.origin(&format!("rules[{i}]"), Some(raw_rule.span()));
+            rule_origins.push(origin.clone());
             let raw_rule = raw_rule.into_inner();
             let located = Located { value: (), origin };
             if rules.iter().any(|r| r.name == raw_rule.name) {
@@ -425,6 +432,30 @@ impl Resolver<'_> {
                 .map_err(|e| self.invalid(&located, format!("rule `{}`: {e}", raw_rule.name)))?;
             rules.push(compiled);
         }
+        let cloud = match raw.cloud {
+            None => None,
+            Some(c) => {
+                let section = c.span();
+                c.into_inner()
+                    .resolve(|p| self.relative(p))
+                    .map_err(|e| ConfigError::Invalid {
+                        origin: self.origin(&e.key, Some(e.span.unwrap_or(section.clone()))),
+                        message: e.message,
+                    })?
+                    .map(|value| Located {
+                        value,
+                        origin: self.origin("cloud", Some(section)),
+                    })
+            }
+        };
+        if let Some((i, r)) = rules.iter().enumerate().find(|(_, r)| r.uses_cloud()) {
+            if cloud.is_none() {
+                return Err(ConfigError::Invalid {
+                    origin: rule_origins[i].clone(),
+                    message: format!("rule `{}` has a cloud action, but [cloud] is not configured (or not enabled)", r.name),
+                });
+            }
+        }
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
@@ -432,6 +463,7 @@ impl Resolver<'_> {
             ops,
             shadow,
             rules,
+            cloud,
         })
     }
 
@@ -712,10 +744,28 @@ mod tests {
                 "1: `rules[0]`: rule `r`: the SQL does not compile",
             ),
             (
-                "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = {} }]\n",
-                "unknown variant `cloud`, expected `republish` or `shadow`",
+                "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ lambda = {} }]\n",
+                "unknown variant `lambda`, expected one of `republish`, `shadow`, `cloud`",
+            ),
+            (
+                "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = { topic = \"up\" } }]\n",
+                "1: `rules[0]`: rule `r` has a cloud action, but [cloud] is not configured",
             ),
             ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
+            ("[cloud]\nhost = \"h\"\n", "2: `cloud.tls`: the cloud link needs `tls"),
+            ("[cloud]\nhost = \"\"\nplain_tcp = true\n", "2: `cloud.host`: the cloud host must not be empty"),
+            (
+                "[cloud]\nhost = \"h\"\nplain_tcp = true\nforward = [{ filter = \"a/#\" },\n { filter = \"a/b\" }]\n",
+                "5: `cloud.forward[1]`: \"a/b\" overlaps the forward filter \"a/#\"",
+            ),
+            (
+                "[cloud]\nhost = \"h\"\nplain_tcp = true\nforward = [{ filter = \"cmd/#\" }]\ndownlink = [{ filter = \"site/cmd/#\", strip_prefix = \"site/\" }]\n",
+                "5: `cloud.downlink[0]`: its local topics (\"cmd/#\") overlap the forward filter",
+            ),
+            ("[cloud]\nhost = \"h\"\nplain_tcp = true\nkeep_alive_secs = 1\n", "4: `cloud.keep_alive_secs`: 1 is out of range"),
+            ("[cloud]\nhost = \"h\"\nplain_tcp = true\n[cloud.outbox]\nwhen_full = \"panic\"\n", "5:13: unknown variant `panic`"),
+            ("[cloud]\nhost = \"h\"\nplain_tcp = true\n[cloud.outbox]\nmax_messages = 0\n", "5: `cloud.outbox.max_messages`: 0 is out of range"),
+            ("[cloud]\nhost = \"h\"\ntls = { ca = \"ca.pem\", cert = \"c.pem\" }\n", "3: `cloud.tls`: a client certificate needs both"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, Some(Path::new("grove.toml")))

@@ -10,6 +10,7 @@
 //! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
 //! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
 //! - [`auth`]: TLS, device identities and policies.
+//! - [`cloud`]: the cloud link, the durable outbox, the downlink bridge and shadow sync.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod client;
+pub mod cloud;
 pub mod config;
 pub mod logging;
 pub mod metrics;

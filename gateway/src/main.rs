@@ -53,6 +53,11 @@ enum Command {
         #[command(subcommand)]
         action: RulesAction,
     },
+    /// The cloud link of a running gateway.
+    Cloud {
+        #[command(subcommand)]
+        action: CloudAction,
+    },
     /// Manage device identities: a local CA, device certificates, passwords.
     ///
     /// Identities live in {data_dir}/devices.toml, certificates in {data_dir}/pki/. A running
@@ -148,6 +153,22 @@ enum RulesAction {
 }
 
 #[derive(Subcommand)]
+enum CloudAction {
+    /// Show the link state, the outbox's depth and oldest message, and the last error.
+    Status {
+        /// The gateway's configuration file, to find its MQTT listener.
+        #[arg(short, long, value_name = "FILE")]
+        config: Option<PathBuf>,
+        /// The gateway's MQTT address (overrides --config).
+        #[arg(long, value_name = "HOST:PORT")]
+        mqtt: Option<SocketAddr>,
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
 enum DeviceAction {
     /// Create the local CA and a server certificate for TLS listeners.
     InitCa {
@@ -192,6 +213,9 @@ fn main() -> ExitCode {
             mqtt,
         } => shadow(action, config, mqtt),
         Command::Rules { action } => rules(action),
+        Command::Cloud {
+            action: CloudAction::Status { config, mqtt, json },
+        } => cloud_status(config, mqtt, json),
         Command::Device { action, config } => match device(action, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -368,6 +392,30 @@ fn rules(action: RulesAction) -> ExitCode {
                     ExitCode::FAILURE
                 }
             }
+        }
+    }
+}
+
+fn cloud_status(config: Option<PathBuf>, mqtt: Option<SocketAddr>, json: bool) -> ExitCode {
+    let addr = match gateway_for(mqtt, config) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    let Some(runtime) = client_runtime() else {
+        return ExitCode::FAILURE;
+    };
+    match runtime.block_on(grove_gateway::cloud::client::status(addr)) {
+        Ok(doc) if json => {
+            println!("{doc}");
+            ExitCode::SUCCESS
+        }
+        Ok(doc) => {
+            print!("{}", grove_gateway::cloud::client::render(&doc));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("grove cloud status: {e}");
+            ExitCode::FAILURE
         }
     }
 }

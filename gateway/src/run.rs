@@ -147,6 +147,7 @@ async fn start(
     )
     .await?;
     let shadow_bus = broker.bus("shadow").await?;
+    let store_for_cloud = store.clone();
     let service = ShadowService::new(shadow_bus, store, &config.shadow, metrics.shadow.clone())
         .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
@@ -163,11 +164,47 @@ async fn start(
         "rules running"
     );
     let rules = tokio::spawn(engine.run(reloads, broker.shutdown_signal()));
+    let mut components = vec![shadows, rules];
+    match &config.cloud {
+        Some(cloud) => {
+            let started = crate::cloud::start(
+                &cloud.value,
+                &broker.bus_maker(),
+                store_for_cloud,
+                metrics.cloud.clone(),
+                broker.shutdown_signal(),
+            )
+            .await;
+            match started {
+                Ok(tasks) => components.extend(tasks),
+                Err(e) => {
+                    broker.shutdown().await;
+                    return Err(match e {
+                        // Unusable TLS files are a configuration error, pointing at [cloud].
+                        crate::cloud::CloudError::Link(l) => ConfigError::Invalid {
+                            origin: cloud.origin.clone(),
+                            message: l.to_string(),
+                        }
+                        .into(),
+                        other => RunError::Broker(BrokerError::Link(other.to_string())),
+                    });
+                }
+            }
+            info!(
+                host = cloud.value.host,
+                port = cloud.value.port,
+                "cloud sync running"
+            );
+        }
+        None => components.extend(
+            crate::cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
+        ),
+    }
     if let Err(e) = broker.listen().await {
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, vec![shadows, rules]))
+    Ok((broker, components))
 }
 
 /// Waits for SIGINT or SIGTERM; each SIGHUP in the meantime reloads the rules.

@@ -41,6 +41,23 @@ const MIGRATIONS: &[&str] = &[
         document TEXT NOT NULL,
         PRIMARY KEY (thing, name)
     ) WITHOUT ROWID;",
+    // 3: cloud sync. `cloud_outbox` holds every message bound for the cloud until its PUBACK, in
+    // append order (`seq`); `cloud_shadow_sync` holds, per synced shadow, the last state both
+    // sides agreed on and the version of each side at that moment.
+    "CREATE TABLE cloud_outbox (
+        seq         INTEGER PRIMARY KEY NOT NULL,
+        topic       TEXT NOT NULL,
+        payload     BLOB NOT NULL,
+        enqueued_ms INTEGER NOT NULL
+    );
+    CREATE TABLE cloud_shadow_sync (
+        thing         TEXT NOT NULL,
+        name          TEXT NOT NULL,
+        base          TEXT NOT NULL,
+        local_version INTEGER NOT NULL,
+        cloud_version INTEGER NOT NULL,
+        PRIMARY KEY (thing, name)
+    ) WITHOUT ROWID;",
 ];
 
 /// Why the store refused or failed.
@@ -105,8 +122,59 @@ pub struct StoredShadow {
     pub document: String,
 }
 
+/// A message in the cloud outbox.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboxMessage {
+    /// Its sequence number (append order).
+    pub seq: u64,
+    /// The cloud topic.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// When it was appended (ms since the epoch).
+    pub enqueued_ms: u64,
+}
+
+/// The sync state of one shadow: the last state both sides agreed on, and their versions then.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SyncState {
+    /// Which shadow.
+    pub key: ShadowKey,
+    /// The agreed `{"desired": ..., "reported": ...}` (JSON).
+    pub base: String,
+    /// The local shadow's version at that agreement.
+    pub local_version: u64,
+    /// The cloud shadow's version at that agreement.
+    pub cloud_version: u64,
+}
+
 /// A write or read for the owner thread.
 enum Command {
+    /// Append to and delete from the cloud outbox, in one transaction.
+    OutboxWrite {
+        append: Vec<OutboxMessage>,
+        delete: Vec<u64>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// The outbox's index: every message's sequence number, size and age.
+    OutboxIndex {
+        done: oneshot::Sender<Result<Vec<crate::cloud::outbox::Entry>, StoreError>>,
+    },
+    /// Up to `limit` outbox messages after sequence number `after`, in order.
+    OutboxLoad {
+        after: u64,
+        limit: usize,
+        done: oneshot::Sender<Result<Vec<OutboxMessage>, StoreError>>,
+    },
+    /// Every shadow's sync state.
+    LoadSyncStates {
+        done: oneshot::Sender<Result<Vec<SyncState>, StoreError>>,
+    },
+    /// Record a shadow's sync state.
+    WriteSyncState {
+        state: SyncState,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
     /// Write shadows (all in the same transaction).
     WriteShadows {
         shadows: Vec<StoredShadow>,
@@ -218,6 +286,56 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Durably appends messages to the cloud outbox and deletes others (acknowledged or dropped),
+    /// all in one transaction. Returns after the commit.
+    pub async fn outbox_write(
+        &self,
+        append: Vec<OutboxMessage>,
+        delete: Vec<u64>,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::OutboxWrite {
+            append,
+            delete,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// The outbox's index (sequence number, topic plus payload size, append time), in order.
+    pub async fn outbox_index(&self) -> Result<Vec<crate::cloud::outbox::Entry>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::OutboxIndex { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Up to `limit` outbox messages with a sequence number above `after`, in order.
+    pub async fn outbox_load(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Vec<OutboxMessage>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::OutboxLoad { after, limit, done })
+            .await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every shadow's cloud sync state.
+    pub async fn load_sync_states(&self) -> Result<Vec<SyncState>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::LoadSyncStates { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably records a shadow's cloud sync state. Returns after the commit.
+    pub async fn write_sync_state(&self, state: SyncState) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::WriteSyncState { state, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     async fn send(&self, command: Command) -> Result<(), StoreError> {
         self.tx.send(command).await.map_err(|_| StoreError::Closed)
     }
@@ -306,6 +424,27 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
                 Command::ListShadows { done } => {
                     let _ = done.send(list_shadows(&tx).map_err(StoreError::from));
                 }
+                Command::OutboxWrite {
+                    append,
+                    delete,
+                    done,
+                } => {
+                    outbox_write(&tx, &append, &delete)?;
+                    acks.push(done);
+                }
+                Command::OutboxIndex { done } => {
+                    let _ = done.send(outbox_index(&tx).map_err(StoreError::from));
+                }
+                Command::OutboxLoad { after, limit, done } => {
+                    let _ = done.send(outbox_load(&tx, after, limit).map_err(StoreError::from));
+                }
+                Command::LoadSyncStates { done } => {
+                    let _ = done.send(load_sync_states(&tx).map_err(StoreError::from));
+                }
+                Command::WriteSyncState { state, done } => {
+                    write_sync_state(&tx, &state)?;
+                    acks.push(done);
+                }
                 Command::Close => close = true,
             }
         }
@@ -386,6 +525,100 @@ fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowK
     rows.collect()
 }
 
+fn outbox_write(
+    tx: &rusqlite::Transaction<'_>,
+    append: &[OutboxMessage],
+    delete: &[u64],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO cloud_outbox (seq, topic, payload, enqueued_ms) VALUES (?1, ?2, ?3, ?4)",
+    )?;
+    for m in append {
+        insert.execute(params![
+            m.seq as i64,
+            m.topic,
+            m.payload.as_ref(),
+            m.enqueued_ms as i64
+        ])?;
+    }
+    let mut remove = tx.prepare_cached("DELETE FROM cloud_outbox WHERE seq = ?1")?;
+    for seq in delete {
+        remove.execute(params![*seq as i64])?;
+    }
+    Ok(())
+}
+
+fn outbox_index(
+    tx: &rusqlite::Transaction<'_>,
+) -> rusqlite::Result<Vec<crate::cloud::outbox::Entry>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, length(CAST(topic AS BLOB)) + length(payload), enqueued_ms FROM cloud_outbox ORDER BY seq",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(crate::cloud::outbox::Entry {
+            seq: r.get::<_, i64>(0)? as u64,
+            size: r.get::<_, i64>(1)? as u64,
+            enqueued_ms: r.get::<_, i64>(2)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+fn outbox_load(
+    tx: &rusqlite::Transaction<'_>,
+    after: u64,
+    limit: usize,
+) -> rusqlite::Result<Vec<OutboxMessage>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT seq, topic, payload, enqueued_ms FROM cloud_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+    )?;
+    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        Ok(OutboxMessage {
+            seq: r.get::<_, i64>(0)? as u64,
+            topic: r.get(1)?,
+            payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
+            enqueued_ms: r.get::<_, i64>(3)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+fn load_sync_states(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<SyncState>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT thing, name, base, local_version, cloud_version FROM cloud_shadow_sync ORDER BY thing, name",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        let name: String = r.get(1)?;
+        Ok(SyncState {
+            key: ShadowKey {
+                thing: r.get(0)?,
+                name: (!name.is_empty()).then_some(name),
+            },
+            base: r.get(2)?,
+            local_version: r.get::<_, i64>(3)? as u64,
+            cloud_version: r.get::<_, i64>(4)? as u64,
+        })
+    })?;
+    rows.collect()
+}
+
+fn write_sync_state(tx: &rusqlite::Transaction<'_>, s: &SyncState) -> rusqlite::Result<()> {
+    tx.prepare_cached(
+        "INSERT INTO cloud_shadow_sync (thing, name, base, local_version, cloud_version)
+         VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (thing, name) DO UPDATE SET base = excluded.base,
+           local_version = excluded.local_version, cloud_version = excluded.cloud_version",
+    )?
+    .execute(params![
+        s.key.thing,
+        s.key.name.as_deref().unwrap_or(""),
+        s.base,
+        s.local_version as i64,
+        s.cloud_version as i64
+    ])?;
+    Ok(())
+}
+
 fn load_retained(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<RetainedMessage>> {
     let mut stmt = tx.prepare_cached("SELECT topic, payload, qos FROM retained ORDER BY topic")?;
     let rows = stmt.query_map([], |r| {
@@ -458,6 +691,32 @@ mod tests {
         let b = store.load_shadow(key("b", None)).await.unwrap().unwrap();
         assert_eq!(b.document, "{\"v\":3}");
         assert_eq!(store.load_shadow(key("c", None)).await.unwrap(), None);
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let m = |seq: u64| OutboxMessage {
+            seq,
+            topic: format!("t/{seq}"),
+            payload: Bytes::from(vec![b'x'; seq as usize]),
+            enqueued_ms: 100 + seq,
+        };
+        store
+            .outbox_write((1..=5).map(m).collect(), vec![])
+            .await
+            .unwrap();
+        store.outbox_write(vec![m(6)], vec![1, 3]).await.unwrap();
+        thread.close().await;
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let index = store.outbox_index().await.unwrap();
+        let seqs: Vec<u64> = index.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 4, 5, 6]);
+        assert_eq!((index[0].size, index[0].enqueued_ms), (3 + 2, 102));
+        let page = store.outbox_load(2, 2).await.unwrap();
+        assert_eq!(page, vec![m(4), m(5)]);
         thread.close().await;
     }
 

@@ -483,6 +483,23 @@ fn perform(
                 hops,
             })
         }
+        Action::Cloud { topic } => {
+            let topic = topic.render(msg, ctx);
+            if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+                return Err(fail(
+                    topic.clone(),
+                    format!("{topic:?} is not a valid topic name"),
+                ));
+            }
+            // The cloud component takes everything under this prefix into the outbox.
+            Ok(Outgoing {
+                topic: format!("{}{topic}", crate::cloud::UP_PREFIX),
+                payload: Bytes::from(output.to_bytes()),
+                qos: 0,
+                retain: false,
+                hops,
+            })
+        }
         Action::Shadow { thing, name } => {
             let thing = thing.render(msg, ctx);
             let name = name.as_ref().map(|n| n.render(msg, ctx));

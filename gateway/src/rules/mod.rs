@@ -12,6 +12,8 @@
 //!   substitution template evaluated against the original message.
 //! - `shadow = { thing = "${topic(2)}", name = "optional" }`: the output (a JSON object with
 //!   `state`) is sent as an update to that thing's (named) shadow through the shadow service.
+//! - `cloud = { topic = "site/${topic(2)}" }`: the output goes to the cloud on that topic, through
+//!   the durable outbox (needs `[cloud]`).
 
 pub mod engine;
 
@@ -68,6 +70,11 @@ pub enum RawAction {
         /// Named shadow (template); the classic shadow when absent.
         name: Option<String>,
     },
+    /// Send the output to the cloud through the outbox.
+    Cloud {
+        /// Cloud topic template.
+        topic: String,
+    },
 }
 
 /// A compiled action.
@@ -89,6 +96,11 @@ pub enum Action {
         /// The compiled shadow-name template.
         name: Option<Template>,
     },
+    /// See [`RawAction::Cloud`].
+    Cloud {
+        /// The compiled cloud topic template.
+        topic: Template,
+    },
 }
 
 impl Action {
@@ -97,6 +109,7 @@ impl Action {
         match self {
             Action::Republish { .. } => "RepublishAction",
             Action::Shadow { .. } => "IotShadowAction",
+            Action::Cloud { .. } => "CloudAction",
         }
     }
 }
@@ -149,6 +162,16 @@ impl fmt::Display for RuleError {
             RuleError::Template { field, error } => write!(f, "{field} does not compile:\n{error}"),
             RuleError::Action(m) => f.write_str(m),
         }
+    }
+}
+
+impl RuleConfig {
+    /// Whether any action (or the error action) sends to the cloud.
+    pub fn uses_cloud(&self) -> bool {
+        self.actions
+            .iter()
+            .chain(&self.error_action)
+            .any(|a| matches!(a, Action::Cloud { .. }))
     }
 }
 
@@ -207,6 +230,16 @@ fn compile_action(action: &RawAction, field: &str) -> Result<Action, RuleError> 
                 retain: *retain,
             }
         }
+        RawAction::Cloud { topic } => {
+            if topic.contains(['+', '#']) {
+                return Err(RuleError::Action(format!(
+                    "{field}.topic {topic:?} contains a wildcard; a topic name cannot"
+                )));
+            }
+            Action::Cloud {
+                topic: template(topic, "topic")?,
+            }
+        }
         RawAction::Shadow { thing, name } => Action::Shadow {
             thing: template(thing, "thing")?,
             name: name.as_deref().map(|n| template(n, "name")).transpose()?,
@@ -255,6 +288,15 @@ mod tests {
             (
                 raw("SELECT * FROM 't'", vec![republish("x", 2)]),
                 "qos must be 0 or 1",
+            ),
+            (
+                raw(
+                    "SELECT * FROM 't'",
+                    vec![RawAction::Cloud {
+                        topic: "up/+".into(),
+                    }],
+                ),
+                "actions[0].topic \"up/+\" contains a wildcard",
             ),
             (
                 raw(

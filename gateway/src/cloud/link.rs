@@ -1,0 +1,464 @@
+//! The link to the cloud broker: rumqttc over TCP or TLS (rustls, ring provider), reconnecting
+//! with capped exponential backoff and jitter.
+//!
+//! Each connection attempt gets a fresh rumqttc client and event loop, dropped when the connection
+//! ends. rumqttc 0.25 would otherwise carry requests that were queued in its channel into the next
+//! session (ahead of the outbox's resend of older messages, breaking order) and, on a clean
+//! session, silently clear the publishes it had in flight. With a fresh event loop per session the
+//! outbox alone decides what is sent, in order, and a publish on a dead session fails at once
+//! instead of blocking. rumqttc's types stay in this file; the rest of the cloud module sees
+//! [`LinkEvent`] and [`Session`].
+//!
+//! MQTT 3.1.1 and 5 are rumqttc's two separate clients; [`Driver`] puts them behind one small
+//! interface (connect, step, subscribe, publish) so the reconnect loop exists once. With MQTT 5 a
+//! PUBACK can carry a failure reason (AWS IoT Core: not authorized, quota exceeded, ...): such a
+//! message was refused, not delivered, and is reported as [`LinkEvent::Refused`].
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5;
+use rumqttc::{
+    AsyncClient, Event, Incoming, MqttOptions, NetworkOptions, Outgoing, QoS, TlsConfiguration,
+    Transport,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::sync::{mpsc, watch};
+use tracing::{debug, info, warn};
+
+use super::config::{CloudConfig, Protocol, Transport as LinkTransport};
+
+/// Why the link cannot be set up at all (a configuration problem, reported at startup).
+#[derive(Debug, thiserror::Error)]
+pub enum LinkError {
+    /// A TLS file is missing or unusable.
+    #[error("cloud TLS {what} {path}: {message}")]
+    File {
+        /// "CA", "certificate" or "private key".
+        what: &'static str,
+        /// The file.
+        path: String,
+        /// Why.
+        message: String,
+    },
+    /// rustls refused the combination.
+    #[error("cloud TLS: {0}")]
+    Tls(String),
+}
+
+/// What the link reports to the cloud component, in the order it happened.
+#[derive(Debug)]
+pub enum LinkEvent {
+    /// Connected (CONNACK received, subscriptions requested): publish through this session.
+    Up(Session),
+    /// rumqttc wrote a QoS 1 PUBLISH with this packet id.
+    Written(u16),
+    /// The cloud acknowledged the QoS 1 PUBLISH with this packet id.
+    PubAck(u16),
+    /// The cloud answered the QoS 1 PUBLISH with this packet id with a failure reason (MQTT 5).
+    Refused(u16, String),
+    /// A message from the cloud.
+    Message {
+        /// The cloud topic.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+    },
+    /// The session ended (or the connection attempt failed), with the reason.
+    Down(String),
+}
+
+/// One connected session: publishes go through it until it ends.
+#[derive(Debug, Clone)]
+pub struct Session {
+    client: Client,
+}
+
+/// rumqttc's client handle of either protocol version.
+#[derive(Debug, Clone)]
+enum Client {
+    V4(AsyncClient),
+    V5(v5::AsyncClient),
+}
+
+impl Session {
+    /// Hands a QoS 1 publish to the session without waiting; false if the session is gone or its
+    /// queue is full (the caller keeps the message and sends it in a later session).
+    pub fn publish_qos1(&self, topic: &str, payload: Bytes) -> bool {
+        self.publish(topic, QoS::AtLeastOnce, payload)
+    }
+
+    /// Hands a QoS 0 publish (shadow requests: their answer is the acknowledgement).
+    pub fn publish_qos0(&self, topic: &str, payload: Bytes) -> bool {
+        self.publish(topic, QoS::AtMostOnce, payload)
+    }
+
+    fn publish(&self, topic: &str, qos: QoS, payload: Bytes) -> bool {
+        match &self.client {
+            Client::V4(c) => c.try_publish(topic, qos, false, payload).is_ok(),
+            Client::V5(c) => c.try_publish(topic, v5_qos(qos), false, payload).is_ok(),
+        }
+    }
+}
+
+fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
+    match qos {
+        QoS::AtMostOnce => v5::mqttbytes::QoS::AtMostOnce,
+        QoS::AtLeastOnce => v5::mqttbytes::QoS::AtLeastOnce,
+        QoS::ExactlyOnce => v5::mqttbytes::QoS::ExactlyOnce,
+    }
+}
+
+/// The configured client options, for either protocol version.
+#[derive(Debug, Clone)]
+pub enum Options {
+    /// MQTT 3.1.1.
+    V4(Box<MqttOptions>),
+    /// MQTT 5.
+    V5(Box<v5::MqttOptions>),
+}
+
+impl Options {
+    fn host(&self) -> String {
+        match self {
+            Options::V4(o) => o.broker_address().0,
+            Options::V5(o) => o.broker_address().0,
+        }
+    }
+}
+
+/// What one event-loop step meant, in either protocol version.
+enum Step {
+    /// CONNACK; the refusal reason if it was not a success.
+    ConnAck(Option<String>),
+    Written(u16),
+    PubAck(u16),
+    Refused(u16, String),
+    Message {
+        topic: String,
+        payload: Bytes,
+    },
+    Other,
+}
+
+/// One connection attempt's client and event loop.
+enum Driver {
+    V4(AsyncClient, Box<rumqttc::EventLoop>),
+    V5(v5::AsyncClient, Box<v5::EventLoop>),
+}
+
+impl Driver {
+    fn new(options: &Options, capacity: usize) -> Driver {
+        match options {
+            Options::V4(o) => {
+                let (client, mut eventloop) = AsyncClient::new((**o).clone(), capacity);
+                eventloop.set_network_options(network());
+                Driver::V4(client, Box::new(eventloop))
+            }
+            Options::V5(o) => {
+                let (client, eventloop) = v5::AsyncClient::new((**o).clone(), capacity);
+                Driver::V5(client, Box::new(eventloop))
+            }
+        }
+    }
+
+    async fn step(&mut self) -> Result<Step, String> {
+        match self {
+            Driver::V4(_, eventloop) => {
+                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                    Event::Incoming(Incoming::ConnAck(ack)) => Step::ConnAck(
+                        (ack.code != rumqttc::ConnectReturnCode::Success)
+                            .then(|| format!("{:?}", ack.code)),
+                    ),
+                    Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => Step::Written(pkid),
+                    Event::Incoming(Incoming::PubAck(ack)) => Step::PubAck(ack.pkid),
+                    Event::Incoming(Incoming::Publish(p)) => Step::Message {
+                        topic: p.topic,
+                        payload: p.payload,
+                    },
+                    _ => Step::Other,
+                })
+            }
+            Driver::V5(_, eventloop) => {
+                use v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
+                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
+                    v5::Event::Incoming(Packet::ConnAck(ack)) => Step::ConnAck(
+                        (ack.code != ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
+                    ),
+                    v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                        Step::Written(pkid)
+                    }
+                    v5::Event::Incoming(Packet::PubAck(ack)) => match ack.reason {
+                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                            Step::PubAck(ack.pkid)
+                        }
+                        reason => Step::Refused(ack.pkid, format!("{reason:?}")),
+                    },
+                    v5::Event::Incoming(Packet::Publish(p)) => Step::Message {
+                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
+                        payload: p.payload,
+                    },
+                    _ => Step::Other,
+                })
+            }
+        }
+    }
+
+    fn subscribe(&self, filter: &str) -> bool {
+        match self {
+            Driver::V4(c, _) => c.try_subscribe(filter, QoS::AtLeastOnce).is_ok(),
+            Driver::V5(c, _) => c
+                .try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+                .is_ok(),
+        }
+    }
+
+    fn session(&self) -> Session {
+        Session {
+            client: match self {
+                Driver::V4(c, _) => Client::V4(c.clone()),
+                Driver::V5(c, _) => Client::V5(c.clone()),
+            },
+        }
+    }
+
+    fn disconnect(&self) {
+        // A session that is already gone needs no DISCONNECT.
+        let _ = match self {
+            Driver::V4(c, _) => c.try_disconnect().is_ok(),
+            Driver::V5(c, _) => c.try_disconnect().is_ok(),
+        };
+    }
+}
+
+/// Small publishes must not wait for Nagle's algorithm: latency to the cloud matters more than
+/// packet count, and batches fill segments anyway.
+fn network() -> NetworkOptions {
+    let mut n = NetworkOptions::new();
+    n.set_tcp_nodelay(true);
+    n
+}
+
+/// Reconnect delays: exponential from `base`, capped at `cap`, with "equal jitter" (a random half
+/// on top of a fixed half), so a fleet that lost the same cloud does not reconnect in step, and no
+/// attempt comes sooner than half the nominal delay. Pure: the random fraction is passed in.
+#[derive(Debug, Clone)]
+pub struct Backoff {
+    base: Duration,
+    cap: Duration,
+    attempt: u32,
+}
+
+impl Backoff {
+    /// A backoff that starts at `base` and never exceeds `cap`.
+    pub fn new(base: Duration, cap: Duration) -> Backoff {
+        Backoff {
+            base,
+            cap,
+            attempt: 0,
+        }
+    }
+
+    /// The delay before the next attempt, given `random` in [0, 1).
+    pub fn next_delay(&mut self, random: f64) -> Duration {
+        let nominal = self
+            .base
+            .saturating_mul(1u32 << self.attempt.min(20))
+            .min(self.cap);
+        self.attempt = self.attempt.saturating_add(1);
+        nominal / 2 + nominal.mul_f64(random.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// A connection succeeded: start again from `base`.
+    pub fn reset(&mut self) {
+        self.attempt = 0;
+    }
+}
+
+/// The rumqttc options for the configured cloud.
+pub fn options(config: &CloudConfig) -> Result<Options, LinkError> {
+    let transport = match &config.transport {
+        LinkTransport::PlainTcp => None,
+        LinkTransport::Tls { ca, client } => Some(Transport::tls_with_config(
+            TlsConfiguration::Rustls(tls_config(ca, client.as_ref())?),
+        )),
+    };
+    // The outbox's window plus room for shadow requests.
+    let inflight = u16::try_from(config.inflight + 16).unwrap_or(u16::MAX);
+    Ok(match config.protocol {
+        Protocol::V311 => {
+            let mut o =
+                MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+            o.set_keep_alive(config.keep_alive);
+            o.set_clean_session(true);
+            o.set_max_packet_size(1 << 20, 1 << 20);
+            o.set_inflight(inflight);
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            Options::V4(Box::new(o))
+        }
+        Protocol::V5 => {
+            let mut o =
+                v5::MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
+            o.set_keep_alive(config.keep_alive);
+            o.set_clean_start(true);
+            o.set_max_packet_size(Some(1 << 20));
+            o.set_outgoing_inflight_upper_limit(inflight);
+            o.set_network_options(network());
+            if let Some(t) = transport {
+                o.set_transport(t);
+            }
+            Options::V5(Box::new(o))
+        }
+    })
+}
+
+fn tls_config(
+    ca: &Path,
+    client: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+) -> Result<Arc<rustls::ClientConfig>, LinkError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in certificates(ca, "CA")? {
+        roots.add(cert).map_err(|e| LinkError::File {
+            what: "CA",
+            path: ca.display().to_string(),
+            message: e.to_string(),
+        })?;
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| LinkError::Tls(e.to_string()))?
+        .with_root_certificates(roots);
+    let config = match client {
+        None => builder.with_no_client_auth(),
+        Some((cert, key)) => {
+            let chain = certificates(cert, "certificate")?;
+            let key = PrivateKeyDer::from_pem_file(key).map_err(|e| LinkError::File {
+                what: "private key",
+                path: key.display().to_string(),
+                message: e.to_string(),
+            })?;
+            builder
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| LinkError::Tls(format!("the key does not fit the certificate: {e}")))?
+        }
+    };
+    Ok(Arc::new(config))
+}
+
+fn certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, LinkError> {
+    let err = |message: String| LinkError::File {
+        what,
+        path: path.display().to_string(),
+        message,
+    };
+    let certs = CertificateDer::pem_file_iter(path)
+        .map_err(|e| err(e.to_string()))?
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| err(e.to_string()))?;
+    if certs.is_empty() {
+        return Err(err("no PEM certificate in the file".to_owned()));
+    }
+    Ok(certs)
+}
+
+/// Drives the link until shutdown: connect, report, reconnect after a backoff.
+pub async fn run(
+    options: Options,
+    subscriptions: Vec<String>,
+    window: usize,
+    mut backoff: Backoff,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let host = options.host();
+    loop {
+        let mut driver = Driver::new(&options, window + 64);
+        let mut up = false;
+        let reason = loop {
+            let step = tokio::select! {
+                _ = shutdown.changed() => {
+                    driver.disconnect();
+                    return;
+                }
+                s = driver.step() => s,
+            };
+            let event = match step {
+                Err(e) => break e,
+                Ok(Step::ConnAck(Some(refused))) => {
+                    break format!("the cloud refused the connection: {refused}")
+                }
+                Ok(Step::ConnAck(None)) => {
+                    backoff.reset();
+                    up = true;
+                    for f in &subscriptions {
+                        if !driver.subscribe(f) {
+                            warn!(filter = f, "cannot queue a cloud subscription");
+                        }
+                    }
+                    info!(host, "cloud link up");
+                    LinkEvent::Up(driver.session())
+                }
+                Ok(Step::Written(pkid)) => LinkEvent::Written(pkid),
+                Ok(Step::PubAck(pkid)) => LinkEvent::PubAck(pkid),
+                Ok(Step::Refused(pkid, reason)) => LinkEvent::Refused(pkid, reason),
+                Ok(Step::Message { topic, payload }) => LinkEvent::Message { topic, payload },
+                Ok(Step::Other) => continue,
+            };
+            if events.send(event).is_err() {
+                return;
+            }
+        };
+        drop(driver);
+        if up {
+            warn!(error = reason, "cloud link down");
+        } else {
+            debug!(error = reason, "cloud connection attempt failed");
+        }
+        if events.send(LinkEvent::Down(reason)).is_err() {
+            return;
+        }
+        let delay = backoff.next_delay(fastrand::f64());
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(1000));
+        // (random, expected delay): half fixed, half random.
+        let cases = [
+            (0.0, 50),
+            (1.0, 200),
+            (0.5, 300),
+            (0.0, 400),
+            (0.0, 500),
+            (0.999_999, 999),
+        ];
+        for (random, want) in cases {
+            let got = b.next_delay(random).as_millis();
+            assert!(
+                got.abs_diff(want) <= 1,
+                "random {random}: {got} ms, want {want}"
+            );
+        }
+        b.reset();
+        assert_eq!(b.next_delay(0.0), ms(50));
+    }
+}

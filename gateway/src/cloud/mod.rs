@@ -1,0 +1,548 @@
+//! Cloud sync: durable store-and-forward to a cloud MQTT broker, a downlink bridge, and two-way
+//! shadow sync.
+//!
+//! - [`config`]: the `[cloud]` section.
+//! - [`outbox`]: the outbox's admission policy, ordering and packet-id bookkeeping (pure).
+//! - [`link`]: rumqttc, TLS, reconnect with backoff and jitter.
+//! - [`merge`]: the three-way merge of shadow state (pure); [`sync`]: the shadow sync component.
+//! - [`client`]: `grove cloud status`.
+//!
+//! The component in this file owns the outbox. It takes the messages of the `forward` filters and
+//! of the rules' `cloud` action from the bus, appends them to the outbox (one transaction per bus
+//! batch), and only then considers them for sending; it feeds the link from the outbox in sequence
+//! order, at most `inflight` unacknowledged at once, deletes each message when its PUBACK arrives,
+//! and after a reconnect starts again at the oldest unacknowledged message. Messages from the cloud
+//! on the `downlink` filters are published on local topics; shadow traffic goes to [`sync`].
+//!
+//! Architecture invariant: a message bound for the cloud is in the outbox (committed) before it is
+//! handed to the link, and leaves the outbox only on its PUBACK or by the full policy, which counts
+//! and logs every drop.
+
+pub mod client;
+pub mod config;
+pub mod link;
+pub mod merge;
+pub mod outbox;
+pub mod sync;
+
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::task::JoinHandle;
+use tracing::{error, info, warn};
+
+use self::config::{CloudConfig, Downlink, Forward};
+use self::link::{Backoff, LinkEvent, Session};
+use self::outbox::{PacketIds, Queue};
+use crate::broker::BusMaker;
+use crate::bus::{Bus, Message, Outgoing};
+use crate::metrics::CloudMetrics;
+use crate::store::{OutboxMessage, Store};
+
+/// Grove's request topic for the cloud link's status (`grove cloud status`); answered on
+/// `…/accepted`.
+pub const STATUS_TOPIC: &str = "$grove/cloud/status";
+
+/// Local topics under this prefix go to the cloud with the prefix removed: the rules' `cloud`
+/// action publishes here (and a trusted local client may too).
+pub const UP_PREFIX: &str = "$grove/cloud/up/";
+
+/// Acknowledged messages are deleted in one transaction per this many, or with the next append,
+/// or after [`DELETE_LINGER`] without one: one commit (and fsync) per PUBACK would cost more than
+/// the sending. A crash before the delete commits only means those messages are sent again.
+const DELETE_BATCH: usize = 1024;
+
+/// See [`DELETE_BATCH`].
+const DELETE_LINGER: Duration = Duration::from_millis(50);
+
+/// The smallest reconnect delay.
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+
+/// Why the cloud component could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum CloudError {
+    /// The link cannot be configured (TLS files).
+    #[error(transparent)]
+    Link(#[from] link::LinkError),
+    /// The outbox could not be read.
+    #[error("cannot read the cloud outbox: {0}")]
+    Store(#[from] crate::store::StoreError),
+    /// The broker refused the component's bus link.
+    #[error("cannot attach the cloud component to the broker: {0}")]
+    Bus(String),
+}
+
+/// Whether the link is up, for the status answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LinkState {
+    Connecting,
+    Connected,
+    Disconnected,
+}
+
+/// Starts cloud sync: the outbox owner, the link and, if configured, shadow sync. Call before the
+/// broker opens its listeners, so no forwarded message is missed.
+pub async fn start(
+    config: &CloudConfig,
+    buses: &BusMaker,
+    store: Store,
+    metrics: CloudMetrics,
+    shutdown: watch::Receiver<bool>,
+) -> Result<Vec<JoinHandle<()>>, CloudError> {
+    let options = link::options(config)?;
+    let stored = store.outbox_index().await?;
+    let queue = Queue::new(config.limits, config.when_full, stored);
+    if queue.depth() > 0 {
+        info!(
+            messages = queue.depth(),
+            bytes = queue.bytes(),
+            "cloud outbox restored"
+        );
+    }
+    let mut bus = buses
+        .bus("cloud")
+        .await
+        .map_err(|e| CloudError::Bus(e.to_string()))?;
+    let mut filters: Vec<String> = config.forward.iter().map(|f| f.filter.clone()).collect();
+    filters.push(format!("{UP_PREFIX}#"));
+    filters.push(STATUS_TOPIC.to_owned());
+    bus.subscribe_confirmed(&filters)
+        .await
+        .map_err(|e| CloudError::Bus(e.to_string()))?;
+
+    let mut subscriptions: Vec<String> = config.downlink.iter().map(|d| d.filter.clone()).collect();
+    let mut tasks = Vec::new();
+    let sync_tx = match &config.shadows {
+        None => None,
+        Some(shadows) => {
+            subscriptions.extend(sync::cloud_filters(shadows));
+            let (tx, rx) = mpsc::unbounded_channel();
+            let sync_bus = buses
+                .bus("cloud-sync")
+                .await
+                .map_err(|e| CloudError::Bus(e.to_string()))?;
+            let component =
+                sync::ShadowSync::start(sync_bus, store.clone(), shadows.clone(), metrics.clone())
+                    .await
+                    .map_err(|e| CloudError::Bus(e.to_string()))?;
+            tasks.push(tokio::spawn(component.run(rx, shutdown.clone())));
+            Some(tx)
+        }
+    };
+    let (events_tx, events) = mpsc::unbounded_channel();
+    tasks.push(tokio::spawn(link::run(
+        options,
+        subscriptions,
+        config.inflight,
+        Backoff::new(BACKOFF_BASE, config.max_backoff),
+        events_tx,
+        shutdown.clone(),
+    )));
+    metrics.outbox_messages.set(queue.depth() as i64);
+    metrics.outbox_bytes.set(queue.bytes() as i64);
+    let owner = Owner {
+        bus,
+        store,
+        queue,
+        ids: PacketIds::default(),
+        session: None,
+        window: config.inflight,
+        forward: config.forward.clone(),
+        downlink: config.downlink.clone(),
+        metrics,
+        state: LinkState::Connecting,
+        last_error: None,
+        deletes: Vec::new(),
+        backlog: None,
+        sync: sync_tx,
+    };
+    tasks.push(tokio::spawn(owner.run(events, shutdown)));
+    Ok(tasks)
+}
+
+/// Answers `grove cloud status` when `[cloud]` is not configured, so the operator learns that
+/// instead of waiting for a timeout.
+pub async fn serve_disabled(
+    buses: &BusMaker,
+    mut shutdown: watch::Receiver<bool>,
+) -> Option<JoinHandle<()>> {
+    let mut bus = buses.bus("cloud-status").await.ok()?;
+    bus.subscribe_confirmed(&[STATUS_TOPIC.to_owned()])
+        .await
+        .ok()?;
+    Some(tokio::spawn(async move {
+        let mut batch = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
+            }
+            let answers = batch
+                .drain(..)
+                .map(|m| {
+                    let doc = json!({"state": "disabled", "clientToken": client_token(&m.payload)});
+                    Outgoing::new(
+                        format!("{STATUS_TOPIC}/accepted"),
+                        Bytes::from(doc.to_string()),
+                    )
+                })
+                .collect();
+            if bus.publish(answers).await.is_err() {
+                return;
+            }
+        }
+    }))
+}
+
+/// What the shadow sync component hears from the link.
+#[derive(Debug)]
+pub enum SyncInput {
+    /// A session is up: cloud requests go through it.
+    Up(Session),
+    /// The session ended.
+    Down,
+    /// A shadow message from the cloud.
+    Cloud {
+        /// The cloud topic.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+/// The outbox owner.
+struct Owner {
+    bus: Bus,
+    store: Store,
+    queue: Queue,
+    ids: PacketIds,
+    session: Option<Session>,
+    window: usize,
+    forward: Vec<Forward>,
+    downlink: Vec<Downlink>,
+    metrics: CloudMetrics,
+    state: LinkState,
+    last_error: Option<String>,
+    /// Acknowledged sequence numbers whose delete is not yet committed.
+    deletes: Vec<u64>,
+    /// When the current session started with a backlog, and how big it was (for the drain log).
+    backlog: Option<(Instant, usize)>,
+    sync: Option<mpsc::UnboundedSender<SyncInput>>,
+}
+
+impl Owner {
+    async fn run(
+        mut self,
+        mut events: mpsc::UnboundedReceiver<LinkEvent>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut batch = Vec::new();
+        loop {
+            self.feed().await;
+            if self.deletes.len() >= DELETE_BATCH {
+                self.flush_deletes().await;
+            }
+            let linger = !self.deletes.is_empty();
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                _ = tokio::time::sleep(DELETE_LINGER), if linger => self.flush_deletes().await,
+                r = self.bus.recv_batch(&mut batch) => {
+                    if r.is_err() {
+                        break;
+                    }
+                    self.on_local(&mut batch).await;
+                }
+                Some(ev) = events.recv() => {
+                    let mut local = Vec::new();
+                    self.on_link(ev, &mut local);
+                    while let Ok(ev) = events.try_recv() {
+                        self.on_link(ev, &mut local);
+                    }
+                    if !local.is_empty() && self.bus.publish(local).await.is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+        self.flush_deletes().await;
+        self.bus.close().await;
+    }
+
+    /// Hands the link what the window allows, in sequence order.
+    async fn feed(&mut self) {
+        let Some(session) = self.session.clone() else {
+            return;
+        };
+        while let Some((after, room)) = self.queue.next_batch(self.window) {
+            let page = match self.store.outbox_load(after, room).await {
+                Ok(p) => p,
+                Err(e) => {
+                    error!(error = %e, "cannot read the cloud outbox");
+                    return;
+                }
+            };
+            if page.is_empty() {
+                return;
+            }
+            for m in page {
+                if !self.queue.mark_sent(m.seq) {
+                    continue;
+                }
+                if !session.publish_qos1(&m.topic, m.payload) {
+                    // The session is ending; its Down event resets the queue for the next one.
+                    self.session = None;
+                    return;
+                }
+                self.ids.handed(m.seq);
+                self.metrics.sent.inc();
+            }
+        }
+    }
+
+    async fn flush_deletes(&mut self) {
+        if self.deletes.is_empty() {
+            return;
+        }
+        let deletes = std::mem::take(&mut self.deletes);
+        // A failed delete only means the message may be sent again after a restart.
+        if let Err(e) = self.store.outbox_write(Vec::new(), deletes).await {
+            warn!(error = %e, "cannot delete acknowledged messages from the cloud outbox");
+        }
+    }
+
+    fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>) {
+        match event {
+            LinkEvent::Up(session) => {
+                self.metrics.connects.inc();
+                self.metrics.link_up.set(1);
+                self.state = LinkState::Connected;
+                self.session = Some(session.clone());
+                if self.queue.depth() > 0 {
+                    self.backlog = Some((Instant::now(), self.queue.depth()));
+                }
+                if let Some(sync) = &self.sync {
+                    let _ = sync.send(SyncInput::Up(session));
+                }
+            }
+            LinkEvent::Written(pkid) => self.ids.written(pkid),
+            LinkEvent::Refused(pkid, reason) => {
+                // The cloud will not take it, now or on a resend: it leaves the outbox, counted.
+                if let Some(seq) = self.ids.acked(pkid) {
+                    if self.queue.acked(seq).is_some() {
+                        warn!(
+                            reason,
+                            "the cloud refused a message (MQTT 5 PUBACK reason): dropped"
+                        );
+                        self.metrics.drop("refused_by_cloud", 1);
+                        self.deletes.push(seq);
+                        self.gauges();
+                    }
+                }
+            }
+            LinkEvent::PubAck(pkid) => {
+                if let Some(seq) = self.ids.acked(pkid) {
+                    if let Some(entry) = self.queue.acked(seq) {
+                        self.metrics.acked.inc();
+                        let waited = now_ms().saturating_sub(entry.enqueued_ms);
+                        self.metrics
+                            .delivery_seconds
+                            .observe(waited as f64 / 1000.0);
+                        self.deletes.push(seq);
+                        self.gauges();
+                        if self.queue.depth() == 0 {
+                            self.drained();
+                        }
+                    }
+                }
+            }
+            LinkEvent::Message { topic, payload } => {
+                if let Some(sync) = self
+                    .sync
+                    .as_ref()
+                    .filter(|_| topic.starts_with("$aws/things/"))
+                {
+                    let _ = sync.send(SyncInput::Cloud { topic, payload });
+                    return;
+                }
+                let Some(d) = self
+                    .downlink
+                    .iter()
+                    .find(|d| grove_rules::topic_matches(&d.filter, &topic))
+                else {
+                    return;
+                };
+                let local_topic = topic.strip_prefix(&d.strip_prefix).unwrap_or(&topic);
+                self.metrics.downlinked.inc();
+                local.push(Outgoing {
+                    qos: 1,
+                    ..Outgoing::new(local_topic.to_owned(), payload)
+                });
+            }
+            LinkEvent::Down(reason) => {
+                if self.state == LinkState::Connected {
+                    if let Some(sync) = &self.sync {
+                        let _ = sync.send(SyncInput::Down);
+                    }
+                }
+                self.metrics.link_up.set(0);
+                self.state = LinkState::Disconnected;
+                self.last_error = Some(reason);
+                self.session = None;
+                self.ids.clear();
+                let resent = self.queue.reset_session();
+                self.metrics.resent.inc_by(resent as u64);
+            }
+        }
+    }
+
+    /// Appends forwarded messages to the outbox (one transaction) and answers status requests.
+    async fn on_local(&mut self, batch: &mut Vec<Message>) {
+        let now = now_ms();
+        let mut incoming: Vec<(String, Bytes)> = Vec::with_capacity(batch.len());
+        let mut answers = Vec::new();
+        for m in batch.drain(..) {
+            if m.topic == STATUS_TOPIC {
+                answers.push(self.status(&m.payload, now));
+                continue;
+            }
+            let cloud_topic = match m.topic.strip_prefix(UP_PREFIX) {
+                Some(rest) if !rest.is_empty() => rest.to_owned(),
+                Some(_) => continue,
+                None => match self
+                    .forward
+                    .iter()
+                    .find(|f| grove_rules::topic_matches(&f.filter, &m.topic))
+                {
+                    Some(f) => format!("{}{}", f.prefix, m.topic),
+                    None => continue,
+                },
+            };
+            incoming.push((cloud_topic, m.payload));
+        }
+        if !incoming.is_empty() {
+            self.append(incoming, now).await;
+        }
+        if !answers.is_empty() {
+            let _ = self.bus.publish(answers).await;
+        }
+    }
+
+    async fn append(&mut self, incoming: Vec<(String, Bytes)>, now: u64) {
+        let sizes: Vec<u64> = incoming
+            .iter()
+            .map(|(t, p)| (t.len() + p.len()) as u64)
+            .collect();
+        let admission = self.queue.admit(&sizes, now);
+        let mut incoming: Vec<Option<(String, Bytes)>> = incoming.into_iter().map(Some).collect();
+        let append: Vec<OutboxMessage> = admission
+            .accepted
+            .iter()
+            .filter_map(|&(i, seq)| {
+                let (topic, payload) = incoming[i].take()?;
+                Some(OutboxMessage {
+                    seq,
+                    topic,
+                    payload,
+                    enqueued_ms: now,
+                })
+            })
+            .collect();
+        let n = append.len() as u64;
+        // Pending deletes of acknowledged messages share this commit.
+        let mut delete = std::mem::take(&mut self.deletes);
+        delete.extend_from_slice(&admission.dropped_oldest);
+        match self.store.outbox_write(append, delete).await {
+            Ok(()) => {
+                self.metrics.appended.inc_by(n);
+            }
+            Err(e) => {
+                error!(error = %e, messages = n, "cannot append to the cloud outbox: messages dropped");
+                let seqs: Vec<u64> = admission.accepted.iter().map(|a| a.1).collect();
+                self.queue.forget(&seqs);
+                self.metrics.drop("store_failed", n);
+            }
+        }
+        let oldest = (admission.dropped_oldest.len() + admission.dropped_unstored) as u64;
+        if oldest > 0 {
+            warn!(
+                dropped = oldest,
+                depth = self.queue.depth(),
+                "cloud outbox full: dropped the oldest messages (when_full = \"drop-oldest\")"
+            );
+            self.metrics.drop("full_drop_oldest", oldest);
+        }
+        if admission.refused > 0 {
+            warn!(
+                refused = admission.refused,
+                depth = self.queue.depth(),
+                "cloud outbox full: refused new messages (when_full = \"refuse-newest\")"
+            );
+            self.metrics
+                .drop("full_refuse_newest", admission.refused as u64);
+        }
+        if admission.too_large > 0 {
+            warn!(
+                dropped = admission.too_large,
+                "messages larger than cloud.outbox.max_bytes dropped"
+            );
+            self.metrics.drop("too_large", admission.too_large as u64);
+        }
+        self.gauges();
+    }
+
+    /// Logs how fast a backlog drained after a reconnect.
+    fn drained(&mut self) {
+        if let Some((since, messages)) = self.backlog.take() {
+            let secs = since.elapsed().as_secs_f64();
+            info!(
+                messages,
+                seconds = secs,
+                per_second = (messages as f64 / secs.max(1e-6)).round(),
+                "cloud outbox drained"
+            );
+        }
+    }
+
+    fn gauges(&self) {
+        self.metrics.outbox_messages.set(self.queue.depth() as i64);
+        self.metrics.outbox_bytes.set(self.queue.bytes() as i64);
+    }
+
+    fn status(&self, request: &[u8], now: u64) -> Outgoing {
+        let state = match self.state {
+            LinkState::Connecting => "connecting",
+            LinkState::Connected => "connected",
+            LinkState::Disconnected => "disconnected",
+        };
+        let doc = json!({
+            "state": state,
+            "queue_depth": self.queue.depth(),
+            "queue_bytes": self.queue.bytes(),
+            "in_flight": self.queue.inflight(),
+            "oldest_age_ms": self.queue.oldest_ms().map(|t| now.saturating_sub(t)),
+            "last_error": self.last_error,
+            "connects": self.metrics.connects.get(),
+            "acked": self.metrics.acked.get(),
+            "clientToken": client_token(request),
+        });
+        Outgoing::new(
+            format!("{STATUS_TOPIC}/accepted"),
+            Bytes::from(doc.to_string()),
+        )
+    }
+}
+
+fn client_token(payload: &[u8]) -> Value {
+    serde_json::from_slice::<Value>(payload)
+        .ok()
+        .and_then(|v| v.get("clientToken").cloned())
+        .unwrap_or(Value::Null)
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+}

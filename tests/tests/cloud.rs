@@ -1,0 +1,854 @@
+//! End-to-end tests of cloud sync: the real `grove` binary, with a real, separate mosquitto as the
+//! cloud broker for store-and-forward, and a second real `grove` as the cloud for shadow sync.
+//!
+//! Why a second gateway as the cloud for shadows: mosquitto has no shadow service, and a fake AWS
+//! responder written in the test would only test the gateway against the test's idea of AWS.
+//! Grove's own shadow service implements AWS's MQTT shadow API (versions, 409 on a stale version,
+//! `documents`, `delta`, 404 on a missing shadow), which is exactly the contract sync relies on.
+//! The uplink between the edge gateway and that cloud goes through a small TCP proxy in the test,
+//! so "offline" is a cut network while both gateways (and the device) stay up.
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use grove_tests::{free_port, grove, options, Client, Gateway};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(20);
+
+/// A mosquitto process on a loopback port, with persistence in its own directory (so a
+/// subscriber's persistent session and queue survive a restart of the broker).
+struct Mosquitto {
+    port: u16,
+    dir: tempfile::TempDir,
+    child: Option<Child>,
+}
+
+impl Mosquitto {
+    /// Plain TCP, anonymous.
+    fn start() -> Mosquitto {
+        Mosquitto::start_with(|_, _| String::new())
+    }
+
+    /// `listener` gives the extra listener lines (TLS), from the port and the directory.
+    fn start_with(listener: impl Fn(u16, &Path) -> String) -> Mosquitto {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // mosquitto started as root drops to its own user, which must be able to save its
+        // persistence file here.
+        std::fs::set_permissions(
+            dir.path(),
+            std::os::unix::fs::PermissionsExt::from_mode(0o777),
+        )
+        .expect("chmod");
+        let port = free_port();
+        let conf = format!(
+            "listener {port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n{}",
+            dir.path().display(),
+            listener(port, dir.path())
+        );
+        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
+        let mut m = Mosquitto {
+            port,
+            dir,
+            child: None,
+        };
+        m.spawn();
+        m
+    }
+
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("mosquitto.log"))
+            .expect("log");
+        let child = Command::new("/usr/sbin/mosquitto")
+            .arg("-c")
+            .arg(self.dir.path().join("mosquitto.conf"))
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("mosquitto is installed by the test command");
+        self.child = Some(child);
+        let deadline = Instant::now() + WAIT;
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(Instant::now() < deadline, "mosquitto did not start");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM (mosquitto saves its persistent state) and wait.
+    fn stop(&mut self) {
+        let mut child = self.child.take().expect("running");
+        Command::new("kill")
+            .arg(child.id().to_string())
+            .status()
+            .expect("kill");
+        child.wait().expect("wait for mosquitto");
+    }
+}
+
+impl Drop for Mosquitto {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+/// The `[cloud]` section for a plain TCP cloud on `port`, plus `more`.
+fn cloud_toml(port: u16, more: &str) -> String {
+    format!(
+        "[cloud]\nhost = \"127.0.0.1\"\nport = {port}\nplain_tcp = true\nclient_id = \"edge-1\"\nthing = \"edge-1\"\nmax_backoff_ms = 1000\n{more}\n"
+    )
+}
+
+/// Waits until a metric satisfies `ok`, returning its value.
+fn wait_metric(g: &Gateway, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = g.metric(series);
+        if ok(v) {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{series} = {v} after {WAIT:?}\n{}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `grove cloud status --json` against a running gateway.
+fn cloud_status(g: &Gateway) -> Value {
+    let addr = g.mqtt_addr().to_string();
+    let (code, out) = grove(
+        &["cloud", "status", "--json", "--mqtt", &addr],
+        g.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    serde_json::from_str(out.lines().last().unwrap_or_default()).expect("status JSON")
+}
+
+/// A persistent-session observer on the cloud broker (it keeps receiving across a broker
+/// restart by reconnecting with the same id).
+async fn observer(port: u16, filter: &str) -> Client {
+    let mut o = options("observer", port);
+    o.set_clean_session(false);
+    let mut c = Client::connect_with(o).await;
+    c.subscribe(filter, QoS::AtLeastOnce).await;
+    c
+}
+
+async fn reconnect_observer(port: u16) -> Client {
+    let mut o = options("observer", port);
+    o.set_clean_session(false);
+    Client::connect_with(o).await
+}
+
+/// Receives until every one of `expected` distinct payloads has arrived; returns the payloads of
+/// each topic in arrival order (duplicates included).
+async fn collect(
+    c: &mut Client,
+    expected: usize,
+) -> std::collections::BTreeMap<String, Vec<String>> {
+    let mut by_topic: std::collections::BTreeMap<String, Vec<String>> = Default::default();
+    let mut distinct = std::collections::HashSet::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(90);
+    while distinct.len() < expected {
+        let p = tokio::time::timeout_at(deadline, c.recv(Duration::from_secs(90)))
+            .await
+            .ok()
+            .flatten()
+            .unwrap_or_else(|| {
+                panic!(
+                    "received {} of {expected} distinct messages",
+                    distinct.len()
+                )
+            });
+        let payload = String::from_utf8_lossy(&p.payload).into_owned();
+        distinct.insert(payload.clone());
+        by_topic.entry(p.topic.clone()).or_default().push(payload);
+    }
+    by_topic
+}
+
+/// Checks that the first arrival of each message is in publish order per topic; returns the
+/// number of duplicates.
+fn check_order(by_topic: &std::collections::BTreeMap<String, Vec<String>>) -> usize {
+    let mut duplicates = 0;
+    for (topic, payloads) in by_topic {
+        let mut seen = std::collections::HashSet::new();
+        let mut last = None;
+        for p in payloads {
+            if !seen.insert(p.clone()) {
+                duplicates += 1;
+                continue;
+            }
+            let n: u64 = p
+                .rsplit(':')
+                .next()
+                .and_then(|n| n.parse().ok())
+                .expect("seq");
+            assert!(
+                last.is_none_or(|l| n > l),
+                "{topic}: {n} arrived after {last:?}"
+            );
+            last = Some(n);
+        }
+    }
+    duplicates
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forwarding_the_rules_cloud_action_downlink_and_status_while_online() {
+    for protocol in ["3.1.1", "5"] {
+        forwarding_case(protocol).await;
+    }
+}
+
+/// One run of the online test with the link on MQTT `protocol`.
+async fn forwarding_case(protocol: &str) {
+    let m = Mosquitto::start();
+    let mut toml = cloud_toml(
+        m.port,
+        &format!(
+            "protocol = \"{protocol}\"\n\
+         forward = [{{ filter = \"sensors/#\", prefix = \"site-1/\" }}]\n\
+         downlink = [{{ filter = \"site-1/cmd/#\", strip_prefix = \"site-1/\" }}]"
+        ),
+    );
+    toml.push_str(
+        "[[rules]]\nname = \"hot\"\nsql = \"SELECT temp FROM 'sensors/+/t' WHERE temp > 30\"\n\
+         actions = [{ cloud = { topic = \"site-1/alerts/${topic(2)}\" } }]\n",
+    );
+    let g = Gateway::start(&toml);
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    let mut cloud = Client::connect("cloud-app", m.port).await;
+    cloud.subscribe("site-1/#", QoS::AtLeastOnce).await;
+    let mut device = Client::connect("d1", g.mqtt_port).await;
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await;
+
+    let started = Instant::now();
+    device
+        .publish("sensors/d1/t", QoS::AtLeastOnce, false, r#"{"temp":21}"#)
+        .await;
+    let got = cloud.recv(WAIT).await.expect("forwarded message");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("site-1/sensors/d1/t", &br#"{"temp":21}"#[..])
+    );
+    eprintln!(
+        "online end-to-end latency (first message): {:?}",
+        started.elapsed()
+    );
+    // Online latency, one message at a time: device -> gateway -> outbox -> mosquitto -> app.
+    let mut latencies = Vec::new();
+    for i in 0..50 {
+        let started = Instant::now();
+        device
+            .publish("sensors/d1/lat", QoS::AtLeastOnce, false, format!("{i}"))
+            .await;
+        let got = cloud.recv(WAIT).await.expect("forwarded message");
+        latencies.push(started.elapsed());
+        assert_eq!(got.payload, format!("{i}").as_bytes());
+    }
+    latencies.sort();
+    eprintln!(
+        "MQTT {protocol}: online end-to-end latency over 50 messages: p50 {:?}, max {:?}; append to PUBACK mean {:.2} ms",
+        latencies[25],
+        latencies[49],
+        1000.0 * g.metric("grove_cloud_delivery_seconds_sum")
+            / g.metric("grove_cloud_delivery_seconds_count")
+    );
+    // A hot reading is forwarded and, through the rule's cloud action, alerted; other topics stay.
+    device
+        .publish("sensors/d1/t", QoS::AtLeastOnce, false, r#"{"temp":35}"#)
+        .await;
+    device
+        .publish("other/d1", QoS::AtLeastOnce, false, "not forwarded")
+        .await;
+    let mut got: Vec<(String, String)> = cloud
+        .recv_n(2, WAIT)
+        .await
+        .into_iter()
+        .map(|p| {
+            (
+                p.topic.clone(),
+                String::from_utf8_lossy(&p.payload).into_owned(),
+            )
+        })
+        .collect();
+    got.sort();
+    assert_eq!(
+        got,
+        [
+            ("site-1/alerts/d1".to_owned(), r#"{"temp":35}"#.to_owned()),
+            (
+                "site-1/sensors/d1/t".to_owned(),
+                r#"{"temp":35}"#.to_owned()
+            ),
+        ]
+    );
+    assert!(
+        cloud.recv(Duration::from_millis(300)).await.is_none(),
+        "only forward filters and cloud actions go up"
+    );
+
+    cloud
+        .publish("site-1/cmd/d1", QoS::AtLeastOnce, false, "reboot")
+        .await;
+    let cmd = device.recv(WAIT).await.expect("downlinked command");
+    assert_eq!(
+        (cmd.topic.as_str(), &cmd.payload[..]),
+        ("cmd/d1", &b"reboot"[..])
+    );
+
+    wait_metric(&g, "grove_cloud_acked_total", |v| v == 53.0);
+    let status = cloud_status(&g);
+    assert_eq!(status["state"], "connected", "{status}");
+    assert_eq!(status["queue_depth"], 0, "{status}");
+    let addr = g.mqtt_addr().to_string();
+    let (code, text) = grove(&["cloud", "status", "--mqtt", &addr], g.dir.path());
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("link:          connected"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_without_a_cloud_section_says_disabled() {
+    let g = Gateway::start("");
+    assert_eq!(cloud_status(&g)["state"], "disabled");
+    let addr = g.mqtt_addr().to_string();
+    let (code, text) = grove(&["cloud", "status", "--mqtt", &addr], g.dir.path());
+    assert_eq!(code, 0, "{text}");
+    assert!(text.contains("no [cloud] section"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ten_thousand_messages_published_offline_arrive_in_order_after_the_broker_returns() {
+    let mut m = Mosquitto::start();
+    let g = Gateway::start(&cloud_toml(m.port, "forward = [{ filter = \"t/#\" }]"));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    let obs = observer(m.port, "t/#").await;
+    obs.disconnect().await;
+    m.stop();
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+
+    let device = Client::connect("d1", g.mqtt_port).await;
+    for i in 0..10_000u32 {
+        let topic = format!("t/{}", i % 4);
+        device
+            .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
+            .await;
+    }
+    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 10_000.0);
+    let status = cloud_status(&g);
+    assert_eq!(status["state"], "disconnected", "{status}");
+    assert_eq!(status["queue_depth"], 10_000, "{status}");
+    assert!(status["oldest_age_ms"].as_u64().is_some(), "{status}");
+    assert!(status["last_error"].is_string(), "{status}");
+
+    m.spawn();
+    let started = Instant::now();
+    wait_metric(&g, "grove_cloud_acked_total", |v| v == 10_000.0);
+    eprintln!(
+        "drain of 10,000 messages after reconnect: {:?} (with the reconnect); gateway: {}",
+        started.elapsed(),
+        g.log()
+            .lines()
+            .find(|l| l.contains("cloud outbox drained"))
+            .unwrap_or("-")
+    );
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, 10_000).await;
+    let duplicates = check_order(&by_topic);
+    let resent = g.metric("grove_cloud_resent_total");
+    assert!(
+        duplicates as f64 <= resent,
+        "{duplicates} duplicates, {resent} resent"
+    );
+    assert!(
+        resent <= 256.0,
+        "duplicates are bounded by the window: {resent}"
+    );
+    assert_eq!(g.metric("grove_cloud_outbox_messages"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_survives_sigkill_while_offline() {
+    let mut m = Mosquitto::start();
+    let mut g = Gateway::start(&cloud_toml(
+        m.port,
+        "forward = [{ filter = \"t/#\" }]\n[cloud.outbox]\nmax_messages = 1000\nwhen_full = \"refuse-newest\"",
+    ));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    for i in 0..1000u32 {
+        device
+            .publish("t/a", QoS::AtLeastOnce, false, format!("t/a:{i}"))
+            .await;
+    }
+    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 1000.0);
+    device.disconnect().await;
+
+    g.kill_and_restart();
+    assert_eq!(
+        cloud_status(&g)["queue_depth"],
+        1000,
+        "the outbox is restored after SIGKILL"
+    );
+    m.spawn();
+    wait_metric(&g, "grove_cloud_acked_total", |v| v == 1000.0);
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, 1000).await;
+    check_order(&by_topic);
+    assert_eq!(
+        g.metric("grove_cloud_dropped_total{reason=\"full_refuse_newest\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_outbox_follows_its_policy_and_says_so() {
+    // (policy, metric reason, log text, the payloads that reach the cloud)
+    let cases = [
+        (
+            "drop-oldest",
+            "full_drop_oldest",
+            "cloud outbox full: dropped the oldest",
+            50..150,
+        ),
+        (
+            "refuse-newest",
+            "full_refuse_newest",
+            "cloud outbox full: refused new messages",
+            0..100,
+        ),
+    ];
+    for (policy, reason, log, kept) in cases {
+        let mut m = Mosquitto::start();
+        let g = Gateway::start(&cloud_toml(
+            m.port,
+            &format!("forward = [{{ filter = \"t/#\" }}]\n[cloud.outbox]\nmax_messages = 100\nwhen_full = \"{policy}\""),
+        ));
+        wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+        observer(m.port, "t/#").await.disconnect().await;
+        m.stop();
+        wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+        let device = Client::connect("d1", g.mqtt_port).await;
+        for i in 0..150u32 {
+            device
+                .publish("t/a", QoS::AtLeastOnce, false, format!("t/a:{i}"))
+                .await;
+        }
+        let series = format!("grove_cloud_dropped_total{{reason=\"{reason}\"}}");
+        wait_metric(&g, &series, |v| v == 50.0);
+        assert_eq!(g.metric("grove_cloud_outbox_messages"), 100.0, "{policy}");
+        assert!(
+            g.log().contains(log),
+            "{policy}: the log says so:\n{}",
+            g.log()
+        );
+
+        m.spawn();
+        wait_metric(&g, "grove_cloud_acked_total", |v| v == 100.0);
+        let mut obs = reconnect_observer(m.port).await;
+        let by_topic = collect(&mut obs, 100).await;
+        let mut got: Vec<u32> = by_topic["t/a"]
+            .iter()
+            .map(|p| {
+                p.rsplit(':')
+                    .next()
+                    .and_then(|n| n.parse().ok())
+                    .expect("seq")
+            })
+            .collect();
+        got.dedup();
+        assert_eq!(got, kept.collect::<Vec<_>>(), "{policy}");
+    }
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files in `dir`.
+fn make_pki(dir: &Path) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "test cloud CA");
+    let ca_cert = ca.self_signed(&ca_key).unwrap();
+    let issue = |names: Vec<String>, cn: &str, file: &str, client: bool| {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(names).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        if client {
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+        }
+        let cert = p.signed_by(&key, &ca_cert, &ca_key).unwrap();
+        std::fs::write(dir.join(format!("{file}.pem")), cert.pem()).unwrap();
+        std::fs::write(dir.join(format!("{file}.key")), key.serialize_pem()).unwrap();
+    };
+    std::fs::write(dir.join("ca.pem"), ca_cert.pem()).unwrap();
+    issue(vec!["127.0.0.1".into()], "cloud", "server", false);
+    issue(vec![], "edge-1", "client", true);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_with_mutual_authentication_to_mosquitto() {
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = pki.path().to_owned();
+    // The TLS listener is mosquitto's second one; the first (plain) serves the test's observer.
+    let tls_port = free_port();
+    let m = Mosquitto::start_with(|_, _| {
+        format!(
+            "listener {tls_port} 127.0.0.1\ncafile {ca}\ncertfile {cert}\nkeyfile {key}\nrequire_certificate true\nuse_identity_as_username true\n",
+            ca = p.join("ca.pem").display(),
+            cert = p.join("server.pem").display(),
+            key = p.join("server.key").display(),
+        )
+    });
+    let tls = |client: bool| {
+        let files = if client {
+            format!(
+                ", cert = {:?}, key = {:?}",
+                p.join("client.pem"),
+                p.join("client.key")
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "[cloud]\nhost = \"127.0.0.1\"\nport = {tls_port}\nclient_id = \"edge-1\"\nmax_backoff_ms = 500\n\
+             tls = {{ ca = {:?}{files} }}\nforward = [{{ filter = \"t/#\" }}]\n",
+            p.join("ca.pem")
+        )
+    };
+    let mut cloud = Client::connect("cloud-app", m.port).await;
+    cloud.subscribe("t/#", QoS::AtLeastOnce).await;
+
+    let g = Gateway::start(&tls(true));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("t/x", QoS::AtLeastOnce, false, "over TLS")
+        .await;
+    let got = cloud.recv(WAIT).await.expect("message over mutual TLS");
+    assert_eq!(&got.payload[..], b"over TLS");
+
+    // Without a client certificate mosquitto refuses the handshake: the link stays down and the
+    // status says why; the message waits in the outbox.
+    let g2 = Gateway::start(&tls(false));
+    let device = Client::connect("d2", g2.mqtt_port).await;
+    device
+        .publish("t/y", QoS::AtLeastOnce, false, "must wait")
+        .await;
+    wait_metric(&g2, "grove_cloud_outbox_messages", |v| v == 1.0);
+    std::thread::sleep(Duration::from_secs(1));
+    let status = cloud_status(&g2);
+    assert_eq!(status["state"], "disconnected", "{status}");
+    assert!(
+        status["last_error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{status}"
+    );
+    assert_eq!(g2.metric("grove_cloud_connects_total"), 0.0);
+
+    // An unusable TLS file stops startup as a configuration error naming the section's line.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grove.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[ops]\nenabled = false\n[[broker.listeners]]\nbind = \"127.0.0.1:{}\"\n\n\
+             [cloud]\nhost = \"127.0.0.1\"\ntls = {{ ca = \"missing-ca.pem\" }}\n",
+            dir.path().join("data"),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, out) = grove(&["run", "--config", &config.to_string_lossy()], dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("grove.toml:7: `cloud`: cloud TLS CA"), "{out}");
+}
+
+/// A TCP proxy between the edge gateway and the cloud: `cut` drops every connection and refuses
+/// new ones, `restore` accepts again on the same port.
+struct Proxy {
+    port: u16,
+    target: u16,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Proxy {
+    async fn start(target: u16) -> Proxy {
+        let mut p = Proxy {
+            port: free_port(),
+            target,
+            task: None,
+        };
+        p.restore().await;
+        p
+    }
+
+    async fn restore(&mut self) {
+        let listener = tokio::net::TcpListener::bind(("127.0.0.1", self.port))
+            .await
+            .expect("proxy bind");
+        let target = self.target;
+        self.task = Some(tokio::spawn(async move {
+            let mut connections = tokio::task::JoinSet::new();
+            loop {
+                let Ok((mut inbound, _)) = listener.accept().await else {
+                    return;
+                };
+                connections.spawn(async move {
+                    if let Ok(mut outbound) =
+                        tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                    {
+                        let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                    }
+                });
+            }
+        }));
+    }
+
+    async fn cut(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+}
+
+/// The shadow document of `thing` on a gateway, via `grove shadow get --json`.
+fn shadow_of(g: &Gateway, thing: &str) -> Value {
+    let addr = g.mqtt_addr().to_string();
+    let (code, out) = grove(
+        &["shadow", "get", thing, "--json", "--mqtt", &addr],
+        g.dir.path(),
+    );
+    if code != 0 {
+        return Value::Null;
+    }
+    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or(Value::Null)
+}
+
+fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
+    let addr = g.mqtt_addr().to_string();
+    let (code, out) = grove(
+        &[
+            "shadow",
+            "update",
+            thing,
+            "--json",
+            &doc.to_string(),
+            "--mqtt",
+            &addr,
+        ],
+        g.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+}
+
+/// Waits until the shadow's `state` (without delta) is `want`.
+fn wait_state(g: &Gateway, thing: &str, want: &Value) {
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let mut doc = shadow_of(g, thing);
+        if let Some(s) = doc["state"].as_object_mut() {
+            s.remove("delta");
+        }
+        if &doc["state"] == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{thing}: {doc}\nwant state {want}\n{}",
+            g.log()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule() {
+    let cloud = Gateway::start("");
+    let mut proxy = Proxy::start(cloud.mqtt_port).await;
+    let mut edge = Gateway::start(&cloud_toml(
+        proxy.port,
+        "[cloud.shadows]\nthings = [\"lamp\"]",
+    ));
+    wait_metric(&edge, "grove_cloud_link_up", |v| v == 1.0);
+
+    // The device reports on the edge; sync brings it to the cloud.
+    let mut device = Client::connect("lamp", edge.mqtt_port).await;
+    device
+        .subscribe("$aws/things/lamp/shadow/update/delta", QoS::AtLeastOnce)
+        .await;
+    let report = |state: Value| json!({"state": {"reported": state}}).to_string();
+    device
+        .publish(
+            "$aws/things/lamp/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            report(json!({"color": "off", "temp": 20})),
+        )
+        .await;
+    let agreed = json!({"reported": {"color": "off", "temp": 20}});
+    wait_state(&cloud, "lamp", &agreed);
+
+    // Offline: the uplink is cut. Both sides change, some fields on both.
+    proxy.cut().await;
+    wait_metric(&edge, "grove_cloud_link_up", |v| v == 0.0);
+    update_shadow(
+        &cloud,
+        "lamp",
+        json!({"state": {"desired": {"color": "red", "mode": "boost"}, "reported": {"temp": 99}}}),
+    );
+    device
+        .publish(
+            "$aws/things/lamp/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            report(json!({"temp": 25})),
+        )
+        .await;
+    update_shadow(
+        &edge,
+        "lamp",
+        json!({"state": {"desired": {"mode": "eco"}}}),
+    );
+    // The device sees its local delta for the edge-side desired change first.
+    let first = device.recv(WAIT).await.expect("local delta");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&first.payload).unwrap()["state"],
+        json!({"mode": "eco"})
+    );
+
+    proxy.restore().await;
+    // The cloud's desired change reaches the device as a delta after the reconnect; `mode` was
+    // changed on both sides, and the cloud wins in desired.
+    let delta = device.recv(WAIT).await.expect("delta after reconnect");
+    let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+    assert_eq!(
+        delta["state"],
+        json!({"color": "red", "mode": "boost"}),
+        "{delta}"
+    );
+    // temp was reported on both sides: the edge (the device) wins in reported.
+    let want = json!({"desired": {"color": "red", "mode": "boost"}, "reported": {"color": "off", "temp": 25}});
+    wait_state(&cloud, "lamp", &want);
+    wait_state(&edge, "lamp", &want);
+    assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}") >= 1.0);
+    assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_cloud\"}") >= 1.0);
+
+    // The sync state is durable: after a restart nothing is sent again, and a later cloud change
+    // (a deletion) still comes down.
+    device.disconnect().await;
+    edge.restart();
+    wait_metric(&edge, "grove_cloud_link_up", |v| v == 1.0);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        edge.metric("grove_cloud_sync_updates_total{direction=\"to_cloud\"}"),
+        0.0
+    );
+    assert_eq!(
+        edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}"),
+        0.0
+    );
+    update_shadow(
+        &cloud,
+        "lamp",
+        json!({"state": {"desired": {"mode": null}}}),
+    );
+    let want = json!({"desired": {"color": "red"}, "reported": {"color": "off", "temp": 25}});
+    wait_state(&edge, "lamp", &want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
+    let mut m = Mosquitto::start();
+    let g = Gateway::start(&cloud_toml(
+        m.port,
+        "inflight = 16\nforward = [{ filter = \"t/#\" }]",
+    ));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    let total = 20_000u32;
+    for i in 0..total {
+        let topic = format!("t/{}", i % 3);
+        device
+            .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
+            .await;
+    }
+    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == f64::from(total));
+
+    // The broker comes back, and goes away again while the backlog drains.
+    m.spawn();
+    wait_metric(&g, "grove_cloud_acked_total", |v| v >= 1.0);
+    m.stop();
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    let acked_at_cut = g.metric("grove_cloud_acked_total");
+    m.spawn();
+    wait_metric(&g, "grove_cloud_acked_total", |v| v == f64::from(total));
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, total as usize).await;
+    let duplicates = check_order(&by_topic);
+    let resent = g.metric("grove_cloud_resent_total");
+    eprintln!(
+        "cut after {acked_at_cut} acknowledged: {resent} resent, {duplicates} duplicates seen"
+    );
+    assert!(acked_at_cut < f64::from(total), "the cut came mid-drain");
+    assert!(
+        duplicates as f64 <= resent && resent <= 16.0,
+        "duplicates ({duplicates}) are at most the resent in-flight window ({resent})"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
+    // mosquitto's ACL lets anonymous clients publish only under ok/: with MQTT 5 it answers the
+    // others with a "not authorized" PUBACK.
+    let m = Mosquitto::start_with(|_, dir| {
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "topic read #\ntopic write ok/#\n").expect("acl");
+        format!("acl_file {}\n", acl.display())
+    });
+    let g = Gateway::start(&cloud_toml(
+        m.port,
+        "protocol = \"5\"\nforward = [{ filter = \"ok/#\" }, { filter = \"no/#\" }]",
+    ));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    let mut cloud = Client::connect("cloud-app", m.port).await;
+    cloud.subscribe("#", QoS::AtLeastOnce).await;
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("no/1", QoS::AtLeastOnce, false, "refused")
+        .await;
+    device
+        .publish("ok/1", QoS::AtLeastOnce, false, "taken")
+        .await;
+    let got = cloud.recv(WAIT).await.expect("the allowed message");
+    assert_eq!(got.topic, "ok/1");
+    wait_metric(
+        &g,
+        "grove_cloud_dropped_total{reason=\"refused_by_cloud\"}",
+        |v| v == 1.0,
+    );
+    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 0.0);
+    assert!(
+        g.log().contains("the cloud refused a message"),
+        "{}",
+        g.log()
+    );
+}
