@@ -83,10 +83,18 @@ pub struct Bus {
     pending: Vec<Message>,
     /// Packet ids for QoS 1 publishes (the router acknowledges them; nothing waits for that).
     next_pkid: u16,
+    /// Whether publishes pass the durable tap (see `crate::tap`).
+    tapped: bool,
 }
 
 impl Bus {
-    pub(crate) fn new(tx: LinkTx, rx: LinkRx, router: RouterHandle, shared: Arc<Shared>) -> Bus {
+    pub(crate) fn new(
+        tx: LinkTx,
+        rx: LinkRx,
+        router: RouterHandle,
+        shared: Arc<Shared>,
+        tapped: bool,
+    ) -> Bus {
         Bus {
             tx,
             rx,
@@ -94,6 +102,7 @@ impl Bus {
             shared,
             pending: Vec::new(),
             next_pkid: 0,
+            tapped,
         }
     }
 
@@ -164,8 +173,14 @@ impl Bus {
         let _ = self.router.relay(&mut self.tx, vec![bye]).await;
     }
 
-    /// Publishes messages. Retained ones are stored first, like a device's.
+    /// Publishes messages. Retained ones are stored first, like a device's, and tapped ones are
+    /// committed by the durable tap's owner first (see `crate::tap`).
     pub async fn publish(&mut self, messages: Vec<Outgoing>) -> Result<(), Closed> {
+        if let Some(tap) = self.shared.tap.get().filter(|_| self.tapped) {
+            tap.offer(messages.iter().map(|m| (m.topic.as_str(), &m.payload)))
+                .await
+                .map_err(|_| Closed::Link)?;
+        }
         let mut batch = Vec::with_capacity(messages.len());
         for m in messages {
             let publish = if m.qos == 0 && !m.retain {

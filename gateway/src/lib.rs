@@ -11,6 +11,8 @@
 //! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
 //! - [`auth`]: TLS, device identities and policies.
 //! - [`cloud`]: the cloud link, the durable outbox, the downlink bridge and shadow sync.
+//! - [`tap`]: the durable tap, through which tapped messages are committed before they are
+//!   acknowledged.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
@@ -28,3 +30,4 @@ pub mod rules;
 pub mod run;
 pub mod shadow;
 pub mod store;
+pub mod tap;

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
@@ -512,6 +512,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn ingest(&mut self) -> Option<End> {
         let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
         let mut batch = Vec::new();
+        // Publishes the durable tap may take, by wire topic (see `crate::tap`).
+        let mut tapped: Vec<(String, Bytes)> = Vec::new();
         let mut end = None;
         loop {
             let packet = match self.session.codec.read(&mut self.read, max_len) {
@@ -585,6 +587,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                             code: DisconnectReasonCode::UnspecifiedError,
                         });
                         break;
+                    }
+                    if let Some(tap) = self.shared.tap.get() {
+                        let topic = String::from_utf8_lossy(&publish.topic);
+                        if tap.target(&topic).is_some() {
+                            tapped.push((topic.into_owned(), publish.payload.clone()));
+                        }
                     }
                     let mut publish = publish;
                     let mut props = props;
@@ -693,6 +701,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     });
                     break;
                 }
+            }
+        }
+        // The router acknowledges (and delivers) only what the tap's owner has committed. If the
+        // owner has stopped, the gateway is shutting down: the batch is not relayed, so the
+        // device gets no PUBACK and sends its QoS 1 messages again to the next gateway run.
+        if let Some(tap) = self.shared.tap.get().filter(|_| !tapped.is_empty()) {
+            if tap
+                .offer(tapped.iter().map(|(t, p)| (t.as_str(), p)))
+                .await
+                .is_err()
+            {
+                return Some(End::RouterClosed);
             }
         }
         if !batch.is_empty()

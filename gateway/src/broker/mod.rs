@@ -42,6 +42,7 @@ use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig, ConfigError};
 use crate::metrics::BrokerMetrics;
 use crate::store::{RetainedMessage, Store, StoreError};
+use crate::tap::Tap;
 
 /// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of
 /// device ids ([`namespace::client_id_to_router`]) never produces, so no device can take them over.
@@ -130,6 +131,8 @@ pub(crate) struct Shared {
     /// Whether the connection layer records every publisher's client id (rules need it for
     /// `clientid()`); otherwise only on `$aws/things/...`.
     pub(crate) record_origin: std::sync::atomic::AtomicBool,
+    /// The durable tap (cloud outbox), if one is installed: see `crate::tap`.
+    pub(crate) tap: std::sync::OnceLock<Tap>,
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
     /// removes the entry, which cancels the will.
     pending_wills: Mutex<HashMap<String, u64>>,
@@ -226,6 +229,7 @@ impl Broker {
             pending_wills: Mutex::new(HashMap::new()),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
+            tap: std::sync::OnceLock::new(),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
@@ -330,8 +334,18 @@ pub struct BusMaker {
 }
 
 impl BusMaker {
-    /// A new link named after `component`.
+    /// A new link named after `component`; what it publishes passes the durable tap.
     pub async fn bus(&self, component: &str) -> Result<Bus, BrokerError> {
+        self.make_bus(component, true).await
+    }
+
+    /// A link whose publishes bypass the durable tap: for the tap's owner itself, whose messages
+    /// came from the cloud and must not be sent back up.
+    pub async fn untapped_bus(&self, component: &str) -> Result<Bus, BrokerError> {
+        self.make_bus(component, false).await
+    }
+
+    async fn make_bus(&self, component: &str, tapped: bool) -> Result<Bus, BrokerError> {
         let (tx, rx, _) = self
             .shared
             .router
@@ -343,12 +357,19 @@ impl BusMaker {
             rx,
             self.shared.router.clone(),
             self.shared.clone(),
+            tapped,
         ))
     }
 
     /// Makes the connection layer record every publisher's client id, for rules' `clientid()`.
     pub fn record_origins(&self, on: bool) {
         self.shared.record_origin.store(on, Ordering::Relaxed);
+    }
+
+    /// Installs the durable tap (before the listeners open). Links made by this maker afterwards
+    /// offer their publishes to it, except those made with [`BusMaker::untapped_bus`].
+    pub fn set_tap(&self, tap: Tap) -> Result<(), Tap> {
+        self.shared.tap.set(tap)
     }
 }
 
@@ -509,6 +530,7 @@ impl Shared {
             1,
         );
         self.persist_retained(&publish).await?;
+        self.offer_to_tap(&publish).await;
         let mut publish = publish;
         publish.topic = namespace::topic_to_router(&publish.topic);
         let properties = properties.map(|p| PublishProperties {
@@ -521,6 +543,18 @@ impl Shared {
             ..PublishProperties::default()
         });
         Ok(Packet::Publish(publish, properties))
+    }
+
+    /// Hands a will to the durable tap, if its topic is tapped. A will is published when its client
+    /// is gone, so there is nobody to refuse: if the tap's owner has stopped, the will still goes
+    /// to local subscribers and the miss is logged.
+    async fn offer_to_tap(&self, publish: &Publish) {
+        if let Some(tap) = self.tap.get() {
+            let topic = String::from_utf8_lossy(&publish.topic);
+            if tap.offer([(&*topic, &publish.payload)]).await.is_err() {
+                warn!(%topic, "the cloud outbox has stopped: a will was not queued for the cloud");
+            }
+        }
     }
 
     /// Publishes a will after its delay, unless the client connects again first.

@@ -7,9 +7,11 @@
 //! - [`merge`]: the three-way merge of shadow state (pure); [`sync`]: the shadow sync component.
 //! - [`client`]: `grove cloud status`.
 //!
-//! The component in this file owns the outbox. It takes the messages of the `forward` filters and
-//! of the rules' `cloud` action from the bus, appends them to the outbox (one transaction per bus
-//! batch), and only then considers them for sending; it feeds the link from the outbox in sequence
+//! The component in this file owns the outbox. It installs the broker's durable tap
+//! ([`crate::tap`]) for the `forward` filters and the rules' `cloud` action, so every such message
+//! is appended to the outbox (one transaction for all the offers waiting) **before** the router
+//! sees it: a device's QoS 1 PUBACK means the message is on disk for the cloud. Then it considers
+//! them for sending; it feeds the link from the outbox in sequence
 //! order, at most `inflight` unacknowledged at once, deletes each message when its PUBACK arrives,
 //! and after a reconnect starts again at the oldest unacknowledged message. Messages from the cloud
 //! on the `downlink` filters are published on local topics; shadow traffic goes to [`sync`].
@@ -33,13 +35,14 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
-use self::config::{CloudConfig, Downlink, Forward};
+use self::config::{CloudConfig, Downlink};
 use self::link::{Backoff, LinkEvent, Session};
 use self::outbox::{PacketIds, Queue};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Message, Outgoing};
 use crate::metrics::CloudMetrics;
 use crate::store::{OutboxMessage, Store};
+use crate::tap::{Offer, Route, Tap};
 
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on
 /// `…/accepted`.
@@ -56,6 +59,10 @@ const DELETE_BATCH: usize = 1024;
 
 /// See [`DELETE_BATCH`].
 const DELETE_LINGER: Duration = Duration::from_millis(50);
+
+/// Offers from publishers waiting for the outbox; each publisher waits for its own, so this only
+/// bounds how many are queued at once.
+const TAP_QUEUE: usize = 256;
 
 /// The smallest reconnect delay.
 const BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -101,16 +108,32 @@ pub async fn start(
             "cloud outbox restored"
         );
     }
+    // This component's own publishes came from the cloud: they must not pass the tap.
     let mut bus = buses
-        .bus("cloud")
+        .untapped_bus("cloud")
         .await
         .map_err(|e| CloudError::Bus(e.to_string()))?;
-    let mut filters: Vec<String> = config.forward.iter().map(|f| f.filter.clone()).collect();
-    filters.push(format!("{UP_PREFIX}#"));
-    filters.push(STATUS_TOPIC.to_owned());
-    bus.subscribe_confirmed(&filters)
+    bus.subscribe_confirmed(&[STATUS_TOPIC.to_owned()])
         .await
         .map_err(|e| CloudError::Bus(e.to_string()))?;
+    let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
+    let mut routes: Vec<Route> = config
+        .forward
+        .iter()
+        .map(|f| Route {
+            filter: f.filter.clone(),
+            strip: String::new(),
+            prefix: f.prefix.clone(),
+        })
+        .collect();
+    routes.push(Route {
+        filter: format!("{UP_PREFIX}#"),
+        strip: UP_PREFIX.to_owned(),
+        prefix: String::new(),
+    });
+    if buses.set_tap(Tap::new(routes, offers_tx)).is_err() {
+        return Err(CloudError::Bus("a durable tap is already installed".into()));
+    }
 
     let mut subscriptions: Vec<String> = config.downlink.iter().map(|d| d.filter.clone()).collect();
     let mut tasks = Vec::new();
@@ -120,7 +143,7 @@ pub async fn start(
             subscriptions.extend(sync::cloud_filters(shadows));
             let (tx, rx) = mpsc::unbounded_channel();
             let sync_bus = buses
-                .bus("cloud-sync")
+                .untapped_bus("cloud-sync")
                 .await
                 .map_err(|e| CloudError::Bus(e.to_string()))?;
             let component =
@@ -149,7 +172,6 @@ pub async fn start(
         ids: PacketIds::default(),
         session: None,
         window: config.inflight,
-        forward: config.forward.clone(),
         downlink: config.downlink.clone(),
         metrics,
         state: LinkState::Connecting,
@@ -158,7 +180,7 @@ pub async fn start(
         backlog: None,
         sync: sync_tx,
     };
-    tasks.push(tokio::spawn(owner.run(events, shutdown)));
+    tasks.push(tokio::spawn(owner.run(events, offers, shutdown)));
     Ok(tasks)
 }
 
@@ -220,7 +242,6 @@ struct Owner {
     ids: PacketIds,
     session: Option<Session>,
     window: usize,
-    forward: Vec<Forward>,
     downlink: Vec<Downlink>,
     metrics: CloudMetrics,
     state: LinkState,
@@ -236,9 +257,11 @@ impl Owner {
     async fn run(
         mut self,
         mut events: mpsc::UnboundedReceiver<LinkEvent>,
+        mut offers: mpsc::Receiver<Offer>,
         mut shutdown: watch::Receiver<bool>,
     ) {
         let mut batch = Vec::new();
+        let mut waiting = Vec::new();
         loop {
             self.feed().await;
             if self.deletes.len() >= DELETE_BATCH {
@@ -252,7 +275,16 @@ impl Owner {
                     if r.is_err() {
                         break;
                     }
-                    self.on_local(&mut batch).await;
+                    self.on_status(&mut batch).await;
+                }
+                Some(offer) = offers.recv() => {
+                    // Every offer already waiting shares one transaction; each publisher is
+                    // answered after its commit.
+                    waiting.push(offer);
+                    while let Ok(offer) = offers.try_recv() {
+                        waiting.push(offer);
+                    }
+                    self.on_offers(&mut waiting).await;
                 }
                 Some(ev) = events.recv() => {
                     let mut local = Vec::new();
@@ -397,35 +429,29 @@ impl Owner {
         }
     }
 
-    /// Appends forwarded messages to the outbox (one transaction) and answers status requests.
-    async fn on_local(&mut self, batch: &mut Vec<Message>) {
+    /// Answers status requests.
+    async fn on_status(&mut self, batch: &mut Vec<Message>) {
         let now = now_ms();
-        let mut incoming: Vec<(String, Bytes)> = Vec::with_capacity(batch.len());
-        let mut answers = Vec::new();
-        for m in batch.drain(..) {
-            if m.topic == STATUS_TOPIC {
-                answers.push(self.status(&m.payload, now));
-                continue;
-            }
-            let cloud_topic = match m.topic.strip_prefix(UP_PREFIX) {
-                Some(rest) if !rest.is_empty() => rest.to_owned(),
-                Some(_) => continue,
-                None => match self
-                    .forward
-                    .iter()
-                    .find(|f| grove_rules::topic_matches(&f.filter, &m.topic))
-                {
-                    Some(f) => format!("{}{}", f.prefix, m.topic),
-                    None => continue,
-                },
-            };
-            incoming.push((cloud_topic, m.payload));
-        }
-        if !incoming.is_empty() {
-            self.append(incoming, now).await;
-        }
+        let answers: Vec<Outgoing> = batch
+            .drain(..)
+            .filter(|m| m.topic == STATUS_TOPIC)
+            .map(|m| self.status(&m.payload, now))
+            .collect();
         if !answers.is_empty() {
             let _ = self.bus.publish(answers).await;
+        }
+    }
+
+    /// Appends what the tap took (one transaction for every waiting offer), then lets the
+    /// publishers go on.
+    async fn on_offers(&mut self, waiting: &mut Vec<Offer>) {
+        let incoming: Vec<(String, Bytes)> = waiting
+            .iter_mut()
+            .flat_map(|o| std::mem::take(&mut o.messages))
+            .collect();
+        self.append(incoming, now_ms()).await;
+        for offer in waiting.drain(..) {
+            let _ = offer.done.send(());
         }
     }
 
