@@ -100,6 +100,18 @@ pub struct RawConfig {
     policies: Vec<Spanned<Policy>>,
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
+    #[serde(default)]
+    functions: RawFunctions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunctions {
+    enabled: Option<bool>,
+    max_memory_mb: Option<Spanned<u32>>,
+    workers: Option<Spanned<usize>>,
+    queue_bound: Option<Spanned<usize>>,
+    pool_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -193,6 +205,21 @@ pub struct Config {
     pub shadow: ShadowConfig,
     /// The rules, compiled (disabled ones included, marked).
     pub rules: Vec<RuleConfig>,
+    /// Local functions, or `None` when disabled.
+    pub functions: Option<FunctionsConfig>,
+}
+
+/// The local functions' section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionsConfig {
+    /// The most memory any function instance may have, in MiB (manifests ask for less).
+    pub max_memory_mb: u32,
+    /// Invocations running at once across all functions (threads of the blocking pool).
+    pub workers: usize,
+    /// Async events one function may have queued; further events go to its dead-letter topic.
+    pub queue_bound: usize,
+    /// Function instances that may exist at once (the pooling allocator's slots).
+    pub pool_size: u32,
 }
 
 /// The device shadow service's section.
@@ -425,6 +452,28 @@ impl Resolver<'_> {
                 .map_err(|e| self.invalid(&located, format!("rule `{}`: {e}", raw_rule.name)))?;
             rules.push(compiled);
         }
+        let functions = match raw.functions.enabled.unwrap_or(true) {
+            false => None,
+            true => {
+                let f = raw.functions;
+                Some(FunctionsConfig {
+                    max_memory_mb: self.ranged(
+                        "functions.max_memory_mb",
+                        f.max_memory_mb,
+                        64,
+                        1..=4096,
+                    )?,
+                    workers: self.ranged("functions.workers", f.workers, 2, 1..=256)?,
+                    queue_bound: self.ranged(
+                        "functions.queue_bound",
+                        f.queue_bound,
+                        1000,
+                        1..=1_000_000,
+                    )?,
+                    pool_size: self.ranged("functions.pool_size", f.pool_size, 100, 2..=10_000)?,
+                })
+            }
+        };
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
@@ -432,6 +481,7 @@ impl Resolver<'_> {
             ops,
             shadow,
             rules,
+            functions,
         })
     }
 
@@ -713,9 +763,12 @@ mod tests {
             ),
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = {} }]\n",
-                "unknown variant `cloud`, expected `republish` or `shadow`",
+                "unknown variant `cloud`, expected one of `republish`, `shadow`, `function`",
             ),
             ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
+            ("[functions]\nworkers = 0\n", "2: `functions.workers`: 0 is out of range"),
+            ("[functions]\nmax_memory_mb = 5000\n", "2: `functions.max_memory_mb`: 5000 is out of range"),
+            ("[functions]\npool = 1\n", "2:1: unknown field `pool`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, Some(Path::new("grove.toml")))

@@ -9,6 +9,7 @@
 //! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
 //! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
 //! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
+//! - [`functions`]: local WebAssembly functions on wasmtime.
 //! - [`auth`]: TLS, device identities and policies.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
@@ -19,6 +20,7 @@ pub mod broker;
 pub mod bus;
 pub mod client;
 pub mod config;
+pub mod functions;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

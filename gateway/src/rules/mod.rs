@@ -12,6 +12,9 @@
 //!   substitution template evaluated against the original message.
 //! - `shadow = { thing = "${topic(2)}", name = "optional" }`: the output (a JSON object with
 //!   `state`) is sent as an update to that thing's (named) shadow through the shadow service.
+//! - `function = "name"` or `function = "name:qualifier"` (a version or an alias): the output is
+//!   an async event of that local function (AWS's Lambda action), published on
+//!   `$grove/functions/{target}/event` for the functions component to queue.
 
 pub mod engine;
 
@@ -68,6 +71,8 @@ pub enum RawAction {
         /// Named shadow (template); the classic shadow when absent.
         name: Option<String>,
     },
+    /// Invoke a local function asynchronously with the output: `name` or `name:qualifier`.
+    Function(String),
 }
 
 /// A compiled action.
@@ -89,6 +94,11 @@ pub enum Action {
         /// The compiled shadow-name template.
         name: Option<Template>,
     },
+    /// See [`RawAction::Function`].
+    Function {
+        /// `name` or `name:qualifier`, checked.
+        target: String,
+    },
 }
 
 impl Action {
@@ -97,6 +107,7 @@ impl Action {
         match self {
             Action::Republish { .. } => "RepublishAction",
             Action::Shadow { .. } => "IotShadowAction",
+            Action::Function { .. } => "LambdaAction",
         }
     }
 }
@@ -211,6 +222,23 @@ fn compile_action(action: &RawAction, field: &str) -> Result<Action, RuleError> 
             thing: template(thing, "thing")?,
             name: name.as_deref().map(|n| template(n, "name")).transpose()?,
         },
+        RawAction::Function(target) => {
+            let (name, qualifier) = match target.split_once(':') {
+                Some((n, q)) => (n, Some(q)),
+                None => (target.as_str(), None),
+            };
+            if !crate::functions::manifest::valid_name(name) {
+                return Err(RuleError::Action(format!(
+                    "{field}.function: {name:?} is not a function name (A-Z a-z 0-9 _ -)"
+                )));
+            }
+            if let Some(Err(e)) = qualifier.map(crate::functions::routing::Qualifier::parse) {
+                return Err(RuleError::Action(format!("{field}.function: {e}")));
+            }
+            Action::Function {
+                target: target.clone(),
+            }
+        }
     })
 }
 
@@ -255,6 +283,17 @@ mod tests {
             (
                 raw("SELECT * FROM 't'", vec![republish("x", 2)]),
                 "qos must be 0 or 1",
+            ),
+            (
+                raw(
+                    "SELECT * FROM 't'",
+                    vec![RawAction::Function("bad name".into())],
+                ),
+                "actions[0].function: \"bad name\" is not a function name",
+            ),
+            (
+                raw("SELECT * FROM 't'", vec![RawAction::Function("f:0".into())]),
+                "actions[0].function: \"0\" is not a qualifier",
             ),
             (
                 raw(
