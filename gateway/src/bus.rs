@@ -31,6 +31,10 @@ pub struct Message {
     pub origin: Option<String>,
     /// How many rule republishes led to this message (0 for a device's own message).
     pub hops: u32,
+    /// MQTT 5 response topic of a request (functions answer sync invocations there).
+    pub response_topic: Option<String>,
+    /// MQTT 5 correlation data of a request, echoed in the answer.
+    pub correlation_data: Option<Bytes>,
 }
 
 /// A message a component publishes.
@@ -176,13 +180,23 @@ impl Bus {
     /// Publishes messages. Retained ones are stored first, like a device's, and tapped ones are
     /// committed by the durable tap's owner first (see `crate::tap`).
     pub async fn publish(&mut self, messages: Vec<Outgoing>) -> Result<(), Closed> {
+        self.publish_correlated(messages.into_iter().map(|m| (m, None)).collect())
+            .await
+    }
+
+    /// Publishes messages, each with optional MQTT 5 correlation data (answers to requests that
+    /// named a response topic).
+    pub async fn publish_correlated(
+        &mut self,
+        messages: Vec<(Outgoing, Option<Bytes>)>,
+    ) -> Result<(), Closed> {
         if let Some(tap) = self.shared.tap.get().filter(|_| self.tapped) {
-            tap.offer(messages.iter().map(|m| (m.topic.as_str(), &m.payload)))
+            tap.offer(messages.iter().map(|(m, _)| (m.topic.as_str(), &m.payload)))
                 .await
                 .map_err(|_| Closed::Link)?;
         }
         let mut batch = Vec::with_capacity(messages.len());
-        for m in messages {
+        for (m, correlation_data) in messages {
             let publish = if m.qos == 0 && !m.retain {
                 Publish::new(Bytes::from(m.topic), m.payload, false)
             } else {
@@ -197,8 +211,12 @@ impl Bus {
             }
             let mut publish = publish;
             publish.topic = namespace::topic_to_router(&publish.topic);
-            let props = (m.hops > 0).then(|| PublishProperties {
-                user_properties: vec![(HOPS_PROPERTY.to_owned(), m.hops.to_string())],
+            let props = (m.hops > 0 || correlation_data.is_some()).then(|| PublishProperties {
+                user_properties: (m.hops > 0)
+                    .then(|| (HOPS_PROPERTY.to_owned(), m.hops.to_string()))
+                    .into_iter()
+                    .collect(),
+                correlation_data,
                 ..PublishProperties::default()
             });
             batch.push(Packet::Publish(publish, props));
@@ -226,7 +244,14 @@ fn received(f: rumqttd::Forward) -> Message {
         .and_then(|p| p.user_properties.iter().find(|(k, _)| k == HOPS_PROPERTY))
         .and_then(|(_, v)| v.parse().ok())
         .unwrap_or(0);
+    let (response_topic, correlation_data) = f
+        .properties
+        .as_ref()
+        .map(|p| (p.response_topic.clone(), p.correlation_data.clone()))
+        .unwrap_or_default();
     Message {
+        response_topic,
+        correlation_data,
         origin: origin_client_id(f.properties.as_ref()),
         topic: String::from_utf8_lossy(&namespace::topic_from_router(f.publish.topic)).into_owned(),
         payload: f.publish.payload,

@@ -102,6 +102,18 @@ pub struct RawConfig {
     #[serde(default)]
     rules: Vec<Spanned<RawRule>>,
     cloud: Option<Spanned<RawCloud>>,
+    #[serde(default)]
+    functions: RawFunctions,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawFunctions {
+    enabled: Option<bool>,
+    max_memory_mb: Option<Spanned<u32>>,
+    workers: Option<Spanned<usize>>,
+    queue_bound: Option<Spanned<usize>>,
+    pool_size: Option<Spanned<u32>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -198,6 +210,21 @@ pub struct Config {
     /// Cloud sync, when `[cloud]` is configured and enabled; the origin is the section, where
     /// startup errors (unusable TLS files) point.
     pub cloud: Option<Located<CloudConfig>>,
+    /// Local functions, or `None` when disabled.
+    pub functions: Option<FunctionsConfig>,
+}
+
+/// The local functions' section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionsConfig {
+    /// The most memory any function instance may have, in MiB (manifests ask for less).
+    pub max_memory_mb: u32,
+    /// Invocations running at once across all functions (threads of the blocking pool).
+    pub workers: usize,
+    /// Async events one function may have queued; further events go to its dead-letter topic.
+    pub queue_bound: usize,
+    /// Function instances that may exist at once (the pooling allocator's slots).
+    pub pool_size: u32,
 }
 
 /// The device shadow service's section.
@@ -456,6 +483,28 @@ impl Resolver<'_> {
                 });
             }
         }
+        let functions = match raw.functions.enabled.unwrap_or(true) {
+            false => None,
+            true => {
+                let f = raw.functions;
+                Some(FunctionsConfig {
+                    max_memory_mb: self.ranged(
+                        "functions.max_memory_mb",
+                        f.max_memory_mb,
+                        64,
+                        1..=4096,
+                    )?,
+                    workers: self.ranged("functions.workers", f.workers, 2, 1..=256)?,
+                    queue_bound: self.ranged(
+                        "functions.queue_bound",
+                        f.queue_bound,
+                        1000,
+                        1..=1_000_000,
+                    )?,
+                    pool_size: self.ranged("functions.pool_size", f.pool_size, 100, 2..=10_000)?,
+                })
+            }
+        };
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
@@ -464,6 +513,7 @@ impl Resolver<'_> {
             shadow,
             rules,
             cloud,
+            functions,
         })
     }
 
@@ -745,7 +795,7 @@ mod tests {
             ),
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ lambda = {} }]\n",
-                "unknown variant `lambda`, expected one of `republish`, `shadow`, `cloud`",
+                "unknown variant `lambda`, expected one of `republish`, `shadow`, `cloud`, `function`",
             ),
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = { topic = \"up\" } }]\n",
@@ -766,6 +816,9 @@ mod tests {
             ("[cloud]\nhost = \"h\"\nplain_tcp = true\n[cloud.outbox]\nwhen_full = \"panic\"\n", "5:13: unknown variant `panic`"),
             ("[cloud]\nhost = \"h\"\nplain_tcp = true\n[cloud.outbox]\nmax_messages = 0\n", "5: `cloud.outbox.max_messages`: 0 is out of range"),
             ("[cloud]\nhost = \"h\"\ntls = { ca = \"ca.pem\", cert = \"c.pem\" }\n", "3: `cloud.tls`: a client certificate needs both"),
+            ("[functions]\nworkers = 0\n", "2: `functions.workers`: 0 is out of range"),
+            ("[functions]\nmax_memory_mb = 5000\n", "2: `functions.max_memory_mb`: 5000 is out of range"),
+            ("[functions]\npool = 1\n", "2:1: unknown field `pool`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, Some(Path::new("grove.toml")))

@@ -9,6 +9,7 @@
 //! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
 //! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
 //! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
+//! - [`functions`]: local WebAssembly functions on wasmtime.
 //! - [`auth`]: TLS, device identities and policies.
 //! - [`cloud`]: the cloud link, the durable outbox, the downlink bridge and shadow sync.
 //! - [`tap`]: the durable tap, through which tapped messages are committed before they are
@@ -23,6 +24,7 @@ pub mod bus;
 pub mod client;
 pub mod cloud;
 pub mod config;
+pub mod functions;
 pub mod logging;
 pub mod metrics;
 pub mod ops;

@@ -155,6 +155,101 @@ impl RulesMetrics {
     }
 }
 
+/// Labels of a function counter.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FunctionLabels {
+    /// The function's name.
+    pub function: String,
+}
+
+/// Labels of a function invocation's outcome.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InvocationLabels {
+    /// The function's name.
+    pub function: String,
+    /// `ok`, `handler_error`, `timeout`, `memory_limit`, `trap`, `capacity`, `abi` or `host`.
+    pub result: &'static str,
+}
+
+/// Labels of a denied host call.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedCallLabels {
+    /// The function's name.
+    pub function: String,
+    /// The host call (`publish`, `shadow_get`, ..., or `publish_hop_limit`).
+    pub call: &'static str,
+}
+
+/// Labels of a loaded module.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ModuleSourceLabels {
+    /// `cache` (mapped from the precompiled cache) or `compiled`.
+    pub source: &'static str,
+}
+
+/// The functions component's counters.
+#[derive(Clone, Debug)]
+pub struct FunctionMetrics {
+    /// Invocations (each attempt), by function and result.
+    pub invocations: Family<InvocationLabels, Counter>,
+    /// Async attempts retried after a failure.
+    pub retries: Family<FunctionLabels, Counter>,
+    /// Async events sent to the dead-letter topic.
+    pub dlq: Family<FunctionLabels, Counter>,
+    /// Host calls refused (no grant, or the hop limit).
+    pub denied: Family<DeniedCallLabels, Counter>,
+    /// Time one invocation took inside the host.
+    pub duration_seconds: Histogram,
+    /// Modules loaded at deploy or startup, by source.
+    pub modules_loaded: Family<ModuleSourceLabels, Counter>,
+}
+
+impl Default for FunctionMetrics {
+    fn default() -> Self {
+        FunctionMetrics {
+            invocations: Family::default(),
+            retries: Family::default(),
+            dlq: Family::default(),
+            denied: Family::default(),
+            // 1 us to ~16 s, quadrupling.
+            duration_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 13)),
+            modules_loaded: Family::default(),
+        }
+    }
+}
+
+impl FunctionMetrics {
+    /// Counts an invocation's result.
+    pub fn invoked(&self, function: &str, result: &'static str, seconds: f64) {
+        self.invocations
+            .get_or_create(&InvocationLabels {
+                function: function.to_owned(),
+                result,
+            })
+            .inc();
+        self.duration_seconds.observe(seconds);
+    }
+
+    /// Counts a per-function event in `family`.
+    pub fn count(&self, family: &Family<FunctionLabels, Counter>, function: &str) {
+        family
+            .get_or_create(&FunctionLabels {
+                function: function.to_owned(),
+            })
+            .inc();
+    }
+
+    /// Counts a denied host call.
+    pub fn deny(&self, function: &str, call: &'static str) {
+        self.denied
+            .get_or_create(&DeniedCallLabels {
+                function: function.to_owned(),
+                call,
+            })
+            .inc();
+    }
+}
+
 /// Why the outbox dropped a message.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
@@ -253,6 +348,8 @@ pub struct Metrics {
     pub shadow: ShadowMetrics,
     /// The rules engine's counters.
     pub rules: RulesMetrics,
+    /// The functions component's counters.
+    pub functions: FunctionMetrics,
     /// Cloud sync's counters.
     pub cloud: CloudMetrics,
 }
@@ -364,6 +461,38 @@ impl Metrics {
             "Rule outputs dropped at the republish hop limit",
             rules.hop_dropped.clone(),
         );
+        let functions = FunctionMetrics::default();
+        let f = registry.sub_registry_with_prefix("function");
+        f.register(
+            "invocations",
+            "Function invocations (each attempt), by function and result",
+            functions.invocations.clone(),
+        );
+        f.register(
+            "retries",
+            "Async function events retried after a failed attempt",
+            functions.retries.clone(),
+        );
+        f.register(
+            "dlq",
+            "Async function events sent to the dead-letter topic",
+            functions.dlq.clone(),
+        );
+        f.register(
+            "denied_calls",
+            "Host calls refused for lack of a grant or at the hop limit",
+            functions.denied.clone(),
+        );
+        f.register(
+            "duration_seconds",
+            "Time one function invocation took inside the host",
+            functions.duration_seconds.clone(),
+        );
+        f.register(
+            "modules_loaded",
+            "Function modules loaded, from the precompiled cache or compiled",
+            functions.modules_loaded.clone(),
+        );
         let cloud = CloudMetrics::default();
         let c = registry.sub_registry_with_prefix("cloud");
         c.register(
@@ -437,6 +566,7 @@ impl Metrics {
             broker,
             shadow,
             rules,
+            functions,
             cloud,
         }
     }

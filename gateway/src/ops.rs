@@ -1,7 +1,8 @@
 //! The operations endpoint: `/healthz` and `/metrics` over HTTP, for supervisors and Prometheus.
 //!
-//! It binds where `[ops] bind` says (loopback by default) and serves until shutdown. It reads
-//! nothing but the shared [`Metrics`], so it can never block the gateway's work.
+//! It binds where `[ops] bind` says (loopback by default) and serves until shutdown. `/healthz`
+//! and `/metrics` read nothing but the shared [`Metrics`], so they can never block the gateway's
+//! work. On a loopback address it also serves the functions' admin routes for `grove fn`.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -25,10 +26,12 @@ struct Ops {
     started: Instant,
 }
 
-/// Serves the endpoint on `listener` until `shutdown` completes.
+/// Serves the endpoint on `listener` until `shutdown` completes; `admin` adds the routes `grove fn`
+/// uses (the functions component's, see `functions::admin`).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
+    admin: Option<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
@@ -37,7 +40,8 @@ pub async fn serve(
         .with_state(Ops {
             metrics,
             started: Instant::now(),
-        });
+        })
+        .merge(admin.unwrap_or_default());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

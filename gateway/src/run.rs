@@ -17,6 +17,7 @@ use tracing::info;
 use crate::auth::identity::{Identities, DEVICES_FILE};
 use crate::broker::{Broker, BrokerError};
 use crate::config::{Config, ConfigError};
+use crate::functions::service::Functions;
 use crate::metrics::Metrics;
 use crate::rules::engine::{Reload, RulesEngine};
 use crate::shadow::service::ShadowService;
@@ -74,13 +75,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     })?;
     let metrics = Arc::new(Metrics::new());
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let (broker, components) = match start(&config, config_path, store, &metrics, reload_rx).await {
-        Ok(started) => started,
-        Err(e) => {
-            store_thread.close().await;
-            return Err(e);
-        }
-    };
+    let (broker, components, functions) =
+        match start(&config, config_path, store, &metrics, reload_rx).await {
+            Ok(started) => started,
+            Err(e) => {
+                store_thread.close().await;
+                return Err(e);
+            }
+        };
 
     let (ops_stop, ops_stopped) = oneshot::channel::<()>();
     let ops_task = match &config.ops {
@@ -102,9 +104,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             let shutdown = async {
                 let _ = ops_stopped.await;
             };
+            // The admin routes deploy code: only for clients on this machine.
+            let admin = match functions {
+                Some(f) if bind.value.ip().is_loopback() => {
+                    Some(crate::functions::admin::router(f))
+                }
+                Some(_) => {
+                    tracing::warn!("the ops endpoint is not on a loopback address: `grove fn` admin routes are not served");
+                    None
+                }
+                None => None,
+            };
             Some(tokio::spawn(crate::ops::serve(
                 listener,
                 metrics.clone(),
+                admin,
                 shutdown,
             )))
         }
@@ -126,14 +140,18 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     signal
 }
 
-/// Starts the broker and the components on it (shadows, rules), then opens the listeners.
+/// Started components: the broker, tasks to wait for at shutdown, and the functions component.
+type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>);
+
+/// Starts the broker and the components on it (shadows, functions, rules), then opens the
+/// listeners.
 async fn start(
     config: &Config,
     config_path: Option<PathBuf>,
     store: Store,
     metrics: &Metrics,
     reloads: mpsc::Receiver<Reload>,
-) -> Result<(Broker, Vec<JoinHandle<()>>), RunError> {
+) -> Result<Started, RunError> {
     let devices = config.data_dir.value.join(DEVICES_FILE);
     let identities = Identities::open(devices).map_err(|e| ConfigError::Invalid {
         origin: config.data_dir.origin.clone(),
@@ -147,30 +165,22 @@ async fn start(
     )
     .await?;
     let shadow_bus = broker.bus("shadow").await?;
-    let store_for_cloud = store.clone();
-    let service = ShadowService::new(shadow_bus, store, &config.shadow, metrics.shadow.clone())
-        .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
-    let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
-    let engine = RulesEngine::start(
-        broker.bus_maker(),
-        config_path,
-        &config.rules,
-        metrics.rules.clone(),
+    let service = ShadowService::new(
+        shadow_bus,
+        store.clone(),
+        &config.shadow,
+        metrics.shadow.clone(),
     )
-    .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
-    info!(
-        rules = config.rules.iter().filter(|r| r.enabled).count(),
-        "rules running"
-    );
-    let rules = tokio::spawn(engine.run(reloads, broker.shutdown_signal()));
-    let mut components = vec![shadows, rules];
+    let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
+    let mut components = vec![shadows];
+    // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
             let started = crate::cloud::start(
                 &cloud.value,
                 &broker.bus_maker(),
-                store_for_cloud,
+                store.clone(),
                 metrics.cloud.clone(),
                 broker.shutdown_signal(),
             )
@@ -200,11 +210,39 @@ async fn start(
             crate::cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
         ),
     }
+    let functions = match &config.functions {
+        None => None,
+        Some(f) => Some(
+            Functions::start(
+                f,
+                config.data_dir.value.clone(),
+                store,
+                broker.bus_maker(),
+                metrics.functions.clone(),
+                broker.shutdown_signal(),
+            )
+            .await
+            .map_err(|e| RunError::Broker(BrokerError::Link(format!("functions: {e}"))))?,
+        ),
+    };
+    let engine = RulesEngine::start(
+        broker.bus_maker(),
+        config_path,
+        &config.rules,
+        metrics.rules.clone(),
+    )
+    .await
+    .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
+    info!(
+        rules = config.rules.iter().filter(|r| r.enabled).count(),
+        "rules running"
+    );
+    components.push(tokio::spawn(engine.run(reloads, broker.shutdown_signal())));
     if let Err(e) = broker.listen().await {
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, components))
+    Ok((broker, components, functions))
 }
 
 /// Waits for SIGINT or SIGTERM; each SIGHUP in the meantime reloads the rules.

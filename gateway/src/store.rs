@@ -41,7 +41,32 @@ const MIGRATIONS: &[&str] = &[
         document TEXT NOT NULL,
         PRIMARY KEY (thing, name)
     ) WITHOUT ROWID;",
-    // 3: cloud sync. `cloud_outbox` holds every message bound for the cloud until its PUBACK, in
+    // 3: local functions: immutable versions (the module bytes are a file in the data directory,
+    // named here), aliases with an optional weighted second version, and each function's
+    // key-value namespace.
+    "CREATE TABLE function_versions (
+        name       TEXT NOT NULL,
+        version    INTEGER NOT NULL,
+        manifest   TEXT NOT NULL,
+        module     TEXT NOT NULL,
+        created_ms INTEGER NOT NULL,
+        PRIMARY KEY (name, version)
+    ) WITHOUT ROWID;
+    CREATE TABLE function_aliases (
+        name           TEXT NOT NULL,
+        alias          TEXT NOT NULL,
+        version        INTEGER NOT NULL,
+        weight_version INTEGER,
+        weight_percent INTEGER,
+        PRIMARY KEY (name, alias)
+    ) WITHOUT ROWID;
+    CREATE TABLE function_kv (
+        name  TEXT NOT NULL,
+        key   TEXT NOT NULL,
+        value BLOB NOT NULL,
+        PRIMARY KEY (name, key)
+    ) WITHOUT ROWID;",
+    // 4: cloud sync. `cloud_outbox` holds every message bound for the cloud until its PUBACK, in
     // append order (`seq`); `cloud_shadow_sync` holds, per synced shadow, the last state both
     // sides agreed on and the version of each side at that moment.
     "CREATE TABLE cloud_outbox (
@@ -122,6 +147,40 @@ pub struct StoredShadow {
     pub document: String,
 }
 
+/// A deployed function version as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredFunctionVersion {
+    /// The function's name.
+    pub name: String,
+    /// The version number (from 1).
+    pub version: u64,
+    /// The manifest's TOML text, as deployed.
+    pub manifest: String,
+    /// The module file's name in the functions directory.
+    pub module: String,
+    /// When it was deployed (ms since the Unix epoch).
+    pub created_ms: i64,
+}
+
+/// A function alias as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredAlias {
+    /// The function's name.
+    pub name: String,
+    /// The alias's name.
+    pub alias: String,
+    /// The version it points at.
+    pub version: u64,
+    /// A second version and the percentage of traffic it gets.
+    pub weight: Option<(u64, u8)>,
+}
+
+/// Every function version and alias, as loaded at startup.
+pub type StoredFunctions = (Vec<StoredFunctionVersion>, Vec<StoredAlias>);
+
+/// A key-value write of a function: a value, or `None` to delete.
+pub type KvWrite = (String, Option<Vec<u8>>);
+
 /// A message in the cloud outbox.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OutboxMessage {
@@ -173,6 +232,37 @@ enum Command {
     /// Record a shadow's sync state.
     WriteSyncState {
         state: SyncState,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Record a new function version.
+    SaveFunctionVersion {
+        version: StoredFunctionVersion,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Create or replace an alias.
+    SetFunctionAlias {
+        alias: StoredAlias,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Forget a function: versions, aliases, key-value state.
+    RemoveFunction {
+        name: String,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Every version and alias.
+    LoadFunctions {
+        done: oneshot::Sender<Result<StoredFunctions, StoreError>>,
+    },
+    /// One key of a function's namespace.
+    KvGet {
+        name: String,
+        key: String,
+        done: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
+    },
+    /// Writes to a function's namespace, all in one transaction.
+    KvWrite {
+        name: String,
+        writes: Vec<KvWrite>,
         done: oneshot::Sender<Result<(), StoreError>>,
     },
     /// Write shadows (all in the same transaction).
@@ -283,6 +373,52 @@ impl Store {
     pub async fn list_shadows(&self) -> Result<Vec<(ShadowKey, u64)>, StoreError> {
         let (done, wait) = oneshot::channel();
         self.send(Command::ListShadows { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably records a function version.
+    pub async fn save_function_version(
+        &self,
+        version: StoredFunctionVersion,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::SaveFunctionVersion { version, done })
+            .await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably creates or replaces a function alias.
+    pub async fn set_function_alias(&self, alias: StoredAlias) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::SetFunctionAlias { alias, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably forgets a function and its key-value state.
+    pub async fn remove_function(&self, name: String) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::RemoveFunction { name, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every function version (ordered by name, version) and alias.
+    pub async fn load_functions(&self) -> Result<StoredFunctions, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::LoadFunctions { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// One key of a function's key-value namespace.
+    pub async fn kv_get(&self, name: String, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::KvGet { name, key, done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Durably applies writes to a function's namespace, all or none.
+    pub async fn kv_write(&self, name: String, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::KvWrite { name, writes, done }).await?;
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
@@ -424,6 +560,75 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
                 Command::ListShadows { done } => {
                     let _ = done.send(list_shadows(&tx).map_err(StoreError::from));
                 }
+                Command::SaveFunctionVersion { version, done } => {
+                    tx.prepare_cached(
+                        "INSERT INTO function_versions (name, version, manifest, module, created_ms)
+                         VALUES (?1, ?2, ?3, ?4, ?5)",
+                    )?
+                    .execute(params![
+                        version.name,
+                        version.version as i64,
+                        version.manifest,
+                        version.module,
+                        version.created_ms
+                    ])?;
+                    acks.push(done);
+                }
+                Command::SetFunctionAlias { alias, done } => {
+                    tx.prepare_cached(
+                        "INSERT INTO function_aliases (name, alias, version, weight_version, weight_percent)
+                         VALUES (?1, ?2, ?3, ?4, ?5)
+                         ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version,
+                           weight_version = excluded.weight_version, weight_percent = excluded.weight_percent",
+                    )?
+                    .execute(params![
+                        alias.name,
+                        alias.alias,
+                        alias.version as i64,
+                        alias.weight.map(|w| w.0 as i64),
+                        alias.weight.map(|w| w.1)
+                    ])?;
+                    acks.push(done);
+                }
+                Command::RemoveFunction { name, done } => {
+                    for table in ["function_versions", "function_aliases", "function_kv"] {
+                        tx.prepare_cached(&format!("DELETE FROM {table} WHERE name = ?1"))?
+                            .execute(params![name])?;
+                    }
+                    acks.push(done);
+                }
+                Command::LoadFunctions { done } => {
+                    let _ = done.send(load_functions(&tx).map_err(StoreError::from));
+                }
+                Command::KvGet { name, key, done } => {
+                    let value = tx
+                        .prepare_cached(
+                            "SELECT value FROM function_kv WHERE name = ?1 AND key = ?2",
+                        )
+                        .and_then(|mut s| {
+                            let mut rows = s.query(params![name, key])?;
+                            rows.next()?.map(|r| r.get::<_, Vec<u8>>(0)).transpose()
+                        });
+                    let _ = done.send(value.map_err(StoreError::from));
+                }
+                Command::KvWrite { name, writes, done } => {
+                    for (key, value) in &writes {
+                        match value {
+                            Some(v) => tx
+                                .prepare_cached(
+                                    "INSERT INTO function_kv (name, key, value) VALUES (?1, ?2, ?3)
+                                     ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
+                                )?
+                                .execute(params![name, key, v])?,
+                            None => tx
+                                .prepare_cached(
+                                    "DELETE FROM function_kv WHERE name = ?1 AND key = ?2",
+                                )?
+                                .execute(params![name, key])?,
+                        };
+                    }
+                    acks.push(done);
+                }
                 Command::OutboxWrite {
                     append,
                     delete,
@@ -523,6 +728,43 @@ fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowK
         ))
     })?;
     rows.collect()
+}
+
+fn load_functions(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<StoredFunctions> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT name, version, manifest, module, created_ms FROM function_versions
+         ORDER BY name, version",
+    )?;
+    let versions = stmt
+        .query_map([], |r| {
+            Ok(StoredFunctionVersion {
+                name: r.get(0)?,
+                version: r.get::<_, i64>(1)? as u64,
+                manifest: r.get(2)?,
+                module: r.get(3)?,
+                created_ms: r.get(4)?,
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT name, alias, version, weight_version, weight_percent FROM function_aliases
+         ORDER BY name, alias",
+    )?;
+    let aliases = stmt
+        .query_map([], |r| {
+            let weight_version: Option<i64> = r.get(3)?;
+            let weight_percent: Option<u8> = r.get(4)?;
+            Ok(StoredAlias {
+                name: r.get(0)?,
+                alias: r.get(1)?,
+                version: r.get::<_, i64>(2)? as u64,
+                weight: weight_version
+                    .zip(weight_percent)
+                    .map(|(v, p)| (v as u64, p)),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok((versions, aliases))
 }
 
 fn outbox_write(
@@ -691,6 +933,54 @@ mod tests {
         let b = store.load_shadow(key("b", None)).await.unwrap().unwrap();
         assert_eq!(b.document, "{\"v\":3}");
         assert_eq!(store.load_shadow(key("c", None)).await.unwrap(), None);
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn functions_and_kv_survive_reopen_and_remove_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let version = |v: u64| StoredFunctionVersion {
+            name: "f".into(),
+            version: v,
+            manifest: "name = \"f\"".into(),
+            module: format!("f-{v}.wasm"),
+            created_ms: 1,
+        };
+        store.save_function_version(version(1)).await.unwrap();
+        store.save_function_version(version(2)).await.unwrap();
+        let alias = StoredAlias {
+            name: "f".into(),
+            alias: "live".into(),
+            version: 1,
+            weight: Some((2, 10)),
+        };
+        store.set_function_alias(alias.clone()).await.unwrap();
+        store
+            .kv_write(
+                "f".into(),
+                vec![
+                    ("a".into(), Some(b"1".to_vec())),
+                    ("b".into(), Some(b"2".to_vec())),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .kv_write("f".into(), vec![("b".into(), None)])
+            .await
+            .unwrap();
+        thread.close().await;
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let (versions, aliases) = store.load_functions().await.unwrap();
+        assert_eq!(versions, vec![version(1), version(2)]);
+        assert_eq!(aliases, vec![alias]);
+        let get = |k: &str| store.kv_get("f".into(), k.into());
+        assert_eq!(get("a").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(get("b").await.unwrap(), None);
+        store.remove_function("f".into()).await.unwrap();
+        assert_eq!(store.load_functions().await.unwrap(), (vec![], vec![]));
+        assert_eq!(get("a").await.unwrap(), None);
         thread.close().await;
     }
 

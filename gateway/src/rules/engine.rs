@@ -527,6 +527,14 @@ fn perform(
                 hops,
             })
         }
+        // The functions component queues what arrives on the event topic.
+        Action::Function { target } => Ok(Outgoing {
+            topic: crate::functions::service::event_topic(target),
+            payload: Bytes::from(output.to_bytes()),
+            qos: 1,
+            retain: false,
+            hops,
+        }),
     }
 }
 

@@ -14,6 +14,9 @@
 //!   `state`) is sent as an update to that thing's (named) shadow through the shadow service.
 //! - `cloud = { topic = "site/${topic(2)}" }`: the output goes to the cloud on that topic, through
 //!   the durable outbox (needs `[cloud]`).
+//! - `function = "name"` or `function = "name:qualifier"` (a version or an alias): the output is
+//!   an async event of that local function (AWS's Lambda action), published on
+//!   `$grove/functions/{target}/event` for the functions component to queue.
 
 pub mod engine;
 
@@ -75,6 +78,8 @@ pub enum RawAction {
         /// Cloud topic template.
         topic: String,
     },
+    /// Invoke a local function asynchronously with the output: `name` or `name:qualifier`.
+    Function(String),
 }
 
 /// A compiled action.
@@ -101,6 +106,11 @@ pub enum Action {
         /// The compiled cloud topic template.
         topic: Template,
     },
+    /// See [`RawAction::Function`].
+    Function {
+        /// `name` or `name:qualifier`, checked.
+        target: String,
+    },
 }
 
 impl Action {
@@ -110,6 +120,7 @@ impl Action {
             Action::Republish { .. } => "RepublishAction",
             Action::Shadow { .. } => "IotShadowAction",
             Action::Cloud { .. } => "CloudAction",
+            Action::Function { .. } => "LambdaAction",
         }
     }
 }
@@ -244,6 +255,23 @@ fn compile_action(action: &RawAction, field: &str) -> Result<Action, RuleError> 
             thing: template(thing, "thing")?,
             name: name.as_deref().map(|n| template(n, "name")).transpose()?,
         },
+        RawAction::Function(target) => {
+            let (name, qualifier) = match target.split_once(':') {
+                Some((n, q)) => (n, Some(q)),
+                None => (target.as_str(), None),
+            };
+            if !crate::functions::manifest::valid_name(name) {
+                return Err(RuleError::Action(format!(
+                    "{field}.function: {name:?} is not a function name (A-Z a-z 0-9 _ -)"
+                )));
+            }
+            if let Some(Err(e)) = qualifier.map(crate::functions::routing::Qualifier::parse) {
+                return Err(RuleError::Action(format!("{field}.function: {e}")));
+            }
+            Action::Function {
+                target: target.clone(),
+            }
+        }
     })
 }
 
@@ -297,6 +325,17 @@ mod tests {
                     }],
                 ),
                 "actions[0].topic \"up/+\" contains a wildcard",
+            ),
+            (
+                raw(
+                    "SELECT * FROM 't'",
+                    vec![RawAction::Function("bad name".into())],
+                ),
+                "actions[0].function: \"bad name\" is not a function name",
+            ),
+            (
+                raw("SELECT * FROM 't'", vec![RawAction::Function("f:0".into())]),
+                "actions[0].function: \"0\" is not a qualifier",
             ),
             (
                 raw(

@@ -1,0 +1,18 @@
+//! Local functions (issue #5): WebAssembly handlers on wasmtime, with Lambda's semantics.
+//!
+//! - [`manifest`]: the deployed TOML manifest, parsed and validated (pure).
+//! - [`routing`]: versions, `$LATEST`, aliases and weighted canaries (pure).
+//! - [`runtime`]: the wasmtime shell (pooling allocator, copy-on-write images, compile cache,
+//!   `InstancePre`, epoch timeouts, memory limiter, the ABI's host calls and grant checks).
+//! - [`service`]: the component: registry, triggers, async queues with retries and a DLQ, sync
+//!   invocation over MQTT, and the host calls' effects on the bus and the store.
+//! - [`admin`]: the admin routes the ops endpoint serves to `grove fn` ([`client`]).
+//!
+//! The guest ABI is `ABI.md` beside this file.
+
+pub mod admin;
+pub mod client;
+pub mod manifest;
+pub mod routing;
+pub mod runtime;
+pub mod service;

@@ -1,0 +1,808 @@
+//! End-to-end tests of local functions: the real `grove` binary, `grove fn` over the ops
+//! endpoint, and real MQTT clients (3.1.1 and 5) for sync invocation, triggers and the DLQ.
+//!
+//! Guests are written in WAT (converted by the `wat` crate) against ABI v1
+//! (`gateway/src/functions/ABI.md`), so each test shows exactly what its function does.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use grove_tests::{grove, Client, Gateway};
+use rumqttc::QoS;
+use serde_json::{json, Value};
+
+const WAIT: Duration = Duration::from_secs(10);
+
+/// A guest module: ABI v1's exports around `body` (the handler, with params `$tp $tl $pp $pl`
+/// and a local `$rc`). Data at fixed offsets: 16 "ok", 32 "denied", 48 "error", 64 "n" (a kv
+/// key), 96 the `topic` argument, 160 "lamp", 192 a shadow update document.
+fn guest(body: &str, topic: &str) -> Vec<u8> {
+    guest_version(body, topic, 1)
+}
+
+fn guest_version(body: &str, topic: &str, abi: i32) -> Vec<u8> {
+    let text = format!(
+        r#"(module
+  (import "grove" "output" (func $output (param i32 i32) (result i32)))
+  (import "grove" "publish" (func $publish (param i32 i32 i32 i32 i32) (result i32)))
+  (import "grove" "kv_get" (func $kv_get (param i32 i32) (result i32)))
+  (import "grove" "kv_put" (func $kv_put (param i32 i32 i32 i32) (result i32)))
+  (import "grove" "result" (func $result (param i32 i32) (result i32)))
+  (import "grove" "log" (func $log (param i32 i32 i32)))
+  (import "grove" "shadow_get" (func $shadow_get (param i32 i32 i32 i32) (result i32)))
+  (import "grove" "shadow_update" (func $shadow_update (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (global $count (mut i32) (i32.const 0))
+  (data (i32.const 16) "ok")
+  (data (i32.const 32) "denied")
+  (data (i32.const 48) "error")
+  (data (i32.const 64) "n")
+  (data (i32.const 96) "{topic}")
+  (data (i32.const 160) "lamp")
+  (data (i32.const 192) "{{\"state\":{{\"desired\":{{\"on\":true}}}}}}")
+  (func (export "grove_abi_version") (result i32) (i32.const {abi}))
+  ;; One event at a time: the buffer at 4096 is reused.
+  (func (export "grove_alloc") (param $n i32) (result i32)
+    (if (result i32) (i32.gt_u (local.get $n) (i32.const 60000))
+      (then (i32.const 0)) (else (i32.const 4096))))
+  (func (export "grove_handle") (param $tp i32) (param $tl i32) (param $pp i32) (param $pl i32) (result i32)
+    (local $rc i32)
+    {body}))"#,
+        topic = topic,
+        body = body,
+        abi = abi,
+    );
+    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{text}"))
+}
+
+/// Echoes the payload.
+const ECHO: &str = "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 0)";
+/// Fails with the payload as the error message.
+const FAIL: &str = "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 1)";
+/// Loops forever.
+const SPIN: &str = "(loop $l (br $l)) (i32.const 0)";
+/// Traps (what a Rust panic compiles to).
+const TRAP: &str = "unreachable";
+/// Grows memory until refused, then traps.
+const BOMB: &str =
+    "(loop $l (br_if $l (i32.ne (memory.grow (i32.const 16)) (i32.const -1)))) unreachable";
+/// Publishes the payload to the topic at 96 (length given by `forward`), answers "ok", "denied"
+/// or "error".
+fn forward(topic: &str) -> String {
+    format!(
+        "(local.set $rc (call $publish (i32.const 96) (i32.const {len}) (local.get $pp) (local.get $pl) (i32.const 1)))
+         (if (i32.eqz (local.get $rc)) (then (drop (call $output (i32.const 16) (i32.const 2))) (return (i32.const 0))))
+         (if (i32.eq (local.get $rc) (i32.const -1)) (then (drop (call $output (i32.const 32) (i32.const 6))) (return (i32.const 0))))
+         (drop (call $output (i32.const 48) (i32.const 5)))
+         (i32.const 0)",
+        len = topic.len()
+    )
+}
+/// Counts its invocations in a global (survives only in a reused instance), answers the count as
+/// a digit.
+const COUNT: &str = "(global.set $count (i32.add (global.get $count) (i32.const 1)))
+    (i32.store8 (i32.const 80) (i32.add (global.get $count) (i32.const 48)))
+    (drop (call $output (i32.const 80) (i32.const 1))) (i32.const 0)";
+/// Counts its invocations in kv key "n", answers the count as a character ('1', '2', ...).
+const KV_COUNT: &str = "(i32.store8 (i32.const 80) (i32.const 48))
+    (if (i32.eq (call $kv_get (i32.const 64) (i32.const 1)) (i32.const 1))
+      (then (drop (call $result (i32.const 80) (i32.const 1)))))
+    (i32.store8 (i32.const 80) (i32.add (i32.load8_u (i32.const 80)) (i32.const 1)))
+    (local.set $rc (call $kv_put (i32.const 64) (i32.const 1) (i32.const 80) (i32.const 1)))
+    (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (drop (call $output (i32.const 32) (i32.const 6))) (return (i32.const 1))))
+    (drop (call $output (i32.const 80) (i32.const 1))) (i32.const 0)";
+
+/// A gateway, a scratch directory for modules and manifests, and `grove fn` against it.
+struct Fixture {
+    g: Gateway,
+    files: tempfile::TempDir,
+}
+
+impl Fixture {
+    fn start(extra: &str) -> Fixture {
+        Fixture {
+            g: Gateway::start(extra),
+            files: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Runs `grove fn ARGS --config <the gateway's>`; returns (exit code, output).
+    fn cli(&self, args: &[&str]) -> (i32, String) {
+        let config = self.g.config_path();
+        let mut all = vec!["fn"];
+        all.extend_from_slice(args);
+        all.extend_from_slice(&["--config", config.to_str().unwrap()]);
+        grove(&all, self.files.path())
+    }
+
+    /// Deploys `wasm` with a manifest (the name line is added); returns (exit code, output).
+    fn deploy(
+        &self,
+        name: &str,
+        wasm: &[u8],
+        manifest: &str,
+        alias: Option<&str>,
+    ) -> (i32, String) {
+        let module = self.files.path().join(format!("{name}.wasm"));
+        let toml = self.files.path().join(format!("{name}.toml"));
+        std::fs::write(&module, wasm).unwrap();
+        std::fs::write(&toml, format!("name = \"{name}\"\n{manifest}")).unwrap();
+        let (m, t) = (path(&module), path(&toml));
+        let mut args = vec!["deploy", m.as_str(), "--manifest", t.as_str()];
+        if let Some(a) = alias {
+            args.extend_from_slice(&["--alias", a]);
+        }
+        self.cli(&args)
+    }
+
+    /// Deploys and asserts success.
+    fn deployed(&self, name: &str, wasm: &[u8], manifest: &str) {
+        let (code, out) = self.deploy(name, wasm, manifest, None);
+        assert_eq!(code, 0, "deploy {name}: {out}\n{}", self.g.log());
+    }
+
+    fn metric(&self, series: &str) -> f64 {
+        self.g.metric(series)
+    }
+}
+
+fn path(p: &Path) -> String {
+    p.to_str().unwrap().to_owned()
+}
+
+/// An MQTT 3.1.1 client invoking functions synchronously through the `replyTo` envelope.
+struct Invoker {
+    client: Client,
+    reply_to: String,
+    next: u64,
+}
+
+impl Invoker {
+    async fn connect(g: &Gateway, id: &str) -> Invoker {
+        let mut client = Client::connect(id, g.mqtt_port).await;
+        let reply_to = format!("replies/{id}");
+        client.subscribe(&reply_to, QoS::AtLeastOnce).await;
+        Invoker {
+            client,
+            reply_to,
+            next: 0,
+        }
+    }
+
+    /// Sends a request to `target` (`name` or `name:qualifier`); returns its correlation id.
+    async fn send(&mut self, target: &str, payload: Value) -> u64 {
+        self.next += 1;
+        let envelope =
+            json!({"replyTo": self.reply_to, "correlationId": self.next, "payload": payload});
+        self.client
+            .publish(
+                &format!("$grove/functions/{target}/invoke"),
+                QoS::AtLeastOnce,
+                false,
+                envelope.to_string(),
+            )
+            .await;
+        self.next
+    }
+
+    /// The next answer.
+    async fn answer(&mut self) -> Value {
+        let p = self
+            .client
+            .recv(WAIT)
+            .await
+            .expect("no answer to an invocation");
+        serde_json::from_slice(&p.payload).expect("JSON answer")
+    }
+
+    async fn call(&mut self, target: &str, payload: Value) -> Value {
+        let id = self.send(target, payload).await;
+        let answer = self.answer().await;
+        assert_eq!(answer["correlationId"], id, "{answer}");
+        answer
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deploy_list_invoke_by_cli_and_over_mqtt_3_and_5() {
+    let f = Fixture::start("");
+    f.deployed("echo", &guest(ECHO, ""), "");
+    let (code, out) = f.cli(&["list"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("echo") && l.contains(" 1 ")),
+        "{out}"
+    );
+
+    let (code, out) = f.cli(&["invoke", "echo", "--payload", "{\"t\":21}"]);
+    assert_eq!((code, out.trim()), (0, "{\"t\":21}"));
+
+    // MQTT 3.1.1: the replyTo envelope.
+    let mut inv = Invoker::connect(&f.g, "inv311").await;
+    let a = inv.call("echo", json!({"hello": "world"})).await;
+    assert_eq!(a["status"], "ok", "{a}");
+    assert_eq!(a["result"], json!({"hello": "world"}));
+    assert_eq!(a["version"], 1);
+    // Errors are answered, not silent.
+    let a = inv.call("nobody", json!({})).await;
+    assert_eq!(a["error"]["kind"], "not_found", "{a}");
+    let a = inv.call("echo:7", json!({})).await;
+    assert_eq!(a["error"]["kind"], "routing", "{a}");
+
+    // A redeploy is version 2; version 1 stays invocable.
+    let (code, out) = f.deploy("echo", &guest(FAIL, ""), "", None);
+    assert!(code == 0 && out.contains("version 2"), "{out}");
+    let a = inv.call("echo", json!("boom")).await;
+    assert_eq!(
+        (a["status"].as_str(), a["version"].as_u64()),
+        (Some("error"), Some(2)),
+        "{a}"
+    );
+    assert_eq!(a["error"]["kind"], "handler_error");
+    assert_eq!(a["error"]["message"], "boom");
+    let a = inv.call("echo:1", json!("fine")).await;
+    assert_eq!(
+        (a["status"].as_str(), a["result"].as_str()),
+        (Some("ok"), Some("fine")),
+        "{a}"
+    );
+    let (code, out) = f.cli(&["invoke", "echo", "--payload", "x"]);
+    assert!(code == 1 && out.contains("handler_error"), "{out}");
+
+    // MQTT 5: response topic and correlation data.
+    use rumqttc::v5::mqttbytes::v5::{Packet as P5, PublishProperties};
+    use rumqttc::v5::mqttbytes::QoS as Q5;
+    use rumqttc::v5::{AsyncClient, Event, MqttOptions};
+    let mut o = MqttOptions::new("inv5", "127.0.0.1", f.g.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(30));
+    let (client, mut events) = AsyncClient::new(o, 100);
+    client
+        .subscribe("answers/5", Q5::AtLeastOnce)
+        .await
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    let answer = loop {
+        let ev = tokio::time::timeout_at(deadline, events.poll())
+            .await
+            .expect("v5 client timed out")
+            .expect("v5 connection");
+        match ev {
+            Event::Incoming(P5::SubAck(_)) => {
+                let props = PublishProperties {
+                    response_topic: Some("answers/5".into()),
+                    correlation_data: Some(bytes::Bytes::from_static(b"corr-42")),
+                    ..Default::default()
+                };
+                client
+                    .publish_with_properties(
+                        "$grove/functions/echo:1/invoke",
+                        Q5::AtLeastOnce,
+                        false,
+                        "raw text",
+                        props,
+                    )
+                    .await
+                    .unwrap();
+            }
+            Event::Incoming(P5::Publish(p)) => break p,
+            _ => {}
+        }
+    };
+    let corr = answer
+        .properties
+        .as_ref()
+        .and_then(|p| p.correlation_data.clone());
+    assert_eq!(corr.as_deref(), Some(&b"corr-42"[..]));
+    let doc: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(
+        (doc["status"].as_str(), doc["result"].as_str()),
+        (Some("ok"), Some("raw text")),
+        "{doc}"
+    );
+
+    let (code, out) = f.cli(&["remove", "echo"]);
+    assert_eq!(code, 0, "{out}");
+    let a = inv.call("echo", json!({})).await;
+    assert_eq!(a["error"]["kind"], "not_found", "{a}");
+    let (code, out) = f.cli(&["invoke", "echo"]);
+    assert!(code == 1 && out.contains("no function named"), "{out}");
+}
+
+/// One case per line: the module, the manifest, and what the refusal must say.
+#[test]
+fn malformed_modules_wrong_abis_and_bad_manifests_are_refused_at_deploy() {
+    let f = Fixture::start("");
+    let missing_alloc = wat::parse_str(
+        r#"(module (memory (export "memory") 1)
+             (func (export "grove_abi_version") (result i32) (i32.const 1))
+             (func (export "grove_handle") (param i32 i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let unknown_import = wat::parse_str(
+        r#"(module (import "wasi_snapshot_preview1" "fd_write" (func (param i32 i32 i32 i32) (result i32)))
+             (memory (export "memory") 1)
+             (func (export "grove_abi_version") (result i32) (i32.const 1))
+             (func (export "grove_alloc") (param i32) (result i32) (i32.const 0))
+             (func (export "grove_handle") (param i32 i32 i32 i32) (result i32) (i32.const 0)))"#,
+    )
+    .unwrap();
+    let cases: Vec<(Vec<u8>, &str, &str)> = vec![
+        (
+            b"definitely not wasm".to_vec(),
+            "",
+            "not a valid WebAssembly module",
+        ),
+        (
+            b"\0asm\x01\0\0\0\x05garbage".to_vec(),
+            "",
+            "not a valid WebAssembly module",
+        ),
+        (missing_alloc, "", "does not export `grove_alloc`"),
+        (
+            guest_version(ECHO, "", 2),
+            "",
+            "grove_abi_version returned 2",
+        ),
+        (unknown_import, "", "wasi_snapshot_preview1"),
+        (
+            guest(ECHO, ""),
+            "handler = \"other\"",
+            "does not export `other`",
+        ),
+        (
+            guest(ECHO, ""),
+            "memory_limit_mb = 100000",
+            "memory_limit_mb",
+        ),
+        (
+            guest(ECHO, ""),
+            "[grants]\npublsh = [\"a\"]",
+            "unknown field `publsh`",
+        ),
+    ];
+    for (wasm, manifest, want) in cases {
+        let (code, out) = f.deploy("bad", &wasm, manifest, None);
+        assert_eq!(code, 1, "must be refused: {want}\n{out}");
+        assert!(out.contains(want), "want {want:?} in:\n{out}");
+    }
+    let (_, out) = f.cli(&["list"]);
+    assert!(!out.contains("bad"), "nothing was deployed: {out}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn timeouts_memory_bombs_and_traps_are_contained_while_others_keep_serving() {
+    let f = Fixture::start("");
+    f.deployed("spin", &guest(SPIN, ""), "timeout_ms = 300");
+    f.deployed("bomb", &guest(BOMB, ""), "memory_limit_mb = 2");
+    f.deployed("trap", &guest(TRAP, ""), "");
+    f.deployed("echo", &guest(ECHO, ""), "");
+    let mut inv = Invoker::connect(&f.g, "iso").await;
+
+    let started = Instant::now();
+    let spin_id = inv.send("spin", json!({})).await;
+    // While the loop runs, another function answers.
+    let mut echoes = 0;
+    let spin = loop {
+        if echoes < 5 {
+            inv.send("echo", json!(echoes)).await;
+        }
+        let a = inv.answer().await;
+        if a["correlationId"] == spin_id {
+            break a;
+        }
+        assert_eq!(a["status"], "ok", "{a}");
+        echoes += 1;
+    };
+    let elapsed = started.elapsed();
+    assert!(echoes >= 1, "echo answered during the loop");
+    assert_eq!(spin["error"]["kind"], "timeout", "{spin}");
+    let in_host = spin["durationUs"].as_u64().unwrap();
+    assert!(
+        (300_000..350_000).contains(&in_host),
+        "stopped {in_host} us after start: within the 300 ms timeout + 50 ms"
+    );
+    assert!(
+        elapsed < Duration::from_millis(1500),
+        "{elapsed:?} end to end"
+    );
+
+    let a = inv.call("bomb", json!({})).await;
+    assert_eq!(a["error"]["kind"], "memory_limit", "{a}");
+    let a = inv.call("trap", json!({})).await;
+    assert_eq!(a["error"]["kind"], "trap", "{a}");
+    assert!(
+        a["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unreachable"),
+        "{a}"
+    );
+    // Each is counted, logged, and the gateway still serves.
+    for (function, result) in [
+        ("spin", "timeout"),
+        ("bomb", "memory_limit"),
+        ("trap", "trap"),
+    ] {
+        let series = format!(
+            "grove_function_invocations_total{{function=\"{function}\",result=\"{result}\"}}"
+        );
+        assert_eq!(f.metric(&series), 1.0, "{series}");
+        let (_, logs) = f.cli(&["logs", function]);
+        assert!(logs.contains(result), "{function} logs: {logs}");
+    }
+    let a = inv.call("echo", json!("still here")).await;
+    assert_eq!(a["result"], "still here");
+    let a = inv.call("spin", json!({})).await;
+    assert_eq!(
+        a["error"]["kind"], "timeout",
+        "a timed-out function still answers: {a}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_triggers_retry_then_dead_letter_and_succeed_after_retries() {
+    let f = Fixture::start("");
+    f.deployed("always-fails", &guest(FAIL, ""), "triggers = [\"in/fail\"]");
+    // Fails twice (its reused instance counts attempts), publishes on the third attempt.
+    let flaky = format!(
+        "(global.set $count (i32.add (global.get $count) (i32.const 1)))
+         (if (i32.lt_u (global.get $count) (i32.const 3)) (then (return (i32.const 1))))
+         {}",
+        forward("out/flaky")
+    );
+    f.deployed(
+        "flaky",
+        &guest(&flaky, "out/flaky"),
+        "triggers = [\"in/flaky\"]\n[grants]\npublish = [\"out/#\"]",
+    );
+    let mut watcher = Client::connect("watcher", f.g.mqtt_port).await;
+    watcher
+        .subscribe("$grove/functions/+/dlq", QoS::AtLeastOnce)
+        .await;
+    watcher.subscribe("out/#", QoS::AtLeastOnce).await;
+    let device = Client::connect("device", f.g.mqtt_port).await;
+    device
+        .publish("in/fail", QoS::AtLeastOnce, false, "{\"n\":1}")
+        .await;
+    device
+        .publish("in/flaky", QoS::AtLeastOnce, false, "{\"n\":2}")
+        .await;
+
+    let got = watcher.recv_n(2, WAIT).await;
+    let dlq = got
+        .iter()
+        .find(|p| p.topic.ends_with("/dlq"))
+        .expect("a dead letter");
+    let out = got
+        .iter()
+        .find(|p| p.topic == "out/flaky")
+        .expect("the flaky function's output");
+    assert_eq!(&out.payload[..], b"{\"n\":2}");
+    assert_eq!(dlq.topic, "$grove/functions/always-fails/dlq");
+    let doc: Value = serde_json::from_slice(&dlq.payload).unwrap();
+    assert_eq!(doc["attempts"], 3, "{doc}");
+    assert_eq!(doc["error"]["kind"], "handler_error");
+    assert_eq!(doc["error"]["message"], "{\"n\":1}");
+    assert_eq!(
+        doc["event"],
+        json!({"topic": "in/fail", "payload": "{\"n\":1}"})
+    );
+    assert!(
+        watcher.recv(Duration::from_millis(700)).await.is_none(),
+        "exactly one output, one dead letter"
+    );
+    for (series, want) in [
+        (
+            "grove_function_retries_total{function=\"always-fails\"}",
+            2.0,
+        ),
+        ("grove_function_retries_total{function=\"flaky\"}", 2.0),
+        ("grove_function_dlq_total{function=\"always-fails\"}", 1.0),
+        (
+            "grove_function_invocations_total{function=\"flaky\",result=\"ok\"}",
+            1.0,
+        ),
+        (
+            "grove_function_invocations_total{function=\"always-fails\",result=\"handler_error\"}",
+            3.0,
+        ),
+    ] {
+        assert_eq!(f.metric(series), want, "{series}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grants_are_enforced_and_a_function_triggered_by_its_own_output_stops_at_the_hop_limit() {
+    let f = Fixture::start("");
+    f.deployed(
+        "pub",
+        &guest(&forward("secret/x"), "secret/x"),
+        "[grants]\npublish = [\"public/#\"]",
+    );
+    let mut inv = Invoker::connect(&f.g, "grants").await;
+    let a = inv.call("pub", json!({})).await;
+    assert_eq!(a["result"], "denied", "{a}");
+    assert_eq!(
+        f.metric("grove_function_denied_calls_total{function=\"pub\",call=\"publish\"}"),
+        1.0
+    );
+    let (_, logs) = f.cli(&["logs", "pub"]);
+    assert!(logs.contains("publish(secret/x) denied"), "{logs}");
+    // A guest's log lines show in `grove fn logs`.
+    let log = "(call $log (i32.const 2) (local.get $pp) (local.get $pl)) (i32.const 0)";
+    f.deployed("logger", &guest(log, ""), "");
+    inv.call("logger", json!("hello from wasm")).await;
+    let (_, logs) = f.cli(&["logs", "logger"]);
+    assert!(logs.contains("v1 info  hello from wasm"), "{logs}");
+    // Without the kv grant, kv is denied too (and the handler reports it).
+    f.deployed("nokv", &guest(KV_COUNT, ""), "");
+    let a = inv.call("nokv", json!({})).await;
+    assert_eq!(
+        (a["error"]["kind"].as_str(), a["error"]["message"].as_str()),
+        (Some("handler_error"), Some("denied")),
+        "{a}"
+    );
+
+    // Triggered by loop/x, publishing to loop/x: cut after the rules' hop limit (8).
+    f.deployed(
+        "looper",
+        &guest(&forward("loop/x"), "loop/x"),
+        "triggers = [\"loop/x\"]\n[grants]\npublish = [\"loop/#\"]",
+    );
+    let mut watcher = Client::connect("loopwatch", f.g.mqtt_port).await;
+    watcher.subscribe("loop/x", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .publish("loop/x", QoS::AtLeastOnce, false, "go")
+        .await
+        .unwrap();
+    let mut seen = 0;
+    while watcher.recv(Duration::from_millis(1500)).await.is_some() {
+        seen += 1;
+        assert!(seen < 50, "the loop is not cut");
+    }
+    assert_eq!(seen, 1 + 8, "the device's message and 8 republishes");
+    assert_eq!(
+        f.metric(
+            "grove_function_denied_calls_total{function=\"looper\",call=\"publish_hop_limit\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_aliases_weights_kv_and_shadows_survive_a_restart_without_recompiling() {
+    let mut f = Fixture::start("");
+    // Version 1 answers "ok", version 2 "error" (constant bodies tell versions apart).
+    let v1 = guest(
+        "(drop (call $output (i32.const 16) (i32.const 2))) (i32.const 0)",
+        "",
+    );
+    let v2 = guest(
+        "(drop (call $output (i32.const 48) (i32.const 5))) (i32.const 0)",
+        "",
+    );
+    f.deployed("canary", &v1, "");
+    let (code, out) = f.deploy("canary", &v2, "", Some("next"));
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = f.cli(&["alias", "canary", "live", "1", "--weight", "2=30"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = f.cli(&["alias", "canary", "bad", "9"]);
+    assert!(
+        code == 1 && out.contains("version 9 does not exist"),
+        "{out}"
+    );
+
+    let mut inv = Invoker::connect(&f.g, "weights").await;
+    let n = 400;
+    let mut to_v2 = 0;
+    for _ in 0..n {
+        inv.send("canary:live", json!({})).await;
+    }
+    for _ in 0..n {
+        let a = inv.answer().await;
+        assert_eq!(a["status"], "ok", "{a}");
+        if a["version"] == 2 {
+            assert_eq!(a["result"], "error");
+            to_v2 += 1;
+        }
+    }
+    // 30 % of 400 = 120; the standard deviation is ~9.2: 4.5 of them either way.
+    assert!(
+        (79..=161).contains(&to_v2),
+        "{to_v2} of {n} went to version 2"
+    );
+    assert_eq!(inv.call("canary:next", json!({})).await["version"], 2);
+
+    f.deployed("kv", &guest(KV_COUNT, ""), "[grants]\nkv = true");
+    for want in [1, 2] {
+        assert_eq!(inv.call("kv", json!({})).await["result"], want);
+    }
+    // Shadows: through the shadow service, as a device would see them.
+    let shadow = "(local.set $rc (call $shadow_update (i32.const 160) (i32.const 4) (i32.const 0) (i32.const 0) (i32.const 192) (i32.const 33)))
+        (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (drop (call $output (i32.const 48) (i32.const 5))) (return (i32.const 1))))
+        (local.set $rc (call $shadow_get (i32.const 160) (i32.const 4) (i32.const 0) (i32.const 0)))
+        (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (drop (call $output (i32.const 32) (i32.const 6))) (return (i32.const 1))))
+        (drop (call $result (i32.const 8192) (local.get $rc)))
+        (drop (call $output (i32.const 8192) (local.get $rc))) (i32.const 0)";
+    f.deployed(
+        "shadowy",
+        &guest(shadow, ""),
+        "[grants]\nshadow_update = [\"lamp\"]\nshadow_read = [\"+\"]",
+    );
+    let a = inv.call("shadowy", json!({})).await;
+    assert_eq!(a["result"]["state"]["desired"]["on"], true, "{a}");
+    f.deployed(
+        "noshadow",
+        &guest(shadow, ""),
+        "[grants]\nshadow_update = [\"lamp\"]",
+    );
+    let a = inv.call("noshadow", json!({})).await;
+    assert_eq!(
+        a["error"]["message"], "denied",
+        "shadow_get without shadow_read: {a}"
+    );
+    inv.client.disconnect().await;
+
+    let compiled = f.metric("grove_function_modules_loaded_total{source=\"compiled\"}");
+    assert!(compiled >= 4.0, "{compiled}");
+    f.g.restart();
+    assert_eq!(
+        f.metric("grove_function_modules_loaded_total{source=\"compiled\"}"),
+        0.0
+    );
+    assert_eq!(
+        f.metric("grove_function_modules_loaded_total{source=\"cache\"}"),
+        5.0
+    );
+    let (_, out) = f.cli(&["list"]);
+    assert!(
+        out.contains("live->1+2@30%") && out.contains("next->2"),
+        "{out}"
+    );
+    let mut inv = Invoker::connect(&f.g, "after").await;
+    assert_eq!(inv.call("canary:1", json!({})).await["result"], "ok");
+    assert_eq!(inv.call("canary", json!({})).await["version"], 2);
+    assert_eq!(
+        inv.call("kv", json!({})).await["result"],
+        3,
+        "kv is durable"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rule_function_action_invokes_asynchronously() {
+    let f = Fixture::start(
+        "[[rules]]\nname = \"to-fn\"\nsql = \"SELECT t, topic(2) AS device FROM 'sensors/+'\"\nactions = [{ function = \"fwd:live\" }]\n",
+    );
+    let (code, out) = f.deploy(
+        "fwd",
+        &guest(&forward("out/fwd"), "out/fwd"),
+        "[grants]\npublish = [\"out/#\"]",
+        Some("live"),
+    );
+    assert_eq!(code, 0, "{out}");
+    let mut watcher = Client::connect("rulewatch", f.g.mqtt_port).await;
+    watcher.subscribe("out/fwd", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .publish("sensors/s1", QoS::AtLeastOnce, false, "{\"t\":30}")
+        .await
+        .unwrap();
+    let p = watcher.recv(WAIT).await.expect("the function's output");
+    let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(doc, json!({"t": 30, "device": "s1"}));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redeploy_under_load_loses_no_event() {
+    let f = Fixture::start("");
+    let manifest =
+        "triggers = [\"load/in\"]\nmax_concurrency = 2\n[grants]\npublish = [\"load/out\"]";
+    let wasm = guest(&forward("load/out"), "load/out");
+    f.deployed("relay", &wasm, manifest);
+    let mut watcher = Client::connect("loadwatch", f.g.mqtt_port).await;
+    watcher.subscribe("load/out", QoS::AtLeastOnce).await;
+    let device = Client::connect("loader", f.g.mqtt_port).await;
+    let n = 600;
+    let publishing = tokio::spawn(async move {
+        for i in 0..n {
+            device
+                .publish("load/in", QoS::AtLeastOnce, false, i.to_string())
+                .await;
+            if i % 50 == 0 {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+        device
+    });
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        let (code, out) = f.deploy("relay", &wasm, manifest, None);
+        assert_eq!(code, 0, "{out}");
+    }
+    let _device = publishing.await.unwrap();
+    let mut seen = BTreeSet::new();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while seen.len() < n && Instant::now() < deadline {
+        if let Some(p) = watcher.recv(Duration::from_secs(2)).await {
+            seen.insert(
+                String::from_utf8_lossy(&p.payload)
+                    .parse::<usize>()
+                    .unwrap(),
+            );
+        }
+    }
+    let missing: Vec<usize> = (0..n).filter(|i| !seen.contains(i)).collect();
+    assert!(missing.is_empty(), "lost events: {missing:?}");
+    let (_, out) = f.cli(&["list"]);
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with("relay") && l.contains(" 4 ")),
+        "{out}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reused_instances_keep_state_and_fresh_ones_do_not() {
+    let f = Fixture::start("");
+    f.deployed("warm", &guest(COUNT, ""), "instance = \"reuse\"");
+    f.deployed("cold", &guest(COUNT, ""), "instance = \"fresh\"");
+    let mut inv = Invoker::connect(&f.g, "modes").await;
+    // The body is one digit, which is JSON: the answer carries it as a number.
+    for want in [1, 2, 3] {
+        assert_eq!(inv.call("warm", json!({})).await["result"], want);
+    }
+    for _ in 0..3 {
+        assert_eq!(inv.call("cold", json!({})).await["result"], 1);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn superseded_versions_give_their_idle_instances_back_to_the_pool() {
+    // Four slots: each deploy's ABI check and each invocation needs one, and every version's
+    // idle instance would keep one if superseded versions did not release them.
+    let f = Fixture::start("[functions]\npool_size = 4\n");
+    let mut inv = Invoker::connect(&f.g, "pool").await;
+    for version in 1..=6 {
+        f.deployed("warm", &guest(COUNT, ""), "max_concurrency = 2");
+        let a = inv.call("warm", json!({})).await;
+        assert_eq!(
+            (a["version"].as_u64(), &a["result"]),
+            (Some(version), &json!(1)),
+            "{a}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trigger_events_go_to_the_version_the_latest_manifest_names() {
+    let f = Fixture::start("");
+    let grants = "triggers = [\"in/pinned\"]\n[grants]\npublish = [\"out/#\"]";
+    let (code, out) = f.deploy(
+        "pinned",
+        &guest(&forward("out/v1"), "out/v1"),
+        grants,
+        Some("stable"),
+    );
+    assert_eq!(code, 0, "{out}");
+    f.deployed(
+        "pinned",
+        &guest(&forward("out/v2"), "out/v2"),
+        &format!("trigger_qualifier = \"stable\"\n{grants}"),
+    );
+    let mut watcher = Client::connect("pinwatch", f.g.mqtt_port).await;
+    watcher.subscribe("out/#", QoS::AtLeastOnce).await;
+    watcher
+        .client
+        .publish("in/pinned", QoS::AtLeastOnce, false, "e")
+        .await
+        .unwrap();
+    let p = watcher.recv(WAIT).await.expect("an output");
+    assert_eq!(
+        p.topic, "out/v1",
+        "the alias `stable`, not $LATEST (version 2)"
+    );
+}
