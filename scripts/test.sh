@@ -28,6 +28,11 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 step "build"
 cargo build --workspace --bins --locked
 
+# The guest side of local functions is its own workspace (wasm32): its checks, and the example
+# modules the end-to-end tests deploy (target/functions/).
+step "functions/ci.sh"
+bash functions/ci.sh
+
 step "tests"
 cargo test --workspace --locked
 echo "security: $(cat target/tmp/hostile-cases.txt)"

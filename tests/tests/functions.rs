@@ -806,3 +806,132 @@ async fn trigger_events_go_to_the_version_the_latest_manifest_names() {
         "the alias `stable`, not $LATEST (version 2)"
     );
 }
+
+/// The shipped example functions (`functions/examples/`, built by `functions/build.sh` into
+/// `target/functions/`, which the test command runs first), deployed with their own manifests.
+fn shipped_example(f: &Fixture, name: &str) {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/functions");
+    let (module, manifest) = (
+        dir.join(format!("{name}.wasm")),
+        dir.join(format!("{name}.toml")),
+    );
+    assert!(
+        module.exists() && manifest.exists(),
+        "{} is missing: run functions/build.sh first (scripts/test.sh does)",
+        module.display()
+    );
+    let (m, t) = (path(&module), path(&manifest));
+    let (code, out) = f.cli(&["deploy", m.as_str(), "--manifest", t.as_str()]);
+    assert_eq!(code, 0, "deploy {name}: {out}\n{}", f.g.log());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_shipped_examples_alert_enrich_drive_a_relay_and_echo() {
+    let f = Fixture::start("");
+    for name in ["threshold-alert", "enricher", "actuator", "echo"] {
+        shipped_example(&f, name);
+    }
+    let mut device = Client::connect("kitchen-1", f.g.mqtt_port).await;
+    device
+        .subscribe(
+            "$aws/things/kitchen-1/shadow/update/accepted",
+            QoS::AtLeastOnce,
+        )
+        .await;
+    device
+        .publish(
+            "$aws/things/kitchen-1/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            r#"{"state":{"desired":{"setpoint":21}}}"#,
+        )
+        .await;
+    device.recv(WAIT).await.expect("the setpoint is accepted");
+
+    let mut watcher = Client::connect("watcher", f.g.mqtt_port).await;
+    watcher.subscribe("alerts/+", QoS::AtLeastOnce).await;
+    watcher.subscribe("enriched/+", QoS::AtLeastOnce).await;
+    // limit 30, hysteresis 2 (threshold-alert's manifest); setpoint 21 in heat mode (actuator).
+    for t in [20.0, 31.5, 32.0, 29.0, 27.5] {
+        device
+            .publish(
+                "sensors/kitchen-1/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                json!({ "temperature": t }).to_string(),
+            )
+            .await;
+    }
+    let got = watcher.recv_n(7, WAIT).await;
+    let on = |topic: &str| -> Vec<Value> {
+        got.iter()
+            .filter(|p| p.topic == topic)
+            .map(|p| serde_json::from_slice(&p.payload).expect("JSON"))
+            .collect()
+    };
+    // The alert fires once above the limit and clears once below limit - hysteresis: 29.0 is in
+    // the band and says nothing.
+    let alerts: Vec<(Value, Value, Value)> = on("alerts/kitchen-1")
+        .into_iter()
+        .map(|a| (a["state"].clone(), a["value"].clone(), a["seq"].clone()))
+        .collect();
+    assert_eq!(
+        alerts,
+        [
+            (json!("alarm"), json!(31.5), json!(1)),
+            (json!("cleared"), json!(27.5), json!(2))
+        ]
+    );
+    // The enricher may run two readings at once (max_concurrency = 2), so order is not asserted.
+    let enriched = on("enriched/kitchen-1");
+    let mut fahrenheit: Vec<f64> = enriched
+        .iter()
+        .map(|e| e["temperature_f"].as_f64().expect("temperature_f"))
+        .collect();
+    fahrenheit.sort_by(f64::total_cmp);
+    assert_eq!(fahrenheit, [68.0, 81.5, 84.2, 88.7, 89.6], "{enriched:?}");
+    assert!(enriched.iter().all(
+        |e| e["device"] == "kitchen-1" && e["gateway_ms"].as_u64().unwrap() > 1_700_000_000_000
+    ));
+
+    // The actuator switched the relay on at 20 (below the setpoint) and off at 31.5, and wrote
+    // nothing when its decision did not change: setpoint (v1), relay on (v2), relay off (v3).
+    let deadline = Instant::now() + WAIT;
+    let shadow = loop {
+        let (code, out) = grove(
+            &[
+                "shadow",
+                "--config",
+                f.g.config_path().to_str().unwrap(),
+                "get",
+                "kitchen-1",
+                "--json",
+            ],
+            f.files.path(),
+        );
+        assert_eq!(code, 0, "{out}");
+        let doc: Value = serde_json::from_str(&out).expect("shadow JSON");
+        if doc["version"] == 3 || Instant::now() > deadline {
+            break doc;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(shadow["state"]["desired"]["relay"], false, "{shadow}");
+    assert_eq!(shadow["version"], 3, "{shadow}");
+
+    // The WAT example answers a sync request and publishes the event on its configured topic.
+    let mut out = Client::connect("echo-watch", f.g.mqtt_port).await;
+    out.subscribe("echo/out", QoS::AtLeastOnce).await;
+    let mut inv = Invoker::connect(&f.g, "echo-caller").await;
+    let a = inv.call("echo", json!({"ping": 1})).await;
+    assert_eq!(
+        (a["status"].clone(), a["result"].clone()),
+        (json!("ok"), json!({"ping": 1})),
+        "{a}"
+    );
+    let p = out.recv(WAIT).await.expect("echo/out");
+    assert_eq!(
+        serde_json::from_slice::<Value>(&p.payload).unwrap(),
+        json!({"ping": 1})
+    );
+}
