@@ -12,11 +12,14 @@
 #   5. Rules: a device message on sensors/s1/t goes through two [[rules]]: one republishes it to
 #      alerts/s1 only when its WHERE clause holds, one writes it into the s1 shadow (rule ->
 #      shadow service -> SQLite). `grove rules test` evaluates a rule offline on the ARM binary.
-#   6. SIGTERM stops the gateway with exit code 0.
-#   7. Restarted on the same data directory, the gateway still has the shadow (SQLite, built by
-#      the cross C compiler, persisted it), also read through the ARM `grove shadow get` CLI.
-# WASM functions are not in the gateway yet; cross/README.md says what joins this check when they
-# land.
+#   6. Local functions: the ARM `grove fn deploy` deploys the WAT example (functions/examples/wat)
+#      and the Rust enricher (serde_json inside) to the ARM gateway, which compiles them with
+#      wasmtime (Cranelift on aarch64, the Pulley interpreter on armv7); a device message on their
+#      trigger topics comes back transformed, and `grove fn invoke` answers synchronously.
+#   7. SIGTERM stops the gateway with exit code 0.
+#   8. Restarted on the same data directory, the gateway still has the shadow (SQLite, built by
+#      the cross C compiler, persisted it), also read through the ARM `grove shadow get` CLI, and
+#      the functions (loaded from the precompiled cache, not compiled again).
 source "$(dirname "$0")/lib.sh"
 
 [ $# -eq 1 ] || die "usage: cross/check.sh TARGET   (TARGET: ${TARGETS[*]})"
@@ -212,16 +215,47 @@ out="$(arm "$bin" rules test --sql "SELECT temp * 2 AS t2 FROM 'a/+'" --topic a/
 [[ "$out" =~ ^\{\"t2\":42(\.0)?\}$ ]] || fail "grove rules test printed: $out"
 pass "grove rules test (offline): $out"
 
-# 6. SIGTERM.
+# 6. Local functions, deployed and invoked with the ARM CLI.
+functions="$CROSS_DIR/../target/functions"
+if [ ! -f "$functions/echo.wasm" ] || [ ! -f "$functions/enricher.wasm" ]; then
+  "$CROSS_DIR/../functions/build.sh" "$functions" > /dev/null || fail "functions/build.sh"
+fi
+for f in echo enricher; do
+  out="$(arm "$bin" fn deploy "$functions/$f.wasm" --manifest "$functions/$f.toml" \
+    --ops "127.0.0.1:$ops_port" 2>&1)" || fail "grove fn deploy $f: $out"
+done
+subscribe "$work/fn.out" 2 -q 1 -- 'echo/out' 'enriched/+'
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t echo/in -m '{"hello":"arm"}' \
+  || fail "mosquitto_pub echo/in"
+mosquitto_pub -h 127.0.0.1 -p "$mqtt_port" -q 1 -t sensors/s9/telemetry -m '{"temperature":20}' \
+  || fail "mosquitto_pub sensors/s9/telemetry"
+collect "$work/fn.out"
+expect_line "$work/fn.out.msgs" '^echo/out \{"hello":"arm"\}$' "function echo (WAT)"
+expect_line "$work/fn.out.msgs" '^enriched/s9 \{.*"temperature_f":68(\.0)?[,}]' "function enricher (Rust)"
+pass "functions: echo (WAT) and enricher (Rust) triggered by device messages"
+invoke_echo() {
+  out="$(arm "$bin" fn invoke echo --payload '{"n":1}' --ops "127.0.0.1:$ops_port" 2>&1)" \
+    || fail "grove fn invoke echo: $out"
+  [ "$out" = '{"n":1}' ] || fail "grove fn invoke echo printed: $out"
+}
+invoke_echo
+pass "grove fn invoke echo (sync): $out"
+
+# 7. SIGTERM.
 stop_gateway
 pass "SIGTERM -> exit 0"
 
-# 7. Persistence across a restart, read back with the ARM CLI.
+# 8. Persistence across a restart, read back with the ARM CLI.
 start_gateway
 doc="$(arm "$bin" shadow get t --json --mqtt "127.0.0.1:$mqtt_port" 2>&1)" \
   || fail "grove shadow get after restart: $doc"
 echo "$doc" | grep -q '"desired":{"led":"on"}' || fail "shadow lost across restart: $doc"
 pass "restart: shadow still there (grove shadow get, ARM CLI)"
+invoke_echo
+loaded="$(curl -fsS "http://127.0.0.1:$ops_port/metrics" | grep -E '^grove_function_modules_loaded_total\{source="(cache|compiled)"\}' || true)"
+echo "$loaded" | grep -q 'source="cache"' || fail "functions were not loaded from the cache: $loaded"
+echo "$loaded" | grep -q 'source="compiled"' && fail "functions were compiled again after a restart: $loaded"
+pass "restart: functions loaded from the precompiled cache and invocable"
 stop_gateway
 pass "SIGTERM -> exit 0"
 
