@@ -18,6 +18,7 @@ use rumqttd::Notification;
 use crate::broker::{
     make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
 };
+use crate::tap::Tap;
 
 /// A message received by a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,8 +88,8 @@ pub struct Bus {
     pending: Vec<Message>,
     /// Packet ids for QoS 1 publishes (the router acknowledges them; nothing waits for that).
     next_pkid: u16,
-    /// Whether publishes pass the durable tap (see `crate::tap`).
-    tapped: bool,
+    /// The durable tap this link's publishes bypass (its owner's own), if any.
+    skip: Option<Arc<Tap>>,
 }
 
 impl Bus {
@@ -97,7 +98,7 @@ impl Bus {
         rx: LinkRx,
         router: RouterHandle,
         shared: Arc<Shared>,
-        tapped: bool,
+        skip: Option<Arc<Tap>>,
     ) -> Bus {
         Bus {
             tx,
@@ -106,7 +107,7 @@ impl Bus {
             shared,
             pending: Vec::new(),
             next_pkid: 0,
-            tapped,
+            skip,
         }
     }
 
@@ -190,11 +191,15 @@ impl Bus {
         &mut self,
         messages: Vec<(Outgoing, Option<Bytes>)>,
     ) -> Result<(), Closed> {
-        if let Some(tap) = self.shared.tap.get().filter(|_| self.tapped) {
-            tap.offer(messages.iter().map(|(m, _)| (m.topic.as_str(), &m.payload)))
-                .await
-                .map_err(|_| Closed::Link)?;
-        }
+        self.shared
+            .offer_to_taps(
+                messages
+                    .iter()
+                    .map(|(m, _)| (m.topic.as_str(), &m.payload, m.hops)),
+                self.skip.as_ref(),
+            )
+            .await
+            .map_err(|_| Closed::Link)?;
         let mut batch = Vec::with_capacity(messages.len());
         for (m, correlation_data) in messages {
             let publish = if m.qos == 0 && !m.retain {

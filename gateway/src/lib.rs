@@ -12,8 +12,8 @@
 //! - [`functions`]: local WebAssembly functions on wasmtime.
 //! - [`auth`]: TLS, device identities and policies.
 //! - [`cloud`]: the cloud link, the durable outbox, the downlink bridge and shadow sync.
-//! - [`tap`]: the durable tap, through which tapped messages are committed before they are
-//!   acknowledged.
+//! - [`tap`]: durable taps, through which the cloud outbox and functions' events commit the
+//!   messages they take before those are acknowledged.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.

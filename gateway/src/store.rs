@@ -83,6 +83,16 @@ const MIGRATIONS: &[&str] = &[
         cloud_version INTEGER NOT NULL,
         PRIMARY KEY (thing, name)
     ) WITHOUT ROWID;",
+    // 5: functions' async events, committed before the message that raised them is
+    // acknowledged (the durable tap) and deleted when the event is done (success or dead letter).
+    "CREATE TABLE function_events (
+        id        INTEGER PRIMARY KEY NOT NULL,
+        name      TEXT NOT NULL,
+        qualifier TEXT NOT NULL,
+        topic     TEXT NOT NULL,
+        payload   BLOB NOT NULL,
+        hops      INTEGER NOT NULL
+    );",
 ];
 
 /// Why the store refused or failed.
@@ -207,8 +217,35 @@ pub struct SyncState {
     pub cloud_version: u64,
 }
 
+/// A function's async event that is not done yet.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredEvent {
+    /// Its number (arrival order).
+    pub id: u64,
+    /// The function.
+    pub name: String,
+    /// The qualifier it invokes (`$LATEST`, a version or an alias), as text.
+    pub qualifier: String,
+    /// The topic of the message that raised it.
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Republish hops that led to it.
+    pub hops: u32,
+}
+
 /// A write or read for the owner thread.
 enum Command {
+    /// Record new function events and forget finished ones, in one transaction.
+    EventsWrite {
+        append: Vec<StoredEvent>,
+        delete: Vec<u64>,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// Every function event not done yet, in arrival order.
+    LoadEvents {
+        done: oneshot::Sender<Result<Vec<StoredEvent>, StoreError>>,
+    },
     /// Append to and delete from the cloud outbox, in one transaction.
     OutboxWrite {
         append: Vec<OutboxMessage>,
@@ -422,6 +459,29 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Durably records new function events and forgets finished ones. Returns after the commit.
+    pub async fn events_write(
+        &self,
+        append: Vec<StoredEvent>,
+        delete: Vec<u64>,
+    ) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::EventsWrite {
+            append,
+            delete,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every function event not done yet, in arrival order.
+    pub async fn load_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::LoadEvents { done }).await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
     /// Durably appends messages to the cloud outbox and deletes others (acknowledged or dropped),
     /// all in one transaction. Returns after the commit.
     pub async fn outbox_write(
@@ -629,6 +689,17 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
                     }
                     acks.push(done);
                 }
+                Command::EventsWrite {
+                    append,
+                    delete,
+                    done,
+                } => {
+                    events_write(&tx, &append, &delete)?;
+                    acks.push(done);
+                }
+                Command::LoadEvents { done } => {
+                    let _ = done.send(load_events(&tx).map_err(StoreError::from));
+                }
                 Command::OutboxWrite {
                     append,
                     delete,
@@ -726,6 +797,49 @@ fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowK
             },
             r.get::<_, i64>(2)? as u64,
         ))
+    })?;
+    rows.collect()
+}
+
+fn events_write(
+    tx: &rusqlite::Transaction<'_>,
+    append: &[StoredEvent],
+    delete: &[u64],
+) -> rusqlite::Result<()> {
+    let mut insert = tx.prepare_cached(
+        "INSERT INTO function_events (id, name, qualifier, topic, payload, hops)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?;
+    for e in append {
+        insert.execute(params![
+            e.id as i64,
+            e.name,
+            e.qualifier,
+            e.topic,
+            e.payload.as_ref(),
+            e.hops
+        ])?;
+    }
+    let mut remove = tx.prepare_cached("DELETE FROM function_events WHERE id = ?1")?;
+    for id in delete {
+        remove.execute(params![*id as i64])?;
+    }
+    Ok(())
+}
+
+fn load_events(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
+    let mut stmt = tx.prepare_cached(
+        "SELECT id, name, qualifier, topic, payload, hops FROM function_events ORDER BY id",
+    )?;
+    let rows = stmt.query_map([], |r| {
+        Ok(StoredEvent {
+            id: r.get::<_, i64>(0)? as u64,
+            name: r.get(1)?,
+            qualifier: r.get(2)?,
+            topic: r.get(3)?,
+            payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
+            hops: r.get(5)?,
+        })
     })?;
     rows.collect()
 }

@@ -1,17 +1,21 @@
-//! The durable tap: messages a component must have committed before the gateway acknowledges them.
+//! Durable taps: messages a component must have committed before the gateway acknowledges them.
 //!
 //! The router acknowledges a device's QoS 1 PUBLISH as soon as it has the message in memory, and a
 //! component reading the bus sees it only later; a power cut in between would lose a message the
-//! device was told was delivered. For the cloud outbox that is not good enough ("nothing is lost
-//! while the link is down"), so the cloud component installs a tap: the connection layer, the bus
-//! and the will path hand every message whose topic matches one of the tap's routes to the tap's
-//! owner and wait until it says the message is committed; only then does the router (and so the
-//! PUBACK, or the delivery to local subscribers) see it. A slow disk therefore slows the publishers
-//! of tapped topics instead of losing their messages.
+//! device was told was delivered. For the cloud outbox and for functions' async events that is not
+//! good enough ("nothing is lost when power fails"), so those components install a tap each: the
+//! connection layer, the bus and the will path hand every message whose topic matches one of a
+//! tap's routes to that tap's owner and wait until it says the message is committed; only then does
+//! the router (and so the PUBACK, or the delivery to local subscribers) see it. A slow disk
+//! therefore slows the publishers of tapped topics instead of losing their messages.
 //!
-//! Architecture invariant: the tap is set once, before the listeners open; a message is offered at
+//! Architecture invariant: taps are installed before the listeners open (their routes may change
+//! later, e.g. when a function with new triggers is deployed); a message is offered to each tap at
 //! most once, at the place it enters the router (a device's connection, a component's bus, a will),
-//! so the owner never needs to deduplicate.
+//! so an owner never needs to deduplicate. A tap's owner publishes on a bus that bypasses its own
+//! tap (never the others).
+
+use std::sync::RwLock;
 
 use bytes::Bytes;
 use tokio::sync::{mpsc, oneshot};
@@ -28,11 +32,22 @@ pub struct Route {
     pub prefix: String,
 }
 
+/// One message a tap took.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tapped {
+    /// The target topic (the route's rewrite of the local topic).
+    pub topic: String,
+    /// The payload.
+    pub payload: Bytes,
+    /// Rule and function republish hops that led to it (0 for a device's own message).
+    pub hops: u32,
+}
+
 /// Messages offered together, with the channel on which the owner says they are committed.
 #[derive(Debug)]
 pub struct Offer {
-    /// `(target topic, payload)`, in the order they were published.
-    pub messages: Vec<(String, Bytes)>,
+    /// In the order they were published.
+    pub messages: Vec<Tapped>,
     /// Answered once the messages are durable (or counted as dropped by the owner's policy).
     pub done: oneshot::Sender<()>,
 }
@@ -42,22 +57,33 @@ pub struct Offer {
 #[error("the durable tap's owner has stopped")]
 pub struct TapClosed;
 
-/// The routes and the channel to the owner; installed in the broker by [`crate::broker::BusMaker::set_tap`].
+/// The routes and the channel to the owner; installed in the broker by
+/// [`crate::broker::BusMaker::add_tap`].
 #[derive(Debug)]
 pub struct Tap {
-    routes: Vec<Route>,
+    routes: RwLock<Vec<Route>>,
     tx: mpsc::Sender<Offer>,
 }
 
 impl Tap {
     /// A tap taking what `routes` select; the owner receives [`Offer`]s on the other end of `tx`.
     pub fn new(routes: Vec<Route>, tx: mpsc::Sender<Offer>) -> Tap {
-        Tap { routes, tx }
+        Tap {
+            routes: RwLock::new(routes),
+            tx,
+        }
+    }
+
+    /// Replaces the routes; messages offered from now on follow the new ones.
+    pub fn set_routes(&self, routes: Vec<Route>) {
+        *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
     }
 
     /// The target topic of `topic`, if a route takes it (the first matching route wins).
     pub fn target(&self, topic: &str) -> Option<String> {
         self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
             .iter()
             .find(|r| grove_rules::topic_matches(&r.filter, topic))
             .map(|r| {
@@ -69,15 +95,21 @@ impl Tap {
             })
     }
 
-    /// Hands the owner the messages among `messages` that a route takes and waits until they are
-    /// committed. Returns at once when none is taken.
+    /// Hands the owner the messages among `messages` (`(topic, payload, hops)`) that a route
+    /// takes and waits until they are committed. Returns at once when none is taken.
     pub async fn offer<'a>(
         &self,
-        messages: impl IntoIterator<Item = (&'a str, &'a Bytes)>,
+        messages: impl IntoIterator<Item = (&'a str, &'a Bytes, u32)>,
     ) -> Result<(), TapClosed> {
-        let taken: Vec<(String, Bytes)> = messages
+        let taken: Vec<Tapped> = messages
             .into_iter()
-            .filter_map(|(topic, payload)| Some((self.target(topic)?, payload.clone())))
+            .filter_map(|(topic, payload, hops)| {
+                Some(Tapped {
+                    topic: self.target(topic)?,
+                    payload: payload.clone(),
+                    hops,
+                })
+            })
             .collect();
         if taken.is_empty() {
             return Ok(());
@@ -136,21 +168,27 @@ mod tests {
         let payload = Bytes::from_static(b"p");
         let owner = tokio::spawn(async move {
             let offer = rx.recv().await.expect("an offer");
-            assert_eq!(
-                offer.messages,
-                vec![("a/1".to_owned(), Bytes::from_static(b"p"))]
-            );
+            let want = Tapped {
+                topic: "a/1".into(),
+                payload: Bytes::from_static(b"p"),
+                hops: 2,
+            };
+            assert_eq!(offer.messages, vec![want]);
             offer.done.send(()).expect("waiting");
             // The owner stops.
         });
-        tap.offer([("b/0", &payload), ("a/1", &payload)])
+        tap.offer([("b/0", &payload, 0), ("a/1", &payload, 2)])
             .await
             .expect("committed");
         owner.await.expect("owner");
         // Nothing taken: no round trip, even without an owner.
-        tap.offer([("b/0", &payload)])
+        tap.offer([("b/0", &payload, 0)])
             .await
             .expect("nothing to take");
-        assert_eq!(tap.offer([("a/2", &payload)]).await, Err(TapClosed));
+        assert_eq!(tap.offer([("a/2", &payload, 0)]).await, Err(TapClosed));
+        // New routes apply to the next offer.
+        tap.set_routes(vec![route("c/#", "", "x/")]);
+        assert_eq!(tap.target("a/2"), None);
+        assert_eq!(tap.target("c/1").as_deref(), Some("x/c/1"));
     }
 }

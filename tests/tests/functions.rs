@@ -32,6 +32,7 @@ fn guest_version(body: &str, topic: &str, abi: i32) -> Vec<u8> {
   (import "grove" "log" (func $log (param i32 i32 i32)))
   (import "grove" "shadow_get" (func $shadow_get (param i32 i32 i32 i32) (result i32)))
   (import "grove" "shadow_update" (func $shadow_update (param i32 i32 i32 i32 i32 i32) (result i32)))
+  (import "grove" "now_ms" (func $now_ms (result i64)))
   (memory (export "memory") 1)
   (global $count (mut i32) (i32.const 0))
   (data (i32.const 16) "ok")
@@ -933,5 +934,55 @@ async fn the_shipped_examples_alert_enrich_drive_a_relay_and_echo() {
     assert_eq!(
         serde_json::from_slice::<Value>(&p.payload).unwrap(),
         json!({"ping": 1})
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acknowledged_events_survive_a_kill_9_and_run_after_the_restart() {
+    let mut f = Fixture::start("");
+    // Takes 1.5 s per event (by the clock, so on any machine), then forwards it to out/slow.
+    let slow = format!(
+        "(local $t i64)
+         (local.set $t (i64.add (call $now_ms) (i64.const 1500)))
+         (loop $l (br_if $l (i64.lt_u (call $now_ms) (local.get $t))))
+         {}",
+        forward("out/slow")
+    );
+    f.deployed(
+        "slow",
+        &guest(&slow, "out/slow"),
+        "triggers = [\"work/+\"]\nmax_concurrency = 1\ntimeout_ms = 5000\n[grants]\npublish = [\"out/#\"]",
+    );
+    // mosquitto_pub -q 1 exits only after its PUBACK: each event is acknowledged to the device.
+    for i in 1..=4 {
+        let status = std::process::Command::new("mosquitto_pub")
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &f.g.mqtt_port.to_string(),
+                "-q",
+                "1",
+            ])
+            .args(["-t", &format!("work/{i}"), "-m", &i.to_string()])
+            .status()
+            .expect("mosquitto_pub (apt install mosquitto-clients)");
+        assert!(status.success(), "mosquitto_pub work/{i}");
+    }
+    // The first event is running, the others are queued: none is done when the power goes.
+    f.g.kill_and_restart();
+    let mut watcher = Client::connect("slow-watch", f.g.mqtt_port).await;
+    watcher.subscribe("out/slow", QoS::AtLeastOnce).await;
+    let got: BTreeSet<String> = watcher
+        .recv_n(4, Duration::from_secs(20))
+        .await
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(got, BTreeSet::from(["1", "2", "3", "4"].map(String::from)));
+    assert!(
+        f.g.log().contains("function events restored events=4"),
+        "{}",
+        f.g.log()
     );
 }

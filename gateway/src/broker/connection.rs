@@ -512,7 +512,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn ingest(&mut self) -> Option<End> {
         let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
         let mut batch = Vec::new();
-        // Publishes the durable tap may take, by wire topic (see `crate::tap`).
+        // Publishes the durable taps may take, by wire topic (see `crate::tap`).
+        let taps = self.shared.has_taps();
         let mut tapped: Vec<(String, Bytes)> = Vec::new();
         let mut end = None;
         loop {
@@ -588,11 +589,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         });
                         break;
                     }
-                    if let Some(tap) = self.shared.tap.get() {
-                        let topic = String::from_utf8_lossy(&publish.topic);
-                        if tap.target(&topic).is_some() {
-                            tapped.push((topic.into_owned(), publish.payload.clone()));
-                        }
+                    if taps {
+                        tapped.push((
+                            String::from_utf8_lossy(&publish.topic).into_owned(),
+                            publish.payload.clone(),
+                        ));
                     }
                     let mut publish = publish;
                     let mut props = props;
@@ -706,14 +707,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         // The router acknowledges (and delivers) only what the tap's owner has committed. If the
         // owner has stopped, the gateway is shutting down: the batch is not relayed, so the
         // device gets no PUBACK and sends its QoS 1 messages again to the next gateway run.
-        if let Some(tap) = self.shared.tap.get().filter(|_| !tapped.is_empty()) {
-            if tap
-                .offer(tapped.iter().map(|(t, p)| (t.as_str(), p)))
+        if !tapped.is_empty()
+            && self
+                .shared
+                .offer_to_taps(tapped.iter().map(|(t, p)| (t.as_str(), p, 0)), None)
                 .await
                 .is_err()
-            {
-                return Some(End::RouterClosed);
-            }
+        {
+            return Some(End::RouterClosed);
         }
         if !batch.is_empty()
             && self

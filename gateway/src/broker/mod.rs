@@ -42,7 +42,7 @@ use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig, ConfigError};
 use crate::metrics::BrokerMetrics;
 use crate::store::{RetainedMessage, Store, StoreError};
-use crate::tap::Tap;
+use crate::tap::{Tap, TapClosed};
 
 /// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of
 /// device ids ([`namespace::client_id_to_router`]) never produces, so no device can take them over.
@@ -131,8 +131,8 @@ pub(crate) struct Shared {
     /// Whether the connection layer records every publisher's client id (rules need it for
     /// `clientid()`); otherwise only on `$aws/things/...`.
     pub(crate) record_origin: std::sync::atomic::AtomicBool,
-    /// The durable tap (cloud outbox), if one is installed: see `crate::tap`.
-    pub(crate) tap: std::sync::OnceLock<Tap>,
+    /// The durable taps (cloud outbox, functions' events): see `crate::tap`.
+    taps: std::sync::RwLock<Vec<Arc<Tap>>>,
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
     /// removes the entry, which cancels the will.
     pending_wills: Mutex<HashMap<String, u64>>,
@@ -229,7 +229,7 @@ impl Broker {
             pending_wills: Mutex::new(HashMap::new()),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
-            tap: std::sync::OnceLock::new(),
+            taps: std::sync::RwLock::new(Vec::new()),
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
@@ -334,18 +334,18 @@ pub struct BusMaker {
 }
 
 impl BusMaker {
-    /// A new link named after `component`; what it publishes passes the durable tap.
+    /// A new link named after `component`; what it publishes passes the durable taps.
     pub async fn bus(&self, component: &str) -> Result<Bus, BrokerError> {
-        self.make_bus(component, true).await
+        self.make_bus(component, None).await
     }
 
-    /// A link whose publishes bypass the durable tap: for the tap's owner itself, whose messages
-    /// came from the cloud and must not be sent back up.
-    pub async fn untapped_bus(&self, component: &str) -> Result<Bus, BrokerError> {
-        self.make_bus(component, false).await
+    /// A link whose publishes bypass `tap` (and only that one): for a tap's owner, whose own
+    /// messages must not come back to it (what came down from the cloud never goes back up).
+    pub async fn bus_outside(&self, component: &str, tap: &Arc<Tap>) -> Result<Bus, BrokerError> {
+        self.make_bus(component, Some(tap.clone())).await
     }
 
-    async fn make_bus(&self, component: &str, tapped: bool) -> Result<Bus, BrokerError> {
+    async fn make_bus(&self, component: &str, skip: Option<Arc<Tap>>) -> Result<Bus, BrokerError> {
         let (tx, rx, _) = self
             .shared
             .router
@@ -357,7 +357,7 @@ impl BusMaker {
             rx,
             self.shared.router.clone(),
             self.shared.clone(),
-            tapped,
+            skip,
         ))
     }
 
@@ -366,10 +366,14 @@ impl BusMaker {
         self.shared.record_origin.store(on, Ordering::Relaxed);
     }
 
-    /// Installs the durable tap (before the listeners open). Links made by this maker afterwards
-    /// offer their publishes to it, except those made with [`BusMaker::untapped_bus`].
-    pub fn set_tap(&self, tap: Tap) -> Result<(), Tap> {
-        self.shared.tap.set(tap)
+    /// Installs a durable tap (before the listeners open): from now on every publish whose
+    /// topic it takes is committed by its owner before the router sees it.
+    pub fn add_tap(&self, tap: Arc<Tap>) {
+        self.shared
+            .taps
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(tap);
     }
 }
 
@@ -549,12 +553,44 @@ impl Shared {
     /// is gone, so there is nobody to refuse: if the tap's owner has stopped, the will still goes
     /// to local subscribers and the miss is logged.
     async fn offer_to_tap(&self, publish: &Publish) {
-        if let Some(tap) = self.tap.get() {
-            let topic = String::from_utf8_lossy(&publish.topic);
-            if tap.offer([(&*topic, &publish.payload)]).await.is_err() {
-                warn!(%topic, "the cloud outbox has stopped: a will was not queued for the cloud");
-            }
+        let topic = String::from_utf8_lossy(&publish.topic);
+        if self
+            .offer_to_taps([(&*topic, &publish.payload, 0)], None)
+            .await
+            .is_err()
+        {
+            warn!(%topic, "a durable tap's owner has stopped: a will was not queued with it");
         }
+    }
+
+    /// Whether any durable tap is installed (the connection layer collects publishes only then).
+    pub(crate) fn has_taps(&self) -> bool {
+        !self
+            .taps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .is_empty()
+    }
+
+    /// Offers `messages` (`(topic, payload, hops)`) to every durable tap except `skip`, and waits
+    /// until each owner has committed what it took.
+    pub(crate) async fn offer_to_taps<'a>(
+        &self,
+        messages: impl IntoIterator<Item = (&'a str, &'a Bytes, u32)> + Clone,
+        skip: Option<&Arc<Tap>>,
+    ) -> Result<(), TapClosed> {
+        let taps: Vec<Arc<Tap>> = self
+            .taps
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .filter(|t| skip.is_none_or(|s| !Arc::ptr_eq(s, t)))
+            .cloned()
+            .collect();
+        for tap in taps {
+            tap.offer(messages.clone()).await?;
+        }
+        Ok(())
     }
 
     /// Publishes a will after its delay, unless the client connects again first.

@@ -27,6 +27,7 @@ pub mod merge;
 pub mod outbox;
 pub mod sync;
 
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -108,14 +109,6 @@ pub async fn start(
             "cloud outbox restored"
         );
     }
-    // This component's own publishes came from the cloud: they must not pass the tap.
-    let mut bus = buses
-        .untapped_bus("cloud")
-        .await
-        .map_err(|e| CloudError::Bus(e.to_string()))?;
-    bus.subscribe_confirmed(&[STATUS_TOPIC.to_owned()])
-        .await
-        .map_err(|e| CloudError::Bus(e.to_string()))?;
     let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
     let mut routes: Vec<Route> = config
         .forward
@@ -131,9 +124,17 @@ pub async fn start(
         strip: UP_PREFIX.to_owned(),
         prefix: String::new(),
     });
-    if buses.set_tap(Tap::new(routes, offers_tx)).is_err() {
-        return Err(CloudError::Bus("a durable tap is already installed".into()));
-    }
+    let tap = Arc::new(Tap::new(routes, offers_tx));
+    // This component's own publishes came from the cloud: they must not pass its tap (they do
+    // pass the others: a command brought down may trigger a local function).
+    let mut bus = buses
+        .bus_outside("cloud", &tap)
+        .await
+        .map_err(|e| CloudError::Bus(e.to_string()))?;
+    bus.subscribe_confirmed(&[STATUS_TOPIC.to_owned()])
+        .await
+        .map_err(|e| CloudError::Bus(e.to_string()))?;
+    buses.add_tap(tap.clone());
 
     let mut subscriptions: Vec<String> = config.downlink.iter().map(|d| d.filter.clone()).collect();
     let mut tasks = Vec::new();
@@ -143,7 +144,7 @@ pub async fn start(
             subscriptions.extend(sync::cloud_filters(shadows));
             let (tx, rx) = mpsc::unbounded_channel();
             let sync_bus = buses
-                .untapped_bus("cloud-sync")
+                .bus_outside("cloud-sync", &tap)
                 .await
                 .map_err(|e| CloudError::Bus(e.to_string()))?;
             let component =
@@ -448,6 +449,7 @@ impl Owner {
         let incoming: Vec<(String, Bytes)> = waiting
             .iter_mut()
             .flat_map(|o| std::mem::take(&mut o.messages))
+            .map(|t| (t.topic, t.payload))
             .collect();
         self.append(incoming, now_ms()).await;
         for offer in waiting.drain(..) {

@@ -62,6 +62,15 @@ impl Qualifier {
         }
         Err(RoutingError::BadQualifier(text.to_owned()))
     }
+
+    /// The text [`Qualifier::parse`] reads back.
+    pub fn text(&self) -> String {
+        match self {
+            Qualifier::Latest => LATEST.to_owned(),
+            Qualifier::Version(n) => n.to_string(),
+            Qualifier::Alias(a) => a.clone(),
+        }
+    }
 }
 
 /// An alias: a version, and optionally a share of traffic for another one.

@@ -3,15 +3,19 @@
 //! - Registry: every deployed version (manifest + module file in `{data_dir}/functions/`, row in
 //!   the store) is loaded at startup from the precompiled cache, so a restart does not recompile.
 //!   Deploys are serialised; each makes version `latest + 1`, immutable.
-//! - Triggers: one bus link per distinct trigger filter (rumqttd delivers a message once per
-//!   matching filter of a link, so a link never holds two filters). Triggers are those of each
-//!   function's `$LATEST` manifest, invoking its `trigger_qualifier`. A redeploy subscribes new
-//!   filters (confirmed) before it drops old ones, and the queue belongs to the function, not the
-//!   version, so a redeploy under load loses no event.
-//! - Async events (triggers, rules' `function` action): a bounded queue per function, at most
-//!   `max_concurrency` running, at-least-once: a failed attempt is retried twice, after 100 ms
-//!   and 500 ms, then the event and the last error go to `$grove/functions/{name}/dlq`. Handlers
-//!   must therefore be idempotent. A full queue sends the event to the DLQ at once.
+//! - Triggers: the routes of the component's durable tap ([`crate::tap`]) are the trigger filters
+//!   of each function's `$LATEST` manifest (invoking its `trigger_qualifier`) and
+//!   `$grove/functions/+/event` (rules' `function` action, direct async events). A message a route
+//!   takes becomes an event of each function whose trigger it matches, and the events are
+//!   committed to the store (`function_events`) **before** the router sees the message, so before
+//!   the device's PUBACK: an event survives a crash or a power cut and runs after the restart. A
+//!   redeploy swaps the routes at once, and the queue belongs to the function, not the version, so
+//!   a redeploy under load loses no event.
+//! - Async events: a bounded queue per function, at most `max_concurrency` running,
+//!   at-least-once: a failed attempt is retried twice, after 100 ms and 500 ms, then the event and
+//!   the last error go to `$grove/functions/{name}/dlq`. Handlers must therefore be idempotent. A
+//!   full queue sends the event to the DLQ at once. An event leaves the store when it is done
+//!   (success or dead letter); one running when the gateway stops runs again after the restart.
 //! - Sync invocation: a publish to `$grove/functions/{name}/invoke` (or `{name}:{qualifier}`),
 //!   answered on the request's MQTT 5 response topic with its correlation data, or, for MQTT
 //!   3.1.1, on the `replyTo` topic of a JSON envelope `{"replyTo": ..., "correlationId": ...,
@@ -45,7 +49,12 @@ use crate::config::FunctionsConfig;
 use crate::metrics::FunctionMetrics;
 use crate::rules::MAX_HOPS;
 use crate::shadow::names::{request_topic, Operation};
-use crate::store::{Store, StoreError, StoredAlias, StoredFunctionVersion};
+use crate::store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
+use crate::tap::{Offer, Route, Tap};
+
+/// Offers from publishers waiting for their events to be recorded; each publisher waits for its
+/// own, so this only bounds how many are queued at once.
+const TAP_QUEUE: usize = 256;
 
 /// The sync invocation filter.
 pub const INVOKE_FILTER: &str = "$grove/functions/+/invoke";
@@ -101,6 +110,8 @@ pub enum FunctionError {
 /// An async event waiting for its function.
 #[derive(Debug, Clone)]
 struct Event {
+    /// Its row in the store's `function_events`.
+    id: u64,
     topic: String,
     payload: Bytes,
     hops: u32,
@@ -204,19 +215,13 @@ struct Inner {
     workers: Arc<Semaphore>,
     publish: mpsc::Sender<Batch>,
     shadow: ShadowClient,
-    buses: BusMaker,
-    triggers: tokio::sync::Mutex<HashMap<String, TriggerLink>>,
-    /// Numbers trigger links: a link's client id must never be one still in use.
-    next_link: std::sync::atomic::AtomicU64,
+    /// The durable tap whose routes are the triggers.
+    tap: Arc<Tap>,
+    /// The next event's id (one more than the largest ever stored).
+    next_event: std::sync::atomic::AtomicU64,
     handle: tokio::runtime::Handle,
     rng: Mutex<fastrand::Rng>,
     shutdown: watch::Receiver<bool>,
-}
-
-/// A running trigger link: its stop signal and task.
-struct TriggerLink {
-    stop: oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<()>,
 }
 
 impl Functions {
@@ -256,6 +261,8 @@ impl Functions {
             .map_err(|_| FunctionError::Closed)?;
         let shadow = ShadowClient::default();
         tokio::spawn(shadow.clone().serve(shadow_bus, shutdown.clone()));
+        let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
+        let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
         let functions = Functions {
             inner: Arc::new(Inner {
                 runtime,
@@ -269,9 +276,8 @@ impl Functions {
                 workers: Arc::new(Semaphore::new(config.workers)),
                 publish,
                 shadow,
-                buses: buses.clone(),
-                triggers: tokio::sync::Mutex::new(HashMap::new()),
-                next_link: std::sync::atomic::AtomicU64::new(0),
+                tap: tap.clone(),
+                next_event: std::sync::atomic::AtomicU64::new(1),
                 handle: tokio::runtime::Handle::current(),
                 rng: Mutex::new(fastrand::Rng::new()),
                 shutdown: shutdown.clone(),
@@ -284,13 +290,32 @@ impl Functions {
             .await
             .map_err(|_| FunctionError::Closed)?;
         tokio::spawn(functions.clone().serve_invoke(invoke_bus));
-        let mut event_bus = buses.bus("functions-event").await.map_err(bus_err)?;
-        event_bus
-            .subscribe_confirmed(&[EVENT_FILTER.to_owned()])
-            .await
-            .map_err(|_| FunctionError::Closed)?;
-        tokio::spawn(functions.clone().serve_events(event_bus));
-        functions.sync_triggers().await?;
+        // Events left from the last run (queued or running when it stopped) run first.
+        let pending = functions.inner.store.load_events().await?;
+        if let Some(last) = pending.last() {
+            functions
+                .inner
+                .next_event
+                .store(last.id + 1, std::sync::atomic::Ordering::Relaxed);
+            info!(events = pending.len(), "function events restored");
+        }
+        for stored in pending {
+            let Ok(qualifier) = Qualifier::parse(&stored.qualifier) else {
+                functions.forget_events(vec![stored.id]).await;
+                continue;
+            };
+            let event = Event {
+                id: stored.id,
+                topic: stored.topic,
+                payload: stored.payload,
+                hops: stored.hops,
+                qualifier,
+            };
+            functions.enqueue(&stored.name, event);
+        }
+        functions.update_routes();
+        buses.add_tap(tap);
+        tokio::spawn(functions.clone().take_offers(offers));
         Ok(functions)
     }
 
@@ -434,7 +459,7 @@ impl Functions {
             self.set_alias_locked(&name, &alias, version, None).await?;
         }
         info!(function = name, version, "function deployed");
-        self.sync_triggers().await?;
+        self.update_routes();
         Ok(Deployed {
             name,
             version,
@@ -500,7 +525,8 @@ impl Functions {
         self.lock().remove(name);
         let _ = std::fs::remove_dir_all(self.inner.dir.join(name));
         info!(function = name, "function removed");
-        self.sync_triggers().await
+        self.update_routes();
+        Ok(())
     }
 
     /// Every function.
@@ -533,28 +559,15 @@ impl Functions {
             .ok_or_else(|| FunctionError::NotFound(name.to_owned()))
     }
 
-    /// Queues an async event (a trigger's message, a rule's output). A full queue sends it to
-    /// the dead-letter topic.
-    pub fn enqueue(
-        &self,
-        name: &str,
-        qualifier: Qualifier,
-        topic: String,
-        payload: Bytes,
-        hops: u32,
-    ) {
-        let event = Event {
-            topic,
-            payload,
-            hops,
-            qualifier,
-        };
+    /// Queues a recorded async event. A full queue sends it to the dead-letter topic.
+    fn enqueue(&self, name: &str, event: Event) {
         let queue = self.lock().get(name).map(|f| f.queue.clone());
         let Some(queue) = queue else {
             warn!(
                 function = name,
                 "an event for a function that does not exist was dropped"
             );
+            self.spawn_forget(event.id);
             return;
         };
         if let Err(e) = queue.try_send(event) {
@@ -563,7 +576,130 @@ impl Functions {
             };
             let failure = json!({"kind": "queue_full", "message": "the function's queue is full"});
             self.dead_letter(name, &event, None, failure, 0);
+            self.spawn_forget(event.id);
         }
+    }
+
+    /// Forgets finished events (one commit; concurrent callers share it).
+    async fn forget_events(&self, ids: Vec<u64>) {
+        if let Err(e) = self.inner.store.events_write(Vec::new(), ids).await {
+            warn!(error = %e, "cannot delete finished function events; they may run again after a restart");
+        }
+    }
+
+    fn spawn_forget(&self, id: u64) {
+        let this = self.clone();
+        tokio::spawn(async move { this.forget_events(vec![id]).await });
+    }
+
+    /// The durable tap's owner: turns the messages its routes took into events of the functions
+    /// they trigger, commits them, lets the publishers go on, then queues them.
+    async fn take_offers(self, mut offers: mpsc::Receiver<Offer>) {
+        let mut shutdown = self.inner.shutdown.clone();
+        let mut waiting = Vec::new();
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                offer = offers.recv() => match offer {
+                    Some(o) => waiting.push(o),
+                    None => return,
+                },
+            }
+            while let Ok(o) = offers.try_recv() {
+                waiting.push(o);
+            }
+            let mut events: Vec<(String, Event)> = Vec::new();
+            for offer in &mut waiting {
+                for t in offer.messages.drain(..) {
+                    for (name, qualifier) in self.targets(&t.topic) {
+                        let id = self
+                            .inner
+                            .next_event
+                            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                        let event = Event {
+                            id,
+                            topic: t.topic.clone(),
+                            payload: t.payload.clone(),
+                            hops: t.hops,
+                            qualifier,
+                        };
+                        events.push((name, event));
+                    }
+                }
+            }
+            let stored = events
+                .iter()
+                .map(|(name, e)| StoredEvent {
+                    id: e.id,
+                    name: name.clone(),
+                    qualifier: e.qualifier.text(),
+                    topic: e.topic.clone(),
+                    payload: e.payload.clone(),
+                    hops: e.hops,
+                })
+                .collect();
+            if let Err(e) = self.inner.store.events_write(stored, Vec::new()).await {
+                // They still run now; only a crash before they finish would lose them.
+                warn!(error = %e, events = events.len(), "cannot record function events");
+            }
+            for offer in waiting.drain(..) {
+                let _ = offer.done.send(());
+            }
+            for (name, event) in events {
+                self.enqueue(&name, event);
+            }
+        }
+    }
+
+    /// The functions (and qualifiers) a message on `topic` is an event of: the target of
+    /// `$grove/functions/{name}[:{qualifier}]/event`, or every function whose `$LATEST` manifest
+    /// has a trigger matching the topic.
+    fn targets(&self, topic: &str) -> Vec<(String, Qualifier)> {
+        if topic.starts_with("$grove/functions/") {
+            return match parse_target(topic, "/event") {
+                Ok(target) => vec![target],
+                Err(e) => {
+                    warn!(topic, "an async event was dropped: {e}");
+                    Vec::new()
+                }
+            };
+        }
+        self.lock()
+            .iter()
+            .filter_map(|(name, f)| {
+                let m = f.latest_manifest()?;
+                m.triggers
+                    .iter()
+                    .any(|t| grove_rules::topic_matches(t, topic))
+                    .then(|| {
+                        (
+                            name.clone(),
+                            Qualifier::parse(&m.trigger_qualifier).unwrap_or(Qualifier::Latest),
+                        )
+                    })
+            })
+            .collect()
+    }
+
+    /// Makes the tap's routes the functions' triggers (plus the async event topic).
+    fn update_routes(&self) {
+        let filters: std::collections::BTreeSet<String> = self
+            .lock()
+            .values()
+            .filter_map(|f| f.latest_manifest())
+            .flat_map(|m| m.triggers.iter().cloned())
+            .chain(std::iter::once(EVENT_FILTER.to_owned()))
+            .collect();
+        self.inner.tap.set_routes(
+            filters
+                .into_iter()
+                .map(|filter| Route {
+                    filter,
+                    strip: String::new(),
+                    prefix: String::new(),
+                })
+                .collect(),
+        );
     }
 
     /// Runs one invocation on the blocking pool.
@@ -681,7 +817,10 @@ impl Functions {
                 Ok(Invoked {
                     outcome: Outcome { result: Ok(_), .. },
                     ..
-                }) => return,
+                }) => {
+                    self.forget_events(vec![event.id]).await;
+                    return;
+                }
                 Ok(Invoked {
                     version,
                     outcome:
@@ -691,12 +830,14 @@ impl Functions {
                         },
                     ..
                 }) => last = Some((Some(version), failure_json(&failure))),
+                // Shutting down: the event stays stored and runs after the restart.
                 Err(FunctionError::Closed) => return,
                 Err(FunctionError::NotFound(_)) => {
                     debug!(
                         function = name,
                         "the function was removed; its queued event is dropped"
                     );
+                    self.forget_events(vec![event.id]).await;
                     return;
                 }
                 Err(e) => last = Some((None, json!({"kind": "routing", "message": e.to_string()}))),
@@ -705,6 +846,7 @@ impl Functions {
         if let Some((version, failure)) = last {
             self.dead_letter(&name, &event, version, failure, BACKOFF.len() + 1);
         }
+        self.forget_events(vec![event.id]).await;
     }
 
     /// Publishes a failed event and its error on the function's dead-letter topic.
@@ -756,26 +898,6 @@ impl Functions {
         }
     }
 
-    /// Queues the async events published on `$grove/functions/{name}[:{qualifier}]/event`.
-    async fn serve_events(self, mut bus: crate::bus::Bus) {
-        let mut shutdown = self.inner.shutdown.clone();
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-            }
-            for m in batch.drain(..) {
-                match parse_target(&m.topic, "/event") {
-                    Ok((name, qualifier)) => {
-                        self.enqueue(&name, qualifier, m.topic.clone(), m.payload, m.hops)
-                    }
-                    Err(e) => warn!(topic = m.topic, "an async event was dropped: {e}"),
-                }
-            }
-        }
-    }
-
     async fn answer_request(&self, m: Message) {
         let request = match SyncRequest::parse(&m) {
             Ok(r) => r,
@@ -821,106 +943,6 @@ impl Functions {
             .publish
             .send(vec![(msg, m.correlation_data)])
             .await;
-    }
-
-    /// Makes the trigger links match the functions' triggers: new filters first (confirmed),
-    /// then the old ones leave.
-    async fn sync_triggers(&self) -> Result<(), FunctionError> {
-        let wanted: std::collections::BTreeSet<String> = self
-            .lock()
-            .values()
-            .filter_map(|f| f.latest_manifest())
-            .flat_map(|m| m.triggers.iter().cloned())
-            .collect();
-        let mut links = self.inner.triggers.lock().await;
-        for filter in &wanted {
-            if links.contains_key(filter) {
-                continue;
-            }
-            let mut bus = self
-                .inner
-                .buses
-                .bus(&format!(
-                    "functions-trigger-{}",
-                    self.inner
-                        .next_link
-                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-                ))
-                .await
-                .map_err(|e| FunctionError::Io(e.to_string()))?;
-            bus.subscribe_confirmed(std::slice::from_ref(filter))
-                .await
-                .map_err(|_| FunctionError::Closed)?;
-            let (stop, stopped) = oneshot::channel();
-            let task = tokio::spawn(self.clone().trigger(filter.clone(), bus, stopped));
-            links.insert(filter.clone(), TriggerLink { stop, task });
-        }
-        let gone: Vec<String> = links
-            .keys()
-            .filter(|f| !wanted.contains(*f))
-            .cloned()
-            .collect();
-        for filter in gone {
-            if let Some(link) = links.remove(&filter) {
-                let _ = link.stop.send(());
-                let _ = link.task.await;
-            }
-        }
-        Ok(())
-    }
-
-    /// One trigger filter's link: each message becomes an event of every function whose
-    /// `$LATEST` manifest lists the filter.
-    async fn trigger(
-        self,
-        filter: String,
-        mut bus: crate::bus::Bus,
-        mut stop: oneshot::Receiver<()>,
-    ) {
-        let mut shutdown = self.inner.shutdown.clone();
-        let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                _ = &mut stop => break,
-                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-            }
-            self.route(&filter, &mut batch);
-        }
-        // Messages already routed to this link are still delivered.
-        while let Ok(Ok(())) =
-            tokio::time::timeout(Duration::from_millis(100), bus.recv_batch(&mut batch)).await
-        {
-            self.route(&filter, &mut batch);
-        }
-        bus.close().await;
-    }
-
-    fn route(&self, filter: &str, batch: &mut Vec<Message>) {
-        let targets: Vec<(String, Qualifier)> = self
-            .lock()
-            .iter()
-            .filter_map(|(name, f)| {
-                let m = f.latest_manifest()?;
-                m.triggers.iter().any(|t| t == filter).then(|| {
-                    (
-                        name.clone(),
-                        Qualifier::parse(&m.trigger_qualifier).unwrap_or(Qualifier::Latest),
-                    )
-                })
-            })
-            .collect();
-        for m in batch.drain(..) {
-            for (name, qualifier) in &targets {
-                self.enqueue(
-                    name,
-                    qualifier.clone(),
-                    m.topic.clone(),
-                    m.payload.clone(),
-                    m.hops,
-                );
-            }
-        }
     }
 }
 
