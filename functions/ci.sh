@@ -13,7 +13,7 @@ ROOT="$(dirname "$FUNCTIONS")"
 OUT_DIR="${1:-$ROOT/target/functions}"
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
 TARGET=wasm32-unknown-unknown
-GUEST_PACKAGES=(-p grove-fn-sdk -p threshold-alert -p enricher -p actuator)
+GUEST_PACKAGES=(-p grove-fn-sdk -p example-common -p threshold-alert -p enricher -p actuator)
 
 step() { printf '\n== functions: %s\n' "$*"; }
 

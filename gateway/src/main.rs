@@ -385,15 +385,7 @@ fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr
 /// Where a client on this machine reaches the gateway: its first listener, with an unspecified
 /// address (0.0.0.0, ::) replaced by loopback.
 fn gateway_address(config: &Config) -> SocketAddr {
-    let mut addr = config.broker.listeners[0].bind.value;
-    if addr.ip().is_unspecified() {
-        addr.set_ip(if addr.is_ipv4() {
-            std::net::Ipv4Addr::LOCALHOST.into()
-        } else {
-            std::net::Ipv6Addr::LOCALHOST.into()
-        });
-    }
-    addr
+    loopback(config.broker.listeners[0].bind.value)
 }
 
 fn rules(action: RulesAction) -> ExitCode {

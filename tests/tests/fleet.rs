@@ -50,22 +50,32 @@ fn explain(output: &Output, gateway: &Gateway) -> String {
     )
 }
 
+/// Runs `grove-sim run SCENARIO --target <the gateway> EXTRA...`, asserting its exit code (with
+/// both sides' output when it differs); returns its output and summary.
+fn run_against(
+    gateway: &Gateway,
+    scenario: &Path,
+    extra: &[&str],
+    code: i32,
+) -> (Output, Option<Value>) {
+    let target = gateway.mqtt_addr().to_string();
+    let mut args = vec!["run", scenario.to_str().unwrap(), "--target", &target];
+    args.extend_from_slice(extra);
+    let (output, summary) = grove_sim(&args);
+    assert_eq!(
+        output.status.code(),
+        Some(code),
+        "{}",
+        explain(&output, gateway)
+    );
+    (output, summary)
+}
+
 #[test]
 fn smoke_scenario_passes_against_the_gateway() {
     let gateway = fleet_gateway();
     let path = scenario("smoke");
-    let (output, summary) = grove_sim(&[
-        "run",
-        path.to_str().unwrap(),
-        "--target",
-        &gateway.mqtt_addr().to_string(),
-    ]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        explain(&output, &gateway)
-    );
+    let (output, summary) = run_against(&gateway, &path, &[], 0);
     let summary = summary.expect("summary written");
     assert_eq!(summary["passed"], true);
     assert_eq!(summary["devices"], 10);
@@ -100,20 +110,7 @@ fn a_failed_expectation_exits_non_zero() {
     );
     let path = dir.path().join("impossible.toml");
     std::fs::write(&path, text).unwrap();
-    let (output, summary) = grove_sim(&[
-        "run",
-        path.to_str().unwrap(),
-        "--target",
-        &gateway.mqtt_addr().to_string(),
-        "--duration",
-        "3",
-    ]);
-    assert_eq!(
-        output.status.code(),
-        Some(1),
-        "{}",
-        explain(&output, &gateway)
-    );
+    let (output, summary) = run_against(&gateway, &path, &["--duration", "3"], 1);
     let summary = summary.expect("summary written");
     assert_eq!(summary["passed"], false);
     let failed: Vec<&str> = summary["expectations"]
@@ -137,21 +134,11 @@ fn chaos_scenario_converges() {
     let path = scenario("chaos");
     // The shipped storm scenario, shortened to 12 s (one storm, at 10 s, plus random drops, reboots
     // and slow links) and 100 devices, so it runs beside the other tests on a small machine.
-    let (output, summary) = grove_sim(&[
-        "run",
-        path.to_str().unwrap(),
-        "--target",
-        &gateway.mqtt_addr().to_string(),
-        "--duration",
-        "12",
-        "--devices",
-        "100",
-    ]);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{}",
-        explain(&output, &gateway)
+    let (_, summary) = run_against(
+        &gateway,
+        &path,
+        &["--duration", "12", "--devices", "100"],
+        0,
     );
     let summary = summary.expect("summary written");
     let connections = &summary["connections"];

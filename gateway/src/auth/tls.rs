@@ -71,7 +71,12 @@ pub fn server_config(
     Ok(Arc::new(config))
 }
 
-fn certificates(path: &Path, what: &'static str) -> Result<Vec<CertificateDer<'static>>, TlsError> {
+/// Every PEM certificate in a file (at least one); `what` names the file in errors. Also used by
+/// the cloud link for its CA and client certificate.
+pub fn certificates(
+    path: &Path,
+    what: &'static str,
+) -> Result<Vec<CertificateDer<'static>>, TlsError> {
     let err = |message: String| TlsError::File {
         what,
         path: path.to_owned(),

@@ -351,23 +351,19 @@ fn tls_config(
     Ok(Arc::new(config))
 }
 
+/// [`crate::auth::tls::certificates`], its error in the cloud link's terms.
 fn certificates(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, LinkError> {
-    let err = |message: String| LinkError::File {
-        what,
-        path: path.display().to_string(),
-        message,
-    };
-    let certs = CertificateDer::pem_file_iter(path)
-        .map_err(|e| err(e.to_string()))?
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| err(e.to_string()))?;
-    if certs.is_empty() {
-        return Err(err("no PEM certificate in the file".to_owned()));
-    }
-    Ok(certs)
+    crate::auth::tls::certificates(path, what).map_err(|e| match e {
+        crate::auth::tls::TlsError::File { message, .. } => LinkError::File {
+            what,
+            path: path.display().to_string(),
+            message,
+        },
+        other => LinkError::Tls(other.to_string()),
+    })
 }
 
 /// Drives the link until shutdown: connect, report, reconnect after a backoff.

@@ -730,6 +730,21 @@ fn parts<'a>(
     Ok((data, call, manifest))
 }
 
+/// A kv call's memory, state and key, after the kv grant check (a refusal is recorded).
+fn kv_parts<'a>(
+    caller: &'a mut Caller<'_, HostState>,
+    kp: i32,
+    kl: i32,
+    name: &'static str,
+) -> Result<(&'a mut [u8], &'a mut Call, String), i32> {
+    let (data, call, manifest) = parts(caller)?;
+    let key = text(data, kp, kl)?;
+    if !manifest.grants.kv {
+        return Err(call.deny(name, &key));
+    }
+    Ok((data, call, key))
+}
+
 fn text(data: &[u8], ptr: i32, len: i32) -> Result<String, i32> {
     let bytes = guest_bytes(data, ptr, len).ok_or(code::INVALID)?;
     std::str::from_utf8(bytes)
@@ -895,17 +910,10 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "grove",
         "kv_get",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
+            let (_, call, key) = match kv_parts(&mut caller, kp, kl, "kv_get") {
                 Ok(p) => p,
                 Err(c) => return c,
             };
-            let key = match text(data, kp, kl) {
-                Ok(k) => k,
-                Err(c) => return c,
-            };
-            if !manifest.grants.kv {
-                return call.deny("kv_get", &key);
-            }
             match call.host.kv_get(&key) {
                 Ok(Some(v)) => call.pend(v),
                 Ok(None) => code::NOT_FOUND,
@@ -917,20 +925,13 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "grove",
         "kv_put",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
+            let (data, call, key) = match kv_parts(&mut caller, kp, kl, "kv_put") {
                 Ok(p) => p,
-                Err(c) => return c,
-            };
-            let key = match text(data, kp, kl) {
-                Ok(k) => k,
                 Err(c) => return c,
             };
             let Some(value) = guest_bytes(data, vp, vl) else {
                 return code::INVALID;
             };
-            if !manifest.grants.kv {
-                return call.deny("kv_put", &key);
-            }
             if value.len() > MAX_BODY || !call.effect() {
                 return code::LIMIT;
             }
@@ -944,17 +945,10 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "grove",
         "kv_delete",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
+            let (_, call, key) = match kv_parts(&mut caller, kp, kl, "kv_delete") {
                 Ok(p) => p,
                 Err(c) => return c,
             };
-            let key = match text(data, kp, kl) {
-                Ok(k) => k,
-                Err(c) => return c,
-            };
-            if !manifest.grants.kv {
-                return call.deny("kv_delete", &key);
-            }
             if !call.effect() {
                 return code::LIMIT;
             }

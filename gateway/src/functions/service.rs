@@ -217,6 +217,8 @@ struct Inner {
     shadow: ShadowClient,
     /// The durable tap whose routes are the triggers.
     tap: Arc<Tap>,
+    /// Ids of finished events, for [`forgetter`] to delete.
+    finished: mpsc::UnboundedSender<u64>,
     /// The next event's id (one more than the largest ever stored).
     next_event: std::sync::atomic::AtomicU64,
     handle: tokio::runtime::Handle,
@@ -263,6 +265,8 @@ impl Functions {
         tokio::spawn(shadow.clone().serve(shadow_bus, shutdown.clone()));
         let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
         let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forgetter(store.clone(), finished_rx));
         let functions = Functions {
             inner: Arc::new(Inner {
                 runtime,
@@ -277,6 +281,7 @@ impl Functions {
                 publish,
                 shadow,
                 tap: tap.clone(),
+                finished,
                 next_event: std::sync::atomic::AtomicU64::new(1),
                 handle: tokio::runtime::Handle::current(),
                 rng: Mutex::new(fastrand::Rng::new()),
@@ -301,7 +306,7 @@ impl Functions {
         }
         for stored in pending {
             let Ok(qualifier) = Qualifier::parse(&stored.qualifier) else {
-                functions.forget_events(vec![stored.id]).await;
+                functions.forget(stored.id);
                 continue;
             };
             let event = Event {
@@ -567,7 +572,7 @@ impl Functions {
                 function = name,
                 "an event for a function that does not exist was dropped"
             );
-            self.spawn_forget(event.id);
+            self.forget(event.id);
             return;
         };
         if let Err(e) = queue.try_send(event) {
@@ -576,20 +581,15 @@ impl Functions {
             };
             let failure = json!({"kind": "queue_full", "message": "the function's queue is full"});
             self.dead_letter(name, &event, None, failure, 0);
-            self.spawn_forget(event.id);
+            self.forget(event.id);
         }
     }
 
-    /// Forgets finished events (one commit; concurrent callers share it).
-    async fn forget_events(&self, ids: Vec<u64>) {
-        if let Err(e) = self.inner.store.events_write(Vec::new(), ids).await {
-            warn!(error = %e, "cannot delete finished function events; they may run again after a restart");
-        }
-    }
-
-    fn spawn_forget(&self, id: u64) {
-        let this = self.clone();
-        tokio::spawn(async move { this.forget_events(vec![id]).await });
+    /// Marks an event done: [`forgetter`] deletes it from the store with the others finished
+    /// meanwhile. Nothing waits for that commit (a crash before it only means the event runs
+    /// again: at least once), so a function's next event never waits for the disk.
+    fn forget(&self, id: u64) {
+        let _ = self.inner.finished.send(id);
     }
 
     /// The durable tap's owner: turns the messages its routes took into events of the functions
@@ -818,7 +818,7 @@ impl Functions {
                     outcome: Outcome { result: Ok(_), .. },
                     ..
                 }) => {
-                    self.forget_events(vec![event.id]).await;
+                    self.forget(event.id);
                     return;
                 }
                 Ok(Invoked {
@@ -837,7 +837,7 @@ impl Functions {
                         function = name,
                         "the function was removed; its queued event is dropped"
                     );
-                    self.forget_events(vec![event.id]).await;
+                    self.forget(event.id);
                     return;
                 }
                 Err(e) => last = Some((None, json!({"kind": "routing", "message": e.to_string()}))),
@@ -846,7 +846,7 @@ impl Functions {
         if let Some((version, failure)) = last {
             self.dead_letter(&name, &event, version, failure, BACKOFF.len() + 1);
         }
-        self.forget_events(vec![event.id]).await;
+        self.forget(event.id);
     }
 
     /// Publishes a failed event and its error on the function's dead-letter topic.
@@ -943,6 +943,20 @@ impl Functions {
             .publish
             .send(vec![(msg, m.correlation_data)])
             .await;
+    }
+}
+
+/// Deletes finished events from the store: every id waiting goes in one commit, so under load
+/// one commit serves many events.
+async fn forgetter(store: Store, mut finished: mpsc::UnboundedReceiver<u64>) {
+    while let Some(id) = finished.recv().await {
+        let mut ids = vec![id];
+        while let Ok(id) = finished.try_recv() {
+            ids.push(id);
+        }
+        if let Err(e) = store.events_write(Vec::new(), ids).await {
+            warn!(error = %e, "cannot delete finished function events; they may run again after a restart");
+        }
     }
 }
 

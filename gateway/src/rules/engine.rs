@@ -468,13 +468,7 @@ fn perform(
     };
     match action {
         Action::Republish { topic, qos, retain } => {
-            let topic = topic.render(msg, ctx);
-            if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-                return Err(fail(
-                    topic.clone(),
-                    format!("{topic:?} is not a valid topic name"),
-                ));
-            }
+            let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             Ok(Outgoing {
                 topic,
                 payload: Bytes::from(output.to_bytes()),
@@ -484,13 +478,7 @@ fn perform(
             })
         }
         Action::Cloud { topic } => {
-            let topic = topic.render(msg, ctx);
-            if topic.is_empty() || topic.contains(['+', '#', '\0']) {
-                return Err(fail(
-                    topic.clone(),
-                    format!("{topic:?} is not a valid topic name"),
-                ));
-            }
+            let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             // The cloud component takes everything under this prefix into the outbox.
             Ok(Outgoing {
                 topic: format!("{}{topic}", crate::cloud::UP_PREFIX),
@@ -542,4 +530,14 @@ fn now_ms() -> i64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// A rendered topic template that must be a topic name (not empty, no wildcard, no NUL); the
+/// error is the resource and message of the rule's error action.
+fn topic_name(topic: String) -> Result<String, (String, String)> {
+    if topic.is_empty() || topic.contains(['+', '#', '\0']) {
+        let message = format!("{topic:?} is not a valid topic name");
+        return Err((topic, message));
+    }
+    Ok(topic)
 }

@@ -25,6 +25,7 @@
 
 use std::error::Error;
 
+use example_common::device;
 use grove_fn_sdk::{config, shadow, Event, HostError};
 use serde_json::{json, Value};
 
@@ -77,24 +78,6 @@ pub fn plan(document: &Value, mode: Mode, deadband: f64, value: f64) -> Action {
         update["version"] = version.into();
     }
     Action::Update(update)
-}
-
-/// The device a reading is about: the `{id}` of `sensors/{id}/telemetry`, or, when the function is
-/// invoked directly (a `$grove/...` topic: `grove fn invoke`, a sync request), the reading's `device`
-/// field. It becomes a topic level, so it must be one: not empty, no `/`, `+` or `#`.
-pub fn device<'a>(topic: &'a str, reading: &'a Value) -> Result<&'a str, String> {
-    let id = if topic.starts_with('$') {
-        reading["device"].as_str()
-    } else {
-        topic.split('/').nth(1)
-    };
-    id.filter(|id| !id.is_empty() && !id.contains(['/', '+', '#']))
-        .ok_or_else(|| {
-            format!(
-                "no device id in topic {topic} (sensors/{{id}}/telemetry) or, for a direct \
-                 invocation, in the payload's `device` field"
-            )
-        })
 }
 
 fn handle(event: Event<'_>) -> Result<String, Box<dyn Error>> {
@@ -209,27 +192,6 @@ mod tests {
                 plan(&document, Mode::Heat, 0.5, *value),
                 *expected,
                 "{document} {value}"
-            );
-        }
-    }
-
-    #[test]
-    fn device_ids() {
-        let cases: &[(&str, &str, Result<&str, ()>)] = &[
-            ("sensors/k1/telemetry", "{}", Ok("k1")),
-            ("sensors/k1/telemetry", r#"{"device":"other"}"#, Ok("k1")),
-            ("$grove/functions/f/invoke", r#"{"device":"k2"}"#, Ok("k2")),
-            ("$grove/functions/f/invoke", "{}", Err(())),
-            ("$grove/functions/f/invoke", r#"{"device":"a/b"}"#, Err(())),
-            ("sensors//telemetry", "{}", Err(())),
-            ("sensors", "{}", Err(())),
-        ];
-        for &(topic, reading, expected) in cases {
-            let reading: Value = serde_json::from_str(reading).unwrap();
-            assert_eq!(
-                device(topic, &reading).map_err(drop),
-                expected,
-                "{topic} {reading}"
             );
         }
     }

@@ -18,6 +18,7 @@
 
 use std::error::Error;
 
+use example_common::device;
 use grove_fn_sdk::{config, Event, Qos};
 use serde_json::{Map, Value};
 
@@ -56,24 +57,6 @@ pub fn enrich(
     object.insert("device".into(), device.into());
     object.insert("gateway_ms".into(), gateway_ms.into());
     Ok(object)
-}
-
-/// The device a reading is about: the `{id}` of `sensors/{id}/telemetry`, or, when the function is
-/// invoked directly (a `$grove/...` topic: `grove fn invoke`, a sync request), the reading's `device`
-/// field. It becomes a topic level, so it must be one: not empty, no `/`, `+` or `#`.
-pub fn device<'a>(topic: &'a str, reading: &'a Value) -> Result<&'a str, String> {
-    let id = if topic.starts_with('$') {
-        reading["device"].as_str()
-    } else {
-        topic.split('/').nth(1)
-    };
-    id.filter(|id| !id.is_empty() && !id.contains(['/', '+', '#']))
-        .ok_or_else(|| {
-            format!(
-                "no device id in topic {topic} (sensors/{{id}}/telemetry) or, for a direct \
-                 invocation, in the payload's `device` field"
-            )
-        })
 }
 
 fn handle(event: Event<'_>) -> Result<String, Box<dyn Error>> {
@@ -153,27 +136,6 @@ mod tests {
                 got,
                 expected.map(str::to_string).map_err(str::to_string),
                 "{fields}"
-            );
-        }
-    }
-
-    #[test]
-    fn device_ids() {
-        let cases: &[(&str, &str, Result<&str, ()>)] = &[
-            ("sensors/k1/telemetry", "{}", Ok("k1")),
-            ("sensors/k1/telemetry", r#"{"device":"other"}"#, Ok("k1")),
-            ("$grove/functions/f/invoke", r#"{"device":"k2"}"#, Ok("k2")),
-            ("$grove/functions/f/invoke", "{}", Err(())),
-            ("$grove/functions/f/invoke", r#"{"device":"a/b"}"#, Err(())),
-            ("sensors//telemetry", "{}", Err(())),
-            ("sensors", "{}", Err(())),
-        ];
-        for &(topic, reading, expected) in cases {
-            let reading: Value = serde_json::from_str(reading).unwrap();
-            assert_eq!(
-                device(topic, &reading).map_err(drop),
-                expected,
-                "{topic} {reading}"
             );
         }
     }

@@ -19,6 +19,7 @@
 
 use std::error::Error;
 
+use example_common::device;
 use grove_fn_sdk::{config, kv, Event, HostError, Qos};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
@@ -130,24 +131,6 @@ struct Alert<'a> {
     ts_ms: i64,
 }
 
-/// The device a reading is about: the `{id}` of `sensors/{id}/telemetry`, or, when the function is
-/// invoked directly (a `$grove/...` topic: `grove fn invoke`, a sync request), the reading's `device`
-/// field. It becomes a topic level, so it must be one: not empty, no `/`, `+` or `#`.
-pub fn device<'a>(topic: &'a str, reading: &'a Value) -> Result<&'a str, String> {
-    let id = if topic.starts_with('$') {
-        reading["device"].as_str()
-    } else {
-        topic.split('/').nth(1)
-    };
-    id.filter(|id| !id.is_empty() && !id.contains(['/', '+', '#']))
-        .ok_or_else(|| {
-            format!(
-                "no device id in topic {topic} (sensors/{{id}}/telemetry) or, for a direct \
-                 invocation, in the payload's `device` field"
-            )
-        })
-}
-
 fn handle(event: Event<'_>) -> Result<String, Box<dyn Error>> {
     let reading: Value = event
         .json()
@@ -251,27 +234,6 @@ mod tests {
             let reading: Value = serde_json::from_str(reading).unwrap();
             let expected = expected.map_err(str::to_string);
             assert_eq!(field_value(&reading, field), expected, "{reading}");
-        }
-    }
-
-    #[test]
-    fn device_ids() {
-        let cases: &[(&str, &str, Result<&str, ()>)] = &[
-            ("sensors/k1/telemetry", "{}", Ok("k1")),
-            ("sensors/k1/telemetry", r#"{"device":"other"}"#, Ok("k1")),
-            ("$grove/functions/f/invoke", r#"{"device":"k2"}"#, Ok("k2")),
-            ("$grove/functions/f/invoke", "{}", Err(())),
-            ("$grove/functions/f/invoke", r#"{"device":"a/b"}"#, Err(())),
-            ("sensors//telemetry", "{}", Err(())),
-            ("sensors", "{}", Err(())),
-        ];
-        for &(topic, reading, expected) in cases {
-            let reading: Value = serde_json::from_str(reading).unwrap();
-            assert_eq!(
-                device(topic, &reading).map_err(drop),
-                expected,
-                "{topic} {reading}"
-            );
         }
     }
 
