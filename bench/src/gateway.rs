@@ -17,9 +17,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
-use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+use rumqttc::{Event, Packet, QoS};
 use tokio::sync::Semaphore;
 
+use crate::flow::{self, event_loop, options, Encoding, Publishers, Subscriber};
+use crate::load::{Pace, Stop};
 use crate::peer::{PeerKind, PeerSpec, RunningPeer};
 use crate::stats::{LatencyRecorder, LatencySummary};
 
@@ -40,27 +42,8 @@ pub struct GatewayResult {
     pub rss_kib: Option<u64>,
 }
 
-/// A client with Nagle's algorithm off, as in the broker benchmark, so that latencies measure the
-/// gateway and not TCP's delayed ACK; a deep request queue, so a fast sender is never throttled by
-/// the client library itself.
-fn event_loop(options: MqttOptions) -> (AsyncClient, EventLoop) {
-    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
-    let mut network = eventloop.network_options();
-    network.set_tcp_nodelay(true);
-    eventloop.set_network_options(network);
-    (client, eventloop)
-}
-
-fn options(id: &str, port: u16) -> MqttOptions {
-    let mut o = MqttOptions::new(id, "127.0.0.1", port);
-    o.set_keep_alive(Duration::from_secs(60));
-    o.set_max_packet_size(1 << 20, 1 << 20);
-    o.set_inflight(100);
-    o
-}
-
 /// Starts the gateway with extra TOML.
-fn start(grove: &Path, extra: &[&str]) -> anyhow::Result<RunningPeer> {
+pub fn start(grove: &Path, extra: &[&str]) -> anyhow::Result<RunningPeer> {
     let spec = PeerSpec {
         kind: PeerKind::Grove,
         binary: grove.to_owned(),
@@ -251,7 +234,7 @@ pub async fn shadow(
 /// The rule the rules benchmark runs: AWS's typical example.
 const RULE: &str = r#"[[rules]]
 name = "bench"
-sql = "SELECT temp, t0, topic(2) AS id FROM 'sensors/+/t' WHERE temp > 30"
+sql = "SELECT temperature, publisher, seq, sent_ns, topic(2) AS id FROM 'sensors/+/t' WHERE temperature > 30"
 actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
 "#;
 
@@ -264,7 +247,7 @@ pub async fn rules(
     let mut results = Vec::new();
     // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
     // outrun the subscriber only measure how far behind it falls (see the broker benchmark).
-    for (name, rate) in [("10,000 msg/s (10 publishers x 1,000/s)", 1000.0)] {
+    for (name, rate) in [("10,000 msg/s (10 publishers x 1,000/s)", 1000)] {
         for (path, via_rule) in [
             ("through the rule", true),
             ("plain pub/sub (baseline)", false),
@@ -287,67 +270,31 @@ pub async fn rules(
 async fn rule_load(
     port: u16,
     via_rule: bool,
-    rate: f64,
+    rate: u32,
     seconds: u64,
 ) -> anyhow::Result<GatewayResult> {
-    let (sub, mut sub_events) = event_loop(options("rules-bench-sub", port));
-    let filter = if via_rule { "alerts/#" } else { "sensors/#" };
-    sub.subscribe(filter, QoS::AtMostOnce).await?;
-    loop {
-        if let Event::Incoming(Packet::SubAck(_)) = sub_events.poll().await? {
-            break;
-        }
-    }
-    let epoch = Instant::now();
-    let warmup = epoch + Duration::from_secs(1);
-    let until = warmup + Duration::from_secs(seconds);
-    let mut publishers = Vec::new();
-    for p in 0..10 {
-        publishers.push(tokio::spawn(async move {
-            let (client, mut events) = event_loop(options(&format!("rules-bench-pub-{p}"), port));
-            let poll = tokio::spawn(async move { while events.poll().await.is_ok() {} });
-            let mut n = 0u64;
-            while Instant::now() < until {
-                tokio::time::sleep_until((epoch + Duration::from_secs_f64(n as f64 / rate)).into())
-                    .await;
-                let t0 = epoch.elapsed().as_nanos() as u64;
-                let body = format!("{{\"temp\":31.5,\"t0\":{t0}}}");
-                if client
-                    .publish(format!("sensors/d{p}/t"), QoS::AtMostOnce, false, body)
-                    .await
-                    .is_err()
-                {
-                    break;
-                }
-                n += 1;
-            }
-            poll.abort();
-            n
-        }));
-    }
-    let mut latency = LatencyRecorder::new();
-    let mut got = 0u64;
-    let end = until + Duration::from_secs(1);
-    while let Ok(ev) = tokio::time::timeout_at(end.into(), sub_events.poll()).await {
-        if let Event::Incoming(Packet::Publish(p)) = ev? {
-            let now = epoch.elapsed();
-            let doc: serde_json::Value = serde_json::from_slice(&p.payload)?;
-            let t0 = Duration::from_nanos(doc["t0"].as_u64().unwrap_or(0));
-            if epoch + t0 >= warmup && epoch + t0 < until {
-                latency.record(now.saturating_sub(t0));
-                got += 1;
-            }
-        }
-    }
-    for p in publishers {
-        p.await?;
-    }
+    let publishers = Publishers {
+        port,
+        topics: (0..10).map(|p| format!("sensors/d{p}/t")).collect(),
+        qos: QoS::AtMostOnce,
+        pace: Pace::PerSecond(rate),
+        stop: Stop::Duration(Duration::from_secs(seconds + 1)),
+        encoding: Encoding::Json,
+        id: "rules-bench".to_owned(),
+    };
+    let subscriber = Subscriber {
+        port,
+        filters: vec![if via_rule { "alerts/#" } else { "sensors/#" }.to_owned()],
+        dead_letters: None,
+        encoding: Encoding::Json,
+    };
+    let o = flow::run(&publishers, &subscriber, seconds).await?;
     Ok(GatewayResult {
         scenario: String::new(),
-        per_second: got as f64 / seconds as f64,
-        completed: got,
+        per_second: o.per_second,
+        completed: o.completed,
         rejected: 0,
-        latency: latency.summary(),
+        latency: o.latency,
         rss_kib: None,
     })
 }
@@ -358,17 +305,16 @@ pub fn markdown(results: &[GatewayResult]) -> String {
     for r in results {
         let l = &r.latency;
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {} |\n",
+            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.per_second,
             r.completed,
             r.rejected,
-            l.p50_us as f64 / 1000.0,
-            l.p99_us as f64 / 1000.0,
-            l.p999_us as f64 / 1000.0,
-            l.max_us as f64 / 1000.0,
-            r.rss_kib
-                .map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0)),
+            flow::ms(l.p50_us),
+            flow::ms(l.p99_us),
+            flow::ms(l.p999_us),
+            flow::ms(l.max_us),
+            flow::mib(r.rss_kib),
         ));
     }
     out

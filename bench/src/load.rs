@@ -370,7 +370,7 @@ fn rate(count: u64, elapsed: Duration) -> f64 {
 }
 
 /// Nanoseconds since `origin`.
-fn nanos_since(origin: Instant) -> u64 {
+pub fn nanos_since(origin: Instant) -> u64 {
     u64::try_from(origin.elapsed().as_nanos()).unwrap_or(u64::MAX)
 }
 

@@ -5,7 +5,15 @@
 //! latency percentiles, losses and duplicates, the ratio grove/mosquitto, each broker's start time (spawn
 //! to first CONNACK) and its resident memory. The output is Markdown for BENCHMARKS.md; `--json` writes the
 //! same results for tools. Exit status: 0 on success, 1 on error, 3 if a QoS 1 message was lost.
+//!
+//! The gateway's own paths have their own subcommands, with the same Markdown and `--json` output:
+//! `shadow` and `rules` ([`gateway`]), `functions` ([`functions`]: MQTT event -> WASM function ->
+//! publish) and `cloud` ([`cloud`]: the outbox against a mosquitto as the cloud), all measured
+//! through one shared flow of publishers and a subscriber ([`flow`]).
 
+mod cloud;
+mod flow;
+mod functions;
 mod gateway;
 mod load;
 mod payload;
@@ -58,6 +66,35 @@ enum Command {
     /// Device publish -> rule -> republished message: messages/s and latency at 10,000 msg/s,
     /// against plain pub/sub in the same gateway.
     Rules(GatewayArgs),
+    /// MQTT event -> WASM function -> publish: latency at 1,000 events/s and throughput flat out
+    /// for the example functions `echo` and `enricher`, against a `[[rules]]` republish.
+    Functions(FunctionsArgs),
+    /// The cloud outbox against a mosquitto as the cloud: online latency at 1,000 msg/s (and
+    /// straight to mosquitto, for the ratio), then append and drain rates across a cloud outage.
+    Cloud(CloudArgs),
+}
+
+#[derive(Debug, Args)]
+struct FunctionsArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// Where `functions/build.sh` wrote echo.wasm, echo.toml, enricher.wasm and enricher.toml
+    /// [default: <repo>/target/functions].
+    #[arg(long, value_name = "DIR")]
+    functions_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+struct CloudArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The mosquitto binary that plays the cloud (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// Messages published while the cloud is down, then drained.
+    #[arg(long, value_name = "N", default_value_t = 50_000,
+          value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
+    messages: u64,
 }
 
 #[derive(Debug, Args)]
@@ -73,7 +110,7 @@ struct GatewayArgs {
     json: Option<PathBuf>,
     /// TOML merged into grove's generated config, e.g. `broker.max_outgoing_batch = 1000`
     /// (repeatable).
-    #[arg(long = "grove-conf", value_name = "TOML")]
+    #[arg(long = "grove-conf", value_name = "TOML", value_parser = parse_toml_snippet)]
     grove_conf: Vec<String>,
 }
 
@@ -291,12 +328,47 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-async fn gateway_bench(args: GatewayArgs, which: &str) -> anyhow::Result<ExitCode> {
+/// Which gateway benchmark to run, with its own arguments.
+enum GatewayBench {
+    Shadow,
+    Rules,
+    Functions(Option<PathBuf>),
+    Cloud { mosquitto: PathBuf, messages: u64 },
+}
+
+async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Result<ExitCode> {
     use procfs::Current as _;
+    // The gateway runs in its temp dir, so a relative path would be looked up from there.
+    if args.grove.components().count() > 1 {
+        args.grove = std::path::absolute(&args.grove)
+            .with_context(|| format!("resolving {}", args.grove.display()))?;
+    }
     let extra: Vec<&str> = args.grove_conf.iter().map(String::as_str).collect();
-    let results = match which {
-        "shadow" => gateway::shadow(&args.grove, args.seconds, &extra).await?,
-        _ => gateway::rules(&args.grove, args.seconds, &extra).await?,
+    let (name, markdown, json) = match which {
+        GatewayBench::Shadow => {
+            let r = gateway::shadow(&args.grove, args.seconds, &extra).await?;
+            ("shadow", gateway::markdown(&r), serde_json::to_value(&r)?)
+        }
+        GatewayBench::Rules => {
+            let r = gateway::rules(&args.grove, args.seconds, &extra).await?;
+            ("rules", gateway::markdown(&r), serde_json::to_value(&r)?)
+        }
+        GatewayBench::Functions(dir) => {
+            let dir = dir.unwrap_or_else(functions::default_dir);
+            let r = functions::run(&args.grove, &dir, args.seconds, &extra).await?;
+            (
+                "functions",
+                functions::markdown(&r),
+                serde_json::to_value(&r)?,
+            )
+        }
+        GatewayBench::Cloud {
+            mosquitto,
+            messages,
+        } => {
+            let r = cloud::run(&args.grove, &mosquitto, args.seconds, messages, &extra).await?;
+            ("cloud", cloud::markdown(&r), serde_json::to_value(&r)?)
+        }
     };
     let cpu = procfs::CpuInfo::current()
         .ok()
@@ -304,14 +376,14 @@ async fn gateway_bench(args: GatewayArgs, which: &str) -> anyhow::Result<ExitCod
         .unwrap_or_default();
     let load = procfs::LoadAverage::current().map(|l| l.one).unwrap_or(0.0);
     println!(
-        "grove-bench {which}: {cpu}, {} CPUs, load {load:.1} at the end, {}\ncommand: {}\n",
+        "grove-bench {name}: {cpu}, {} CPUs, load {load:.1} at the end, {}\ncommand: {}\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         humantime::format_rfc3339_seconds(std::time::SystemTime::now()),
         command_line()
     );
-    println!("{}", gateway::markdown(&results));
+    println!("{markdown}");
     if let Some(path) = &args.json {
-        std::fs::write(path, serde_json::to_string_pretty(&results)? + "\n")
+        std::fs::write(path, serde_json::to_string_pretty(&json)? + "\n")
             .with_context(|| format!("writing {}", path.display()))?;
     }
     Ok(ExitCode::SUCCESS)
@@ -322,8 +394,18 @@ async fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Broker(args) => broker(*args).await,
-        Command::Shadow(args) => gateway_bench(args, "shadow").await,
-        Command::Rules(args) => gateway_bench(args, "rules").await,
+        Command::Shadow(args) => gateway_bench(args, GatewayBench::Shadow).await,
+        Command::Rules(args) => gateway_bench(args, GatewayBench::Rules).await,
+        Command::Functions(args) => {
+            gateway_bench(args.gateway, GatewayBench::Functions(args.functions_dir)).await
+        }
+        Command::Cloud(args) => {
+            let which = GatewayBench::Cloud {
+                mosquitto: args.mosquitto,
+                messages: args.messages,
+            };
+            gateway_bench(args.gateway, which).await
+        }
     };
     result.unwrap_or_else(|error| {
         // `{:#}` prints the whole context chain on one line, without a backtrace.

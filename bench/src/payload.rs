@@ -1,10 +1,13 @@
 //! The benchmark message: a fixed header that says who sent it, its sequence number and when, padded with
 //! zeros to the payload size under test.
 //!
-//! Layout (little endian): `b"GRVB"` magic (4 bytes), publisher index (u32), sequence number (u64), send
+//! Binary layout (little endian): `b"GRVB"` magic (4 bytes), publisher index (u32), sequence number (u64), send
 //! time in nanoseconds since the run's shared clock origin (u64), then zero padding. Publishers and
 //! subscribers live in one process, so a monotonic `Instant` origin shared by all of them makes the
 //! send and receive times directly comparable without any clock synchronisation.
+//!
+//! Paths that parse the payload (rules, functions) get the same stamp as fields of a JSON reading
+//! instead ([`encode_json`]), which they carry through to their output.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
 
@@ -37,6 +40,44 @@ pub enum PayloadError {
     /// The payload does not start with the benchmark's magic bytes.
     #[error("payload does not start with the benchmark magic bytes")]
     BadMagic,
+    /// A JSON payload without the stamp's fields (`publisher`, `seq`, `sent_ns`).
+    #[error("not a JSON benchmark reading: {0}")]
+    Json(String),
+}
+
+/// The temperature of every JSON reading: above the rules benchmark's `WHERE temperature > 30`.
+const JSON_TEMPERATURE: f64 = 31.5;
+
+/// The stamp as JSON fields; other fields of the object (a function's or rule's additions) are
+/// ignored when reading.
+#[derive(serde::Deserialize)]
+struct JsonStamp {
+    publisher: u32,
+    seq: u64,
+    sent_ns: u64,
+}
+
+/// A JSON reading carrying `stamp`: `{"temperature":31.5,"publisher":P,"seq":N,"sent_ns":T}`, for the
+/// paths that parse payloads (rules, functions); they keep the stamp's fields in their output.
+pub fn encode_json(stamp: Stamp) -> Vec<u8> {
+    // Written by hand rather than through serde_json: the field order is fixed and this runs once
+    // per message on the sending side of a throughput benchmark.
+    format!(
+        "{{\"temperature\":{JSON_TEMPERATURE},\"publisher\":{},\"seq\":{},\"sent_ns\":{}}}",
+        stamp.publisher, stamp.seq, stamp.sent_ns
+    )
+    .into_bytes()
+}
+
+/// Reads the stamp of a JSON reading (an object with at least `publisher`, `seq` and `sent_ns`).
+pub fn decode_json(payload: &[u8]) -> Result<Stamp, PayloadError> {
+    let s: JsonStamp =
+        serde_json::from_slice(payload).map_err(|e| PayloadError::Json(e.to_string()))?;
+    Ok(Stamp {
+        publisher: s.publisher,
+        seq: s.seq,
+        sent_ns: s.sent_ns,
+    })
 }
 
 /// Builds a payload of exactly `size` bytes carrying `stamp`.
@@ -111,6 +152,32 @@ mod tests {
         check_rejects(&[0u8; 23], PayloadError::TooShort { size: 23 });
         check_rejects(&[0u8; 64], PayloadError::BadMagic);
         check_rejects(b"GRVA00000000000000000000", PayloadError::BadMagic);
+    }
+
+    /// Decodes a JSON payload and expects the stamp, or an error (`None`).
+    fn check_json(raw: &str, expected: Option<Stamp>) {
+        assert_eq!(decode_json(raw.as_bytes()).ok(), expected, "decoding {raw}");
+    }
+
+    #[test]
+    fn json_stamps() {
+        let s = stamp(3, 41, 1_234_567_890);
+        let encoded = String::from_utf8(encode_json(s)).expect("utf-8");
+        assert_eq!(
+            encoded,
+            r#"{"temperature":31.5,"publisher":3,"seq":41,"sent_ns":1234567890}"#
+        );
+        check_json(&encoded, Some(s));
+        // What the enricher function publishes: the reading plus its own fields.
+        check_json(
+            r#"{"temperature":31.5,"publisher":1,"seq":2,"sent_ns":3,"temperature_f":88.7,"device":"d1","gateway_ms":1764147600000}"#,
+            Some(stamp(1, 2, 3)),
+        );
+        check_json(r#"{"publisher":0,"seq":0}"#, None);
+        check_json(r#"{"publisher":-1,"seq":0,"sent_ns":0}"#, None);
+        check_json(r#"{"publisher":0,"seq":"7","sent_ns":0}"#, None);
+        check_json("not json", None);
+        check_json("", None);
     }
 
     #[test]

@@ -193,36 +193,13 @@ impl PeerSpec {
         };
         fs::write(&config, text).map_err(|e| prepare(dir.path(), e))?;
         let log = dir.path().join("stderr.log");
-        let log_file = File::create(&log).map_err(|e| prepare(dir.path(), e))?;
-
-        let mut command = Command::new(&self.binary);
-        match self.kind {
-            PeerKind::Grove => command.arg("run").arg("--config").arg(&config),
-            PeerKind::Mosquitto => command.arg("-c").arg(&config),
-        };
-        command
-            .current_dir(dir.path())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log_file);
-
         let spawned_at = Instant::now();
-        let child = command.spawn().map_err(|source| PeerError::Spawn {
-            name,
-            binary: self.binary.clone(),
-            hint: match (self.kind, source.kind()) {
-                (PeerKind::Mosquitto, io::ErrorKind::NotFound) => {
-                    " (install it with `apt-get install mosquitto`, or pass --mosquitto /path/to/mosquitto)"
-                }
-                (PeerKind::Grove, io::ErrorKind::NotFound) => {
-                    " (build it with `cargo build -p grove-gateway`, then pass --grove target/debug/grove)"
-                }
-                _ => "",
-            },
-            source,
-        })?;
+        let child = spawn(self.kind, &self.binary, &config, dir.path(), &log)?;
         let mut peer = RunningPeer {
             name,
+            kind: self.kind,
+            binary: self.binary.clone(),
+            config,
             child,
             port,
             log,
@@ -234,11 +211,62 @@ impl PeerSpec {
     }
 }
 
+/// Spawns a broker on its config file, in `dir`, with stderr appended to `log` (a restart keeps the
+/// log of the previous run).
+fn spawn(
+    kind: PeerKind,
+    binary: &Path,
+    config: &Path,
+    dir: &Path,
+    log: &Path,
+) -> Result<Child, PeerError> {
+    let name = kind.name();
+    let log_file = File::options()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|source| PeerError::Prepare {
+            name,
+            dir: dir.to_owned(),
+            source,
+        })?;
+    let mut command = Command::new(binary);
+    match kind {
+        PeerKind::Grove => command.arg("run").arg("--config").arg(config),
+        PeerKind::Mosquitto => command.arg("-c").arg(config),
+    };
+    command
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log_file);
+    command.spawn().map_err(|source| PeerError::Spawn {
+        name,
+        binary: binary.to_owned(),
+        hint: match (kind, source.kind()) {
+            (PeerKind::Mosquitto, io::ErrorKind::NotFound) => {
+                " (install it with `apt-get install mosquitto`, or pass --mosquitto /path/to/mosquitto)"
+            }
+            (PeerKind::Grove, io::ErrorKind::NotFound) => {
+                " (build it with `cargo build -p grove-gateway`, then pass --grove target/debug/grove)"
+            }
+            _ => "",
+        },
+        source,
+    })
+}
+
 /// A broker process under test. Dropping it kills the process.
 #[derive(Debug)]
 pub struct RunningPeer {
     /// Peer name, for messages.
     name: &'static str,
+    /// Which broker, its binary and its config file: what a restart runs again.
+    kind: PeerKind,
+    /// See `kind`.
+    binary: PathBuf,
+    /// See `kind`.
+    config: PathBuf,
     /// The broker process.
     child: Child,
     /// Its MQTT port on 127.0.0.1.
@@ -295,6 +323,28 @@ impl RunningPeer {
     /// Asks the broker to stop (SIGTERM), kills it if it has not exited in time, and returns its status.
     pub fn stop(mut self) -> Result<ExitStatus, PeerError> {
         self.terminate()
+    }
+
+    /// Stops the broker like [`RunningPeer::stop`] but keeps its directory (config, data) and port, for
+    /// [`RunningPeer::restart`]: a cloud that goes away and comes back.
+    pub fn halt(&mut self) -> Result<ExitStatus, PeerError> {
+        self.terminate()
+    }
+
+    /// Starts the broker again (stopping it first if it runs) on the same config, data and port;
+    /// returns the time from spawn to its first CONNACK.
+    pub fn restart(&mut self) -> Result<Duration, PeerError> {
+        self.terminate()?;
+        let spawned_at = Instant::now();
+        self.child = spawn(
+            self.kind,
+            &self.binary,
+            &self.config,
+            self._dir.path(),
+            &self.log,
+        )?;
+        self.startup = self.wait_for_connack(spawned_at)?;
+        Ok(self.startup)
     }
 
     fn terminate(&mut self) -> Result<ExitStatus, PeerError> {
@@ -407,7 +457,7 @@ fn mqtt_handshake(addr: SocketAddr) -> io::Result<()> {
 
 /// A port that was free on 127.0.0.1 a moment ago. The broker binds it itself, so another process could
 /// take it in between; the start then fails with a clear message instead of measuring the wrong thing.
-fn free_port() -> io::Result<u16> {
+pub fn free_port() -> io::Result<u16> {
     Ok(TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
         .local_addr()?
         .port())

@@ -1,0 +1,525 @@
+//! One measured flow through the gateway, shared by the gateway benchmarks (`rules`, `functions`,
+//! `cloud`): publishers send stamped messages to one broker, a subscriber (on the same broker or on
+//! another one) receives what comes out, and the flow reports outputs per second, latency from the
+//! publish to the output, the publishers' acknowledged messages (at QoS 1, a PUBACK of the gateway
+//! means the message is durable) and the delivery accounting (losses, duplicates, reordering).
+//!
+//! Publishers and subscriber live in one process and share one `Instant` origin, so the send time
+//! carried in a payload compares directly with the receive time (see [`crate::payload`]).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
+
+use crate::load::{nanos_since, Pace, Stop};
+use crate::payload::{self, Stamp};
+use crate::stats::{DeliveryTally, DeliveryTracker, LatencyRecorder, LatencySummary};
+
+/// How long publishers wait for their last PUBACKs before the flow counts the rest as unacknowledged.
+const ACK_LIMIT: Duration = Duration::from_secs(30);
+
+/// How long the subscriber keeps listening after the publishers stopped, for outputs still on the way.
+const TAIL: Duration = Duration::from_secs(2);
+
+/// A client with Nagle's algorithm off, as in the broker benchmark, so that latencies measure the
+/// gateway and not TCP's delayed ACK; a deep request queue, so a fast sender is never throttled by
+/// the client library itself.
+pub fn event_loop(options: MqttOptions) -> (AsyncClient, EventLoop) {
+    let (client, mut eventloop) = AsyncClient::new(options, 10_000);
+    let mut network = eventloop.network_options();
+    network.set_tcp_nodelay(true);
+    eventloop.set_network_options(network);
+    (client, eventloop)
+}
+
+/// Options of every gateway-benchmark client: 1 MiB packets, 100 QoS 1 messages in flight.
+pub fn options(id: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(60));
+    o.set_max_packet_size(1 << 20, 1 << 20);
+    o.set_inflight(100);
+    o
+}
+
+/// How a stamp travels in a payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Encoding {
+    /// The broker benchmark's binary header, padded to this many bytes (for byte-for-byte paths).
+    Binary(usize),
+    /// A JSON reading (`{"temperature": 31.5, "publisher": .., "seq": .., "sent_ns": ..}`), for
+    /// paths that parse the payload (rules, functions).
+    Json,
+}
+
+impl Encoding {
+    fn encode(self, stamp: Stamp) -> anyhow::Result<Bytes> {
+        Ok(match self {
+            Encoding::Binary(size) => payload::encode(stamp, size)?,
+            Encoding::Json => Bytes::from(payload::encode_json(stamp)),
+        })
+    }
+
+    fn decode(self, bytes: &[u8]) -> Option<Stamp> {
+        match self {
+            Encoding::Binary(_) => payload::decode(bytes).ok(),
+            Encoding::Json => payload::decode_json(bytes).ok(),
+        }
+    }
+}
+
+/// The publishing side of a flow: one client per topic.
+#[derive(Debug, Clone)]
+pub struct Publishers {
+    /// Broker port (127.0.0.1) the publishers connect to.
+    pub port: u16,
+    /// Publisher `p` publishes to `topics[p]`.
+    pub topics: Vec<String>,
+    /// QoS of every publish.
+    pub qos: QoS,
+    /// Fixed rate per publisher, or flat out.
+    pub pace: Pace,
+    /// When each publisher stops: after a count, or a duration from the window's origin (so one
+    /// second of warm-up plus the measured seconds covers the window).
+    pub stop: Stop,
+    /// Payload format.
+    pub encoding: Encoding,
+    /// Client id prefix, so two flows at once do not take over each other's sessions.
+    pub id: String,
+}
+
+/// What the publishers did.
+#[derive(Debug, Clone, Default)]
+pub struct Published {
+    /// Messages each publisher handed to its client (numbered `0..sent[p]`).
+    pub sent: Vec<u64>,
+    /// PUBACKs received (QoS 1), all publishers.
+    pub acked: u64,
+    /// PUBACKs received whose publish was sent inside the measured window.
+    pub acked_in_window: u64,
+    /// From the first publish to the last PUBACK (or the last publish at QoS 0).
+    pub elapsed: Duration,
+}
+
+/// The subscribing side of a flow.
+#[derive(Debug, Clone)]
+pub struct Subscriber {
+    /// Broker port (127.0.0.1) the subscriber connects to.
+    pub port: u16,
+    /// Filters of the outputs, subscribed at QoS 1.
+    pub filters: Vec<String>,
+    /// A filter whose messages are counted apart (a dead-letter topic), or none.
+    pub dead_letters: Option<String>,
+    /// Payload format of the outputs.
+    pub encoding: Encoding,
+}
+
+/// What the subscriber saw.
+#[derive(Debug, Clone)]
+pub struct Received {
+    /// Latency of outputs whose input was sent inside the window.
+    pub latency: LatencyRecorder,
+    /// Loss, duplicate and order accounting per publisher.
+    pub tracker: DeliveryTracker,
+    /// Outputs received inside the window (the rate's numerator).
+    pub in_window: u64,
+    /// Outputs received in all.
+    pub total: u64,
+    /// Messages on the dead-letter filter.
+    pub dead_letters: u64,
+    /// Messages on the output filters without a readable stamp.
+    pub foreign: u64,
+    /// When the first and last stamped output arrived.
+    pub first: Option<Instant>,
+    /// See `first`.
+    pub last: Option<Instant>,
+}
+
+/// The clock shared by one flow's clients.
+#[derive(Debug, Clone, Copy)]
+pub struct Window {
+    /// Origin of the stamps' send times.
+    pub origin: Instant,
+    /// Start of the measured window (after the warm-up).
+    pub start: Instant,
+    /// End of the measured window.
+    pub end: Instant,
+}
+
+impl Window {
+    /// A window of `seconds` after one second of warm-up, starting now.
+    pub fn after_warmup(seconds: u64) -> Window {
+        let origin = Instant::now();
+        let start = origin + Duration::from_secs(1);
+        Window {
+            origin,
+            start,
+            end: start + Duration::from_secs(seconds),
+        }
+    }
+
+    fn contains(&self, at: Instant) -> bool {
+        at >= self.start && at < self.end
+    }
+}
+
+/// One flow's figures, as printed by the gateway benchmarks.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowOutcome {
+    /// Outputs received per second inside the window.
+    pub per_second: f64,
+    /// Inputs acknowledged (PUBACK) per second inside the window; 0 at QoS 0.
+    pub acked_per_second: f64,
+    /// Outputs received inside the window.
+    pub completed: u64,
+    /// Outputs received in all, the tail after the window included: flat out, a path that falls
+    /// behind delivers much of its output after the publishers stopped.
+    pub received: u64,
+    /// Messages on the dead-letter topic.
+    pub dead_letters: u64,
+    /// Latency from publish to output.
+    pub latency: LatencySummary,
+    /// Delivery accounting against what was sent.
+    pub tally: DeliveryTally,
+}
+
+/// Connects a subscriber and waits for its SUBACKs; `session` keeps a persistent session under a
+/// fixed client id (`clean_session = false`), so a broker with persistence queues for it while it
+/// is away.
+pub async fn subscribe(
+    sub: &Subscriber,
+    id: &str,
+    session: bool,
+) -> anyhow::Result<(AsyncClient, EventLoop)> {
+    let mut opts = options(id, sub.port);
+    opts.set_clean_session(!session);
+    let (client, mut events) = event_loop(opts);
+    let filters: Vec<&String> = sub.filters.iter().chain(&sub.dead_letters).collect();
+    for f in &filters {
+        client.subscribe(f.as_str(), QoS::AtLeastOnce).await?;
+    }
+    let mut subacks = 0;
+    let setup = async {
+        while subacks < filters.len() {
+            if let Event::Incoming(Packet::SubAck(_)) = events.poll().await? {
+                subacks += 1;
+            }
+        }
+        anyhow::Ok(())
+    };
+    tokio::time::timeout(Duration::from_secs(10), setup)
+        .await
+        .context("no SUBACK within 10 s")??;
+    Ok((client, events))
+}
+
+/// Receives outputs until `expect` stamped outputs arrived or `until` passed.
+pub async fn receive(
+    sub: &Subscriber,
+    events: &mut EventLoop,
+    publishers: usize,
+    window: Window,
+    expect: Option<u64>,
+    until: Instant,
+) -> anyhow::Result<Received> {
+    let mut r = Received {
+        latency: LatencyRecorder::new(),
+        tracker: DeliveryTracker::new(publishers),
+        in_window: 0,
+        total: 0,
+        dead_letters: 0,
+        foreign: 0,
+        first: None,
+        last: None,
+    };
+    let dead_prefix = sub
+        .dead_letters
+        .as_deref()
+        .map(|f| f.split('+').next().unwrap_or(f));
+    while expect.is_none_or(|n| r.total < n) {
+        let Ok(event) = tokio::time::timeout_at(until.into(), events.poll()).await else {
+            break;
+        };
+        let Event::Incoming(Packet::Publish(p)) = event? else {
+            continue;
+        };
+        let now = Instant::now();
+        if dead_prefix.is_some_and(|d| p.topic.starts_with(d)) {
+            r.dead_letters += 1;
+            continue;
+        }
+        let Some(stamp) = sub.encoding.decode(&p.payload) else {
+            r.foreign += 1;
+            continue;
+        };
+        if r.tracker.observe(&stamp).is_err() {
+            r.foreign += 1;
+            continue;
+        }
+        r.total += 1;
+        r.first.get_or_insert(now);
+        r.last = Some(now);
+        if window.contains(now) {
+            r.in_window += 1;
+        }
+        let sent = window.origin + Duration::from_nanos(stamp.sent_ns);
+        if window.contains(sent) {
+            r.latency.record(now.saturating_duration_since(sent));
+        }
+    }
+    Ok(r)
+}
+
+/// Runs the publishers to their stop, then waits for their PUBACKs.
+pub async fn publish(p: &Publishers, window: Window) -> anyhow::Result<Published> {
+    let mut tasks = Vec::new();
+    for (index, topic) in p.topics.iter().enumerate() {
+        let (p, topic) = (p.clone(), topic.clone());
+        tasks.push(tokio::spawn(async move {
+            one_publisher(&p, index, topic, window).await
+        }));
+    }
+    let mut out = Published::default();
+    for t in tasks {
+        let one = t.await??;
+        out.sent.extend(one.sent);
+        out.acked += one.acked;
+        out.acked_in_window += one.acked_in_window;
+        out.elapsed = out.elapsed.max(one.elapsed);
+    }
+    Ok(out)
+}
+
+/// One publisher client: publishes `topic` to its stop, then waits for its PUBACKs.
+async fn one_publisher(
+    p: &Publishers,
+    index: usize,
+    topic: String,
+    window: Window,
+) -> anyhow::Result<Published> {
+    let (client, mut events) = event_loop(options(&format!("{}-pub-{index}", p.id), p.port));
+    let acked = Arc::new(AtomicU64::new(0));
+    let acked_in_window = Arc::new(AtomicU64::new(0));
+    // Send time of each publish in flight, in order. MQTT does not require PUBACKs in order, but
+    // rumqttd and mosquitto acknowledge one connection's publishes in order, so the oldest one is the
+    // one a PUBACK answers; were it not so, only the window's edge would be off by a message or two.
+    let (sent_tx, mut sent_rx) = tokio::sync::mpsc::unbounded_channel::<Instant>();
+    let poll = {
+        let (acked, acked_in_window) = (acked.clone(), acked_in_window.clone());
+        tokio::spawn(async move {
+            let mut last_ack = None;
+            while let Ok(event) = events.poll().await {
+                if let Event::Incoming(Packet::PubAck(_)) = event {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                    last_ack = Some(Instant::now());
+                    if sent_rx.recv().await.is_some_and(|at| window.contains(at)) {
+                        acked_in_window.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            last_ack
+        })
+    };
+    let started = Instant::now();
+    let mut n = 0u64;
+    loop {
+        // The event loop ends only when the connection fails; publishing on would fill the
+        // request queue and then wait forever.
+        anyhow::ensure!(
+            !poll.is_finished(),
+            "publisher {index} lost its connection to 127.0.0.1:{}",
+            p.port
+        );
+        match p.stop {
+            Stop::Messages(count) if n >= count => break,
+            Stop::Duration(d) if Instant::now() >= window.origin + d => break,
+            _ => {}
+        }
+        if let Pace::PerSecond(rate) = p.pace {
+            let due = window.origin + Duration::from_secs_f64(n as f64 / f64::from(rate));
+            tokio::time::sleep_until(due.into()).await;
+        }
+        let stamp = Stamp {
+            publisher: u32::try_from(index).unwrap_or(u32::MAX),
+            seq: n,
+            sent_ns: nanos_since(window.origin),
+        };
+        let body = p.encoding.encode(stamp)?;
+        let at = Instant::now();
+        client
+            .publish_bytes(topic.as_str(), p.qos, false, body)
+            .await?;
+        if p.qos != QoS::AtMostOnce {
+            // The receiver lives as long as the poll task; once it is gone no ack is counted anyway.
+            let _ = sent_tx.send(at);
+        }
+        n += 1;
+    }
+    let mut elapsed = started.elapsed();
+    if p.qos != QoS::AtMostOnce {
+        let deadline = Instant::now() + ACK_LIMIT;
+        while acked.load(Ordering::Relaxed) < n && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+    let _ = client.disconnect().await;
+    // The poll task ends when the connection closes; give it a moment, then stop it anyway.
+    let last_ack = match tokio::time::timeout(Duration::from_secs(1), poll).await {
+        Ok(Ok(last)) => last,
+        _ => None,
+    };
+    if let Some(last) = last_ack {
+        elapsed = last.saturating_duration_since(started);
+    }
+    Ok(Published {
+        sent: vec![n],
+        acked: acked.load(Ordering::Relaxed),
+        acked_in_window: acked_in_window.load(Ordering::Relaxed),
+        elapsed,
+    })
+}
+
+/// Runs a whole flow: subscribe, publish for the window (after one second of warm-up), listen for
+/// the tail, and tally.
+pub async fn run(pubs: &Publishers, sub: &Subscriber, seconds: u64) -> anyhow::Result<FlowOutcome> {
+    let (client, mut events) = subscribe(sub, &format!("{}-sub", pubs.id), false).await?;
+    let window = Window::after_warmup(seconds);
+    let publishing = {
+        let pubs = pubs.clone();
+        tokio::spawn(async move { publish(&pubs, window).await })
+    };
+    let received = receive(
+        sub,
+        &mut events,
+        pubs.topics.len(),
+        window,
+        None,
+        window.end + TAIL,
+    )
+    .await?;
+    let published = publishing.await??;
+    let _ = client.disconnect().await;
+    let secs = seconds.max(1) as f64;
+    Ok(FlowOutcome {
+        per_second: received.in_window as f64 / secs,
+        acked_per_second: published.acked_in_window as f64 / secs,
+        completed: received.in_window,
+        received: received.total,
+        dead_letters: received.dead_letters,
+        latency: received.latency.summary(),
+        tally: received.tracker.tally(&published.sent),
+    })
+}
+
+/// One row of a flow table: a scenario through one path of the gateway.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FlowRow {
+    /// The load, e.g. "1,000 events/s (4 x 250/s)".
+    pub scenario: String,
+    /// The path through the gateway, e.g. "function echo" or "rule republish (baseline)".
+    pub path: String,
+    /// The figures.
+    pub outcome: FlowOutcome,
+    /// Gateway resident memory after the scenario (KiB).
+    pub rss_kib: Option<u64>,
+}
+
+/// A Markdown table of flow rows.
+pub fn markdown(rows: &[FlowRow]) -> String {
+    let mut out = String::from(
+        "| scenario | path | outputs/s | inputs acked/s | outputs (all) | p50 | p99 | p999 | max | missing | dup | reordered | dead letters | gateway RSS |\n\
+         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    );
+    for r in rows {
+        let (o, l) = (&r.outcome, &r.outcome.latency);
+        out.push_str(&format!(
+            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            r.scenario,
+            r.path,
+            o.per_second,
+            o.acked_per_second,
+            o.received,
+            ms(l.p50_us),
+            ms(l.p99_us),
+            ms(l.p999_us),
+            ms(l.max_us),
+            o.tally.lost,
+            o.tally.duplicates,
+            o.tally.out_of_order,
+            o.dead_letters,
+            mib(r.rss_kib),
+        ));
+    }
+    out
+}
+
+/// Microseconds as milliseconds with two decimals.
+pub fn ms(us: u64) -> String {
+    format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+/// KiB as MiB with one decimal, or `-` when unknown.
+pub fn mib(kib: Option<u64>) -> String {
+    kib.map_or("-".to_owned(), |k| format!("{:.1} MiB", k as f64 / 1024.0))
+}
+
+/// `a / b` with two decimals, or `-` when `b` is zero.
+pub fn ratio(a: f64, b: f64) -> String {
+    if b > 0.0 {
+        format!("{:.2}", a / b)
+    } else {
+        "-".to_owned()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Encodes a stamp, decodes it with `read` and expects `same` to say whether it came back.
+    fn check_encoding(write: Encoding, read: Encoding, same: bool) {
+        let stamp = Stamp {
+            publisher: 2,
+            seq: 9,
+            sent_ns: 123_456,
+        };
+        let bytes = write.encode(stamp).expect("encodable");
+        let back = read.decode(&bytes);
+        assert_eq!(back == Some(stamp), same, "{write:?} read as {read:?}");
+    }
+
+    #[test]
+    fn encodings_round_trip_and_do_not_mix() {
+        check_encoding(Encoding::Binary(64), Encoding::Binary(64), true);
+        check_encoding(Encoding::Json, Encoding::Json, true);
+        check_encoding(Encoding::Json, Encoding::Binary(64), false);
+        check_encoding(Encoding::Binary(64), Encoding::Json, false);
+    }
+
+    #[test]
+    fn window_is_half_open() {
+        let w = Window::after_warmup(2);
+        let cases = [
+            (w.origin, false),
+            (w.start - Duration::from_nanos(1), false),
+            (w.start, true),
+            (w.end - Duration::from_nanos(1), true),
+            (w.end, false),
+        ];
+        for (at, inside) in cases {
+            assert_eq!(w.contains(at), inside, "{:?} after origin", at - w.origin);
+        }
+    }
+
+    #[test]
+    fn formatting() {
+        assert_eq!(ratio(3.0, 2.0), "1.50");
+        assert_eq!(ratio(1.0, 0.0), "-");
+        assert_eq!(ms(1_234), "1.23 ms");
+        assert_eq!(mib(Some(2_048)), "2.0 MiB");
+        assert_eq!(mib(None), "-");
+    }
+}
