@@ -986,3 +986,33 @@ async fn acknowledged_events_survive_a_kill_9_and_run_after_the_restart() {
         f.g.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_caps_sync_invocations_too() {
+    let f = Fixture::start("");
+    // Answers after 400 ms by the clock.
+    let wait = "(local $t i64)
+         (local.set $t (i64.add (call $now_ms) (i64.const 400)))
+         (loop $l (br_if $l (i64.lt_u (call $now_ms) (local.get $t))))
+         (drop (call $output (i32.const 16) (i32.const 2)))
+         (i32.const 0)";
+    for (name, limit) in [("one", 1), ("two", 2)] {
+        f.deployed(name, &guest(wait, ""), &format!("max_concurrency = {limit}"));
+    }
+    let mut inv = Invoker::connect(&f.g, "concurrency").await;
+    let mut elapsed = Vec::new();
+    for name in ["one", "two"] {
+        let started = Instant::now();
+        inv.send(name, json!({})).await;
+        inv.send(name, json!({})).await;
+        for _ in 0..2 {
+            let a = inv.answer().await;
+            assert_eq!(a["status"], "ok", "{a}");
+        }
+        elapsed.push(started.elapsed());
+    }
+    // Two requests at once: one at a time with max_concurrency = 1, side by side with 2 (the
+    // gateway has 2 workers).
+    assert!(elapsed[0] >= Duration::from_millis(800), "{elapsed:?}");
+    assert!(elapsed[1] < Duration::from_millis(800), "{elapsed:?}");
+}

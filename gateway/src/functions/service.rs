@@ -125,6 +125,11 @@ struct Function {
     created_ms: BTreeMap<u64, i64>,
     queue: mpsc::Sender<Event>,
     logs: Logs,
+    /// `max_concurrency` of the `$LATEST` manifest: instances of this function running at once,
+    /// sync and async invocations together (further ones wait). Replaced when a deploy changes it.
+    running: Arc<Semaphore>,
+    /// The permits `running` was made with.
+    limit: usize,
 }
 
 impl Function {
@@ -410,6 +415,8 @@ impl Functions {
                     created_ms: BTreeMap::new(),
                     queue,
                     logs: Logs::default(),
+                    running: Arc::new(Semaphore::new(1)),
+                    limit: 1,
                 },
             );
         }
@@ -419,6 +426,11 @@ impl Functions {
             f.routes.versions.push(version);
             f.versions.insert(version, prepared);
             f.created_ms.insert(version, created_ms);
+            let limit = f.latest_manifest().map_or(1, |m| m.max_concurrency as usize);
+            if limit != f.limit {
+                f.running = Arc::new(Semaphore::new(limit));
+                f.limit = limit;
+            }
         }
     }
 
@@ -711,7 +723,7 @@ impl Functions {
         payload: Bytes,
         hops: u32,
     ) -> Result<Invoked, FunctionError> {
-        let (version, prepared, logs) = {
+        let (version, prepared, logs, running) = {
             let registry = self.lock();
             let f = registry
                 .get(name)
@@ -723,8 +735,12 @@ impl Functions {
                 .get(&version)
                 .cloned()
                 .ok_or(RoutingError::NoSuchVersion(version))?;
-            (version, prepared, f.logs.clone())
+            (version, prepared, f.logs.clone(), f.running.clone())
         };
+        let slot = running
+            .acquire_owned()
+            .await
+            .map_err(|_| FunctionError::Closed)?;
         let permit = self
             .inner
             .workers
@@ -743,7 +759,7 @@ impl Functions {
         };
         let inner = self.inner.clone();
         let outcome = tokio::task::spawn_blocking(move || {
-            let _permit = permit;
+            let _permits = (slot, permit);
             inner
                 .runtime
                 .invoke(&prepared, &topic, &payload, Box::new(host))
