@@ -997,7 +997,11 @@ async fn max_concurrency_caps_sync_invocations_too() {
          (drop (call $output (i32.const 16) (i32.const 2)))
          (i32.const 0)";
     for (name, limit) in [("one", 1), ("two", 2)] {
-        f.deployed(name, &guest(wait, ""), &format!("max_concurrency = {limit}"));
+        f.deployed(
+            name,
+            &guest(wait, ""),
+            &format!("max_concurrency = {limit}"),
+        );
     }
     let mut inv = Invoker::connect(&f.g, "concurrency").await;
     let mut elapsed = Vec::new();

@@ -426,7 +426,9 @@ impl Functions {
             f.routes.versions.push(version);
             f.versions.insert(version, prepared);
             f.created_ms.insert(version, created_ms);
-            let limit = f.latest_manifest().map_or(1, |m| m.max_concurrency as usize);
+            let limit = f
+                .latest_manifest()
+                .map_or(1, |m| m.max_concurrency as usize);
             if limit != f.limit {
                 f.running = Arc::new(Semaphore::new(limit));
                 f.limit = limit;
