@@ -12,8 +12,8 @@
 //! Architecture invariant: taps are installed before the listeners open (their routes may change
 //! later, e.g. when a function with new triggers is deployed); a message is offered to each tap at
 //! most once, at the place it enters the router (a device's connection, a component's bus, a will),
-//! so an owner never needs to deduplicate. A tap's owner publishes on a bus that bypasses its own
-//! tap (never the others).
+//! so an owner never needs to deduplicate. An owner may publish on a bus that bypasses its own
+//! tap (the cloud does: what came down from the cloud must not go back up), never the others'.
 
 use std::sync::RwLock;
 

@@ -416,6 +416,31 @@ async fn a_full_outbox_survives_sigkill_while_offline() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_puback_means_the_message_is_in_the_outbox_even_if_the_gateway_dies_at_once() {
+    let mut m = Mosquitto::start();
+    let mut g = Gateway::start(&cloud_toml(m.port, "forward = [{ filter = \"t/#\" }]"));
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    // mosquitto_pub -q 1 exits only after its PUBACK; the gateway is killed right after the last
+    // one, without waiting for anything else.
+    for i in 0..5 {
+        let status = std::process::Command::new("mosquitto_pub")
+            .args(["-h", "127.0.0.1", "-p", &g.mqtt_port.to_string(), "-q", "1"])
+            .args(["-t", "t/k", "-m", &format!("t/k:{i}")])
+            .status()
+            .expect("mosquitto_pub (apt install mosquitto-clients)");
+        assert!(status.success(), "mosquitto_pub {i}");
+    }
+    g.kill_and_restart();
+    m.spawn();
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, 5).await;
+    check_order(&by_topic);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_outbox_follows_its_policy_and_says_so() {
     // (policy, metric reason, log text, the payloads that reach the cloud)
     let cases = [
