@@ -49,6 +49,9 @@ pub struct BrokerMetrics {
     pub retained_restored: Counter,
     /// Actions refused by a policy.
     pub denied: Family<DeniedLabels, Counter>,
+    /// Times a publishing connection stopped reading because a subscriber was about to be
+    /// overrun (flow control).
+    pub holds: Counter,
 }
 
 impl BrokerMetrics {
@@ -404,6 +407,11 @@ impl Metrics {
             "denied",
             "Publishes, subscriptions and deliveries refused by a policy",
             broker.denied.clone(),
+        );
+        b.register(
+            "publisher_holds",
+            "Times a publishing connection stopped reading because a subscriber was about to be overrun (flow control)",
+            broker.holds.clone(),
         );
         b.register(
             "subscriber_overruns",

@@ -612,3 +612,113 @@ async fn a_subscriber_that_falls_behind_the_router_log_is_counted_not_silent() {
     }
     drop(stalled);
 }
+
+/// A gateway whose router keeps little per subscription (4 segments of 64 KiB, ~1,300 of the test's
+/// messages), so that a flat-out publisher outruns a slow subscriber within a few thousand.
+const SMALL_LOG: &str =
+    "[broker]\nmax_payload_size = 1024\nsegment_size = 65536\nsegment_count = 4\n";
+
+/// Publishes `n` numbered QoS 1 messages of 200 bytes on `topic`, flat out, and waits for every
+/// PUBACK.
+async fn flood(port: u16, id: &str, topic: &str, n: usize) {
+    let (client, mut events) = rumqttc::AsyncClient::new(options(id, port), 10);
+    let publisher = {
+        let client = client.clone();
+        let topic = topic.to_owned();
+        tokio::spawn(async move {
+            for i in 0..n {
+                let mut payload = format!("{i:08}").into_bytes();
+                payload.resize(200, b'.');
+                client
+                    .publish(&topic, QoS::AtLeastOnce, false, payload)
+                    .await
+                    .expect("publish");
+            }
+        })
+    };
+    let mut acked = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while acked < n {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::PubAck(_)))) => acked += 1,
+            Ok(Ok(_)) => {}
+            other => panic!("publisher {id}: {acked} of {n} acknowledged, then {other:?}"),
+        }
+    }
+    publisher.await.expect("publisher task");
+}
+
+/// The sequence numbers a subscriber received, in order.
+fn sequence(got: &[rumqttc::Publish]) -> Vec<usize> {
+    got.iter()
+        .map(|p| {
+            std::str::from_utf8(&p.payload[..8])
+                .expect("ascii")
+                .parse()
+                .expect("number")
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_slows_the_publisher_instead_of_losing_messages() {
+    let g = Gateway::start(SMALL_LOG);
+    // A subscriber that reads (and so acknowledges) at most ~2,000 messages a second.
+    let (slow, mut slow_events) = rumqttc::AsyncClient::new(options("slow", g.mqtt_port), 10);
+    slow.subscribe("flood/t", QoS::AtLeastOnce).await.unwrap();
+    let n = 5_000;
+    let reader = tokio::spawn(async move {
+        let mut got = Vec::new();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while got.len() < n {
+            match tokio::time::timeout_at(deadline, slow_events.poll()).await {
+                Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)))) => got.push(p),
+                Ok(Ok(_)) => {}
+                other => panic!("slow subscriber: {} received, then {other:?}", got.len()),
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
+        got
+    });
+    // Let the subscription settle before the flood.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    flood(g.mqtt_port, "flooder", "flood/t", n).await;
+    let got = reader.await.expect("reader");
+    assert_eq!(
+        sequence(&got),
+        (0..n).collect::<Vec<_>>(),
+        "every message, in order"
+    );
+    assert_eq!(g.metric("grove_broker_subscriber_overruns_total"), 0.0);
+    assert!(
+        g.metric("grove_broker_publisher_holds_total") > 0.0,
+        "the publisher was held"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_does_not_stop_the_others() {
+    let g = Gateway::start(SMALL_LOG);
+    // Never acknowledges: once its 100 in-flight messages are out, it takes nothing more.
+    let mut stuck_options = options("stuck", g.mqtt_port);
+    stuck_options.set_manual_acks(true);
+    let (stuck, mut stuck_events) = rumqttc::AsyncClient::new(stuck_options, 10);
+    stuck.subscribe("flood/t", QoS::AtLeastOnce).await.unwrap();
+    let stuck_task = tokio::spawn(async move { while stuck_events.poll().await.is_ok() {} });
+    let mut live = Client::connect("live", g.mqtt_port).await;
+    live.subscribe("flood/t", QoS::AtLeastOnce).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let n = 5_000;
+    let started = std::time::Instant::now();
+    flood(g.mqtt_port, "flooder", "flood/t", n).await;
+    let got = live.recv_n(n, Duration::from_secs(30)).await;
+    assert_eq!(sequence(&got), (0..n).collect::<Vec<_>>());
+    // The stuck reader held publishers back only until the router judged it stuck (2 s without
+    // progress), plus at most one hold.
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    stuck_task.abort();
+}

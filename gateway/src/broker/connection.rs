@@ -41,6 +41,14 @@ use crate::config::AuthMode;
 /// MQTT 5 properties). The exact payload limit is checked after decoding.
 const HEADER_ALLOWANCE: usize = 128 * 1024;
 
+/// Flow control: the longest a publisher goes unread in one hold; then one batch is read and the
+/// hold starts again if the pressure is still there. Bounded so that a reader the router has not
+/// yet judged stuck cannot stop a publisher for good.
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// Flow control: how often a held connection looks at the pressure again.
+const HOLD_POLL: Duration = Duration::from_millis(1);
+
 /// Why a connection ended.
 #[derive(Debug)]
 enum End {
@@ -136,6 +144,7 @@ pub(super) async fn serve<S>(
         read: buf,
         write: BytesMut::with_capacity(1024),
         session,
+        published: false,
     };
     let end = relay.run().await;
     relay.finish(end, &peer).await;
@@ -465,6 +474,9 @@ struct Relay<S> {
     read: BytesMut,
     write: BytesMut,
     session: Session,
+    /// Whether the last batch read from the client had a PUBLISH (flow control holds only
+    /// publishers).
+    published: bool,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -479,10 +491,29 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 return end;
             }
         }
+        // Flow control: while the router says a subscriber is about to be overrun, a connection
+        // that has just published stops reading (TCP then slows the client), for at most
+        // MAX_HOLD at a time; it keeps delivering, so its own subscriptions drain.
+        let mut held_since: Option<Instant> = None;
         loop {
+            let held = self.published
+                && self.shared.pressure.load(Ordering::Relaxed)
+                && held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
+            match (held, held_since) {
+                (true, None) => {
+                    held_since = Some(Instant::now());
+                    self.shared.metrics.holds.inc();
+                }
+                (false, Some(_)) => held_since = None,
+                _ => {}
+            }
             tokio::select! {
                 _ = shutdown.changed() => return End::Shutdown,
-                read = self.stream.read_buf(&mut self.read) => {
+                // The client is not late with its keep-alive while Grove is not reading.
+                _ = tokio::time::sleep(HOLD_POLL), if held => {
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                }
+                read = self.stream.read_buf(&mut self.read), if !held => {
                     match read {
                         Ok(0) => return End::Lost("closed by the client".into()),
                         Err(e) => return End::Lost(e.to_string()),
@@ -514,6 +545,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let mut batch = Vec::new();
         // Publishes the durable taps may take, by wire topic (see `crate::tap`).
         let taps = self.shared.has_taps();
+        self.published = false;
         let mut tapped: Vec<(String, Bytes)> = Vec::new();
         let mut end = None;
         loop {
@@ -535,6 +567,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             };
             match packet {
                 Packet::Publish(publish, props) => {
+                    self.published = true;
                     if publish.payload.len() > self.shared.config.max_payload_size {
                         end = Some(self.too_large(publish.payload.len()));
                         break;

@@ -131,6 +131,12 @@ pub(crate) struct Shared {
     /// Whether the connection layer records every publisher's client id (rules need it for
     /// `clientid()`); otherwise only on `$aws/things/...`.
     pub(crate) record_origin: std::sync::atomic::AtomicBool,
+    /// Set by the router (Grove's patch 4 of rumqttd) while a live subscriber (a device or one of
+    /// the gateway's components) lags far enough behind to be overrun soon: publishing
+    /// connections stop reading until it clears (flow control, as mosquitto paces its
+    /// publishers). A subscriber that stopped reading altogether (2 s without progress) no longer
+    /// counts, so it cannot stop everyone else.
+    pub(crate) pressure: Arc<std::sync::atomic::AtomicBool>,
     /// The durable taps (cloud outbox, functions' events): see `crate::tap`.
     taps: std::sync::RwLock<Vec<Arc<Tap>>>,
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
@@ -202,6 +208,7 @@ impl Broker {
                 ..RouterConfig::default()
             },
         );
+        let pressure = router.pressure();
         let router_tx = router.spawn();
         let router = RouterHandle {
             link: Arc::new(move |client_id, clean, alias_max| {
@@ -229,6 +236,7 @@ impl Broker {
             pending_wills: Mutex::new(HashMap::new()),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
+            pressure,
             taps: std::sync::RwLock::new(Vec::new()),
         });
         let mut tasks = JoinSet::new();

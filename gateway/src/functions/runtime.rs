@@ -230,8 +230,52 @@ pub struct Runtime {
     linker: Linker<HostState>,
     cache_dir: PathBuf,
     engine_hash: u64,
-    stop: Arc<AtomicBool>,
+    clock: Arc<EpochClock>,
     ticker: Option<std::thread::JoinHandle<()>>,
+}
+
+/// What the epoch ticker waits on: it ticks only while invocations run, so an idle gateway does
+/// not wake up 200 times a second (which costs a board's idle CPU for nothing).
+#[derive(Default)]
+struct EpochClock {
+    /// Invocations running now.
+    running: Mutex<usize>,
+    wake: std::sync::Condvar,
+    stop: AtomicBool,
+}
+
+/// Counts an invocation as running while it lives.
+struct Running<'a>(&'a EpochClock);
+
+impl EpochClock {
+    fn start(&self) -> Running<'_> {
+        *self.running.lock().unwrap_or_else(|p| p.into_inner()) += 1;
+        self.wake.notify_one();
+        Running(self)
+    }
+
+    /// The ticker's loop: waits while nothing runs, ticks every [`TICK`] while something does.
+    fn tick(&self, engine: &Engine) {
+        loop {
+            {
+                let mut running = self.running.lock().unwrap_or_else(|p| p.into_inner());
+                while *running == 0 && !self.stop.load(Ordering::Relaxed) {
+                    running = self.wake.wait(running).unwrap_or_else(|p| p.into_inner());
+                }
+            }
+            if self.stop.load(Ordering::Relaxed) {
+                return;
+            }
+            std::thread::sleep(TICK);
+            engine.increment_epoch();
+        }
+    }
+}
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        *self.0.running.lock().unwrap_or_else(|p| p.into_inner()) -= 1;
+    }
 }
 
 /// A compiled module ready to instantiate, with its manifest and idle instances.
@@ -343,18 +387,13 @@ impl Runtime {
         define_host_calls(&mut linker).map_err(|e| e.to_string())?;
         let mut h = std::collections::hash_map::DefaultHasher::new();
         engine.precompile_compatibility_hash().hash(&mut h);
-        let stop = Arc::new(AtomicBool::new(false));
+        let clock = Arc::new(EpochClock::default());
         let ticker = {
             let engine = engine.clone();
-            let stop = stop.clone();
+            let clock = clock.clone();
             std::thread::Builder::new()
                 .name("grove-fn-epoch".into())
-                .spawn(move || {
-                    while !stop.load(Ordering::Relaxed) {
-                        std::thread::sleep(TICK);
-                        engine.increment_epoch();
-                    }
-                })
+                .spawn(move || clock.tick(&engine))
                 .map_err(|e| e.to_string())?
         };
         Ok(Runtime {
@@ -362,7 +401,7 @@ impl Runtime {
             linker,
             cache_dir: config.cache_dir.clone(),
             engine_hash: h.finish(),
-            stop,
+            clock,
             ticker: Some(ticker),
         })
     }
@@ -480,6 +519,7 @@ impl Runtime {
         payload: &[u8],
         host: Box<dyn Host>,
     ) -> Outcome {
+        let _running = self.clock.start();
         let started = Instant::now();
         let reuse = p.manifest.instance == InstanceMode::Reuse;
         let idle = if reuse {
@@ -565,7 +605,12 @@ impl Runtime {
 
 impl Drop for Runtime {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        {
+            // Under the lock, so the ticker cannot miss it between its check and its wait.
+            let _running = self.clock.running.lock().unwrap_or_else(|p| p.into_inner());
+            self.clock.stop.store(true, Ordering::Relaxed);
+        }
+        self.clock.wake.notify_all();
         if let Some(t) = self.ticker.take() {
             let _ = t.join();
         }

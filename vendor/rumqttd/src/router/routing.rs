@@ -14,7 +14,9 @@ use slab::Slab;
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::str::Utf8Error;
 use std::thread;
-use std::time::SystemTime;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
 use thiserror::Error;
 use tracing::{debug, error, info, trace, warn};
 
@@ -102,9 +104,29 @@ pub struct Router {
     shared_subscriptions: HashMap<String, SharedGroup>,
     /// Will messages per client_id
     last_wills: HashMap<String, (LastWill, Option<LastWillProperties>)>,
+    /// Grove patch 4: set while a live reader lags far enough to be overrun soon.
+    pressure: Arc<AtomicBool>,
+    /// When `pressure` was last computed.
+    pressure_checked: Instant,
+    /// Per (connection, filter): the cursor at the last check and since when it has not moved.
+    progress: HashMap<(ConnectionId, FilterIdx), ((u64, u64), Instant)>,
 }
 
+/// Grove patch 4: how often the router recomputes publish pressure while busy.
+const PRESSURE_INTERVAL: Duration = Duration::from_millis(2);
+/// Grove patch 4: a reader whose cursor has not moved for this long is stuck (a client that stopped
+/// acknowledging): it no longer holds publishers back; it falls behind and loses, as before.
+const STUCK_AFTER: Duration = Duration::from_secs(2);
+
 impl Router {
+    /// Grove patch 4: the publish-pressure flag. The router sets it while a live reader (one whose
+    /// cursor moved in the last `STUCK_AFTER`) lags half its filter's in-memory log or more, and
+    /// clears it when none does; whoever feeds the router publishes should hold back while it is
+    /// set.
+    pub fn pressure(&self) -> Arc<AtomicBool> {
+        self.pressure.clone()
+    }
+
     pub fn new(router_id: RouterId, config: RouterConfig) -> Router {
         let (router_tx, router_rx) = bounded(1000);
 
@@ -143,6 +165,9 @@ impl Router {
             cache: Some(VecDeque::with_capacity(MAX_CHANNEL_CAPACITY)),
             shared_subscriptions: HashMap::new(),
             last_wills: HashMap::new(),
+            pressure: Arc::new(AtomicBool::new(false)),
+            pressure_checked: Instant::now(),
+            progress: HashMap::new(),
         }
     }
 
@@ -193,10 +218,27 @@ impl Router {
     }
 
     fn run_inner(&mut self) -> Result<(), RouterError> {
+        if self.pressure_checked.elapsed() >= PRESSURE_INTERVAL {
+            self.update_pressure();
+        }
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
             // trace!("{}:: {:20} {:20} {:?}", self.id, "", "done-await", self.readyqueue);
-            let (id, data) = self.router_rx.recv()?;
+            // Grove patch 4: nothing to deliver now, so whatever held publishers back may be gone;
+            // while pressure stays set, wake up now and then to notice stuck readers.
+            self.update_pressure();
+            let (id, data) = loop {
+                if !self.pressure.load(Ordering::Relaxed) {
+                    break self.router_rx.recv()?;
+                }
+                match self.router_rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(event) => break event,
+                    Err(flume::RecvTimeoutError::Timeout) => self.update_pressure(),
+                    Err(flume::RecvTimeoutError::Disconnected) => {
+                        return Err(RouterError::Disconnected)
+                    }
+                }
+            };
             self.events(id, data);
         }
 
@@ -229,6 +271,38 @@ impl Router {
 
         // self.send_all_alerts();
         Ok(())
+    }
+
+    /// Grove patch 4: recomputes the publish-pressure flag from every pending reader's distance to
+    /// the head of its filter's log (in segments; the log keeps `max_segment_count` of them, and a
+    /// reader that falls off the oldest one skips to it, losing what it had not read).
+    fn update_pressure(&mut self) {
+        let now = Instant::now();
+        self.pressure_checked = now;
+        let mut held = false;
+        let mut progress = HashMap::with_capacity(self.progress.len());
+        for (id, tracker) in self.scheduler.trackers.iter() {
+            for request in tracker.data_requests.iter() {
+                let Some(data) = self.datalog.native.get(request.filter_idx) else {
+                    continue;
+                };
+                let key = (id, request.filter_idx);
+                let since = match self.progress.get(&key) {
+                    Some(&(cursor, since)) if cursor == request.cursor => since,
+                    _ => now,
+                };
+                progress.insert(key, (request.cursor, since));
+                let (tail, _) = data.log.next_offset();
+                let lag = tail.saturating_sub(request.cursor.0);
+                if lag * 2 >= data.log.max_segments() as u64
+                    && now.duration_since(since) < STUCK_AFTER
+                {
+                    held = true;
+                }
+            }
+        }
+        self.progress = progress;
+        self.pressure.store(held, Ordering::Relaxed);
     }
 
     fn events(&mut self, id: ConnectionId, data: Event) {

@@ -94,6 +94,12 @@ where
         (self.head, self.tail)
     }
 
+    /// Grove patch 4: how many segments the log keeps in memory before dropping the oldest.
+    #[inline]
+    pub fn max_segments(&self) -> usize {
+        self.max_mem_segments
+    }
+
     #[inline]
     pub fn memory_segments_count(&self) -> usize {
         self.segments.len()
