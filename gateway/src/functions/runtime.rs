@@ -832,13 +832,31 @@ impl Call {
     }
 }
 
-/// An optional shadow name: length 0 means the classic shadow.
-fn shadow_name(data: &[u8], ptr: i32, len: i32) -> Result<Option<String>, i32> {
-    if len == 0 {
-        Ok(None)
+/// A shadow call's thing name and optional shadow name (length 0: the classic shadow); either
+/// one unreadable is INVALID.
+fn shadow_target(
+    data: &[u8],
+    (tp, tl): (i32, i32),
+    (np, nl): (i32, i32),
+) -> Result<(String, Option<String>), i32> {
+    let thing = text(data, tp, tl).map_err(|_| code::INVALID)?;
+    let name = if nl == 0 {
+        None
     } else {
-        text(data, ptr, len).map(Some)
-    }
+        Some(text(data, np, nl).map_err(|_| code::INVALID)?)
+    };
+    Ok((thing, name))
+}
+
+/// A host call's return value: its result, or the (negative) code that stopped it early. Each
+/// host call below is written with `?` over `Result<i32, i32>` and returns through this.
+fn status(result: Result<i32, i32>) -> i32 {
+    result.unwrap_or_else(|code| code)
+}
+
+/// A host-side error as the guest's code (`Err`), keeping a rejection document pending.
+fn host_result<T>(call: &mut Call, result: Result<T, HostError>) -> Result<T, i32> {
+    result.map_err(|e| call.host_error(e))
 }
 
 /// Defines ABI v1's host calls (module `grove`).
@@ -847,70 +865,54 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "grove",
         "output",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
-            let (data, call, _) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let Some(bytes) = guest_bytes(data, ptr, len) else {
-                return code::INVALID;
-            };
-            if bytes.len() > MAX_BODY {
-                return code::LIMIT;
-            }
-            call.output = bytes.to_vec();
-            0
+            status((|| {
+                let (data, call, _) = parts(&mut caller)?;
+                let bytes = guest_bytes(data, ptr, len).ok_or(code::INVALID)?;
+                if bytes.len() > MAX_BODY {
+                    return Err(code::LIMIT);
+                }
+                call.output = bytes.to_vec();
+                Ok(0)
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "publish",
         |mut caller: Caller<'_, HostState>, tp: i32, tl: i32, pp: i32, pl: i32, qos: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let topic = match text(data, tp, tl) {
-                Ok(t) => t,
-                Err(c) => return c,
-            };
-            let Some(payload) = guest_bytes(data, pp, pl) else {
-                return code::INVALID;
-            };
-            if topic.is_empty() || topic.contains(['+', '#', '\0']) || !(0..=1).contains(&qos) {
-                return code::INVALID;
-            }
-            if !manifest.grants.may_publish(&topic) {
-                return call.deny("publish", &topic);
-            }
-            if payload.len() > MAX_BODY || !call.effect() {
-                return code::LIMIT;
-            }
-            match call.host.publish(&topic, payload, qos as u8) {
-                Ok(()) => 0,
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (data, call, manifest) = parts(&mut caller)?;
+                let topic = text(data, tp, tl)?;
+                let payload = guest_bytes(data, pp, pl).ok_or(code::INVALID)?;
+                if topic.is_empty() || topic.contains(['+', '#', '\0']) || !(0..=1).contains(&qos) {
+                    return Err(code::INVALID);
+                }
+                if !manifest.grants.may_publish(&topic) {
+                    return Err(call.deny("publish", &topic));
+                }
+                if payload.len() > MAX_BODY || !call.effect() {
+                    return Err(code::LIMIT);
+                }
+                let sent = call.host.publish(&topic, payload, qos as u8);
+                host_result(call, sent).map(|()| 0)
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "shadow_get",
         |mut caller: Caller<'_, HostState>, tp: i32, tl: i32, np: i32, nl: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let (thing, name) = match (text(data, tp, tl), shadow_name(data, np, nl)) {
-                (Ok(t), Ok(n)) => (t, n),
-                _ => return code::INVALID,
-            };
-            if !manifest.grants.may_read_shadow(&thing) {
-                return call.deny("shadow_get", &thing);
-            }
-            let deadline = call.deadline;
-            match call.host.shadow_get(&thing, name.as_deref(), deadline) {
-                Ok(doc) => call.pend(doc),
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (data, call, manifest) = parts(&mut caller)?;
+                let (thing, name) = shadow_target(data, (tp, tl), (np, nl))?;
+                if !manifest.grants.may_read_shadow(&thing) {
+                    return Err(call.deny("shadow_get", &thing));
+                }
+                let deadline = call.deadline;
+                let doc = call.host.shadow_get(&thing, name.as_deref(), deadline);
+                let doc = host_result(call, doc)?;
+                Ok(call.pend(doc))
+            })())
         },
     )?;
     linker.func_wrap(
@@ -924,104 +926,78 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
          dp: i32,
          dl: i32|
          -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let (thing, name) = match (text(data, tp, tl), shadow_name(data, np, nl)) {
-                (Ok(t), Ok(n)) => (t, n),
-                _ => return code::INVALID,
-            };
-            let Some(doc) = guest_bytes(data, dp, dl) else {
-                return code::INVALID;
-            };
-            if !manifest.grants.may_update_shadow(&thing) {
-                return call.deny("shadow_update", &thing);
-            }
-            if !call.effect() {
-                return code::LIMIT;
-            }
-            let deadline = call.deadline;
-            match call
-                .host
-                .shadow_update(&thing, name.as_deref(), doc, deadline)
-            {
-                Ok(doc) => call.pend(doc),
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (data, call, manifest) = parts(&mut caller)?;
+                let (thing, name) = shadow_target(data, (tp, tl), (np, nl))?;
+                let doc = guest_bytes(data, dp, dl).ok_or(code::INVALID)?;
+                if !manifest.grants.may_update_shadow(&thing) {
+                    return Err(call.deny("shadow_update", &thing));
+                }
+                if !call.effect() {
+                    return Err(code::LIMIT);
+                }
+                let deadline = call.deadline;
+                let answer = call
+                    .host
+                    .shadow_update(&thing, name.as_deref(), doc, deadline);
+                let answer = host_result(call, answer)?;
+                Ok(call.pend(answer))
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "kv_get",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32| -> i32 {
-            let (_, call, key) = match kv_parts(&mut caller, kp, kl, "kv_get") {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            match call.host.kv_get(&key) {
-                Ok(Some(v)) => call.pend(v),
-                Ok(None) => code::NOT_FOUND,
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (_, call, key) = kv_parts(&mut caller, kp, kl, "kv_get")?;
+                let value = call.host.kv_get(&key);
+                match host_result(call, value)? {
+                    Some(v) => Ok(call.pend(v)),
+                    None => Err(code::NOT_FOUND),
+                }
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "kv_put",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32, vp: i32, vl: i32| -> i32 {
-            let (data, call, key) = match kv_parts(&mut caller, kp, kl, "kv_put") {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let Some(value) = guest_bytes(data, vp, vl) else {
-                return code::INVALID;
-            };
-            if value.len() > MAX_BODY || !call.effect() {
-                return code::LIMIT;
-            }
-            match call.host.kv_put(&key, Some(value)) {
-                Ok(()) => 0,
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (data, call, key) = kv_parts(&mut caller, kp, kl, "kv_put")?;
+                let value = guest_bytes(data, vp, vl).ok_or(code::INVALID)?;
+                if value.len() > MAX_BODY || !call.effect() {
+                    return Err(code::LIMIT);
+                }
+                let stored = call.host.kv_put(&key, Some(value));
+                host_result(call, stored).map(|()| 0)
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "kv_delete",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32| -> i32 {
-            let (_, call, key) = match kv_parts(&mut caller, kp, kl, "kv_delete") {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            if !call.effect() {
-                return code::LIMIT;
-            }
-            match call.host.kv_put(&key, None) {
-                Ok(()) => 0,
-                Err(e) => call.host_error(e),
-            }
+            status((|| {
+                let (_, call, key) = kv_parts(&mut caller, kp, kl, "kv_delete")?;
+                if !call.effect() {
+                    return Err(code::LIMIT);
+                }
+                let deleted = call.host.kv_put(&key, None);
+                host_result(call, deleted).map(|()| 0)
+            })())
         },
     )?;
     linker.func_wrap(
         "grove",
         "config_get",
         |mut caller: Caller<'_, HostState>, kp: i32, kl: i32| -> i32 {
-            let (data, call, manifest) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let key = match text(data, kp, kl) {
-                Ok(k) => k,
-                Err(c) => return c,
-            };
-            match manifest.config.get(&key) {
-                Some(v) => {
-                    let v = v.clone().into_bytes();
-                    call.pend(v)
-                }
-                None => code::NOT_FOUND,
-            }
+            status((|| {
+                let (data, call, manifest) = parts(&mut caller)?;
+                let key = text(data, kp, kl)?;
+                let value = manifest.config.get(&key).ok_or(code::NOT_FOUND)?;
+                Ok(call.pend(value.clone().into_bytes()))
+            })())
         },
     )?;
     linker.func_wrap(
@@ -1045,22 +1021,17 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         "grove",
         "result",
         |mut caller: Caller<'_, HostState>, ptr: i32, len: i32| -> i32 {
-            let (data, call, _) = match parts(&mut caller) {
-                Ok(p) => p,
-                Err(c) => return c,
-            };
-            let Some(pending) = &call.pending else {
-                return code::NOT_FOUND;
-            };
-            let n = pending.len().min(usize::try_from(len).unwrap_or(0));
-            let Some(dest) = usize::try_from(ptr)
-                .ok()
-                .and_then(|p| data.get_mut(p..p.checked_add(n)?))
-            else {
-                return code::INVALID;
-            };
-            dest.copy_from_slice(&pending[..n]);
-            n as i32
+            status((|| {
+                let (data, call, _) = parts(&mut caller)?;
+                let pending = call.pending.as_ref().ok_or(code::NOT_FOUND)?;
+                let n = pending.len().min(usize::try_from(len).unwrap_or(0));
+                let dest = usize::try_from(ptr)
+                    .ok()
+                    .and_then(|p| data.get_mut(p..p.checked_add(n)?))
+                    .ok_or(code::INVALID)?;
+                dest.copy_from_slice(&pending[..n]);
+                Ok(n as i32)
+            })())
         },
     )?;
     Ok(())
