@@ -107,13 +107,7 @@ impl Rule {
             return Err(EvalError::Windowed);
         }
         let vars = self.program.bind_vars(msg, ctx);
-        let env = Env {
-            msg,
-            ctx,
-            aggs: &[],
-            window: None,
-            vars: &vars,
-        };
+        let env = Env::message(msg, ctx, &vars);
         if !self.program.passes_where(&env) {
             return Ok(None);
         }
@@ -126,13 +120,7 @@ impl Program {
     pub(crate) fn bind_vars<'a>(&'a self, msg: &'a Message, ctx: &'a Context<'a>) -> Vec<Val<'a>> {
         let mut vars = Vec::with_capacity(self.vars.len());
         for e in &self.vars {
-            let env = Env {
-                msg,
-                ctx,
-                aggs: &[],
-                window: None,
-                vars: &vars,
-            };
+            let env = Env::message(msg, ctx, &vars);
             let value = e.eval(&env);
             vars.push(value);
         }
@@ -624,12 +612,6 @@ impl Compiler<'_> {
 
 /// Evaluates a compiled template expression against the original message.
 pub(crate) fn eval_standalone<'a>(e: &'a CExpr, msg: &'a Message, ctx: &'a Context<'a>) -> Val<'a> {
-    let env = Env {
-        msg,
-        ctx,
-        aggs: &[],
-        window: None,
-        vars: &[],
-    };
+    let env = Env::message(msg, ctx, &[]);
     e.eval(&env)
 }

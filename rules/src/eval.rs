@@ -174,6 +174,19 @@ pub(crate) struct Env<'a, 'v> {
     pub(crate) vars: &'v [Val<'a>],
 }
 
+impl<'a, 'v> Env<'a, 'v> {
+    /// The environment of one message outside any window: no aggregates, no window bounds.
+    pub(crate) fn message(msg: &'a Message, ctx: &'a Context<'a>, vars: &'v [Val<'a>]) -> Self {
+        Env {
+            msg,
+            ctx,
+            aggs: &[],
+            window: None,
+            vars,
+        }
+    }
+}
+
 fn cast<'a>(v: Val<'a>, ty: CastTy) -> Val<'a> {
     let whole_or_dec = |d: f64| {
         if d.fract() == 0.0 && d.abs() < 9.0e18 {

@@ -239,13 +239,7 @@ impl Window {
         let now = self.now;
         let program = Arc::clone(&self.rule.program);
         let vars = program.bind_vars(msg, ctx);
-        let env = Env {
-            msg,
-            ctx,
-            aggs: &[],
-            window: None,
-            vars: &vars,
-        };
+        let env = Env::message(msg, ctx, &vars);
         if !program.passes_where(&env) {
             return out;
         }
