@@ -14,6 +14,7 @@ use bytes::Bytes;
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
 use rumqttd::Notification;
+use tokio::sync::watch;
 
 use crate::broker::{
     make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
@@ -164,6 +165,19 @@ impl Bus {
             if unscheduled {
                 self.rx.wake().await.map_err(|_| Closed::Link)?;
             }
+        }
+    }
+
+    /// Like [`Bus::recv_batch`], for a component's main loop: false once `shutdown` fires or the
+    /// link closes, and the loop should end.
+    pub async fn recv_until(
+        &mut self,
+        out: &mut Vec<Message>,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> bool {
+        tokio::select! {
+            _ = shutdown.changed() => false,
+            r = self.recv_batch(out) => r.is_ok(),
         }
     }
 

@@ -197,11 +197,7 @@ pub async fn serve_disabled(
         .ok()?;
     Some(tokio::spawn(async move {
         let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-            }
+        while bus.recv_until(&mut batch, &mut shutdown).await {
             let answers = batch
                 .drain(..)
                 .map(|m| {

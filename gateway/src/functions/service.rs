@@ -904,11 +904,7 @@ impl Functions {
     async fn serve_invoke(self, mut bus: crate::bus::Bus) {
         let mut shutdown = self.inner.shutdown.clone();
         let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-            }
+        while bus.recv_until(&mut batch, &mut shutdown).await {
             for m in batch.drain(..) {
                 let this = self.clone();
                 tokio::spawn(async move { this.answer_request(m).await });
@@ -1124,11 +1120,7 @@ struct ShadowClient {
 impl ShadowClient {
     async fn serve(self, mut bus: crate::bus::Bus, mut shutdown: watch::Receiver<bool>) {
         let mut batch = Vec::new();
-        loop {
-            tokio::select! {
-                _ = shutdown.changed() => return,
-                r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-            }
+        while bus.recv_until(&mut batch, &mut shutdown).await {
             for m in batch.drain(..) {
                 let Some(token) = serde_json::from_slice::<Value>(&m.payload)
                     .ok()

@@ -198,11 +198,7 @@ async fn serve_admin(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut batch = Vec::new();
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            r = bus.recv_batch(&mut batch) => if r.is_err() { return },
-        }
+    while bus.recv_until(&mut batch, &mut shutdown).await {
         for request in batch.drain(..) {
             let token = serde_json::from_slice::<serde_json::Value>(&request.payload)
                 .ok()
