@@ -9,17 +9,7 @@
 #
 # Usage: functions/build.sh [OUT_DIR]
 # Environment: CARGO_TARGET_DIR (default: <repo>/target).
-set -euo pipefail
-
-FUNCTIONS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$FUNCTIONS")"
-OUT_DIR="${1:-$ROOT/target/functions}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TARGET=wasm32-unknown-unknown
-# The Rust examples: package name = module name = manifest name.
-RUST_EXAMPLES=(threshold-alert enricher actuator)
-
-rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 mkdir -p "$OUT_DIR"
 
 # Copies $1 to $2 unless $2 already has the same bytes.

@@ -6,19 +6,15 @@
 #
 # Usage: functions/ci.sh [OUT_DIR]   (default <repo>/target/functions, as for build.sh)
 # Environment: CARGO_TARGET_DIR (default: <repo>/target).
-set -euo pipefail
-
-FUNCTIONS="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(dirname "$FUNCTIONS")"
-OUT_DIR="${1:-$ROOT/target/functions}"
-export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}"
-TARGET=wasm32-unknown-unknown
-GUEST_PACKAGES=(-p grove-fn-sdk -p example-common -p threshold-alert -p enricher -p actuator)
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+GUEST_PACKAGES=(-p grove-fn-sdk -p example-common)
+for name in "${RUST_EXAMPLES[@]}"; do
+    GUEST_PACKAGES+=(-p "$name")
+done
 
 step() { printf '\n== functions: %s\n' "$*"; }
 
 cd "$FUNCTIONS"
-rustup target list --installed | grep -qx "$TARGET" || rustup target add "$TARGET"
 
 step "cargo fmt --check"
 cargo fmt --all --check
