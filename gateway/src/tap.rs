@@ -79,6 +79,15 @@ impl Tap {
         *self.routes.write().unwrap_or_else(|p| p.into_inner()) = routes;
     }
 
+    /// Whether a route takes `topic` (as [`Tap::target`], without building the target).
+    pub fn takes(&self, topic: &str) -> bool {
+        self.routes
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .any(|r| grove_rules::topic_matches(&r.filter, topic))
+    }
+
     /// The target topic of `topic`, if a route takes it (the first matching route wins).
     pub fn target(&self, topic: &str) -> Option<String> {
         self.routes
@@ -158,6 +167,7 @@ mod tests {
         ];
         for (topic, want) in cases {
             assert_eq!(tap.target(topic).as_deref(), want, "{topic}");
+            assert_eq!(tap.takes(topic), want.is_some(), "{topic}");
         }
     }
 

@@ -543,8 +543,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     async fn ingest(&mut self) -> Option<End> {
         let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
         let mut batch = Vec::new();
-        // Publishes the durable taps may take, by wire topic (see `crate::tap`).
-        let taps = self.shared.has_taps();
+        // Publishes a durable tap takes, by wire topic (see `crate::tap`).
         self.published = false;
         let mut tapped: Vec<(String, Bytes)> = Vec::new();
         let mut end = None;
@@ -622,11 +621,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         });
                         break;
                     }
-                    if taps {
-                        tapped.push((
-                            String::from_utf8_lossy(&publish.topic).into_owned(),
-                            publish.payload.clone(),
-                        ));
+                    let topic = String::from_utf8_lossy(&publish.topic);
+                    if self.shared.tapped(&topic) {
+                        tapped.push((topic.into_owned(), publish.payload.clone()));
                     }
                     let mut publish = publish;
                     let mut props = props;

@@ -571,13 +571,14 @@ impl Shared {
         }
     }
 
-    /// Whether any durable tap is installed (the connection layer collects publishes only then).
-    pub(crate) fn has_taps(&self) -> bool {
-        !self
-            .taps
+    /// Whether a durable tap takes `topic` (the connection layer keeps only those publishes for
+    /// the taps, so the others cost no copy).
+    pub(crate) fn tapped(&self, topic: &str) -> bool {
+        self.taps
             .read()
             .unwrap_or_else(|p| p.into_inner())
-            .is_empty()
+            .iter()
+            .any(|t| t.takes(topic))
     }
 
     /// Offers `messages` (`(topic, payload, hops)`) to every durable tap except `skip`, and waits
