@@ -31,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde_json::json;
 use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
@@ -42,6 +42,8 @@ use self::outbox::{PacketIds, Queue};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Message, Outgoing};
 use crate::metrics::CloudMetrics;
+use crate::shadow::document::client_token_of;
+use crate::shadow::local::LocalShadows;
 use crate::store::{OutboxMessage, Store};
 use crate::tap::{Offer, Route, Tap};
 
@@ -147,10 +149,24 @@ pub async fn start(
                 .bus_outside("cloud-sync", &tap)
                 .await
                 .map_err(|e| CloudError::Bus(e.to_string()))?;
-            let component =
-                sync::ShadowSync::start(sync_bus, store.clone(), shadows.clone(), metrics.clone())
-                    .await
-                    .map_err(|e| CloudError::Bus(e.to_string()))?;
+            // Sync's requests to the local shadow service bypass the cloud's tap like the rest
+            // of its publishes: what sync writes locally came from the cloud.
+            let requests_bus = buses
+                .bus_outside("cloud-sync-requests", &tap)
+                .await
+                .map_err(|e| CloudError::Bus(e.to_string()))?;
+            let local = LocalShadows::start(requests_bus, shutdown.clone())
+                .await
+                .map_err(|e| CloudError::Bus(e.to_string()))?;
+            let component = sync::ShadowSync::start(
+                sync_bus,
+                local,
+                store.clone(),
+                shadows.clone(),
+                metrics.clone(),
+            )
+            .await
+            .map_err(|e| CloudError::Bus(e.to_string()))?;
             tasks.push(tokio::spawn(component.run(rx, shutdown.clone())));
             Some(tx)
         }
@@ -201,7 +217,8 @@ pub async fn serve_disabled(
             let answers = batch
                 .drain(..)
                 .map(|m| {
-                    let doc = json!({"state": "disabled", "clientToken": client_token(&m.payload)});
+                    let doc =
+                        json!({"state": "disabled", "clientToken": client_token_of(&m.payload)});
                     Outgoing::new(
                         format!("{STATUS_TOPIC}/accepted"),
                         Bytes::from(doc.to_string()),
@@ -549,20 +566,13 @@ impl Owner {
             "last_error": self.last_error,
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
-            "clientToken": client_token(request),
+            "clientToken": client_token_of(request),
         });
         Outgoing::new(
             format!("{STATUS_TOPIC}/accepted"),
             Bytes::from(doc.to_string()),
         )
     }
-}
-
-fn client_token(payload: &[u8]) -> Value {
-    serde_json::from_slice::<Value>(payload)
-        .ok()
-        .and_then(|v| v.get("clientToken").cloned())
-        .unwrap_or(Value::Null)
 }
 
 fn now_ms() -> u64 {

@@ -26,8 +26,9 @@ use super::config::ShadowSync as SyncConfig;
 use super::link::Session;
 use super::merge::{diff_state, target};
 use super::SyncInput;
-use crate::bus::{Bus, Closed, Message, Outgoing};
+use crate::bus::{Bus, Closed, Message};
 use crate::metrics::CloudMetrics;
+use crate::shadow::local::{LocalError, LocalShadows};
 use crate::shadow::names::{request_topic, Operation};
 use crate::store::{ShadowKey, Store, SyncState};
 
@@ -61,13 +62,11 @@ pub fn cloud_filters(config: &SyncConfig) -> Vec<String> {
         .collect()
 }
 
-/// The local subscriptions: the shadow service's answers and change notifications (non-overlapping,
-/// because the router delivers a message once per matching filter of a link).
-const LOCAL_FILTERS: [&str; 4] = [
-    "$aws/things/+/shadow/get/+",
-    "$aws/things/+/shadow/update/+",
-    "$aws/things/+/shadow/name/+/get/+",
-    "$aws/things/+/shadow/name/+/update/+",
+/// The local subscriptions: the shadow service's change notifications (its answers to sync's own
+/// requests reach [`LocalShadows`]).
+const LOCAL_FILTERS: [&str; 2] = [
+    "$aws/things/+/shadow/update/documents",
+    "$aws/things/+/shadow/name/+/update/documents",
 ];
 
 /// A token bucket for cloud-bound updates (pure: time comes in as an offset from any origin).
@@ -143,8 +142,8 @@ pub struct ShadowSync {
     session: Option<Session>,
     dirty: BTreeSet<ShadowKey>,
     failed: BTreeSet<ShadowKey>,
-    /// Bus messages that arrived while a round waited for an answer.
-    pending_local: VecDeque<Message>,
+    /// Requests to the gateway's shadow service.
+    local: LocalShadows,
     /// Cloud messages that arrived while a round waited for an answer.
     pending_cloud: VecDeque<(String, Bytes)>,
     rate: RateLimit,
@@ -156,6 +155,7 @@ impl ShadowSync {
     /// Subscribes on `bus` and loads the recorded sync states.
     pub async fn start(
         mut bus: Bus,
+        local: LocalShadows,
         store: Store,
         config: SyncConfig,
         metrics: CloudMetrics,
@@ -179,7 +179,7 @@ impl ShadowSync {
             session: None,
             dirty: BTreeSet::new(),
             failed: BTreeSet::new(),
-            pending_local: VecDeque::new(),
+            local,
             pending_cloud: VecDeque::new(),
             started: Instant::now(),
             tokens: 0,
@@ -195,9 +195,6 @@ impl ShadowSync {
         let mut batch = Vec::new();
         let mut retry = tokio::time::interval(RETRY_AFTER);
         loop {
-            while let Some(m) = self.pending_local.pop_front() {
-                self.on_local(&m);
-            }
             while let Some((topic, payload)) = self.pending_cloud.pop_front() {
                 self.on_cloud(&topic, &payload);
             }
@@ -362,17 +359,8 @@ impl ShadowSync {
         Err(RoundError::Conflicts(MAX_ATTEMPTS))
     }
 
-    fn token(&mut self) -> String {
-        self.tokens += 1;
-        format!("grove-sync-{}", self.tokens)
-    }
-
     async fn local_get(&mut self, key: &ShadowKey) -> Result<Side, RoundError> {
-        let topic = request_topic(&key.thing, key.name.as_deref(), Operation::Get);
-        let token = self.token();
-        let (accepted, doc) = self
-            .local_request(topic, json!({"clientToken": token}), &token)
-            .await?;
+        let (accepted, doc) = self.local_request(key, Operation::Get, json!({})).await?;
         side(accepted, &doc)
     }
 
@@ -382,50 +370,29 @@ impl ShadowSync {
         patch: Value,
         version: Option<u64>,
     ) -> Result<Written, RoundError> {
-        let topic = request_topic(&key.thing, key.name.as_deref(), Operation::Update);
-        let token = self.token();
-        let body = update_body(patch, version, &token);
-        let (accepted, doc) = self.local_request(topic, body, &token).await?;
+        let body = update_body(patch, version);
+        let (accepted, doc) = self.local_request(key, Operation::Update, body).await?;
         written(accepted, &doc)
     }
 
-    /// Publishes a request to the local shadow service and waits for its answer, keeping other
-    /// messages for later.
     async fn local_request(
         &mut self,
-        topic: String,
+        key: &ShadowKey,
+        op: Operation,
         body: Value,
-        token: &str,
     ) -> Result<(bool, Value), RoundError> {
-        self.bus
-            .publish(vec![Outgoing::new(
-                topic.clone(),
-                Bytes::from(body.to_string()),
-            )])
-            .await
-            .map_err(|_| RoundError::Bus)?;
         let deadline = Instant::now() + ANSWER_TIMEOUT;
-        let mut batch = Vec::new();
-        loop {
-            match tokio::time::timeout_at(deadline, self.bus.recv_batch(&mut batch)).await {
-                Err(_) => return Err(RoundError::Timeout(ANSWER_TIMEOUT)),
-                Ok(Err(_)) => return Err(RoundError::Bus),
-                Ok(Ok(())) => {}
-            }
-            let mut answer = None;
-            for m in batch.drain(..) {
-                if answer.is_none() {
-                    if let Some(a) = answer_to(&topic, token, &m.topic, &m.payload) {
-                        answer = Some(a);
-                        continue;
-                    }
-                }
-                self.pending_local.push_back(m);
-            }
-            if let Some(a) = answer {
-                return Ok(a);
-            }
-        }
+        let answer = self
+            .local
+            .request(&key.thing, key.name.as_deref(), op, body, 0, deadline)
+            .await
+            .map_err(|e| match e {
+                LocalError::Timeout => RoundError::Timeout(ANSWER_TIMEOUT),
+                LocalError::Closed => RoundError::Bus,
+            })?;
+        let doc = serde_json::from_slice(&answer.doc)
+            .map_err(|e| RoundError::Rejected(format!("unreadable answer: {e}")))?;
+        Ok((answer.accepted, doc))
     }
 
     async fn cloud_get(
@@ -433,10 +400,8 @@ impl ShadowSync {
         key: &ShadowKey,
         inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
     ) -> Result<Side, RoundError> {
-        let topic = request_topic(&key.thing, key.name.as_deref(), Operation::Get);
-        let token = self.token();
         let (accepted, doc) = self
-            .cloud_request(topic, json!({"clientToken": token}), &token, inputs)
+            .cloud_request(key, Operation::Get, json!({}), inputs)
             .await?;
         side(accepted, &doc)
     }
@@ -448,21 +413,26 @@ impl ShadowSync {
         version: Option<u64>,
         inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
     ) -> Result<Written, RoundError> {
-        let topic = request_topic(&key.thing, key.name.as_deref(), Operation::Update);
-        let token = self.token();
-        let body = update_body(patch, version, &token);
-        let (accepted, doc) = self.cloud_request(topic, body, &token, inputs).await?;
+        let body = update_body(patch, version);
+        let (accepted, doc) = self
+            .cloud_request(key, Operation::Update, body, inputs)
+            .await?;
         written(accepted, &doc)
     }
 
-    /// Publishes a request to the cloud's shadow service and waits for its answer.
+    /// Publishes a request to the cloud's shadow service and waits for its answer (matched by a
+    /// client token of sync's own).
     async fn cloud_request(
         &mut self,
-        topic: String,
-        body: Value,
-        token: &str,
+        key: &ShadowKey,
+        op: Operation,
+        mut body: Value,
         inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
     ) -> Result<(bool, Value), RoundError> {
+        let topic = request_topic(&key.thing, key.name.as_deref(), op);
+        self.tokens += 1;
+        let token = format!("grove-sync-{}", self.tokens);
+        body["clientToken"] = token.clone().into();
         let session = self.session.clone().ok_or(RoundError::Offline)?;
         if !session.publish_qos0(&topic, Bytes::from(body.to_string())) {
             return Err(RoundError::Offline);
@@ -476,7 +446,7 @@ impl ShadowSync {
             };
             match input {
                 SyncInput::Cloud { topic: t, payload } => {
-                    if let Some(a) = answer_to(&topic, token, &t, &payload) {
+                    if let Some(a) = answer_to(&topic, &token, &t, &payload) {
                         return Ok(a);
                     }
                     self.pending_cloud.push_back((t, payload));
@@ -544,8 +514,8 @@ fn written(accepted: bool, doc: &Value) -> Result<Written, RoundError> {
     }
 }
 
-fn update_body(patch: Value, version: Option<u64>, token: &str) -> Value {
-    let mut body = json!({"state": patch, "clientToken": token});
+fn update_body(patch: Value, version: Option<u64>) -> Value {
+    let mut body = json!({"state": patch});
     if let Some(v) = version {
         body["version"] = v.into();
     }

@@ -27,14 +27,14 @@
 //!
 //! Invocations run on tokio's blocking pool, at most `[functions] workers` at once.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, VecDeque};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
-use tokio::sync::{mpsc, oneshot, watch, Semaphore};
+use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
@@ -48,7 +48,8 @@ use crate::bus::{Closed, Message, Outgoing};
 use crate::config::FunctionsConfig;
 use crate::metrics::FunctionMetrics;
 use crate::rules::MAX_HOPS;
-use crate::shadow::names::{request_topic, Operation};
+use crate::shadow::local::LocalShadows;
+use crate::shadow::names::Operation;
 use crate::store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 use crate::tap::{Offer, Route, Tap};
 
@@ -219,7 +220,7 @@ struct Inner {
     admin: tokio::sync::Mutex<()>,
     workers: Arc<Semaphore>,
     publish: mpsc::Sender<Batch>,
-    shadow: ShadowClient,
+    shadow: LocalShadows,
     /// The durable tap whose routes are the triggers.
     tap: Arc<Tap>,
     /// Ids of finished events, for [`forgetter`] to delete.
@@ -253,21 +254,10 @@ impl Functions {
         let out = buses.bus("functions-out").await.map_err(bus_err)?;
         let (publish, publish_rx) = mpsc::channel(1024);
         tokio::spawn(publisher(out, publish_rx, shutdown.clone()));
-        let mut shadow_bus = buses.bus("functions-shadow").await.map_err(bus_err)?;
-        let filters: Vec<String> = [
-            "$aws/things/+/shadow/+/accepted",
-            "$aws/things/+/shadow/+/rejected",
-            "$aws/things/+/shadow/name/+/+/accepted",
-            "$aws/things/+/shadow/name/+/+/rejected",
-        ]
-        .map(String::from)
-        .to_vec();
-        shadow_bus
-            .subscribe_confirmed(&filters)
+        let shadow_bus = buses.bus("functions-shadow").await.map_err(bus_err)?;
+        let shadow = LocalShadows::start(shadow_bus, shutdown.clone())
             .await
             .map_err(|_| FunctionError::Closed)?;
-        let shadow = ShadowClient::default();
-        tokio::spawn(shadow.clone().serve(shadow_bus, shutdown.clone()));
         let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
         let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
         let (finished, finished_rx) = mpsc::unbounded_channel();
@@ -1108,75 +1098,6 @@ async fn publisher(
 /// A batch for the output link: messages with optional MQTT 5 correlation data.
 type Batch = Vec<(Outgoing, Option<Bytes>)>;
 
-/// A shadow service answer: accepted (or rejected), and its document.
-type ShadowAnswer = (bool, Bytes);
-
-/// Shadow requests on behalf of functions: answers are matched by client token.
-#[derive(Clone, Default)]
-struct ShadowClient {
-    pending: Arc<Mutex<HashMap<String, oneshot::Sender<ShadowAnswer>>>>,
-}
-
-impl ShadowClient {
-    async fn serve(self, mut bus: crate::bus::Bus, mut shutdown: watch::Receiver<bool>) {
-        let mut batch = Vec::new();
-        while bus.recv_until(&mut batch, &mut shutdown).await {
-            for m in batch.drain(..) {
-                let Some(token) = serde_json::from_slice::<Value>(&m.payload)
-                    .ok()
-                    .and_then(|v| v["clientToken"].as_str().map(str::to_owned))
-                else {
-                    continue;
-                };
-                if !token.starts_with("grove-fn-") {
-                    continue;
-                }
-                let waiter = self.pending.lock().ok().and_then(|mut p| p.remove(&token));
-                if let Some(w) = waiter {
-                    let _ = w.send((m.topic.ends_with("/accepted"), m.payload));
-                }
-            }
-        }
-    }
-
-    /// Sends a request and waits for its answer until `deadline`.
-    async fn request(
-        &self,
-        publish: &mpsc::Sender<Batch>,
-        topic: String,
-        mut body: Value,
-        hops: u32,
-        deadline: Instant,
-    ) -> Result<ShadowAnswer, HostError> {
-        let token = format!("grove-fn-{}", uuid::Uuid::new_v4());
-        body["clientToken"] = token.clone().into();
-        let (tx, rx) = oneshot::channel();
-        if let Ok(mut p) = self.pending.lock() {
-            p.insert(token.clone(), tx);
-        }
-        let msg = Outgoing {
-            topic,
-            payload: Bytes::from(body.to_string()),
-            qos: 1,
-            retain: false,
-            hops,
-        };
-        let sent = publish.send(vec![(msg, None)]).await.is_ok();
-        let answer = if sent {
-            tokio::time::timeout_at(deadline.into(), rx)
-                .await
-                .ok()
-                .and_then(Result::ok)
-        } else {
-            None
-        };
-        if let Ok(mut p) = self.pending.lock() {
-            p.remove(&token);
-        }
-        answer.ok_or(HostError::Unavailable)
-    }
-}
-
 /// The host calls' effects for one invocation.
 struct ServiceHost {
     inner: Arc<Inner>,
@@ -1208,16 +1129,17 @@ impl ServiceHost {
             self.inner.metrics.deny(&self.name, "shadow_hop_limit");
             return Err(HostError::Limit);
         }
-        let client = self.inner.shadow.clone();
-        let publish = self.inner.publish.clone();
-        let hops = self.hops + 1;
-        self.inner.handle.block_on(client.request(
-            &publish,
-            request_topic(thing, name, op),
+        let answer = self.inner.handle.block_on(self.inner.shadow.request(
+            thing,
+            name,
+            op,
             body,
-            hops,
-            deadline,
-        ))
+            self.hops + 1,
+            deadline.into(),
+        ));
+        answer
+            .map(|a| (a.accepted, a.doc))
+            .map_err(|_| HostError::Unavailable)
     }
 }
 

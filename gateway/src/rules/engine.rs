@@ -28,6 +28,7 @@ use crate::broker::BusMaker;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
 use crate::metrics::RulesMetrics;
+use crate::shadow::document::client_token_of;
 use crate::shadow::names::{request_topic, validate_shadow_name, validate_thing_name, Operation};
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
@@ -200,9 +201,7 @@ async fn serve_admin(
     let mut batch = Vec::new();
     while bus.recv_until(&mut batch, &mut shutdown).await {
         for request in batch.drain(..) {
-            let token = serde_json::from_slice::<serde_json::Value>(&request.payload)
-                .ok()
-                .and_then(|v| v.get("clientToken").cloned());
+            let token = client_token_of(&request.payload);
             let (done, outcome) = oneshot::channel();
             if reloads.send(Reload { done }).await.is_err() {
                 return;

@@ -454,6 +454,12 @@ pub fn decode_client_token(payload: &[u8]) -> Result<Option<String>, Rejected> {
     client_token(&doc)
 }
 
+/// A request's valid client token, if it has one: to echo in an answer that did not come from this
+/// module (Grove's own request topics follow the same convention), and to match answers to requests.
+pub fn client_token_of(payload: &[u8]) -> Option<String> {
+    decode_client_token(payload).ok().flatten()
+}
+
 /// Applies a validated update to the stored shadow (`None` if it never existed).
 ///
 /// "Interacting with shadows", Optimistic locking: a request `version` must equal the current version, else

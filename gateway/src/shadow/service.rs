@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use super::document::{self, Limits, Rejected, Rejection, Shadow};
+use super::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
 use super::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::ShadowConfig;
@@ -132,8 +132,10 @@ impl ShadowService {
                 let n = inflight.entry(origin.clone()).or_default();
                 *n += 1;
                 if *n > self.max_inflight {
-                    let rejected =
-                        Rejected::new(Rejection::TooManyRequests, client_token(&message.payload));
+                    let rejected = Rejected::new(
+                        Rejection::TooManyRequests,
+                        client_token_of(&message.payload),
+                    );
                     answers.push(self.rejection(
                         &topic,
                         rejected,
@@ -152,7 +154,7 @@ impl ShadowService {
                 Ok(s) => s,
                 Err(()) => {
                     let rejected =
-                        Rejected::new(Rejection::Internal, client_token(&message.payload));
+                        Rejected::new(Rejection::Internal, client_token_of(&message.payload));
                     answers.push(self.rejection(
                         &topic,
                         rejected,
@@ -267,7 +269,7 @@ impl ShadowService {
                 self.cache.insert(key, shadow);
             }
             for answer in answers.iter_mut().filter(|a| a.durable) {
-                let token = client_token(&answer.payload);
+                let token = client_token_of(&answer.payload);
                 let doc = Rejected::new(Rejection::Internal, token).document(now);
                 answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
             }
@@ -364,7 +366,7 @@ impl ShadowService {
             topic = message.topic,
             "shadow request with an invalid name: {what}"
         );
-        let token = client_token(&message.payload);
+        let token = client_token_of(&message.payload);
         let rejected_topic = format!("{}/rejected", message.topic);
         let doc = Rejected::new(Rejection::InvalidName(what), token).document(now);
         self.metrics.invalid_names.inc();
@@ -379,7 +381,7 @@ impl ShadowService {
 
     /// Answers `$grove/shadows/list` with every stored shadow's thing, name and version.
     async fn list(&self, message: Message, now: u64) -> Answer {
-        let token = client_token(&message.payload);
+        let token = client_token_of(&message.payload);
         let doc = match self.store.list_shadows().await {
             Ok(list) => {
                 let shadows: Vec<Value> = list
@@ -400,11 +402,6 @@ impl ShadowService {
             hops: 0,
         }
     }
-}
-
-/// The client token of a request, to echo in an error that the document module did not produce.
-fn client_token(payload: &[u8]) -> Option<String> {
-    document::decode_client_token(payload).ok().flatten()
 }
 
 fn outgoing(topic: String, doc: &Value) -> Outgoing {
