@@ -609,6 +609,17 @@ impl Resolver<'_> {
             if !seen.insert(p.name.clone()) {
                 return Err(self.invalid(&located, format!("policy `{}` is defined twice", p.name)));
             }
+            // Redefining a built-in would silently change every listener and device that names it
+            // (`device` is the default off loopback).
+            if out.contains_key(&p.name) {
+                return Err(self.invalid(
+                    &located,
+                    format!(
+                        "policy `{}` is built in and cannot be redefined; give yours another name",
+                        p.name
+                    ),
+                ));
+            }
             p.validate()
                 .map_err(|e| self.invalid(&located, e.to_string()))?;
             out.insert(p.name.clone(), p);
@@ -789,6 +800,14 @@ mod tests {
             ),
             ("[[policies]]\nname = \"p\"\npublish = [\"a/#/b\"]\n", "is not a valid topic filter"),
             ("[[policies]]\nname = \"p\"\npublsh = []\n", "unknown field `publsh`"),
+            (
+                "[[policies]]\nname = \"device\"\npublish = [\"#\"]\n",
+                "1: `policies[0]`: policy `device` is built in and cannot be redefined",
+            ),
+            (
+                "[cloud]\nhost = \"h\"\nplain_tcp = true\ndownlink = [{ filter = \"+/cmd/#\", strip_prefix = \"site/\" }]\n",
+                "4: `cloud.downlink[0]`: \"+/cmd/#\" must start with strip_prefix \"site/\"",
+            ),
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT x FROM\"\nactions = [{ republish = { topic = \"a\" } }]\n",
                 "1: `rules[0]`: rule `r`: the SQL does not compile",

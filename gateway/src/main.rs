@@ -680,6 +680,12 @@ fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
                 policy::safe_variable(&id),
                 "a device id must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
             );
+            if let Some(t) = &thing {
+                anyhow::ensure!(
+                    policy::safe_variable(t),
+                    "a thing name must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
+                );
+            }
             if let Some(p) = &policy {
                 anyhow::ensure!(
                     config.broker.policies.contains_key(p),

@@ -329,6 +329,27 @@ impl Client {
     /// Subscribes and waits for the SUBACK; returns its return codes.
     pub async fn subscribe(&mut self, filter: &str, qos: QoS) -> Vec<rumqttc::SubscribeReasonCode> {
         self.client.subscribe(filter, qos).await.expect("subscribe");
+        self.suback().await
+    }
+
+    /// Subscribes to several filters in one SUBSCRIBE and waits for the SUBACK; returns its
+    /// return codes, in order.
+    pub async fn subscribe_many(
+        &mut self,
+        filters: &[&str],
+        qos: QoS,
+    ) -> Vec<rumqttc::SubscribeReasonCode> {
+        let filters = filters
+            .iter()
+            .map(|f| rumqttc::SubscribeFilter::new((*f).to_owned(), qos));
+        self.client
+            .subscribe_many(filters)
+            .await
+            .expect("subscribe");
+        self.suback().await
+    }
+
+    async fn suback(&mut self) -> Vec<rumqttc::SubscribeReasonCode> {
         let ack = tokio::time::timeout(Duration::from_secs(10), self.subacks.recv())
             .await
             .expect("no SUBACK within 10 s")

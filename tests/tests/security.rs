@@ -19,13 +19,25 @@ const WAIT: Duration = Duration::from_secs(10);
 static TRIED: AtomicUsize = AtomicUsize::new(0);
 static SUCCEEDED: AtomicUsize = AtomicUsize::new(0);
 
-/// Records a hostile attempt and whether it got through.
+/// Records a hostile attempt and whether it got through, and writes the running totals where the
+/// test command prints them (each test that tries some calls this, so the last one to finish
+/// leaves the totals of all). A case that got through fails its test.
 fn hostile(what: &str, got_through: bool) {
     TRIED.fetch_add(1, Ordering::SeqCst);
     if got_through {
         SUCCEEDED.fetch_add(1, Ordering::SeqCst);
-        eprintln!("HOSTILE CASE SUCCEEDED: {what}");
     }
+    let summary = format!(
+        "hostile cases tried: {}, succeeded: {}",
+        TRIED.load(Ordering::SeqCst),
+        SUCCEEDED.load(Ordering::SeqCst)
+    );
+    std::fs::write(
+        Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-cases.txt"),
+        &summary,
+    )
+    .unwrap();
+    assert!(!got_through, "HOSTILE CASE SUCCEEDED: {what} ({summary})");
 }
 
 /// Runs `grove device ...` against the prepared directory's config.
@@ -56,6 +68,11 @@ fn device(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
     text
 }
 
+/// A policy that lets its device subscribe to everything but receive only its own space: what
+/// reaches it must be filtered message by message.
+const WIDE_POLICY: &str = "[[policies]]\nname = \"wide\"\nsubscribe = [\"#\"]\n\
+    publish = [\"devices/${client_id}/#\"]\nreceive = [\"devices/${client_id}/#\"]\n";
+
 struct Site {
     gateway: Gateway,
     mtls_port: u16,
@@ -70,7 +87,7 @@ fn site() -> Site {
     let data = dir.path().join("data");
     std::fs::write(
         dir.path().join("pre.toml"),
-        format!("data_dir = {data:?}\n"),
+        format!("data_dir = {data:?}\n{WIDE_POLICY}"),
     )
     .unwrap();
     let out = device(dir.path(), &["init-ca", "--server-name", "127.0.0.1"], None);
@@ -78,6 +95,11 @@ fn site() -> Site {
     for id in ["dev-a", "dev-b", "dev-gone"] {
         device(dir.path(), &["add", id, "--cert"], None);
     }
+    device(
+        dir.path(),
+        &["add", "dev-wide", "--cert", "--policy", "wide"],
+        None,
+    );
     device(
         dir.path(),
         &["add", "pw-dev", "--password-stdin", "--thing", "pump-7"],
@@ -91,7 +113,7 @@ fn site() -> Site {
     let pki = data.join("pki");
     let (mtls_port, password_port) = (free_port(), free_port());
     let extra = format!(
-        "[[broker.listeners]]\nname = \"mtls\"\nbind = \"127.0.0.1:{mtls_port}\"\nauth = \"certificate\"\n\
+        "{WIDE_POLICY}[[broker.listeners]]\nname = \"mtls\"\nbind = \"127.0.0.1:{mtls_port}\"\nauth = \"certificate\"\n\
          tls = {{ cert = {cert:?}, key = {key:?}, client_ca = {ca:?} }}\n\
          [[broker.listeners]]\nname = \"pw\"\nbind = \"127.0.0.1:{password_port}\"\nauth = \"password\"\n",
         cert = pki.join("server.pem"),
@@ -274,11 +296,21 @@ async fn identities_and_policies_hold_against_hostile_devices() {
                 .any(|c| !matches!(c, rumqttc::SubscribeReasonCode::Failure)),
         );
     }
-    // Mixed: the allowed filter is granted, the denied one refused, in order.
-    let codes = a.subscribe("devices/dev-a/cmd", QoS::AtLeastOnce).await;
+    // Mixed in one SUBSCRIBE: the allowed filters are granted, the denied one refused, in order.
+    let codes = a
+        .subscribe_many(
+            &["devices/dev-a/cmd", "devices/dev-b/#", "devices/dev-a/cfg"],
+            QoS::AtLeastOnce,
+        )
+        .await;
+    use rumqttc::SubscribeReasonCode::{Failure, Success};
     assert!(
-        matches!(codes[..], [rumqttc::SubscribeReasonCode::Success(_)]),
+        matches!(codes[..], [Success(_), Failure, Success(_)]),
         "{codes:?}"
+    );
+    hostile(
+        "dev-a subscribes devices/dev-b/# among allowed filters",
+        codes[1] != Failure,
     );
     b.publish("devices/dev-b/secret", QoS::AtLeastOnce, false, "b-only")
         .await;
@@ -389,24 +421,163 @@ async fn identities_and_policies_hold_against_hostile_devices() {
     assert!(g.metric("grove_broker_refused_total{reason=\"tls_handshake\"}") >= 3.0);
     assert!(g.metric("grove_broker_refused_total{reason=\"bad_credentials\"}") >= 4.0);
     assert!(
-        g.log().contains("publish denied by policy"),
-        "denials are logged with client id and topic"
+        g.metric("grove_broker_refused_total{reason=\"identity_mismatch\"}") >= 1.0,
+        "the client id / certificate mismatch is refused for that reason"
+    );
+    assert!(g.metric("grove_broker_refused_total{reason=\"unknown_certificate\"}") >= 2.0);
+    let log = g.log();
+    assert!(
+        log.lines().any(|l| l.contains("publish denied by policy")
+            && l.contains("dev-a")
+            && l.contains("devices/dev-b/cmd")),
+        "denials are logged with client id and topic:\n{log}"
     );
 
-    let (tried, succeeded) = (
-        TRIED.load(Ordering::SeqCst),
-        SUCCEEDED.load(Ordering::SeqCst),
+    assert!(TRIED.load(Ordering::SeqCst) >= 16);
+    assert_eq!(SUCCEEDED.load(Ordering::SeqCst), 0);
+}
+
+/// A client that connects with a will on `topic` and returns whether the broker accepted it;
+/// when it did, the connection is then dropped without DISCONNECT, so the will is due.
+async fn connect_with_will_and_drop(mut o: MqttOptions, topic: &str) -> Option<String> {
+    o.set_last_will(rumqttc::LastWill::new(
+        topic,
+        "gone",
+        QoS::AtLeastOnce,
+        false,
+    ));
+    try_connect(o).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wills_and_wildcard_subscriptions_stay_inside_the_policy() {
+    let site = site();
+    let g = &site.gateway;
+    let mut observer = Client::connect("observer", g.mqtt_port).await;
+    observer.subscribe("devices/#", QoS::AtLeastOnce).await;
+    observer.subscribe("$aws/things/#", QoS::AtLeastOnce).await;
+    let (a_cert, a_key) = device_cert(&site, "dev-a");
+    let a = || tls_options(&site, "dev-a", Some((&a_cert, &a_key)));
+
+    // A will in another device's space is refused at CONNECT (AWS IoT asks for publish rights on
+    // the will topic when connecting), so it can never be published on the device's behalf.
+    for topic in ["devices/dev-b/cmd", "$aws/things/dev-b/shadow/update", "#"] {
+        let refused = connect_with_will_and_drop(a(), topic).await;
+        hostile(
+            &format!("dev-a leaves a will on {topic}"),
+            refused.is_none(),
+        );
+        if topic != "#" {
+            assert!(refused.unwrap().contains("NotAuthorized"), "CONNACK 5");
+        }
+    }
+    // A will on its own topic is accepted and published when the connection drops.
+    assert_eq!(
+        connect_with_will_and_drop(a(), "devices/dev-a/status").await,
+        None
     );
-    let summary = format!("hostile cases tried: {tried}, succeeded: {succeeded}");
-    println!("{summary}");
-    // The test command prints this file, so the count is in its output even when tests pass.
-    std::fs::write(
-        Path::new(env!("CARGO_TARGET_TMPDIR")).join("hostile-cases.txt"),
-        &summary,
+    let mut seen = Vec::new();
+    while !seen.iter().any(|(t, _)| t == "devices/dev-a/status") {
+        let p = observer.recv(WAIT).await.expect("the will");
+        seen.push((p.topic, p.payload));
+    }
+    while let Some(p) = observer.recv(Duration::from_millis(500)).await {
+        seen.push((p.topic, p.payload));
+    }
+    hostile(
+        "a refused will is published anyway",
+        seen.iter().any(|(t, _)| t != "devices/dev-a/status"),
+    );
+    assert_eq!(
+        seen,
+        [(
+            "devices/dev-a/status".to_owned(),
+            bytes::Bytes::from("gone")
+        )]
+    );
+
+    // A device may subscribe to `#`, yet receives only what its policy lets it receive, while
+    // more messages than rumqttd's in-flight window (100) pass by that it must not see.
+    let (w_cert, w_key) = device_cert(&site, "dev-wide");
+    let mut wide =
+        Client::connect_with(tls_options(&site, "dev-wide", Some((&w_cert, &w_key)))).await;
+    let codes = wide.subscribe("#", QoS::AtLeastOnce).await;
+    assert!(
+        matches!(codes[..], [rumqttc::SubscribeReasonCode::Success(_)]),
+        "{codes:?}"
+    );
+    let (b_cert, b_key) = device_cert(&site, "dev-b");
+    let b = Client::connect_with(tls_options(&site, "dev-b", Some((&b_cert, &b_key)))).await;
+    // Its own messages are interleaved with B's, so that dropped deliveries sit between ones the
+    // device must acknowledge itself (the router takes acknowledgements only in order).
+    for i in 0..150 {
+        b.publish(
+            "devices/dev-b/telemetry",
+            QoS::AtLeastOnce,
+            false,
+            format!("b{i}"),
+        )
+        .await;
+        if i % 10 == 0 {
+            wide.publish(
+                "devices/dev-wide/telemetry",
+                QoS::AtLeastOnce,
+                false,
+                format!("mine{i}"),
+            )
+            .await;
+        }
+    }
+    // The observer sees all 165, so all were routed before we look at what `#` got.
+    observer.recv_n(165, WAIT).await;
+    let mut mine = Vec::new();
+    let mut leaked = 0;
+    while let Some(p) = wide.recv(Duration::from_millis(500)).await {
+        if p.topic == "devices/dev-wide/telemetry" {
+            mine.push(String::from_utf8_lossy(&p.payload).into_owned());
+        } else {
+            leaked += 1;
+        }
+    }
+    hostile(
+        "a `#` subscriber receives another device's messages",
+        leaked > 0,
+    );
+    let want: Vec<String> = (0..150).step_by(10).map(|i| format!("mine{i}")).collect();
+    assert_eq!(mine, want, "its own messages, all and in order");
+    assert!(g.metric("grove_broker_denied_total{action=\"receive\"}") >= 150.0);
+    // The dropped QoS 1 deliveries were acknowledged to the router: the link still flows.
+    wide.publish(
+        "devices/dev-wide/telemetry",
+        QoS::AtLeastOnce,
+        false,
+        "again",
     )
-    .unwrap();
-    assert!(tried >= 16);
-    assert_eq!(succeeded, 0);
+    .await;
+    assert_eq!(
+        &wide.recv(WAIT).await.expect("still delivered").payload[..],
+        b"again"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_network_listener_without_auth_settings_refuses_anonymous_clients() {
+    // `auth` unset on a non-loopback bind means passwords (and the device policy); we reach the
+    // wildcard bind through loopback.
+    let port = free_port();
+    let g = Gateway::start(&format!(
+        "[[broker.listeners]]\nname = \"lan\"\nbind = \"0.0.0.0:{port}\"\n"
+    ));
+    let refused = try_connect(options("anyone", port)).await;
+    hostile("anonymous client on a network listener", refused.is_none());
+    assert!(
+        refused.unwrap().contains("BadUserNamePassword"),
+        "CONNACK 4"
+    );
+    assert!(
+        g.log().contains("passwords from the network without TLS"),
+        "a password listener without TLS on the network is warned about"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -418,6 +589,19 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
     let mut o = O5::new("pw-dev", "127.0.0.1", site.password_port);
     o.set_credentials("pw-dev", "correct horse");
     let (client, mut events) = Client5::new(o, 10);
+    use rumqttc::v5::mqttbytes::v5::{Filter, SubscribeReasonCode as S5};
+    client
+        .subscribe_many([
+            Filter::new("devices/pw-dev/#", Q5::AtLeastOnce),
+            Filter::new("devices/someone-else/#", Q5::AtLeastOnce),
+        ])
+        .await
+        .unwrap();
+    // A denied QoS 0 publish is dropped silently; the connection stays.
+    client
+        .publish("devices/someone-else/x", Q5::AtMostOnce, false, "no")
+        .await
+        .unwrap();
     client
         .publish("devices/someone-else/x", Q5::AtLeastOnce, false, "no")
         .await
@@ -426,14 +610,16 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
         .publish("devices/pw-dev/x", Q5::AtLeastOnce, false, "yes")
         .await
         .unwrap();
-    let mut reasons = Vec::new();
-    while reasons.len() < 2 {
+    let (mut reasons, mut granted, mut received) = (Vec::new(), None, Vec::new());
+    while reasons.len() < 2 || received.is_empty() {
         match tokio::time::timeout(WAIT, events.poll())
             .await
             .expect("answers")
             .expect("connection stays up")
         {
             E5::Incoming(P5::PubAck(ack)) => reasons.push(ack.reason),
+            E5::Incoming(P5::SubAck(ack)) => granted = Some(ack.return_codes),
+            E5::Incoming(P5::Publish(p)) => received.push(p.topic),
             _ => continue,
         }
     }
@@ -441,6 +627,11 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
         reasons,
         [PubAckReason::NotAuthorized, PubAckReason::Success]
     );
+    assert_eq!(
+        granted.expect("SUBACK"),
+        [S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
+    );
+    assert_eq!(received, [bytes::Bytes::from("devices/pw-dev/x")]);
 }
 
 #[test]

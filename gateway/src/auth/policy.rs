@@ -51,7 +51,6 @@ pub fn device_policy() -> Policy {
         "$aws/things/${thing}/shadow/#".to_owned(),
         "devices/${client_id}/#".to_owned(),
         "dt/${thing}/#".to_owned(),
-        "$grove/things/${thing}/#".to_owned(),
     ];
     Policy {
         name: "device".to_owned(),

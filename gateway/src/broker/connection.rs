@@ -12,7 +12,7 @@
 //! timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
 //! MQTT 5 will delay, if any) and is removed from the router.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -21,7 +21,7 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Login, Packet, PubAck, PubAckReason, Publish, SubAck, SubscribeReasonCode,
+    LastWillProperties, Login, Packet, PubAck, PubAckReason, SubAck, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -84,6 +84,12 @@ struct Session {
     partial_subacks: HashMap<u16, Vec<Option<SubscribeReasonCode>>>,
     keep_alive: Option<Duration>,
     will: Option<Will>,
+    /// A policed client's QoS 1 deliveries not yet acknowledged to the router, in order: `false`
+    /// for one the device must acknowledge, `true` for one the policy dropped, which Grove
+    /// acknowledges for it. rumqttd accepts acknowledgements only in delivery order (and
+    /// disconnects otherwise), so a dropped delivery behind one the device still owes is
+    /// acknowledged only after the device's. Empty, or headed by a `false`.
+    owed: VecDeque<(u16, bool)>,
     tx: LinkTx,
     rx: LinkRx,
 }
@@ -268,6 +274,38 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             return Err(refusal);
         }
     };
+    if let Some(will) = &will {
+        // The will is a publish made on the client's behalf later: its topic must be a valid topic
+        // name the client may publish to, checked now (AWS IoT asks for iot:Publish on the will
+        // topic at connect), or a device could leave a will in another device's space.
+        match check_topic_name(&will.topic, false) {
+            Err(detail) => {
+                // MQTT 3.1.1 has no CONNACK code for it: the connection is just closed.
+                if version == Version::V5 {
+                    let ack = refuse(
+                        ConnectReturnCode::TopicNameInvalid,
+                        ConnectReturnCode::TopicNameInvalid,
+                    );
+                    write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
+                }
+                return Err(Refusal::new("malformed", format!("will: {detail}")));
+            }
+            Ok(topic) if policy.as_ref().is_some_and(|p| !p.may_publish(topic)) => {
+                shared.metrics.deny("publish");
+                warn!(client_id, topic, "will topic denied by policy");
+                let ack = refuse(
+                    ConnectReturnCode::NotAuthorized,
+                    ConnectReturnCode::NotAuthorized,
+                );
+                write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
+                return Err(Refusal::security(
+                    "not_authorized",
+                    format!("will topic {topic} denied"),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
     let session_expiry = props
         .as_ref()
         .and_then(|p| p.session_expiry_interval)
@@ -325,6 +363,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         keep_alive: (connect.keep_alive > 0)
             .then(|| Duration::from_secs(u64::from(connect.keep_alive))),
         will,
+        owed: VecDeque::new(),
         tx,
         rx,
     })
@@ -572,7 +611,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         break;
                     }
                     if let Err(detail) = check_topic_name(
-                        &publish,
+                        &publish.topic,
                         props.as_ref().is_some_and(|p| p.topic_alias.is_some()),
                     ) {
                         end = Some(End::Refused {
@@ -719,8 +758,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     end = Some(End::Disconnected { with_will });
                     break;
                 }
+                Packet::PubAck(ack, props) => {
+                    let pkid = ack.pkid;
+                    batch.push(Packet::PubAck(ack, props));
+                    if self.session.owed.front() == Some(&(pkid, false)) {
+                        self.session.owed.pop_front();
+                        while let Some(&(dropped, true)) = self.session.owed.front() {
+                            self.session.owed.pop_front();
+                            batch.push(router_ack(dropped));
+                        }
+                    }
+                }
                 p @ (Packet::PingReq(_)
-                | Packet::PubAck(..)
                 | Packet::PubRec(..)
                 | Packet::PubRel(..)
                 | Packet::PubComp(..)) => batch.push(p),
@@ -793,16 +842,21 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                             if !policy.may_receive(&topic) {
                                 self.shared.metrics.deny("receive");
                                 debug!(client_id = self.session.client_id, %topic, "delivery denied by policy");
-                                // The router waits for a PUBACK of a QoS 1 delivery: give it one.
+                                // The router waits for a PUBACK of a QoS 1 delivery: give it one,
+                                // in order (see `Session::owed`).
                                 let (qos, pkid) = publish_qos_pkid(&f.publish);
                                 if qos > 0 {
-                                    let ack = PubAck {
-                                        pkid,
-                                        reason: PubAckReason::Success,
-                                    };
-                                    router_acks.push(Packet::PubAck(ack, None));
+                                    if self.session.owed.is_empty() {
+                                        router_acks.push(router_ack(pkid));
+                                    } else {
+                                        self.session.owed.push_back((pkid, true));
+                                    }
                                 }
                                 continue;
+                            }
+                            let (qos, pkid) = publish_qos_pkid(&f.publish);
+                            if qos > 0 {
+                                self.session.owed.push_back((pkid, false));
                             }
                         }
                         self.shared.metrics.messages_sent.inc();
@@ -956,17 +1010,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     }
 }
 
+/// The PUBACK Grove gives the router for a QoS 1 delivery the policy dropped.
+fn router_ack(pkid: u16) -> Packet {
+    Packet::PubAck(
+        PubAck {
+            pkid,
+            reason: PubAckReason::Success,
+        },
+        None,
+    )
+}
+
 /// MQTT §4.7.3: a topic name is at least one character long (MQTT 5 allows it empty when a topic
 /// alias stands for it), valid UTF-8, and has no wildcard.
-fn check_topic_name(publish: &Publish, uses_alias: bool) -> Result<(), String> {
-    let topic = std::str::from_utf8(&publish.topic).map_err(|_| "topic is not UTF-8".to_owned())?;
+fn check_topic_name(topic: &[u8], uses_alias: bool) -> Result<&str, String> {
+    let topic = std::str::from_utf8(topic).map_err(|_| "topic is not UTF-8".to_owned())?;
     if topic.is_empty() && !uses_alias {
         return Err("empty topic name".into());
     }
     if topic.contains(['+', '#', '\0']) {
         return Err(format!("topic name {topic:?} contains a wildcard or NUL"));
     }
-    Ok(())
+    Ok(topic)
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

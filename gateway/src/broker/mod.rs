@@ -277,6 +277,13 @@ impl Broker {
             if l.auth == AuthMode::Anonymous && !addr.ip().is_loopback() {
                 warn!(listener = l.name, %addr, "anonymous access from the network, as configured");
             }
+            if l.auth == AuthMode::Password && tls.is_none() && !addr.ip().is_loopback() {
+                warn!(
+                    listener = l.name,
+                    %addr,
+                    "passwords from the network without TLS cross it in the clear; give this listener `tls`"
+                );
+            }
             info!(
                 listener = l.name,
                 %addr,

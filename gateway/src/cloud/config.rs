@@ -383,14 +383,16 @@ impl RawCloud {
                     format!("{:?} is not a valid topic filter", d.filter),
                 ));
             }
-            let local = d.filter.strip_prefix(&d.strip_prefix).unwrap_or(&d.filter);
+            // The filter must spell the prefix out, so that every local topic is known here
+            // (checked against the forward filters below) and a wildcard cannot hide the prefix.
+            let local = d.filter.strip_prefix(&d.strip_prefix).unwrap_or("");
             if local.is_empty() || !valid_filter(local) {
                 return Err(err(
                     key,
                     Some(span),
                     format!(
-                        "strip_prefix {:?} must leave a topic filter of {:?}",
-                        d.strip_prefix, d.filter
+                        "{:?} must start with strip_prefix {:?} and leave a topic filter after it",
+                        d.filter, d.strip_prefix
                     ),
                 ));
             }

@@ -420,6 +420,13 @@ impl Owner {
                     return;
                 };
                 let local_topic = topic.strip_prefix(&d.strip_prefix).unwrap_or(&topic);
+                if local_topic.is_empty() {
+                    warn!(
+                        topic,
+                        "a cloud message with nothing after the downlink prefix is dropped"
+                    );
+                    return;
+                }
                 self.metrics.downlinked.inc();
                 local.push(Outgoing {
                     qos: 1,
