@@ -397,17 +397,23 @@ async fn identities_and_policies_hold_against_hostile_devices() {
         "CONNACK 4"
     );
 
-    // A removed device is revoked immediately, without a restart.
+    // A removed device is revoked at once, without a restart: its live connection is closed
+    // and it cannot connect again.
     let (gone_cert, gone_key) = device_cert(&site, "dev-gone");
-    assert!(try_connect(tls_options(
+    let gone = Client::connect_with(tls_options(
         &site,
         "dev-gone",
-        Some((&gone_cert, &gone_key))
+        Some((&gone_cert, &gone_key)),
     ))
-    .await
-    .is_none());
+    .await;
     let pre = site.pki.parent().unwrap().parent().unwrap();
     device(pre, &["remove", "dev-gone"], None);
+    let closed = tokio::time::timeout(Duration::from_secs(5), gone.closed(WAIT)).await;
+    hostile(
+        "a removed device keeps its live connection",
+        closed.is_err(),
+    );
+    assert!(g.metric("grove_broker_refused_total{reason=\"revoked\"}") >= 1.0);
     let refused = try_connect(tls_options(
         &site,
         "dev-gone",

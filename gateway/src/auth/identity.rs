@@ -166,6 +166,8 @@ pub struct Identities {
     path: PathBuf,
     cache: Mutex<Snapshot>,
     checks: Semaphore,
+    /// Bumped at every reload, so that connected devices re-check their identity.
+    changes: tokio::sync::watch::Sender<u64>,
 }
 
 impl Identities {
@@ -177,6 +179,7 @@ impl Identities {
             path,
             cache: Mutex::new((modified, Arc::new(devices))),
             checks: Semaphore::new(PARALLEL_CHECKS),
+            changes: tokio::sync::watch::Sender::new(0),
         })
     }
 
@@ -187,11 +190,25 @@ impl Identities {
         let now = stamp(&self.path);
         if now != cache.0 {
             match load(&self.path) {
-                Ok(devices) => *cache = (now, Arc::new(devices)),
+                Ok(devices) => {
+                    *cache = (now, Arc::new(devices));
+                    self.changes.send_modify(|n| *n += 1);
+                }
                 Err(e) => tracing::error!(error = %e, "keeping the previous device identities"),
             }
         }
         cache.1.clone()
+    }
+
+    /// Re-reads the devices file if it changed (the broker calls this every second, so that a
+    /// removal or a new credential reaches connected devices without waiting for a CONNECT).
+    pub fn refresh(&self) {
+        self.current();
+    }
+
+    /// A receiver that changes whenever the devices file was reloaded.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.changes.subscribe()
     }
 
     /// The device with this id, if registered.

@@ -33,6 +33,7 @@ use super::codec::{sniff, Codec, Sniff, Version};
 use super::{
     namespace, poll_now, publish_qos_pkid, Listener, Shared, GROVE_PROPERTY_PREFIX, ORIGIN_PROPERTY,
 };
+use crate::auth::identity::Device;
 use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
 use crate::auth::tls::common_name;
 use crate::config::AuthMode;
@@ -90,6 +91,9 @@ struct Session {
     /// disconnects otherwise), so a dropped delivery behind one the device still owes is
     /// acknowledged only after the device's. Empty, or headed by a `false`.
     owed: VecDeque<(u16, bool)>,
+    /// The registered identity the client proved, re-checked whenever the devices file changes:
+    /// a device removed (or given new credentials) is disconnected at once.
+    device: Option<Device>,
     tx: LinkTx,
     rx: LinkRx,
 }
@@ -267,13 +271,14 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         connect.client_id.clone()
     };
 
-    let policy = match authenticate(shared, listener, &client_id, login.as_ref(), peer_cert).await {
-        Ok(policy) => policy,
-        Err((refusal, v311, v5)) => {
-            write_packet(stream, &codec, Packet::ConnAck(refuse(v311, v5), None)).await;
-            return Err(refusal);
-        }
-    };
+    let (policy, device) =
+        match authenticate(shared, listener, &client_id, login.as_ref(), peer_cert).await {
+            Ok(found) => found,
+            Err((refusal, v311, v5)) => {
+                write_packet(stream, &codec, Packet::ConnAck(refuse(v311, v5), None)).await;
+                return Err(refusal);
+            }
+        };
     if let Some(will) = &will {
         // The will is a publish made on the client's behalf later: its topic must be a valid topic
         // name the client may publish to, checked now (AWS IoT asks for iot:Publish on the will
@@ -364,6 +369,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             .then(|| Duration::from_secs(u64::from(connect.keep_alive))),
         will,
         owed: VecDeque::new(),
+        device,
         tx,
         rx,
     })
@@ -372,14 +378,15 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
 /// A refused CONNECT: what to log and count, and the CONNACK codes for MQTT 3.1.1 and 5.
 type AuthRefusal = (Refusal, ConnectReturnCode, ConnectReturnCode);
 
-/// Authenticates a client as its listener requires and resolves its policy (`None`: allow all).
+/// Authenticates a client as its listener requires and resolves its policy (`None`: allow all);
+/// also returns the registered identity it proved, if any.
 async fn authenticate(
     shared: &Shared,
     listener: &Listener,
     client_id: &str,
     login: Option<&Login>,
     peer_cert: Option<&[u8]>,
-) -> Result<Option<Resolved>, AuthRefusal> {
+) -> Result<(Option<Resolved>, Option<Device>), AuthRefusal> {
     let bad_login = |detail: String| {
         (
             Refusal::security("bad_credentials", detail),
@@ -454,7 +461,7 @@ async fn authenticate(
         ));
     };
     if *policy == allow_all_policy() {
-        return Ok(None);
+        return Ok((None, device));
     }
     let thing = device.as_ref().map_or(client_id, |d| d.thing());
     if !safe_variable(client_id) || !safe_variable(thing) {
@@ -466,7 +473,8 @@ async fn authenticate(
             ),
         ));
     }
-    Ok(Some(policy.resolve(client_id, thing)))
+    let resolved = policy.resolve(client_id, thing);
+    Ok((Some(resolved), device))
 }
 
 async fn read_more<S: AsyncRead + Unpin>(
@@ -534,6 +542,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         // that has just published stops reading (TCP then slows the client), for at most
         // MAX_HOLD at a time; it keeps delivering, so its own subscriptions drain.
         let mut held_since: Option<Instant> = None;
+        let mut identity_changes = self.shared.identities.changes();
+        let mut proved = self.session.device.is_some();
         loop {
             let held = self.published
                 && self.shared.pressure.load(Ordering::Relaxed)
@@ -574,6 +584,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
+                changed = identity_changes.changed(), if proved => {
+                    if changed.is_err() {
+                        proved = false;
+                        continue;
+                    }
+                    let id = &self.session.client_id;
+                    if self.shared.identities.device(id) != self.session.device {
+                        return End::Refused {
+                            reason: "revoked",
+                            detail: format!("device {id:?} was removed or its credentials changed"),
+                            code: DisconnectReasonCode::NotAuthorized,
+                        };
+                    }
+                }
             }
         }
     }

@@ -144,6 +144,23 @@ pub(crate) struct Shared {
     pending_wills: Mutex<HashMap<String, u64>>,
 }
 
+/// How often the devices file is checked for changes, so that a removed device's live
+/// connections end within about this long (a CONNECT checks it at once anyway).
+const IDENTITY_POLL: Duration = Duration::from_secs(1);
+
+/// Re-reads the devices file when it changes until shutdown; connections of devices that were
+/// removed then end (see the connection layer).
+async fn watch_identities(shared: Arc<Shared>) {
+    let mut shutdown = shared.shutdown.clone();
+    let mut tick = tokio::time::interval(IDENTITY_POLL);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = tick.tick() => shared.identities.refresh(),
+        }
+    }
+}
+
 /// The router's entry point, with rumqttd's channel type kept out of sight: it is not nameable
 /// outside rumqttd, so the sender lives inside this closure.
 type LinkFn =
@@ -241,6 +258,7 @@ impl Broker {
         });
         let mut tasks = JoinSet::new();
         tasks.spawn(drain(system_rx, shared.shutdown.clone()));
+        tasks.spawn(watch_identities(shared.clone()));
         shared.restore_retained().await?;
         Ok(Broker {
             shared,
