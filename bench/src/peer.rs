@@ -549,6 +549,17 @@ fn merge(into: &mut toml::Table, from: toml::Table) {
     for (key, value) in from {
         match (into.get_mut(&key), value) {
             (Some(toml::Value::Table(inner)), toml::Value::Table(value)) => merge(inner, value),
+            // Arrays of tables merge element by element, so `[[broker.listeners]]` with only
+            // `policy = "x"` changes the generated listener instead of dropping its address.
+            (Some(toml::Value::Array(inner)), toml::Value::Array(values)) => {
+                for (i, value) in values.into_iter().enumerate() {
+                    match (inner.get_mut(i), value) {
+                        (Some(toml::Value::Table(t)), toml::Value::Table(v)) => merge(t, v),
+                        (Some(slot), v) => *slot = v,
+                        (None, v) => inner.push(v),
+                    }
+                }
+            }
             (_, value) => {
                 into.insert(key, value);
             }
@@ -611,6 +622,16 @@ mod tests {
             &["broker.segment_size = 1", "broker.segment_size = 2"],
             "broker.segment_size",
             Integer(2),
+        );
+        check_grove_snippets(
+            &["[[broker.listeners]]\nauth = \"anonymous\"\npolicy = \"bench\""],
+            "broker.listeners",
+            toml::Value::Array(vec![toml::Value::Table(
+                toml::from_str(
+                    "bind = \"127.0.0.1:1883\"\nauth = \"anonymous\"\npolicy = \"bench\"",
+                )
+                .expect("a table"),
+            )]),
         );
     }
 
