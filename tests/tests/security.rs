@@ -612,12 +612,17 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
         .publish("devices/someone-else/x", Q5::AtLeastOnce, false, "no")
         .await
         .unwrap();
+    // QoS 2: PUBREC 0x87 ends the flow.
+    client
+        .publish("devices/someone-else/x", Q5::ExactlyOnce, false, "no")
+        .await
+        .unwrap();
     client
         .publish("devices/pw-dev/x", Q5::AtLeastOnce, false, "yes")
         .await
         .unwrap();
-    let (mut reasons, mut granted, mut received) = (Vec::new(), None, Vec::new());
-    while reasons.len() < 2 || received.is_empty() {
+    let (mut reasons, mut granted, mut received, mut rec) = (Vec::new(), None, Vec::new(), None);
+    while reasons.len() < 2 || received.is_empty() || rec.is_none() {
         match tokio::time::timeout(WAIT, events.poll())
             .await
             .expect("answers")
@@ -625,6 +630,7 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
         {
             E5::Incoming(P5::PubAck(ack)) => reasons.push(ack.reason),
             E5::Incoming(P5::SubAck(ack)) => granted = Some(ack.return_codes),
+            E5::Incoming(P5::PubRec(r)) => rec = Some(r.reason),
             E5::Incoming(P5::Publish(p)) => received.push(p.topic),
             _ => continue,
         }
@@ -638,6 +644,10 @@ async fn mqtt5_publishes_outside_the_policy_get_puback_0x87_and_the_connection_s
         [S5::Success(Q5::AtLeastOnce), S5::NotAuthorized]
     );
     assert_eq!(received, [bytes::Bytes::from("devices/pw-dev/x")]);
+    assert_eq!(
+        rec,
+        Some(rumqttc::v5::mqttbytes::v5::PubRecReason::NotAuthorized)
+    );
 }
 
 #[test]

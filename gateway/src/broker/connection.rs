@@ -21,7 +21,8 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Login, Packet, PubAck, PubAckReason, SubAck, SubscribeReasonCode,
+    LastWillProperties, Login, Packet, PubAck, PubAckReason, PubRec, PubRecReason, SubAck,
+    SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -659,14 +660,24 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                                 });
                                 break;
                             }
-                            // MQTT 5: a QoS 1 PUBLISH gets PUBACK 0x87; a QoS 0 one is dropped.
-                            let (qos, pkid) = publish_qos_pkid(&publish);
-                            if qos > 0 {
-                                let ack = PubAck {
-                                    pkid,
-                                    reason: PubAckReason::NotAuthorized,
-                                };
-                                self.encode(Packet::PubAck(ack, None));
+                            // MQTT 5: a QoS 1 PUBLISH gets PUBACK 0x87, a QoS 2 one PUBREC 0x87
+                            // (which ends its flow, §4.3.3); a QoS 0 one is dropped.
+                            match publish_qos_pkid(&publish) {
+                                (0, _) => {}
+                                (1, pkid) => self.encode(Packet::PubAck(
+                                    PubAck {
+                                        pkid,
+                                        reason: PubAckReason::NotAuthorized,
+                                    },
+                                    None,
+                                )),
+                                (_, pkid) => self.encode(Packet::PubRec(
+                                    PubRec {
+                                        pkid,
+                                        reason: PubRecReason::NotAuthorized,
+                                    },
+                                    None,
+                                )),
                             }
                             continue;
                         }
