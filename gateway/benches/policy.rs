@@ -1,6 +1,7 @@
-//! What a policy costs per message: the checks the connection layer makes on every PUBLISH
-//! (`may_publish`) and every delivery (`may_receive`) with the built-in device policy, against
-//! the allow-all path (no check at all). `cargo bench -p grove-gateway --bench policy`.
+//! What device security costs: per message, the checks the connection layer makes on every
+//! PUBLISH (`may_publish`) and every delivery (`may_receive`) with the built-in device policy (an
+//! allow-all listener makes none); per password CONNECT, one argon2 verification with the
+//! parameters `grove device add` hashes with. `cargo bench -p grove-gateway --bench policy`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use grove_gateway::auth::policy::device_policy;
@@ -24,5 +25,21 @@ fn policy(c: &mut Criterion) {
     g.finish();
 }
 
-criterion_group!(benches, policy);
+fn password(c: &mut Criterion) {
+    use argon2::password_hash::{PasswordHash, PasswordVerifier};
+    let hash = grove_gateway::auth::identity::hash_password("correct horse").expect("hash");
+    let parsed = PasswordHash::new(&hash).expect("a PHC string");
+    let mut g = c.benchmark_group("password");
+    g.sample_size(10);
+    g.bench_function("argon2 verify (one password CONNECT)", |b| {
+        b.iter(|| {
+            argon2::Argon2::default()
+                .verify_password(black_box(b"correct horse"), &parsed)
+                .is_ok()
+        })
+    });
+    g.finish();
+}
+
+criterion_group!(benches, policy, password);
 criterion_main!(benches);
