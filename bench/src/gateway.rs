@@ -186,6 +186,12 @@ pub async fn shadow(
         ),
         ("1 client, 1 thing, 10 in flight, flat out", 1, 1, None),
         (
+            "1 thing, 5 clients, 10 in flight each, flat out",
+            5,
+            0,
+            None,
+        ),
+        (
             "1,000 updates/s: 10 clients x 100/s over 1,000 things",
             10,
             100,
