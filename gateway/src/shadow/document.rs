@@ -19,6 +19,8 @@
 //!   (one timestamp object per element) and the shape of `/update/documents`.
 //! - "Diagnosing problems with shadows" (`diagnosing-shadows.html`): the 8 KB state limit and that content
 //!   outside `desired` and `reported` is ignored.
+//! - "AWS IoT Core endpoints and quotas", Device Shadow limits (`general/latest/gr/iot-core.html`, formerly
+//!   the developer guide's "AWS IoT Limits"): the nesting depth of `desired` and `reported`.
 //!
 //! Where AWS's own documentation is silent, the module follows AWS IoT Greengrass's Shadow manager
 //! (`aws-greengrass/aws-greengrass-shadow-manager`), AWS's own re-implementation of the service for the edge;
