@@ -232,9 +232,11 @@ pub struct FunctionsConfig {
 pub struct ShadowConfig {
     /// Largest state (desired plus reported, compact JSON) a shadow may hold; AWS's is 8 KiB.
     pub max_state_bytes: usize,
-    /// Deepest nesting of a request's `state`; AWS's is 6.
+    /// Deepest nesting of a request's `desired` or `reported` section, the section's object being
+    /// level 1 (AWS's Device Shadow limits; see `shadow::document::DEFAULT_MAX_DEPTH`); AWS's is 6.
     pub max_depth: usize,
-    /// Requests one client may have unanswered at once before it gets 429; AWS's is 10.
+    /// Requests one client may have unanswered at once (taken by the shadow service and not yet
+    /// answered, across batches) before the next one gets 429; AWS's is 10.
     pub max_inflight_per_client: usize,
 }
 

@@ -24,6 +24,13 @@ pub const DB_FILE: &str = "grove.db";
 const MAX_BATCH: usize = 1024;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
+///
+/// They are hand-written rather than taken from a crate such as `rusqlite_migration`: the whole
+/// mechanism is this list of SQL scripts plus the dozen lines of [`migrate`] (read `user_version`,
+/// refuse a database from a newer Grove, run the missing scripts and bump `user_version` in one
+/// exclusive transaction), which is exactly what that crate does for plain SQL migrations; a
+/// dependency would add an API to learn and nothing this list needs. Migrations are append-only:
+/// a released script is never edited, a change is a new script.
 const MIGRATIONS: &[&str] = &[
     // 1: retained MQTT messages, which rumqttd keeps only in memory.
     "CREATE TABLE retained (
@@ -93,6 +100,13 @@ const MIGRATIONS: &[&str] = &[
         payload   BLOB NOT NULL,
         hops      INTEGER NOT NULL
     );",
+    // 6: a deleted shadow (a tombstone, which keeps its version for 48 hours) is marked in its own
+    // column, so listing skips tombstones and expired ones are dropped without parsing documents.
+    // Rows written before this migration get it from their document (`deletedAt`); a document that
+    // is not JSON stays a live row, and the shadow service reports it as unreadable as before.
+    "ALTER TABLE shadows ADD COLUMN deleted_at INTEGER;
+    UPDATE shadows SET deleted_at = json_extract(document, '$.deletedAt')
+        WHERE json_valid(document);",
 ];
 
 /// Why the store refused or failed.
@@ -105,6 +119,17 @@ pub enum StoreError {
         path: PathBuf,
         /// SQLite's or the file system's message.
         message: String,
+    },
+    /// The database's schema is newer than this build knows: a newer Grove created or upgraded it.
+    /// Opening it anyway could misread or damage data that build wrote, so it is refused.
+    #[error("the database {} has schema version {found} but this Grove knows only up to {known}: it was created by a newer Grove; run that version (or a newer one) on this data directory", path.display())]
+    TooNew {
+        /// The database file.
+        path: PathBuf,
+        /// Its `user_version`.
+        found: usize,
+        /// The number of migrations this build has.
+        known: usize,
     },
     /// Another process holds the database.
     #[error("the database {} is in use by another process (is another grove running on this data directory?)", path.display())]
@@ -153,6 +178,9 @@ pub struct StoredShadow {
     pub key: ShadowKey,
     /// Its version, for listings.
     pub version: u64,
+    /// For a deleted shadow kept as a tombstone (to continue its version if re-created), when it was
+    /// deleted (epoch seconds); `None` for a live shadow. Listing skips tombstones.
+    pub deleted_at: Option<u64>,
     /// The shadow module's JSON document.
     pub document: String,
 }
@@ -312,7 +340,12 @@ enum Command {
         key: ShadowKey,
         done: oneshot::Sender<Result<Option<StoredShadow>, StoreError>>,
     },
-    /// List every shadow (without documents).
+    /// Forget the tombstones of shadows deleted before a time.
+    DropTombstones {
+        deleted_before: u64,
+        done: oneshot::Sender<Result<(), StoreError>>,
+    },
+    /// List every live shadow (without documents).
     ListShadows {
         done: oneshot::Sender<Result<Vec<(ShadowKey, u64)>, StoreError>>,
     },
@@ -361,7 +394,7 @@ impl Store {
              PRAGMA synchronous = FULL;",
         )
         .map_err(|e| classify_open_error(&path, e))?;
-        migrate(&mut conn).map_err(|e| classify_open_error(&path, e))?;
+        migrate(&mut conn, &path)?;
 
         let (tx, rx) = mpsc::channel(4 * MAX_BATCH);
         let thread = std::thread::Builder::new()
@@ -406,7 +439,21 @@ impl Store {
         wait.await.map_err(|_| StoreError::Closed)?
     }
 
-    /// Every stored shadow's key and version, ordered by thing then name.
+    /// Durably forgets the tombstones of shadows deleted before `deleted_before` (epoch seconds).
+    /// The shadow module decides the cut-off: a tombstone may go once no re-created shadow would
+    /// continue its version.
+    pub async fn drop_tombstones(&self, deleted_before: u64) -> Result<(), StoreError> {
+        let (done, wait) = oneshot::channel();
+        self.send(Command::DropTombstones {
+            deleted_before,
+            done,
+        })
+        .await?;
+        wait.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Every live shadow's key and version (tombstones of deleted shadows left out), ordered by
+    /// thing then name.
     pub async fn list_shadows(&self) -> Result<Vec<(ShadowKey, u64)>, StoreError> {
         let (done, wait) = oneshot::channel();
         self.send(Command::ListShadows { done }).await?;
@@ -562,14 +609,30 @@ fn classify_open_error(path: &Path, e: rusqlite::Error) -> StoreError {
     }
 }
 
-fn migrate(conn: &mut Connection) -> rusqlite::Result<()> {
-    let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)?;
-    let done: usize = tx.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
-        tx.execute_batch(sql)?;
-        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))?;
+/// Brings the schema up to date: runs the migrations the database has not had, all in one
+/// exclusive transaction (so a crash mid-way leaves the old schema), and refuses a database that a
+/// newer Grove has migrated further than this build knows.
+fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
+    let sqlite = |e| classify_open_error(path, e);
+    let tx = conn
+        .transaction_with_behavior(rusqlite::TransactionBehavior::Exclusive)
+        .map_err(sqlite)?;
+    let done: usize = tx
+        .query_row("PRAGMA user_version", [], |r| r.get(0))
+        .map_err(sqlite)?;
+    if done > MIGRATIONS.len() {
+        return Err(StoreError::TooNew {
+            path: path.to_owned(),
+            found: done,
+            known: MIGRATIONS.len(),
+        });
     }
-    tx.commit()
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(done) {
+        tx.execute_batch(sql).map_err(sqlite)?;
+        tx.execute_batch(&format!("PRAGMA user_version = {}", i + 1))
+            .map_err(sqlite)?;
+    }
+    tx.commit().map_err(sqlite)
 }
 
 /// The owner thread: batch, apply, commit, answer.
@@ -616,6 +679,14 @@ fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
                 }
                 Command::LoadShadow { key, done } => {
                     let _ = done.send(load_shadow(&tx, key).map_err(StoreError::from));
+                }
+                Command::DropTombstones {
+                    deleted_before,
+                    done,
+                } => {
+                    tx.prepare_cached("DELETE FROM shadows WHERE deleted_at < ?1")?
+                        .execute(params![deleted_before as i64])?;
+                    acks.push(done);
                 }
                 Command::ListShadows { done } => {
                     let _ = done.send(list_shadows(&tx).map_err(StoreError::from));
@@ -756,13 +827,15 @@ fn apply_retain(tx: &rusqlite::Transaction<'_>, m: &RetainedMessage) -> rusqlite
 
 fn write_shadow(tx: &rusqlite::Transaction<'_>, s: &StoredShadow) -> rusqlite::Result<()> {
     tx.prepare_cached(
-        "INSERT INTO shadows (thing, name, version, document) VALUES (?1, ?2, ?3, ?4)
-         ON CONFLICT (thing, name) DO UPDATE SET version = excluded.version, document = excluded.document",
+        "INSERT INTO shadows (thing, name, version, deleted_at, document) VALUES (?1, ?2, ?3, ?4, ?5)
+         ON CONFLICT (thing, name) DO UPDATE SET version = excluded.version,
+           deleted_at = excluded.deleted_at, document = excluded.document",
     )?
     .execute(params![
         s.key.thing,
         s.key.name.as_deref().unwrap_or(""),
         s.version as i64,
+        s.deleted_at.map(|at| at as i64),
         s.document
     ])?;
     Ok(())
@@ -772,22 +845,25 @@ fn load_shadow(
     tx: &rusqlite::Transaction<'_>,
     key: ShadowKey,
 ) -> rusqlite::Result<Option<StoredShadow>> {
-    let mut stmt =
-        tx.prepare_cached("SELECT version, document FROM shadows WHERE thing = ?1 AND name = ?2")?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT version, deleted_at, document FROM shadows WHERE thing = ?1 AND name = ?2",
+    )?;
     let mut rows = stmt.query(params![key.thing, key.name.as_deref().unwrap_or("")])?;
     match rows.next()? {
         None => Ok(None),
         Some(row) => Ok(Some(StoredShadow {
             version: row.get::<_, i64>(0)? as u64,
-            document: row.get(1)?,
+            deleted_at: row.get::<_, Option<i64>>(1)?.map(|at| at as u64),
+            document: row.get(2)?,
             key,
         })),
     }
 }
 
 fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowKey, u64)>> {
-    let mut stmt =
-        tx.prepare_cached("SELECT thing, name, version FROM shadows ORDER BY thing, name")?;
+    let mut stmt = tx.prepare_cached(
+        "SELECT thing, name, version FROM shadows WHERE deleted_at IS NULL ORDER BY thing, name",
+    )?;
     let rows = stmt.query_map([], |r| {
         let name: String = r.get(1)?;
         Ok((
@@ -1025,6 +1101,7 @@ mod tests {
         let shadow = |k: ShadowKey, v: u64| StoredShadow {
             key: k,
             version: v,
+            deleted_at: None,
             document: format!("{{\"v\":{v}}}"),
         };
         store
@@ -1048,6 +1125,124 @@ mod tests {
         assert_eq!(b.document, "{\"v\":3}");
         assert_eq!(store.load_shadow(key("c", None)).await.unwrap(), None);
         thread.close().await;
+    }
+
+    fn key(thing: &str, name: Option<&str>) -> ShadowKey {
+        ShadowKey {
+            thing: thing.into(),
+            name: name.map(Into::into),
+        }
+    }
+
+    /// A shadow row; `deleted_at` makes it a tombstone.
+    fn row(thing: &str, version: u64, deleted_at: Option<u64>) -> StoredShadow {
+        StoredShadow {
+            key: key(thing, None),
+            version,
+            deleted_at,
+            document: format!("{{\"version\":{version}}}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn tombstones_are_not_listed_and_only_those_deleted_before_the_cut_off_are_dropped() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        store
+            .write_shadows(vec![
+                row("live", 3, None),
+                row("old-tombstone", 5, Some(100)),
+                row("new-tombstone", 7, Some(200)),
+            ])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list_shadows().await.unwrap(),
+            vec![(key("live", None), 3)]
+        );
+        store.drop_tombstones(200).await.unwrap();
+        let load = |thing: &str| store.load_shadow(key(thing, None));
+        assert_eq!(load("old-tombstone").await.unwrap(), None);
+        // Deleted at the cut-off itself: still protects its version, so it stays.
+        assert_eq!(
+            load("new-tombstone").await.unwrap(),
+            Some(row("new-tombstone", 7, Some(200)))
+        );
+        assert_eq!(load("live").await.unwrap(), Some(row("live", 3, None)));
+        // A re-created shadow is live again and listed.
+        store
+            .write_shadows(vec![row("new-tombstone", 8, None)])
+            .await
+            .unwrap();
+        assert_eq!(
+            store.list_shadows().await.unwrap(),
+            vec![(key("live", None), 3), (key("new-tombstone", None), 8)]
+        );
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn an_older_database_is_upgraded_with_its_rows_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        // A database as a Grove with only the first two migrations left it.
+        {
+            let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+            for sql in &MIGRATIONS[..2] {
+                conn.execute_batch(sql).unwrap();
+            }
+            conn.execute_batch(
+                r#"PRAGMA user_version = 2;
+                INSERT INTO retained VALUES ('a/b', X'31', 1);
+                INSERT INTO shadows VALUES ('lamp', '', 4, '{"version":4}');
+                INSERT INTO shadows VALUES ('gone', 'cfg', 9, '{"version":9,"deletedAt":1000}');
+                INSERT INTO shadows VALUES ('broken', '', 1, 'not json');"#,
+            )
+            .unwrap();
+        }
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"1")]);
+        // The tombstone was recognised from its document by the new migration.
+        assert_eq!(
+            store.list_shadows().await.unwrap(),
+            vec![(key("broken", None), 1), (key("lamp", None), 4)]
+        );
+        let gone = store.load_shadow(key("gone", Some("cfg"))).await.unwrap();
+        assert_eq!(
+            gone.map(|s| (s.version, s.deleted_at)),
+            Some((9, Some(1000)))
+        );
+        // Later migrations' tables exist and work.
+        store
+            .kv_write("f".into(), vec![("k".into(), Some(b"v".to_vec()))])
+            .await
+            .unwrap();
+        thread.close().await;
+        let conn = Connection::open(dir.path().join(DB_FILE)).unwrap();
+        let version: usize = conn
+            .query_row("PRAGMA user_version", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, MIGRATIONS.len());
+    }
+
+    #[tokio::test]
+    async fn a_database_from_a_newer_grove_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let (_, thread) = Store::open(dir.path()).unwrap();
+        thread.close().await;
+        let newer = MIGRATIONS.len() + 1;
+        Connection::open(dir.path().join(DB_FILE))
+            .unwrap()
+            .execute_batch(&format!("PRAGMA user_version = {newer}"))
+            .unwrap();
+        let err = Store::open(dir.path()).unwrap_err();
+        assert!(
+            matches!(err, StoreError::TooNew { found, known, .. } if found == newer && known == MIGRATIONS.len()),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains("created by a newer Grove"),
+            "{err}"
+        );
     }
 
     #[tokio::test]

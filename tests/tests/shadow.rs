@@ -1,11 +1,15 @@
 //! End-to-end tests of the device shadow service: the real `grove` binary, real MQTT clients, on
 //! AWS's `$aws/things/...` topics and documents.
 
+use std::collections::HashMap;
 use std::time::Duration;
 
+use bytes::BytesMut;
 use grove_tests::{grove, options, Client, Gateway};
 use rumqttc::QoS;
 use serde_json::{json, Value};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -111,6 +115,122 @@ impl Device {
     }
 }
 
+/// A bare MQTT 3.1.1 connection that writes a burst of publishes in one TCP write. A rumqttc client
+/// decides itself how its publishes are spread over writes; the first small write on a fresh
+/// connection (under the 1 KiB buffer the gateway's connection reads into) is read in one go,
+/// relayed to the router as one batch and taken by the shadow service as one batch, so every
+/// request of it is in flight together: what the 429 tests need to be deterministic. (Later reads
+/// on the same connection may get less, as that buffer's spare room shrinks.)
+struct RawClient {
+    stream: TcpStream,
+    next_pkid: u16,
+}
+
+impl RawClient {
+    async fn connect(g: &Gateway, client_id: &str) -> RawClient {
+        let mut stream = TcpStream::connect(g.mqtt_addr())
+            .await
+            .expect("TCP connect");
+        let mut buf = BytesMut::new();
+        let mut connect = rumqttc::Connect::new(client_id);
+        // It never pings, so a keep-alive longer than any test.
+        connect.keep_alive = 120;
+        connect.write(&mut buf).expect("encode CONNECT");
+        stream.write_all(&buf).await.expect("send CONNECT");
+        let mut connack = [0u8; 4];
+        tokio::time::timeout(WAIT, stream.read_exact(&mut connack))
+            .await
+            .expect("CONNACK in time")
+            .expect("read CONNACK");
+        assert_eq!(connack, [0x20, 2, 0, 0], "CONNACK accepting the session");
+        RawClient {
+            stream,
+            next_pkid: 1,
+        }
+    }
+
+    /// Publishes every `(topic, body)` at QoS 1 in a single write.
+    async fn burst(&mut self, requests: &[(String, Value)]) {
+        let mut buf = BytesMut::new();
+        for (topic, body) in requests {
+            let mut publish =
+                rumqttc::Publish::new(topic.as_str(), QoS::AtLeastOnce, body.to_string());
+            publish.pkid = self.next_pkid;
+            self.next_pkid += 1;
+            publish.write(&mut buf).expect("encode PUBLISH");
+        }
+        self.stream.write_all(&buf).await.expect("send the burst");
+    }
+}
+
+/// Waits until every token in `tokens` has its `update/accepted` or `update/rejected` on
+/// `watcher`'s shadow; returns (kind, document) per token.
+async fn answers_to(watcher: &mut Device, tokens: &[String]) -> HashMap<String, (String, Value)> {
+    let mut got = HashMap::new();
+    while got.len() < tokens.len() {
+        let p = watcher
+            .client
+            .recv(WAIT)
+            .await
+            .unwrap_or_else(|| panic!("answered {} of {}: {got:?}", got.len(), tokens.len()));
+        let doc: Value = serde_json::from_slice(&p.payload).expect("JSON answer");
+        let kind = match p.topic.rsplit_once("/update/") {
+            Some((_, kind @ ("accepted" | "rejected"))) => kind.to_owned(),
+            _ => continue,
+        };
+        if let Some(token) = doc["clientToken"]
+            .as_str()
+            .filter(|t| tokens.iter().any(|x| x == t))
+        {
+            assert!(
+                got.insert(token.to_owned(), (kind, doc.clone())).is_none(),
+                "one answer per request: {doc}"
+            );
+        }
+    }
+    got
+}
+
+/// A burst of `n` updates of `thing` from `raw`, tokens `{tag}{i}`, each setting `reported.i`.
+/// Keep names short and `n` small: the whole burst must stay under 1 KiB (see [`RawClient`]).
+async fn burst_of_updates(raw: &mut RawClient, thing: &str, tag: &str, n: usize) -> Vec<String> {
+    let tokens: Vec<String> = (0..n).map(|i| format!("{tag}{i}")).collect();
+    let requests: Vec<(String, Value)> = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, token)| {
+            (
+                format!("$aws/things/{thing}/shadow/update"),
+                json!({"state": {"reported": {"i": i}}, "clientToken": token}),
+            )
+        })
+        .collect();
+    let bytes: usize = requests
+        .iter()
+        .map(|(topic, body)| 8 + topic.len() + body.to_string().len())
+        .sum();
+    assert!(
+        bytes < 900,
+        "a burst of {bytes} bytes may be read in two parts"
+    );
+    raw.burst(&requests).await;
+    tokens
+}
+
+/// How many of `tokens` were accepted; every other one must be AWS's 429, token echoed.
+fn accepted_else_429(answers: &HashMap<String, (String, Value)>) -> usize {
+    let mut accepted = 0;
+    for (token, (kind, doc)) in answers {
+        if kind == "accepted" {
+            accepted += 1;
+        } else {
+            rejected(&(kind.clone(), doc.clone()), 429, "Too Many Requests");
+            assert_eq!(doc["clientToken"], token.as_str(), "{doc}");
+        }
+    }
+    accepted
+}
+
 fn rejected(answer: &(String, Value), code: u64, message: &str) {
     assert_eq!(answer.0, "rejected", "{answer:?}");
     assert_eq!(answer.1["code"], code, "{answer:?}");
@@ -176,6 +296,30 @@ async fn classic_and_named_shadow_lifecycle_with_delta_to_the_device() {
             )
             .await;
         assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(2)));
+        // `update/documents` of an update to an existing shadow: the state before and after.
+        let documents = dev.next_on("update/documents").await;
+        assert_eq!(
+            documents["previous"]["state"],
+            json!({"desired": {"on": true, "rgb": [1, 2, 3]}}),
+            "{documents}"
+        );
+        assert_eq!(documents["previous"]["version"], 1, "{documents}");
+        assert!(
+            documents["previous"]["metadata"]["desired"]["on"]["timestamp"].is_u64(),
+            "{documents}"
+        );
+        assert_eq!(
+            documents["current"]["state"],
+            json!({"desired": {"on": true, "rgb": [1, 2, 3]}, "reported": {"on": true, "rgb": [1, 2, 3]}}),
+            "{documents}"
+        );
+        assert_eq!(documents["current"]["version"], 2, "{documents}");
+        assert!(
+            documents["current"]["metadata"]["reported"]["on"]["timestamp"].is_u64(),
+            "{documents}"
+        );
+        assert_eq!(documents["clientToken"], format!("dev-{shadow:?}-1"));
+        assert!(documents["timestamp"].is_u64(), "{documents}");
         assert!(
             device.recv(Duration::from_millis(300)).await.is_none(),
             "no delta when in sync"
@@ -238,7 +382,17 @@ async fn every_error_code_with_aws_messages_and_nothing_stored_on_error() {
         .await;
     assert_eq!(doc["version"], 1);
 
-    let deep = json!({"state": {"reported": {"a": {"b": {"c": {"d": {"e": {"f": 1}}}}}}}});
+    // AWS's limit is 6 levels in `desired` or `reported`, the section's object being the first:
+    // AWS's own example (deepest level empty) is accepted, one level more is not.
+    let at_limit =
+        json!({"state": {"desired": {"one": {"two": {"three": {"four": {"five": {}}}}}}}});
+    let (kind, doc) = d.call("update", at_limit).await;
+    assert_eq!(
+        (kind.as_str(), &doc["version"]),
+        ("accepted", &json!(2)),
+        "{doc}"
+    );
+    let deep = json!({"state": {"reported": {"one": {"two": {"three": {"four": {"five": {"six": {}}}}}}}}});
     let cases: Vec<(Value, u64, &str)> = vec![
         (json!({"nostate": 1}), 400, "Missing required node: state"),
         (json!({"state": 5}), 400, "State node must be an object"),
@@ -273,7 +427,7 @@ async fn every_error_code_with_aws_messages_and_nothing_stored_on_error() {
             "JSON contains too many levels of nesting; maximum is 6",
         ),
         (
-            json!({"state": {"reported": {"ok": 2}}, "version": 7}),
+            json!({"state": {"reported": {"ok": 2}}, "version": 1}),
             409,
             "Version conflict",
         ),
@@ -334,16 +488,21 @@ async fn every_error_code_with_aws_messages_and_nothing_stored_on_error() {
             "$aws/things/bad.name/shadow/update",
             QoS::AtLeastOnce,
             false,
-            "{\"state\":{}}",
+            r#"{"state":{},"clientToken":"bad-1"}"#,
         )
         .await;
     let doc: Value =
         serde_json::from_slice(&watcher.recv(WAIT).await.expect("400").payload).unwrap();
-    assert_eq!(doc["code"], 400);
+    rejected(
+        &("rejected".into(), doc.clone()),
+        400,
+        "Invalid thing name: name contains '.'; only a-z, A-Z, 0-9, ':', '_' and '-' are allowed",
+    );
+    assert_eq!(doc["clientToken"], "bad-1", "{doc}");
 
     // Nothing of the failed requests was stored.
     let (_, doc) = d.call("get", json!({})).await;
-    assert_eq!(doc["version"], 1);
+    assert_eq!(doc["version"], 2);
     assert_eq!(doc["state"]["reported"], json!({"ok": 1}));
     assert_eq!(
         g.metric("grove_shadow_requests_total{op=\"update\",code=\"400\"}"),
@@ -355,43 +514,66 @@ async fn every_error_code_with_aws_messages_and_nothing_stored_on_error() {
     );
     assert_eq!(
         g.metric("grove_shadow_requests_total{op=\"update\",code=\"200\"}"),
-        1.0
+        2.0
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn too_many_in_flight_requests_from_one_connection_get_429() {
-    let g = Gateway::start("");
-    let mut d = Device::connect(&g, "flood", "flood-thing", None).await;
-    // 40 requests at once from one connection: AWS allows 10 in flight per connection.
-    for i in 0..40 {
-        let body = json!({"state": {"reported": {"i": i}}, "clientToken": format!("f{i}")});
-        d.publish_raw("update", body.to_string().into_bytes()).await;
+    // AWS's limit is 10 in flight per connection (the default); 4 keeps the bursts small.
+    let g = Gateway::start("[shadow]\nmax_inflight_per_client = 4\n");
+    let mut watcher = Device::connect(&g, "flood-watcher", "f", None).await;
+    let mut flood = RawClient::connect(&g, "flood").await;
+    // 9 requests in flight at once: the first 4 are served, the other 5 get 429.
+    let tokens = burst_of_updates(&mut flood, "f", "a", 9).await;
+    let answers = answers_to(&mut watcher, &tokens).await;
+    assert_eq!(accepted_else_429(&answers), 4, "{answers:?}");
+    for i in 0..4 {
+        assert_eq!(answers[&format!("a{i}")].0, "accepted", "the first four");
     }
-    let (mut accepted, mut too_many) = (0, 0);
-    while accepted + too_many < 40 {
-        let p = d
-            .client
-            .recv(WAIT)
-            .await
-            .expect("every request is answered");
-        let doc: Value = serde_json::from_slice(&p.payload).unwrap();
-        if p.topic.ends_with("update/accepted") {
-            accepted += 1;
-        } else if p.topic.ends_with("update/rejected") {
-            assert_eq!(
-                (doc["code"].as_u64(), doc["message"].as_str()),
-                (Some(429), Some("Too Many Requests"))
-            );
-            too_many += 1;
-        }
-    }
-    assert!(too_many > 0, "some requests exceeded the in-flight limit");
-    assert!(accepted >= 10, "at least the first batch's ten were served");
-    let (_, doc) = d.call("get", json!({})).await;
+    // Once answered, they are no longer in flight: the next burst of 4 is served in full (however
+    // the connection happens to read it).
+    let tokens = burst_of_updates(&mut flood, "f", "b", 4).await;
+    let answers = answers_to(&mut watcher, &tokens).await;
+    assert_eq!(accepted_else_429(&answers), 4, "{answers:?}");
+    let (_, doc) = watcher.call("get", json!({})).await;
     assert_eq!(
-        doc["version"], accepted,
+        doc["version"], 8,
         "exactly the accepted updates were applied"
+    );
+    assert_eq!(
+        g.metric("grove_shadow_requests_total{op=\"update\",code=\"429\"}"),
+        5.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_waits_for_each_answer_is_never_limited() {
+    // The tightest limit: one request in flight per client.
+    let g = Gateway::start("[shadow]\nmax_inflight_per_client = 1\n");
+    let mut patient = Device::connect(&g, "patient", "calm-thing", None).await;
+    let mut watcher = Device::connect(&g, "burst-watcher", "busy", None).await;
+    for round in 1..=10u64 {
+        // Another client's burst on the side is limited...
+        let mut flood = RawClient::connect(&g, &format!("burst-{round}")).await;
+        let tokens = burst_of_updates(&mut flood, "busy", &format!("r{round}-"), 4).await;
+        // ...while the client that waits for each answer never is.
+        for op in ["update", "get"] {
+            let body = match op {
+                "update" => json!({"state": {"reported": {"round": round}}}),
+                _ => json!({}),
+            };
+            let (kind, doc) = patient.call(op, body).await;
+            assert_eq!(kind, "accepted", "{op} in round {round}: {doc}");
+            assert_eq!(doc["version"], round, "{doc}");
+        }
+        let answers = answers_to(&mut watcher, &tokens).await;
+        assert_eq!(accepted_else_429(&answers), 1, "{answers:?}");
+    }
+    assert_eq!(
+        g.metric("grove_shadow_requests_total{op=\"update\",code=\"429\"}"),
+        30.0,
+        "only the bursts' extra requests were refused"
     );
 }
 
@@ -416,9 +598,10 @@ async fn concurrent_versioned_updates_exactly_one_wins() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn acknowledged_updates_survive_kill_9() {
-    let mut g = Gateway::start("[shadow]\nmax_inflight_per_client = 1000\n");
-    let mut d = Device::connect(&g, "hammer", "durable", None).await;
-    // Fire updates as fast as possible, each with a counter, and record what was accepted.
+    // A limit no burst reaches, so every update is accepted and version n holds `n`.
+    let mut g = Gateway::start("[shadow]\nmax_inflight_per_client = 100000\n");
+    let d = Device::connect(&g, "hammer", "durable", None).await;
+    // Fire updates as fast as possible, each with a counter.
     let sender = d.client.client.clone();
     let topic = format!("{}/update", d.prefix);
     let fire = tokio::spawn(async move {
@@ -433,33 +616,47 @@ async fn acknowledged_updates_survive_kill_9() {
             }
         }
     });
-    let mut max_accepted = (0u64, 0u64); // (version, n)
-    let mut kill_after = 300;
-    loop {
-        let Some(p) = d.client.recv(Duration::from_secs(3)).await else {
-            break;
-        };
-        if p.topic.ends_with("update/accepted") {
+    // Read every acknowledgement until the connection is dead, recording the highest; the kill
+    // happens while this runs, so nothing acknowledged before it is missed.
+    let (progress, mut acknowledged) = tokio::sync::watch::channel(0u64);
+    let mut client = d.client;
+    let reader = tokio::spawn(async move {
+        let mut highest = (0u64, 0u64); // (version, n)
+        while let Some(p) = client.recv(Duration::from_secs(30)).await {
+            if !p.topic.ends_with("update/accepted") {
+                continue;
+            }
             let doc: Value = serde_json::from_slice(&p.payload).unwrap();
             let v = (
                 doc["version"].as_u64().unwrap(),
                 doc["state"]["reported"]["n"].as_u64().unwrap(),
             );
-            assert!(v.0 > max_accepted.0, "versions increase");
-            max_accepted = v;
-            kill_after -= 1;
-            if kill_after == 0 {
-                break;
-            }
+            assert!(
+                v.0 > highest.0,
+                "versions increase: {v:?} after {highest:?}"
+            );
+            assert_eq!(v.0, v.1, "update n is version n");
+            highest = v;
+            progress.send_replace(v.0);
         }
-    }
+        highest
+    });
+    tokio::time::timeout(WAIT, acknowledged.wait_for(|v| *v >= 300))
+        .await
+        .expect("the stream got going")
+        .expect("reader alive");
     assert!(
-        max_accepted.0 >= 300,
-        "the stream got going: {max_accepted:?}"
+        !fire.is_finished(),
+        "updates are still streaming at the kill"
     );
     // SIGKILL mid-stream: no chance to flush anything.
-    g.kill_and_restart();
+    tokio::task::block_in_place(|| g.stop_with("KILL"));
+    let highest = tokio::time::timeout(Duration::from_secs(60), reader)
+        .await
+        .expect("the reader ends when the connection dies")
+        .expect("reader");
     fire.abort();
+    tokio::task::block_in_place(|| g.restart_stopped());
     let mut d = Device::connect(&g, "after", "durable", None).await;
     let (_, doc) = d.call("get", json!({})).await;
     let stored = (
@@ -467,10 +664,11 @@ async fn acknowledged_updates_survive_kill_9() {
         doc["state"]["reported"]["n"].as_u64().unwrap(),
     );
     assert!(
-        stored.0 >= max_accepted.0 && stored.1 >= max_accepted.1,
-        "acknowledged {max_accepted:?} but stored {stored:?}"
+        stored.0 >= highest.0,
+        "acknowledged {highest:?} but stored {stored:?}"
     );
-    // Version and value move together: each accepted update was exactly one version.
+    // Version and value move together: the stored version holds the values of its update, so the
+    // last acknowledged update's values are there too (or a later update's, acknowledged or not).
     assert_eq!(
         stored.0, stored.1,
         "version {} holds n = {}",
@@ -595,8 +793,50 @@ async fn the_grove_shadow_command_drives_a_running_gateway() {
             ("pump".into(), Some("limits".into()), 1)
         ]
     );
+    // The readable listing: a header, then a row per shadow.
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "list"], dir);
+    assert_eq!(code, 0, "{out}");
+    let rows: Vec<Vec<&str>> = out
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        rows,
+        [
+            vec!["THING", "SHADOW", "VERSION"],
+            vec!["pump", "(classic)", "1"],
+            vec!["pump", "limits", "1"]
+        ],
+        "{out}"
+    );
     let (code, out) = grove(&["shadow", "--mqtt", &addr, "delete", "pump"], dir);
     assert_eq!(code, 0, "{out}");
+    // A deleted shadow is no longer listed (its tombstone only keeps the version); the named one is.
+    let (code, out) = grove(&["shadow", "--mqtt", &addr, "list", "--json"], dir);
+    assert_eq!(code, 0, "{out}");
+    let list: Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(
+        list["shadows"],
+        json!([{"thing": "pump", "shadow": "limits", "version": 1}]),
+        "{out}"
+    );
+    assert!(
+        list.get("clientToken").is_some_and(Value::is_string),
+        "{out}"
+    );
+    // A list request without a client token gets an answer without one (not `"clientToken": null`).
+    let mut lister = Client::connect("lister", g.mqtt_port).await;
+    lister
+        .subscribe("$grove/shadows/list/+", QoS::AtLeastOnce)
+        .await;
+    lister
+        .publish("$grove/shadows/list", QoS::AtLeastOnce, false, "{}")
+        .await;
+    let answer = lister.recv(WAIT).await.expect("a list answer");
+    assert_eq!(answer.topic, "$grove/shadows/list/accepted");
+    let doc: Value = serde_json::from_slice(&answer.payload).unwrap();
+    assert_eq!(doc["shadows"].as_array().map(Vec::len), Some(1), "{doc}");
+    assert!(doc.get("clientToken").is_none(), "{doc}");
     let (code, out) = grove(&["shadow", "--mqtt", &addr, "get", "pump"], dir);
     assert_eq!(code, 1);
     assert!(

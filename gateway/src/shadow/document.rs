@@ -19,6 +19,8 @@
 //!   (one timestamp object per element) and the shape of `/update/documents`.
 //! - "Diagnosing problems with shadows" (`diagnosing-shadows.html`): the 8 KB state limit and that content
 //!   outside `desired` and `reported` is ignored.
+//! - "AWS IoT Core endpoints and quotas", Device Shadow limits (`general/latest/gr/iot-core.html`, formerly
+//!   the developer guide's "AWS IoT Limits"): the nesting depth of `desired` and `reported`.
 //!
 //! Where AWS's own documentation is silent, the module follows AWS IoT Greengrass's Shadow manager
 //! (`aws-greengrass/aws-greengrass-shadow-manager`), AWS's own re-implementation of the service for the edge;
@@ -37,9 +39,16 @@ pub type Object = Map<String, Value>;
 /// counts toward the limit"; metadata does not ("Device Shadow service documents", `metadata`).
 pub const DEFAULT_MAX_STATE_BYTES: usize = 8 * 1024;
 
-/// Default nesting limit, from the 400 message "JSON contains too many levels of nesting; maximum is 6"
-/// ("Device Shadow error messages"). Levels are counted as AWS Greengrass's Shadow manager counts them: the
-/// `state` object is level 1 and every object or array inside it adds one.
+/// Default nesting limit, 6, counted per section. AWS IoT's Device Shadow limits ("AWS IoT Core endpoints
+/// and quotas", Device Shadow limits, "Maximum depth of JSON device state documents") say: "The maximum
+/// number of levels in the desired or reported section of the JSON device state document is 5. For
+/// example: `"desired": {"one": {"two": {"three": {"four": {"five": {}}}}}}`", and the 400 message for a
+/// deeper one is "JSON contains too many levels of nesting; maximum is 6" ("Device Shadow error messages").
+/// The two agree when the `desired` (or `reported`) object itself is level 1 and every object or array
+/// inside it adds one: AWS's example, whose deepest level is an empty object, is then exactly 6 deep and
+/// accepted, and one more level is 7 and rejected. So the limit is checked on each section, not on
+/// `state`, empty objects count, and the number in the message is this one. Arrays count as levels too,
+/// as in AWS Greengrass's Shadow manager (AWS's text shows only objects).
 pub const DEFAULT_MAX_DEPTH: usize = 6;
 
 /// Default limit on a whole request payload before it is parsed, AWS IoT Core's 128 KB MQTT message size.
@@ -61,7 +70,8 @@ pub const VERSION_RETENTION_SECS: u64 = 48 * 60 * 60;
 pub struct Limits {
     /// Largest stored state (compact JSON of `desired` plus `reported`) an update may produce; 413 above.
     pub max_state_bytes: usize,
-    /// Deepest nesting a request's `state` may have, counting `state` itself as level 1; 400 above.
+    /// Deepest nesting a request's `desired` or `reported` section may have, counting the section's object
+    /// itself as level 1 (see [`DEFAULT_MAX_DEPTH`]); 400 above.
     pub max_depth: usize,
     /// Largest request payload that is parsed at all; 413 above.
     pub max_payload_bytes: usize,
@@ -112,7 +122,7 @@ pub enum Rejection {
     /// 400: `clientToken` is not a string of at most 64 bytes.
     #[error("Invalid clientToken")]
     InvalidClientToken,
-    /// 400: `state` is nested deeper than the limit.
+    /// 400: `desired` or `reported` is nested deeper than the limit.
     #[error("JSON contains too many levels of nesting; maximum is {0}")]
     TooDeep(usize),
     /// 400: the thing or shadow name in the request topic is not one AWS accepts. AWS IoT Core refuses
@@ -278,7 +288,8 @@ impl Shadow {
         self.deleted_at
     }
 
-    /// Whether this is a tombstone whose version AWS would no longer continue, so the store may drop it.
+    /// Whether this is a tombstone whose version AWS would no longer continue, so the store may drop it
+    /// (the store drops those deleted before [`tombstone_cutoff`]).
     pub fn is_expired_tombstone(&self, now: u64) -> bool {
         self.deleted_at
             .is_some_and(|at| now.saturating_sub(at) > VERSION_RETENTION_SECS)
@@ -344,6 +355,13 @@ impl Shadow {
             _ => 0,
         }
     }
+}
+
+/// The store may forget tombstones deleted before this time (epoch seconds): exactly those for which
+/// [`Shadow::is_expired_tombstone`] holds at `now`, so a re-created shadow starts at version 0 whether its
+/// tombstone was dropped or not, and a tombstone that still continues a version is never dropped.
+pub fn tombstone_cutoff(now: u64) -> u64 {
+    now.saturating_sub(VERSION_RETENTION_SECS)
 }
 
 /// A validated update request ("Shadow document syntax", Request state documents).
@@ -433,7 +451,12 @@ pub fn decode_update(payload: &[u8], limits: &Limits) -> Result<UpdateRequest, R
     if has_null_in_array(&state) {
         return Err(fail(Rejection::InvalidJson));
     }
-    if depth(&state) > limits.max_depth {
+    // Per section, the section's object being level 1 (see `DEFAULT_MAX_DEPTH`); `state` itself and
+    // a `null` section add nothing.
+    let deepest = state.as_object().map_or(0, |sections| {
+        sections.values().map(depth).max().unwrap_or(0)
+    });
+    if deepest > limits.max_depth {
         return Err(fail(Rejection::TooDeep(limits.max_depth)));
     }
     Ok(UpdateRequest {
@@ -632,7 +655,9 @@ fn client_token(doc: &Object) -> Result<Option<String>, Rejected> {
     }
 }
 
-fn with_token(mut doc: Object, token: Option<&str>) -> Value {
+/// `doc` with `"clientToken"` added when there is one: AWS puts the key in an answer only when the request
+/// carried a token, never as `null`. Also used by the shell for Grove's own answers.
+pub fn with_token(mut doc: Object, token: Option<&str>) -> Value {
     if let Some(token) = token {
         doc.insert("clientToken".into(), token.into());
     }
@@ -1342,27 +1367,35 @@ mod tests {
             "Invalid JSON",
             None,
         );
-        // Six levels, counting `state`, are allowed; a seventh is not, whether object or array.
+        // Six levels per section, the section's object being level 1: AWS's own example from its Device
+        // Shadow limits (deepest level an empty object) is exactly at the limit, in either section, and
+        // accepted; one more level, object or array, is not.
         check(
             "update",
             NONE,
-            br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":1}}}}}}}"#,
-            r#"{"shadow":{"state":{"desired":{"a":{"b":{"c":{"d":{"e":1}}}}}},"metadata":{"desired":{"a":{"b":{"c":{"d":{"e":{"timestamp":2000}}}}}}},"version":1}}"#,
+            br#"{"state":{"desired":{"one":{"two":{"three":{"four":{"five":{}}}}}}}}"#,
+            r#"{"shadow":{"state":{"desired":{"one":{"two":{"three":{"four":{"five":{}}}}}}},"metadata":{"desired":{"one":{"two":{"three":{"four":{"five":{}}}}}}},"version":1}}"#,
         );
         check(
             "update",
             NONE,
-            br#"{"state":{"desired":{"a":{"b":{"c":[[1]]}}}}}"#,
-            r#"{"delta":{"state":{"a":{"b":{"c":[[1]]}}},"metadata":{"a":{"b":{"c":[[{"timestamp":2000}]]}}},"version":1,"timestamp":2000}}"#,
+            br#"{"state":{"reported":{"a":{"b":{"c":{"d":{"e":1}}}}},"desired":{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}}}"#,
+            r#"{"shadow":{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}},"reported":{"a":{"b":{"c":{"d":{"e":1}}}}}},"metadata":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":{"timestamp":2000}}}}}}},"reported":{"a":{"b":{"c":{"d":{"e":{"timestamp":2000}}}}}}},"version":1}}"#,
+        );
+        check(
+            "update",
+            NONE,
+            br#"{"state":{"desired":{"a":{"b":{"c":{"d":[[1]]}}}}}}"#,
+            r#"{"delta":{"state":{"a":{"b":{"c":{"d":[[1]]}}}},"metadata":{"a":{"b":{"c":{"d":[[{"timestamp":2000}]]}}}},"version":1,"timestamp":2000}}"#,
         );
         bad(
-            br#"{"state":{"desired":{"a":{"b":{"c":{"d":{"e":{"f":1}}}}}}}}"#,
+            br#"{"state":{"desired":{"one":{"two":{"three":{"four":{"five":{"six":{}}}}}}}}}"#,
             400,
             "JSON contains too many levels of nesting; maximum is 6",
             None,
         );
         bad(
-            br#"{"state":{"reported":{"a":{"b":{"c":[[[1]]]}}}},"clientToken":"c"}"#,
+            br#"{"state":{"reported":{"a":{"b":{"c":{"d":[[[1]]]}}}}},"clientToken":"c"}"#,
             400,
             "JSON contains too many levels of nesting; maximum is 6",
             Some("c"),
@@ -1716,6 +1749,21 @@ mod tests {
         );
         assert!(!gone.is_expired_tombstone(LAST_RETAINED));
         assert!(gone.is_expired_tombstone(LAST_RETAINED + 1));
+        // The store's cut-off drops exactly the expired tombstones: deleted before the cut-off.
+        for now in [
+            0,
+            999,
+            LAST_RETAINED - 1,
+            LAST_RETAINED,
+            LAST_RETAINED + 1,
+            u64::MAX,
+        ] {
+            assert_eq!(
+                gone.deleted_at() < Some(tombstone_cutoff(now)),
+                gone.is_expired_tombstone(now),
+                "now = {now}"
+            );
+        }
         assert!(!stored(LAMP)
             .expect("fixture")
             .is_expired_tombstone(u64::MAX));

@@ -10,6 +10,14 @@
 //! is the order it published them (versions and 409s stay exact). Shadows are read from the store
 //! on first use and then kept in memory; the cache is the store's mirror, rolled back if a commit
 //! fails (the affected requests then get 500 and nothing of them is kept).
+//!
+//! AWS's 429 ("Device Shadow error messages": "more than 10 in-flight requests on a single
+//! connection. An in-flight request is an in-progress request that has been started but not yet
+//! completed") is counted per publishing client in [`InFlight`]: a request is counted from the
+//! moment the service takes it until its answer has been published, whichever batch it came in.
+//! Because a batch is answered only after its commit, everything a client published while the
+//! previous commit was running arrives together in the next batch and counts at once; a client that
+//! waits for each answer before sending the next request never has more than one in flight.
 
 use std::collections::{BTreeMap, HashMap};
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -35,10 +43,53 @@ pub struct ShadowService {
     bus: Bus,
     store: Store,
     limits: Limits,
-    max_inflight: usize,
+    inflight: InFlight,
     metrics: ShadowMetrics,
     /// Shadows read from or written to the store; `None` marks one known not to be stored.
     cache: HashMap<ShadowKey, Option<Shadow>>,
+}
+
+/// Requests each client has handed the service and not yet seen answered: AWS's per-connection
+/// in-flight count, behind the 429 answer.
+///
+/// The shadow service sees clients by client id (recorded by the connection layer as the message's
+/// origin), and a client id has at most one connection at a time, so per client id is per
+/// connection. Requests without an origin (the gateway's own components) are not limited.
+#[derive(Debug)]
+struct InFlight {
+    /// Most requests one client may have in flight; the next one gets 429.
+    limit: usize,
+    /// Count per client id; a client with nothing in flight has no entry.
+    by_origin: HashMap<String, usize>,
+}
+
+impl InFlight {
+    fn new(limit: usize) -> Self {
+        InFlight {
+            limit,
+            by_origin: HashMap::new(),
+        }
+    }
+
+    /// Counts a request of `origin` as in flight, or returns false (answer 429, not counted) when
+    /// that client already has `limit` requests in flight.
+    fn admit(&mut self, origin: &str) -> bool {
+        if self.by_origin.get(origin).is_some_and(|n| *n >= self.limit) {
+            return false;
+        }
+        *self.by_origin.entry(origin.to_owned()).or_default() += 1;
+        true
+    }
+
+    /// A request of `origin` was answered (its answer published): one fewer in flight.
+    fn answered(&mut self, origin: &str) {
+        if let Some(n) = self.by_origin.get_mut(origin) {
+            *n -= 1;
+            if *n == 0 {
+                self.by_origin.remove(origin);
+            }
+        }
+    }
 }
 
 /// One answered request, held until the batch's commit.
@@ -54,6 +105,15 @@ struct Answer {
     /// Rule republish hops of the request, carried on to the answers so that a rule loop through
     /// a shadow is cut like any other (see `rules`).
     hops: u32,
+    /// The client whose in-flight count this request holds until its answer is published.
+    counted: Option<String>,
+}
+
+/// A batch's answers, ready to publish, and the clients whose in-flight counts to release once
+/// they are published.
+struct Answers {
+    publish: Vec<Outgoing>,
+    counted: Vec<String>,
 }
 
 impl ShadowService {
@@ -76,7 +136,7 @@ impl ShadowService {
                 max_depth: config.max_depth,
                 ..Limits::default()
             },
-            max_inflight: config.max_inflight_per_client,
+            inflight: InFlight::new(config.max_inflight_per_client),
             metrics,
             cache: HashMap::new(),
         })
@@ -84,6 +144,7 @@ impl ShadowService {
 
     /// Serves until shutdown.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        self.drop_expired_tombstones(now()).await;
         let mut batch = Vec::new();
         loop {
             tokio::select! {
@@ -95,18 +156,30 @@ impl ShadowService {
                 }
             }
             let answers = self.answer(&mut batch).await;
-            if self.bus.publish(answers).await.is_err() {
+            if self.bus.publish(answers.publish).await.is_err() {
                 return;
+            }
+            for origin in &answers.counted {
+                self.inflight.answered(origin);
             }
         }
     }
 
+    /// Lets the store forget tombstones whose version AWS would no longer continue (see
+    /// [`document::tombstone_cutoff`]); a failure only leaves them for the next try.
+    async fn drop_expired_tombstones(&self, now: u64) {
+        if let Err(e) = self
+            .store
+            .drop_tombstones(document::tombstone_cutoff(now))
+            .await
+        {
+            warn!(error = %e, "cannot drop expired shadow tombstones");
+        }
+    }
+
     /// Answers a batch of requests, committing its writes before returning what to publish.
-    async fn answer(&mut self, batch: &mut Vec<Message>) -> Vec<Outgoing> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs());
-        let mut inflight: HashMap<String, usize> = HashMap::new();
+    async fn answer(&mut self, batch: &mut Vec<Message>) -> Answers {
+        let now = now();
         let mut writes: BTreeMap<ShadowKey, Shadow> = BTreeMap::new();
         let mut before: HashMap<ShadowKey, Option<Shadow>> = HashMap::new();
         let mut answers = Vec::with_capacity(batch.len());
@@ -128,24 +201,18 @@ impl ShadowService {
                 // Responses and other topics under the filters are not requests.
                 Err(TopicError::NotShadowTopic | TopicError::UnknownOperation) => continue,
             };
-            if let Some(origin) = &message.origin {
-                let n = inflight.entry(origin.clone()).or_default();
-                *n += 1;
-                if *n > self.max_inflight {
+            let counted = message.origin.clone();
+            if let Some(origin) = &counted {
+                if !self.inflight.admit(origin) {
                     let rejected = Rejected::new(
                         Rejection::TooManyRequests,
                         client_token_of(&message.payload),
                     );
-                    answers.push(self.rejection(
-                        &topic,
-                        rejected,
-                        &message,
-                        now,
-                        !writes.is_empty(),
-                    ));
+                    answers.push(self.rejection(&topic, rejected, &message, now, false));
                     continue;
                 }
             }
+            let first = answers.len();
             let key = ShadowKey {
                 thing: topic.thing.to_owned(),
                 name: topic.shadow.map(str::to_owned),
@@ -155,13 +222,10 @@ impl ShadowService {
                 Err(()) => {
                     let rejected =
                         Rejected::new(Rejection::Internal, client_token_of(&message.payload));
-                    answers.push(self.rejection(
-                        &topic,
-                        rejected,
-                        &message,
-                        now,
-                        !writes.is_empty(),
-                    ));
+                    let mut answer =
+                        self.rejection(&topic, rejected, &message, now, !writes.is_empty());
+                    answer.counted = counted;
+                    answers.push(answer);
                     continue;
                 }
             };
@@ -233,6 +297,7 @@ impl ShadowService {
                                 rejected_topic: topic.rejected(),
                                 payload: message.payload.clone(),
                                 hops: message.hops,
+                                counted: None,
                             });
                         }
                         Err(rejected) => {
@@ -259,7 +324,12 @@ impl ShadowService {
                     rejected_topic: topic.rejected(),
                     payload: message.payload,
                     hops: message.hops,
+                    counted: None,
                 });
+            }
+            // Exactly one answer was pushed for this request; it holds the client's count.
+            if let Some(answer) = answers.get_mut(first) {
+                answer.counted = counted;
             }
         }
         if !writes.is_empty() && !self.commit(writes).await {
@@ -274,7 +344,11 @@ impl ShadowService {
                 answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
             }
         }
-        answers
+        let counted = answers
+            .iter_mut()
+            .filter_map(|a| a.counted.take())
+            .collect();
+        let publish = answers
             .into_iter()
             .flat_map(|a| {
                 let hops = a.hops;
@@ -283,7 +357,8 @@ impl ShadowService {
                     o
                 })
             })
-            .collect()
+            .collect();
+        Answers { publish, counted }
     }
 
     /// Writes the batch's shadows in one transaction; false if that failed.
@@ -292,6 +367,7 @@ impl ShadowService {
             .into_iter()
             .map(|(key, shadow)| StoredShadow {
                 version: shadow.version(),
+                deleted_at: shadow.deleted_at(),
                 document: shadow.to_json().to_string(),
                 key,
             })
@@ -356,6 +432,7 @@ impl ShadowService {
             rejected_topic: topic.rejected(),
             payload: message.payload.clone(),
             hops: message.hops,
+            counted: None,
         }
     }
 
@@ -376,34 +453,91 @@ impl ShadowService {
             rejected_topic,
             payload: message.payload.clone(),
             hops: message.hops,
+            counted: None,
         }
     }
 
-    /// Answers `$grove/shadows/list` with every stored shadow's thing, name and version.
+    /// Answers `$grove/shadows/list` on `…/accepted` with every live shadow's thing, name and
+    /// version (deleted shadows' tombstones left out, and expired ones dropped first), or on
+    /// `…/rejected` with a 500 error document if the store fails. As in AWS's answers, the client
+    /// token is echoed only when the request carried one.
     async fn list(&self, message: Message, now: u64) -> Answer {
         let token = client_token_of(&message.payload);
-        let doc = match self.store.list_shadows().await {
+        self.drop_expired_tombstones(now).await;
+        let (topic, doc) = match self.store.list_shadows().await {
             Ok(list) => {
                 let shadows: Vec<Value> = list
                     .into_iter()
                     .map(|(key, version)| json!({"thing": key.thing, "shadow": key.name, "version": version}))
                     .collect();
-                json!({"shadows": shadows, "timestamp": now, "clientToken": token})
+                let mut doc = document::Object::new();
+                doc.insert("shadows".into(), shadows.into());
+                doc.insert("timestamp".into(), now.into());
+                (
+                    format!("{LIST_TOPIC}/accepted"),
+                    document::with_token(doc, token.as_deref()),
+                )
             }
             Err(e) => {
-                json!({"code": 500, "message": e.to_string(), "timestamp": now, "clientToken": token})
+                error!(error = %e, "cannot list shadows");
+                (
+                    format!("{LIST_TOPIC}/rejected"),
+                    Rejected::new(Rejection::Internal, token).document(now),
+                )
             }
         };
         Answer {
-            publish: vec![outgoing(format!("{LIST_TOPIC}/accepted"), &doc)],
+            publish: vec![outgoing(topic, &doc)],
             durable: false,
             rejected_topic: format!("{LIST_TOPIC}/rejected"),
             payload: message.payload,
             hops: 0,
+            counted: None,
         }
     }
 }
 
+/// The wall clock in epoch seconds, the `now` the pure document module is handed.
+fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
 fn outgoing(topic: String, doc: &Value) -> Outgoing {
     Outgoing::new(topic, Bytes::from(doc.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::InFlight;
+
+    /// Each step: `+c` admits a request of client `c` (the expected outcome after `=`), `-c` marks
+    /// one of its requests answered.
+    #[test]
+    fn in_flight_counts_per_client_until_answered() {
+        let mut inflight = InFlight::new(2);
+        for (step, admitted) in [
+            ("+a", true),
+            ("+a", true),
+            ("+a", false), // a third at once is refused and not counted
+            ("+b", true),  // another client has its own count
+            ("-a", true),
+            ("+a", true), // one answered, so one more fits, whichever batch it comes in
+            ("+a", false),
+            ("-a", true),
+            ("-a", true),
+            ("-a", true), // more answers than counted (never happens) leave nothing behind
+            ("+a", true),
+            ("+a", true),
+        ] {
+            let (op, client) = step.split_at(1);
+            match op {
+                "+" => assert_eq!(inflight.admit(client), admitted, "{step}"),
+                _ => inflight.answered(client),
+            }
+        }
+        assert_eq!(inflight.by_origin.get("a"), Some(&2));
+        assert_eq!(inflight.by_origin.get("b"), Some(&1));
+    }
 }
