@@ -729,9 +729,15 @@ fn async_shell_moves_bytes_runs_timers_and_reports_a_closed_peer() {
     let now = || Instant::from_millis(clock.get());
     embassy_futures::block_on(async {
         // No transport yet: only the timer (the first connection attempt, due at once) runs.
-        asynch::wait(&mut h.device, None::<&mut ScriptedIo>, &mut scratch, sleep_until, now)
-            .await
-            .unwrap();
+        asynch::wait(
+            &mut h.device,
+            None::<&mut ScriptedIo>,
+            &mut scratch,
+            sleep_until,
+            now,
+        )
+        .await
+        .unwrap();
         assert_eq!(h.device.poll_event(), Some(Event::OpenTransport));
         h.device.transport_opened(now());
         asynch::transmit(&mut h.device, &mut io, now(), &mut scratch)
@@ -757,15 +763,26 @@ fn async_shell_moves_bytes_runs_timers_and_reports_a_closed_peer() {
         asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now)
             .await
             .unwrap();
-        assert_eq!(clock.get(), 5_000, "the unacknowledged report's ack timeout");
+        assert_eq!(
+            clock.get(),
+            5_000,
+            "the unacknowledged report's ack timeout"
+        );
         io.closed = true;
-        let result = asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now).await;
+        let result =
+            asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now).await;
         assert!(matches!(result, Err(TransportError::Closed)));
     });
     let mut rest = &io.output[..];
     let mut kinds = Vec::new();
     while let Some((packet, used)) = decode(rest).unwrap() {
-        kinds.push(render(&packet).split(' ').take(3).collect::<Vec<_>>().join(" "));
+        kinds.push(
+            render(&packet)
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
         rest = &rest[used..];
     }
     assert_eq!(
