@@ -46,7 +46,9 @@ sizes() {
 
 step "grove-firmware for ${THUMB_TARGETS[*]}"
 for target in "${THUMB_TARGETS[@]}"; do
-    (cd "$ROOT" && cargo build --locked -p grove-firmware --target "$target")
+    # Without features (what the examples link) and with the async shell, which must stay no_std too.
+    (cd "$ROOT" && cargo build --locked -p grove-firmware --target "$target" \
+        && cargo build --locked -p grove-firmware --target "$target" --features async)
 done
 
 step "examples (STM32F411 on thumbv7em-none-eabihf, RP2040 on thumbv6m-none-eabi) and size probes"

@@ -195,7 +195,10 @@ pub mod asynch {
         let timer = sleep_until(device.poll_timeout());
         let outcome = match io {
             Some(io) => select(io.read(scratch), timer).await,
-            None => Either::Second(timer.await),
+            None => {
+                timer.await;
+                Either::Second(())
+            }
         };
         let now = clock();
         let result = match outcome {

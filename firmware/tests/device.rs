@@ -311,8 +311,10 @@ fn late_get_accepted_does_not_reapply_an_older_version() {
             interval_s: 10,
         })]
     };
+    /// A shadow message from the broker (topic, packet id, document) and what the device must answer.
+    type Step<'a> = (&'a str, u16, &'a str, Vec<String>, Vec<Event>);
     #[rustfmt::skip]
-    let steps: Vec<(&str, u16, &str, Vec<String>, Vec<Event>)> = vec![
+    let steps: Vec<Step> = vec![
         (DELTA, 40, r#"{"version":5,"state":{"relay":true}}"#,
             vec!["PUBACK 40".into(), update(4, true)], applied(true)),
         // The answer to the boot `get`, overtaken by the delta above: its delta is older.

@@ -19,7 +19,6 @@
 #![no_std]
 #![no_main]
 
-use embedded_hal::digital::OutputPin;
 use grove_firmware::actuator::{Polarity, Relay};
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
 use grove_firmware::{transport, Config, Device, Event, Instant};
@@ -89,9 +88,8 @@ fn main() -> ! {
         clocks.system_clock.freq(),
     );
     let mut sensor = Sht4x::new(i2c, timer, Address::A44);
-    let mut led: RelayPin = pins.gpio25.reconfigure();
-    // Off until the shadow says otherwise; `Relay::new` drives it again, this only avoids a glitch.
-    let _ = led.set_low();
+    // `Device::new` switches the relay off, its boot state, until the shadow says otherwise.
+    let led: RelayPin = pins.gpio25.reconfigure();
     let relay = Relay::new(led, Polarity::ActiveHigh);
 
     let uart = UartPeripheral::new(
