@@ -24,6 +24,11 @@ out="${OUT:-$target_dir/fleet-bench}"
 port="${PORT:-28830}"
 ops_port="${OPS_PORT:-28831}"
 
+command -v jq >/dev/null || {
+    echo "fleet.sh needs jq to read grove-sim's JSON summaries: apt-get install jq" >&2
+    exit 2
+}
+
 cd "$root"
 if [[ -z "${NO_BUILD:-}" ]]; then
     cargo build --release -p grove-gateway -p grove-device-sim

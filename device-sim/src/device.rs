@@ -2,25 +2,28 @@
 //! over a real TCP connection, with the simulated SHT4x read by the firmware's real driver and the
 //! simulated pin switched by the firmware's real `Relay`.
 //!
-//! The task is the sans-IO core's shell, as `firmware/README.md` describes it: it feeds received bytes
-//! to `handle_input`, writes what `poll_transmit` gives, sleeps until `poll_timeout`, and acts on the
-//! core's events (open or close the connection, take a sample). It also obeys the chaos task: drop the
+//! The task is the sans-IO core's shell, and it moves bytes and time with the firmware's own async
+//! shell, `grove_firmware::transport::asynch`, over the TCP stream as an `embedded-io-async`
+//! transport (tokio through `embedded-io-adapters`): `transmit` writes what the core queued, `wait`
+//! parks the task until bytes arrive or the core's next timer is due. Around that the task acts on the
+//! core's events (open or close the connection, take a sample) and obeys the chaos task: drop the
 //! connection without DISCONNECT, or reboot (a fresh core: relay off, session and `seq` lost).
 //!
-//! A slow link delays every read and every burst of writes by the scenario's `slow_delay_ms`; since
-//! the shell does both in one loop, a slow device also acknowledges late, as a device on a congested
-//! cellular link does.
+//! A slow link ([`Link`]) delays every read and every burst of writes by the scenario's
+//! `slow_delay_ms`; since the shell does both in one loop, a slow device also acknowledges late, as a
+//! device on a congested cellular link does.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
+use embedded_io_adapters::tokio_1::FromTokio;
 use grove_firmware::actuator::{Polarity, Relay};
 use grove_firmware::device::PublishError;
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
+use grove_firmware::transport::asynch;
 use grove_firmware::{Config, Device, Event, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, watch};
 
@@ -85,9 +88,7 @@ pub async fn run(
     };
     let mut device: Firmware = boot(now());
     let mut driver: Driver = Sht4x::new(sensor, SimDelay(clock.clone()), Address::A44);
-    let mut connection: Option<TcpStream> = None;
-    // The firmware numbers samples per boot; this mirrors its counter (see `sample`).
-    let mut seq: u32 = 0;
+    let mut connection: Option<Link> = None;
     let mut rx = vec![0u8; 2048];
     let mut tx = vec![0u8; grove_firmware::device::TX_CAPACITY];
 
@@ -100,7 +101,7 @@ pub async fn run(
                         Ok(Ok(stream)) => {
                             // Small MQTT packets: send each at once rather than waiting for Nagle.
                             let _ = stream.set_nodelay(true);
-                            connection = Some(stream);
+                            connection = Some(Link::new(stream, slow));
                             device.transport_opened(now());
                         }
                         _ => {
@@ -125,15 +126,7 @@ pub async fn run(
                 }
                 Event::SampleDue => {
                     if fleet.phase() == Phase::Measure {
-                        sample(
-                            &mut device,
-                            &mut driver,
-                            &clock,
-                            &fleet,
-                            index,
-                            &mut seq,
-                            now(),
-                        );
+                        sample(&mut device, &mut driver, &clock, &fleet, index, now());
                     }
                 }
                 Event::Applied(_) => {
@@ -151,48 +144,30 @@ pub async fn run(
             }
         }
 
-        if let Some(stream) = connection.as_mut() {
-            let mut burst = true;
-            let mut failed = false;
-            while let Some(n) = device.poll_transmit(&mut tx) {
-                if let (Some(delay), true) = (slow, burst) {
-                    tokio::time::sleep(delay).await;
-                }
-                burst = false;
-                if stream.write_all(&tx[..n]).await.is_err() {
-                    failed = true;
-                    break;
-                }
-            }
-            if failed {
+        if let Some(link) = connection.as_mut() {
+            // On failure the core has been told and asks to reconnect after its backoff.
+            if asynch::transmit(&mut device, link, now(), &mut tx)
+                .await
+                .is_err()
+            {
                 connection = None;
-                device.transport_closed(now());
                 continue;
             }
         }
 
-        let deadline = fleet.origin
-            + Duration::from_millis(device.poll_timeout().as_millis())
-                .min(Duration::from_secs(86_400 * 365));
+        // The core's clock counts milliseconds from the fleet's origin; a timer "never" (far in the
+        // future) is capped at a year, which tokio can represent.
+        let sleep_until = |at: Instant| {
+            let at = Duration::from_millis(at.as_millis()).min(Duration::from_secs(86_400 * 365));
+            tokio::time::sleep_until((fleet.origin + at).into())
+        };
         tokio::select! {
-            result = async {
-                match connection.as_mut() {
-                    Some(stream) => stream.read(&mut rx).await,
-                    None => std::future::pending().await,
-                }
-            } => match result {
-                Ok(0) | Err(_) => {
+            result = asynch::wait(&mut device, connection.as_mut(), &mut rx, sleep_until, &now) => {
+                // A read error or end of stream: the core has been told.
+                if result.is_err() {
                     connection = None;
-                    device.transport_closed(now());
                 }
-                Ok(n) => {
-                    if let Some(delay) = slow {
-                        tokio::time::sleep(delay).await;
-                    }
-                    device.handle_input(&rx[..n], now());
-                }
-            },
-            () = tokio::time::sleep_until(deadline.into()) => device.handle_timeout(now()),
+            }
             command = chaos.recv() => match command {
                 Some(Chaos::Disconnect) => {
                     if connection.take().is_some() {
@@ -201,12 +176,16 @@ pub async fn run(
                     device.transport_closed(now());
                 }
                 Some(Chaos::Reboot(downtime)) => {
-                    connection = None;
+                    // The old core is dropped without a `Disconnected` event, so a session (or an
+                    // attempt at one) lost to the reboot is counted here, as the core would count it.
+                    if connection.take().is_some() {
+                        // `format_args!` so the reason reads `Reboot`, unquoted, like the core's reasons.
+                        fleet.disconnected(index, format_args!("Reboot"));
+                    }
                     record.connected.store(false, Ordering::Relaxed);
                     fleet.counters.reboots.fetch_add(1, Ordering::Relaxed);
                     tokio::time::sleep(downtime).await;
                     device = boot(now());
-                    seq = 0;
                 }
                 None => return,
             },
@@ -226,7 +205,6 @@ fn sample(
     clock: &SensorClock,
     fleet: &Fleet,
     index: usize,
-    seq: &mut u32,
     now: Instant,
 ) {
     clock.advance_to(now.as_millis().saturating_mul(1_000_000));
@@ -237,21 +215,16 @@ fn sample(
             return;
         }
     };
-    // The firmware numbers a sample once it has a session, even when its transmit buffer then
-    // refuses it; the core has no accessor for that number (see the report), so the shell counts
-    // the same way to know which `seq` the observer will see.
     match device.publish_sample(measurement, now) {
         Ok(()) => {
-            *seq = seq.wrapping_add(1);
             fleet.sample_sent(
                 index,
-                *seq,
+                device.seq(),
                 measurement.temperature_milli_c,
                 measurement.humidity_milli_pct,
             );
         }
-        Err(PublishError::Backpressure) => {
-            *seq = seq.wrapping_add(1);
+        Err(PublishError::Backpressure | PublishError::InflightFull) => {
             fleet.counters.backpressure.fetch_add(1, Ordering::Relaxed);
         }
         Err(PublishError::NotConnected) => {
@@ -260,5 +233,87 @@ fn sample(
                 .skipped_offline
                 .fetch_add(1, Ordering::Relaxed);
         }
+    }
+}
+
+/// A device's TCP connection as the firmware's `embedded-io-async` transport, with the delays of a
+/// slow link.
+///
+/// Reads are cancel-safe, as `asynch::wait` requires: bytes read from the socket are held here until
+/// the link's delay has passed, so a wait cancelled by a chaos command or a timer loses nothing.
+pub struct Link {
+    io: FromTokio<TcpStream>,
+    slow: Option<Slow>,
+}
+
+/// The state of a slow link.
+struct Slow {
+    delay: Duration,
+    /// Bytes received and held back, `held` of `buf`, until `due`.
+    buf: Box<[u8]>,
+    held: std::ops::Range<usize>,
+    due: tokio::time::Instant,
+    /// Whether the current burst of writes has waited its delay (cleared by `flush`).
+    burst_delayed: bool,
+}
+
+impl Link {
+    /// Wraps a connected stream; `slow` is the extra delay of a slow link, if any.
+    pub fn new(stream: TcpStream, slow: Option<Duration>) -> Self {
+        Self {
+            io: FromTokio::new(stream),
+            slow: slow.map(|delay| Slow {
+                delay,
+                buf: vec![0u8; 2048].into_boxed_slice(),
+                held: 0..0,
+                due: tokio::time::Instant::now(),
+                burst_delayed: false,
+            }),
+        }
+    }
+}
+
+impl embedded_io_async::ErrorType for Link {
+    type Error = std::io::Error;
+}
+
+impl embedded_io_async::Read for Link {
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        let Some(slow) = self.slow.as_mut() else {
+            return self.io.read(buf).await;
+        };
+        if slow.held.is_empty() {
+            let n = self.io.read(&mut slow.buf).await?;
+            if n == 0 {
+                return Ok(0);
+            }
+            // No await between the read completing and this: the bytes are never lost.
+            slow.held = 0..n;
+            slow.due = tokio::time::Instant::now() + slow.delay;
+        }
+        tokio::time::sleep_until(slow.due).await;
+        let n = buf.len().min(slow.held.len());
+        buf[..n].copy_from_slice(&slow.buf[slow.held.start..slow.held.start + n]);
+        slow.held.start += n;
+        Ok(n)
+    }
+}
+
+impl embedded_io_async::Write for Link {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        if let Some(slow) = self.slow.as_mut() {
+            if !slow.burst_delayed {
+                tokio::time::sleep(slow.delay).await;
+                slow.burst_delayed = true;
+            }
+        }
+        self.io.write(buf).await
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        if let Some(slow) = self.slow.as_mut() {
+            slow.burst_delayed = false;
+        }
+        self.io.flush().await
     }
 }

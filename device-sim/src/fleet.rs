@@ -79,7 +79,8 @@ pub struct Counters {
     pub unmatched: AtomicU64,
     /// Samples due while the device had no session (the firmware does not queue telemetry).
     pub skipped_offline: AtomicU64,
-    /// Samples the firmware refused because its transmit buffer was full.
+    /// Samples the firmware refused because its transmit buffer was full or, at QoS 1, the previous
+    /// sample still awaited its PUBACK.
     pub backpressure: AtomicU64,
     /// Measurements the driver reported as failed (injected CRC faults).
     pub sensor_errors: AtomicU64,
@@ -87,7 +88,7 @@ pub struct Counters {
     pub connects: AtomicU64,
     /// Sessions established after the device's first.
     pub reconnects: AtomicU64,
-    /// Sessions lost, for any reason.
+    /// Sessions lost, for any reason (a chaos reboot's as reason `Reboot`).
     pub disconnects: AtomicU64,
     /// TCP connection attempts that failed.
     pub connect_failures: AtomicU64,

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use grove_firmware::device::ConfigError;
+use grove_firmware::mqtt::QoS;
 use rand::seq::index;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
@@ -296,6 +297,13 @@ fn device_config(scenario: &Scenario, thing: &str) -> Result<grove_firmware::Con
         .and_then(|c| c.with_timing(fleet.keep_alive_s, fleet.ack_timeout_ms))
         .map(|c| c.with_backoff(fleet.reconnect_min_ms, fleet.reconnect_max_ms))
         .and_then(|c| c.with_interval(scenario.file.telemetry.interval_s))
+        .map(|c| {
+            // Validated as 0 or 1 when the scenario was loaded.
+            c.with_telemetry_qos(match scenario.file.telemetry.qos {
+                0 => QoS::AtMostOnce,
+                _ => QoS::AtLeastOnce,
+            })
+        })
         .map_err(|source| RunError::Device {
             thing: thing.to_owned(),
             source,

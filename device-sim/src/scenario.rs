@@ -138,8 +138,8 @@ impl Default for FleetFile {
 pub struct TelemetryFile {
     /// Seconds between samples of each device (the firmware's interval, whole seconds, 1 or more).
     pub interval_s: u32,
-    /// QoS of telemetry. The firmware core publishes telemetry at QoS 0 (its wire contract), so 0 is
-    /// the only value accepted; the key is here so a scenario states what it measures.
+    /// QoS of telemetry, 0 or 1. At QoS 1 the firmware core keeps each sample until its PUBACK and
+    /// retransmits it (also after a reconnect), one sample in flight at a time.
     pub qos: u8,
     /// A sample not seen by the observer this long after it was sent counts as lost.
     pub loss_timeout_ms: u64,
@@ -421,9 +421,9 @@ fn validate(file: &ScenarioFile) -> Result<(), Invalid> {
         "must be 1 to 86400 seconds",
     )?;
     check(
-        file.telemetry.qos == 0,
+        file.telemetry.qos <= 1,
         "telemetry.qos",
-        "the firmware device core publishes telemetry at QoS 0 only (firmware/README.md, wire contract)",
+        "must be 0 or 1 (the firmware device core publishes telemetry at QoS 0 or 1)",
     )?;
     check(
         file.telemetry.loss_timeout_ms > 0,

@@ -63,7 +63,7 @@ pub struct TelemetrySummary {
     pub delivered_per_s: f64,
     /// Samples due while a device had no session (the firmware does not queue telemetry).
     pub skipped_offline: u64,
-    /// Samples refused for a full transmit buffer.
+    /// Samples refused for a full transmit buffer or, at QoS 1, an unacknowledged previous sample.
     pub backpressure: u64,
     /// Failed sensor reads (injected faults).
     pub sensor_errors: u64,
@@ -82,7 +82,7 @@ pub struct ConnectionSummary {
     pub connects: u64,
     /// Sessions established after a device's first.
     pub reconnects: u64,
-    /// Sessions lost (any reason).
+    /// Sessions lost (any reason; a chaos reboot's as reason `Reboot`).
     pub disconnects: u64,
     /// Sessions lost, by the firmware's reason.
     pub disconnect_reasons: BTreeMap<String, u64>,

@@ -56,10 +56,7 @@ fn mistakes_are_reported_by_key() {
             "`fleet.reconnect_min_ms`",
         ),
         ("[telemetry]\ninterval_s = 0\n", "`telemetry.interval_s`"),
-        (
-            "[telemetry]\nqos = 1\n",
-            "publishes telemetry at QoS 0 only",
-        ),
+        ("[telemetry]\nqos = 2\n", "`telemetry.qos`"),
         ("[sensor]\nfault_rate = 1.5\n", "`sensor.fault_rate`"),
         (
             "[sensor]\ntemperature_c = 200.0\n",

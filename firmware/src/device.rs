@@ -11,7 +11,9 @@
 //! - CONNECT carries a will (`offline`, retained, on `$grove/things/{thing}/status`); after CONNACK the
 //!   device subscribes to its shadow topics and, once SUBACK arrives, publishes `online` there.
 //! - Shadow reports and `get` requests are QoS 1: kept in an in-flight table until PUBACK, retransmitted
-//!   with DUP after `ack_timeout_ms`, and again after a reconnect. Telemetry is QoS 0.
+//!   with DUP after `ack_timeout_ms`, and again after a reconnect. Telemetry is QoS 0 by default; with
+//!   [`Config::with_telemetry_qos`] at QoS 1 it takes the same path in a slot of its own, so that
+//!   shadow traffic always keeps its [`SHADOW_SLOTS`].
 //! - A missing CONNACK, SUBACK or PINGRESP within `ack_timeout_ms`, a protocol error or a closed
 //!   transport ends the session; the device asks to reconnect after an exponential backoff.
 //! - After every (re)subscription the device reports its state if it changed (always after boot) and
@@ -34,8 +36,11 @@ use crate::time::Instant;
 pub const RX_CAPACITY: usize = 1024;
 /// Transmit buffer: encoded packets waiting for [`Device::poll_transmit`].
 pub const TX_CAPACITY: usize = 768;
-/// How many QoS 1 publications may await their PUBACK at once.
-pub const INFLIGHT_SLOTS: usize = 2;
+/// How many shadow requests (reports and `get`) may await their PUBACK at once.
+pub const SHADOW_SLOTS: usize = 2;
+/// How many QoS 1 publications may await their PUBACK at once: the shadow's slots plus one telemetry
+/// sample when telemetry is QoS 1.
+pub const INFLIGHT_SLOTS: usize = SHADOW_SLOTS + 1;
 /// The largest QoS 1 publication (topic and payload) kept for retransmission.
 pub const INFLIGHT_MESSAGE: usize = 192;
 /// How many events may wait for [`Device::poll_event`]; the oldest is dropped beyond that.
@@ -74,6 +79,7 @@ pub struct Config {
     reconnect_min_ms: u32,
     reconnect_max_ms: u32,
     interval_s: u32,
+    telemetry_qos: QoS,
 }
 
 impl Config {
@@ -92,6 +98,7 @@ impl Config {
             reconnect_min_ms: 1_000,
             reconnect_max_ms: 60_000,
             interval_s: 10,
+            telemetry_qos: QoS::AtMostOnce,
         })
     }
 
@@ -130,6 +137,15 @@ impl Config {
         }
         self.interval_s = interval_s;
         Ok(self)
+    }
+
+    /// Sets the QoS of telemetry (default QoS 0). At QoS 1 a sample is kept until its PUBACK and
+    /// retransmitted like a shadow report, also after a reconnect; one sample may be in flight at a
+    /// time, and [`Device::publish_sample`] refuses the next with [`PublishError::InflightFull`] until
+    /// it is acknowledged.
+    pub fn with_telemetry_qos(mut self, qos: QoS) -> Self {
+        self.telemetry_qos = qos;
+        self
     }
 
     /// The thing name, also used as the MQTT client identifier.
@@ -206,6 +222,9 @@ pub enum PublishError {
     /// The transmit buffer is full: the shell is not draining it fast enough.
     #[error("transmit buffer full")]
     Backpressure,
+    /// Telemetry is QoS 1 and the previous sample still awaits its PUBACK.
+    #[error("previous QoS 1 sample not yet acknowledged")]
+    InflightFull,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -226,6 +245,8 @@ enum Link {
 #[derive(Debug)]
 struct Inflight {
     pkid: u16,
+    /// A telemetry sample rather than a shadow request (telemetry may hold only one slot).
+    telemetry: bool,
     sent_at: Instant,
     packet: Vec<u8, INFLIGHT_MESSAGE>,
 }
@@ -296,6 +317,13 @@ impl<A: Actuator> Device<A> {
     /// Whether the session is up and subscribed.
     pub fn is_connected(&self) -> bool {
         self.link == Link::Ready
+    }
+
+    /// The sequence number of the last telemetry sample [`Device::publish_sample`] numbered: 0 after
+    /// boot, 1 for the first sample. A sample is numbered once there is a session, even if the transmit
+    /// buffer then refuses it ([`PublishError::Backpressure`]), so a receiver sees a gap for it.
+    pub fn seq(&self) -> u32 {
+        self.seq
     }
 
     /// The actuator, e.g. for the simulator to observe it.
@@ -438,7 +466,8 @@ impl<A: Actuator> Device<A> {
         }
     }
 
-    /// Publishes one sensor sample as telemetry (QoS 0).
+    /// Publishes one sensor sample as telemetry, at the configured QoS
+    /// ([`Config::with_telemetry_qos`]); [`Device::seq`] then gives its sequence number.
     pub fn publish_sample(
         &mut self,
         measurement: Measurement,
@@ -446,6 +475,10 @@ impl<A: Actuator> Device<A> {
     ) -> Result<(), PublishError> {
         if self.link != Link::Ready {
             return Err(PublishError::NotConnected);
+        }
+        let qos1 = self.config.telemetry_qos == QoS::AtLeastOnce;
+        if qos1 && self.inflight.iter().any(|m| m.telemetry) {
+            return Err(PublishError::InflightFull);
         }
         self.seq = self.seq.wrapping_add(1);
         let mut payload = [0u8; 96];
@@ -457,6 +490,15 @@ impl<A: Actuator> Device<A> {
             &self.config.thing,
             telemetry::TOPIC_SUFFIX,
         ]);
+        if qos1 {
+            // No telemetry sample is in flight (checked above) and shadow requests take at most
+            // `SHADOW_SLOTS`, so a slot is free.
+            return if self.publish_qos1(&topic, &payload[..len], true, now) {
+                Ok(())
+            } else {
+                Err(PublishError::Backpressure)
+            };
+        }
         let publish = Publish {
             dup: false,
             qos: QoS::AtMostOnce,
@@ -529,7 +571,12 @@ impl<A: Actuator> Device<A> {
                 self.get_pending = true;
                 self.emit(Event::Connected);
                 self.announce_online(now);
-                // Anything unacknowledged from the previous session goes out again before new traffic.
+                // Anything unacknowledged from the previous session goes out again before new traffic,
+                // with DUP set, although the session is clean and the broker keeps no state for these
+                // packet ids. That is deliberate: the device does not know whether the broker got them
+                // before the connection broke, and at-least-once means sending again. A shadow report
+                // carries the whole reported state and `get` is a read, so a duplicate is harmless;
+                // a duplicate telemetry sample carries the same `seq`, so receivers can drop it.
                 self.retransmit(now, |_, _| true);
                 self.pump(now);
             }
@@ -558,21 +605,30 @@ impl<A: Actuator> Device<A> {
     fn on_shadow(&mut self, inbound: Inbound) {
         match inbound {
             Inbound::Delta { version, patch } => {
-                if let (Some(new), Some(old)) = (version, self.version) {
-                    if new <= old {
-                        return;
-                    }
+                if self.fresh(version) {
+                    self.apply(patch);
                 }
-                self.version = version.or(self.version);
-                self.apply(patch);
             }
+            // A `get/accepted` answer that arrives after a newer delta (or a duplicate of one already
+            // handled) would re-apply a stale desired state, so it is held to the same version rule.
             Inbound::Document { version, delta } => {
-                self.version = version.or(self.version);
-                if let Some(patch) = delta {
+                if let (true, Some(patch)) = (self.fresh(version), delta) {
                     self.apply(patch);
                 }
             }
             Inbound::Rejected { topic, code } => self.emit(Event::ShadowRejected { topic, code }),
+        }
+    }
+
+    /// Whether a shadow message of `version` is newer than the last one applied; records it if so.
+    /// Messages without a version (not sent by AWS or Grove, but allowed) are always fresh.
+    fn fresh(&mut self, version: Option<u64>) -> bool {
+        match (version, self.version) {
+            (Some(new), Some(old)) if new <= old => false,
+            _ => {
+                self.version = version.or(self.version);
+                true
+            }
         }
     }
 
@@ -606,45 +662,56 @@ impl<A: Actuator> Device<A> {
         if self.link != Link::Ready {
             return;
         }
-        if self.report_pending && !self.inflight.is_full() {
+        if self.report_pending && self.shadow_slot_free() {
             let mut payload = [0u8; 80];
             if let Ok(len) = shadow::encode_report(self.state, &mut payload) {
                 self.report_pending = false;
-                self.publish_qos1(Topic::Update, &payload[..len], now);
+                let topic = Topic::Update.for_thing(&self.config.thing);
+                self.publish_qos1(&topic, &payload[..len], false, now);
             }
         }
-        if self.get_pending && !self.inflight.is_full() {
+        if self.get_pending && self.shadow_slot_free() {
             self.get_pending = false;
-            self.publish_qos1(Topic::Get, b"{}", now);
+            let topic = Topic::Get.for_thing(&self.config.thing);
+            self.publish_qos1(&topic, b"{}", false, now);
         }
     }
 
-    fn publish_qos1(&mut self, topic: Topic, payload: &[u8], now: Instant) {
+    fn shadow_slot_free(&self) -> bool {
+        self.inflight.iter().filter(|m| !m.telemetry).count() < SHADOW_SLOTS
+    }
+
+    /// Sends a QoS 1 publication and keeps it for retransmission; returns false if it does not fit an
+    /// in-flight slot.
+    fn publish_qos1(&mut self, topic: &str, payload: &[u8], telemetry: bool, now: Instant) -> bool {
         let pkid = self.pkid();
-        let topic = topic.for_thing(&self.config.thing);
         let publish = Publish {
             dup: false,
             qos: QoS::AtLeastOnce,
             retain: false,
-            topic: &topic,
+            topic,
             pkid,
             payload,
         };
         let mut packet = Vec::new();
-        // The slot's capacity covers the longest topic and the report, so resizing cannot fail.
+        // Resizing an empty vector to its capacity cannot fail.
         let _ = packet.resize(INFLIGHT_MESSAGE, 0);
         let Ok(len) = Packet::Publish(publish).encode(&mut packet) else {
-            return;
+            return false;
         };
         packet.truncate(len);
         // If the transmit buffer is full the message still goes out, by retransmission.
         let _ = self.push_tx(&packet);
         self.last_tx = now;
-        let _ = self.inflight.push(Inflight {
-            pkid,
-            sent_at: now,
-            packet,
-        });
+        // Callers check for a free slot first.
+        self.inflight
+            .push(Inflight {
+                pkid,
+                telemetry,
+                sent_at: now,
+                packet,
+            })
+            .is_ok()
     }
 
     /// Re-sends every in-flight message `due(sent_at, ack_timeout_ms)` selects, with the DUP flag set.

@@ -7,7 +7,8 @@
 //! - [`mqtt`]: the MQTT 3.1.1 codec.
 //! - [`device`]: the sans-IO device core ([`Device`]): MQTT session, shadow logic, telemetry.
 //! - [`shadow`], [`telemetry`]: the JSON documents, via serde-json-core into fixed buffers.
-//! - [`transport`]: the blocking shell over `embedded-io` (and a `std` TCP transport with `std`).
+//! - [`transport`]: the blocking shell over `embedded-io`, the async shell over `embedded-io-async`
+//!   (feature `async`), and a `std` TCP transport (feature `std`).
 //!
 //! # Why an own MQTT codec
 //! The candidates were weighed by determinism, footprint and what Grove's broker (rumqttd, which speaks
@@ -27,8 +28,8 @@
 //!
 //! # Memory
 //! Everything is statically sized; see the capacities in [`device`]. `firmware/ci.sh` prints the flash
-//! and RAM of the board example and of the core measured alone, and fails beyond the budget (64 KiB
-//! flash and 16 KiB static RAM for the example, 24 KiB flash for the core).
+//! and RAM of the two example firmwares (STM32F411, RP2040) and of the core measured alone, and fails
+//! beyond the budget (64 KiB flash and 16 KiB static RAM per example, 24 KiB flash for the core).
 //!
 //! Architecture invariant: this crate never needs `std`, never allocates and contains no `unsafe`.
 #![cfg_attr(not(feature = "std"), no_std)]

@@ -1,8 +1,14 @@
-//! Thin blocking shell over `embedded-io`: moves bytes between a transport and a [`Device`].
+//! Thin shells over `embedded-io` and `embedded-io-async`: they move bytes between a transport and a
+//! [`Device`] and run its timers.
 //!
-//! The same [`poll`] step runs on a board (UART to a network co-processor in transparent mode), on the
-//! host over `std` TCP (feature `std`, `StdTcp`) and in tests over a scripted transport. It never
-//! blocks on reads: it asks [`ReadReady`] first, so the caller's loop keeps the device's timers running.
+//! - [`poll`], blocking: runs on a board (UART to a network co-processor in transparent mode), on the
+//!   host over `std` TCP (feature `std`, `StdTcp`) and in tests over a scripted transport. It never
+//!   blocks on reads: it asks [`ReadReady`] first, so the caller's loop keeps the device's timers
+//!   running.
+//! - [`asynch`] (feature `async`): [`asynch::transmit`] and [`asynch::wait`] over `embedded-io-async`,
+//!   for an async executor (embassy on a board, tokio in the simulator through
+//!   `embedded-io-adapters`, a scripted transport in tests). A task parks in [`asynch::wait`] until
+//!   bytes arrive or the device's next timer is due, so a thousand devices cost no polling.
 
 use embedded_io::{Read, ReadReady, Write};
 
@@ -114,5 +120,102 @@ mod std_tcp {
         fn flush(&mut self) -> Result<(), Self::Error> {
             self.0.flush()
         }
+    }
+}
+
+/// The async shell (feature `async`): the same steps as [`poll`], over `embedded-io-async`.
+///
+/// A shell's loop is: act on [`Device::poll_event`], [`transmit`], then [`wait`]. `wait` takes the
+/// executor's sleep as a closure, so the module depends on no executor.
+#[cfg(feature = "async")]
+pub mod asynch {
+    use core::future::Future;
+
+    use embassy_futures::select::{select, Either};
+    use embedded_io_async::{Read, Write};
+
+    use super::TransportError;
+    use crate::actuator::Actuator;
+    use crate::device::Device;
+    use crate::time::Instant;
+
+    /// Writes and flushes everything the device has queued, `scratch` bytes at a time.
+    ///
+    /// On error the device has already been told ([`Device::transport_closed`] at `now`); the caller
+    /// drops the transport and waits for [`crate::Event::OpenTransport`].
+    pub async fn transmit<T, A>(
+        device: &mut Device<A>,
+        io: &mut T,
+        now: Instant,
+        scratch: &mut [u8],
+    ) -> Result<(), TransportError<T::Error>>
+    where
+        T: Write,
+        A: Actuator,
+    {
+        let mut wrote = false;
+        let mut result = Ok(());
+        while let Some(n) = device.poll_transmit(scratch) {
+            result = io.write_all(&scratch[..n]).await;
+            wrote = true;
+            if result.is_err() {
+                break;
+            }
+        }
+        if wrote && result.is_ok() {
+            result = io.flush().await;
+        }
+        result.map_err(|error| {
+            device.transport_closed(now);
+            TransportError::Io(error)
+        })
+    }
+
+    /// Waits for whichever comes first, bytes from `io` or the device's next timer
+    /// ([`Device::poll_timeout`]), and hands it to the device. Without a transport (`None`) it waits
+    /// for the timer only.
+    ///
+    /// `sleep_until` is the executor's sleep until an instant of the device's clock; `clock` reads that
+    /// clock after waking. Cancelling the returned future loses nothing as long as `io.read` is
+    /// cancel-safe (tokio's is): received bytes reach the device in the same poll that reads them.
+    /// On a read error or end of stream the device has already been told, as in [`transmit`].
+    pub async fn wait<T, A, S, F>(
+        device: &mut Device<A>,
+        io: Option<&mut T>,
+        scratch: &mut [u8],
+        sleep_until: S,
+        clock: impl Fn() -> Instant,
+    ) -> Result<(), TransportError<T::Error>>
+    where
+        T: Read,
+        A: Actuator,
+        S: FnOnce(Instant) -> F,
+        F: Future<Output = ()>,
+    {
+        let timer = sleep_until(device.poll_timeout());
+        let outcome = match io {
+            Some(io) => select(io.read(scratch), timer).await,
+            None => {
+                timer.await;
+                Either::Second(())
+            }
+        };
+        let now = clock();
+        let result = match outcome {
+            Either::First(Ok(0)) => Err(TransportError::Closed),
+            Either::First(Ok(n)) => {
+                device.handle_input(&scratch[..n], now);
+                Ok(())
+            }
+            Either::First(Err(error)) => Err(TransportError::Io(error)),
+            Either::Second(()) => {
+                device.handle_timeout(now);
+                Ok(())
+            }
+        };
+        if result.is_err() {
+            device.transport_closed(now);
+        }
+        result
     }
 }

@@ -3,8 +3,9 @@
 //! playing the shadow service: the device connects with its will, subscribes, reports on boot, asks
 //! for its document, applies a delta, reports back, and its will fires when its connection drops.
 //!
-//! This is wire compatibility with a broker other than the scripted one; the shadow round trip through
-//! a Grove gateway is the end-to-end test that still needs the gateway's shadow service.
+//! This is wire compatibility with a broker other than the scripted one and Grove's own; the shadow
+//! round trip through a real Grove gateway and its shadow service is `tests/tests/firmware.rs`
+//! (`cargo test -p grove-tests --test firmware`).
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};

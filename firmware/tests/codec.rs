@@ -190,7 +190,7 @@ fn round_trip(packet: Packet<'_>) {
     let mut buf = vec![0u8; 200_000];
     let len = packet.encode(&mut buf).expect("valid packet encodes");
     assert_eq!(decode(&buf[..len]), Ok(Some((packet, len))));
-    for cut in [0, 1, len / 2, len - 1] {
+    for cut in 0..len {
         assert_eq!(decode(&buf[..cut]), Ok(None), "prefix of {cut} bytes");
     }
 }

@@ -88,11 +88,11 @@ struct Harness {
 impl Harness {
     /// A device for thing `t1` whose relay pin expects exactly `pin` (the boot-time "off" included).
     fn new(pin: &[Pin], chunk: usize) -> Self {
-        let config = Config::new("t1")
-            .unwrap()
-            .with_timing(30, 5_000)
-            .unwrap()
-            .with_backoff(1_000, 8_000);
+        Self::with_config(pin, chunk, config())
+    }
+
+    /// As [`Harness::new`], with the device configured by `config`.
+    fn with_config(pin: &[Pin], chunk: usize, config: Config) -> Self {
         let relay = Relay::new(PinMock::new(pin), Polarity::ActiveHigh);
         Self {
             device: Device::new(config, relay, Instant::from_millis(0)),
@@ -203,6 +203,15 @@ impl Harness {
     }
 }
 
+/// The harness's configuration: thing `t1`, keep-alive 30 s, ack timeout 5 s, backoff 1 s to 8 s.
+fn config() -> Config {
+    Config::new("t1")
+        .unwrap()
+        .with_timing(30, 5_000)
+        .unwrap()
+        .with_backoff(1_000, 8_000)
+}
+
 fn set(level: Level) -> Pin {
     Pin::set(level)
 }
@@ -278,6 +287,108 @@ fn deltas_are_applied_in_version_order_and_reported_back() {
         topic: Topic::GetRejected,
         code: 404,
     }]);
+    h.finish();
+}
+
+#[test]
+fn late_get_accepted_does_not_reapply_an_older_version() {
+    let mut h = Harness::new(
+        &[set(Level::Low), set(Level::High), set(Level::Low)],
+        usize::MAX,
+    );
+    h.connect(&[], Some((2, report(false, 10))), 3);
+    h.broker(Packet::Puback(2));
+    h.broker(Packet::Puback(3));
+    let update = |id: u16, relay: bool| {
+        format!(
+            "PUBLISH q1 id={id} $aws/things/t1/shadow/update {}",
+            report(relay, 10)
+        )
+    };
+    let applied = |relay: bool| {
+        vec![Event::Applied(State {
+            relay,
+            interval_s: 10,
+        })]
+    };
+    /// A shadow message from the broker (topic, packet id, document) and what the device must answer.
+    type Step<'a> = (&'a str, u16, &'a str, Vec<String>, Vec<Event>);
+    #[rustfmt::skip]
+    let steps: Vec<Step> = vec![
+        (DELTA, 40, r#"{"version":5,"state":{"relay":true}}"#,
+            vec!["PUBACK 40".into(), update(4, true)], applied(true)),
+        // The answer to the boot `get`, overtaken by the delta above: its delta is older.
+        (GET_ACCEPTED, 41, r#"{"state":{"delta":{"relay":false}},"version":4}"#,
+            vec!["PUBACK 41".into()], vec![]),
+        // The same version again (a duplicate delivery): already applied.
+        (GET_ACCEPTED, 42, r#"{"state":{"delta":{"relay":false}},"version":5}"#,
+            vec!["PUBACK 42".into()], vec![]),
+        // A newer document is applied.
+        (GET_ACCEPTED, 43, r#"{"state":{"delta":{"relay":false}},"version":6}"#,
+            vec!["PUBACK 43".into(), update(5, false)], applied(false)),
+        // And a delta older than that document is not.
+        (DELTA, 44, r#"{"version":6,"state":{"relay":true}}"#, vec!["PUBACK 44".into()], vec![]),
+    ];
+    for (topic, pkid, doc, sent, events) in steps {
+        h.deliver(topic, pkid, doc);
+        h.expect_sent(&sent.iter().map(String::as_str).collect::<Vec<_>>());
+        h.expect_events(&events);
+    }
+    h.finish();
+}
+
+#[test]
+fn qos1_telemetry_is_retransmitted_and_holds_one_slot_of_its_own() {
+    let config = config().with_telemetry_qos(QoS::AtLeastOnce);
+    let mut h = Harness::with_config(&[set(Level::Low), set(Level::High)], usize::MAX, config);
+    let sample = Measurement {
+        temperature_milli_c: 21_500,
+        humidity_milli_pct: 40_250,
+    };
+    let telemetry = |dup: &str, id: u16, seq: u32| {
+        format!(
+            r#"PUBLISH q1{dup} id={id} dt/t1/telemetry {{"seq":{seq},"temp_mc":21500,"rh_mpct":40250,"relay":false}}"#
+        )
+    };
+    h.connect(&[], Some((2, report(false, 10))), 3);
+    h.broker(Packet::Puback(2));
+    h.broker(Packet::Puback(3));
+    assert_eq!(h.device.seq(), 0);
+    h.advance(10_000);
+    h.expect_events(&[Event::SampleDue]);
+    let now = Instant::from_millis(h.now);
+    h.device.publish_sample(sample, now).unwrap();
+    assert_eq!(h.device.seq(), 1);
+    h.expect_sent(&[&telemetry("", 4, 1)]);
+    // The next sample waits for the PUBACK; it is not numbered.
+    assert_eq!(
+        h.device.publish_sample(sample, now),
+        Err(PublishError::InflightFull)
+    );
+    assert_eq!(h.device.seq(), 1);
+    // Shadow traffic keeps its own slots meanwhile.
+    h.deliver(DELTA, 50, r#"{"version":2,"state":{"relay":true}}"#);
+    let update = format!(
+        "PUBLISH q1 id=5 $aws/things/t1/shadow/update {}",
+        report(true, 10)
+    );
+    h.expect_sent(&["PUBACK 50", &update]);
+    h.expect_events(&[Event::Applied(State {
+        relay: true,
+        interval_s: 10,
+    })]);
+    h.broker(Packet::Puback(5));
+    // No PUBACK for the sample: it is sent again with DUP after the ack timeout.
+    h.advance(5_000);
+    h.expect_sent(&[&telemetry(" dup", 4, 1)]);
+    h.broker(Packet::Puback(4));
+    h.advance(5_000);
+    h.expect_events(&[Event::SampleDue]);
+    h.device
+        .publish_sample(sample, Instant::from_millis(h.now))
+        .unwrap();
+    assert_eq!(h.device.seq(), 2);
+    h.expect_sent(&[&telemetry("", 6, 2).replace("false}", "true}")]);
     h.finish();
 }
 
@@ -574,6 +685,118 @@ fn blocking_shell_moves_bytes_and_reports_a_closed_peer() {
     io.closed = true;
     let result = transport::poll(&mut h.device, &mut io, now, &mut scratch);
     assert!(matches!(result, Err(TransportError::Closed)));
+    assert!(!h.device.is_connected());
+    h.expect_events(&[
+        Event::Connected,
+        Event::Disconnected(DisconnectReason::TransportClosed),
+    ]);
+    h.finish();
+}
+
+impl embedded_io_async::Read for ScriptedIo {
+    /// Hands out what the script holds; with nothing left it never completes (a quiet broker), unless
+    /// the peer closed.
+    async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        if self.input.is_empty() && !self.closed {
+            std::future::pending::<()>().await;
+        }
+        embedded_io::Read::read(self, buf)
+    }
+}
+
+impl embedded_io_async::Write for ScriptedIo {
+    async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
+        embedded_io::Write::write(self, buf)
+    }
+}
+
+#[test]
+fn async_shell_moves_bytes_runs_timers_and_reports_a_closed_peer() {
+    use grove_firmware::transport::asynch;
+    use std::cell::Cell;
+
+    let mut h = Harness::new(&[set(Level::Low)], usize::MAX);
+    let mut io = ScriptedIo {
+        input: Default::default(),
+        output: Vec::new(),
+        closed: false,
+    };
+    let mut scratch = [0u8; 64];
+    // A virtual clock: the executor's "sleep", once polled, jumps it to the deadline and completes.
+    let clock = Cell::new(0u64);
+    let sleep_until = |at: Instant| {
+        let clock = &clock;
+        async move { clock.set(clock.get().max(at.as_millis())) }
+    };
+    let now = || Instant::from_millis(clock.get());
+    embassy_futures::block_on(async {
+        // No transport yet: only the timer (the first connection attempt, due at once) runs.
+        asynch::wait(
+            &mut h.device,
+            None::<&mut ScriptedIo>,
+            &mut scratch,
+            sleep_until,
+            now,
+        )
+        .await
+        .unwrap();
+        assert_eq!(h.device.poll_event(), Some(Event::OpenTransport));
+        h.device.transport_opened(now());
+        asynch::transmit(&mut h.device, &mut io, now(), &mut scratch)
+            .await
+            .unwrap();
+        io.input.extend(enc(Packet::Connack {
+            session_present: false,
+            code: ConnectReturnCode::Accepted,
+        }));
+        io.input.extend(enc(Packet::Suback {
+            pkid: 1,
+            codes: &[1, 1, 1, 1],
+        }));
+        // Two reads (64-byte scratch, CONNACK and SUBACK are 9 bytes): both are consumed in the first.
+        asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now)
+            .await
+            .unwrap();
+        asynch::transmit(&mut h.device, &mut io, now(), &mut scratch)
+            .await
+            .unwrap();
+        assert!(h.device.is_connected());
+        // Nothing to read: the wait ends at the device's next timer, the first sample at 10 s.
+        asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now)
+            .await
+            .unwrap();
+        assert_eq!(
+            clock.get(),
+            5_000,
+            "the unacknowledged report's ack timeout"
+        );
+        io.closed = true;
+        let result =
+            asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now).await;
+        assert!(matches!(result, Err(TransportError::Closed)));
+    });
+    let mut rest = &io.output[..];
+    let mut kinds = Vec::new();
+    while let Some((packet, used)) = decode(rest).unwrap() {
+        kinds.push(
+            render(&packet)
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        rest = &rest[used..];
+    }
+    assert_eq!(
+        kinds,
+        [
+            "CONNECT t1 ka=30",
+            "SUBSCRIBE q1 $aws/things/t1/shadow/update/delta",
+            "PUBLISH q0 retain",
+            "PUBLISH q1 id=2",
+            "PUBLISH q1 id=3"
+        ]
+    );
     assert!(!h.device.is_connected());
     h.expect_events(&[
         Event::Connected,

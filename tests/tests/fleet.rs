@@ -19,14 +19,23 @@ fn scenario(name: &str) -> PathBuf {
         .join(format!("{name}.toml"))
 }
 
-/// Runs `grove-sim` with `args`; returns its output and the `--json` summary it wrote (if any).
+/// Runs `grove-sim` with `args` (a `run` with `--quiet`); returns its output and the `--json` summary
+/// it wrote (if any).
 fn grove_sim(args: &[&str]) -> (Output, Option<Value>) {
+    grove_sim_with(args, true)
+}
+
+/// As [`grove_sim`]; `quiet` says whether a `run` gets `--quiet` (no progress line).
+fn grove_sim_with(args: &[&str], quiet: bool) -> (Output, Option<Value>) {
     let dir = tempfile::tempdir().expect("tempdir");
     let json = dir.path().join("summary.json");
     let mut command = Command::new(workspace_bin("grove-sim"));
     command.args(args);
     if args.first() == Some(&"run") {
-        command.arg("--json").arg(&json).arg("--quiet");
+        command.arg("--json").arg(&json);
+        if quiet {
+            command.arg("--quiet");
+        }
     }
     let output = command.output().expect("run grove-sim");
     let summary = std::fs::read_to_string(&json)
@@ -97,6 +106,47 @@ fn smoke_scenario_passes_against_the_gateway() {
 }
 
 #[test]
+fn qos1_telemetry_is_all_delivered_and_the_progress_line_shows_without_quiet() {
+    let gateway = fleet_gateway();
+    let dir = tempfile::tempdir().unwrap();
+    // The smoke scenario with telemetry at QoS 1, for 6 s: long enough for a progress line (printed
+    // every 5 s when stderr is not a terminal).
+    let text = std::fs::read_to_string(scenario("smoke"))
+        .unwrap()
+        .replace("qos = 0", "qos = 1");
+    assert!(text.contains("qos = 1"), "the smoke scenario sets qos");
+    let path = dir.path().join("qos1.toml");
+    std::fs::write(&path, text).unwrap();
+    let target = gateway.mqtt_addr().to_string();
+    let args = [
+        "run",
+        path.to_str().unwrap(),
+        "--target",
+        &target,
+        "--duration",
+        "6",
+    ];
+    let (output, summary) = grove_sim_with(&args, false);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{}",
+        explain(&output, &gateway)
+    );
+    let summary = summary.expect("summary written");
+    let telemetry = &summary["telemetry"];
+    assert!(telemetry["sent"].as_u64().unwrap() >= 50, "{telemetry}");
+    assert_eq!(telemetry["delivered"], telemetry["sent"]);
+    assert_eq!(telemetry["delivery_ratio"], 1.0);
+    assert_eq!(telemetry["lost"], 0);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("] up 10/10 | sent ") && stderr.contains(" | changes "),
+        "no progress line on stderr:\n{stderr}"
+    );
+}
+
+#[test]
 fn a_failed_expectation_exits_non_zero() {
     let gateway = fleet_gateway();
     let dir = tempfile::tempdir().unwrap();
@@ -145,7 +195,18 @@ fn chaos_scenario_converges() {
     assert!(connections["chaos_disconnects"].as_u64().unwrap() > 0);
     assert!(connections["reboots"].as_u64().unwrap() > 0);
     assert!(connections["reconnects"].as_u64().unwrap() > 0);
+    assert!(connections["slow_links"].as_u64().unwrap() > 0);
+    // Sessions lost to reboots count among the disconnects.
+    assert!(
+        connections["disconnect_reasons"]["Reboot"]
+            .as_u64()
+            .unwrap()
+            > 0
+    );
     assert_eq!(connections["connected_at_end"], summary["devices"]);
+    let shadow = &summary["shadow"];
+    assert!(shadow["desired_accepted"].as_u64().unwrap() > 0);
+    assert_eq!(shadow["converged_changes"], shadow["desired_accepted"]);
     let check = &summary["shadow"]["final_check"];
     assert_eq!(check["checked"], summary["devices"]);
     assert_eq!(check["converged"], summary["devices"]);

@@ -146,6 +146,10 @@ impl embedded_io::ReadReady for UartLink {
 }
 
 impl embedded_io::Read for UartLink {
+    /// Reads the held byte and whatever else the UART has. `Ok(0)` would mean end-of-stream to
+    /// `transport::poll`, but it cannot happen there: `poll` reads only after `read_ready` returned
+    /// true, which holds a byte in `pending`, so at least that byte is returned. (A serial line has no
+    /// end-of-stream; a broken bridge shows up as missing acknowledgements instead.)
     fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
         let mut n = 0;
         for slot in buf.iter_mut() {
