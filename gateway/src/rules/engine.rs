@@ -585,7 +585,8 @@ impl GroupRunner {
     /// straight away, the tasks would race for the queue and could apply an older reading last.
     async fn dispatch(&mut self, out: &mut Vec<Outgoing>) {
         let uuids = || uuid::Uuid::new_v4().to_string();
-        // A failure known at once (the gateway stopping) may queue an error action's update.
+        // An outcome known at the first poll goes through `on_late`, which may queue an error
+        // action's update: loop until nothing is left unsent.
         while !self.queued.is_empty() {
             for mut wait in std::mem::take(&mut self.queued) {
                 match std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
