@@ -507,6 +507,17 @@ impl Resolver<'_> {
                 })
             }
         };
+        if let Some((i, r)) = rules.iter().enumerate().find(|(_, r)| r.uses_functions()) {
+            if functions.is_none() {
+                return Err(ConfigError::Invalid {
+                    origin: rule_origins[i].clone(),
+                    message: format!(
+                        "rule `{}` has a function action, but [functions] is not enabled",
+                        r.name
+                    ),
+                });
+            }
+        }
         Ok(Config {
             data_dir,
             log_filter: log_filter.value,
@@ -822,6 +833,14 @@ mod tests {
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ cloud = { topic = \"up\" } }]\n",
                 "1: `rules[0]`: rule `r` has a cloud action, but [cloud] is not configured",
             ),
+            (
+                "[functions]\nenabled = false\n[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ function = \"f\" }]\n",
+                "3: `rules[0]`: rule `r` has a function action, but [functions] is not enabled",
+            ),
+            (
+                "[functions]\nenabled = false\n[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ republish = { topic = \"a\" } }]\nerror_action = { function = \"on-error:live\" }\n",
+                "3: `rules[0]`: rule `r` has a function action, but [functions] is not enabled",
+            ),
             ("[shadow]\nmax_sate_bytes = 9\n", "2:1: unknown field `max_sate_bytes`"),
             ("[cloud]\nhost = \"h\"\n", "2: `cloud.tls`: the cloud link needs `tls"),
             ("[cloud]\nhost = \"\"\nplain_tcp = true\n", "2: `cloud.host`: the cloud host must not be empty"),
@@ -850,6 +869,18 @@ mod tests {
                 "for {text:?}\n  got:  {err}\n  want: {want}"
             );
             assert!(err.starts_with("grove.toml"), "{err}");
+        }
+    }
+
+    #[test]
+    fn function_actions_load_when_functions_are_enabled() {
+        // `[functions]` is enabled unless it says otherwise.
+        for functions in ["", "[functions]\nenabled = true\n"] {
+            let text = format!(
+                "{functions}[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{{ function = \"f:live\" }}]\n"
+            );
+            let c = Config::parse(&text, None).unwrap_or_else(|e| panic!("{text:?}: {e}"));
+            assert!(c.rules[0].uses_functions(), "{text:?}");
         }
     }
 

@@ -137,10 +137,9 @@ pub struct RuleLabels {
 pub struct RulesMetrics {
     /// Messages whose topic matched the rule's FROM filter.
     pub matched: Family<RuleLabels, Counter>,
-    /// Outputs the rule produced (rows passing WHERE, window rows).
+    /// Outputs the rule handed to its actions (rows passing WHERE, window rows); outputs dropped
+    /// at the hop limit are counted in `hop_dropped` instead.
     pub outputs: Family<RuleLabels, Counter>,
-    /// Evaluation errors.
-    pub errors: Family<RuleLabels, Counter>,
     /// Failed actions (each also reported to the error action, if any).
     pub action_failures: Family<RuleLabels, Counter>,
     /// Outputs dropped because the message had already been republished `MAX_HOPS` times.
@@ -455,10 +454,9 @@ impl Metrics {
         );
         r.register(
             "outputs",
-            "Outputs the rule produced",
+            "Outputs the rule handed to its actions",
             rules.outputs.clone(),
         );
-        r.register("errors", "Rule evaluation errors", rules.errors.clone());
         r.register(
             "action_failures",
             "Failed rule actions",

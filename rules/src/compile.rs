@@ -70,10 +70,19 @@ pub(crate) struct Program {
 }
 
 /// A compiled rule: cheap to clone (the compiled program is shared), safe to share between threads.
+/// Two rules are equal when their SQL text is (compiling is deterministic).
 #[derive(Debug, Clone)]
 pub struct Rule {
     pub(crate) program: Arc<Program>,
 }
+
+impl PartialEq for Rule {
+    fn eq(&self, other: &Self) -> bool {
+        self.sql() == other.sql()
+    }
+}
+
+impl Eq for Rule {}
 
 impl Rule {
     /// Parses and checks `sql`. Errors carry the line, column and a caret line.

@@ -76,9 +76,15 @@
 //! - Decimals are printed in their shortest round-trip form (`2.5`, `10.0`, `1e21`); AWS prints Java
 //!   `BigDecimal`s, which can differ in form for very large or small numbers.
 //! - Division or modulo by zero, and results that are NaN or infinite, are Undefined.
-//! - `cast(x AS Decimal)` returns an Int for whole values, as AWS documents for SQL 2016-03-23;
-//!   `cast(x AS Int)` and function arguments that must be Int (indexes, `substring`, `lpad`, bit
-//!   functions) round Decimals down, as the function pages say.
+//! - `cast(x AS Decimal)` returns an Int for whole values, as AWS documents for SQL 2016-03-23.
+//! - `cast(x AS Int)` floors a Decimal or a numeric string: `cast(2.7 AS Int)` is `2` and
+//!   `cast(-2.7 AS Int)` (or `cast('-2.7' AS Int)`) is `-3`; function arguments that must be Int
+//!   (indexes, `substring`, `lpad`, the bit functions) are floored the same way. AWS's pages
+//!   disagree here: the `cast` function page says a Decimal is "rounded down", while the
+//!   data-types page's conversion table says "rounded to the nearest Int" for a Decimal and
+//!   "truncates the decimal places" for a numeric String (which would give `-2`). Grove follows the
+//!   function page, the one about `cast` itself, for both; AWS's behaviour on negative fractions is
+//!   not verified, so a rule whose result depends on it should say `floor`, `trunc` or `round`.
 //!
 //! Other differences:
 //!
@@ -99,6 +105,13 @@
 //!   standard conversion to Boolean; anything else, Undefined included, drops it.
 //! - Output objects keep the SELECT order of their keys (this crate enables serde_json's
 //!   `preserve_order`), as AWS's output does; JSON equality does not depend on it.
+//!
+//! # Testing
+//!
+//! `cargo test -p grove-rules` runs the table-driven semantics (`tests/semantics.rs`), windows,
+//! templates and the index laws. The parser, compiler and evaluator have a cargo-fuzz target
+//! (`fuzz/`, target `compile`): `bash rules/ci.sh` fuzzes it for 30 s, as the test command does,
+//! and `FUZZ_SECONDS=3600 bash rules/ci.sh` is the longer run, before a release.
 //!
 //! # Windows (edge aggregation)
 //!
@@ -140,4 +153,4 @@ pub use error_action::{ErrorActionPayload, Failure};
 pub use eval::{Context, Message, Output, UuidSource};
 pub use index::{topic_matches, validate_filter, RuleIndex};
 pub use template::Template;
-pub use window::Window;
+pub use window::{Window, WindowRow};

@@ -11,17 +11,27 @@ use crate::error::CompileError;
 use crate::eval::{CExpr, Context, Message};
 use crate::parser::parse_template_expr;
 
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone)]
 enum Piece {
     Text(String),
     Expr(CExpr),
 }
 
-/// A compiled substitution template.
-#[derive(Debug, Clone, PartialEq)]
+/// A compiled substitution template. Two templates are equal when their text is.
+#[derive(Debug, Clone)]
 pub struct Template {
+    /// The text it was compiled from, which decides equality (compiling is deterministic).
+    text: String,
     pieces: Vec<Piece>,
 }
+
+impl PartialEq for Template {
+    fn eq(&self, other: &Self) -> bool {
+        self.text == other.text
+    }
+}
+
+impl Eq for Template {}
 
 impl Template {
     /// Compiles `text`; a `$` not followed by `{` is literal text. Errors point into `text`.
@@ -43,7 +53,10 @@ impl Template {
         if !literal.is_empty() {
             pieces.push(Piece::Text(literal));
         }
-        Ok(Template { pieces })
+        Ok(Template {
+            text: text.to_owned(),
+            pieces,
+        })
     }
 
     /// Whether the template has no `${...}` (so it renders to the same text for every message).

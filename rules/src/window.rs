@@ -20,6 +20,10 @@
 //!   message; `window_start()`/`window_end()` give the window's bounds in ms.
 //! - `SET` variables are evaluated for each message (for WHERE, group keys and aggregate arguments) and
 //!   again against the group's last message when its row is built.
+//! - Each row carries the largest hop count among the messages that fed it ([`WindowRow::hops`]): a
+//!   host that counts rule republishes to cut loops (Grove's gateway does) then sees a windowed rule
+//!   that republishes into its own `FROM` climb towards its limit, instead of restarting at 0 with
+//!   every window. [`Window::on_message`] and [`Window::poll`] are the same without hop counts.
 //! - Windows with no messages emit nothing. The number of groups per window is not bounded here; a
 //!   host that groups by an unbounded key (a client id, say) bounds memory by its choice of key.
 
@@ -128,6 +132,18 @@ struct Row {
     accs: Vec<Acc>,
     /// The latest message of the group, for expressions outside aggregates.
     last: Arc<Message>,
+    /// The largest hop count among the group's messages.
+    hops: u32,
+}
+
+/// A row of a closed window, with the largest hop count among the messages that fed it (0 when the
+/// host passes none).
+#[derive(Debug, Clone, PartialEq)]
+pub struct WindowRow {
+    /// The row, as a non-windowed rule's output.
+    pub output: Output,
+    /// The largest `hops` passed with a message of the row's group in this window.
+    pub hops: u32,
 }
 
 /// The groups of one window, in order of first appearance (so output order is deterministic).
@@ -179,13 +195,20 @@ fn group_key(program: &Program, env: &Env<'_, '_>) -> String {
 }
 
 impl Groups {
-    fn add(&mut self, program: &Program, key: &str, msg: &Arc<Message>, env: &Env<'_, '_>) {
+    fn add(
+        &mut self,
+        program: &Program,
+        key: &str,
+        (msg, hops): (&Arc<Message>, u32),
+        env: &Env<'_, '_>,
+    ) {
         let i = match self.by_key.get(key) {
             Some(i) => *i,
             None => {
                 self.rows.push(Row {
                     accs: program.aggs.iter().map(|a| Acc::new(a.kind)).collect(),
                     last: Arc::clone(msg),
+                    hops,
                 });
                 self.by_key.insert(key.to_string(), self.rows.len() - 1);
                 self.rows.len() - 1
@@ -193,6 +216,7 @@ impl Groups {
         };
         let row = &mut self.rows[i];
         row.last = Arc::clone(msg);
+        row.hops = row.hops.max(hops);
         for (acc, spec) in row.accs.iter_mut().zip(&program.aggs) {
             match &spec.arg {
                 None => acc.add(None),
@@ -202,7 +226,13 @@ impl Groups {
     }
 
     /// The output rows of a closed window.
-    fn emit(self, program: &Program, bounds: (i64, i64), ctx: &Context<'_>, out: &mut Vec<Output>) {
+    fn emit(
+        self,
+        program: &Program,
+        bounds: (i64, i64),
+        ctx: &Context<'_>,
+        out: &mut Vec<WindowRow>,
+    ) {
         for row in self.rows {
             let aggs: Vec<Val<'static>> = row.accs.iter().map(Acc::result).collect();
             let vars = program.bind_vars(&row.last, ctx);
@@ -218,7 +248,10 @@ impl Groups {
                 .as_ref()
                 .is_none_or(|h| h.eval(&env).to_bool() == Some(true));
             if keep {
-                out.extend(program.project(&env));
+                out.extend(program.project(&env).map(|output| WindowRow {
+                    output,
+                    hops: row.hops,
+                }));
             }
         }
     }
@@ -235,7 +268,18 @@ impl Window {
     /// Feeds one message at `ctx.now_ms`. Returns the rows of any windows that closed (those that ended
     /// at or before `now_ms`, and a count window that this message filled).
     pub fn on_message(&mut self, msg: &Message, ctx: &Context<'_>) -> Vec<Output> {
-        let mut out = self.poll(ctx);
+        outputs(self.on_message_with_hops(msg, 0, ctx))
+    }
+
+    /// [`Window::on_message`] for a message that `hops` rule republishes led to; each row carries
+    /// the largest hop count of its messages.
+    pub fn on_message_with_hops(
+        &mut self,
+        msg: &Message,
+        hops: u32,
+        ctx: &Context<'_>,
+    ) -> Vec<WindowRow> {
+        let mut out = self.poll_with_hops(ctx);
         let now = self.now;
         let program = Arc::clone(&self.rule.program);
         let vars = program.bind_vars(msg, ctx);
@@ -245,13 +289,14 @@ impl Window {
         }
         let key = group_key(&program, &env);
         let shared = Arc::new(msg.clone());
+        let fed = (&shared, hops);
         match program.window {
             Some(WindowSpec::Tumbling { size_ms }) => {
                 let start = now.div_euclid(size_ms) * size_ms;
                 self.open
                     .entry(start)
                     .or_default()
-                    .add(&program, &key, &shared, &env);
+                    .add(&program, &key, fed, &env);
             }
             Some(WindowSpec::Hopping { size_ms, hop_ms }) => {
                 let mut start = Some(now.div_euclid(hop_ms) * hop_ms);
@@ -259,7 +304,7 @@ impl Window {
                     self.open
                         .entry(s)
                         .or_default()
-                        .add(&program, &key, &shared, &env);
+                        .add(&program, &key, fed, &env);
                     start = s.checked_sub(hop_ms);
                 }
             }
@@ -267,7 +312,7 @@ impl Window {
                 if self.count == 0 {
                     self.count_start = now;
                 }
-                self.counted.add(&program, &key, &shared, &env);
+                self.counted.add(&program, &key, fed, &env);
                 self.count += 1;
                 if self.count >= n {
                     let groups = std::mem::take(&mut self.counted);
@@ -283,6 +328,11 @@ impl Window {
     /// Closes every time window that ended at or before `ctx.now_ms` and returns their rows, oldest
     /// window first.
     pub fn poll(&mut self, ctx: &Context<'_>) -> Vec<Output> {
+        outputs(self.poll_with_hops(ctx))
+    }
+
+    /// [`Window::poll`] with each row's hop count (see [`Window::on_message_with_hops`]).
+    pub fn poll_with_hops(&mut self, ctx: &Context<'_>) -> Vec<WindowRow> {
         self.now = self.now.max(ctx.now_ms);
         let size = self.size_ms();
         let mut out = Vec::new();
@@ -306,4 +356,9 @@ impl Window {
             .next()
             .map(|start| start.saturating_add(size))
     }
+}
+
+/// The outputs of rows, for hosts that do not count hops.
+fn outputs(rows: Vec<WindowRow>) -> Vec<Output> {
+    rows.into_iter().map(|r| r.output).collect()
 }

@@ -505,6 +505,7 @@ fn casts() {
         ("cast(-2.7 AS Int)", "{}", "-3"),
         ("cast('42' AS Int)", "{}", "42"),
         ("cast('4.7' AS Integer)", "{}", "4"),
+        ("cast('-2.7' AS Int)", "{}", "-3"),
         ("cast('x' AS Int)", "{}", "-"),
         ("cast(null AS Int)", "{}", "-"),
         ("cast([1] AS Int)", "{}", "-"),

@@ -272,3 +272,78 @@ fn deadlines_and_misuse() {
         Rule::compile("SELECT count(*) AS n FROM 'a' GROUP BY COUNTWINDOW(2)").expect("compiles");
     assert_eq!(counted.window().expect("windowed").next_deadline(), None);
 }
+
+/// A step of [`check_hops`]: at `now`, a message on `topic` with its hop count (or a poll), then
+/// the rows expected as `(row, hops)`.
+type HopStep<'a> = (i64, Option<(&'a str, u32)>, Vec<(Value, u32)>);
+
+/// Feeds messages with hop counts and checks that each row carries the largest hop count of the
+/// messages of its group and window.
+fn check_hops(sql: &str, steps: &[HopStep<'_>]) {
+    let rule = Rule::compile(sql).unwrap_or_else(|e| panic!("{sql}\n{e}"));
+    let mut window = rule.window().expect("windowed rule");
+    let uuids = || "u".to_string();
+    for (i, (now, message, expected)) in steps.iter().enumerate() {
+        let ctx = Context::new(*now, &uuids);
+        let rows = match message {
+            Some((topic, hops)) => {
+                window.on_message_with_hops(&Message::new(*topic, "c", b"{}".to_vec()), *hops, &ctx)
+            }
+            None => window.poll_with_hops(&ctx),
+        };
+        let rows: Vec<(Value, u32)> = rows
+            .into_iter()
+            .map(|r| match r.output {
+                Output::Json(v) => (v, r.hops),
+                Output::Binary(b) => panic!("binary row {b:?}"),
+            })
+            .collect();
+        assert_eq!(rows, *expected, "\n  sql: {sql}\n  step {i} at {now}");
+    }
+}
+
+#[test]
+fn rows_carry_the_largest_hop_count_of_their_messages() {
+    // Per group: d1's row saw hops 3 and 5, d2's only 1.
+    check_hops(
+        "SELECT count(*) AS n, topic(2) AS d FROM 's/+' GROUP BY TUMBLINGWINDOW(ms, 100), topic(2)",
+        &[
+            (0, Some(("s/d1", 3)), vec![]),
+            (10, Some(("s/d2", 1)), vec![]),
+            (20, Some(("s/d1", 5)), vec![]),
+            (30, Some(("s/d1", 2)), vec![]),
+            (
+                100,
+                None,
+                vec![
+                    (json!({"n": 3, "d": "d1"}), 5),
+                    (json!({"n": 1, "d": "d2"}), 1),
+                ],
+            ),
+            // A new window starts from its own messages, not from the last window's.
+            (110, Some(("s/d1", 0)), vec![]),
+            (200, None, vec![(json!({"n": 1, "d": "d1"}), 0)]),
+        ],
+    );
+    // A hopping window: the message at 60 (hops 4) is in the windows starting at 0 and 50.
+    check_hops(
+        "SELECT count(*) AS n FROM 'a' GROUP BY HOPPINGWINDOW(ms, 100, 50)",
+        &[
+            (10, Some(("a", 1)), vec![]),
+            // The window starting at -50 (the message at 10 only) closes at 50.
+            (60, Some(("a", 4)), vec![(json!({"n": 1}), 1)]),
+            (100, None, vec![(json!({"n": 2}), 4)]),
+            (150, None, vec![(json!({"n": 1}), 4)]),
+        ],
+    );
+    // A count window closes on the message that fills it, which counts too.
+    check_hops(
+        "SELECT count(*) AS n FROM 'a' GROUP BY COUNTWINDOW(2)",
+        &[
+            (0, Some(("a", 7)), vec![]),
+            (0, Some(("a", 2)), vec![(json!({"n": 2}), 7)]),
+            (0, Some(("a", 1)), vec![]),
+            (0, Some(("a", 1)), vec![(json!({"n": 2}), 1)]),
+        ],
+    );
+}

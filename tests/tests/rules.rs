@@ -1,6 +1,7 @@
 //! End-to-end tests of the rules engine in the real `grove` binary: devices publish, rules
-//! republish, update shadows, report failures to their error action, window, never loop, and reload
-//! without dropping messages.
+//! republish, update shadows, report failures to their error action (also the shadow service's
+//! rejections), window, never loop (windowed rules included), and reload without dropping
+//! messages.
 
 use std::time::Duration;
 
@@ -86,16 +87,10 @@ async fn rules_republish_update_shadows_report_errors_window_and_stop_loops() {
             ),
         ]
     );
-    // The shadow action updated d1's shadow.
-    let addr = format!("127.0.0.1:{}", g.mqtt_port);
-    let (code, out) = grove(
-        &["shadow", "--mqtt", &addr, "get", "d1", "--json"],
-        g.dir.path(),
-    );
-    assert_eq!(code, 0, "{out}");
-    let shadow: Value = serde_json::from_str(out.trim()).unwrap();
+    // The shadow action updated d1's shadow, in the order of the readings. The updates go
+    // through the shadow service's own answers, not the republishes' batch, so wait for the third.
+    let shadow = shadow_at_version(&g, "d1", 3).await;
     assert_eq!(shadow["state"]["reported"]["temp"], 35);
-    assert_eq!(shadow["version"], 3);
 
     // A thing name AWS would refuse makes the shadow action fail: the error action gets AWS's payload.
     device
@@ -127,6 +122,11 @@ async fn rules_republish_update_shadows_report_errors_window_and_stop_loops() {
         "the loop was cut"
     );
     assert_eq!(g.metric("grove_rule_hop_dropped_total{rule=\"loop\"}"), 1.0);
+    assert_eq!(
+        g.metric("grove_rule_outputs_total{rule=\"loop\"}"),
+        8.0,
+        "the output dropped at the hop limit is not counted as handed to the actions"
+    );
     assert_eq!(g.metric("grove_rule_matched_total{rule=\"hot\"}"), 4.0);
     assert_eq!(g.metric("grove_rule_outputs_total{rule=\"hot\"}"), 2.0);
     assert_eq!(
@@ -138,6 +138,127 @@ async fn rules_republish_update_shadows_report_errors_window_and_stop_loops() {
         0.0,
         "disabled rules do not run"
     );
+}
+
+/// The thing's classic shadow once it has reached `version` (read with `grove shadow get`).
+async fn shadow_at_version(g: &Gateway, thing: &str, version: u64) -> Value {
+    let addr = format!("127.0.0.1:{}", g.mqtt_port);
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let (code, out) = grove(
+            &["shadow", "--mqtt", &addr, "get", thing, "--json"],
+            g.dir.path(),
+        );
+        let shadow: Option<Value> = serde_json::from_str(out.trim()).ok();
+        if let Some(s) = shadow.filter(|s| code == 0 && s["version"] == version) {
+            return s;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{thing}'s shadow never reached version {version}: {out}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+const LATE: &str = r#"
+[shadow]
+max_state_bytes = 64
+
+[[rules]]
+name = "apply"
+sql = "SELECT state, version FROM 'apply/+'"
+actions = [{ shadow = { thing = "${topic(2)}" } }]
+error_action = { republish = { topic = "errors/${topic(2)}" } }
+
+[[rules]]
+name = "wloop"
+sql = "SELECT count(*) AS n FROM 'wloop/#' GROUP BY COUNTWINDOW(1)"
+actions = [{ republish = { topic = "wloop/again" } }]
+"#;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shadow_rejections_reach_the_error_action_and_windows_keep_the_hop_count() {
+    let g = Gateway::start(LATE);
+    let mut watch = Client::connect("watch", g.mqtt_port).await;
+    watch.subscribe("errors/#", QoS::AtLeastOnce).await;
+    let device = Client::connect("dev-7", g.mqtt_port).await;
+    // One case per line: the thing, the device's message on `apply/{thing}` with its base64, and
+    // the code and message of the shadow service's rejection of the rule's update (`None`:
+    // accepted, so no error action). `[shadow] max_state_bytes = 64` makes the 413 small.
+    let cases: &[(&str, &str, &str, Option<&str>)] = &[
+        ("t1", r#"{"state":{"reported":{"a":1}}}"#, "", None),
+        (
+            "t1",
+            r#"{"state":{"reported":{"a":2}},"version":7}"#,
+            "eyJzdGF0ZSI6eyJyZXBvcnRlZCI6eyJhIjoyfX0sInZlcnNpb24iOjd9",
+            Some("409 Version conflict"),
+        ),
+        ("t1", r#"{"state":{"reported":{"a":3}},"version":1}"#, "", None),
+        (
+            "t2",
+            r#"{"state":{"delta":{"a":1}}}"#,
+            "eyJzdGF0ZSI6eyJkZWx0YSI6eyJhIjoxfX19",
+            Some("400 State contains an invalid node: 'delta'"),
+        ),
+        (
+            "t3",
+            r#"{"state":{"reported":{"big":"xxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxxx"}}}"#,
+            "eyJzdGF0ZSI6eyJyZXBvcnRlZCI6eyJiaWciOiJ4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4eHh4In19fQ==",
+            Some("413 The payload exceeds the maximum size allowed"),
+        ),
+    ];
+    for (thing, payload, base64, want) in cases {
+        device
+            .publish(&format!("apply/{thing}"), QoS::AtLeastOnce, false, *payload)
+            .await;
+        let Some(want) = want else {
+            assert!(
+                watch.recv(Duration::from_millis(300)).await.is_none(),
+                "{thing} {payload}: accepted, so no error action"
+            );
+            continue;
+        };
+        let err = watch.recv(WAIT).await.expect("error action");
+        assert_eq!(err.topic, format!("errors/{thing}"));
+        assert_eq!(
+            json_of(&err),
+            json!({
+                "ruleName": "apply",
+                "topic": format!("apply/{thing}"),
+                "clientId": "dev-7",
+                "base64OriginalPayload": base64,
+                "failures": [{
+                    "failedAction": "IotShadowAction",
+                    "failedResource": thing,
+                    "errorMessage": format!("the shadow service rejected the update: {want}"),
+                }]
+            }),
+            "{thing} {payload}"
+        );
+    }
+    assert_eq!(
+        g.metric("grove_rule_action_failures_total{rule=\"apply\"}"),
+        3.0
+    );
+
+    // A windowed rule republishing into its own FROM: each row is as deep in hops as the
+    // messages that fed its window, so the loop stops at the limit as a plain rule's does.
+    watch.subscribe("wloop/#", QoS::AtLeastOnce).await;
+    device
+        .publish("wloop/start", QoS::AtLeastOnce, false, "{}")
+        .await;
+    let seen = watch.recv_n(9, WAIT).await;
+    assert_eq!(seen.iter().filter(|p| p.topic == "wloop/again").count(), 8);
+    assert!(
+        watch.recv(Duration::from_millis(500)).await.is_none(),
+        "the windowed loop was cut"
+    );
+    assert_eq!(
+        g.metric("grove_rule_hop_dropped_total{rule=\"wloop\"}"),
+        1.0
+    );
+    assert_eq!(g.metric("grove_rule_outputs_total{rule=\"wloop\"}"), 8.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

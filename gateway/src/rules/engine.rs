@@ -6,30 +6,47 @@
 //! one filter, which the group's [`RuleIndex`] finds without scanning the rules. Most rule sets need
 //! one or two groups.
 //!
+//! A `shadow` action's update goes through the in-process shadow client ([`LocalShadows`]) with a
+//! client token the engine chooses (a `clientToken` in the rule's output is replaced), so that the
+//! service's answer can be told apart: a rejection (409 version conflict, 413 too large, 400 bad
+//! document...) or no answer within [`SHADOW_ANSWER`] is a failure of the action, and goes to the
+//! rule's error action like the failures found before the hand-off. The rule loop does not wait
+//! for answers: each update is sent in the order of its message, then waits in a task of the
+//! group's set, whose failures the loop takes up like messages. Once [`PENDING_SHADOWS`] updates wait, the group reads no more messages until
+//! one is answered (one batch read at once can pass the bound), so a stalled shadow service slows
+//! the rules down instead of growing memory. The one rejection that cannot be matched is a payload
+//! over the service's 128 KiB request limit: it is refused unparsed, so its answer carries no
+//! client token, and it is reported when [`SHADOW_ANSWER`] has passed, as not answered.
+//!
 //! A reload builds the new groups and waits until the router has confirmed their subscriptions
 //! before it stops the old ones, so no message published during a reload is missed (one published
 //! in that instant may be handled by both the old and the new rules: at least once).
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use grove_rules::{Context, ErrorActionPayload, Failure, Output, RuleIndex, Window};
 use prometheus_client::metrics::counter::Counter;
-use serde_json::json;
+use serde_json::{json, Value};
 use tokio::sync::{mpsc, oneshot, watch};
-use tracing::{debug, error, info, warn};
+use tokio::task::JoinSet;
+use tracing::{error, info, warn};
 
-use super::{Action, RuleConfig, MAX_HOPS};
+use super::{Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
 use crate::auth::policy::overlaps;
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
 use crate::metrics::RulesMetrics;
 use crate::shadow::document::client_token_of;
-use crate::shadow::names::{request_topic, validate_shadow_name, validate_thing_name, Operation};
+use crate::shadow::local::{LocalError, LocalShadows};
+use crate::shadow::names::{validate_shadow_name, validate_thing_name, Operation};
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.
@@ -37,6 +54,14 @@ pub const RELOAD_TOPIC: &str = "$grove/rules/reload";
 
 /// How long a replaced group's link must stay quiet before the group leaves.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// How long a `shadow` action waits for the shadow service's answer before it counts as failed.
+/// The service answers in milliseconds; this only catches a service that stopped answering.
+pub const SHADOW_ANSWER: Duration = Duration::from_secs(10);
+
+/// How many `shadow` action updates one group lets wait for their answers before it stops reading
+/// messages.
+pub const PENDING_SHADOWS: usize = 1024;
 
 /// Asks the engine to re-read the rules from the configuration file.
 pub struct Reload {
@@ -51,6 +76,11 @@ pub struct RulesEngine {
     metrics: RulesMetrics,
     groups: Vec<Group>,
     generation: u64,
+    /// The shadow client of `shadow` actions, made when a rule set first needs one (so a gateway
+    /// without shadow actions does not receive every shadow answer on one more link).
+    shadows: Option<LocalShadows>,
+    /// Stops the shadow client's task (on shutdown, before the groups wait for their answers).
+    shadows_stop: watch::Sender<bool>,
 }
 
 /// A running group: its stop signal and task.
@@ -74,6 +104,8 @@ impl RulesEngine {
             metrics,
             groups: Vec::new(),
             generation: 0,
+            shadows: None,
+            shadows_stop: watch::channel(false).0,
         };
         engine.apply(rules).await?;
         Ok(engine)
@@ -103,6 +135,8 @@ impl RulesEngine {
             }
             let _ = request.done.send(outcome);
         }
+        // Updates still waiting for an answer end now (as not answered), so the groups can leave.
+        let _ = self.shadows_stop.send(true);
         let groups = std::mem::take(&mut self.groups);
         stop_groups(groups).await;
     }
@@ -142,6 +176,15 @@ impl RulesEngine {
             .map(Arc::new)
             .collect();
         self.buses.record_origins(!enabled.is_empty());
+        if self.shadows.is_none() && enabled.iter().any(|r| r.uses_shadow()) {
+            let bus = self
+                .buses
+                .bus("rules-shadow")
+                .await
+                .map_err(|_| Closed::Link)?;
+            let shadows = LocalShadows::start(bus, self.shadows_stop.subscribe()).await?;
+            self.shadows = Some(shadows);
+        }
         let mut groups: Vec<(Vec<String>, Vec<Arc<RuleConfig>>)> = Vec::new();
         for rule in enabled {
             let filter = rule.rule.topic_filter().to_owned();
@@ -174,7 +217,7 @@ impl RulesEngine {
                 .map_err(|_| Closed::Link)?;
             bus.subscribe_confirmed(&filters).await?;
             let (stop, stopped) = oneshot::channel();
-            let runner = GroupRunner::new(rules, &self.metrics);
+            let runner = GroupRunner::new(rules, &self.metrics, self.shadows.clone());
             let task = tokio::spawn(runner.run(bus, stopped));
             started.push(Group { stop, task });
         }
@@ -234,8 +277,21 @@ struct Running {
     window: Option<Window>,
     matched: Counter,
     outputs: Counter,
-    errors: Counter,
     hop_dropped: Counter,
+}
+
+/// A `shadow` action's update that the service rejected or did not answer.
+struct LateFailure {
+    /// The rule whose action it was.
+    rule: usize,
+    /// The message the rule acted on.
+    msg: grove_rules::Message,
+    /// That message's hop count.
+    hops: u32,
+    /// What failed.
+    failure: Failure,
+    /// Whether the update was the rule's error action (then the failure is only logged).
+    of_error_action: bool,
 }
 
 /// The rules of one group, evaluated on its bus link.
@@ -243,10 +299,23 @@ struct GroupRunner {
     rules: Vec<Running>,
     index: RuleIndex<usize>,
     action_failures: HashMap<String, Counter>,
+    shadows: Option<LocalShadows>,
+    /// `shadow` action updates made by the last step, not yet sent, in the order of their
+    /// messages (see [`GroupRunner::dispatch`]).
+    queued: Vec<ShadowWait>,
+    /// `shadow` action updates sent and waiting for the service's answer.
+    pending: JoinSet<Option<LateFailure>>,
 }
 
+/// A `shadow` action's update: sends it, waits for the answer, and yields the failure if any.
+type ShadowWait = Pin<Box<dyn Future<Output = Option<LateFailure>> + Send>>;
+
 impl GroupRunner {
-    fn new(rules: Vec<Arc<RuleConfig>>, metrics: &RulesMetrics) -> GroupRunner {
+    fn new(
+        rules: Vec<Arc<RuleConfig>>,
+        metrics: &RulesMetrics,
+        shadows: Option<LocalShadows>,
+    ) -> GroupRunner {
         let mut index = RuleIndex::new();
         let mut running = Vec::with_capacity(rules.len());
         let mut action_failures = HashMap::new();
@@ -262,7 +331,6 @@ impl GroupRunner {
                 window: config.rule.window(),
                 matched: metrics.counter(&metrics.matched, &name),
                 outputs: metrics.counter(&metrics.outputs, &name),
-                errors: metrics.counter(&metrics.errors, &name),
                 hop_dropped: metrics.counter(&metrics.hop_dropped, &name),
                 config,
             });
@@ -271,6 +339,9 @@ impl GroupRunner {
             rules: running,
             index,
             action_failures,
+            shadows,
+            queued: Vec::new(),
+            pending: JoinSet::new(),
         }
     }
 
@@ -279,6 +350,7 @@ impl GroupRunner {
         let mut batch = Vec::new();
         let mut draining = false;
         loop {
+            let mut out = Vec::new();
             if draining {
                 // Replaced by a new rule set whose subscriptions are confirmed: finish what the
                 // router had already routed here (published before the switch), then leave.
@@ -287,54 +359,62 @@ impl GroupRunner {
                     Ok(Err(_)) => return,
                     Err(_) => break,
                 }
-                let mut out = Vec::new();
-                {
-                    let ctx = Context::new(now_ms(), &uuids);
-                    for m in batch.drain(..) {
-                        self.on_message(m, &ctx, &mut out);
+                let ctx = Context::new(now_ms(), &uuids);
+                for m in batch.drain(..) {
+                    self.on_message(m, &ctx, &mut out);
+                }
+            } else {
+                let deadline = self
+                    .rules
+                    .iter()
+                    .filter_map(|r| r.window.as_ref()?.next_deadline())
+                    .min();
+                let sleep = deadline
+                    .map(|d| Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0)));
+                tokio::select! {
+                    _ = &mut stop => {
+                        draining = true;
+                        continue;
+                    }
+                    r = bus.recv_batch(&mut batch) => {
+                        if r.is_err() {
+                            return;
+                        }
+                        let ctx = Context::new(now_ms(), &uuids);
+                        for m in batch.drain(..) {
+                            self.on_message(m, &ctx, &mut out);
+                        }
+                    }
+                    Some(joined) = self.pending.join_next(), if !self.pending.is_empty() => {
+                        let ctx = Context::new(now_ms(), &uuids);
+                        self.on_late(joined, &ctx, &mut out);
+                    }
+                    _ = tokio::time::sleep(sleep.unwrap_or(Duration::MAX)), if sleep.is_some() => {
+                        let ctx = Context::new(now_ms(), &uuids);
+                        self.on_tick(&ctx, &mut out);
                     }
                 }
-                if !out.is_empty() && bus.publish(out).await.is_err() {
-                    return;
-                }
-                continue;
             }
-            let deadline = self
-                .rules
-                .iter()
-                .filter_map(|r| r.window.as_ref()?.next_deadline())
-                .min();
-            let sleep =
-                deadline.map(|d| Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0)));
+            self.dispatch(&mut out).await;
+            // At the bound of pending shadow updates, read no more messages until one is answered.
+            while self.pending.len() >= PENDING_SHADOWS {
+                let Some(joined) = self.pending.join_next().await else {
+                    break;
+                };
+                self.on_late(joined, &Context::new(now_ms(), &uuids), &mut out);
+                self.dispatch(&mut out).await;
+            }
+            if !publish(&mut bus, out).await {
+                return;
+            }
+        }
+        // The answers of the last shadow updates may still bring failures for the error actions.
+        while let Some(joined) = self.pending.join_next().await {
             let mut out = Vec::new();
-            tokio::select! {
-                _ = &mut stop => {
-                    draining = true;
-                    continue;
-                }
-                r = bus.recv_batch(&mut batch) => {
-                    if r.is_err() {
-                        return;
-                    }
-                    let ctx = Context::new(now_ms(), &uuids);
-                    for m in batch.drain(..) {
-                        self.on_message(m, &ctx, &mut out);
-                    }
-                }
-                _ = tokio::time::sleep(sleep.unwrap_or(Duration::MAX)), if sleep.is_some() => {
-                    let ctx = Context::new(now_ms(), &uuids);
-                    self.on_tick(&ctx, &mut out);
-                }
-            }
-            if out.is_empty() {
-                continue;
-            }
-            match bus.publish(out).await {
-                Ok(()) => {}
-                Err(Closed::Link) => return,
-                Err(e @ Closed::Store(_)) => {
-                    error!(error = %e, "a retained republish was not published")
-                }
+            self.on_late(joined, &Context::new(now_ms(), &uuids), &mut out);
+            self.dispatch(&mut out).await;
+            if !publish(&mut bus, out).await {
+                return;
             }
         }
         bus.close().await;
@@ -352,38 +432,46 @@ impl GroupRunner {
         for i in matched {
             let rule = &mut self.rules[i];
             rule.matched.inc();
-            let outputs = match &mut rule.window {
-                Some(w) => w.on_message(&msg, ctx),
-                None => match rule.config.rule.evaluate(&msg, ctx) {
-                    Ok(o) => o.into_iter().collect(),
-                    Err(e) => {
-                        rule.errors.inc();
-                        debug!(rule = rule.config.name, topic = m.topic, error = %e, "rule evaluation failed");
-                        Vec::new()
-                    }
-                },
+            let outputs: Vec<(Output, u32)> = match &mut rule.window {
+                Some(w) => w
+                    .on_message_with_hops(&msg, hops, ctx)
+                    .into_iter()
+                    .map(|row| (row.output, row.hops))
+                    .collect(),
+                // `evaluate` fails only for windowed rules, which take the branch above.
+                None => rule
+                    .config
+                    .rule
+                    .evaluate(&msg, ctx)
+                    .ok()
+                    .flatten()
+                    .map(|o| (o, hops))
+                    .into_iter()
+                    .collect(),
             };
-            for output in outputs {
+            for (output, hops) in outputs {
                 self.act(i, &msg, &output, hops, ctx, out);
             }
         }
     }
 
     /// Windows that closed: their rows, acted on against a message standing for the window (its
-    /// topic is the rule's filter, its payload the row).
+    /// topic is the rule's filter, its payload the row), as deep in hops as the deepest message
+    /// that fed the row, so that a windowed rule republishing into its own `FROM` meets the hop
+    /// limit too.
     fn on_tick(&mut self, ctx: &Context<'_>, out: &mut Vec<Outgoing>) {
         for i in 0..self.rules.len() {
             let rows = match &mut self.rules[i].window {
-                Some(w) => w.poll(ctx),
+                Some(w) => w.poll_with_hops(ctx),
                 None => continue,
             };
             for row in rows {
                 let msg = grove_rules::Message::new(
                     self.rules[i].config.rule.topic_filter(),
                     "",
-                    row.to_bytes(),
+                    row.output.to_bytes(),
                 );
-                self.act(i, &msg, &row, 0, ctx, out);
+                self.act(i, &msg, &row.output, row.hops, ctx, out);
             }
         }
     }
@@ -399,7 +487,6 @@ impl GroupRunner {
         out: &mut Vec<Outgoing>,
     ) {
         let rule = &self.rules[i];
-        rule.outputs.inc();
         if hops >= MAX_HOPS {
             rule.hop_dropped.inc();
             warn!(
@@ -410,18 +497,46 @@ impl GroupRunner {
             );
             return;
         }
+        rule.outputs.inc();
+        let config = Arc::clone(&rule.config);
         let mut failures = Vec::new();
-        for action in &rule.config.actions {
+        for action in &config.actions {
             match perform(action, msg, output, hops + 1, ctx) {
-                Ok(o) => out.push(o),
+                Ok(Performed::Publish(o)) => out.push(o),
+                Ok(Performed::Shadow(update)) => {
+                    let origin = Origin {
+                        rule: i,
+                        msg,
+                        hops,
+                        of_error_action: false,
+                    };
+                    if let Err(f) = self.update_shadow(update, origin) {
+                        failures.push(f);
+                    }
+                }
                 Err(failure) => failures.push(failure),
             }
         }
+        self.report(i, msg, failures, hops, ctx, out);
+    }
+
+    /// Counts and logs `failures` of rule `i`'s actions on `msg`, and sends them to its error
+    /// action.
+    fn report(
+        &mut self,
+        i: usize,
+        msg: &grove_rules::Message,
+        failures: Vec<Failure>,
+        hops: u32,
+        ctx: &Context<'_>,
+        out: &mut Vec<Outgoing>,
+    ) {
         if failures.is_empty() {
             return;
         }
-        let name = rule.config.name.clone();
-        if let Some(c) = self.action_failures.get(&name) {
+        let config = Arc::clone(&self.rules[i].config);
+        let name = &config.name;
+        if let Some(c) = self.action_failures.get(name) {
             c.inc_by(failures.len() as u64);
         }
         for f in &failures {
@@ -433,55 +548,240 @@ impl GroupRunner {
                 f.error_message
             );
         }
-        let Some(error_action) = &self.rules[i].config.error_action else {
+        let Some(error_action) = &config.error_action else {
             return;
         };
-        let payload = ErrorActionPayload::new(&name, msg, failures);
+        let payload = ErrorActionPayload::new(name, msg, failures);
         let doc = Output::Json(serde_json::to_value(&payload).unwrap_or_default());
-        match perform(error_action, msg, &doc, hops + 1, ctx) {
-            Ok(o) => out.push(o),
-            Err(f) => error!(
-                rule = name,
-                "the error action failed too: {}", f.error_message
-            ),
+        let failed = match perform(error_action, msg, &doc, hops + 1, ctx) {
+            Ok(Performed::Publish(o)) => {
+                out.push(o);
+                return;
+            }
+            Ok(Performed::Shadow(update)) => {
+                let origin = Origin {
+                    rule: i,
+                    msg,
+                    hops,
+                    of_error_action: true,
+                };
+                match self.update_shadow(update, origin) {
+                    Ok(()) => return,
+                    Err(f) => f,
+                }
+            }
+            Err(f) => f,
+        };
+        error!(
+            rule = name,
+            "the error action failed too: {}", failed.error_message
+        );
+    }
+
+    /// Sends the queued shadow updates in the order they were made, then leaves their answers to
+    /// `pending`. Each is polled once here, in order, before it becomes a task: that first poll
+    /// puts the request in the shadow client's queue (or in line for it, tokio's channel being
+    /// fair), so a thing's updates reach the service in the order of their messages. Spawned
+    /// straight away, the tasks would race for the queue and could apply an older reading last.
+    async fn dispatch(&mut self, out: &mut Vec<Outgoing>) {
+        let uuids = || uuid::Uuid::new_v4().to_string();
+        // An outcome known at the first poll goes through `on_late`, which may queue an error
+        // action's update: loop until nothing is left unsent.
+        while !self.queued.is_empty() {
+            for mut wait in std::mem::take(&mut self.queued) {
+                match std::future::poll_fn(|cx| Poll::Ready(wait.as_mut().poll(cx))).await {
+                    Poll::Pending => {
+                        self.pending.spawn(wait);
+                    }
+                    Poll::Ready(late) => {
+                        self.on_late(Ok(late), &Context::new(now_ms(), &uuids), out);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Queues a `shadow` action's update for [`GroupRunner::dispatch`].
+    fn update_shadow(&mut self, update: ShadowUpdate, origin: Origin<'_>) -> Result<(), Failure> {
+        let failure = |error_message: String| Failure {
+            failed_action: SHADOW_ACTION.to_owned(),
+            failed_resource: update.thing.clone(),
+            error_message,
+        };
+        let Some(shadows) = self.shadows.clone() else {
+            // Cannot happen: the engine makes the client before it starts a rule set with a
+            // shadow action. Reported rather than assumed.
+            return Err(failure("the rules engine has no shadow client".to_owned()));
+        };
+        let late = LateFailure {
+            rule: origin.rule,
+            msg: origin.msg.clone(),
+            hops: origin.hops,
+            failure: failure(String::new()),
+            of_error_action: origin.of_error_action,
+        };
+        self.queued.push(Box::pin(async move {
+            let deadline = tokio::time::Instant::now() + SHADOW_ANSWER;
+            let answer = shadows
+                .request(
+                    &update.thing,
+                    update.name.as_deref(),
+                    Operation::Update,
+                    update.body,
+                    update.hops,
+                    deadline,
+                )
+                .await;
+            let error_message = match answer {
+                Ok(a) if a.accepted => return None,
+                Ok(a) => rejection_message(&a.doc),
+                Err(e @ LocalError::Timeout) => e.to_string(),
+                // The gateway is stopping: nobody is left to tell.
+                Err(LocalError::Closed) => return None,
+            };
+            Some(LateFailure {
+                failure: Failure {
+                    error_message,
+                    ..late.failure
+                },
+                ..late
+            })
+        }));
+        Ok(())
+    }
+
+    /// A shadow update's outcome: nothing if it was accepted, else a failure to report.
+    fn on_late(
+        &mut self,
+        joined: Result<Option<LateFailure>, tokio::task::JoinError>,
+        ctx: &Context<'_>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let late = match joined {
+            Ok(Some(late)) => late,
+            Ok(None) => return,
+            Err(e) => {
+                error!(error = %e, "a shadow action's task failed");
+                return;
+            }
+        };
+        if late.of_error_action {
+            error!(
+                rule = self.rules[late.rule].config.name,
+                "the error action failed too: {}", late.failure.error_message
+            );
+            return;
+        }
+        self.report(
+            late.rule,
+            &late.msg,
+            vec![late.failure],
+            late.hops,
+            ctx,
+            out,
+        );
+    }
+}
+
+/// Publishes what a step produced; `false` when the link is gone.
+async fn publish(bus: &mut Bus, out: Vec<Outgoing>) -> bool {
+    if out.is_empty() {
+        return true;
+    }
+    match bus.publish(out).await {
+        Ok(()) => true,
+        Err(Closed::Link) => false,
+        Err(e @ Closed::Store(_)) => {
+            error!(error = %e, "a retained republish was not published");
+            true
         }
     }
 }
 
-/// One action for one output: the message to publish, or why not.
+/// Where a shadow update came from, for its late failure.
+struct Origin<'a> {
+    rule: usize,
+    msg: &'a grove_rules::Message,
+    hops: u32,
+    of_error_action: bool,
+}
+
+/// A `shadow` action's update, checked, for the shadow client.
+struct ShadowUpdate {
+    thing: String,
+    name: Option<String>,
+    /// The update document (the rule's output).
+    body: Value,
+    /// The hop count the update carries.
+    hops: u32,
+}
+
+/// What one action does with one output.
+enum Performed {
+    /// Publish this message.
+    Publish(Outgoing),
+    /// Send this shadow update and watch its answer.
+    Shadow(ShadowUpdate),
+}
+
+/// The error message of a shadow service rejection (`{"code": 409, "message": "Version
+/// conflict", ...}`): the code and the message, as AWS reports a failed shadow action.
+fn rejection_message(doc: &[u8]) -> String {
+    let parsed: Option<Value> = serde_json::from_slice(doc).ok();
+    let code = parsed
+        .as_ref()
+        .and_then(|d| d.get("code"))
+        .and_then(Value::as_i64);
+    let message = parsed
+        .as_ref()
+        .and_then(|d| d.get("message"))
+        .and_then(Value::as_str);
+    match (code, message) {
+        (Some(code), Some(message)) => {
+            format!("the shadow service rejected the update: {code} {message}")
+        }
+        _ => format!(
+            "the shadow service rejected the update: {}",
+            String::from_utf8_lossy(doc)
+        ),
+    }
+}
+
+/// One action for one output: what to send, or why not.
 fn perform(
     action: &Action,
     msg: &grove_rules::Message,
     output: &Output,
     hops: u32,
     ctx: &Context<'_>,
-) -> Result<Outgoing, Failure> {
+) -> Result<Performed, Failure> {
     let fail = |resource: String, message: String| Failure {
         failed_action: action.kind().to_owned(),
         failed_resource: resource,
         error_message: message,
     };
+    let publish = |topic: String, qos: u8, retain: bool| {
+        Performed::Publish(Outgoing {
+            topic,
+            payload: Bytes::from(output.to_bytes()),
+            qos,
+            retain,
+            hops,
+        })
+    };
     match action {
         Action::Republish { topic, qos, retain } => {
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
-            Ok(Outgoing {
-                topic,
-                payload: Bytes::from(output.to_bytes()),
-                qos: *qos,
-                retain: *retain,
-                hops,
-            })
+            Ok(publish(topic, *qos, *retain))
         }
         Action::Cloud { topic } => {
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             // The cloud component takes everything under this prefix into the outbox.
-            Ok(Outgoing {
-                topic: format!("{}{topic}", crate::cloud::UP_PREFIX),
-                payload: Bytes::from(output.to_bytes()),
-                qos: 0,
-                retain: false,
-                hops,
-            })
+            Ok(publish(
+                format!("{}{topic}", crate::cloud::UP_PREFIX),
+                0,
+                false,
+            ))
         }
         Action::Shadow { thing, name } => {
             let thing = thing.render(msg, ctx);
@@ -492,32 +792,31 @@ fn perform(
             if let Some(Err(e)) = name.as_deref().map(validate_shadow_name) {
                 return Err(fail(thing, format!("invalid shadow name: {e}")));
             }
-            if !output
-                .as_json()
-                .is_some_and(|v| v.get("state").is_some_and(|s| s.is_object() || s.is_null()))
-            {
-                return Err(fail(
-                    thing,
-                    "the rule's output is not a shadow update document ({\"state\": {...}})"
-                        .to_owned(),
-                ));
-            }
-            Ok(Outgoing {
-                topic: request_topic(&thing, name.as_deref(), Operation::Update),
-                payload: Bytes::from(output.to_bytes()),
-                qos: 1,
-                retain: false,
+            let body =
+                match output.as_json() {
+                    Some(v) if v.get("state").is_some_and(|s| s.is_object() || s.is_null()) => {
+                        v.clone()
+                    }
+                    _ => return Err(fail(
+                        thing,
+                        "the rule's output is not a shadow update document ({\"state\": {...}})"
+                            .to_owned(),
+                    )),
+                };
+            Ok(Performed::Shadow(ShadowUpdate {
+                thing,
+                name,
+                body,
                 hops,
-            })
+            }))
         }
-        // The functions component queues what arrives on the event topic.
-        Action::Function { target } => Ok(Outgoing {
-            topic: crate::functions::service::event_topic(target),
-            payload: Bytes::from(output.to_bytes()),
-            qos: 1,
-            retain: false,
-            hops,
-        }),
+        // The functions component queues what arrives on the event topic (see the module doc of
+        // `rules` for what it cannot report back).
+        Action::Function { target } => Ok(publish(
+            crate::functions::service::event_topic(target),
+            1,
+            false,
+        )),
     }
 }
 

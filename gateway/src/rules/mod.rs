@@ -4,19 +4,39 @@
 //! - [`RuleConfig`]: what a `[[rules]]` entry says, compiled and checked when the configuration is
 //!   loaded (a bad rule stops startup with the rule's line and the SQL error with a caret).
 //! - [`engine`]: the component. It subscribes on the bus, evaluates, runs actions (`republish`,
-//!   `shadow`), sends failures to the error action in AWS's payload shape, runs windows on a
-//!   timer, cuts republish loops after [`MAX_HOPS`], and swaps rule sets on reload without a gap.
+//!   `shadow`, `cloud`, `function`), sends failures to the error action in AWS's payload shape,
+//!   runs windows on a timer, cuts republish loops after [`MAX_HOPS`], and swaps rule sets on
+//!   reload without a gap.
 //!
 //! Actions, as AWS IoT's (a rule's output is the message the action sends):
 //! - `republish = { topic = "alerts/${topic(2)}", qos = 1, retain = false }`: the topic is a
 //!   substitution template evaluated against the original message.
 //! - `shadow = { thing = "${topic(2)}", name = "optional" }`: the output (a JSON object with
-//!   `state`) is sent as an update to that thing's (named) shadow through the shadow service.
+//!   `state`) is sent as an update to that thing's (named) shadow through the shadow service,
+//!   whose answer is watched: a rejected update (409 version conflict, 413, 400...) or one not
+//!   answered in time goes to the error action with the service's code and message.
 //! - `cloud = { topic = "site/${topic(2)}" }`: the output goes to the cloud on that topic, through
 //!   the durable outbox (needs `[cloud]`).
 //! - `function = "name"` or `function = "name:qualifier"` (a version or an alias): the output is
 //!   an async event of that local function (AWS's Lambda action), published on
-//!   `$grove/functions/{target}/event` for the functions component to queue.
+//!   `$grove/functions/{target}/event` for the functions component to queue (needs
+//!   `[functions]`).
+//!
+//! Which failures reach the error action: everything found before the hand-off (a template that
+//! renders to an invalid topic or thing name, an output that is not a shadow document) and, for
+//! `shadow`, the service's rejection. For `republish` and `cloud` the hand-off is the end: the
+//! broker and the durable outbox take the message (the outbox's own failures are its counters).
+//! For `function`, the functions component's durable tap takes the event (and commits it to its
+//! store) as the rules engine publishes it, and only then resolves its target. An event for a
+//! function that is not deployed is dropped there with a warning in the log (`an event for a
+//! function that does not exist was dropped`); one for a version or alias the function does not
+//! have fails like a failed invocation (retried, then sent with a `routing` error to
+//! `$grove/functions/{name}/dlq`). Neither reaches the rule's error action, where AWS would report
+//! a Lambda invoke that fails for an unknown function or qualifier: the rules engine has no view
+//! of the function registry, and the functions component sends no answer to an event, so
+//! reporting it would take an answer channel between the two. Failures of the function itself
+//! (after its retries) go to the same dead-letter topic, as AWS sends a failed asynchronous
+//! Lambda invocation to the function's own dead-letter queue or destination, not to the rule.
 
 pub mod engine;
 
@@ -28,6 +48,9 @@ use serde::Deserialize;
 /// Most times a message may be republished by rules before the next republish is dropped (and
 /// counted): a rule that matches its own output stops there instead of looping forever.
 pub const MAX_HOPS: u32 = 8;
+
+/// AWS's name of the shadow action, in error payloads.
+pub(crate) const SHADOW_ACTION: &str = "IotShadowAction";
 
 /// A `[[rules]]` entry as written.
 #[derive(Debug, Clone, Deserialize)]
@@ -83,7 +106,7 @@ pub enum RawAction {
 }
 
 /// A compiled action.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Action {
     /// See [`RawAction::Republish`].
     Republish {
@@ -118,15 +141,16 @@ impl Action {
     pub fn kind(&self) -> &'static str {
         match self {
             Action::Republish { .. } => "RepublishAction",
-            Action::Shadow { .. } => "IotShadowAction",
+            Action::Shadow { .. } => SHADOW_ACTION,
             Action::Cloud { .. } => "CloudAction",
             Action::Function { .. } => "LambdaAction",
         }
     }
 }
 
-/// A compiled, checked rule.
-#[derive(Debug, Clone)]
+/// A compiled, checked rule; equal to another when everything it says is (the rule compares by
+/// its SQL text, templates by theirs).
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RuleConfig {
     /// The rule's name.
     pub name: String,
@@ -139,16 +163,6 @@ pub struct RuleConfig {
     /// Its error action.
     pub error_action: Option<Action>,
 }
-
-impl PartialEq for RuleConfig {
-    fn eq(&self, other: &Self) -> bool {
-        self.name == other.name
-            && self.enabled == other.enabled
-            && self.rule.sql() == other.rule.sql()
-    }
-}
-
-impl Eq for RuleConfig {}
 
 /// Why a rule cannot run.
 #[derive(Debug)]
@@ -179,10 +193,21 @@ impl fmt::Display for RuleError {
 impl RuleConfig {
     /// Whether any action (or the error action) sends to the cloud.
     pub fn uses_cloud(&self) -> bool {
-        self.actions
-            .iter()
-            .chain(&self.error_action)
-            .any(|a| matches!(a, Action::Cloud { .. }))
+        self.uses(|a| matches!(a, Action::Cloud { .. }))
+    }
+
+    /// Whether any action (or the error action) updates a shadow.
+    pub fn uses_shadow(&self) -> bool {
+        self.uses(|a| matches!(a, Action::Shadow { .. }))
+    }
+
+    /// Whether any action (or the error action) invokes a function.
+    pub fn uses_functions(&self) -> bool {
+        self.uses(|a| matches!(a, Action::Function { .. }))
+    }
+
+    fn uses(&self, kind: impl Fn(&Action) -> bool) -> bool {
+        self.actions.iter().chain(&self.error_action).any(kind)
     }
 }
 
