@@ -230,6 +230,7 @@ async fn start(
         config_path,
         &config.rules,
         metrics.rules.clone(),
+        functions.clone(),
     )
     .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;

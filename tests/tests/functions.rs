@@ -676,7 +676,26 @@ async fn versions_aliases_weights_kv_and_shadows_survive_a_restart_without_recom
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rule_function_action_invokes_asynchronously() {
     let f = Fixture::start(
-        "[[rules]]\nname = \"to-fn\"\nsql = \"SELECT t, topic(2) AS device FROM 'sensors/+'\"\nactions = [{ function = \"fwd:live\" }]\n",
+        "[[rules]]\nname = \"to-fn\"\nsql = \"SELECT t, topic(2) AS device FROM 'sensors/+'\"\nactions = [{ function = \"fwd:live\" }]\n\
+         error_action = { republish = { topic = \"errors/to-fn\" } }\n",
+    );
+    let mut errors = Client::connect("errwatch", f.g.mqtt_port).await;
+    errors.subscribe("errors/to-fn", QoS::AtLeastOnce).await;
+    // Before the function (then its alias) exists, the action fails into the error action, as
+    // an AWS IoT rule's Lambda action does for a missing function.
+    errors
+        .client
+        .publish("sensors/s0", QoS::AtLeastOnce, false, "{\"t\":1}")
+        .await
+        .unwrap();
+    let p = errors.recv(WAIT).await.expect("the error action's message");
+    let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+    assert_eq!(doc["ruleName"], "to-fn");
+    assert_eq!(doc["failures"][0]["failedAction"], "LambdaAction");
+    assert_eq!(doc["failures"][0]["failedResource"], "fwd:live");
+    assert_eq!(
+        doc["failures"][0]["errorMessage"],
+        "no function named \"fwd\""
     );
     let (code, out) = f.deploy(
         "fwd",
@@ -695,6 +714,10 @@ async fn a_rule_function_action_invokes_asynchronously() {
     let p = watcher.recv(WAIT).await.expect("the function's output");
     let doc: Value = serde_json::from_slice(&p.payload).unwrap();
     assert_eq!(doc, json!({"t": 30, "device": "s1"}));
+    assert!(
+        errors.recv(Duration::from_millis(300)).await.is_none(),
+        "no error once the target exists"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -706,6 +706,25 @@ impl Functions {
         );
     }
 
+    /// Whether an async event for `target` (`name` or `name:qualifier`) reaches a deployed
+    /// version now: the check a rule's `function` action makes, so that invoking a function that
+    /// does not exist fails into the rule's error action, as an AWS IoT rule's Lambda action does.
+    pub fn check_target(&self, target: &str) -> Result<(), FunctionError> {
+        let (name, qualifier) =
+            parse_target(&event_topic(target), "/event").map_err(FunctionError::BadRequest)?;
+        let registry = self.lock();
+        let f = registry
+            .get(&name)
+            .ok_or_else(|| FunctionError::NotFound(name.clone()))?;
+        // The draw picks between an alias's weighted versions; 0.0 checks its main one.
+        let version = f.routes.resolve(&qualifier, 0.0)?;
+        if f.versions.contains_key(&version) {
+            Ok(())
+        } else {
+            Err(RoutingError::NoSuchVersion(version).into())
+        }
+    }
+
     /// Runs one invocation on the blocking pool.
     pub async fn invoke(
         &self,

@@ -43,6 +43,7 @@ use crate::auth::policy::overlaps;
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
+use crate::functions::service::Functions;
 use crate::metrics::RulesMetrics;
 use crate::shadow::document::client_token_of;
 use crate::shadow::local::{LocalError, LocalShadows};
@@ -81,6 +82,8 @@ pub struct RulesEngine {
     shadows: Option<LocalShadows>,
     /// Stops the shadow client's task (on shutdown, before the groups wait for their answers).
     shadows_stop: watch::Sender<bool>,
+    /// The functions component, when it runs: `function` actions check their target with it.
+    functions: Option<Functions>,
 }
 
 /// A running group: its stop signal and task.
@@ -97,6 +100,7 @@ impl RulesEngine {
         config_path: Option<PathBuf>,
         rules: &[RuleConfig],
         metrics: RulesMetrics,
+        functions: Option<Functions>,
     ) -> Result<RulesEngine, Closed> {
         let mut engine = RulesEngine {
             buses,
@@ -106,6 +110,7 @@ impl RulesEngine {
             generation: 0,
             shadows: None,
             shadows_stop: watch::channel(false).0,
+            functions,
         };
         engine.apply(rules).await?;
         Ok(engine)
@@ -217,7 +222,12 @@ impl RulesEngine {
                 .map_err(|_| Closed::Link)?;
             bus.subscribe_confirmed(&filters).await?;
             let (stop, stopped) = oneshot::channel();
-            let runner = GroupRunner::new(rules, &self.metrics, self.shadows.clone());
+            let runner = GroupRunner::new(
+                rules,
+                &self.metrics,
+                self.shadows.clone(),
+                self.functions.clone(),
+            );
             let task = tokio::spawn(runner.run(bus, stopped));
             started.push(Group { stop, task });
         }
@@ -300,6 +310,7 @@ struct GroupRunner {
     index: RuleIndex<usize>,
     action_failures: HashMap<String, Counter>,
     shadows: Option<LocalShadows>,
+    functions: Option<Functions>,
     /// `shadow` action updates made by the last step, not yet sent, in the order of their
     /// messages (see [`GroupRunner::dispatch`]).
     queued: Vec<ShadowWait>,
@@ -315,6 +326,7 @@ impl GroupRunner {
         rules: Vec<Arc<RuleConfig>>,
         metrics: &RulesMetrics,
         shadows: Option<LocalShadows>,
+        functions: Option<Functions>,
     ) -> GroupRunner {
         let mut index = RuleIndex::new();
         let mut running = Vec::with_capacity(rules.len());
@@ -340,6 +352,7 @@ impl GroupRunner {
             index,
             action_failures,
             shadows,
+            functions,
             queued: Vec::new(),
             pending: JoinSet::new(),
         }
@@ -501,7 +514,7 @@ impl GroupRunner {
         let config = Arc::clone(&rule.config);
         let mut failures = Vec::new();
         for action in &config.actions {
-            match perform(action, msg, output, hops + 1, ctx) {
+            match perform(action, msg, output, hops + 1, ctx, self.functions.as_ref()) {
                 Ok(Performed::Publish(o)) => out.push(o),
                 Ok(Performed::Shadow(update)) => {
                     let origin = Origin {
@@ -553,7 +566,14 @@ impl GroupRunner {
         };
         let payload = ErrorActionPayload::new(name, msg, failures);
         let doc = Output::Json(serde_json::to_value(&payload).unwrap_or_default());
-        let failed = match perform(error_action, msg, &doc, hops + 1, ctx) {
+        let failed = match perform(
+            error_action,
+            msg,
+            &doc,
+            hops + 1,
+            ctx,
+            self.functions.as_ref(),
+        ) {
             Ok(Performed::Publish(o)) => {
                 out.push(o);
                 return;
@@ -754,6 +774,7 @@ fn perform(
     output: &Output,
     hops: u32,
     ctx: &Context<'_>,
+    functions: Option<&Functions>,
 ) -> Result<Performed, Failure> {
     let fail = |resource: String, message: String| Failure {
         failed_action: action.kind().to_owned(),
@@ -810,13 +831,19 @@ fn perform(
                 hops,
             }))
         }
-        // The functions component queues what arrives on the event topic (see the module doc of
+        // A target that resolves to no deployed version fails here, into the error action; the
+        // functions component then queues what arrives on the event topic (see the module doc of
         // `rules` for what it cannot report back).
-        Action::Function { target } => Ok(publish(
-            crate::functions::service::event_topic(target),
-            1,
-            false,
-        )),
+        Action::Function { target } => {
+            if let Some(Err(e)) = functions.map(|f| f.check_target(target)) {
+                return Err(fail(target.clone(), e.to_string()));
+            }
+            Ok(publish(
+                crate::functions::service::event_topic(target),
+                1,
+                false,
+            ))
+        }
     }
 }
 

@@ -26,17 +26,15 @@
 //! renders to an invalid topic or thing name, an output that is not a shadow document) and, for
 //! `shadow`, the service's rejection. For `republish` and `cloud` the hand-off is the end: the
 //! broker and the durable outbox take the message (the outbox's own failures are its counters).
-//! For `function`, the functions component's durable tap takes the event (and commits it to its
-//! store) as the rules engine publishes it, and only then resolves its target. An event for a
-//! function that is not deployed is dropped there with a warning in the log (`an event for a
-//! function that does not exist was dropped`); one for a version or alias the function does not
-//! have fails like a failed invocation (retried, then sent with a `routing` error to
-//! `$grove/functions/{name}/dlq`). Neither reaches the rule's error action, where AWS would report
-//! a Lambda invoke that fails for an unknown function or qualifier: the rules engine has no view
-//! of the function registry, and the functions component sends no answer to an event, so
-//! reporting it would take an answer channel between the two. Failures of the function itself
-//! (after its retries) go to the same dead-letter topic, as AWS sends a failed asynchronous
-//! Lambda invocation to the function's own dead-letter queue or destination, not to the rule.
+//! For `function`, the engine first asks the functions component whether the target resolves to
+//! a deployed version now (`Functions::check_target`): an unknown function, version or alias
+//! fails into the error action (`LambdaAction`, with the reason), as AWS reports a Lambda invoke
+//! that fails for an unknown function or qualifier. Then the functions component's durable tap
+//! takes the event (and commits it) as it is published. A function removed between that check and
+//! the event's turn is the one gap: that event is dropped with a warning in the log. Failures of
+//! the function itself (after its retries) go to its dead-letter topic
+//! (`$grove/functions/{name}/dlq`), as AWS sends a failed asynchronous Lambda invocation to the
+//! function's own dead-letter queue or destination, not to the rule.
 
 pub mod engine;
 
