@@ -124,15 +124,19 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let mut waiting: HashMap<String, Waiting> = HashMap::new();
+    // Waiters that gave up (their deadline passed) are swept out whenever the map has doubled
+    // since the last sweep, so it stays about as small as the requests in flight at O(1) a request.
+    let mut sweep_at = 64;
     let mut batch = Vec::new();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             request = requests.recv() => {
                 let Some(r) = request else { break };
-                // Waiters that gave up (deadline passed) are dropped here, so the map stays as
-                // small as the requests in flight.
-                waiting.retain(|_, (_, w)| !w.is_closed());
+                if waiting.len() >= sweep_at {
+                    waiting.retain(|_, (_, w)| !w.is_closed());
+                    sweep_at = (2 * waiting.len()).max(64);
+                }
                 waiting.insert(r.token, (r.message.topic.clone(), r.answer));
                 if bus.publish(vec![r.message]).await.is_err() {
                     break;

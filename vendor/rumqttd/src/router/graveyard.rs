@@ -48,6 +48,14 @@ impl Graveyard {
         );
     }
 
+    /// Grove patch 5: the trackers of the saved (disconnected, persistent) sessions, whose
+    /// cursors resume where they stopped.
+    pub fn trackers(&self) -> impl Iterator<Item = &Tracker> {
+        self.connections
+            .values()
+            .filter_map(|s| s.session_state.as_ref().map(|state| &state.tracker))
+    }
+
     /// Save only metrics for connection
     pub fn save_metrics(&mut self, id: String, metrics: ConnectionEvents) {
         self.connections.insert(

@@ -73,11 +73,10 @@ impl Outgoing {
     pub(crate) fn new(client_id: String) -> (Self, Receiver<()>) {
         let (handle, rx) = flume::bounded(MAX_CHANNEL_CAPACITY);
         let data_buffer = VecDeque::new();
-        let inflight_buffer = VecDeque::with_capacity(MAX_INFLIGHT);
-        let unacked_pubrels = VecDeque::with_capacity(MAX_INFLIGHT);
-
-        // Ensure that there won't be any new allocations
-        assert!(MAX_INFLIGHT <= inflight_buffer.capacity());
+        // Grove patch 3: grown on demand (most IoT connections have a message or two in flight,
+        // not 100); the queue is still bounded by MAX_INFLIGHT where it is filled.
+        let inflight_buffer = VecDeque::new();
+        let unacked_pubrels = VecDeque::new();
 
         let outgoing = Self {
             client_id,
@@ -195,6 +194,14 @@ impl Outgoing {
         }
 
         Some(())
+    }
+
+    /// Grove patch 5: the log cursors of the deliveries not yet acknowledged (a reconnecting
+    /// session is sent them again from there).
+    pub fn inflight_cursors(&self) -> impl Iterator<Item = (FilterIdx, Cursor)> + '_ {
+        self.inflight_buffer
+            .iter()
+            .filter_map(|(_, filter_idx, cursor)| cursor.map(|c| (*filter_idx, c)))
     }
 
     // Here we are assuming that the first unique filter_idx we find while iterating will have the

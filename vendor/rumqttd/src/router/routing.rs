@@ -110,7 +110,12 @@ pub struct Router {
     pressure_checked: Instant,
     /// Per (connection, filter): the cursor at the last check and since when it has not moved.
     progress: HashMap<(ConnectionId, FilterIdx), ((u64, u64), Instant)>,
+    /// Grove patch 5: when the logs were last trimmed.
+    trimmed: Instant,
 }
+
+/// Grove patch 5: how often the router drops log segments every reader has passed, while busy.
+const TRIM_INTERVAL: Duration = Duration::from_millis(100);
 
 /// Grove patch 4: how often the router recomputes publish pressure while busy.
 const PRESSURE_INTERVAL: Duration = Duration::from_millis(2);
@@ -167,6 +172,7 @@ impl Router {
             last_wills: HashMap::new(),
             pressure: Arc::new(AtomicBool::new(false)),
             pressure_checked: Instant::now(),
+            trimmed: Instant::now(),
             progress: HashMap::new(),
         }
     }
@@ -220,6 +226,9 @@ impl Router {
     fn run_inner(&mut self) -> Result<(), RouterError> {
         if self.pressure_checked.elapsed() >= PRESSURE_INTERVAL {
             self.update_pressure();
+        }
+        if self.trimmed.elapsed() >= TRIM_INTERVAL {
+            self.trim_logs();
         }
         // Block on incoming events if there are no ready connections for consumption
         if self.consume().is_none() {
@@ -303,6 +312,48 @@ impl Router {
         }
         self.progress = progress;
         self.pressure.store(held, Ordering::Relaxed);
+    }
+
+    /// Grove patch 5: drops, in every filter's log, the segments that all its readers have
+    /// passed: live connections (scheduled or parked as waiters), unacknowledged deliveries (sent
+    /// again from their cursor after a reconnect) and saved persistent sessions. A log then holds
+    /// what its slowest reader still needs (at least its active segment) instead of
+    /// `max_segment_count` full segments, while a lagging reader keeps everything it has not read.
+    fn trim_logs(&mut self) {
+        self.trimmed = Instant::now();
+        let mut oldest: HashMap<FilterIdx, u64> = HashMap::new();
+        let mut note = |filter_idx: FilterIdx, segment: u64| {
+            oldest
+                .entry(filter_idx)
+                .and_modify(|s| *s = (*s).min(segment))
+                .or_insert(segment);
+        };
+        for (_, tracker) in self.scheduler.trackers.iter() {
+            for request in tracker.data_requests.iter() {
+                note(request.filter_idx, request.cursor.0);
+            }
+        }
+        for tracker in self.graveyard.trackers() {
+            for request in tracker.data_requests.iter() {
+                note(request.filter_idx, request.cursor.0);
+            }
+        }
+        for (_, outgoing) in self.obufs.iter() {
+            for (filter_idx, cursor) in outgoing.inflight_cursors() {
+                note(filter_idx, cursor.0);
+            }
+        }
+        for (filter_idx, data) in self.datalog.native.iter() {
+            for (_, request) in data.waiters.waiters().iter() {
+                note(filter_idx, request.cursor.0);
+            }
+        }
+        for (filter_idx, data) in self.datalog.native.iter_mut() {
+            // A filter nobody reads keeps only its active segment: a new subscription starts at
+            // the log's end.
+            let keep_from = oldest.get(&filter_idx).copied().unwrap_or(u64::MAX);
+            data.log.trim_before(keep_from);
+        }
     }
 
     fn events(&mut self, id: ConnectionId, data: Event) {

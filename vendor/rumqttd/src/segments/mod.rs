@@ -100,6 +100,16 @@ where
         self.max_mem_segments
     }
 
+    /// Grove patch 5: drops the segments before `segment` (every reader of the log has passed
+    /// them), never the active one. Without it a log keeps `max_mem_segments` full segments
+    /// whether or not anyone still needs them.
+    pub fn trim_before(&mut self, segment: u64) {
+        while self.head < segment && self.head < self.tail {
+            self.segments.pop_front();
+            self.head += 1;
+        }
+    }
+
     #[inline]
     pub fn memory_segments_count(&self) -> usize {
         self.segments.len()
