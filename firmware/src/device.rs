@@ -341,6 +341,29 @@ impl<A: Actuator> Device<A> {
         self.events.pop_front()
     }
 
+    /// A board's main loop, after [`crate::transport::poll`]: takes every waiting event, opens the
+    /// transport at once on [`Event::OpenTransport`] (for links that are always there, such as a
+    /// UART to a modem) and publishes a reading from `measure` on [`Event::SampleDue`]. A failed
+    /// reading or a full transmit buffer skips that sample (the next is due one interval later);
+    /// the other events are notifications, dropped here.
+    pub fn handle_events<E>(
+        &mut self,
+        now: Instant,
+        mut measure: impl FnMut() -> Result<Measurement, E>,
+    ) {
+        while let Some(event) = self.poll_event() {
+            match event {
+                Event::OpenTransport => self.transport_opened(now),
+                Event::SampleDue => {
+                    if let Ok(measurement) = measure() {
+                        let _ = self.publish_sample(measurement, now);
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+
     /// Copies bytes to send into `buf`; returns how many, or `None` when nothing is waiting.
     pub fn poll_transmit(&mut self, buf: &mut [u8]) -> Option<usize> {
         let n = self.tx.len().min(buf.len());

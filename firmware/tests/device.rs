@@ -557,6 +557,30 @@ fn enc(packet: Packet<'_>) -> Vec<u8> {
 }
 
 #[test]
+fn handle_events_publishes_due_samples_and_skips_failed_readings() {
+    let mut h = Harness::new(&[set(Level::Low)], usize::MAX);
+    let sample = Measurement {
+        temperature_milli_c: 21_500,
+        humidity_milli_pct: 40_250,
+    };
+    h.connect(&[], Some((2, report(false, 10))), 3);
+    h.broker(Packet::Puback(2));
+    h.broker(Packet::Puback(3));
+    // A failed reading skips that sample; the next one is due an interval later.
+    h.advance(10_000);
+    h.device
+        .handle_events(Instant::from_millis(h.now), || Err::<Measurement, ()>(()));
+    h.expect_sent(&[]);
+    h.advance(10_000);
+    h.device
+        .handle_events(Instant::from_millis(h.now), || Ok::<_, ()>(sample));
+    h.expect_sent(&[
+        r#"PUBLISH q0 dt/t1/telemetry {"seq":1,"temp_mc":21500,"rh_mpct":40250,"relay":false}"#,
+    ]);
+    h.finish();
+}
+
+#[test]
 fn telemetry_follows_the_shadow_interval() {
     let mut h = Harness::new(&[set(Level::Low)], usize::MAX);
     let sample = Measurement {
@@ -660,28 +684,7 @@ fn blocking_shell_moves_bytes_and_reports_a_closed_peer() {
     for _ in 0..3 {
         transport::poll(&mut h.device, &mut io, now, &mut scratch).unwrap();
     }
-    let mut rest = &io.output[..];
-    let mut kinds = Vec::new();
-    while let Some((packet, used)) = decode(rest).unwrap() {
-        kinds.push(
-            render(&packet)
-                .split(' ')
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
-        rest = &rest[used..];
-    }
-    assert_eq!(
-        kinds,
-        [
-            "CONNECT t1 ka=30",
-            "SUBSCRIBE q1 $aws/things/t1/shadow/update/delta",
-            "PUBLISH q0 retain",
-            "PUBLISH q1 id=2",
-            "PUBLISH q1 id=3"
-        ]
-    );
+    assert_eq!(packet_kinds(&io.output), BOOT_PACKETS);
     io.closed = true;
     let result = transport::poll(&mut h.device, &mut io, now, &mut scratch);
     assert!(matches!(result, Err(TransportError::Closed)));
@@ -691,6 +694,31 @@ fn blocking_shell_moves_bytes_and_reports_a_closed_peer() {
         Event::Disconnected(DisconnectReason::TransportClosed),
     ]);
     h.finish();
+}
+
+/// What a device sends on boot, by the first three words of each packet's rendering.
+const BOOT_PACKETS: [&str; 5] = [
+    "CONNECT t1 ka=30",
+    "SUBSCRIBE q1 $aws/things/t1/shadow/update/delta",
+    "PUBLISH q0 retain",
+    "PUBLISH q1 id=2",
+    "PUBLISH q1 id=3",
+];
+
+/// The first three words of the rendering of each packet in `wire`.
+fn packet_kinds(mut wire: &[u8]) -> Vec<String> {
+    let mut kinds = Vec::new();
+    while let Some((packet, used)) = decode(wire).unwrap() {
+        kinds.push(
+            render(&packet)
+                .split(' ')
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" "),
+        );
+        wire = &wire[used..];
+    }
+    kinds
 }
 
 impl embedded_io_async::Read for ScriptedIo {
@@ -775,28 +803,7 @@ fn async_shell_moves_bytes_runs_timers_and_reports_a_closed_peer() {
             asynch::wait(&mut h.device, Some(&mut io), &mut scratch, sleep_until, now).await;
         assert!(matches!(result, Err(TransportError::Closed)));
     });
-    let mut rest = &io.output[..];
-    let mut kinds = Vec::new();
-    while let Some((packet, used)) = decode(rest).unwrap() {
-        kinds.push(
-            render(&packet)
-                .split(' ')
-                .take(3)
-                .collect::<Vec<_>>()
-                .join(" "),
-        );
-        rest = &rest[used..];
-    }
-    assert_eq!(
-        kinds,
-        [
-            "CONNECT t1 ka=30",
-            "SUBSCRIBE q1 $aws/things/t1/shadow/update/delta",
-            "PUBLISH q0 retain",
-            "PUBLISH q1 id=2",
-            "PUBLISH q1 id=3"
-        ]
-    );
+    assert_eq!(packet_kinds(&io.output), BOOT_PACKETS);
     assert!(!h.device.is_connected());
     h.expect_events(&[
         Event::Connected,

@@ -17,7 +17,7 @@ use cortex_m_rt::entry;
 use embedded_hal_nb::serial::Read as _;
 use grove_firmware::actuator::{Polarity, Relay};
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
-use grove_firmware::{transport, Config, Device, Event, Instant};
+use grove_firmware::{transport, Config, Device, Instant};
 use panic_halt as _;
 use static_cell::StaticCell;
 use stm32f4xx_hal::gpio::{Output, PushPull, PC13};
@@ -76,19 +76,7 @@ fn main() -> ! {
         let now = clock.now();
         // On a transport error the device has already been told; it asks to reopen after a backoff.
         let _ = transport::poll(device, &mut link, now, &mut scratch);
-        while let Some(event) = device.poll_event() {
-            match event {
-                Event::OpenTransport => device.transport_opened(now),
-                Event::SampleDue => {
-                    // A failed reading or a full transmit buffer skips this sample; the next is due
-                    // one interval later.
-                    if let Ok(measurement) = sensor.measure(Precision::Low) {
-                        let _ = device.publish_sample(measurement, now);
-                    }
-                }
-                _ => {}
-            }
-        }
+        device.handle_events(now, || sensor.measure(Precision::Low));
     }
 }
 

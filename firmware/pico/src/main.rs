@@ -21,7 +21,7 @@
 
 use grove_firmware::actuator::{Polarity, Relay};
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
-use grove_firmware::{transport, Config, Device, Event, Instant};
+use grove_firmware::{transport, Config, Device, Instant};
 use panic_halt as _;
 use rp2040_hal::clocks::{init_clocks_and_plls, Clock as _};
 use rp2040_hal::fugit::RateExtU32;
@@ -112,19 +112,7 @@ fn main() -> ! {
         let now = now(&timer);
         // On a transport error the device has already been told; it asks to reopen after a backoff.
         let _ = transport::poll(device, &mut link, now, &mut scratch);
-        while let Some(event) = device.poll_event() {
-            match event {
-                Event::OpenTransport => device.transport_opened(now),
-                Event::SampleDue => {
-                    // A failed reading or a full transmit buffer skips this sample; the next is due
-                    // one interval later.
-                    if let Ok(measurement) = sensor.measure(Precision::Low) {
-                        let _ = device.publish_sample(measurement, now);
-                    }
-                }
-                _ => {}
-            }
-        }
+        device.handle_events(now, || sensor.measure(Precision::Low));
     }
 }
 

@@ -6,7 +6,7 @@ use core::mem::MaybeUninit;
 use cortex_m_rt::entry;
 use grove_firmware::actuator::{Polarity, Relay};
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
-use grove_firmware::{transport, Config, Device, Event, Instant};
+use grove_firmware::{transport, Config, Device, Instant};
 use grove_firmware_size_probe::{now_ms, Bus, Pin, Wait, Wire};
 use panic_halt as _;
 
@@ -25,16 +25,6 @@ fn main() -> ! {
     loop {
         let now = Instant::from_millis(now_ms());
         let _ = transport::poll(device, &mut wire, now, &mut scratch);
-        while let Some(event) = device.poll_event() {
-            match event {
-                Event::OpenTransport => device.transport_opened(now),
-                Event::SampleDue => {
-                    if let Ok(measurement) = sensor.measure(Precision::High) {
-                        let _ = device.publish_sample(measurement, now);
-                    }
-                }
-                _ => {}
-            }
-        }
+        device.handle_events(now, || sensor.measure(Precision::High));
     }
 }
