@@ -134,13 +134,8 @@ impl Options {
 enum Step {
     /// CONNACK; the refusal reason if it was not a success.
     ConnAck(Option<String>),
-    Written(u16),
-    PubAck(u16),
-    Refused(u16, String),
-    Message {
-        topic: String,
-        payload: Bytes,
-    },
+    /// Something to report as it is.
+    Report(LinkEvent),
     Other,
 }
 
@@ -173,12 +168,16 @@ impl Driver {
                         (ack.code != rumqttc::ConnectReturnCode::Success)
                             .then(|| format!("{:?}", ack.code)),
                     ),
-                    Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => Step::Written(pkid),
-                    Event::Incoming(Incoming::PubAck(ack)) => Step::PubAck(ack.pkid),
-                    Event::Incoming(Incoming::Publish(p)) => Step::Message {
+                    Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+                        Step::Report(LinkEvent::Written(pkid))
+                    }
+                    Event::Incoming(Incoming::PubAck(ack)) => {
+                        Step::Report(LinkEvent::PubAck(ack.pkid))
+                    }
+                    Event::Incoming(Incoming::Publish(p)) => Step::Report(LinkEvent::Message {
                         topic: p.topic,
                         payload: p.payload,
-                    },
+                    }),
                     _ => Step::Other,
                 })
             }
@@ -189,18 +188,18 @@ impl Driver {
                         (ack.code != ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
                     ),
                     v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
-                        Step::Written(pkid)
+                        Step::Report(LinkEvent::Written(pkid))
                     }
                     v5::Event::Incoming(Packet::PubAck(ack)) => match ack.reason {
                         PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
-                            Step::PubAck(ack.pkid)
+                            Step::Report(LinkEvent::PubAck(ack.pkid))
                         }
-                        reason => Step::Refused(ack.pkid, format!("{reason:?}")),
+                        reason => Step::Report(LinkEvent::Refused(ack.pkid, format!("{reason:?}"))),
                     },
-                    v5::Event::Incoming(Packet::Publish(p)) => Step::Message {
+                    v5::Event::Incoming(Packet::Publish(p)) => Step::Report(LinkEvent::Message {
                         topic: String::from_utf8_lossy(&p.topic).into_owned(),
                         payload: p.payload,
-                    },
+                    }),
                     _ => Step::Other,
                 })
             }
@@ -403,10 +402,7 @@ pub async fn run(
                     info!(host, "cloud link up");
                     LinkEvent::Up(driver.session())
                 }
-                Ok(Step::Written(pkid)) => LinkEvent::Written(pkid),
-                Ok(Step::PubAck(pkid)) => LinkEvent::PubAck(pkid),
-                Ok(Step::Refused(pkid, reason)) => LinkEvent::Refused(pkid, reason),
-                Ok(Step::Message { topic, payload }) => LinkEvent::Message { topic, payload },
+                Ok(Step::Report(event)) => event,
                 Ok(Step::Other) => continue,
             };
             if events.send(event).is_err() {

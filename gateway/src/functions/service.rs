@@ -48,7 +48,7 @@ use crate::bus::{Closed, Message, Outgoing};
 use crate::config::FunctionsConfig;
 use crate::metrics::FunctionMetrics;
 use crate::rules::MAX_HOPS;
-use crate::shadow::local::LocalShadows;
+use crate::shadow::local::{Answer, LocalShadows};
 use crate::shadow::names::Operation;
 use crate::store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 use crate::tap::{Offer, Route, Tap};
@@ -1138,7 +1138,7 @@ impl ServiceHost {
         op: Operation,
         body: Value,
         deadline: Instant,
-    ) -> Result<(bool, Bytes), HostError> {
+    ) -> Result<Answer, HostError> {
         if crate::shadow::names::validate_thing_name(thing).is_err()
             || name.is_some_and(|n| crate::shadow::names::validate_shadow_name(n).is_err())
         {
@@ -1156,9 +1156,7 @@ impl ServiceHost {
             self.hops + 1,
             deadline.into(),
         ));
-        answer
-            .map(|a| (a.accepted, a.doc))
-            .map_err(|_| HostError::Unavailable)
+        answer.map_err(|_| HostError::Unavailable)
     }
 }
 
@@ -1193,8 +1191,11 @@ impl Host for ServiceHost {
         deadline: Instant,
     ) -> Result<Vec<u8>, HostError> {
         match self.shadow(thing, name, Operation::Get, json!({}), deadline)? {
-            (true, doc) => Ok(doc.to_vec()),
-            (false, doc) => {
+            Answer {
+                accepted: true,
+                doc,
+            } => Ok(doc.to_vec()),
+            Answer { doc, .. } => {
                 let code = serde_json::from_slice::<Value>(&doc)
                     .ok()
                     .and_then(|v| v["code"].as_u64());
@@ -1219,8 +1220,11 @@ impl Host for ServiceHost {
             return Err(HostError::Invalid);
         }
         match self.shadow(thing, name, Operation::Update, body, deadline)? {
-            (true, doc) => Ok(doc.to_vec()),
-            (false, doc) => Err(HostError::Rejected(doc.to_vec())),
+            Answer {
+                accepted: true,
+                doc,
+            } => Ok(doc.to_vec()),
+            Answer { doc, .. } => Err(HostError::Rejected(doc.to_vec())),
         }
     }
 

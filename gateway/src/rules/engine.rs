@@ -514,23 +514,44 @@ impl GroupRunner {
         let config = Arc::clone(&rule.config);
         let mut failures = Vec::new();
         for action in &config.actions {
-            match perform(action, msg, output, hops + 1, ctx, self.functions.as_ref()) {
-                Ok(Performed::Publish(o)) => out.push(o),
-                Ok(Performed::Shadow(update)) => {
-                    let origin = Origin {
-                        rule: i,
-                        msg,
-                        hops,
-                        of_error_action: false,
-                    };
-                    if let Err(f) = self.update_shadow(update, origin) {
-                        failures.push(f);
-                    }
-                }
-                Err(failure) => failures.push(failure),
+            let origin = Origin {
+                rule: i,
+                msg,
+                hops,
+                of_error_action: false,
+            };
+            if let Err(failure) = self.run_action(action, output, origin, ctx, out) {
+                failures.push(failure);
             }
         }
         self.report(i, msg, failures, hops, ctx, out);
+    }
+
+    /// Runs one action (of rule `origin.rule`, or its error action) for one output: a publish
+    /// joins `out`, a shadow update is queued for the service.
+    fn run_action(
+        &mut self,
+        action: &Action,
+        output: &Output,
+        origin: Origin<'_>,
+        ctx: &Context<'_>,
+        out: &mut Vec<Outgoing>,
+    ) -> Result<(), Failure> {
+        let hops = origin.hops + 1;
+        match perform(
+            action,
+            origin.msg,
+            output,
+            hops,
+            ctx,
+            self.functions.as_ref(),
+        )? {
+            Performed::Publish(o) => {
+                out.push(o);
+                Ok(())
+            }
+            Performed::Shadow(update) => self.update_shadow(update, origin),
+        }
     }
 
     /// Counts and logs `failures` of rule `i`'s actions on `msg`, and sends them to its error
@@ -566,31 +587,14 @@ impl GroupRunner {
         };
         let payload = ErrorActionPayload::new(name, msg, failures);
         let doc = Output::Json(serde_json::to_value(&payload).unwrap_or_default());
-        let failed = match perform(
-            error_action,
+        let origin = Origin {
+            rule: i,
             msg,
-            &doc,
-            hops + 1,
-            ctx,
-            self.functions.as_ref(),
-        ) {
-            Ok(Performed::Publish(o)) => {
-                out.push(o);
-                return;
-            }
-            Ok(Performed::Shadow(update)) => {
-                let origin = Origin {
-                    rule: i,
-                    msg,
-                    hops,
-                    of_error_action: true,
-                };
-                match self.update_shadow(update, origin) {
-                    Ok(()) => return,
-                    Err(f) => f,
-                }
-            }
-            Err(f) => f,
+            hops,
+            of_error_action: true,
+        };
+        let Err(failed) = self.run_action(error_action, &doc, origin, ctx, out) else {
+            return;
         };
         error!(
             rule = name,
