@@ -511,17 +511,21 @@ impl Publisher {
         };
 
         let started = tokio::select! {
-            at = start.wait_for(Option::is_some) => match at {
-                Ok(at) => at.unwrap_or_else(Instant::now),
-                // The phase was abandoned before it started.
-                Err(_) => return Ok(self.report(0, &acked, Instant::now())),
-            },
+            at = start.wait_for(Option::is_some) => at.ok().map(|at| at.unwrap_or_else(Instant::now)),
             joined = &mut io => {
                 joined??;
                 return Err(LoadError::Setup {
                     what: "a publisher's connection staying open until the start",
                 });
             }
+        };
+        let Some(started) = started else {
+            // The phase was abandoned before it started, perhaps because this client's own connection
+            // failed: the stop signal went out first, so the event loop ends now, with its error if it had
+            // one. (Both branches above can be ready at once; the error must not depend on which one is
+            // polled first.)
+            io.await??;
+            return Ok(self.report(0, &acked, Instant::now()));
         };
         let limit = started + self.spec.publish_limit;
         let mut seq = 0u64;
