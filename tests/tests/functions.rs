@@ -514,6 +514,69 @@ async fn async_triggers_retry_then_dead_letter_and_succeed_after_retries() {
     }
 }
 
+/// An accepted event is never dropped silently: one for a function that was never deployed, and
+/// those still waiting when their function is removed, go to the function's dead-letter topic.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_of_a_missing_or_removed_function_are_dead_lettered() {
+    let f = Fixture::start("");
+    f.deployed(
+        "slow",
+        &guest(SPIN, ""),
+        "triggers = [\"in/slow\"]\ntimeout_ms = 300\nmax_concurrency = 1",
+    );
+    let mut watcher = Client::connect("dlqwatch", f.g.mqtt_port).await;
+    watcher
+        .subscribe("$grove/functions/+/dlq", QoS::AtLeastOnce)
+        .await;
+    let device = Client::connect("device", f.g.mqtt_port).await;
+    device
+        .publish(
+            "$grove/functions/ghost/event",
+            QoS::AtLeastOnce,
+            false,
+            "{\"n\":0}",
+        )
+        .await;
+    let ghost = watcher
+        .recv(WAIT)
+        .await
+        .unwrap_or_else(|| panic!("no dead letter:\n{}", f.g.log()));
+    assert_eq!(ghost.topic, "$grove/functions/ghost/dlq");
+    let doc: Value = serde_json::from_slice(&ghost.payload).unwrap();
+    assert_eq!(doc["error"]["kind"], "not_found", "{doc}");
+    assert_eq!(doc["error"]["message"], "no function named \"ghost\"");
+    assert_eq!(doc["attempts"], 0, "{doc}");
+    assert_eq!(
+        doc["event"],
+        json!({"topic": "$grove/functions/ghost/event", "payload": "{\"n\":0}"})
+    );
+
+    // One event runs (and spins until its timeout), two wait behind it; then the function goes.
+    for n in 1..=3 {
+        device
+            .publish("in/slow", QoS::AtLeastOnce, false, format!("{{\"n\":{n}}}"))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let (code, out) = f.cli(&["remove", "slow"]);
+    assert_eq!(code, 0, "{out}");
+    let mut payloads: Vec<String> = Vec::new();
+    for p in watcher.recv_n(3, WAIT).await {
+        assert_eq!(p.topic, "$grove/functions/slow/dlq");
+        let doc: Value = serde_json::from_slice(&p.payload).unwrap();
+        assert_eq!(doc["error"]["kind"], "not_found", "{doc}");
+        assert_eq!(doc["event"]["topic"], "in/slow", "{doc}");
+        payloads.push(doc["event"]["payload"].as_str().unwrap().to_owned());
+    }
+    payloads.sort();
+    assert_eq!(payloads, ["{\"n\":1}", "{\"n\":2}", "{\"n\":3}"]);
+    assert!(
+        watcher.recv(Duration::from_millis(700)).await.is_none(),
+        "one dead letter per event"
+    );
+    assert_eq!(f.metric("grove_function_dlq_total{function=\"slow\"}"), 3.0);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grants_are_enforced_and_a_function_triggered_by_its_own_output_stops_at_the_hop_limit() {
     let f = Fixture::start("");

@@ -14,7 +14,8 @@
 //! - Async events: a bounded queue per function, at most `max_concurrency` running,
 //!   at-least-once: a failed attempt is retried twice, after 100 ms and 500 ms, then the event and
 //!   the last error go to `$grove/functions/{name}/dlq`. Handlers must therefore be idempotent. A
-//!   full queue sends the event to the DLQ at once. An event leaves the store when it is done
+//!   full queue sends the event to the DLQ at once, and so does an event whose function is not
+//!   deployed (removed while the event waited): an accepted event is never dropped silently. An event leaves the store when it is done
 //!   (success or dead letter); one running when the gateway stops runs again after the restart.
 //! - Sync invocation: a publish to `$grove/functions/{name}/invoke` (or `{name}:{qualifier}`),
 //!   answered on the request's MQTT 5 response topic with its correlation data, or, for MQTT
@@ -77,6 +78,12 @@ const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_milli
 /// The dead-letter topic of a function.
 pub fn dlq_topic(name: &str) -> String {
     format!("$grove/functions/{name}/dlq")
+}
+
+/// The dead-letter error of an event whose function is not deployed (removed after the event was
+/// taken, or never deployed).
+fn not_found(name: &str) -> Value {
+    json!({"kind": "not_found", "message": FunctionError::NotFound(name.to_owned()).to_string()})
 }
 
 /// Why an admin request or invocation failed.
@@ -572,10 +579,7 @@ impl Functions {
     fn enqueue(&self, name: &str, event: Event) {
         let queue = self.lock().get(name).map(|f| f.queue.clone());
         let Some(queue) = queue else {
-            warn!(
-                function = name,
-                "an event for a function that does not exist was dropped"
-            );
+            self.dead_letter(name, &event, None, not_found(name), 0);
             self.forget(event.id);
             return;
         };
@@ -859,11 +863,9 @@ impl Functions {
                 }) => last = Some((Some(version), failure_json(&failure))),
                 // Shutting down: the event stays stored and runs after the restart.
                 Err(FunctionError::Closed) => return,
+                // Removed while the event waited: no retry can succeed.
                 Err(FunctionError::NotFound(_)) => {
-                    debug!(
-                        function = name,
-                        "the function was removed; its queued event is dropped"
-                    );
+                    self.dead_letter(&name, &event, None, not_found(&name), attempt + 1);
                     self.forget(event.id);
                     return;
                 }
@@ -876,7 +878,8 @@ impl Functions {
         self.forget(event.id);
     }
 
-    /// Publishes a failed event and its error on the function's dead-letter topic.
+    /// Publishes a failed event and its error on the function's dead-letter topic (also for a
+    /// function that does not exist, or no longer: an accepted event is never dropped silently).
     fn dead_letter(
         &self,
         name: &str,

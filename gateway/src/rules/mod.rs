@@ -31,7 +31,8 @@
 //! fails into the error action (`LambdaAction`, with the reason), as AWS reports a Lambda invoke
 //! that fails for an unknown function or qualifier. Then the functions component's durable tap
 //! takes the event (and commits it) as it is published. A function removed between that check and
-//! the event's turn is the one gap: that event is dropped with a warning in the log. Failures of
+//! the event's turn can no longer fail the rule: that event goes to the function's dead-letter
+//! topic (error kind `not_found`), like any event the component cannot run. Failures of
 //! the function itself (after its retries) go to its dead-letter topic
 //! (`$grove/functions/{name}/dlq`), as AWS sends a failed asynchronous Lambda invocation to the
 //! function's own dead-letter queue or destination, not to the rule.
