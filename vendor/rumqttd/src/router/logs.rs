@@ -58,6 +58,10 @@ pub struct DataLog {
     pub native: Slab<Data<PublishData>>,
     /// Map of subscription filter name to filter index
     filter_indexes: HashMap<Filter, FilterIdx>,
+    /// Grove patch 6: the filters with a wildcard (`+` or `#`), the only ones a new topic must be
+    /// matched against one by one; a filter without one matches only the topic equal to it, found
+    /// in `filter_indexes` directly.
+    wildcard_filters: Vec<(Filter, FilterIdx)>,
     retained_publishes: HashMap<Topic, PublishData>,
     /// List of filters associated with a topic
     publish_filters: HashMap<Topic, Vec<FilterIdx>>,
@@ -67,6 +71,7 @@ impl DataLog {
     pub fn new(config: RouterConfig) -> io::Result<DataLog> {
         let mut native = Slab::new();
         let mut filter_indexes = HashMap::new();
+        let mut wildcard_filters = Vec::new();
         let retained_publishes = HashMap::new();
         let publish_filters = HashMap::new();
 
@@ -77,6 +82,9 @@ impl DataLog {
                 // Add commitlog to datalog and add datalog index to filter to
                 // datalog index map
                 let idx = native.insert(data);
+                if has_wildcard(&filter) {
+                    wildcard_filters.push((filter.clone(), idx));
+                }
                 filter_indexes.insert(filter, idx);
             }
         }
@@ -86,6 +94,7 @@ impl DataLog {
             native,
             publish_filters,
             filter_indexes,
+            wildcard_filters,
             retained_publishes,
         })
     }
@@ -128,11 +137,22 @@ impl DataLog {
         match &self.publish_filters.get(topic) {
             Some(v) => Some(v.to_vec()),
             None => {
-                let v: Vec<usize> = self
+                // Grove patch 6: the filter equal to the topic, then the wildcard filters, instead
+                // of every filter (with a fleet subscribed to its own exact topics, a scan of all
+                // of them for each new topic stalled the router for seconds).
+                let exact = self
                     .filter_indexes
-                    .iter()
-                    .filter(|(filter, _)| matches(topic, filter))
-                    .map(|(_, filter_idx)| *filter_idx)
+                    .get(topic)
+                    .filter(|_| matches(topic, topic))
+                    .copied();
+                let v: Vec<usize> = exact
+                    .into_iter()
+                    .chain(
+                        self.wildcard_filters
+                            .iter()
+                            .filter(|(filter, _)| matches(topic, filter))
+                            .map(|(_, filter_idx)| *filter_idx),
+                    )
                     .collect();
 
                 self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -156,9 +176,17 @@ impl DataLog {
                 let idx = self.native.insert(data);
                 self.filter_indexes.insert(filter.to_owned(), idx);
 
-                // Match new filter to existing topics and add to publish_filters if it matches
-                for (topic, filters) in publish_filters.iter_mut() {
-                    if matches(topic, filter) {
+                // Match new filter to existing topics and add to publish_filters if it matches.
+                // Grove patch 6: a filter without a wildcard can only match the topic equal to it.
+                if has_wildcard(filter) {
+                    self.wildcard_filters.push((filter.to_owned(), idx));
+                    for (topic, filters) in publish_filters.iter_mut() {
+                        if matches(topic, filter) {
+                            filters.push(idx);
+                        }
+                    }
+                } else if let Some(filters) = publish_filters.get_mut(filter) {
+                    if matches(filter, filter) {
                         filters.push(idx);
                     }
                 }
@@ -431,6 +459,12 @@ impl AckLog {
     }
 }
 
+/// Grove patch 6: whether a filter has a wildcard level; one without matches only the topic equal
+/// to it (`matches` has no other case for it).
+fn has_wildcard(filter: &str) -> bool {
+    filter.contains(['+', '#'])
+}
+
 #[cfg(test)]
 mod test {
     use super::DataLog;
@@ -474,6 +508,59 @@ mod test {
         data.matches("topic/a");
 
         assert_eq!(data.publish_filters.get("topic/a").unwrap().len(), 1);
+    }
+
+    fn datalog() -> DataLog {
+        DataLog::new(RouterConfig {
+            max_segment_size: 1024,
+            max_connections: 10,
+            max_segment_count: 10,
+            max_outgoing_packet_count: 1024,
+            custom_segment: None,
+            initialized_filters: Some(vec!["warm/+".to_owned(), "warm/x".to_owned()]),
+            shared_subscriptions_strategy: Strategy::RoundRobin,
+        })
+        .unwrap()
+    }
+
+    /// Grove patch 6: the exact filter and the wildcard filters match a new topic, nothing else,
+    /// whichever was there first; `$` topics stay unmatched, as `matches` says.
+    #[test]
+    fn exact_and_wildcard_filters_match_as_a_full_scan_would() {
+        let mut data = datalog();
+        let (exact, _) = data.next_native_offset("a/b");
+        let (plus, _) = data.next_native_offset("a/+");
+        let (hash, _) = data.next_native_offset("#");
+        let (other, _) = data.next_native_offset("a/c");
+        let mut got = data.matches("a/b").unwrap();
+        got.sort();
+        let mut want = vec![exact, plus, hash];
+        want.sort();
+        assert_eq!(got, want);
+        assert!(!got.contains(&other));
+
+        let (late_exact, _) = data.next_native_offset("x/y");
+        let mut got = data.matches("x/y").unwrap();
+        got.sort();
+        let mut want = vec![late_exact, hash];
+        want.sort();
+        assert_eq!(got, want);
+
+        // Filters added after a topic was first matched join its cached list.
+        data.matches("late/t");
+        let (late_plus, _) = data.next_native_offset("late/+");
+        let (late_t, _) = data.next_native_offset("late/t");
+        let mut got = data.matches("late/t").unwrap();
+        got.sort();
+        let mut want = vec![hash, late_plus, late_t];
+        want.sort();
+        assert_eq!(got, want);
+
+        // Warm-up filters are classified too.
+        assert_eq!(data.matches("warm/x").unwrap().len(), 3);
+        assert_eq!(data.matches("$SYS/a").unwrap(), Vec::<usize>::new());
+        data.next_native_offset("$SYS/a");
+        assert_eq!(data.matches("$SYS/a").unwrap(), Vec::<usize>::new());
     }
 
     //     #[test]
