@@ -24,6 +24,7 @@ mod routing;
 mod scheduler;
 pub(crate) mod shared_subs;
 mod waiters;
+mod wildcards;
 
 pub use alertlog::Alert;
 pub use connection::Connection;
