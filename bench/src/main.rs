@@ -9,7 +9,8 @@
 //! The gateway's own paths have their own subcommands, with the same Markdown and `--json` output:
 //! `shadow` and `rules` ([`gateway`]), `functions` ([`functions`]: MQTT event -> WASM function ->
 //! publish) and `cloud` ([`cloud`]: the outbox against a mosquitto as the cloud), all measured
-//! through one shared flow of publishers and a subscriber ([`flow`]).
+//! through one shared flow of publishers and a subscriber ([`flow`]); `topics` ([`topics`]) reads
+//! broker memory, against mosquitto, while a device publishes on ever new topics.
 
 mod cloud;
 mod flow;
@@ -21,6 +22,7 @@ mod peer;
 mod report;
 mod runner;
 mod stats;
+mod topics;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -72,6 +74,26 @@ enum Command {
     /// The cloud outbox against a mosquitto as the cloud: online latency at 1,000 msg/s (and
     /// straight to mosquitto, for the ratio), then append and drain rates across a cloud outage.
     Cloud(CloudArgs),
+    /// Broker memory while one device publishes QoS 0 on a new topic every message (nobody
+    /// subscribed), round after round, against mosquitto in the same run: does the broker keep
+    /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
+    Topics(TopicsArgs),
+}
+
+#[derive(Debug, Args)]
+struct TopicsArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The mosquitto binary (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// Rounds; memory is read after each.
+    #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
+    /// Messages (distinct topics) per round.
+    #[arg(long, value_name = "N", default_value_t = 200_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    per_round: u64,
 }
 
 #[derive(Debug, Args)]
@@ -333,7 +355,15 @@ enum GatewayBench {
     Shadow,
     Rules,
     Functions(Option<PathBuf>),
-    Cloud { mosquitto: PathBuf, messages: u64 },
+    Cloud {
+        mosquitto: PathBuf,
+        messages: u64,
+    },
+    Topics {
+        mosquitto: PathBuf,
+        rounds: u32,
+        per_round: u64,
+    },
 }
 
 async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Result<ExitCode> {
@@ -369,6 +399,19 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
             let r = cloud::run(&args.grove, &mosquitto, args.seconds, messages, &extra).await?;
             ("cloud", cloud::markdown(&r), serde_json::to_value(&r)?)
         }
+        GatewayBench::Topics {
+            mosquitto,
+            rounds,
+            per_round,
+        } => {
+            let pause = std::time::Duration::from_secs(args.seconds);
+            let r = topics::run(&args.grove, &mosquitto, rounds, per_round, pause, &extra).await?;
+            (
+                "topics",
+                topics::markdown(&r, per_round),
+                serde_json::to_value(&r)?,
+            )
+        }
     };
     let cpu = procfs::CpuInfo::current()
         .ok()
@@ -403,6 +446,14 @@ async fn main() -> ExitCode {
             let which = GatewayBench::Cloud {
                 mosquitto: args.mosquitto,
                 messages: args.messages,
+            };
+            gateway_bench(args.gateway, which).await
+        }
+        Command::Topics(args) => {
+            let which = GatewayBench::Topics {
+                mosquitto: args.mosquitto,
+                rounds: args.rounds,
+                per_round: args.per_round,
             };
             gateway_bench(args.gateway, which).await
         }

@@ -152,6 +152,13 @@ impl DataLog {
                     .collect();
                 self.wildcard_filters.matches(topic, &mut v);
 
+                // Grove patch 7: the cache is bounded. Every distinct topic ever published stayed
+                // in it (~180 bytes each: a device that puts an id or a time in its topics grew
+                // the broker without limit). It is only a cache, so it starts over when full;
+                // with patch 6 refilling an entry is a lookup and a short trie walk.
+                if self.publish_filters.len() >= TOPIC_CACHE_LIMIT {
+                    self.publish_filters.clear();
+                }
                 self.publish_filters.insert(topic.to_owned(), v.clone());
 
                 Some(v)
@@ -456,6 +463,9 @@ impl AckLog {
     }
 }
 
+/// Grove patch 7: how many topics' filter lists `DataLog::matches` keeps (at most ~6 MB).
+const TOPIC_CACHE_LIMIT: usize = 32_768;
+
 /// Grove patch 6: whether a filter has a wildcard level; one without matches only the topic equal
 /// to it (`matches` has no other case for it).
 fn has_wildcard(filter: &str) -> bool {
@@ -603,6 +613,30 @@ mod test {
                 assert_eq!(got, want, "seed {seed}, topic {topic:?}");
             }
         }
+    }
+
+    /// Grove patch 7: more distinct topics than the cache holds neither grow it past its limit
+    /// nor change any answer, before or after it starts over.
+    #[test]
+    fn the_topic_cache_is_bounded_and_stays_right() {
+        let mut data = datalog();
+        let (plus, _) = data.next_native_offset("t/+");
+        let (exact, _) = data.next_native_offset("t/7");
+        for n in 0..super::TOPIC_CACHE_LIMIT + 100 {
+            let got = data.matches(&format!("t/{n}")).unwrap();
+            let want = if n == 7 { 2 } else { 1 };
+            assert_eq!(got.len(), want, "t/{n}");
+            assert!(data.publish_filters.len() <= super::TOPIC_CACHE_LIMIT);
+        }
+        let mut got = data.matches("t/7").unwrap();
+        got.sort();
+        let mut want = vec![plus, exact];
+        want.sort();
+        assert_eq!(got, want);
+        // A filter added after the cache started over still reaches topics cached before it.
+        data.matches("u/1");
+        let (late, _) = data.next_native_offset("u/#");
+        assert_eq!(data.matches("u/1").unwrap(), vec![late]);
     }
 
     //     #[test]

@@ -344,28 +344,20 @@ pub struct MeterData {
 
 #[derive(Debug, Default, Clone)]
 pub struct IncomingMeter {
-    publishes: HashMap<Topic, MeterData>,
+    // Grove patch 7: no per-topic meter. It kept every distinct topic a connection ever published
+    // to for the connection's lifetime (a device with an id or a time in its topics grew without
+    // limit), and nothing read it.
     subscribes: HashSet<Filter>,
     total_publishes: MeterData,
 }
 
 impl IncomingMeter {
     pub fn register_publish(&mut self, publish: &Publish) -> Result<(), std::str::Utf8Error> {
-        let meter = {
-            let topic = std::str::from_utf8(&publish.topic)?.to_string();
-            self.publishes.entry(topic).or_default()
-        };
-        meter.count += 1;
-        meter.size += publish.len();
-
+        std::str::from_utf8(&publish.topic)?;
         self.total_publishes.count += 1;
         self.total_publishes.size += publish.len();
 
         Ok(())
-    }
-
-    pub fn get_topic_meters(&self) -> &HashMap<Topic, MeterData> {
-        &self.publishes
     }
 
     pub fn register_subscription(&mut self, filter: Filter) -> bool {
