@@ -155,8 +155,11 @@ impl DataLog {
                 // Grove patch 7: the cache is bounded. Every distinct topic ever published stayed
                 // in it (~180 bytes each: a device that puts an id or a time in its topics grew
                 // the broker without limit). It is only a cache, so it starts over when full;
-                // with patch 6 refilling an entry is a lookup and a short trie walk.
-                if self.publish_filters.len() >= TOPIC_CACHE_LIMIT {
+                // with patch 6 refilling an entry is a lookup and a short trie walk. The bound
+                // grows with the subscriptions, so that a large fleet's live topics (a few per
+                // device, as are its filters) stay cached.
+                let limit = TOPIC_CACHE_LIMIT.max(TOPICS_PER_FILTER * self.filter_indexes.len());
+                if self.publish_filters.len() >= limit {
                     self.publish_filters.clear();
                 }
                 self.publish_filters.insert(topic.to_owned(), v.clone());
@@ -463,8 +466,11 @@ impl AckLog {
     }
 }
 
-/// Grove patch 7: how many topics' filter lists `DataLog::matches` keeps (at most ~6 MB).
+/// Grove patch 7: how many topics' filter lists `DataLog::matches` keeps at least (~6 MB)...
 const TOPIC_CACHE_LIMIT: usize = 32_768;
+
+/// ...and per subscription filter, when that is more.
+const TOPICS_PER_FILTER: usize = 4;
 
 /// Grove patch 6: whether a filter has a wildcard level; one without matches only the topic equal
 /// to it (`matches` has no other case for it).
