@@ -863,7 +863,10 @@ async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
     device
         .publish("ok/1", QoS::AtLeastOnce, false, "taken")
         .await;
-    let got = cloud.recv(WAIT).await.expect("the allowed message");
+    let got = cloud
+        .recv(WAIT)
+        .await
+        .unwrap_or_else(|| panic!("the allowed message never reached the cloud:\n{}", g.log()));
     assert_eq!(got.topic, "ok/1");
     wait_metric(
         &g,

@@ -128,8 +128,8 @@ pub(super) async fn serve<S>(
         &listener,
         peer_cert.as_deref(),
     );
-    let session = match tokio::time::timeout(timeout, handshake).await {
-        Ok(Ok(session)) => session,
+    let (session, _slot) = match tokio::time::timeout(timeout, handshake).await {
+        Ok(Ok(accepted)) => accepted,
         Ok(Err(refusal)) => {
             shared.metrics.refuse(refusal.reason);
             if refusal.security {
@@ -145,7 +145,6 @@ pub(super) async fn serve<S>(
             return;
         }
     };
-    let _slot = ConnectionSlot::taken(&shared);
     let client_id = session.client_id.clone();
     shared.metrics.connections.inc();
     info!(%peer, client_id, version = ?session.codec.version(), "client connected");
@@ -186,14 +185,15 @@ impl Refusal {
     }
 }
 
-/// Reads CONNECT, checks it, registers the link with the router and answers CONNACK.
-async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
+/// Reads CONNECT, checks it, takes one of `max_connections`, registers the link with the router
+/// and answers CONNACK.
+async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    shared: &Shared,
+    shared: &'a Shared,
     listener: &Listener,
     peer_cert: Option<&[u8]>,
-) -> Result<Session, Refusal> {
+) -> Result<(Session, ConnectionSlot<'a>), Refusal> {
     let version = loop {
         match sniff(buf) {
             Sniff::Version(v) => break v,
@@ -237,7 +237,9 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             Version::V5 => code_v5,
         },
     };
-    if shared.connected() >= shared.config.max_connections {
+    // Taken before the CONNACK, not after it, and checked and taken in one step: a client
+    // connecting right after another's CONNACK, or at the same time, can never exceed the limit.
+    let Some(slot) = ConnectionSlot::reserve(shared) else {
         let ack = refuse(
             ConnectReturnCode::ServiceUnavailable,
             ConnectReturnCode::ServerBusy,
@@ -247,7 +249,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
             "max_connections",
             "broker.max_connections reached",
         ));
-    }
+    };
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
         if !connect.clean_session {
@@ -361,7 +363,7 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         .await
         .map_err(|e| Refusal::new("io", e.to_string()))?;
     shared.cancel_delayed_will(&client_id);
-    Ok(Session {
+    let session = Session {
         client_id,
         codec,
         policy,
@@ -373,7 +375,8 @@ async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
         device,
         tx,
         rx,
-    })
+    };
+    Ok((session, slot))
 }
 
 /// A refused CONNECT: what to log and count, and the CONNACK codes for MQTT 3.1.1 and 5.
@@ -497,14 +500,21 @@ async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, codec: &Codec, pack
     }
 }
 
-/// Holds one of `max_connections` and the connected-clients gauge while a client is connected.
+/// Holds one of `max_connections` and the connected-clients gauge from the CONNECT check until
+/// the client is gone.
 struct ConnectionSlot<'a>(&'a Shared);
 
 impl<'a> ConnectionSlot<'a> {
-    fn taken(shared: &'a Shared) -> Self {
-        shared.connected.fetch_add(1, Ordering::Relaxed);
+    /// One of `max_connections`, or `None` when all are taken.
+    fn reserve(shared: &'a Shared) -> Option<Self> {
+        shared
+            .connected
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < shared.config.max_connections).then_some(n + 1)
+            })
+            .ok()?;
         shared.metrics.connected_clients.inc();
-        ConnectionSlot(shared)
+        Some(ConnectionSlot(shared))
     }
 }
 

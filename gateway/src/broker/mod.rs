@@ -121,7 +121,8 @@ pub(crate) struct Shared {
     router: RouterHandle,
     store: Store,
     metrics: BrokerMetrics,
-    /// Devices connected now, checked against `max_connections` at CONNECT.
+    /// Connections past the CONNECT check now (see `connection::ConnectionSlot`), at most
+    /// `max_connections`.
     connected: AtomicUsize,
     shutdown: watch::Receiver<bool>,
     /// The gateway's own link, used to publish delayed wills after their client is gone.
@@ -483,10 +484,6 @@ async fn drain(mut rx: LinkRx, mut shutdown: watch::Receiver<bool>) {
 }
 
 impl Shared {
-    fn connected(&self) -> usize {
-        self.connected.load(Ordering::Relaxed)
-    }
-
     /// Writes a retained message (or its deletion) to the store before the router sees it.
     ///
     /// rumqttd drops a topic's retained message on *any* empty payload, retain flag or not
