@@ -117,7 +117,7 @@ fi
 status="$(dpkg --root="$root" -s grove 2>&1)"
 if grep -qx 'Status: install ok unpacked' <<< "$status"; then pass "dpkg -s: install ok unpacked"; else fail "dpkg -s: $status"; fi
 if grep -Eq '^ /etc/grove/grove\.toml (newconffile|[0-9a-f]{32})$' <<< "$status"; then pass "dpkg -s: conffile registered"; else fail "dpkg does not know /etc/grove/grove.toml as a conffile"; fi
-if dpkg --root="$root" -L grove | grep -qx /usr/bin/grove; then pass "dpkg -L: /usr/bin/grove"; else fail "dpkg -L does not list /usr/bin/grove"; fi
+if grep -qx /usr/bin/grove <<<"$(dpkg --root="$root" -L grove)"; then pass "dpkg -L: /usr/bin/grove"; else fail "dpkg -L does not list /usr/bin/grove"; fi
 
 installed_version="$("$QEMU" -L "$SYSROOT" "$root/usr/bin/grove" --version 2>&1)"
 if [ "$installed_version" = "grove $version" ]; then pass "installed binary runs: $installed_version"; else fail "installed binary: $installed_version"; fi

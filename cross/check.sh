@@ -130,7 +130,8 @@ printf '==> qemu check of %s (%s -L %s)\n' "$bin" "$QEMU" "$SYSROOT"
 start_all=$(date +%s)
 
 # 1. `grove init` on the ARM binary, then ports 0 and a private data directory.
-arm "$bin" --version | grep -q '^grove ' || fail "grove --version"
+version="$(arm "$bin" --version)" || fail "grove --version"
+grep -q '^grove ' <<<"$version" || fail "grove --version said: $version"
 arm "$bin" init "$work/grove.toml" 2> /dev/null || fail "grove init"
 sed -i -E \
   -e "s|^data_dir = .*|data_dir = \"$work/data\"|" \
@@ -162,8 +163,9 @@ pass "grove init + run: up in $(( ($(date +%s%N) - t0) / 1000000 )) ms, MQTT on 
 health="$(curl -fsS "http://127.0.0.1:$ops_port/healthz")" || fail "GET /healthz"
 echo "$health" | grep -q '"status":"ok"' || fail "/healthz said: $health"
 pass "/healthz: $health"
-curl -fsS "http://127.0.0.1:$ops_port/metrics" | grep -q '^grove_build_info' \
-  || fail "/metrics has no grove_build_info"
+# Read whole, then searched: `curl | grep -q` fails under pipefail when grep stops reading first.
+metrics="$(curl -fsS "http://127.0.0.1:$ops_port/metrics")" || fail "GET /metrics"
+grep -q '^grove_build_info' <<<"$metrics" || fail "/metrics has no grove_build_info"
 pass "/metrics"
 
 # 3. MQTT round trip, across protocol versions.
