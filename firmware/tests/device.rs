@@ -341,10 +341,6 @@ fn late_get_accepted_does_not_reapply_an_older_version() {
 fn qos1_telemetry_is_retransmitted_and_holds_one_slot_of_its_own() {
     let config = config().with_telemetry_qos(QoS::AtLeastOnce);
     let mut h = Harness::with_config(&[set(Level::Low), set(Level::High)], usize::MAX, config);
-    let sample = Measurement {
-        temperature_milli_c: 21_500,
-        humidity_milli_pct: 40_250,
-    };
     let telemetry = |dup: &str, id: u16, seq: u32| {
         format!(
             r#"PUBLISH q1{dup} id={id} dt/t1/telemetry {{"seq":{seq},"temp_mc":21500,"rh_mpct":40250,"relay":false}}"#
@@ -357,12 +353,12 @@ fn qos1_telemetry_is_retransmitted_and_holds_one_slot_of_its_own() {
     h.advance(10_000);
     h.expect_events(&[Event::SampleDue]);
     let now = Instant::from_millis(h.now);
-    h.device.publish_sample(sample, now).unwrap();
+    h.device.publish_sample(SAMPLE, now).unwrap();
     assert_eq!(h.device.seq(), 1);
     h.expect_sent(&[&telemetry("", 4, 1)]);
     // The next sample waits for the PUBACK; it is not numbered.
     assert_eq!(
-        h.device.publish_sample(sample, now),
+        h.device.publish_sample(SAMPLE, now),
         Err(PublishError::InflightFull)
     );
     assert_eq!(h.device.seq(), 1);
@@ -385,7 +381,7 @@ fn qos1_telemetry_is_retransmitted_and_holds_one_slot_of_its_own() {
     h.advance(5_000);
     h.expect_events(&[Event::SampleDue]);
     h.device
-        .publish_sample(sample, Instant::from_millis(h.now))
+        .publish_sample(SAMPLE, Instant::from_millis(h.now))
         .unwrap();
     assert_eq!(h.device.seq(), 2);
     h.expect_sent(&[&telemetry("", 6, 2).replace("false}", "true}")]);
@@ -549,6 +545,12 @@ fn broker_faults_end_the_session() {
     }
 }
 
+/// The reading the telemetry tests publish.
+const SAMPLE: Measurement = Measurement {
+    temperature_milli_c: 21_500,
+    humidity_milli_pct: 40_250,
+};
+
 fn enc(packet: Packet<'_>) -> Vec<u8> {
     let mut buf = vec![0u8; 256];
     let len = packet.encode(&mut buf).unwrap();
@@ -559,10 +561,6 @@ fn enc(packet: Packet<'_>) -> Vec<u8> {
 #[test]
 fn handle_events_publishes_due_samples_and_skips_failed_readings() {
     let mut h = Harness::new(&[set(Level::Low)], usize::MAX);
-    let sample = Measurement {
-        temperature_milli_c: 21_500,
-        humidity_milli_pct: 40_250,
-    };
     h.connect(&[], Some((2, report(false, 10))), 3);
     h.broker(Packet::Puback(2));
     h.broker(Packet::Puback(3));
@@ -573,7 +571,7 @@ fn handle_events_publishes_due_samples_and_skips_failed_readings() {
     h.expect_sent(&[]);
     h.advance(10_000);
     h.device
-        .handle_events(Instant::from_millis(h.now), || Ok::<_, ()>(sample));
+        .handle_events(Instant::from_millis(h.now), || Ok::<_, ()>(SAMPLE));
     h.expect_sent(&[
         r#"PUBLISH q0 dt/t1/telemetry {"seq":1,"temp_mc":21500,"rh_mpct":40250,"relay":false}"#,
     ]);
@@ -583,12 +581,8 @@ fn handle_events_publishes_due_samples_and_skips_failed_readings() {
 #[test]
 fn telemetry_follows_the_shadow_interval() {
     let mut h = Harness::new(&[set(Level::Low)], usize::MAX);
-    let sample = Measurement {
-        temperature_milli_c: 21_500,
-        humidity_milli_pct: 40_250,
-    };
     assert_eq!(
-        h.device.publish_sample(sample, Instant::from_millis(0)),
+        h.device.publish_sample(SAMPLE, Instant::from_millis(0)),
         Err(PublishError::NotConnected)
     );
     h.connect(&[], Some((2, report(false, 10))), 3);
@@ -597,7 +591,7 @@ fn telemetry_follows_the_shadow_interval() {
     h.advance(10_000);
     h.expect_events(&[Event::SampleDue]);
     h.device
-        .publish_sample(sample, Instant::from_millis(h.now))
+        .publish_sample(SAMPLE, Instant::from_millis(h.now))
         .unwrap();
     h.expect_sent(&[
         r#"PUBLISH q0 dt/t1/telemetry {"seq":1,"temp_mc":21500,"rh_mpct":40250,"relay":false}"#,
