@@ -162,48 +162,40 @@ impl Driver {
 
     async fn step(&mut self) -> Result<Step, String> {
         match self {
-            Driver::V4(_, eventloop) => {
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
-                    Event::Incoming(Incoming::ConnAck(ack)) => Step::ConnAck(
-                        (ack.code != rumqttc::ConnectReturnCode::Success)
-                            .then(|| format!("{:?}", ack.code)),
-                    ),
-                    Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
-                        Step::Report(LinkEvent::Written(pkid))
-                    }
-                    Event::Incoming(Incoming::PubAck(ack)) => {
-                        Step::Report(LinkEvent::PubAck(ack.pkid))
-                    }
-                    Event::Incoming(Incoming::Publish(p)) => Step::Report(LinkEvent::Message {
-                        topic: p.topic,
-                        payload: p.payload,
-                    }),
-                    _ => Step::Other,
-                })
-            }
-            Driver::V5(_, eventloop) => {
-                use v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
-                Ok(match eventloop.poll().await.map_err(|e| e.to_string())? {
-                    v5::Event::Incoming(Packet::ConnAck(ack)) => Step::ConnAck(
-                        (ack.code != ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
-                    ),
-                    v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
-                        Step::Report(LinkEvent::Written(pkid))
-                    }
-                    v5::Event::Incoming(Packet::PubAck(ack)) => match ack.reason {
-                        PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
-                            Step::Report(LinkEvent::PubAck(ack.pkid))
-                        }
-                        reason => Step::Report(LinkEvent::Refused(ack.pkid, format!("{reason:?}"))),
-                    },
-                    v5::Event::Incoming(Packet::Publish(p)) => Step::Report(LinkEvent::Message {
-                        topic: String::from_utf8_lossy(&p.topic).into_owned(),
-                        payload: p.payload,
-                    }),
-                    _ => Step::Other,
-                })
-            }
+            Driver::V4(_, eventloop) => eventloop
+                .poll()
+                .await
+                .map(v4_step)
+                .map_err(|e| e.to_string()),
+            Driver::V5(_, eventloop) => eventloop
+                .poll()
+                .await
+                .map(v5_step)
+                .map_err(|e| e.to_string()),
         }
+    }
+
+    /// What the event loop had already taken in when its connection failed, to report before the
+    /// session ends. rumqttc reads every packet that has arrived in one go and queues their events;
+    /// when the connection's end is among them (a broker that closes right after a PUBACK, as
+    /// mosquitto does after refusing a publish), `poll` returns the error and the acknowledgements
+    /// and messages read before it stay queued in the event loop, which is dropped with the
+    /// session. Lost, they would mean a refused message resent on every reconnect (and the
+    /// connection closed each time, so nothing behind it ever got through), an acknowledged
+    /// message sent again, and a downlink message rumqttc had already acknowledged never
+    /// delivered.
+    fn leftovers(&mut self) -> Vec<LinkEvent> {
+        let steps: Vec<Step> = match self {
+            Driver::V4(_, eventloop) => eventloop.state.events.drain(..).map(v4_step).collect(),
+            Driver::V5(_, eventloop) => eventloop.state.events.drain(..).map(v5_step).collect(),
+        };
+        steps
+            .into_iter()
+            .filter_map(|step| match step {
+                Step::Report(event) => Some(event),
+                Step::ConnAck(_) | Step::Other => None,
+            })
+            .collect()
     }
 
     fn subscribe(&self, filter: &str) -> bool {
@@ -230,6 +222,48 @@ impl Driver {
             Driver::V4(c, _) => c.try_disconnect().is_ok(),
             Driver::V5(c, _) => c.try_disconnect().is_ok(),
         };
+    }
+}
+
+/// What an MQTT 3.1.1 event loop event means for the link.
+fn v4_step(event: Event) -> Step {
+    match event {
+        Event::Incoming(Incoming::ConnAck(ack)) => Step::ConnAck(
+            (ack.code != rumqttc::ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
+        ),
+        Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+            Step::Report(LinkEvent::Written(pkid))
+        }
+        Event::Incoming(Incoming::PubAck(ack)) => Step::Report(LinkEvent::PubAck(ack.pkid)),
+        Event::Incoming(Incoming::Publish(p)) => Step::Report(LinkEvent::Message {
+            topic: p.topic,
+            payload: p.payload,
+        }),
+        _ => Step::Other,
+    }
+}
+
+/// What an MQTT 5 event loop event means for the link.
+fn v5_step(event: v5::Event) -> Step {
+    use v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
+    match event {
+        v5::Event::Incoming(Packet::ConnAck(ack)) => Step::ConnAck(
+            (ack.code != ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
+        ),
+        v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
+            Step::Report(LinkEvent::Written(pkid))
+        }
+        v5::Event::Incoming(Packet::PubAck(ack)) => match ack.reason {
+            PubAckReason::Success | PubAckReason::NoMatchingSubscribers => {
+                Step::Report(LinkEvent::PubAck(ack.pkid))
+            }
+            reason => Step::Report(LinkEvent::Refused(ack.pkid, format!("{reason:?}"))),
+        },
+        v5::Event::Incoming(Packet::Publish(p)) => Step::Report(LinkEvent::Message {
+            topic: String::from_utf8_lossy(&p.topic).into_owned(),
+            payload: p.payload,
+        }),
+        _ => Step::Other,
     }
 }
 
@@ -409,6 +443,11 @@ pub async fn run(
                 return;
             }
         };
+        for event in driver.leftovers() {
+            if events.send(event).is_err() {
+                return;
+            }
+        }
         drop(driver);
         if up {
             warn!(error = reason, "cloud link down");
@@ -452,5 +491,105 @@ mod tests {
         }
         b.reset();
         assert_eq!(b.next_delay(0.0), ms(50));
+    }
+
+    /// A broker's last words: the peer answers the CONNECT with `connack`, waits for the client's
+    /// PUBLISH if `after_publish`, then writes `last` and closes the connection at once, so the
+    /// client reads the packet and the end of the connection together (as when mosquitto refuses
+    /// a publish and disconnects). No real broker does this on demand, so the peer is scripted:
+    /// raw MQTT bytes, the client under test is rumqttc as the gateway runs it.
+    async fn last_words(
+        options: impl FnOnce(u16) -> Options,
+        connack: &'static [u8],
+        after_publish: bool,
+        last: &'static [u8],
+    ) -> Vec<LinkEvent> {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let peer = tokio::spawn(async move {
+            let (mut socket, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 256];
+            assert!(socket.read(&mut buf).await.unwrap() > 0, "CONNECT");
+            socket.write_all(connack).await.unwrap();
+            if after_publish {
+                let n = socket.read(&mut buf).await.unwrap();
+                assert_eq!(buf[0] & 0xf0, 0x30, "a PUBLISH: {:?}", &buf[..n]);
+            }
+            socket.write_all(last).await.unwrap();
+        });
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let (stop, shutdown) = watch::channel(false);
+        let never = Duration::from_secs(3600);
+        let link = tokio::spawn(run(
+            options(port),
+            Vec::new(),
+            16,
+            Backoff::new(never, never),
+            tx,
+            shutdown,
+        ));
+        let mut seen = Vec::new();
+        loop {
+            let event = tokio::time::timeout(Duration::from_secs(10), rx.recv())
+                .await
+                .expect("the link reports within 10 s")
+                .expect("the link runs");
+            match event {
+                LinkEvent::Up(session) if after_publish => {
+                    assert!(session.publish_qos1("no/1", Bytes::from_static(b"x")));
+                }
+                LinkEvent::Down(_) => break,
+                other => seen.push(other),
+            }
+        }
+        peer.await.unwrap();
+        stop.send(true).unwrap();
+        link.await.unwrap();
+        seen
+    }
+
+    fn v4(port: u16) -> Options {
+        Options::V4(Box::new(MqttOptions::new("edge", "127.0.0.1", port)))
+    }
+
+    fn v5(port: u16) -> Options {
+        Options::V5(Box::new(v5::MqttOptions::new("edge", "127.0.0.1", port)))
+    }
+
+    const CONNACK_V4: &[u8] = &[0x20, 0x02, 0x00, 0x00];
+    const CONNACK_V5: &[u8] = &[0x20, 0x03, 0x00, 0x00, 0x00];
+
+    #[tokio::test]
+    async fn a_refusal_read_with_the_end_of_the_connection_is_reported() {
+        // PUBACK, packet id 1, reason 0x87 "not authorized".
+        let seen = last_words(v5, CONNACK_V5, true, &[0x40, 0x03, 0x00, 0x01, 0x87]).await;
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, LinkEvent::Refused(1, r) if r == "NotAuthorized")),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn an_acknowledgement_read_with_the_end_of_the_connection_is_reported() {
+        let seen = last_words(v4, CONNACK_V4, true, &[0x40, 0x02, 0x00, 0x01]).await;
+        assert!(
+            seen.iter().any(|e| matches!(e, LinkEvent::PubAck(1))),
+            "{seen:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_cloud_message_read_with_the_end_of_the_connection_is_delivered() {
+        // PUBLISH QoS 1 "c/1", packet id 7, payload "x": rumqttc acknowledges it as it reads it.
+        let publish = &[0x32, 0x08, 0x00, 0x03, b'c', b'/', b'1', 0x00, 0x07, b'x'];
+        let seen = last_words(v4, CONNACK_V4, false, publish).await;
+        assert!(
+            seen.iter()
+                .any(|e| matches!(e, LinkEvent::Message { topic, payload }
+                if topic == "c/1" && payload.as_ref() == b"x")),
+            "{seen:?}"
+        );
     }
 }

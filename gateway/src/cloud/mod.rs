@@ -38,7 +38,7 @@ use tracing::{error, info, warn};
 
 use self::config::{CloudConfig, Downlink};
 use self::link::{Backoff, LinkEvent, Session};
-use self::outbox::{PacketIds, Queue};
+use self::outbox::{Entry, PacketIds, Queue};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Message, Outgoing};
 use crate::metrics::CloudMetrics;
@@ -375,32 +375,21 @@ impl Owner {
             LinkEvent::Written(pkid) => self.ids.written(pkid),
             LinkEvent::Refused(pkid, reason) => {
                 // The cloud will not take it, now or on a resend: it leaves the outbox, counted.
-                if let Some(seq) = self.ids.acked(pkid) {
-                    if self.queue.acked(seq).is_some() {
-                        warn!(
-                            reason,
-                            "the cloud refused a message (MQTT 5 PUBACK reason): dropped"
-                        );
-                        self.metrics.drop("refused_by_cloud", 1);
-                        self.deletes.push(seq);
-                        self.gauges();
-                    }
+                if self.settle(pkid).is_some() {
+                    warn!(
+                        reason,
+                        "the cloud refused a message (MQTT 5 PUBACK reason): dropped"
+                    );
+                    self.metrics.drop("refused_by_cloud", 1);
                 }
             }
             LinkEvent::PubAck(pkid) => {
-                if let Some(seq) = self.ids.acked(pkid) {
-                    if let Some(entry) = self.queue.acked(seq) {
-                        self.metrics.acked.inc();
-                        let waited = now_ms().saturating_sub(entry.enqueued_ms);
-                        self.metrics
-                            .delivery_seconds
-                            .observe(waited as f64 / 1000.0);
-                        self.deletes.push(seq);
-                        self.gauges();
-                        if self.queue.depth() == 0 {
-                            self.drained();
-                        }
-                    }
+                if let Some(entry) = self.settle(pkid) {
+                    self.metrics.acked.inc();
+                    let waited = now_ms().saturating_sub(entry.enqueued_ms);
+                    self.metrics
+                        .delivery_seconds
+                        .observe(waited as f64 / 1000.0);
                 }
             }
             LinkEvent::Message { topic, payload } => {
@@ -541,6 +530,20 @@ impl Owner {
     }
 
     /// Logs how fast a backlog drained after a reconnect.
+    /// The cloud answered the publish with this packet id (acknowledged or refused): its message
+    /// leaves the outbox. `None` if it had already left (dropped while in flight, or a duplicate
+    /// answer).
+    fn settle(&mut self, pkid: u16) -> Option<Entry> {
+        let seq = self.ids.acked(pkid)?;
+        let entry = self.queue.acked(seq)?;
+        self.deletes.push(seq);
+        self.gauges();
+        if self.queue.depth() == 0 {
+            self.drained();
+        }
+        Some(entry)
+    }
+
     fn drained(&mut self) {
         if let Some((since, messages)) = self.backlog.take() {
             let secs = since.elapsed().as_secs_f64();
