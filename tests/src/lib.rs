@@ -410,25 +410,34 @@ async fn drive(
     ready: tokio::sync::oneshot::Sender<Result<(), String>>,
 ) -> Option<String> {
     let mut ready = Some(ready);
+    let forward = |event: Event, ready: &mut Option<tokio::sync::oneshot::Sender<_>>| match event {
+        Event::Incoming(Packet::ConnAck(ack)) => {
+            if let Some(r) = ready.take() {
+                let _ = r.send(if ack.code == rumqttc::ConnectReturnCode::Success {
+                    Ok(())
+                } else {
+                    Err(format!("{:?}", ack.code))
+                });
+            }
+        }
+        Event::Incoming(Packet::Publish(p)) => {
+            let _ = tx.send(p);
+        }
+        Event::Incoming(Packet::SubAck(a)) => {
+            let _ = subacks.send(a);
+        }
+        _ => {}
+    };
     loop {
         match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::ConnAck(ack))) => {
-                if let Some(r) = ready.take() {
-                    let _ = r.send(if ack.code == rumqttc::ConnectReturnCode::Success {
-                        Ok(())
-                    } else {
-                        Err(format!("{:?}", ack.code))
-                    });
-                }
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => {
-                let _ = tx.send(p);
-            }
-            Ok(Event::Incoming(Packet::SubAck(a))) => {
-                let _ = subacks.send(a);
-            }
-            Ok(_) => {}
+            Ok(event) => forward(event, &mut ready),
             Err(e) => {
+                // What was read together with the end of the connection is still queued in the
+                // event loop; a message the broker sent just before closing is part of what it
+                // did (the gateway's cloud link does the same, gateway/src/cloud/link.rs).
+                for event in eventloop.state.events.drain(..) {
+                    forward(event, &mut ready);
+                }
                 if let Some(r) = ready.take() {
                     let _ = r.send(Err(e.to_string()));
                 }
