@@ -520,10 +520,10 @@ impl Publisher {
             }
         };
         let Some(started) = started else {
-            // The phase was abandoned before it started, perhaps because this client's own connection
-            // failed: the stop signal went out first, so the event loop ends now, with its error if it had
-            // one. (Both branches above can be ready at once; the error must not depend on which one is
-            // polled first.)
+            // The phase was abandoned before it started, perhaps because this client's own
+            // connection failed: the stop signal went out first, so the event loop ends now, with
+            // its error if it had one. (Both branches above can be ready at once; the error must
+            // not depend on which one is polled first.)
             io.await??;
             return Ok(self.report(0, &acked, Instant::now()));
         };

@@ -529,7 +529,6 @@ impl Owner {
         self.gauges();
     }
 
-    /// Logs how fast a backlog drained after a reconnect.
     /// The cloud answered the publish with this packet id (acknowledged or refused): its message
     /// leaves the outbox. `None` if it had already left (dropped while in flight, or a duplicate
     /// answer).
@@ -544,6 +543,7 @@ impl Owner {
         Some(entry)
     }
 
+    /// Logs how fast a backlog drained after a reconnect.
     fn drained(&mut self) {
         if let Some((since, messages)) = self.backlog.take() {
             let secs = since.elapsed().as_secs_f64();

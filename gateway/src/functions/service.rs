@@ -15,8 +15,9 @@
 //!   at-least-once: a failed attempt is retried twice, after 100 ms and 500 ms, then the event and
 //!   the last error go to `$grove/functions/{name}/dlq`. Handlers must therefore be idempotent. A
 //!   full queue sends the event to the DLQ at once, and so does an event whose function is not
-//!   deployed (removed while the event waited): an accepted event is never dropped silently. An event leaves the store when it is done
-//!   (success or dead letter); one running when the gateway stops runs again after the restart.
+//!   deployed (removed while the event waited): an accepted event is never dropped silently. An
+//!   event leaves the store when it is done (success or dead letter); one running when the
+//!   gateway stops runs again after the restart.
 //! - Sync invocation: a publish to `$grove/functions/{name}/invoke` (or `{name}:{qualifier}`),
 //!   answered on the request's MQTT 5 response topic with its correlation data, or, for MQTT
 //!   3.1.1, on the `replyTo` topic of a JSON envelope `{"replyTo": ..., "correlationId": ...,
