@@ -127,6 +127,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
 
     let signal = wait_for_signal(reload_tx).await.map_err(RunError::Signals);
     info!("shutting down");
+    // How long the orderly stop took, as the gateway itself measured it (a service manager's stop
+    // timeout is the budget it must fit in; systemd's default is 90 s, ours is much less).
+    let stopping = std::time::Instant::now();
     broker.shutdown().await;
     for task in components {
         let _ = task.await;
@@ -136,7 +139,10 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         let _ = task.await;
     }
     store_thread.close().await;
-    info!("stopped");
+    info!(
+        took_ms = u64::try_from(stopping.elapsed().as_millis()).unwrap_or(u64::MAX),
+        "stopped"
+    );
     signal
 }
 

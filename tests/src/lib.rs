@@ -5,6 +5,14 @@
 //! mosquitto command-line clients. Nothing is mocked. The binary is the one `cargo build` put next
 //! to the test executable (`target/<profile>/grove`), or `$GROVE_BIN`; the test command builds it
 //! first.
+//!
+//! One harness for every test file: one way to start a gateway ([`Gateway`]) or a mosquitto
+//! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
+//! way to read a shadow ([`Gateway::shadow`]). Tests wait on facts, never on time:
+//! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
+//! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
+//! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
+//! tasks (its clients' event loops) keep running while it waits.
 
 use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -15,6 +23,46 @@ use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
+
+mod mosquitto;
+mod raw;
+
+pub use mosquitto::{mosquitto_pub, Mosquitto, MosquittoSub};
+pub use raw::RawClient;
+
+/// How long a test waits for a fact before it fails: generous, because the test command runs on a
+/// loaded 2-core machine; a fact that holds arrives long before it.
+pub const WAIT: Duration = Duration::from_secs(20);
+
+/// Runs blocking work (a child process, an HTTP request, a poll with pauses) from a test that may
+/// be async. On a multi-thread tokio runtime the worker thread is handed over first
+/// (`block_in_place`), so the test's other tasks, such as its clients' event loops, keep running;
+/// elsewhere it just runs.
+pub fn blocking<T>(work: impl FnOnce() -> T) -> T {
+    match tokio::runtime::Handle::try_current() {
+        Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+            tokio::task::block_in_place(work)
+        }
+        _ => work(),
+    }
+}
+
+/// Polls `probe` until it returns `Ok`, and returns that; fails with the last `Err` (which says
+/// what was seen instead) if that does not happen within `timeout`. This is how a test waits on a
+/// fact it cannot be told about (a metric, a log line, a file, a shadow's version): the pause
+/// between polls is only the polling interval, never what the test relies on.
+pub fn eventually<T>(timeout: Duration, mut probe: impl FnMut() -> Result<T, String>) -> T {
+    blocking(|| {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match probe() {
+                Ok(v) => return v,
+                Err(e) if Instant::now() >= deadline => panic!("not within {timeout:?}: {e}"),
+                Err(_) => std::thread::sleep(Duration::from_millis(20)),
+            }
+        }
+    })
+}
 
 /// Path of a binary built by this workspace (`grove`, `grove-sim`, ...).
 pub fn workspace_bin(name: &str) -> PathBuf {
@@ -123,6 +171,10 @@ impl Gateway {
     }
 
     fn spawn(&mut self) {
+        blocking(|| self.spawn_and_wait());
+    }
+
+    fn spawn_and_wait(&mut self) {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -175,6 +227,10 @@ impl Gateway {
 
     /// Sends a signal and waits for the exit, returning its status and how long it took.
     pub fn stop_with(&mut self, signal: &str) -> (ExitStatus, Duration) {
+        blocking(|| self.stop_and_wait(signal))
+    }
+
+    fn stop_and_wait(&mut self, signal: &str) -> (ExitStatus, Duration) {
         let mut child = self.child.take().expect("running");
         let started = Instant::now();
         let ok = Command::new("kill")
@@ -195,6 +251,19 @@ impl Gateway {
             );
             std::thread::sleep(Duration::from_millis(5));
         }
+    }
+
+    /// Sends a signal (`HUP`: reload) and returns at once.
+    pub fn signal(&self, signal: &str) {
+        let ok = blocking(|| {
+            Command::new("kill")
+                .arg(format!("-{signal}"))
+                .arg(self.pid().to_string())
+                .status()
+                .expect("kill")
+                .success()
+        });
+        assert!(ok, "kill -{signal} failed");
     }
 
     /// Stops (SIGTERM) and starts again on the same ports and data directory.
@@ -232,6 +301,71 @@ impl Gateway {
             .find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')))
             .map_or(0.0, |v| v.trim().parse().expect("metric value"))
     }
+
+    /// Waits until a metric satisfies `ok` (counters are raised after the packet that caused
+    /// them is written, so a client can see the effect before the count); returns its value.
+    pub fn wait_metric(&self, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
+        eventually(WAIT, || {
+            let v = self.metric(series);
+            ok(v)
+                .then_some(v)
+                .ok_or_else(|| format!("{series} = {v}\n{}", self.log()))
+        })
+    }
+
+    /// How many lines of the gateway's log (across restarts: the log file is appended to) contain
+    /// every one of `needles`.
+    pub fn log_count(&self, needles: &[&str]) -> usize {
+        self.log()
+            .lines()
+            .filter(|l| needles.iter().all(|n| l.contains(n)))
+            .count()
+    }
+
+    /// Waits until at least `n` lines of the gateway's log contain every one of `needles`.
+    pub fn wait_log(&self, needles: &[&str], n: usize) {
+        eventually(WAIT, || {
+            let seen = self.log_count(needles);
+            (seen >= n)
+                .then_some(())
+                .ok_or_else(|| format!("{seen} of {n} log lines with {needles:?}:\n{}", self.log()))
+        });
+    }
+
+    /// `grove shadow get THING --json` over this gateway's MQTT API: the classic shadow's
+    /// document, or `None` when the command fails (e.g. no shadow yet) or prints no JSON.
+    pub fn shadow(&self, thing: &str) -> Option<serde_json::Value> {
+        let addr = self.mqtt_addr().to_string();
+        let (code, out) = grove(
+            &["shadow", "--mqtt", &addr, "get", thing, "--json"],
+            self.dir.path(),
+        );
+        let doc = serde_json::from_str(out.lines().last().unwrap_or_default()).ok();
+        doc.filter(|_| code == 0)
+    }
+
+    /// Waits until `thing`'s classic shadow satisfies `ok`, and returns it.
+    pub fn wait_shadow(
+        &self,
+        thing: &str,
+        ok: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        eventually(WAIT, || match self.shadow(thing) {
+            Some(s) if ok(&s) => Ok(s),
+            other => Err(format!("{thing}'s shadow is {other:?}")),
+        })
+    }
+
+    /// The process's resident set size in KiB (`VmRSS` in `/proc/PID/status`).
+    pub fn rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
+            .expect("/proc/PID/status");
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmRSS")
+    }
 }
 
 impl Drop for Gateway {
@@ -246,6 +380,10 @@ impl Drop for Gateway {
 /// A minimal HTTP/1.0 GET (the ops endpoint's protocol is plain HTTP; the test needs no client
 /// library beyond this). Returns (status, content type, body).
 pub fn http_get(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String, String) {
+    blocking(|| http_get_now(addr, path))
+}
+
+fn http_get_now(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String, String) {
     use std::io::Write;
     let mut s = TcpStream::connect(addr).expect("connect to ops endpoint");
     s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
@@ -271,11 +409,13 @@ pub fn http_get(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String,
 
 /// Runs `grove` with arguments to completion; returns (exit code, stderr).
 pub fn grove(args: &[&str], cwd: &Path) -> (i32, String) {
-    let out = Command::new(workspace_bin("grove"))
-        .args(args)
-        .current_dir(cwd)
-        .output()
-        .expect("run grove");
+    let out = blocking(|| {
+        Command::new(workspace_bin("grove"))
+            .args(args)
+            .current_dir(cwd)
+            .output()
+            .expect("run grove")
+    });
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stderr).into_owned() + &String::from_utf8_lossy(&out.stdout),
@@ -289,6 +429,8 @@ pub struct Client {
     pub client: AsyncClient,
     rx: mpsc::UnboundedReceiver<Publish>,
     subacks: mpsc::UnboundedReceiver<rumqttc::SubAck>,
+    /// How many PUBACKs the broker has sent this client so far.
+    acked: tokio::sync::watch::Receiver<usize>,
     task: tokio::task::JoinHandle<Option<String>>,
 }
 
@@ -311,8 +453,17 @@ impl Client {
         let (client, eventloop) = AsyncClient::new(options, 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (suback_tx, subacks) = mpsc::unbounded_channel();
+        let (acked_tx, acked) = tokio::sync::watch::channel(0);
         let (ready_tx, ready_rx) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(drive(eventloop, tx, suback_tx, ready_tx));
+        let task = tokio::spawn(drive(
+            eventloop,
+            Forward {
+                publishes: tx,
+                subacks: suback_tx,
+                acked: acked_tx,
+                ready: Some(ready_tx),
+            },
+        ));
         match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
             Ok(Ok(Ok(()))) => {}
             Ok(Ok(Err(e))) => panic!("connect failed: {e}"),
@@ -322,6 +473,7 @@ impl Client {
             client,
             rx,
             subacks,
+            acked,
             task,
         }
     }
@@ -365,6 +517,20 @@ impl Client {
             .expect("publish");
     }
 
+    /// Waits until the broker has acknowledged (PUBACK) `n` QoS 1 publishes of this client in
+    /// all, counted from its connection.
+    pub async fn acked(&mut self, n: usize) {
+        let seen = tokio::time::timeout(WAIT, self.acked.wait_for(|&a| a >= n))
+            .await
+            .map(|r| r.is_ok());
+        let now = *self.acked.borrow();
+        match seen {
+            Ok(true) => {}
+            Ok(false) => panic!("connection closed after {now} of {n} PUBACKs"),
+            Err(_) => panic!("{now} of {n} PUBACKs within {WAIT:?}"),
+        }
+    }
+
     /// The next received publish, or `None` after `timeout`.
     pub async fn recv(&mut self, timeout: Duration) -> Option<Publish> {
         tokio::time::timeout(timeout, self.rx.recv())
@@ -401,44 +567,52 @@ impl Client {
     }
 }
 
-/// Polls the event loop, forwarding publishes; ends at the first error (returned), without
-/// reconnecting, so tests see exactly what the broker did.
-async fn drive(
-    mut eventloop: EventLoop,
-    tx: mpsc::UnboundedSender<Publish>,
+/// Where a client's event loop hands what it receives.
+struct Forward {
+    publishes: mpsc::UnboundedSender<Publish>,
     subacks: mpsc::UnboundedSender<rumqttc::SubAck>,
-    ready: tokio::sync::oneshot::Sender<Result<(), String>>,
-) -> Option<String> {
-    let mut ready = Some(ready);
-    let forward = |event: Event, ready: &mut Option<tokio::sync::oneshot::Sender<_>>| match event {
-        Event::Incoming(Packet::ConnAck(ack)) => {
-            if let Some(r) = ready.take() {
-                let _ = r.send(if ack.code == rumqttc::ConnectReturnCode::Success {
-                    Ok(())
-                } else {
-                    Err(format!("{:?}", ack.code))
-                });
+    acked: tokio::sync::watch::Sender<usize>,
+    ready: Option<tokio::sync::oneshot::Sender<Result<(), String>>>,
+}
+
+impl Forward {
+    fn event(&mut self, event: Event) {
+        match event {
+            Event::Incoming(Packet::ConnAck(ack)) => {
+                if let Some(r) = self.ready.take() {
+                    let _ = r.send(if ack.code == rumqttc::ConnectReturnCode::Success {
+                        Ok(())
+                    } else {
+                        Err(format!("{:?}", ack.code))
+                    });
+                }
             }
+            Event::Incoming(Packet::Publish(p)) => {
+                let _ = self.publishes.send(p);
+            }
+            Event::Incoming(Packet::SubAck(a)) => {
+                let _ = self.subacks.send(a);
+            }
+            Event::Incoming(Packet::PubAck(_)) => self.acked.send_modify(|n| *n += 1),
+            _ => {}
         }
-        Event::Incoming(Packet::Publish(p)) => {
-            let _ = tx.send(p);
-        }
-        Event::Incoming(Packet::SubAck(a)) => {
-            let _ = subacks.send(a);
-        }
-        _ => {}
-    };
+    }
+}
+
+/// Polls the event loop, forwarding what it receives; ends at the first error (returned), without
+/// reconnecting, so tests see exactly what the broker did.
+async fn drive(mut eventloop: EventLoop, mut forward: Forward) -> Option<String> {
     loop {
         match eventloop.poll().await {
-            Ok(event) => forward(event, &mut ready),
+            Ok(event) => forward.event(event),
             Err(e) => {
                 // What was read together with the end of the connection is still queued in the
                 // event loop; a message the broker sent just before closing is part of what it
                 // did (the gateway's cloud link does the same, gateway/src/cloud/link.rs).
                 for event in eventloop.state.events.drain(..) {
-                    forward(event, &mut ready);
+                    forward.event(event);
                 }
-                if let Some(r) = ready.take() {
+                if let Some(r) = forward.ready.take() {
                     let _ = r.send(Err(e.to_string()));
                 }
                 return Some(e.to_string());

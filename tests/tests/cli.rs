@@ -4,7 +4,7 @@
 use std::net::TcpListener;
 use std::path::Path;
 
-use grove_tests::{free_port, grove, Gateway};
+use grove_tests::{eventually, free_port, grove, http_get, Gateway, WAIT};
 
 /// Writes `text` as grove.toml in `dir` and runs `grove run -c` on it.
 fn run_config(dir: &Path, text: &str) -> (i32, String) {
@@ -158,32 +158,49 @@ fn init_writes_a_commented_default_that_runs_and_refuses_to_overwrite() {
     let (code, out) = grove(&["init"], dir.path());
     assert_eq!(code, 2, "refuses to overwrite: {out}");
     assert!(out.contains("--force"), "{out}");
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("grove.toml")).unwrap(),
+        text,
+        "the refused init left the file as it was"
+    );
     let (code, _) = grove(&["init", "--force", "other.toml"], dir.path());
     assert_eq!(code, 0);
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("other.toml")).unwrap(),
+        text
+    );
 
-    // The written file is the defaults: run it with only the ports moved off the defaults.
+    // The written file is the defaults: run it with only the ports moved off the defaults, and
+    // it serves MQTT and its ops endpoint.
+    let (mqtt, ops) = (free_port(), free_port());
     let text = text
-        .replace("127.0.0.1:1883", &format!("127.0.0.1:{}", free_port()))
-        .replace("127.0.0.1:9464", &format!("127.0.0.1:{}", free_port()));
+        .replace("127.0.0.1:1883", &format!("127.0.0.1:{mqtt}"))
+        .replace("127.0.0.1:9464", &format!("127.0.0.1:{ops}"));
     std::fs::write(dir.path().join("grove.toml"), text).unwrap();
+    let log = dir.path().join("grove.log");
     let mut child = std::process::Command::new(grove_tests::workspace_bin("grove"))
         .args(["run", "--config", "grove.toml"])
         .current_dir(dir.path())
-        .stderr(std::process::Stdio::piped())
+        .stderr(std::fs::File::create(&log).unwrap())
         .spawn()
         .unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !dir.path().join("grove-data/grove.db").exists() {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "the default data dir was not created"
-        );
-        assert!(
-            child.try_wait().unwrap().is_none(),
-            "grove exited on the init config"
-        );
-        std::thread::sleep(std::time::Duration::from_millis(10));
-    }
+    let health = eventually(WAIT, || {
+        if let Some(status) = child.try_wait().unwrap() {
+            panic!(
+                "grove exited on the init config ({status}):\n{}",
+                std::fs::read_to_string(&log).unwrap_or_default()
+            );
+        }
+        std::net::TcpStream::connect(("127.0.0.1", mqtt))
+            .and_then(|_| std::net::TcpStream::connect(("127.0.0.1", ops)))
+            .map_err(|e| format!("not serving yet: {e}"))?;
+        Ok(http_get(("127.0.0.1", ops), "/healthz"))
+    });
+    assert_eq!(health.0, 200, "{health:?}");
+    assert!(
+        dir.path().join("grove-data/grove.db").exists(),
+        "the default data dir"
+    );
     child.kill().unwrap();
     child.wait().unwrap();
 }

@@ -9,118 +9,19 @@
 //! so "offline" is a cut network while both gateways (and the device) stay up.
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use grove_tests::{free_port, grove, options, Client, Gateway};
+use grove_tests::{
+    eventually, free_port, grove, mosquitto_pub, options, Client, Gateway, Mosquitto, WAIT,
+};
 use rumqttc::QoS;
 use serde_json::{json, Value};
-
-const WAIT: Duration = Duration::from_secs(20);
-
-/// A mosquitto process on a loopback port, with persistence in its own directory (so a
-/// subscriber's persistent session and queue survive a restart of the broker).
-struct Mosquitto {
-    port: u16,
-    dir: tempfile::TempDir,
-    child: Option<Child>,
-}
-
-impl Mosquitto {
-    /// Plain TCP, anonymous.
-    fn start() -> Mosquitto {
-        Mosquitto::start_with(|_, _| String::new())
-    }
-
-    /// `listener` gives the extra listener lines (TLS), from the port and the directory.
-    fn start_with(listener: impl Fn(u16, &Path) -> String) -> Mosquitto {
-        let dir = tempfile::tempdir().expect("tempdir");
-        // mosquitto started as root drops to its own user, which must be able to save its
-        // persistence file here.
-        std::fs::set_permissions(
-            dir.path(),
-            std::os::unix::fs::PermissionsExt::from_mode(0o777),
-        )
-        .expect("chmod");
-        let port = free_port();
-        let conf = format!(
-            "listener {port} 127.0.0.1\nset_tcp_nodelay true\nallow_anonymous true\npersistence true\npersistence_location {}/\nmax_queued_messages 0\n{}",
-            dir.path().display(),
-            listener(port, dir.path())
-        );
-        std::fs::write(dir.path().join("mosquitto.conf"), conf).expect("write mosquitto.conf");
-        let mut m = Mosquitto {
-            port,
-            dir,
-            child: None,
-        };
-        m.spawn();
-        m
-    }
-
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.path().join("mosquitto.log"))
-            .expect("log");
-        let child = Command::new("/usr/sbin/mosquitto")
-            .arg("-c")
-            .arg(self.dir.path().join("mosquitto.conf"))
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("mosquitto is installed by the test command");
-        self.child = Some(child);
-        let deadline = Instant::now() + WAIT;
-        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
-            assert!(Instant::now() < deadline, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// SIGTERM (mosquitto saves its persistent state) and wait.
-    fn stop(&mut self) {
-        let mut child = self.child.take().expect("running");
-        Command::new("kill")
-            .arg(child.id().to_string())
-            .status()
-            .expect("kill");
-        child.wait().expect("wait for mosquitto");
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
 
 /// The `[cloud]` section for a plain TCP cloud on `port`, plus `more`.
 fn cloud_toml(port: u16, more: &str) -> String {
     format!(
         "[cloud]\nhost = \"127.0.0.1\"\nport = {port}\nplain_tcp = true\nclient_id = \"edge-1\"\nthing = \"edge-1\"\nmax_backoff_ms = 1000\n{more}\n"
     )
-}
-
-/// Waits until a metric satisfies `ok`, returning its value.
-fn wait_metric(g: &Gateway, series: &str, ok: impl Fn(f64) -> bool) -> f64 {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let v = g.metric(series);
-        if ok(v) {
-            return v;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{series} = {v} after {WAIT:?}\n{}",
-            g.log()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 /// `grove cloud status --json` against a running gateway.
@@ -227,7 +128,7 @@ async fn forwarding_case(protocol: &str) {
          actions = [{ cloud = { topic = \"site-1/alerts/${topic(2)}\" } }]\n",
     );
     let g = Gateway::start(&toml);
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     let mut cloud = Client::connect("cloud-app", m.port).await;
     cloud.subscribe("site-1/#", QoS::AtLeastOnce).await;
     let mut device = Client::connect("d1", g.mqtt_port).await;
@@ -308,7 +209,7 @@ async fn forwarding_case(protocol: &str) {
         ("cmd/d1", &b"reboot"[..])
     );
 
-    wait_metric(&g, "grove_cloud_acked_total", |v| v == 53.0);
+    g.wait_metric("grove_cloud_acked_total", |v| v == 53.0);
     let status = cloud_status(&g);
     assert_eq!(status["state"], "connected", "{status}");
     assert_eq!(status["queue_depth"], 0, "{status}");
@@ -332,11 +233,11 @@ async fn status_without_a_cloud_section_says_disabled() {
 async fn ten_thousand_messages_published_offline_arrive_in_order_after_the_broker_returns() {
     let mut m = Mosquitto::start();
     let g = Gateway::start(&cloud_toml(m.port, "forward = [{ filter = \"t/#\" }]"));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     let obs = observer(m.port, "t/#").await;
     obs.disconnect().await;
     m.stop();
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
 
     let device = Client::connect("d1", g.mqtt_port).await;
     for i in 0..10_000u32 {
@@ -345,7 +246,7 @@ async fn ten_thousand_messages_published_offline_arrive_in_order_after_the_broke
             .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
             .await;
     }
-    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 10_000.0);
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == 10_000.0);
     let status = cloud_status(&g);
     assert_eq!(status["state"], "disconnected", "{status}");
     assert_eq!(status["queue_depth"], 10_000, "{status}");
@@ -354,7 +255,7 @@ async fn ten_thousand_messages_published_offline_arrive_in_order_after_the_broke
 
     m.spawn();
     let started = Instant::now();
-    wait_metric(&g, "grove_cloud_acked_total", |v| v == 10_000.0);
+    g.wait_metric("grove_cloud_acked_total", |v| v == 10_000.0);
     eprintln!(
         "drain of 10,000 messages after reconnect: {:?} (with the reconnect); gateway: {}",
         started.elapsed(),
@@ -385,17 +286,17 @@ async fn a_full_outbox_survives_sigkill_while_offline() {
         m.port,
         "forward = [{ filter = \"t/#\" }]\n[cloud.outbox]\nmax_messages = 1000\nwhen_full = \"refuse-newest\"",
     ));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     observer(m.port, "t/#").await.disconnect().await;
     m.stop();
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     let device = Client::connect("d1", g.mqtt_port).await;
     for i in 0..1000u32 {
         device
             .publish("t/a", QoS::AtLeastOnce, false, format!("t/a:{i}"))
             .await;
     }
-    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 1000.0);
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == 1000.0);
     device.disconnect().await;
 
     g.kill_and_restart();
@@ -405,7 +306,7 @@ async fn a_full_outbox_survives_sigkill_while_offline() {
         "the outbox is restored after SIGKILL"
     );
     m.spawn();
-    wait_metric(&g, "grove_cloud_acked_total", |v| v == 1000.0);
+    g.wait_metric("grove_cloud_acked_total", |v| v == 1000.0);
     let mut obs = reconnect_observer(m.port).await;
     let by_topic = collect(&mut obs, 1000).await;
     check_order(&by_topic);
@@ -419,19 +320,17 @@ async fn a_full_outbox_survives_sigkill_while_offline() {
 async fn a_puback_means_the_message_is_in_the_outbox_even_if_the_gateway_dies_at_once() {
     let mut m = Mosquitto::start();
     let mut g = Gateway::start(&cloud_toml(m.port, "forward = [{ filter = \"t/#\" }]"));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     observer(m.port, "t/#").await.disconnect().await;
     m.stop();
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     // mosquitto_pub -q 1 exits only after its PUBACK; the gateway is killed right after the last
     // one, without waiting for anything else.
     for i in 0..5 {
-        let status = std::process::Command::new("mosquitto_pub")
-            .args(["-h", "127.0.0.1", "-p", &g.mqtt_port.to_string(), "-q", "1"])
-            .args(["-t", "t/k", "-m", &format!("t/k:{i}")])
-            .status()
-            .expect("mosquitto_pub (apt install mosquitto-clients)");
-        assert!(status.success(), "mosquitto_pub {i}");
+        mosquitto_pub(
+            g.mqtt_port,
+            &["-q", "1", "-t", "t/k", "-m", &format!("t/k:{i}")],
+        );
     }
     g.kill_and_restart();
     m.spawn();
@@ -463,10 +362,10 @@ async fn a_full_outbox_follows_its_policy_and_says_so() {
             m.port,
             &format!("forward = [{{ filter = \"t/#\" }}]\n[cloud.outbox]\nmax_messages = 100\nwhen_full = \"{policy}\""),
         ));
-        wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+        g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
         observer(m.port, "t/#").await.disconnect().await;
         m.stop();
-        wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+        g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
         let device = Client::connect("d1", g.mqtt_port).await;
         for i in 0..150u32 {
             device
@@ -474,7 +373,7 @@ async fn a_full_outbox_follows_its_policy_and_says_so() {
                 .await;
         }
         let series = format!("grove_cloud_dropped_total{{reason=\"{reason}\"}}");
-        wait_metric(&g, &series, |v| v == 50.0);
+        g.wait_metric(&series, |v| v == 50.0);
         assert_eq!(g.metric("grove_cloud_outbox_messages"), 100.0, "{policy}");
         assert!(
             g.log().contains(log),
@@ -483,7 +382,7 @@ async fn a_full_outbox_follows_its_policy_and_says_so() {
         );
 
         m.spawn();
-        wait_metric(&g, "grove_cloud_acked_total", |v| v == 100.0);
+        g.wait_metric("grove_cloud_acked_total", |v| v == 100.0);
         let mut obs = reconnect_observer(m.port).await;
         let by_topic = collect(&mut obs, 100).await;
         let mut got: Vec<u32> = by_topic["t/a"]
@@ -560,7 +459,7 @@ async fn tls_with_mutual_authentication_to_mosquitto() {
     cloud.subscribe("t/#", QoS::AtLeastOnce).await;
 
     let g = Gateway::start(&tls(true));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     let device = Client::connect("d1", g.mqtt_port).await;
     device
         .publish("t/x", QoS::AtLeastOnce, false, "over TLS")
@@ -575,14 +474,17 @@ async fn tls_with_mutual_authentication_to_mosquitto() {
     device
         .publish("t/y", QoS::AtLeastOnce, false, "must wait")
         .await;
-    wait_metric(&g2, "grove_cloud_outbox_messages", |v| v == 1.0);
-    std::thread::sleep(Duration::from_secs(1));
-    let status = cloud_status(&g2);
+    g2.wait_metric("grove_cloud_outbox_messages", |v| v == 1.0);
+    // The status names the failed handshake once the first attempt has failed.
+    let status = eventually(WAIT, || {
+        let s = cloud_status(&g2);
+        if s["last_error"].as_str().is_some_and(|e| !e.is_empty()) {
+            Ok(s)
+        } else {
+            Err(format!("no failed attempt in the status: {s}"))
+        }
+    });
     assert_eq!(status["state"], "disconnected", "{status}");
-    assert!(
-        status["last_error"].as_str().is_some_and(|e| !e.is_empty()),
-        "{status}"
-    );
     assert_eq!(g2.metric("grove_cloud_connects_total"), 0.0);
 
     // An unusable TLS file stops startup as a configuration error naming the section's line.
@@ -652,19 +554,6 @@ impl Proxy {
     }
 }
 
-/// The shadow document of `thing` on a gateway, via `grove shadow get --json`.
-fn shadow_of(g: &Gateway, thing: &str) -> Value {
-    let addr = g.mqtt_addr().to_string();
-    let (code, out) = grove(
-        &["shadow", "get", thing, "--json", "--mqtt", &addr],
-        g.dir.path(),
-    );
-    if code != 0 {
-        return Value::Null;
-    }
-    serde_json::from_str(out.lines().last().unwrap_or_default()).unwrap_or(Value::Null)
-}
-
 fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
     let addr = g.mqtt_addr().to_string();
     let (code, out) = grove(
@@ -684,22 +573,13 @@ fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
 
 /// Waits until the shadow's `state` (without delta) is `want`.
 fn wait_state(g: &Gateway, thing: &str, want: &Value) {
-    let deadline = Instant::now() + WAIT;
-    loop {
-        let mut doc = shadow_of(g, thing);
-        if let Some(s) = doc["state"].as_object_mut() {
+    g.wait_shadow(thing, |doc| {
+        let mut state = doc["state"].clone();
+        if let Some(s) = state.as_object_mut() {
             s.remove("delta");
         }
-        if &doc["state"] == want {
-            return;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "{thing}: {doc}\nwant state {want}\n{}",
-            g.log()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+        &state == want
+    });
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -710,7 +590,7 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
         proxy.port,
         "[cloud.shadows]\nthings = [\"lamp\"]",
     ));
-    wait_metric(&edge, "grove_cloud_link_up", |v| v == 1.0);
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
 
     // The device reports on the edge; sync brings it to the cloud.
     let mut device = Client::connect("lamp", edge.mqtt_port).await;
@@ -731,7 +611,7 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
 
     // Offline: the uplink is cut. Both sides change, some fields on both.
     proxy.cut().await;
-    wait_metric(&edge, "grove_cloud_link_up", |v| v == 0.0);
+    edge.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     update_shadow(
         &cloud,
         "lamp",
@@ -777,9 +657,14 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     // The sync state is durable: after a restart nothing is sent again, and a later cloud change
     // (a deletion) still comes down.
     device.disconnect().await;
-    edge.restart();
-    wait_metric(&edge, "grove_cloud_link_up", |v| v == 1.0);
-    std::thread::sleep(Duration::from_millis(500));
+    // Each round ends with "shadow in sync" (logged at debug, as the tests run the gateway): the
+    // restarted gateway's round for the lamp is over once one more such line is logged.
+    let (status, _) = edge.stop_with("TERM");
+    assert!(status.success(), "{status}");
+    let rounds = edge.log_count(&["shadow in sync", "lamp"]);
+    edge.restart_stopped();
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    edge.wait_log(&["shadow in sync", "lamp"], rounds + 1);
     assert_eq!(
         edge.metric("grove_cloud_sync_updates_total{direction=\"to_cloud\"}"),
         0.0
@@ -804,10 +689,10 @@ async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
         m.port,
         "inflight = 16\nforward = [{ filter = \"t/#\" }]",
     ));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     observer(m.port, "t/#").await.disconnect().await;
     m.stop();
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     let device = Client::connect("d1", g.mqtt_port).await;
     let total = 20_000u32;
     for i in 0..total {
@@ -816,16 +701,16 @@ async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
             .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
             .await;
     }
-    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == f64::from(total));
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
 
     // The broker comes back, and goes away again while the backlog drains.
     m.spawn();
-    wait_metric(&g, "grove_cloud_acked_total", |v| v >= 1.0);
+    g.wait_metric("grove_cloud_acked_total", |v| v >= 1.0);
     m.stop();
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 0.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     let acked_at_cut = g.metric("grove_cloud_acked_total");
     m.spawn();
-    wait_metric(&g, "grove_cloud_acked_total", |v| v == f64::from(total));
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(total));
     let mut obs = reconnect_observer(m.port).await;
     let by_topic = collect(&mut obs, total as usize).await;
     let duplicates = check_order(&by_topic);
@@ -856,7 +741,7 @@ async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
         m.port,
         "protocol = \"5\"\nforward = [{ filter = \"ok/#\" }, { filter = \"no/#\" }]",
     ));
-    wait_metric(&g, "grove_cloud_link_up", |v| v == 1.0);
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     let mut cloud = Client::connect("cloud-app", m.port).await;
     cloud.subscribe("#", QoS::AtLeastOnce).await;
     let device = Client::connect("d1", g.mqtt_port).await;
@@ -871,12 +756,11 @@ async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
         .await
         .unwrap_or_else(|| panic!("the allowed message never reached the cloud:\n{}", g.log()));
     assert_eq!(got.topic, "ok/1");
-    wait_metric(
-        &g,
+    g.wait_metric(
         "grove_cloud_dropped_total{reason=\"refused_by_cloud\"}",
         |v| v == 1.0,
     );
-    wait_metric(&g, "grove_cloud_outbox_messages", |v| v == 0.0);
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == 0.0);
     assert!(
         g.log().contains("the cloud refused a message"),
         "{}",

@@ -81,21 +81,6 @@ impl Shell {
     }
 }
 
-/// The shadow's document, read through the gateway's own CLI (its MQTT API); `None` while the
-/// shadow does not exist yet.
-fn shadow(g: &Gateway) -> Option<Value> {
-    let addr = format!("127.0.0.1:{}", g.mqtt_port);
-    let (code, out) = grove(
-        &["shadow", "--mqtt", &addr, "get", THING, "--json"],
-        g.dir.path(),
-    );
-    if code != 0 {
-        assert!(out.contains("404"), "{out}");
-        return None;
-    }
-    Some(serde_json::from_str(out.trim()).unwrap())
-}
-
 fn set_desired(g: &Gateway, desired: Value) {
     let addr = format!("127.0.0.1:{}", g.mqtt_port);
     let doc = json!({"state": {"desired": desired}}).to_string();
@@ -104,22 +89,6 @@ fn set_desired(g: &Gateway, desired: Value) {
         g.dir.path(),
     );
     assert_eq!(code, 0, "{out}");
-}
-
-/// Waits until the stored shadow satisfies `ok`.
-fn wait_for_shadow(g: &Gateway, ok: impl Fn(&Value) -> bool) -> Value {
-    let start = WallClock::now();
-    loop {
-        let doc = shadow(g);
-        if let Some(doc) = doc.as_ref().filter(|d| ok(d)) {
-            return doc.clone();
-        }
-        assert!(
-            start.elapsed() < DEADLINE,
-            "shadow never got there: {doc:?}"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 #[test]
@@ -135,7 +104,7 @@ fn the_firmware_device_core_completes_shadow_round_trips_with_a_real_gateway() {
     shell.run_until(|e| *e == Event::Connected);
 
     // The boot report reached the gateway's shadow.
-    let doc = wait_for_shadow(&g, |d| d["state"]["reported"]["relay"] == false);
+    let doc = g.wait_shadow(THING, |d| d["state"]["reported"]["relay"] == false);
     assert_eq!(
         doc["state"]["reported"],
         json!({"relay": false, "interval_s": 10})
@@ -152,7 +121,7 @@ fn the_firmware_device_core_completes_shadow_round_trips_with_a_real_gateway() {
         }))
     );
     assert!(shell.device.actuator().0, "the relay is on");
-    let doc = wait_for_shadow(&g, |d| d["state"]["reported"]["relay"] == true);
+    let doc = g.wait_shadow(THING, |d| d["state"]["reported"]["relay"] == true);
     assert!(
         doc["state"].get("delta").is_none(),
         "in sync, no delta: {doc}"
@@ -177,7 +146,7 @@ fn the_firmware_device_core_completes_shadow_round_trips_with_a_real_gateway() {
         "reconnected: {events:?}"
     );
     assert!(!shell.device.actuator().0, "the relay is off again");
-    let doc = wait_for_shadow(&g, |d| d["state"]["reported"]["interval_s"] == 30);
+    let doc = g.wait_shadow(THING, |d| d["state"]["reported"]["interval_s"] == 30);
     assert_eq!(
         doc["state"]["reported"],
         json!({"relay": false, "interval_s": 30})

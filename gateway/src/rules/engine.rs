@@ -19,8 +19,10 @@
 //! client token, and it is reported when [`SHADOW_ANSWER`] has passed, as not answered.
 //!
 //! A reload builds the new groups and waits until the router has confirmed their subscriptions
-//! before it stops the old ones, so no message published during a reload is missed (one published
-//! in that instant may be handled by both the old and the new rules: at least once).
+//! before it stops the old ones, so no message published during a reload is missed. A replaced
+//! group drains what was routed to it until its link is quiet or [`DRAIN_MAX`] has passed, so a
+//! message published in that window may be handled by both the old and the new rules (at least
+//! once), and a reload returns within that bound even under a steady flow.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -55,6 +57,13 @@ pub const RELOAD_TOPIC: &str = "$grove/rules/reload";
 
 /// How long a replaced group's link must stay quiet before the group leaves.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
+
+/// The longest a replaced group keeps draining. Under a steady flow its link is never quiet: it
+/// would go on handling every new message beside its successor, and the reload would never
+/// return (seen with one message a millisecond). Past this bound it leaves; what the router had
+/// routed to it before the switch is long handled by then, and everything after the switch is
+/// the successor's. Messages of the last `DRAIN_MAX` may be handled by both (at least once).
+const DRAIN_MAX: Duration = Duration::from_secs(2);
 
 /// How long a `shadow` action waits for the shadow service's answer before it counts as failed.
 /// The service answers in milliseconds; this only catches a service that stopped answering.
@@ -361,13 +370,23 @@ impl GroupRunner {
     async fn run(mut self, mut bus: Bus, mut stop: oneshot::Receiver<()>) {
         let uuids = || uuid::Uuid::new_v4().to_string();
         let mut batch = Vec::new();
-        let mut draining = false;
+        // Set once replaced: when the drain must end at the latest.
+        let mut draining: Option<tokio::time::Instant> = None;
         loop {
             let mut out = Vec::new();
-            if draining {
+            if let Some(until) = draining {
                 // Replaced by a new rule set whose subscriptions are confirmed: finish what the
                 // router had already routed here (published before the switch), then leave.
-                match tokio::time::timeout(DRAIN_IDLE, bus.recv_batch(&mut batch)).await {
+                let now = tokio::time::Instant::now();
+                if now >= until {
+                    break;
+                }
+                match tokio::time::timeout_at(
+                    (now + DRAIN_IDLE).min(until),
+                    bus.recv_batch(&mut batch),
+                )
+                .await
+                {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => break,
@@ -386,7 +405,7 @@ impl GroupRunner {
                     .map(|d| Duration::from_millis(u64::try_from(d - now_ms()).unwrap_or(0)));
                 tokio::select! {
                     _ = &mut stop => {
-                        draining = true;
+                        draining = Some(tokio::time::Instant::now() + DRAIN_MAX);
                         continue;
                     }
                     r = bus.recv_batch(&mut batch) => {

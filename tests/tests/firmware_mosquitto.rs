@@ -4,12 +4,12 @@
 //! for its document, applies a delta, reports back, and its will fires when its connection drops.
 //!
 //! This is wire compatibility with a broker other than the scripted one and Grove's own; the shadow
-//! round trip through a real Grove gateway and its shadow service is `tests/tests/firmware.rs`
-//! (`cargo test -p grove-tests --test firmware`).
+//! round trip through a real Grove gateway and its shadow service is `tests/tests/firmware.rs`.
+//! (It lived in the firmware crate, which had to start mosquitto its own way; here it uses the
+//! harness's one way.)
 
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::process::{Child, Command, Stdio};
+use std::net::TcpStream;
 use std::time::{Duration, Instant as WallClock};
 
 use grove_firmware::actuator::Actuator;
@@ -17,63 +17,16 @@ use grove_firmware::mqtt::{decode, Connect, Filter, Packet, Publish, QoS, Subscr
 use grove_firmware::shadow::State;
 use grove_firmware::transport::{self, StdTcp};
 use grove_firmware::{Config, Device, Event, Instant};
+use grove_tests::Mosquitto;
 
 const THING: &str = "e2e-1";
 const DEADLINE: Duration = Duration::from_secs(20);
 
-/// A mosquitto process on a free loopback port, killed on drop.
-struct Mosquitto {
-    child: Child,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Mosquitto {
-    fn start() -> Self {
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let dir = tempfile::tempdir().unwrap();
-        let conf = dir.path().join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\nallow_anonymous true\n"),
-        )
-        .unwrap();
-        let child = Command::new("mosquitto")
-            .arg("-c")
-            .arg(&conf)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("mosquitto is installed (apt-get install mosquitto)");
-        let broker = Self {
-            child,
-            port,
-            _dir: dir,
-        };
-        let start = WallClock::now();
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(start.elapsed() < DEADLINE, "mosquitto did not start");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        broker
-    }
-
-    fn connect(&self) -> TcpStream {
-        let stream = TcpStream::connect(("127.0.0.1", self.port)).unwrap();
-        stream.set_nodelay(true).unwrap();
-        stream
-    }
-}
-
-impl Drop for Mosquitto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// A connection to the broker, as the device and the stand-in service use it.
+fn connect(broker: &Mosquitto) -> TcpStream {
+    let stream = TcpStream::connect(("127.0.0.1", broker.port)).unwrap();
+    stream.set_nodelay(true).unwrap();
+    stream
 }
 
 /// A blocking MQTT client built on the crate's codec, standing in for the shadow service.
@@ -85,7 +38,7 @@ struct Service {
 impl Service {
     fn connect(broker: &Mosquitto, topics: &[&str]) -> Self {
         let mut service = Self {
-            stream: broker.connect(),
+            stream: connect(broker),
             buf: Vec::new(),
         };
         service.stream.set_read_timeout(Some(DEADLINE)).unwrap();
@@ -206,7 +159,7 @@ fn shadow_round_trip_through_mosquitto() {
     let clock = WallClock::now();
     let config = Config::new(THING).unwrap();
     let mut device = Device::new(config, Flag(true), Instant::from_millis(0));
-    let mut io = StdTcp(broker.connect());
+    let mut io = StdTcp(connect(&broker));
     run_until(&mut device, &mut io, clock, |e| *e == Event::Connected);
 
     assert_eq!(service.next_message(), (status.clone(), "online".into()));
