@@ -61,7 +61,8 @@ enum Command {
     /// Manage device identities: a local CA, device certificates, passwords.
     ///
     /// Identities live in {data_dir}/devices.toml, certificates in {data_dir}/pki/. A running
-    /// gateway picks up changes at the next CONNECT; removing a device revokes it.
+    /// gateway is asked to apply a change at once through its loopback ops endpoint: `remove`
+    /// returns only when the device's connections are closed (without their wills).
     Device {
         #[command(subcommand)]
         action: DeviceAction,
@@ -722,12 +723,15 @@ fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
             }
             identity::save(&file, &devices)?;
             println!("device {id} registered in {}", file.display());
+            // New credentials revoke the old ones.
+            apply_now(config.ops.map(|o| o.value))?;
         }
         DeviceAction::Remove { id } => {
             let mut devices = identity::load(&file)?;
             anyhow::ensure!(devices.remove(&id).is_some(), "no device {id}");
             identity::save(&file, &devices)?;
             println!("device {id} removed");
+            apply_now(config.ops.map(|o| o.value))?;
         }
         DeviceAction::List => {
             let devices = identity::load(&file)?;
@@ -752,6 +756,28 @@ fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
                 );
             }
         }
+    }
+    Ok(())
+}
+
+/// Has a running gateway apply a change of the devices file before the command returns (so that
+/// nothing more of a removed device is accepted once it has), through its loopback ops endpoint.
+fn apply_now(ops: Option<SocketAddr>) -> anyhow::Result<()> {
+    use grove_gateway::ops::{confirm_revocation, Confirmation};
+    match ops.map(loopback) {
+        Some(addr) if addr.ip().is_loopback() => match confirm_revocation(addr) {
+            Ok(Confirmation::Applied(n)) => {
+                println!("the gateway applied it ({n} connection(s) of revoked devices closed)")
+            }
+            Ok(Confirmation::NotRunning) => {
+                println!("no gateway is running at {addr}: it applies the change when it starts")
+            }
+            Err(e) => anyhow::bail!("{e}"),
+        },
+        _ => println!(
+            "the gateway's ops endpoint is not on this machine: a running gateway applies the \
+             change within a second"
+        ),
     }
     Ok(())
 }

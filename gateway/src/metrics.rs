@@ -144,6 +144,9 @@ pub struct RulesMetrics {
     pub action_failures: Family<RuleLabels, Counter>,
     /// Outputs dropped because the message had already been republished `MAX_HOPS` times.
     pub hop_dropped: Family<RuleLabels, Counter>,
+    /// Outputs dropped because acting on them would have exceeded the number of messages one
+    /// message may cause (`rules::fan_out`).
+    pub fanout_dropped: Family<RuleLabels, Counter>,
 }
 
 impl RulesMetrics {
@@ -466,6 +469,11 @@ impl Metrics {
             "hop_dropped",
             "Rule outputs dropped at the republish hop limit",
             rules.hop_dropped.clone(),
+        );
+        r.register(
+            "fanout_dropped",
+            "Rule outputs dropped at the fan-out bound (messages one message may cause)",
+            rules.fanout_dropped.clone(),
         );
         let functions = FunctionMetrics::default();
         let f = registry.sub_registry_with_prefix("function");

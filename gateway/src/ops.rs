@@ -2,20 +2,33 @@
 //!
 //! It binds where `[ops] bind` says (loopback by default) and serves until shutdown. `/healthz`
 //! and `/metrics` read nothing but the shared [`Metrics`], so they can never block the gateway's
-//! work. On a loopback address it also serves the functions' admin routes for `grove fn`.
+//! work. On a loopback address it also serves the admin routes of `grove fn` (the functions
+//! component's) and of `grove device remove` ([`devices_router`]: apply a revocation now and
+//! confirm it).
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::header;
+use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
+use crate::broker::Revocations;
 use crate::metrics::Metrics;
+
+/// The route `grove device remove` calls once it has written the devices file.
+pub const REVOCATIONS_PATH: &str = "/admin/devices/revocations";
+
+/// How long the gateway waits for the connections of removed devices to end before it answers
+/// that some are still open. A connection ends within one batch of its packets, so this only
+/// catches a gateway too loaded to answer.
+const REVOCATION_WAIT: Duration = Duration::from_secs(10);
 
 /// The content type of the OpenMetrics text format, which Prometheus reads.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -64,4 +77,74 @@ async fn healthz(State(ops): State<Ops>) -> impl IntoResponse {
 
 async fn render_metrics(State(ops): State<Ops>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, OPENMETRICS)], ops.metrics.render())
+}
+
+/// The admin route of `grove device remove` (served on loopback only, like `grove fn`'s):
+/// `POST /admin/devices/revocations` re-reads the devices file and answers once the connections of
+/// every device it removed (or whose credentials changed) have ended: `{"disconnected": n}`, or
+/// 503 with `{"error": ...}` if some are still open after [`REVOCATION_WAIT`].
+pub fn devices_router(revocations: Revocations) -> Router {
+    Router::new()
+        .route(REVOCATIONS_PATH, post(revoke))
+        .with_state(revocations)
+}
+
+async fn revoke(State(revocations): State<Revocations>) -> impl IntoResponse {
+    let (status, body) = match revocations.apply(REVOCATION_WAIT).await {
+        Ok(n) => (StatusCode::OK, serde_json::json!({ "disconnected": n })),
+        Err(open) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            serde_json::json!({
+                "error": format!("{open} connection(s) of revoked devices still open after {REVOCATION_WAIT:?}")
+            }),
+        ),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// What `grove device remove` learns from the gateway.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Confirmation {
+    /// The gateway applied the change; this many connections of revoked devices ended.
+    Applied(u64),
+    /// No gateway listens at the ops endpoint: the change applies when one starts (every CONNECT
+    /// reads the devices file).
+    NotRunning,
+}
+
+/// Asks the gateway whose ops endpoint is `addr` to apply a change of the devices file now (see
+/// [`devices_router`]); blocking, for the CLI. ureq, as `grove fn` uses: one request, no runtime.
+pub fn confirm_revocation(addr: SocketAddr) -> Result<Confirmation, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REVOCATION_WAIT + Duration::from_secs(5)))
+        .build()
+        .into();
+    let response = match agent
+        .post(format!("http://{addr}{REVOCATIONS_PATH}"))
+        .send_empty()
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(Confirmation::NotRunning)
+        }
+        Err(e) => return Err(format!("cannot reach the gateway at {addr}: {e}")),
+    };
+    let status = response.status();
+    let text = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| format!("cannot read the gateway's answer: {e}"))?;
+    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
+    match body["disconnected"].as_u64() {
+        Some(n) if status.is_success() => Ok(Confirmation::Applied(n)),
+        _ => Err(format!(
+            "the gateway at {addr} answered {status}: {}",
+            body["error"].as_str().unwrap_or(&text)
+        )),
+    }
 }

@@ -104,7 +104,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             let shutdown = async {
                 let _ = ops_stopped.await;
             };
-            // The admin routes deploy code: only for clients on this machine.
+            // The admin routes deploy code and apply revocations: only for clients on this machine.
             let admin = match functions {
                 Some(f) if bind.value.ip().is_loopback() => {
                     Some(crate::functions::admin::router(f))
@@ -114,6 +114,14 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
                     None
                 }
                 None => None,
+            };
+            let admin = match bind.value.ip().is_loopback() {
+                true => Some(
+                    admin
+                        .unwrap_or_default()
+                        .merge(crate::ops::devices_router(broker.revocations())),
+                ),
+                false => admin,
             };
             Some(tokio::spawn(crate::ops::serve(
                 listener,

@@ -21,8 +21,8 @@ use bytes::{Bytes, BytesMut};
 use rumqttd::local::{LinkRx, LinkTx};
 use rumqttd::protocol::{
     self, ConnAck, ConnectReturnCode, Disconnect, DisconnectReasonCode, LastWill,
-    LastWillProperties, Login, Packet, PubAck, PubAckReason, PubRec, PubRecReason, SubAck,
-    SubscribeReasonCode,
+    LastWillProperties, Login, Packet, PubAck, PubAckReason, PubRec, PubRecReason, Publish,
+    PublishProperties, SubAck, SubscribeReasonCode,
 };
 use rumqttd::Notification;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -38,6 +38,7 @@ use crate::auth::identity::Device;
 use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
 use crate::auth::tls::common_name;
 use crate::config::AuthMode;
+use crate::functions::reply;
 
 /// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
 /// MQTT 5 properties). The exact payload limit is checked after decoding.
@@ -71,6 +72,9 @@ enum End {
     },
     /// The router dropped the link (e.g. the same client id connected again: session takeover).
     RouterClosed,
+    /// The device's registration was removed or changed: it ends at once, without its will (a
+    /// revoked device can leave nothing behind).
+    Revoked(String),
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -148,16 +152,45 @@ pub(super) async fn serve<S>(
     let client_id = session.client_id.clone();
     shared.metrics.connections.inc();
     info!(%peer, client_id, version = ?session.codec.version(), "client connected");
+    // Registered before the relay first checks its identity, and dropped only after `finish`,
+    // so a revocation either waits for this connection's end or is seen by its first check.
+    let _live = session
+        .device
+        .clone()
+        .map(|device| LiveDevice::register(&shared, device));
     let mut relay = Relay {
         shared: shared.clone(),
         stream,
         read: buf,
         write: BytesMut::with_capacity(1024),
+        identity_changes: shared.identities.changes(),
         session,
         published: false,
     };
     let end = relay.run().await;
     relay.finish(end, &peer).await;
+}
+
+/// A proved device's connection, listed in `Shared::live_devices` until it has ended (its last
+/// packet relayed, its will published or not), so that a revocation can wait for that.
+struct LiveDevice<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl<'a> LiveDevice<'a> {
+    fn register(shared: &'a Shared, device: Device) -> LiveDevice<'a> {
+        static IDS: AtomicU64 = AtomicU64::new(0);
+        let id = IDS.fetch_add(1, Ordering::Relaxed);
+        shared.live_devices.register(id, device);
+        LiveDevice { shared, id }
+    }
+}
+
+impl Drop for LiveDevice<'_> {
+    fn drop(&mut self) {
+        self.shared.live_devices.remove(self.id);
+    }
 }
 
 /// A CONNECT that was refused: the reason label for metrics and what to log.
@@ -297,6 +330,20 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
                     write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
                 }
                 return Err(Refusal::new("malformed", format!("will: {detail}")));
+            }
+            // Published later as a retained message on a reserved topic, which the PUBLISH path
+            // refuses (see `Relay::check_publish`).
+            Ok(topic) if will.retain && topic.starts_with('$') => {
+                // MQTT 3.1.1 has no closer code (and rumqttd's encoder knows only its five).
+                let ack = refuse(
+                    ConnectReturnCode::NotAuthorized,
+                    ConnectReturnCode::RetainNotSupported,
+                );
+                write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
+                return Err(Refusal::new(
+                    "retain_reserved",
+                    format!("a retained will on the reserved topic {topic}"),
+                ));
             }
             Ok(topic) if policy.as_ref().is_some_and(|p| !p.may_publish(topic)) => {
                 shared.metrics.deny("publish");
@@ -535,6 +582,9 @@ struct Relay<S> {
     /// Whether the last batch read from the client had a PUBLISH (flow control holds only
     /// publishers).
     published: bool,
+    /// Changes when the devices file was re-read: a proved device then checks that it is still
+    /// registered as it was, before anything more of it is relayed (see `Relay::revoked`).
+    identity_changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -543,6 +593,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        // A revocation made while this client was authenticating: its change may predate
+        // `identity_changes`, so it is checked once now.
+        if let Some(end) = self.revoked(true) {
+            return end;
+        }
         // CONNECT may have arrived together with the first packets.
         if !self.read.is_empty() {
             if let Some(end) = self.ingest().await {
@@ -553,7 +608,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         // that has just published stops reading (TCP then slows the client), for at most
         // MAX_HOLD at a time; it keeps delivering, so its own subscriptions drain.
         let mut held_since: Option<Instant> = None;
-        let mut identity_changes = self.shared.identities.changes();
         let mut proved = self.session.device.is_some();
         loop {
             let held = self.published
@@ -595,26 +649,46 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     }
                 }
                 _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
-                changed = identity_changes.changed(), if proved => {
+                changed = self.identity_changes.changed(), if proved => {
                     if changed.is_err() {
                         proved = false;
                         continue;
                     }
-                    let id = &self.session.client_id;
-                    if self.shared.identities.device(id) != self.session.device {
-                        return End::Refused {
-                            reason: "revoked",
-                            detail: format!("device {id:?} was removed or its credentials changed"),
-                            code: DisconnectReasonCode::NotAuthorized,
-                        };
+                    if let Some(end) = self.revoked(true) {
+                        return end;
                     }
                 }
             }
         }
     }
 
+    /// Whether a proved device is no longer registered as it was when it connected (removed, or
+    /// given other credentials): then its connection ends without its will. `always` checks even
+    /// when the devices file was not re-read since the last check.
+    fn revoked(&mut self, always: bool) -> Option<End> {
+        // Anonymous clients have no registration to lose.
+        self.session.device.as_ref()?;
+        let changed = self.identity_changes.has_changed().unwrap_or(false);
+        if !always && !changed {
+            return None;
+        }
+        self.identity_changes.borrow_and_update();
+        let id = &self.session.client_id;
+        (self.shared.identities.device(id) != self.session.device).then(|| {
+            End::Revoked(format!(
+                "device {id:?} was removed or its credentials changed"
+            ))
+        })
+    }
+
     /// Decodes every whole packet in the read buffer and relays them to the router in one batch.
     async fn ingest(&mut self) -> Option<End> {
+        // Nothing of a revoked device is taken (stored, acknowledged or routed) once the devices
+        // file that removed it has been read: checked before each batch, at the cost of one
+        // atomic load while nothing changed.
+        if let Some(revoked) = self.revoked(false) {
+            return Some(revoked);
+        }
         let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
         let mut batch = Vec::new();
         // Publishes a durable tap takes, by wire topic (see `crate::tap`).
@@ -656,40 +730,13 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         });
                         break;
                     }
-                    if let Some(policy) = &self.session.policy {
-                        let topic = String::from_utf8_lossy(&publish.topic);
-                        if !policy.may_publish(&topic) {
-                            self.shared.metrics.deny("publish");
-                            warn!(client_id = self.session.client_id, %topic, "publish denied by policy");
-                            if self.session.codec.version() == Version::V311 {
-                                // MQTT 3.1.1 has no way to refuse a PUBLISH: close, as AWS IoT does.
-                                end = Some(End::Refused {
-                                    reason: "not_authorized",
-                                    detail: format!("publish to {topic} denied"),
-                                    code: DisconnectReasonCode::NotAuthorized,
-                                });
+                    if let Err(refused) = self.check_publish(&publish, props.as_ref()) {
+                        match self.refuse_publish(&publish, refused) {
+                            Some(e) => {
+                                end = Some(e);
                                 break;
                             }
-                            // MQTT 5: a QoS 1 PUBLISH gets PUBACK 0x87, a QoS 2 one PUBREC 0x87
-                            // (which ends its flow, §4.3.3); a QoS 0 one is dropped.
-                            match publish_qos_pkid(&publish) {
-                                (0, _) => {}
-                                (1, pkid) => self.encode(Packet::PubAck(
-                                    PubAck {
-                                        pkid,
-                                        reason: PubAckReason::NotAuthorized,
-                                    },
-                                    None,
-                                )),
-                                (_, pkid) => self.encode(Packet::PubRec(
-                                    PubRec {
-                                        pkid,
-                                        reason: PubRecReason::NotAuthorized,
-                                    },
-                                    None,
-                                )),
-                            }
-                            continue;
+                            None => continue,
                         }
                     }
                     self.shared.metrics.messages_received.inc();
@@ -860,6 +907,108 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         end
     }
 
+    /// What the connection layer refuses in a PUBLISH whose topic name is valid: a topic the
+    /// policy denies; a retained message on a reserved (`$`) topic; a sync invocation whose
+    /// reply topic is invalid, reserved, or one the caller may not publish to.
+    fn check_publish(
+        &self,
+        publish: &Publish,
+        props: Option<&PublishProperties>,
+    ) -> Result<(), RefusedPublish> {
+        let topic = String::from_utf8_lossy(&publish.topic);
+        let policy = self.session.policy.as_ref();
+        if policy.is_some_and(|p| !p.may_publish(&topic)) {
+            return Err(RefusedPublish::denied(format!("publish to {topic} denied")));
+        }
+        // AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set" (developer
+        // guide, MQTT retained messages). A retained shadow request would be replayed to the
+        // shadow service at every restart and to every late subscriber.
+        if publish.retain && topic.starts_with('$') {
+            return Err(RefusedPublish {
+                reason: PubAckReason::ImplementationSpecificError,
+                label: "retain_reserved",
+                detail: format!("a retained message on the reserved topic {topic}"),
+            });
+        }
+        // The functions component publishes the answer on the bus, where no policy applies: the
+        // caller's own publish rights are checked here, where its policy is known.
+        if reply::is_invoke_topic(&topic) {
+            let response_topic = props.and_then(|p| p.response_topic.as_deref());
+            match reply::reply_topic(response_topic, &publish.payload) {
+                // Nothing to answer: the component drops it, as it always did.
+                Err(reply::ReplyError::Missing) => {}
+                Err(e) => {
+                    return Err(RefusedPublish {
+                        reason: PubAckReason::TopicNameInvalid,
+                        label: "invalid_reply_topic",
+                        detail: e.to_string(),
+                    })
+                }
+                Ok(reply_to) if policy.is_some_and(|p| !p.may_publish(&reply_to)) => {
+                    return Err(RefusedPublish::denied(format!(
+                        "an invocation answered on {reply_to}, where the caller may not publish"
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a PUBLISH: counts and logs it; MQTT 5 answers a QoS 1 one with PUBACK and the
+    /// reason, a QoS 2 one with PUBREC (which ends its flow, §4.3.3), and drops a QoS 0 one;
+    /// MQTT 3.1.1 has no way to refuse a PUBLISH, so the connection ends (as AWS IoT does).
+    fn refuse_publish(&mut self, publish: &Publish, refused: RefusedPublish) -> Option<End> {
+        let client_id = &self.session.client_id;
+        if refused.reason == PubAckReason::NotAuthorized {
+            self.shared.metrics.deny("publish");
+            warn!(
+                client_id,
+                detail = refused.detail,
+                "publish denied by policy"
+            );
+        } else {
+            warn!(client_id, detail = refused.detail, "publish refused");
+        }
+        if self.session.codec.version() == Version::V311 {
+            // Counted as a refusal when the connection ends.
+            return Some(End::Refused {
+                reason: refused.label,
+                detail: refused.detail,
+                code: match refused.reason {
+                    PubAckReason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+                    PubAckReason::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+                    _ => DisconnectReasonCode::ImplementationSpecificError,
+                },
+            });
+        }
+        if refused.reason != PubAckReason::NotAuthorized {
+            self.shared.metrics.refuse(refused.label);
+        }
+        match publish_qos_pkid(publish) {
+            (0, _) => {}
+            (1, pkid) => self.encode(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: refused.reason,
+                },
+                None,
+            )),
+            (_, pkid) => self.encode(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: match refused.reason {
+                        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                        PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+                        _ => PubRecReason::ImplementationSpecificError,
+                    },
+                },
+                None,
+            )),
+        }
+        None
+    }
+
     fn too_large(&self, len: usize) -> End {
         End::Refused {
             reason: "payload_too_large",
@@ -996,7 +1145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             // is then published, unless a persistent session continues (MQTT 5 §3.1.2.5 ties that
             // to the will delay, handled below).
             End::RouterClosed => true,
-            End::Shutdown => false,
+            End::Shutdown | End::Revoked(_) => false,
         };
         match &end {
             End::Disconnected { .. } => info!(%peer, client_id, "client disconnected"),
@@ -1007,11 +1156,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 warn!(%peer, client_id, reason, detail, "closing the connection");
             }
             End::RouterClosed => info!(%peer, client_id, "session closed by the router"),
+            End::Revoked(detail) => {
+                self.shared.metrics.refuse("revoked");
+                warn!(%peer, client_id, detail, "closing the connection of a revoked device");
+            }
             End::Shutdown => debug!(%peer, client_id, "closing for shutdown"),
         }
         if self.session.codec.version() == Version::V5 {
             let code = match &end {
                 End::Refused { code, .. } => Some(*code),
+                End::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
                 End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
                 End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
                 _ => None,
@@ -1051,6 +1205,26 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         if !batch.is_empty() {
             let _ = self.shared.router.relay(&mut self.session.tx, batch).await;
+        }
+    }
+}
+
+/// A PUBLISH the connection layer refuses (see `Relay::check_publish`).
+struct RefusedPublish {
+    /// The MQTT 5 PUBACK reason; `NotAuthorized` is a policy denial.
+    reason: PubAckReason,
+    /// The refusal's metric label (`grove_broker_refused_total{reason}`).
+    label: &'static str,
+    /// What to log.
+    detail: String,
+}
+
+impl RefusedPublish {
+    fn denied(detail: String) -> RefusedPublish {
+        RefusedPublish {
+            reason: PubAckReason::NotAuthorized,
+            label: "not_authorized",
+            detail,
         }
     }
 }

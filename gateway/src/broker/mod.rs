@@ -36,7 +36,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use crate::auth::identity::Identities;
+use crate::auth::identity::{Device, Identities};
 use crate::auth::tls;
 use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig, ConfigError};
@@ -143,6 +143,72 @@ pub(crate) struct Shared {
     /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
     /// removes the entry, which cancels the will.
     pending_wills: Mutex<HashMap<String, u64>>,
+    /// The connections of proved devices, so that a revocation can wait for their end.
+    pub(crate) live_devices: LiveDevices,
+}
+
+/// The connections of proved (registered) devices now open, by connection number.
+#[derive(Default)]
+pub(crate) struct LiveDevices {
+    open: Mutex<HashMap<u64, Device>>,
+    /// Bumped whenever one of them has ended.
+    ended: watch::Sender<u64>,
+}
+
+impl LiveDevices {
+    pub(crate) fn register(&self, connection: u64, device: Device) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(connection, device);
+    }
+
+    pub(crate) fn remove(&self, connection: u64) {
+        self.open
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&connection);
+        self.ended.send_modify(|n| *n += 1);
+    }
+
+    /// How many open connections are of devices no longer registered as they connected.
+    fn revoked(&self, identities: &Identities) -> usize {
+        let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        open.values()
+            .filter(|d| identities.device(&d.id).as_ref() != Some(*d))
+            .count()
+    }
+}
+
+/// Applies a change of the devices file at once, for `grove device remove` (through the ops
+/// endpoint), instead of at the next poll.
+#[derive(Clone)]
+pub struct Revocations {
+    shared: Arc<Shared>,
+}
+
+impl Revocations {
+    /// Re-reads the devices file and waits until no connection of a device it no longer lists
+    /// as it was is left: from then on nothing of those devices is accepted, and their wills
+    /// are not published. Returns how many connections ended, or how many are still open after
+    /// `timeout`.
+    pub async fn apply(&self, timeout: Duration) -> Result<usize, usize> {
+        let live = &self.shared.live_devices;
+        let mut ended = live.ended.subscribe();
+        self.shared.identities.refresh();
+        let revoked = live.revoked(&self.shared.identities);
+        let wait = async {
+            while live.revoked(&self.shared.identities) > 0 {
+                if ended.changed().await.is_err() {
+                    break;
+                }
+            }
+        };
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(()) => Ok(revoked),
+            Err(_) => Err(live.revoked(&self.shared.identities)),
+        }
+    }
 }
 
 /// How often the devices file is checked for changes, so that a removed device's live
@@ -252,6 +318,7 @@ impl Broker {
             shutdown: shutdown_rx,
             system: tokio::sync::Mutex::new(system_tx),
             pending_wills: Mutex::new(HashMap::new()),
+            live_devices: LiveDevices::default(),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
             pressure,
@@ -333,6 +400,13 @@ impl Broker {
     /// A handle that creates bus links later (for components that re-create theirs on reload).
     pub fn bus_maker(&self) -> BusMaker {
         BusMaker {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The handle `grove device remove` reaches through the ops endpoint.
+    pub fn revocations(&self) -> Revocations {
+        Revocations {
             shared: self.shared.clone(),
         }
     }

@@ -6,6 +6,8 @@
 //!   `InstancePre`, epoch timeouts, memory limiter, the ABI's host calls and grant checks).
 //! - [`service`]: the component: registry, triggers, async queues with retries and a DLQ, sync
 //!   invocation over MQTT, and the host calls' effects on the bus and the store.
+//! - [`reply`]: where a sync invocation's answer goes, and the checks on it (pure; the connection
+//!   layer uses it too).
 //! - [`admin`]: the admin routes the ops endpoint serves to `grove fn` ([`client`]).
 //!
 //! The guest ABI is `ABI.md` beside this file.
@@ -13,6 +15,7 @@
 pub mod admin;
 pub mod client;
 pub mod manifest;
+pub mod reply;
 pub mod routing;
 pub mod runtime;
 pub mod service;

@@ -40,6 +40,7 @@ use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
 use super::manifest::Manifest;
+use super::reply::{self, ReplyError};
 use super::routing::{Alias, Qualifier, Routes, RoutingError};
 use super::runtime::{
     write_atomically, DeployError, Failure, Host, HostError, Level, Outcome, Prepared, Runtime,
@@ -929,9 +930,12 @@ impl Functions {
         let request = match SyncRequest::parse(&m) {
             Ok(r) => r,
             Err(e) => {
+                // Debug only: what reaches here came through the bus (a device's request with a
+                // bad reply topic was refused by the connection layer), so a log line per request
+                // would let a rule fed by devices flood the log.
                 debug!(
                     topic = m.topic,
-                    "an invoke request that cannot be answered: {e}"
+                    "an invoke request refused (not invoked, not answered): {e}"
                 );
                 return;
             }
@@ -996,23 +1000,21 @@ struct SyncRequest {
 }
 
 impl SyncRequest {
-    fn parse(m: &Message) -> Result<SyncRequest, String> {
+    /// Refuses a request without a valid reply topic (see [`super::reply`]): it is not invoked,
+    /// and nothing is published.
+    fn parse(m: &Message) -> Result<SyncRequest, ReplyError> {
         let target = parse_target(&m.topic, "/invoke");
-        if let Some(reply_to) = &m.response_topic {
+        let reply_to = reply::reply_topic(m.response_topic.as_deref(), &m.payload)?;
+        if m.response_topic.is_some() {
             return Ok(SyncRequest {
                 target,
-                reply_to: reply_to.clone(),
+                reply_to,
                 correlation_id: None,
                 payload: m.payload.clone(),
             });
         }
-        let envelope: Value = serde_json::from_slice(&m.payload)
-            .map_err(|_| "no MQTT 5 response topic and not a JSON envelope")?;
-        let reply_to = envelope["replyTo"]
-            .as_str()
-            .filter(|t| !t.is_empty() && !t.contains(['+', '#']))
-            .ok_or("no MQTT 5 response topic and no valid replyTo")?
-            .to_owned();
+        // `reply_topic` found a `replyTo` in it, so it is a JSON envelope.
+        let envelope: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
         let payload = match &envelope["payload"] {
             Value::String(s) => Bytes::from(s.clone()),
             Value::Null => Bytes::new(),

@@ -30,7 +30,7 @@ use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use grove_rules::{Context, ErrorActionPayload, Failure, Output, RuleIndex, Window};
@@ -40,8 +40,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::{Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
-use crate::auth::policy::overlaps;
+use super::{fan_out, Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
+use crate::auth::policy::{matches, overlaps};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
@@ -72,6 +72,10 @@ pub const SHADOW_ANSWER: Duration = Duration::from_secs(10);
 /// How many `shadow` action updates one group lets wait for their answers before it stops reading
 /// messages.
 pub const PENDING_SHADOWS: usize = 1024;
+
+/// At most one WARN line per rule and interval about outputs cut at the hop limit or the fan-out
+/// bound; the others are counted in the line that follows.
+const CUT_LOG_INTERVAL: Duration = Duration::from_secs(10);
 
 /// Asks the engine to re-read the rules from the configuration file.
 pub struct Reload {
@@ -222,6 +226,9 @@ impl RulesEngine {
             }
         }
         self.generation += 1;
+        // Every group's filters, for each group to know how many others take a message too.
+        let all_filters: Arc<Vec<Vec<String>>> =
+            Arc::new(groups.iter().map(|(f, _)| f.clone()).collect());
         let mut started = Vec::new();
         for (i, (filters, rules)) in groups.into_iter().enumerate() {
             let mut bus = self
@@ -233,6 +240,7 @@ impl RulesEngine {
             let (stop, stopped) = oneshot::channel();
             let runner = GroupRunner::new(
                 rules,
+                all_filters.clone(),
                 &self.metrics,
                 self.shadows.clone(),
                 self.functions.clone(),
@@ -297,6 +305,29 @@ struct Running {
     matched: Counter,
     outputs: Counter,
     hop_dropped: Counter,
+    fanout_dropped: Counter,
+    /// Rate-limits the WARN lines about cut outputs.
+    cut_log: Throttle,
+}
+
+/// At most one event per [`CUT_LOG_INTERVAL`] passes; the others are counted until then.
+/// Hand-written: a dozen lines, where tracing has no rate limit of its own.
+#[derive(Default)]
+struct Throttle {
+    next: Option<Instant>,
+    suppressed: u64,
+}
+
+impl Throttle {
+    /// `Some(events suppressed since the last one passed)` if this one may pass.
+    fn pass(&mut self, now: Instant) -> Option<u64> {
+        if self.next.is_some_and(|next| now < next) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.next = Some(now + CUT_LOG_INTERVAL);
+        Some(std::mem::take(&mut self.suppressed))
+    }
 }
 
 /// A `shadow` action's update that the service rejected or did not answer.
@@ -305,7 +336,7 @@ struct LateFailure {
     rule: usize,
     /// The message the rule acted on.
     msg: grove_rules::Message,
-    /// That message's hop count.
+    /// The hop count of the action's messages, which its error action's message gets too.
     hops: u32,
     /// What failed.
     failure: Failure,
@@ -317,6 +348,8 @@ struct LateFailure {
 struct GroupRunner {
     rules: Vec<Running>,
     index: RuleIndex<usize>,
+    /// The filters of every group of the rule set (this one's included).
+    all_filters: Arc<Vec<Vec<String>>>,
     action_failures: HashMap<String, Counter>,
     shadows: Option<LocalShadows>,
     functions: Option<Functions>,
@@ -333,6 +366,7 @@ type ShadowWait = Pin<Box<dyn Future<Output = Option<LateFailure>> + Send>>;
 impl GroupRunner {
     fn new(
         rules: Vec<Arc<RuleConfig>>,
+        all_filters: Arc<Vec<Vec<String>>>,
         metrics: &RulesMetrics,
         shadows: Option<LocalShadows>,
         functions: Option<Functions>,
@@ -353,12 +387,15 @@ impl GroupRunner {
                 matched: metrics.counter(&metrics.matched, &name),
                 outputs: metrics.counter(&metrics.outputs, &name),
                 hop_dropped: metrics.counter(&metrics.hop_dropped, &name),
+                fanout_dropped: metrics.counter(&metrics.fanout_dropped, &name),
+                cut_log: Throttle::default(),
                 config,
             });
         }
         GroupRunner {
             rules: running,
             index,
+            all_filters,
             action_failures,
             shadows,
             functions,
@@ -461,29 +498,98 @@ impl GroupRunner {
         );
         let mut matched = Vec::new();
         self.index.for_each_match(&m.topic, |i| matched.push(*i));
+        let mut outputs: Vec<(usize, Output, u32)> = Vec::new();
         for i in matched {
             let rule = &mut self.rules[i];
             rule.matched.inc();
-            let outputs: Vec<(Output, u32)> = match &mut rule.window {
-                Some(w) => w
-                    .on_message_with_hops(&msg, hops, ctx)
-                    .into_iter()
-                    .map(|row| (row.output, row.hops))
-                    .collect(),
+            match &mut rule.window {
+                Some(w) => outputs.extend(
+                    w.on_message_with_hops(&msg, hops, ctx)
+                        .into_iter()
+                        .map(|row| (i, row.output, row.hops)),
+                ),
                 // `evaluate` fails only for windowed rules, which take the branch above.
-                None => rule
-                    .config
-                    .rule
-                    .evaluate(&msg, ctx)
-                    .ok()
-                    .flatten()
-                    .map(|o| (o, hops))
-                    .into_iter()
-                    .collect(),
-            };
-            for (output, hops) in outputs {
-                self.act(i, &msg, &output, hops, ctx, out);
+                None => outputs.extend(
+                    rule.config
+                        .rule
+                        .evaluate(&msg, ctx)
+                        .ok()
+                        .flatten()
+                        .map(|o| (i, o, hops)),
+                ),
             }
+        }
+        if outputs.is_empty() {
+            return;
+        }
+        // The other groups whose filters take this topic act on it too, each on its own.
+        let consumers = self
+            .all_filters
+            .iter()
+            .filter(|filters| filters.iter().any(|f| matches(f, &m.topic)))
+            .count();
+        // A window's row is as deep as the deepest message that fed it.
+        let deepest = outputs.iter().map(|(_, _, h)| *h).max().unwrap_or(hops);
+        self.act_on(&msg, outputs, deepest, consumers, ctx, out);
+    }
+
+    /// Acts on the outputs one message (or one window tick) made, as many as [`fan_out`] allows;
+    /// the others are counted and cut.
+    fn act_on(
+        &mut self,
+        msg: &grove_rules::Message,
+        outputs: Vec<(usize, Output, u32)>,
+        hops: u32,
+        consumers: usize,
+        ctx: &Context<'_>,
+        out: &mut Vec<Outgoing>,
+    ) {
+        let children: Vec<usize> = outputs
+            .iter()
+            .map(|(i, _, _)| {
+                let config = &self.rules[*i].config;
+                config.actions.len() + usize::from(config.error_action.is_some())
+            })
+            .collect();
+        let (next, kept) = fan_out(hops, consumers, &children);
+        for (n, (i, output, _)) in outputs.into_iter().enumerate() {
+            if n < kept {
+                self.act(i, msg, &output, next, ctx, out);
+            } else {
+                self.cut(i, msg, hops, children[n]);
+            }
+        }
+    }
+
+    /// Counts and (rate-limited) logs an output that is not acted on.
+    fn cut(&mut self, i: usize, msg: &grove_rules::Message, hops: u32, messages: usize) {
+        let rule = &mut self.rules[i];
+        let at_hop_limit = hops >= MAX_HOPS;
+        if at_hop_limit {
+            rule.hop_dropped.inc();
+        } else {
+            rule.fanout_dropped.inc();
+        }
+        let Some(suppressed) = rule.cut_log.pass(Instant::now()) else {
+            return;
+        };
+        if at_hop_limit {
+            warn!(
+                rule = rule.config.name,
+                topic = msg.topic(),
+                hops,
+                suppressed,
+                "republish loop cut at the hop limit (suppressed: similar lines not logged since the last)"
+            );
+        } else {
+            warn!(
+                rule = rule.config.name,
+                topic = msg.topic(),
+                hops,
+                messages,
+                suppressed,
+                "output cut: its messages would exceed what one message may cause (suppressed: similar lines not logged since the last)"
+            );
         }
     }
 
@@ -503,12 +609,13 @@ impl GroupRunner {
                     "",
                     row.output.to_bytes(),
                 );
-                self.act(i, &msg, &row.output, row.hops, ctx, out);
+                self.act_on(&msg, vec![(i, row.output, row.hops)], row.hops, 1, ctx, out);
             }
         }
     }
 
-    /// Runs rule `i`'s actions for one output; failures go to its error action.
+    /// Runs rule `i`'s actions for one output, their messages `hops` deep; failures go to its
+    /// error action.
     fn act(
         &mut self,
         i: usize,
@@ -519,16 +626,6 @@ impl GroupRunner {
         out: &mut Vec<Outgoing>,
     ) {
         let rule = &self.rules[i];
-        if hops >= MAX_HOPS {
-            rule.hop_dropped.inc();
-            warn!(
-                rule = rule.config.name,
-                topic = msg.topic(),
-                hops,
-                "republish loop cut at the hop limit"
-            );
-            return;
-        }
         rule.outputs.inc();
         let config = Arc::clone(&rule.config);
         let mut failures = Vec::new();
@@ -556,12 +653,11 @@ impl GroupRunner {
         ctx: &Context<'_>,
         out: &mut Vec<Outgoing>,
     ) -> Result<(), Failure> {
-        let hops = origin.hops + 1;
         match perform(
             action,
             origin.msg,
             output,
-            hops,
+            origin.hops,
             ctx,
             self.functions.as_ref(),
         )? {
@@ -745,6 +841,7 @@ async fn publish(bus: &mut Bus, out: Vec<Outgoing>) -> bool {
 struct Origin<'a> {
     rule: usize,
     msg: &'a grove_rules::Message,
+    /// The hop count of the action's messages (see [`fan_out`]).
     hops: u32,
     of_error_action: bool,
 }
@@ -816,6 +913,12 @@ fn perform(
     match action {
         Action::Republish { topic, qos, retain } => {
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
+            // As for devices (the connection layer refuses it too): a retained message on a
+            // reserved topic would be replayed, e.g. to the shadow service at every restart.
+            if *retain && topic.starts_with('$') {
+                let message = format!("a retained message on the reserved topic {topic}");
+                return Err(fail(topic, message));
+            }
             Ok(publish(topic, *qos, *retain))
         }
         Action::Cloud { topic } => {
