@@ -27,7 +27,7 @@ use tokio::sync::mpsc;
 mod mosquitto;
 mod raw;
 
-pub use mosquitto::{mosquitto_pub, Mosquitto, MosquittoSub};
+pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::RawClient;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
@@ -409,12 +409,27 @@ fn http_get_now(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String,
 
 /// Runs `grove` with arguments to completion; returns (exit code, stderr).
 pub fn grove(args: &[&str], cwd: &Path) -> (i32, String) {
+    grove_with_input(args, cwd, None)
+}
+
+/// Like [`grove`], with `stdin` written to the command's standard input (a password prompt).
+pub fn grove_with_input(args: &[&str], cwd: &Path, stdin: Option<&str>) -> (i32, String) {
+    use std::io::Write;
     let out = blocking(|| {
-        Command::new(workspace_bin("grove"))
+        let mut child = Command::new(workspace_bin("grove"))
             .args(args)
             .current_dir(cwd)
-            .output()
-            .expect("run grove")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run grove");
+        let mut input = child.stdin.take().expect("piped stdin");
+        if let Some(text) = stdin {
+            input.write_all(text.as_bytes()).expect("write stdin");
+        }
+        drop(input);
+        child.wait_with_output().expect("run grove")
     });
     (
         out.status.code().unwrap_or(-1),

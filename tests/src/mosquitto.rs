@@ -160,16 +160,21 @@ impl MosquittoSub {
     }
 }
 
-/// Runs `mosquitto_pub` (mosquitto's own client) against the local port `port` with `args`
-/// (topic, QoS, message, version) and checks that it succeeded; with `-q 1` it exits only after
-/// its PUBACK, so the message has been accepted when this returns.
-pub fn mosquitto_pub(port: u16, args: &[&str]) {
-    let status = blocking(|| {
-        Command::new("mosquitto_pub")
+/// Runs one of mosquitto's own clients (`mosquitto_pub`, `mosquitto_sub`) against the local
+/// port `port` with `args`, to completion; returns its exit status and output.
+pub fn mosquitto_client(tool: &str, port: u16, args: &[&str]) -> std::process::Output {
+    blocking(|| {
+        Command::new(tool)
             .args(["-h", "127.0.0.1", "-p", &port.to_string()])
             .args(args)
-            .status()
-            .expect("mosquitto_pub is installed by the test command")
-    });
-    assert!(status.success(), "mosquitto_pub {args:?}: {status}");
+            .output()
+            .expect("mosquitto's clients are installed by the test command")
+    })
+}
+
+/// Runs `mosquitto_pub` with `args` (topic, QoS, message, version) and checks that it succeeded;
+/// with `-q 1` it exits only after its PUBACK, so the message has been accepted when this returns.
+pub fn mosquitto_pub(port: u16, args: &[&str]) {
+    let out = mosquitto_client("mosquitto_pub", port, args);
+    assert!(out.status.success(), "mosquitto_pub {args:?}: {out:?}");
 }

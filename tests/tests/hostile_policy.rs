@@ -4,12 +4,11 @@
 //! makes the attack against the real `grove` binary and asserts its bound.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grove_tests::{free_port, workspace_bin, Client, Gateway};
+use grove_tests::{eventually, free_port, grove_with_input, mosquitto_client, Client, Gateway};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -22,26 +21,12 @@ const FN_POLICY: &str = "[[policies]]\nname = \"caller\"\n\
 
 /// Runs `grove device ARGS --config CONFIG` (stdin: a password line); returns its output.
 fn device(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(workspace_bin("grove"))
-        .arg("device")
-        .args(args)
-        .arg("--config")
-        .arg(config)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        let mut pipe = child.stdin.take().unwrap();
-        pipe.write_all(input.as_bytes()).unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "grove device {args:?}: {text}");
-    text
+    let mut all = vec!["device"];
+    all.extend_from_slice(args);
+    all.extend_from_slice(&["--config", config.to_str().unwrap()]);
+    let (code, out) = grove_with_input(&all, config.parent().unwrap(), stdin);
+    assert_eq!(code, 0, "grove device {args:?}: {out}");
+    out
 }
 
 /// A gateway with the harness's anonymous loopback listener (the observer's) and a password
@@ -65,23 +50,6 @@ fn password_site(devices: &[&str], extra: &str) -> (Gateway, u16) {
          auth = \"password\"\npolicy = \"caller\"\n"
     );
     (Gateway::start_in(dir, &listener), port)
-}
-
-/// Polls a metric until it reaches `at_least`, or panics with the log.
-async fn metric_reaches(g: &Gateway, series: &str, at_least: f64) -> f64 {
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let v = g.metric(series);
-        if v >= at_least {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} = {v}, expected >= {at_least}\n{}",
-            g.log()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -152,24 +120,37 @@ async fn sync_invoke_answers_only_where_the_caller_may_publish() {
     );
 
     // MQTT 3.1.1, the replyTo envelope: another device's command topic closes the connection.
-    let pub_311 = Command::new("mosquitto_pub")
-        .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-V", "mqttv311"])
-        .args(["-i", "dev-b", "-u", "dev-b", "-P", "pw", "-q", "1"])
-        .args(["-t", "$grove/functions/ok/invoke"])
-        .args(["-m", r#"{"replyTo": "devices/dev-a/cmd", "payload": 1}"#])
-        .output()
-        .unwrap();
+    let pub_311 = mosquitto_client(
+        "mosquitto_pub",
+        port,
+        &[
+            "-V",
+            "mqttv311",
+            "-i",
+            "dev-b",
+            "-u",
+            "dev-b",
+            "-P",
+            "pw",
+            "-q",
+            "1",
+            "-t",
+            "$grove/functions/ok/invoke",
+            "-m",
+            r#"{"replyTo": "devices/dev-a/cmd", "payload": 1}"#,
+        ],
+    );
     assert!(
         !pub_311.status.success(),
         "mosquitto_pub got its PUBACK: {pub_311:?}"
     );
-    metric_reaches(&g, "grove_broker_denied_total{action=\"publish\"}", 2.0).await;
-    metric_reaches(
-        &g,
+    g.wait_metric("grove_broker_denied_total{action=\"publish\"}", |v| {
+        v >= 2.0
+    });
+    g.wait_metric(
         "grove_broker_refused_total{reason=\"invalid_reply_topic\"}",
-        3.0,
-    )
-    .await;
+        |v| v >= 3.0,
+    );
 
     // The observer sees the answer of the legitimate request, and nothing else from the
     // gateway: no answer on another device's topic, on a wildcard "topic", or on a shadow.
@@ -236,54 +217,57 @@ async fn retained_requests_on_reserved_topics_are_refused_and_never_replayed() {
     };
     assert_eq!(reason, PubAckReason::ImplementationSpecificError);
     // MQTT 3.1.1 (a stock client): the connection is closed, no PUBACK.
-    let out = Command::new("mosquitto_pub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &g.mqtt_port.to_string(),
+    let out = mosquitto_client(
+        "mosquitto_pub",
+        g.mqtt_port,
+        &[
             "-V",
             "mqttv311",
-        ])
-        .args(["-i", "lamp311", "-q", "1", "-r"])
-        .args(["-t", "$aws/things/lamp/shadow/update", "-m", stale])
-        .output()
-        .unwrap();
+            "-i",
+            "lamp311",
+            "-q",
+            "1",
+            "-r",
+            "-t",
+            "$aws/things/lamp/shadow/update",
+            "-m",
+            stale,
+        ],
+    );
     assert!(
         !out.status.success(),
         "mosquitto_pub got its PUBACK: {out:?}"
     );
-    metric_reaches(
-        &g,
+    g.wait_metric(
         "grove_broker_refused_total{reason=\"retain_reserved\"}",
-        2.0,
-    )
-    .await;
+        |v| v >= 2.0,
+    );
     // A retained will on a reserved topic is refused at CONNECT.
-    let will = Command::new("mosquitto_sub")
-        .args([
-            "-h",
-            "127.0.0.1",
-            "-p",
-            &g.mqtt_port.to_string(),
+    let will = mosquitto_client(
+        "mosquitto_sub",
+        g.mqtt_port,
+        &[
             "-V",
             "mqttv311",
-        ])
-        .args(["-i", "lampwill", "-t", "x", "-C", "1", "-W", "2"])
-        .args([
+            "-i",
+            "lampwill",
+            "-t",
+            "x",
+            "-C",
+            "1",
+            "-W",
+            "2",
             "--will-topic",
             "$aws/things/lamp/shadow/update",
             "--will-retain",
-        ])
-        .args(["--will-payload", stale])
-        .output()
-        .unwrap();
-    let refused = metric_reaches(
-        &g,
+            "--will-payload",
+            stale,
+        ],
+    );
+    let refused = g.wait_metric(
         "grove_broker_refused_total{reason=\"retain_reserved\"}",
-        3.0,
-    )
-    .await;
+        |v| v >= 3.0,
+    );
     assert_eq!(refused, 3.0, "the retained will was refused: {will:?}");
     drop(device);
 
@@ -328,7 +312,7 @@ async fn a_rule_republishing_four_times_into_its_own_from_stays_within_the_bound
         .await;
     // Each step makes 4 messages and advances them 2 hops: 4 + 16 + 64 + 256 = 340 messages
     // (87,381 before the bound); the 256 at the hop limit make none.
-    let cut = metric_reaches(&g, "grove_rule_hop_dropped_total{rule=\"amp\"}", 256.0).await;
+    let cut = g.wait_metric("grove_rule_hop_dropped_total{rule=\"amp\"}", |v| v >= 256.0);
     assert_eq!(cut, 256.0);
     assert_eq!(g.metric("grove_rule_outputs_total{rule=\"amp\"}"), 85.0);
     let seen = watch.recv_n(1 + 340, WAIT).await;
@@ -386,9 +370,10 @@ async fn nothing_of_a_removed_device_is_accepted_once_grove_device_remove_return
             }
         }
     });
-    while acked.load(Ordering::SeqCst) < 200 {
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    eventually(WAIT, || {
+        let n = acked.load(Ordering::SeqCst);
+        (n >= 200).then_some(()).ok_or(format!("{n} PUBACKs"))
+    });
     let config = g.config_path();
     let out = tokio::task::spawn_blocking(move || device(&config, &["remove", "dev-a"], None))
         .await

@@ -4,12 +4,11 @@
 //! succeeded (must be 0).
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grove_tests::{blocking, free_port, grove, options, workspace_bin, Client, Gateway};
+use grove_tests::{free_port, grove, grove_with_input, options, Client, Gateway};
 use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
@@ -58,34 +57,12 @@ impl Cases {
 
 /// Runs `grove device ...` against the prepared directory's config.
 fn device(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    blocking(|| device_now(dir, args, stdin))
-}
-
-fn device_now(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut child = Command::new(workspace_bin("grove"))
-        .arg("device")
-        .arg("--config")
-        .arg(dir.join("pre.toml"))
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    if let Some(input) = stdin {
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-    }
-    let out = child.wait_with_output().unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "grove device {args:?}: {text}");
-    text
+    let config = dir.join("pre.toml");
+    let mut all = vec!["device", "--config", config.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let (code, out) = grove_with_input(&all, dir, stdin);
+    assert_eq!(code, 0, "grove device {args:?}: {out}");
+    out
 }
 
 /// A policy that lets its device subscribe to everything but receive only its own space: what

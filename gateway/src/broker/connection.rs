@@ -333,7 +333,7 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
             }
             // Published later as a retained message on a reserved topic, which the PUBLISH path
             // refuses (see `Relay::check_publish`).
-            Ok(topic) if will.retain && topic.starts_with('$') => {
+            Ok(topic) if will.retain && !namespace::may_retain(topic) => {
                 // MQTT 3.1.1 has no closer code (and rumqttd's encoder knows only its five).
                 let ack = refuse(
                     ConnectReturnCode::NotAuthorized,
@@ -920,10 +920,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if policy.is_some_and(|p| !p.may_publish(&topic)) {
             return Err(RefusedPublish::denied(format!("publish to {topic} denied")));
         }
-        // AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set" (developer
-        // guide, MQTT retained messages). A retained shadow request would be replayed to the
-        // shadow service at every restart and to every late subscriber.
-        if publish.retain && topic.starts_with('$') {
+        if publish.retain && !namespace::may_retain(&topic) {
             return Err(RefusedPublish {
                 reason: PubAckReason::ImplementationSpecificError,
                 label: "retain_reserved",

@@ -86,6 +86,27 @@ pub fn client_id_to_router(client_id: &str) -> String {
     out
 }
 
+/// Whether a message on `topic` may be retained.
+///
+/// AWS IoT: "You can't publish to a reserved topic with the RETAIN flag set" (developer guide,
+/// MQTT retained messages). Its reserved topics are the `$` ones, and so are Grove's: a retained
+/// shadow request or function invocation would be replayed to its service at every restart and to
+/// every late subscriber. The one exception is the presence topic `$grove/things/{thing}/status`,
+/// which Grove's firmware keeps retained on purpose (its will says `offline`, its announcement
+/// `online`), so that whoever subscribes later learns whether the device is there: a status, not a
+/// request.
+pub fn may_retain(topic: &str) -> bool {
+    if !topic.starts_with('$') {
+        return true;
+    }
+    let mut levels = topic.split('/');
+    matches!(
+        (levels.next(), levels.next(), levels.next(), levels.next(), levels.next()),
+        (Some("$grove"), Some("things"), Some(thing), Some("status"), None)
+            if !thing.is_empty()
+    )
+}
+
 /// Checks a topic filter (MQTT 3.1.1 §4.7.1, with the rules engine's check): not empty, no NUL,
 /// `#` only as the whole last level, `+` only as a whole level; and a `$share/{group}/{filter}`
 /// shared subscription names a group and a filter.
@@ -105,6 +126,23 @@ pub fn check_filter(filter: &str) -> Result<(), String> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn only_ordinary_topics_and_device_presence_may_be_retained() {
+        for (topic, may) in [
+            ("config/led", true),
+            ("a", true),
+            ("$grove/things/lamp/status", true),
+            ("$aws/things/lamp/shadow/update", false),
+            ("$grove/functions/f/invoke", false),
+            ("$grove/things//status", false),
+            ("$grove/things/lamp/status/x", false),
+            ("$grove/things/lamp", false),
+            ("$SYS/broker/uptime", false),
+        ] {
+            assert_eq!(may_retain(topic), may, "{topic}");
+        }
+    }
 
     #[test]
     fn topics_and_filters_translate_as_documented() {

@@ -915,7 +915,7 @@ fn perform(
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             // As for devices (the connection layer refuses it too): a retained message on a
             // reserved topic would be replayed, e.g. to the shadow service at every restart.
-            if *retain && topic.starts_with('$') {
+            if *retain && !crate::broker::namespace::may_retain(&topic) {
                 let message = format!("a retained message on the reserved topic {topic}");
                 return Err(fail(topic, message));
             }
