@@ -269,10 +269,12 @@ pub struct BrokerConfig {
     /// Largest CONNECT (after its fixed header, will included) read from a peer that has not
     /// authenticated yet.
     pub max_connect_size: usize,
-    /// Most connections per listener that have not authenticated yet; more are closed at accept.
+    /// Most connections per listener that have not authenticated yet; then the listener stops
+    /// accepting until one is done.
     pub max_pending_connections: usize,
-    /// Most connections per listener and peer address that have not authenticated yet.
-    pub max_pending_per_address: usize,
+    /// Most connections per listener and peer address that have not authenticated yet; more are
+    /// closed at accept. `None` (0 in the file): no per-address share.
+    pub max_pending_per_address: Option<usize>,
     /// Size of one in-memory log segment per subscription filter (rumqttd's router).
     pub segment_size: usize,
     /// Segments kept per filter; a subscriber that falls further behind loses the oldest.
@@ -752,12 +754,13 @@ impl Resolver<'_> {
                 128,
                 1..=100_000,
             )?,
-            max_pending_per_address: self.ranged(
+            max_pending_per_address: Some(self.ranged(
                 "broker.max_pending_per_address",
                 raw.max_pending_per_address,
-                8,
-                1..=100_000,
-            )?,
+                0,
+                0..=100_000,
+            )?)
+            .filter(|&n| n > 0),
             segment_size: segment_size.value,
             segment_count: self.ranged("broker.segment_count", raw.segment_count, 4, 1..=1000)?,
             policies: policies.clone(),

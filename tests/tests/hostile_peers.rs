@@ -385,9 +385,7 @@ async fn unauthenticated_peers_cannot_lock_out_devices_or_the_operator() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundreds_of_half_sent_connects_keep_memory_bounded_and_are_counted() {
     // Budgets wide open, so that only the CONNECT size limit stands between them and memory.
-    let g = Gateway::start(
-        "[broker]\nmax_pending_connections = 1000\nmax_pending_per_address = 1000\n",
-    );
+    let g = Gateway::start("[broker]\nmax_pending_connections = 1000\n");
     let pid = g.pid();
     let idle = rss_kib(pid);
     const PEERS: usize = 300;
@@ -428,10 +426,10 @@ async fn hundreds_of_half_sent_connects_keep_memory_bounded_and_are_counted() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn connections_beyond_the_pre_auth_budget_are_refused_and_counted() {
-    let g = Gateway::start("[broker]\nconnect_timeout_ms = 3000\n");
-    // 20 silent connections from one address: 8 (`max_pending_per_address`) are held until the
-    // connect timeout, the other 12 are closed at once.
+async fn an_address_over_its_pre_auth_share_is_refused_and_counted() {
+    let g = Gateway::start("[broker]\nconnect_timeout_ms = 3000\nmax_pending_per_address = 8\n");
+    // 20 silent connections from one address: 8 (its share) are held until the connect timeout,
+    // the other 12 are closed at once.
     let mut silent = Vec::new();
     for _ in 0..20 {
         silent.push(connect_from(source(1), g.mqtt_port).await.expect("connect"));

@@ -6,71 +6,65 @@
 //! compete for one of `broker.max_connections`, which therefore counts authenticated sessions. So
 //! peers that never authenticate (wrong passwords, silent sockets, half-sent CONNECTs, stalled TLS
 //! handshakes) cannot take the slots of devices that do, and each listener has its own budget, so
-//! a storm on a network listener cannot lock the operator out of the loopback one. The per-address
-//! share keeps one attacker from filling its listener's budget alone (a fleet behind one NAT
-//! shares it too, which is why it is a setting).
+//! a storm on a network listener cannot lock the operator out of the loopback one.
 //!
-//! [`Budget`] is the pure accounting; [`PreAuth`] wraps it in a lock and hands out [`Ticket`]s
-//! that give their place back when dropped, however the connection ends.
+//! Two limits, two behaviours:
+//! - `max_pending_connections` per listener: when it is reached the listener stops accepting until
+//!   a place frees up; further peers wait in the kernel's backlog, holding no gateway memory, so a
+//!   burst of legitimate devices is delayed rather than refused.
+//! - `max_pending_per_address` (off by default): a peer address over its share is closed at once
+//!   and counted (`refused{reason="pending_limit"}`), so that one attacker cannot fill its
+//!   listener's budget alone. Off by default because a fleet behind one NAT, or every local
+//!   process on a loopback listener, shares one address.
+//!
+//! [`Shares`] is the pure per-address accounting; [`PreAuth`] adds the listener's semaphore and
+//! hands out [`Ticket`]s that give their places back when dropped, however the connection ends.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
 
 use prometheus_client::metrics::gauge::Gauge;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-/// Why a connection was not admitted.
+/// A peer address holds its whole share of unauthenticated connections.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Full {
-    /// The listener holds `max_pending_connections` unauthenticated connections.
-    Listener,
-    /// This peer address holds `max_pending_per_address` of them.
-    Address,
-}
+pub(crate) struct OverShare;
 
-/// Counts of unauthenticated connections, in total and per peer address.
+/// Unauthenticated connections per peer address, against a share (`None`: no share).
 #[derive(Debug)]
-pub(crate) struct Budget {
-    max_total: usize,
-    max_per_address: usize,
-    total: usize,
-    /// Only addresses with at least one connection: the map never holds more than `max_total`
-    /// entries.
-    per_address: HashMap<IpAddr, usize>,
+pub(crate) struct Shares {
+    max_per_address: Option<usize>,
+    /// Only addresses with at least one connection, so the map is no larger than the listener's
+    /// budget.
+    held: HashMap<IpAddr, usize>,
 }
 
-impl Budget {
-    pub(crate) fn new(max_total: usize, max_per_address: usize) -> Budget {
-        Budget {
-            max_total,
+impl Shares {
+    pub(crate) fn new(max_per_address: Option<usize>) -> Shares {
+        Shares {
             max_per_address,
-            total: 0,
-            per_address: HashMap::new(),
+            held: HashMap::new(),
         }
     }
 
-    /// Takes a place for a connection from `ip`, or says which limit is reached.
-    pub(crate) fn take(&mut self, ip: IpAddr) -> Result<(), Full> {
-        if self.total >= self.max_total {
-            return Err(Full::Listener);
-        }
-        let held = self.per_address.entry(ip).or_insert(0);
-        if *held >= self.max_per_address {
-            return Err(Full::Address);
+    /// Takes a place for a connection from `ip`, unless `ip` holds its share.
+    pub(crate) fn take(&mut self, ip: IpAddr) -> Result<(), OverShare> {
+        let held = self.held.entry(ip).or_insert(0);
+        if self.max_per_address.is_some_and(|max| *held >= max) {
+            return Err(OverShare);
         }
         *held += 1;
-        self.total += 1;
         Ok(())
     }
 
     /// Gives back a place taken for `ip`.
     pub(crate) fn give_back(&mut self, ip: IpAddr) {
-        if let Some(held) = self.per_address.get_mut(&ip) {
-            *held -= 1;
+        if let Some(held) = self.held.get_mut(&ip) {
+            *held = held.saturating_sub(1);
             if *held == 0 {
-                self.per_address.remove(&ip);
+                self.held.remove(&ip);
             }
-            self.total -= 1;
         }
     }
 }
@@ -78,24 +72,36 @@ impl Budget {
 /// One listener's budget, shared by its accept loop and its connections.
 #[derive(Debug)]
 pub(crate) struct PreAuth {
-    budget: Mutex<Budget>,
+    /// `max_pending_connections` places.
+    total: Arc<Semaphore>,
+    shares: Mutex<Shares>,
     /// `grove_broker_pending_connections`, shared by every listener.
     gauge: Gauge,
 }
 
 impl PreAuth {
-    pub(crate) fn new(max_total: usize, max_per_address: usize, gauge: Gauge) -> PreAuth {
+    pub(crate) fn new(max_total: usize, max_per_address: Option<usize>, gauge: Gauge) -> PreAuth {
         PreAuth {
-            budget: Mutex::new(Budget::new(max_total, max_per_address)),
+            total: Arc::new(Semaphore::new(max_total)),
+            shares: Mutex::new(Shares::new(max_per_address)),
             gauge,
         }
     }
 
-    /// A ticket for a connection from `ip`. An IPv4 peer reaching a dual-stack socket counts as
-    /// the same address as over IPv4.
-    pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Result<Ticket, Full> {
+    /// Waits for one of the listener's places: called before accepting, so a full listener
+    /// leaves new peers in the kernel's backlog.
+    pub(crate) async fn place(&self) -> Place {
+        // The semaphore is never closed.
+        Place {
+            _permit: self.total.clone().acquire_owned().await.ok(),
+        }
+    }
+
+    /// A ticket for a connection from `ip` on `place`. An IPv4 peer reaching a dual-stack socket
+    /// counts as the same address as over IPv4.
+    pub(crate) fn admit(self: &Arc<Self>, place: Place, ip: IpAddr) -> Result<Ticket, OverShare> {
         let ip = ip.to_canonical();
-        self.budget
+        self.shares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .take(ip)?;
@@ -103,21 +109,30 @@ impl PreAuth {
         Ok(Ticket {
             budget: self.clone(),
             ip,
+            _place: place,
         })
     }
 }
 
-/// A place in a listener's pre-authentication budget, given back when dropped.
+/// One of a listener's `max_pending_connections` places, before its peer's address is known.
+#[derive(Debug)]
+pub(crate) struct Place {
+    /// Held, never read: dropping it gives the place back.
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A connection's places in its listener's pre-authentication budget, given back when dropped.
 #[derive(Debug)]
 pub(crate) struct Ticket {
     budget: Arc<PreAuth>,
     ip: IpAddr,
+    _place: Place,
 }
 
 impl Drop for Ticket {
     fn drop(&mut self) {
         self.budget
-            .budget
+            .shares
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .give_back(self.ip);
@@ -130,44 +145,47 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_budget_has_a_total_and_a_share_per_address() {
-        let (a, b, c): (IpAddr, IpAddr, IpAddr) = (
-            "10.0.0.1".parse().unwrap(),
-            "10.0.0.2".parse().unwrap(),
-            "10.0.0.3".parse().unwrap(),
-        );
-        let mut budget = Budget::new(3, 2);
-        assert_eq!(budget.take(a), Ok(()));
-        assert_eq!(budget.take(a), Ok(()));
-        assert_eq!(budget.take(a), Err(Full::Address), "a's share is 2");
-        assert_eq!(budget.take(b), Ok(()));
-        assert_eq!(budget.take(c), Err(Full::Listener), "3 in total");
-        budget.give_back(a);
-        assert_eq!(budget.take(c), Ok(()), "a place given back is free again");
-        budget.give_back(a);
-        budget.give_back(a);
+    fn each_address_has_its_share() {
+        let (a, b): (IpAddr, IpAddr) = ("10.0.0.1".parse().unwrap(), "10.0.0.2".parse().unwrap());
+        let mut shares = Shares::new(Some(2));
+        assert_eq!(shares.take(a), Ok(()));
+        assert_eq!(shares.take(a), Ok(()));
+        assert_eq!(shares.take(a), Err(OverShare), "a's share is 2");
+        assert_eq!(shares.take(b), Ok(()), "b has its own");
+        shares.give_back(a);
+        assert_eq!(shares.take(a), Ok(()), "a place given back is free again");
+        shares.give_back(a);
+        shares.give_back(a);
         assert!(
-            !budget.per_address.contains_key(&a),
+            !shares.held.contains_key(&a),
             "no entry for an idle address"
         );
-        assert_eq!(budget.total, 2);
+        let mut unlimited = Shares::new(None);
+        for _ in 0..1000 {
+            assert_eq!(unlimited.take(a), Ok(()));
+        }
     }
 
-    #[test]
-    fn tickets_give_their_place_back_when_dropped() {
+    #[tokio::test]
+    async fn tickets_give_their_places_back_when_dropped() {
         let gauge = Gauge::default();
-        let budget = Arc::new(PreAuth::new(2, 1, gauge.clone()));
+        let budget = Arc::new(PreAuth::new(2, Some(1), gauge.clone()));
         let v4: IpAddr = "127.0.0.1".parse().unwrap();
         let mapped: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
-        let ticket = budget.admit(v4).unwrap();
+        let ticket = budget.admit(budget.place().await, v4).unwrap();
         assert_eq!(
-            budget.admit(mapped).unwrap_err(),
-            Full::Address,
+            budget.admit(budget.place().await, mapped).unwrap_err(),
+            OverShare,
             "a mapped address is the same peer"
         );
         assert_eq!(gauge.get(), 1);
+        let other = budget.admit(budget.place().await, "10.0.0.1".parse().unwrap());
+        assert!(other.is_ok());
+        // Both places are taken: the next waits until one is given back.
+        let waiting = tokio::time::timeout(std::time::Duration::from_millis(50), budget.place());
+        assert!(waiting.await.is_err(), "a full listener waits");
         drop(ticket);
-        assert_eq!(gauge.get(), 0);
-        assert!(budget.admit(mapped).is_ok());
+        assert_eq!(gauge.get(), 1);
+        assert!(budget.admit(budget.place().await, mapped).is_ok());
     }
 }

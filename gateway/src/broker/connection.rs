@@ -132,21 +132,15 @@ pub(super) async fn serve<S>(
         &mut buf,
         &shared,
         &listener,
+        &peer,
         peer_cert.as_deref(),
     );
     let outcome = tokio::time::timeout(timeout, handshake).await;
     drop(ticket);
     let (session, _slot) = match outcome {
         Ok(Ok(accepted)) => accepted,
-        Ok(Err(refusal)) => {
-            shared.metrics.refuse(refusal.reason);
-            if refusal.security {
-                warn!(%peer, listener = listener.name, reason = refusal.reason, detail = %refusal.detail, "connection refused");
-            } else {
-                debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
-            }
-            return;
-        }
+        // Counted and logged by `handshake`.
+        Ok(Err(())) => return,
         Err(_) => {
             shared.metrics.refuse("connect_timeout");
             debug!(%peer, "no CONNECT within connect_timeout_ms");
@@ -168,20 +162,27 @@ pub(super) async fn serve<S>(
     relay.finish(end, &peer).await;
 }
 
-/// Runs the handshake and, when it refuses with a CONNACK, sends that CONNACK.
+/// Runs the handshake; a refusal is counted and logged, then answered with its CONNACK, if any
+/// (counted first, so that a client that has read its refusal finds it in `/metrics`).
 async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &'a Shared,
     listener: &Listener,
+    peer: &str,
     peer_cert: Option<&[u8]>,
-) -> Result<(Session, ConnectionSlot<'a>), Refusal> {
-    let result = negotiate(stream, buf, shared, listener, peer_cert).await;
-    if let Err(Refusal {
-        answer: Some(answer),
-        ..
-    }) = &result
-    {
+) -> Result<(Session, ConnectionSlot<'a>), ()> {
+    let refusal = match negotiate(stream, buf, shared, listener, peer_cert).await {
+        Ok(accepted) => return Ok(accepted),
+        Err(refusal) => refusal,
+    };
+    shared.metrics.refuse(refusal.reason);
+    if refusal.security {
+        warn!(%peer, listener = listener.name, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+    } else {
+        debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+    }
+    if let Some(answer) = refusal.answer {
         let ack = ConnAck {
             session_present: false,
             code: answer.code,
@@ -193,7 +194,7 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
         )
         .await;
     }
-    result
+    Err(())
 }
 
 /// Reads CONNECT and checks it (`connect.rs`), authenticates the client, takes one of

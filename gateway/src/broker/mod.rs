@@ -40,7 +40,7 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
-use self::admission::{Full, PreAuth};
+use self::admission::PreAuth;
 use self::connect::{ConnectRules, LoginRule};
 use crate::auth::identity::Identities;
 use crate::auth::tls;
@@ -442,23 +442,23 @@ async fn accept_loop(
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
+        // A listener holding `max_pending_connections` unauthenticated connections accepts no
+        // more until one is done: new peers wait in the kernel's backlog.
+        let place = tokio::select! {
+            _ = shutdown.changed() => return,
+            place = listener.pre_auth.place() => place,
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
-                    // Before the TLS handshake, which costs as much as anything after it; a peer
-                    // over budget is closed at once (there is no CONNACK before a CONNECT).
-                    let ticket = match listener.pre_auth.admit(peer.ip()) {
-                        Ok(ticket) => ticket,
-                        Err(full) => {
-                            shared.metrics.refuse("pending_limit");
-                            let limit = match full {
-                                Full::Listener => "broker.max_pending_connections",
-                                Full::Address => "broker.max_pending_per_address",
-                            };
-                            debug!(%peer, listener = listener.name, limit, "too many unauthenticated connections; closed");
-                            continue;
-                        }
+                    // Before the TLS handshake, which costs as much as anything after it; an
+                    // address over its share is closed at once (there is no CONNACK before a
+                    // CONNECT).
+                    let Ok(ticket) = listener.pre_auth.admit(place, peer.ip()) else {
+                        shared.metrics.refuse("pending_limit");
+                        debug!(%peer, listener = listener.name, "broker.max_pending_per_address reached; closed");
+                        continue;
                     };
                     // Small packets must not wait for Nagle's algorithm: latency is the point.
                     let _ = stream.set_nodelay(true);
