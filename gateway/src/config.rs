@@ -137,6 +137,9 @@ struct RawBroker {
     max_connections: Option<Spanned<usize>>,
     max_payload_size: Option<Spanned<usize>>,
     connect_timeout_ms: Option<Spanned<u64>>,
+    max_connect_size: Option<Spanned<usize>>,
+    max_pending_connections: Option<Spanned<usize>>,
+    max_pending_per_address: Option<Spanned<usize>>,
     segment_size: Option<Spanned<usize>>,
     segment_count: Option<Spanned<usize>>,
     max_outgoing_batch: Option<Spanned<u64>>,
@@ -257,12 +260,21 @@ pub struct Located<T> {
 pub struct BrokerConfig {
     /// TCP listeners; each accepts MQTT 3.1.1 and MQTT 5 on the same port.
     pub listeners: Vec<ListenerConfig>,
-    /// Most device connections at once; more are refused at CONNECT.
+    /// Most authenticated device connections at once; more are refused at CONNECT.
     pub max_connections: usize,
     /// Largest accepted PUBLISH payload, in bytes; a larger one closes that client's connection.
     pub max_payload_size: usize,
-    /// How long a new TCP connection may take to send CONNECT.
+    /// How long a new TCP connection may take to send CONNECT and authenticate.
     pub connect_timeout_ms: u64,
+    /// Largest CONNECT (after its fixed header, will included) read from a peer that has not
+    /// authenticated yet.
+    pub max_connect_size: usize,
+    /// Most connections per listener that have not authenticated yet; then the listener stops
+    /// accepting until one is done.
+    pub max_pending_connections: usize,
+    /// Most connections per listener and peer address that have not authenticated yet; more are
+    /// closed at accept. `None` (0 in the file): no per-address share.
+    pub max_pending_per_address: Option<usize>,
     /// Size of one in-memory log segment per subscription filter (rumqttd's router).
     pub segment_size: usize,
     /// Segments kept per filter; a subscriber that falls further behind loses the oldest.
@@ -730,6 +742,25 @@ impl Resolver<'_> {
                 5000,
                 100..=600_000,
             )?,
+            max_connect_size: self.ranged(
+                "broker.max_connect_size",
+                raw.max_connect_size,
+                8 * 1024,
+                64..=MQTT_MAX_PACKET,
+            )?,
+            max_pending_connections: self.ranged(
+                "broker.max_pending_connections",
+                raw.max_pending_connections,
+                128,
+                1..=100_000,
+            )?,
+            max_pending_per_address: Some(self.ranged(
+                "broker.max_pending_per_address",
+                raw.max_pending_per_address,
+                0,
+                0..=100_000,
+            )?)
+            .filter(|&n| n > 0),
             segment_size: segment_size.value,
             segment_count: self.ranged("broker.segment_count", raw.segment_count, 4, 1..=1000)?,
             policies: policies.clone(),

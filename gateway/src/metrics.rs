@@ -17,8 +17,18 @@ use prometheus_client::registry::Registry;
 pub struct RefusalLabels {
     /// `payload_too_large`, `malformed`, `protocol`, `max_connections`, `connect_timeout`,
     /// `identifier_rejected`, `store_failed`, `tls_handshake`, `bad_credentials`,
-    /// `identity_mismatch`, `unknown_certificate` or `not_authorized`.
+    /// `identity_mismatch`, `unknown_certificate`, `not_authorized`, `pending_limit` (too many
+    /// unauthenticated connections on the listener or from the address), `connect_too_large` or
+    /// `auth_busy` (the password-check queue was full).
     pub reason: &'static str,
+}
+
+/// How a password check ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PasswordCheckLabels {
+    /// `verified` (argon2 said yes), `remembered` (a recent login with the same password: no
+    /// argon2), `rejected` or `busy` (the queue was full: not checked).
+    pub outcome: &'static str,
 }
 
 /// What a policy refused.
@@ -52,6 +62,11 @@ pub struct BrokerMetrics {
     /// Times a publishing connection stopped reading because a subscriber was about to be
     /// overrun (flow control).
     pub holds: Counter,
+    /// Connections accepted that have not authenticated yet (TLS handshake, CONNECT, password
+    /// check), on all listeners.
+    pub pending_connections: Gauge,
+    /// Password logins checked, by outcome.
+    pub password_checks: Family<PasswordCheckLabels, Counter>,
 }
 
 impl BrokerMetrics {
@@ -63,6 +78,13 @@ impl BrokerMetrics {
     /// Counts a refusal.
     pub fn refuse(&self, reason: &'static str) {
         self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a password check's outcome.
+    pub fn password_check(&self, outcome: &'static str) {
+        self.password_checks
+            .get_or_create(&PasswordCheckLabels { outcome })
+            .inc();
     }
 }
 
@@ -424,6 +446,16 @@ impl Metrics {
             "retained_restored",
             "Retained messages restored from the store at startup",
             broker.retained_restored.clone(),
+        );
+        b.register(
+            "pending_connections",
+            "Connections accepted that have not authenticated yet, on all listeners",
+            broker.pending_connections.clone(),
+        );
+        b.register(
+            "password_checks",
+            "Password logins checked, by outcome (remembered: a recent login, no argon2; busy: refused, the queue was full)",
+            broker.password_checks.clone(),
         );
         let shadow = ShadowMetrics::default();
         let sh = registry.sub_registry_with_prefix("shadow");

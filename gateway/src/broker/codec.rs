@@ -104,7 +104,10 @@ impl Codec {
     pub fn read(&mut self, buf: &mut BytesMut, max_len: usize) -> Result<Packet, protocol::Error> {
         match self {
             Codec::V311(p) => p.read_mut(buf, max_len),
-            Codec::V5(p) => p.read_mut(buf, max_len),
+            Codec::V5(p) => match v5_unreadable(buf) {
+                Some(kind) => Err(protocol::Error::InvalidPacketType(kind)),
+                None => p.read_mut(buf, max_len),
+            },
         }
     }
 
@@ -114,6 +117,20 @@ impl Codec {
             Codec::V311(p) => p.write(strip_properties(packet), out),
             Codec::V5(p) => p.write(packet, out),
         }
+    }
+}
+
+/// The packet type at the front of `buf` if rumqttd's MQTT 5 reader cannot read it: it has no arm
+/// for CONNACK, UNSUBACK, or a PINGREQ / PINGRESP with a body, and panics (`unreachable!`, found
+/// by the `connect` fuzz target), which would end the connection's task without its cleanup. No
+/// client may send those, so they are refused before the reader sees them (a zero remaining length
+/// must be the single byte 0: MQTT 5 §1.5.5 asks for the shortest encoding).
+fn v5_unreadable(buf: &[u8]) -> Option<u8> {
+    let kind = buf.first()? >> 4;
+    match (kind, buf.get(1)) {
+        (2 | 11, _) => Some(kind),
+        (12 | 13, Some(&len)) if len != 0 => Some(kind),
+        _ => None,
     }
 }
 
@@ -172,5 +189,30 @@ mod tests {
         for (bytes, want) in cases {
             assert_eq!(sniff(&bytes), want, "for {bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn packets_rumqttd_cannot_read_in_mqtt5_are_refused_not_panicked_on() {
+        // CONNACK, UNSUBACK, PINGREQ and PINGRESP with a body: each panicked rumqttd's reader.
+        for bytes in [
+            &[0x20, 0x03, 0x00, 0x00, 0x00][..],
+            &[0xB0, 0x03, 0x00, 0x01, 0x00],
+            &[0xC0, 0x01, 0x00],
+            &[0xD0, 0x01, 0x00],
+        ] {
+            let mut buf = BytesMut::from(bytes);
+            assert!(
+                matches!(
+                    Codec::new(Version::V5).read(&mut buf, 1024),
+                    Err(protocol::Error::InvalidPacketType(_))
+                ),
+                "{bytes:02x?}"
+            );
+        }
+        let mut ping = BytesMut::from(&[0xC0, 0x00][..]);
+        assert!(matches!(
+            Codec::new(Version::V5).read(&mut ping, 1024),
+            Ok(Packet::PingReq(_))
+        ));
     }
 }

@@ -7,9 +7,11 @@
 //! the same interface rumqttd's server uses internally; subscriptions, QoS 1 flow, persistent
 //! sessions and retained delivery remain the router's.
 //!
-//! Lifecycle: sniff the version, read CONNECT (within `connect_timeout_ms`), register a link with
-//! the router (which answers CONNACK), then relay both ways until DISCONNECT, an error, a keep-alive
-//! timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
+//! Lifecycle: read and check CONNECT (`connect.rs` decides on the bytes; at most
+//! `max_connect_size` of them are read), authenticate, take one of `max_connections`, register a
+//! link with the router (which answers CONNACK), all within `connect_timeout_ms` and while holding
+//! a place in the listener's pre-authentication budget (`admission.rs`); then relay both ways
+//! until DISCONNECT, an error, a keep-alive timeout or shutdown. A connection that ends without DISCONNECT has its will published (after the
 //! MQTT 5 will delay, if any) and is removed from the router.
 
 use std::collections::{HashMap, VecDeque};
@@ -30,11 +32,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
-use super::codec::{sniff, Codec, Sniff, Version};
+use super::admission::Ticket;
+use super::codec::{Codec, Version};
+use super::connect::{check_topic_name, read_connect, Hello, Refusal, Step};
 use super::{
     namespace, poll_now, publish_qos_pkid, Listener, Shared, GROVE_PROPERTY_PREFIX, ORIGIN_PROPERTY,
 };
-use crate::auth::identity::Device;
+use crate::auth::identity::{Device, PasswordCheck};
 use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
 use crate::auth::tls::common_name;
 use crate::config::AuthMode;
@@ -113,13 +117,15 @@ struct Will {
 /// Counts connections for generated client ids.
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
-/// Serves one accepted TCP connection to its end.
+/// Serves one accepted TCP connection to its end. `ticket` is its place in the listener's
+/// pre-authentication budget, given back once the handshake is over either way.
 pub(super) async fn serve<S>(
     mut stream: S,
     peer: String,
     peer_cert: Option<Vec<u8>>,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
+    ticket: Ticket,
 ) where
     S: AsyncRead + AsyncWrite + Unpin,
 {
@@ -130,19 +136,15 @@ pub(super) async fn serve<S>(
         &mut buf,
         &shared,
         &listener,
+        &peer,
         peer_cert.as_deref(),
     );
-    let (session, _slot) = match tokio::time::timeout(timeout, handshake).await {
+    let outcome = tokio::time::timeout(timeout, handshake).await;
+    drop(ticket);
+    let (session, _slot) = match outcome {
         Ok(Ok(accepted)) => accepted,
-        Ok(Err(refusal)) => {
-            shared.metrics.refuse(refusal.reason);
-            if refusal.security {
-                warn!(%peer, listener = listener.name, reason = refusal.reason, detail = %refusal.detail, "connection refused");
-            } else {
-                debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
-            }
-            return;
-        }
+        // Counted and logged by `handshake`.
+        Ok(Err(())) => return,
         Err(_) => {
             shared.metrics.refuse("connect_timeout");
             debug!(%peer, "no CONNECT within connect_timeout_ms");
@@ -193,109 +195,68 @@ impl Drop for LiveDevice<'_> {
     }
 }
 
-/// A CONNECT that was refused: the reason label for metrics and what to log.
-struct Refusal {
-    reason: &'static str,
-    detail: String,
-    /// An authentication or authorization failure: logged as a warning.
-    security: bool,
-}
-
-impl Refusal {
-    fn new(reason: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            reason,
-            detail: detail.into(),
-            security: false,
-        }
-    }
-
-    fn security(reason: &'static str, detail: impl Into<String>) -> Refusal {
-        Refusal {
-            security: true,
-            ..Refusal::new(reason, detail)
-        }
-    }
-}
-
-/// Reads CONNECT, checks it, takes one of `max_connections`, registers the link with the router
-/// and answers CONNACK.
+/// Runs the handshake; a refusal is counted and logged, then answered with its CONNACK, if any
+/// (counted first, so that a client that has read its refusal finds it in `/metrics`).
 async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    shared: &'a Shared,
+    listener: &Listener,
+    peer: &str,
+    peer_cert: Option<&[u8]>,
+) -> Result<(Session, ConnectionSlot<'a>), ()> {
+    let refusal = match negotiate(stream, buf, shared, listener, peer_cert).await {
+        Ok(accepted) => return Ok(accepted),
+        Err(refusal) => refusal,
+    };
+    shared.metrics.refuse(refusal.reason);
+    if refusal.security {
+        warn!(%peer, listener = listener.name, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+    } else {
+        debug!(%peer, reason = refusal.reason, detail = %refusal.detail, "connection refused");
+    }
+    if let Some(answer) = refusal.answer {
+        let ack = ConnAck {
+            session_present: false,
+            code: answer.code,
+        };
+        write_packet(
+            stream,
+            &Codec::new(answer.version),
+            Packet::ConnAck(ack, None),
+        )
+        .await;
+    }
+    Err(())
+}
+
+/// Reads CONNECT and checks it (`connect.rs`), authenticates the client, takes one of
+/// `max_connections`, registers the link with the router and answers CONNACK.
+async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
     shared: &'a Shared,
     listener: &Listener,
     peer_cert: Option<&[u8]>,
 ) -> Result<(Session, ConnectionSlot<'a>), Refusal> {
-    let version = loop {
-        match sniff(buf) {
-            Sniff::Version(v) => break v,
-            Sniff::NeedMore(_) => read_more(stream, buf).await?,
-            Sniff::NotMqtt => return Err(Refusal::new("protocol", "not an MQTT CONNECT")),
-            Sniff::UnsupportedLevel(level) => {
-                let refuse = ConnAck {
-                    session_present: false,
-                    code: ConnectReturnCode::RefusedProtocolVersion,
-                };
-                write_packet(
-                    stream,
-                    &Codec::new(Version::V311),
-                    Packet::ConnAck(refuse, None),
-                )
-                .await;
-                return Err(Refusal::new(
-                    "protocol",
-                    format!("unsupported protocol level {level}"),
-                ));
-            }
+    let hello = loop {
+        match read_connect(buf, &listener.connect_rules) {
+            Step::Connect(hello) => break *hello,
+            Step::NeedMore { room } => read_more(stream, buf, room).await?,
+            Step::Refuse(refusal) => return Err(refusal),
         }
     };
-    let mut codec = Codec::new(version);
-    let max_len = shared.config.max_payload_size + HEADER_ALLOWANCE;
-    let packet = loop {
-        match codec.read(buf, max_len) {
-            Ok(p) => break p,
-            Err(protocol::Error::InsufficientBytes(_)) => read_more(stream, buf).await?,
-            Err(e) => return Err(Refusal::new("malformed", format!("bad CONNECT: {e}"))),
-        }
-    };
-    let Packet::Connect(connect, props, will, will_props, login) = packet else {
-        return Err(Refusal::new("protocol", "first packet is not CONNECT"));
-    };
-
-    let refuse = |code_v311, code_v5| ConnAck {
-        session_present: false,
-        code: match version {
-            Version::V311 => code_v311,
-            Version::V5 => code_v5,
-        },
-    };
-    // Taken before the CONNACK, not after it, and checked and taken in one step: a client
-    // connecting right after another's CONNACK, or at the same time, can never exceed the limit.
-    let Some(slot) = ConnectionSlot::reserve(shared) else {
-        let ack = refuse(
-            ConnectReturnCode::ServiceUnavailable,
-            ConnectReturnCode::ServerBusy,
-        );
-        write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
-        return Err(Refusal::new(
-            "max_connections",
-            "broker.max_connections reached",
-        ));
-    };
+    let Hello {
+        version,
+        connect,
+        properties: props,
+        will,
+        will_properties: will_props,
+        login,
+    } = hello;
+    let codec = Codec::new(version);
     let mut assigned = None;
     let client_id = if connect.client_id.is_empty() {
-        if !connect.clean_session {
-            let ack = refuse(
-                ConnectReturnCode::ClientIdentifierNotValid,
-                ConnectReturnCode::ClientIdentifierNotValid,
-            );
-            write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
-            return Err(Refusal::new(
-                "identifier_rejected",
-                "an empty client id needs a clean session",
-            ));
-        }
         let id = format!(
             "grove-{}-{}",
             std::process::id(),
@@ -307,60 +268,44 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
         connect.client_id.clone()
     };
 
-    let (policy, device) =
-        match authenticate(shared, listener, &client_id, login.as_ref(), peer_cert).await {
-            Ok(found) => found,
-            Err((refusal, v311, v5)) => {
-                write_packet(stream, &codec, Packet::ConnAck(refuse(v311, v5), None)).await;
-                return Err(refusal);
-            }
-        };
+    let (policy, device) = authenticate(
+        shared,
+        listener,
+        &client_id,
+        version,
+        login.as_ref(),
+        peer_cert,
+    )
+    .await?;
     if let Some(will) = &will {
-        // The will is a publish made on the client's behalf later: its topic must be a valid topic
-        // name the client may publish to, checked now (AWS IoT asks for iot:Publish on the will
-        // topic at connect), or a device could leave a will in another device's space.
-        match check_topic_name(&will.topic, false) {
-            Err(detail) => {
-                // MQTT 3.1.1 has no CONNACK code for it: the connection is just closed.
-                if version == Version::V5 {
-                    let ack = refuse(
-                        ConnectReturnCode::TopicNameInvalid,
-                        ConnectReturnCode::TopicNameInvalid,
-                    );
-                    write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
-                }
-                return Err(Refusal::new("malformed", format!("will: {detail}")));
-            }
-            // Published later as a retained message on a reserved topic, which the PUBLISH path
-            // refuses (see `Relay::check_publish`).
-            Ok(topic) if will.retain && !namespace::may_retain(topic) => {
-                // MQTT 3.1.1 has no closer code (and rumqttd's encoder knows only its five).
-                let ack = refuse(
-                    ConnectReturnCode::NotAuthorized,
-                    ConnectReturnCode::RetainNotSupported,
-                );
-                write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
-                return Err(Refusal::new(
-                    "retain_reserved",
-                    format!("a retained will on the reserved topic {topic}"),
-                ));
-            }
-            Ok(topic) if policy.as_ref().is_some_and(|p| !p.may_publish(topic)) => {
-                shared.metrics.deny("publish");
-                warn!(client_id, topic, "will topic denied by policy");
-                let ack = refuse(
+        // A will may only go where the client may publish (AWS IoT asks for iot:Publish on the
+        // will topic at connect), or a device could leave a will in another device's space. Its
+        // topic is a valid topic name: `read_connect` checked.
+        let topic = String::from_utf8_lossy(&will.topic);
+        if policy.as_ref().is_some_and(|p| !p.may_publish(&topic)) {
+            shared.metrics.deny("publish");
+            warn!(client_id, %topic, "will topic denied by policy");
+            return Err(
+                Refusal::security("not_authorized", format!("will topic {topic} denied")).answer(
+                    version,
                     ConnectReturnCode::NotAuthorized,
                     ConnectReturnCode::NotAuthorized,
-                );
-                write_packet(stream, &codec, Packet::ConnAck(ack, None)).await;
-                return Err(Refusal::security(
-                    "not_authorized",
-                    format!("will topic {topic} denied"),
-                ));
-            }
-            Ok(_) => {}
+                ),
+            );
         }
     }
+    // Taken once the client has authenticated (peers that never do cannot take the slots of
+    // devices that do), before the CONNACK, and checked and taken in one step: a client
+    // connecting right after another's CONNACK, or at the same time, can never exceed the limit.
+    let Some(slot) = ConnectionSlot::reserve(shared) else {
+        return Err(
+            Refusal::new("max_connections", "broker.max_connections reached").answer(
+                version,
+                ConnectReturnCode::ServiceUnavailable,
+                ConnectReturnCode::ServerBusy,
+            ),
+        );
+    };
     let session_expiry = props
         .as_ref()
         .and_then(|p| p.session_expiry_interval)
@@ -426,28 +371,26 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
     Ok((session, slot))
 }
 
-/// A refused CONNECT: what to log and count, and the CONNACK codes for MQTT 3.1.1 and 5.
-type AuthRefusal = (Refusal, ConnectReturnCode, ConnectReturnCode);
-
 /// Authenticates a client as its listener requires and resolves its policy (`None`: allow all);
 /// also returns the registered identity it proved, if any.
 async fn authenticate(
     shared: &Shared,
     listener: &Listener,
     client_id: &str,
+    version: Version,
     login: Option<&Login>,
     peer_cert: Option<&[u8]>,
-) -> Result<(Option<Resolved>, Option<Device>), AuthRefusal> {
+) -> Result<(Option<Resolved>, Option<Device>), Refusal> {
     let bad_login = |detail: String| {
-        (
-            Refusal::security("bad_credentials", detail),
+        Refusal::security("bad_credentials", detail).answer(
+            version,
             ConnectReturnCode::BadUserNamePassword,
             ConnectReturnCode::BadUserNamePassword,
         )
     };
     let not_authorized = |reason: &'static str, detail: String| {
-        (
-            Refusal::security(reason, detail),
+        Refusal::security(reason, detail).answer(
+            version,
             ConnectReturnCode::NotAuthorized,
             ConnectReturnCode::NotAuthorized,
         )
@@ -455,22 +398,35 @@ async fn authenticate(
     let device = match listener.auth {
         AuthMode::Anonymous => None,
         AuthMode::Password => {
-            let Some(login) = login else {
-                return Err(bad_login(format!(
-                    "client {client_id:?} sent no username and password"
-                )));
+            // `read_connect` refuses a password listener's CONNECT without a login.
+            let password = login.map_or("", |l| l.password.as_str());
+            let checked = shared.identities.check_password(client_id, password).await;
+            let outcome = match &checked {
+                PasswordCheck::Accepted {
+                    remembered: true, ..
+                } => "remembered",
+                PasswordCheck::Accepted { .. } => "verified",
+                PasswordCheck::Refused => "rejected",
+                PasswordCheck::Busy => "busy",
             };
-            let checked = shared
-                .identities
-                .check_password(client_id, &login.username, &login.password)
-                .await;
+            shared.metrics.password_check(outcome);
             match checked {
-                Some(d) => Some(d),
-                None => {
+                PasswordCheck::Accepted { device, .. } => Some(device),
+                PasswordCheck::Refused => {
                     return Err(bad_login(format!(
-                        "wrong username or password for client {client_id:?} (username {:?})",
-                        login.username
+                        "wrong password for client {client_id:?}"
                     )))
+                }
+                PasswordCheck::Busy => {
+                    return Err(Refusal::new(
+                        "auth_busy",
+                        format!("too many password checks queued; client {client_id:?} refused"),
+                    )
+                    .answer(
+                        version,
+                        ConnectReturnCode::ServiceUnavailable,
+                        ConnectReturnCode::ServerBusy,
+                    ))
                 }
             }
         }
@@ -528,11 +484,15 @@ async fn authenticate(
     Ok((Some(resolved), device))
 }
 
+/// Reads at most `room` more bytes of the CONNECT: what an unauthenticated peer sends is held
+/// only up to the CONNECT limit, whatever length it announces.
 async fn read_more<S: AsyncRead + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
+    room: usize,
 ) -> Result<(), Refusal> {
-    match stream.read_buf(buf).await {
+    let room = u64::try_from(room).unwrap_or(u64::MAX);
+    match (&mut *stream).take(room).read_buf(buf).await {
         Ok(0) => Err(Refusal::new("io", "closed before CONNECT")),
         Ok(_) => Ok(()),
         Err(e) => Err(Refusal::new("io", e.to_string())),
@@ -547,8 +507,8 @@ async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, codec: &Codec, pack
     }
 }
 
-/// Holds one of `max_connections` and the connected-clients gauge from the CONNECT check until
-/// the client is gone.
+/// Holds one of `max_connections` and the connected-clients gauge from authentication until the
+/// client is gone.
 struct ConnectionSlot<'a>(&'a Shared);
 
 impl<'a> ConnectionSlot<'a> {
@@ -1235,19 +1195,6 @@ fn router_ack(pkid: u16) -> Packet {
         },
         None,
     )
-}
-
-/// MQTT §4.7.3: a topic name is at least one character long (MQTT 5 allows it empty when a topic
-/// alias stands for it), valid UTF-8, and has no wildcard.
-fn check_topic_name(topic: &[u8], uses_alias: bool) -> Result<&str, String> {
-    let topic = std::str::from_utf8(topic).map_err(|_| "topic is not UTF-8".to_owned())?;
-    if topic.is_empty() && !uses_alias {
-        return Err("empty topic name".into());
-    }
-    if topic.contains(['+', '#', '\0']) {
-        return Err(format!("topic name {topic:?} contains a wildcard or NUL"));
-    }
-    Ok(topic)
 }
 
 fn packet_name(packet: &Packet) -> &'static str {

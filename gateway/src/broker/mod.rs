@@ -9,12 +9,16 @@
 //! What rumqttd does not give, Grove adds here: retained messages survive restarts (they are
 //! written to the store before the router sees them, and restored before the listeners open),
 //! both MQTT versions on one port, refusal of oversized payloads with a reason, will messages for
-//! connections that end without DISCONNECT, and counters for `/metrics`.
+//! connections that end without DISCONNECT, counters for `/metrics`, and a budget for peers that
+//! have not authenticated yet ([`admission`]: per listener and per peer address, apart from
+//! `max_connections`, which counts authenticated sessions).
 //!
 //! Architecture invariant: rumqttd types stay inside `broker` and `bus`; other modules see Grove's
 //! types.
 
+mod admission;
 pub mod codec;
+pub mod connect;
 mod connection;
 pub mod namespace;
 
@@ -36,6 +40,8 @@ use tokio::task::JoinSet;
 use tokio_rustls::TlsAcceptor;
 use tracing::{debug, error, info, warn};
 
+use self::admission::PreAuth;
+use self::connect::{ConnectRules, LoginRule};
 use crate::auth::identity::{Device, Identities};
 use crate::auth::tls;
 use crate::bus::Bus;
@@ -113,6 +119,10 @@ pub(crate) struct Listener {
     pub(crate) auth: AuthMode,
     /// The policy its devices get unless their identity names another.
     pub(crate) policy: String,
+    /// What its CONNECTs must be like before authentication.
+    pub(crate) connect_rules: ConnectRules,
+    /// Its connections that have not authenticated yet.
+    pre_auth: Arc<PreAuth>,
 }
 
 /// State shared by every connection task.
@@ -121,7 +131,7 @@ pub(crate) struct Shared {
     router: RouterHandle,
     store: Store,
     metrics: BrokerMetrics,
-    /// Connections past the CONNECT check now (see `connection::ConnectionSlot`), at most
+    /// Authenticated connections now (see `connection::ConnectionSlot`), at most
     /// `max_connections`.
     connected: AtomicUsize,
     shutdown: watch::Receiver<bool>,
@@ -378,10 +388,23 @@ impl Broker {
                 policy = l.policy,
                 "MQTT listener ready (MQTT 3.1.1 and 5)"
             );
+            let config = &self.shared.config;
             let ctx = Arc::new(Listener {
                 name: l.name.clone(),
                 auth: l.auth,
                 policy: l.policy.clone(),
+                connect_rules: ConnectRules {
+                    max_size: config.max_connect_size,
+                    login: match l.auth {
+                        AuthMode::Password => LoginRule::UsernameIsClientId,
+                        AuthMode::Anonymous | AuthMode::Certificate => LoginRule::Ignored,
+                    },
+                },
+                pre_auth: Arc::new(PreAuth::new(
+                    config.max_pending_connections,
+                    config.max_pending_per_address,
+                    self.shared.metrics.pending_connections.clone(),
+                )),
             });
             listeners.push((ctx, listener, tls));
         }
@@ -493,17 +516,31 @@ async fn accept_loop(
 ) {
     let mut shutdown = shared.shutdown.clone();
     loop {
+        // A listener holding `max_pending_connections` unauthenticated connections accepts no
+        // more until one is done: new peers wait in the kernel's backlog.
+        let place = tokio::select! {
+            _ = shutdown.changed() => return,
+            place = listener.pre_auth.place() => place,
+        };
         tokio::select! {
             _ = shutdown.changed() => return,
             accepted = socket.accept() => match accepted {
                 Ok((stream, peer)) => {
+                    // Before the TLS handshake, which costs as much as anything after it; an
+                    // address over its share is closed at once (there is no CONNACK before a
+                    // CONNECT).
+                    let Ok(ticket) = listener.pre_auth.admit(place, peer.ip()) else {
+                        shared.metrics.refuse("pending_limit");
+                        debug!(%peer, listener = listener.name, "broker.max_pending_per_address reached; closed");
+                        continue;
+                    };
                     // Small packets must not wait for Nagle's algorithm: latency is the point.
                     let _ = stream.set_nodelay(true);
                     let peer = peer.to_string();
                     let (listener, shared) = (listener.clone(), shared.clone());
                     match &tls {
                         None => {
-                            tokio::spawn(connection::serve(stream, peer, None, listener, shared));
+                            tokio::spawn(connection::serve(stream, peer, None, listener, shared, ticket));
                         }
                         Some(acceptor) => {
                             let acceptor = acceptor.clone();
@@ -517,7 +554,7 @@ async fn accept_loop(
                                             .peer_certificates()
                                             .and_then(|c| c.first())
                                             .map(|c| c.to_vec());
-                                        connection::serve(tls, peer, cert, listener, shared).await;
+                                        connection::serve(tls, peer, cert, listener, shared, ticket).await;
                                     }
                                     Ok(Err(e)) => {
                                         shared.metrics.refuse("tls_handshake");
