@@ -1,26 +1,36 @@
 //! The durable store: one SQLite database in the data directory, owned by one thread.
 //!
-//! Every write goes through [`Store`], a cheap cloneable handle that sends commands to the owner
-//! thread. The thread takes whatever commands are waiting, applies them in one transaction and
-//! commits once (group commit), then answers each caller. A caller is told "done" only after the
-//! commit returned, with `synchronous=FULL`, so what Grove acknowledges survives a power cut; and
-//! because commands that arrive during a commit share the next one, durability does not cap
-//! throughput.
+//! This module is the generic part: opening, migrations, and the owner thread with group commit.
+//! Every read and write goes through [`Store::transact`], a unit of work that the owner thread runs
+//! on its connection. The thread takes whatever units are waiting, runs each under a savepoint of
+//! its own inside one transaction, and commits once (group commit); then it answers each caller.
+//! A caller is told "done" (and gets what it read) only after that commit returned, with
+//! `synchronous=FULL`, so what Grove acknowledges survives a power cut and nothing is read that a
+//! failed commit then took back; and because units that arrive during a commit share the next
+//! one, durability does not cap throughput. A unit that fails fails alone: its savepoint is rolled
+//! back, its caller gets its own error at once, and the rest of the batch commits.
 //!
-//! Architecture invariant: rusqlite types never leave this module; the rest of the gateway sees
-//! [`Store`], [`RetainedMessage`] and [`StoreError`].
+//! Each component's queries live with the component, as `impl Store` blocks in its `queries.rs`
+//! (`broker/queries.rs`: retained messages; `shadow/queries.rs`: shadows;
+//! `functions/queries.rs`: versions, aliases, key-value state, async events;
+//! `cloud/queries.rs`: the outbox and sync states), so a component's tables change in one place.
+//! Only the schema's migrations are listed here, in the one order they run.
+//!
+//! Architecture invariant: rusqlite types never leave this module and the components'
+//! `queries.rs`; the rest of the gateway sees [`Store`]'s typed methods, the stored types below and
+//! [`StoreError`].
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
 
 use bytes::Bytes;
-use rusqlite::{params, Connection};
+use rusqlite::Connection;
 use tokio::sync::{mpsc, oneshot};
 
 /// The database file inside the data directory.
 pub const DB_FILE: &str = "grove.db";
 
-/// Most commands applied in one transaction; bounds the latency of the first one in a burst.
+/// Most units of work in one transaction; bounds the latency of the first one in a burst.
 const MAX_BATCH: usize = 1024;
 
 /// Schema migrations, applied in order; `PRAGMA user_version` records how many have run.
@@ -262,102 +272,17 @@ pub struct StoredEvent {
     pub hops: u32,
 }
 
-/// A write or read for the owner thread.
-enum Command {
-    /// Record new function events and forget finished ones, in one transaction.
-    EventsWrite {
-        append: Vec<StoredEvent>,
-        delete: Vec<u64>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Every function event not done yet, in arrival order.
-    LoadEvents {
-        done: oneshot::Sender<Result<Vec<StoredEvent>, StoreError>>,
-    },
-    /// Append to and delete from the cloud outbox, in one transaction.
-    OutboxWrite {
-        append: Vec<OutboxMessage>,
-        delete: Vec<u64>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// The outbox's index: every message's sequence number, size and age.
-    OutboxIndex {
-        done: oneshot::Sender<Result<Vec<crate::cloud::outbox::Entry>, StoreError>>,
-    },
-    /// Up to `limit` outbox messages after sequence number `after`, in order.
-    OutboxLoad {
-        after: u64,
-        limit: usize,
-        done: oneshot::Sender<Result<Vec<OutboxMessage>, StoreError>>,
-    },
-    /// Every shadow's sync state.
-    LoadSyncStates {
-        done: oneshot::Sender<Result<Vec<SyncState>, StoreError>>,
-    },
-    /// Record a shadow's sync state.
-    WriteSyncState {
-        state: SyncState,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Record a new function version.
-    SaveFunctionVersion {
-        version: StoredFunctionVersion,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Create or replace an alias.
-    SetFunctionAlias {
-        alias: StoredAlias,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Forget a function: versions, aliases, key-value state.
-    RemoveFunction {
-        name: String,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Every version and alias.
-    LoadFunctions {
-        done: oneshot::Sender<Result<StoredFunctions, StoreError>>,
-    },
-    /// One key of a function's namespace.
-    KvGet {
-        name: String,
-        key: String,
-        done: oneshot::Sender<Result<Option<Vec<u8>>, StoreError>>,
-    },
-    /// Writes to a function's namespace, all in one transaction.
-    KvWrite {
-        name: String,
-        writes: Vec<KvWrite>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Write shadows (all in the same transaction).
-    WriteShadows {
-        shadows: Vec<StoredShadow>,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Read one shadow.
-    LoadShadow {
-        key: ShadowKey,
-        done: oneshot::Sender<Result<Option<StoredShadow>, StoreError>>,
-    },
-    /// Forget the tombstones of shadows deleted before a time.
-    DropTombstones {
-        deleted_before: u64,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// List every live shadow (without documents).
-    ListShadows {
-        done: oneshot::Sender<Result<Vec<(ShadowKey, u64)>, StoreError>>,
-    },
-    /// Store (or, with an empty payload, delete) the retained message of a topic.
-    Retain {
-        message: RetainedMessage,
-        done: oneshot::Sender<Result<(), StoreError>>,
-    },
-    /// Read every retained message.
-    LoadRetained {
-        done: oneshot::Sender<Result<Vec<RetainedMessage>, StoreError>>,
-    },
+/// A unit of work for the owner thread: run on the batch's transaction (or told why there is
+/// none), it returns what to tell its caller once the commit's outcome is known.
+type Job = Box<dyn FnOnce(Result<&mut rusqlite::Transaction<'_>, &str>) -> Reply + Send>;
+
+/// Answers a caller with the batch's commit outcome (`Err`: why it failed).
+type Reply = Box<dyn FnOnce(Result<(), &str>) + Send>;
+
+/// What the owner thread is sent.
+enum Request {
+    /// Run this in the next group commit.
+    Job(Job),
     /// Finish what is queued before this, then stop.
     Close,
 }
@@ -365,13 +290,13 @@ enum Command {
 /// Handle to the store; clone it freely.
 #[derive(Clone, Debug)]
 pub struct Store {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Request>,
 }
 
 /// Owns the store's thread; [`StoreThread::close`] waits until the last commit is done.
 #[derive(Debug)]
 pub struct StoreThread {
-    tx: mpsc::Sender<Command>,
+    tx: mpsc::Sender<Request>,
     thread: Option<JoinHandle<()>>,
 }
 
@@ -410,177 +335,21 @@ impl Store {
         ))
     }
 
-    /// Durably records the retained message of a topic (an empty payload deletes it). Returns
-    /// after the commit.
-    pub async fn retain(&self, message: RetainedMessage) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::Retain { message, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Every stored retained message, in topic order.
-    pub async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::LoadRetained { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably writes shadows, all or none. Returns after the commit.
-    pub async fn write_shadows(&self, shadows: Vec<StoredShadow>) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::WriteShadows { shadows, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// One shadow, if stored.
-    pub async fn load_shadow(&self, key: ShadowKey) -> Result<Option<StoredShadow>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::LoadShadow { key, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably forgets the tombstones of shadows deleted before `deleted_before` (epoch seconds).
-    /// The shadow module decides the cut-off: a tombstone may go once no re-created shadow would
-    /// continue its version.
-    pub async fn drop_tombstones(&self, deleted_before: u64) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::DropTombstones {
-            deleted_before,
-            done,
-        })
-        .await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Every live shadow's key and version (tombstones of deleted shadows left out), ordered by
-    /// thing then name.
-    pub async fn list_shadows(&self) -> Result<Vec<(ShadowKey, u64)>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::ListShadows { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably records a function version.
-    pub async fn save_function_version(
+    /// Runs `work` on the database in the next group commit, under a savepoint of its own, and
+    /// returns what it returned once that commit is done. If `work` fails, only its own changes
+    /// are rolled back and its error is returned at once; the rest of the batch goes on. If the
+    /// commit fails, every unit of the batch gets that error (none of it was kept).
+    pub(crate) async fn transact<T: Send + 'static>(
         &self,
-        version: StoredFunctionVersion,
-    ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::SaveFunctionVersion { version, done })
-            .await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably creates or replaces a function alias.
-    pub async fn set_function_alias(&self, alias: StoredAlias) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::SetFunctionAlias { alias, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably forgets a function and its key-value state.
-    pub async fn remove_function(&self, name: String) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::RemoveFunction { name, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Every function version (ordered by name, version) and alias.
-    pub async fn load_functions(&self) -> Result<StoredFunctions, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::LoadFunctions { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// One key of a function's key-value namespace.
-    pub async fn kv_get(&self, name: String, key: String) -> Result<Option<Vec<u8>>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::KvGet { name, key, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably applies writes to a function's namespace, all or none.
-    pub async fn kv_write(&self, name: String, writes: Vec<KvWrite>) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::KvWrite { name, writes, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably records new function events and forgets finished ones. Returns after the commit.
-    pub async fn events_write(
-        &self,
-        append: Vec<StoredEvent>,
-        delete: Vec<u64>,
-    ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::EventsWrite {
-            append,
-            delete,
-            done,
-        })
-        .await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Every function event not done yet, in arrival order.
-    pub async fn load_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::LoadEvents { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably appends messages to the cloud outbox and deletes others (acknowledged or dropped),
-    /// all in one transaction. Returns after the commit.
-    pub async fn outbox_write(
-        &self,
-        append: Vec<OutboxMessage>,
-        delete: Vec<u64>,
-    ) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::OutboxWrite {
-            append,
-            delete,
-            done,
-        })
-        .await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// The outbox's index (sequence number, topic plus payload size, append time), in order.
-    pub async fn outbox_index(&self) -> Result<Vec<crate::cloud::outbox::Entry>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::OutboxIndex { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Up to `limit` outbox messages with a sequence number above `after`, in order.
-    pub async fn outbox_load(
-        &self,
-        after: u64,
-        limit: usize,
-    ) -> Result<Vec<OutboxMessage>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::OutboxLoad { after, limit, done })
-            .await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Every shadow's cloud sync state.
-    pub async fn load_sync_states(&self) -> Result<Vec<SyncState>, StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::LoadSyncStates { done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    /// Durably records a shadow's cloud sync state. Returns after the commit.
-    pub async fn write_sync_state(&self, state: SyncState) -> Result<(), StoreError> {
-        let (done, wait) = oneshot::channel();
-        self.send(Command::WriteSyncState { state, done }).await?;
-        wait.await.map_err(|_| StoreError::Closed)?
-    }
-
-    async fn send(&self, command: Command) -> Result<(), StoreError> {
-        self.tx.send(command).await.map_err(|_| StoreError::Closed)
+        work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        let (done, answer) = oneshot::channel();
+        let job = job(work, done);
+        self.tx
+            .send(Request::Job(job))
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        answer.await.map_err(|_| StoreError::Closed)?
     }
 }
 
@@ -588,7 +357,7 @@ impl StoreThread {
     /// Lets queued commands finish, closes the database and waits for the thread.
     pub async fn close(mut self) {
         // If the thread is already gone the send fails, which is fine: there is nothing to flush.
-        let _ = self.tx.send(Command::Close).await;
+        let _ = self.tx.send(Request::Close).await;
         if let Some(thread) = self.thread.take() {
             let _ = tokio::task::spawn_blocking(move || thread.join()).await;
         }
@@ -636,7 +405,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<(), StoreError> {
 }
 
 /// The owner thread: batch, apply, commit, answer.
-fn owner_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
+fn owner_loop(mut conn: Connection, mut rx: mpsc::Receiver<Request>) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     while let Some(first) = rx.blocking_recv() {
         batch.push(first);
@@ -656,411 +425,66 @@ fn owner_loop(mut conn: Connection, mut rx: mpsc::Receiver<Command>) {
     }
 }
 
-/// Applies a batch in one transaction and answers each command; returns whether to stop.
-fn apply_batch(conn: &mut Connection, batch: &mut Vec<Command>) -> bool {
+/// Runs a batch in one transaction, each unit under its own savepoint, commits, and answers every
+/// caller; returns whether to stop.
+fn apply_batch(conn: &mut Connection, batch: &mut Vec<Request>) -> bool {
     let mut close = false;
-    let mut acks = Vec::new();
-    let result = (|| -> rusqlite::Result<()> {
-        let tx = conn.transaction()?;
-        for command in batch.drain(..) {
-            match command {
-                Command::Retain { message, done } => {
-                    apply_retain(&tx, &message)?;
-                    acks.push(done);
-                }
-                Command::LoadRetained { done } => {
-                    let _ = done.send(load_retained(&tx).map_err(StoreError::from));
-                }
-                Command::WriteShadows { shadows, done } => {
-                    for shadow in &shadows {
-                        write_shadow(&tx, shadow)?;
-                    }
-                    acks.push(done);
-                }
-                Command::LoadShadow { key, done } => {
-                    let _ = done.send(load_shadow(&tx, key).map_err(StoreError::from));
-                }
-                Command::DropTombstones {
-                    deleted_before,
-                    done,
-                } => {
-                    tx.prepare_cached("DELETE FROM shadows WHERE deleted_at < ?1")?
-                        .execute(params![deleted_before as i64])?;
-                    acks.push(done);
-                }
-                Command::ListShadows { done } => {
-                    let _ = done.send(list_shadows(&tx).map_err(StoreError::from));
-                }
-                Command::SaveFunctionVersion { version, done } => {
-                    tx.prepare_cached(
-                        "INSERT INTO function_versions (name, version, manifest, module, created_ms)
-                         VALUES (?1, ?2, ?3, ?4, ?5)",
-                    )?
-                    .execute(params![
-                        version.name,
-                        version.version as i64,
-                        version.manifest,
-                        version.module,
-                        version.created_ms
-                    ])?;
-                    acks.push(done);
-                }
-                Command::SetFunctionAlias { alias, done } => {
-                    tx.prepare_cached(
-                        "INSERT INTO function_aliases (name, alias, version, weight_version, weight_percent)
-                         VALUES (?1, ?2, ?3, ?4, ?5)
-                         ON CONFLICT (name, alias) DO UPDATE SET version = excluded.version,
-                           weight_version = excluded.weight_version, weight_percent = excluded.weight_percent",
-                    )?
-                    .execute(params![
-                        alias.name,
-                        alias.alias,
-                        alias.version as i64,
-                        alias.weight.map(|w| w.0 as i64),
-                        alias.weight.map(|w| w.1)
-                    ])?;
-                    acks.push(done);
-                }
-                Command::RemoveFunction { name, done } => {
-                    for table in ["function_versions", "function_aliases", "function_kv"] {
-                        tx.prepare_cached(&format!("DELETE FROM {table} WHERE name = ?1"))?
-                            .execute(params![name])?;
-                    }
-                    acks.push(done);
-                }
-                Command::LoadFunctions { done } => {
-                    let _ = done.send(load_functions(&tx).map_err(StoreError::from));
-                }
-                Command::KvGet { name, key, done } => {
-                    let value = tx
-                        .prepare_cached(
-                            "SELECT value FROM function_kv WHERE name = ?1 AND key = ?2",
-                        )
-                        .and_then(|mut s| {
-                            let mut rows = s.query(params![name, key])?;
-                            rows.next()?.map(|r| r.get::<_, Vec<u8>>(0)).transpose()
-                        });
-                    let _ = done.send(value.map_err(StoreError::from));
-                }
-                Command::KvWrite { name, writes, done } => {
-                    for (key, value) in &writes {
-                        match value {
-                            Some(v) => tx
-                                .prepare_cached(
-                                    "INSERT INTO function_kv (name, key, value) VALUES (?1, ?2, ?3)
-                                     ON CONFLICT (name, key) DO UPDATE SET value = excluded.value",
-                                )?
-                                .execute(params![name, key, v])?,
-                            None => tx
-                                .prepare_cached(
-                                    "DELETE FROM function_kv WHERE name = ?1 AND key = ?2",
-                                )?
-                                .execute(params![name, key])?,
-                        };
-                    }
-                    acks.push(done);
-                }
-                Command::EventsWrite {
-                    append,
-                    delete,
-                    done,
-                } => {
-                    events_write(&tx, &append, &delete)?;
-                    acks.push(done);
-                }
-                Command::LoadEvents { done } => {
-                    let _ = done.send(load_events(&tx).map_err(StoreError::from));
-                }
-                Command::OutboxWrite {
-                    append,
-                    delete,
-                    done,
-                } => {
-                    outbox_write(&tx, &append, &delete)?;
-                    acks.push(done);
-                }
-                Command::OutboxIndex { done } => {
-                    let _ = done.send(outbox_index(&tx).map_err(StoreError::from));
-                }
-                Command::OutboxLoad { after, limit, done } => {
-                    let _ = done.send(outbox_load(&tx, after, limit).map_err(StoreError::from));
-                }
-                Command::LoadSyncStates { done } => {
-                    let _ = done.send(load_sync_states(&tx).map_err(StoreError::from));
-                }
-                Command::WriteSyncState { state, done } => {
-                    write_sync_state(&tx, &state)?;
-                    acks.push(done);
-                }
-                Command::Close => close = true,
-            }
+    let mut replies: Vec<Reply> = Vec::with_capacity(batch.len());
+    let mut tx = conn.transaction().map_err(|e| e.to_string());
+    for request in batch.drain(..) {
+        match request {
+            Request::Job(job) => replies.push(job(tx.as_mut().map_err(|e| e.as_str()))),
+            Request::Close => close = true,
         }
-        tx.commit()
-    })();
-    match result {
-        Ok(()) => acks.into_iter().for_each(|a| {
-            let _ = a.send(Ok(()));
-        }),
-        Err(e) => {
-            tracing::error!(error = %e, "store commit failed; the batch was rolled back");
-            for a in acks {
-                let _ = a.send(Err(StoreError::Sqlite(e.to_string())));
-            }
-        }
+    }
+    let outcome = tx.and_then(|tx| tx.commit().map_err(|e| e.to_string()));
+    if let Err(e) = &outcome {
+        tracing::error!(error = %e, "store commit failed; the batch was rolled back");
+    }
+    for reply in replies {
+        reply(outcome.as_ref().copied().map_err(String::as_str));
     }
     close
 }
 
-fn apply_retain(tx: &rusqlite::Transaction<'_>, m: &RetainedMessage) -> rusqlite::Result<()> {
-    if m.payload.is_empty() {
-        tx.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
-            .execute(params![m.topic])?;
-    } else {
-        tx.prepare_cached(
-            "INSERT INTO retained (topic, payload, qos) VALUES (?1, ?2, ?3)
-             ON CONFLICT (topic) DO UPDATE SET payload = excluded.payload, qos = excluded.qos",
-        )?
-        .execute(params![m.topic, m.payload.as_ref(), m.qos])?;
-    }
-    Ok(())
+/// A unit of work that runs `work` under its own savepoint and answers `done`: at once if it
+/// failed (nothing of it will be committed), with the commit's outcome otherwise.
+fn job<T: Send + 'static>(
+    work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
+    done: oneshot::Sender<Result<T, StoreError>>,
+) -> Job {
+    Box::new(move |tx| {
+        let outcome = tx
+            .map_err(|e| StoreError::Sqlite(e.to_owned()))
+            .and_then(|tx| run_savepoint(tx, work).map_err(StoreError::from));
+        match outcome {
+            Err(e) => {
+                let _ = done.send(Err(e));
+                Box::new(|_| {})
+            }
+            Ok(value) => Box::new(move |commit: Result<(), &str>| {
+                let _ = done.send(
+                    commit
+                        .map(|()| value)
+                        .map_err(|e| StoreError::Sqlite(e.to_owned())),
+                );
+            }),
+        }
+    })
 }
 
-fn write_shadow(tx: &rusqlite::Transaction<'_>, s: &StoredShadow) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO shadows (thing, name, version, deleted_at, document) VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (thing, name) DO UPDATE SET version = excluded.version,
-           deleted_at = excluded.deleted_at, document = excluded.document",
-    )?
-    .execute(params![
-        s.key.thing,
-        s.key.name.as_deref().unwrap_or(""),
-        s.version as i64,
-        s.deleted_at.map(|at| at as i64),
-        s.document
-    ])?;
-    Ok(())
-}
-
-fn load_shadow(
-    tx: &rusqlite::Transaction<'_>,
-    key: ShadowKey,
-) -> rusqlite::Result<Option<StoredShadow>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT version, deleted_at, document FROM shadows WHERE thing = ?1 AND name = ?2",
-    )?;
-    let mut rows = stmt.query(params![key.thing, key.name.as_deref().unwrap_or("")])?;
-    match rows.next()? {
-        None => Ok(None),
-        Some(row) => Ok(Some(StoredShadow {
-            version: row.get::<_, i64>(0)? as u64,
-            deleted_at: row.get::<_, Option<i64>>(1)?.map(|at| at as u64),
-            document: row.get(2)?,
-            key,
-        })),
-    }
-}
-
-fn list_shadows(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<(ShadowKey, u64)>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT thing, name, version FROM shadows WHERE deleted_at IS NULL ORDER BY thing, name",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let name: String = r.get(1)?;
-        Ok((
-            ShadowKey {
-                thing: r.get(0)?,
-                name: (!name.is_empty()).then_some(name),
-            },
-            r.get::<_, i64>(2)? as u64,
-        ))
-    })?;
-    rows.collect()
-}
-
-fn events_write(
-    tx: &rusqlite::Transaction<'_>,
-    append: &[StoredEvent],
-    delete: &[u64],
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO function_events (id, name, qualifier, topic, payload, hops)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?;
-    for e in append {
-        insert.execute(params![
-            e.id as i64,
-            e.name,
-            e.qualifier,
-            e.topic,
-            e.payload.as_ref(),
-            e.hops
-        ])?;
-    }
-    let mut remove = tx.prepare_cached("DELETE FROM function_events WHERE id = ?1")?;
-    for id in delete {
-        remove.execute(params![*id as i64])?;
-    }
-    Ok(())
-}
-
-fn load_events(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<StoredEvent>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT id, name, qualifier, topic, payload, hops FROM function_events ORDER BY id",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(StoredEvent {
-            id: r.get::<_, i64>(0)? as u64,
-            name: r.get(1)?,
-            qualifier: r.get(2)?,
-            topic: r.get(3)?,
-            payload: Bytes::from(r.get::<_, Vec<u8>>(4)?),
-            hops: r.get(5)?,
-        })
-    })?;
-    rows.collect()
-}
-
-fn load_functions(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<StoredFunctions> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT name, version, manifest, module, created_ms FROM function_versions
-         ORDER BY name, version",
-    )?;
-    let versions = stmt
-        .query_map([], |r| {
-            Ok(StoredFunctionVersion {
-                name: r.get(0)?,
-                version: r.get::<_, i64>(1)? as u64,
-                manifest: r.get(2)?,
-                module: r.get(3)?,
-                created_ms: r.get(4)?,
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    let mut stmt = tx.prepare_cached(
-        "SELECT name, alias, version, weight_version, weight_percent FROM function_aliases
-         ORDER BY name, alias",
-    )?;
-    let aliases = stmt
-        .query_map([], |r| {
-            let weight_version: Option<i64> = r.get(3)?;
-            let weight_percent: Option<u8> = r.get(4)?;
-            Ok(StoredAlias {
-                name: r.get(0)?,
-                alias: r.get(1)?,
-                version: r.get::<_, i64>(2)? as u64,
-                weight: weight_version
-                    .zip(weight_percent)
-                    .map(|(v, p)| (v as u64, p)),
-            })
-        })?
-        .collect::<rusqlite::Result<Vec<_>>>()?;
-    Ok((versions, aliases))
-}
-
-fn outbox_write(
-    tx: &rusqlite::Transaction<'_>,
-    append: &[OutboxMessage],
-    delete: &[u64],
-) -> rusqlite::Result<()> {
-    let mut insert = tx.prepare_cached(
-        "INSERT INTO cloud_outbox (seq, topic, payload, enqueued_ms) VALUES (?1, ?2, ?3, ?4)",
-    )?;
-    for m in append {
-        insert.execute(params![
-            m.seq as i64,
-            m.topic,
-            m.payload.as_ref(),
-            m.enqueued_ms as i64
-        ])?;
-    }
-    let mut remove = tx.prepare_cached("DELETE FROM cloud_outbox WHERE seq = ?1")?;
-    for seq in delete {
-        remove.execute(params![*seq as i64])?;
-    }
-    Ok(())
-}
-
-fn outbox_index(
-    tx: &rusqlite::Transaction<'_>,
-) -> rusqlite::Result<Vec<crate::cloud::outbox::Entry>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, length(CAST(topic AS BLOB)) + length(payload), enqueued_ms FROM cloud_outbox ORDER BY seq",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        Ok(crate::cloud::outbox::Entry {
-            seq: r.get::<_, i64>(0)? as u64,
-            size: r.get::<_, i64>(1)? as u64,
-            enqueued_ms: r.get::<_, i64>(2)? as u64,
-        })
-    })?;
-    rows.collect()
-}
-
-fn outbox_load(
-    tx: &rusqlite::Transaction<'_>,
-    after: u64,
-    limit: usize,
-) -> rusqlite::Result<Vec<OutboxMessage>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT seq, topic, payload, enqueued_ms FROM cloud_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
-    )?;
-    let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
-        Ok(OutboxMessage {
-            seq: r.get::<_, i64>(0)? as u64,
-            topic: r.get(1)?,
-            payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
-            enqueued_ms: r.get::<_, i64>(3)? as u64,
-        })
-    })?;
-    rows.collect()
-}
-
-fn load_sync_states(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<SyncState>> {
-    let mut stmt = tx.prepare_cached(
-        "SELECT thing, name, base, local_version, cloud_version FROM cloud_shadow_sync ORDER BY thing, name",
-    )?;
-    let rows = stmt.query_map([], |r| {
-        let name: String = r.get(1)?;
-        Ok(SyncState {
-            key: ShadowKey {
-                thing: r.get(0)?,
-                name: (!name.is_empty()).then_some(name),
-            },
-            base: r.get(2)?,
-            local_version: r.get::<_, i64>(3)? as u64,
-            cloud_version: r.get::<_, i64>(4)? as u64,
-        })
-    })?;
-    rows.collect()
-}
-
-fn write_sync_state(tx: &rusqlite::Transaction<'_>, s: &SyncState) -> rusqlite::Result<()> {
-    tx.prepare_cached(
-        "INSERT INTO cloud_shadow_sync (thing, name, base, local_version, cloud_version)
-         VALUES (?1, ?2, ?3, ?4, ?5)
-         ON CONFLICT (thing, name) DO UPDATE SET base = excluded.base,
-           local_version = excluded.local_version, cloud_version = excluded.cloud_version",
-    )?
-    .execute(params![
-        s.key.thing,
-        s.key.name.as_deref().unwrap_or(""),
-        s.base,
-        s.local_version as i64,
-        s.cloud_version as i64
-    ])?;
-    Ok(())
-}
-
-fn load_retained(tx: &rusqlite::Transaction<'_>) -> rusqlite::Result<Vec<RetainedMessage>> {
-    let mut stmt = tx.prepare_cached("SELECT topic, payload, qos FROM retained ORDER BY topic")?;
-    let rows = stmt.query_map([], |r| {
-        Ok(RetainedMessage {
-            topic: r.get(0)?,
-            payload: Bytes::from(r.get::<_, Vec<u8>>(1)?),
-            qos: r.get(2)?,
-        })
-    })?;
-    rows.collect()
+/// Runs `work` under a savepoint: kept (released into the transaction) if it succeeds, rolled
+/// back if it fails.
+fn run_savepoint<T>(
+    tx: &mut rusqlite::Transaction<'_>,
+    work: impl FnOnce(&Connection) -> rusqlite::Result<T>,
+) -> rusqlite::Result<T> {
+    let mut savepoint = tx.savepoint()?;
+    // Dropped without `commit`, a savepoint rolls back (rusqlite's default `DropBehavior`).
+    savepoint.set_drop_behavior(rusqlite::DropBehavior::Rollback);
+    let value = work(&savepoint)?;
+    savepoint.commit()?;
+    Ok(value)
 }
 
 #[cfg(test)]
@@ -1073,6 +497,62 @@ mod tests {
             payload: Bytes::from_static(payload),
             qos: 1,
         }
+    }
+
+    /// One batch, as the owner thread gets it when units arrive during a commit: a unit that fails
+    /// half-way has none of its changes kept and gets its own error, while the units around it
+    /// (and a read of what they wrote) commit as if it had not been there.
+    #[test]
+    fn a_failing_unit_fails_alone_with_its_own_error_and_the_batch_commits() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(DB_FILE);
+        let mut conn = Connection::open(&path).unwrap();
+        migrate(&mut conn, &path).unwrap();
+        fn insert(topic: &'static str) -> impl Fn(&Connection) -> rusqlite::Result<()> {
+            move |c: &Connection| {
+                c.execute(
+                    "INSERT INTO retained (topic, payload, qos) VALUES (?1, x'01', 0)",
+                    [topic],
+                )
+                .map(drop)
+            }
+        }
+        fn topics(c: &Connection) -> rusqlite::Result<Vec<String>> {
+            c.prepare("SELECT topic FROM retained ORDER BY topic")?
+                .query_map([], |r| r.get(0))?
+                .collect()
+        }
+        let (a, mut a_done) = oneshot::channel();
+        let (bad, mut bad_done) = oneshot::channel();
+        let (b, mut b_done) = oneshot::channel();
+        let (read, mut read_done) = oneshot::channel();
+        let mut batch = vec![
+            Request::Job(job(insert("a"), a)),
+            Request::Job(job(
+                |c: &Connection| {
+                    insert("half")(c)?;
+                    // NOT NULL payload: fails after the first insert went in.
+                    c.execute("INSERT INTO retained (topic, qos) VALUES ('bad', 0)", [])
+                        .map(drop)
+                },
+                bad,
+            )),
+            Request::Job(job(insert("b"), b)),
+            Request::Job(job(topics, read)),
+        ];
+        assert!(!apply_batch(&mut conn, &mut batch));
+        assert!(matches!(a_done.try_recv(), Ok(Ok(()))));
+        assert!(matches!(b_done.try_recv(), Ok(Ok(()))));
+        match bad_done.try_recv() {
+            Ok(Err(StoreError::Sqlite(e))) => assert!(e.contains("NOT NULL"), "{e}"),
+            other => panic!("its own error, got {other:?}"),
+        }
+        assert_eq!(read_done.try_recv().unwrap().unwrap(), ["a", "b"]);
+        assert_eq!(
+            topics(&conn).unwrap(),
+            ["a", "b"],
+            "committed, without `half`"
+        );
     }
 
     #[tokio::test]

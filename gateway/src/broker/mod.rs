@@ -21,6 +21,7 @@ pub mod codec;
 pub mod connect;
 mod connection;
 pub mod namespace;
+mod queries;
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};

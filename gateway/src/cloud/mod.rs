@@ -25,6 +25,7 @@ pub mod config;
 pub mod link;
 pub mod merge;
 pub mod outbox;
+mod queries;
 pub mod sync;
 
 use std::sync::Arc;

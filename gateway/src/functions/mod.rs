@@ -15,6 +15,7 @@
 pub mod admin;
 pub mod client;
 pub mod manifest;
+mod queries;
 pub mod reply;
 pub mod routing;
 pub mod runtime;
