@@ -8,7 +8,8 @@
 //!
 //! One harness for every test file: one way to start a gateway ([`Gateway`]) or a mosquitto
 //! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
-//! way to read a shadow ([`Gateway::shadow`]). Tests wait on facts, never on time:
+//! way to register devices and reach them over TLS or passwords ([`Devices`], [`Site`]), one way to
+//! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -18,7 +19,8 @@ use std::io::Read;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
@@ -26,9 +28,11 @@ use tokio::sync::mpsc;
 
 mod mosquitto;
 mod raw;
+mod site;
 
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::RawClient;
+pub use site::{Devices, Site};
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
 /// loaded 2-core machine; a fact that holds arrives long before it.
@@ -358,13 +362,66 @@ impl Gateway {
 
     /// The process's resident set size in KiB (`VmRSS` in `/proc/PID/status`).
     pub fn rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()))
-            .expect("/proc/PID/status");
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-            .expect("VmRSS")
+        vm_rss_kib(self.pid()).expect("VmRSS in /proc/PID/status")
+    }
+
+    /// Starts sampling [`Gateway::rss_kib`] every 20 ms on a thread of its own, so that the peak
+    /// is seen while the test waits on something else (a blocking [`eventually`] included).
+    pub fn watch_rss(&self) -> RssWatch {
+        let pid = self.pid();
+        let peak = Arc::new(AtomicU64::new(self.rss_kib()));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (peak.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            // Sampling, not waiting: the pause is the sampling interval.
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kib) = vm_rss_kib(pid) {
+                    p.fetch_max(kib, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        });
+        RssWatch {
+            pid,
+            peak,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+/// `VmRSS` of a process in KiB, if it still runs.
+fn vm_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+}
+
+/// The highest resident set size of a gateway seen since [`Gateway::watch_rss`]; sampling stops
+/// when it is dropped.
+pub struct RssWatch {
+    pid: u32,
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl RssWatch {
+    /// The peak so far, in KiB, with a sample taken now.
+    pub fn peak_kib(&self) -> u64 {
+        let now = vm_rss_kib(self.pid).unwrap_or(0);
+        self.peak.fetch_max(now, Ordering::Relaxed).max(now)
+    }
+}
+
+impl Drop for RssWatch {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }
 
@@ -410,6 +467,18 @@ fn http_get_now(addr: impl std::net::ToSocketAddrs, path: &str) -> (u16, String,
 /// Runs `grove` with arguments to completion; returns (exit code, stderr).
 pub fn grove(args: &[&str], cwd: &Path) -> (i32, String) {
     grove_with_input(args, cwd, None)
+}
+
+/// `grove device --config CONFIG ARGS` (the device identities of the data directory CONFIG names)
+/// with `stdin` (a password line), run in CONFIG's directory; checks that it succeeded and
+/// returns its output.
+pub fn grove_device(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
+    let dir = config.parent().expect("the config's directory");
+    let mut all = vec!["device", "--config", config.to_str().expect("a UTF-8 path")];
+    all.extend_from_slice(args);
+    let (code, out) = grove_with_input(&all, dir, stdin);
+    assert_eq!(code, 0, "grove device {args:?}: {out}");
+    out
 }
 
 /// Like [`grove`], with `stdin` written to the command's standard input (a password prompt).
@@ -465,6 +534,15 @@ impl Client {
 
     /// Connects with the given options and waits for CONNACK.
     pub async fn connect_with(options: MqttOptions) -> Client {
+        Client::try_connect_with(options)
+            .await
+            .unwrap_or_else(|e| panic!("connect failed: {e}"))
+    }
+
+    /// Connects with the given options and waits for the broker's answer: the client when its
+    /// CONNACK accepts it, else what ended the attempt (the refusing CONNACK's code, a failed TLS
+    /// handshake). Fails when there is no answer within [`WAIT`].
+    pub async fn try_connect_with(options: MqttOptions) -> Result<Client, String> {
         let (client, eventloop) = AsyncClient::new(options, 1000);
         let (tx, rx) = mpsc::unbounded_channel();
         let (suback_tx, subacks) = mpsc::unbounded_channel();
@@ -479,17 +557,16 @@ impl Client {
                 ready: Some(ready_tx),
             },
         ));
-        match tokio::time::timeout(Duration::from_secs(10), ready_rx).await {
-            Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(e))) => panic!("connect failed: {e}"),
-            other => panic!("no CONNACK: {other:?}"),
-        }
-        Client {
-            client,
-            rx,
-            subacks,
-            acked,
-            task,
+        match tokio::time::timeout(WAIT, ready_rx).await {
+            Ok(Ok(Ok(()))) => Ok(Client {
+                client,
+                rx,
+                subacks,
+                acked,
+                task,
+            }),
+            Ok(Ok(Err(e))) => Err(e),
+            other => panic!("no CONNACK within {WAIT:?}: {other:?}"),
         }
     }
 
@@ -573,6 +650,13 @@ impl Client {
             .await
             .expect("connection still open")
             .expect("event loop task")
+    }
+
+    /// Ends the connection without DISCONNECT, as a device that loses power: its will is due.
+    pub async fn vanish(self) {
+        self.task.abort();
+        // Once the task is gone, so is its event loop and with it the socket.
+        let _ = self.task.await;
     }
 
     /// Sends DISCONNECT.

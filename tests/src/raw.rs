@@ -1,12 +1,15 @@
 //! Raw MQTT 3.1.1 over a bare socket, for what a well-behaved client library will not do: write a
 //! burst of packets in one TCP write, never read (a stalled subscriber), vanish without
-//! DISCONNECT. Packets are encoded and decoded by rumqttc's codec (`rumqttc::mqttbytes::v4`), so
-//! no test builds MQTT bytes by hand.
+//! DISCONNECT, come from another loopback address, stay silent or send half a packet (a hostile
+//! peer). Packets are encoded and decoded by rumqttc's codec (`rumqttc::mqttbytes::v4`), so no
+//! test builds MQTT bytes by hand.
+
+use std::net::{IpAddr, SocketAddr};
 
 use bytes::BytesMut;
-use rumqttc::{Connect, Packet, QoS};
+use rumqttc::{Connect, ConnectReturnCode, Packet, QoS};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
+use tokio::net::{TcpSocket, TcpStream};
 
 use crate::WAIT;
 
@@ -27,47 +30,88 @@ pub struct RawClient {
 impl RawClient {
     /// Connects with a clean session and a keep-alive longer than any test (it never pings), and
     /// checks that the CONNACK accepts it.
-    pub async fn connect(addr: std::net::SocketAddr, client_id: &str) -> RawClient {
+    pub async fn connect(addr: SocketAddr, client_id: &str) -> RawClient {
         let mut connect = Connect::new(client_id);
         connect.keep_alive = 120;
         RawClient::connect_with(addr, connect).await
     }
 
     /// Sends `connect` (with its will, login, keep-alive) and checks that the CONNACK accepts it.
-    pub async fn connect_with(addr: std::net::SocketAddr, connect: Connect) -> RawClient {
+    pub async fn connect_with(addr: SocketAddr, connect: Connect) -> RawClient {
         let stream = TcpStream::connect(addr).await.expect("TCP connect");
-        let mut c = RawClient {
+        let mut c = RawClient::over(stream);
+        match c.login(&connect).await {
+            Ok(ConnectReturnCode::Success) => c,
+            other => panic!("CONNACK accepting the session, got {other:?}"),
+        }
+    }
+
+    /// A TCP connection to `addr` from the local address `from` (any of 127.0.0.0/8 reaches a
+    /// loopback listener, so 127.0.0.2, 127.0.0.3, ... are peers of their own as far as the
+    /// gateway's per-address limits go); nothing is sent yet.
+    pub async fn open_from(from: IpAddr, addr: SocketAddr) -> std::io::Result<RawClient> {
+        let socket = match from {
+            IpAddr::V4(_) => TcpSocket::new_v4()?,
+            IpAddr::V6(_) => TcpSocket::new_v6()?,
+        };
+        socket.bind(SocketAddr::new(from, 0))?;
+        Ok(RawClient::over(socket.connect(addr).await?))
+    }
+
+    /// Sends `connect` and returns the return code of the CONNACK that answers it, whatever it
+    /// is, without judging it (a hostile peer's login may be refused); `Err` says what came
+    /// instead: the connection closed without a CONNACK, another packet, nothing within [`WAIT`].
+    pub async fn login(&mut self, connect: &Connect) -> Result<ConnectReturnCode, String> {
+        let mut buf = BytesMut::new();
+        connect.write(&mut buf).expect("encode CONNECT");
+        self.try_send(&buf)
+            .await
+            .map_err(|e| format!("sending CONNECT: {e}"))?;
+        match self.read_packet().await? {
+            Packet::ConnAck(ack) => Ok(ack.code),
+            other => Err(format!("{other:?} instead of CONNACK")),
+        }
+    }
+
+    fn over(stream: TcpStream) -> RawClient {
+        RawClient {
             stream,
             read: BytesMut::new(),
             next_pkid: 1,
-        };
-        let mut buf = BytesMut::new();
-        connect.write(&mut buf).expect("encode CONNECT");
-        c.send(&buf).await;
-        match c.next().await {
-            Packet::ConnAck(ack) if ack.code == rumqttc::ConnectReturnCode::Success => c,
-            other => panic!("CONNACK accepting the session, got {other:?}"),
         }
     }
 
     /// Writes raw bytes.
     pub async fn send(&mut self, bytes: &[u8]) {
-        self.stream.write_all(bytes).await.expect("send");
+        self.try_send(bytes).await.expect("send");
+    }
+
+    /// Writes raw bytes; fails once the broker has closed the connection (as it does to a peer
+    /// it refuses).
+    pub async fn try_send(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes).await
     }
 
     /// The next packet from the broker; fails if none comes within [`WAIT`].
     pub async fn next(&mut self) -> Packet {
+        self.read_packet().await.unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// The next packet from the broker, or what came instead.
+    async fn read_packet(&mut self) -> Result<Packet, String> {
         loop {
             match Packet::read(&mut self.read, 1 << 24) {
-                Ok(p) => return p,
+                Ok(p) => return Ok(p),
                 Err(rumqttc::mqttbytes::Error::InsufficientBytes(_)) => {}
-                Err(e) => panic!("undecodable packet from the broker: {e:?}"),
+                Err(e) => return Err(format!("undecodable packet from the broker: {e:?}")),
             }
             let n = tokio::time::timeout(WAIT, self.stream.read_buf(&mut self.read))
                 .await
-                .expect("a packet within the wait")
-                .expect("read");
-            assert!(n > 0, "the broker closed the connection");
+                .map_err(|_| format!("no packet within {WAIT:?}"))?
+                .map_err(|e| format!("read: {e}"))?;
+            if n == 0 {
+                return Err("the broker closed the connection".to_owned());
+            }
         }
     }
 

@@ -3,12 +3,13 @@
 //! the window between `grove device remove` and the end of the device's connection. Each test
 //! makes the attack against the real `grove` binary and asserts its bound.
 
-use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use grove_tests::{eventually, free_port, grove_with_input, mosquitto_client, Client, Gateway};
+use grove_tests::{
+    eventually, free_port, grove_device, mosquitto_client, Client, Devices, Gateway,
+};
 use rumqttc::QoS;
 use serde_json::Value;
 
@@ -19,37 +20,23 @@ const FN_POLICY: &str = "[[policies]]\nname = \"caller\"\n\
     publish = [\"$grove/functions/ok/invoke\", \"devices/${client_id}/#\"]\n\
     subscribe = [\"devices/${client_id}/#\"]\nreceive = [\"devices/${client_id}/#\"]\n";
 
-/// Runs `grove device ARGS --config CONFIG` (stdin: a password line); returns its output.
-fn device(config: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let mut all = vec!["device"];
-    all.extend_from_slice(args);
-    all.extend_from_slice(&["--config", config.to_str().unwrap()]);
-    let (code, out) = grove_with_input(&all, config.parent().unwrap(), stdin);
-    assert_eq!(code, 0, "grove device {args:?}: {out}");
-    out
-}
-
 /// A gateway with the harness's anonymous loopback listener (the observer's) and a password
 /// listener; `devices` are registered (before it starts) with the password "pw" and the policy
 /// `caller`.
 fn password_site(devices: &[&str], extra: &str) -> (Gateway, u16) {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    let port = free_port();
-    let pre = dir.path().join("pre.toml");
-    std::fs::write(&pre, format!("data_dir = {data:?}\n{FN_POLICY}")).unwrap();
+    let registry = Devices::new(FN_POLICY);
     for id in devices {
-        device(
-            &pre,
+        registry.run(
             &["add", id, "--password-stdin", "--policy", "caller"],
             Some("pw\n"),
         );
     }
+    let port = free_port();
     let listener = format!(
         "{FN_POLICY}{extra}\n[[broker.listeners]]\nname = \"pw\"\nbind = \"127.0.0.1:{port}\"\n\
          auth = \"password\"\npolicy = \"caller\"\n"
     );
-    (Gateway::start_in(dir, &listener), port)
+    (registry.start(&listener), port)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -374,10 +361,7 @@ async fn nothing_of_a_removed_device_is_accepted_once_grove_device_remove_return
         let n = acked.load(Ordering::SeqCst);
         (n >= 200).then_some(()).ok_or(format!("{n} PUBACKs"))
     });
-    let config = g.config_path();
-    let out = tokio::task::spawn_blocking(move || device(&config, &["remove", "dev-a"], None))
-        .await
-        .unwrap();
+    let out = grove_device(&g.config_path(), &["remove", "dev-a"], None);
     let (sent_then, acked_then) = (sent.load(Ordering::SeqCst), acked.load(Ordering::SeqCst));
     assert!(
         out.contains("1 connection(s) of revoked devices closed"),

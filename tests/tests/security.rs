@@ -5,13 +5,10 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::Duration;
 
-use grove_tests::{free_port, grove, grove_with_input, options, Client, Gateway};
-use rumqttc::{AsyncClient, Event, MqttOptions, Packet, QoS, TlsConfiguration, Transport};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use grove_tests::{free_port, grove, options, Client, Devices, Gateway, Site};
+use rumqttc::{MqttOptions, QoS};
 
 const WAIT: Duration = Duration::from_secs(10);
 
@@ -55,125 +52,41 @@ impl Cases {
     }
 }
 
-/// Runs `grove device ...` against the prepared directory's config.
-fn device(dir: &Path, args: &[&str], stdin: Option<&str>) -> String {
-    let config = dir.join("pre.toml");
-    let mut all = vec!["device", "--config", config.to_str().unwrap()];
-    all.extend_from_slice(args);
-    let (code, out) = grove_with_input(&all, dir, stdin);
-    assert_eq!(code, 0, "grove device {args:?}: {out}");
-    out
-}
-
 /// A policy that lets its device subscribe to everything but receive only its own space: what
 /// reaches it must be filtered message by message.
 const WIDE_POLICY: &str = "[[policies]]\nname = \"wide\"\nsubscribe = [\"#\"]\n\
     publish = [\"devices/${client_id}/#\"]\nreceive = [\"devices/${client_id}/#\"]\n";
 
-struct Site {
-    gateway: Gateway,
-    mtls_port: u16,
-    password_port: u16,
-    pki: PathBuf,
-}
-
-/// A gateway with three listeners: the harness's anonymous loopback one (allow-all, for the
-/// observer), a mutual-TLS one and a password one (both with the built-in device policy).
+/// A site (see [`Devices::start_site`]) whose certificate and password listeners have the
+/// built-in device policy, and the `wide` policy; devices `dev-a`, `dev-b`, `dev-gone`
+/// (certificates), `dev-wide` (certificate, policy `wide`) and `pw-dev` (password, thing `pump-7`).
 fn site() -> Site {
-    let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    std::fs::write(
-        dir.path().join("pre.toml"),
-        format!("data_dir = {data:?}\n{WIDE_POLICY}"),
-    )
-    .unwrap();
-    let out = device(dir.path(), &["init-ca", "--server-name", "127.0.0.1"], None);
-    assert!(out.contains("created the local CA"), "{out}");
+    let devices = Devices::with_ca(WIDE_POLICY);
     for id in ["dev-a", "dev-b", "dev-gone"] {
-        device(dir.path(), &["add", id, "--cert"], None);
+        devices.run(&["add", id, "--cert"], None);
     }
-    device(
-        dir.path(),
-        &["add", "dev-wide", "--cert", "--policy", "wide"],
-        None,
-    );
-    device(
-        dir.path(),
+    devices.run(&["add", "dev-wide", "--cert", "--policy", "wide"], None);
+    devices.run(
         &["add", "pw-dev", "--password-stdin", "--thing", "pump-7"],
         Some("correct horse\n"),
     );
-    let listing = device(dir.path(), &["list"], None);
+    let listing = devices.run(&["list"], None);
     assert!(
         listing.contains("pw-dev") && listing.contains("pump-7"),
         "{listing}"
     );
-    let pki = data.join("pki");
-    let (mtls_port, password_port) = (free_port(), free_port());
-    let extra = format!(
-        "{WIDE_POLICY}[[broker.listeners]]\nname = \"mtls\"\nbind = \"127.0.0.1:{mtls_port}\"\nauth = \"certificate\"\n\
-         tls = {{ cert = {cert:?}, key = {key:?}, client_ca = {ca:?} }}\n\
-         [[broker.listeners]]\nname = \"pw\"\nbind = \"127.0.0.1:{password_port}\"\nauth = \"password\"\n",
-        cert = pki.join("server.pem"),
-        key = pki.join("server.key"),
-        ca = pki.join("ca.pem"),
-    );
-    let gateway = Gateway::start_in(dir, &extra);
-    Site {
-        gateway,
-        mtls_port,
-        password_port,
-        pki,
-    }
+    devices.start_site(WIDE_POLICY)
 }
 
-fn tls_options(site: &Site, client_id: &str, cert: Option<(&Path, &Path)>) -> MqttOptions {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_file_iter(site.pki.join("ca.pem")).unwrap() {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let config = match cert {
-        Some((cert, key)) => {
-            let chain = CertificateDer::pem_file_iter(cert)
-                .unwrap()
-                .map(Result::unwrap)
-                .collect();
-            builder
-                .with_client_auth_cert(chain, PrivateKeyDer::from_pem_file(key).unwrap())
-                .unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    let mut o = MqttOptions::new(client_id, "127.0.0.1", site.mtls_port);
-    o.set_keep_alive(Duration::from_secs(30));
-    o.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(
-        Arc::new(config),
-    )));
-    o
-}
-
-fn device_cert(site: &Site, id: &str) -> (PathBuf, PathBuf) {
-    let d = site.pki.join("devices");
-    (d.join(format!("{id}.pem")), d.join(format!("{id}.key")))
-}
-
-/// Tries to connect; returns the error text, or `None` if the broker accepted.
+/// Tries to connect; returns the error text, or `None` if the broker accepted (the connection is
+/// then dropped without DISCONNECT).
 async fn try_connect(o: MqttOptions) -> Option<String> {
-    let (_client, mut events) = AsyncClient::new(o, 10);
-    loop {
-        match tokio::time::timeout(WAIT, events.poll())
-            .await
-            .expect("an answer")
-        {
-            Ok(Event::Incoming(Packet::ConnAck(_))) => return None,
-            Ok(_) => continue,
-            Err(e) => return Some(e.to_string()),
+    match Client::try_connect_with(o).await {
+        Ok(c) => {
+            c.vanish().await;
+            None
         }
+        Err(e) => Some(e),
     }
 }
 
@@ -235,13 +148,9 @@ async fn identities_and_policies_hold_against_hostile_devices() {
     observer.subscribe("$aws/things/#", QoS::AtLeastOnce).await;
 
     // Legitimate devices connect: certificate (mutual TLS) and password.
-    let (ca_cert, ca_key) = device_cert(&site, "dev-a");
-    let mut a = Client::connect_with(tls_options(&site, "dev-a", Some((&ca_cert, &ca_key)))).await;
-    let (cb_cert, cb_key) = device_cert(&site, "dev-b");
-    let mut b = Client::connect_with(tls_options(&site, "dev-b", Some((&cb_cert, &cb_key)))).await;
-    let mut pw = options("pw-dev", site.password_port);
-    pw.set_credentials("pw-dev", "correct horse");
-    let pw = Client::connect_with(pw).await;
+    let mut a = Client::connect_with(site.device_options("dev-a")).await;
+    let mut b = Client::connect_with(site.device_options("dev-b")).await;
+    let pw = Client::connect_with(site.password_options("pw-dev", "correct horse")).await;
 
     // Policy variables resolve per client: each may use its own space.
     a.subscribe("devices/dev-a/#", QoS::AtLeastOnce).await;
@@ -332,7 +241,7 @@ async fn identities_and_policies_hold_against_hostile_devices() {
         a.closed(WAIT).await.is_some(),
         "a 3.1.1 client that publishes outside its policy is disconnected"
     );
-    let a = Client::connect_with(tls_options(&site, "dev-a", Some((&ca_cert, &ca_key)))).await;
+    let a = Client::connect_with(site.device_options("dev-a")).await;
     a.publish(
         "$aws/things/dev-b/shadow/update",
         QoS::AtLeastOnce,
@@ -351,24 +260,25 @@ async fn identities_and_policies_hold_against_hostile_devices() {
     let expired = forged_cert(&site, scratch.path(), "dev-a", true, true);
     let stranger = forged_cert(&site, scratch.path(), "dev-a", false, false);
     let unregistered = forged_cert(&site, scratch.path(), "dev-a", true, false);
+    let (a_cert, a_key) = site.device_cert("dev-a");
     let attempts: Vec<(&str, MqttOptions)> = vec![
         (
             "expired certificate",
-            tls_options(&site, "dev-a", Some((&expired.0, &expired.1))),
+            site.tls_options("dev-a", Some((&expired.0, &expired.1))),
         ),
         (
             "certificate from another CA",
-            tls_options(&site, "dev-a", Some((&stranger.0, &stranger.1))),
+            site.tls_options("dev-a", Some((&stranger.0, &stranger.1))),
         ),
         (
             "unregistered certificate from the right CA",
-            tls_options(&site, "dev-a", Some((&unregistered.0, &unregistered.1))),
+            site.tls_options("dev-a", Some((&unregistered.0, &unregistered.1))),
         ),
         (
             "client id that does not match the certificate",
-            tls_options(&site, "dev-b", Some((&ca_cert, &ca_key))),
+            site.tls_options("dev-b", Some((&a_cert, &a_key))),
         ),
-        ("no client certificate", tls_options(&site, "dev-a", None)),
+        ("no client certificate", site.tls_options("dev-a", None)),
     ];
     for (what, o) in attempts {
         let refused = try_connect(o).await;
@@ -397,27 +307,15 @@ async fn identities_and_policies_hold_against_hostile_devices() {
 
     // A removed device is revoked at once, without a restart: its live connection is closed
     // and it cannot connect again.
-    let (gone_cert, gone_key) = device_cert(&site, "dev-gone");
-    let gone = Client::connect_with(tls_options(
-        &site,
-        "dev-gone",
-        Some((&gone_cert, &gone_key)),
-    ))
-    .await;
-    let pre = site.pki.parent().unwrap().parent().unwrap();
-    device(pre, &["remove", "dev-gone"], None);
+    let gone = Client::connect_with(site.device_options("dev-gone")).await;
+    site.device(&["remove", "dev-gone"], None);
     let closed = tokio::time::timeout(Duration::from_secs(5), gone.closed(WAIT)).await;
     cases.hostile(
         "a removed device keeps its live connection",
         closed.is_err(),
     );
     assert!(g.metric("grove_broker_refused_total{reason=\"revoked\"}") >= 1.0);
-    let refused = try_connect(tls_options(
-        &site,
-        "dev-gone",
-        Some((&gone_cert, &gone_key)),
-    ))
-    .await;
+    let refused = try_connect(site.device_options("dev-gone")).await;
     cases.hostile("removed device reconnects", refused.is_none());
 
     assert!(g.metric("grove_broker_denied_total{action=\"subscribe\"}") >= 5.0);
@@ -460,8 +358,7 @@ async fn wills_and_wildcard_subscriptions_stay_inside_the_policy() {
     let mut observer = Client::connect("observer", g.mqtt_port).await;
     observer.subscribe("devices/#", QoS::AtLeastOnce).await;
     observer.subscribe("$aws/things/#", QoS::AtLeastOnce).await;
-    let (a_cert, a_key) = device_cert(&site, "dev-a");
-    let a = || tls_options(&site, "dev-a", Some((&a_cert, &a_key)));
+    let a = || site.device_options("dev-a");
 
     // A will in another device's space is refused at CONNECT (AWS IoT asks for publish rights on
     // the will topic when connecting), so it can never be published on the device's behalf.
@@ -502,16 +399,13 @@ async fn wills_and_wildcard_subscriptions_stay_inside_the_policy() {
 
     // A device may subscribe to `#`, yet receives only what its policy lets it receive, while
     // more messages than rumqttd's in-flight window (100) pass by that it must not see.
-    let (w_cert, w_key) = device_cert(&site, "dev-wide");
-    let mut wide =
-        Client::connect_with(tls_options(&site, "dev-wide", Some((&w_cert, &w_key)))).await;
+    let mut wide = Client::connect_with(site.device_options("dev-wide")).await;
     let codes = wide.subscribe("#", QoS::AtLeastOnce).await;
     assert!(
         matches!(codes[..], [rumqttc::SubscribeReasonCode::Success(_)]),
         "{codes:?}"
     );
-    let (b_cert, b_key) = device_cert(&site, "dev-b");
-    let b = Client::connect_with(tls_options(&site, "dev-b", Some((&b_cert, &b_key)))).await;
+    let b = Client::connect_with(site.device_options("dev-b")).await;
     // Its own messages are interleaved with B's, so that dropped deliveries sit between ones the
     // device must acknowledge itself (the router takes acknowledgements only in order).
     for i in 0..150 {
