@@ -874,3 +874,55 @@ async fn an_unreadable_stored_shadow_answers_500_and_others_keep_working() {
     assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(1)));
     assert!(g.log().contains("a stored shadow is unreadable"), "logged");
 }
+
+/// The shadow service's commit-failure path. A fault injected into the database (a trigger that
+/// aborts any write of the thing `doomed`) makes the commit of a batch fail: every request of the
+/// batch that wrote gets 500, also the one that was fine on its own (it shared the commit), and
+/// nothing of the batch stays in the service's cache: the next read sees what is durable.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_commit_answers_500_to_its_whole_batch_and_keeps_none_of_it() {
+    let mut g = Gateway::start("");
+    g.stop_with("TERM");
+    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER doomed BEFORE INSERT ON shadows WHEN NEW.thing = 'doomed'
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+    drop(db);
+    g.restart_stopped();
+    let mut doomed = Device::connect(&g, "w-doomed", "doomed", None).await;
+    let mut fine = Device::connect(&g, "w-fine", "fine", None).await;
+    // Both updates in one write: read in one go, taken by the service as one batch.
+    let mut raw = RawClient::connect(g.mqtt_addr(), "burst").await;
+    let update = |thing: &str, token: &str| {
+        (
+            format!("$aws/things/{thing}/shadow/update"),
+            json!({"state": {"reported": {"on": true}}, "clientToken": token}).to_string(),
+        )
+    };
+    raw.burst(&[update("doomed", "d"), update("fine", "f")])
+        .await;
+    let d = answers_to(&mut doomed, &["d".to_owned()])
+        .await
+        .remove("d")
+        .unwrap();
+    let f = answers_to(&mut fine, &["f".to_owned()])
+        .await
+        .remove("f")
+        .unwrap();
+    rejected(&d, 500, "Internal service failure");
+    rejected(&f, 500, "Internal service failure");
+    g.wait_log(&["shadow commit failed", "injected fault"], 1);
+    // Nothing of the failed batch is believed: `fine` does not exist, and its first accepted
+    // update is version 1.
+    rejected(
+        &fine.call("get", json!({})).await,
+        404,
+        "No shadow exists with name: 'fine'",
+    );
+    let (kind, doc) = fine
+        .call("update", json!({"state": {"reported": {"on": true}}}))
+        .await;
+    assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(1)));
+}
