@@ -14,9 +14,18 @@ FUZZ_TARGETS="${FUZZ_TARGETS:-policy connect}"
     cargo test --locked --lib)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd "$GATEWAY/fuzz"
+log="$(mktemp)"
 for target in $FUZZ_TARGETS; do
-    CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/fuzz-gateway" RUSTC_BOOTSTRAP=1 \
-        cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -seed=1 -print_final_stats=1 2>&1 \
-        | grep -E '^(Done|stat::number_of_executed_units|==[0-9]+==|thread .* panicked|SUMMARY)'
+    # The whole output goes to a file; its summary lines are shown, and on a failure (a crash, or
+    # a fuzz build that does not compile) its end too, so the cause is in the CI log.
+    if ! CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/fuzz-gateway" RUSTC_BOOTSTRAP=1 \
+        cargo fuzz run "$target" -- -max_total_time="$FUZZ_SECONDS" -seed=1 -print_final_stats=1 \
+        >"$log" 2>&1; then
+        tail -n 60 "$log"
+        echo "$target fuzzing FAILED"
+        exit 1
+    fi
+    grep -E '^(Done|stat::number_of_executed_units)' "$log"
     echo "$target fuzzing passed"
 done
+rm -f "$log"

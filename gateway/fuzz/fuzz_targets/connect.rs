@@ -21,6 +21,9 @@ mod codec;
 #[allow(dead_code, missing_docs)]
 #[path = "../../src/broker/connect.rs"]
 mod connect;
+#[allow(dead_code, missing_docs)]
+#[path = "../../src/broker/namespace.rs"]
+mod namespace;
 
 use codec::Codec;
 use connect::{check_topic_name, read_connect, ConnectRules, LoginRule, Step, MAX_FIXED_HEADER};
