@@ -491,7 +491,8 @@ pub async fn run(
 }
 
 /// Legitimate logins during the storm, every `interval` until `done`: `dev-0`'s reconnects
-/// (`next_device` = `None`) or newcomers' first logins (devices 1, 2, ... while there are any).
+/// (`newcomers` = `None`), or first logins of devices 1, 2, ... while there are any of the
+/// `newcomers` registered devices left.
 async fn legitimate(
     port: u16,
     interval: Duration,
