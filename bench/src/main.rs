@@ -10,8 +10,11 @@
 //! `shadow` and `rules` ([`gateway`]), `functions` ([`functions`]: MQTT event -> WASM function ->
 //! publish) and `cloud` ([`cloud`]: the outbox against a mosquitto as the cloud), all measured
 //! through one shared flow of publishers and a subscriber ([`flow`]); `topics` ([`topics`]) reads
-//! broker memory, against mosquitto, while a device publishes on ever new topics.
+//! broker memory, against mosquitto, while a device publishes on ever new topics; `auth-storm`
+//! ([`auth`]) a storm of wrong-password CONNECTs, against mosquitto with a password file: memory,
+//! threads, refusals and a legitimate device's login latency meanwhile.
 
+mod auth;
 mod cloud;
 mod flow;
 mod functions;
@@ -78,6 +81,46 @@ enum Command {
     /// subscribed), round after round, against mosquitto in the same run: does the broker keep
     /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
     Topics(TopicsArgs),
+    /// A storm of wrong-password CONNECTs on a password listener (issue 15, hardening item 1),
+    /// against mosquitto with a password file in the same run: idle, peak and settled memory,
+    /// threads, how the attempts were refused, and a legitimate device's login latency during
+    /// the storm. `--seconds` is the pause after the storm before the last memory reading.
+    AuthStorm(AuthStormArgs),
+}
+
+#[derive(Debug, Args)]
+struct AuthStormArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The mosquitto binary (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// The mosquitto_passwd binary that writes mosquitto's password file.
+    #[arg(long, value_name = "PATH", default_value = "mosquitto_passwd")]
+    mosquitto_passwd: PathBuf,
+    /// Measure grove alone.
+    #[arg(long)]
+    no_mosquitto: bool,
+    /// Wrong-password CONNECTs in all.
+    #[arg(long, value_name = "N", default_value_t = 1_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    attempts: u64,
+    /// Concurrent attacking clients (each makes one attempt after the other).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u32).range(1..=5000))]
+    attackers: u32,
+    /// Loopback source addresses the attackers spread over (127.0.0.2 and up).
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// Registered devices (dev-0 reconnects; the others' first logins happen during the storm).
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(2..=10_000))]
+    devices: u32,
+    /// Milliseconds between the legitimate device's reconnects during the storm.
+    #[arg(long, value_name = "MS", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=60_000))]
+    login_interval_ms: u64,
 }
 
 #[derive(Debug, Args)]
@@ -364,6 +407,11 @@ enum GatewayBench {
         rounds: u32,
         per_round: u64,
     },
+    AuthStorm {
+        /// mosquitto and mosquitto_passwd, unless --no-mosquitto.
+        mosquitto: Option<(PathBuf, PathBuf)>,
+        settings: auth::Settings,
+    },
 }
 
 async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Result<ExitCode> {
@@ -412,6 +460,19 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
                 serde_json::to_value(&r)?,
             )
         }
+        GatewayBench::AuthStorm {
+            mosquitto,
+            mut settings,
+        } => {
+            settings.settle = std::time::Duration::from_secs(args.seconds);
+            let mosquitto = mosquitto.as_ref().map(|(m, p)| (m.as_path(), p.as_path()));
+            let r = auth::run(&args.grove, mosquitto, &settings, &extra).await?;
+            (
+                "auth-storm",
+                auth::markdown(&r, &settings),
+                serde_json::json!({ "settings": settings, "results": r }),
+            )
+        }
     };
     let cpu = procfs::CpuInfo::current()
         .ok()
@@ -454,6 +515,20 @@ async fn main() -> ExitCode {
                 mosquitto: args.mosquitto,
                 rounds: args.rounds,
                 per_round: args.per_round,
+            };
+            gateway_bench(args.gateway, which).await
+        }
+        Command::AuthStorm(args) => {
+            let which = GatewayBench::AuthStorm {
+                mosquitto: (!args.no_mosquitto).then_some((args.mosquitto, args.mosquitto_passwd)),
+                settings: auth::Settings {
+                    attempts: args.attempts,
+                    attackers: args.attackers,
+                    sources: args.sources,
+                    devices: args.devices,
+                    login_interval: Duration::from_millis(args.login_interval_ms),
+                    settle: Duration::ZERO,
+                },
             };
             gateway_bench(args.gateway, which).await
         }

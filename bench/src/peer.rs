@@ -290,9 +290,14 @@ impl RunningPeer {
         self.startup
     }
 
+    /// The broker process's /proc/PID/status (memory, threads, ...).
+    pub fn status(&self) -> Result<procfs::process::Status, PeerError> {
+        self.proc(|process| process.status())
+    }
+
     /// Current and peak resident memory of the broker process.
     pub fn memory(&self) -> Result<Memory, PeerError> {
-        let status = self.proc(|process| process.status())?;
+        let status = self.status()?;
         Ok(Memory {
             rss_kb: status.vmrss.unwrap_or(0),
             peak_kb: status.vmhwm.unwrap_or(0),
