@@ -16,6 +16,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+pub mod functions;
+
 /// Path of a binary built by this workspace (`grove`, `grove-sim`, ...).
 pub fn workspace_bin(name: &str) -> PathBuf {
     let var = format!("{}_BIN", name.to_uppercase().replace('-', "_"));
