@@ -1,4 +1,4 @@
-//! Hostile functions: each attack of issue 15 on the functions host (items 2, 4 and 11), run
+//! Hostile functions: each attack of issue 15 on the functions host (items 2, 4, 9 and 11), run
 //! against the real `grove` binary, with its bound as the assertion.
 //!
 //! - A module that loops in its ABI check or start function is refused promptly at deploy; one
@@ -8,6 +8,8 @@
 //!   neither the gateway's memory nor its log file beyond their bounds; what is dropped is counted.
 //! - A module too large to compile quickly, or that cannot fit its limits, is refused before
 //!   compiling (or when loaded) with the real cause, and leaves nothing in the compile cache.
+//! - Events for made-up function names cost one metric series and a few log lines.
+//! - The memory a flood of large messages through a rule took is given back after it.
 
 use std::time::{Duration, Instant};
 
