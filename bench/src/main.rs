@@ -10,12 +10,14 @@
 //! `shadow` and `rules` ([`gateway`]), `functions` ([`functions`]: MQTT event -> WASM function ->
 //! publish) and `cloud` ([`cloud`]: the outbox against a mosquitto as the cloud), all measured
 //! through one shared flow of publishers and a subscriber ([`flow`]); `topics` ([`topics`]) reads
-//! broker memory, against mosquitto, while a device publishes on ever new topics.
+//! broker memory, against mosquitto, while a device publishes on ever new topics; `hostile`
+//! ([`hostile`]) measures what the attacks of hostile functions and devices cost the gateway.
 
 mod cloud;
 mod flow;
 mod functions;
 mod gateway;
+mod hostile;
 mod load;
 mod payload;
 mod peer;
@@ -78,6 +80,11 @@ enum Command {
     /// subscribed), round after round, against mosquitto in the same run: does the broker keep
     /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
     Topics(TopicsArgs),
+    /// What hostile functions and devices cost the gateway (issue 15): memory before, right after
+    /// and `--seconds` after a flood of 1 MB messages through a rule, a deploy of a module near
+    /// the compile limits, a function logging 210 lines of 8 MiB and one refused a host call
+    /// 20,000 times; each attack's duration and the gateway's log growth.
+    Hostile(GatewayArgs),
 }
 
 #[derive(Debug, Args)]
@@ -355,6 +362,7 @@ enum GatewayBench {
     Shadow,
     Rules,
     Functions(Option<PathBuf>),
+    Hostile,
     Cloud {
         mosquitto: PathBuf,
         messages: u64,
@@ -389,6 +397,15 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
             (
                 "functions",
                 functions::markdown(&r),
+                serde_json::to_value(&r)?,
+            )
+        }
+        GatewayBench::Hostile => {
+            let settle = std::time::Duration::from_secs(args.seconds);
+            let r = hostile::run(&args.grove, settle, &extra).await?;
+            (
+                "hostile",
+                hostile::markdown(&r, settle),
                 serde_json::to_value(&r)?,
             )
         }
@@ -442,6 +459,7 @@ async fn main() -> ExitCode {
         Command::Functions(args) => {
             gateway_bench(args.gateway, GatewayBench::Functions(args.functions_dir)).await
         }
+        Command::Hostile(args) => gateway_bench(args, GatewayBench::Hostile).await,
         Command::Cloud(args) => {
             let which = GatewayBench::Cloud {
                 mosquitto: args.mosquitto,
