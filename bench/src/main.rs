@@ -12,13 +12,15 @@
 //! through one shared flow of publishers and a subscriber ([`flow`]); `topics` ([`topics`]) reads
 //! broker memory, against mosquitto, while a device publishes on ever new topics; `auth-storm`
 //! ([`auth`]) a storm of wrong-password CONNECTs, against mosquitto with a password file: memory,
-//! threads, refusals and a legitimate device's login latency meanwhile.
+//! threads, refusals and a legitimate device's login latency meanwhile; `hostile`
+//! ([`hostile`]) measures what the attacks of hostile functions and devices cost the gateway.
 
 mod auth;
 mod cloud;
 mod flow;
 mod functions;
 mod gateway;
+mod hostile;
 mod load;
 mod payload;
 mod peer;
@@ -85,6 +87,11 @@ enum Command {
     /// against mosquitto with a password file in the same run: idle, peak and settled memory,
     /// threads, how the attempts were refused, and a legitimate device's login latency during
     /// the storm. `--seconds` is the pause after the storm before the last memory reading.
+    /// What hostile functions and devices cost the gateway (issue 15): memory before, right after
+    /// and `--seconds` after a flood of 1 MB messages through a rule, a deploy of a module near
+    /// the compile limits, a function logging 210 lines of 8 MiB and one refused a host call
+    /// 20,000 times; each attack's duration and the gateway's log growth.
+    Hostile(GatewayArgs),
     AuthStorm(AuthStormArgs),
 }
 
@@ -398,6 +405,7 @@ enum GatewayBench {
     Shadow,
     Rules,
     Functions(Option<PathBuf>),
+    Hostile,
     Cloud {
         mosquitto: PathBuf,
         messages: u64,
@@ -437,6 +445,15 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
             (
                 "functions",
                 functions::markdown(&r),
+                serde_json::to_value(&r)?,
+            )
+        }
+        GatewayBench::Hostile => {
+            let settle = std::time::Duration::from_secs(args.seconds);
+            let r = hostile::run(&args.grove, settle, &extra).await?;
+            (
+                "hostile",
+                hostile::markdown(&r, settle),
                 serde_json::to_value(&r)?,
             )
         }
@@ -503,6 +520,7 @@ async fn main() -> ExitCode {
         Command::Functions(args) => {
             gateway_bench(args.gateway, GatewayBench::Functions(args.functions_dir)).await
         }
+        Command::Hostile(args) => gateway_bench(args, GatewayBench::Hostile).await,
         Command::Cloud(args) => {
             let which = GatewayBench::Cloud {
                 mosquitto: args.mosquitto,

@@ -295,6 +295,11 @@ impl RunningPeer {
         self.proc(|process| process.status())
     }
 
+    /// Bytes the broker has written to its captured stderr (its log) so far.
+    pub fn log_bytes(&self) -> u64 {
+        std::fs::metadata(&self.log).map_or(0, |m| m.len())
+    }
+
     /// Current and peak resident memory of the broker process.
     pub fn memory(&self) -> Result<Memory, PeerError> {
         let status = self.status()?;

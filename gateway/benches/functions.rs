@@ -40,7 +40,7 @@ impl Host for NullHost {
     fn kv_put(&mut self, _: &str, _: Option<&[u8]>) -> Result<(), HostError> {
         Ok(())
     }
-    fn log(&mut self, _: Level, _: &str) {}
+    fn log(&mut self, _: Level, _: &[u8]) {}
     fn denied(&mut self, _: &'static str, _: &str) {}
     fn finish(self: Box<Self>, _: bool) -> Result<(), String> {
         Ok(())

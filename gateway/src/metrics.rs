@@ -221,7 +221,8 @@ pub struct FunctionMetrics {
     pub invocations: Family<InvocationLabels, Counter>,
     /// Async attempts retried after a failure.
     pub retries: Family<FunctionLabels, Counter>,
-    /// Async events sent to the dead-letter topic.
+    /// Async events sent to the dead-letter topic (those for names never deployed counted under
+    /// `(unknown)`: a device chooses such names).
     pub dlq: Family<FunctionLabels, Counter>,
     /// Host calls refused (no grant, or the hop limit).
     pub denied: Family<DeniedCallLabels, Counter>,
@@ -229,6 +230,12 @@ pub struct FunctionMetrics {
     pub duration_seconds: Histogram,
     /// Modules loaded at deploy or startup, by source.
     pub modules_loaded: Family<ModuleSourceLabels, Counter>,
+    /// Deployed versions that failed to load at startup (listed as failed by `grove fn list`).
+    pub load_failures: Family<FunctionLabels, Counter>,
+    /// Guest log lines dropped over the per-function rate.
+    pub log_dropped: Family<FunctionLabels, Counter>,
+    /// The gateway's own log lines about a function suppressed over their rate.
+    pub log_suppressed: Family<FunctionLabels, Counter>,
 }
 
 impl Default for FunctionMetrics {
@@ -241,6 +248,9 @@ impl Default for FunctionMetrics {
             // 1 us to ~16 s, quadrupling.
             duration_seconds: Histogram::new(exponential_buckets(0.000_001, 4.0, 13)),
             modules_loaded: Family::default(),
+            load_failures: Family::default(),
+            log_dropped: Family::default(),
+            log_suppressed: Family::default(),
         }
     }
 }
@@ -538,6 +548,21 @@ impl Metrics {
             "modules_loaded",
             "Function modules loaded, from the precompiled cache or compiled",
             functions.modules_loaded.clone(),
+        );
+        f.register(
+            "load_failures",
+            "Deployed function versions that failed to load at startup",
+            functions.load_failures.clone(),
+        );
+        f.register(
+            "log_lines_dropped",
+            "Function log lines dropped over the per-function rate",
+            functions.log_dropped.clone(),
+        );
+        f.register(
+            "log_suppressed",
+            "Gateway log lines about a function suppressed over their rate",
+            functions.log_suppressed.clone(),
         );
         let cloud = CloudMetrics::default();
         let c = registry.sub_registry_with_prefix("cloud");

@@ -8,57 +8,13 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
 
-use grove_tests::{grove, mosquitto_pub, Client, Gateway};
+use grove_tests::functions::{guest, guest_version, path, Fixture, ECHO};
+use grove_tests::{mosquitto_pub, Client, Gateway};
 use rumqttc::QoS;
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(10);
 
-/// A guest module: ABI v1's exports around `body` (the handler, with params `$tp $tl $pp $pl`
-/// and a local `$rc`). Data at fixed offsets: 16 "ok", 32 "denied", 48 "error", 64 "n" (a kv
-/// key), 96 the `topic` argument, 160 "lamp", 192 a shadow update document.
-fn guest(body: &str, topic: &str) -> Vec<u8> {
-    guest_version(body, topic, 1)
-}
-
-fn guest_version(body: &str, topic: &str, abi: i32) -> Vec<u8> {
-    let text = format!(
-        r#"(module
-  (import "grove" "output" (func $output (param i32 i32) (result i32)))
-  (import "grove" "publish" (func $publish (param i32 i32 i32 i32 i32) (result i32)))
-  (import "grove" "kv_get" (func $kv_get (param i32 i32) (result i32)))
-  (import "grove" "kv_put" (func $kv_put (param i32 i32 i32 i32) (result i32)))
-  (import "grove" "result" (func $result (param i32 i32) (result i32)))
-  (import "grove" "log" (func $log (param i32 i32 i32)))
-  (import "grove" "shadow_get" (func $shadow_get (param i32 i32 i32 i32) (result i32)))
-  (import "grove" "shadow_update" (func $shadow_update (param i32 i32 i32 i32 i32 i32) (result i32)))
-  (import "grove" "now_ms" (func $now_ms (result i64)))
-  (memory (export "memory") 1)
-  (global $count (mut i32) (i32.const 0))
-  (data (i32.const 16) "ok")
-  (data (i32.const 32) "denied")
-  (data (i32.const 48) "error")
-  (data (i32.const 64) "n")
-  (data (i32.const 96) "{topic}")
-  (data (i32.const 160) "lamp")
-  (data (i32.const 192) "{{\"state\":{{\"desired\":{{\"on\":true}}}}}}")
-  (func (export "grove_abi_version") (result i32) (i32.const {abi}))
-  ;; One event at a time: the buffer at 4096 is reused.
-  (func (export "grove_alloc") (param $n i32) (result i32)
-    (if (result i32) (i32.gt_u (local.get $n) (i32.const 60000))
-      (then (i32.const 0)) (else (i32.const 4096))))
-  (func (export "grove_handle") (param $tp i32) (param $tl i32) (param $pp i32) (param $pl i32) (result i32)
-    (local $rc i32)
-    {body}))"#,
-        topic = topic,
-        body = body,
-        abi = abi,
-    );
-    wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{text}"))
-}
-
-/// Echoes the payload.
-const ECHO: &str = "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 0)";
 /// Fails with the payload as the error message.
 const FAIL: &str = "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 1)";
 /// Loops forever.
@@ -93,64 +49,6 @@ const KV_COUNT: &str = "(i32.store8 (i32.const 80) (i32.const 48))
     (local.set $rc (call $kv_put (i32.const 64) (i32.const 1) (i32.const 80) (i32.const 1)))
     (if (i32.lt_s (local.get $rc) (i32.const 0)) (then (drop (call $output (i32.const 32) (i32.const 6))) (return (i32.const 1))))
     (drop (call $output (i32.const 80) (i32.const 1))) (i32.const 0)";
-
-/// A gateway, a scratch directory for modules and manifests, and `grove fn` against it.
-struct Fixture {
-    g: Gateway,
-    files: tempfile::TempDir,
-}
-
-impl Fixture {
-    fn start(extra: &str) -> Fixture {
-        Fixture {
-            g: Gateway::start(extra),
-            files: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Runs `grove fn ARGS --config <the gateway's>`; returns (exit code, output).
-    fn cli(&self, args: &[&str]) -> (i32, String) {
-        let config = self.g.config_path();
-        let mut all = vec!["fn"];
-        all.extend_from_slice(args);
-        all.extend_from_slice(&["--config", config.to_str().unwrap()]);
-        grove(&all, self.files.path())
-    }
-
-    /// Deploys `wasm` with a manifest (the name line is added); returns (exit code, output).
-    fn deploy(
-        &self,
-        name: &str,
-        wasm: &[u8],
-        manifest: &str,
-        alias: Option<&str>,
-    ) -> (i32, String) {
-        let module = self.files.path().join(format!("{name}.wasm"));
-        let toml = self.files.path().join(format!("{name}.toml"));
-        std::fs::write(&module, wasm).unwrap();
-        std::fs::write(&toml, format!("name = \"{name}\"\n{manifest}")).unwrap();
-        let (m, t) = (path(&module), path(&toml));
-        let mut args = vec!["deploy", m.as_str(), "--manifest", t.as_str()];
-        if let Some(a) = alias {
-            args.extend_from_slice(&["--alias", a]);
-        }
-        self.cli(&args)
-    }
-
-    /// Deploys and asserts success.
-    fn deployed(&self, name: &str, wasm: &[u8], manifest: &str) {
-        let (code, out) = self.deploy(name, wasm, manifest, None);
-        assert_eq!(code, 0, "deploy {name}: {out}\n{}", self.g.log());
-    }
-
-    fn metric(&self, series: &str) -> f64 {
-        self.g.metric(series)
-    }
-}
-
-fn path(p: &Path) -> String {
-    p.to_str().unwrap().to_owned()
-}
 
 /// An MQTT 3.1.1 client invoking functions synchronously through the `replyTo` envelope.
 struct Invoker {

@@ -7,7 +7,7 @@
 //!
 //! | method and path | body | answer |
 //! |---|---|---|
-//! | `GET /admin/functions` | | `[{name, versions, latest, aliases, triggers}]` |
+//! | `GET /admin/functions` | | `[{name, versions, latest, aliases, triggers, unavailable}]` |
 //! | `POST /admin/functions` | `{manifest, module (base64), alias?}` | `{name, version, from_cache}` |
 //! | `DELETE /admin/functions/{name}` | | `{}` |
 //! | `POST /admin/functions/{name}/invoke` | `{qualifier?, payload}` | the invocation's answer envelope |
@@ -57,8 +57,10 @@ fn failed(e: FunctionError) -> Response {
         FunctionError::Manifest(_)
         | FunctionError::Deploy(super::runtime::DeployError::Malformed(_))
         | FunctionError::Deploy(super::runtime::DeployError::Abi(_))
+        | FunctionError::Deploy(super::runtime::DeployError::Limit(_))
         | FunctionError::Routing(_)
         | FunctionError::BadRequest(_) => StatusCode::BAD_REQUEST,
+        FunctionError::LoadFailed { .. } => StatusCode::SERVICE_UNAVAILABLE,
         _ => StatusCode::INTERNAL_SERVER_ERROR,
     };
     reply(status, json!({"error": e.to_string()}))

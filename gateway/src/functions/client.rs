@@ -190,8 +190,8 @@ pub fn parse_weight(text: &str) -> Result<(u64, u8), String> {
 /// The `grove fn list` table.
 pub fn render_list(list: &Value) -> String {
     let mut out = format!(
-        "{:<24} {:>7} {:<10} {:<32} {}\n",
-        "FUNCTION", "LATEST", "VERSIONS", "ALIASES", "TRIGGERS"
+        "{:<24} {:>7} {:<10} {:<32} {:<24} {}\n",
+        "FUNCTION", "LATEST", "VERSIONS", "ALIASES", "TRIGGERS", "STATUS"
     );
     for f in list.as_array().into_iter().flatten() {
         let versions = f["versions"].as_array().map_or(0, Vec::len);
@@ -210,14 +210,29 @@ pub fn render_list(list: &Value) -> String {
             .flatten()
             .filter_map(Value::as_str)
             .collect();
+        // Versions that cannot run, with why: `v2 failed: ...` (the reason last, it may be long).
+        let status: Vec<String> = f["unavailable"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(v, why)| match why.as_str() {
+                Some("loading") => format!("v{v} loading"),
+                other => format!("v{v} failed: {}", other.unwrap_or("")),
+            })
+            .collect();
         out.push_str(&format!(
-            "{:<24} {:>7} {:<10} {:<32} {}\n",
+            "{:<24} {:>7} {:<10} {:<32} {:<24} {}\n",
             f["name"].as_str().unwrap_or(""),
             // serde_json's Display ignores widths: format the number as a string.
             f["latest"].to_string(),
             versions,
             aliases.join(","),
-            triggers.join(",")
+            triggers.join(","),
+            if status.is_empty() {
+                "ready".to_owned()
+            } else {
+                status.join("; ")
+            }
         ));
     }
     out

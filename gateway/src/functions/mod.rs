@@ -2,6 +2,7 @@
 //!
 //! - [`manifest`]: the deployed TOML manifest, parsed and validated (pure).
 //! - [`routing`]: versions, `$LATEST`, aliases and weighted canaries (pure).
+//! - [`logs`]: the bounds on what a function can make the gateway log or keep (pure).
 //! - [`runtime`]: the wasmtime shell (pooling allocator, copy-on-write images, compile cache,
 //!   `InstancePre`, epoch timeouts, memory limiter, the ABI's host calls and grant checks).
 //! - [`service`]: the component: registry, triggers, async queues with retries and a DLQ, sync
@@ -14,6 +15,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod logs;
 pub mod manifest;
 mod queries;
 pub mod reply;

@@ -8,9 +8,14 @@
 //!   restart (or a redeploy of the same bytes) maps that file with `Module::deserialize_file`.
 //! - [`Prepared`] holds an `InstancePre` (imports resolved once), so an invocation only
 //!   instantiates; with `instance = "reuse"` it keeps idle instances and does not even do that.
-//! - Timeouts: one ticker thread increments the engine's epoch every [`TICK`]; each invocation's
-//!   store gets a deadline in ticks, and wasmtime traps the guest when it passes (no polling cost
-//!   beyond a load and compare at loop headers).
+//! - Timeouts: one ticker thread increments the engine's epoch every [`TICK`]; each store gets a
+//!   deadline in ticks, and wasmtime traps the guest when it passes (no polling cost beyond a load
+//!   and compare at loop headers). Every guest call runs under one: an invocation's (instantiation
+//!   and start function included) under the manifest's `timeout_ms`, the deploy/startup check
+//!   (instantiation, start function, `grove_abi_version`) under [`CHECK_TIMEOUT`].
+//! - Compile time: compiling cannot be interrupted, so what is compiled is bounded first: at most
+//!   [`MAX_MODULE_BYTES`] and [`MAX_FUNCTIONS`], read from the module's sections before compiling,
+//!   as is an initial memory larger than the manifest's limit (no instance could ever start).
 //! - Memory: a [`ResourceLimiter`] per store refuses growth past the manifest's limit (the
 //!   pool's slot size is the gateway's cap, so no manifest can exceed it).
 //! - Host calls (module `grove`, ABI v1, see `ABI.md`): grants are checked here against the
@@ -38,6 +43,21 @@ pub const MAX_BODY: usize = 1 << 20;
 
 /// Most host calls with effects (publish, kv writes) one invocation may make.
 pub const MAX_EFFECTS: u32 = 1000;
+
+/// The deadline of the check at deploy and at startup: instantiation (the start function) and
+/// `grove_abi_version`, which returns a constant. A module that loops there is refused at deploy,
+/// and one that starts looping later fails to load instead of holding the gateway's startup.
+pub const CHECK_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Largest module deployed (compile time grows with it: 13 MB took 18.7 s on a 2-core VM).
+pub const MAX_MODULE_BYTES: usize = 4 << 20;
+
+/// Most functions a module may define (each is compiled; 60,000 small ones took 18.7 s).
+pub const MAX_FUNCTIONS: u32 = 10_000;
+
+/// Longest error message kept from wasmtime (a trap's message carries a backtrace with names the
+/// guest chose, as deep as its stack).
+const MAX_MESSAGE: usize = 4096;
 
 /// ABI error codes returned to the guest (`ABI.md`).
 pub mod code {
@@ -131,8 +151,8 @@ pub trait Host: Send + 'static {
     fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, HostError>;
     /// Write (or, with `None`, delete) a key.
     fn kv_put(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), HostError>;
-    /// A guest log line.
-    fn log(&mut self, level: Level, message: &str);
+    /// A guest log line, as the guest passed it (any length, maybe not UTF-8).
+    fn log(&mut self, level: Level, message: &[u8]);
     /// A host call refused for lack of a grant.
     fn denied(&mut self, call: &'static str, detail: &str);
     /// The invocation ended (`ok` when the handler returned 0). An error turns a success into a
@@ -146,9 +166,13 @@ pub enum DeployError {
     /// Not a valid WebAssembly module.
     #[error("not a valid WebAssembly module: {0}")]
     Malformed(String),
-    /// Valid WebAssembly, but not Grove's ABI v1.
+    /// Valid WebAssembly, but not Grove's ABI v1 (or its check trapped or timed out).
     #[error("the module does not implement Grove's function ABI v1: {0}")]
     Abi(String),
+    /// Over one of the gateway's limits (size, functions, memory), checked before compiling or
+    /// when the compiled module is loaded.
+    #[error("the module exceeds a limit: {0}")]
+    Limit(String),
     /// The compile cache could not be written.
     #[error("cannot write the compiled module cache {}: {message}", path.display())]
     Cache {
@@ -416,11 +440,16 @@ impl Runtime {
 
     /// Compiles (or maps from the cache) and checks a module against the ABI and the manifest.
     pub fn prepare(&self, wasm: &[u8], manifest: Arc<Manifest>) -> Result<Prepared, DeployError> {
+        check_shape(wasm, &manifest)?;
         let path = self.cache_path(wasm);
-        let cached = path
-            .exists()
-            .then(|| load_cached(&self.engine, &path))
-            .flatten();
+        let cached = match path.exists().then(|| load_cached(&self.engine, &path)) {
+            Some(Ok(m)) => Some(m),
+            Some(Err(e)) => {
+                tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring an unusable compiled module");
+                None
+            }
+            None => None,
+        };
         let from_cache = cached.is_some();
         let module = match cached {
             Some(m) => m,
@@ -428,14 +457,18 @@ impl Runtime {
                 let compiled = self
                     .engine
                     .precompile_module(wasm)
-                    .map_err(|e| DeployError::Malformed(format!("{e:#}")))?;
+                    .map_err(|e| DeployError::Malformed(cut(&format!("{e:#}"))))?;
                 write_atomically(&path, &compiled).map_err(|e| DeployError::Cache {
                     path: path.clone(),
                     message: e.to_string(),
                 })?;
-                load_cached(&self.engine, &path).ok_or_else(|| DeployError::Cache {
-                    path: path.clone(),
-                    message: "the file just written cannot be loaded".into(),
+                drop(compiled);
+                // Loading checks the module against the engine's limits (the pool's slot sizes):
+                // a refusal is the module's fault (the cause is the last in the chain, after the
+                // file's name), and its file must not stay in the cache.
+                load_cached(&self.engine, &path).map_err(|e| {
+                    let _ = std::fs::remove_file(&path);
+                    DeployError::Limit(cut(&e.root_cause().to_string()))
                 })?
             }
         };
@@ -450,16 +483,24 @@ impl Runtime {
             idle: Mutex::new(Vec::new()),
             from_cache,
         };
-        // The version check runs the guest: under the manifest's limits, like an invocation.
+        // The version check runs the guest: under the manifest's memory limit, like an
+        // invocation, and under the check's own deadline (the ticker must run meanwhile).
+        let _running = self.clock.start();
+        let timeout_ms = CHECK_TIMEOUT.as_millis() as u64;
         let mut warm = self
-            .instantiate(&prepared)
+            .instantiate(&prepared, timeout_ms)
             .map_err(|f| DeployError::Abi(f.message))?;
         let version = warm
             .instance
             .get_typed_func::<(), i32>(&mut warm.store, "grove_abi_version")
             .map_err(|e| DeployError::Abi(format!("{e:#}")))?
             .call(&mut warm.store, ())
-            .map_err(|e| DeployError::Abi(format!("grove_abi_version trapped: {e:#}")))?;
+            .map_err(|e| match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => DeployError::Abi(format!(
+                    "grove_abi_version did not return within {timeout_ms} ms"
+                )),
+                _ => DeployError::Abi(cut(&format!("grove_abi_version trapped: {e:#}"))),
+            })?;
         if version != 1 {
             return Err(DeployError::Abi(format!(
                 "grove_abi_version returned {version}; this gateway speaks version 1"
@@ -468,8 +509,8 @@ impl Runtime {
         Ok(prepared)
     }
 
-    /// A new instance of `p` in a new store.
-    fn instantiate(&self, p: &Prepared) -> Result<Warm, Failure> {
+    /// A new instance of `p` in a new store, its start function under `timeout_ms`.
+    fn instantiate(&self, p: &Prepared, timeout_ms: u64) -> Result<Warm, Failure> {
         let state = HostState {
             limiter: Limiter {
                 max_bytes: p.manifest.memory_limit_mb as usize * 1024 * 1024,
@@ -482,17 +523,21 @@ impl Runtime {
         let mut store = Store::new(&self.engine, state);
         store.limiter(|s| &mut s.limiter);
         store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(p.manifest.timeout_ms));
+        store.set_epoch_deadline(ticks(timeout_ms));
         let fail = |kind, message: String| Failure { kind, message };
         let instance = p.pre.instantiate(&mut store).map_err(|e| {
-            let kind = if store.data().limiter.refused {
-                FailureKind::Memory
-            } else if e.downcast_ref::<Trap>().is_some() {
-                FailureKind::Trap
-            } else {
-                FailureKind::Capacity
+            let (kind, message) = match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => (
+                    FailureKind::Timeout,
+                    format!("the module's start function did not finish within {timeout_ms} ms"),
+                ),
+                _ if store.data().limiter.refused => {
+                    (FailureKind::Memory, format!("cannot instantiate: {e:#}"))
+                }
+                Some(_) => (FailureKind::Trap, format!("cannot instantiate: {e:#}")),
+                None => (FailureKind::Capacity, format!("cannot instantiate: {e:#}")),
             };
-            fail(kind, format!("cannot instantiate: {e:#}"))
+            fail(kind, cut(&message))
         })?;
         let memory = instance.get_memory(&mut store, "memory");
         store.data_mut().memory = memory;
@@ -527,7 +572,10 @@ impl Runtime {
         } else {
             None
         };
-        let mut warm = match idle.map(Ok).unwrap_or_else(|| self.instantiate(p)) {
+        let mut warm = match idle
+            .map(Ok)
+            .unwrap_or_else(|| self.instantiate(p, p.manifest.timeout_ms))
+        {
             Ok(w) => w,
             Err(failure) => {
                 let _ = host.finish(false);
@@ -668,9 +716,14 @@ fn classify(e: &wasmtime::Error, memory_refused: bool, timeout_ms: u64) -> Failu
         ),
         _ if memory_refused => (
             FailureKind::Memory,
-            format!("the function exceeded its memory limit and trapped: {e:#}"),
+            cut(&format!(
+                "the function exceeded its memory limit and trapped: {e:#}"
+            )),
         ),
-        _ => (FailureKind::Trap, format!("the function trapped: {e:#}")),
+        _ => (
+            FailureKind::Trap,
+            cut(&format!("the function trapped: {e:#}")),
+        ),
     };
     Failure { kind, message }
 }
@@ -681,21 +734,63 @@ fn ticks(timeout_ms: u64) -> u64 {
     timeout_ms.div_ceil(TICK.as_millis() as u64) + 1
 }
 
-/// Maps a cached `.cwasm`; `None` if it is unusable (then it is compiled again and overwritten).
-fn load_cached(engine: &Engine, path: &Path) -> Option<Module> {
+/// A wasmtime message cut to [`MAX_MESSAGE`].
+fn cut(message: &str) -> String {
+    super::logs::cut(message.as_bytes(), MAX_MESSAGE).into_owned()
+}
+
+/// Refuses, before compiling, a module over [`MAX_MODULE_BYTES`] or [`MAX_FUNCTIONS`], or whose
+/// initial memory is larger than the manifest's limit. Only the section headers are read; a
+/// malformed module is left for the compiler to describe.
+fn check_shape(wasm: &[u8], manifest: &Manifest) -> Result<(), DeployError> {
+    use wasmparser::Payload;
+    if wasm.len() > MAX_MODULE_BYTES {
+        return Err(DeployError::Limit(format!(
+            "it is {} bytes; the gateway compiles modules of at most {MAX_MODULE_BYTES} bytes",
+            wasm.len()
+        )));
+    }
+    let limit = u64::from(manifest.memory_limit_mb) << 20;
+    for payload in wasmparser::Parser::new(0).parse_all(wasm) {
+        match payload {
+            Ok(Payload::FunctionSection(s)) if s.count() > MAX_FUNCTIONS => {
+                return Err(DeployError::Limit(format!(
+                    "it defines {} functions; the gateway compiles modules of at most \
+                     {MAX_FUNCTIONS}",
+                    s.count()
+                )));
+            }
+            Ok(Payload::MemorySection(s)) => {
+                for memory in s.into_iter().flatten() {
+                    let bytes = memory.initial.saturating_mul(1 << 16);
+                    if bytes > limit {
+                        return Err(DeployError::Limit(format!(
+                            "its initial memory is {} MiB, more than its memory_limit_mb ({})",
+                            bytes >> 20,
+                            manifest.memory_limit_mb
+                        )));
+                    }
+                }
+            }
+            // The code itself is not needed: skip it unparsed.
+            Ok(Payload::CodeSectionStart { .. }) | Err(_) => return Ok(()),
+            Ok(_) => {}
+        }
+    }
+    Ok(())
+}
+
+/// Maps a cached `.cwasm`, or says why it is unusable (then it is compiled again and
+/// overwritten, or, just compiled, refused).
+fn load_cached(engine: &Engine, path: &Path) -> wasmtime::Result<Module> {
     // SAFETY: `deserialize_file` trusts the file to be wasmtime's own output. The cache directory
     // is inside Grove's data directory and only Grove writes it (`write_atomically`, from
     // `Engine::precompile_module`); the file name carries the engine's compatibility hash, and
     // wasmtime checks its header (version, target, engine settings) before using it. Anyone able
     // to write there could equally replace the database or the binary.
     #[allow(unsafe_code)]
-    let module = unsafe { Module::deserialize_file(engine, path) };
-    match module {
-        Ok(m) => Some(m),
-        Err(e) => {
-            tracing::warn!(path = %path.display(), error = %e, "ignoring an unusable compiled module");
-            None
-        }
+    unsafe {
+        Module::deserialize_file(engine, path)
     }
 }
 
@@ -706,10 +801,14 @@ pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> std::io::Result<()>
         std::fs::create_dir_all(dir)?;
     }
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, path)?;
+    let written = std::fs::File::create(&tmp)
+        .and_then(|mut f| f.write_all(bytes).and_then(|()| f.sync_all()))
+        .and_then(|()| std::fs::rename(&tmp, path));
+    if let Err(e) = written {
+        // A full disk must not also keep the part written.
+        let _ = std::fs::remove_file(&tmp);
+        return Err(e);
+    }
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir)?.sync_all()?;
     }
@@ -1006,8 +1105,7 @@ fn define_host_calls(linker: &mut Linker<HostState>) -> wasmtime::Result<()> {
         |mut caller: Caller<'_, HostState>, level: i32, ptr: i32, len: i32| {
             if let Ok((data, call, _)) = parts(&mut caller) {
                 if let Some(bytes) = guest_bytes(data, ptr, len) {
-                    let line = String::from_utf8_lossy(bytes);
-                    call.host.log(Level::from_i32(level), &line);
+                    call.host.log(Level::from_i32(level), bytes);
                 }
             }
         },
@@ -1068,6 +1166,36 @@ mod tests {
         let p = rt.prepare(&wasm, manifest()).unwrap();
         assert!(!p.from_cache, "the corrupt entry was not trusted");
         assert!(rt.prepare(&wasm, manifest()).unwrap().from_cache);
+    }
+
+    /// One case per line: the module's items, and a fragment of the refusal (or `None`).
+    #[test]
+    fn the_shape_check_refuses_what_would_compile_too_long_or_never_start() {
+        let functions = "(func)".repeat(MAX_FUNCTIONS as usize + 1);
+        let big = format!(
+            "(memory 1) (data (i32.const 0) \"{}\")",
+            "a".repeat(MAX_MODULE_BYTES)
+        );
+        let cases: &[(&str, Option<&str>)] = &[
+            ("(memory 1)", None),
+            ("(memory 256)", None),
+            (
+                "(memory 257)",
+                Some("initial memory is 16 MiB, more than its memory_limit_mb (16)"),
+            ),
+            ("(memory 65536)", Some("initial memory is 4096 MiB")),
+            (&functions, Some("it defines 10001 functions")),
+            (&big, Some("modules of at most 4194304 bytes")),
+        ];
+        let manifest = Manifest::parse("name = \"f\"", 64).unwrap();
+        for (items, want) in cases {
+            let wasm = wat::parse_str(format!("(module {items})")).unwrap();
+            match (check_shape(&wasm, &manifest), want) {
+                (Ok(()), None) => {}
+                (Err(e), Some(w)) => assert!(e.to_string().contains(w), "{e}"),
+                (got, want) => panic!("{:.40}: {got:?}, wanted {want:?}", items),
+            }
+        }
     }
 
     #[test]

@@ -2,6 +2,11 @@
 //!
 //! - Registry: every deployed version (manifest + module file in `{data_dir}/functions/`, row in
 //!   the store) is loaded at startup from the precompiled cache, so a restart does not recompile.
+//!   The manifests are read before the broker listens (so the triggers are in place), the modules
+//!   are loaded in the background, each bounded (compile size, a 1 s check); the startup waits
+//!   for them at most [`STARTUP_WAIT`], so a slow or failing module never keeps the gateway from
+//!   starting. An invocation waits until its version is loaded; a version that failed to load is
+//!   listed with why (`grove fn list`), counted, logged, and its events are dead-lettered.
 //!   Deploys are serialised; each makes version `latest + 1`, immutable.
 //! - Triggers: the routes of the component's durable tap ([`crate::tap`]) are the trigger filters
 //!   of each function's `$LATEST` manifest (invoking its `trigger_qualifier`) and
@@ -28,8 +33,12 @@
 //!   as a trusted bus client (request with a client token, wait for accepted/rejected).
 //!
 //! Invocations run on tokio's blocking pool, at most `[functions] workers` at once.
+//!
+//! What a function or a device can make the gateway log is bounded ([`super::logs`]): the guest's
+//! lines per function in lines, bytes and rate, and the gateway's own lines about a function (or
+//! about names that are no function) in rate; every line refused is counted.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -39,6 +48,7 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
+use super::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
 use super::manifest::Manifest;
 use super::reply::{self, ReplyError};
 use super::routing::{Alias, Qualifier, Routes, RoutingError};
@@ -49,7 +59,7 @@ use super::runtime::{
 use crate::broker::BusMaker;
 use crate::bus::{Closed, Message, Outgoing};
 use crate::config::FunctionsConfig;
-use crate::metrics::FunctionMetrics;
+use crate::metrics::{FunctionLabels, FunctionMetrics};
 use crate::rules::MAX_HOPS;
 use crate::shadow::local::{Answer, LocalShadows};
 use crate::shadow::names::Operation;
@@ -71,8 +81,16 @@ pub fn event_topic(target: &str) -> String {
     format!("$grove/functions/{target}/event")
 }
 
-/// Log lines kept per function for `grove fn logs`.
-const LOG_LINES: usize = 200;
+/// The metric label of what is about a name that is no deployed function (a device chooses such
+/// names: one series each would grow the registry without bound).
+const UNKNOWN_FUNCTION: &str = "(unknown)";
+
+/// Longest device-chosen text (a topic) in one of the gateway's log lines.
+const MAX_LOGGED: usize = 256;
+
+/// How long the startup waits for the deployed modules to load before the gateway goes on (and
+/// opens its port) without them.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Waits before the second and third attempt of an async event.
 const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
@@ -112,6 +130,16 @@ pub enum FunctionError {
     /// A file of the data directory could not be written or read.
     #[error("{0}")]
     Io(String),
+    /// The version exists but could not be loaded at startup.
+    #[error("version {version} of function {name:?} failed to load: {reason}")]
+    LoadFailed {
+        /// The function.
+        name: String,
+        /// The version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
     /// The component is shutting down.
     #[error("the functions component is shutting down")]
     Closed,
@@ -131,8 +159,7 @@ struct Event {
 /// One function: its versions, aliases, queue and log.
 struct Function {
     routes: Routes,
-    versions: BTreeMap<u64, Arc<Prepared>>,
-    created_ms: BTreeMap<u64, i64>,
+    versions: BTreeMap<u64, Version>,
     queue: mpsc::Sender<Event>,
     logs: Logs,
     /// `max_concurrency` of the `$LATEST` manifest: instances of this function running at once,
@@ -145,32 +172,94 @@ struct Function {
 impl Function {
     fn latest_manifest(&self) -> Option<&Arc<Manifest>> {
         let v = self.routes.latest()?;
-        self.versions.get(&v).map(|p| p.manifest())
+        self.versions.get(&v)?.manifest.as_ref()
     }
 }
 
-/// A bounded ring of log lines.
-#[derive(Clone, Default)]
-struct Logs(Arc<Mutex<VecDeque<String>>>);
+/// A deployed version: its manifest (read before the broker listens, so triggers work at once)
+/// and its module, once loaded.
+struct Version {
+    /// `None` if the stored manifest is no longer valid (then the version failed to load).
+    manifest: Option<Arc<Manifest>>,
+    state: Load,
+}
+
+/// Where a version's module is.
+enum Load {
+    /// Being loaded at startup: invocations wait.
+    Loading,
+    Ready(Arc<Prepared>),
+    /// Could not be loaded (why): invocations fail, events are dead-lettered.
+    Failed(String),
+}
+
+/// A version ready to run, with what its invocation needs of its function.
+struct Runnable {
+    version: u64,
+    prepared: Arc<Prepared>,
+    logs: Logs,
+    /// The function's `max_concurrency` permits.
+    running: Arc<Semaphore>,
+}
+
+/// A function's log ([`super::logs`]): the ring `grove fn logs` shows and the rate of the
+/// gateway's own lines about the function, with the counters of the lines they refused.
+#[derive(Clone)]
+struct Logs {
+    name: Arc<str>,
+    state: Arc<Mutex<(Ring, Window)>>,
+    dropped: prometheus_client::metrics::counter::Counter,
+    suppressed: prometheus_client::metrics::counter::Counter,
+}
 
 impl Logs {
-    fn push(&self, version: u64, level: &str, line: &str) {
-        let ts = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis());
-        if let Ok(mut ring) = self.0.lock() {
-            if ring.len() == LOG_LINES {
-                ring.pop_front();
-            }
-            ring.push_back(format!("{ts} v{version} {level:<5} {line}"));
+    fn new(name: &str, metrics: &FunctionMetrics) -> Logs {
+        let labels = FunctionLabels {
+            function: name.to_owned(),
+        };
+        Logs {
+            name: name.into(),
+            state: Arc::new(Mutex::new((
+                Ring::default(),
+                Window::new(GATEWAY_LINES, GATEWAY_PERIOD),
+            ))),
+            dropped: metrics.log_dropped.get_or_create(&labels).clone(),
+            suppressed: metrics.log_suppressed.get_or_create(&labels).clone(),
         }
     }
 
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Ring, Window)> {
+        // Each update is one call on the ring or the window: a panic cannot leave them torn.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a line for `grove fn logs`; a line kept also goes to the gateway's debug log.
+    fn push(&self, version: u64, level: &str, line: impl AsRef<[u8]>) {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let head = format!("{ts} v{version} {level:<5}");
+        let pushed = self.lock().0.push(Instant::now(), &head, line.as_ref());
+        match pushed {
+            Pushed::Kept(text) => debug!(function = %self.name, "{text}"),
+            Pushed::Dropped => {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    /// Whether the gateway may write one more line about this function now: `Some(n)` with the
+    /// number suppressed before it (to say so in the line), or `None` (counted).
+    fn gateway(&self) -> Option<u64> {
+        let admitted = self.lock().1.admit(Instant::now());
+        if admitted.is_none() {
+            self.suppressed.inc();
+        }
+        admitted
+    }
+
     fn lines(&self) -> Vec<String> {
-        self.0
-            .lock()
-            .map(|r| r.iter().cloned().collect())
-            .unwrap_or_default()
+        self.lock().0.lines()
     }
 }
 
@@ -187,6 +276,8 @@ pub struct FunctionInfo {
     pub aliases: BTreeMap<String, (u64, Option<(u64, u8)>)>,
     /// `$LATEST`'s triggers.
     pub triggers: Vec<String>,
+    /// Versions that cannot be invoked: `"loading"` (startup) or why they failed to load.
+    pub unavailable: BTreeMap<u64, String>,
 }
 
 /// A deployed version.
@@ -225,8 +316,13 @@ struct Inner {
     queue_bound: usize,
     metrics: FunctionMetrics,
     registry: Mutex<BTreeMap<String, Function>>,
-    /// Deploys, alias changes and removals one at a time (versions are numbered in order).
-    admin: tokio::sync::Mutex<()>,
+    /// Deploys, alias changes and removals one at a time (versions are numbered in order); the
+    /// startup's module loading holds it too.
+    admin: Arc<tokio::sync::Mutex<()>>,
+    /// True once the startup's module loading is over.
+    loaded: watch::Sender<bool>,
+    /// The rate of the gateway's log lines about names that are no deployed function.
+    stray_log: Mutex<Window>,
     workers: Arc<Semaphore>,
     publish: mpsc::Sender<Batch>,
     shadow: LocalShadows,
@@ -280,7 +376,9 @@ impl Functions {
                 queue_bound: config.queue_bound,
                 metrics,
                 registry: Mutex::new(BTreeMap::new()),
-                admin: tokio::sync::Mutex::new(()),
+                admin: Arc::new(tokio::sync::Mutex::new(())),
+                loaded: watch::Sender::new(false),
+                stray_log: Mutex::new(Window::new(GATEWAY_LINES, GATEWAY_PERIOD)),
                 workers: Arc::new(Semaphore::new(config.workers)),
                 publish,
                 shadow,
@@ -292,7 +390,10 @@ impl Functions {
                 shutdown: shutdown.clone(),
             }),
         };
-        functions.load().await?;
+        let todo = functions.register().await?;
+        // Taken now, so no deploy or removal comes between the registration and the loading.
+        let admin = functions.inner.admin.clone().lock_owned().await;
+        tokio::spawn(functions.clone().load(todo, admin));
         let mut invoke_bus = buses.bus("functions-invoke").await.map_err(bus_err)?;
         invoke_bus
             .subscribe_confirmed(&[INVOKE_FILTER.to_owned()])
@@ -325,31 +426,34 @@ impl Functions {
         functions.update_routes();
         buses.add_tap(tap);
         tokio::spawn(functions.clone().take_offers(offers));
+        // Usually every module is loaded (from the cache) well within this, and the gateway
+        // opens its port with all functions ready; a slow one (a recompile after an upgrade)
+        // keeps loading while the gateway runs.
+        if tokio::time::timeout(STARTUP_WAIT, functions.loaded())
+            .await
+            .is_err()
+        {
+            info!("function modules are still loading; their invocations wait for them");
+        }
         Ok(functions)
     }
 
-    /// Loads every stored version (from the compile cache) and alias.
-    async fn load(&self) -> Result<(), FunctionError> {
+    /// Registers every stored version with its manifest (its module still loading) and every
+    /// alias; returns the modules to load with their manifests.
+    async fn register(&self) -> Result<Vec<(StoredFunctionVersion, Arc<Manifest>)>, FunctionError> {
         let (versions, aliases) = self.inner.store.load_functions().await?;
+        let mut todo = Vec::new();
         for v in versions {
-            let wasm = match std::fs::read(self.inner.dir.join(&v.module)) {
-                Ok(w) => w,
-                Err(e) => {
-                    warn!(function = v.name, version = v.version, error = %e, "cannot read a deployed module; that version is unavailable");
-                    continue;
+            match Manifest::parse(&v.manifest, self.inner.max_memory_mb) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    self.insert_version(&v.name, v.version, Some(m.clone()), Load::Loading);
+                    todo.push((v, m));
                 }
-            };
-            let manifest = match Manifest::parse(&v.manifest, self.inner.max_memory_mb) {
-                Ok(m) => Arc::new(m),
                 Err(e) => {
-                    warn!(function = v.name, version = v.version, error = %e, "a deployed manifest is no longer valid (was [functions] max_memory_mb lowered?); that version is unavailable");
-                    continue;
-                }
-            };
-            match self.prepare(wasm, manifest).await {
-                Ok(p) => self.insert_version(&v.name, v.version, v.created_ms, Arc::new(p)),
-                Err(e) => {
-                    warn!(function = v.name, version = v.version, error = %e, "cannot load a deployed version")
+                    let reason = format!("the deployed manifest is no longer valid (was [functions] max_memory_mb lowered?): {e}");
+                    self.insert_version(&v.name, v.version, None, Load::Loading);
+                    self.load_failed(&v.name, v.version, reason);
                 }
             }
         }
@@ -365,8 +469,91 @@ impl Functions {
                 );
             }
         }
-        info!(functions = registry.len(), "functions loaded");
-        Ok(())
+        Ok(todo)
+    }
+
+    /// Loads the registered versions' modules (from the compile cache), one at a time, each
+    /// bounded ([`Runtime::prepare`]): a failure is recorded and the others load.
+    async fn load(
+        self,
+        todo: Vec<(StoredFunctionVersion, Arc<Manifest>)>,
+        _admin: tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        let (mut ready, mut failed) = (0, 0);
+        for (v, manifest) in todo {
+            let loaded = match std::fs::read(self.inner.dir.join(&v.module)) {
+                Ok(wasm) => self
+                    .prepare(wasm, manifest)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read the module: {e}")),
+            };
+            match loaded {
+                Ok(p) => {
+                    ready += 1;
+                    self.set_state(&v.name, v.version, Load::Ready(Arc::new(p)));
+                }
+                Err(reason) => {
+                    failed += 1;
+                    self.load_failed(&v.name, v.version, reason);
+                }
+            }
+        }
+        self.inner.loaded.send_replace(true);
+        info!(versions = ready, failed, "function modules loaded");
+    }
+
+    /// Records that a version cannot be loaded: listed, counted, logged.
+    fn load_failed(&self, name: &str, version: u64, reason: String) {
+        self.inner
+            .metrics
+            .count(&self.inner.metrics.load_failures, name);
+        warn!(function = name, version, error = reason, "cannot load a deployed function version; its invocations fail and its events are dead-lettered");
+        self.set_state(name, version, Load::Failed(reason));
+    }
+
+    fn set_state(&self, name: &str, version: u64, state: Load) {
+        if let Some(v) = self
+            .lock()
+            .get_mut(name)
+            .and_then(|f| f.versions.get_mut(&version))
+        {
+            v.state = state;
+        }
+    }
+
+    /// Waits until the startup's module loading is over.
+    async fn loaded(&self) {
+        let mut loaded = self.inner.loaded.subscribe();
+        let _ = loaded.wait_for(|done| *done).await;
+    }
+
+    /// Whether the gateway may write one more line about `name` now (its function's rate, or the
+    /// shared rate of lines about names that are no function): `Some(n)` with the number
+    /// suppressed before it, or `None` (counted).
+    fn may_log(&self, name: &str) -> Option<u64> {
+        let logs = self.lock().get(name).map(|f| f.logs.clone());
+        match logs {
+            Some(logs) => logs.gateway(),
+            None => self.may_log_stray(),
+        }
+    }
+
+    /// [`Functions::may_log`] for a line about no function in particular (a topic that is no
+    /// function's, a request that cannot be answered).
+    fn may_log_stray(&self) -> Option<u64> {
+        let admitted = self
+            .inner
+            .stray_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(Instant::now());
+        if admitted.is_none() {
+            self.inner
+                .metrics
+                .count(&self.inner.metrics.log_suppressed, UNKNOWN_FUNCTION);
+        }
+        admitted
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Function>> {
@@ -401,7 +588,13 @@ impl Functions {
         Ok(prepared)
     }
 
-    fn insert_version(&self, name: &str, version: u64, created_ms: i64, prepared: Arc<Prepared>) {
+    fn insert_version(
+        &self,
+        name: &str,
+        version: u64,
+        manifest: Option<Arc<Manifest>>,
+        state: Load,
+    ) {
         let mut registry = self.lock();
         if !registry.contains_key(name) {
             let (queue, rx) = mpsc::channel(self.inner.queue_bound);
@@ -411,9 +604,8 @@ impl Functions {
                 Function {
                     routes: Routes::default(),
                     versions: BTreeMap::new(),
-                    created_ms: BTreeMap::new(),
                     queue,
-                    logs: Logs::default(),
+                    logs: Logs::new(name, &self.inner.metrics),
                     running: Arc::new(Semaphore::new(1)),
                     limit: 1,
                 },
@@ -421,10 +613,13 @@ impl Functions {
         }
         if let Some(f) = registry.get_mut(name) {
             // Idle instances hold pool slots: only the newest version keeps them.
-            f.versions.values().for_each(|p| p.release_idle());
+            for v in f.versions.values() {
+                if let Load::Ready(p) = &v.state {
+                    p.release_idle();
+                }
+            }
             f.routes.versions.push(version);
-            f.versions.insert(version, prepared);
-            f.created_ms.insert(version, created_ms);
+            f.versions.insert(version, Version { manifest, state });
             let limit = f
                 .latest_manifest()
                 .map_or(1, |m| m.max_concurrency as usize);
@@ -461,7 +656,6 @@ impl Functions {
         let module = format!("{name}/{version}.wasm");
         write_atomically(&self.inner.dir.join(&module), &wasm)
             .map_err(|e| FunctionError::Io(format!("cannot write the module: {e}")))?;
-        let created_ms = now_ms();
         self.inner
             .store
             .save_function_version(StoredFunctionVersion {
@@ -469,10 +663,11 @@ impl Functions {
                 version,
                 manifest: manifest_text.to_owned(),
                 module,
-                created_ms,
+                created_ms: now_ms(),
             })
             .await?;
-        self.insert_version(&name, version, created_ms, Arc::new(prepared));
+        let manifest = Some(prepared.manifest().clone());
+        self.insert_version(&name, version, manifest, Load::Ready(Arc::new(prepared)));
         if let Some(alias) = alias {
             self.set_alias_locked(&name, &alias, version, None).await?;
         }
@@ -565,6 +760,15 @@ impl Functions {
                     .latest_manifest()
                     .map(|m| m.triggers.clone())
                     .unwrap_or_default(),
+                unavailable: f
+                    .versions
+                    .iter()
+                    .filter_map(|(n, v)| match &v.state {
+                        Load::Ready(_) => None,
+                        Load::Loading => Some((*n, "loading".to_owned())),
+                        Load::Failed(why) => Some((*n, why.clone())),
+                    })
+                    .collect(),
             })
             .collect()
     }
@@ -581,7 +785,7 @@ impl Functions {
     fn enqueue(&self, name: &str, event: Event) {
         let queue = self.lock().get(name).map(|f| f.queue.clone());
         let Some(queue) = queue else {
-            self.dead_letter(name, &event, None, not_found(name), 0);
+            self.dead_letter_unknown(name, &event);
             self.forget(event.id);
             return;
         };
@@ -669,7 +873,10 @@ impl Functions {
             return match parse_target(topic, "/event") {
                 Ok(target) => vec![target],
                 Err(e) => {
-                    warn!(topic, "an async event was dropped: {e}");
+                    if let Some(suppressed) = self.may_log_stray() {
+                        let e = super::logs::cut(e.as_bytes(), MAX_LOGGED);
+                        warn!(suppressed, "an async event was dropped: {e}");
+                    }
                     Vec::new()
                 }
             };
@@ -724,10 +931,14 @@ impl Functions {
             .ok_or_else(|| FunctionError::NotFound(name.clone()))?;
         // The draw picks between an alias's weighted versions; 0.0 checks its main one.
         let version = f.routes.resolve(&qualifier, 0.0)?;
-        if f.versions.contains_key(&version) {
-            Ok(())
-        } else {
-            Err(RoutingError::NoSuchVersion(version).into())
+        match f.versions.get(&version).map(|v| &v.state) {
+            Some(Load::Ready(_) | Load::Loading) => Ok(()),
+            Some(Load::Failed(reason)) => Err(FunctionError::LoadFailed {
+                name,
+                version,
+                reason: reason.clone(),
+            }),
+            None => Err(RoutingError::NoSuchVersion(version).into()),
         }
     }
 
@@ -740,19 +951,16 @@ impl Functions {
         payload: Bytes,
         hops: u32,
     ) -> Result<Invoked, FunctionError> {
-        let (version, prepared, logs, running) = {
-            let registry = self.lock();
-            let f = registry
-                .get(name)
-                .ok_or_else(|| FunctionError::NotFound(name.to_owned()))?;
-            let draw = self.inner.rng.lock().map(|mut r| r.f64()).unwrap_or(0.0);
-            let version = f.routes.resolve(qualifier, draw)?;
-            let prepared = f
-                .versions
-                .get(&version)
-                .cloned()
-                .ok_or(RoutingError::NoSuchVersion(version))?;
-            (version, prepared, f.logs.clone(), f.running.clone())
+        let Runnable {
+            version,
+            prepared,
+            logs,
+            running,
+        } = loop {
+            match self.lookup(name, qualifier)? {
+                Some(found) => break found,
+                None => self.loaded().await,
+            }
         };
         let slot = running
             .acquire_owned()
@@ -791,17 +999,12 @@ impl Functions {
             .metrics
             .invoked(name, result, outcome.duration.as_secs_f64());
         if let Err(f) = &outcome.result {
+            // The ring cuts the message (a handler's error is its `output`, up to 1 MiB) and
+            // writes it to the gateway's debug log if it keeps it.
             logs.push(
                 version,
                 "error",
-                &format!("{}: {}", f.kind.as_str(), f.message),
-            );
-            debug!(
-                function = name,
-                version,
-                kind = f.kind.as_str(),
-                "invocation failed: {}",
-                f.message
+                format!("invocation failed: {}: {}", f.kind.as_str(), f.message),
             );
         }
         Ok(Invoked {
@@ -809,6 +1012,41 @@ impl Functions {
             version,
             outcome,
         })
+    }
+
+    /// The version `qualifier` routes to now, ready to run; `None` while the startup is still
+    /// loading it (once the loading is over, every version is ready or failed).
+    fn lookup(&self, name: &str, qualifier: &Qualifier) -> Result<Option<Runnable>, FunctionError> {
+        let registry = self.lock();
+        let f = registry
+            .get(name)
+            .ok_or_else(|| FunctionError::NotFound(name.to_owned()))?;
+        let draw = self.inner.rng.lock().map(|mut r| r.f64()).unwrap_or(0.0);
+        let version = f.routes.resolve(qualifier, draw)?;
+        match &f
+            .versions
+            .get(&version)
+            .ok_or(RoutingError::NoSuchVersion(version))?
+            .state
+        {
+            Load::Ready(p) => Ok(Some(Runnable {
+                version,
+                prepared: p.clone(),
+                logs: f.logs.clone(),
+                running: f.running.clone(),
+            })),
+            Load::Loading if !*self.inner.loaded.borrow() => Ok(None),
+            Load::Loading => Err(FunctionError::LoadFailed {
+                name: name.to_owned(),
+                version,
+                reason: "the startup's loading ended without it".into(),
+            }),
+            Load::Failed(reason) => Err(FunctionError::LoadFailed {
+                name: name.to_owned(),
+                version,
+                reason: reason.clone(),
+            }),
+        }
     }
 
     /// Runs a function's async events, at most `max_concurrency` at once.
@@ -871,6 +1109,13 @@ impl Functions {
                     self.forget(event.id);
                     return;
                 }
+                // Neither can one of a version that failed to load.
+                Err(e @ FunctionError::LoadFailed { version, .. }) => {
+                    let error = json!({"kind": "load_failed", "message": e.to_string()});
+                    self.dead_letter(&name, &event, Some(version), error, attempt + 1);
+                    self.forget(event.id);
+                    return;
+                }
                 Err(e) => last = Some((None, json!({"kind": "routing", "message": e.to_string()}))),
             }
         }
@@ -891,7 +1136,32 @@ impl Functions {
         attempts: usize,
     ) {
         self.inner.metrics.count(&self.inner.metrics.dlq, name);
-        warn!(function = name, topic = event.topic, %error, "event sent to the dead-letter topic");
+        self.send_dead_letter(name, event, version, error, attempts);
+    }
+
+    /// [`Functions::dead_letter`] for an event whose function was never deployed (or is gone):
+    /// counted under [`UNKNOWN_FUNCTION`], since a device chooses such names.
+    fn dead_letter_unknown(&self, name: &str, event: &Event) {
+        self.inner
+            .metrics
+            .count(&self.inner.metrics.dlq, UNKNOWN_FUNCTION);
+        self.send_dead_letter(name, event, None, not_found(name), 0);
+    }
+
+    fn send_dead_letter(
+        &self,
+        name: &str,
+        event: &Event,
+        version: Option<u64>,
+        error: Value,
+        attempts: usize,
+    ) {
+        if let Some(suppressed) = self.may_log(name) {
+            // The topic is a device's, the error's message may be a guest's `output`.
+            let topic = super::logs::cut(event.topic.as_bytes(), MAX_LOGGED);
+            let error = super::logs::cut(error.to_string().as_bytes(), MAX_LOGGED).into_owned();
+            warn!(function = %super::logs::cut(name.as_bytes(), MAX_LOGGED), %topic, error, suppressed, "event sent to the dead-letter topic");
+        }
         let doc = json!({
             "function": name,
             "version": version,
@@ -930,13 +1200,13 @@ impl Functions {
         let request = match SyncRequest::parse(&m) {
             Ok(r) => r,
             Err(e) => {
-                // Debug only: what reaches here came through the bus (a device's request with a
-                // bad reply topic was refused by the connection layer), so a log line per request
-                // would let a rule fed by devices flood the log.
-                debug!(
-                    topic = m.topic,
-                    "an invoke request refused (not invoked, not answered): {e}"
-                );
+                // Debug only, and rate-limited: what reaches here came through the bus (a device's
+                // request with a bad reply topic was refused by the connection layer), so a log
+                // line per request would let a rule fed by devices flood the log.
+                if let Some(suppressed) = self.may_log_stray() {
+                    let topic = super::logs::cut(m.topic.as_bytes(), MAX_LOGGED);
+                    debug!(%topic, suppressed, "an invoke request refused (not invoked, not answered): {e}");
+                }
                 return;
             }
         };
@@ -1071,6 +1341,7 @@ pub fn error_answer(e: &FunctionError) -> Value {
     let kind = match e {
         FunctionError::NotFound(_) => "not_found",
         FunctionError::Routing(_) => "routing",
+        FunctionError::LoadFailed { .. } => "load_failed",
         _ => "unavailable",
     };
     json!({"status": "error", "error": {"kind": kind, "message": e.to_string()}})
@@ -1173,7 +1444,7 @@ impl Host for ServiceHost {
             self.logs.push(
                 self.version,
                 "warn",
-                &format!("publish to {topic} dropped: the message has been republished {} times (hop limit)", self.hops),
+                format!("publish to {topic} dropped: the message has been republished {} times (hop limit)", self.hops),
             );
             return Err(HostError::Limit);
         }
@@ -1249,26 +1520,28 @@ impl Host for ServiceHost {
         Ok(())
     }
 
-    fn log(&mut self, level: Level, message: &str) {
-        debug!(
-            function = self.name,
-            version = self.version,
-            level = level.as_str(),
-            "{message}"
-        );
+    fn log(&mut self, level: Level, message: &[u8]) {
         self.logs.push(self.version, level.as_str(), message);
     }
 
     fn denied(&mut self, call: &'static str, detail: &str) {
         self.inner.metrics.deny(&self.name, call);
-        warn!(
-            function = self.name,
-            call, detail, "host call denied: no grant"
-        );
+        // The detail (a topic, a thing name, a key) is the guest's, of any length, and a guest
+        // can be refused in a loop: the line is cut and its rate bounded.
+        let detail = super::logs::cut(detail.as_bytes(), MAX_LOGGED);
+        if let Some(suppressed) = self.logs.gateway() {
+            warn!(
+                function = self.name,
+                call,
+                %detail,
+                suppressed,
+                "host call denied: no grant"
+            );
+        }
         self.logs.push(
             self.version,
             "warn",
-            &format!("{call}({detail}) denied: no grant"),
+            format!("{call}({detail}) denied: no grant"),
         );
     }
 
