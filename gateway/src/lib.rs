@@ -16,7 +16,8 @@
 //!   messages they take before those are acknowledged.
 //! - [`store`]: the SQLite database and its single owner thread with group commit.
 //! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
-//! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber.
+//! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
+//!   memory given back to the system after bursts.
 
 pub mod auth;
 pub mod broker;
@@ -26,6 +27,7 @@ pub mod cloud;
 pub mod config;
 pub mod functions;
 pub mod logging;
+pub mod memory;
 pub mod metrics;
 pub mod ops;
 pub mod rules;

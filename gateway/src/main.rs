@@ -312,39 +312,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// How often freed memory is given back to the system.
-const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
-
-/// Starts a thread that gives the memory glibc's malloc holds free back to the system every
-/// [`TRIM_EVERY`]. After a burst (a flood of 1 MB messages through a rule, a large module
-/// compiled) glibc keeps the freed memory in its per-thread arenas for good: 450-530 MB on a
-/// 512 MB board (issue 15, item 9). Measured: `malloc_trim(0)` took such a gateway from 362 MB
-/// back to 70 MB (debug build, 36 MB idle). mimalloc (v3) was tried instead: it gives memory back
-/// only when the threads that freed it allocate again, and it added ~18 MB to the idle size.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
-fn give_back_freed_memory() {
-    let trim = || loop {
-        std::thread::sleep(TRIM_EVERY);
-        // SAFETY: malloc_trim takes no pointer and no lock of ours; glibc locks each arena while
-        // it returns the free pages at its top and inside it (madvise) to the kernel. Written by
-        // hand: one call, and no well-kept crate wrapping it was found.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::malloc_trim(0);
-        }
-    };
-    if let Err(e) = std::thread::Builder::new()
-        .name("grove-trim".into())
-        .spawn(trim)
-    {
-        eprintln!("grove: cannot start the memory trimmer (memory freed after bursts stays with the process): {e}");
-    }
-}
-
-/// No trimmer elsewhere (musl's malloc returns freed memory by itself).
-#[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-fn give_back_freed_memory() {}
-
 fn run(config_path: Option<PathBuf>) -> ExitCode {
     let config = match &config_path {
         Some(path) => Config::load(path),
@@ -358,7 +325,7 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     grove_gateway::logging::init(&config.log_filter);
-    give_back_freed_memory();
+    grove_gateway::memory::give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
