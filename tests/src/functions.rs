@@ -1,5 +1,5 @@
 //! Helpers of the functions' end-to-end tests (`tests/functions.rs`, `tests/hostile_functions.rs`):
-//! guest modules written in WAT against ABI v1 (`gateway/src/functions/ABI.md`) and a gateway
+//! guest modules written in WAT against ABI v1 (`functions/ABI.md`) and a gateway
 //! fixture driving `grove fn`.
 
 use std::path::Path;

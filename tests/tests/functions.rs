@@ -2,7 +2,7 @@
 //! endpoint, and real MQTT clients (3.1.1 and 5) for sync invocation, triggers and the DLQ.
 //!
 //! Guests are written in WAT (converted by the `wat` crate) against ABI v1
-//! (`gateway/src/functions/ABI.md`), so each test shows exactly what its function does.
+//! (`functions/ABI.md`), so each test shows exactly what its function does.
 
 use std::collections::BTreeSet;
 use std::path::Path;

@@ -1,9 +1,9 @@
 //! The function manifest: the TOML file deployed beside a `.wasm` module (pure: parse + validate).
 //!
-//! The format is ABI v1's (`gateway/src/functions/ABI.md`): name, handler, triggers, limits,
-//! a `[config]` string map and `[grants]`. Parsing is strict (`deny_unknown_fields`) so that a
-//! misspelt grant is an error at deploy, never a silently missing permission. Grove's only
-//! extension is `trigger_qualifier` (which version or alias trigger events go to).
+//! The format is ABI v1's (`functions/ABI.md`): name, handler, triggers, `trigger_qualifier`
+//! (which version or alias trigger events go to), limits, a `[config]` string map and `[grants]`.
+//! Parsing is strict (`deny_unknown_fields`) so that a misspelt grant is an error at deploy, never
+//! a silently missing permission.
 
 use std::collections::BTreeMap;
 

@@ -11,7 +11,7 @@
 //!   layer uses it too).
 //! - [`admin`]: the admin routes the ops endpoint serves to `grove fn` ([`client`]).
 //!
-//! The guest ABI is `ABI.md` beside this file.
+//! The guest ABI (exports, host calls, limits, manifest, delivery) is `functions/ABI.md`.
 
 pub mod admin;
 pub mod client;

@@ -18,8 +18,8 @@
 //!   as is an initial memory larger than the manifest's limit (no instance could ever start).
 //! - Memory: a [`ResourceLimiter`] per store refuses growth past the manifest's limit (the
 //!   pool's slot size is the gateway's cap, so no manifest can exceed it).
-//! - Host calls (module `grove`, ABI v1, see `ABI.md`): grants are checked here against the
-//!   manifest, then the effect is asked of the [`Host`], which the service implements on the
+//! - Host calls (module `grove`, ABI v1, see `functions/ABI.md`): grants are checked here against
+//!   the manifest, then the effect is asked of the [`Host`], which the service implements on the
 //!   bus and the store (and the benchmark with a no-op).
 
 use std::hash::{Hash, Hasher};
@@ -41,7 +41,8 @@ pub const TICK: Duration = Duration::from_millis(5);
 /// Largest body `output` accepts and largest payload `publish` accepts.
 pub const MAX_BODY: usize = 1 << 20;
 
-/// Most host calls with effects (publish, kv writes) one invocation may make.
+/// Most host calls with effects (publish, shadow updates, kv writes and deletes) one invocation may
+/// make.
 pub const MAX_EFFECTS: u32 = 1000;
 
 /// The deadline of the check at deploy and at startup: instantiation (the start function) and
@@ -59,7 +60,7 @@ pub const MAX_FUNCTIONS: u32 = 10_000;
 /// guest chose, as deep as its stack).
 const MAX_MESSAGE: usize = 4096;
 
-/// ABI error codes returned to the guest (`ABI.md`).
+/// ABI error codes returned to the guest (`functions/ABI.md`).
 pub mod code {
     /// No grant for this call.
     pub const DENIED: i32 = -1;
