@@ -26,6 +26,7 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+pub mod device;
 pub mod functions;
 mod mosquitto;
 mod raw;

@@ -10,17 +10,14 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant as WallClock};
 
-use grove_firmware::actuator::Actuator;
 use grove_firmware::mqtt::{decode, Connect, Filter, Packet, Publish, QoS, SubscribeFilters};
 use grove_firmware::shadow::State;
-use grove_firmware::transport::{self, StdTcp};
-use grove_firmware::{Config, Device, Event, Instant};
-use grove_tests::Mosquitto;
+use grove_firmware::{Config, Event};
+use grove_tests::device::Shell;
+use grove_tests::{Mosquitto, WAIT};
 
 const THING: &str = "e2e-1";
-const DEADLINE: Duration = Duration::from_secs(20);
 
 /// A connection to the broker, as the device and the stand-in service use it.
 fn connect(broker: &Mosquitto) -> TcpStream {
@@ -41,7 +38,7 @@ impl Service {
             stream: connect(broker),
             buf: Vec::new(),
         };
-        service.stream.set_read_timeout(Some(DEADLINE)).unwrap();
+        service.stream.set_read_timeout(Some(WAIT)).unwrap();
         let connect = Connect {
             client_id: "shadow-service",
             keep_alive: 60,
@@ -107,45 +104,6 @@ impl Service {
     }
 }
 
-/// The relay as the simulator would model it: a flag.
-struct Flag(bool);
-
-impl Actuator for Flag {
-    type Error = std::convert::Infallible;
-
-    fn set(&mut self, on: bool) -> Result<(), Self::Error> {
-        self.0 = on;
-        Ok(())
-    }
-}
-
-/// Runs the device's shell until `done` accepts an event; returns every event seen.
-fn run_until(
-    device: &mut Device<Flag>,
-    io: &mut StdTcp,
-    clock: WallClock,
-    done: impl Fn(&Event) -> bool,
-) -> Vec<Event> {
-    let mut scratch = [0u8; 256];
-    let mut events = Vec::new();
-    while clock.elapsed() < DEADLINE {
-        let now = Instant::from_millis(clock.elapsed().as_millis() as u64);
-        transport::poll(device, io, now, &mut scratch).expect("transport stays up");
-        while let Some(event) = device.poll_event() {
-            if event == Event::OpenTransport {
-                device.transport_opened(now);
-            }
-            let finished = done(&event);
-            events.push(event);
-            if finished {
-                return events;
-            }
-        }
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    panic!("timed out; events so far: {events:?}");
-}
-
 fn topic(suffix: &str) -> String {
     format!("$aws/things/{THING}/shadow/{suffix}")
 }
@@ -156,11 +114,8 @@ fn shadow_round_trip_through_mosquitto() {
     let status = format!("$grove/things/{THING}/status");
     let mut service = Service::connect(&broker, &[&topic("update"), &topic("get"), &status]);
 
-    let clock = WallClock::now();
-    let config = Config::new(THING).unwrap();
-    let mut device = Device::new(config, Flag(true), Instant::from_millis(0));
-    let mut io = StdTcp(connect(&broker));
-    run_until(&mut device, &mut io, clock, |e| *e == Event::Connected);
+    let mut shell = Shell::new(Config::new(THING).unwrap(), true, broker.port);
+    shell.run_until(|e| *e == Event::Connected);
 
     assert_eq!(service.next_message(), (status.clone(), "online".into()));
     let boot_report = r#"{"state":{"reported":{"relay":false,"interval_s":10}}}"#;
@@ -181,9 +136,7 @@ fn shadow_round_trip_through_mosquitto() {
         payload: delta.as_bytes(),
     };
     service.send(Packet::Publish(publish));
-    let events = run_until(&mut device, &mut io, clock, |e| {
-        matches!(e, Event::Applied(_))
-    });
+    let events = shell.run_until(|e| matches!(e, Event::Applied(_)));
     assert_eq!(
         events.last(),
         Some(&Event::Applied(State {
@@ -191,11 +144,11 @@ fn shadow_round_trip_through_mosquitto() {
             interval_s: 10
         }))
     );
-    assert!(device.actuator().0, "relay switched on");
+    assert!(shell.device.actuator().0, "relay switched on");
     let report = r#"{"state":{"reported":{"relay":true,"interval_s":10}}}"#;
     assert_eq!(service.next_message(), (topic("update"), report.into()));
 
     // The device vanishes without DISCONNECT: the broker publishes its will.
-    drop(io);
+    shell.vanish();
     assert_eq!(service.next_message(), (status, "offline".into()));
 }
