@@ -83,16 +83,58 @@ enum Command {
     /// subscribed), round after round, against mosquitto in the same run: does the broker keep
     /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
     Topics(TopicsArgs),
-    /// A storm of wrong-password CONNECTs on a password listener (issue 15, hardening item 1),
-    /// against mosquitto with a password file in the same run: idle, peak and settled memory,
-    /// threads, how the attempts were refused, and a legitimate device's login latency during
-    /// the storm. `--seconds` is the pause after the storm before the last memory reading.
     /// What hostile functions and devices cost the gateway (issue 15): memory before, right after
     /// and `--seconds` after a flood of 1 MB messages through a rule, a deploy of a module near
     /// the compile limits, a function logging 210 lines of 8 MiB and one refused a host call
     /// 20,000 times; each attack's duration and the gateway's log growth.
     Hostile(GatewayArgs),
+    /// A storm of wrong-password CONNECTs on a password listener (issue 15, hardening item 1),
+    /// against mosquitto with a password file in the same run: idle, peak and settled memory,
+    /// threads, how the attempts were refused, and a legitimate device's login latency during
+    /// the storm. `--seconds` is the pause after the storm before the last memory reading. With
+    /// `--max-connections 50 --attackers 60` it is issue 15 item 5 (do looping wrong-password
+    /// clients keep a valid device out of the connection slots?).
     AuthStorm(AuthStormArgs),
+    /// Many connections each sending the first ~1 MiB of a CONNECT announced as 1.1 MiB, held
+    /// open (issue 15, hardening item 6), against mosquitto in the same run: idle, peak and
+    /// settled memory, how the broker answered, a legitimate login meanwhile. `--seconds` is the
+    /// pause after the connections are closed before the last memory reading.
+    HalfConnect(HalfConnectArgs),
+}
+
+#[derive(Debug, Args)]
+struct HalfConnectArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The mosquitto binary (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// The mosquitto_passwd binary that writes mosquitto's password file.
+    #[arg(long, value_name = "PATH", default_value = "mosquitto_passwd")]
+    mosquitto_passwd: PathBuf,
+    /// Measure grove alone.
+    #[arg(long)]
+    no_mosquitto: bool,
+    /// Connections opened at once.
+    #[arg(long, value_name = "N", default_value_t = 300,
+          value_parser = clap::value_parser!(u32).range(1..=5000))]
+    connections: u32,
+    /// Loopback source addresses they spread over (127.0.0.2 and up).
+    #[arg(long, value_name = "N", default_value_t = 10,
+          value_parser = clap::value_parser!(u8).range(1..=250))]
+    sources: u8,
+    /// The CONNECT's remaining length as its fixed header announces it (default 1.1 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 1_153_434,
+          value_parser = clap::value_parser!(u64).range(16..=200_000_000))]
+    announced: u64,
+    /// Bytes of it each connection sends, as far as the broker reads them (default 1 MiB).
+    #[arg(long, value_name = "BYTES", default_value_t = 1_048_576,
+          value_parser = clap::value_parser!(u64).range(1..=200_000_000))]
+    send: u64,
+    /// Seconds the connections are held open (grove's connect_timeout is 5 s).
+    #[arg(long, value_name = "S", default_value_t = 10,
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    hold: u64,
 }
 
 #[derive(Debug, Args)]
@@ -128,6 +170,11 @@ struct AuthStormArgs {
     #[arg(long, value_name = "MS", default_value_t = 100,
           value_parser = clap::value_parser!(u64).range(1..=60_000))]
     login_interval_ms: u64,
+    /// max_connections on both brokers (grove: authenticated sessions; mosquitto: the
+    /// listener's connections); default: grove 10,000, mosquitto unlimited.
+    #[arg(long, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    max_connections: Option<u32>,
 }
 
 #[derive(Debug, Args)]
@@ -420,6 +467,11 @@ enum GatewayBench {
         mosquitto: Option<(PathBuf, PathBuf)>,
         settings: auth::Settings,
     },
+    HalfConnect {
+        /// mosquitto and mosquitto_passwd, unless --no-mosquitto.
+        mosquitto: Option<(PathBuf, PathBuf)>,
+        settings: auth::HalfSettings,
+    },
 }
 
 async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Result<ExitCode> {
@@ -490,6 +542,19 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
                 serde_json::json!({ "settings": settings, "results": r }),
             )
         }
+        GatewayBench::HalfConnect {
+            mosquitto,
+            mut settings,
+        } => {
+            settings.settle = std::time::Duration::from_secs(args.seconds);
+            let mosquitto = mosquitto.as_ref().map(|(m, p)| (m.as_path(), p.as_path()));
+            let r = auth::run_half(&args.grove, mosquitto, &settings, &extra).await?;
+            (
+                "half-connect",
+                auth::half_markdown(&r, &settings),
+                serde_json::json!({ "settings": settings, "results": r }),
+            )
+        }
     };
     let cpu = procfs::CpuInfo::current()
         .ok()
@@ -545,6 +610,21 @@ async fn main() -> ExitCode {
                     sources: args.sources,
                     devices: args.devices,
                     login_interval: Duration::from_millis(args.login_interval_ms),
+                    settle: Duration::ZERO,
+                    max_connections: args.max_connections,
+                },
+            };
+            gateway_bench(args.gateway, which).await
+        }
+        Command::HalfConnect(args) => {
+            let which = GatewayBench::HalfConnect {
+                mosquitto: (!args.no_mosquitto).then_some((args.mosquitto, args.mosquitto_passwd)),
+                settings: auth::HalfSettings {
+                    connections: args.connections,
+                    sources: args.sources,
+                    announced: usize::try_from(args.announced).unwrap_or(usize::MAX),
+                    send: usize::try_from(args.send).unwrap_or(usize::MAX),
+                    hold: Duration::from_secs(args.hold),
                     settle: Duration::ZERO,
                 },
             };
