@@ -102,10 +102,9 @@ enum Command {
     HalfConnect(HalfConnectArgs),
 }
 
+/// The peer of the password benchmarks: mosquitto with a password file.
 #[derive(Debug, Args)]
-struct HalfConnectArgs {
-    #[command(flatten)]
-    gateway: GatewayArgs,
+struct PasswordPeerArgs {
     /// The mosquitto binary (a bare name is looked up on PATH).
     #[arg(long, value_name = "PATH", default_value = "mosquitto")]
     mosquitto: PathBuf,
@@ -115,6 +114,21 @@ struct HalfConnectArgs {
     /// Measure grove alone.
     #[arg(long)]
     no_mosquitto: bool,
+}
+
+impl PasswordPeerArgs {
+    /// mosquitto and mosquitto_passwd, unless grove is measured alone.
+    fn peer(self) -> Option<(PathBuf, PathBuf)> {
+        (!self.no_mosquitto).then_some((self.mosquitto, self.mosquitto_passwd))
+    }
+}
+
+#[derive(Debug, Args)]
+struct HalfConnectArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    #[command(flatten)]
+    peer: PasswordPeerArgs,
     /// Connections opened at once.
     #[arg(long, value_name = "N", default_value_t = 300,
           value_parser = clap::value_parser!(u32).range(1..=5000))]
@@ -141,15 +155,8 @@ struct HalfConnectArgs {
 struct AuthStormArgs {
     #[command(flatten)]
     gateway: GatewayArgs,
-    /// The mosquitto binary (a bare name is looked up on PATH).
-    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
-    mosquitto: PathBuf,
-    /// The mosquitto_passwd binary that writes mosquitto's password file.
-    #[arg(long, value_name = "PATH", default_value = "mosquitto_passwd")]
-    mosquitto_passwd: PathBuf,
-    /// Measure grove alone.
-    #[arg(long)]
-    no_mosquitto: bool,
+    #[command(flatten)]
+    peer: PasswordPeerArgs,
     /// Wrong-password CONNECTs in all.
     #[arg(long, value_name = "N", default_value_t = 1_000,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -603,7 +610,7 @@ async fn main() -> ExitCode {
         }
         Command::AuthStorm(args) => {
             let which = GatewayBench::AuthStorm {
-                mosquitto: (!args.no_mosquitto).then_some((args.mosquitto, args.mosquitto_passwd)),
+                mosquitto: args.peer.peer(),
                 settings: auth::Settings {
                     attempts: args.attempts,
                     attackers: args.attackers,
@@ -618,7 +625,7 @@ async fn main() -> ExitCode {
         }
         Command::HalfConnect(args) => {
             let which = GatewayBench::HalfConnect {
-                mosquitto: (!args.no_mosquitto).then_some((args.mosquitto, args.mosquitto_passwd)),
+                mosquitto: args.peer.peer(),
                 settings: auth::HalfSettings {
                     connections: args.connections,
                     sources: args.sources,
