@@ -11,15 +11,20 @@
 //! Password checks cost argon2's deliberate ~10-50 ms and 19 MiB each, and anyone who can reach a
 //! password listener can ask for one, so what they may cost is bounded three ways:
 //!
-//! - **A pool of its own.** [`PARALLEL_CHECKS`] worker threads run them, fed by a queue of at most
-//!   [`QUEUED_CHECKS`]; a check beyond that is refused at once ([`PasswordCheck::Busy`], which the
-//!   broker answers with CONNACK "server unavailable" and counts). The place in the queue is held
-//!   by the job itself and given back only when its argon2 run has ended, so a waiter dropped by
-//!   the connect timeout cannot free a place while its run goes on (the blocking pool this
-//!   replaced ran one 19 MiB argon2 per abandoned waiter: 150 wrong-password CONNECTs took
-//!   1.8 GB). A job whose waiter is already gone when a worker takes it is skipped. So argon2
-//!   never holds more than `PARALLEL_CHECKS` x 19 MiB, on threads whose allocator arenas are
-//!   reused rather than multiplied.
+//! - **A pool of its own, fed fairly.** [`PARALLEL_CHECKS`] worker threads run them, fed by a
+//!   queue of at most [`QUEUED_CHECKS`] served round-robin over the peers' addresses
+//!   ([`super::fair_queue`]): a device's login waits for at most one check of every other address
+//!   with checks queued, however many each of them queued. When the queue is full, the address
+//!   holding the most places gives up its newest for a newcomer; a check that finds no place is
+//!   refused at once ([`PasswordCheck::Busy`], which the broker answers with CONNACK "server
+//!   unavailable" and counts). A flood from a few addresses therefore answers mostly "server
+//!   unavailable" to itself, while another address's first login still gets a place and is
+//!   checked within a round. argon2 runs only on the workers, so it never holds more than
+//!   `PARALLEL_CHECKS` x 19 MiB, on threads whose allocator arenas are reused rather than
+//!   multiplied; a queued check holds only its password. A check whose waiter is gone (the
+//!   connect timeout dropped it) is skipped, and dropped first when room is needed: an abandoned
+//!   waiter never costs an argon2 run (the blocking pool this replaced ran one 19 MiB argon2 per
+//!   abandoned waiter: 150 wrong-password CONNECTs took 1.8 GB).
 //! - **A short memory of verified logins.** A password that verified is remembered for
 //!   [`VERIFIED_FOR`] as an HMAC under a key drawn at startup (never the password, and useless
 //!   outside the process), with the device's hash at the time; a reconnect with the same password
@@ -30,12 +35,15 @@
 //!   queue.
 //!
 //! Cancelling argon2 midway is not possible (it is one blocking call), which is why the bound is
-//! on the work, not on the waiters.
+//! on the work, not on the waiters. Fairness is per address, so an attacker with many addresses
+//! gets as many turns: a site facing such a network should also set
+//! `broker.max_pending_per_address` and keep password listeners off it (certificates cost no
+//! queue).
 
 use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
 use argon2::password_hash::rand_core::OsRng;
@@ -45,14 +53,17 @@ use ring::hmac;
 use serde::{Deserialize, Serialize};
 use tokio::sync::oneshot;
 
+use super::fair_queue::{FairQueue, Pushed};
+
 /// The devices file inside the data directory.
 pub const DEVICES_FILE: &str = "devices.toml";
 
 /// Password checks running at once, each on a worker thread of its own.
 pub const PARALLEL_CHECKS: usize = 2;
 
-/// Password checks that may wait for a worker; more are refused at once. At ~50 ms a check on a
-/// small board, the last in the queue waits under a second.
+/// Password checks that may wait for a worker; beyond it the address holding the most places
+/// gives one up, or the check is refused. Each holds only its password (at most
+/// `broker.max_connect_size`).
 pub const QUEUED_CHECKS: usize = 32;
 
 /// How long a verified password is remembered.
@@ -274,8 +285,14 @@ impl Identities {
         self.current().get(id).cloned()
     }
 
-    /// Checks a password login (the CONNECT rules have made sure the username is the client id).
-    pub async fn check_password(&self, client_id: &str, password: &str) -> PasswordCheck {
+    /// Checks a password login from `peer` (the CONNECT rules have made sure the username is the
+    /// client id); the check queues behind other peers' fairly (see the module's doc).
+    pub async fn check_password(
+        &self,
+        client_id: &str,
+        password: &str,
+        peer: IpAddr,
+    ) -> PasswordCheck {
         let device = self.device(client_id).filter(|d| d.password_hash.is_some());
         let hash = device.as_ref().and_then(|d| d.password_hash.clone());
         if let (Some(device), Some(hash)) = (&device, &hash) {
@@ -290,11 +307,12 @@ impl Identities {
         let (answer, verdict) = oneshot::channel();
         // An unknown id (or a device without a password) is checked against a stand-in hash, so
         // that the answer takes as long as for a known device and does not tell which ids exist.
-        if !self.verifier.submit(hash.clone(), password, answer) {
+        if !self.verifier.submit(peer, hash.clone(), password, answer) {
             return PasswordCheck::Busy;
         }
         match (verdict.await, device, hash) {
-            (Ok(true), Some(device), Some(hash)) => {
+            (Ok(Verdict::Busy), ..) => PasswordCheck::Busy,
+            (Ok(Verdict::Matches), Some(device), Some(hash)) => {
                 self.verified
                     .lock()
                     .unwrap_or_else(|p| p.into_inner())
@@ -320,35 +338,42 @@ struct Job {
     /// The device's hash; `None` for the stand-in.
     hash: Option<String>,
     password: String,
-    answer: oneshot::Sender<bool>,
-    /// The job's place in the bounded queue, given back when the job is dropped: after its
-    /// argon2 run, on the worker thread.
-    _place: Place,
+    answer: oneshot::Sender<Verdict>,
 }
 
-/// One of `PARALLEL_CHECKS + QUEUED_CHECKS` places; dropping it gives it back.
-struct Place(Arc<AtomicUsize>);
-
-impl Drop for Place {
-    fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
-    }
+/// A worker's answer to a check.
+#[derive(Debug, PartialEq, Eq)]
+enum Verdict {
+    Matches,
+    Differs,
+    /// Its place in the queue went to another address's check (see [`FairQueue::push`]).
+    Busy,
 }
 
-/// The password workers and their bounded queue.
+/// The queue the workers take checks from.
+struct Queue {
+    checks: FairQueue<IpAddr, Job>,
+    /// Set when the [`Verifier`] is dropped: the workers end.
+    closed: bool,
+}
+
+/// The password workers and their fair, bounded queue.
 ///
-/// Written by hand on a std channel rather than with `spawn_blocking`: tokio's blocking pool grows
+/// Written by hand on std threads rather than with `spawn_blocking`: tokio's blocking pool grows
 /// to 512 threads and would run every queued argon2 at once.
 struct Verifier {
-    jobs: mpsc::Sender<Job>,
-    /// Jobs queued or running.
-    outstanding: Arc<AtomicUsize>,
+    queue: Arc<(Mutex<Queue>, Condvar)>,
 }
 
 impl Verifier {
     fn start() -> Verifier {
-        let (jobs, queue) = mpsc::channel::<Job>();
-        let queue = Arc::new(Mutex::new(queue));
+        let queue = Arc::new((
+            Mutex::new(Queue {
+                checks: FairQueue::new(QUEUED_CHECKS),
+                closed: false,
+            }),
+            Condvar::new(),
+        ));
         for n in 0..PARALLEL_CHECKS {
             let queue = queue.clone();
             let spawned = std::thread::Builder::new()
@@ -359,50 +384,79 @@ impl Verifier {
                 tracing::error!(error = %e, "cannot start a password-check worker");
             }
         }
-        Verifier {
-            jobs,
-            outstanding: Arc::new(AtomicUsize::new(0)),
-        }
+        Verifier { queue }
     }
 
-    /// Queues a check of `password` against `hash` (`None`: the stand-in), unless the queue is
-    /// full; the verdict goes to `answer`.
-    fn submit(&self, hash: Option<String>, password: &str, answer: oneshot::Sender<bool>) -> bool {
-        let taken = self
-            .outstanding
-            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < PARALLEL_CHECKS + QUEUED_CHECKS).then_some(n + 1)
-            })
-            .is_ok();
-        taken
-            && self
-                .jobs
-                .send(Job {
-                    hash,
-                    password: password.to_owned(),
-                    answer,
-                    _place: Place(self.outstanding.clone()),
-                })
-                .is_ok()
+    /// Queues a check from `peer` of `password` against `hash` (`None`: the stand-in), unless
+    /// there is no place for it; the verdict goes to `answer`.
+    fn submit(
+        &self,
+        peer: IpAddr,
+        hash: Option<String>,
+        password: &str,
+        answer: oneshot::Sender<Verdict>,
+    ) -> bool {
+        let job = Job {
+            hash,
+            password: password.to_owned(),
+            answer,
+        };
+        let (queue, ready) = &*self.queue;
+        let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+        if queue.checks.len() >= QUEUED_CHECKS {
+            // Checks whose waiters have given up make room first.
+            queue.checks.retain(|job| !job.answer.is_closed());
+        }
+        let queued = match queue.checks.push(peer, job) {
+            Pushed::Queued => true,
+            Pushed::Displaced(other) => {
+                let _ = other.answer.send(Verdict::Busy);
+                true
+            }
+            Pushed::Refused(_) => false,
+        };
+        ready.notify_one();
+        queued
     }
 }
 
-/// A worker: runs queued checks until the queue's sender is gone.
-fn work(queue: &Mutex<mpsc::Receiver<Job>>) {
+impl Drop for Verifier {
+    fn drop(&mut self) {
+        let (queue, ready) = &*self.queue;
+        queue.lock().unwrap_or_else(|p| p.into_inner()).closed = true;
+        ready.notify_all();
+    }
+}
+
+/// A worker: runs queued checks until the verifier is dropped.
+fn work(queue: &(Mutex<Queue>, Condvar)) {
     // argon2's memory, allocated at the first check and kept: see `verify`.
     let mut memory = Vec::new();
+    let (queue, ready) = queue;
     loop {
-        let job = match queue.lock().unwrap_or_else(|p| p.into_inner()).recv() {
-            Ok(job) => job,
-            Err(_) => return,
+        let job = {
+            let mut queue = queue.lock().unwrap_or_else(|p| p.into_inner());
+            loop {
+                if queue.closed {
+                    return;
+                }
+                match queue.checks.pop() {
+                    Some(job) => break job,
+                    None => queue = ready.wait(queue).unwrap_or_else(|p| p.into_inner()),
+                }
+            }
         };
         if job.answer.is_closed() {
             // Its connection has already given up (connect timeout): nobody waits for the answer.
             continue;
         }
         let hash = job.hash.as_deref().unwrap_or_else(|| stand_in_hash());
-        let ok = verify(hash, job.password.as_bytes(), &mut memory).unwrap_or(false);
-        let _ = job.answer.send(ok);
+        let matches = verify(hash, job.password.as_bytes(), &mut memory).unwrap_or(false);
+        let _ = job.answer.send(if matches {
+            Verdict::Matches
+        } else {
+            Verdict::Differs
+        });
     }
 }
 
@@ -526,6 +580,8 @@ fn stamp(path: &Path) -> Option<Stamp> {
 mod tests {
     use super::*;
 
+    const LOCAL: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
+
     #[tokio::test]
     async fn passwords_are_hashed_checked_and_revoked_by_removal() {
         let dir = tempfile::tempdir().unwrap();
@@ -561,20 +617,20 @@ mod tests {
             _ => None,
         };
         assert_eq!(
-            accepted(ids.check_password("d1", "s3cret").await),
+            accepted(ids.check_password("d1", "s3cret", LOCAL).await),
             Some(("kitchen".into(), false))
         );
         assert_eq!(
-            accepted(ids.check_password("d1", "s3cret").await),
+            accepted(ids.check_password("d1", "s3cret", LOCAL).await),
             Some(("kitchen".into(), true)),
             "a reconnect is remembered"
         );
         assert_eq!(
-            ids.check_password("d1", "wrong").await,
+            ids.check_password("d1", "wrong", LOCAL).await,
             PasswordCheck::Refused
         );
         assert_eq!(
-            ids.check_password("d2", "s3cret").await,
+            ids.check_password("d2", "s3cret", LOCAL).await,
             PasswordCheck::Refused
         );
 
@@ -582,7 +638,7 @@ mod tests {
         // and the remembered login does not outlive it.
         save(&path, &BTreeMap::new()).unwrap();
         assert_eq!(
-            ids.check_password("d1", "s3cret").await,
+            ids.check_password("d1", "s3cret", LOCAL).await,
             PasswordCheck::Refused
         );
     }

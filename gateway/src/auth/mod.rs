@@ -7,6 +7,7 @@
 //! delivered (`broker/connection.rs`). A policy that cannot be enforced is a startup error.
 
 pub mod ca;
+pub mod fair_queue;
 pub mod identity;
 pub mod policy;
 pub mod tls;

@@ -15,6 +15,7 @@
 //! MQTT 5 will delay, if any) and is removed from the router.
 
 use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -121,7 +122,7 @@ static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 /// pre-authentication budget, given back once the handshake is over either way.
 pub(super) async fn serve<S>(
     mut stream: S,
-    peer: String,
+    peer: SocketAddr,
     peer_cert: Option<Vec<u8>>,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
@@ -136,7 +137,7 @@ pub(super) async fn serve<S>(
         &mut buf,
         &shared,
         &listener,
-        &peer,
+        peer,
         peer_cert.as_deref(),
     );
     let outcome = tokio::time::timeout(timeout, handshake).await;
@@ -170,7 +171,7 @@ pub(super) async fn serve<S>(
         published: false,
     };
     let end = relay.run().await;
-    relay.finish(end, &peer).await;
+    relay.finish(end, peer).await;
 }
 
 /// A proved device's connection, listed in `Shared::live_devices` until it has ended (its last
@@ -202,10 +203,10 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     shared: &'a Shared,
     listener: &Listener,
-    peer: &str,
+    peer: SocketAddr,
     peer_cert: Option<&[u8]>,
 ) -> Result<(Session, ConnectionSlot<'a>), ()> {
-    let refusal = match negotiate(stream, buf, shared, listener, peer_cert).await {
+    let refusal = match negotiate(stream, buf, shared, listener, peer, peer_cert).await {
         Ok(accepted) => return Ok(accepted),
         Err(refusal) => refusal,
     };
@@ -237,6 +238,7 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
     buf: &mut BytesMut,
     shared: &'a Shared,
     listener: &Listener,
+    peer: SocketAddr,
     peer_cert: Option<&[u8]>,
 ) -> Result<(Session, ConnectionSlot<'a>), Refusal> {
     let hello = loop {
@@ -274,6 +276,7 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
         &client_id,
         version,
         login.as_ref(),
+        peer,
         peer_cert,
     )
     .await?;
@@ -379,6 +382,7 @@ async fn authenticate(
     client_id: &str,
     version: Version,
     login: Option<&Login>,
+    peer: SocketAddr,
     peer_cert: Option<&[u8]>,
 ) -> Result<(Option<Resolved>, Option<Device>), Refusal> {
     let bad_login = |detail: String| {
@@ -400,7 +404,10 @@ async fn authenticate(
         AuthMode::Password => {
             // `read_connect` refuses a password listener's CONNECT without a login.
             let password = login.map_or("", |l| l.password.as_str());
-            let checked = shared.identities.check_password(client_id, password).await;
+            let checked = shared
+                .identities
+                .check_password(client_id, password, peer.ip())
+                .await;
             let outcome = match &checked {
                 PasswordCheck::Accepted {
                     remembered: true, ..
@@ -1093,7 +1100,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
 
     /// Says goodbye as the reason requires, publishes the will when due, and removes the
     /// connection from the router.
-    async fn finish(mut self, end: End, peer: &str) {
+    async fn finish(mut self, end: End, peer: SocketAddr) {
         let client_id = self.session.client_id.clone();
         let fire_will = match &end {
             End::Disconnected { with_will } => *with_will,

@@ -520,7 +520,6 @@ pub(super) async fn accept_loop(
                     };
                     // Small packets must not wait for Nagle's algorithm: latency is the point.
                     let _ = stream.set_nodelay(true);
-                    let peer = peer.to_string();
                     let (listener, shared) = (listener.clone(), shared.clone());
                     match &tls {
                         None => {
