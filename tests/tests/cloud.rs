@@ -1,18 +1,19 @@
 //! End-to-end tests of cloud sync: the real `grove` binary, with a real, separate mosquitto as the
-//! cloud broker for store-and-forward, and a second real `grove` as the cloud for shadow sync.
+//! cloud broker, for store-and-forward and for shadow sync.
 //!
-//! Why a second gateway as the cloud for shadows: mosquitto has no shadow service, and a fake AWS
-//! responder written in the test would only test the gateway against the test's idea of AWS.
-//! Grove's own shadow service implements AWS's MQTT shadow API (versions, 409 on a stale version,
-//! `documents`, `delta`, 404 on a missing shadow), which is exactly the contract sync relies on.
-//! The uplink between the edge gateway and that cloud goes through a small TCP proxy in the test,
-//! so "offline" is a cut network while both gateways (and the device) stay up.
+//! For shadows the cloud side is mosquitto plus [`AwsShadows`], a Device Shadow service written in
+//! the harness from AWS's documentation (versions, 409 on a stale version, `documents`, `delta`,
+//! 404 on a missing shadow, metadata), not Grove's own shadow code: a misreading of AWS's semantics
+//! shared by both sides could not pass (issue 16). The uplink between the edge gateway and that
+//! cloud goes through a small TCP proxy in the test, so "offline" is a cut network while the
+//! gateway, the cloud (and the device) stay up.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use grove_tests::{
-    eventually, free_port, grove, mosquitto_pub, options, Client, Gateway, Mosquitto, WAIT,
+    eventually, free_port, grove, mosquitto_pub, options, AwsShadows, Client, Gateway, Mosquitto,
+    WAIT,
 };
 use rumqttc::QoS;
 use serde_json::{json, Value};
@@ -554,6 +555,7 @@ impl Proxy {
     }
 }
 
+/// `grove shadow update` on the edge gateway (as a local application would).
 fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
     let addr = g.mqtt_addr().to_string();
     let (code, out) = grove(
@@ -571,8 +573,8 @@ fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
     assert_eq!(code, 0, "{out}");
 }
 
-/// Waits until the shadow's `state` (without delta) is `want`.
-fn wait_state(g: &Gateway, thing: &str, want: &Value) {
+/// Waits until the edge gateway's shadow's `state` (without delta) is `want`.
+fn wait_edge_state(g: &Gateway, thing: &str, want: &Value) {
     g.wait_shadow(thing, |doc| {
         let mut state = doc["state"].clone();
         if let Some(s) = state.as_object_mut() {
@@ -584,8 +586,10 @@ fn wait_state(g: &Gateway, thing: &str, want: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule() {
-    let cloud = Gateway::start("");
-    let mut proxy = Proxy::start(cloud.mqtt_port).await;
+    // The cloud: mosquitto and the Device Shadow service written from AWS's documentation.
+    let m = Mosquitto::start();
+    let cloud = AwsShadows::start(m.port).await;
+    let mut proxy = Proxy::start(m.port).await;
     let mut edge = Gateway::start(&cloud_toml(
         proxy.port,
         "[cloud.shadows]\nthings = [\"lamp\"]",
@@ -607,16 +611,21 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
         )
         .await;
     let agreed = json!({"reported": {"color": "off", "temp": 20}});
-    wait_state(&cloud, "lamp", &agreed);
+    cloud.wait_state("lamp", &agreed);
 
-    // Offline: the uplink is cut. Both sides change, some fields on both.
+    // Offline: the uplink is cut. Both sides change, some fields on both; the cloud's change is
+    // an application's UpdateThingShadow call.
     proxy.cut().await;
     edge.wait_metric("grove_cloud_link_up", |v| v == 0.0);
-    update_shadow(
-        &cloud,
-        "lamp",
-        json!({"state": {"desired": {"color": "red", "mode": "boost"}, "reported": {"temp": 99}}}),
-    );
+    let accepted = cloud
+        .update(
+            "lamp",
+            None,
+            json!({"state": {"desired": {"color": "red", "mode": "boost"}, "reported": {"temp": 99}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    let offline_version = accepted["version"].as_u64().expect("version");
     device
         .publish(
             "$aws/things/lamp/shadow/update",
@@ -649,10 +658,20 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     );
     // temp was reported on both sides: the edge (the device) wins in reported.
     let want = json!({"desired": {"color": "red", "mode": "boost"}, "reported": {"color": "off", "temp": 25}});
-    wait_state(&cloud, "lamp", &want);
-    wait_state(&edge, "lamp", &want);
+    cloud.wait_state("lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
     assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}") >= 1.0);
     assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_cloud\"}") >= 1.0);
+    // Every update the gateway sent was one AWS accepts: none was rejected (a stale version would
+    // be a 409, a malformed document a 400), and the cloud moved on from the offline change.
+    let counts = cloud.counts();
+    assert_eq!(counts.update_rejected, 0, "{}", cloud.report());
+    assert!(counts.update_accepted >= 2, "{}", cloud.report());
+    assert!(
+        cloud.version("lamp", None) > Some(offline_version),
+        "{}",
+        cloud.report()
+    );
 
     // The sync state is durable: after a restart nothing is sent again, and a later cloud change
     // (a deletion) still comes down.
@@ -662,6 +681,7 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     let (status, _) = edge.stop_with("TERM");
     assert!(status.success(), "{status}");
     let rounds = edge.log_count(&["shadow in sync", "lamp"]);
+    let before_restart = cloud.counts();
     edge.restart_stopped();
     edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     edge.wait_log(&["shadow in sync", "lamp"], rounds + 1);
@@ -673,13 +693,26 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
         edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}"),
         0.0
     );
-    update_shadow(
-        &cloud,
-        "lamp",
-        json!({"state": {"desired": {"mode": null}}}),
+    let after_restart = cloud.counts();
+    assert_eq!(
+        after_restart.update_accepted + after_restart.update_rejected,
+        before_restart.update_accepted + before_restart.update_rejected,
+        "the restarted gateway sent the cloud no update: {}",
+        cloud.report()
     );
+    assert!(
+        after_restart.get_accepted > before_restart.get_accepted,
+        "the restarted gateway read the cloud's shadow: {}",
+        cloud.report()
+    );
+    cloud
+        .update("lamp", None, json!({"state": {"desired": {"mode": null}}}))
+        .await
+        .expect("the cloud application's deletion");
     let want = json!({"desired": {"color": "red"}, "reported": {"color": "off", "temp": 25}});
-    wait_state(&edge, "lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
+    assert_eq!(cloud.state("lamp", None), Some(want));
+    assert_eq!(cloud.counts().update_rejected, 0, "{}", cloud.report());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
