@@ -29,8 +29,10 @@
 //!
 //! Deliberately not modelled: authorization (401, 403: every client may do everything), things
 //! that do not exist ("Thing not found": every thing exists), the 10 in-flight requests per
-//! connection (429: requests are answered one at a time), 500, the REST API and the named-shadow
-//! list, the 48 hours after which a deleted shadow's version restarts at 0, the MQTT message size
+//! connection (429: requests are answered one at a time), 500, the REST API (but for the calls
+//! [`AwsShadows::update`] and [`AwsShadows::delete`] stand for) and the named-shadow list, the
+//! passing of time (the 48 hours after which a deleted shadow's version restarts at 0 pass when
+//! a test calls [`AwsShadows::expire_deleted`]), the MQTT message size
 //! and request rate quotas, and reconnecting (the responder stops at its connection's first
 //! error; [`AwsShadows::counts`] and its panics say so). AWS promises no order among the messages
 //! of one update ("Using Shadows", Message Order); the responder publishes the answer, then
@@ -85,10 +87,13 @@ impl Counts {
 struct Shared {
     slots: HashMap<ShadowId, Slot>,
     counts: Counts,
-    /// Every rejection sent over MQTT: topic and error document, for failure messages.
-    rejections: Vec<String>,
+    /// Every rejection sent over MQTT: topic and error document.
+    rejections: Vec<(String, Value)>,
     /// Why the responder stopped, if it did.
     stopped: Option<String>,
+    /// A cloud application's update to apply just before the next update request for a shadow
+    /// ([`AwsShadows::interpose`]).
+    interposed: Option<(ShadowId, Value)>,
 }
 
 /// The Device Shadow service stand-in (module doc); stops when dropped.
@@ -172,44 +177,62 @@ impl AwsShadows {
         request: Value,
     ) -> Result<Value, Value> {
         let id = ShadowId::new(thing, name);
-        let replies = {
+        let (answer, notices) = {
             let mut shared = self.lock();
             let slot = shared.slots.entry(id.clone()).or_default();
-            handle(
-                slot,
-                &id,
-                Operation::Update,
-                request.to_string().as_bytes(),
-                now(),
-            )
+            api_update(slot, &id, &request)
         };
-        let mut answer = Err(Value::Null);
-        for r in replies {
-            match r.suffix {
-                "update/accepted" => answer = Ok(r.payload),
-                "update/rejected" => answer = Err(r.payload),
-                _ => self
-                    .client
-                    .publish(
-                        topic(&id, &r),
-                        QoS::AtLeastOnce,
-                        false,
-                        r.payload.to_string(),
-                    )
-                    .await
-                    .expect("publish"),
-            }
+        for (topic, payload) in notices {
+            self.client
+                .publish(topic, QoS::AtLeastOnce, false, payload)
+                .await
+                .expect("publish");
         }
         answer
+    }
+
+    /// Deletes a shadow as a cloud application does through the DeleteThingShadow API
+    /// ("Interacting with shadows", Deleting a shadow, "by using the REST API"): the API's
+    /// response is returned, nothing is published. `Err` holds the error document (404).
+    pub fn delete(&self, thing: &str, name: Option<&str>) -> Result<Value, Value> {
+        let id = ShadowId::new(thing, name);
+        let mut shared = self.lock();
+        let slot = shared.slots.entry(id.clone()).or_default();
+        let mut replies = handle(slot, &id, Operation::Delete, b"", now());
+        let answer = replies.remove(0);
+        match answer.suffix {
+            "delete/accepted" => Ok(answer.payload),
+            _ => Err(answer.payload),
+        }
+    }
+
+    /// Lets the 48 hours pass after which a deleted shadow's name starts again at version 0
+    /// ([`service::Slot::expire`]).
+    pub fn expire_deleted(&self, thing: &str, name: Option<&str>) {
+        let id = ShadowId::new(thing, name);
+        self.lock().slots.entry(id).or_default().expire();
+    }
+
+    /// Makes a cloud application's update (`request`, as in [`AwsShadows::update`]) land just
+    /// before the next update request that arrives over MQTT for the shadow, that is between the
+    /// requester's read and its write: a request carrying the version it read then meets 409
+    /// "Version conflict" ("Interacting with shadows", Optimistic locking).
+    pub fn interpose(&self, thing: &str, name: Option<&str>, request: Value) {
+        self.lock().interposed = Some((ShadowId::new(thing, name), request));
     }
 
     /// Waits until the classic shadow of `thing` has the state `want` (as [`AwsShadows::state`]
     /// gives it), and returns it.
     pub fn wait_state(&self, thing: &str, want: &Value) -> Value {
-        eventually(WAIT, || match self.state(thing, None) {
+        self.wait_shadow_state(thing, None, want)
+    }
+
+    /// Like [`AwsShadows::wait_state`], for a named or classic shadow.
+    pub fn wait_shadow_state(&self, thing: &str, name: Option<&str>, want: &Value) -> Value {
+        eventually(WAIT, || match self.state(thing, name) {
             Some(s) if &s == want => Ok(s),
             other => Err(format!(
-                "the cloud's {thing} shadow is {other:?}, not {want}; {}",
+                "the cloud's {thing} {name:?} shadow is {other:?}, not {want}; {}",
                 self.report()
             )),
         })
@@ -218,6 +241,11 @@ impl AwsShadows {
     /// The requests answered over MQTT so far.
     pub fn counts(&self) -> Counts {
         self.lock().counts
+    }
+
+    /// Every rejection sent over MQTT so far: the topic and the error document.
+    pub fn rejections(&self) -> Vec<(String, Value)> {
+        self.lock().rejections.clone()
     }
 
     /// The counts, the rejections sent, and why the responder stopped if it did: for failure
@@ -235,6 +263,33 @@ impl Drop for AwsShadows {
     fn drop(&mut self) {
         self.task.abort();
     }
+}
+
+/// An update through the API rather than MQTT: the answer (the API's response, `Err` for the
+/// error document) and the notifications to publish (`update/delta`, `update/documents`), as
+/// (topic, payload).
+fn api_update(
+    slot: &mut Slot,
+    id: &ShadowId,
+    request: &Value,
+) -> (Result<Value, Value>, Vec<(String, String)>) {
+    let replies = handle(
+        slot,
+        id,
+        Operation::Update,
+        request.to_string().as_bytes(),
+        now(),
+    );
+    let mut answer = Err(Value::Null);
+    let mut notices = Vec::new();
+    for r in replies {
+        match r.suffix {
+            "update/accepted" => answer = Ok(r.payload),
+            "update/rejected" => answer = Err(r.payload),
+            _ => notices.push((topic(id, &r), r.payload.to_string())),
+        }
+    }
+    (answer, notices)
 }
 
 fn topic(id: &ShadowId, reply: &Reply) -> String {
@@ -283,20 +338,33 @@ async fn serve(
         let mut guard = shared.lock().expect("the responder's state");
         let state = &mut *guard;
         let slot = state.slots.entry(id.clone()).or_default();
-        let replies = handle(slot, &id, op, &publish.payload, now());
-        for r in replies {
+        let mut out = Vec::new();
+        let interposed = match op {
+            Operation::Update => state.interposed.take_if(|(i, _)| *i == id),
+            _ => None,
+        };
+        if let Some((_, request)) = interposed {
+            let (answer, notices) = api_update(slot, &id, &request);
+            if let Err(e) = answer {
+                state.stopped = Some(format!("the interposed update was rejected: {e}"));
+                return;
+            }
+            out.extend(notices);
+        }
+        for r in handle(slot, &id, op, &publish.payload, now()) {
             let topic = topic(&id, &r);
             if r.answers() {
                 state.counts.count(r.suffix);
                 if r.suffix.ends_with("/rejected") {
-                    state.rejections.push(format!("{topic}: {}", r.payload));
+                    state.rejections.push((topic.clone(), r.payload.clone()));
                 }
             }
-            // The client's request queue is drained by this same task's next poll, so it is never
-            // awaited here; a full queue (1000 messages) would be the test's flood, and is said.
-            if let Err(e) =
-                client.try_publish(topic, QoS::AtLeastOnce, false, r.payload.to_string())
-            {
+            out.push((topic, r.payload.to_string()));
+        }
+        // The client's request queue is drained by this same task's next poll, so it is never
+        // awaited here; a full queue (1000 messages) would be the test's flood, and is said.
+        for (topic, payload) in out {
+            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
                 state.stopped = Some(format!("cannot publish an answer: {e}"));
                 return;
             }

@@ -715,6 +715,158 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     assert_eq!(cloud.counts().update_rejected, 0, "{}", cloud.report());
 }
 
+/// The cloud (mosquitto and the AWS shadow service), an edge gateway with shadow sync for the
+/// thing `lamp` whose link to it is up, and the device `lamp` connected to the edge.
+async fn lamp_site() -> (Mosquitto, AwsShadows, Gateway, Client) {
+    let m = Mosquitto::start();
+    let cloud = AwsShadows::start(m.port).await;
+    let edge = Gateway::start(&cloud_toml(m.port, "[cloud.shadows]\nthings = [\"lamp\"]"));
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let device = Client::connect("lamp", edge.mqtt_port).await;
+    (m, cloud, edge, device)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_change_between_the_gateways_read_and_write_meets_409_and_is_merged_not_lost() {
+    let (_m, cloud, edge, mut device) = lamp_site().await;
+    device
+        .subscribe("$aws/things/lamp/shadow/update/delta", QoS::AtLeastOnce)
+        .await;
+    let report = |temp: u32| json!({"state": {"reported": {"temp": temp}}}).to_string();
+    let topic = "$aws/things/lamp/shadow/update";
+    device
+        .publish(topic, QoS::AtLeastOnce, false, report(20))
+        .await;
+    cloud.wait_state("lamp", &json!({"reported": {"temp": 20}}));
+
+    // A cloud application's desired change lands between the gateway's next read of the cloud
+    // shadow and its write, which carries the version it read: AWS refuses that write with 409.
+    cloud.interpose(
+        "lamp",
+        None,
+        json!({"state": {"desired": {"color": "blue"}}}),
+    );
+    device
+        .publish(topic, QoS::AtLeastOnce, false, report(21))
+        .await;
+    // Neither change is lost: the gateway read again, merged, and wrote both ways.
+    let want = json!({"desired": {"color": "blue"}, "reported": {"temp": 21}});
+    cloud.wait_state("lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
+    let delta = device
+        .recv(WAIT)
+        .await
+        .expect("the cloud's change as a delta");
+    let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+    assert_eq!(delta["state"], json!({"color": "blue"}), "{delta}");
+    let refused: Vec<_> = cloud
+        .rejections()
+        .into_iter()
+        .filter(|(topic, _)| topic.ends_with("/update/rejected"))
+        .map(|(_, doc)| doc["code"].clone())
+        .collect();
+    assert_eq!(refused, [json!(409)], "{}", cloud.report());
+    edge.wait_metric("grove_cloud_sync_conflicts_total", |v| v == 1.0);
+    assert_eq!(edge.metric("grove_cloud_sync_failures_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_shadow_syncs_both_ways_on_its_own_topics_and_leaves_the_classic_shadow_alone() {
+    let (_m, cloud, edge, mut device) = lamp_site().await;
+    let named = "$aws/things/lamp/shadow/name/cfg";
+    device
+        .subscribe(&format!("{named}/update/delta"), QoS::AtLeastOnce)
+        .await;
+    device
+        .publish(
+            &format!("{named}/update"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"interval": 5}}}).to_string(),
+        )
+        .await;
+    cloud.wait_shadow_state("lamp", Some("cfg"), &json!({"reported": {"interval": 5}}));
+
+    cloud
+        .update(
+            "lamp",
+            Some("cfg"),
+            json!({"state": {"desired": {"interval": 60}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    let delta = device
+        .recv(WAIT)
+        .await
+        .expect("the cloud's change as a delta");
+    assert_eq!(delta.topic, format!("{named}/update/delta"));
+    let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+    assert_eq!(delta["state"], json!({"interval": 60}), "{delta}");
+    assert_eq!(
+        cloud.state("lamp", None),
+        None,
+        "the classic shadow was never created: {}",
+        cloud.report()
+    );
+    assert_eq!(cloud.counts().update_rejected, 0, "{}", cloud.report());
+    assert!(
+        edge.shadow("lamp").is_none(),
+        "no classic shadow at the edge either"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug: sync ignores a cloud update/documents whose version is not above the one it recorded, but AWS restarts a shadow's versions 48 h after its deletion, so the change waits for the next reconnect (issue 16)"]
+async fn a_cloud_shadow_created_again_48_hours_after_its_deletion_still_reaches_the_edge() {
+    let (_m, cloud, edge, device) = lamp_site().await;
+    device
+        .publish(
+            "$aws/things/lamp/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"temp": 20}}}).to_string(),
+        )
+        .await;
+    cloud.wait_state("lamp", &json!({"reported": {"temp": 20}}));
+    let desired_color = |doc: &Value| doc["state"]["desired"]["color"].clone();
+    for color in ["red", "green"] {
+        cloud
+            .update(
+                "lamp",
+                None,
+                json!({"state": {"desired": {"color": color}}}),
+            )
+            .await
+            .expect("the cloud application's update");
+        edge.wait_shadow("lamp", |doc| desired_color(doc) == color);
+    }
+    // The cloud application deletes the shadow and, more than 48 hours later, creates it anew:
+    // AWS starts such a shadow's versions again ("Interacting with shadows", DELETE), so its
+    // `update/documents` says version 1, lower than any the gateway has seen for the name.
+    cloud
+        .delete("lamp", None)
+        .expect("the cloud application's deletion");
+    cloud.expire_deleted("lamp", None);
+    let created = cloud
+        .update(
+            "lamp",
+            None,
+            json!({"state": {"desired": {"color": "blue"}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    assert_eq!(created["version"], 1);
+    let seen = eventually(WAIT, || match edge.shadow("lamp") {
+        Some(doc) if desired_color(&doc) == "blue" => Ok(doc),
+        other => Err(format!(
+            "the edge's shadow is {other:?}; {}\n{}",
+            cloud.report(),
+            edge.log()
+        )),
+    });
+    assert_eq!(desired_color(&seen), "blue");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
     let mut m = Mosquitto::start();

@@ -97,13 +97,25 @@ pub struct Shadow {
 /// What the service keeps for one shadow name: the shadow, if it exists, and the last version it
 /// gave, which a deletion keeps ("Device Shadow MQTT topics", /delete: "deleting a shadow does not
 /// reset its version number to 0"; "Interacting with shadows": a shadow created again "will
-/// follow" the deleted one's version; the 48-hour expiry of that is not modelled).
+/// follow" the deleted one's version; after 48 hours it starts again: [`Slot::expire`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Slot {
     /// The shadow; `None` before its first update and after a deletion.
     pub shadow: Option<Shadow>,
     /// The last version given to this shadow name.
     pub version: u64,
+}
+
+impl Slot {
+    /// 48 hours pass ("Interacting with shadows", DELETE): "If a device shadow document has been
+    /// deleted for more than 48 hours, the version number of a new device shadow document with the
+    /// same name will be 0", so the next update creates it at version 1 as for a shadow that never
+    /// existed. Nothing changes while the shadow exists.
+    pub fn expire(&mut self) {
+        if self.shadow.is_none() {
+            self.version = 0;
+        }
+    }
 }
 
 /// A message the service publishes: its topic after the shadow's prefix (`update/accepted`, ...)
@@ -930,12 +942,20 @@ mod tests {
             ("delete/rejected", Some(404))
         );
         assert_eq!(again[0].payload["clientToken"], "d");
+        let mut later = slot.clone();
         let created = request(
             &mut slot,
             Operation::Update,
             json!({"state": {"reported": {"b": 2}}}),
         );
         assert_eq!(created[0].payload["version"], 5);
+        // More than 48 hours after the deletion, the version starts again.
+        later.expire();
+        let anew = request(&mut later, Operation::Update, json!({"state": {}}));
+        assert_eq!(anew[0].payload["version"], 1);
+        let mut existing = slot.clone();
+        existing.expire();
+        assert_eq!(existing, slot, "an existing shadow does not expire");
         assert_eq!(created[1].payload.get("previous"), None);
         assert_eq!(state_of(&slot), json!({"reported": {"b": 2}}));
     }
