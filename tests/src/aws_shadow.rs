@@ -30,13 +30,13 @@
 //! Deliberately not modelled: authorization (401, 403: every client may do everything), things
 //! that do not exist ("Thing not found": every thing exists), the 10 in-flight requests per
 //! connection (429: requests are answered one at a time), 500, the REST API (but for the calls
-//! [`AwsShadows::update`] and [`AwsShadows::delete`] stand for) and the named-shadow list, the
-//! passing of time (the 48 hours after which a deleted shadow's version restarts at 0 pass when
-//! a test calls [`AwsShadows::expire_deleted`]), the MQTT message size
-//! and request rate quotas, and reconnecting (the responder stops at its connection's first
-//! error; [`AwsShadows::counts`] and its panics say so). AWS promises no order among the messages
-//! of one update ("Using Shadows", Message Order); the responder publishes the answer, then
-//! `update/delta`, then `update/documents`.
+//! that [`AwsShadows::update`] and [`AwsShadows::delete`] stand for) and the named-shadow list,
+//! the passing of time (the 48 hours after which a deleted shadow's version restarts at 0 pass
+//! when a test calls [`AwsShadows::expire_deleted`]), the MQTT message size and request rate
+//! quotas, and reconnecting (the responder stops at its connection's first error, and
+//! [`AwsShadows::report`] says why). AWS promises no order among the messages of one update
+//! ("Using Shadows", Message Order); the responder publishes the answer, then `update/delta`,
+//! then `update/documents`.
 
 pub mod service;
 

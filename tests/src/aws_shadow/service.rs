@@ -13,9 +13,11 @@ use serde_json::{json, Map, Value};
 pub const MAX_STATE_BYTES: usize = 8 * 1024;
 
 /// "AWS IoT Core endpoints and quotas", Device Shadow: "Maximum depth of JSON device state
-/// documents": 8 levels in `desired` and in `reported` (the section's own keys are level 1).
-/// The error text ("Device Shadow error messages", 400) still says "maximum is 6"; the quota is
-/// the larger number, and a stricter responder would reject what AWS accepts.
+/// documents": 8 levels in `desired` and in `reported` (the section's own keys are level 1; the
+/// older edition of that table said 5, with `"one"` to `"five"` as its example). The error text
+/// ("Device Shadow error messages", 400) still says "maximum is 6". The quota is taken, being
+/// the larger number: a stricter responder would reject what AWS accepts. (The 8 is the figure
+/// that page is cited with; its table itself was not at hand when this was written.)
 pub const MAX_DEPTH: usize = 8;
 
 /// "Device Shadow service documents", Client tokens in shadow documents: at most 64 bytes.
