@@ -9,7 +9,8 @@
 //! One harness for every test file: one way to start a gateway ([`Gateway`]) or a mosquitto
 //! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
 //! way to register devices and reach them over TLS or passwords ([`Devices`], [`Site`]), one way to
-//! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]). Tests wait on facts, never on time:
+//! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]), one cloud
+//! shadow service written from AWS's documentation ([`AwsShadows`]). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -26,12 +27,14 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+pub mod aws_shadow;
 pub mod device;
 pub mod functions;
 mod mosquitto;
 mod raw;
 mod site;
 
+pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::RawClient;
 pub use site::{Devices, Site};

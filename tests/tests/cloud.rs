@@ -1,18 +1,19 @@
 //! End-to-end tests of cloud sync: the real `grove` binary, with a real, separate mosquitto as the
-//! cloud broker for store-and-forward, and a second real `grove` as the cloud for shadow sync.
+//! cloud broker, for store-and-forward and for shadow sync.
 //!
-//! Why a second gateway as the cloud for shadows: mosquitto has no shadow service, and a fake AWS
-//! responder written in the test would only test the gateway against the test's idea of AWS.
-//! Grove's own shadow service implements AWS's MQTT shadow API (versions, 409 on a stale version,
-//! `documents`, `delta`, 404 on a missing shadow), which is exactly the contract sync relies on.
-//! The uplink between the edge gateway and that cloud goes through a small TCP proxy in the test,
-//! so "offline" is a cut network while both gateways (and the device) stay up.
+//! For shadows the cloud side is mosquitto plus [`AwsShadows`], a Device Shadow service written in
+//! the harness from AWS's documentation (versions, 409 on a stale version, `documents`, `delta`,
+//! 404 on a missing shadow, metadata), not Grove's own shadow code: a misreading of AWS's semantics
+//! shared by both sides could not pass (issue 16). The uplink between the edge gateway and that
+//! cloud goes through a small TCP proxy in the test, so "offline" is a cut network while the
+//! gateway, the cloud (and the device) stay up.
 
 use std::path::Path;
 use std::time::{Duration, Instant};
 
 use grove_tests::{
-    eventually, free_port, grove, mosquitto_pub, options, Client, Gateway, Mosquitto, WAIT,
+    eventually, free_port, grove, mosquitto_pub, options, AwsShadows, Client, Gateway, Mosquitto,
+    WAIT,
 };
 use rumqttc::QoS;
 use serde_json::{json, Value};
@@ -554,6 +555,7 @@ impl Proxy {
     }
 }
 
+/// `grove shadow update` on the edge gateway (as a local application would).
 fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
     let addr = g.mqtt_addr().to_string();
     let (code, out) = grove(
@@ -571,8 +573,8 @@ fn update_shadow(g: &Gateway, thing: &str, doc: Value) {
     assert_eq!(code, 0, "{out}");
 }
 
-/// Waits until the shadow's `state` (without delta) is `want`.
-fn wait_state(g: &Gateway, thing: &str, want: &Value) {
+/// Waits until the edge gateway's shadow's `state` (without delta) is `want`.
+fn wait_edge_state(g: &Gateway, thing: &str, want: &Value) {
     g.wait_shadow(thing, |doc| {
         let mut state = doc["state"].clone();
         if let Some(s) = state.as_object_mut() {
@@ -584,8 +586,10 @@ fn wait_state(g: &Gateway, thing: &str, want: &Value) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule() {
-    let cloud = Gateway::start("");
-    let mut proxy = Proxy::start(cloud.mqtt_port).await;
+    // The cloud: mosquitto and the Device Shadow service written from AWS's documentation.
+    let m = Mosquitto::start();
+    let cloud = AwsShadows::start(m.port).await;
+    let mut proxy = Proxy::start(m.port).await;
     let mut edge = Gateway::start(&cloud_toml(
         proxy.port,
         "[cloud.shadows]\nthings = [\"lamp\"]",
@@ -607,16 +611,21 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
         )
         .await;
     let agreed = json!({"reported": {"color": "off", "temp": 20}});
-    wait_state(&cloud, "lamp", &agreed);
+    cloud.wait_state("lamp", &agreed);
 
-    // Offline: the uplink is cut. Both sides change, some fields on both.
+    // Offline: the uplink is cut. Both sides change, some fields on both; the cloud's change is
+    // an application's UpdateThingShadow call.
     proxy.cut().await;
     edge.wait_metric("grove_cloud_link_up", |v| v == 0.0);
-    update_shadow(
-        &cloud,
-        "lamp",
-        json!({"state": {"desired": {"color": "red", "mode": "boost"}, "reported": {"temp": 99}}}),
-    );
+    let accepted = cloud
+        .update(
+            "lamp",
+            None,
+            json!({"state": {"desired": {"color": "red", "mode": "boost"}, "reported": {"temp": 99}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    let offline_version = accepted["version"].as_u64().expect("version");
     device
         .publish(
             "$aws/things/lamp/shadow/update",
@@ -649,10 +658,20 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     );
     // temp was reported on both sides: the edge (the device) wins in reported.
     let want = json!({"desired": {"color": "red", "mode": "boost"}, "reported": {"color": "off", "temp": 25}});
-    wait_state(&cloud, "lamp", &want);
-    wait_state(&edge, "lamp", &want);
+    cloud.wait_state("lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
     assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}") >= 1.0);
     assert!(edge.metric("grove_cloud_sync_updates_total{direction=\"to_cloud\"}") >= 1.0);
+    // Every update the gateway sent was one AWS accepts: none was rejected (a stale version would
+    // be a 409, a malformed document a 400), and the cloud moved on from the offline change.
+    let counts = cloud.counts();
+    assert_eq!(counts.update_rejected, 0, "{}", cloud.report());
+    assert!(counts.update_accepted >= 2, "{}", cloud.report());
+    assert!(
+        cloud.version("lamp", None) > Some(offline_version),
+        "{}",
+        cloud.report()
+    );
 
     // The sync state is durable: after a restart nothing is sent again, and a later cloud change
     // (a deletion) still comes down.
@@ -662,6 +681,7 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
     let (status, _) = edge.stop_with("TERM");
     assert!(status.success(), "{status}");
     let rounds = edge.log_count(&["shadow in sync", "lamp"]);
+    let before_restart = cloud.counts();
     edge.restart_stopped();
     edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     edge.wait_log(&["shadow in sync", "lamp"], rounds + 1);
@@ -673,13 +693,178 @@ async fn shadow_changes_made_offline_on_either_side_converge_by_the_merge_rule()
         edge.metric("grove_cloud_sync_updates_total{direction=\"to_edge\"}"),
         0.0
     );
-    update_shadow(
-        &cloud,
-        "lamp",
-        json!({"state": {"desired": {"mode": null}}}),
+    let after_restart = cloud.counts();
+    assert_eq!(
+        after_restart.update_accepted + after_restart.update_rejected,
+        before_restart.update_accepted + before_restart.update_rejected,
+        "the restarted gateway sent the cloud no update: {}",
+        cloud.report()
     );
+    assert!(
+        after_restart.get_accepted > before_restart.get_accepted,
+        "the restarted gateway read the cloud's shadow: {}",
+        cloud.report()
+    );
+    cloud
+        .update("lamp", None, json!({"state": {"desired": {"mode": null}}}))
+        .await
+        .expect("the cloud application's deletion");
     let want = json!({"desired": {"color": "red"}, "reported": {"color": "off", "temp": 25}});
-    wait_state(&edge, "lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
+    assert_eq!(cloud.state("lamp", None), Some(want));
+    assert_eq!(cloud.counts().update_rejected, 0, "{}", cloud.report());
+}
+
+/// The cloud (mosquitto and the AWS shadow service), an edge gateway with shadow sync for the
+/// thing `lamp` whose link to it is up, and the device `lamp` connected to the edge.
+async fn lamp_site() -> (Mosquitto, AwsShadows, Gateway, Client) {
+    let m = Mosquitto::start();
+    let cloud = AwsShadows::start(m.port).await;
+    let edge = Gateway::start(&cloud_toml(m.port, "[cloud.shadows]\nthings = [\"lamp\"]"));
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let device = Client::connect("lamp", edge.mqtt_port).await;
+    (m, cloud, edge, device)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cloud_change_between_the_gateways_read_and_write_meets_409_and_is_merged_not_lost() {
+    let (_m, cloud, edge, mut device) = lamp_site().await;
+    device
+        .subscribe("$aws/things/lamp/shadow/update/delta", QoS::AtLeastOnce)
+        .await;
+    let report = |temp: u32| json!({"state": {"reported": {"temp": temp}}}).to_string();
+    let topic = "$aws/things/lamp/shadow/update";
+    device
+        .publish(topic, QoS::AtLeastOnce, false, report(20))
+        .await;
+    cloud.wait_state("lamp", &json!({"reported": {"temp": 20}}));
+
+    // A cloud application's desired change lands between the gateway's next read of the cloud
+    // shadow and its write, which carries the version it read: AWS refuses that write with 409.
+    cloud.interpose(
+        "lamp",
+        None,
+        json!({"state": {"desired": {"color": "blue"}}}),
+    );
+    device
+        .publish(topic, QoS::AtLeastOnce, false, report(21))
+        .await;
+    // Neither change is lost: the gateway read again, merged, and wrote both ways.
+    let want = json!({"desired": {"color": "blue"}, "reported": {"temp": 21}});
+    cloud.wait_state("lamp", &want);
+    wait_edge_state(&edge, "lamp", &want);
+    let delta = device
+        .recv(WAIT)
+        .await
+        .expect("the cloud's change as a delta");
+    let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+    assert_eq!(delta["state"], json!({"color": "blue"}), "{delta}");
+    let refused: Vec<_> = cloud
+        .rejections()
+        .into_iter()
+        .filter(|(topic, _)| topic.ends_with("/update/rejected"))
+        .map(|(_, doc)| doc["code"].clone())
+        .collect();
+    assert_eq!(refused, [json!(409)], "{}", cloud.report());
+    edge.wait_metric("grove_cloud_sync_conflicts_total", |v| v == 1.0);
+    assert_eq!(edge.metric("grove_cloud_sync_failures_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_named_shadow_syncs_both_ways_on_its_own_topics_and_leaves_the_classic_shadow_alone() {
+    let (_m, cloud, edge, mut device) = lamp_site().await;
+    let named = "$aws/things/lamp/shadow/name/cfg";
+    device
+        .subscribe(&format!("{named}/update/delta"), QoS::AtLeastOnce)
+        .await;
+    device
+        .publish(
+            &format!("{named}/update"),
+            QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"interval": 5}}}).to_string(),
+        )
+        .await;
+    cloud.wait_shadow_state("lamp", Some("cfg"), &json!({"reported": {"interval": 5}}));
+
+    cloud
+        .update(
+            "lamp",
+            Some("cfg"),
+            json!({"state": {"desired": {"interval": 60}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    let delta = device
+        .recv(WAIT)
+        .await
+        .expect("the cloud's change as a delta");
+    assert_eq!(delta.topic, format!("{named}/update/delta"));
+    let delta: Value = serde_json::from_slice(&delta.payload).unwrap();
+    assert_eq!(delta["state"], json!({"interval": 60}), "{delta}");
+    assert_eq!(
+        cloud.state("lamp", None),
+        None,
+        "the classic shadow was never created: {}",
+        cloud.report()
+    );
+    assert_eq!(cloud.counts().update_rejected, 0, "{}", cloud.report());
+    assert!(
+        edge.shadow("lamp").is_none(),
+        "no classic shadow at the edge either"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "gateway bug: sync ignores a cloud update/documents whose version is not above the one it recorded, but AWS restarts a shadow's versions 48 h after its deletion, so the change waits for the next reconnect (issue 16)"]
+async fn a_cloud_shadow_created_again_48_hours_after_its_deletion_still_reaches_the_edge() {
+    let (_m, cloud, edge, device) = lamp_site().await;
+    device
+        .publish(
+            "$aws/things/lamp/shadow/update",
+            QoS::AtLeastOnce,
+            false,
+            json!({"state": {"reported": {"temp": 20}}}).to_string(),
+        )
+        .await;
+    cloud.wait_state("lamp", &json!({"reported": {"temp": 20}}));
+    let desired_color = |doc: &Value| doc["state"]["desired"]["color"].clone();
+    for color in ["red", "green"] {
+        cloud
+            .update(
+                "lamp",
+                None,
+                json!({"state": {"desired": {"color": color}}}),
+            )
+            .await
+            .expect("the cloud application's update");
+        edge.wait_shadow("lamp", |doc| desired_color(doc) == color);
+    }
+    // The cloud application deletes the shadow and, more than 48 hours later, creates it anew:
+    // AWS starts such a shadow's versions again ("Interacting with shadows", DELETE), so its
+    // `update/documents` says version 1, lower than any the gateway has seen for the name.
+    cloud
+        .delete("lamp", None)
+        .expect("the cloud application's deletion");
+    cloud.expire_deleted("lamp", None);
+    let created = cloud
+        .update(
+            "lamp",
+            None,
+            json!({"state": {"desired": {"color": "blue"}}}),
+        )
+        .await
+        .expect("the cloud application's update");
+    assert_eq!(created["version"], 1);
+    let seen = eventually(WAIT, || match edge.shadow("lamp") {
+        Some(doc) if desired_color(&doc) == "blue" => Ok(doc),
+        other => Err(format!(
+            "the edge's shadow is {other:?}; {}\n{}",
+            cloud.report(),
+            edge.log()
+        )),
+    });
+    assert_eq!(desired_color(&seen), "blue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
