@@ -816,7 +816,6 @@ async fn a_named_shadow_syncs_both_ways_on_its_own_topics_and_leaves_the_classic
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "gateway bug: sync ignores a cloud update/documents whose version is not above the one it recorded, but AWS restarts a shadow's versions 48 h after its deletion, so the change waits for the next reconnect (issue 16)"]
 async fn a_cloud_shadow_created_again_48_hours_after_its_deletion_still_reaches_the_edge() {
     let (_m, cloud, edge, device) = lamp_site().await;
     device

@@ -5,7 +5,8 @@
 //! ([`super::merge`]), sends each side only the fields it lacks as an update carrying the version
 //! it was read at, and records the merged state with both sides' new versions (the sync state, in
 //! the store). A round runs when a side reports a change (`update/documents` with a version newer
-//! than the recorded one), for every known shadow when the link comes up (so sync resumes after
+//! than the recorded one; on the cloud side any version but the recorded one, see
+//! `ShadowSync::on_cloud`), for every known shadow when the link comes up (so sync resumes after
 //! any outage, however long, from the recorded base), and again later for a round that failed.
 //!
 //! A version conflict (409: the other side changed between read and write) is settled by a fresh
@@ -278,12 +279,17 @@ impl ShadowSync {
         }
     }
 
+    /// A cloud `update/documents` at another version than agreed marks the shadow for a round:
+    /// a newer one is a change; an older one is either a late message (the round then finds
+    /// nothing to do) or a shadow AWS re-created at version 1, which it does 48 hours after a
+    /// deletion ("Device Shadow service documents", versioning), and whose change must come down.
+    /// Only the echo of the gateway's own write (the agreed version) is skipped.
     fn on_cloud(&mut self, topic: &str, payload: &[u8]) {
         if let Some((key, version)) = self.changed(topic, payload) {
             if self
                 .states
                 .get(&key)
-                .is_none_or(|s| version > s.cloud_version)
+                .is_none_or(|s| version != s.cloud_version)
             {
                 self.dirty.insert(key);
             }
