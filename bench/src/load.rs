@@ -21,16 +21,17 @@ use crate::payload::{self, Stamp};
 use crate::stats::{DeliveryTally, DeliveryTracker, LatencyRecorder, LatencySummary};
 
 /// How long clients may take to connect and subscribe before the phase fails.
-const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
+pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// After the publishers are done, the phase ends once no delivery arrived for this long.
-const QUIET_PERIOD: Duration = Duration::from_secs(2);
+pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
 
 /// Longest wait for deliveries after the publishers are done, however steadily they trickle in.
-const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(30);
 
-/// Requests a client may queue before `publish` waits; keeps the client-side queue short.
-const REQUEST_CAPACITY: usize = 100;
+/// Requests a client may queue before `publish` waits; keeps the client-side queue short. (rumqttc's
+/// in-flight window for QoS 1 is 100 too; the libmosquitto client uses this as its window.)
+pub const REQUEST_CAPACITY: usize = 100;
 
 /// How publishers pace themselves.
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -195,7 +196,7 @@ pub async fn run_phase(
     // Receivers exist until the publishers end, so the send cannot fail while they wait for it.
     let _ = start_tx.send(Some(start));
 
-    let mut sent = Vec::new();
+    let mut sent: Vec<u64> = Vec::new();
     let mut acked = 0;
     let mut publish_end = start;
     for handle in publishers {
@@ -232,27 +233,62 @@ pub async fn run_phase(
     }
     let _ = stop_tx.send(true);
 
+    let mut reports = Vec::new();
+    for handle in subscribers {
+        reports.push(handle.await??);
+    }
+    Ok(outcome(
+        &PublisherTotals {
+            sent,
+            acked,
+            publishing: publish_end.saturating_duration_since(start),
+        },
+        &reports,
+        start.saturating_duration_since(origin),
+        drain_timed_out,
+    ))
+}
+
+/// What the publishers of a phase did, whichever client implementation they were.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PublisherTotals {
+    /// Messages each publisher handed to the broker, by publisher index.
+    pub sent: Vec<u64>,
+    /// QoS 1: PUBACKs received, all publishers.
+    pub acked: u64,
+    /// From the start signal to the last publish call of the last publisher.
+    pub publishing: Duration,
+}
+
+/// The outcome of a phase from what its publishers and subscribers report: the one accounting of
+/// both client implementations (rumqttc here, libmosquitto in [`crate::libmosq`]). Subscriber
+/// times are measured from the clock origin; `start` is the start signal on that clock.
+pub fn outcome(
+    publishers: &PublisherTotals,
+    subscribers: &[SubscriberReport],
+    start: Duration,
+    drain_timed_out: bool,
+) -> PhaseOutcome {
     let mut latency = LatencyRecorder::new();
     let mut tally = DeliveryTally::default();
     let mut foreign = 0;
     let mut received = 0;
     let mut last_delivery = start;
-    for handle in subscribers {
-        let report = handle.await??;
+    for report in subscribers {
         latency.merge(&report.latency);
-        tally += report.tracker.tally(&sent);
+        tally += report.tracker.tally(&publishers.sent);
         foreign += report.foreign;
         received += report.received;
         if let Some(at) = report.last_delivery {
             last_delivery = last_delivery.max(at);
         }
     }
-    let elapsed = last_delivery.saturating_duration_since(start);
-    let publish_elapsed = publish_end.saturating_duration_since(start);
-    Ok(PhaseOutcome {
+    let elapsed = last_delivery.saturating_sub(start);
+    let total_sent = publishers.sent.iter().sum();
+    PhaseOutcome {
         sent: total_sent,
-        acked,
-        publish_rate: rate(total_sent, publish_elapsed),
+        acked: publishers.acked,
+        publish_rate: rate(total_sent, publishers.publishing),
         delivered: received,
         throughput: rate(received, elapsed),
         elapsed_s: elapsed.as_secs_f64(),
@@ -260,7 +296,7 @@ pub async fn run_phase(
         tally,
         foreign,
         drain_timed_out,
-    })
+    }
 }
 
 /// Connects `count` clients, waits until all of them have their CONNACK (so all are connected at once),
@@ -385,13 +421,42 @@ struct Subscriber {
     delivered: Arc<AtomicU64>,
 }
 
-/// What a subscriber saw.
-struct SubscriberReport {
+/// What a subscriber saw, whichever client implementation it was.
+#[derive(Debug, Clone)]
+pub struct SubscriberReport {
+    /// Latency of every benchmark delivery.
     latency: LatencyRecorder,
+    /// Sequence numbers seen per publisher.
     tracker: DeliveryTracker,
-    received: u64,
-    foreign: u64,
-    last_delivery: Option<Instant>,
+    /// Messages received, foreign ones included.
+    pub received: u64,
+    /// Messages that were not benchmark payloads of this phase.
+    pub foreign: u64,
+    /// Time of the last delivery, since the phase's clock origin.
+    pub last_delivery: Option<Duration>,
+}
+
+impl SubscriberReport {
+    /// Nothing seen yet, in a phase of `publishers` publishers.
+    pub fn new(publishers: usize) -> Self {
+        Self {
+            latency: LatencyRecorder::new(),
+            tracker: DeliveryTracker::new(publishers),
+            received: 0,
+            foreign: 0,
+            last_delivery: None,
+        }
+    }
+
+    /// Accounts the stamp of a benchmark payload received `latency` after it was sent (`received`
+    /// is counted apart, foreign payloads included). A stamp of no publisher of the phase is foreign.
+    pub fn account(&mut self, stamp: &Stamp, latency: Duration) {
+        if self.tracker.observe(stamp).is_err() {
+            self.foreign += 1;
+        } else {
+            self.latency.record(latency);
+        }
+    }
 }
 
 impl Subscriber {
@@ -410,13 +475,7 @@ impl Subscriber {
                 source,
             })?;
         let mut ready = Some(ready);
-        let mut report = SubscriberReport {
-            latency: LatencyRecorder::new(),
-            tracker: DeliveryTracker::new(self.publishers),
-            received: 0,
-            foreign: 0,
-            last_delivery: None,
-        };
+        let mut report = SubscriberReport::new(self.publishers);
         loop {
             let event = tokio::select! {
                 event = eventloop.poll() => event,
@@ -432,18 +491,13 @@ impl Subscriber {
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
                     let now = nanos_since(self.origin);
                     report.received += 1;
-                    report.last_delivery = Some(Instant::now());
+                    report.last_delivery = Some(Duration::from_nanos(now));
                     self.delivered.fetch_add(1, Ordering::Relaxed);
                     match payload::decode(&publish.payload) {
-                        Ok(stamp) => {
-                            if report.tracker.observe(&stamp).is_err() {
-                                report.foreign += 1;
-                            } else {
-                                report.latency.record(Duration::from_nanos(
-                                    now.saturating_sub(stamp.sent_ns),
-                                ));
-                            }
-                        }
+                        Ok(stamp) => report.account(
+                            &stamp,
+                            Duration::from_nanos(now.saturating_sub(stamp.sent_ns)),
+                        ),
                         Err(_) => report.foreign += 1,
                     }
                 }

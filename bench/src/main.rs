@@ -21,6 +21,7 @@ mod flow;
 mod functions;
 mod gateway;
 mod hostile;
+mod libmosq;
 mod load;
 mod payload;
 mod peer;
@@ -38,7 +39,7 @@ use clap::{Args, Parser, Subcommand};
 
 use crate::load::Stop;
 use crate::peer::{PeerKind, PeerSpec};
-use crate::report::{Mode, Scenario, Settings};
+use crate::report::{Client, Mode, Scenario, Settings};
 use crate::runner::Plan;
 
 /// Messages per publisher in a `max` phase unless --messages or --duration says otherwise.
@@ -290,6 +291,12 @@ struct BrokerArgs {
     )]
     mode: Vec<Mode>,
 
+    /// The load clients' MQTT library: `rumqttc` (async tasks in this process), `libmosquitto` (a
+    /// C client in a process of its own, built from bench/c/mqtt_load.c) or `both` (each scenario
+    /// runs with one, then the other).
+    #[arg(long, value_name = "LIB", default_value = "rumqttc")]
+    client: ClientChoice,
+
     /// Messages per publisher in each `max` phase [default: 20000].
     #[arg(long, value_name = "K", conflicts_with = "duration",
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
@@ -323,6 +330,27 @@ struct BrokerArgs {
     /// Also write the results as JSON to this file.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
+}
+
+/// `--client`: which load client libraries run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum ClientChoice {
+    /// rumqttc only.
+    Rumqttc,
+    /// libmosquitto only.
+    Libmosquitto,
+    /// rumqttc, then libmosquitto, for every scenario.
+    Both,
+}
+
+impl ClientChoice {
+    fn clients(self) -> Vec<Client> {
+        match self {
+            ClientChoice::Rumqttc => vec![Client::Rumqttc],
+            ClientChoice::Libmosquitto => vec![Client::Libmosquitto],
+            ClientChoice::Both => vec![Client::Rumqttc, Client::Libmosquitto],
+        }
+    }
 }
 
 fn parse_payload(text: &str) -> Result<usize, String> {
@@ -374,13 +402,22 @@ impl BrokerArgs {
                 extra_config: self.grove_conf.clone(),
             });
         }
+        let clients = self.client.clients();
         let mut scenarios = Vec::new();
         for &mode in &self.mode {
             for &qos in &self.qos {
                 for &payload in &self.payload {
-                    let scenario = Scenario { mode, qos, payload };
-                    if !scenarios.contains(&scenario) {
-                        scenarios.push(scenario);
+                    // The libraries back to back, so a slow spell of the machine hits both alike.
+                    for &client in &clients {
+                        let scenario = Scenario {
+                            client,
+                            mode,
+                            qos,
+                            payload,
+                        };
+                        if !scenarios.contains(&scenario) {
+                            scenarios.push(scenario);
+                        }
                     }
                 }
             }
@@ -398,6 +435,7 @@ impl BrokerArgs {
                 max_stop: stop(self.messages, DEFAULT_MAX_MESSAGES),
                 rate_stop: stop(self.rate_messages, DEFAULT_RATE_MESSAGES),
                 rate_per_publisher: self.rate,
+                clients,
                 startup_runs: self.startup_runs,
                 idle_clients: self.idle_clients,
                 publish_limit_s: self.phase_timeout,

@@ -30,9 +30,32 @@ impl Mode {
     }
 }
 
-/// One combination of phase kind, QoS and payload size; every peer runs every scenario.
+/// Which MQTT client library the load clients are.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Client {
+    /// rumqttc, async, every client a task in grove-bench's own tokio runtime ([`crate::load`]).
+    Rumqttc,
+    /// libmosquitto, in a process of its own, one thread polling every socket ([`crate::libmosq`]).
+    Libmosquitto,
+}
+
+impl Client {
+    /// Name used in tables and JSON.
+    pub fn name(self) -> &'static str {
+        match self {
+            Client::Rumqttc => "rumqttc",
+            Client::Libmosquitto => "libmosquitto",
+        }
+    }
+}
+
+/// One combination of client library, phase kind, QoS and payload size; every peer runs every
+/// scenario.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct Scenario {
+    /// The load clients' library.
+    pub client: Client,
     /// Flat out or fixed rate.
     pub mode: Mode,
     /// QoS of publishes and subscriptions (0 or 1).
@@ -67,6 +90,8 @@ pub struct Settings {
     pub rate_stop: Stop,
     /// Messages per second per publisher in `rate` phases.
     pub rate_per_publisher: u32,
+    /// The load clients' libraries, in run order.
+    pub clients: Vec<Client>,
     /// Spawns per peer for the start-time median.
     pub startup_runs: u32,
     /// Clients connected then disconnected before the second RSS reading.
@@ -84,15 +109,25 @@ pub struct PhaseReport {
     pub outcome: PhaseOutcome,
     /// CPU time (user + system) the broker used during the phase, milliseconds.
     pub broker_cpu_ms: f64,
-    /// CPU time the harness (all the clients) used during the phase, milliseconds: when it nears the
-    /// elapsed time times the CPUs left over, the clients, not the broker, limit the throughput.
+    /// CPU time the harness process (grove-bench) used during the phase, milliseconds: with rumqttc
+    /// all the clients run in it, with libmosquitto it only waits and reads the results.
     pub harness_cpu_ms: f64,
+    /// CPU time the load clients used during the phase, milliseconds: with rumqttc the harness
+    /// process's (as `harness_cpu_ms`), with libmosquitto the client process's own (getrusage). When
+    /// it nears the elapsed time times the CPUs left over, the clients, not the broker, limit the
+    /// throughput.
+    pub client_cpu_ms: f64,
 }
 
 impl PhaseReport {
     /// Broker CPU time per delivered message, microseconds; None when nothing was delivered.
     pub fn cpu_us_per_delivery(&self) -> Option<f64> {
         divide(self.broker_cpu_ms * 1e3, self.outcome.delivered as f64)
+    }
+
+    /// Load clients' CPU time per delivered message, microseconds; None when nothing was delivered.
+    pub fn client_cpu_us_per_delivery(&self) -> Option<f64> {
+        divide(self.client_cpu_ms * 1e3, self.outcome.delivered as f64)
     }
 }
 
@@ -138,6 +173,9 @@ pub struct Comparison {
     pub p999: Option<f64>,
     /// Broker CPU time per delivered message ratio (below 1: grove uses less CPU).
     pub cpu_per_delivery: Option<f64>,
+    /// The load clients' CPU time per delivered message, against grove / against mosquitto (how
+    /// much harder one broker makes the same clients work).
+    pub client_cpu_per_delivery: Option<f64>,
     /// Deliveries grove lost; a throughput ratio means little when this is not 0.
     pub grove_lost: u64,
     /// Deliveries mosquitto lost.
@@ -207,7 +245,7 @@ impl Report {
             "- Load: {} publishers, {} subscribers on 127.0.0.1, each subscriber on `bench/<phase>/#` \
              (every message delivered {} times). `max` phases: publishers flat out, {}. `rate` phases: \
              {} msg/s per publisher, {}. Latency: publish call to receipt, µs. CPU: the broker's user + \
-             system time during the phase; harness CPU: the same for all the clients together.\n",
+             system time during the phase; client CPU: the same for all the load clients together.",
             s.publishers,
             s.subscribers,
             s.subscribers,
@@ -215,6 +253,21 @@ impl Report {
             s.rate_per_publisher,
             stop(s.rate_stop)
         );
+        let clients: Vec<&str> = s
+            .clients
+            .iter()
+            .map(|client| match client {
+                Client::Rumqttc => {
+                    "rumqttc (async tasks in grove-bench's tokio runtime; client CPU = the \
+                     grove-bench process)"
+                }
+                Client::Libmosquitto => {
+                    "libmosquitto (bench/c/mqtt_load.c, a process of its own, one thread polling \
+                     every socket; client CPU = its getrusage)"
+                }
+            })
+            .collect();
+        let _ = writeln!(out, "- Load clients: {}.\n", clients.join("; "));
         for line in &self.qos1_losses {
             let _ = writeln!(out, "**{line}**\n");
         }
@@ -237,6 +290,7 @@ impl Report {
         let mut table = Builder::default();
         table.push_record([
             "peer",
+            "client",
             "phase",
             "QoS",
             "payload B",
@@ -252,13 +306,15 @@ impl Report {
             "reordered",
             "CPU ms",
             "CPU µs/msg",
-            "harness CPU ms",
+            "client CPU ms",
+            "client CPU µs/msg",
         ]);
         for peer in &self.peers {
             for phase in &peer.phases {
                 let (sc, o) = (&phase.scenario, &phase.outcome);
                 table.push_record([
                     peer.peer.name().to_owned(),
+                    sc.client.name().to_owned(),
                     sc.mode.name().to_owned(),
                     sc.qos.to_string(),
                     sc.payload.to_string(),
@@ -274,7 +330,8 @@ impl Report {
                     o.tally.out_of_order.to_string(),
                     format!("{:.0}", phase.broker_cpu_ms),
                     ratio(phase.cpu_us_per_delivery()),
-                    format!("{:.0}", phase.harness_cpu_ms),
+                    format!("{:.0}", phase.client_cpu_ms),
+                    ratio(phase.client_cpu_us_per_delivery()),
                 ]);
             }
         }
@@ -285,6 +342,7 @@ impl Report {
         let mut table = Builder::default();
         table.push_record([
             "phase",
+            "client",
             "QoS",
             "payload B",
             "msgs/s",
@@ -292,11 +350,13 @@ impl Report {
             "p99",
             "p99.9",
             "CPU/msg",
+            "client CPU/msg",
             "lost: grove / mosquitto",
         ]);
         for c in &self.comparisons {
             table.push_record([
                 c.scenario.mode.name().to_owned(),
+                c.scenario.client.name().to_owned(),
                 c.scenario.qos.to_string(),
                 c.scenario.payload.to_string(),
                 ratio(c.throughput),
@@ -304,6 +364,7 @@ impl Report {
                 ratio(c.p99),
                 ratio(c.p999),
                 ratio(c.cpu_per_delivery),
+                ratio(c.client_cpu_per_delivery),
                 format!("{} / {}", c.grove_lost, c.mosquitto_lost),
             ]);
         }
@@ -380,6 +441,10 @@ fn compare(peers: &[PeerReport]) -> Vec<Comparison> {
                     .cpu_us_per_delivery()
                     .zip(m.cpu_us_per_delivery())
                     .and_then(|(g, m)| divide(g, m)),
+                client_cpu_per_delivery: g
+                    .client_cpu_us_per_delivery()
+                    .zip(m.client_cpu_us_per_delivery())
+                    .and_then(|(g, m)| divide(g, m)),
                 grove_lost: go.tally.lost,
                 mosquitto_lost: mo.tally.lost,
             })
@@ -399,12 +464,13 @@ fn qos1_losses(peers: &[PeerReport]) -> Vec<String> {
                 })
                 .map(move |p| {
                     format!(
-                        "QoS 1 LOSS: {} lost {} of {} deliveries ({} phase, {} B payload){}",
+                        "QoS 1 LOSS: {} lost {} of {} deliveries ({} phase, {} B payload, {}){}",
                         peer.peer.name(),
                         p.outcome.tally.lost,
                         p.outcome.tally.expected,
                         p.scenario.mode.name(),
                         p.scenario.payload,
+                        p.scenario.client.name(),
                         if p.outcome.drain_timed_out {
                             ", drain timed out"
                         } else {
@@ -430,6 +496,7 @@ mod tests {
             scenario,
             broker_cpu_ms: cpu_ms,
             harness_cpu_ms: 2.0 * cpu_ms,
+            client_cpu_ms: 2.0 * cpu_ms,
             outcome: PhaseOutcome {
                 sent: 1000,
                 acked: 1000,
@@ -457,7 +524,12 @@ mod tests {
     }
 
     fn scenario(mode: Mode, qos: u8, payload: usize) -> Scenario {
-        Scenario { mode, qos, payload }
+        Scenario {
+            client: Client::Rumqttc,
+            mode,
+            qos,
+            payload,
+        }
     }
 
     fn peer(kind: PeerKind, phases: Vec<PhaseReport>) -> PeerReport {
@@ -492,6 +564,7 @@ mod tests {
                 max_stop: Stop::Messages(1000),
                 rate_stop: Stop::Duration(std::time::Duration::from_secs(2)),
                 rate_per_publisher: 100,
+                clients: vec![Client::Rumqttc, Client::Libmosquitto],
                 startup_runs: 3,
                 idle_clients: 10,
                 publish_limit_s: 60,
@@ -501,14 +574,21 @@ mod tests {
     }
 
     /// One scenario run by both peers: grove's and mosquitto's figures -> expected ratio cells.
-    fn check_ratios(grove: Figures, mosquitto: Figures, expected: [&str; 6]) {
+    fn check_ratios(grove: Figures, mosquitto: Figures, expected: [&str; 7]) {
         let sc = scenario(Mode::Max, 0, 64);
         let r = report(vec![
             peer(PeerKind::Mosquitto, vec![phase(sc, mosquitto)]),
             peer(PeerKind::Grove, vec![phase(sc, grove)]),
         ]);
         let c = r.comparisons[0];
-        let mut cells = [c.throughput, c.p50, c.p99, c.p999, c.cpu_per_delivery]
+        let mut cells = [
+            c.throughput,
+            c.p50,
+            c.p99,
+            c.p999,
+            c.cpu_per_delivery,
+            c.client_cpu_per_delivery,
+        ]
             .map(ratio)
             .to_vec();
         cells.push(format!("{} / {}", c.grove_lost, c.mosquitto_lost));
@@ -524,17 +604,64 @@ mod tests {
         check_ratios(
             (200.0, 50, 100, 400, 30.0, 0),
             (100.0, 100, 100, 100, 60.0, 0),
-            ["2.00", "0.50", "1.00", "4.00", "0.50", "0 / 0"],
+            ["2.00", "0.50", "1.00", "4.00", "0.50", "0.50", "0 / 0"],
         );
         check_ratios(
             (100.0, 1, 3, 9, 10.0, 0),
             (300.0, 3, 9, 27, 30.0, 0),
-            ["0.33", "0.33", "0.33", "0.33", "0.33", "0 / 0"],
+            ["0.33", "0.33", "0.33", "0.33", "0.33", "0.33", "0 / 0"],
         );
         check_ratios(
             (0.0, 0, 0, 0, 0.0, 2000),
             (100.0, 10, 10, 10, 5.0, 3),
-            ["n/a", "n/a", "n/a", "n/a", "n/a", "2000 / 3"],
+            ["n/a", "n/a", "n/a", "n/a", "n/a", "n/a", "2000 / 3"],
+        );
+    }
+
+    #[test]
+    fn each_client_library_is_compared_on_its_own() {
+        let rumqttc = scenario(Mode::Max, 0, 64);
+        let libmosquitto = Scenario {
+            client: Client::Libmosquitto,
+            ..rumqttc
+        };
+        let mut fast_client = phase(libmosquitto, (400.0, 10, 20, 30, 10.0, 0));
+        fast_client.client_cpu_ms = 5.0;
+        let r = report(vec![
+            peer(
+                PeerKind::Mosquitto,
+                vec![
+                    phase(rumqttc, (100.0, 10, 20, 30, 10.0, 0)),
+                    phase(libmosquitto, (200.0, 10, 20, 30, 10.0, 0)),
+                ],
+            ),
+            peer(
+                PeerKind::Grove,
+                vec![phase(rumqttc, (300.0, 10, 20, 30, 10.0, 0)), fast_client],
+            ),
+        ]);
+        let rows: Vec<(Client, String, String)> = r
+            .comparisons
+            .iter()
+            .map(|c| {
+                (
+                    c.scenario.client,
+                    ratio(c.throughput),
+                    ratio(c.client_cpu_per_delivery),
+                )
+            })
+            .collect();
+        assert_eq!(
+            rows,
+            [
+                (Client::Rumqttc, "3.00".to_owned(), "1.00".to_owned()),
+                (Client::Libmosquitto, "2.00".to_owned(), "0.25".to_owned()),
+            ]
+        );
+        let markdown = r.to_markdown();
+        assert!(
+            markdown.contains("| max   | libmosquitto | 0   | 64        | 2.00   |"),
+            "{markdown}"
         );
     }
 
@@ -559,7 +686,7 @@ mod tests {
                 phase(scenario(Mode::Rate, 1, 64), (10.0, 1, 2, 3, 1.0, 0)),
             ],
         )]);
-        let line = "QoS 1 LOSS: grove lost 5 of 2000 deliveries (max phase, 1024 B payload)";
+        let line = "QoS 1 LOSS: grove lost 5 of 2000 deliveries (max phase, 1024 B payload, rumqttc)";
         assert_eq!(r.qos1_losses, [line]);
         assert!(r.to_markdown().contains(&format!("**{line}**")));
     }
@@ -581,11 +708,12 @@ mod tests {
         let expected = [
             "- Machine: 2 CPUs (nproc), Test CPU; load average 0.50 at start, 1.25 at end",
             "- Command: `grove-bench broker --messages 1000`",
-            "| peer      | phase | QoS | payload B | sent | delivered | msgs/s | p50 | p99 | p99.9 | max | lost | dup | reordered | CPU ms | CPU µs/msg | harness CPU ms |",
-            "| mosquitto | max   | 1   | 64        | 1000 | 2000      | 1000   | 100 | 200 | 300   | 300 | 0    | 0   | 0         | 50     | 25.00      | 100            |",
-            "| grove     | max   | 1   | 64        | 1000 | 2000      | 1500   | 80  | 200 | 600   | 600 | 0    | 0   | 0         | 40     | 20.00      | 80             |",
-            "| phase | QoS | payload B | msgs/s | p50  | p99  | p99.9 | CPU/msg | lost: grove / mosquitto |",
-            "| max   | 1   | 64        | 1.50   | 0.80 | 1.00 | 2.00  | 0.80    | 0 / 0                   |",
+            "- Load clients: rumqttc (async tasks in grove-bench's tokio runtime; client CPU = the grove-bench process); libmosquitto (bench/c/mqtt_load.c, a process of its own, one thread polling every socket; client CPU = its getrusage).",
+            "| peer      | client  | phase | QoS | payload B | sent | delivered | msgs/s | p50 | p99 | p99.9 | max | lost | dup | reordered | CPU ms | CPU µs/msg | client CPU ms | client CPU µs/msg |",
+            "| mosquitto | rumqttc | max   | 1   | 64        | 1000 | 2000      | 1000   | 100 | 200 | 300   | 300 | 0    | 0   | 0         | 50     | 25.00      | 100           | 50.00             |",
+            "| grove     | rumqttc | max   | 1   | 64        | 1000 | 2000      | 1500   | 80  | 200 | 600   | 600 | 0    | 0   | 0         | 40     | 20.00      | 80            | 40.00             |",
+            "| phase | client  | QoS | payload B | msgs/s | p50  | p99  | p99.9 | CPU/msg | client CPU/msg | lost: grove / mosquitto |",
+            "| max   | rumqttc | 1   | 64        | 1.50   | 0.80 | 1.00 | 2.00  | 0.80    | 0.80           | 0 / 0                   |",
             "| grove     | grove 1.0     | 4.0 (of 3)                        | 8000         | 0.5        | 8100                     | 9000               | 12000        |",
         ];
         for line in expected {

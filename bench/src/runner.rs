@@ -8,9 +8,10 @@ use anyhow::Context as _;
 use procfs::Current as _;
 use rumqttc::QoS;
 
+use crate::libmosq;
 use crate::load::{self, LoadSpec, Pace};
 use crate::peer::{PeerSpec, RunningPeer};
-use crate::report::{Machine, Mode, PeerReport, PhaseReport, Report, Scenario, Settings};
+use crate::report::{Client, Machine, Mode, PeerReport, PhaseReport, Report, Scenario, Settings};
 use crate::stats::median_ms;
 
 /// Time a broker gets to settle before its memory is read.
@@ -104,8 +105,12 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
     for (number, scenario) in plan.scenarios.iter().enumerate() {
         for ((spec, _, _, peer), report) in running.iter().zip(&mut reports) {
             let phase_id = format!(
-                "{}-{number}-{}-q{}-{}",
+                "{}-{number}-{}{}-q{}-{}",
                 spec.name(),
+                match scenario.client {
+                    Client::Rumqttc => "",
+                    Client::Libmosquitto => "lm-",
+                },
                 scenario.mode.name(),
                 scenario.qos,
                 scenario.payload
@@ -113,9 +118,21 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             let spec_load = load_spec(settings, scenario);
             let cpu_before = peer.cpu_time()?;
             let harness_before = harness_cpu()?;
-            let outcome = load::run_phase(peer.port(), &phase_id, &spec_load)
-                .await
-                .with_context(|| format!("phase {phase_id} against {}", spec.name()))?;
+            let context = || format!("phase {phase_id} against {}", spec.name());
+            let (outcome, client_cpu) = match scenario.client {
+                Client::Rumqttc => {
+                    let outcome = load::run_phase(peer.port(), &phase_id, &spec_load)
+                        .await
+                        .with_context(context)?;
+                    (outcome, None)
+                }
+                Client::Libmosquitto => {
+                    let phase = libmosq::run_phase(peer.port(), &phase_id, &spec_load)
+                        .await
+                        .with_context(context)?;
+                    (phase.outcome, Some(phase.cpu))
+                }
+            };
             let cpu = peer.cpu_time()?.saturating_sub(cpu_before);
             let harness = harness_cpu()?.saturating_sub(harness_before);
             let phase = PhaseReport {
@@ -123,6 +140,8 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                 outcome,
                 broker_cpu_ms: cpu.as_secs_f64() * 1e3,
                 harness_cpu_ms: harness.as_secs_f64() * 1e3,
+                // rumqttc's clients are the harness process's tasks.
+                client_cpu_ms: client_cpu.unwrap_or(harness).as_secs_f64() * 1e3,
             };
             eprintln!("[{}] {}", spec.name(), progress_line(&phase));
             report.phases.push(phase);
@@ -189,8 +208,9 @@ fn load_spec(settings: &Settings, scenario: &Scenario) -> LoadSpec {
 fn progress_line(phase: &PhaseReport) -> String {
     let (scenario, o) = (&phase.scenario, &phase.outcome);
     format!(
-        "{} QoS{} {} B: sent {}, delivered {}/{} in {:.2} s = {:.0} msgs/s, latency p50 {} µs p99 {} µs \
-         p99.9 {} µs, lost {}, dup {}, reordered {}, broker CPU {:.0} ms, harness CPU {:.0} ms{}",
+        "{} {} QoS{} {} B: sent {}, delivered {}/{} in {:.2} s = {:.0} msgs/s, latency p50 {} µs p99 {} µs \
+         p99.9 {} µs, lost {}, dup {}, reordered {}, broker CPU {:.0} ms, client CPU {:.0} ms{}",
+        scenario.client.name(),
         scenario.mode.name(),
         scenario.qos,
         scenario.payload,
@@ -206,7 +226,7 @@ fn progress_line(phase: &PhaseReport) -> String {
         o.tally.duplicates,
         o.tally.out_of_order,
         phase.broker_cpu_ms,
-        phase.harness_cpu_ms,
+        phase.client_cpu_ms,
         if o.foreign > 0 {
             format!(", {} foreign messages", o.foreign)
         } else {
