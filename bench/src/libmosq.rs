@@ -100,7 +100,10 @@ pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Re
             .write_all(phase_line(port, phase_id, spec).as_bytes())
             .await
             .context("writing the phase to the libmosquitto client")?;
-        match next_line(&mut lines, load::SETUP_TIMEOUT + MARGIN).await?.as_deref() {
+        match next_line(&mut lines, load::SETUP_TIMEOUT + MARGIN)
+            .await?
+            .as_deref()
+        {
             Some("ready") => {}
             Some(other) => bail!("{}", unexpected(other, "ready")),
             None => bail!("the libmosquitto client ended before it was ready"),
@@ -134,10 +137,13 @@ pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Re
     let with_stderr = |error: anyhow::Error| {
         let status = status.map_or_else(|| "still running".to_owned(), |s| s.to_string());
         let stderr = stderr.trim();
-        if stderr.is_empty() {
+        // The client's own error message is on both its stdout and stderr: show it once.
+        if stderr.is_empty() || stderr == format!("mqtt_load: {error}") {
             error.context(format!("libmosquitto client ({status})"))
         } else {
-            error.context(format!("libmosquitto client ({status}), its stderr:\n{stderr}"))
+            error.context(format!(
+                "libmosquitto client ({status}), its stderr:\n{stderr}"
+            ))
         }
     };
     let phase = result.map_err(with_stderr)?;
@@ -147,9 +153,10 @@ pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Re
     }
 }
 
-/// Kills the client if it still runs and reaps it.
+/// Reaps the client after a failure: it exits by itself after an `error` line; otherwise, or if
+/// it does not within a second, it is killed.
 async fn stop(child: &mut Child) -> Option<std::process::ExitStatus> {
-    if let Ok(Some(status)) = child.try_wait() {
+    if let Ok(Ok(status)) = timeout(Duration::from_secs(1), child.wait()).await {
         return Some(status);
     }
     let _ = child.start_kill();
@@ -332,7 +339,11 @@ mod tests {
     #[test]
     fn phase_lines() {
         assert_eq!(
-            phase_line(1883, "m-0-max-q1-64", &spec(Pace::FlatOut, Stop::Messages(40), QoS::AtLeastOnce)),
+            phase_line(
+                1883,
+                "m-0-max-q1-64",
+                &spec(Pace::FlatOut, Stop::Messages(40), QoS::AtLeastOnce)
+            ),
             "phase host=127.0.0.1 port=1883 id=m-0-max-q1-64 publishers=2 subscribers=3 qos=1 \
              payload=64 rate=0 messages=40 duration_ms=0 limit_ms=60000 window=100 protocol=4 \
              quiet_ms=2000 drain_ms=30000 setup_ms=10000\n"
@@ -354,7 +365,11 @@ mod tests {
         let line = phase_line(
             9,
             "x",
-            &spec(Pace::FlatOut, Stop::Duration(Duration::from_micros(10)), QoS::AtMostOnce),
+            &spec(
+                Pace::FlatOut,
+                Stop::Duration(Duration::from_micros(10)),
+                QoS::AtMostOnce,
+            ),
         );
         assert!(line.contains(" messages=0 duration_ms=1 "), "{line}");
     }
@@ -399,10 +414,7 @@ mod tests {
         assert_eq!(o.publish_rate, 4.0);
         // 10 deliveries, the last one 2 s after the start.
         assert_eq!((o.elapsed_s, o.throughput), (2.0, 5.0));
-        assert_eq!(
-            (o.tally.expected, o.tally.unique, o.tally.lost),
-            (8, 7, 1)
-        );
+        assert_eq!((o.tally.expected, o.tally.unique, o.tally.lost), (8, 7, 1));
         assert_eq!((o.tally.duplicates, o.tally.out_of_order), (1, 1));
         assert_eq!(o.latency.samples, 8);
         assert_eq!((o.latency.p50_us, o.latency.max_us), (400, 3001));
@@ -442,8 +454,14 @@ mod tests {
             "done drain_timed_out=0",
         ];
         check_refused(&complete[1..], "lack its CPU time");
-        check_refused(&[&complete[..2], &complete[3..]].concat(), "lack publisher 1");
-        check_refused(&[&complete[..4], &complete[5..]].concat(), "lack subscriber 1");
+        check_refused(
+            &[&complete[..2], &complete[3..]].concat(),
+            "lack publisher 1",
+        );
+        check_refused(
+            &[&complete[..4], &complete[5..]].concat(),
+            "lack subscriber 1",
+        );
         check_refused(&complete[..5], "lack `done`");
         for line in [
             "d 2 0 0 1",
@@ -458,7 +476,10 @@ mod tests {
             "ready",
             "",
         ] {
-            check_refused(&[line], &format!("malformed line from the libmosquitto client: `{line}`"));
+            check_refused(
+                &[line],
+                &format!("malformed line from the libmosquitto client: `{line}`"),
+            );
         }
     }
 

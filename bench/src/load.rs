@@ -136,8 +136,8 @@ pub async fn run_phase(
     phase_id: &str,
     spec: &LoadSpec,
 ) -> Result<PhaseOutcome, LoadError> {
-    // All timestamps are nanoseconds since this origin, shared by publishers and subscribers.
-    let origin = Instant::now();
+    // Send and receipt times are CLOCK_MONOTONIC (payload::monotonic_ns), the clock the libmosquitto
+    // client stamps with too.
     let (stop_tx, stop_rx) = watch::channel(false);
     let delivered = Arc::new(AtomicU64::new(0));
 
@@ -152,7 +152,6 @@ pub async fn run_phase(
             filter: format!("bench/{phase_id}/#"),
             qos: spec.qos,
             publishers: spec.publishers as usize,
-            origin,
             delivered: Arc::clone(&delivered),
         };
         subscribers.push(tokio::spawn(task.run(options, ready_tx, stop_rx.clone())));
@@ -175,7 +174,6 @@ pub async fn run_phase(
             index,
             topic: format!("bench/{phase_id}/{index}"),
             spec: spec.clone(),
-            origin,
         };
         publishers.push(tokio::spawn(task.run(
             options,
@@ -193,6 +191,7 @@ pub async fn run_phase(
     }
 
     let start = Instant::now();
+    let start_ns = payload::monotonic_ns();
     // Receivers exist until the publishers end, so the send cannot fail while they wait for it.
     let _ = start_tx.send(Some(start));
 
@@ -244,7 +243,7 @@ pub async fn run_phase(
             publishing: publish_end.saturating_duration_since(start),
         },
         &reports,
-        start.saturating_duration_since(origin),
+        Duration::from_nanos(start_ns),
         drain_timed_out,
     ))
 }
@@ -262,7 +261,7 @@ pub struct PublisherTotals {
 
 /// The outcome of a phase from what its publishers and subscribers report: the one accounting of
 /// both client implementations (rumqttc here, libmosquitto in [`crate::libmosq`]). Subscriber
-/// times are measured from the clock origin; `start` is the start signal on that clock.
+/// times are on one clock (any origin); `start` is the start signal on that clock.
 pub fn outcome(
     publishers: &PublisherTotals,
     subscribers: &[SubscriberReport],
@@ -416,7 +415,6 @@ struct Subscriber {
     filter: String,
     qos: QoS,
     publishers: usize,
-    origin: Instant,
     /// Deliveries of all subscribers together, for the drain loop.
     delivered: Arc<AtomicU64>,
 }
@@ -432,7 +430,7 @@ pub struct SubscriberReport {
     pub received: u64,
     /// Messages that were not benchmark payloads of this phase.
     pub foreign: u64,
-    /// Time of the last delivery, since the phase's clock origin.
+    /// Time of the last delivery, on the phase's clock (see [`outcome`]).
     pub last_delivery: Option<Duration>,
 }
 
@@ -489,7 +487,7 @@ impl Subscriber {
                     }
                 }
                 Ok(Event::Incoming(Packet::Publish(publish))) => {
-                    let now = nanos_since(self.origin);
+                    let now = payload::monotonic_ns();
                     report.received += 1;
                     report.last_delivery = Some(Duration::from_nanos(now));
                     self.delivered.fetch_add(1, Ordering::Relaxed);
@@ -530,7 +528,6 @@ struct Publisher {
     index: u32,
     topic: String,
     spec: LoadSpec,
-    origin: Instant,
 }
 
 /// What a publisher did.
@@ -600,7 +597,7 @@ impl Publisher {
             let stamp = Stamp {
                 publisher: self.index,
                 seq,
-                sent_ns: nanos_since(self.origin),
+                sent_ns: payload::monotonic_ns(),
             };
             // The size was validated against the header length when the arguments were read.
             let bytes = payload::encode(stamp, self.spec.payload).unwrap_or_default();

@@ -2,14 +2,30 @@
 //! zeros to the payload size under test.
 //!
 //! Binary layout (little endian): `b"GRVB"` magic (4 bytes), publisher index (u32), sequence number (u64), send
-//! time in nanoseconds since the run's shared clock origin (u64), then zero padding. Publishers and
-//! subscribers live in one process, so a monotonic `Instant` origin shared by all of them makes the
-//! send and receive times directly comparable without any clock synchronisation.
+//! time in nanoseconds since the run's shared clock origin (u64), then zero padding.
+//!
+//! The broker load (`grove-bench broker`) stamps CLOCK_MONOTONIC in nanoseconds since its own origin
+//! ([`monotonic_ns`]): that clock is system-wide on Linux, so the rumqttc clients in this process and
+//! the libmosquitto client in its own process (`bench/c/mqtt_load.c`, `clock_gettime(CLOCK_MONOTONIC)`)
+//! stamp on one clock, and any process can compare a stamp with its own reading of it. The gateway
+//! flows ([`crate::flow`]) keep publishers and subscriber in this process and stamp nanoseconds since
+//! an `Instant` taken at their start (an `Instant` is CLOCK_MONOTONIC on Linux too).
 //!
 //! Paths that parse the payload (rules, functions) get the same stamp as fields of a JSON reading
 //! instead ([`encode_json`]), which they carry through to their output.
 
 use bytes::{Buf, BufMut, Bytes, BytesMut};
+
+/// CLOCK_MONOTONIC now, in nanoseconds since its origin: the send and receipt times of the broker
+/// load, the same clock as the libmosquitto client's (see the module doc).
+pub fn monotonic_ns() -> u64 {
+    use nix::time::{clock_gettime, ClockId};
+    // CLOCK_MONOTONIC always exists on Linux; its seconds and nanoseconds are never negative.
+    clock_gettime(ClockId::CLOCK_MONOTONIC).map_or(0, |now| {
+        u64::try_from(now.tv_sec()).unwrap_or(0) * 1_000_000_000
+            + u64::try_from(now.tv_nsec()).unwrap_or(0)
+    })
+}
 
 /// Length of the header; the smallest payload the benchmark can send.
 pub const HEADER_LEN: usize = 24;
@@ -178,6 +194,14 @@ mod tests {
         check_json(r#"{"publisher":0,"seq":"7","sent_ns":0}"#, None);
         check_json("not json", None);
         check_json("", None);
+    }
+
+    #[test]
+    fn monotonic_clock_advances() {
+        let before = monotonic_ns();
+        std::thread::sleep(std::time::Duration::from_millis(2));
+        let after = monotonic_ns();
+        assert!(after - before >= 2_000_000, "{before} -> {after}");
     }
 
     #[test]

@@ -589,8 +589,8 @@ mod tests {
             c.cpu_per_delivery,
             c.client_cpu_per_delivery,
         ]
-            .map(ratio)
-            .to_vec();
+        .map(ratio)
+        .to_vec();
         cells.push(format!("{} / {}", c.grove_lost, c.mosquitto_lost));
         assert_eq!(
             cells, expected,
@@ -686,7 +686,8 @@ mod tests {
                 phase(scenario(Mode::Rate, 1, 64), (10.0, 1, 2, 3, 1.0, 0)),
             ],
         )]);
-        let line = "QoS 1 LOSS: grove lost 5 of 2000 deliveries (max phase, 1024 B payload, rumqttc)";
+        let line =
+            "QoS 1 LOSS: grove lost 5 of 2000 deliveries (max phase, 1024 B payload, rumqttc)";
         assert_eq!(r.qos1_losses, [line]);
         assert!(r.to_markdown().contains(&format!("**{line}**")));
     }
