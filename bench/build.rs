@@ -14,12 +14,9 @@ fn main() {
     let out_dir = PathBuf::from(std::env::var_os("OUT_DIR").expect("cargo sets OUT_DIR"));
     let executable = out_dir.join("mqtt-load");
 
-    // The cc crate picks the C compiler as for any C code in a build (CC, CFLAGS, target).
-    let compiler = cc::Build::new()
-        .cargo_metadata(false)
-        .opt_level(2)
-        .warnings(false)
-        .get_compiler();
+    // The cc crate picks the C compiler as for any C code in a build (CC, CFLAGS, target) and
+    // tells cargo to rerun this script when those change; linking is done here, not by cargo.
+    let compiler = cc::Build::new().opt_level(2).warnings(false).get_compiler();
     let mut command = compiler.to_command();
     command
         .args(["-std=c99", "-Wall", "-Wextra", "-Werror", "-o"])
