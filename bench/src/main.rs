@@ -391,14 +391,14 @@ impl BrokerArgs {
         if !self.no_mosquitto {
             peers.push(PeerSpec {
                 kind: PeerKind::Mosquitto,
-                binary: self.mosquitto.clone(),
+                binary: resolve(&self.mosquitto),
                 extra_config: self.mosquitto_conf.clone(),
             });
         }
         if let Some(grove) = &self.grove {
             peers.push(PeerSpec {
                 kind: PeerKind::Grove,
-                binary: grove.clone(),
+                binary: resolve(grove),
                 extra_config: self.grove_conf.clone(),
             });
         }
@@ -442,6 +442,16 @@ impl BrokerArgs {
             },
             command,
         }
+    }
+}
+
+/// A broker binary given as a relative path, made absolute: the broker is spawned in its temp dir,
+/// where a relative path would not be found. A bare name stays as it is (looked up on PATH).
+fn resolve(binary: &std::path::Path) -> PathBuf {
+    if binary.components().count() > 1 {
+        std::path::absolute(binary).unwrap_or_else(|_| binary.to_owned())
+    } else {
+        binary.to_owned()
     }
 }
 
