@@ -26,6 +26,8 @@ step "system packages"
 missing=()
 command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(mosquitto)
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
+# grove-bench's second load client is C on libmosquitto (bench/build.rs compiles it).
+[ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
