@@ -8,7 +8,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use grove_gateway::cloud::outbox::{FullPolicy, Limits, Queue};
-use grove_gateway::store::{OutboxMessage, Store};
+use grove_gateway::cloud::queries::CloudQueries;
+use grove_store::{OutboxMessage, Store};
 use std::hint::black_box;
 
 /// Messages per appended batch (a busy bus batch).

@@ -17,9 +17,9 @@ use std::collections::BTreeMap;
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::auth::policy::{self, Policy};
 use crate::cloud::config::{CloudConfig, RawCloud};
 use crate::rules::{RawRule, RuleConfig};
+use grove_auth::policy::{self, Policy};
 
 /// The default configuration file written by `grove init`, fully commented.
 ///

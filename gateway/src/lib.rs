@@ -19,7 +19,6 @@
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 
-pub mod auth;
 pub mod broker;
 pub mod bus;
 pub mod client;
@@ -33,5 +32,4 @@ pub mod ops;
 pub mod rules;
 pub mod run;
 pub mod shadow;
-pub mod store;
 pub mod tap;

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use grove_gateway::auth::{ca, identity, policy};
+use grove_auth::{ca, identity, policy};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::rules::engine::RELOAD_TOPIC;
 use grove_gateway::shadow::client::{self, Request};

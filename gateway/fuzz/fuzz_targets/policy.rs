@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code, missing_docs)]
-#[path = "../../src/auth/policy.rs"]
+#[path = "../../../crates/auth/src/policy.rs"]
 mod policy;
 
 use policy::{covers, matches, overlaps, valid_filter};

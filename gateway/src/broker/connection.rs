@@ -39,11 +39,11 @@ use super::connect::{check_topic_name, read_connect, Hello, Refusal, Step};
 use super::{
     namespace, poll_now, publish_qos_pkid, Listener, Shared, GROVE_PROPERTY_PREFIX, ORIGIN_PROPERTY,
 };
-use crate::auth::identity::{Device, PasswordCheck};
-use crate::auth::policy::{allow_all_policy, safe_variable, Resolved};
-use crate::auth::tls::common_name;
 use crate::config::AuthMode;
 use crate::functions::reply;
+use grove_auth::identity::{Device, PasswordCheck};
+use grove_auth::policy::{allow_all_policy, safe_variable, Resolved};
+use grove_auth::tls::common_name;
 
 /// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
 /// MQTT 5 properties). The exact payload limit is checked after decoding.

@@ -1,20 +1,34 @@
 //! The broker's tables: retained messages, which rumqttd keeps only in memory (table `retained`).
-//! Its queries, run by the store's owner thread (see `crate::store`).
+//! Its queries, run by the store's owner thread (see `grove_store`).
+
+use std::future::Future;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection};
 
-use crate::store::{RetainedMessage, Store, StoreError};
+use grove_store::{RetainedMessage, Store, StoreError};
 
-impl Store {
+/// The broker's queries: retained messages.
+pub trait RetainedQueries {
     /// Durably records the retained message of a topic (an empty payload deletes it). Returns
     /// after the commit.
-    pub async fn retain(&self, message: RetainedMessage) -> Result<(), StoreError> {
+    fn retain(
+        &self,
+        message: RetainedMessage,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every stored retained message, in topic order.
+    fn load_retained(
+        &self,
+    ) -> impl Future<Output = Result<Vec<RetainedMessage>, StoreError>> + Send;
+}
+
+impl RetainedQueries for Store {
+    async fn retain(&self, message: RetainedMessage) -> Result<(), StoreError> {
         self.transact(move |c| apply_retain(c, &message)).await
     }
 
-    /// Every stored retained message, in topic order.
-    pub async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
+    async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
         self.transact(load_retained).await
     }
 }
@@ -43,4 +57,58 @@ fn load_retained(c: &Connection) -> rusqlite::Result<Vec<RetainedMessage>> {
         })
     })?;
     rows.collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn msg(topic: &str, payload: &'static [u8]) -> RetainedMessage {
+        RetainedMessage {
+            topic: topic.into(),
+            payload: Bytes::from_static(payload),
+            qos: 1,
+        }
+    }
+
+    #[tokio::test]
+    async fn retained_survive_reopen_and_empty_payload_deletes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        store.retain(msg("a/b", b"1")).await.unwrap();
+        store.retain(msg("a/c", b"2")).await.unwrap();
+        store.retain(msg("a/b", b"3")).await.unwrap();
+        store.retain(msg("a/c", b"")).await.unwrap();
+        thread.close().await;
+
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"3")]);
+        thread.close().await;
+    }
+
+    #[tokio::test]
+    async fn concurrent_writers_share_commits_and_all_land() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let mut tasks = Vec::new();
+        for i in 0..200 {
+            let store = store.clone();
+            tasks.push(tokio::spawn(async move {
+                store
+                    .retain(RetainedMessage {
+                        topic: format!("t/{i:03}"),
+                        payload: Bytes::from(vec![b'x'; i + 1]),
+                        qos: 0,
+                    })
+                    .await
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap().unwrap();
+        }
+        let all = store.load_retained().await.unwrap();
+        assert_eq!(all.len(), 200);
+        assert_eq!(all[199].payload.len(), 200);
+        thread.close().await;
+    }
 }

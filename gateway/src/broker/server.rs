@@ -21,14 +21,15 @@ use tracing::{debug, error, info, warn};
 
 use super::admission::PreAuth;
 use super::connect::{ConnectRules, LoginRule};
+use super::queries::RetainedQueries;
 use super::{connection, namespace};
-use crate::auth::identity::{Device, Identities};
-use crate::auth::tls;
 use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig, ConfigError};
 use crate::metrics::BrokerMetrics;
-use crate::store::{RetainedMessage, Store, StoreError};
 use crate::tap::{Tap, TapClosed};
+use grove_auth::identity::{Device, Identities};
+use grove_auth::tls;
+use grove_store::{RetainedMessage, Store, StoreError};
 
 /// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of
 /// device ids ([`namespace::client_id_to_router`]) never produces, so no device can take them over.

@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::outbox::{FullPolicy, Limits};
-use crate::auth::policy::{overlaps, valid_filter};
 use crate::shadow::names::validate_thing_name;
+use grove_auth::policy::{overlaps, valid_filter};
 
 /// `[cloud]` as written.
 #[derive(Debug, Deserialize)]

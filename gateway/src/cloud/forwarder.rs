@@ -13,14 +13,15 @@ use tracing::{error, info, warn};
 use super::config::{CloudConfig, Downlink};
 use super::link::{Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
+use super::queries::CloudQueries;
 use super::{link, sync};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Message, Outgoing};
 use crate::metrics::CloudMetrics;
 use crate::shadow::document::client_token_of;
 use crate::shadow::local::LocalShadows;
-use crate::store::{OutboxMessage, Store};
 use crate::tap::{Offer, Route, Tap};
+use grove_store::{OutboxMessage, Store};
 
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on
 /// `…/accepted`.
@@ -53,7 +54,7 @@ pub enum CloudError {
     Link(#[from] link::LinkError),
     /// The outbox could not be read.
     #[error("cannot read the cloud outbox: {0}")]
-    Store(#[from] crate::store::StoreError),
+    Store(#[from] grove_store::StoreError),
     /// The broker refused the component's bus link.
     #[error("cannot attach the cloud component to the broker: {0}")]
     Bus(String),

@@ -384,13 +384,13 @@ fn tls_config(
     Ok(Arc::new(config))
 }
 
-/// [`crate::auth::tls::certificates`], its error in the cloud link's terms.
+/// [`grove_auth::tls::certificates`], its error in the cloud link's terms.
 fn certificates(
     path: &Path,
     what: &'static str,
 ) -> Result<Vec<CertificateDer<'static>>, LinkError> {
-    crate::auth::tls::certificates(path, what).map_err(|e| match e {
-        crate::auth::tls::TlsError::File { message, .. } => LinkError::File {
+    grove_auth::tls::certificates(path, what).map_err(|e| match e {
+        grove_auth::tls::TlsError::File { message, .. } => LinkError::File {
             what,
             path: path.display().to_string(),
             message,

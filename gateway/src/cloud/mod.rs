@@ -27,7 +27,7 @@ mod forwarder;
 pub mod link;
 pub mod merge;
 pub mod outbox;
-mod queries;
+pub mod queries;
 pub mod sync;
 
 pub use forwarder::*;

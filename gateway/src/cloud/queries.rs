@@ -1,16 +1,46 @@
 //! Cloud sync's tables (`cloud_outbox`, `cloud_shadow_sync`) and their queries, run by the
-//! store's owner thread (see `crate::store`).
+//! store's owner thread (see `grove_store`).
+
+use std::future::Future;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection};
 
 use crate::cloud::outbox::Entry;
-use crate::store::{OutboxMessage, ShadowKey, Store, StoreError, SyncState};
+use grove_store::{OutboxMessage, ShadowKey, Store, StoreError, SyncState};
 
-impl Store {
+/// Cloud sync's queries: the outbox and shadow sync states.
+pub trait CloudQueries {
     /// Durably appends messages to the cloud outbox and deletes others (acknowledged or dropped),
     /// all in one transaction. Returns after the commit.
-    pub async fn outbox_write(
+    fn outbox_write(
+        &self,
+        append: Vec<OutboxMessage>,
+        delete: Vec<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// The outbox's index (sequence number, topic plus payload size, append time), in order.
+    fn outbox_index(&self) -> impl Future<Output = Result<Vec<Entry>, StoreError>> + Send;
+
+    /// Up to `limit` outbox messages with a sequence number above `after`, in order.
+    fn outbox_load(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> impl Future<Output = Result<Vec<OutboxMessage>, StoreError>> + Send;
+
+    /// Every shadow's cloud sync state.
+    fn load_sync_states(&self) -> impl Future<Output = Result<Vec<SyncState>, StoreError>> + Send;
+
+    /// Durably records a shadow's cloud sync state. Returns after the commit.
+    fn write_sync_state(
+        &self,
+        state: SyncState,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+}
+
+impl CloudQueries for Store {
+    async fn outbox_write(
         &self,
         append: Vec<OutboxMessage>,
         delete: Vec<u64>,
@@ -19,13 +49,11 @@ impl Store {
             .await
     }
 
-    /// The outbox's index (sequence number, topic plus payload size, append time), in order.
-    pub async fn outbox_index(&self) -> Result<Vec<Entry>, StoreError> {
+    async fn outbox_index(&self) -> Result<Vec<Entry>, StoreError> {
         self.transact(outbox_index).await
     }
 
-    /// Up to `limit` outbox messages with a sequence number above `after`, in order.
-    pub async fn outbox_load(
+    async fn outbox_load(
         &self,
         after: u64,
         limit: usize,
@@ -33,13 +61,11 @@ impl Store {
         self.transact(move |c| outbox_load(c, after, limit)).await
     }
 
-    /// Every shadow's cloud sync state.
-    pub async fn load_sync_states(&self) -> Result<Vec<SyncState>, StoreError> {
+    async fn load_sync_states(&self) -> Result<Vec<SyncState>, StoreError> {
         self.transact(load_sync_states).await
     }
 
-    /// Durably records a shadow's cloud sync state. Returns after the commit.
-    pub async fn write_sync_state(&self, state: SyncState) -> Result<(), StoreError> {
+    async fn write_sync_state(&self, state: SyncState) -> Result<(), StoreError> {
         self.transact(move |c| write_sync_state(c, &state)).await
     }
 }
@@ -126,4 +152,35 @@ fn write_sync_state(c: &Connection, s: &SyncState) -> rusqlite::Result<()> {
         s.cloud_version as i64
     ])?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_outbox_keeps_order_and_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let m = |seq: u64| OutboxMessage {
+            seq,
+            topic: format!("t/{seq}"),
+            payload: Bytes::from(vec![b'x'; seq as usize]),
+            enqueued_ms: 100 + seq,
+        };
+        store
+            .outbox_write((1..=5).map(m).collect(), vec![])
+            .await
+            .unwrap();
+        store.outbox_write(vec![m(6)], vec![1, 3]).await.unwrap();
+        thread.close().await;
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let index = store.outbox_index().await.unwrap();
+        let seqs: Vec<u64> = index.iter().map(|e| e.seq).collect();
+        assert_eq!(seqs, [2, 4, 5, 6]);
+        assert_eq!((index[0].size, index[0].enqueued_ms), (3 + 2, 102));
+        let page = store.outbox_load(2, 2).await.unwrap();
+        assert_eq!(page, vec![m(4), m(5)]);
+        thread.close().await;
+    }
 }

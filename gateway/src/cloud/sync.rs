@@ -25,12 +25,14 @@ use tracing::{debug, info, warn};
 use super::config::ShadowSync as SyncConfig;
 use super::link::Session;
 use super::merge::{diff_state, target};
+use super::queries::CloudQueries;
 use super::SyncInput;
 use crate::bus::{Bus, Closed, Message};
 use crate::metrics::CloudMetrics;
 use crate::shadow::local::{LocalError, LocalShadows};
 use crate::shadow::names::{request_topic, Operation};
-use crate::store::{ShadowKey, Store, SyncState};
+use crate::shadow::queries::ShadowQueries;
+use grove_store::{ShadowKey, Store, SyncState};
 
 /// Reads and merges per round before giving up on conflicts.
 pub const MAX_ATTEMPTS: usize = 3;

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use crate::auth::policy::{matches, overlaps, valid_filter};
+use grove_auth::policy::{matches, overlaps, valid_filter};
 
 /// Default memory limit of one instance, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 16;

@@ -17,7 +17,7 @@ pub mod admin;
 pub mod client;
 pub mod logs;
 pub mod manifest;
-mod queries;
+pub mod queries;
 pub mod reply;
 pub mod routing;
 pub mod runtime;

@@ -1,16 +1,62 @@
 //! The functions component's tables (`function_versions`, `function_aliases`, `function_kv`,
-//! `function_events`) and their queries, run by the store's owner thread (see `crate::store`).
+//! `function_events`) and their queries, run by the store's owner thread (see `grove_store`).
+
+use std::future::Future;
 
 use bytes::Bytes;
 use rusqlite::{params, Connection};
 
-use crate::store::{
+use grove_store::{
     KvWrite, Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion, StoredFunctions,
 };
 
-impl Store {
+/// The functions component's queries: versions, aliases, key-value state, async events.
+pub trait FunctionQueries {
     /// Durably records a function version.
-    pub async fn save_function_version(
+    fn save_function_version(
+        &self,
+        version: StoredFunctionVersion,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Durably creates or replaces a function alias.
+    fn set_function_alias(
+        &self,
+        alias: StoredAlias,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Durably forgets a function and its key-value state.
+    fn remove_function(&self, name: String) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every function version (ordered by name, version) and alias.
+    fn load_functions(&self) -> impl Future<Output = Result<StoredFunctions, StoreError>> + Send;
+
+    /// One key of a function's key-value namespace.
+    fn kv_get(
+        &self,
+        name: String,
+        key: String,
+    ) -> impl Future<Output = Result<Option<Vec<u8>>, StoreError>> + Send;
+
+    /// Durably applies writes to a function's namespace, all or none.
+    fn kv_write(
+        &self,
+        name: String,
+        writes: Vec<KvWrite>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Durably records new function events and forgets finished ones. Returns after the commit.
+    fn events_write(
+        &self,
+        append: Vec<StoredEvent>,
+        delete: Vec<u64>,
+    ) -> impl Future<Output = Result<(), StoreError>> + Send;
+
+    /// Every function event not done yet, in arrival order.
+    fn load_events(&self) -> impl Future<Output = Result<Vec<StoredEvent>, StoreError>> + Send;
+}
+
+impl FunctionQueries for Store {
+    async fn save_function_version(
         &self,
         version: StoredFunctionVersion,
     ) -> Result<(), StoreError> {
@@ -31,8 +77,7 @@ impl Store {
         .await
     }
 
-    /// Durably creates or replaces a function alias.
-    pub async fn set_function_alias(&self, alias: StoredAlias) -> Result<(), StoreError> {
+    async fn set_function_alias(&self, alias: StoredAlias) -> Result<(), StoreError> {
         self.transact(move |c| {
             c.prepare_cached(
                 "INSERT INTO function_aliases (name, alias, version, weight_version, weight_percent)
@@ -52,8 +97,7 @@ impl Store {
         .await
     }
 
-    /// Durably forgets a function and its key-value state.
-    pub async fn remove_function(&self, name: String) -> Result<(), StoreError> {
+    async fn remove_function(&self, name: String) -> Result<(), StoreError> {
         self.transact(move |c| {
             for table in ["function_versions", "function_aliases", "function_kv"] {
                 c.prepare_cached(&format!("DELETE FROM {table} WHERE name = ?1"))?
@@ -64,13 +108,11 @@ impl Store {
         .await
     }
 
-    /// Every function version (ordered by name, version) and alias.
-    pub async fn load_functions(&self) -> Result<StoredFunctions, StoreError> {
+    async fn load_functions(&self) -> Result<StoredFunctions, StoreError> {
         self.transact(load_functions).await
     }
 
-    /// One key of a function's key-value namespace.
-    pub async fn kv_get(&self, name: String, key: String) -> Result<Option<Vec<u8>>, StoreError> {
+    async fn kv_get(&self, name: String, key: String) -> Result<Option<Vec<u8>>, StoreError> {
         self.transact(move |c| {
             let mut stmt =
                 c.prepare_cached("SELECT value FROM function_kv WHERE name = ?1 AND key = ?2")?;
@@ -80,8 +122,7 @@ impl Store {
         .await
     }
 
-    /// Durably applies writes to a function's namespace, all or none.
-    pub async fn kv_write(&self, name: String, writes: Vec<KvWrite>) -> Result<(), StoreError> {
+    async fn kv_write(&self, name: String, writes: Vec<KvWrite>) -> Result<(), StoreError> {
         self.transact(move |c| {
             for (key, value) in &writes {
                 match value {
@@ -101,8 +142,7 @@ impl Store {
         .await
     }
 
-    /// Durably records new function events and forgets finished ones. Returns after the commit.
-    pub async fn events_write(
+    async fn events_write(
         &self,
         append: Vec<StoredEvent>,
         delete: Vec<u64>,
@@ -111,8 +151,7 @@ impl Store {
             .await
     }
 
-    /// Every function event not done yet, in arrival order.
-    pub async fn load_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
+    async fn load_events(&self) -> Result<Vec<StoredEvent>, StoreError> {
         self.transact(load_events).await
     }
 }
@@ -191,4 +230,57 @@ fn load_functions(c: &Connection) -> rusqlite::Result<StoredFunctions> {
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     Ok((versions, aliases))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn functions_and_kv_survive_reopen_and_remove_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let version = |v: u64| StoredFunctionVersion {
+            name: "f".into(),
+            version: v,
+            manifest: "name = \"f\"".into(),
+            module: format!("f-{v}.wasm"),
+            created_ms: 1,
+        };
+        store.save_function_version(version(1)).await.unwrap();
+        store.save_function_version(version(2)).await.unwrap();
+        let alias = StoredAlias {
+            name: "f".into(),
+            alias: "live".into(),
+            version: 1,
+            weight: Some((2, 10)),
+        };
+        store.set_function_alias(alias.clone()).await.unwrap();
+        store
+            .kv_write(
+                "f".into(),
+                vec![
+                    ("a".into(), Some(b"1".to_vec())),
+                    ("b".into(), Some(b"2".to_vec())),
+                ],
+            )
+            .await
+            .unwrap();
+        store
+            .kv_write("f".into(), vec![("b".into(), None)])
+            .await
+            .unwrap();
+        thread.close().await;
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let (versions, aliases) = store.load_functions().await.unwrap();
+        assert_eq!(versions, vec![version(1), version(2)]);
+        assert_eq!(aliases, vec![alias]);
+        let get = |k: &str| store.kv_get("f".into(), k.into());
+        assert_eq!(get("a").await.unwrap(), Some(b"1".to_vec()));
+        assert_eq!(get("b").await.unwrap(), None);
+        store.remove_function("f".into()).await.unwrap();
+        assert_eq!(store.load_functions().await.unwrap(), (vec![], vec![]));
+        assert_eq!(get("a").await.unwrap(), None);
+        thread.close().await;
+    }
 }

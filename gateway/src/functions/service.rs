@@ -50,6 +50,7 @@ use tracing::{debug, info, warn};
 
 use super::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
 use super::manifest::Manifest;
+use super::queries::FunctionQueries;
 use super::reply::{self, ReplyError};
 use super::routing::{Alias, Qualifier, Routes, RoutingError};
 use super::runtime::{
@@ -63,8 +64,8 @@ use crate::metrics::{FunctionLabels, FunctionMetrics};
 use crate::rules::MAX_HOPS;
 use crate::shadow::local::{Answer, LocalShadows};
 use crate::shadow::names::Operation;
-use crate::store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 use crate::tap::{Offer, Route, Tap};
+use grove_store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 
 /// Offers from publishers waiting for their events to be recorded; each publisher waits for its
 /// own, so this only bounds how many are queued at once.

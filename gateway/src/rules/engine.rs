@@ -41,7 +41,6 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use super::{fan_out, Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
-use crate::auth::policy::{matches, overlaps};
 use crate::broker::BusMaker;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
@@ -50,6 +49,7 @@ use crate::metrics::RulesMetrics;
 use crate::shadow::document::client_token_of;
 use crate::shadow::local::{LocalError, LocalShadows};
 use crate::shadow::names::{validate_shadow_name, validate_thing_name, Operation};
+use grove_auth::policy::{matches, overlaps};
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.

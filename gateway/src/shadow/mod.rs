@@ -17,5 +17,5 @@ pub mod client;
 pub mod document;
 pub mod local;
 pub mod names;
-mod queries;
+pub mod queries;
 pub mod service;

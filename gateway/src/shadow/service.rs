@@ -29,10 +29,11 @@ use tracing::{debug, error, warn};
 
 use super::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
 use super::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
+use super::queries::ShadowQueries;
 use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::ShadowConfig;
 use crate::metrics::ShadowMetrics;
-use crate::store::{ShadowKey, Store, StoredShadow};
+use grove_store::{ShadowKey, Store, StoredShadow};
 
 /// Grove's own request topic for listing shadows (AWS's MQTT API has no list operation); the
 /// answer comes on `…/accepted`. Used by `grove shadow list`.

@@ -10,15 +10,17 @@
 //! one, durability does not cap throughput. A unit that fails fails alone: its savepoint is rolled
 //! back, its caller gets its own error at once, and the rest of the batch commits.
 //!
-//! Each component's queries live with the component, as `impl Store` blocks in its `queries.rs`
-//! (`broker/queries.rs`: retained messages; `shadow/queries.rs`: shadows;
-//! `functions/queries.rs`: versions, aliases, key-value state, async events;
-//! `cloud/queries.rs`: the outbox and sync states), so a component's tables change in one place.
-//! Only the schema's migrations are listed here, in the one order they run.
+//! Each component's queries live with the component, as an extension trait on [`Store`] in its
+//! crate's `queries.rs` (`grove-broker`: retained messages; `grove-shadow`: shadows;
+//! `grove-functions-host`: versions, aliases, key-value state, async events; `grove-cloud`: the
+//! outbox and sync states), run through [`Store::transact`]. The schema's migrations are listed
+//! here, in the one order they run (`user_version` counts them across components, so the list
+//! cannot be split without making that order implicit), with the row types of those tables.
 //!
-//! Architecture invariant: rusqlite types never leave this module and the components'
-//! `queries.rs`; the rest of the gateway sees [`Store`]'s typed methods, the stored types below and
-//! [`StoreError`].
+//! Architecture invariant: this crate depends on nothing of Grove's. rusqlite types leave it only
+//! through [`Store::transact`], for the components' `queries.rs` (which depend on rusqlite
+//! themselves); the rest of the gateway sees the components' typed queries, the stored types below
+//! and [`StoreError`]. rusqlite is not re-exported.
 
 use std::path::{Path, PathBuf};
 use std::thread::JoinHandle;
@@ -155,8 +157,8 @@ pub enum StoreError {
     Closed,
 }
 
-impl From<rusqlite::Error> for StoreError {
-    fn from(e: rusqlite::Error) -> Self {
+impl StoreError {
+    fn from_sqlite(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e.to_string())
     }
 }
@@ -339,7 +341,7 @@ impl Store {
     /// returns what it returned once that commit is done. If `work` fails, only its own changes
     /// are rolled back and its error is returned at once; the rest of the batch goes on. If the
     /// commit fails, every unit of the batch gets that error (none of it was kept).
-    pub(crate) async fn transact<T: Send + 'static>(
+    pub async fn transact<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Connection) -> rusqlite::Result<T> + Send + 'static,
     ) -> Result<T, StoreError> {
@@ -456,7 +458,7 @@ fn job<T: Send + 'static>(
     Box::new(move |tx| {
         let outcome = tx
             .map_err(|e| StoreError::Sqlite(e.to_owned()))
-            .and_then(|tx| run_savepoint(tx, work).map_err(StoreError::from));
+            .and_then(|tx| run_savepoint(tx, work).map_err(StoreError::from_sqlite));
         match outcome {
             Err(e) => {
                 let _ = done.send(Err(e));
@@ -490,14 +492,6 @@ fn run_savepoint<T>(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn msg(topic: &str, payload: &'static [u8]) -> RetainedMessage {
-        RetainedMessage {
-            topic: topic.into(),
-            payload: Bytes::from_static(payload),
-            qos: 1,
-        }
-    }
 
     /// One batch, as the owner thread gets it when units arrive during a commit: a unit that fails
     /// half-way has none of its changes kept and gets its own error, while the units around it
@@ -555,112 +549,7 @@ mod tests {
         );
     }
 
-    #[tokio::test]
-    async fn retained_survive_reopen_and_empty_payload_deletes() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        store.retain(msg("a/b", b"1")).await.unwrap();
-        store.retain(msg("a/c", b"2")).await.unwrap();
-        store.retain(msg("a/b", b"3")).await.unwrap();
-        store.retain(msg("a/c", b"")).await.unwrap();
-        thread.close().await;
-
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"3")]);
-        thread.close().await;
-    }
-
-    #[tokio::test]
-    async fn shadows_are_written_together_and_listed() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let key = |thing: &str, name: Option<&str>| ShadowKey {
-            thing: thing.into(),
-            name: name.map(Into::into),
-        };
-        let shadow = |k: ShadowKey, v: u64| StoredShadow {
-            key: k,
-            version: v,
-            deleted_at: None,
-            document: format!("{{\"v\":{v}}}"),
-        };
-        store
-            .write_shadows(vec![
-                shadow(key("b", None), 1),
-                shadow(key("a", Some("x")), 2),
-            ])
-            .await
-            .unwrap();
-        store
-            .write_shadows(vec![shadow(key("b", None), 3)])
-            .await
-            .unwrap();
-        thread.close().await;
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        assert_eq!(
-            store.list_shadows().await.unwrap(),
-            vec![(key("a", Some("x")), 2), (key("b", None), 3)]
-        );
-        let b = store.load_shadow(key("b", None)).await.unwrap().unwrap();
-        assert_eq!(b.document, "{\"v\":3}");
-        assert_eq!(store.load_shadow(key("c", None)).await.unwrap(), None);
-        thread.close().await;
-    }
-
-    fn key(thing: &str, name: Option<&str>) -> ShadowKey {
-        ShadowKey {
-            thing: thing.into(),
-            name: name.map(Into::into),
-        }
-    }
-
-    /// A shadow row; `deleted_at` makes it a tombstone.
-    fn row(thing: &str, version: u64, deleted_at: Option<u64>) -> StoredShadow {
-        StoredShadow {
-            key: key(thing, None),
-            version,
-            deleted_at,
-            document: format!("{{\"version\":{version}}}"),
-        }
-    }
-
-    #[tokio::test]
-    async fn tombstones_are_not_listed_and_only_those_deleted_before_the_cut_off_are_dropped() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        store
-            .write_shadows(vec![
-                row("live", 3, None),
-                row("old-tombstone", 5, Some(100)),
-                row("new-tombstone", 7, Some(200)),
-            ])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.list_shadows().await.unwrap(),
-            vec![(key("live", None), 3)]
-        );
-        store.drop_tombstones(200).await.unwrap();
-        let load = |thing: &str| store.load_shadow(key(thing, None));
-        assert_eq!(load("old-tombstone").await.unwrap(), None);
-        // Deleted at the cut-off itself: still protects its version, so it stays.
-        assert_eq!(
-            load("new-tombstone").await.unwrap(),
-            Some(row("new-tombstone", 7, Some(200)))
-        );
-        assert_eq!(load("live").await.unwrap(), Some(row("live", 3, None)));
-        // A re-created shadow is live again and listed.
-        store
-            .write_shadows(vec![row("new-tombstone", 8, None)])
-            .await
-            .unwrap();
-        assert_eq!(
-            store.list_shadows().await.unwrap(),
-            vec![(key("live", None), 3), (key("new-tombstone", None), 8)]
-        );
-        thread.close().await;
-    }
-
+    /// Checked with SQL of its own: the components' queries live in their crates, above this one.
     #[tokio::test]
     async fn an_older_database_is_upgraded_with_its_rows_kept() {
         let dir = tempfile::tempdir().unwrap();
@@ -680,20 +569,49 @@ mod tests {
             .unwrap();
         }
         let (store, thread) = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"1")]);
+        let retained = store
+            .transact(|c| {
+                c.query_row("SELECT topic, payload, qos FROM retained", [], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, Vec<u8>>(1)?,
+                        r.get::<_, u8>(2)?,
+                    ))
+                })
+            })
+            .await
+            .unwrap();
+        assert_eq!(retained, ("a/b".to_owned(), b"1".to_vec(), 1));
         // The tombstone was recognised from its document by the new migration.
+        let shadows = store
+            .transact(|c| {
+                c.prepare("SELECT thing, name, version, deleted_at FROM shadows ORDER BY thing")?
+                    .query_map([], |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, u64>(2)?,
+                            r.get::<_, Option<u64>>(3)?,
+                        ))
+                    })?
+                    .collect::<rusqlite::Result<Vec<_>>>()
+            })
+            .await
+            .unwrap();
+        let row = |thing: &str, name: &str, version, deleted_at| {
+            (thing.to_owned(), name.to_owned(), version, deleted_at)
+        };
         assert_eq!(
-            store.list_shadows().await.unwrap(),
-            vec![(key("broken", None), 1), (key("lamp", None), 4)]
-        );
-        let gone = store.load_shadow(key("gone", Some("cfg"))).await.unwrap();
-        assert_eq!(
-            gone.map(|s| (s.version, s.deleted_at)),
-            Some((9, Some(1000)))
+            shadows,
+            [
+                row("broken", "", 1, None),
+                row("gone", "cfg", 9, Some(1000)),
+                row("lamp", "", 4, None)
+            ]
         );
         // Later migrations' tables exist and work.
         store
-            .kv_write("f".into(), vec![("k".into(), Some(b"v".to_vec()))])
+            .transact(|c| c.execute("INSERT INTO function_kv VALUES ('f', 'k', x'76')", []))
             .await
             .unwrap();
         thread.close().await;
@@ -726,111 +644,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn functions_and_kv_survive_reopen_and_remove_forgets_them() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let version = |v: u64| StoredFunctionVersion {
-            name: "f".into(),
-            version: v,
-            manifest: "name = \"f\"".into(),
-            module: format!("f-{v}.wasm"),
-            created_ms: 1,
-        };
-        store.save_function_version(version(1)).await.unwrap();
-        store.save_function_version(version(2)).await.unwrap();
-        let alias = StoredAlias {
-            name: "f".into(),
-            alias: "live".into(),
-            version: 1,
-            weight: Some((2, 10)),
-        };
-        store.set_function_alias(alias.clone()).await.unwrap();
-        store
-            .kv_write(
-                "f".into(),
-                vec![
-                    ("a".into(), Some(b"1".to_vec())),
-                    ("b".into(), Some(b"2".to_vec())),
-                ],
-            )
-            .await
-            .unwrap();
-        store
-            .kv_write("f".into(), vec![("b".into(), None)])
-            .await
-            .unwrap();
-        thread.close().await;
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let (versions, aliases) = store.load_functions().await.unwrap();
-        assert_eq!(versions, vec![version(1), version(2)]);
-        assert_eq!(aliases, vec![alias]);
-        let get = |k: &str| store.kv_get("f".into(), k.into());
-        assert_eq!(get("a").await.unwrap(), Some(b"1".to_vec()));
-        assert_eq!(get("b").await.unwrap(), None);
-        store.remove_function("f".into()).await.unwrap();
-        assert_eq!(store.load_functions().await.unwrap(), (vec![], vec![]));
-        assert_eq!(get("a").await.unwrap(), None);
-        thread.close().await;
-    }
-
-    #[tokio::test]
-    async fn the_outbox_keeps_order_and_survives_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let m = |seq: u64| OutboxMessage {
-            seq,
-            topic: format!("t/{seq}"),
-            payload: Bytes::from(vec![b'x'; seq as usize]),
-            enqueued_ms: 100 + seq,
-        };
-        store
-            .outbox_write((1..=5).map(m).collect(), vec![])
-            .await
-            .unwrap();
-        store.outbox_write(vec![m(6)], vec![1, 3]).await.unwrap();
-        thread.close().await;
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let index = store.outbox_index().await.unwrap();
-        let seqs: Vec<u64> = index.iter().map(|e| e.seq).collect();
-        assert_eq!(seqs, [2, 4, 5, 6]);
-        assert_eq!((index[0].size, index[0].enqueued_ms), (3 + 2, 102));
-        let page = store.outbox_load(2, 2).await.unwrap();
-        assert_eq!(page, vec![m(4), m(5)]);
-        thread.close().await;
-    }
-
-    #[tokio::test]
     async fn a_second_opener_is_refused_while_the_first_holds_the_database() {
         let dir = tempfile::tempdir().unwrap();
         let (_store, thread) = Store::open(dir.path()).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::Locked { .. }), "{err}");
-        thread.close().await;
-    }
-
-    #[tokio::test]
-    async fn concurrent_writers_share_commits_and_all_land() {
-        let dir = tempfile::tempdir().unwrap();
-        let (store, thread) = Store::open(dir.path()).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..200 {
-            let store = store.clone();
-            tasks.push(tokio::spawn(async move {
-                store
-                    .retain(RetainedMessage {
-                        topic: format!("t/{i:03}"),
-                        payload: Bytes::from(vec![b'x'; i + 1]),
-                        qos: 0,
-                    })
-                    .await
-            }));
-        }
-        for t in tasks {
-            t.await.unwrap().unwrap();
-        }
-        let all = store.load_retained().await.unwrap();
-        assert_eq!(all.len(), 200);
-        assert_eq!(all[199].payload.len(), 200);
         thread.close().await;
     }
 }

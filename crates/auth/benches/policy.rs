@@ -4,7 +4,7 @@
 //! parameters `grove device add` hashes with. `cargo bench -p grove-gateway --bench policy`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use grove_gateway::auth::policy::device_policy;
+use grove_auth::policy::device_policy;
 use std::hint::black_box;
 
 fn policy(c: &mut Criterion) {
@@ -27,7 +27,7 @@ fn policy(c: &mut Criterion) {
 
 fn password(c: &mut Criterion) {
     use argon2::password_hash::{PasswordHash, PasswordVerifier};
-    let hash = grove_gateway::auth::identity::hash_password("correct horse").expect("hash");
+    let hash = grove_auth::identity::hash_password("correct horse").expect("hash");
     let parsed = PasswordHash::new(&hash).expect("a PHC string");
     let mut g = c.benchmark_group("password");
     g.sample_size(10);

@@ -5,6 +5,11 @@
 //! mutual TLS) and a policy. The connection layer authenticates at CONNECT, resolves the policy's
 //! variables for that client, and checks every PUBLISH, every SUBSCRIBE filter and every message
 //! delivered (`broker/connection.rs`). A policy that cannot be enforced is a startup error.
+//!
+//! Architecture invariant: `grove-auth` depends on nothing of Grove's but `grove-rules` (the topic
+//! matcher policies share with the rules' SQL); it never depends on the broker or a component.
+//! rustls, rcgen and argon2 are not re-exported: [`tls`] hands out rustls's server config, which
+//! only the broker and the cloud link (depending on rustls themselves) take.
 
 pub mod ca;
 pub mod fair_queue;
