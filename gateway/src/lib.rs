@@ -19,8 +19,6 @@
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 
-pub mod broker;
-pub mod bus;
 pub mod client;
 pub mod cloud;
 pub mod config;
@@ -32,4 +30,3 @@ pub mod ops;
 pub mod rules;
 pub mod run;
 pub mod shadow;
-pub mod tap;

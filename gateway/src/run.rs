@@ -14,13 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::broker::{Broker, BrokerError};
-use crate::config::{Config, ConfigError};
+use crate::config::Config;
 use crate::functions::service::Functions;
 use crate::metrics::Metrics;
 use crate::rules::engine::{Reload, RulesEngine};
 use crate::shadow::service::ShadowService;
 use grove_auth::identity::{Identities, DEVICES_FILE};
+use grove_broker::{Broker, BrokerError};
+use grove_config::ConfigError;
 use grove_store::{Store, StoreError};
 
 /// Why the gateway could not run.

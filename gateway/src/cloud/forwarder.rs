@@ -15,12 +15,12 @@ use super::link::{Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
 use super::{link, sync};
-use crate::broker::BusMaker;
-use crate::bus::{Bus, Message, Outgoing};
 use crate::metrics::CloudMetrics;
 use crate::shadow::document::client_token_of;
 use crate::shadow::local::LocalShadows;
-use crate::tap::{Offer, Route, Tap};
+use grove_broker::bus::{Bus, Message, Outgoing};
+use grove_broker::tap::{Offer, Route, Tap};
+use grove_broker::BusMaker;
 use grove_store::{OutboxMessage, Store};
 
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on

@@ -27,11 +27,11 @@ use super::link::Session;
 use super::merge::{diff_state, target};
 use super::queries::CloudQueries;
 use super::SyncInput;
-use crate::bus::{Bus, Closed, Message};
 use crate::metrics::CloudMetrics;
 use crate::shadow::local::{LocalError, LocalShadows};
 use crate::shadow::names::{request_topic, Operation};
 use crate::shadow::queries::ShadowQueries;
+use grove_broker::bus::{Bus, Closed, Message};
 use grove_store::{ShadowKey, Store, SyncState};
 
 /// Reads and merges per round before giving up on conflicts.

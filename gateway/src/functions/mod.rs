@@ -18,7 +18,6 @@ pub mod client;
 pub mod logs;
 pub mod manifest;
 pub mod queries;
-pub mod reply;
 pub mod routing;
 pub mod runtime;
 pub mod service;

@@ -51,20 +51,20 @@ use tracing::{debug, info, warn};
 use super::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
 use super::manifest::Manifest;
 use super::queries::FunctionQueries;
-use super::reply::{self, ReplyError};
 use super::routing::{Alias, Qualifier, Routes, RoutingError};
 use super::runtime::{
     write_atomically, DeployError, Failure, Host, HostError, Level, Outcome, Prepared, Runtime,
     RuntimeConfig,
 };
-use crate::broker::BusMaker;
-use crate::bus::{Closed, Message, Outgoing};
 use crate::config::FunctionsConfig;
 use crate::metrics::{FunctionLabels, FunctionMetrics};
 use crate::rules::MAX_HOPS;
 use crate::shadow::local::{Answer, LocalShadows};
 use crate::shadow::names::Operation;
-use crate::tap::{Offer, Route, Tap};
+use grove_broker::bus::{Closed, Message, Outgoing};
+use grove_broker::reply::{self, ReplyError};
+use grove_broker::tap::{Offer, Route, Tap};
+use grove_broker::BusMaker;
 use grove_store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 
 /// Offers from publishers waiting for their events to be recorded; each publisher waits for its
@@ -356,7 +356,7 @@ impl Functions {
             cache_dir: dir.join("cache"),
         })
         .map_err(FunctionError::Io)?;
-        let bus_err = |e: crate::broker::BrokerError| FunctionError::Io(e.to_string());
+        let bus_err = |e: grove_broker::BrokerError| FunctionError::Io(e.to_string());
         let out = buses.bus("functions-out").await.map_err(bus_err)?;
         let (publish, publish_rx) = mpsc::channel(1024);
         tokio::spawn(publisher(out, publish_rx, shutdown.clone()));
@@ -1186,7 +1186,7 @@ impl Functions {
     }
 
     /// Serves sync invocations published on `$grove/functions/{name}[:{qualifier}]/invoke`.
-    async fn serve_invoke(self, mut bus: crate::bus::Bus) {
+    async fn serve_invoke(self, mut bus: grove_broker::bus::Bus) {
         let mut shutdown = self.inner.shutdown.clone();
         let mut batch = Vec::new();
         while bus.recv_until(&mut batch, &mut shutdown).await {
@@ -1372,7 +1372,7 @@ fn now_ms() -> i64 {
 
 /// Publishes what functions send, in batches, on the component's output link.
 async fn publisher(
-    mut bus: crate::bus::Bus,
+    mut bus: grove_broker::bus::Bus,
     mut rx: mpsc::Receiver<Batch>,
     mut shutdown: watch::Receiver<bool>,
 ) {

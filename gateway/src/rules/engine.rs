@@ -41,8 +41,6 @@ use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
 use super::{fan_out, Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
-use crate::broker::BusMaker;
-use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::Config;
 use crate::functions::service::Functions;
 use crate::metrics::RulesMetrics;
@@ -50,6 +48,8 @@ use crate::shadow::document::client_token_of;
 use crate::shadow::local::{LocalError, LocalShadows};
 use crate::shadow::names::{validate_shadow_name, validate_thing_name, Operation};
 use grove_auth::policy::{matches, overlaps};
+use grove_broker::bus::{Bus, Closed, Message, Outgoing};
+use grove_broker::BusMaker;
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.
@@ -915,7 +915,7 @@ fn perform(
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             // As for devices (the connection layer refuses it too): a retained message on a
             // reserved topic would be replayed, e.g. to the shadow service at every restart.
-            if *retain && !crate::broker::namespace::may_retain(&topic) {
+            if *retain && !grove_broker::namespace::may_retain(&topic) {
                 let message = format!("a retained message on the reserved topic {topic}");
                 return Err(fail(topic, message));
             }

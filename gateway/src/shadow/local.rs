@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use super::document::client_token_of;
 use super::names::{request_topic, Operation};
-use crate::bus::{Bus, Closed, Outgoing};
+use grove_broker::bus::{Bus, Closed, Outgoing};
 
 /// The answer topics of every shadow operation (non-overlapping, because the router delivers a
 /// message once per matching filter of a link).

@@ -30,9 +30,9 @@ use tracing::{debug, error, warn};
 use super::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
 use super::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
 use super::queries::ShadowQueries;
-use crate::bus::{Bus, Closed, Message, Outgoing};
 use crate::config::ShadowConfig;
 use crate::metrics::ShadowMetrics;
+use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_store::{ShadowKey, Store, StoredShadow};
 
 /// Grove's own request topic for listing shadows (AWS's MQTT API has no list operation); the

@@ -24,11 +24,12 @@ use super::connect::{ConnectRules, LoginRule};
 use super::queries::RetainedQueries;
 use super::{connection, namespace};
 use crate::bus::Bus;
-use crate::config::{AuthMode, BrokerConfig, ConfigError};
+use crate::config::{AuthMode, BrokerConfig};
 use crate::metrics::BrokerMetrics;
 use crate::tap::{Tap, TapClosed};
 use grove_auth::identity::{Device, Identities};
 use grove_auth::tls;
+use grove_config::ConfigError;
 use grove_store::{RetainedMessage, Store, StoreError};
 
 /// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of

@@ -40,7 +40,7 @@ use super::{
     namespace, poll_now, publish_qos_pkid, Listener, Shared, GROVE_PROPERTY_PREFIX, ORIGIN_PROPERTY,
 };
 use crate::config::AuthMode;
-use crate::functions::reply;
+use crate::reply;
 use grove_auth::identity::{Device, PasswordCheck};
 use grove_auth::policy::{allow_all_policy, safe_variable, Resolved};
 use grove_auth::tls::common_name;

@@ -1,7 +1,7 @@
 //! The bus: how the gateway's own components (shadows, rules, and functions and cloud sync as they
 //! land) talk MQTT with the devices, through an in-process link to the router, never a socket.
 //!
-//! A component gets a [`Bus`] from [`crate::broker::Broker::bus`], subscribes to exactly the filters
+//! A component gets a [`Bus`] from [`crate::Broker::bus`], subscribes to exactly the filters
 //! it serves, takes received messages in batches (whatever is waiting, so a busy component handles
 //! many per wake-up and can group its durable writes), and publishes its answers in batches.
 //! Topics and filters are the wire names (`$aws/things/...`); the translation to the router's names
@@ -16,10 +16,10 @@ use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, Publi
 use rumqttd::Notification;
 use tokio::sync::watch;
 
-use crate::broker::{
+use crate::tap::Tap;
+use crate::{
     make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
 };
-use crate::tap::Tap;
 
 /// A message received by a component.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,4 +1,4 @@
-//! The embedded MQTT broker: rumqttd's router, driven by Grove's own listeners and connections.
+//! `grove-broker`: the embedded MQTT broker: rumqttd's router, driven by Grove's own listeners and connections.
 //!
 //! rumqttd's router (subscriptions, in-memory per-filter logs, QoS 1 flow, persistent sessions,
 //! retained delivery) runs on its own thread. Grove binds the listeners itself and runs each
@@ -13,15 +13,27 @@
 //! have not authenticated yet ([`admission`]: per listener and per peer address, apart from
 //! `max_connections`, which counts authenticated sessions).
 //!
-//! Architecture invariant: rumqttd types stay inside `broker` and `bus`; other modules see Grove's
-//! types.
+//! Also here: [`bus`] (the components' in-process links to the router), [`tap`] (durable taps),
+//! [`reply`] (where a sync invocation's answer may go: checked by the connection layer and by the
+//! functions component), the `[broker]` section ([`config`]), the broker's counters ([`metrics`])
+//! and its table of retained messages ([`queries`]).
+//!
+//! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config` and
+//! nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
+//! binary. rumqttd types stay inside this crate (its public face is Grove's own types: [`Broker`],
+//! [`bus::Bus`], [`bus::Message`], ...), and rumqttd is not re-exported.
 
 mod admission;
+pub mod bus;
 pub mod codec;
+pub mod config;
 pub mod connect;
 mod connection;
+pub mod metrics;
 pub mod namespace;
-mod queries;
+pub mod queries;
+pub mod reply;
 mod server;
+pub mod tap;
 
 pub use server::*;

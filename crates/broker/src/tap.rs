@@ -58,7 +58,7 @@ pub struct Offer {
 pub struct TapClosed;
 
 /// The routes and the channel to the owner; installed in the broker by
-/// [`crate::broker::BusMaker::add_tap`].
+/// [`crate::BusMaker::add_tap`].
 #[derive(Debug)]
 pub struct Tap {
     routes: RwLock<Vec<Route>>,
