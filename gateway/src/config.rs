@@ -37,7 +37,7 @@ pub struct RawConfig {
     #[serde(default)]
     ops: RawOps,
     #[serde(default)]
-    shadow: RawShadow,
+    shadow: grove_shadow::config::RawShadow,
     #[serde(default)]
     policies: Vec<Spanned<Policy>>,
     #[serde(default)]
@@ -55,14 +55,6 @@ struct RawFunctions {
     workers: Option<Spanned<usize>>,
     queue_bound: Option<Spanned<usize>>,
     pool_size: Option<Spanned<u32>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawShadow {
-    max_state_bytes: Option<Spanned<usize>>,
-    max_depth: Option<Spanned<usize>>,
-    max_inflight_per_client: Option<Spanned<usize>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -90,7 +82,7 @@ pub struct Config {
     /// The operations HTTP endpoint, or `None` when disabled.
     pub ops: Option<Located<SocketAddr>>,
     /// The device shadow service.
-    pub shadow: ShadowConfig,
+    pub shadow: grove_shadow::config::ShadowConfig,
     /// The rules, compiled (disabled ones included, marked).
     pub rules: Vec<RuleConfig>,
     /// Cloud sync, when `[cloud]` is configured and enabled; the origin is the section, where
@@ -111,19 +103,6 @@ pub struct FunctionsConfig {
     pub queue_bound: usize,
     /// Function instances that may exist at once (the pooling allocator's slots).
     pub pool_size: u32,
-}
-
-/// The device shadow service's section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ShadowConfig {
-    /// Largest state (desired plus reported, compact JSON) a shadow may hold; AWS's is 8 KiB.
-    pub max_state_bytes: usize,
-    /// Deepest nesting of a request's `desired` or `reported` section, the section's object being
-    /// level 1 (AWS's Device Shadow limits; see `shadow::document::DEFAULT_MAX_DEPTH`); AWS's is 6.
-    pub max_depth: usize,
-    /// Requests one client may have unanswered at once (taken by the shadow service and not yet
-    /// answered, across batches) before the next one gets 429; AWS's is 10.
-    pub max_inflight_per_client: usize,
 }
 
 impl Config {
@@ -196,22 +175,7 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     if let Err(e) = tracing_subscriber::EnvFilter::builder().parse(&log_filter.value) {
         return Err(r.invalid(&log_filter, format!("not a valid log filter: {e}")));
     }
-    let shadow = ShadowConfig {
-        max_state_bytes: r.ranged(
-            "shadow.max_state_bytes",
-            raw.shadow.max_state_bytes,
-            // AWS's 8 KiB, unless the broker's payload limit is smaller.
-            (8 * 1024).min(broker.max_payload_size),
-            16..=broker.max_payload_size,
-        )?,
-        max_depth: r.ranged("shadow.max_depth", raw.shadow.max_depth, 6, 1..=64)?,
-        max_inflight_per_client: r.ranged(
-            "shadow.max_inflight_per_client",
-            raw.shadow.max_inflight_per_client,
-            10,
-            1..=100_000,
-        )?,
-    };
+    let shadow = grove_shadow::config::resolve(r, raw.shadow, broker.max_payload_size)?;
     let mut rules: Vec<RuleConfig> = Vec::with_capacity(raw.rules.len());
     let mut rule_origins = Vec::with_capacity(raw.rules.len());
     for (i, raw_rule) in raw.rules.into_iter().enumerate() {

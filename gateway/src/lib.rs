@@ -19,14 +19,13 @@
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 
-pub mod client;
 pub mod cloud;
 pub mod config;
 pub mod functions;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod mqtt_request;
 pub mod ops;
 pub mod rules;
 pub mod run;
-pub mod shadow;

@@ -11,8 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use grove_auth::{ca, identity, policy};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
+use grove_gateway::mqtt_request::{self, ClientError};
 use grove_gateway::rules::engine::RELOAD_TOPIC;
-use grove_gateway::shadow::client::{self, Request};
+use grove_shadow::cli::{self, Request};
 
 /// Grove: an edge IoT gateway runtime. An MQTT broker for your devices, AWS IoT-compatible
 /// device shadows, rules, WebAssembly functions and cloud sync, in one small binary.
@@ -368,13 +369,18 @@ fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr
     let Some(runtime) = client_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(client::call(addr, &thing, name.as_deref(), request.clone())) {
+    let exchange = async {
+        let (topic, body) = cli::call(&thing, name.as_deref(), request.clone())
+            .map_err(ClientError::BadDocument)?;
+        mqtt_request::request(addr, &topic, body).await
+    };
+    match runtime.block_on(exchange) {
         Ok(doc) if raw && !matches!(request, Request::Update(_)) => {
             println!("{doc}");
             ExitCode::SUCCESS
         }
         Ok(doc) => {
-            print!("{}", client::render(&request, &thing, &doc));
+            print!("{}", cli::render(&request, &thing, &doc));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -450,7 +456,8 @@ fn rules(action: RulesAction) -> ExitCode {
             let Some(runtime) = client_runtime() else {
                 return ExitCode::FAILURE;
             };
-            let request = grove_gateway::client::request(addr, RELOAD_TOPIC, serde_json::json!({}));
+            let request =
+                grove_gateway::mqtt_request::request(addr, RELOAD_TOPIC, serde_json::json!({}));
             match runtime.block_on(request) {
                 Ok(doc) => {
                     println!("rules reloaded: {}", doc["rules"]);

@@ -18,10 +18,10 @@ use crate::config::Config;
 use crate::functions::service::Functions;
 use crate::metrics::Metrics;
 use crate::rules::engine::{Reload, RulesEngine};
-use crate::shadow::service::ShadowService;
 use grove_auth::identity::{Identities, DEVICES_FILE};
 use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
+use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
 
 /// Why the gateway could not run.

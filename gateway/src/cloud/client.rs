@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use serde_json::Value;
 
 use super::STATUS_TOPIC;
-use crate::client::{request, ClientError};
+use crate::mqtt_request::{request, ClientError};
 
 /// Asks the gateway at `addr` for its cloud status document.
 pub async fn status(addr: SocketAddr) -> Result<Value, ClientError> {

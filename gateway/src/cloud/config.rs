@@ -12,8 +12,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::outbox::{FullPolicy, Limits};
-use crate::shadow::names::validate_thing_name;
 use grove_auth::policy::{overlaps, valid_filter};
+use grove_shadow::names::validate_thing_name;
 
 /// `[cloud]` as written.
 #[derive(Debug, Deserialize)]

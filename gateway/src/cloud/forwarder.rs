@@ -16,11 +16,11 @@ use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
 use super::{link, sync};
 use crate::metrics::CloudMetrics;
-use crate::shadow::document::client_token_of;
-use crate::shadow::local::LocalShadows;
 use grove_broker::bus::{Bus, Message, Outgoing};
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
+use grove_shadow::document::client_token_of;
+use grove_shadow::local::LocalShadows;
 use grove_store::{OutboxMessage, Store};
 
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on

@@ -28,10 +28,10 @@ use super::merge::{diff_state, target};
 use super::queries::CloudQueries;
 use super::SyncInput;
 use crate::metrics::CloudMetrics;
-use crate::shadow::local::{LocalError, LocalShadows};
-use crate::shadow::names::{request_topic, Operation};
-use crate::shadow::queries::ShadowQueries;
 use grove_broker::bus::{Bus, Closed, Message};
+use grove_shadow::local::{LocalError, LocalShadows};
+use grove_shadow::names::{request_topic, Operation};
+use grove_shadow::queries::ShadowQueries;
 use grove_store::{ShadowKey, Store, SyncState};
 
 /// Reads and merges per round before giving up on conflicts.

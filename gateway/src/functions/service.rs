@@ -59,12 +59,12 @@ use super::runtime::{
 use crate::config::FunctionsConfig;
 use crate::metrics::{FunctionLabels, FunctionMetrics};
 use crate::rules::MAX_HOPS;
-use crate::shadow::local::{Answer, LocalShadows};
-use crate::shadow::names::Operation;
 use grove_broker::bus::{Closed, Message, Outgoing};
 use grove_broker::reply::{self, ReplyError};
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
+use grove_shadow::local::{Answer, LocalShadows};
+use grove_shadow::names::Operation;
 use grove_store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 
 /// Offers from publishers waiting for their events to be recorded; each publisher waits for its
@@ -1417,8 +1417,8 @@ impl ServiceHost {
         body: Value,
         deadline: Instant,
     ) -> Result<Answer, HostError> {
-        if crate::shadow::names::validate_thing_name(thing).is_err()
-            || name.is_some_and(|n| crate::shadow::names::validate_shadow_name(n).is_err())
+        if grove_shadow::names::validate_thing_name(thing).is_err()
+            || name.is_some_and(|n| grove_shadow::names::validate_shadow_name(n).is_err())
         {
             return Err(HostError::Invalid);
         }

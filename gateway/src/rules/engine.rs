@@ -44,12 +44,12 @@ use super::{fan_out, Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
 use crate::config::Config;
 use crate::functions::service::Functions;
 use crate::metrics::RulesMetrics;
-use crate::shadow::document::client_token_of;
-use crate::shadow::local::{LocalError, LocalShadows};
-use crate::shadow::names::{validate_shadow_name, validate_thing_name, Operation};
 use grove_auth::policy::{matches, overlaps};
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_broker::BusMaker;
+use grove_shadow::document::client_token_of;
+use grove_shadow::local::{LocalError, LocalShadows};
+use grove_shadow::names::{validate_shadow_name, validate_thing_name, Operation};
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.

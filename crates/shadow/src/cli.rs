@@ -3,17 +3,15 @@
 //! It speaks the same MQTT API a device uses (subscribe to the response topics, publish the request
 //! with a client token, wait for the answer carrying that token), so it never opens the database
 //! behind the gateway's back and works against any Grove (or AWS IoT Core-compatible) endpoint.
-//! `list`, which AWS's MQTT API lacks, uses Grove's `$grove/shadows/list` topic. The MQTT exchange
-//! itself is [`crate::client::request`].
-
-use std::net::SocketAddr;
+//! `list`, which AWS's MQTT API lacks, uses Grove's `$grove/shadows/list` topic. This module says
+//! what to ask ([`call`]: the request's topic and body) and how to show the answer ([`render`]);
+//! the MQTT exchange itself is the binary's one-request client (`grove-gateway`'s
+//! `mqtt_request.rs`), so that this crate needs no MQTT client.
 
 use serde_json::{json, Value};
 
-use crate::client::ClientError;
-
-use super::names::{request_topic, Operation};
-use super::service::LIST_TOPIC;
+use crate::names::{request_topic, Operation};
+use crate::service::LIST_TOPIC;
 
 /// What to ask.
 #[derive(Debug, Clone)]
@@ -28,23 +26,23 @@ pub enum Request {
     Delete,
 }
 
-/// Sends one shadow request to the gateway at `addr` and returns the accepted document.
-pub async fn call(
-    addr: SocketAddr,
+/// The topic and body of one shadow request to the gateway (an update's document, not JSON: the
+/// parser's error).
+pub fn call(
     thing: &str,
     shadow: Option<&str>,
     request: Request,
-) -> Result<Value, ClientError> {
+) -> Result<(String, Value), serde_json::Error> {
     let (topic, body) = match &request {
         Request::List => (LIST_TOPIC.to_owned(), json!({})),
         Request::Get => (request_topic(thing, shadow, Operation::Get), json!({})),
         Request::Delete => (request_topic(thing, shadow, Operation::Delete), json!({})),
         Request::Update(doc) => (
             request_topic(thing, shadow, Operation::Update),
-            serde_json::from_str(doc).map_err(ClientError::BadDocument)?,
+            serde_json::from_str(doc)?,
         ),
     };
-    crate::client::request(addr, &topic, body).await
+    Ok((topic, body))
 }
 
 /// A readable rendering of an accepted document, for people; `--json` prints the raw one instead.

@@ -27,11 +27,11 @@ use serde_json::{json, Value};
 use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
-use super::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
-use super::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
-use super::queries::ShadowQueries;
 use crate::config::ShadowConfig;
+use crate::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
 use crate::metrics::ShadowMetrics;
+use crate::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
+use crate::queries::ShadowQueries;
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_store::{ShadowKey, Store, StoredShadow};
 
