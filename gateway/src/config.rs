@@ -44,17 +44,7 @@ pub struct RawConfig {
     rules: Vec<Spanned<RawRule>>,
     cloud: Option<Spanned<RawCloud>>,
     #[serde(default)]
-    functions: RawFunctions,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawFunctions {
-    enabled: Option<bool>,
-    max_memory_mb: Option<Spanned<u32>>,
-    workers: Option<Spanned<usize>>,
-    queue_bound: Option<Spanned<usize>>,
-    pool_size: Option<Spanned<u32>>,
+    functions: grove_functions_host::config::RawFunctions,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -89,20 +79,7 @@ pub struct Config {
     /// startup errors (unusable TLS files) point.
     pub cloud: Option<Located<CloudConfig>>,
     /// Local functions, or `None` when disabled.
-    pub functions: Option<FunctionsConfig>,
-}
-
-/// The local functions' section.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FunctionsConfig {
-    /// The most memory any function instance may have, in MiB (manifests ask for less).
-    pub max_memory_mb: u32,
-    /// Invocations running at once across all functions (threads of the blocking pool).
-    pub workers: usize,
-    /// Async events one function may have queued; further events go to its dead-letter topic.
-    pub queue_bound: usize,
-    /// Function instances that may exist at once (the pooling allocator's slots).
-    pub pool_size: u32,
+    pub functions: Option<grove_functions_host::config::FunctionsConfig>,
 }
 
 impl Config {
@@ -221,28 +198,7 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             });
         }
     }
-    let functions = match raw.functions.enabled.unwrap_or(true) {
-        false => None,
-        true => {
-            let f = raw.functions;
-            Some(FunctionsConfig {
-                max_memory_mb: r.ranged(
-                    "functions.max_memory_mb",
-                    f.max_memory_mb,
-                    64,
-                    1..=4096,
-                )?,
-                workers: r.ranged("functions.workers", f.workers, 2, 1..=256)?,
-                queue_bound: r.ranged(
-                    "functions.queue_bound",
-                    f.queue_bound,
-                    1000,
-                    1..=1_000_000,
-                )?,
-                pool_size: r.ranged("functions.pool_size", f.pool_size, 100, 2..=10_000)?,
-            })
-        }
-    };
+    let functions = grove_functions_host::config::resolve(r, raw.functions)?;
     if let Some((i, r)) = rules.iter().enumerate().find(|(_, r)| r.uses_functions()) {
         if functions.is_none() {
             return Err(ConfigError::Invalid {

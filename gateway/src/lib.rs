@@ -21,7 +21,6 @@
 
 pub mod cloud;
 pub mod config;
-pub mod functions;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

@@ -530,7 +530,7 @@ fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<Sock
 }
 
 fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>) -> ExitCode {
-    use grove_gateway::functions::client::{parse_weight, render_list, AdminClient};
+    use grove_functions_host::cli::{parse_weight, render_list, AdminClient};
     let addr = match ops {
         Some(a) => a,
         None => {

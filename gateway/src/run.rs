@@ -15,12 +15,12 @@ use tokio::task::JoinHandle;
 use tracing::info;
 
 use crate::config::Config;
-use crate::functions::service::Functions;
 use crate::metrics::Metrics;
 use crate::rules::engine::{Reload, RulesEngine};
 use grove_auth::identity::{Identities, DEVICES_FILE};
 use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
+use grove_functions_host::service::Functions;
 use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
 
@@ -108,7 +108,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             // The admin routes deploy code and apply revocations: only for clients on this machine.
             let admin = match functions {
                 Some(f) if bind.value.ip().is_loopback() => {
-                    Some(crate::functions::admin::router(f))
+                    Some(grove_functions_host::admin::router(f))
                 }
                 Some(_) => {
                     tracing::warn!("the ops endpoint is not on a loopback address: `grove fn` admin routes are not served");

@@ -1,7 +1,7 @@
 //! What device security costs: per message, the checks the connection layer makes on every
 //! PUBLISH (`may_publish`) and every delivery (`may_receive`) with the built-in device policy (an
 //! allow-all listener makes none); per password CONNECT, one argon2 verification with the
-//! parameters `grove device add` hashes with. `cargo bench -p grove-gateway --bench policy`.
+//! parameters `grove device add` hashes with. `cargo bench -p grove-auth --bench policy`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use grove_auth::policy::device_policy;

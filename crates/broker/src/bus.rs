@@ -21,6 +21,11 @@ use crate::{
     make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
 };
 
+/// Most times a message may be republished by rules (or a function's publish) before the next
+/// republish is dropped (and counted): a rule that matches its own output stops there instead of
+/// looping forever. The hop count travels with each message on the bus (`$grove-hops`).
+pub const MAX_HOPS: u32 = 8;
+
 /// A message received by a component.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Message {

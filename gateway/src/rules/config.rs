@@ -3,15 +3,12 @@
 
 use std::fmt;
 
+use grove_broker::bus::MAX_HOPS;
 use grove_rules::{CompileError, Rule, Template};
 use serde::Deserialize;
 
-/// Most times a message may be republished by rules before the next republish is dropped (and
-/// counted): a rule that matches its own output stops there instead of looping forever.
-pub const MAX_HOPS: u32 = 8;
-
 /// The most messages one message can cause through the rules, all hops together: twice the
-/// leaves of a binary tree [`MAX_HOPS`] deep (see [`fan_out`]).
+/// leaves of a binary tree [`MAX_HOPS`](grove_broker::bus::MAX_HOPS) deep (see [`fan_out`]).
 pub const MAX_CAUSED: u64 = 2 << MAX_HOPS;
 
 /// The hop count of the messages one step of the rules makes from one message, and how many of
@@ -21,7 +18,7 @@ pub const MAX_CAUSED: u64 = 2 << MAX_HOPS;
 /// decides alone), and `children[i]` how many messages output `i`'s actions can make (its actions,
 /// plus one for its error action). A step making `n` messages advances them by
 /// `max(1, ceil(log2(consumers * n)))` hops instead of 1, and keeps only the outputs that fit
-/// within [`MAX_HOPS`]. Seen as a budget of `2^(MAX_HOPS - hops)` leaves per message, a step
+/// within [`MAX_HOPS`](grove_broker::bus::MAX_HOPS). Seen as a budget of `2^(MAX_HOPS - hops)` leaves per message, a step
 /// hands its children together at most its own budget, and each child at most half of it, so all
 /// the messages one message causes number fewer than twice its budget: [`MAX_CAUSED`] for a
 /// device's message. A chain (one output, one action, one group) advances 1 hop as before.
@@ -282,12 +279,12 @@ fn compile_action(action: &RawAction, field: &str) -> Result<Action, RuleError> 
                 Some((n, q)) => (n, Some(q)),
                 None => (target.as_str(), None),
             };
-            if !crate::functions::manifest::valid_name(name) {
+            if !grove_functions_host::manifest::valid_name(name) {
                 return Err(RuleError::Action(format!(
                     "{field}.function: {name:?} is not a function name (A-Z a-z 0-9 _ -)"
                 )));
             }
-            if let Some(Err(e)) = qualifier.map(crate::functions::routing::Qualifier::parse) {
+            if let Some(Err(e)) = qualifier.map(grove_functions_host::routing::Qualifier::parse) {
                 return Err(RuleError::Action(format!("{field}.function: {e}")));
             }
             Action::Function {

@@ -40,13 +40,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::{fan_out, Action, RuleConfig, MAX_HOPS, SHADOW_ACTION};
+use super::{fan_out, Action, RuleConfig, SHADOW_ACTION};
 use crate::config::Config;
-use crate::functions::service::Functions;
 use crate::metrics::RulesMetrics;
 use grove_auth::policy::{matches, overlaps};
+use grove_broker::bus::MAX_HOPS;
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_broker::BusMaker;
+use grove_functions_host::service::Functions;
 use grove_shadow::document::client_token_of;
 use grove_shadow::local::{LocalError, LocalShadows};
 use grove_shadow::names::{validate_shadow_name, validate_thing_name, Operation};
@@ -965,7 +966,7 @@ fn perform(
                 return Err(fail(target.clone(), e.to_string()));
             }
             Ok(publish(
-                crate::functions::service::event_topic(target),
+                grove_functions_host::service::event_topic(target),
                 1,
                 false,
             ))

@@ -5,7 +5,7 @@
 //!   loaded (a bad rule stops startup with the rule's line and the SQL error with a caret).
 //! - [`engine`]: the component. It subscribes on the bus, evaluates, runs actions (`republish`,
 //!   `shadow`, `cloud`, `function`), sends failures to the error action in AWS's payload shape,
-//!   runs windows on a timer, cuts republish loops after [`MAX_HOPS`], and swaps rule sets on
+//!   runs windows on a timer, cuts republish loops after [`MAX_HOPS`](grove_broker::bus::MAX_HOPS), and swaps rule sets on
 //!   reload without a gap.
 //!
 //! Actions, as AWS IoT's (a rule's output is the message the action sends):

@@ -24,8 +24,8 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::routing::Qualifier;
-use super::service::{answer, error_answer, FunctionError, Functions};
+use crate::routing::Qualifier;
+use crate::service::{answer, error_answer, FunctionError, Functions};
 
 /// Largest admin request body (a deploy carries the module, base64-encoded).
 const MAX_BODY: usize = 64 << 20;

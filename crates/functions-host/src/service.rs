@@ -8,7 +8,7 @@
 //!   starting. An invocation waits until its version is loaded; a version that failed to load is
 //!   listed with why (`grove fn list`), counted, logged, and its events are dead-lettered.
 //!   Deploys are serialised; each makes version `latest + 1`, immutable.
-//! - Triggers: the routes of the component's durable tap ([`crate::tap`]) are the trigger filters
+//! - Triggers: the routes of the component's durable tap ([`grove_broker::tap`]) are the trigger filters
 //!   of each function's `$LATEST` manifest (invoking its `trigger_qualifier`) and
 //!   `$grove/functions/+/event` (rules' `function` action, direct async events). A message a route
 //!   takes becomes an event of each function whose trigger it matches, and the events are
@@ -48,17 +48,17 @@ use serde_json::{json, Value};
 use tokio::sync::{mpsc, watch, Semaphore};
 use tracing::{debug, info, warn};
 
-use super::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
-use super::manifest::Manifest;
-use super::queries::FunctionQueries;
-use super::routing::{Alias, Qualifier, Routes, RoutingError};
-use super::runtime::{
+use crate::config::FunctionsConfig;
+use crate::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
+use crate::manifest::Manifest;
+use crate::metrics::{FunctionLabels, FunctionMetrics};
+use crate::queries::FunctionQueries;
+use crate::routing::{Alias, Qualifier, Routes, RoutingError};
+use crate::runtime::{
     write_atomically, DeployError, Failure, Host, HostError, Level, Outcome, Prepared, Runtime,
     RuntimeConfig,
 };
-use crate::config::FunctionsConfig;
-use crate::metrics::{FunctionLabels, FunctionMetrics};
-use crate::rules::MAX_HOPS;
+use grove_broker::bus::MAX_HOPS;
 use grove_broker::bus::{Closed, Message, Outgoing};
 use grove_broker::reply::{self, ReplyError};
 use grove_broker::tap::{Offer, Route, Tap};
@@ -1271,7 +1271,7 @@ struct SyncRequest {
 }
 
 impl SyncRequest {
-    /// Refuses a request without a valid reply topic (see [`super::reply`]): it is not invoked,
+    /// Refuses a request without a valid reply topic (see [`grove_broker::reply`]): it is not invoked,
     /// and nothing is published.
     fn parse(m: &Message) -> Result<SyncRequest, ReplyError> {
         let target = parse_target(&m.topic, "/invoke");

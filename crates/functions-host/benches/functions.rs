@@ -1,7 +1,7 @@
 //! What a function invocation costs inside the host (wasmtime 48, pooling allocator,
 //! copy-on-write images, `InstancePre`, epoch interruption on): cold start from the precompiled
 //! cache, a fresh instance per event, a reused instance, and invocations per second on two
-//! threads. `cargo bench -p grove-gateway --bench functions`.
+//! threads. `cargo bench -p grove-functions-host --bench functions`.
 //!
 //! The trivial handler is WAT (echo the payload). If the SDK's example functions have been built
 //! (`target/functions/*.wasm`, see `functions/`), each is benchmarked too, fresh and reused.
@@ -12,8 +12,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, Criterion, Throughput};
-use grove_gateway::functions::manifest::{InstanceMode, Manifest};
-use grove_gateway::functions::runtime::{Host, HostError, Level, Prepared, Runtime, RuntimeConfig};
+use grove_functions_host::manifest::{InstanceMode, Manifest};
+use grove_functions_host::runtime::{Host, HostError, Level, Prepared, Runtime, RuntimeConfig};
 
 /// A host whose effects go nowhere: the benchmark measures the runtime, not the bus.
 struct NullHost;
@@ -76,7 +76,7 @@ fn invoke(rt: &Runtime, p: &Prepared) -> bool {
 
 /// The SDK's built example functions with their manifests, if any (the other half of issue #5).
 fn examples() -> Vec<(String, Vec<u8>, String)> {
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/functions");
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/functions");
     let mut out: Vec<(String, Vec<u8>, String)> = std::fs::read_dir(&dir)
         .into_iter()
         .flatten()

@@ -33,7 +33,7 @@ use wasmtime::{
     Module, PoolingAllocationConfig, ResourceLimiter, Store, Trap, TypedFunc,
 };
 
-use super::manifest::{InstanceMode, Manifest};
+use crate::manifest::{InstanceMode, Manifest};
 
 /// How often the epoch advances: a timeout fires at most this late (plus scheduling).
 pub const TICK: Duration = Duration::from_millis(5);

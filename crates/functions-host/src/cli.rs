@@ -1,4 +1,4 @@
-//! `grove fn ...`: the CLI side of the admin routes ([`super::admin`]), over plain HTTP to the
+//! `grove fn ...`: the CLI side of the admin routes ([`crate::admin`]), over plain HTTP to the
 //! gateway's ops endpoint (loopback). ureq is a small blocking client: the CLI makes one request
 //! and needs no async runtime for it.
 

@@ -8,7 +8,7 @@
 
 use std::collections::BTreeMap;
 
-use super::manifest::valid_name;
+use crate::manifest::valid_name;
 
 /// The qualifier of the newest version.
 pub const LATEST: &str = "$LATEST";
