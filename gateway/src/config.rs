@@ -17,7 +17,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::cloud::config::{CloudConfig, RawCloud};
-use crate::rules::{RawRule, RuleConfig};
+use grove_rules_engine::{RawRule, RuleConfig};
 
 /// The default configuration file written by `grove init`, fully commented.
 ///

@@ -26,5 +26,4 @@ pub mod memory;
 pub mod metrics;
 pub mod mqtt_request;
 pub mod ops;
-pub mod rules;
 pub mod run;

@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use grove_auth::{ca, identity, policy};
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::mqtt_request::{self, ClientError};
-use grove_gateway::rules::engine::RELOAD_TOPIC;
+use grove_rules_engine::engine::RELOAD_TOPIC;
 use grove_shadow::cli::{self, Request};
 
 /// Grove: an edge IoT gateway runtime. An MQTT broker for your devices, AWS IoT-compatible

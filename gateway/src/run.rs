@@ -16,11 +16,11 @@ use tracing::info;
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rules::engine::{Reload, RulesEngine};
 use grove_auth::identity::{Identities, DEVICES_FILE};
 use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
 use grove_functions_host::service::Functions;
+use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
 use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
 
@@ -240,9 +240,16 @@ async fn start(
             .map_err(|e| RunError::Broker(BrokerError::Link(format!("functions: {e}"))))?,
         ),
     };
+    let load_rules = config_path.map(|path| -> LoadRules {
+        Box::new(move || {
+            Config::load(&path)
+                .map(|c| c.rules)
+                .map_err(|e| e.to_string())
+        })
+    });
     let engine = RulesEngine::start(
         broker.bus_maker(),
-        config_path,
+        load_rules,
         &config.rules,
         metrics.rules.clone(),
         functions.clone(),

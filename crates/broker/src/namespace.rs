@@ -20,6 +20,10 @@
 
 use bytes::{BufMut, Bytes, BytesMut};
 
+/// Local topics under this prefix go to the cloud with the prefix removed: the rules' `cloud`
+/// action publishes here (and a trusted local client may too); cloud sync's durable tap takes them.
+pub const UP_PREFIX: &str = "$grove/cloud/up/";
+
 /// Router prefix for ordinary topics and filters.
 const ORDINARY: &[u8] = b"n/";
 /// Router prefix for `$` topics and filters.

@@ -17,6 +17,7 @@ use super::queries::CloudQueries;
 use super::{link, sync};
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Message, Outgoing};
+use grove_broker::namespace::UP_PREFIX;
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
 use grove_shadow::document::client_token_of;
@@ -26,10 +27,6 @@ use grove_store::{OutboxMessage, Store};
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on
 /// `…/accepted`.
 pub const STATUS_TOPIC: &str = "$grove/cloud/status";
-
-/// Local topics under this prefix go to the cloud with the prefix removed: the rules' `cloud`
-/// action publishes here (and a trusted local client may too).
-pub const UP_PREFIX: &str = "$grove/cloud/up/";
 
 /// Acknowledged messages are deleted in one transaction per this many, or with the next append,
 /// or after [`DELETE_LINGER`] without one: one commit (and fsync) per PUBACK would cost more than

@@ -26,7 +26,6 @@
 
 use std::collections::HashMap;
 use std::future::Future;
-use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::Poll;
@@ -40,9 +39,8 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinSet;
 use tracing::{error, info, warn};
 
-use super::{fan_out, Action, RuleConfig, SHADOW_ACTION};
-use crate::config::Config;
 use crate::metrics::RulesMetrics;
+use crate::{fan_out, Action, RuleConfig, SHADOW_ACTION};
 use grove_auth::policy::{matches, overlaps};
 use grove_broker::bus::MAX_HOPS;
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
@@ -87,7 +85,7 @@ pub struct Reload {
 /// The running engine.
 pub struct RulesEngine {
     buses: BusMaker,
-    config_path: Option<PathBuf>,
+    load_rules: Option<LoadRules>,
     metrics: RulesMetrics,
     groups: Vec<Group>,
     generation: u64,
@@ -100,6 +98,10 @@ pub struct RulesEngine {
     functions: Option<Functions>,
 }
 
+/// Reads the rules anew for a reload: the whole configuration file, loaded and checked as at
+/// startup (the binary's `config.rs` provides it), then its `[[rules]]`; `Err`: why it failed.
+pub type LoadRules = Box<dyn Fn() -> Result<Vec<RuleConfig>, String> + Send + Sync>;
+
 /// A running group: its stop signal and task.
 struct Group {
     stop: oneshot::Sender<()>,
@@ -111,14 +113,14 @@ impl RulesEngine {
     /// rules see every message.
     pub async fn start(
         buses: BusMaker,
-        config_path: Option<PathBuf>,
+        load_rules: Option<LoadRules>,
         rules: &[RuleConfig],
         metrics: RulesMetrics,
         functions: Option<Functions>,
     ) -> Result<RulesEngine, Closed> {
         let mut engine = RulesEngine {
             buses,
-            config_path,
+            load_rules,
             metrics,
             groups: Vec::new(),
             generation: 0,
@@ -171,15 +173,14 @@ impl RulesEngine {
     }
 
     async fn reload(&mut self) -> Result<Vec<String>, String> {
-        let Some(path) = &self.config_path else {
+        let Some(load_rules) = &self.load_rules else {
             return Err(
                 "the gateway runs on the built-in defaults: there is no file to reload".into(),
             );
         };
-        let config = Config::load(path).map_err(|e| e.to_string())?;
-        self.apply(&config.rules).await.map_err(|e| e.to_string())?;
-        Ok(config
-            .rules
+        let rules = load_rules()?;
+        self.apply(&rules).await.map_err(|e| e.to_string())?;
+        Ok(rules
             .iter()
             .filter(|r| r.enabled)
             .map(|r| r.name.clone())
@@ -926,7 +927,7 @@ fn perform(
             let topic = topic_name(topic.render(msg, ctx)).map_err(|(t, m)| fail(t, m))?;
             // The cloud component takes everything under this prefix into the outbox.
             Ok(publish(
-                format!("{}{topic}", crate::cloud::UP_PREFIX),
+                format!("{}{topic}", grove_broker::namespace::UP_PREFIX),
                 0,
                 false,
             ))

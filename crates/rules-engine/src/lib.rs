@@ -1,4 +1,4 @@
-//! The rules engine in the gateway: `[[rules]]` from the configuration, evaluated by `grove-rules`
+//! `grove-rules-engine`: the rules engine in the gateway: `[[rules]]` from the configuration, evaluated by `grove-rules`
 //! on the messages their `FROM` filters select, with actions and an error action.
 //!
 //! - [`RuleConfig`]: what a `[[rules]]` entry says, compiled and checked when the configuration is
@@ -37,7 +37,16 @@
 //! (`$grove/functions/{name}/dlq`), as AWS sends a failed asynchronous Lambda invocation to the
 //! function's own dead-letter queue or destination, not to the rule.
 
+//! The SQL itself (lexer, parser, evaluator, windows) is `grove-rules`, a pure crate; this one is
+//! the component around it. [`metrics`]: the `grove_rule_*` counters.
+//!
+//! Architecture invariant: this crate depends on `grove-rules`, `grove-broker`, `grove-shadow`,
+//! `grove-functions-host` and `grove-auth`, never on cloud sync or the binary: the `cloud` action
+//! publishes under `grove_broker::namespace::UP_PREFIX`, where cloud sync's durable tap takes it,
+//! and a reload reads the file through the [`engine::LoadRules`] the binary hands in.
+
 mod config;
 pub mod engine;
+pub mod metrics;
 
 pub use config::*;
