@@ -16,7 +16,7 @@ use grove_config::{line_col, ConfigError, Located, Resolver};
 use serde::Deserialize;
 use toml::Spanned;
 
-use crate::cloud::config::{CloudConfig, RawCloud};
+use grove_cloud::config::{CloudConfig, RawCloud};
 use grove_rules_engine::{RawRule, RuleConfig};
 
 /// The default configuration file written by `grove init`, fully commented.

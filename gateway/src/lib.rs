@@ -19,7 +19,6 @@
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 
-pub mod cloud;
 pub mod config;
 pub mod logging;
 pub mod memory;

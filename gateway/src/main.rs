@@ -480,13 +480,17 @@ fn cloud_status(config: Option<PathBuf>, mqtt: Option<SocketAddr>, json: bool) -
     let Some(runtime) = client_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(grove_gateway::cloud::client::status(addr)) {
+    match runtime.block_on(mqtt_request::request(
+        addr,
+        grove_cloud::STATUS_TOPIC,
+        serde_json::json!({}),
+    )) {
         Ok(doc) if json => {
             println!("{doc}");
             ExitCode::SUCCESS
         }
         Ok(doc) => {
-            print!("{}", grove_gateway::cloud::client::render(&doc));
+            print!("{}", grove_cloud::cli::render(&doc));
             ExitCode::SUCCESS
         }
         Err(e) => {

@@ -192,7 +192,7 @@ async fn start(
     // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
-            let started = crate::cloud::start(
+            let started = grove_cloud::start(
                 &cloud.value,
                 &broker.bus_maker(),
                 store.clone(),
@@ -206,7 +206,7 @@ async fn start(
                     broker.shutdown().await;
                     return Err(match e {
                         // Unusable TLS files are a configuration error, pointing at [cloud].
-                        crate::cloud::CloudError::Link(l) => ConfigError::Invalid {
+                        grove_cloud::CloudError::Link(l) => ConfigError::Invalid {
                             origin: cloud.origin.clone(),
                             message: l.to_string(),
                         }
@@ -222,7 +222,7 @@ async fn start(
             );
         }
         None => components.extend(
-            crate::cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
+            grove_cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
         ),
     }
     let functions = match &config.functions {

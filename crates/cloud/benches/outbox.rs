@@ -1,14 +1,14 @@
 //! The cloud outbox's append path: messages per second committed to SQLite (`synchronous=FULL`,
 //! one transaction per batch, as the cloud component writes a bus batch), the read-back of a page
 //! for sending plus the delete of acknowledged messages, and the pure admission policy.
-//! `cargo bench -p grove-gateway --bench outbox`.
+//! `cargo bench -p grove-cloud --bench outbox`.
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use grove_gateway::cloud::outbox::{FullPolicy, Limits, Queue};
-use grove_gateway::cloud::queries::CloudQueries;
+use grove_cloud::outbox::{FullPolicy, Limits, Queue};
+use grove_cloud::queries::CloudQueries;
 use grove_store::{OutboxMessage, Store};
 use std::hint::black_box;
 

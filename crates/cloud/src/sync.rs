@@ -561,7 +561,7 @@ mod tests {
         assert_eq!(r.take(ms(5000)), Duration::ZERO);
     }
 
-    use crate::cloud::config::Direction;
+    use crate::config::Direction;
 
     #[test]
     fn cloud_filters_use_one_wildcard_for_every_thing() {

@@ -1,18 +1,11 @@
-//! `grove cloud status`: asks a running gateway about its cloud link over MQTT
-//! (`$grove/cloud/status`, answered on `…/accepted`) and renders the answer.
-
-use std::fmt::Write;
-use std::net::SocketAddr;
+//! `grove cloud status`: how to show the answer of a running gateway about its cloud link, asked
+//! over MQTT on [`STATUS_TOPIC`] (answered on `…/accepted`) by the binary's one-request client.
 
 use serde_json::Value;
+use std::fmt::Write;
 
-use super::STATUS_TOPIC;
-use crate::mqtt_request::{request, ClientError};
-
-/// Asks the gateway at `addr` for its cloud status document.
-pub async fn status(addr: SocketAddr) -> Result<Value, ClientError> {
-    request(addr, STATUS_TOPIC, serde_json::json!({})).await
-}
+#[cfg(doc)]
+use crate::STATUS_TOPIC;
 
 /// The status document for people.
 pub fn render(doc: &Value) -> String {

@@ -1,5 +1,5 @@
 //! The cloud component: owns the outbox, feeds the link, bridges the downlink, and publishes
-//! `$grove/cloud/status` (the module doc of [`crate::cloud`] says how).
+//! `$grove/cloud/status` (the crate doc of [`crate`] says how).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};

@@ -6,7 +6,7 @@ use std::future::Future;
 use bytes::Bytes;
 use rusqlite::{params, Connection};
 
-use crate::cloud::outbox::Entry;
+use crate::outbox::Entry;
 use grove_store::{OutboxMessage, ShadowKey, Store, StoreError, SyncState};
 
 /// Cloud sync's queries: the outbox and shadow sync states.
