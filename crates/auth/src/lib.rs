@@ -1,5 +1,5 @@
-//! Device security: who may connect ([`identity`], [`tls`], [`ca`]) and what they may do
-//! ([`policy`]).
+//! `grove-auth`: device security: who may connect ([`identity`], [`tls`], [`ca`]) and what they
+//! may do ([`policy`]); [`cli`]: `grove device ...`, the operator's administration of identities.
 //!
 //! Each listener has an authentication mode (anonymous, password, or client certificate over
 //! mutual TLS) and a policy. The connection layer authenticates at CONNECT, resolves the policy's
@@ -12,6 +12,7 @@
 //! only the broker and the cloud link (depending on rustls themselves) take.
 
 pub mod ca;
+pub mod cli;
 pub mod fair_queue;
 pub mod identity;
 pub mod policy;
