@@ -1,7 +1,8 @@
 //! The `grove` command: run the gateway, or write its default configuration.
 //!
 //! This file only parses arguments and maps errors to exit codes (2 for configuration errors, 1
-//! for the rest); the work is in the `grove_gateway` library.
+//! for the rest); the work is in the `grove_gateway` library and in the component crates (each
+//! command's `cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

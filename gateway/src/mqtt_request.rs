@@ -1,8 +1,10 @@
 //! The operator's MQTT client: one request to a running gateway, one answer.
 //!
-//! `grove shadow ...` and `grove rules reload` talk to the gateway the way a device does: subscribe
-//! to `{topic}/accepted` and `{topic}/rejected`, publish the request with a client token, and wait
-//! for the answer that carries that token. Nothing opens the gateway's database behind its back.
+//! `grove shadow ...`, `grove rules reload` and `grove cloud status` talk to the gateway the way a
+//! device does: subscribe to `{topic}/accepted` and `{topic}/rejected`, publish the request with a
+//! client token, and wait for the answer that carries that token. Nothing opens the gateway's
+//! database behind its back. The component crates' `cli.rs` say what to ask and how to show the
+//! answer; this module is the exchange, so they need no MQTT client.
 
 use std::net::SocketAddr;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Fuzzes the policy matcher (`gateway/src/auth/policy.rs`, compiled in directly so the fuzz build
+//! Fuzzes the policy matcher (`crates/auth/src/policy.rs`, compiled in directly so the fuzz build
 //! stays small): no input panics, and the matcher's laws hold for every pair of valid filters and
 //! every topic.
 #![no_main]
