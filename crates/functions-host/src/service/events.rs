@@ -92,7 +92,7 @@ impl Functions {
     /// The functions (and qualifiers) a message on `topic` is an event of: the target of
     /// `$grove/functions/{name}[:{qualifier}]/event`, or every function whose `$LATEST` manifest
     /// has a trigger matching the topic.
-    pub(super) fn targets(&self, topic: &str) -> Vec<(String, Qualifier)> {
+    fn targets(&self, topic: &str) -> Vec<(String, Qualifier)> {
         if topic.starts_with("$grove/functions/") {
             return match parse_target(topic, "/event") {
                 Ok(target) => vec![target],
@@ -162,7 +162,7 @@ impl Functions {
     }
 
     /// At-least-once: three attempts with backoff, then the dead-letter topic.
-    pub(super) async fn attempts(self, name: String, event: Event) {
+    async fn attempts(self, name: String, event: Event) {
         let mut last = None;
         for attempt in 0..=BACKOFF.len() {
             if attempt > 0 {
@@ -221,7 +221,7 @@ impl Functions {
 
     /// Publishes a failed event and its error on the function's dead-letter topic (also for a
     /// function that does not exist, or no longer: an accepted event is never dropped silently).
-    pub(super) fn dead_letter(
+    fn dead_letter(
         &self,
         name: &str,
         event: &Event,
@@ -235,14 +235,14 @@ impl Functions {
 
     /// [`Functions::dead_letter`] for an event whose function was never deployed (or is gone):
     /// counted under [`UNKNOWN_FUNCTION`], since a device chooses such names.
-    pub(super) fn dead_letter_unknown(&self, name: &str, event: &Event) {
+    fn dead_letter_unknown(&self, name: &str, event: &Event) {
         self.inner
             .metrics
             .count(&self.inner.metrics.dlq, UNKNOWN_FUNCTION);
         self.send_dead_letter(name, event, None, not_found(name), 0);
     }
 
-    pub(super) fn send_dead_letter(
+    fn send_dead_letter(
         &self,
         name: &str,
         event: &Event,

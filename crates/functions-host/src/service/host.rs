@@ -42,7 +42,7 @@ pub(super) struct ServiceHost {
 }
 
 impl ServiceHost {
-    pub(super) fn shadow(
+    fn shadow(
         &mut self,
         thing: &str,
         name: Option<&str>,

@@ -16,7 +16,7 @@ impl Functions {
         }
     }
 
-    pub(super) async fn answer_request(&self, m: Message) {
+    async fn answer_request(&self, m: Message) {
         let request = match SyncRequest::parse(&m) {
             Ok(r) => r,
             Err(e) => {
@@ -68,17 +68,17 @@ impl Functions {
 }
 
 /// A parsed sync request: where to answer, and what to invoke with which payload.
-pub(super) struct SyncRequest {
-    pub(super) target: Result<(String, Qualifier), String>,
-    pub(super) reply_to: String,
-    pub(super) correlation_id: Option<Value>,
-    pub(super) payload: Bytes,
+struct SyncRequest {
+    target: Result<(String, Qualifier), String>,
+    reply_to: String,
+    correlation_id: Option<Value>,
+    payload: Bytes,
 }
 
 impl SyncRequest {
     /// Refuses a request without a valid reply topic (see [`grove_broker::reply`]): it is not invoked,
     /// and nothing is published.
-    pub(super) fn parse(m: &Message) -> Result<SyncRequest, ReplyError> {
+    fn parse(m: &Message) -> Result<SyncRequest, ReplyError> {
         let target = parse_target(&m.topic, "/invoke");
         let reply_to = reply::reply_topic(m.response_topic.as_deref(), &m.payload)?;
         if m.response_topic.is_some() {
