@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use grove_auth::cli::DeviceAction;
+use grove_functions_host::cli::FnAction;
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::mqtt_request::{self, ClientError};
 use grove_rules_engine::engine::RELOAD_TOPIC;
@@ -183,61 +184,6 @@ enum CloudAction {
         /// Print the raw JSON answer.
         #[arg(long)]
         json: bool,
-    },
-}
-
-#[derive(Subcommand)]
-enum FnAction {
-    /// Deploy a module as a new immutable version of the function its manifest names.
-    Deploy {
-        /// The WebAssembly module (.wasm, Grove's function ABI v1).
-        file: PathBuf,
-        /// The manifest (TOML): name, handler, triggers, limits, config, grants.
-        #[arg(long, value_name = "FILE")]
-        manifest: PathBuf,
-        /// Point this alias at the new version.
-        #[arg(long)]
-        alias: Option<String>,
-    },
-    /// List functions with their versions, aliases and triggers.
-    List {
-        /// Print the raw JSON answer.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Invoke a function synchronously and print its answer.
-    Invoke {
-        /// The function.
-        name: String,
-        /// $LATEST (default), a version number or an alias.
-        #[arg(long)]
-        qualifier: Option<String>,
-        /// The event payload.
-        #[arg(long, default_value = "{}")]
-        payload: String,
-    },
-    /// Point an alias at a version, optionally sending a share of traffic to another version.
-    Alias {
-        /// The function.
-        name: String,
-        /// The alias.
-        alias: String,
-        /// The version it points at.
-        #[arg(value_name = "VERSION")]
-        points_at: u64,
-        /// OTHER_VERSION=PERCENT: that share of invocations goes to OTHER_VERSION (a canary).
-        #[arg(long, value_name = "VERSION=PERCENT")]
-        weight: Option<String>,
-    },
-    /// Remove a function: every version, alias and its key-value state.
-    Remove {
-        /// The function.
-        name: String,
-    },
-    /// Show a function's recent log lines (its `log` calls and failed invocations).
-    Logs {
-        /// The function.
-        name: String,
     },
 }
 
@@ -465,7 +411,6 @@ fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<Sock
 }
 
 fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>) -> ExitCode {
-    use grove_functions_host::cli::{parse_weight, render_list, AdminClient};
     let addr = match ops {
         Some(a) => a,
         None => {
@@ -490,89 +435,14 @@ fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>)
             }
         }
     };
-    let client = AdminClient::new(addr);
-    let result = match action {
-        FnAction::Deploy {
-            file,
-            manifest,
-            alias,
-        } => client.deploy(&file, &manifest, alias.as_deref()).map(|d| {
-            let cached = if d["from_cache"] == true {
-                " (from the compile cache)"
-            } else {
-                ""
-            };
-            format!(
-                "deployed {} version {}{cached}\n",
-                d["name"].as_str().unwrap_or(""),
-                d["version"]
-            )
-        }),
-        FnAction::List { json } => client.list().map(|l| {
-            if json {
-                format!("{l}\n")
-            } else {
-                render_list(&l)
-            }
-        }),
-        FnAction::Invoke {
-            name,
-            qualifier,
-            payload,
-        } => match client.invoke(&name, qualifier.as_deref(), &payload) {
-            Ok(answer) if answer["status"] == "ok" => Ok(format!("{}\n", answer["result"])),
-            Ok(answer) => {
-                eprintln!(
-                    "grove fn invoke: {} failed ({}): {}",
-                    name,
-                    answer["error"]["kind"].as_str().unwrap_or("error"),
-                    answer["error"]["message"].as_str().unwrap_or("")
-                );
-                return ExitCode::FAILURE;
-            }
-            Err(e) => Err(e),
-        },
-        FnAction::Alias {
-            name,
-            alias,
-            points_at: version,
-            weight,
-        } => {
-            let weight = match weight.as_deref().map(parse_weight).transpose() {
-                Ok(w) => w,
-                Err(e) => {
-                    eprintln!("grove fn alias: --weight {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            client
-                .alias(&name, &alias, version, weight)
-                .map(|_| match weight {
-                    Some((v, p)) => {
-                        format!("{name}:{alias} -> version {version}, {p}% to version {v}\n")
-                    }
-                    None => format!("{name}:{alias} -> version {version}\n"),
-                })
-        }
-        FnAction::Remove { name } => client.remove(&name).map(|_| format!("removed {name}\n")),
-        FnAction::Logs { name } => client.logs(&name).map(|l| {
-            l["lines"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .map(|line| format!("{line}\n"))
-                .collect()
-        }),
-    };
-    match result {
+    match grove_functions_host::cli::run(action, addr) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("grove fn: {e}");
-            ExitCode::FAILURE
+        Err((code, message)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
         }
     }
 }

@@ -1,12 +1,14 @@
 //! `grove fn ...`: the CLI side of the admin routes ([`crate::admin`]), over plain HTTP to the
 //! gateway's ops endpoint (loopback). ureq is a small blocking client: the CLI makes one request
-//! and needs no async runtime for it.
+//! and needs no async runtime for it. [`FnAction`] is the subcommand as the binary parses it;
+//! [`run`] sends the request and says what to print.
 
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine as _;
+use clap::Subcommand;
 use serde_json::{json, Value};
 
 /// How long one admin request may take (a deploy compiles the module).
@@ -236,6 +238,143 @@ pub fn render_list(list: &Value) -> String {
         ));
     }
     out
+}
+
+/// `grove fn ...`: the subcommands.
+#[derive(Debug, Subcommand)]
+pub enum FnAction {
+    /// Deploy a module as a new immutable version of the function its manifest names.
+    Deploy {
+        /// The WebAssembly module (.wasm, Grove's function ABI v1).
+        file: PathBuf,
+        /// The manifest (TOML): name, handler, triggers, limits, config, grants.
+        #[arg(long, value_name = "FILE")]
+        manifest: PathBuf,
+        /// Point this alias at the new version.
+        #[arg(long)]
+        alias: Option<String>,
+    },
+    /// List functions with their versions, aliases and triggers.
+    List {
+        /// Print the raw JSON answer.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Invoke a function synchronously and print its answer.
+    Invoke {
+        /// The function.
+        name: String,
+        /// $LATEST (default), a version number or an alias.
+        #[arg(long)]
+        qualifier: Option<String>,
+        /// The event payload.
+        #[arg(long, default_value = "{}")]
+        payload: String,
+    },
+    /// Point an alias at a version, optionally sending a share of traffic to another version.
+    Alias {
+        /// The function.
+        name: String,
+        /// The alias.
+        alias: String,
+        /// The version it points at.
+        #[arg(value_name = "VERSION")]
+        points_at: u64,
+        /// OTHER_VERSION=PERCENT: that share of invocations goes to OTHER_VERSION (a canary).
+        #[arg(long, value_name = "VERSION=PERCENT")]
+        weight: Option<String>,
+    },
+    /// Remove a function: every version, alias and its key-value state.
+    Remove {
+        /// The function.
+        name: String,
+    },
+    /// Show a function's recent log lines (its `log` calls and failed invocations).
+    Logs {
+        /// The function.
+        name: String,
+    },
+}
+
+/// Runs `grove fn ...` against the ops endpoint at `addr`: `Ok`, what to print on standard output;
+/// `Err`, the exit code (2: a wrong argument, 1: the request failed) and the message for standard
+/// error.
+pub fn run(action: FnAction, addr: SocketAddr) -> Result<String, (u8, String)> {
+    let client = AdminClient::new(addr);
+    let result = match action {
+        FnAction::Deploy {
+            file,
+            manifest,
+            alias,
+        } => client.deploy(&file, &manifest, alias.as_deref()).map(|d| {
+            let cached = if d["from_cache"] == true {
+                " (from the compile cache)"
+            } else {
+                ""
+            };
+            format!(
+                "deployed {} version {}{cached}\n",
+                d["name"].as_str().unwrap_or(""),
+                d["version"]
+            )
+        }),
+        FnAction::List { json } => client.list().map(|l| {
+            if json {
+                format!("{l}\n")
+            } else {
+                render_list(&l)
+            }
+        }),
+        FnAction::Invoke {
+            name,
+            qualifier,
+            payload,
+        } => match client.invoke(&name, qualifier.as_deref(), &payload) {
+            Ok(answer) if answer["status"] == "ok" => Ok(format!("{}\n", answer["result"])),
+            Ok(answer) => {
+                return Err((
+                    1,
+                    format!(
+                        "grove fn invoke: {} failed ({}): {}",
+                        name,
+                        answer["error"]["kind"].as_str().unwrap_or("error"),
+                        answer["error"]["message"].as_str().unwrap_or("")
+                    ),
+                ));
+            }
+            Err(e) => Err(e),
+        },
+        FnAction::Alias {
+            name,
+            alias,
+            points_at: version,
+            weight,
+        } => {
+            let weight = match weight.as_deref().map(parse_weight).transpose() {
+                Ok(w) => w,
+                Err(e) => return Err((2, format!("grove fn alias: --weight {e}"))),
+            };
+            client
+                .alias(&name, &alias, version, weight)
+                .map(|_| match weight {
+                    Some((v, p)) => {
+                        format!("{name}:{alias} -> version {version}, {p}% to version {v}\n")
+                    }
+                    None => format!("{name}:{alias} -> version {version}\n"),
+                })
+        }
+        FnAction::Remove { name } => client.remove(&name).map(|_| format!("removed {name}\n")),
+        FnAction::Logs { name } => client.logs(&name).map(|l| {
+            l["lines"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|v| v.as_str())
+                .map(|line| format!("{line}\n"))
+                .collect()
+        }),
+    };
+    result.map_err(|e| (1, format!("grove fn: {e}")))
 }
 
 #[cfg(test)]
