@@ -4,8 +4,14 @@
 //! `deny_unknown_fields`, so a typo is an error and not a silently ignored key. The second layer
 //! ([`Config`]) is what the gateway runs on: every value resolved, defaulted and validated, each
 //! component receiving only its own section. Values that the file can get wrong carry their
-//! [`Origin`] (key and line), so that an error found later, at startup (a port already in use, a data
-//! directory that cannot be written), still names the key, the file and the line.
+//! [`Origin`](grove_config::Origin) (key and line), so that an error found later, at startup (a
+//! port already in use, a data directory that cannot be written), still names the key, the file
+//! and the line.
+//!
+//! Each component's section (raw and resolved forms, defaults, bounds) is its crate's
+//! `config.rs`; this module reads the file, hands each section to its crate with one
+//! `grove_config::Resolver`, and checks what crosses sections (the ops port against the
+//! listeners, rules' `cloud` and `function` actions against those sections).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

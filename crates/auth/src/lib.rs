@@ -1,4 +1,4 @@
-//! `grove-auth`: device security: who may connect ([`identity`], [`tls`], [`ca`]) and what they
+//! `grove-auth`: device security: who may connect ([`identity`], [`tls`], `ca`) and what they
 //! may do ([`policy`]); [`cli`]: `grove device ...`, the operator's administration of identities.
 //!
 //! Each listener has an authentication mode (anonymous, password, or client certificate over
@@ -11,7 +11,7 @@
 //! rustls, rcgen and argon2 are not re-exported: [`tls`] hands out rustls's server config, which
 //! only the broker and the cloud link (depending on rustls themselves) take.
 
-pub mod ca;
+mod ca;
 pub mod cli;
 pub mod fair_queue;
 pub mod identity;

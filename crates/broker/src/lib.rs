@@ -16,7 +16,7 @@
 //! Also here: [`bus`] (the components' in-process links to the router), [`tap`] (durable taps),
 //! [`reply`] (where a sync invocation's answer may go: checked by the connection layer and by the
 //! functions component), the `[broker]` section ([`config`]), the broker's counters ([`metrics`])
-//! and its table of retained messages ([`queries`]).
+//! and its table of retained messages (`queries`).
 //!
 //! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config` and
 //! nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
@@ -25,13 +25,13 @@
 
 mod admission;
 pub mod bus;
-pub mod codec;
+mod codec;
 pub mod config;
-pub mod connect;
+mod connect;
 mod connection;
 pub mod metrics;
 pub mod namespace;
-pub mod queries;
+mod queries;
 pub mod reply;
 mod server;
 pub mod tap;

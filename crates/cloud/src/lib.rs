@@ -3,8 +3,8 @@
 //!
 //! - [`config`]: the `[cloud]` section.
 //! - [`outbox`]: the outbox's admission policy, ordering and packet-id bookkeeping (pure).
-//! - [`link`]: rumqttc, TLS, reconnect with backoff and jitter.
-//! - [`merge`]: the three-way merge of shadow state (pure); [`sync`]: the shadow sync component.
+//! - `link`: rumqttc, TLS, reconnect with backoff and jitter.
+//! - `merge`: the three-way merge of shadow state (pure); `sync`: the shadow sync component.
 //! - [`cli`]: `grove cloud status` (rendering the answer; the binary asks).
 //! - [`metrics`], [`queries`]: the `grove_cloud_*` counters, the outbox's and sync states' tables.
 //! - `forwarder.rs`: the component (below).
@@ -16,7 +16,7 @@
 //! them for sending; it feeds the link from the outbox in sequence
 //! order, at most `inflight` unacknowledged at once, deletes each message when its PUBACK arrives,
 //! and after a reconnect starts again at the oldest unacknowledged message. Messages from the cloud
-//! on the `downlink` filters are published on local topics; shadow traffic goes to [`sync`].
+//! on the `downlink` filters are published on local topics; shadow traffic goes to `sync`.
 //!
 //! Architecture invariant: a message bound for the cloud is in the outbox (committed) before it is
 //! handed to the link, and leaves the outbox only on its PUBACK or by the full policy, which counts
@@ -29,11 +29,11 @@
 pub mod cli;
 pub mod config;
 mod forwarder;
-pub mod link;
-pub mod merge;
+mod link;
+mod merge;
 pub mod metrics;
 pub mod outbox;
 pub mod queries;
-pub mod sync;
+mod sync;
 
 pub use forwarder::*;

@@ -2,7 +2,7 @@
 //!
 //! - [`manifest`]: the deployed TOML manifest, parsed and validated (pure).
 //! - [`routing`]: versions, `$LATEST`, aliases and weighted canaries (pure).
-//! - [`logs`]: the bounds on what a function can make the gateway log or keep (pure).
+//! - `logs`: the bounds on what a function can make the gateway log or keep (pure).
 //! - [`runtime`]: the wasmtime shell (pooling allocator, copy-on-write images, compile cache,
 //!   `InstancePre`, epoch timeouts, memory limiter, the ABI's host calls and grant checks).
 //! - [`service`]: the component: registry, triggers, async queues with retries and a DLQ, sync
@@ -10,7 +10,7 @@
 //! - `grove_broker::reply`: where a sync invocation's answer goes, and the checks on it (pure; the
 //!   connection layer uses it too, which is why it lives in the broker).
 //! - [`admin`]: the admin routes the ops endpoint serves to `grove fn` ([`cli`]).
-//! - [`config`], [`metrics`], [`queries`]: the `[functions]` section, the `grove_function_*`
+//! - [`config`], [`metrics`], `queries`: the `[functions]` section, the `grove_function_*`
 //!   counters, the functions' tables.
 //!
 //! The guest ABI (exports, host calls, limits, manifest, delivery) is `functions/ABI.md`.
@@ -23,10 +23,10 @@
 pub mod admin;
 pub mod cli;
 pub mod config;
-pub mod logs;
+mod logs;
 pub mod manifest;
 pub mod metrics;
-pub mod queries;
+mod queries;
 pub mod routing;
 pub mod runtime;
 pub mod service;

@@ -34,7 +34,7 @@
 //!
 //! Invocations run on tokio's blocking pool, at most `[functions] workers` at once.
 //!
-//! What a function or a device can make the gateway log is bounded ([`crate::logs`]): the guest's
+//! What a function or a device can make the gateway log is bounded (`crate::logs`): the guest's
 //! lines per function in lines, bytes and rate, and the gateway's own lines about a function (or
 //! about names that are no function) in rate; every line refused is counted.
 //!
@@ -216,7 +216,7 @@ struct Runnable {
     running: Arc<Semaphore>,
 }
 
-/// A function's log ([`crate::logs`]): the ring `grove fn logs` shows and the rate of the
+/// A function's log (`crate::logs`): the ring `grove fn logs` shows and the rate of the
 /// gateway's own lines about the function, with the counters of the lines they refused.
 #[derive(Clone)]
 struct Logs {
