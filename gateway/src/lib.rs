@@ -1,37 +1,29 @@
 //! `grove-gateway`: the Grove edge gateway, built into the `grove` binary.
 //!
-//! One process holds an embedded MQTT broker (rumqttd's router behind Grove's own connection
-//! layer), the durable store (SQLite), and the operations endpoint; the device shadow service,
-//! rules, WebAssembly functions and cloud sync plug into the broker through in-process links as
-//! they land. See `ARCHITECTURE.md` at the repository root for the map and its invariants.
+//! One process holds an embedded MQTT broker (`grove-broker`: rumqttd's router behind Grove's own
+//! connection layer), the durable store (`grove-store`, SQLite), and the operations endpoint; the
+//! device shadow service (`grove-shadow`), the rules engine (`grove-rules-engine`), WebAssembly
+//! functions (`grove-functions-host`) and cloud sync (`grove-cloud`) plug into the broker through
+//! in-process links. Each component is its own crate, below this one; this crate starts and stops
+//! them and aggregates what the operator sees whole. See `ARCHITECTURE.md` at the repository root
+//! for the crate graph and its invariants.
 //!
 //! Modules:
-//! - [`config`]: `grove.toml`, parsed then resolved; errors name key, file and line.
-//! - [`broker`]: the embedded broker and its connection layer; [`bus`]: components' links to it.
-//! - [`shadow`]: the AWS IoT Device Shadow service; [`rules`]: the rules engine's component.
-//! - [`functions`]: local WebAssembly functions on wasmtime.
-//! - [`auth`]: TLS, device identities and policies.
-//! - [`cloud`]: the cloud link, the durable outbox, the downlink bridge and shadow sync.
-//! - [`tap`]: durable taps, through which the cloud outbox and functions' events commit the
-//!   messages they take before those are acknowledged.
-//! - [`store`]: the SQLite database and its single owner thread with group commit.
-//! - [`metrics`] and [`ops`]: counters and the `/healthz` + `/metrics` endpoint.
+//! - [`config`]: `grove.toml`, parsed then resolved, each section by its crate; errors name key,
+//!   file and line.
+//! - [`metrics`] and [`ops`]: the registry of every component's counters and the `/healthz` +
+//!   `/metrics` endpoint.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
+//! - [`mqtt_request`]: the operator's one-request MQTT client, for the CLI commands that talk to a
+//!   running gateway.
+//!
+//! Architecture invariant: no crate depends on this one; it depends on every component crate.
 
-pub mod auth;
-pub mod broker;
-pub mod bus;
-pub mod client;
-pub mod cloud;
 pub mod config;
-pub mod functions;
 pub mod logging;
 pub mod memory;
 pub mod metrics;
+pub mod mqtt_request;
 pub mod ops;
-pub mod rules;
 pub mod run;
-pub mod shadow;
-pub mod store;
-pub mod tap;

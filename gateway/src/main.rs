@@ -1,7 +1,8 @@
 //! The `grove` command: run the gateway, or write its default configuration.
 //!
 //! This file only parses arguments and maps errors to exit codes (2 for configuration errors, 1
-//! for the rest); the work is in the `grove_gateway` library.
+//! for the rest); the work is in the `grove_gateway` library and in the component crates (each
+//! command's `cli.rs`).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -9,10 +10,12 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use grove_gateway::auth::{ca, identity, policy};
+use grove_auth::cli::DeviceAction;
+use grove_functions_host::cli::FnAction;
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
-use grove_gateway::rules::engine::RELOAD_TOPIC;
-use grove_gateway::shadow::client::{self, Request};
+use grove_gateway::mqtt_request::{self, ClientError};
+use grove_rules_engine::engine::RELOAD_TOPIC;
+use grove_shadow::cli::{self, Request};
 
 /// Grove: an edge IoT gateway runtime. An MQTT broker for your devices, AWS IoT-compatible
 /// device shadows, rules, WebAssembly functions and cloud sync, in one small binary.
@@ -184,96 +187,6 @@ enum CloudAction {
     },
 }
 
-#[derive(Subcommand)]
-enum FnAction {
-    /// Deploy a module as a new immutable version of the function its manifest names.
-    Deploy {
-        /// The WebAssembly module (.wasm, Grove's function ABI v1).
-        file: PathBuf,
-        /// The manifest (TOML): name, handler, triggers, limits, config, grants.
-        #[arg(long, value_name = "FILE")]
-        manifest: PathBuf,
-        /// Point this alias at the new version.
-        #[arg(long)]
-        alias: Option<String>,
-    },
-    /// List functions with their versions, aliases and triggers.
-    List {
-        /// Print the raw JSON answer.
-        #[arg(long)]
-        json: bool,
-    },
-    /// Invoke a function synchronously and print its answer.
-    Invoke {
-        /// The function.
-        name: String,
-        /// $LATEST (default), a version number or an alias.
-        #[arg(long)]
-        qualifier: Option<String>,
-        /// The event payload.
-        #[arg(long, default_value = "{}")]
-        payload: String,
-    },
-    /// Point an alias at a version, optionally sending a share of traffic to another version.
-    Alias {
-        /// The function.
-        name: String,
-        /// The alias.
-        alias: String,
-        /// The version it points at.
-        #[arg(value_name = "VERSION")]
-        points_at: u64,
-        /// OTHER_VERSION=PERCENT: that share of invocations goes to OTHER_VERSION (a canary).
-        #[arg(long, value_name = "VERSION=PERCENT")]
-        weight: Option<String>,
-    },
-    /// Remove a function: every version, alias and its key-value state.
-    Remove {
-        /// The function.
-        name: String,
-    },
-    /// Show a function's recent log lines (its `log` calls and failed invocations).
-    Logs {
-        /// The function.
-        name: String,
-    },
-}
-
-#[derive(Subcommand)]
-enum DeviceAction {
-    /// Create the local CA and a server certificate for TLS listeners.
-    InitCa {
-        /// DNS names or IP addresses the gateway is reached at (repeatable).
-        #[arg(long = "server-name", value_name = "NAME", default_values_t = ["localhost".to_string(), "127.0.0.1".to_string()])]
-        server_names: Vec<String>,
-    },
-    /// Register a device (or update one): a password read from stdin, and/or a client
-    /// certificate issued by the local CA.
-    Add {
-        /// The device id, which is its MQTT client id.
-        id: String,
-        /// The thing name its policy sees as ${thing} (default: the id).
-        #[arg(long)]
-        thing: Option<String>,
-        /// A policy overriding the listener's.
-        #[arg(long)]
-        policy: Option<String>,
-        /// Read the device's password from the first line of stdin.
-        #[arg(long)]
-        password_stdin: bool,
-        /// Issue a client certificate (written to {data_dir}/pki/devices/ID.pem and .key).
-        #[arg(long)]
-        cert: bool,
-    },
-    /// Remove a device: its password and certificate stop working.
-    Remove {
-        /// The device id.
-        id: String,
-    },
-    /// List registered devices.
-    List,
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -368,13 +281,18 @@ fn shadow(action: ShadowAction, config: Option<PathBuf>, mqtt: Option<SocketAddr
     let Some(runtime) = client_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(client::call(addr, &thing, name.as_deref(), request.clone())) {
+    let exchange = async {
+        let (topic, body) = cli::call(&thing, name.as_deref(), request.clone())
+            .map_err(ClientError::BadDocument)?;
+        mqtt_request::request(addr, &topic, body).await
+    };
+    match runtime.block_on(exchange) {
         Ok(doc) if raw && !matches!(request, Request::Update(_)) => {
             println!("{doc}");
             ExitCode::SUCCESS
         }
         Ok(doc) => {
-            print!("{}", client::render(&request, &thing, &doc));
+            print!("{}", cli::render(&request, &thing, &doc));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -397,51 +315,16 @@ fn rules(action: RulesAction) -> ExitCode {
             topic,
             payload,
             client_id,
-        } => {
-            let rule = match grove_rules::Rule::compile(&sql) {
-                Ok(r) => r,
-                Err(e) => {
-                    eprintln!("grove rules test: the rule does not compile:\n{e}");
-                    return ExitCode::FAILURE;
-                }
-            };
-            let message = grove_rules::Message::new(&topic, &client_id, payload.into_bytes());
-            let uuids = || uuid::Uuid::new_v4().to_string();
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as i64);
-            let ctx = grove_rules::Context::new(now, &uuids);
-            if !grove_rules::topic_matches(rule.topic_filter(), &topic) {
-                println!(
-                    "no output: the topic {topic} does not match FROM '{}'",
-                    rule.topic_filter()
-                );
-                return ExitCode::SUCCESS;
+        } => match grove_rules_engine::cli::test(&sql, &topic, payload, &client_id) {
+            Ok(out) => {
+                print!("{out}");
+                ExitCode::SUCCESS
             }
-            let outputs = match rule.window() {
-                // One message through a window, then the window closed: the row it would emit.
-                Some(mut w) => {
-                    let mut rows = w.on_message(&message, &ctx);
-                    let later = grove_rules::Context::new(now + 366 * 86_400_000, &uuids);
-                    rows.extend(w.poll(&later));
-                    rows
-                }
-                None => match rule.evaluate(&message, &ctx) {
-                    Ok(o) => o.into_iter().collect(),
-                    Err(e) => {
-                        eprintln!("grove rules test: evaluation failed: {e}");
-                        return ExitCode::FAILURE;
-                    }
-                },
-            };
-            if outputs.is_empty() {
-                println!("no output: the WHERE clause did not let the message through");
+            Err(e) => {
+                eprintln!("grove rules test: {e}");
+                ExitCode::FAILURE
             }
-            for o in outputs {
-                println!("{}", String::from_utf8_lossy(&o.to_bytes()));
-            }
-            ExitCode::SUCCESS
-        }
+        },
         RulesAction::Reload { config, mqtt } => {
             let addr = match gateway_for(mqtt, config) {
                 Ok(a) => a,
@@ -450,7 +333,8 @@ fn rules(action: RulesAction) -> ExitCode {
             let Some(runtime) = client_runtime() else {
                 return ExitCode::FAILURE;
             };
-            let request = grove_gateway::client::request(addr, RELOAD_TOPIC, serde_json::json!({}));
+            let request =
+                grove_gateway::mqtt_request::request(addr, RELOAD_TOPIC, serde_json::json!({}));
             match runtime.block_on(request) {
                 Ok(doc) => {
                     println!("rules reloaded: {}", doc["rules"]);
@@ -473,13 +357,17 @@ fn cloud_status(config: Option<PathBuf>, mqtt: Option<SocketAddr>, json: bool) -
     let Some(runtime) = client_runtime() else {
         return ExitCode::FAILURE;
     };
-    match runtime.block_on(grove_gateway::cloud::client::status(addr)) {
+    match runtime.block_on(mqtt_request::request(
+        addr,
+        grove_cloud::STATUS_TOPIC,
+        serde_json::json!({}),
+    )) {
         Ok(doc) if json => {
             println!("{doc}");
             ExitCode::SUCCESS
         }
         Ok(doc) => {
-            print!("{}", grove_gateway::cloud::client::render(&doc));
+            print!("{}", grove_cloud::cli::render(&doc));
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -523,7 +411,6 @@ fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<Sock
 }
 
 fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>) -> ExitCode {
-    use grove_gateway::functions::client::{parse_weight, render_list, AdminClient};
     let addr = match ops {
         Some(a) => a,
         None => {
@@ -548,89 +435,14 @@ fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>)
             }
         }
     };
-    let client = AdminClient::new(addr);
-    let result = match action {
-        FnAction::Deploy {
-            file,
-            manifest,
-            alias,
-        } => client.deploy(&file, &manifest, alias.as_deref()).map(|d| {
-            let cached = if d["from_cache"] == true {
-                " (from the compile cache)"
-            } else {
-                ""
-            };
-            format!(
-                "deployed {} version {}{cached}\n",
-                d["name"].as_str().unwrap_or(""),
-                d["version"]
-            )
-        }),
-        FnAction::List { json } => client.list().map(|l| {
-            if json {
-                format!("{l}\n")
-            } else {
-                render_list(&l)
-            }
-        }),
-        FnAction::Invoke {
-            name,
-            qualifier,
-            payload,
-        } => match client.invoke(&name, qualifier.as_deref(), &payload) {
-            Ok(answer) if answer["status"] == "ok" => Ok(format!("{}\n", answer["result"])),
-            Ok(answer) => {
-                eprintln!(
-                    "grove fn invoke: {} failed ({}): {}",
-                    name,
-                    answer["error"]["kind"].as_str().unwrap_or("error"),
-                    answer["error"]["message"].as_str().unwrap_or("")
-                );
-                return ExitCode::FAILURE;
-            }
-            Err(e) => Err(e),
-        },
-        FnAction::Alias {
-            name,
-            alias,
-            points_at: version,
-            weight,
-        } => {
-            let weight = match weight.as_deref().map(parse_weight).transpose() {
-                Ok(w) => w,
-                Err(e) => {
-                    eprintln!("grove fn alias: --weight {e}");
-                    return ExitCode::from(2);
-                }
-            };
-            client
-                .alias(&name, &alias, version, weight)
-                .map(|_| match weight {
-                    Some((v, p)) => {
-                        format!("{name}:{alias} -> version {version}, {p}% to version {v}\n")
-                    }
-                    None => format!("{name}:{alias} -> version {version}\n"),
-                })
-        }
-        FnAction::Remove { name } => client.remove(&name).map(|_| format!("removed {name}\n")),
-        FnAction::Logs { name } => client.logs(&name).map(|l| {
-            l["lines"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|v| v.as_str())
-                .map(|line| format!("{line}\n"))
-                .collect()
-        }),
-    };
-    match result {
+    match grove_functions_host::cli::run(action, addr) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("grove fn: {e}");
-            ExitCode::FAILURE
+        Err((code, message)) => {
+            eprintln!("{message}");
+            ExitCode::from(code)
         }
     }
 }
@@ -653,110 +465,9 @@ fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
         Some(path) => Config::load(&path)?,
         None => Config::defaults(),
     };
-    let data_dir = config.data_dir.value;
-    let pki = ca::pki_dir(&data_dir);
-    let file = data_dir.join(identity::DEVICES_FILE);
-    std::fs::create_dir_all(&data_dir)
-        .with_context(|| format!("cannot create {}", data_dir.display()))?;
-    match action {
-        DeviceAction::InitCa { server_names } => {
-            ca::init(&pki, &server_names)?;
-            println!(
-                "created the local CA in {dir}\n  ca.pem      the CA: set `client_ca` of a TLS listener to it, give it to devices\n  server.pem  server.key: the gateway's certificate for {names}",
-                dir = pki.display(),
-                names = server_names.join(", ")
-            );
-        }
-        DeviceAction::Add {
-            id,
-            thing,
-            policy,
-            password_stdin,
-            cert,
-        } => {
-            anyhow::ensure!(
-                password_stdin || cert,
-                "say how the device proves itself: --password-stdin and/or --cert"
-            );
-            anyhow::ensure!(
-                policy::safe_variable(&id),
-                "a device id must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
-            );
-            if let Some(t) = &thing {
-                anyhow::ensure!(
-                    policy::safe_variable(t),
-                    "a thing name must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
-                );
-            }
-            if let Some(p) = &policy {
-                anyhow::ensure!(
-                    config.broker.policies.contains_key(p),
-                    "no policy named `{p}` in the configuration"
-                );
-            }
-            let mut devices = identity::load(&file)?;
-            let entry = devices
-                .entry(id.clone())
-                .or_insert_with(|| identity::Device {
-                    id: id.clone(),
-                    thing: None,
-                    policy: None,
-                    password_hash: None,
-                    certificate_sha256: None,
-                });
-            if thing.is_some() {
-                entry.thing = thing;
-            }
-            if policy.is_some() {
-                entry.policy = policy;
-            }
-            if password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                let password = line.trim_end_matches(['\n', '\r']);
-                anyhow::ensure!(!password.is_empty(), "the password on stdin is empty");
-                entry.password_hash = Some(identity::hash_password(password)?);
-            }
-            if cert {
-                let (path, der) = ca::issue_device(&pki, &id)?;
-                entry.certificate_sha256 = Some(identity::fingerprint(&der));
-                println!("certificate: {} (key beside it)", path.display());
-            }
-            identity::save(&file, &devices)?;
-            println!("device {id} registered in {}", file.display());
-            // New credentials revoke the old ones.
-            apply_now(config.ops.map(|o| o.value))?;
-        }
-        DeviceAction::Remove { id } => {
-            let mut devices = identity::load(&file)?;
-            anyhow::ensure!(devices.remove(&id).is_some(), "no device {id}");
-            identity::save(&file, &devices)?;
-            println!("device {id} removed");
-            apply_now(config.ops.map(|o| o.value))?;
-        }
-        DeviceAction::List => {
-            let devices = identity::load(&file)?;
-            println!(
-                "{:<32} {:<24} {:<12} {:<9} {:<11}",
-                "DEVICE", "THING", "POLICY", "PASSWORD", "CERTIFICATE"
-            );
-            for d in devices.values() {
-                println!(
-                    "{:<32} {:<24} {:<12} {:<9} {:<11}",
-                    d.id,
-                    d.thing(),
-                    d.policy.as_deref().unwrap_or("(listener)"),
-                    if d.password_hash.is_some() {
-                        "yes"
-                    } else {
-                        "no"
-                    },
-                    d.certificate_sha256
-                        .as_deref()
-                        .map_or("no".to_owned(), |f| format!("{}…", &f[..10])),
-                );
-            }
-        }
+    let policies = &config.broker.policies;
+    if grove_auth::cli::device(action, &config.data_dir.value, |p| policies.contains_key(p))? {
+        apply_now(config.ops.map(|o| o.value))?;
     }
     Ok(())
 }

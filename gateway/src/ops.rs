@@ -19,8 +19,8 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::net::TcpListener;
 
-use crate::broker::Revocations;
 use crate::metrics::Metrics;
+use grove_broker::Revocations;
 
 /// The route `grove device remove` calls once it has written the devices file.
 pub const REVOCATIONS_PATH: &str = "/admin/devices/revocations";

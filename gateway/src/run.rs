@@ -14,14 +14,15 @@ use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::info;
 
-use crate::auth::identity::{Identities, DEVICES_FILE};
-use crate::broker::{Broker, BrokerError};
-use crate::config::{Config, ConfigError};
-use crate::functions::service::Functions;
+use crate::config::Config;
 use crate::metrics::Metrics;
-use crate::rules::engine::{Reload, RulesEngine};
-use crate::shadow::service::ShadowService;
-use crate::store::{Store, StoreError};
+use grove_auth::identity::{Identities, DEVICES_FILE};
+use grove_broker::{Broker, BrokerError};
+use grove_config::ConfigError;
+use grove_functions_host::service::Functions;
+use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
+use grove_shadow::service::ShadowService;
+use grove_store::{Store, StoreError};
 
 /// Why the gateway could not run.
 #[derive(Debug, thiserror::Error)]
@@ -107,7 +108,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
             // The admin routes deploy code and apply revocations: only for clients on this machine.
             let admin = match functions {
                 Some(f) if bind.value.ip().is_loopback() => {
-                    Some(crate::functions::admin::router(f))
+                    Some(grove_functions_host::admin::router(f))
                 }
                 Some(_) => {
                     tracing::warn!("the ops endpoint is not on a loopback address: `grove fn` admin routes are not served");
@@ -191,7 +192,7 @@ async fn start(
     // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
-            let started = crate::cloud::start(
+            let started = grove_cloud::start(
                 &cloud.value,
                 &broker.bus_maker(),
                 store.clone(),
@@ -205,7 +206,7 @@ async fn start(
                     broker.shutdown().await;
                     return Err(match e {
                         // Unusable TLS files are a configuration error, pointing at [cloud].
-                        crate::cloud::CloudError::Link(l) => ConfigError::Invalid {
+                        grove_cloud::CloudError::Link(l) => ConfigError::Invalid {
                             origin: cloud.origin.clone(),
                             message: l.to_string(),
                         }
@@ -221,7 +222,7 @@ async fn start(
             );
         }
         None => components.extend(
-            crate::cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
+            grove_cloud::serve_disabled(&broker.bus_maker(), broker.shutdown_signal()).await,
         ),
     }
     let functions = match &config.functions {
@@ -239,9 +240,16 @@ async fn start(
             .map_err(|e| RunError::Broker(BrokerError::Link(format!("functions: {e}"))))?,
         ),
     };
+    let load_rules = config_path.map(|path| -> LoadRules {
+        Box::new(move || {
+            Config::load(&path)
+                .map(|c| c.rules)
+                .map_err(|e| e.to_string())
+        })
+    });
     let engine = RulesEngine::start(
         broker.bus_maker(),
-        config_path,
+        load_rules,
         &config.rules,
         metrics.rules.clone(),
         functions.clone(),

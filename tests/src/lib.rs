@@ -712,7 +712,7 @@ async fn drive(mut eventloop: EventLoop, mut forward: Forward) -> Option<String>
             Err(e) => {
                 // What was read together with the end of the connection is still queued in the
                 // event loop; a message the broker sent just before closing is part of what it
-                // did (the gateway's cloud link does the same, gateway/src/cloud/link.rs).
+                // did (the gateway's cloud link does the same, crates/cloud/src/link.rs).
                 for event in eventloop.state.events.drain(..) {
                     forward.event(event);
                 }

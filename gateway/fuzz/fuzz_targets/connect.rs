@@ -1,4 +1,4 @@
-//! Fuzzes the connection layer's CONNECT phase (`gateway/src/broker/connect.rs` and the codec it
+//! Fuzzes the connection layer's CONNECT phase (`crates/broker/src/connect.rs` and the codec it
 //! uses, compiled in directly like the policy target, so the fuzz build needs rumqttd but not the
 //! gateway): the bytes of an unauthenticated peer, delivered in reads of fuzzer-chosen sizes as
 //! the connection layer reads them, through `read_connect`; then, for a CONNECT let through, the
@@ -16,13 +16,13 @@ use libfuzzer_sys::fuzz_target;
 use rumqttd::protocol::{ConnAck, Packet};
 
 #[allow(dead_code, missing_docs)]
-#[path = "../../src/broker/codec.rs"]
+#[path = "../../../crates/broker/src/codec.rs"]
 mod codec;
 #[allow(dead_code, missing_docs)]
-#[path = "../../src/broker/connect.rs"]
+#[path = "../../../crates/broker/src/connect.rs"]
 mod connect;
 #[allow(dead_code, missing_docs)]
-#[path = "../../src/broker/namespace.rs"]
+#[path = "../../../crates/broker/src/namespace.rs"]
 mod namespace;
 
 use codec::Codec;

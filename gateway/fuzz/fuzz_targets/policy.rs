@@ -1,4 +1,4 @@
-//! Fuzzes the policy matcher (`gateway/src/auth/policy.rs`, compiled in directly so the fuzz build
+//! Fuzzes the policy matcher (`crates/auth/src/policy.rs`, compiled in directly so the fuzz build
 //! stays small): no input panics, and the matcher's laws hold for every pair of valid filters and
 //! every topic.
 #![no_main]
@@ -6,7 +6,7 @@
 use libfuzzer_sys::fuzz_target;
 
 #[allow(dead_code, missing_docs)]
-#[path = "../../src/auth/policy.rs"]
+#[path = "../../../crates/auth/src/policy.rs"]
 mod policy;
 
 use policy::{covers, matches, overlaps, valid_filter};

@@ -1,0 +1,82 @@
+//! The broker's counters (`grove_broker_*`); the binary's metrics registry exports them.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+
+/// Why the broker refused a packet or a connection.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    /// `payload_too_large`, `malformed`, `protocol`, `max_connections`, `connect_timeout`,
+    /// `identifier_rejected`, `store_failed`, `tls_handshake`, `bad_credentials`,
+    /// `identity_mismatch`, `unknown_certificate`, `not_authorized`, `pending_limit` (too many
+    /// unauthenticated connections on the listener or from the address), `connect_too_large` or
+    /// `auth_busy` (the password-check queue was full).
+    pub reason: &'static str,
+}
+
+/// How a password check ended.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PasswordCheckLabels {
+    /// `verified` (argon2 said yes), `remembered` (a recent login with the same password: no
+    /// argon2), `rejected` or `busy` (the queue was full: not checked).
+    pub outcome: &'static str,
+}
+
+/// What a policy refused.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DeniedLabels {
+    /// `publish`, `subscribe` or `receive`.
+    pub action: &'static str,
+}
+
+/// The broker's counters.
+#[derive(Clone, Debug, Default)]
+pub struct BrokerMetrics {
+    /// Clients connected now.
+    pub connected_clients: Gauge,
+    /// Connections accepted (MQTT CONNECT answered with success) since start.
+    pub connections: Counter,
+    /// PUBLISH packets received from clients.
+    pub messages_received: Counter,
+    /// PUBLISH packets sent to clients.
+    pub messages_sent: Counter,
+    /// Payload bytes received in PUBLISH packets.
+    pub bytes_received: Counter,
+    /// Payload bytes sent in PUBLISH packets.
+    pub bytes_sent: Counter,
+    /// Refused packets and connections, by reason.
+    pub refused: Family<RefusalLabels, Counter>,
+    /// Retained messages restored from the store at startup.
+    pub retained_restored: Counter,
+    /// Actions refused by a policy.
+    pub denied: Family<DeniedLabels, Counter>,
+    /// Times a publishing connection stopped reading because a subscriber was about to be
+    /// overrun (flow control).
+    pub holds: Counter,
+    /// Connections accepted that have not authenticated yet (TLS handshake, CONNECT, password
+    /// check), on all listeners.
+    pub pending_connections: Gauge,
+    /// Password logins checked, by outcome.
+    pub password_checks: Family<PasswordCheckLabels, Counter>,
+}
+
+impl BrokerMetrics {
+    /// Counts a policy refusal.
+    pub fn deny(&self, action: &'static str) {
+        self.denied.get_or_create(&DeniedLabels { action }).inc();
+    }
+
+    /// Counts a refusal.
+    pub fn refuse(&self, reason: &'static str) {
+        self.refused.get_or_create(&RefusalLabels { reason }).inc();
+    }
+
+    /// Counts a password check's outcome.
+    pub fn password_check(&self, outcome: &'static str) {
+        self.password_checks
+            .get_or_create(&PasswordCheckLabels { outcome })
+            .inc();
+    }
+}

@@ -1,0 +1,60 @@
+//! `grove cloud status`: how to show the answer of a running gateway about its cloud link, asked
+//! over MQTT on [`STATUS_TOPIC`] (answered on `…/accepted`) by the binary's one-request client.
+
+use serde_json::Value;
+use std::fmt::Write;
+
+#[cfg(doc)]
+use crate::STATUS_TOPIC;
+
+/// The status document for people.
+pub fn render(doc: &Value) -> String {
+    let mut out = String::new();
+    let state = doc["state"].as_str().unwrap_or("unknown");
+    let _ = writeln!(out, "link:          {state}");
+    if state == "disabled" {
+        let _ = writeln!(out, "(no [cloud] section in the gateway's configuration)");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "queue depth:   {} messages ({} bytes), {} in flight",
+        doc["queue_depth"], doc["queue_bytes"], doc["in_flight"]
+    );
+    let age = match doc["oldest_age_ms"].as_u64() {
+        Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
+        None => "-".to_owned(),
+    };
+    let _ = writeln!(out, "oldest:        {age}");
+    let _ = writeln!(out, "connects:      {}", doc["connects"]);
+    let _ = writeln!(out, "acknowledged:  {}", doc["acked"]);
+    let _ = writeln!(
+        out,
+        "last error:    {}",
+        doc["last_error"].as_str().unwrap_or("-")
+    );
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn status_renders_each_field() {
+        let text = render(&json!({
+            "state": "disconnected", "queue_depth": 3, "queue_bytes": 40, "in_flight": 0,
+            "oldest_age_ms": 1500, "connects": 2, "acked": 7, "last_error": "connection refused"
+        }));
+        for line in [
+            "link:          disconnected",
+            "queue depth:   3 messages (40 bytes), 0 in flight",
+            "oldest:        1.5 s",
+            "last error:    connection refused",
+        ] {
+            assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
+        }
+        assert!(render(&json!({"state": "disabled"})).contains("no [cloud] section"));
+    }
+}

@@ -1,0 +1,536 @@
+//! The `[cloud]` section of `grove.toml`: the raw serde layer and its resolution into
+//! [`CloudConfig`], the typed configuration the cloud component runs on.
+//!
+//! `config.rs` owns the file as a whole; it hands this module the section and turns a
+//! [`SectionError`] (key and byte span) into its usual "file:line: `key`: message" error.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use serde::Deserialize;
+use toml::Spanned;
+
+use super::outbox::{FullPolicy, Limits};
+use grove_auth::policy::{overlaps, valid_filter};
+use grove_shadow::names::validate_thing_name;
+
+/// `[cloud]` as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCloud {
+    enabled: Option<bool>,
+    host: Spanned<String>,
+    port: Option<Spanned<u16>>,
+    client_id: Option<Spanned<String>>,
+    thing: Option<Spanned<String>>,
+    keep_alive_secs: Option<Spanned<u64>>,
+    #[serde(default)]
+    protocol: Protocol,
+    tls: Option<Spanned<RawCloudTls>>,
+    plain_tcp: Option<Spanned<bool>>,
+    inflight: Option<Spanned<usize>>,
+    max_backoff_ms: Option<Spanned<u64>>,
+    #[serde(default)]
+    forward: Vec<Spanned<RawForward>>,
+    #[serde(default)]
+    downlink: Vec<Spanned<RawDownlink>>,
+    #[serde(default)]
+    outbox: RawOutbox,
+    shadows: Option<Spanned<RawShadowSync>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCloudTls {
+    ca: PathBuf,
+    cert: Option<PathBuf>,
+    key: Option<PathBuf>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    filter: String,
+    #[serde(default)]
+    prefix: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDownlink {
+    filter: String,
+    #[serde(default)]
+    strip_prefix: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOutbox {
+    max_messages: Option<Spanned<usize>>,
+    max_bytes: Option<Spanned<u64>>,
+    when_full: Option<Spanned<FullPolicy>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawShadowSync {
+    things: Vec<String>,
+    #[serde(default)]
+    direction: Direction,
+    max_updates_per_sec: Option<u32>,
+}
+
+/// Which way shadow state flows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Direction {
+    /// Three-way merge; changes flow both ways.
+    #[default]
+    Both,
+    /// The cloud shadow mirrors the edge's; cloud-side changes are overwritten.
+    EdgeToCloud,
+    /// The edge shadow mirrors the cloud's; edge-side changes are overwritten.
+    CloudToEdge,
+}
+
+/// The MQTT version of the link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+pub enum Protocol {
+    /// MQTT 3.1.1 (`protocol = "3.1.1"`, the default).
+    #[default]
+    #[serde(rename = "3.1.1")]
+    V311,
+    /// MQTT 5 (`protocol = "5"`): PUBACKs carry reason codes, so a refused message is known.
+    #[serde(rename = "5")]
+    V5,
+}
+
+/// How the link reaches the cloud broker.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Transport {
+    /// Plain TCP: only when `plain_tcp = true` is written.
+    PlainTcp,
+    /// TLS with the CA that signs the cloud's certificate, and for mutual TLS (AWS IoT Core) the
+    /// gateway's certificate and key.
+    Tls {
+        /// The CA file (PEM).
+        ca: PathBuf,
+        /// The client certificate chain and key (PEM), when the cloud wants one.
+        client: Option<(PathBuf, PathBuf)>,
+    },
+}
+
+/// One forwarding rule: local topics matching `filter` go up as `prefix` + topic.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Forward {
+    /// The local topic filter.
+    pub filter: String,
+    /// Prepended to the local topic to form the cloud topic.
+    pub prefix: String,
+}
+
+/// One downlink: cloud topics matching `filter` are published locally without `strip_prefix`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Downlink {
+    /// The cloud topic filter the gateway subscribes to.
+    pub filter: String,
+    /// Removed from the front of the cloud topic to form the local topic.
+    pub strip_prefix: String,
+}
+
+/// Shadow sync settings.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowSync {
+    /// The things whose shadows (classic and named) are synced; `"*"` stands for every thing.
+    pub things: Vec<String>,
+    /// Which way state flows.
+    pub direction: Direction,
+    /// Cloud-bound shadow updates per second at most (AWS's account limit is shared).
+    pub max_updates_per_sec: u32,
+}
+
+impl ShadowSync {
+    /// Whether `thing`'s shadows are synced.
+    pub fn covers(&self, thing: &str) -> bool {
+        self.things.iter().any(|t| t == "*" || t == thing)
+    }
+
+    /// Whether every thing is synced.
+    pub fn all(&self) -> bool {
+        self.things.iter().any(|t| t == "*")
+    }
+}
+
+/// The resolved `[cloud]` section.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloudConfig {
+    /// The cloud broker's host name (also the TLS server name).
+    pub host: String,
+    /// Its port.
+    pub port: u16,
+    /// The MQTT client id (AWS IoT Core: usually the thing name).
+    pub client_id: String,
+    /// The gateway's own thing name.
+    pub thing: String,
+    /// MQTT keep-alive.
+    pub keep_alive: Duration,
+    /// MQTT 3.1.1 or 5.
+    pub protocol: Protocol,
+    /// TCP or TLS.
+    pub transport: Transport,
+    /// Most QoS 1 publishes awaiting PUBACK at once.
+    pub inflight: usize,
+    /// The longest wait between reconnection attempts.
+    pub max_backoff: Duration,
+    /// What goes up.
+    pub forward: Vec<Forward>,
+    /// What comes down.
+    pub downlink: Vec<Downlink>,
+    /// The outbox's bounds.
+    pub limits: Limits,
+    /// What happens when the outbox is full.
+    pub when_full: FullPolicy,
+    /// Shadow sync, when configured.
+    pub shadows: Option<ShadowSync>,
+}
+
+/// A problem in the section: the dotted key, where it is in the file, and what is wrong.
+#[derive(Debug)]
+pub struct SectionError {
+    /// The dotted key, e.g. `cloud.forward[1].filter`.
+    pub key: String,
+    /// The byte span of the value, when it came from the file.
+    pub span: Option<Range<usize>>,
+    /// What is wrong.
+    pub message: String,
+}
+
+fn err(
+    key: impl Into<String>,
+    span: Option<Range<usize>>,
+    message: impl Into<String>,
+) -> SectionError {
+    SectionError {
+        key: key.into(),
+        span,
+        message: message.into(),
+    }
+}
+
+impl RawCloud {
+    /// Resolves the section; `None` when `enabled = false`. `relative` resolves file paths
+    /// against the configuration file's directory.
+    pub fn resolve(
+        self,
+        relative: impl Fn(PathBuf) -> PathBuf,
+    ) -> Result<Option<CloudConfig>, SectionError> {
+        if self.enabled == Some(false) {
+            return Ok(None);
+        }
+        let host_span = self.host.span();
+        let host = self.host.into_inner();
+        if host.is_empty() {
+            return Err(err(
+                "cloud.host",
+                Some(host_span),
+                "the cloud host must not be empty",
+            ));
+        }
+        let transport = match (self.tls, self.plain_tcp.as_ref().map(|p| *p.get_ref())) {
+            (Some(tls), Some(true)) => {
+                return Err(err(
+                    "cloud.plain_tcp",
+                    Some(tls.span()),
+                    "both tls and plain_tcp = true are set; choose one",
+                ))
+            }
+            (Some(tls), _) => {
+                let span = tls.span();
+                let tls = tls.into_inner();
+                let client = match (tls.cert, tls.key) {
+                    (Some(c), Some(k)) => Some((relative(c), relative(k))),
+                    (None, None) => None,
+                    _ => {
+                        return Err(err(
+                            "cloud.tls",
+                            Some(span),
+                            "a client certificate needs both `cert` and `key`",
+                        ))
+                    }
+                };
+                Transport::Tls {
+                    ca: relative(tls.ca),
+                    client,
+                }
+            }
+            (None, Some(true)) => Transport::PlainTcp,
+            (None, _) => {
+                return Err(err(
+                    "cloud.tls",
+                    Some(host_span),
+                    "the cloud link needs `tls = { ca = ..., cert = ..., key = ... }`; \
+                     plain TCP only with `plain_tcp = true`",
+                ))
+            }
+        };
+        let default_port = match transport {
+            Transport::PlainTcp => 1883,
+            Transport::Tls { .. } => 8883,
+        };
+        let port = self.port.map_or(default_port, Spanned::into_inner);
+        let thing = match self.thing {
+            Some(t) => {
+                let span = t.span();
+                let t = t.into_inner();
+                validate_thing_name(&t).map_err(|e| {
+                    err("cloud.thing", Some(span), format!("not a thing name: {e}"))
+                })?;
+                t
+            }
+            None => "grove".to_owned(),
+        };
+        let client_id = self
+            .client_id
+            .map_or_else(|| thing.clone(), Spanned::into_inner);
+        let keep_alive = match self.keep_alive_secs {
+            Some(k) if !(5..=1200).contains(k.get_ref()) => {
+                return Err(err(
+                    "cloud.keep_alive_secs",
+                    Some(k.span()),
+                    format!(
+                        "{} is out of range: it must be between 5 and 1200",
+                        k.get_ref()
+                    ),
+                ))
+            }
+            Some(k) => Duration::from_secs(k.into_inner()),
+            None => Duration::from_secs(30),
+        };
+        let inflight = match self.inflight {
+            Some(i) if !(1..=1000).contains(i.get_ref()) => {
+                return Err(err(
+                    "cloud.inflight",
+                    Some(i.span()),
+                    format!(
+                        "{} is out of range: it must be between 1 and 1000",
+                        i.get_ref()
+                    ),
+                ))
+            }
+            Some(i) => i.into_inner(),
+            None => 256,
+        };
+        let max_backoff = match self.max_backoff_ms {
+            Some(m) if !(100..=3_600_000).contains(m.get_ref()) => {
+                return Err(err(
+                    "cloud.max_backoff_ms",
+                    Some(m.span()),
+                    format!(
+                        "{} is out of range: it must be between 100 and 3600000",
+                        m.get_ref()
+                    ),
+                ))
+            }
+            Some(m) => Duration::from_millis(m.into_inner()),
+            None => Duration::from_secs(60),
+        };
+        let mut forward: Vec<Forward> = Vec::new();
+        for (i, f) in self.forward.into_iter().enumerate() {
+            let span = f.span();
+            let f = f.into_inner();
+            let key = format!("cloud.forward[{i}]");
+            if !valid_filter(&f.filter) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    format!("{:?} is not a valid topic filter", f.filter),
+                ));
+            }
+            if f.prefix.contains(['+', '#']) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    "the prefix must not contain wildcards",
+                ));
+            }
+            // One bus link carries every forward filter, and the router delivers a message once
+            // per matching filter of a link: overlapping filters would send it up twice.
+            if let Some(other) = forward.iter().find(|o| overlaps(&o.filter, &f.filter)) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    format!(
+                        "{:?} overlaps the forward filter {:?}",
+                        f.filter, other.filter
+                    ),
+                ));
+            }
+            forward.push(Forward {
+                filter: f.filter,
+                prefix: f.prefix,
+            });
+        }
+        let mut downlink = Vec::new();
+        for (i, d) in self.downlink.into_iter().enumerate() {
+            let span = d.span();
+            let d = d.into_inner();
+            let key = format!("cloud.downlink[{i}]");
+            if !valid_filter(&d.filter) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    format!("{:?} is not a valid topic filter", d.filter),
+                ));
+            }
+            // The filter must spell the prefix out, so that every local topic is known here
+            // (checked against the forward filters below) and a wildcard cannot hide the prefix.
+            let local = d.filter.strip_prefix(&d.strip_prefix).unwrap_or("");
+            if local.is_empty() || !valid_filter(local) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    format!(
+                        "{:?} must start with strip_prefix {:?} and leave a topic filter after it",
+                        d.filter, d.strip_prefix
+                    ),
+                ));
+            }
+            // A message brought down and then forwarded up again would loop between the two.
+            if let Some(f) = forward.iter().find(|f| overlaps(&f.filter, local)) {
+                return Err(err(
+                    key,
+                    Some(span),
+                    format!(
+                        "its local topics ({local:?}) overlap the forward filter {:?}: messages would loop",
+                        f.filter
+                    ),
+                ));
+            }
+            downlink.push(Downlink {
+                filter: d.filter,
+                strip_prefix: d.strip_prefix,
+            });
+        }
+        let max_messages = self.outbox.max_messages.map_or(Ok(100_000), |m| {
+            if (1..=100_000_000).contains(m.get_ref()) {
+                Ok(m.into_inner())
+            } else {
+                Err(err(
+                    "cloud.outbox.max_messages",
+                    Some(m.span()),
+                    format!(
+                        "{} is out of range: it must be between 1 and 100000000",
+                        m.get_ref()
+                    ),
+                ))
+            }
+        })?;
+        let max_bytes = self.outbox.max_bytes.map_or(Ok(256 << 20), |m| {
+            if *m.get_ref() >= 1024 {
+                Ok(m.into_inner())
+            } else {
+                Err(err(
+                    "cloud.outbox.max_bytes",
+                    Some(m.span()),
+                    format!("{} is too small: at least 1024 bytes", m.get_ref()),
+                ))
+            }
+        })?;
+        let when_full = self
+            .outbox
+            .when_full
+            .map_or(FullPolicy::DropOldest, Spanned::into_inner);
+        let shadows = match self.shadows {
+            None => None,
+            Some(s) => {
+                let span = s.span();
+                let s = s.into_inner();
+                for t in s.things.iter().filter(|t| *t != "*") {
+                    validate_thing_name(t).map_err(|e| {
+                        err(
+                            "cloud.shadows.things",
+                            Some(span.clone()),
+                            format!("{t:?} is not a thing name: {e}"),
+                        )
+                    })?;
+                }
+                let rate = s.max_updates_per_sec.unwrap_or(100);
+                if rate == 0 {
+                    return Err(err(
+                        "cloud.shadows.max_updates_per_sec",
+                        Some(span),
+                        "must be at least 1",
+                    ));
+                }
+                Some(ShadowSync {
+                    things: s.things,
+                    direction: s.direction,
+                    max_updates_per_sec: rate,
+                })
+            }
+        };
+        Ok(Some(CloudConfig {
+            host,
+            port,
+            client_id,
+            thing,
+            keep_alive,
+            protocol: self.protocol,
+            transport,
+            inflight,
+            max_backoff,
+            forward,
+            downlink,
+            limits: Limits {
+                max_messages,
+                max_bytes,
+            },
+            when_full,
+            shadows,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn resolve(text: &str) -> CloudConfig {
+        let raw: RawCloud = toml::from_str(text).expect("parses");
+        raw.resolve(|p| PathBuf::from("/etc/grove").join(p))
+            .expect("valid")
+            .expect("enabled")
+    }
+
+    #[test]
+    fn defaults_follow_the_transport_and_the_thing() {
+        let c = resolve("host = \"h\"\nthing = \"gw\"\ntls = { ca = \"ca.pem\", cert = \"c.pem\", key = \"k.pem\" }\n");
+        assert_eq!((c.port, c.client_id.as_str()), (8883, "gw"));
+        assert_eq!(
+            c.transport,
+            Transport::Tls {
+                ca: "/etc/grove/ca.pem".into(),
+                client: Some(("/etc/grove/c.pem".into(), "/etc/grove/k.pem".into())),
+            }
+        );
+        assert_eq!(
+            (c.limits.max_messages, c.when_full),
+            (100_000, FullPolicy::DropOldest)
+        );
+        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        let c = resolve("host = \"h\"\nplain_tcp = true\n[shadows]\nthings = [\"a\"]\n");
+        assert_eq!(
+            (c.port, c.transport, c.client_id.as_str()),
+            (1883, Transport::PlainTcp, "grove")
+        );
+        let s = c.shadows.expect("shadows");
+        assert_eq!((s.direction, s.max_updates_per_sec), (Direction::Both, 100));
+    }
+
+    #[test]
+    fn a_disabled_section_is_none() {
+        let raw: RawCloud = toml::from_str("enabled = false\nhost = \"h\"\n").expect("parses");
+        assert!(raw.resolve(|p| p).expect("valid").is_none());
+    }
+}

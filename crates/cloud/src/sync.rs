@@ -1,0 +1,639 @@
+//! Shadow sync: keeps the gateway's shadows of the configured things and the cloud's in step.
+//!
+//! A *round* for one shadow reads both sides (a local `get` through the shadow service, as a
+//! trusted bus client; a cloud `get` over the link), merges them against the last agreed state
+//! ([`super::merge`]), sends each side only the fields it lacks as an update carrying the version
+//! it was read at, and records the merged state with both sides' new versions (the sync state, in
+//! the store). A round runs when a side reports a change (`update/documents` with a version newer
+//! than the recorded one; on the cloud side any version but the recorded one, see
+//! `ShadowSync::on_cloud`), for every known shadow when the link comes up (so sync resumes after
+//! any outage, however long, from the recorded base), and again later for a round that failed.
+//!
+//! A version conflict (409: the other side changed between read and write) is settled by a fresh
+//! read and merge, at most [`MAX_ATTEMPTS`] times per round; then the round gives up, is counted,
+//! and is retried after [`RETRY_AFTER`], never in a tight loop. Cloud-bound updates are capped at
+//! the configured rate (a token bucket).
+
+use std::collections::{BTreeSet, HashMap, VecDeque};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use super::config::ShadowSync as SyncConfig;
+use super::link::Session;
+use super::merge::{diff_state, target};
+use super::queries::CloudQueries;
+use super::SyncInput;
+use crate::metrics::CloudMetrics;
+use grove_broker::bus::{Bus, Closed, Message};
+use grove_shadow::local::{LocalError, LocalShadows};
+use grove_shadow::names::{request_topic, Operation};
+use grove_shadow::queries::ShadowQueries;
+use grove_store::{ShadowKey, Store, SyncState};
+
+/// Reads and merges per round before giving up on conflicts.
+pub const MAX_ATTEMPTS: usize = 3;
+
+/// When a failed round is tried again.
+pub const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How long to wait for either side's answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The cloud subscriptions shadow sync needs for `config`'s things (one wildcard set for `"*"`,
+/// since overlapping subscriptions could deliver a message twice).
+pub fn cloud_filters(config: &SyncConfig) -> Vec<String> {
+    let things = if config.all() {
+        vec!["+".to_owned()]
+    } else {
+        config.things.clone()
+    };
+    things
+        .iter()
+        .flat_map(|t| {
+            [
+                format!("$aws/things/{t}/shadow/get/+"),
+                format!("$aws/things/{t}/shadow/update/+"),
+                format!("$aws/things/{t}/shadow/name/+/get/+"),
+                format!("$aws/things/{t}/shadow/name/+/update/+"),
+            ]
+        })
+        .collect()
+}
+
+/// The local subscriptions: the shadow service's change notifications (its answers to sync's own
+/// requests reach [`LocalShadows`]).
+const LOCAL_FILTERS: [&str; 2] = [
+    "$aws/things/+/shadow/update/documents",
+    "$aws/things/+/shadow/name/+/update/documents",
+];
+
+/// A token bucket for cloud-bound updates (pure: time comes in as an offset from any origin).
+#[derive(Debug, Clone)]
+pub struct RateLimit {
+    per_sec: f64,
+    tokens: f64,
+    last: Duration,
+}
+
+impl RateLimit {
+    /// `per_sec` updates per second, with a burst of one second's worth.
+    pub fn new(per_sec: u32) -> RateLimit {
+        RateLimit {
+            per_sec: f64::from(per_sec),
+            tokens: f64::from(per_sec),
+            last: Duration::ZERO,
+        }
+    }
+
+    /// Takes a token at `now`; returns how long to wait first (zero if one was available).
+    pub fn take(&mut self, now: Duration) -> Duration {
+        let elapsed = now.saturating_sub(self.last).as_secs_f64();
+        self.last = self.last.max(now);
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
+        self.tokens -= 1.0;
+        if self.tokens >= 0.0 {
+            Duration::ZERO
+        } else {
+            Duration::from_secs_f64(-self.tokens / self.per_sec)
+        }
+    }
+}
+
+/// A shadow as read from one side: its state (`desired` and `reported` only) and version.
+#[derive(Debug, Clone)]
+struct Side {
+    state: Value,
+    /// `None` when the shadow does not exist there.
+    version: Option<u64>,
+}
+
+/// How an update request ended.
+enum Written {
+    Accepted(u64),
+    Conflict,
+}
+
+/// Why a round stopped.
+#[derive(Debug, thiserror::Error)]
+enum RoundError {
+    #[error("the cloud link is down")]
+    Offline,
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("rejected: {0}")]
+    Rejected(String),
+    #[error("version conflicts {0} times in a row")]
+    Conflicts(usize),
+    #[error("the bus is closed")]
+    Bus,
+    #[error("cannot record the sync state: {0}")]
+    Store(String),
+}
+
+/// The running component.
+pub struct ShadowSync {
+    bus: Bus,
+    store: Store,
+    config: SyncConfig,
+    metrics: CloudMetrics,
+    states: HashMap<ShadowKey, SyncState>,
+    session: Option<Session>,
+    dirty: BTreeSet<ShadowKey>,
+    failed: BTreeSet<ShadowKey>,
+    /// Requests to the gateway's shadow service.
+    local: LocalShadows,
+    /// Cloud messages that arrived while a round waited for an answer.
+    pending_cloud: VecDeque<(String, Bytes)>,
+    rate: RateLimit,
+    started: Instant,
+    tokens: u64,
+}
+
+impl ShadowSync {
+    /// Subscribes on `bus` and loads the recorded sync states.
+    pub async fn start(
+        mut bus: Bus,
+        local: LocalShadows,
+        store: Store,
+        config: SyncConfig,
+        metrics: CloudMetrics,
+    ) -> Result<ShadowSync, Closed> {
+        let filters: Vec<String> = LOCAL_FILTERS.iter().map(|f| (*f).to_owned()).collect();
+        bus.subscribe_confirmed(&filters).await?;
+        let states = store
+            .load_sync_states()
+            .await
+            .map_err(|e| Closed::Store(e.to_string()))?
+            .into_iter()
+            .map(|s| (s.key.clone(), s))
+            .collect();
+        Ok(ShadowSync {
+            bus,
+            store,
+            rate: RateLimit::new(config.max_updates_per_sec),
+            config,
+            metrics,
+            states,
+            session: None,
+            dirty: BTreeSet::new(),
+            failed: BTreeSet::new(),
+            local,
+            pending_cloud: VecDeque::new(),
+            started: Instant::now(),
+            tokens: 0,
+        })
+    }
+
+    /// Syncs until shutdown.
+    pub async fn run(
+        mut self,
+        mut inputs: mpsc::UnboundedReceiver<SyncInput>,
+        mut shutdown: watch::Receiver<bool>,
+    ) {
+        let mut batch = Vec::new();
+        let mut retry = tokio::time::interval(RETRY_AFTER);
+        loop {
+            while let Some((topic, payload)) = self.pending_cloud.pop_front() {
+                self.on_cloud(&topic, &payload);
+            }
+            if self.session.is_some() {
+                if let Some(key) = self.dirty.pop_first() {
+                    tokio::select! {
+                        _ = shutdown.changed() => break,
+                        r = self.round(&key, &mut inputs) => {
+                            if let Err(e) = r {
+                                if matches!(e, RoundError::Bus) {
+                                    break;
+                                }
+                                self.metrics.sync_failures.inc();
+                                warn!(thing = key.thing, shadow = ?key.name, error = %e, "shadow sync round failed; retrying later");
+                                self.failed.insert(key);
+                            }
+                        }
+                    }
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = shutdown.changed() => break,
+                r = self.bus.recv_batch(&mut batch) => {
+                    if r.is_err() {
+                        break;
+                    }
+                    for m in batch.drain(..) {
+                        self.on_local(&m);
+                    }
+                }
+                input = inputs.recv() => match input {
+                    None => break,
+                    Some(i) => self.on_input(i).await,
+                },
+                _ = retry.tick() => {
+                    let failed = std::mem::take(&mut self.failed);
+                    self.dirty.extend(failed);
+                }
+            }
+        }
+        self.bus.close().await;
+    }
+
+    async fn on_input(&mut self, input: SyncInput) {
+        match input {
+            SyncInput::Up(session) => {
+                self.session = Some(session);
+                // Resume: every known shadow of the configured things gets a round.
+                for t in self.config.things.iter().filter(|t| *t != "*") {
+                    self.dirty.insert(ShadowKey {
+                        thing: t.clone(),
+                        name: None,
+                    });
+                }
+                self.dirty.extend(self.states.keys().cloned());
+                if let Ok(list) = self.store.list_shadows().await {
+                    self.dirty.extend(
+                        list.into_iter()
+                            .map(|(k, _)| k)
+                            .filter(|k| self.config.covers(&k.thing)),
+                    );
+                }
+                info!(shadows = self.dirty.len(), "shadow sync resuming");
+            }
+            SyncInput::Down => self.session = None,
+            SyncInput::Cloud { topic, payload } => self.on_cloud(&topic, &payload),
+        }
+    }
+
+    /// A local `update/documents` newer than what was agreed marks the shadow for a round.
+    fn on_local(&mut self, m: &Message) {
+        if let Some((key, version)) = self.changed(&m.topic, &m.payload) {
+            if self
+                .states
+                .get(&key)
+                .is_none_or(|s| version > s.local_version)
+            {
+                self.dirty.insert(key);
+            }
+        }
+    }
+
+    /// A cloud `update/documents` at another version than agreed marks the shadow for a round:
+    /// a newer one is a change; an older one is either a late message (the round then finds
+    /// nothing to do) or a shadow AWS re-created at version 1, which it does 48 hours after a
+    /// deletion ("Device Shadow service documents", versioning), and whose change must come down.
+    /// Only the echo of the gateway's own write (the agreed version) is skipped.
+    fn on_cloud(&mut self, topic: &str, payload: &[u8]) {
+        if let Some((key, version)) = self.changed(topic, payload) {
+            if self
+                .states
+                .get(&key)
+                .is_none_or(|s| version != s.cloud_version)
+            {
+                self.dirty.insert(key);
+            }
+        }
+    }
+
+    /// The shadow and new version of an `update/documents` message for a configured thing.
+    fn changed(&self, topic: &str, payload: &[u8]) -> Option<(ShadowKey, u64)> {
+        let (key, suffix) = parse_topic(topic)?;
+        if suffix != "update/documents" || !self.config.covers(&key.thing) {
+            return None;
+        }
+        let doc: Value = serde_json::from_slice(payload).ok()?;
+        Some((key, doc["current"]["version"].as_u64()?))
+    }
+
+    /// One sync round for `key`.
+    async fn round(
+        &mut self,
+        key: &ShadowKey,
+        inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
+    ) -> Result<(), RoundError> {
+        for attempt in 0..MAX_ATTEMPTS {
+            if attempt > 0 {
+                self.metrics.sync_conflicts.inc();
+            }
+            let local = self.local_get(key).await?;
+            let cloud = self.cloud_get(key, inputs).await?;
+            let base = self
+                .states
+                .get(key)
+                .and_then(|s| serde_json::from_str(&s.base).ok())
+                .unwrap_or_else(|| json!({}));
+            let merged = target(self.config.direction, &base, &local.state, &cloud.state);
+            let mut cloud_version = cloud.version.unwrap_or(0);
+            let mut local_version = local.version.unwrap_or(0);
+            if let Some(patch) = diff_state(&cloud.state, &merged) {
+                let wait = self.rate.take(self.started.elapsed());
+                if !wait.is_zero() {
+                    tokio::time::sleep(wait).await;
+                }
+                match self.cloud_update(key, patch, cloud.version, inputs).await? {
+                    Written::Accepted(v) => {
+                        self.metrics.synced("to_cloud");
+                        cloud_version = v;
+                    }
+                    Written::Conflict => continue,
+                }
+            }
+            if let Some(patch) = diff_state(&local.state, &merged) {
+                match self.local_update(key, patch, local.version).await? {
+                    Written::Accepted(v) => {
+                        self.metrics.synced("to_edge");
+                        local_version = v;
+                    }
+                    Written::Conflict => continue,
+                }
+            }
+            let state = SyncState {
+                key: key.clone(),
+                base: merged.to_string(),
+                local_version,
+                cloud_version,
+            };
+            self.store
+                .write_sync_state(state.clone())
+                .await
+                .map_err(|e| RoundError::Store(e.to_string()))?;
+            debug!(thing = key.thing, shadow = ?key.name, local_version, cloud_version, "shadow in sync");
+            self.states.insert(key.clone(), state);
+            return Ok(());
+        }
+        Err(RoundError::Conflicts(MAX_ATTEMPTS))
+    }
+
+    async fn local_get(&mut self, key: &ShadowKey) -> Result<Side, RoundError> {
+        let (accepted, doc) = self.local_request(key, Operation::Get, json!({})).await?;
+        side(accepted, &doc)
+    }
+
+    async fn local_update(
+        &mut self,
+        key: &ShadowKey,
+        patch: Value,
+        version: Option<u64>,
+    ) -> Result<Written, RoundError> {
+        let body = update_body(patch, version);
+        let (accepted, doc) = self.local_request(key, Operation::Update, body).await?;
+        written(accepted, &doc)
+    }
+
+    async fn local_request(
+        &mut self,
+        key: &ShadowKey,
+        op: Operation,
+        body: Value,
+    ) -> Result<(bool, Value), RoundError> {
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        let answer = self
+            .local
+            .request(&key.thing, key.name.as_deref(), op, body, 0, deadline)
+            .await
+            .map_err(|e| match e {
+                LocalError::Timeout => RoundError::Timeout(ANSWER_TIMEOUT),
+                LocalError::Closed => RoundError::Bus,
+            })?;
+        let doc = serde_json::from_slice(&answer.doc)
+            .map_err(|e| RoundError::Rejected(format!("unreadable answer: {e}")))?;
+        Ok((answer.accepted, doc))
+    }
+
+    async fn cloud_get(
+        &mut self,
+        key: &ShadowKey,
+        inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
+    ) -> Result<Side, RoundError> {
+        let (accepted, doc) = self
+            .cloud_request(key, Operation::Get, json!({}), inputs)
+            .await?;
+        side(accepted, &doc)
+    }
+
+    async fn cloud_update(
+        &mut self,
+        key: &ShadowKey,
+        patch: Value,
+        version: Option<u64>,
+        inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
+    ) -> Result<Written, RoundError> {
+        let body = update_body(patch, version);
+        let (accepted, doc) = self
+            .cloud_request(key, Operation::Update, body, inputs)
+            .await?;
+        written(accepted, &doc)
+    }
+
+    /// Publishes a request to the cloud's shadow service and waits for its answer (matched by a
+    /// client token of sync's own).
+    async fn cloud_request(
+        &mut self,
+        key: &ShadowKey,
+        op: Operation,
+        mut body: Value,
+        inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
+    ) -> Result<(bool, Value), RoundError> {
+        let topic = request_topic(&key.thing, key.name.as_deref(), op);
+        self.tokens += 1;
+        let token = format!("grove-sync-{}", self.tokens);
+        body["clientToken"] = token.clone().into();
+        let session = self.session.clone().ok_or(RoundError::Offline)?;
+        if !session.publish_qos0(&topic, Bytes::from(body.to_string())) {
+            return Err(RoundError::Offline);
+        }
+        let deadline = Instant::now() + ANSWER_TIMEOUT;
+        loop {
+            let input = match tokio::time::timeout_at(deadline, inputs.recv()).await {
+                Err(_) => return Err(RoundError::Timeout(ANSWER_TIMEOUT)),
+                Ok(None) => return Err(RoundError::Bus),
+                Ok(Some(i)) => i,
+            };
+            match input {
+                SyncInput::Cloud { topic: t, payload } => {
+                    if let Some(a) = answer_to(&topic, &token, &t, &payload) {
+                        return Ok(a);
+                    }
+                    self.pending_cloud.push_back((t, payload));
+                }
+                SyncInput::Down => {
+                    self.session = None;
+                    return Err(RoundError::Offline);
+                }
+                SyncInput::Up(s) => self.session = Some(s),
+            }
+        }
+    }
+}
+
+/// Whether a message answers the request on `request_topic` with `token`: (accepted, document).
+fn answer_to(
+    request_topic: &str,
+    token: &str,
+    topic: &str,
+    payload: &[u8],
+) -> Option<(bool, Value)> {
+    let suffix = topic.strip_prefix(request_topic)?;
+    let accepted = match suffix {
+        "/accepted" => true,
+        "/rejected" => false,
+        _ => return None,
+    };
+    let doc: Value = serde_json::from_slice(payload).ok()?;
+    (doc["clientToken"] == token).then_some((accepted, doc))
+}
+
+/// A `get` answer as a [`Side`]: a 404 is an empty shadow.
+fn side(accepted: bool, doc: &Value) -> Result<Side, RoundError> {
+    if accepted {
+        let mut state = serde_json::Map::new();
+        for section in ["desired", "reported"] {
+            if let Some(v) = doc["state"].get(section).filter(|v| !v.is_null()) {
+                state.insert(section.to_owned(), v.clone());
+            }
+        }
+        return Ok(Side {
+            state: Value::Object(state),
+            version: doc["version"].as_u64(),
+        });
+    }
+    match doc["code"].as_u64() {
+        Some(404) => Ok(Side {
+            state: json!({}),
+            version: None,
+        }),
+        _ => Err(RoundError::Rejected(doc.to_string())),
+    }
+}
+
+fn written(accepted: bool, doc: &Value) -> Result<Written, RoundError> {
+    if accepted {
+        return doc["version"]
+            .as_u64()
+            .map(Written::Accepted)
+            .ok_or_else(|| RoundError::Rejected(format!("no version in {doc}")));
+    }
+    match doc["code"].as_u64() {
+        Some(409) => Ok(Written::Conflict),
+        _ => Err(RoundError::Rejected(doc.to_string())),
+    }
+}
+
+fn update_body(patch: Value, version: Option<u64>) -> Value {
+    let mut body = json!({"state": patch});
+    if let Some(v) = version {
+        body["version"] = v.into();
+    }
+    body
+}
+
+/// Splits `$aws/things/{thing}/shadow/[name/{name}/]{rest}` into the shadow and `rest`.
+fn parse_topic(topic: &str) -> Option<(ShadowKey, &str)> {
+    let rest = topic.strip_prefix("$aws/things/")?;
+    let (thing, rest) = rest.split_once("/shadow/")?;
+    let (name, rest) = match rest.strip_prefix("name/") {
+        Some(named) => {
+            let (n, r) = named.split_once('/')?;
+            (Some(n.to_owned()), r)
+        }
+        None => (None, rest),
+    };
+    Some((
+        ShadowKey {
+            thing: thing.to_owned(),
+            name,
+        },
+        rest,
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_rate_limit_spaces_updates_after_a_burst() {
+        let ms = Duration::from_millis;
+        let mut r = RateLimit::new(10);
+        // A burst of 10 passes at once, the 11th waits 100 ms; later, tokens come back.
+        for _ in 0..10 {
+            assert_eq!(r.take(ms(0)), Duration::ZERO);
+        }
+        assert_eq!(r.take(ms(0)), ms(100));
+        assert_eq!(r.take(ms(200)), Duration::ZERO);
+        assert_eq!(r.take(ms(5000)), Duration::ZERO);
+    }
+
+    use crate::config::Direction;
+
+    #[test]
+    fn cloud_filters_use_one_wildcard_for_every_thing() {
+        let config = |things: &[&str]| SyncConfig {
+            things: things.iter().map(|t| (*t).to_owned()).collect(),
+            direction: Direction::Both,
+            max_updates_per_sec: 1,
+        };
+        assert_eq!(cloud_filters(&config(&["a", "b"])).len(), 8);
+        let all = cloud_filters(&config(&["a", "*"]));
+        assert_eq!(all.len(), 4);
+        assert_eq!(all[0], "$aws/things/+/shadow/get/+");
+        assert!(config(&["*"]).covers("anything") && !config(&["a"]).covers("b"));
+    }
+
+    #[test]
+    fn shadow_topics_are_parsed() {
+        let cases = [
+            (
+                "$aws/things/t1/shadow/update/documents",
+                Some(("t1", None, "update/documents")),
+            ),
+            (
+                "$aws/things/t1/shadow/name/n/get/accepted",
+                Some(("t1", Some("n"), "get/accepted")),
+            ),
+            ("$aws/things/t1/other", None),
+            ("sensors/t1", None),
+        ];
+        for (topic, want) in cases {
+            let got = parse_topic(topic);
+            let got = got
+                .as_ref()
+                .map(|(k, r)| (k.thing.as_str(), k.name.as_deref(), *r));
+            assert_eq!(got, want, "{topic}");
+        }
+    }
+
+    #[test]
+    fn answers_match_by_topic_and_token() {
+        let req = "$aws/things/t/shadow/get";
+        let ok = br#"{"clientToken":"k","version":3,"state":{"reported":{"a":1},"delta":{"x":1}}}"#;
+        assert_eq!(
+            answer_to(req, "k", "$aws/things/t/shadow/get/accepted", ok).map(|a| a.0),
+            Some(true)
+        );
+        assert_eq!(
+            answer_to(req, "other", "$aws/things/t/shadow/get/accepted", ok),
+            None
+        );
+        assert_eq!(
+            answer_to(req, "k", "$aws/things/t/shadow/update/accepted", ok),
+            None
+        );
+        let (accepted, doc) = answer_to(req, "k", "$aws/things/t/shadow/get/accepted", ok).unwrap();
+        let s = side(accepted, &doc).unwrap();
+        assert_eq!(
+            (s.state, s.version),
+            (json!({"reported": {"a": 1}}), Some(3))
+        );
+        let missing = json!({"code": 404, "message": "No shadow exists with name: 't'"});
+        assert_eq!(side(false, &missing).unwrap().version, None);
+        assert!(matches!(
+            written(false, &json!({"code": 409})),
+            Ok(Written::Conflict)
+        ));
+        assert!(written(false, &json!({"code": 400})).is_err());
+    }
+}

@@ -1,0 +1,983 @@
+//! The functions component: registry, triggers, queues, sync invocation and host effects.
+//!
+//! - Registry: every deployed version (manifest + module file in `{data_dir}/functions/`, row in
+//!   the store) is loaded at startup from the precompiled cache, so a restart does not recompile.
+//!   The manifests are read before the broker listens (so the triggers are in place), the modules
+//!   are loaded in the background, each bounded (compile size, a 1 s check); the startup waits
+//!   for them at most [`STARTUP_WAIT`], so a slow or failing module never keeps the gateway from
+//!   starting. An invocation waits until its version is loaded; a version that failed to load is
+//!   listed with why (`grove fn list`), counted, logged, and its events are dead-lettered.
+//!   Deploys are serialised; each makes version `latest + 1`, immutable.
+//! - Triggers: the routes of the component's durable tap ([`grove_broker::tap`]) are the trigger filters
+//!   of each function's `$LATEST` manifest (invoking its `trigger_qualifier`) and
+//!   `$grove/functions/+/event` (rules' `function` action, direct async events). A message a route
+//!   takes becomes an event of each function whose trigger it matches, and the events are
+//!   committed to the store (`function_events`) **before** the router sees the message, so before
+//!   the device's PUBACK: an event survives a crash or a power cut and runs after the restart. A
+//!   redeploy swaps the routes at once, and the queue belongs to the function, not the version, so
+//!   a redeploy under load loses no event.
+//! - Async events: a bounded queue per function, at most `max_concurrency` running,
+//!   at-least-once: a failed attempt is retried twice, after 100 ms and 500 ms, then the event and
+//!   the last error go to `$grove/functions/{name}/dlq`. Handlers must therefore be idempotent. A
+//!   full queue sends the event to the DLQ at once, and so does an event whose function is not
+//!   deployed (removed while the event waited): an accepted event is never dropped silently. An
+//!   event leaves the store when it is done (success or dead letter); one running when the
+//!   gateway stops runs again after the restart.
+//! - Sync invocation: a publish to `$grove/functions/{name}/invoke` (or `{name}:{qualifier}`),
+//!   answered on the request's MQTT 5 response topic with its correlation data, or, for MQTT
+//!   3.1.1, on the `replyTo` topic of a JSON envelope `{"replyTo": ..., "correlationId": ...,
+//!   "payload": ...}`. Answers are JSON envelopes (see [`answer`]); errors are answered too.
+//! - Effects are transactional per invocation: publishes and kv writes are applied only when the
+//!   handler returns 0 (kv writes in one store commit, before the answer), so a failed attempt
+//!   that is retried leaves nothing behind. Shadow calls go through the running shadow service
+//!   as a trusted bus client (request with a client token, wait for accepted/rejected).
+//!
+//! Invocations run on tokio's blocking pool, at most `[functions] workers` at once.
+//!
+//! What a function or a device can make the gateway log is bounded (`crate::logs`): the guest's
+//! lines per function in lines, bytes and rate, and the gateway's own lines about a function (or
+//! about names that are no function) in rate; every line refused is counted.
+//!
+//! This file holds the registry (deploy, aliases, remove, load) and invocation; its parts are
+//! `service/events.rs` (the async path: queues, retries, dead letters), `service/sync.rs` (sync
+//! invocation requests and their reply topics) and `service/host.rs` (the host calls' effects and
+//! the output publisher).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+use tokio::sync::{mpsc, watch, Semaphore};
+use tracing::{debug, info, warn};
+
+use crate::config::FunctionsConfig;
+use crate::logs::{Pushed, Ring, Window, GATEWAY_LINES, GATEWAY_PERIOD};
+use crate::manifest::Manifest;
+use crate::metrics::{FunctionLabels, FunctionMetrics};
+use crate::queries::FunctionQueries;
+use crate::routing::{Alias, Qualifier, Routes, RoutingError};
+use crate::runtime::{
+    write_atomically, DeployError, Failure, Host, HostError, Level, Outcome, Prepared, Runtime,
+    RuntimeConfig,
+};
+use grove_broker::bus::MAX_HOPS;
+use grove_broker::bus::{Closed, Message, Outgoing};
+use grove_broker::reply::{self, ReplyError};
+use grove_broker::tap::{Offer, Route, Tap};
+use grove_broker::BusMaker;
+use grove_shadow::local::{Answer, LocalShadows};
+use grove_shadow::names::Operation;
+use grove_store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
+
+mod events;
+mod host;
+mod sync;
+
+use events::forgetter;
+use host::{publisher, Batch, ServiceHost};
+use sync::parse_target;
+
+/// Offers from publishers waiting for their events to be recorded; each publisher waits for its
+/// own, so this only bounds how many are queued at once.
+const TAP_QUEUE: usize = 256;
+
+/// The sync invocation filter.
+pub const INVOKE_FILTER: &str = "$grove/functions/+/invoke";
+
+/// The async invocation filter (the rules' `function` action publishes there; devices may too).
+pub const EVENT_FILTER: &str = "$grove/functions/+/event";
+
+/// The topic of an async event for `name` (optionally `name:qualifier`).
+pub fn event_topic(target: &str) -> String {
+    format!("$grove/functions/{target}/event")
+}
+
+/// The metric label of what is about a name that is no deployed function (a device chooses such
+/// names: one series each would grow the registry without bound).
+const UNKNOWN_FUNCTION: &str = "(unknown)";
+
+/// Longest device-chosen text (a topic) in one of the gateway's log lines.
+const MAX_LOGGED: usize = 256;
+
+/// How long the startup waits for the deployed modules to load before the gateway goes on (and
+/// opens its port) without them.
+const STARTUP_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits before the second and third attempt of an async event.
+const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
+
+/// The dead-letter topic of a function.
+pub fn dlq_topic(name: &str) -> String {
+    format!("$grove/functions/{name}/dlq")
+}
+
+/// The dead-letter error of an event whose function is not deployed (removed after the event was
+/// taken, or never deployed).
+fn not_found(name: &str) -> Value {
+    json!({"kind": "not_found", "message": FunctionError::NotFound(name.to_owned()).to_string()})
+}
+
+/// Why an admin request or invocation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionError {
+    /// No such function.
+    #[error("no function named {0:?}")]
+    NotFound(String),
+    /// The manifest is wrong.
+    #[error(transparent)]
+    Manifest(#[from] super::manifest::ManifestError),
+    /// The module is wrong.
+    #[error(transparent)]
+    Deploy(#[from] DeployError),
+    /// The qualifier or alias is wrong.
+    #[error(transparent)]
+    Routing(#[from] RoutingError),
+    /// A bad request (names, qualifiers).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The store failed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    /// A file of the data directory could not be written or read.
+    #[error("{0}")]
+    Io(String),
+    /// The version exists but could not be loaded at startup.
+    #[error("version {version} of function {name:?} failed to load: {reason}")]
+    LoadFailed {
+        /// The function.
+        name: String,
+        /// The version.
+        version: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The component is shutting down.
+    #[error("the functions component is shutting down")]
+    Closed,
+}
+
+/// An async event waiting for its function.
+#[derive(Debug, Clone)]
+struct Event {
+    /// Its row in the store's `function_events`.
+    id: u64,
+    topic: String,
+    payload: Bytes,
+    hops: u32,
+    qualifier: Qualifier,
+}
+
+/// One function: its versions, aliases, queue and log.
+struct Function {
+    routes: Routes,
+    versions: BTreeMap<u64, Version>,
+    queue: mpsc::Sender<Event>,
+    logs: Logs,
+    /// `max_concurrency` of the `$LATEST` manifest: instances of this function running at once,
+    /// sync and async invocations together (further ones wait). Replaced when a deploy changes it.
+    running: Arc<Semaphore>,
+    /// The permits `running` was made with.
+    limit: usize,
+}
+
+impl Function {
+    fn latest_manifest(&self) -> Option<&Arc<Manifest>> {
+        let v = self.routes.latest()?;
+        self.versions.get(&v)?.manifest.as_ref()
+    }
+}
+
+/// A deployed version: its manifest (read before the broker listens, so triggers work at once)
+/// and its module, once loaded.
+struct Version {
+    /// `None` if the stored manifest is no longer valid (then the version failed to load).
+    manifest: Option<Arc<Manifest>>,
+    state: Load,
+}
+
+/// Where a version's module is.
+enum Load {
+    /// Being loaded at startup: invocations wait.
+    Loading,
+    Ready(Arc<Prepared>),
+    /// Could not be loaded (why): invocations fail, events are dead-lettered.
+    Failed(String),
+}
+
+/// A version ready to run, with what its invocation needs of its function.
+struct Runnable {
+    version: u64,
+    prepared: Arc<Prepared>,
+    logs: Logs,
+    /// The function's `max_concurrency` permits.
+    running: Arc<Semaphore>,
+}
+
+/// A function's log (`crate::logs`): the ring `grove fn logs` shows and the rate of the
+/// gateway's own lines about the function, with the counters of the lines they refused.
+#[derive(Clone)]
+struct Logs {
+    name: Arc<str>,
+    state: Arc<Mutex<(Ring, Window)>>,
+    dropped: prometheus_client::metrics::counter::Counter,
+    suppressed: prometheus_client::metrics::counter::Counter,
+}
+
+impl Logs {
+    fn new(name: &str, metrics: &FunctionMetrics) -> Logs {
+        let labels = FunctionLabels {
+            function: name.to_owned(),
+        };
+        Logs {
+            name: name.into(),
+            state: Arc::new(Mutex::new((
+                Ring::default(),
+                Window::new(GATEWAY_LINES, GATEWAY_PERIOD),
+            ))),
+            dropped: metrics.log_dropped.get_or_create(&labels).clone(),
+            suppressed: metrics.log_suppressed.get_or_create(&labels).clone(),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, (Ring, Window)> {
+        // Each update is one call on the ring or the window: a panic cannot leave them torn.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Adds a line for `grove fn logs`; a line kept also goes to the gateway's debug log.
+    fn push(&self, version: u64, level: &str, line: impl AsRef<[u8]>) {
+        let ts = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let head = format!("{ts} v{version} {level:<5}");
+        let pushed = self.lock().0.push(Instant::now(), &head, line.as_ref());
+        match pushed {
+            Pushed::Kept(text) => debug!(function = %self.name, "{text}"),
+            Pushed::Dropped => {
+                self.dropped.inc();
+            }
+        }
+    }
+
+    /// Whether the gateway may write one more line about this function now: `Some(n)` with the
+    /// number suppressed before it (to say so in the line), or `None` (counted).
+    fn gateway(&self) -> Option<u64> {
+        let admitted = self.lock().1.admit(Instant::now());
+        if admitted.is_none() {
+            self.suppressed.inc();
+        }
+        admitted
+    }
+
+    fn lines(&self) -> Vec<String> {
+        self.lock().0.lines()
+    }
+}
+
+/// A function as listed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct FunctionInfo {
+    /// Its name.
+    pub name: String,
+    /// Its versions.
+    pub versions: Vec<u64>,
+    /// `$LATEST`.
+    pub latest: u64,
+    /// Aliases: name -> (version, optional (other version, percent)).
+    pub aliases: BTreeMap<String, (u64, Option<(u64, u8)>)>,
+    /// `$LATEST`'s triggers.
+    pub triggers: Vec<String>,
+    /// Versions that cannot be invoked: `"loading"` (startup) or why they failed to load.
+    pub unavailable: BTreeMap<u64, String>,
+}
+
+/// A deployed version.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Deployed {
+    /// The function.
+    pub name: String,
+    /// The new version.
+    pub version: u64,
+    /// Whether the module came from the precompiled cache.
+    pub from_cache: bool,
+}
+
+/// A finished invocation and the version that ran.
+#[derive(Debug, Clone)]
+pub struct Invoked {
+    /// The function.
+    pub name: String,
+    /// The version that ran.
+    pub version: u64,
+    /// What happened.
+    pub outcome: Outcome,
+}
+
+/// The handle the ops endpoint and the rules engine use; cheap to clone.
+#[derive(Clone)]
+pub struct Functions {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    runtime: Runtime,
+    store: Store,
+    dir: PathBuf,
+    max_memory_mb: u32,
+    queue_bound: usize,
+    metrics: FunctionMetrics,
+    registry: Mutex<BTreeMap<String, Function>>,
+    /// Deploys, alias changes and removals one at a time (versions are numbered in order); the
+    /// startup's module loading holds it too.
+    admin: Arc<tokio::sync::Mutex<()>>,
+    /// True once the startup's module loading is over.
+    loaded: watch::Sender<bool>,
+    /// The rate of the gateway's log lines about names that are no deployed function.
+    stray_log: Mutex<Window>,
+    workers: Arc<Semaphore>,
+    publish: mpsc::Sender<Batch>,
+    shadow: LocalShadows,
+    /// The durable tap whose routes are the triggers.
+    tap: Arc<Tap>,
+    /// Ids of finished events, for [`forgetter`] to delete.
+    finished: mpsc::UnboundedSender<u64>,
+    /// The next event's id (one more than the largest ever stored).
+    next_event: std::sync::atomic::AtomicU64,
+    handle: tokio::runtime::Handle,
+    rng: Mutex<fastrand::Rng>,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl Functions {
+    /// Starts the component: the engine, the bus links (output, shadow answers, sync invoke),
+    /// the deployed functions from the store and their triggers.
+    pub async fn start(
+        config: &FunctionsConfig,
+        data_dir: PathBuf,
+        store: Store,
+        buses: BusMaker,
+        metrics: FunctionMetrics,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<Functions, FunctionError> {
+        let dir = data_dir.join("functions");
+        let runtime = Runtime::new(&RuntimeConfig {
+            max_memory_mb: config.max_memory_mb,
+            pool_size: config.pool_size,
+            cache_dir: dir.join("cache"),
+        })
+        .map_err(FunctionError::Io)?;
+        let bus_err = |e: grove_broker::BrokerError| FunctionError::Io(e.to_string());
+        let out = buses.bus("functions-out").await.map_err(bus_err)?;
+        let (publish, publish_rx) = mpsc::channel(1024);
+        tokio::spawn(publisher(out, publish_rx, shutdown.clone()));
+        let shadow_bus = buses.bus("functions-shadow").await.map_err(bus_err)?;
+        let shadow = LocalShadows::start(shadow_bus, shutdown.clone())
+            .await
+            .map_err(|_| FunctionError::Closed)?;
+        let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
+        let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
+        let (finished, finished_rx) = mpsc::unbounded_channel();
+        tokio::spawn(forgetter(store.clone(), finished_rx));
+        let functions = Functions {
+            inner: Arc::new(Inner {
+                runtime,
+                store,
+                dir,
+                max_memory_mb: config.max_memory_mb,
+                queue_bound: config.queue_bound,
+                metrics,
+                registry: Mutex::new(BTreeMap::new()),
+                admin: Arc::new(tokio::sync::Mutex::new(())),
+                loaded: watch::Sender::new(false),
+                stray_log: Mutex::new(Window::new(GATEWAY_LINES, GATEWAY_PERIOD)),
+                workers: Arc::new(Semaphore::new(config.workers)),
+                publish,
+                shadow,
+                tap: tap.clone(),
+                finished,
+                next_event: std::sync::atomic::AtomicU64::new(1),
+                handle: tokio::runtime::Handle::current(),
+                rng: Mutex::new(fastrand::Rng::new()),
+                shutdown: shutdown.clone(),
+            }),
+        };
+        let todo = functions.register().await?;
+        // Taken now, so no deploy or removal comes between the registration and the loading.
+        let admin = functions.inner.admin.clone().lock_owned().await;
+        tokio::spawn(functions.clone().load(todo, admin));
+        let mut invoke_bus = buses.bus("functions-invoke").await.map_err(bus_err)?;
+        invoke_bus
+            .subscribe_confirmed(&[INVOKE_FILTER.to_owned()])
+            .await
+            .map_err(|_| FunctionError::Closed)?;
+        tokio::spawn(functions.clone().serve_invoke(invoke_bus));
+        // Events left from the last run (queued or running when it stopped) run first.
+        let pending = functions.inner.store.load_events().await?;
+        if let Some(last) = pending.last() {
+            functions
+                .inner
+                .next_event
+                .store(last.id + 1, std::sync::atomic::Ordering::Relaxed);
+            info!(events = pending.len(), "function events restored");
+        }
+        for stored in pending {
+            let Ok(qualifier) = Qualifier::parse(&stored.qualifier) else {
+                functions.forget(stored.id);
+                continue;
+            };
+            let event = Event {
+                id: stored.id,
+                topic: stored.topic,
+                payload: stored.payload,
+                hops: stored.hops,
+                qualifier,
+            };
+            functions.enqueue(&stored.name, event);
+        }
+        functions.update_routes();
+        buses.add_tap(tap);
+        tokio::spawn(functions.clone().take_offers(offers));
+        // Usually every module is loaded (from the cache) well within this, and the gateway
+        // opens its port with all functions ready; a slow one (a recompile after an upgrade)
+        // keeps loading while the gateway runs.
+        if tokio::time::timeout(STARTUP_WAIT, functions.loaded())
+            .await
+            .is_err()
+        {
+            info!("function modules are still loading; their invocations wait for them");
+        }
+        Ok(functions)
+    }
+
+    /// Registers every stored version with its manifest (its module still loading) and every
+    /// alias; returns the modules to load with their manifests.
+    async fn register(&self) -> Result<Vec<(StoredFunctionVersion, Arc<Manifest>)>, FunctionError> {
+        let (versions, aliases) = self.inner.store.load_functions().await?;
+        let mut todo = Vec::new();
+        for v in versions {
+            match Manifest::parse(&v.manifest, self.inner.max_memory_mb) {
+                Ok(m) => {
+                    let m = Arc::new(m);
+                    self.insert_version(&v.name, v.version, Some(m.clone()), Load::Loading);
+                    todo.push((v, m));
+                }
+                Err(e) => {
+                    let reason = format!("the deployed manifest is no longer valid (was [functions] max_memory_mb lowered?): {e}");
+                    self.insert_version(&v.name, v.version, None, Load::Loading);
+                    self.load_failed(&v.name, v.version, reason);
+                }
+            }
+        }
+        let mut registry = self.lock();
+        for a in aliases {
+            if let Some(f) = registry.get_mut(&a.name) {
+                f.routes.aliases.insert(
+                    a.alias,
+                    Alias {
+                        version: a.version,
+                        weight: a.weight,
+                    },
+                );
+            }
+        }
+        Ok(todo)
+    }
+
+    /// Loads the registered versions' modules (from the compile cache), one at a time, each
+    /// bounded ([`Runtime::prepare`]): a failure is recorded and the others load.
+    async fn load(
+        self,
+        todo: Vec<(StoredFunctionVersion, Arc<Manifest>)>,
+        _admin: tokio::sync::OwnedMutexGuard<()>,
+    ) {
+        let (mut ready, mut failed) = (0, 0);
+        for (v, manifest) in todo {
+            let loaded = match std::fs::read(self.inner.dir.join(&v.module)) {
+                Ok(wasm) => self
+                    .prepare(wasm, manifest)
+                    .await
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(format!("cannot read the module: {e}")),
+            };
+            match loaded {
+                Ok(p) => {
+                    ready += 1;
+                    self.set_state(&v.name, v.version, Load::Ready(Arc::new(p)));
+                }
+                Err(reason) => {
+                    failed += 1;
+                    self.load_failed(&v.name, v.version, reason);
+                }
+            }
+        }
+        self.inner.loaded.send_replace(true);
+        info!(versions = ready, failed, "function modules loaded");
+    }
+
+    /// Records that a version cannot be loaded: listed, counted, logged.
+    fn load_failed(&self, name: &str, version: u64, reason: String) {
+        self.inner
+            .metrics
+            .count(&self.inner.metrics.load_failures, name);
+        warn!(function = name, version, error = reason, "cannot load a deployed function version; its invocations fail and its events are dead-lettered");
+        self.set_state(name, version, Load::Failed(reason));
+    }
+
+    fn set_state(&self, name: &str, version: u64, state: Load) {
+        if let Some(v) = self
+            .lock()
+            .get_mut(name)
+            .and_then(|f| f.versions.get_mut(&version))
+        {
+            v.state = state;
+        }
+    }
+
+    /// Waits until the startup's module loading is over.
+    async fn loaded(&self) {
+        let mut loaded = self.inner.loaded.subscribe();
+        let _ = loaded.wait_for(|done| *done).await;
+    }
+
+    /// Whether the gateway may write one more line about `name` now (its function's rate, or the
+    /// shared rate of lines about names that are no function): `Some(n)` with the number
+    /// suppressed before it, or `None` (counted).
+    fn may_log(&self, name: &str) -> Option<u64> {
+        let logs = self.lock().get(name).map(|f| f.logs.clone());
+        match logs {
+            Some(logs) => logs.gateway(),
+            None => self.may_log_stray(),
+        }
+    }
+
+    /// [`Functions::may_log`] for a line about no function in particular (a topic that is no
+    /// function's, a request that cannot be answered).
+    fn may_log_stray(&self) -> Option<u64> {
+        let admitted = self
+            .inner
+            .stray_log
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .admit(Instant::now());
+        if admitted.is_none() {
+            self.inner
+                .metrics
+                .count(&self.inner.metrics.log_suppressed, UNKNOWN_FUNCTION);
+        }
+        admitted
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, BTreeMap<String, Function>> {
+        // A panic while holding the lock cannot leave the map half-updated (each update is a
+        // single insert or remove), so a poisoned lock is still usable.
+        self.inner
+            .registry
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Compiles (or maps from the cache) on the blocking pool: compiling is CPU-heavy.
+    async fn prepare(
+        &self,
+        wasm: Vec<u8>,
+        manifest: Arc<Manifest>,
+    ) -> Result<Prepared, DeployError> {
+        let inner = self.inner.clone();
+        let prepared = tokio::task::spawn_blocking(move || inner.runtime.prepare(&wasm, manifest))
+            .await
+            .map_err(|e| DeployError::Abi(format!("the compiler task failed: {e}")))??;
+        let source = if prepared.from_cache {
+            "cache"
+        } else {
+            "compiled"
+        };
+        self.inner
+            .metrics
+            .modules_loaded
+            .get_or_create(&crate::metrics::ModuleSourceLabels { source })
+            .inc();
+        Ok(prepared)
+    }
+
+    fn insert_version(
+        &self,
+        name: &str,
+        version: u64,
+        manifest: Option<Arc<Manifest>>,
+        state: Load,
+    ) {
+        let mut registry = self.lock();
+        if !registry.contains_key(name) {
+            let (queue, rx) = mpsc::channel(self.inner.queue_bound);
+            tokio::spawn(self.clone().dispatch(name.to_owned(), rx));
+            registry.insert(
+                name.to_owned(),
+                Function {
+                    routes: Routes::default(),
+                    versions: BTreeMap::new(),
+                    queue,
+                    logs: Logs::new(name, &self.inner.metrics),
+                    running: Arc::new(Semaphore::new(1)),
+                    limit: 1,
+                },
+            );
+        }
+        if let Some(f) = registry.get_mut(name) {
+            // Idle instances hold pool slots: only the newest version keeps them.
+            for v in f.versions.values() {
+                if let Load::Ready(p) = &v.state {
+                    p.release_idle();
+                }
+            }
+            f.routes.versions.push(version);
+            f.versions.insert(version, Version { manifest, state });
+            let limit = f
+                .latest_manifest()
+                .map_or(1, |m| m.max_concurrency as usize);
+            if limit != f.limit {
+                f.running = Arc::new(Semaphore::new(limit));
+                f.limit = limit;
+            }
+        }
+    }
+
+    /// Deploys a new version; with `alias`, points that alias at it.
+    pub async fn deploy(
+        &self,
+        manifest_text: &str,
+        wasm: Vec<u8>,
+        alias: Option<String>,
+    ) -> Result<Deployed, FunctionError> {
+        let manifest = Arc::new(Manifest::parse(manifest_text, self.inner.max_memory_mb)?);
+        if let Some(a) = &alias {
+            if !matches!(Qualifier::parse(a), Ok(Qualifier::Alias(_))) {
+                return Err(FunctionError::BadRequest(format!(
+                    "{a:?} is not an alias name (A-Z a-z 0-9 _ -, not only digits)"
+                )));
+            }
+        }
+        let _admin = self.inner.admin.lock().await;
+        let name = manifest.name.clone();
+        let version = self
+            .lock()
+            .get(&name)
+            .map_or(1, |f| f.routes.next_version());
+        let prepared = self.prepare(wasm.clone(), manifest).await?;
+        let from_cache = prepared.from_cache;
+        let module = format!("{name}/{version}.wasm");
+        write_atomically(&self.inner.dir.join(&module), &wasm)
+            .map_err(|e| FunctionError::Io(format!("cannot write the module: {e}")))?;
+        self.inner
+            .store
+            .save_function_version(StoredFunctionVersion {
+                name: name.clone(),
+                version,
+                manifest: manifest_text.to_owned(),
+                module,
+                created_ms: now_ms(),
+            })
+            .await?;
+        let manifest = Some(prepared.manifest().clone());
+        self.insert_version(&name, version, manifest, Load::Ready(Arc::new(prepared)));
+        if let Some(alias) = alias {
+            self.set_alias_locked(&name, &alias, version, None).await?;
+        }
+        info!(function = name, version, "function deployed");
+        self.update_routes();
+        Ok(Deployed {
+            name,
+            version,
+            from_cache,
+        })
+    }
+
+    /// Creates or moves an alias.
+    pub async fn set_alias(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+        weight: Option<(u64, u8)>,
+    ) -> Result<(), FunctionError> {
+        let _admin = self.inner.admin.lock().await;
+        self.set_alias_locked(name, alias, version, weight).await?;
+        // Triggers may name the alias: nothing to resubscribe, the queue resolves it per event.
+        Ok(())
+    }
+
+    async fn set_alias_locked(
+        &self,
+        name: &str,
+        alias: &str,
+        version: u64,
+        weight: Option<(u64, u8)>,
+    ) -> Result<(), FunctionError> {
+        if !matches!(Qualifier::parse(alias), Ok(Qualifier::Alias(_))) {
+            return Err(FunctionError::BadRequest(format!(
+                "{alias:?} is not an alias name (A-Z a-z 0-9 _ -, not only digits)"
+            )));
+        }
+        let a = Alias::new(version, weight)?;
+        self.lock()
+            .get(name)
+            .ok_or_else(|| FunctionError::NotFound(name.to_owned()))?
+            .routes
+            .check_alias(&a)?;
+        self.inner
+            .store
+            .set_function_alias(StoredAlias {
+                name: name.to_owned(),
+                alias: alias.to_owned(),
+                version,
+                weight,
+            })
+            .await?;
+        if let Some(f) = self.lock().get_mut(name) {
+            f.routes.aliases.insert(alias.to_owned(), a);
+        }
+        Ok(())
+    }
+
+    /// Removes a function: versions, aliases, key-value state, module files.
+    pub async fn remove(&self, name: &str) -> Result<(), FunctionError> {
+        let _admin = self.inner.admin.lock().await;
+        if !self.lock().contains_key(name) {
+            return Err(FunctionError::NotFound(name.to_owned()));
+        }
+        self.inner.store.remove_function(name.to_owned()).await?;
+        // Dropping the entry drops the queue's sender: its dispatcher finishes what is queued.
+        self.lock().remove(name);
+        let _ = std::fs::remove_dir_all(self.inner.dir.join(name));
+        info!(function = name, "function removed");
+        self.update_routes();
+        Ok(())
+    }
+
+    /// Every function.
+    pub fn list(&self) -> Vec<FunctionInfo> {
+        self.lock()
+            .iter()
+            .map(|(name, f)| FunctionInfo {
+                name: name.clone(),
+                versions: f.routes.versions.clone(),
+                latest: f.routes.latest().unwrap_or(0),
+                aliases: f
+                    .routes
+                    .aliases
+                    .iter()
+                    .map(|(k, a)| (k.clone(), (a.version, a.weight)))
+                    .collect(),
+                triggers: f
+                    .latest_manifest()
+                    .map(|m| m.triggers.clone())
+                    .unwrap_or_default(),
+                unavailable: f
+                    .versions
+                    .iter()
+                    .filter_map(|(n, v)| match &v.state {
+                        Load::Ready(_) => None,
+                        Load::Loading => Some((*n, "loading".to_owned())),
+                        Load::Failed(why) => Some((*n, why.clone())),
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
+
+    /// A function's recent log lines.
+    pub fn logs(&self, name: &str) -> Result<Vec<String>, FunctionError> {
+        self.lock()
+            .get(name)
+            .map(|f| f.logs.lines())
+            .ok_or_else(|| FunctionError::NotFound(name.to_owned()))
+    }
+
+    /// Whether an async event for `target` (`name` or `name:qualifier`) reaches a deployed
+    /// version now: the check a rule's `function` action makes, so that invoking a function that
+    /// does not exist fails into the rule's error action, as an AWS IoT rule's Lambda action does.
+    pub fn check_target(&self, target: &str) -> Result<(), FunctionError> {
+        let (name, qualifier) =
+            parse_target(&event_topic(target), "/event").map_err(FunctionError::BadRequest)?;
+        let registry = self.lock();
+        let f = registry
+            .get(&name)
+            .ok_or_else(|| FunctionError::NotFound(name.clone()))?;
+        // The draw picks between an alias's weighted versions; 0.0 checks its main one.
+        let version = f.routes.resolve(&qualifier, 0.0)?;
+        match f.versions.get(&version).map(|v| &v.state) {
+            Some(Load::Ready(_) | Load::Loading) => Ok(()),
+            Some(Load::Failed(reason)) => Err(FunctionError::LoadFailed {
+                name,
+                version,
+                reason: reason.clone(),
+            }),
+            None => Err(RoutingError::NoSuchVersion(version).into()),
+        }
+    }
+
+    /// Runs one invocation on the blocking pool.
+    pub async fn invoke(
+        &self,
+        name: &str,
+        qualifier: &Qualifier,
+        topic: String,
+        payload: Bytes,
+        hops: u32,
+    ) -> Result<Invoked, FunctionError> {
+        let Runnable {
+            version,
+            prepared,
+            logs,
+            running,
+        } = loop {
+            match self.lookup(name, qualifier)? {
+                Some(found) => break found,
+                None => self.loaded().await,
+            }
+        };
+        let slot = running
+            .acquire_owned()
+            .await
+            .map_err(|_| FunctionError::Closed)?;
+        let permit = self
+            .inner
+            .workers
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| FunctionError::Closed)?;
+        let host = ServiceHost {
+            inner: self.inner.clone(),
+            name: name.to_owned(),
+            version,
+            hops,
+            logs: logs.clone(),
+            publishes: Vec::new(),
+            kv: BTreeMap::new(),
+        };
+        let inner = self.inner.clone();
+        let outcome = tokio::task::spawn_blocking(move || {
+            let _permits = (slot, permit);
+            inner
+                .runtime
+                .invoke(&prepared, &topic, &payload, Box::new(host))
+        })
+        .await
+        .map_err(|_| FunctionError::Closed)?;
+        let result = match &outcome.result {
+            Ok(_) => "ok",
+            Err(f) => f.kind.as_str(),
+        };
+        self.inner
+            .metrics
+            .invoked(name, result, outcome.duration.as_secs_f64());
+        if let Err(f) = &outcome.result {
+            // The ring cuts the message (a handler's error is its `output`, up to 1 MiB) and
+            // writes it to the gateway's debug log if it keeps it.
+            logs.push(
+                version,
+                "error",
+                format!("invocation failed: {}: {}", f.kind.as_str(), f.message),
+            );
+        }
+        Ok(Invoked {
+            name: name.to_owned(),
+            version,
+            outcome,
+        })
+    }
+
+    /// The version `qualifier` routes to now, ready to run; `None` while the startup is still
+    /// loading it (once the loading is over, every version is ready or failed).
+    fn lookup(&self, name: &str, qualifier: &Qualifier) -> Result<Option<Runnable>, FunctionError> {
+        let registry = self.lock();
+        let f = registry
+            .get(name)
+            .ok_or_else(|| FunctionError::NotFound(name.to_owned()))?;
+        let draw = self.inner.rng.lock().map(|mut r| r.f64()).unwrap_or(0.0);
+        let version = f.routes.resolve(qualifier, draw)?;
+        match &f
+            .versions
+            .get(&version)
+            .ok_or(RoutingError::NoSuchVersion(version))?
+            .state
+        {
+            Load::Ready(p) => Ok(Some(Runnable {
+                version,
+                prepared: p.clone(),
+                logs: f.logs.clone(),
+                running: f.running.clone(),
+            })),
+            Load::Loading if !*self.inner.loaded.borrow() => Ok(None),
+            Load::Loading => Err(FunctionError::LoadFailed {
+                name: name.to_owned(),
+                version,
+                reason: "the startup's loading ended without it".into(),
+            }),
+            Load::Failed(reason) => Err(FunctionError::LoadFailed {
+                name: name.to_owned(),
+                version,
+                reason: reason.clone(),
+            }),
+        }
+    }
+}
+
+/// The answer envelope of an invocation: `{"status": "ok", "function", "version", "result",
+/// "durationUs"}` or `{"status": "error", ..., "error": {"kind", "message"}}`. `result` is the
+/// handler's body, as JSON when it is JSON, else as a string.
+pub fn answer(invoked: &Invoked) -> Value {
+    let mut doc = json!({
+        "function": invoked.name,
+        "version": invoked.version,
+        "durationUs": invoked.outcome.duration.as_micros() as u64,
+    });
+    match &invoked.outcome.result {
+        Ok(body) => {
+            doc["status"] = "ok".into();
+            doc["result"] = serde_json::from_slice(body)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
+        }
+        Err(f) => {
+            doc["status"] = "error".into();
+            doc["error"] = failure_json(f);
+        }
+    }
+    doc
+}
+
+/// The answer envelope of an invocation that could not run.
+pub fn error_answer(e: &FunctionError) -> Value {
+    let kind = match e {
+        FunctionError::NotFound(_) => "not_found",
+        FunctionError::Routing(_) => "routing",
+        FunctionError::LoadFailed { .. } => "load_failed",
+        _ => "unavailable",
+    };
+    json!({"status": "error", "error": {"kind": kind, "message": e.to_string()}})
+}
+
+fn failure_json(f: &Failure) -> Value {
+    json!({"kind": f.kind.as_str(), "message": f.message})
+}
+
+/// An event as the DLQ carries it: the payload as a string when it is UTF-8, else base64.
+fn event_json(topic: &str, payload: &[u8]) -> Value {
+    use base64::Engine as _;
+    match std::str::from_utf8(payload) {
+        Ok(s) => json!({"topic": topic, "payload": s}),
+        Err(_) => json!({
+            "topic": topic,
+            "payloadBase64": base64::engine::general_purpose::STANDARD.encode(payload),
+        }),
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
