@@ -1,0 +1,108 @@
+//! The storage boundary: writes the core emits and what the shell gives back at startup.
+//!
+//! Durable is everything a session that outlives its connection needs after kill -9: the session
+//! record, its subscriptions, and the QoS 1/2 messages queued or inflight for it; and the retained
+//! messages. The core numbers writes; the shell commits them in order (a group commit per batch it
+//! drains) and reports the highest committed number with `storage_committed`. A publisher's PUBACK
+//! or PUBREC waits for the writes its message caused. Removals (`Dequeued`, `Unsubscribed`, ...)
+//! hold nothing back: losing one in a crash means a redelivery, never a loss.
+
+use crate::packet::{Message, QoS, SubOptions, Version};
+use std::sync::Arc;
+
+/// A write for the shell's store, in order.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum StorageWrite {
+    /// A persistent session exists (or its expiry interval changed).
+    Session {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Protocol version.
+        version: Version,
+        /// Session Expiry Interval (seconds; `u32::MAX` never).
+        expiry_interval: u32,
+    },
+    /// A persistent session ended: delete it with its subscriptions and queue.
+    SessionDeleted {
+        /// Client id.
+        client_id: Arc<str>,
+    },
+    /// A subscription was added or replaced.
+    Subscribed {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Full filter (with `$share/{group}/` when shared).
+        filter: Arc<str>,
+        /// Options.
+        options: SubOptions,
+        /// Subscription identifier.
+        id: Option<u32>,
+    },
+    /// A subscription was removed.
+    Unsubscribed {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Full filter.
+        filter: Arc<str>,
+    },
+    /// A QoS 1/2 message was queued for a persistent session. The same `message.id` may be
+    /// queued for many sessions: the shell can store the message once and reference it.
+    Enqueued {
+        /// Client id.
+        client_id: Arc<str>,
+        /// The message.
+        message: Arc<Message>,
+        /// Delivery QoS.
+        qos: QoS,
+        /// Retain flag to deliver with.
+        retain: bool,
+        /// Subscription identifiers to deliver with.
+        subscription_ids: Vec<u32>,
+    },
+    /// A queued message is done (acknowledged, expired, dropped or discarded).
+    Dequeued {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Message id.
+        message_id: u64,
+    },
+    /// A retained message was set (replaces any on its topic).
+    Retained {
+        /// The message.
+        message: Arc<Message>,
+    },
+    /// The retained message on a topic was deleted.
+    RetainedDeleted {
+        /// Topic.
+        topic: Arc<str>,
+    },
+}
+
+/// A queued message of a restored session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredMessage {
+    /// The message.
+    pub message: Arc<Message>,
+    /// Delivery QoS.
+    pub qos: QoS,
+    /// Retain flag to deliver with.
+    pub retain: bool,
+    /// Subscription identifiers.
+    pub subscription_ids: Vec<u32>,
+}
+
+/// A persistent session as stored, for [`crate::Router::restore`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RestoredSession {
+    /// Client id.
+    pub client_id: Arc<str>,
+    /// Protocol version.
+    pub version: Version,
+    /// Session Expiry Interval; the session expires this long after the restore unless its
+    /// client reconnects (the disconnect time is not stored: the conservative choice).
+    pub expiry_interval: u32,
+    /// Subscriptions: full filter, options, identifier.
+    pub subscriptions: Vec<(Arc<str>, SubOptions, Option<u32>)>,
+    /// Queued QoS 1/2 messages in queue order (inflight ones first, resent on reconnect).
+    pub messages: Vec<RestoredMessage>,
+}
