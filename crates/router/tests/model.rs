@@ -496,10 +496,10 @@ proptest! {
             let payload = format!("m{i}");
             model.apply(op, &payload);
             sut.apply(op, &payload);
-            for c in 0..CLIENTS.len() {
+            for (c, name) in CLIENTS.iter().enumerate() {
                 let want = model.delivered.get(&c).cloned().unwrap_or_default();
                 let got = sut.delivered.get(&c).cloned().unwrap_or_default();
-                prop_assert_eq!(&got, &want, "client {} after op {} {:?}", CLIENTS[c], i, op);
+                prop_assert_eq!(&got, &want, "client {} after op {} {:?}", name, i, op);
             }
         }
     }
