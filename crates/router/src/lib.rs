@@ -130,4 +130,4 @@ mod tests;
 pub use config::{Config, DropPolicy, Stats};
 pub use packet::*;
 pub use router::{DeliveryFilter, Router};
-pub use storage::{RestoredMessage, RestoredSession, StorageWrite};
+pub use storage::{MemoryStore, RestoredMessage, RestoredSession, StorageWrite};

@@ -9,7 +9,7 @@ use crate::packet::{
     Subscribe, Unsubscribe, Version, Will,
 };
 use crate::storage::{RestoredSession, StorageWrite};
-use crate::topic::{self, Entry, Parsed, Trie};
+use crate::topic::{self, Entry, Parsed, RetainedTree, Trie};
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -174,7 +174,7 @@ pub struct Router {
     conns: HashMap<ConnId, Arc<str>>,
     trie: Trie,
     groups: HashMap<Arc<str>, Group>,
-    retained: HashMap<Arc<str>, Arc<Message>>,
+    retained: RetainedTree<Arc<Message>>,
     retained_bytes: usize,
     timers: BinaryHeap<Reverse<(Instant, Arc<str>)>>,
     ready: VecDeque<ConnId>,
@@ -209,7 +209,7 @@ impl Router {
             conns: HashMap::new(),
             trie: Trie::default(),
             groups: HashMap::new(),
-            retained: HashMap::new(),
+            retained: RetainedTree::default(),
             retained_bytes: 0,
             timers: BinaryHeap::new(),
             ready: VecDeque::new(),
@@ -240,6 +240,12 @@ impl Router {
     /// Whether a session exists for `client_id` (connected or not).
     pub fn has_session(&self, client_id: &str) -> bool {
         self.sessions.contains_key(client_id)
+    }
+
+    /// Whether `conn` is a live connection of a session (false once the router closed it or it
+    /// was reported lost).
+    pub fn is_connected(&self, conn: ConnId) -> bool {
+        self.conns.contains_key(&conn)
     }
 
     /// Messages queued behind the window of `client_id`'s session, and its inflight count.
@@ -589,6 +595,15 @@ impl Router {
         else {
             return;
         };
+        self.complete(client, i);
+    }
+
+    /// Outbound delivery `i` of `client` is done (acknowledged, or refused by PUBREC): its window
+    /// place frees and its stored copy goes.
+    fn complete(&mut self, client: &Arc<str>, i: usize) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
         if let Some(f) = s.inflight.remove(i) {
             s.window -= 1;
             if f.q.stored {
@@ -613,20 +628,7 @@ impl Router {
         let v5 = s.version == Version::V5;
         match found {
             // A PUBREC with an error code ends the exchange (4.3.3).
-            Some(i) if a.reason >= 0x80 => {
-                if let Some(f) = s.inflight.remove(i) {
-                    s.window -= 1;
-                    if f.q.stored {
-                        self.store.write(StorageWrite::Dequeued {
-                            client_id: client.clone(),
-                            message_id: f.q.msg.id,
-                        });
-                    }
-                }
-                if let Some(c) = s.conn.as_mut() {
-                    mark_ready(&mut self.ready, c);
-                }
-            }
+            Some(i) if a.reason >= 0x80 => self.complete(client, i),
             Some(i) => {
                 s.inflight[i].state = Flight::RelSent;
                 self.push_control(
@@ -768,12 +770,11 @@ impl Router {
         };
         if send && !shared {
             let mut expired = Vec::new();
-            for (t, m) in &self.retained {
-                if !topic::matches(plain, t) {
-                    continue;
-                }
+            let mut found = Vec::new();
+            self.retained.matching(plain, &mut found);
+            for m in found {
                 if m.expires_at.is_some_and(|e| e <= now) {
-                    expired.push(t.clone());
+                    expired.push(m.topic.clone());
                     continue;
                 }
                 if options.no_local && m.publisher == *client {
@@ -1088,6 +1089,7 @@ impl Router {
         let mut entries = Vec::new();
         self.trie.matches(&msg.topic, &mut entries);
         let mut targets: Vec<(Arc<str>, QoS, bool, Vec<u32>)> = Vec::with_capacity(entries.len());
+        let many = entries.len() > 8;
         let mut index: HashMap<Arc<str>, usize> = HashMap::new();
         let mut groups: Vec<Arc<str>> = Vec::new();
         for e in entries {
@@ -1102,8 +1104,17 @@ impl Router {
                         continue;
                     }
                     let qos = msg.qos.min(options.qos);
-                    let i = *index.entry(client.clone()).or_insert_with(|| {
+                    // Few matches (the common case): a scan, no map allocated.
+                    let found = if many {
+                        index.get(client).copied()
+                    } else {
+                        targets.iter().position(|t| t.0 == *client)
+                    };
+                    let i = found.unwrap_or_else(|| {
                         targets.push((client.clone(), QoS::AtMostOnce, false, Vec::new()));
+                        if many {
+                            index.insert(client.clone(), targets.len() - 1);
+                        }
                         targets.len() - 1
                     });
                     let t = &mut targets[i];
@@ -1167,7 +1178,7 @@ impl Router {
             return None;
         }
         self.retained_bytes = self.retained_bytes - old + size;
-        self.retained.insert(msg.topic.clone(), msg.clone());
+        self.retained.insert(&msg.topic, msg.clone());
         Some(self.store.write(StorageWrite::Retained {
             message: msg.clone(),
         }))
@@ -1453,7 +1464,7 @@ impl Router {
         for m in retained {
             self.next_msg_id = self.next_msg_id.max(m.id + 1);
             self.retained_bytes += m.topic.len() + m.payload.len();
-            if let Some(old) = self.retained.insert(m.topic.clone(), m) {
+            if let Some(old) = self.retained.insert(&m.topic.clone(), m) {
                 self.retained_bytes -= old.topic.len() + old.payload.len();
             }
         }
@@ -1525,11 +1536,9 @@ impl Router {
             self.conns.len(),
             self.sessions.values().filter(|s| s.conn.is_some()).count()
         );
-        let rb: usize = self
-            .retained
-            .values()
-            .map(|m| m.topic.len() + m.payload.len())
-            .sum();
+        let mut rb = 0;
+        self.retained
+            .for_each(|m| rb += m.topic.len() + m.payload.len());
         assert_eq!(rb, self.retained_bytes, "retained bytes");
     }
 }
@@ -1581,13 +1590,9 @@ fn build(
     })
 }
 
+/// Bytes of a Variable Byte Integer (1.5.5): 7 bits a byte.
 fn varint_len(n: usize) -> usize {
-    match n {
-        0..=127 => 1,
-        128..=16_383 => 2,
-        16_384..=2_097_151 => 3,
-        _ => 4,
-    }
+    1 + (1..4).take_while(|i| n >> (7 * i) > 0).count()
 }
 
 /// Encoded size of a PUBLISH (2.1, 3.3): fixed header, topic, packet id, properties, payload.

@@ -106,3 +106,90 @@ pub struct RestoredSession {
     /// Queued QoS 1/2 messages in queue order (inflight ones first, resent on reconnect).
     pub messages: Vec<RestoredMessage>,
 }
+
+/// The storage semantics in memory: applies writes in order and gives what [`crate::Router::restore`]
+/// takes. The reference the shell's SQLite store must agree with, and the store of the tests.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MemoryStore {
+    /// Persistent sessions in creation order.
+    pub sessions: Vec<RestoredSession>,
+    /// Retained messages.
+    pub retained: Vec<Arc<Message>>,
+}
+
+impl MemoryStore {
+    fn session(&mut self, client_id: &Arc<str>) -> Option<&mut RestoredSession> {
+        self.sessions.iter_mut().find(|s| s.client_id == *client_id)
+    }
+
+    /// Applies one write.
+    pub fn apply(&mut self, write: StorageWrite) {
+        match write {
+            StorageWrite::Session {
+                client_id,
+                version,
+                expiry_interval,
+            } => match self.session(&client_id) {
+                Some(s) => {
+                    s.version = version;
+                    s.expiry_interval = expiry_interval;
+                }
+                None => self.sessions.push(RestoredSession {
+                    client_id,
+                    version,
+                    expiry_interval,
+                    subscriptions: Vec::new(),
+                    messages: Vec::new(),
+                }),
+            },
+            StorageWrite::SessionDeleted { client_id } => {
+                self.sessions.retain(|s| s.client_id != client_id)
+            }
+            StorageWrite::Subscribed {
+                client_id,
+                filter,
+                options,
+                id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.subscriptions.retain(|(f, _, _)| *f != filter);
+                    s.subscriptions.push((filter, options, id));
+                }
+            }
+            StorageWrite::Unsubscribed { client_id, filter } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.subscriptions.retain(|(f, _, _)| *f != filter);
+                }
+            }
+            StorageWrite::Enqueued {
+                client_id,
+                message,
+                qos,
+                retain,
+                subscription_ids,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.messages.push(RestoredMessage {
+                        message,
+                        qos,
+                        retain,
+                        subscription_ids,
+                    });
+                }
+            }
+            StorageWrite::Dequeued {
+                client_id,
+                message_id,
+            } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.messages.retain(|m| m.message.id != message_id);
+                }
+            }
+            StorageWrite::Retained { message } => {
+                self.retained.retain(|m| m.topic != message.topic);
+                self.retained.push(message);
+            }
+            StorageWrite::RetainedDeleted { topic } => self.retained.retain(|m| m.topic != topic),
+        }
+    }
+}

@@ -752,60 +752,15 @@ fn restore_after_restart() {
     h.pub_(p, "t/2", "b", Q2);
     h.pub_(p, "t/3", "qos0 not kept", Q0);
     h.publish(p, publish("r", "retained", Q0, true));
-    // A fake store: apply the writes.
-    let mut sessions: HashMap<std::sync::Arc<str>, RestoredSession> = HashMap::new();
-    let mut retained = Vec::new();
+    let mut store = MemoryStore::default();
     for w in h.commit_all() {
-        match w {
-            StorageWrite::Session {
-                client_id,
-                version,
-                expiry_interval,
-            } => {
-                sessions.insert(
-                    client_id.clone(),
-                    RestoredSession {
-                        client_id,
-                        version,
-                        expiry_interval,
-                        subscriptions: vec![],
-                        messages: vec![],
-                    },
-                );
-            }
-            StorageWrite::Subscribed {
-                client_id,
-                filter,
-                options,
-                id,
-            } => sessions
-                .get_mut(&client_id)
-                .unwrap()
-                .subscriptions
-                .push((filter, options, id)),
-            StorageWrite::Enqueued {
-                client_id,
-                message,
-                qos,
-                retain,
-                subscription_ids,
-            } => sessions
-                .get_mut(&client_id)
-                .unwrap()
-                .messages
-                .push(RestoredMessage {
-                    message,
-                    qos,
-                    retain,
-                    subscription_ids,
-                }),
-            StorageWrite::Retained { message } => retained.push(message),
-            other => panic!("unexpected {other:?}"),
-        }
+        store.apply(w);
     }
+    assert_eq!(store.sessions.len(), 1);
+    assert_eq!(store.sessions[0].messages.len(), 2, "QoS 0 is not stored");
     let mut h2 = H::new();
     h2.now = h.now;
-    h2.r.restore(h2.now, sessions.into_values().collect(), retained);
+    h2.r.restore(h2.now, store.sessions, store.retained);
     let (s, ack) = h2.connect(persistent("s", 1000));
     assert!(ack.session_present);
     let d = h2.deliveries(s);

@@ -40,25 +40,6 @@ pub fn valid_filter(filter: &str, max_len: usize, max_levels: usize) -> bool {
     true
 }
 
-/// Whether `filter` matches `topic` (4.7), one pair at a time: for the retained store, where the
-/// filter is the new one and the topics are the stored ones.
-pub fn matches(filter: &str, topic: &str) -> bool {
-    if topic.starts_with('$') && filter.starts_with(['+', '#']) {
-        return false;
-    }
-    let mut f = filter.split('/');
-    let mut t = topic.split('/');
-    loop {
-        match (f.next(), t.next()) {
-            (Some("#"), _) => return true,
-            (Some("+"), Some(_)) => {}
-            (Some(a), Some(b)) if a == b => {}
-            (None, None) => return true,
-            _ => return false,
-        }
-    }
-}
-
 /// A parsed subscription filter: plain, or shared `$share/{group}/{filter}` (4.8.2).
 #[derive(Debug, PartialEq, Eq)]
 pub enum Parsed<'a> {
@@ -198,6 +179,135 @@ impl Trie {
     }
 }
 
+/// Retained messages by topic in a tree that a new subscription's filter walks (4.7), so a
+/// SUBSCRIBE finds its retained messages without scanning the whole store.
+#[derive(Debug)]
+pub struct RetainedTree<T> {
+    root: RNode<T>,
+    len: usize,
+}
+
+#[derive(Debug)]
+struct RNode<T> {
+    children: HashMap<Box<str>, RNode<T>>,
+    value: Option<T>,
+}
+
+impl<T> Default for RNode<T> {
+    fn default() -> Self {
+        RNode {
+            children: HashMap::new(),
+            value: None,
+        }
+    }
+}
+
+impl<T> Default for RetainedTree<T> {
+    fn default() -> Self {
+        RetainedTree {
+            root: RNode::default(),
+            len: 0,
+        }
+    }
+}
+
+impl<T> RetainedTree<T> {
+    /// Number of topics holding a value.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether no topic holds a value.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The value on exactly `topic`.
+    pub fn get(&self, topic: &str) -> Option<&T> {
+        let mut node = &self.root;
+        for level in topic.split('/') {
+            node = node.children.get(level)?;
+        }
+        node.value.as_ref()
+    }
+
+    /// Sets the value on `topic`; returns the one it replaced.
+    pub fn insert(&mut self, topic: &str, value: T) -> Option<T> {
+        let mut node = &mut self.root;
+        for level in topic.split('/') {
+            node = node.children.entry(level.into()).or_default();
+        }
+        let old = node.value.replace(value);
+        self.len += usize::from(old.is_none());
+        old
+    }
+
+    /// Removes the value on `topic`, pruning emptied nodes.
+    pub fn remove(&mut self, topic: &str) -> Option<T> {
+        fn walk<T>(node: &mut RNode<T>, levels: &[&str]) -> Option<T> {
+            let Some((level, rest)) = levels.split_first() else {
+                return node.value.take();
+            };
+            let child = node.children.get_mut(*level)?;
+            let old = walk(child, rest);
+            if child.value.is_none() && child.children.is_empty() {
+                node.children.remove(*level);
+            }
+            old
+        }
+        let levels: Vec<&str> = topic.split('/').collect();
+        let old = walk(&mut self.root, &levels);
+        self.len -= usize::from(old.is_some());
+        old
+    }
+
+    /// Values whose topic `filter` matches: `+` one level, `#` this level and all below
+    /// [MQTT-4.7.1-2], no leading wildcard into `$` topics [MQTT-4.7.2-1].
+    pub fn matching<'a>(&'a self, filter: &str, out: &mut Vec<&'a T>) {
+        fn all<'a, T>(node: &'a RNode<T>, first: bool, out: &mut Vec<&'a T>) {
+            out.extend(node.value.as_ref());
+            for (key, child) in &node.children {
+                if !(first && key.starts_with('$')) {
+                    all(child, false, out);
+                }
+            }
+        }
+        fn walk<'a, T>(node: &'a RNode<T>, levels: &[&str], first: bool, out: &mut Vec<&'a T>) {
+            match levels.split_first() {
+                None => out.extend(node.value.as_ref()),
+                Some((&"#", _)) => all(node, first, out),
+                Some((&"+", rest)) => {
+                    for (key, child) in &node.children {
+                        if !(first && key.starts_with('$')) {
+                            walk(child, rest, false, out);
+                        }
+                    }
+                }
+                Some((level, rest)) => {
+                    if let Some(child) = node.children.get(*level) {
+                        walk(child, rest, false, out);
+                    }
+                }
+            }
+        }
+        let levels: Vec<&str> = filter.split('/').collect();
+        walk(&self.root, &levels, true, out);
+    }
+
+    /// Every value (any order).
+    pub fn for_each(&self, mut f: impl FnMut(&T)) {
+        fn walk<T>(node: &RNode<T>, f: &mut impl FnMut(&T)) {
+            if let Some(v) = &node.value {
+                f(v);
+            }
+            for child in node.children.values() {
+                walk(child, f);
+            }
+        }
+        walk(&self.root, &mut f);
+    }
+}
+
 fn same(a: &Entry, b: &Entry) -> bool {
     match (a, b) {
         (Entry::Client { client: x, .. }, Entry::Client { client: y, .. }) => x == y,
@@ -249,6 +359,38 @@ mod tests {
         assert!(t.unsubscribe("sport/#", &entry("a")));
         assert!(!t.unsubscribe("sport/#", &entry("a")));
         assert_eq!(clients(&t, "sport"), ["c"]);
+    }
+
+    /// The retained tree answers a filter like the trie answers a topic (4.7.1, [MQTT-4.7.2-1]).
+    #[test]
+    fn retained_tree_walks_filters() {
+        let mut t = RetainedTree::default();
+        for topic in [
+            "sport",
+            "sport/tennis",
+            "sport/tennis/p1",
+            "$SYS/x",
+            "other",
+        ] {
+            t.insert(topic, topic.to_string());
+        }
+        let find = |f: &str| {
+            let mut out = Vec::new();
+            t.matching(f, &mut out);
+            let mut v: Vec<String> = out.into_iter().cloned().collect();
+            v.sort();
+            v
+        };
+        assert_eq!(
+            find("sport/#"),
+            ["sport", "sport/tennis", "sport/tennis/p1"]
+        );
+        assert_eq!(find("+"), ["other", "sport"]);
+        assert_eq!(find("#").len(), 4);
+        assert_eq!(find("$SYS/+"), ["$SYS/x"]);
+        assert_eq!(find("+/tennis"), ["sport/tennis"]);
+        assert_eq!(t.remove("sport/tennis"), Some("sport/tennis".into()));
+        assert_eq!((t.len(), t.get("sport/tennis/p1").is_some()), (4, true));
     }
 
     #[test]
