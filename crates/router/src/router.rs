@@ -73,6 +73,8 @@ struct Conn {
     ready: bool,
     /// QoS 1 PUBLISH whose PUBACK is held for storage (counts against Receive Maximum).
     held_qos1: u16,
+    /// Acks of any kind held for this connection (later ones queue behind them).
+    held: u32,
 }
 
 #[derive(Debug)]
@@ -407,6 +409,7 @@ impl Router {
             control: VecDeque::new(),
             ready: false,
             held_qos1: 0,
+            held: 0,
         };
         conn_state.control.push_back(Outbound::ConnAck(ConnAck {
             session_present: present,
@@ -433,7 +436,7 @@ impl Router {
             return;
         };
         match packet {
-            Inbound::Publish(p) => self.on_publish(now, conn, &client, p),
+            Inbound::Publish(p) => self.on_publish(now, &client, p),
             Inbound::PubAck(a) => self.on_ack(&client, a, QoS::AtLeastOnce),
             Inbound::PubRec(a) => self.on_pubrec(&client, a),
             Inbound::PubComp(a) => self.on_ack(&client, a, QoS::ExactlyOnce),
@@ -464,7 +467,7 @@ impl Router {
         }
     }
 
-    fn on_publish(&mut self, now: Instant, conn: ConnId, client: &Arc<str>, p: Publish) {
+    fn on_publish(&mut self, now: Instant, client: &Arc<str>, p: Publish) {
         let cfg = &self.config;
         let (max_len, max_levels) = (cfg.max_topic_length, cfg.max_topic_levels);
         if p.qos > cfg.maximum_qos {
@@ -509,20 +512,16 @@ impl Router {
             return self.close(now, client, code);
         }
         if p.qos == QoS::ExactlyOnce && s.incoming_qos2.contains(&p.pkid) {
-            // Resent before PUBREL: not routed again (4.3.3, method B); PUBREC again unless
-            // the first one is still held for storage.
+            // Resent before PUBREL: not routed again (4.3.3, method B); PUBREC again, once
+            // everything written so far is committed (the first one may still be held, maybe on
+            // an earlier connection).
             self.stats.qos2_duplicates += 1;
-            let held = self.held.iter().any(|(_, hc, o)| {
-                *hc == conn && matches!(o, Outbound::PubRec(a) if a.pkid == p.pkid)
-            });
-            if !held {
-                let ack = Outbound::PubRec(Ack {
-                    pkid: p.pkid,
-                    reason: reason::SUCCESS,
-                });
-                c.control.push_back(ack);
-                mark_ready(&mut self.ready, c);
-            }
+            let uncommitted = (self.store.committed < self.store.seq).then_some(self.store.seq);
+            let ack = Ack {
+                pkid: p.pkid,
+                reason: reason::SUCCESS,
+            };
+            self.ack_publisher(client, Outbound::PubRec(ack), uncommitted);
             return;
         }
         if v5 && p.qos != QoS::AtMostOnce {
@@ -562,16 +561,32 @@ impl Router {
         if p.qos == QoS::ExactlyOnce {
             s.incoming_qos2.insert(p.pkid);
         }
-        let Some(c) = s.conn.as_mut() else { return };
-        match seq {
-            Some(seq) if seq > self.store.committed => {
+        self.ack_publisher(client, packet, seq);
+    }
+
+    /// Sends a publisher's PUBACK/PUBREC, or holds it until storage write `seq` is committed.
+    /// Acks go out in the order of their PUBLISH packets [MQTT-4.6.0-2, MQTT-4.6.0-3]: behind a
+    /// held one, the next is held too.
+    fn ack_publisher(&mut self, client: &Arc<str>, packet: Outbound, seq: Option<u64>) {
+        let Some(c) = self.sessions.get_mut(client).and_then(|s| s.conn.as_mut()) else {
+            return;
+        };
+        let last_held = self.held.back().map_or(0, |h| h.0);
+        let hold = match seq {
+            Some(seq) if seq > self.store.committed => Some(seq.max(last_held)),
+            _ if c.held > 0 => Some(last_held),
+            _ => None,
+        };
+        match hold {
+            Some(seq) => {
                 self.stats.acks_held += 1;
-                if p.qos == QoS::AtLeastOnce {
+                if matches!(packet, Outbound::PubAck(_)) {
                     c.held_qos1 += 1;
                 }
-                self.held.push_back((seq, conn, packet));
+                c.held += 1;
+                self.held.push_back((seq, c.id, packet));
             }
-            _ => {
+            None => {
                 c.control.push_back(packet);
                 mark_ready(&mut self.ready, c);
             }
@@ -1403,6 +1418,7 @@ impl Router {
                 if matches!(packet, Outbound::PubAck(_)) {
                     c.held_qos1 = c.held_qos1.saturating_sub(1);
                 }
+                c.held = c.held.saturating_sub(1);
                 c.control.push_back(packet);
                 mark_ready(&mut self.ready, c);
             }

@@ -739,6 +739,30 @@ fn publisher_ack_held_until_commit() {
     assert_eq!(h.r.stats().acks_held, 1);
 }
 
+/// [MQTT-4.6.0-2]: PUBACKs go in the order of the PUBLISH packets, so an ack behind a held one
+/// waits too.
+#[test]
+fn acks_keep_publish_order_behind_a_held_one() {
+    let mut h = H::new();
+    let (s, _) = h.connect(persistent("s", 100));
+    h.sub(s, "durable", opts(Q1), None);
+    h.commit_all();
+    let (p, _) = h.connect(c5("p"));
+    let k1 = h.pub_(p, "durable", "x", Q1);
+    let k2 = h.pub_(p, "nobody", "y", Q1);
+    assert!(h.take(p).is_empty(), "second ack waits behind the first");
+    h.commit_all();
+    let acks: Vec<u16> = h
+        .take(p)
+        .into_iter()
+        .filter_map(|o| match o {
+            Outbound::PubAck(a) => Some(a.pkid),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(acks, [k1, k2]);
+}
+
 /// Issue 14: persistent sessions survive a restart: what the storage writes describe, restored,
 /// gives the same subscriptions and queued QoS 1/2 messages.
 #[test]
