@@ -42,6 +42,11 @@ pub struct Config {
     pub drop_policy: DropPolicy,
     /// Whether QoS 0 messages are queued for a disconnected persistent session (4.1: MAY).
     pub queue_qos0_offline: bool,
+    /// Read pressure (bytes queued for connected subscribers that wait only for the shell's
+    /// writes) above which [`crate::Router::reading_paused`] says to stop reading.
+    pub pause_reading_above_bytes: usize,
+    /// The most one session adds to the read pressure, so one slow subscriber cannot pause all.
+    pub pressure_share_bytes: usize,
     /// Retained messages kept at most.
     pub retained_max_messages: usize,
     /// Retained bytes (topic + payload) kept at most.
@@ -71,6 +76,8 @@ impl Default for Config {
             queue_max_bytes: 16 << 20,
             drop_policy: DropPolicy::DropNewest,
             queue_qos0_offline: false,
+            pause_reading_above_bytes: 4 << 20,
+            pressure_share_bytes: 256 << 10,
             retained_max_messages: 100_000,
             retained_max_bytes: 64 << 20,
             max_subscriptions_per_client: 1_000,

@@ -92,11 +92,19 @@
 //! Deliveries stay in the subscriber's bounded session queue until the shell asks for them with
 //! `poll_transmit`, which it does when that socket can take more: a slow or stuck subscriber fills
 //! only its own queue (then drops, counted) and never holds up the publisher or other subscribers.
-//! Publishers are slowed at the source by their window: a v5 publisher may have at most the
-//! server's Receive Maximum QoS 1/2 messages unacknowledged, and its acknowledgements wait for the
-//! storage commit of what its message caused, so a publisher cannot outrun the disk; the queue
-//! behind a subscriber is bounded in bytes, so acknowledged messages never become an unbounded
-//! internal backlog.
+//! Publishers are slowed at the source three ways:
+//!
+//! * [`Router::reading_paused`]: the shell stops reading sockets while the bytes queued for
+//!   connected subscribers that wait only for its writes exceed
+//!   [`Config::pause_reading_above_bytes`]. A session counts at most
+//!   [`Config::pressure_share_bytes`], and not at all while its window is full (it waits for its
+//!   client's acks, not for the shell): one stuck or slow subscriber cannot pause the others, and
+//!   since writing alone drains the count, pausing reads cannot deadlock. This is the brake for
+//!   QoS 0 publishers, and keeps acknowledged messages from becoming seconds of internal queue.
+//! * A v5 publisher may have at most the server's Receive Maximum QoS 1/2 messages
+//!   unacknowledged (3.3.4, DISCONNECT 0x93 beyond).
+//! * Its acknowledgements wait for the storage commit of what its message caused, so a publisher
+//!   to persistent sessions cannot outrun the disk.
 //!
 //! # What is durable
 //!

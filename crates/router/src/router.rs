@@ -99,6 +99,8 @@ struct Session {
     expires_at: Option<Instant>,
     /// Messages dropped since the queue last drained (for the drop log).
     drops: u64,
+    /// This session's part of the router's read pressure (see `Router::reading_paused`).
+    counted: usize,
 }
 
 impl Session {
@@ -119,6 +121,7 @@ impl Session {
             will_at: None,
             expires_at: None,
             drops: 0,
+            counted: 0,
         }
     }
 
@@ -188,6 +191,8 @@ pub struct Router {
     next_msg_id: u64,
     next_client_id: u64,
     filter: Option<DeliveryFilter>,
+    /// Bytes queued that only wait for the shell to write them (sum of `Session::counted`).
+    pressure: usize,
 }
 
 impl std::fmt::Debug for Router {
@@ -221,6 +226,7 @@ impl Router {
             next_msg_id: 1,
             next_client_id: 1,
             filter: None,
+            pressure: 0,
         }
     }
 
@@ -418,7 +424,8 @@ impl Router {
         }));
         mark_ready(&mut self.ready, &mut conn_state);
         session.conn = Some(conn_state);
-        self.conns.insert(conn, client);
+        self.conns.insert(conn, client.clone());
+        self.recount(&client);
         Ok(())
     }
 
@@ -631,6 +638,7 @@ impl Router {
         if let Some(c) = s.conn.as_mut() {
             mark_ready(&mut self.ready, c);
         }
+        self.recount(client);
     }
 
     fn on_pubrec(&mut self, client: &Arc<str>, a: Ack) {
@@ -935,6 +943,7 @@ impl Router {
         };
         let Some(c) = s.conn.take() else { return };
         self.conns.remove(&c.id);
+        self.pressure -= std::mem::take(&mut s.counted);
         if let Some(p) = last {
             self.finals.insert(c.id, p);
             self.ready.push_back(c.id);
@@ -986,6 +995,7 @@ impl Router {
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };
+        self.pressure -= s.counted;
         if let Some(c) = s.conn.take() {
             self.conns.remove(&c.id);
         }
@@ -1211,7 +1221,39 @@ impl Router {
 
     /// Puts a delivery in a session's queue, applying the shell's filter and the queue bounds.
     /// Returns the storage write number when the message was stored for a persistent session.
-    fn enqueue(&mut self, client: &Arc<str>, mut q: Queued) -> Option<u64> {
+    fn enqueue(&mut self, client: &Arc<str>, q: Queued) -> Option<u64> {
+        let seq = self.enqueue_inner(client, q);
+        self.recount(client);
+        seq
+    }
+
+    /// Updates a session's part of the read pressure: its queued bytes, up to
+    /// [`Config::pressure_share_bytes`], while it is connected and its window has room (a stuck
+    /// subscriber's queue waits for its acks, not for the shell, and must not pause others).
+    fn recount(&mut self, client: &str) {
+        let share = self.config.pressure_share_bytes;
+        if let Some(s) = self.sessions.get_mut(client) {
+            let new = match &s.conn {
+                Some(c) if s.window < c.receive_max => s.queue_bytes.min(share),
+                _ => 0,
+            };
+            self.pressure = self.pressure - s.counted + new;
+            s.counted = new;
+        }
+    }
+
+    /// Whether the shell should stop reading from its connections for now: the bytes queued for
+    /// connected subscribers that only wait for the shell's writes are above
+    /// [`Config::pause_reading_above_bytes`]. Each session counts at most
+    /// [`Config::pressure_share_bytes`] and a session whose window is full counts nothing, so one
+    /// slow or stuck subscriber cannot pause the others' publishers; writing drains the pressure,
+    /// so pausing reads cannot deadlock. This is how QoS 0 publishers are slowed at the source;
+    /// QoS 1/2 publishers are slowed by the server's Receive Maximum and held acks as well.
+    pub fn reading_paused(&self) -> bool {
+        self.pressure > self.config.pause_reading_above_bytes
+    }
+
+    fn enqueue_inner(&mut self, client: &Arc<str>, mut q: Queued) -> Option<u64> {
         if let Some(f) = self.filter.as_mut() {
             if !f(client, &q.msg.topic) {
                 self.stats.filtered += 1;
@@ -1310,7 +1352,13 @@ impl Router {
             return Some(p);
         }
         let client = self.conns.get(&conn)?.clone();
-        let s = self.sessions.get_mut(&client)?;
+        let out = self.transmit(now, &client);
+        self.recount(&client);
+        out
+    }
+
+    fn transmit(&mut self, now: Instant, client: &Arc<str>) -> Option<Outbound> {
+        let s = self.sessions.get_mut(client)?;
         let v5 = s.version == Version::V5;
         let c = s.conn.as_mut()?;
         if let Some(p) = c.control.pop_front() {
@@ -1547,6 +1595,20 @@ impl Router {
             ids.dedup();
             assert_eq!(ids.len(), s.inflight.len(), "packet ids of {client} unique");
             assert!(s.subs.len() <= self.config.max_subscriptions_per_client);
+        }
+        let counted: usize = self.sessions.values().map(|s| s.counted).sum();
+        assert_eq!(
+            counted, self.pressure,
+            "read pressure is the sum of the sessions' parts"
+        );
+        for s in self.sessions.values() {
+            let want = match &s.conn {
+                Some(c) if s.window < c.receive_max => {
+                    s.queue_bytes.min(self.config.pressure_share_bytes)
+                }
+                _ => 0,
+            };
+            assert_eq!(s.counted, want, "a session's part of the read pressure");
         }
         assert_eq!(
             self.conns.len(),

@@ -993,3 +993,71 @@ fn delivery_filter_applies_and_counts() {
     assert_eq!(payloads(&h.deliveries(s)), ["y"]);
     assert_eq!(h.r.stats().filtered, 1);
 }
+
+/// Issue 14 flow control: reads pause when bytes wait for the shell's writes to several
+/// subscribers, resume when written; a stuck subscriber (window full) or one slow subscriber
+/// (capped share) cannot pause the others' publishers.
+#[test]
+fn reading_pauses_on_write_backlog_not_on_one_stuck_subscriber() {
+    let cfg = Config {
+        pause_reading_above_bytes: 100,
+        pressure_share_bytes: 60,
+        ..Config::default()
+    };
+    let mut h = H::with(cfg);
+    let (stuck, _) = h.connect(Connect {
+        receive_maximum: Some(1),
+        ..c5("stuck")
+    });
+    h.sub(stuck, "t", opts(Q1), None);
+    let (slow, _) = h.connect(c5("slow"));
+    h.sub(slow, "t", opts(Q0), None);
+    let (other, _) = h.connect(c5("other"));
+    h.sub(other, "u", opts(Q0), None);
+    let (p, _) = h.connect(c5("p"));
+    h.pub_(p, "t", "first", Q1);
+    h.drain(); // stuck gets one delivery and never acks
+               // From here the shell writes nothing (no drain()).
+    let x = "x".repeat(20);
+    for _ in 0..20 {
+        h.r.handle(h.now, p, Inbound::Publish(publish("t", &x, Q0, false)));
+    }
+    assert!(
+        !h.r.reading_paused(),
+        "one slow and one stuck subscriber do not pause reads"
+    );
+    for _ in 0..5 {
+        h.r.handle(h.now, p, Inbound::Publish(publish("u", &x, Q0, false)));
+    }
+    assert!(
+        h.r.reading_paused(),
+        "two subscribers behind on writes pause reads"
+    );
+    h.drain();
+    assert!(!h.r.reading_paused(), "writing drains the pressure");
+}
+
+/// 1.5.5 and 3.3: the encoded PUBLISH size used for Maximum Packet Size.
+#[test]
+fn publish_length_is_the_encoded_size() {
+    let m = Message {
+        id: 1,
+        topic: "t".into(),
+        payload: bytes::Bytes::from(vec![0; 200]),
+        qos: Q1,
+        retain: false,
+        properties: MessageProperties::default(),
+        expires_at: None,
+        publisher: "p".into(),
+    };
+    // 3.1.1 QoS 1: header 1 + varint(2+1+2+200=205 -> 2 bytes) + 205.
+    assert_eq!(
+        crate::router::publish_len(false, &m, Q1, None, false, false, &[]),
+        208
+    );
+    // 5.0 with an alias (3) and one subscription id (2): properties 5 + 1 length byte.
+    assert_eq!(
+        crate::router::publish_len(true, &m, Q1, None, true, true, &[7]),
+        1 + 2 + 204 + 6
+    );
+}
