@@ -137,5 +137,5 @@ mod tests;
 
 pub use config::{Config, DropPolicy, Stats};
 pub use packet::*;
-pub use router::{DeliveryFilter, Router};
+pub use router::{DeliveryFilter, Gauges, Router};
 pub use storage::{MemoryStore, RestoredMessage, RestoredSession, StorageWrite};

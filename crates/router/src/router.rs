@@ -19,6 +19,25 @@ use std::sync::Arc;
 /// [`Stats::filtered`].
 pub type DeliveryFilter = Box<dyn FnMut(&str, &str) -> bool + Send>;
 
+/// Current sizes, for metrics.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Gauges {
+    /// Sessions (connected or not).
+    pub sessions: usize,
+    /// Connected sessions.
+    pub connections: usize,
+    /// Retained messages.
+    pub retained_messages: usize,
+    /// Retained bytes (topic + payload).
+    pub retained_bytes: usize,
+    /// Messages queued behind inflight windows, all sessions (O(sessions) to compute).
+    pub queued_messages: usize,
+    /// Read pressure (see [`Router::reading_paused`]).
+    pub read_pressure_bytes: usize,
+    /// Publisher acks waiting for a storage commit.
+    pub acks_held: usize,
+}
+
 /// A message waiting for (or in) a session's inflight window.
 #[derive(Clone, Debug)]
 struct Queued {
@@ -131,6 +150,11 @@ impl Session {
 }
 
 /// The next free outbound packet id (2.2.1): non-zero, not in use by an inflight delivery.
+#[cfg(test)]
+pub(crate) fn state_sizes() -> (usize, usize) {
+    (std::mem::size_of::<Session>(), std::mem::size_of::<Conn>())
+}
+
 fn alloc_pkid(next: &mut u16, inflight: &VecDeque<Inflight>) -> u16 {
     loop {
         *next = next.wrapping_add(1);
@@ -248,6 +272,19 @@ impl Router {
     /// Whether a session exists for `client_id` (connected or not).
     pub fn has_session(&self, client_id: &str) -> bool {
         self.sessions.contains_key(client_id)
+    }
+
+    /// Current sizes for the shell's metrics (the counters are in [`Router::stats`]).
+    pub fn gauges(&self) -> Gauges {
+        Gauges {
+            sessions: self.sessions.len(),
+            connections: self.conns.len(),
+            retained_messages: self.retained.len(),
+            retained_bytes: self.retained_bytes,
+            queued_messages: self.sessions.values().map(|s| s.queue.len()).sum(),
+            read_pressure_bytes: self.pressure,
+            acks_held: self.held.len(),
+        }
     }
 
     /// Whether `conn` is a live connection of a session (false once the router closed it or it

@@ -1061,3 +1061,19 @@ fn publish_length_is_the_encoded_size() {
         1 + 2 + 204 + 6
     );
 }
+
+/// Issue 14 budget: <= 2 KB per idle connection. The fixed state of a session and its connection
+/// (the maps and queues of an idle one are empty and allocate nothing).
+#[test]
+fn idle_connection_state_is_small() {
+    let (session, conn) = crate::router::state_sizes();
+    println!("session {session} B, connection {conn} B");
+    assert!(
+        session + conn < 1024,
+        "session {session} B + connection {conn} B"
+    );
+    let mut h = H::new();
+    let (s, _) = h.connect(c5("s"));
+    h.take(s);
+    assert_eq!(h.r.gauges().connections, 1);
+}
