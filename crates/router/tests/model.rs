@@ -1,7 +1,7 @@
-//! Property test: random operation sequences (connect, disconnect, connection loss, subscribe,
-//! unsubscribe, publish, time, restart from storage) run through the router and through a small
-//! reference model written independently of it (brute-force filter matching over a list, plain
-//! `VecDeque` queues). After every operation the deliveries each client has received must be the
+//! Property test: random operation sequences (connect, disconnect, connection loss, subscribe
+//! with No Local, unsubscribe, publish, time, restart from storage) run through the router and
+//! through a small reference model written independently of it (brute-force filter matching over
+//! a list, plain `VecDeque` queues). After every operation the deliveries each client has received must be the
 //! model's (which messages, which QoS, in order), and after a restart (kill -9: only committed
 //! storage writes survive) every QoS 1/2 message acknowledged to its publisher for a persistent
 //! session must still arrive.
@@ -27,10 +27,12 @@ enum Op {
     Lost {
         c: usize,
     },
+    /// No Local (`nl`) applies to 5.0 clients only.
     Subscribe {
         c: usize,
         f: usize,
         qos: u8,
+        nl: bool,
     },
     Unsubscribe {
         c: usize,
@@ -53,7 +55,7 @@ fn op() -> impl Strategy<Value = Op> {
         3 => (c.clone(), any::<bool>(), any::<bool>()).prop_map(|(c, clean, persistent)| Op::Connect(c, clean, persistent)),
         1 => c.clone().prop_map(|c| Op::Disconnect { c }),
         1 => c.clone().prop_map(|c| Op::Lost { c }),
-        3 => (c.clone(), 0..FILTERS.len(), 0..3u8).prop_map(|(c, f, qos)| Op::Subscribe { c, f, qos }),
+        3 => (c.clone(), 0..FILTERS.len(), 0..3u8, any::<bool>()).prop_map(|(c, f, qos, nl)| Op::Subscribe { c, f, qos, nl: nl && version(c) == Version::V5 }),
         1 => (c.clone(), 0..FILTERS.len()).prop_map(|(c, f)| Op::Unsubscribe { c, f }),
         6 => (c, 0..TOPICS.len(), 0..3u8).prop_map(|(c, t, qos)| Op::Publish { c, t, qos }),
         1 => (0..60u8).prop_map(|secs| Op::Advance { secs }),
@@ -105,7 +107,7 @@ fn model_matches(filter: &str, topic: &str) -> bool {
 
 #[derive(Debug, Default)]
 struct MSession {
-    subs: Vec<(String, u8)>,
+    subs: Vec<(String, u8, bool)>,
     queue: VecDeque<(String, u8)>,
     online: bool,
     persistent: bool,
@@ -158,15 +160,15 @@ impl Model {
                 out.extend(s.queue.drain(..));
             }
             Op::Disconnect { c } | Op::Lost { c } => self.end_connection(c),
-            Op::Subscribe { c, f, qos } => {
+            Op::Subscribe { c, f, qos, nl } => {
                 if let Some(s) = self.sessions.get_mut(&c).filter(|s| s.online) {
-                    s.subs.retain(|(x, _)| x != FILTERS[f]);
-                    s.subs.push((FILTERS[f].to_string(), qos));
+                    s.subs.retain(|(x, _, _)| x != FILTERS[f]);
+                    s.subs.push((FILTERS[f].to_string(), qos, nl));
                 }
             }
             Op::Unsubscribe { c, f } => {
                 if let Some(s) = self.sessions.get_mut(&c).filter(|s| s.online) {
-                    s.subs.retain(|(x, _)| x != FILTERS[f]);
+                    s.subs.retain(|(x, _, _)| x != FILTERS[f]);
                 }
             }
             Op::Publish { c, t, qos } => {
@@ -177,8 +179,8 @@ impl Model {
                     let best = s
                         .subs
                         .iter()
-                        .filter(|(f, _)| model_matches(f, TOPICS[t]))
-                        .map(|(_, q)| (*q).min(qos))
+                        .filter(|(f, _, nl)| model_matches(f, TOPICS[t]) && !(*nl && sc == c))
+                        .map(|(_, q, _)| (*q).min(qos))
                         .max();
                     let Some(q) = best else { continue };
                     if s.online {
@@ -336,11 +338,15 @@ impl Sut {
                     self.r.connection_lost(self.now, conn);
                 }
             }
-            Op::Subscribe { c, f, qos: q } => {
+            Op::Subscribe { c, f, qos: q, nl } => {
                 if let Some(conn) = self.conns.get(&c) {
+                    let options = SubOptions {
+                        no_local: nl,
+                        ..SubOptions::qos(qos(q))
+                    };
                     let s = Subscribe {
                         pkid: 1,
-                        filters: vec![(FILTERS[f].into(), SubOptions::qos(qos(q)))],
+                        filters: vec![(FILTERS[f].into(), options)],
                         subscription_id: None,
                     };
                     self.r.handle(self.now, *conn, Inbound::Subscribe(s));
@@ -390,7 +396,7 @@ impl Sut {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
 
     #[test]
     fn router_matches_reference_model(ops in proptest::collection::vec(op(), 1..80)) {
