@@ -1,10 +1,10 @@
 //! Property test: random operation sequences (connect, disconnect, connection loss, subscribe
 //! with No Local, unsubscribe, publish, time, restart from storage) run through the router and
 //! through a small reference model written independently of it (brute-force filter matching over
-//! a list, plain `VecDeque` queues). After every operation the deliveries each client has received must be the
-//! model's (which messages, which QoS, in order), and after a restart (kill -9: only committed
-//! storage writes survive) every QoS 1/2 message acknowledged to its publisher for a persistent
-//! session must still arrive.
+//! a list, plain `VecDeque` queues). After every operation the deliveries each client has
+//! received must be the model's (which messages, which QoS, in order), and after a restart
+//! (kill -9: only committed storage writes survive) every QoS 1/2 message acknowledged to its
+//! publisher for a persistent session must still arrive.
 //!
 //! Clients ack everything at once and the router's windows and queues are unbounded here: the
 //! model checks routing and sessions; windows, drops and the rest have unit tests.
