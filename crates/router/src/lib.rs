@@ -27,20 +27,26 @@
 //! };
 //! r.connect(now, ConnId(1), connect("sub")).unwrap();
 //! r.handle(now, ConnId(1), Inbound::Subscribe(Subscribe {
-//!     pkid: 1, filters: vec![("a/+".into(), SubOptions::qos(QoS::AtLeastOnce))], subscription_id: None,
+//!     pkid: 1,
+//!     filters: vec![("a/+".into(), SubOptions::qos(QoS::AtLeastOnce))],
+//!     subscription_id: None,
 //! }));
 //! r.connect(now, ConnId(2), connect("pub")).unwrap();
 //! r.handle(now, ConnId(2), Inbound::Publish(Publish {
-//!     topic: "a/b".into(), payload: "hi".into(), qos: QoS::AtLeastOnce, retain: false, dup: false,
-//!     pkid: 7, topic_alias: None, properties: Default::default(),
+//!     topic: "a/b".into(), payload: "hi".into(), qos: QoS::AtLeastOnce, retain: false,
+//!     dup: false, pkid: 7, topic_alias: None, properties: Default::default(),
 //! }));
 //! // The shell's write loop: which connection, then its packets (CONNACK, SUBACK, PUBLISH, PUBACK).
 //! let mut sent = Vec::new();
 //! while let Some(conn) = r.poll_ready() {
 //!     while let Some(packet) = r.poll_transmit(now, conn) { sent.push((conn, packet)); }
 //! }
-//! assert!(sent.iter().any(|(c, p)| *c == ConnId(1) && matches!(p, Outbound::Publish(d) if d.qos == QoS::AtLeastOnce)));
-//! assert!(sent.iter().any(|(c, p)| *c == ConnId(2) && matches!(p, Outbound::PubAck(a) if a.pkid == 7)));
+//! assert!(sent.iter().any(|(c, p)| {
+//!     *c == ConnId(1) && matches!(p, Outbound::Publish(d) if d.qos == QoS::AtLeastOnce)
+//! }));
+//! assert!(sent.iter().any(|(c, p)| {
+//!     *c == ConnId(2) && matches!(p, Outbound::PubAck(a) if a.pkid == 7)
+//! }));
 //! // The storage loop (nothing here is persistent): commit what poll_storage gives, then report.
 //! while let Some((seq, _write)) = r.poll_storage() { r.storage_committed(seq); }
 //! ```

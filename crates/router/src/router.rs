@@ -1443,7 +1443,7 @@ impl Router {
             let q = s.queue.pop_front()?;
             s.queue_bytes -= q.bytes();
             if s.queue.is_empty() && s.drops > 0 {
-                tracing::info!(client = %client, dropped = s.drops, "session queue drained after drops");
+                tracing::info!(client = %client, dropped = s.drops, "session queue drained");
                 s.drops = 0;
             }
             let done = |store: &mut Store, q: &Queued| {
@@ -1466,7 +1466,8 @@ impl Router {
             };
             let Some(d) = build(now, v5, c, &q, pkid, false) else {
                 self.stats.dropped_too_large += 1;
-                tracing::debug!(client = %client, topic = %q.msg.topic, "delivery over the client's Maximum Packet Size discarded");
+                let topic = &q.msg.topic;
+                tracing::debug!(client = %client, %topic, "over Maximum Packet Size: discarded");
                 done(&mut self.store, &q);
                 continue;
             };

@@ -107,8 +107,9 @@ pub struct RestoredSession {
     pub messages: Vec<RestoredMessage>,
 }
 
-/// The storage semantics in memory: applies writes in order and gives what [`crate::Router::restore`]
-/// takes. The reference the shell's SQLite store must agree with, and the store of the tests.
+/// The storage semantics in memory: applies writes in order and gives what
+/// [`crate::Router::restore`] takes. The reference the shell's SQLite store must agree with, and
+/// the store of the tests.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct MemoryStore {
     /// Persistent sessions in creation order.

@@ -13,7 +13,17 @@ use libfuzzer_sys::fuzz_target;
 use std::collections::HashMap;
 
 const TOPICS: [&str; 6] = ["a", "a/b", "b", "$sys/x", "a/b/c", ""];
-const FILTERS: [&str; 9] = ["#", "a/+", "a/#", "+/b", "$share/g/a/#", "$share/h/#", "b", "$sys/#", "a/#/x"];
+const FILTERS: [&str; 9] = [
+    "#",
+    "a/+",
+    "a/#",
+    "+/b",
+    "$share/g/a/#",
+    "$share/h/#",
+    "b",
+    "$sys/#",
+    "a/#/x",
+];
 
 #[derive(Arbitrary, Debug)]
 enum Name {
@@ -32,19 +42,75 @@ impl Name {
 
 #[derive(Arbitrary, Debug)]
 enum Op {
-    Connect { c: u8, v5: bool, clean: bool, expiry: u8, receive_max: Option<u8>, max_packet: Option<u8>, alias_max: u8, will: Option<(u8, u8, bool)> },
-    Publish { c: u8, topic: Name, qos: u8, retain: bool, dup: bool, pkid: u8, alias: Option<u8>, expiry: Option<u8>, len: u8 },
-    PubAck { c: u8, pkid: u8, reason: u8 },
-    PubRec { c: u8, pkid: u8, reason: u8 },
-    PubRel { c: u8, pkid: u8 },
-    PubComp { c: u8, pkid: u8 },
-    Subscribe { c: u8, filter: Name, qos: u8, no_local: bool, rap: bool, rh: u8, id: Option<u8> },
-    Unsubscribe { c: u8, filter: Name },
-    Disconnect { c: u8, reason: u8, expiry: Option<u8> },
-    Lost { c: u8 },
-    Advance { secs: u8 },
+    Connect {
+        c: u8,
+        v5: bool,
+        clean: bool,
+        expiry: u8,
+        receive_max: Option<u8>,
+        max_packet: Option<u8>,
+        alias_max: u8,
+        will: Option<(u8, u8, bool)>,
+    },
+    Publish {
+        c: u8,
+        topic: Name,
+        qos: u8,
+        retain: bool,
+        dup: bool,
+        pkid: u8,
+        alias: Option<u8>,
+        expiry: Option<u8>,
+        len: u8,
+    },
+    PubAck {
+        c: u8,
+        pkid: u8,
+        reason: u8,
+    },
+    PubRec {
+        c: u8,
+        pkid: u8,
+        reason: u8,
+    },
+    PubRel {
+        c: u8,
+        pkid: u8,
+    },
+    PubComp {
+        c: u8,
+        pkid: u8,
+    },
+    Subscribe {
+        c: u8,
+        filter: Name,
+        qos: u8,
+        no_local: bool,
+        rap: bool,
+        rh: u8,
+        id: Option<u8>,
+    },
+    Unsubscribe {
+        c: u8,
+        filter: Name,
+    },
+    Disconnect {
+        c: u8,
+        reason: u8,
+        expiry: Option<u8>,
+    },
+    Lost {
+        c: u8,
+    },
+    Advance {
+        secs: u8,
+    },
     Commit,
-    Drain { c: u8, n: u8, ack: bool },
+    Drain {
+        c: u8,
+        n: u8,
+        ack: bool,
+    },
 }
 
 fn qos(q: u8) -> QoS {
@@ -77,7 +143,16 @@ fuzz_target!(|ops: Vec<Op>| {
     let mut last = r.stats().clone();
     for op in ops.iter().take(200) {
         match op {
-            Op::Connect { c, v5, clean, expiry, receive_max, max_packet, alias_max, will } => {
+            Op::Connect {
+                c,
+                v5,
+                clean,
+                expiry,
+                receive_max,
+                max_packet,
+                alias_max,
+                will,
+            } => {
                 next += 1;
                 let conn = ConnId(next);
                 let connect = Connect {
@@ -101,7 +176,17 @@ fuzz_target!(|ops: Vec<Op>| {
                     conns.insert(c % 4, conn);
                 }
             }
-            Op::Publish { c, topic, qos: q, retain, dup, pkid, alias, expiry, len } => {
+            Op::Publish {
+                c,
+                topic,
+                qos: q,
+                retain,
+                dup,
+                pkid,
+                alias,
+                expiry,
+                len,
+            } => {
                 if let Some(conn) = conns.get(&(c % 4)) {
                     let mut properties = MessageProperties::default();
                     properties.message_expiry_interval = expiry.map(u32::from);
@@ -120,19 +205,41 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::PubAck { c, pkid, reason } | Op::PubRec { c, pkid, reason } => {
                 if let Some(conn) = conns.get(&(c % 4)) {
-                    let a = Ack { pkid: u16::from(*pkid), reason: *reason };
-                    let p = if matches!(op, Op::PubAck { .. }) { Inbound::PubAck(a) } else { Inbound::PubRec(a) };
+                    let a = Ack {
+                        pkid: u16::from(*pkid),
+                        reason: *reason,
+                    };
+                    let p = if matches!(op, Op::PubAck { .. }) {
+                        Inbound::PubAck(a)
+                    } else {
+                        Inbound::PubRec(a)
+                    };
                     r.handle(now, *conn, p);
                 }
             }
             Op::PubRel { c, pkid } | Op::PubComp { c, pkid } => {
                 if let Some(conn) = conns.get(&(c % 4)) {
-                    let a = Ack { pkid: u16::from(*pkid), reason: 0 };
-                    let p = if matches!(op, Op::PubRel { .. }) { Inbound::PubRel(a) } else { Inbound::PubComp(a) };
+                    let a = Ack {
+                        pkid: u16::from(*pkid),
+                        reason: 0,
+                    };
+                    let p = if matches!(op, Op::PubRel { .. }) {
+                        Inbound::PubRel(a)
+                    } else {
+                        Inbound::PubComp(a)
+                    };
                     r.handle(now, *conn, p);
                 }
             }
-            Op::Subscribe { c, filter, qos: q, no_local, rap, rh, id } => {
+            Op::Subscribe {
+                c,
+                filter,
+                qos: q,
+                no_local,
+                rap,
+                rh,
+                id,
+            } => {
                 if let Some(conn) = conns.get(&(c % 4)) {
                     let options = SubOptions {
                         qos: qos(*q),
@@ -144,19 +251,29 @@ fuzz_target!(|ops: Vec<Op>| {
                             _ => RetainHandling::DoNotSend,
                         },
                     };
-                    let s = Subscribe { pkid: 1, filters: vec![(filter.get(&FILTERS).into(), options)], subscription_id: id.map(u32::from) };
+                    let s = Subscribe {
+                        pkid: 1,
+                        filters: vec![(filter.get(&FILTERS).into(), options)],
+                        subscription_id: id.map(u32::from),
+                    };
                     r.handle(now, *conn, Inbound::Subscribe(s));
                 }
             }
             Op::Unsubscribe { c, filter } => {
                 if let Some(conn) = conns.get(&(c % 4)) {
-                    let u = Unsubscribe { pkid: 1, filters: vec![filter.get(&FILTERS).into()] };
+                    let u = Unsubscribe {
+                        pkid: 1,
+                        filters: vec![filter.get(&FILTERS).into()],
+                    };
                     r.handle(now, *conn, Inbound::Unsubscribe(u));
                 }
             }
             Op::Disconnect { c, reason, expiry } => {
                 if let Some(conn) = conns.remove(&(c % 4)) {
-                    let d = Disconnect { reason: *reason, session_expiry_interval: expiry.map(u32::from) };
+                    let d = Disconnect {
+                        reason: *reason,
+                        session_expiry_interval: expiry.map(u32::from),
+                    };
                     r.handle(now, conn, Inbound::Disconnect(d));
                 }
             }
@@ -181,18 +298,40 @@ fuzz_target!(|ops: Vec<Op>| {
                 }
             }
             Op::Drain { c, n, ack } => {
-                let Some(conn) = conns.get(&(c % 4)).copied() else { continue };
+                let Some(conn) = conns.get(&(c % 4)).copied() else {
+                    continue;
+                };
                 for _ in 0..*n {
-                    let Some(p) = r.poll_transmit(now, conn) else { break };
+                    let Some(p) = r.poll_transmit(now, conn) else {
+                        break;
+                    };
                     match p {
                         Outbound::Publish(d) => {
                             assert!(d.qos <= d.message.qos, "delivery QoS above published");
-                            assert_eq!(d.pkid == 0, d.qos == QoS::AtMostOnce, "packet id iff QoS > 0");
+                            assert_eq!(
+                                d.pkid == 0,
+                                d.qos == QoS::AtMostOnce,
+                                "packet id iff QoS > 0"
+                            );
                             assert!(!d.message.topic.is_empty());
                             if *ack && d.qos == QoS::AtLeastOnce {
-                                r.handle(now, conn, Inbound::PubAck(Ack { pkid: d.pkid, reason: 0 }));
+                                r.handle(
+                                    now,
+                                    conn,
+                                    Inbound::PubAck(Ack {
+                                        pkid: d.pkid,
+                                        reason: 0,
+                                    }),
+                                );
                             } else if *ack && d.qos == QoS::ExactlyOnce {
-                                r.handle(now, conn, Inbound::PubRec(Ack { pkid: d.pkid, reason: 0 }));
+                                r.handle(
+                                    now,
+                                    conn,
+                                    Inbound::PubRec(Ack {
+                                        pkid: d.pkid,
+                                        reason: 0,
+                                    }),
+                                );
                             }
                         }
                         Outbound::PubRel(a) if *ack => r.handle(now, conn, Inbound::PubComp(a)),
@@ -214,8 +353,16 @@ fuzz_target!(|ops: Vec<Op>| {
         }
         r.check_invariants();
         let s = r.stats().clone();
-        assert!(s.published >= last.published && s.delivered >= last.delivered && s.dropped_queue_full >= last.dropped_queue_full);
-        assert!(s.expired >= last.expired && s.protocol_errors >= last.protocol_errors && s.wills_published >= last.wills_published);
+        assert!(
+            s.published >= last.published
+                && s.delivered >= last.delivered
+                && s.dropped_queue_full >= last.dropped_queue_full
+        );
+        assert!(
+            s.expired >= last.expired
+                && s.protocol_errors >= last.protocol_errors
+                && s.wills_published >= last.wills_published
+        );
         last = s;
     }
 });
