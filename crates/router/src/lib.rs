@@ -36,7 +36,7 @@
 //!     topic: "a/b".into(), payload: "hi".into(), qos: QoS::AtLeastOnce, retain: false,
 //!     dup: false, pkid: 7, topic_alias: None, properties: Default::default(),
 //! }));
-//! // The shell's write loop: which connection, then its packets (CONNACK, SUBACK, PUBLISH, PUBACK).
+//! // The shell's write loop: a ready connection, then its packets (CONNACK, SUBACK, ...).
 //! let mut sent = Vec::new();
 //! while let Some(conn) = r.poll_ready() {
 //!     while let Some(packet) = r.poll_transmit(now, conn) { sent.push((conn, packet)); }
@@ -59,7 +59,7 @@
 //!   matching subscription identifier [MQTT-3.3.4-4]. One copy rather than one per subscription
 //!   (which 5.0 also allows): the same rule for both versions, less traffic, and one place in the
 //!   window per message. Retain As Published on any matching subscription keeps the flag.
-//! * Delivery QoS = min(published QoS, granted QoS) [MQTT-3.8.4-6].
+//! * Delivery QoS = min(published QoS, granted QoS) (3.1.1 [MQTT-3.8.4-6], 5.0 [MQTT-3.8.4-8]).
 //! * Shared subscriptions `$share/{group}/{filter}` (4.8.2): one member per group per message,
 //!   round robin preferring connected members with an empty queue; not-yet-sent deliveries of a
 //!   member whose connection goes are handed to another member, and its unacknowledged ones when
@@ -68,7 +68,7 @@
 //! * No Local [MQTT-3.8.3-3], Retain As Published (3.8.3.1, [MQTT-3.3.1-12/13]; 3.1.1 clears the
 //!   flag on live deliveries [MQTT-3.3.1-9]), Retain Handling 0/1/2 (3.8.3.1), retained messages
 //!   re-sent on every 3.1.1 SUBSCRIBE [MQTT-3.8.4-3], empty retained payload deletes
-//!   [MQTT-3.3.1-10/11].
+//!   (3.1.1 [MQTT-3.3.1-10/11], 5.0 [MQTT-3.3.1-6/7]).
 //! * Message expiry (3.3.2.3.3): expired queued and retained messages are not delivered; the
 //!   remaining interval is sent [MQTT-3.3.2-6].
 //! * Topic aliases (3.3.2.3.4): inbound up to the server's maximum (0 or above: 0x94; unknown:
@@ -77,7 +77,7 @@
 //!   not on DISCONNECT 0x00 [MQTT-3.1.2-10], yes on 0x04 and on protocol errors [MQTT-3.1.2-8];
 //!   cancelled by a reconnection within the delay [MQTT-3.1.3-9].
 //! * Sessions: Clean Start / Clean Session (3.1.2.4), Session Expiry (3.1.2.11.2) changeable at
-//!   DISCONNECT but not from 0 [MQTT-3.14.2-2], takeover with DISCONNECT 0x8E [MQTT-3.1.4-3],
+//!   DISCONNECT but not from 0 (3.14.2.2.2), takeover with DISCONNECT 0x8E [MQTT-3.1.4-3],
 //!   session present (3.2.2.1.1), resend of unacknowledged PUBLISH (DUP) and PUBREL on reconnect
 //!   [MQTT-4.4.0-1].
 //! * Flow: an inflight window per session sized by the client's Receive Maximum (3.3.4), a queue

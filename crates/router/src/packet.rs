@@ -299,7 +299,7 @@ pub struct Message {
 pub struct Delivery {
     /// The message (its topic is always the full topic, for the shell's checks and logs).
     pub message: Arc<Message>,
-    /// QoS of this delivery: min(published, granted) [MQTT-3.8.4-6].
+    /// QoS of this delivery: min(published, granted) [MQTT-3.8.4-6] (5.0: -8).
     pub qos: QoS,
     /// RETAIN flag to send.
     pub retain: bool,

@@ -531,7 +531,7 @@ impl Router {
         let v5 = s.version == Version::V5;
         let Some(c) = s.conn.as_mut() else { return };
         // Topic alias (3.3.2.3.4): 0 or above our maximum is 0x94; an unknown alias with an empty
-        // topic is a protocol error [MQTT-3.3.4-? / 3.3.2.3.4].
+        // topic is a protocol error (3.3.2.3.4).
         let topic = match p.topic_alias {
             Some(a) if a == 0 || a > alias_max || !v5 => {
                 return self.close(now, client, reason::TOPIC_ALIAS_INVALID)
@@ -822,7 +822,7 @@ impl Router {
         let shared = matches!(parsed, Parsed::Shared(..));
         self.add_to_index(client, &full, options, id);
         // Retained messages on subscribe (3.3.1.3, 3.8.3.1 Retain Handling); never for shared
-        // subscriptions [MQTT-3.8.4-?, 4.8.2].
+        // subscriptions (4.8.2).
         let send = match options.retain_handling {
             RetainHandling::SendAtSubscribe => true,
             RetainHandling::SendIfNew => !existed,
@@ -949,7 +949,7 @@ impl Router {
             return;
         };
         if let Some(e) = d.session_expiry_interval {
-            // [MQTT-3.14.2-2]: 0 at CONNECT cannot become non-zero at DISCONNECT.
+            // 3.14.2.2.2: 0 at CONNECT cannot become non-zero at DISCONNECT.
             if s.expiry == 0 && e > 0 && s.version == Version::V5 {
                 return self.close(now, client, reason::PROTOCOL_ERROR);
             }
@@ -1217,7 +1217,8 @@ impl Router {
 
     fn retain(&mut self, msg: &Arc<Message>) -> Option<u64> {
         if msg.payload.is_empty() {
-            // Empty payload deletes the retained message [MQTT-3.3.1-10/11].
+            // Empty payload deletes the retained message (3.1.1 [MQTT-3.3.1-10/11], 5.0
+            // [MQTT-3.3.1-6/7]).
             return if self.drop_retained(&msg.topic) {
                 Some(self.store.write(StorageWrite::RetainedDeleted {
                     topic: msg.topic.clone(),

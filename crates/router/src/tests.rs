@@ -208,7 +208,8 @@ fn payloads(ds: &[Delivery]) -> Vec<String> {
         .collect()
 }
 
-/// [MQTT-3.8.4-6]: delivered QoS is the minimum of published and granted.
+/// 3.1.1 [MQTT-3.8.4-6], 5.0 [MQTT-3.8.4-8]: delivered QoS is the minimum of published and
+/// granted.
 #[test]
 fn qos_is_min_of_published_and_granted() {
     let mut h = H::new();
@@ -349,7 +350,7 @@ fn retain_as_published() {
     assert!(!h.deliveries(v3)[0].retain);
 }
 
-/// 3.8.3.1 Retain Handling 0/1/2 (and [MQTT-3.3.1-9] v5: retained sent at subscribe carry
+/// 3.8.3.1 Retain Handling 0/1/2 [MQTT-3.3.1-9..11] (3.3.1.3: retained sent at subscribe carry
 /// RETAIN 1); [MQTT-3.8.4-3] (3.1.1): re-subscribing resends retained messages.
 #[test]
 fn retain_handling_and_resubscribe() {
@@ -385,8 +386,8 @@ fn retain_handling_and_resubscribe() {
     assert_eq!(h.deliveries(s).len(), 0);
 }
 
-/// [MQTT-3.3.1-10], [MQTT-3.3.1-11]: an empty retained payload deletes the retained message
-/// (and is delivered live to current subscribers).
+/// 3.1.1 [MQTT-3.3.1-10/11], 5.0 [MQTT-3.3.1-6/7]: an empty retained payload deletes the
+/// retained message (and is delivered live to current subscribers).
 #[test]
 fn retained_delete_with_empty_payload() {
     let mut h = H::new();
@@ -530,7 +531,7 @@ fn clean_start_and_session_expiry() {
     h.advance(1_000_000);
     let (_, ack) = h.connect(c3("v3", false));
     assert!(ack.session_present, "3.1.1 clean session 0 never expires");
-    // [MQTT-3.14.2-2]
+    // 3.14.2.2.2: expiry 0 at CONNECT cannot become non-zero at DISCONNECT
     let (z, _) = h.connect(c5("z"));
     h.disconnect(z, 0, Some(5));
     assert!(h.take(z).contains(&Outbound::Disconnect {
