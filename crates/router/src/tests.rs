@@ -1078,3 +1078,73 @@ fn idle_connection_state_is_small() {
     h.take(s);
     assert_eq!(h.r.gauges().connections, 1);
 }
+
+/// [MQTT-4.4.0-1]: on reconnect, an outbound QoS 2 message past PUBREC gets its PUBREL again
+/// (same packet id), and one not yet acknowledged is resent with DUP and its original id.
+#[test]
+fn qos2_outbound_resumes_after_reconnect() {
+    let mut h = H::new();
+    let (s, _) = h.connect(persistent("s", 100));
+    h.sub(s, "t", opts(Q2), None);
+    let (p, _) = h.connect(c5("p"));
+    h.pub_(p, "t", "a", Q2);
+    h.pub_(p, "t", "b", Q2);
+    let d = h.deliveries(s);
+    assert_eq!(d.len(), 2);
+    let a = Ack {
+        pkid: d[0].pkid,
+        reason: 0,
+    };
+    h.r.handle(h.now, s, Inbound::PubRec(a));
+    h.r.connection_lost(h.now, s);
+    let (s, ack) = h.connect(persistent("s", 100));
+    assert!(ack.session_present);
+    let out = h.take(s);
+    assert_eq!(out[0], Outbound::PubRel(a));
+    match &out[1] {
+        Outbound::Publish(x) => assert!(x.dup && x.pkid == d[1].pkid && x.qos == Q2),
+        other => panic!("expected the resent PUBLISH, got {other:?}"),
+    }
+    h.r.handle(h.now, s, Inbound::PubComp(a));
+    assert_eq!(h.r.session_backlog("s"), Some((0, 1)));
+}
+
+/// Throughput on this machine (run with `cargo test --release -p grove-router -- --ignored
+/// --nocapture throughput`): QoS 0 fan-out to 10 subscribers through wildcard filters.
+#[test]
+#[ignore]
+fn throughput() {
+    let mut h = H::new();
+    let mut subs = Vec::new();
+    for i in 0..10 {
+        let (s, _) = h.connect(c5(&format!("s{i}")));
+        h.sub(s, "sensors/+/temp", opts(Q0), None);
+        subs.push(s);
+    }
+    let (p, _) = h.connect(c5("p"));
+    let n = 200_000;
+    let payload = bytes::Bytes::from_static(b"21.5");
+    let topics: Vec<std::sync::Arc<str>> = (0..100)
+        .map(|i| format!("sensors/{i}/temp").into())
+        .collect();
+    let start = std::time::Instant::now();
+    let mut delivered = 0;
+    for i in 0..n {
+        let mut m = publish("", "", Q0, false);
+        m.topic = topics[i % topics.len()].clone();
+        m.payload = payload.clone();
+        h.r.handle(h.now, p, Inbound::Publish(m));
+        while let Some(conn) = h.r.poll_ready() {
+            while let Some(o) = h.r.poll_transmit(h.now, conn) {
+                delivered += usize::from(matches!(o, Outbound::Publish(_)));
+            }
+        }
+    }
+    let secs = start.elapsed().as_secs_f64();
+    assert_eq!(delivered, n * 10);
+    println!(
+        "{n} publishes, {delivered} deliveries in {secs:.2} s: {:.0} publishes/s, {:.0} deliveries/s",
+        n as f64 / secs,
+        delivered as f64 / secs
+    );
+}
