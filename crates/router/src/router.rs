@@ -1106,7 +1106,8 @@ impl Router {
     }
 
     /// Picks a member of a shared group, round robin, preferring connected members with an empty
-    /// queue, then connected ones, then any (4.8.2).
+    /// queue and room in their window (a stuck member is passed over), then connected ones, then
+    /// any (4.8.2).
     fn choose(
         &mut self,
         key: &str,
@@ -1124,7 +1125,10 @@ impl Router {
                 let s = self.sessions.get(&m.0);
                 let online = s.is_some_and(|s| s.conn.is_some());
                 let ok = match pass {
-                    0 => online && s.is_some_and(|s| s.queue.is_empty()),
+                    0 => s.is_some_and(|s| {
+                        s.queue.is_empty()
+                            && s.conn.as_ref().is_some_and(|c| s.window < c.receive_max)
+                    }),
                     1 => online,
                     _ => s.is_some(),
                 };

@@ -1148,3 +1148,33 @@ fn throughput() {
         delivered as f64 / secs
     );
 }
+
+/// 4.8.2: a shared delivery sent to a member that goes away unacknowledged goes to another member
+/// when the first member's session ends (here at once: Session Expiry 0), and a stuck member (full
+/// window) is passed over while another member is idle.
+#[test]
+fn shared_inflight_requeued_when_member_session_ends() {
+    let mut h = H::new();
+    let (a, _) = h.connect(Connect {
+        receive_maximum: Some(1),
+        ..c5("a")
+    });
+    let (b, _) = h.connect(c5("b"));
+    h.sub(a, "$share/g/t", opts(Q1), None);
+    h.sub(b, "$share/g/t", opts(Q1), None);
+    let (p, _) = h.connect(c5("p"));
+    h.pub_(p, "t", "1", Q1);
+    let got_a = payloads(&h.deliveries(a));
+    let got_b = payloads(&h.deliveries(b));
+    assert_eq!(
+        (got_a.as_slice(), got_b.len()),
+        (["1".to_string()].as_slice(), 0)
+    );
+    h.r.connection_lost(h.now, a);
+    assert_eq!(
+        payloads(&h.deliveries(b)),
+        ["1"],
+        "unacked delivery moved to b"
+    );
+    assert!(!h.r.has_session("a"));
+}
