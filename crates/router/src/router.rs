@@ -764,7 +764,7 @@ impl Router {
             },
         );
         for q in retained {
-            self.enqueue(client, q);
+            self.enqueue(now, client, q);
         }
     }
 
@@ -1017,7 +1017,7 @@ impl Router {
             s.expires_at = Some(at);
             self.timers.push(Reverse((at, client.clone())));
         }
-        self.reroute(client, moved);
+        self.reroute(now, client, moved);
         if let Some(w) = publish_will {
             self.publish_will(now, client, w);
         }
@@ -1054,7 +1054,7 @@ impl Router {
         for q in moved.iter_mut() {
             q.stored = false;
         }
-        self.reroute(client, moved);
+        self.reroute(now, client, moved);
         if let (Some(w), Some(_)) = (s.will.take(), s.will_at) {
             self.publish_will(now, client, w);
         }
@@ -1081,7 +1081,7 @@ impl Router {
     }
 
     /// Hands shared deliveries of `from` to other members of their groups.
-    fn reroute(&mut self, from: &Arc<str>, moved: Vec<Queued>) {
+    fn reroute(&mut self, now: Instant, from: &Arc<str>, moved: Vec<Queued>) {
         for mut q in moved {
             let Some(key) = q.share.clone() else { continue };
             if q.stored {
@@ -1095,7 +1095,7 @@ impl Router {
                 Some((member, options, id)) => {
                     q.qos = q.msg.qos.min(options.qos);
                     q.sub_ids = id.into_iter().collect();
-                    self.enqueue(&member, q);
+                    self.enqueue(now, &member, q);
                 }
                 None => {
                     self.stats.dropped_queue_full += 1;
@@ -1201,7 +1201,7 @@ impl Router {
                 share: None,
                 stored: false,
             };
-            seq = self.enqueue(&client, q).max(seq);
+            seq = self.enqueue(now, &client, q).max(seq);
         }
         for key in groups {
             if let Some((member, options, id)) = self.choose(&key, None) {
@@ -1213,7 +1213,7 @@ impl Router {
                     share: Some(key),
                     stored: false,
                 };
-                seq = self.enqueue(&member, q).max(seq);
+                seq = self.enqueue(now, &member, q).max(seq);
             }
         }
         seq
@@ -1263,8 +1263,8 @@ impl Router {
 
     /// Puts a delivery in a session's queue, applying the shell's filter and the queue bounds.
     /// Returns the storage write number when the message was stored for a persistent session.
-    fn enqueue(&mut self, client: &Arc<str>, q: Queued) -> Option<u64> {
-        let seq = self.enqueue_inner(client, q);
+    fn enqueue(&mut self, now: Instant, client: &Arc<str>, q: Queued) -> Option<u64> {
+        let seq = self.enqueue_inner(now, client, q);
         self.recount(client);
         seq
     }
@@ -1295,7 +1295,7 @@ impl Router {
         self.pressure > self.config.pause_reading_above_bytes
     }
 
-    fn enqueue_inner(&mut self, client: &Arc<str>, mut q: Queued) -> Option<u64> {
+    fn enqueue_inner(&mut self, now: Instant, client: &Arc<str>, mut q: Queued) -> Option<u64> {
         if let Some(f) = self.filter.as_mut() {
             if !f(client, &q.msg.topic) {
                 self.stats.filtered += 1;
@@ -1312,6 +1312,24 @@ impl Router {
         let full = |s: &Session| {
             s.queue.len() >= cfg.queue_max_messages || s.queue_bytes + size > cfg.queue_max_bytes
         };
+        if full(s) {
+            // Expired messages make room before anything is dropped (3.3.2.3.3).
+            let (before, store) = (s.queue.len(), &mut self.store);
+            s.queue.retain(|q| {
+                let expired = q.msg.expires_at.is_some_and(|e| e <= now);
+                if expired && q.stored {
+                    store.write(StorageWrite::Dequeued {
+                        client_id: client.clone(),
+                        message_id: q.msg.id,
+                    });
+                }
+                !expired
+            });
+            if s.queue.len() != before {
+                self.stats.expired += (before - s.queue.len()) as u64;
+                s.queue_bytes = s.queue.iter().map(Queued::bytes).sum();
+            }
+        }
         if full(s) {
             let mut dropped = 0u64;
             if cfg.drop_policy == DropPolicy::DropOldest

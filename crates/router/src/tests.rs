@@ -1178,3 +1178,28 @@ fn shared_inflight_requeued_when_member_session_ends() {
     );
     assert!(!h.r.has_session("a"));
 }
+
+/// 3.3.2.3.3 with the queue bound: expired messages make room in a full queue before anything
+/// is dropped.
+#[test]
+fn expired_messages_make_room_before_drops() {
+    let mut h = H::with(Config {
+        queue_max_messages: 2,
+        ..Config::default()
+    });
+    let (s, _) = h.connect(persistent("s", 1000));
+    h.sub(s, "t", opts(Q1), None);
+    h.r.connection_lost(h.now, s);
+    let (p, _) = h.connect(c5("p"));
+    for m in ["old1", "old2"] {
+        let mut x = publish("t", m, Q1, false);
+        x.properties.message_expiry_interval = Some(5);
+        h.publish(p, x);
+    }
+    h.advance(10);
+    h.pub_(p, "t", "new", Q1);
+    assert_eq!(h.r.stats().dropped_queue_full, 0);
+    assert_eq!(h.r.stats().expired, 2);
+    let (s, _) = h.connect(persistent("s", 1000));
+    assert_eq!(payloads(&h.deliveries(s)), ["new"]);
+}
