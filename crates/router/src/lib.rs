@@ -10,8 +10,25 @@
 //!   [`Router::poll_timeout`] asked for), [`Router::storage_committed`], and at startup
 //!   [`Router::restore`];
 //! * out: [`Router::poll_ready`] names connections with something to send and
-//!   [`Router::poll_transmit`] gives their packets; [`Router::poll_storage`] gives numbered storage
-//!   writes.
+//!   [`Router::poll_transmit`] gives their packets (a `Disconnect` is the last: close after it);
+//!   [`Router::poll_storage`] gives numbered storage writes; [`Router::reading_paused`] says
+//!   whether to stop reading sockets for now; [`Router::stats`] and [`Router::gauges`] feed
+//!   metrics.
+//!
+//! The shell drives it like this (one task, or the router behind a mutex):
+//!
+//! * on CONNECT (after authentication): `connect(now, conn, connect)`; an `Err(connack)` is
+//!   sent and the socket closed;
+//! * on every other packet: `handle(now, conn, packet)` (PINGREQ is answered by the shell);
+//! * on a socket error or keep-alive timeout: `connection_lost(now, conn)`;
+//! * then `while let Some(conn) = poll_ready()` drain `poll_transmit(now, conn)` into that
+//!   connection's writer while it has room (and again when it becomes writable);
+//! * `while let Some((n, write)) = poll_storage()` add to the current SQLite transaction; after
+//!   the commit, `storage_committed(n)` with the highest `n` (group commit: one transaction for
+//!   whatever accumulated while the previous one was committing);
+//! * sleep until `poll_timeout()` and call `handle_timeout(now)`;
+//! * at startup, before the first connection: `restore(now, sessions, retained)` from SQLite
+//!   ([`MemoryStore`] shows what the writes mean).
 //!
 //! Time is an [`Instant`] the shell passes in (milliseconds); nothing in the crate reads a clock,
 //! so tests run on a virtual clock.
@@ -118,9 +135,13 @@
 //! Session 0) with their subscriptions and queued/inflight QoS 1/2 deliveries, and retained
 //! messages. A publisher's PUBACK/PUBREC waits until every write its message caused is committed
 //! ([`Router::storage_committed`]); a message that reaches only non-persistent sessions is acked at
-//! once. Not durable: QoS 0 deliveries, inbound QoS 2 packet ids awaiting PUBREL, outbound packet
-//! ids (after a restart queued messages are sent again with new ids), and the will of a
-//! disconnected session (a restart drops pending wills).
+//! once. Removals (acknowledged, expired, dropped) are written too but hold nothing back: a crash
+//! before they commit means a redelivery, never a loss. Not durable: QoS 0 deliveries, inbound
+//! QoS 2 packet ids awaiting PUBREL (a publisher resending after a restart can get a duplicate
+//! through), outbound packet ids (after a restart queued messages are sent again with new ids, so
+//! a QoS 2 message inflight at the crash may arrive twice), the will of a disconnected session (a
+//! restart drops pending wills), and the disconnect time (a restored session gets its full expiry
+//! interval again).
 //!
 //! # Left to the shell
 //!

@@ -852,8 +852,8 @@ impl Router {
             for t in expired {
                 self.stats.expired += 1;
                 self.drop_retained(&t);
+                self.store.write(StorageWrite::RetainedDeleted { topic: t });
             }
-            retained.retain(|q| self.filter.as_mut().is_none_or(|f| f(client, &q.msg.topic)));
         }
         Ok(options.qos as u8)
     }
