@@ -134,11 +134,11 @@
 //! See [`storage`]: sessions that outlive their connection (v5 Session Expiry > 0, 3.1.1 Clean
 //! Session 0) with their subscriptions and queued/inflight QoS 1/2 deliveries, and retained
 //! messages. A publisher's PUBACK/PUBREC waits until every write its message caused is committed
-//! ([`Router::storage_committed`]); a message that reaches only non-persistent sessions is acked at
-//! once. Removals (acknowledged, expired, dropped) are written too but hold nothing back: a crash
-//! before they commit means a redelivery, never a loss. Not durable: QoS 0 deliveries, inbound
-//! QoS 2 packet ids awaiting PUBREL (a publisher resending after a restart can get a duplicate
-//! through), outbound packet ids (after a restart queued messages are sent again with new ids, so
+//! ([`Router::storage_committed`]); a message that reaches only non-persistent sessions (from a
+//! non-persistent publisher) is acked at once. Removals (acknowledged, expired, dropped) are written too but hold nothing back: a crash
+//! before they commit means a redelivery, never a loss. Inbound QoS 2 packet ids of persistent
+//! sessions are durable too (PUBREC and PUBCOMP wait for them), so exactly-once inbound survives
+//! a restart. Not durable: QoS 0 deliveries, outbound packet ids (after a restart queued messages are sent again with new ids, so
 //! a QoS 2 message inflight at the crash may arrive twice), the will of a disconnected session (a
 //! restart drops pending wills), and the disconnect time (a restored session gets its full expiry
 //! interval again).

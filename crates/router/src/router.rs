@@ -602,8 +602,18 @@ impl Router {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
+        let mut seq = seq;
         if p.qos == QoS::ExactlyOnce {
             s.incoming_qos2.insert(p.pkid);
+            // A persistent publisher's pending QoS 2 ids survive a restart, so a PUBLISH resent
+            // after it is still recognised (4.3.3).
+            if s.stored {
+                let w = StorageWrite::Qos2Received {
+                    client_id: client.clone(),
+                    pkid: p.pkid,
+                };
+                seq = Some(self.store.write(w));
+            }
         }
         self.ack_publisher(client, packet, seq);
     }
@@ -720,17 +730,28 @@ impl Router {
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
-        let code = if s.incoming_qos2.remove(&a.pkid) || s.version == Version::V311 {
+        let known = s.incoming_qos2.remove(&a.pkid);
+        let code = if known || s.version == Version::V311 {
             reason::SUCCESS
         } else {
             reason::PACKET_ID_NOT_FOUND
         };
-        self.push_control(
+        // The release is committed before PUBCOMP: lost, a restart would take the client's next
+        // PUBLISH with this id for a resend and drop it.
+        let seq = (known && s.stored).then(|| {
+            let w = StorageWrite::Qos2Released {
+                client_id: client.clone(),
+                pkid: a.pkid,
+            };
+            self.store.write(w)
+        });
+        self.ack_publisher(
             client,
             Outbound::PubComp(Ack {
                 pkid: a.pkid,
                 reason: code,
             }),
+            seq,
         );
     }
 
@@ -1597,6 +1618,7 @@ impl Router {
             let client = r.client_id.clone();
             let mut s = Session::new(r.version, r.expiry_interval);
             s.stored = true;
+            s.incoming_qos2 = r.incoming_qos2.iter().copied().collect();
             for m in r.messages {
                 self.next_msg_id = self.next_msg_id.max(m.message.id + 1);
                 let q = Queued {

@@ -1,8 +1,8 @@
 //! The storage boundary: writes the core emits and what the shell gives back at startup.
 //!
 //! Durable is everything a session that outlives its connection needs after kill -9: the session
-//! record, its subscriptions, and the QoS 1/2 messages queued or inflight for it; and the retained
-//! messages. The core numbers writes; the shell commits them in order (a group commit per batch it
+//! record, its subscriptions, the QoS 1/2 messages queued or inflight for it and the inbound QoS 2
+//! packet ids it has not released; and the retained messages. The core numbers writes; the shell commits them in order (a group commit per batch it
 //! drains) and reports the highest committed number with `storage_committed`. A publisher's PUBACK
 //! or PUBREC waits for the writes its message caused. Removals (`Dequeued`, `Unsubscribed`, ...)
 //! hold nothing back: losing one in a crash means a redelivery, never a loss.
@@ -66,6 +66,20 @@ pub enum StorageWrite {
         /// Message id.
         message_id: u64,
     },
+    /// A persistent session received a QoS 2 PUBLISH with this packet id (PUBREC waits for it).
+    Qos2Received {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Packet identifier.
+        pkid: u16,
+    },
+    /// The client released a QoS 2 packet id with PUBREL (PUBCOMP waits for it).
+    Qos2Released {
+        /// Client id.
+        client_id: Arc<str>,
+        /// Packet identifier.
+        pkid: u16,
+    },
     /// A retained message was set (replaces any on its topic).
     Retained {
         /// The message.
@@ -105,6 +119,8 @@ pub struct RestoredSession {
     pub subscriptions: Vec<(Arc<str>, SubOptions, Option<u32>)>,
     /// Queued QoS 1/2 messages in queue order (inflight ones first, resent on reconnect).
     pub messages: Vec<RestoredMessage>,
+    /// Inbound QoS 2 packet ids received and not yet released (4.3.3).
+    pub incoming_qos2: Vec<u16>,
 }
 
 /// The storage semantics in memory: applies writes in order and gives what
@@ -141,6 +157,7 @@ impl MemoryStore {
                     expiry_interval,
                     subscriptions: Vec::new(),
                     messages: Vec::new(),
+                    incoming_qos2: Vec::new(),
                 }),
             },
             StorageWrite::SessionDeleted { client_id } => {
@@ -184,6 +201,17 @@ impl MemoryStore {
             } => {
                 if let Some(s) = self.session(&client_id) {
                     s.messages.retain(|m| m.message.id != message_id);
+                }
+            }
+            StorageWrite::Qos2Received { client_id, pkid } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.incoming_qos2.retain(|p| *p != pkid);
+                    s.incoming_qos2.push(pkid);
+                }
+            }
+            StorageWrite::Qos2Released { client_id, pkid } => {
+                if let Some(s) = self.session(&client_id) {
+                    s.incoming_qos2.retain(|p| *p != pkid);
                 }
             }
             StorageWrite::Retained { message } => {

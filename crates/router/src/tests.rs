@@ -1203,3 +1203,44 @@ fn expired_messages_make_room_before_drops() {
     let (s, _) = h.connect(persistent("s", 1000));
     assert_eq!(payloads(&h.deliveries(s)), ["new"]);
 }
+
+/// 4.3.3 across kill -9: a persistent publisher's unreleased QoS 2 packet id is stored before
+/// PUBREC, so the PUBLISH it resends after a restart is not routed again; the release is stored
+/// before PUBCOMP.
+#[test]
+fn qos2_inbound_exactly_once_survives_restart() {
+    let mut h = H::new();
+    let (p, _) = h.connect(persistent("p", 100));
+    let mut store = MemoryStore::default();
+    for w in h.commit_all() {
+        store.apply(w);
+    }
+    let mut m = publish("t", "once", Q2, false);
+    m.pkid = 5;
+    h.publish(p, m.clone());
+    assert!(
+        h.take(p).is_empty(),
+        "PUBREC waits for the stored packet id"
+    );
+    for w in h.commit_all() {
+        store.apply(w);
+    }
+    assert_eq!(h.take(p), [Outbound::PubRec(Ack { pkid: 5, reason: 0 })]);
+    // kill -9, restart, the publisher resends.
+    let mut h = H::new();
+    h.r.restore(h.now, store.sessions.clone(), store.retained.clone());
+    let (s, _) = h.connect(c5("s"));
+    h.sub(s, "t", opts(Q2), None);
+    let (p, ack) = h.connect(persistent("p", 100));
+    assert!(ack.session_present);
+    h.publish(p, Publish { dup: true, ..m });
+    assert!(h.deliveries(s).is_empty(), "not routed twice");
+    assert_eq!(h.take(p), [Outbound::PubRec(Ack { pkid: 5, reason: 0 })]);
+    h.r.handle(h.now, p, Inbound::PubRel(Ack { pkid: 5, reason: 0 }));
+    assert!(h.take(p).is_empty(), "PUBCOMP waits for the stored release");
+    for w in h.commit_all() {
+        store.apply(w);
+    }
+    assert_eq!(h.take(p), [Outbound::PubComp(Ack { pkid: 5, reason: 0 })]);
+    assert!(store.sessions[0].incoming_qos2.is_empty());
+}
