@@ -1,10 +1,11 @@
 //! Fuzzes the router core with packet sequences: arbitrary bytes decode (via `arbitrary`) into
 //! operations on a few clients — connects with any Receive Maximum, Maximum Packet Size and topic
 //! alias settings, publishes with any topic, QoS, alias and expiry, acks with any packet id,
-//! subscribes with any filter and options, disconnects, losses, time, storage commits — and
-//! after each one the router's invariants must hold: no panic, inflight never above the client's
-//! Receive Maximum, queue and retained byte counts consistent, statistics never decreasing, and
-//! every delivery well formed (QoS <= published QoS, packet id set iff QoS > 0).
+//! subscribes with any filter and options, disconnects, losses, time, storage commits, restarts
+//! from what was committed — and after each one the router's invariants must hold: no panic,
+//! inflight never above the client's Receive Maximum, queue, retained and read-pressure byte
+//! counts consistent, statistics never decreasing, and every delivery well formed (QoS <=
+//! published QoS, packet id set iff QoS > 0).
 #![no_main]
 
 use arbitrary::Arbitrary;
@@ -106,6 +107,8 @@ enum Op {
         secs: u8,
     },
     Commit,
+    /// kill -9 and restart from what was committed.
+    Restart,
     Drain {
         c: u8,
         n: u8,
@@ -136,7 +139,8 @@ fuzz_target!(|ops: Vec<Op>| {
         maximum_session_expiry: 100,
         ..Config::default()
     };
-    let mut r = Router::new(config);
+    let mut r = Router::new(config.clone());
+    let mut store = MemoryStore::default();
     let mut now = Instant(0);
     let mut conns: HashMap<u8, ConnId> = HashMap::new();
     let mut next = 0u64;
@@ -290,12 +294,19 @@ fuzz_target!(|ops: Vec<Op>| {
             }
             Op::Commit => {
                 let mut last_seq = None;
-                while let Some((seq, _)) = r.poll_storage() {
+                while let Some((seq, w)) = r.poll_storage() {
+                    store.apply(w);
                     last_seq = Some(seq);
                 }
                 if let Some(seq) = last_seq {
                     r.storage_committed(seq);
                 }
+            }
+            Op::Restart => {
+                r = Router::new(config.clone());
+                r.restore(now, store.sessions.clone(), store.retained.clone());
+                conns.clear();
+                last = r.stats().clone();
             }
             Op::Drain { c, n, ack } => {
                 let Some(conn) = conns.get(&(c % 4)).copied() else {
