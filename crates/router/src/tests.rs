@@ -1244,3 +1244,10 @@ fn qos2_inbound_exactly_once_survives_restart() {
     assert_eq!(h.take(p), [Outbound::PubComp(Ack { pkid: 5, reason: 0 })]);
     assert!(store.sessions[0].incoming_qos2.is_empty());
 }
+
+/// The shell may move the router between threads (behind a mutex or into one task).
+#[test]
+fn router_is_send() {
+    fn assert_send<T: Send>() {}
+    assert_send::<Router>();
+}
