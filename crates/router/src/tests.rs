@@ -171,6 +171,13 @@ impl H {
             }
         }
     }
+    /// Connects `c` subscribed to "t" at `qos`, and a publisher "p".
+    pub fn subscriber_and_publisher(&mut self, c: Connect, qos: QoS) -> (ConnId, ConnId) {
+        let (s, _) = self.connect(c);
+        self.sub(s, "t", opts(qos), None);
+        let (p, _) = self.connect(c5("p"));
+        (s, p)
+    }
     pub fn commit_all(&mut self) -> Vec<StorageWrite> {
         let mut out = Vec::new();
         let mut last = 0;
@@ -543,12 +550,13 @@ fn clean_start_and_session_expiry() {
 #[test]
 fn receive_maximum_window() {
     let mut h = H::new();
-    let (s, _) = h.connect(Connect {
-        receive_maximum: Some(3),
-        ..c5("s")
-    });
-    h.sub(s, "t", opts(Q2), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(
+        Connect {
+            receive_maximum: Some(3),
+            ..c5("s")
+        },
+        Q2,
+    );
     for i in 0..10 {
         h.pub_(p, "t", &i.to_string(), if i % 2 == 0 { Q1 } else { Q2 });
     }
@@ -572,12 +580,13 @@ fn bounded_queue_drops_are_counted() {
         ..Config::default()
     };
     let mut h = H::with(cfg.clone());
-    let (s, _) = h.connect(Connect {
-        receive_maximum: Some(10),
-        ..c5("s")
-    });
-    h.sub(s, "t", opts(Q1), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(
+        Connect {
+            receive_maximum: Some(10),
+            ..c5("s")
+        },
+        Q1,
+    );
     for i in 0..2000 {
         h.pub_(p, "t", &i.to_string(), Q1);
         h.drain(); // the shell writes as the socket allows: the window fills first
@@ -603,12 +612,13 @@ fn bounded_queue_drops_are_counted() {
         ..Config::default()
     };
     let mut h = H::with(cfg);
-    let (s, _) = h.connect(Connect {
-        receive_maximum: Some(1),
-        ..c5("s")
-    });
-    h.sub(s, "t", opts(Q1), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(
+        Connect {
+            receive_maximum: Some(1),
+            ..c5("s")
+        },
+        Q1,
+    );
     for i in 0..6 {
         h.pub_(p, "t", &format!("{i}{i}{i}"), Q1); // 4 bytes each
         h.drain();
@@ -634,12 +644,13 @@ fn bounded_queue_drops_are_counted() {
 #[test]
 fn maximum_packet_size_discards() {
     let mut h = H::new();
-    let (s, _) = h.connect(Connect {
-        maximum_packet_size: Some(30),
-        ..c5("s")
-    });
-    h.sub(s, "t", opts(Q1), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(
+        Connect {
+            maximum_packet_size: Some(30),
+            ..c5("s")
+        },
+        Q1,
+    );
     h.pub_(p, "t", &"x".repeat(40), Q1);
     h.pub_(p, "t", "small", Q1);
     let d = h.deliveries(s);
@@ -652,12 +663,13 @@ fn maximum_packet_size_discards() {
 #[test]
 fn qos2_exactly_once_both_ways() {
     let mut h = H::new();
-    let (s, _) = h.connect(Connect {
-        receive_maximum: Some(1),
-        ..c5("s")
-    });
-    h.sub(s, "t", opts(Q2), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(
+        Connect {
+            receive_maximum: Some(1),
+            ..c5("s")
+        },
+        Q2,
+    );
     let mut m = publish("t", "once", Q2, false);
     m.pkid = 42;
     h.publish(p, m.clone());
@@ -1084,9 +1096,7 @@ fn idle_connection_state_is_small() {
 #[test]
 fn qos2_outbound_resumes_after_reconnect() {
     let mut h = H::new();
-    let (s, _) = h.connect(persistent("s", 100));
-    h.sub(s, "t", opts(Q2), None);
-    let (p, _) = h.connect(c5("p"));
+    let (s, p) = h.subscriber_and_publisher(persistent("s", 100), Q2);
     h.pub_(p, "t", "a", Q2);
     h.pub_(p, "t", "b", Q2);
     let d = h.deliveries(s);
