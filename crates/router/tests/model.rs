@@ -1,10 +1,11 @@
 //! Property test: random operation sequences (connect, disconnect, connection loss, subscribe
-//! with No Local, unsubscribe, publish, time, restart from storage) run through the router and
-//! through a small reference model written independently of it (brute-force filter matching over
-//! a list, plain `VecDeque` queues). After every operation the deliveries each client has
-//! received must be the model's (which messages, which QoS, in order), and after a restart
-//! (kill -9: only committed storage writes survive) every QoS 1/2 message acknowledged to its
-//! publisher for a persistent session must still arrive.
+//! with No Local and retained messages, unsubscribe, publish (retained, and empty retained),
+//! time, restart from storage) run through the router and through a small reference model
+//! written independently of it (brute-force filter matching over a list, plain `VecDeque`
+//! queues). After every operation the deliveries each client has received must be the model's
+//! (which messages, which QoS, in order), and after a restart (kill -9: only committed storage
+//! writes survive) every QoS 1/2 message acknowledged to its publisher for a persistent session,
+//! and every retained message, must still be there.
 //!
 //! Clients ack everything at once and the router's windows and queues are unbounded here: the
 //! model checks routing and sessions; windows, drops and the rest have unit tests.
@@ -38,10 +39,12 @@ enum Op {
         c: usize,
         f: usize,
     },
+    /// `retain`: 0 plain, 1 retained, 2 an empty retained message (deletes the retained one).
     Publish {
         c: usize,
         t: usize,
         qos: u8,
+        retain: u8,
     },
     Advance {
         secs: u8,
@@ -57,7 +60,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => c.clone().prop_map(|c| Op::Lost { c }),
         3 => (c.clone(), 0..FILTERS.len(), 0..3u8, any::<bool>()).prop_map(|(c, f, qos, nl)| Op::Subscribe { c, f, qos, nl: nl && version(c) == Version::V5 }),
         1 => (c.clone(), 0..FILTERS.len()).prop_map(|(c, f)| Op::Unsubscribe { c, f }),
-        6 => (c, 0..TOPICS.len(), 0..3u8).prop_map(|(c, t, qos)| Op::Publish { c, t, qos }),
+        6 => (c, 0..TOPICS.len(), 0..3u8, prop_oneof![4 => Just(0u8), 1 => Just(1), 1 => Just(2)])
+            .prop_map(|(c, t, qos, retain)| Op::Publish { c, t, qos, retain }),
         1 => (0..60u8).prop_map(|secs| Op::Advance { secs }),
         1 => Just(Op::Restart),
     ]
@@ -119,6 +123,8 @@ struct Model {
     now: u64,
     sessions: HashMap<usize, MSession>,
     delivered: HashMap<usize, Vec<(String, u8)>>,
+    /// Topic index -> (payload, QoS, publisher).
+    retained: HashMap<usize, (String, u8, usize)>,
 }
 
 impl Model {
@@ -164,6 +170,13 @@ impl Model {
                 if let Some(s) = self.sessions.get_mut(&c).filter(|s| s.online) {
                     s.subs.retain(|(x, _, _)| x != FILTERS[f]);
                     s.subs.push((FILTERS[f].to_string(), qos, nl));
+                    // Retain Handling 0 (and 3.1.1): every matching retained message, at once.
+                    let out = self.delivered.entry(c).or_default();
+                    for (t, (payload, q, publisher)) in &self.retained {
+                        if model_matches(FILTERS[f], TOPICS[*t]) && !(nl && *publisher == c) {
+                            out.push((payload.clone(), (*q).min(qos)));
+                        }
+                    }
                 }
             }
             Op::Unsubscribe { c, f } => {
@@ -171,9 +184,19 @@ impl Model {
                     s.subs.retain(|(x, _, _)| x != FILTERS[f]);
                 }
             }
-            Op::Publish { c, t, qos } => {
+            Op::Publish { c, t, qos, retain } => {
                 if !self.sessions.get(&c).is_some_and(|s| s.online) {
                     return;
+                }
+                let payload = if retain == 2 { "" } else { payload };
+                match retain {
+                    1 => {
+                        self.retained.insert(t, (payload.to_string(), qos, c));
+                    }
+                    2 => {
+                        self.retained.remove(&t);
+                    }
+                    _ => {}
                 }
                 for (&sc, s) in self.sessions.iter_mut() {
                     let best = s
@@ -361,14 +384,20 @@ impl Sut {
                     self.r.handle(self.now, *conn, Inbound::Unsubscribe(u));
                 }
             }
-            Op::Publish { c, t, qos: q } => {
+            Op::Publish {
+                c,
+                t,
+                qos: q,
+                retain,
+            } => {
                 if let Some(conn) = self.conns.get(&c) {
                     self.next_pkid = self.next_pkid.wrapping_add(1).max(1);
+                    let payload = if retain == 2 { "" } else { payload };
                     let p = Publish {
                         topic: TOPICS[t].into(),
                         payload: bytes::Bytes::copy_from_slice(payload.as_bytes()),
                         qos: qos(q),
-                        retain: false,
+                        retain: retain != 0,
                         dup: false,
                         pkid: if q == 0 { 0 } else { self.next_pkid },
                         topic_alias: None,
@@ -387,8 +416,11 @@ impl Sut {
                 // was written; the acks it released were sent only after that).
                 self.r = Router::new(config());
                 self.conns.clear();
-                self.r
-                    .restore(self.now, self.store.sessions.clone(), vec![]);
+                self.r.restore(
+                    self.now,
+                    self.store.sessions.clone(),
+                    self.store.retained.clone(),
+                );
             }
         }
         self.settle();
@@ -404,8 +436,25 @@ proptest! {
         let mut sut = Sut::new();
         for (i, op) in ops.iter().enumerate() {
             let payload = format!("m{i}");
+            let before = match *op {
+                Op::Subscribe { c, .. } => Some((
+                    c,
+                    model.delivered.get(&c).map_or(0, Vec::len),
+                    sut.delivered.get(&c).map_or(0, Vec::len),
+                )),
+                _ => None,
+            };
             model.apply(op, &payload);
             sut.apply(op, &payload);
+            // Retained messages sent at one SUBSCRIBE come in no particular order.
+            if let Some((c, m, s)) = before {
+                if let Some(v) = model.delivered.get_mut(&c) {
+                    v[m..].sort();
+                }
+                if let Some(v) = sut.delivered.get_mut(&c) {
+                    v[s..].sort();
+                }
+            }
             for (c, name) in CLIENTS.iter().enumerate() {
                 let want = model.delivered.get(&c).cloned().unwrap_or_default();
                 let got = sut.delivered.get(&c).cloned().unwrap_or_default();
