@@ -57,13 +57,14 @@ echo "security: $(cat "$TARGET/tmp/hostile-cases.txt")"
 # (target/functions, which cross/check.sh deploys, stays).
 prune "$TARGET/debug"
 
-for extra in gateway/ci.sh firmware/ci.sh rules/ci.sh cross/ci.sh; do
+for extra in gateway/ci.sh crates/router/ci.sh firmware/ci.sh rules/ci.sh cross/ci.sh; do
   if [ -f "$extra" ]; then
     step "$extra"
     bash "$extra"
   fi
   case "$extra" in
     gateway/ci.sh) prune "$TARGET/rumqttd" "$TARGET/fuzz-gateway" ;;
+    crates/router/ci.sh) prune "$TARGET/fuzz-router" ;;
     firmware/ci.sh) prune "$TARGET"/thumbv* "$TARGET/fuzz" ;;
     rules/ci.sh) prune rules/fuzz/target ;;
   esac
