@@ -19,7 +19,7 @@
 //! and its table of retained messages (`queries`).
 //!
 //! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config` and
-//! nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
+//! `grove-rules` (the pure SQL crate's topic matcher) and nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
 //! binary. rumqttd types stay inside this crate (its public face is Grove's own types: [`Broker`],
 //! [`bus::Bus`], [`bus::Message`], ...), and rumqttd is not re-exported.
 

@@ -151,6 +151,10 @@
 //! per-delivery checks through [`Router::set_delivery_filter`]), AUTH packets, SQLite and its group
 //! commit, metrics export of [`Stats`]. Components (shadows, rules, functions, cloud) connect as
 //! ordinary clients through the shell: the core gives no client id or topic prefix any meaning.
+//!
+//! Architecture invariant: this crate depends on nothing of Grove's, does no IO and never reads
+//! the clock (time comes in as [`Instant`]); it is not yet used by the broker (issue 14's next
+//! step is the shell).
 #![forbid(unsafe_code)]
 
 pub mod config;
