@@ -1,0 +1,267 @@
+//! A session's life beyond one packet: DISCONNECT, detaching from a connection, takeover and
+//! expiry, wills with delay, moving a shared member's deliveries, timers, and restore at startup.
+
+use super::*;
+
+impl Router {
+    pub(super) fn on_disconnect(&mut self, now: Instant, client: &Arc<str>, d: Disconnect) {
+        let max = self.config.maximum_session_expiry;
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        if let Some(e) = d.session_expiry_interval {
+            // 3.14.2.2.2: 0 at CONNECT cannot become non-zero at DISCONNECT.
+            if s.expiry == 0 && e > 0 && s.version == Version::V5 {
+                return self.close(now, client, reason::PROTOCOL_ERROR);
+            }
+            let e = e.min(max);
+            if e != s.expiry {
+                s.expiry = e;
+                if s.persistent() {
+                    s.stored = true;
+                    self.store.write(StorageWrite::Session {
+                        client_id: client.clone(),
+                        version: s.version,
+                        expiry_interval: e,
+                    });
+                }
+            }
+        }
+        // Normal disconnection discards the will [MQTT-3.1.2-10]; 0x04 and error codes keep it
+        // (3.14.2.1). 3.1.1 DISCONNECT always discards it [MQTT-3.1.2-10 in 3.1.1].
+        let will = s.version == Version::V5 && d.reason != reason::SUCCESS;
+        self.detach(now, client, will, None);
+    }
+
+    /// The session loses its connection: will scheduled, shared deliveries not yet sent handed
+    /// to other members, the session ended or its expiry timer started.
+    pub(super) fn detach(
+        &mut self,
+        now: Instant,
+        client: &Arc<str>,
+        will: bool,
+        last: Option<Outbound>,
+    ) {
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let Some(c) = s.conn.take() else { return };
+        self.conns.remove(&c.id);
+        self.pressure -= std::mem::take(&mut s.counted);
+        if let Some(p) = last {
+            self.finals.insert(c.id, p);
+            self.ready.push_back(c.id);
+        }
+        let mut publish_will = None;
+        match s.will.take() {
+            // Will at the earlier of the delay and the session's end (3.1.3.2.2).
+            Some(w) if will && (w.delay_interval == 0 || s.expiry == 0) => publish_will = Some(w),
+            Some(w) if will => {
+                let at = now.plus_secs(w.delay_interval.min(s.expiry));
+                s.will = Some(w);
+                s.will_at = Some(at);
+                self.timers.push(Reverse((at, client.clone())));
+            }
+            _ => {}
+        }
+        // Shared deliveries not yet sent go to another member (4.8.2); sent ones wait for this
+        // client's return while its session lives (4.8.2: MAY) and move when it ends.
+        let mut moved = Vec::new();
+        s.queue.retain(|q| {
+            if q.share.is_some() {
+                moved.push(q.clone());
+                false
+            } else {
+                true
+            }
+        });
+        for q in &moved {
+            s.queue_bytes -= q.bytes();
+        }
+        let expiry = s.expiry;
+        if expiry != 0 && expiry != u32::MAX {
+            let at = now.plus_secs(expiry);
+            s.expires_at = Some(at);
+            self.timers.push(Reverse((at, client.clone())));
+        }
+        self.reroute(now, client, moved);
+        if let Some(w) = publish_will {
+            self.publish_will(now, client, w);
+        }
+        if expiry == 0 {
+            self.end_session(now, client);
+        }
+    }
+
+    /// Removes a session: subscriptions, stored state; a pending will is published; shared
+    /// deliveries go to other members.
+    pub(super) fn end_session(&mut self, now: Instant, client: &Arc<str>) {
+        let Some(mut s) = self.sessions.remove(client) else {
+            return;
+        };
+        self.pressure -= s.counted;
+        if let Some(c) = s.conn.take() {
+            self.conns.remove(&c.id);
+        }
+        for full in s.subs.keys() {
+            self.remove_from_index(client, full);
+        }
+        if s.stored {
+            self.store.write(StorageWrite::SessionDeleted {
+                client_id: client.clone(),
+            });
+        }
+        let mut moved: Vec<Queued> = s.queue.drain(..).filter(|q| q.share.is_some()).collect();
+        moved.extend(
+            s.inflight
+                .drain(..)
+                .filter(|f| matches!(f.state, Flight::Unsent | Flight::Sent) && f.q.share.is_some())
+                .map(|f| f.q),
+        );
+        for q in moved.iter_mut() {
+            q.stored = false;
+        }
+        self.reroute(now, client, moved);
+        if let (Some(w), Some(_)) = (s.will.take(), s.will_at) {
+            self.publish_will(now, client, w);
+        }
+    }
+
+    pub(super) fn publish_will(&mut self, now: Instant, client: &Arc<str>, w: Will) {
+        self.stats.wills_published += 1;
+        let expires_at = w
+            .properties
+            .message_expiry_interval
+            .map(|e| now.plus_secs(e));
+        let msg = Arc::new(Message {
+            id: self.next_msg_id,
+            topic: w.topic,
+            payload: w.payload,
+            qos: w.qos,
+            retain: w.retain,
+            properties: w.properties,
+            expires_at,
+            publisher: client.clone(),
+        });
+        self.next_msg_id += 1;
+        self.route(now, client, msg);
+    }
+
+    /// Hands shared deliveries of `from` to other members of their groups.
+    pub(super) fn reroute(&mut self, now: Instant, from: &Arc<str>, moved: Vec<Queued>) {
+        for mut q in moved {
+            let Some(key) = q.share.clone() else { continue };
+            if q.stored {
+                self.store.write(StorageWrite::Dequeued {
+                    client_id: from.clone(),
+                    message_id: q.msg.id,
+                });
+                q.stored = false;
+            }
+            match self.choose(&key, Some(from)) {
+                Some((member, options, id)) => {
+                    q.qos = q.msg.qos.min(options.qos);
+                    q.sub_ids = id.into_iter().collect();
+                    self.enqueue(now, &member, q);
+                }
+                None => {
+                    self.stats.dropped_queue_full += 1;
+                    tracing::warn!(group = %key, "shared delivery dropped: no other member");
+                }
+            }
+        }
+    }
+
+    /// When [`Router::handle_timeout`] is next due (will delay, session expiry).
+    pub fn poll_timeout(&mut self) -> Option<Instant> {
+        while let Some(Reverse((at, client))) = self.timers.peek() {
+            let live = self.sessions.get(client).is_some_and(|s| {
+                s.will_at == Some(*at) || (s.conn.is_none() && s.expires_at == Some(*at))
+            });
+            if live {
+                return Some(*at);
+            }
+            self.timers.pop();
+        }
+        None
+    }
+
+    /// Fires due timers: delayed wills (3.1.3.2.2) and session expiry (3.1.2.11.2). Message
+    /// expiry is applied when a message reaches the head of a queue or a subscriber of a retained
+    /// topic (3.3.2.3.3), so it needs no timer.
+    pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(Reverse((at, _))) = self.timers.peek() {
+            if *at > now {
+                break;
+            }
+            let Some(Reverse((_, client))) = self.timers.pop() else {
+                break;
+            };
+            let Some(s) = self.sessions.get_mut(&client) else {
+                continue;
+            };
+            if s.will_at.is_some_and(|w| w <= now) {
+                s.will_at = None;
+                if let Some(w) = s.will.take() {
+                    self.publish_will(now, &client, w);
+                }
+            }
+            let Some(s) = self.sessions.get(&client) else {
+                continue;
+            };
+            if s.conn.is_none() && s.expires_at.is_some_and(|e| e <= now) {
+                self.stats.sessions_expired += 1;
+                self.end_session(now, &client);
+            }
+        }
+    }
+
+    /// Loads the stored state at startup (before any connection). Sessions expire their full
+    /// interval after `now` unless their clients return.
+    pub fn restore(
+        &mut self,
+        now: Instant,
+        sessions: Vec<RestoredSession>,
+        retained: Vec<Arc<Message>>,
+    ) {
+        for m in retained {
+            self.next_msg_id = self.next_msg_id.max(m.id + 1);
+            self.retained_bytes += m.topic.len() + m.payload.len();
+            if let Some(old) = self.retained.insert(&m.topic.clone(), m) {
+                self.retained_bytes -= old.topic.len() + old.payload.len();
+            }
+        }
+        for r in sessions {
+            let client = r.client_id.clone();
+            let mut s = Session::new(r.version, r.expiry_interval);
+            s.stored = true;
+            s.incoming_qos2 = r.incoming_qos2.iter().copied().collect();
+            for m in r.messages {
+                self.next_msg_id = self.next_msg_id.max(m.message.id + 1);
+                let q = Queued {
+                    msg: m.message,
+                    qos: m.qos,
+                    retain: m.retain,
+                    sub_ids: m.subscription_ids,
+                    share: None,
+                    stored: true,
+                };
+                s.queue_bytes += q.bytes();
+                s.queue.push_back(q);
+            }
+            if r.expiry_interval != u32::MAX {
+                let at = now.plus_secs(r.expiry_interval);
+                s.expires_at = Some(at);
+                self.timers.push(Reverse((at, client.clone())));
+            }
+            for (filter, options, id) in &r.subscriptions {
+                s.subs.insert(filter.clone(), (*options, *id));
+            }
+            let subs = r.subscriptions;
+            self.sessions.insert(client.clone(), s);
+            for (filter, options, id) in subs {
+                self.add_to_index(&client, &filter, options, id);
+            }
+        }
+    }
+}
