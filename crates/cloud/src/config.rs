@@ -333,7 +333,8 @@ impl RawCloud {
                 ))
             }
             Some(m) => Duration::from_millis(m.into_inner()),
-            None => Duration::from_secs(60),
+            // 30 s: a minute was too long to notice that the cloud is back (issue 16).
+            None => Duration::from_secs(30),
         };
         let mut forward: Vec<Forward> = Vec::new();
         for (i, f) in self.forward.into_iter().enumerate() {
