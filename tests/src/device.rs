@@ -58,9 +58,31 @@ impl Shell {
         self.device.transport_closed(now);
     }
 
+    /// Waits until the device has something to do, at most until `deadline`: bytes (or the end
+    /// of the stream) on its socket, or its next timer ([`Device::poll_timeout`]). A board's
+    /// main loop sleeps the same way, until an interrupt or a timer.
+    fn wait(&mut self, deadline: WallClock) {
+        let due = self.device.poll_timeout().as_millis();
+        let left = Duration::from_millis(due.saturating_sub(self.now().as_millis()))
+            .min(deadline.saturating_duration_since(WallClock::now()));
+        if left.is_zero() {
+            return;
+        }
+        match &self.io {
+            // A read timeout ends the wait; any other error is the next poll's to report.
+            Some(StdTcp(socket)) => {
+                if socket.set_read_timeout(Some(left)).is_ok() {
+                    let _ = socket.peek(&mut [0u8; 1]);
+                    let _ = socket.set_read_timeout(None);
+                }
+            }
+            // Without a connection only a timer can give the device work: sleep until it is due.
+            None => std::thread::sleep(left),
+        }
+    }
+
     /// Runs the device until `done` accepts an event; returns the events seen. Fails after the
-    /// harness's wait. (The 2 ms pause between rounds is the shell's poll period, as a board's
-    /// main loop has one; nothing waits on it.)
+    /// harness's wait.
     pub fn run_until(&mut self, done: impl Fn(&Event) -> bool) -> Vec<Event> {
         let mut scratch = [0u8; 512];
         let mut events = Vec::new();
@@ -75,7 +97,11 @@ impl Shell {
                 }
                 None => self.device.handle_timeout(now),
             }
+            // An event can give the core output (a new connection's CONNECT): poll again before
+            // waiting.
+            let mut busy = false;
             while let Some(event) = self.device.poll_event() {
+                busy = true;
                 match event {
                     Event::OpenTransport => match TcpStream::connect(("127.0.0.1", self.port)) {
                         Ok(s) => {
@@ -94,7 +120,9 @@ impl Shell {
                     return events;
                 }
             }
-            std::thread::sleep(Duration::from_millis(2));
+            if !busy {
+                self.wait(start + WAIT);
+            }
         }
         panic!("timed out; events so far: {events:?}");
     }
