@@ -1119,46 +1119,6 @@ fn qos2_outbound_resumes_after_reconnect() {
     assert_eq!(h.r.session_backlog("s"), Some((0, 1)));
 }
 
-/// Throughput on this machine (run with `cargo test --release -p grove-router -- --ignored
-/// --nocapture throughput`): QoS 0 fan-out to 10 subscribers through wildcard filters.
-#[test]
-#[ignore]
-fn throughput() {
-    let mut h = H::new();
-    let mut subs = Vec::new();
-    for i in 0..10 {
-        let (s, _) = h.connect(c5(&format!("s{i}")));
-        h.sub(s, "sensors/+/temp", opts(Q0), None);
-        subs.push(s);
-    }
-    let (p, _) = h.connect(c5("p"));
-    let n = 200_000;
-    let payload = bytes::Bytes::from_static(b"21.5");
-    let topics: Vec<std::sync::Arc<str>> = (0..100)
-        .map(|i| format!("sensors/{i}/temp").into())
-        .collect();
-    let start = std::time::Instant::now();
-    let mut delivered = 0;
-    for i in 0..n {
-        let mut m = publish("", "", Q0, false);
-        m.topic = topics[i % topics.len()].clone();
-        m.payload = payload.clone();
-        h.r.handle(h.now, p, Inbound::Publish(m));
-        while let Some(conn) = h.r.poll_ready() {
-            while let Some(o) = h.r.poll_transmit(h.now, conn) {
-                delivered += usize::from(matches!(o, Outbound::Publish(_)));
-            }
-        }
-    }
-    let secs = start.elapsed().as_secs_f64();
-    assert_eq!(delivered, n * 10);
-    println!(
-        "{n} publishes, {delivered} deliveries in {secs:.2} s: {:.0} publishes/s, {:.0} deliveries/s",
-        n as f64 / secs,
-        delivered as f64 / secs
-    );
-}
-
 /// 4.8.2: a shared delivery sent to a member that goes away unacknowledged goes to another member
 /// when the first member's session ends (here at once: Session Expiry 0), and a stuck member (full
 /// window) is passed over while another member is idle.
