@@ -13,19 +13,6 @@ use grove_router::{
 
 const SUBSCRIBERS: u32 = 10;
 
-fn connect(id: &str) -> Connect {
-    Connect {
-        client_id: id.into(),
-        version: Version::V5,
-        clean_start: true,
-        session_expiry_interval: 0,
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: 0,
-        will: None,
-    }
-}
-
 /// Sends what is ready and counts the deliveries.
 fn drain(r: &mut Router, now: Instant) -> usize {
     let mut delivered = 0;
@@ -42,7 +29,7 @@ fn fanout(c: &mut Criterion) {
     let mut r = Router::new(Default::default());
     for i in 0..SUBSCRIBERS {
         let conn = ConnId(u64::from(i));
-        r.connect(now, conn, connect(&format!("s{i}")))
+        r.connect(now, conn, Connect::new(format!("s{i}"), Version::V5))
             .expect("accepted");
         r.handle(
             now,
@@ -55,7 +42,8 @@ fn fanout(c: &mut Criterion) {
         );
     }
     let publisher = ConnId(u64::from(SUBSCRIBERS));
-    r.connect(now, publisher, connect("p")).expect("accepted");
+    r.connect(now, publisher, Connect::new("p", Version::V5))
+        .expect("accepted");
     drain(&mut r, now);
     let topics: Vec<Arc<str>> = (0..100)
         .map(|i| format!("sensors/{i}/temp").into())

@@ -37,11 +37,7 @@
 //! use grove_router::*;
 //! let mut r = Router::new(Config::default());
 //! let now = Instant(0);
-//! let connect = |id: &str| Connect {
-//!     client_id: id.into(), version: Version::V5, clean_start: true,
-//!     session_expiry_interval: 0, receive_maximum: None, maximum_packet_size: None,
-//!     topic_alias_maximum: 0, will: None,
-//! };
+//! let connect = |id: &str| Connect::new(id, Version::V5);
 //! r.connect(now, ConnId(1), connect("sub")).unwrap();
 //! r.handle(now, ConnId(1), Inbound::Subscribe(Subscribe {
 //!     pkid: 1,

@@ -175,6 +175,24 @@ pub struct Connect {
     pub will: Option<Will>,
 }
 
+impl Connect {
+    /// A Clean Start connection of `client_id` without session expiry, will or topic aliases,
+    /// and with the client's Receive Maximum and Maximum Packet Size at the protocol's defaults;
+    /// set the fields that differ.
+    pub fn new(client_id: impl Into<String>, version: Version) -> Connect {
+        Connect {
+            client_id: client_id.into(),
+            version,
+            clean_start: true,
+            session_expiry_interval: 0,
+            receive_maximum: None,
+            maximum_packet_size: None,
+            topic_alias_maximum: 0,
+            will: None,
+        }
+    }
+}
+
 /// A PUBACK, PUBREC, PUBREL or PUBCOMP.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Ack {

@@ -13,16 +13,7 @@ pub(crate) struct H {
 }
 
 pub(crate) fn c5(id: &str) -> Connect {
-    Connect {
-        client_id: id.into(),
-        version: Version::V5,
-        clean_start: true,
-        session_expiry_interval: 0,
-        receive_maximum: None,
-        maximum_packet_size: None,
-        topic_alias_maximum: 0,
-        will: None,
-    }
+    Connect::new(id, Version::V5)
 }
 
 fn c3(id: &str, clean: bool) -> Connect {
