@@ -407,16 +407,15 @@ impl Verifier {
             // Checks whose waiters have given up make room first.
             queue.checks.retain(|job| !job.answer.is_closed());
         }
-        let queued = match queue.checks.push(peer, job) {
-            Pushed::Queued => true,
+        match queue.checks.push(peer, job) {
+            Pushed::Queued => {}
             Pushed::Displaced(other) => {
                 let _ = other.answer.send(Verdict::Busy);
-                true
             }
-            Pushed::Refused(_) => false,
-        };
+            Pushed::Refused(_) => return false,
+        }
         ready.notify_one();
-        queued
+        true
     }
 }
 
