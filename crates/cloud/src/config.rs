@@ -13,7 +13,7 @@ use toml::Spanned;
 
 use super::outbox::{FullPolicy, Limits};
 use grove_auth::policy::{overlaps, valid_filter};
-use grove_shadow::names::validate_thing_name;
+use grove_shadow_api::names::validate_thing_name;
 
 /// `[cloud]` as written.
 #[derive(Debug, Deserialize)]

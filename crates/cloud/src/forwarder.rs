@@ -20,8 +20,8 @@ use grove_broker::bus::{Bus, Message, Outgoing};
 use grove_broker::namespace::UP_PREFIX;
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
-use grove_shadow::document::client_token_of;
-use grove_shadow::local::LocalShadows;
+use grove_shadow_api::local::LocalShadows;
+use grove_shadow_api::token::client_token_of;
 use grove_store::{OutboxMessage, Store};
 
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on

@@ -22,7 +22,8 @@
 //! handed to the link, and leaves the outbox only on its PUBACK or by the full policy, which counts
 //! and logs every drop.
 //!
-//! Architecture invariant: this crate depends on `grove-broker`, `grove-shadow`, `grove-store`,
+//! Architecture invariant: this crate depends on `grove-broker`, `grove-shadow` (its stored
+//! shadows), `grove-shadow-api`, `grove-store`,
 //! `grove-auth` and `grove-rules` (the topic matcher), never on functions, the rules engine or the
 //! binary. rumqttc and rustls types stay inside `link.rs`; neither is re-exported.
 

@@ -30,9 +30,9 @@ use super::queries::CloudQueries;
 use super::SyncInput;
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Closed, Message};
-use grove_shadow::local::{LocalError, LocalShadows};
-use grove_shadow::names::{request_topic, Operation};
 use grove_shadow::queries::ShadowQueries;
+use grove_shadow_api::local::{LocalError, LocalShadows};
+use grove_shadow_api::names::{request_topic, Operation};
 use grove_store::{ShadowKey, Store, SyncState};
 
 /// Reads and merges per round before giving up on conflicts.

@@ -15,7 +15,7 @@
 //!
 //! The guest ABI (exports, host calls, limits, manifest, delivery) is `functions/ABI.md`.
 //!
-//! Architecture invariant: this crate depends on `grove-broker`, `grove-shadow`, `grove-store`,
+//! Architecture invariant: this crate depends on `grove-broker`, `grove-shadow-api`, `grove-store`,
 //! `grove-auth`, `grove-config` and `grove-rules` (the topic matcher), never on the rules engine,
 //! cloud sync or the binary. wasmtime types stay inside `runtime.rs`; wasmtime, axum and ureq are
 //! not re-exported.

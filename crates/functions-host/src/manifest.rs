@@ -212,10 +212,9 @@ impl Manifest {
             ("grants.shadow_read", &raw.grants.shadow_read),
             ("grants.shadow_update", &raw.grants.shadow_update),
         ] {
-            if let Some(bad) = list
-                .iter()
-                .find(|p| p.as_str() != "+" && grove_shadow::names::validate_thing_name(p).is_err())
-            {
+            if let Some(bad) = list.iter().find(|p| {
+                p.as_str() != "+" && grove_shadow_api::names::validate_thing_name(p).is_err()
+            }) {
                 return Err(invalid(
                     key,
                     format!("{bad:?} is neither a thing name nor \"+\""),

@@ -68,8 +68,8 @@ use grove_broker::bus::{Closed, Message, Outgoing};
 use grove_broker::reply::{self, ReplyError};
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
-use grove_shadow::local::{Answer, LocalShadows};
-use grove_shadow::names::Operation;
+use grove_shadow_api::local::{Answer, LocalShadows};
+use grove_shadow_api::names::Operation;
 use grove_store::{Store, StoreError, StoredAlias, StoredEvent, StoredFunctionVersion};
 
 mod events;

@@ -46,9 +46,9 @@ use grove_broker::bus::MAX_HOPS;
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_broker::BusMaker;
 use grove_functions_host::service::Functions;
-use grove_shadow::document::client_token_of;
-use grove_shadow::local::{LocalError, LocalShadows};
-use grove_shadow::names::{validate_shadow_name, validate_thing_name, Operation};
+use grove_shadow_api::local::{LocalError, LocalShadows};
+use grove_shadow_api::names::{validate_shadow_name, validate_thing_name, Operation};
+use grove_shadow_api::token::client_token_of;
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.

@@ -40,7 +40,7 @@
 //! The SQL itself (lexer, parser, evaluator, windows) is `grove-rules`, a pure crate; this one is
 //! the component around it. [`metrics`]: the `grove_rule_*` counters; [`cli`]: `grove rules test`.
 //!
-//! Architecture invariant: this crate depends on `grove-rules`, `grove-broker`, `grove-shadow`,
+//! Architecture invariant: this crate depends on `grove-rules`, `grove-broker`, `grove-shadow-api`,
 //! `grove-functions-host` and `grove-auth`, never on cloud sync or the binary: the `cloud` action
 //! publishes under `grove_broker::namespace::UP_PREFIX`, where cloud sync's durable tap takes it,
 //! and a reload reads the file through the [`engine::LoadRules`] the binary hands in.

@@ -10,8 +10,8 @@
 
 use serde_json::{json, Value};
 
-use crate::names::{request_topic, Operation};
 use crate::service::LIST_TOPIC;
+use grove_shadow_api::names::{request_topic, Operation};
 
 /// What to ask.
 #[derive(Debug, Clone)]

@@ -28,6 +28,7 @@
 
 use std::io;
 
+use grove_shadow_api::token::token_field;
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -54,9 +55,6 @@ pub const DEFAULT_MAX_DEPTH: usize = 6;
 /// Default limit on a whole request payload before it is parsed, AWS IoT Core's 128 KB MQTT message size.
 /// The state limit is what AWS documents for shadows; this one only keeps a huge payload from being parsed.
 pub const DEFAULT_MAX_PAYLOAD_BYTES: usize = 128 * 1024;
-
-/// "The client token can be no longer than 64 bytes" ("Device Shadow service documents", Client token).
-pub const MAX_CLIENT_TOKEN_BYTES: usize = 64;
 
 /// How long a deleted shadow's version is remembered. "Interacting with shadows", DELETE: "If you create a
 /// device shadow document that has the same name as one that was deleted within the past 48 hours, the
@@ -477,12 +475,6 @@ pub fn decode_client_token(payload: &[u8]) -> Result<Option<String>, Rejected> {
     client_token(&doc)
 }
 
-/// A request's valid client token, if it has one: to echo in an answer that did not come from this
-/// module (Grove's own request topics follow the same convention), and to match answers to requests.
-pub fn client_token_of(payload: &[u8]) -> Option<String> {
-    decode_client_token(payload).ok().flatten()
-}
-
 /// Applies a validated update to the stored shadow (`None` if it never existed).
 ///
 /// "Interacting with shadows", Optimistic locking: a request `version` must equal the current version, else
@@ -646,13 +638,9 @@ fn parse_object(payload: &[u8]) -> Result<Object, Rejected> {
 }
 
 fn client_token(doc: &Object) -> Result<Option<String>, Rejected> {
-    match doc.get("clientToken") {
-        None => Ok(None),
-        Some(Value::String(token)) if token.len() <= MAX_CLIENT_TOKEN_BYTES => {
-            Ok(Some(token.clone()))
-        }
-        Some(_) => Err(Rejected::new(Rejection::InvalidClientToken, None)),
-    }
+    token_field(doc)
+        .map(|token| token.map(String::from))
+        .map_err(|_| Rejected::new(Rejection::InvalidClientToken, None))
 }
 
 /// `doc` with `"clientToken"` added when there is one: AWS puts the key in an answer only when the request

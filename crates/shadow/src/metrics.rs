@@ -45,7 +45,7 @@ impl Default for ShadowMetrics {
 
 impl ShadowMetrics {
     /// Counts an answered request.
-    pub fn count(&self, op: crate::names::Operation, code: u16) {
+    pub fn count(&self, op: grove_shadow_api::names::Operation, code: u16) {
         let code = match code {
             200 => "200",
             400 => "400",

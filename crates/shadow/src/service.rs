@@ -28,11 +28,12 @@ use tokio::sync::watch;
 use tracing::{debug, error, warn};
 
 use crate::config::ShadowConfig;
-use crate::document::{self, client_token_of, Limits, Rejected, Rejection, Shadow};
+use crate::document::{self, Limits, Rejected, Rejection, Shadow};
 use crate::metrics::ShadowMetrics;
-use crate::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
 use crate::queries::ShadowQueries;
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
+use grove_shadow_api::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
+use grove_shadow_api::token::client_token_of;
 use grove_store::{ShadowKey, Store, StoredShadow};
 
 /// Grove's own request topic for listing shadows (AWS's MQTT API has no list operation); the

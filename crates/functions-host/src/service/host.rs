@@ -50,8 +50,8 @@ impl ServiceHost {
         body: Value,
         deadline: Instant,
     ) -> Result<Answer, HostError> {
-        if grove_shadow::names::validate_thing_name(thing).is_err()
-            || name.is_some_and(|n| grove_shadow::names::validate_shadow_name(n).is_err())
+        if grove_shadow_api::names::validate_thing_name(thing).is_err()
+            || name.is_some_and(|n| grove_shadow_api::names::validate_shadow_name(n).is_err())
         {
             return Err(HostError::Invalid);
         }

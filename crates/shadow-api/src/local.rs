@@ -14,8 +14,8 @@ use serde_json::Value;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
 
-use crate::document::client_token_of;
 use crate::names::{request_topic, Operation};
+use crate::token::client_token_of;
 use grove_broker::bus::{Bus, Closed, Outgoing};
 
 /// The answer topics of every shadow operation (non-overlapping, because the router delivers a
