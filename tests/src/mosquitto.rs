@@ -90,7 +90,10 @@ impl Mosquitto {
 
     /// Everything mosquitto logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        // Lossy: mosquitto writes client ids and topics as they came.
+        std::fs::read(self.dir.path().join("mosquitto.log"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 }
 

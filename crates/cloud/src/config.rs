@@ -24,7 +24,14 @@ pub struct RawCloud {
     port: Option<Spanned<u16>>,
     client_id: Option<Spanned<String>>,
     thing: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    /// Refused with a pointer to `password_file` / `password_env` (a secret does not belong in
+    /// the configuration file).
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
     keep_alive_secs: Option<Spanned<u64>>,
+    session_expiry_secs: Option<Spanned<u32>>,
     #[serde(default)]
     protocol: Protocol,
     tls: Option<Spanned<RawCloudTls>>,
@@ -46,6 +53,7 @@ struct RawCloudTls {
     ca: PathBuf,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    alpn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -118,7 +126,34 @@ pub enum Transport {
         ca: PathBuf,
         /// The client certificate chain and key (PEM), when the cloud wants one.
         client: Option<(PathBuf, PathBuf)>,
+        /// The ALPN protocol names offered in the TLS handshake (AWS IoT Core on port 443 with
+        /// a client certificate: `x-amzn-mqtt-ca`); none when empty.
+        alpn: Vec<String>,
     },
+}
+
+/// The ALPN protocol AWS IoT Core expects on port 443 from a client authenticating with an X.509
+/// certificate ("Protocols, port mappings, and authentication",
+/// <https://docs.aws.amazon.com/iot/latest/developerguide/protocols.html>); on 8883 it needs none.
+pub const AWS_MQTT_ALPN: &str = "x-amzn-mqtt-ca";
+
+/// The MQTT user name and where the password is (never the password itself, so that this
+/// configuration can be printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// Where the password is read from when the link is set up; `None`: a user name alone.
+    pub password: Option<SecretSource>,
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file holding the secret (one trailing line break is not part of it).
+    File(PathBuf),
+    /// An environment variable of the gateway's process.
+    Env(String),
 }
 
 /// One forwarding rule: local topics matching `filter` go up as `prefix` + topic.
@@ -162,6 +197,10 @@ impl ShadowSync {
     }
 }
 
+/// The default of `session_expiry_secs`: an hour, AWS IoT Core's default for persistent
+/// sessions.
+pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 3600;
+
 /// The resolved `[cloud]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {
@@ -173,8 +212,15 @@ pub struct CloudConfig {
     pub client_id: String,
     /// The gateway's own thing name.
     pub thing: String,
+    /// The MQTT user name and password, for brokers that check one.
+    pub credentials: Option<Credentials>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// How long the cloud keeps the link's session (subscriptions and the QoS 1 messages for it)
+    /// while the gateway is away, in seconds; 0: a clean session at every connect. MQTT 3.1.1
+    /// has no expiry on the wire: any value above 0 asks for a persistent session
+    /// (clean session 0) and the broker's own limit applies.
+    pub session_expiry_secs: u32,
     /// MQTT 3.1.1 or 5.
     pub protocol: Protocol,
     /// TCP or TLS.
@@ -237,7 +283,8 @@ impl RawCloud {
                 "the cloud host must not be empty",
             ));
         }
-        let transport = match (self.tls, self.plain_tcp.as_ref().map(|p| *p.get_ref())) {
+        let mut alpn = None;
+        let mut transport = match (self.tls, self.plain_tcp.as_ref().map(|p| *p.get_ref())) {
             (Some(tls), Some(true)) => {
                 return Err(err(
                     "cloud.plain_tcp",
@@ -259,9 +306,23 @@ impl RawCloud {
                         ))
                     }
                 };
+                if let Some(bad) = tls
+                    .alpn
+                    .iter()
+                    .flatten()
+                    .find(|p| !(1..=255).contains(&p.len()))
+                {
+                    return Err(err(
+                        "cloud.tls.alpn",
+                        Some(span),
+                        format!("{bad:?} is not an ALPN protocol name (1 to 255 bytes)"),
+                    ));
+                }
+                alpn = tls.alpn;
                 Transport::Tls {
                     ca: relative(tls.ca),
                     client,
+                    alpn: Vec::new(),
                 }
             }
             (None, Some(true)) => Transport::PlainTcp,
@@ -279,6 +340,22 @@ impl RawCloud {
             Transport::Tls { .. } => 8883,
         };
         let port = self.port.map_or(default_port, Spanned::into_inner);
+        if let Transport::Tls {
+            client,
+            alpn: offered,
+            ..
+        } = &mut transport
+        {
+            // AWS IoT Core takes X.509 client certificates on port 443 only with its ALPN name;
+            // any other broker on 443 that ignores ALPN is not bothered by the offer.
+            *offered = alpn.unwrap_or_else(|| {
+                if port == 443 && client.is_some() {
+                    vec![AWS_MQTT_ALPN.to_owned()]
+                } else {
+                    Vec::new()
+                }
+            });
+        }
         let thing = match self.thing {
             Some(t) => {
                 let span = t.span();
@@ -293,6 +370,47 @@ impl RawCloud {
         let client_id = self
             .client_id
             .map_or_else(|| thing.clone(), Spanned::into_inner);
+        if let Some(p) = self.password {
+            return Err(err(
+                "cloud.password",
+                Some(p.span()),
+                "a password is not written in grove.toml: put it in a file (`password_file = \"...\"`) \
+                 or in the gateway's environment (`password_env = \"VARIABLE\"`)",
+            ));
+        }
+        let password = match (self.password_file, self.password_env) {
+            (Some(_), Some(e)) => {
+                return Err(err(
+                    "cloud.password_env",
+                    Some(e.span()),
+                    "both password_file and password_env are set; choose one",
+                ))
+            }
+            (Some(f), None) => Some((f.span(), SecretSource::File(relative(f.into_inner())))),
+            (None, Some(e)) if e.get_ref().is_empty() || e.get_ref().contains(['=', '\0']) => {
+                return Err(err(
+                    "cloud.password_env",
+                    Some(e.span()),
+                    format!("{:?} is not an environment variable name", e.get_ref()),
+                ))
+            }
+            (None, Some(e)) => Some((e.span(), SecretSource::Env(e.into_inner()))),
+            (None, None) => None,
+        };
+        let credentials = match (self.username, password) {
+            (Some(u), password) => Some(Credentials {
+                username: u.into_inner(),
+                password: password.map(|(_, p)| p),
+            }),
+            (None, Some((span, _))) => {
+                return Err(err(
+                    "cloud.username",
+                    Some(span),
+                    "a password needs a `username`",
+                ))
+            }
+            (None, None) => None,
+        };
         let keep_alive = match self.keep_alive_secs {
             Some(k) if !(5..=1200).contains(k.get_ref()) => {
                 return Err(err(
@@ -307,6 +425,11 @@ impl RawCloud {
             Some(k) => Duration::from_secs(k.into_inner()),
             None => Duration::from_secs(30),
         };
+        // AWS IoT Core keeps a persistent session an hour by default
+        // (https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html#mqtt-persistent-sessions).
+        let session_expiry_secs = self
+            .session_expiry_secs
+            .map_or(DEFAULT_SESSION_EXPIRY_SECS, Spanned::into_inner);
         let inflight = match self.inflight {
             Some(i) if !(1..=1000).contains(i.get_ref()) => {
                 return Err(err(
@@ -476,7 +599,9 @@ impl RawCloud {
             port,
             client_id,
             thing,
+            credentials,
             keep_alive,
+            session_expiry_secs,
             protocol: self.protocol,
             transport,
             inflight,
@@ -513,8 +638,10 @@ mod tests {
             Transport::Tls {
                 ca: "/etc/grove/ca.pem".into(),
                 client: Some(("/etc/grove/c.pem".into(), "/etc/grove/k.pem".into())),
+                alpn: Vec::new(),
             }
         );
+        assert_eq!((c.credentials, c.session_expiry_secs), (None, 3600));
         assert_eq!(
             (c.limits.max_messages, c.when_full),
             (100_000, FullPolicy::DropOldest)
@@ -527,6 +654,59 @@ mod tests {
         );
         let s = c.shadows.expect("shadows");
         assert_eq!((s.direction, s.max_updates_per_sec), (Direction::Both, 100));
+    }
+
+    fn refusal(text: &str) -> SectionError {
+        let raw: RawCloud = toml::from_str(text).expect("parses");
+        raw.resolve(PathBuf::from).expect_err("invalid")
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_or_the_environment_never_the_file_itself() {
+        let tcp = "host = \"h\"\nplain_tcp = true\nusername = \"u\"\n";
+        let c = resolve(&format!("{tcp}password_file = \"secret\"\n"));
+        assert_eq!(
+            c.credentials,
+            Some(Credentials {
+                username: "u".into(),
+                password: Some(SecretSource::File("/etc/grove/secret".into())),
+            })
+        );
+        let c = resolve(&format!("{tcp}password_env = \"CLOUD_PW\"\n"));
+        assert_eq!(
+            c.credentials.and_then(|c| c.password),
+            Some(SecretSource::Env("CLOUD_PW".into()))
+        );
+        let e = refusal(&format!("{tcp}password = \"hunter2\"\n"));
+        assert_eq!(e.key, "cloud.password");
+        assert!(e.message.contains("password_file"), "{}", e.message);
+        let e = refusal(&format!(
+            "{tcp}password_file = \"f\"\npassword_env = \"V\"\n"
+        ));
+        assert!(e.message.contains("choose one"), "{}", e.message);
+        let e = refusal("host = \"h\"\nplain_tcp = true\npassword_env = \"V\"\n");
+        assert_eq!(e.key, "cloud.username");
+        let e = refusal(&format!("{tcp}password_env = \"A=B\"\n"));
+        assert_eq!(e.key, "cloud.password_env");
+    }
+
+    #[test]
+    fn alpn_defaults_to_aws_on_443_with_a_client_certificate_and_can_be_set() {
+        let alpn = |more: &str| match resolve(&format!("host = \"h\"\n{more}")).transport {
+            Transport::Tls { alpn, .. } => alpn,
+            Transport::PlainTcp => panic!("TLS"),
+        };
+        let mutual = "tls = { ca = \"ca\", cert = \"c\", key = \"k\" }\n";
+        assert_eq!(alpn(&format!("port = 443\n{mutual}")), [AWS_MQTT_ALPN]);
+        assert!(alpn(mutual).is_empty(), "8883 needs no ALPN");
+        assert!(alpn("port = 443\ntls = { ca = \"ca\" }\n").is_empty());
+        assert!(
+            alpn("port = 443\ntls = { ca = \"ca\", cert = \"c\", key = \"k\", alpn = [] }\n")
+                .is_empty()
+        );
+        assert_eq!(alpn("tls = { ca = \"ca\", alpn = [\"mqtt\"] }\n"), ["mqtt"]);
+        let e = refusal("host = \"h\"\ntls = { ca = \"ca\", alpn = [\"\"] }\n");
+        assert_eq!(e.key, "cloud.tls.alpn");
     }
 
     #[test]

@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::config::{CloudConfig, Downlink};
-use super::link::{Backoff, LinkEvent, Session};
+use super::link::{Ack, Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
 use super::{link, sync};
@@ -166,6 +166,7 @@ pub async fn start(
         metrics,
         state: LinkState::Connecting,
         last_error: None,
+        retry_in: None,
         deletes: Vec::new(),
         backlog: None,
         sync: sync_tx,
@@ -233,6 +234,8 @@ struct Owner {
     metrics: CloudMetrics,
     state: LinkState,
     last_error: Option<String>,
+    /// The wait before the next connection attempt, after a failure.
+    retry_in: Option<Duration>,
     /// Acknowledged sequence numbers whose delete is not yet committed.
     deletes: Vec<u64>,
     /// When the current session started with a backlog, and how big it was (for the drain log).
@@ -275,13 +278,17 @@ impl Owner {
                 }
                 Some(ev) = events.recv() => {
                     let mut local = Vec::new();
-                    self.on_link(ev, &mut local);
+                    let mut acks = Vec::new();
+                    self.on_link(ev, &mut local, &mut acks);
                     while let Ok(ev) = events.try_recv() {
-                        self.on_link(ev, &mut local);
+                        self.on_link(ev, &mut local, &mut acks);
                     }
+                    // The cloud's messages are acknowledged once the broker has them: a gateway
+                    // stopped before that gets them again from its persistent session.
                     if !local.is_empty() && self.bus.publish(local).await.is_err() {
                         break;
                     }
+                    acks.into_iter().for_each(Ack::send);
                 }
             }
         }
@@ -331,7 +338,7 @@ impl Owner {
         }
     }
 
-    fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>) {
+    fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>, acks: &mut Vec<Ack>) {
         match event {
             LinkEvent::Up(session) => {
                 self.metrics.connects.inc();
@@ -365,7 +372,14 @@ impl Owner {
                         .observe(waited as f64 / 1000.0);
                 }
             }
-            LinkEvent::Message { topic, payload } => {
+            LinkEvent::Message {
+                topic,
+                payload,
+                ack,
+            } => {
+                // Every message is acknowledged after this batch's local publish, also the ones
+                // dropped here (nothing more will come of them).
+                acks.push(ack);
                 if let Some(sync) = self
                     .sync
                     .as_ref()
@@ -395,7 +409,7 @@ impl Owner {
                     ..Outgoing::new(local_topic.to_owned(), payload)
                 });
             }
-            LinkEvent::Down(reason) => {
+            LinkEvent::Down { reason, retry_in } => {
                 if self.state == LinkState::Connected {
                     if let Some(sync) = &self.sync {
                         let _ = sync.send(SyncInput::Down);
@@ -404,6 +418,7 @@ impl Owner {
                 self.metrics.link_up.set(0);
                 self.state = LinkState::Disconnected;
                 self.last_error = Some(reason);
+                self.retry_in = Some(retry_in);
                 self.session = None;
                 self.ids.clear();
                 let resent = self.queue.reset_session();
@@ -547,6 +562,7 @@ impl Owner {
             "in_flight": self.queue.inflight(),
             "oldest_age_ms": self.queue.oldest_ms().map(|t| now.saturating_sub(t)),
             "last_error": self.last_error,
+            "retry_in_ms": self.retry_in.filter(|_| self.state != LinkState::Connected).map(|d| d.as_millis() as u64),
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
             "clientToken": client_token_of(request),
