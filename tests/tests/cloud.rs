@@ -910,6 +910,55 @@ async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_drain_sends_at_most_inflight_messages_twice() {
+    // Issue 16: deletes of acknowledged messages were committed every 1,024 PUBACKs during a
+    // steady drain, so a SIGKILL sent up to that many again. Acknowledged-but-undeleted messages
+    // now share the `inflight` window with the ones in flight.
+    let inflight = 16;
+    let mut m = Mosquitto::start();
+    let mut g = Gateway::start(&cloud_toml(
+        m.port,
+        &format!("inflight = {inflight}\nforward = [{{ filter = \"t/#\" }}]"),
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    let total = 20_000u32;
+    for i in 0..total {
+        let topic = format!("t/{}", i % 3);
+        device
+            .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
+            .await;
+    }
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    drop(device);
+
+    m.spawn();
+    g.wait_metric("grove_cloud_acked_total", |v| v >= 1000.0);
+    g.kill_and_restart();
+    // What the restarted gateway found in its outbox ("cloud outbox restored messages=N").
+    let restored: u32 = g
+        .log()
+        .rsplit("cloud outbox restored")
+        .next()
+        .and_then(|rest| rest.split("messages=").nth(1))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the restarted gateway restored its outbox: the kill came mid-drain");
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(restored));
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, total as usize).await;
+    let duplicates = check_order(&by_topic);
+    eprintln!("killed with {restored} left: {duplicates} duplicates");
+    assert!(
+        duplicates <= inflight,
+        "{duplicates} duplicates after SIGKILL, more than inflight = {inflight}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
     // mosquitto's ACL lets anonymous clients publish only under ok/: with MQTT 5 it answers the
     // others with a "not authorized" PUBACK, and (with this file's `max_queued_messages 0`) closes

@@ -28,12 +28,12 @@ use grove_store::{OutboxMessage, Store};
 /// `…/accepted`.
 pub const STATUS_TOPIC: &str = "$grove/cloud/status";
 
-/// Acknowledged messages are deleted in one transaction per this many, or with the next append,
-/// or after [`DELETE_LINGER`] without one: one commit (and fsync) per PUBACK would cost more than
-/// the sending. A crash before the delete commits only means those messages are sent again.
-const DELETE_BATCH: usize = 1024;
-
-/// See [`DELETE_BATCH`].
+/// Acknowledged messages are deleted in one transaction per half window (`inflight / 2`), or with
+/// the next append, or at the latest this long after the first of them was acknowledged: one
+/// commit (and fsync) per PUBACK would cost more than the sending. A crash before the delete
+/// commits means those messages are sent again, so acknowledged-but-undeleted messages count
+/// against the `inflight` window: after a crash at most `inflight` messages go up twice, as after
+/// a link drop.
 const DELETE_LINGER: Duration = Duration::from_millis(50);
 
 /// Offers from publishers waiting for the outbox; each publisher waits for its own, so this only
@@ -168,6 +168,7 @@ pub async fn start(
         last_error: None,
         retry_in: None,
         deletes: Vec::new(),
+        deletes_since: None,
         backlog: None,
         sync: sync_tx,
     };
@@ -238,6 +239,8 @@ struct Owner {
     retry_in: Option<Duration>,
     /// Acknowledged sequence numbers whose delete is not yet committed.
     deletes: Vec<u64>,
+    /// When the first of `deletes` was acknowledged.
+    deletes_since: Option<tokio::time::Instant>,
     /// When the current session started with a backlog, and how big it was (for the drain log).
     backlog: Option<(Instant, usize)>,
     sync: Option<mpsc::UnboundedSender<SyncInput>>,
@@ -253,14 +256,18 @@ impl Owner {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
         loop {
-            self.feed().await;
-            if self.deletes.len() >= DELETE_BATCH {
+            if self.deletes.len() >= (self.window / 2).max(1) {
                 self.flush_deletes().await;
             }
-            let linger = !self.deletes.is_empty();
+            self.feed().await;
+            // A deadline from the first pending delete, not a timer restarted by every event: a
+            // steady drain must not hold its deletes back.
+            let linger = self.deletes_since;
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(DELETE_LINGER), if linger => self.flush_deletes().await,
+                _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now) + DELETE_LINGER), if linger.is_some() => {
+                    self.flush_deletes().await
+                }
                 r = self.bus.recv_batch(&mut batch) => {
                     if r.is_err() {
                         break;
@@ -301,7 +308,12 @@ impl Owner {
         let Some(session) = self.session.clone() else {
             return;
         };
-        while let Some((after, room)) = self.queue.next_batch(self.window) {
+        // Acknowledged messages whose delete is not committed yet would be sent again after a
+        // crash, like the ones in flight: both share the window.
+        while let Some((after, room)) = self
+            .queue
+            .next_batch(self.window.saturating_sub(self.deletes.len()))
+        {
             let page = match self.store.outbox_load(after, room).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -328,6 +340,7 @@ impl Owner {
     }
 
     async fn flush_deletes(&mut self) {
+        self.deletes_since = None;
         if self.deletes.is_empty() {
             return;
         }
@@ -477,6 +490,7 @@ impl Owner {
         let n = append.len() as u64;
         // Pending deletes of acknowledged messages share this commit.
         let mut delete = std::mem::take(&mut self.deletes);
+        self.deletes_since = None;
         delete.extend_from_slice(&admission.dropped_oldest);
         match self.store.outbox_write(append, delete).await {
             Ok(()) => {
@@ -524,6 +538,8 @@ impl Owner {
         let seq = self.ids.acked(pkid)?;
         let entry = self.queue.acked(seq)?;
         self.deletes.push(seq);
+        self.deletes_since
+            .get_or_insert_with(tokio::time::Instant::now);
         self.gauges();
         if self.queue.depth() == 0 {
             self.drained();
