@@ -1259,3 +1259,72 @@ async fn persistent_downlink_case(protocol: &str) {
         m.log()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_profile_paces_the_drain_and_sends_an_oversized_message_to_the_dead_letters() {
+    // AWS IoT Core allows 100 publishes per second per connection and 128 KB per payload
+    // (https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits). The
+    // cloud here is mosquitto, whose log stamps each PUBLISH it receives with the second: the
+    // drain of a backlog must stay near 100 in every second, and the oversized message must
+    // neither reach the cloud nor hold up the ones behind it.
+    let mut m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let g = Gateway::start(&cloud_toml(
+        m.port,
+        "profile = \"aws-iot-core\"\nforward = [{ filter = \"t/#\" }]",
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    let mut dlq = Client::connect("dlq-reader", g.mqtt_port).await;
+    dlq.subscribe("$grove/cloud/dlq", QoS::AtLeastOnce).await;
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("t/big", QoS::AtLeastOnce, false, vec![b'x'; 128 * 1024 + 1])
+        .await;
+    let total = 300u32;
+    for i in 0..total {
+        device
+            .publish("t/a", QoS::AtLeastOnce, false, format!("t/a:{i}"))
+            .await;
+    }
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    let letter = dlq.recv(WAIT).await.expect("the dead letter");
+    let letter: Value = serde_json::from_slice(&letter.payload).expect("JSON");
+    assert_eq!(
+        (&letter["topic"], &letter["reason"], &letter["limit"]),
+        (&json!("t/big"), &json!("payload_too_large"), &json!(131072)),
+        "{letter}"
+    );
+    let status = cloud_status(&g);
+    assert_eq!(status["dead_letters"], 1, "{status}");
+    assert_eq!(status["last_dead_letter"]["reason"], "payload_too_large");
+
+    m.spawn();
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(total));
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, total as usize).await;
+    check_order(&by_topic);
+    assert_eq!(
+        by_topic.keys().collect::<Vec<_>>(),
+        ["t/a"],
+        "t/big never went up"
+    );
+    let mut per_second = std::collections::BTreeMap::<String, usize>::new();
+    for line in m.log().lines() {
+        if line.contains("Received PUBLISH from edge-1") {
+            let second = line.split(':').next().unwrap_or_default().to_owned();
+            *per_second.entry(second).or_default() += 1;
+        }
+    }
+    // 100 a second, and at most a tenth of a second's worth at once.
+    assert!(
+        per_second.len() >= 3 && per_second.values().all(|n| *n <= 110),
+        "publishes per second at the cloud: {per_second:?}"
+    );
+    assert_eq!(
+        g.metric("grove_cloud_connects_total"),
+        2.0,
+        "never disconnected"
+    );
+}

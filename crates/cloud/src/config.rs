@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::outbox::{FullPolicy, Limits};
+use super::quota::{self, Quotas};
 use grove_auth::policy::{overlaps, valid_filter};
 use grove_shadow::names::validate_thing_name;
 
@@ -37,6 +38,8 @@ pub struct RawCloud {
     tls: Option<Spanned<RawCloudTls>>,
     plain_tcp: Option<Spanned<bool>>,
     inflight: Option<Spanned<usize>>,
+    profile: Option<Spanned<Profile>>,
+    quotas: Option<RawQuotas>,
     max_backoff_ms: Option<Spanned<u64>>,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
@@ -70,6 +73,28 @@ struct RawDownlink {
     filter: String,
     #[serde(default)]
     strip_prefix: String,
+}
+
+/// `[cloud.quotas]`: each overrides the profile's value; 0 is no limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    payload_bytes: Option<usize>,
+    topic_bytes: Option<usize>,
+    topic_slashes: Option<usize>,
+    publishes_per_sec: Option<u32>,
+}
+
+/// Which cloud's limits the link keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Any broker: no limits but the ones written in `[cloud.quotas]`.
+    #[default]
+    Plain,
+    /// AWS IoT Core's per-connection quotas ([`quota::AWS_IOT_CORE`]), `inflight` at most 100,
+    /// client ids of at most 128 bytes.
+    AwsIotCore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -227,6 +252,8 @@ pub struct CloudConfig {
     pub transport: Transport,
     /// Most QoS 1 publishes awaiting PUBACK at once.
     pub inflight: usize,
+    /// The cloud's limits, kept before sending.
+    pub quotas: Quotas,
     /// The longest wait between reconnection attempts.
     pub max_backoff: Duration,
     /// What goes up.
@@ -430,19 +457,62 @@ impl RawCloud {
         let session_expiry_secs = self
             .session_expiry_secs
             .map_or(DEFAULT_SESSION_EXPIRY_SECS, Spanned::into_inner);
+        let profile = self
+            .profile
+            .as_ref()
+            .map_or(Profile::Plain, |p| *p.get_ref());
+        let most_inflight = match profile {
+            Profile::Plain => 1000,
+            Profile::AwsIotCore => quota::AWS_IOT_CORE_INFLIGHT,
+        };
         let inflight = match self.inflight {
-            Some(i) if !(1..=1000).contains(i.get_ref()) => {
+            Some(i) if !(1..=most_inflight).contains(i.get_ref()) => {
                 return Err(err(
                     "cloud.inflight",
                     Some(i.span()),
                     format!(
-                        "{} is out of range: it must be between 1 and 1000",
-                        i.get_ref()
+                        "{} is out of range: it must be between 1 and {most_inflight}{}",
+                        i.get_ref(),
+                        if profile == Profile::AwsIotCore {
+                            " (AWS IoT Core's limit of unacknowledged QoS 1 publishes per connection)"
+                        } else {
+                            ""
+                        }
                     ),
                 ))
             }
             Some(i) => i.into_inner(),
-            None => 256,
+            None => most_inflight.min(256),
+        };
+        if profile == Profile::AwsIotCore && client_id.len() > quota::AWS_IOT_CORE_CLIENT_ID_BYTES {
+            return Err(err(
+                "cloud.client_id",
+                self.profile.map(|p| p.span()),
+                format!(
+                    "{client_id:?} is longer than AWS IoT Core's {} bytes",
+                    quota::AWS_IOT_CORE_CLIENT_ID_BYTES
+                ),
+            ));
+        }
+        let base = match profile {
+            Profile::Plain => Quotas::default(),
+            Profile::AwsIotCore => quota::AWS_IOT_CORE,
+        };
+        let written = self.quotas.unwrap_or_default();
+        let pick = |written: Option<usize>, base: Option<usize>| match written {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => base,
+        };
+        let quotas = Quotas {
+            payload_bytes: pick(written.payload_bytes, base.payload_bytes),
+            topic_bytes: pick(written.topic_bytes, base.topic_bytes),
+            topic_slashes: pick(written.topic_slashes, base.topic_slashes),
+            publishes_per_sec: match written.publishes_per_sec {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => base.publishes_per_sec,
+            },
         };
         let max_backoff = match self.max_backoff_ms {
             Some(m) if !(100..=3_600_000).contains(m.get_ref()) => {
@@ -605,6 +675,7 @@ impl RawCloud {
             protocol: self.protocol,
             transport,
             inflight,
+            quotas,
             max_backoff,
             forward,
             downlink,
@@ -707,6 +778,34 @@ mod tests {
         assert_eq!(alpn("tls = { ca = \"ca\", alpn = [\"mqtt\"] }\n"), ["mqtt"]);
         let e = refusal("host = \"h\"\ntls = { ca = \"ca\", alpn = [\"\"] }\n");
         assert_eq!(e.key, "cloud.tls.alpn");
+    }
+
+    #[test]
+    fn the_aws_profile_keeps_aws_quotas_and_each_can_be_overridden() {
+        let c = resolve("host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n");
+        assert_eq!((c.quotas, c.inflight), (quota::AWS_IOT_CORE, 100));
+        let c = resolve(
+            "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n\
+             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\n",
+        );
+        assert_eq!(
+            (
+                c.quotas.publishes_per_sec,
+                c.quotas.payload_bytes,
+                c.quotas.topic_slashes
+            ),
+            (None, Some(1000), Some(7))
+        );
+        let c = resolve("host = \"h\"\nplain_tcp = true\n");
+        assert_eq!((c.quotas, c.inflight), (Quotas::default(), 256));
+        let e =
+            refusal("host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\ninflight = 101\n");
+        assert!(e.message.contains("AWS IoT Core"), "{}", e.message);
+        let long = "x".repeat(129);
+        let e = refusal(&format!(
+            "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\nclient_id = \"{long}\"\n"
+        ));
+        assert_eq!(e.key, "cloud.client_id");
     }
 
     #[test]

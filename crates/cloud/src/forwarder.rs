@@ -14,6 +14,7 @@ use super::config::{CloudConfig, Downlink};
 use super::link::{Ack, Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
+use super::quota::{Pacer, Quotas};
 use super::{link, sync};
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Message, Outgoing};
@@ -27,6 +28,10 @@ use grove_store::{OutboxMessage, Store};
 /// Grove's request topic for the cloud link's status (`grove cloud status`); answered on
 /// `…/accepted`.
 pub const STATUS_TOPIC: &str = "$grove/cloud/status";
+
+/// Where a message the cloud can never accept (over its payload or topic limits) goes instead of
+/// the outbox: `{"topic", "reason", "limit", "actual", "payload_base64"}`, QoS 1.
+pub const DEAD_LETTER_TOPIC: &str = "$grove/cloud/dlq";
 
 /// Acknowledged messages are deleted in one transaction per half window (`inflight / 2`), or with
 /// the next append, or at the latest this long after the first of them was acknowledged: one
@@ -171,6 +176,15 @@ pub async fn start(
         deletes_since: None,
         backlog: None,
         sync: sync_tx,
+        quotas: config.quotas,
+        pacer: config
+            .quotas
+            .publishes_per_sec
+            .map(|rate| Pacer::new(rate, Duration::ZERO)),
+        clock: tokio::time::Instant::now(),
+        paced_until: None,
+        dead_letters: 0,
+        last_dead_letter: None,
     };
     tasks.push(tokio::spawn(owner.run(events, offers, shutdown)));
     Ok(tasks)
@@ -244,6 +258,16 @@ struct Owner {
     /// When the current session started with a backlog, and how big it was (for the drain log).
     backlog: Option<(Instant, usize)>,
     sync: Option<mpsc::UnboundedSender<SyncInput>>,
+    /// The cloud's limits.
+    quotas: Quotas,
+    /// The publish rate limit, on the clock `clock` started.
+    pacer: Option<Pacer>,
+    clock: tokio::time::Instant,
+    /// When the pacer allows the next publish, while messages wait for it.
+    paced_until: Option<tokio::time::Instant>,
+    /// Messages sent to [`DEAD_LETTER_TOPIC`], and the last one's topic and reason.
+    dead_letters: u64,
+    last_dead_letter: Option<(String, &'static str)>,
 }
 
 impl Owner {
@@ -263,8 +287,12 @@ impl Owner {
             // A deadline from the first pending delete, not a timer restarted by every event: a
             // steady drain must not hold its deletes back.
             let linger = self.deletes_since;
+            let paced = self.paced_until;
             tokio::select! {
                 _ = shutdown.changed() => break,
+                _ = tokio::time::sleep_until(paced.unwrap_or_else(tokio::time::Instant::now)), if paced.is_some() => {
+                    self.paced_until = None;
+                }
                 _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now) + DELETE_LINGER), if linger.is_some() => {
                     self.flush_deletes().await
                 }
@@ -314,6 +342,18 @@ impl Owner {
             .queue
             .next_batch(self.window.saturating_sub(self.deletes.len()))
         {
+            let now = self.clock.elapsed();
+            let room = match &mut self.pacer {
+                None => room,
+                Some(pacer) => match pacer.available(now) {
+                    0 => {
+                        // Over the cloud's publish rate: wake up when the next one may go.
+                        self.paced_until = Some(tokio::time::Instant::now() + pacer.wait());
+                        return;
+                    }
+                    tokens => room.min(tokens),
+                },
+            };
             let page = match self.store.outbox_load(after, room).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -335,6 +375,9 @@ impl Owner {
                 }
                 self.ids.handed(m.seq);
                 self.metrics.sent.inc();
+                if let Some(pacer) = &mut self.pacer {
+                    pacer.take(1);
+                }
             }
         }
     }
@@ -467,7 +510,8 @@ impl Owner {
         }
     }
 
-    async fn append(&mut self, incoming: Vec<(String, Bytes)>, now: u64) {
+    async fn append(&mut self, mut incoming: Vec<(String, Bytes)>, now: u64) {
+        self.dead_letters(&mut incoming).await;
         let sizes: Vec<u64> = incoming
             .iter()
             .map(|(t, p)| (t.len() + p.len()) as u64)
@@ -531,6 +575,44 @@ impl Owner {
         self.gauges();
     }
 
+    /// Takes out of `incoming` what the cloud would refuse whatever the time (over its payload or
+    /// topic limits) and publishes it on [`DEAD_LETTER_TOPIC`], counted and logged, so that it
+    /// never blocks the queue behind it.
+    async fn dead_letters(&mut self, incoming: &mut Vec<(String, Bytes)>) {
+        use base64::Engine;
+        let mut letters = Vec::new();
+        incoming.retain(|(topic, payload)| {
+            let Some(refusal) = self.quotas.refusal(topic, payload.len()) else {
+                return true;
+            };
+            warn!(
+                topic = %topic.chars().take(256).collect::<String>(),
+                reason = refusal.reason,
+                limit = refusal.limit,
+                actual = refusal.actual,
+                "a message over the cloud's limits goes to {DEAD_LETTER_TOPIC}, not to the cloud"
+            );
+            self.metrics.drop(refusal.reason, 1);
+            self.dead_letters += 1;
+            self.last_dead_letter = Some((topic.clone(), refusal.reason));
+            let doc = json!({
+                "topic": topic,
+                "reason": refusal.reason,
+                "limit": refusal.limit,
+                "actual": refusal.actual,
+                "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+            });
+            letters.push(Outgoing {
+                qos: 1,
+                ..Outgoing::new(DEAD_LETTER_TOPIC.to_owned(), Bytes::from(doc.to_string()))
+            });
+            false
+        });
+        if !letters.is_empty() && self.bus.publish(letters).await.is_err() {
+            warn!("cannot publish the cloud's dead letters");
+        }
+    }
+
     /// The cloud answered the publish with this packet id (acknowledged or refused): its message
     /// leaves the outbox. `None` if it had already left (dropped while in flight, or a duplicate
     /// answer).
@@ -578,6 +660,8 @@ impl Owner {
             "in_flight": self.queue.inflight(),
             "oldest_age_ms": self.queue.oldest_ms().map(|t| now.saturating_sub(t)),
             "last_error": self.last_error,
+            "dead_letters": self.dead_letters,
+            "last_dead_letter": self.last_dead_letter.as_ref().map(|(topic, reason)| json!({"topic": topic, "reason": reason})),
             "retry_in_ms": self.retry_in.filter(|_| self.state != LinkState::Connected).map(|d| d.as_millis() as u64),
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
