@@ -1328,3 +1328,18 @@ async fn the_aws_profile_paces_the_drain_and_sends_an_oversized_message_to_the_d
         "never disconnected"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_thing_name_the_client_id_comes_from_the_machine_id() {
+    // Two gateways left on defaults must not share a client id (the cloud would disconnect one
+    // for the other): the default thing, and so the client id, is derived from /etc/machine-id.
+    let machine_id = std::fs::read_to_string("/etc/machine-id").expect("the test machine's id");
+    let want = format!("grove-{}", &machine_id.trim()[..12]);
+    let m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let g = Gateway::start(&format!(
+        "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\n",
+        m.port
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    wait_mosquitto_log(&m, &format!(" as {want} "), 1);
+}

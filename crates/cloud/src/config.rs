@@ -222,6 +222,22 @@ impl ShadowSync {
     }
 }
 
+/// systemd's machine id, from which the default thing name is derived.
+const MACHINE_ID: &str = "/etc/machine-id";
+
+/// The thing name (and client id) when neither is written: `grove-` and the first 12 hex digits
+/// of the machine id, so that two gateways left on defaults do not take each other's place on the
+/// cloud (a broker disconnects the older of two clients with one id). `None` without a usable id.
+pub fn thing_from_machine_id(machine_id: Option<&str>) -> Option<String> {
+    let hex: String = machine_id?
+        .trim()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    (hex.len() == 12).then(|| format!("grove-{}", hex.to_ascii_lowercase()))
+}
+
 /// The default of `session_expiry_secs`: an hour, AWS IoT Core's default for persistent
 /// sessions.
 pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 3600;
@@ -392,7 +408,23 @@ impl RawCloud {
                 })?;
                 t
             }
-            None => "grove".to_owned(),
+            None => match &self.client_id {
+                // Only the client id is written: the thing name follows it where it can.
+                Some(id) if validate_thing_name(id.get_ref()).is_ok() => id.get_ref().clone(),
+                _ => {
+                    let machine_id = std::fs::read_to_string(MACHINE_ID).ok();
+                    thing_from_machine_id(machine_id.as_deref()).ok_or_else(|| {
+                        err(
+                            "cloud.thing",
+                            Some(host_span.clone()),
+                            format!(
+                                "no `thing` is set and {MACHINE_ID} cannot be read to derive one: \
+                                 set the gateway's thing name (also its MQTT client id)"
+                            ),
+                        )
+                    })?
+                }
+            },
         };
         let client_id = self
             .client_id
@@ -719,12 +751,21 @@ mod tests {
         );
         assert_eq!(c.keep_alive, Duration::from_secs(30));
         let c = resolve("host = \"h\"\nplain_tcp = true\n[shadows]\nthings = [\"a\"]\n");
+        let machine = std::fs::read_to_string(MACHINE_ID).ok();
+        let derived = thing_from_machine_id(machine.as_deref()).expect("this machine has an id");
         assert_eq!(
-            (c.port, c.transport, c.client_id.as_str()),
-            (1883, Transport::PlainTcp, "grove")
+            (c.port, c.transport, c.client_id.as_str(), c.thing.as_str()),
+            (
+                1883,
+                Transport::PlainTcp,
+                derived.as_str(),
+                derived.as_str()
+            )
         );
         let s = c.shadows.expect("shadows");
         assert_eq!((s.direction, s.max_updates_per_sec), (Direction::Both, 100));
+        let c = resolve("host = \"h\"\nplain_tcp = true\nclient_id = \"gw-9\"\n");
+        assert_eq!(c.thing, "gw-9");
     }
 
     fn refusal(text: &str) -> SectionError {
@@ -806,6 +847,17 @@ mod tests {
             "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\nclient_id = \"{long}\"\n"
         ));
         assert_eq!(e.key, "cloud.client_id");
+    }
+
+    #[test]
+    fn the_default_thing_comes_from_the_machine_id() {
+        assert_eq!(
+            thing_from_machine_id(Some("3D1219C7C4C5404AAA1F6D2A48ADFDA4\n")).as_deref(),
+            Some("grove-3d1219c7c4c5")
+        );
+        assert_eq!(thing_from_machine_id(Some("\n")), None);
+        assert_eq!(thing_from_machine_id(Some("uninitialized\n")), None);
+        assert_eq!(thing_from_machine_id(None), None);
     }
 
     #[test]
