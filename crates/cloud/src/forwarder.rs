@@ -14,7 +14,7 @@ use super::config::{CloudConfig, Downlink};
 use super::link::{Ack, Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
-use super::quota::{Pacer, Quotas};
+use super::quota::{Quotas, TokenBucket};
 use super::{link, sync};
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Message, Outgoing};
@@ -180,7 +180,7 @@ pub async fn start(
         pacer: config
             .quotas
             .publishes_per_sec
-            .map(|rate| Pacer::new(rate, Duration::ZERO)),
+            .map(|rate| TokenBucket::new(rate, 0.1)),
         clock: tokio::time::Instant::now(),
         paced_until: None,
         dead_letters: 0,
@@ -261,7 +261,7 @@ struct Owner {
     /// The cloud's limits.
     quotas: Quotas,
     /// The publish rate limit, on the clock `clock` started.
-    pacer: Option<Pacer>,
+    pacer: Option<TokenBucket>,
     clock: tokio::time::Instant,
     /// When the pacer allows the next publish, while messages wait for it.
     paced_until: Option<tokio::time::Instant>,
@@ -376,7 +376,7 @@ impl Owner {
                 self.ids.handed(m.seq);
                 self.metrics.sent.inc();
                 if let Some(pacer) = &mut self.pacer {
-                    pacer.take(1);
+                    pacer.spend(1);
                 }
             }
         }

@@ -71,45 +71,59 @@ impl Quotas {
     }
 }
 
-/// A token bucket: `rate` publishes per second, at most a tenth of a second's worth at once, so
-/// that no window of a second sees much more than `rate`.
+/// A token bucket (pure: time comes in as an offset from any origin): `per_sec` tokens a second,
+/// holding at most `burst_secs` seconds' worth. The cloud link paces its publishes with it (a tenth
+/// of a second's burst, so that no second sees much more than the rate), shadow sync its
+/// cloud-bound updates (a second's burst).
 #[derive(Debug, Clone)]
-pub struct Pacer {
-    rate: f64,
+pub struct TokenBucket {
+    per_sec: f64,
     burst: f64,
     tokens: f64,
     last: Duration,
 }
 
-impl Pacer {
-    /// A full bucket at time `now`.
-    pub fn new(rate: u32, now: Duration) -> Pacer {
-        let rate = f64::from(rate.max(1));
-        let burst = (rate / 10.0).max(1.0);
-        Pacer {
-            rate,
+impl TokenBucket {
+    /// A full bucket at time zero.
+    pub fn new(per_sec: u32, burst_secs: f64) -> TokenBucket {
+        let per_sec = f64::from(per_sec.max(1));
+        let burst = (per_sec * burst_secs).max(1.0);
+        TokenBucket {
+            per_sec,
             burst,
             tokens: burst,
-            last: now,
+            last: Duration::ZERO,
         }
     }
 
-    /// How many publishes may go at `now`.
-    pub fn available(&mut self, now: Duration) -> usize {
+    fn refill(&mut self, now: Duration) {
         let elapsed = now.saturating_sub(self.last).as_secs_f64();
-        self.tokens = (self.tokens + elapsed * self.rate).min(self.burst);
+        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.burst);
         self.last = self.last.max(now);
-        self.tokens.floor() as usize
     }
 
-    /// `n` publishes went.
-    pub fn take(&mut self, n: usize) {
+    /// How many tokens may be spent at `now`.
+    pub fn available(&mut self, now: Duration) -> usize {
+        self.refill(now);
+        self.tokens.max(0.0).floor() as usize
+    }
+
+    /// Spends `n` tokens.
+    pub fn spend(&mut self, n: usize) {
         self.tokens -= n as f64;
     }
 
-    /// How long until the next publish may go (zero if one may go now).
+    /// How long until a token is available (zero if one is).
     pub fn wait(&self) -> Duration {
-        Duration::from_secs_f64(((1.0 - self.tokens) / self.rate).max(0.0))
+        Duration::from_secs_f64(((1.0 - self.tokens) / self.per_sec).max(0.0))
+    }
+
+    /// Takes a token at `now`, in advance if need be: returns how long to wait before using it
+    /// (zero if one was available).
+    pub fn reserve(&mut self, now: Duration) -> Duration {
+        self.refill(now);
+        self.tokens -= 1.0;
+        Duration::from_secs_f64((-self.tokens / self.per_sec).max(0.0))
     }
 }
 
@@ -140,15 +154,15 @@ mod tests {
     }
 
     #[test]
-    fn the_pacer_keeps_any_second_near_the_rate() {
+    fn a_tenth_of_a_second_burst_keeps_any_second_near_the_rate() {
         let ms = Duration::from_millis;
-        let mut p = Pacer::new(100, ms(0));
+        let mut p = TokenBucket::new(100, 0.1);
         let mut sent = Vec::new();
         let mut now = ms(0);
         // Send whenever allowed, checking every millisecond for 3 s.
         while now < ms(3000) {
             let n = p.available(now);
-            p.take(n);
+            p.spend(n);
             sent.extend(std::iter::repeat_n(now, n));
             now += ms(1);
         }
@@ -162,9 +176,22 @@ mod tests {
                 "{in_second} publishes in the second from {start:?}"
             );
         }
-        let mut p = Pacer::new(100, ms(0));
+        let mut p = TokenBucket::new(100, 0.1);
         let n = p.available(ms(0));
-        p.take(n);
+        p.spend(n);
         assert_eq!(p.wait(), ms(10));
+    }
+
+    #[test]
+    fn reserving_spaces_takers_after_a_burst() {
+        let ms = Duration::from_millis;
+        let mut r = TokenBucket::new(10, 1.0);
+        // A burst of 10 passes at once, the 11th waits 100 ms; later, tokens come back.
+        for _ in 0..10 {
+            assert_eq!(r.reserve(ms(0)), Duration::ZERO);
+        }
+        assert_eq!(r.reserve(ms(0)), ms(100));
+        assert_eq!(r.reserve(ms(200)), Duration::ZERO);
+        assert_eq!(r.reserve(ms(5000)), Duration::ZERO);
     }
 }

@@ -27,6 +27,7 @@ use super::config::ShadowSync as SyncConfig;
 use super::link::Session;
 use super::merge::{diff_state, target};
 use super::queries::CloudQueries;
+use super::quota::TokenBucket;
 use super::SyncInput;
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Closed, Message};
@@ -71,38 +72,6 @@ const LOCAL_FILTERS: [&str; 2] = [
     "$aws/things/+/shadow/update/documents",
     "$aws/things/+/shadow/name/+/update/documents",
 ];
-
-/// A token bucket for cloud-bound updates (pure: time comes in as an offset from any origin).
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    per_sec: f64,
-    tokens: f64,
-    last: Duration,
-}
-
-impl RateLimit {
-    /// `per_sec` updates per second, with a burst of one second's worth.
-    pub fn new(per_sec: u32) -> RateLimit {
-        RateLimit {
-            per_sec: f64::from(per_sec),
-            tokens: f64::from(per_sec),
-            last: Duration::ZERO,
-        }
-    }
-
-    /// Takes a token at `now`; returns how long to wait first (zero if one was available).
-    pub fn take(&mut self, now: Duration) -> Duration {
-        let elapsed = now.saturating_sub(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.per_sec)
-        }
-    }
-}
 
 /// A shadow as read from one side: its state (`desired` and `reported` only) and version.
 #[derive(Debug, Clone)]
@@ -149,7 +118,7 @@ pub struct ShadowSync {
     local: LocalShadows,
     /// Cloud messages that arrived while a round waited for an answer.
     pending_cloud: VecDeque<(String, Bytes)>,
-    rate: RateLimit,
+    rate: TokenBucket,
     started: Instant,
     tokens: u64,
 }
@@ -175,7 +144,7 @@ impl ShadowSync {
         Ok(ShadowSync {
             bus,
             store,
-            rate: RateLimit::new(config.max_updates_per_sec),
+            rate: TokenBucket::new(config.max_updates_per_sec, 1.0),
             config,
             metrics,
             states,
@@ -329,7 +298,7 @@ impl ShadowSync {
             let mut cloud_version = cloud.version.unwrap_or(0);
             let mut local_version = local.version.unwrap_or(0);
             if let Some(patch) = diff_state(&cloud.state, &merged) {
-                let wait = self.rate.take(self.started.elapsed());
+                let wait = self.rate.reserve(self.started.elapsed());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
@@ -553,19 +522,6 @@ fn parse_topic(topic: &str) -> Option<(ShadowKey, &str)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_rate_limit_spaces_updates_after_a_burst() {
-        let ms = Duration::from_millis;
-        let mut r = RateLimit::new(10);
-        // A burst of 10 passes at once, the 11th waits 100 ms; later, tokens come back.
-        for _ in 0..10 {
-            assert_eq!(r.take(ms(0)), Duration::ZERO);
-        }
-        assert_eq!(r.take(ms(0)), ms(100));
-        assert_eq!(r.take(ms(200)), Duration::ZERO);
-        assert_eq!(r.take(ms(5000)), Duration::ZERO);
-    }
 
     use crate::config::Direction;
 
