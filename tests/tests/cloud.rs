@@ -1343,3 +1343,51 @@ async fn without_a_thing_name_the_client_id_comes_from_the_machine_id() {
     g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     wait_mosquitto_log(&m, &format!(" as {want} "), 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_shadow_deleted_on_either_side_is_deleted_on_the_other() {
+    let (_m, cloud, mut edge, _device) = lamp_site().await;
+    let gone_from_cloud = |cloud: &AwsShadows| {
+        eventually(WAIT, || match cloud.version("lamp", None) {
+            None => Ok(()),
+            Some(v) => Err(format!(
+                "the cloud shadow is at version {v}: {}",
+                cloud.report()
+            )),
+        })
+    };
+
+    // Edge to cloud: `grove shadow delete` on the gateway deletes the cloud's shadow too (it
+    // used to be emptied field by field and left in place).
+    update_shadow(&edge, "lamp", json!({"state": {"reported": {"on": true}}}));
+    cloud.wait_state("lamp", &json!({"reported": {"on": true}}));
+    let addr = edge.mqtt_addr().to_string();
+    let (code, out) = grove(
+        &["shadow", "delete", "lamp", "--mqtt", &addr],
+        edge.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    gone_from_cloud(&cloud);
+    assert!(
+        edge.shadow("lamp").is_none(),
+        "not created again at the edge"
+    );
+
+    // Cloud to edge: created again and synced, then deleted through AWS's API (which publishes
+    // nothing); the next round, when the link comes up after a restart, deletes it at the edge.
+    update_shadow(&edge, "lamp", json!({"state": {"reported": {"on": false}}}));
+    cloud.wait_state("lamp", &json!({"reported": {"on": false}}));
+    cloud
+        .delete("lamp", None)
+        .expect("the cloud application's delete");
+    edge.restart();
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    eventually(WAIT, || match edge.shadow("lamp") {
+        None => Ok(()),
+        Some(s) => Err(format!("the edge still has {s}\n{}", edge.log())),
+    });
+    gone_from_cloud(&cloud);
+    // Both deletions were sync's doing (the edge's `get` above cannot tell a missing shadow from
+    // a failed request).
+    edge.wait_log(&["shadow deleted on both sides"], 2);
+}
