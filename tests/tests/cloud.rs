@@ -1317,6 +1317,7 @@ async fn the_aws_profile_paces_the_drain_and_sends_an_oversized_message_to_the_d
             *per_second.entry(second).or_default() += 1;
         }
     }
+    eprintln!("publishes per second at the cloud under the AWS profile: {per_second:?}");
     // 100 a second, and at most a tenth of a second's worth at once.
     assert!(
         per_second.len() >= 3 && per_second.values().all(|n| *n <= 110),
