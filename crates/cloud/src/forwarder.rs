@@ -585,15 +585,20 @@ impl Owner {
             let Some(refusal) = self.quotas.refusal(topic, payload.len()) else {
                 return true;
             };
-            warn!(
-                topic = %topic.chars().take(256).collect::<String>(),
-                reason = refusal.reason,
-                limit = refusal.limit,
-                actual = refusal.actual,
-                "a message over the cloud's limits goes to {DEAD_LETTER_TOPIC}, not to the cloud"
-            );
             self.metrics.drop(refusal.reason, 1);
             self.dead_letters += 1;
+            // A device sending nothing but oversized messages must not flood the log: the 1st,
+            // 2nd, 4th, 8th, ... are logged, with the running count.
+            if self.dead_letters.is_power_of_two() {
+                warn!(
+                    topic = %topic.chars().take(256).collect::<String>(),
+                    reason = refusal.reason,
+                    limit = refusal.limit,
+                    actual = refusal.actual,
+                    dead_letters = self.dead_letters,
+                    "a message over the cloud's limits goes to {DEAD_LETTER_TOPIC}, not to the cloud"
+                );
+            }
             self.last_dead_letter = Some((topic.clone(), refusal.reason));
             let doc = json!({
                 "topic": topic,
