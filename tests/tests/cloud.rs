@@ -1001,20 +1001,6 @@ async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
     );
 }
 
-/// Waits until mosquitto's log has `needle` at least `n` times.
-fn wait_mosquitto_log(m: &Mosquitto, needle: &str, n: usize) {
-    eventually(WAIT, || {
-        let log = m.log();
-        if log.matches(needle).count() >= n {
-            Ok(())
-        } else {
-            Err(format!(
-                "{needle:?} not {n} times in mosquitto's log:\n{log}"
-            ))
-        }
-    });
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_password_broker_refuses_a_wrong_password_with_backoff_and_takes_the_right_one_from_a_file_or_the_environment(
 ) {
@@ -1065,7 +1051,7 @@ async fn a_password_broker_refuses_a_wrong_password_with_backoff_and_takes_the_r
 
     // A wrong password: refused at every attempt, the status says why and what to check, and
     // the attempts back off (200 ms doubling, half of it random, capped at max_backoff_ms).
-    wait_mosquitto_log(&m, "disconnected, not authorised", 5);
+    m.wait_log("disconnected, not authorised", 5);
     let status = cloud_status(&g);
     assert_eq!(status["state"], "disconnected", "{status}");
     let error = status["last_error"].as_str().unwrap_or_default();
@@ -1120,7 +1106,7 @@ async fn a_password_broker_refuses_a_wrong_password_with_backoff_and_takes_the_r
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn an_endpoint_requiring_awss_alpn_on_443_takes_the_link_only_when_it_offers_it() {
+async fn an_endpoint_requiring_awss_alpn_takes_the_link_only_when_it_offers_it() {
     // AWS IoT Core's port 443 with client certificates wants ALPN `x-amzn-mqtt-ca`; the front
     // checks it (and the certificate) as AWS documents, then hands the MQTT bytes to mosquitto.
     // The test cannot bind 443: the port-443 default is a unit test of the configuration, here
@@ -1210,7 +1196,7 @@ async fn persistent_downlink_case(protocol: &str) {
         ),
     ));
     let subacks = "Sending SUBACK to edge-1";
-    wait_mosquitto_log(&m, subacks, 1);
+    m.wait_log(subacks, 1);
     let (status, _) = g.stop_with("TERM");
     assert!(status.success(), "{}", g.log());
 
@@ -1243,13 +1229,13 @@ async fn persistent_downlink_case(protocol: &str) {
     // They are acknowledged once handed to the edge broker: the cloud has the five PUBACKs, and
     // after another restart the next message from the cloud is a new one, not one of them again
     // (the cloud would resend unacknowledged ones first).
-    wait_mosquitto_log(&m, "Received PUBACK from edge-1", 5);
+    m.wait_log("Received PUBACK from edge-1", 5);
     proxy.cut().await;
     g.restart();
     let mut device = Client::connect("d1", g.mqtt_port).await;
     device.subscribe("cmd/#", QoS::AtLeastOnce).await;
     proxy.restore().await;
-    wait_mosquitto_log(&m, subacks, 3);
+    m.wait_log(subacks, 3);
     mosquitto_pub(m.port, &["-t", "site-1/cmd/d1", "-q", "1", "-m", "cmd-6"]);
     let next = device.recv(WAIT).await.expect("the new command");
     assert_eq!(
@@ -1342,7 +1328,7 @@ async fn without_a_thing_name_the_client_id_comes_from_the_machine_id() {
         m.port
     ));
     g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
-    wait_mosquitto_log(&m, &format!(" as {want} "), 1);
+    m.wait_log(&format!(" as {want} "), 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
