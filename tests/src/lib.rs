@@ -10,7 +10,8 @@
 //! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
 //! way to register devices and reach them over TLS or passwords ([`Devices`], [`Site`]), one way to
 //! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]), one cloud
-//! shadow service written from AWS's documentation ([`AwsShadows`]). Tests wait on facts, never on time:
+//! shadow service written from AWS's documentation ([`AwsShadows`]), one TLS endpoint that checks
+//! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -33,11 +34,13 @@ pub mod functions;
 mod mosquitto;
 mod raw;
 mod site;
+mod tls_front;
 
 pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::RawClient;
 pub use site::{Devices, Site};
+pub use tls_front::TlsFront;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
 /// loaded 2-core machine; a fact that holds arrives long before it.
@@ -129,6 +132,8 @@ pub struct Gateway {
     child: Option<Child>,
     /// Extra TOML given at start, kept for restarts.
     extra: String,
+    /// Environment variables the process gets, kept for restarts.
+    env: Vec<(String, String)>,
 }
 
 impl Gateway {
@@ -141,12 +146,26 @@ impl Gateway {
     /// Like [`Gateway::start`], in a directory the test has prepared (the data directory is its
     /// `data/`, e.g. with a CA and devices made by `grove device`).
     pub fn start_in(dir: tempfile::TempDir, extra: &str) -> Gateway {
+        Gateway::start_in_with_env(dir, extra, &[])
+    }
+
+    /// Like [`Gateway::start`], with these environment variables set for the process (and its
+    /// restarts), e.g. a secret the configuration names.
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway::start_in_with_env(tempfile::tempdir().expect("tempdir"), extra, env)
+    }
+
+    fn start_in_with_env(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Gateway {
         let mut g = Gateway {
             mqtt_port: free_port(),
             ops_port: free_port(),
             dir,
             child: None,
             extra: extra.to_owned(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
         };
         g.write_config();
         g.spawn();
@@ -194,6 +213,7 @@ impl Gateway {
             .arg("--config")
             .arg(self.config_path())
             .env("GROVE_LOG", "debug,rumqttd=warn")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()

@@ -88,9 +88,27 @@ impl Mosquitto {
         });
     }
 
+    /// Waits until mosquitto's log has `needle` at least `n` times (with `log_type all` in the
+    /// configuration it logs every packet it sends and receives: a SUBACK, a PUBACK).
+    pub fn wait_log(&self, needle: &str, n: usize) {
+        eventually(WAIT, || {
+            let log = self.log();
+            if log.matches(needle).count() >= n {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{needle:?} not {n} times in mosquitto's log:\n{log}"
+                ))
+            }
+        });
+    }
+
     /// Everything mosquitto logged so far.
     pub fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("mosquitto.log")).unwrap_or_default()
+        // Lossy: mosquitto writes client ids and topics as they came.
+        std::fs::read(self.dir.path().join("mosquitto.log"))
+            .map(|bytes| String::from_utf8_lossy(&bytes).into_owned())
+            .unwrap_or_default()
     }
 }
 

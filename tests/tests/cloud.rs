@@ -12,8 +12,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use grove_tests::{
-    eventually, free_port, grove, mosquitto_pub, options, AwsShadows, Client, Gateway, Mosquitto,
-    WAIT,
+    blocking, eventually, free_port, grove, mosquitto_pub, options, AwsShadows, Client, Gateway,
+    Mosquitto, TlsFront, WAIT,
 };
 use rumqttc::QoS;
 use serde_json::{json, Value};
@@ -910,6 +910,55 @@ async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gateway_killed_mid_drain_sends_at_most_inflight_messages_twice() {
+    // Issue 16: deletes of acknowledged messages were committed every 1,024 PUBACKs during a
+    // steady drain, so a SIGKILL sent up to that many again. Acknowledged-but-undeleted messages
+    // now share the `inflight` window with the ones in flight.
+    let inflight = 16;
+    let mut m = Mosquitto::start();
+    let mut g = Gateway::start(&cloud_toml(
+        m.port,
+        &format!("inflight = {inflight}\nforward = [{{ filter = \"t/#\" }}]"),
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    let total = 20_000u32;
+    for i in 0..total {
+        let topic = format!("t/{}", i % 3);
+        device
+            .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
+            .await;
+    }
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    drop(device);
+
+    m.spawn();
+    g.wait_metric("grove_cloud_acked_total", |v| v >= 1000.0);
+    g.kill_and_restart();
+    // What the restarted gateway found in its outbox ("cloud outbox restored messages=N").
+    let restored: u32 = g
+        .log()
+        .rsplit("cloud outbox restored")
+        .next()
+        .and_then(|rest| rest.split("messages=").nth(1))
+        .and_then(|n| n.split(|c: char| !c.is_ascii_digit()).next())
+        .and_then(|n| n.parse().ok())
+        .expect("the restarted gateway restored its outbox: the kill came mid-drain");
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(restored));
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, total as usize).await;
+    let duplicates = check_order(&by_topic);
+    eprintln!("killed with {restored} left: {duplicates} duplicates");
+    assert!(
+        duplicates <= inflight,
+        "{duplicates} duplicates after SIGKILL, more than inflight = {inflight}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
     // mosquitto's ACL lets anonymous clients publish only under ok/: with MQTT 5 it answers the
     // others with a "not authorized" PUBACK, and (with this file's `max_queued_messages 0`) closes
@@ -950,4 +999,382 @@ async fn a_message_the_cloud_refuses_is_counted_not_resent_forever() {
         "{}",
         g.log()
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_password_broker_refuses_a_wrong_password_with_backoff_and_takes_the_right_one_from_a_file_or_the_environment(
+) {
+    // The cloud: mosquitto with a password file (made by mosquitto_passwd), no anonymous clients,
+    // and an ACL that lets a client publish only under site/<its client id>/, as AWS IoT policies
+    // tie a thing to its client id. The link leaves client_id unset: it must be the thing name.
+    let m = Mosquitto::start_with(|_, dir| {
+        let passwords = dir.join("passwords");
+        for (i, (user, password)) in [("edge-7", "right-pw"), ("app", "app-pw")]
+            .into_iter()
+            .enumerate()
+        {
+            let create: &[&str] = if i == 0 { &["-c", "-b"] } else { &["-b"] };
+            let out = blocking(|| {
+                std::process::Command::new("mosquitto_passwd")
+                    .args(create)
+                    .arg(&passwords)
+                    .args([user, password])
+                    .output()
+                    .expect("mosquitto_passwd is installed with mosquitto")
+            });
+            assert!(out.status.success(), "mosquitto_passwd: {out:?}");
+        }
+        let acl = dir.join("acl");
+        std::fs::write(&acl, "user app\ntopic read #\npattern write site/%c/#\n").expect("acl");
+        format!(
+            "allow_anonymous false\npassword_file {}\nacl_file {}\n",
+            passwords.display(),
+            acl.display()
+        )
+    });
+    let mut app = options("cloud-app", m.port);
+    app.set_credentials("app", "app-pw");
+    let mut cloud = Client::connect_with(app).await;
+    cloud.subscribe("site/#", QoS::AtLeastOnce).await;
+    let toml = |password: &str| {
+        format!(
+            "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\nthing = \"edge-7\"\n\
+             max_backoff_ms = 1000\nusername = \"edge-7\"\n{password}\n\
+             forward = [{{ filter = \"t/#\", prefix = \"site/edge-7/\" }}]\n",
+            m.port
+        )
+    };
+    let secrets = tempfile::tempdir().unwrap();
+    let file = secrets.path().join("cloud-password");
+    std::fs::write(&file, "wrong-pw\n").unwrap();
+    let mut g = Gateway::start(&toml(&format!("password_file = {file:?}")));
+
+    // A wrong password: refused at every attempt, the status says why and what to check, and
+    // the attempts back off (200 ms doubling, half of it random, capped at max_backoff_ms).
+    m.wait_log("disconnected, not authorised", 5);
+    let status = cloud_status(&g);
+    assert_eq!(status["state"], "disconnected", "{status}");
+    let error = status["last_error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("refused the connection: NotAuthorized") && error.contains("cloud.username"),
+        "{status}"
+    );
+    let retry = status["retry_in_ms"].as_u64().expect("retry_in_ms");
+    assert!(
+        (400..=1000).contains(&retry),
+        "after 3 failures or more the wait is 400..=1000 ms: {status}"
+    );
+    assert_eq!(g.metric("grove_cloud_connects_total"), 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("t/1", QoS::AtLeastOnce, false, "kept while refused")
+        .await;
+    drop(device);
+
+    // The right password in the file (with the line break `echo` leaves): connected, and the
+    // message waiting in the outbox goes up under the client id the ACL wants.
+    std::fs::write(&file, "right-pw\n").unwrap();
+    g.restart();
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let got = cloud.recv(WAIT).await.expect("the waiting message");
+    assert_eq!(
+        (got.topic.as_str(), &got.payload[..]),
+        ("site/edge-7/t/1", &b"kept while refused"[..])
+    );
+    g.stop_with("TERM");
+
+    // The same from the environment.
+    let env = Gateway::start_with_env(
+        &toml("password_env = \"GROVE_TEST_CLOUD_PASSWORD\""),
+        &[("GROVE_TEST_CLOUD_PASSWORD", "right-pw")],
+    );
+    env.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let device = Client::connect("d1", env.mqtt_port).await;
+    device
+        .publish("t/2", QoS::AtLeastOnce, false, "from env")
+        .await;
+    let got = cloud.recv(WAIT).await.expect("forwarded");
+    assert_eq!(got.topic, "site/edge-7/t/2");
+
+    // Neither password was ever logged (the gateways log at debug level).
+    for log in [g.log(), env.log()] {
+        assert!(
+            !log.contains("right-pw") && !log.contains("wrong-pw"),
+            "a password in the log:\n{log}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_endpoint_requiring_awss_alpn_takes_the_link_only_when_it_offers_it() {
+    // AWS IoT Core's port 443 with client certificates wants ALPN `x-amzn-mqtt-ca`; the front
+    // checks it (and the certificate) as AWS documents, then hands the MQTT bytes to mosquitto.
+    // The test cannot bind 443: the port-443 default is a unit test of the configuration, here
+    // the name is written out.
+    let pki = tempfile::tempdir().unwrap();
+    make_pki(pki.path());
+    let p = pki.path().to_owned();
+    let m = Mosquitto::start();
+    let front = TlsFront::start(
+        &p.join("ca.pem"),
+        &p.join("server.pem"),
+        &p.join("server.key"),
+        "x-amzn-mqtt-ca",
+        m.port,
+    )
+    .await;
+    let mut cloud = Client::connect("cloud-app", m.port).await;
+    cloud.subscribe("t/#", QoS::AtLeastOnce).await;
+    let toml = |alpn: &str| {
+        format!(
+            "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nthing = \"edge-1\"\nmax_backoff_ms = 500\n\
+             tls = {{ ca = {:?}, cert = {:?}, key = {:?}{alpn} }}\nforward = [{{ filter = \"t/#\" }}]\n",
+            front.port,
+            p.join("ca.pem"),
+            p.join("client.pem"),
+            p.join("client.key"),
+        )
+    };
+
+    // Off port 443 no ALPN is offered by default: the endpoint ends the handshake.
+    let g = Gateway::start(&toml(""));
+    let status = eventually(WAIT, || {
+        let s = cloud_status(&g);
+        if s["last_error"].as_str().is_some_and(|e| !e.is_empty()) {
+            Ok(s)
+        } else {
+            Err(format!("no failed attempt in the status: {s}"))
+        }
+    });
+    assert_eq!(status["state"], "disconnected", "{status}");
+    assert_eq!(
+        front.offered().first(),
+        Some(&Vec::new()),
+        "no ALPN offered"
+    );
+    drop(g);
+
+    let g = Gateway::start(&toml(", alpn = [\"x-amzn-mqtt-ca\"]"));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("t/x", QoS::AtLeastOnce, false, "through the ALPN front")
+        .await;
+    let got = cloud
+        .recv(WAIT)
+        .await
+        .expect("the message through the front");
+    assert_eq!(&got.payload[..], b"through the ALPN front");
+    assert_eq!(
+        front.offered().last(),
+        Some(&vec!["x-amzn-mqtt-ca".to_owned()]),
+        "{:?}",
+        front.offered()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn commands_published_while_the_gateway_is_stopped_arrive_when_it_is_back() {
+    for protocol in ["3.1.1", "5"] {
+        persistent_downlink_case(protocol).await;
+    }
+}
+
+/// One run of the persistent-session test with the link on MQTT `protocol`: the cloud keeps the
+/// link's session (MQTT 3.1.1: clean session 0; MQTT 5: a session expiry interval) and queues
+/// the QoS 1 messages published for it while the gateway is stopped.
+async fn persistent_downlink_case(protocol: &str) {
+    // `log_type all`: mosquitto logs each SUBACK it sends, the fact that a subscription is in
+    // the session.
+    let m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let mut proxy = Proxy::start(m.port).await;
+    let mut g = Gateway::start(&cloud_toml(
+        proxy.port,
+        &format!(
+            "protocol = \"{protocol}\"\n\
+             downlink = [{{ filter = \"site-1/cmd/#\", strip_prefix = \"site-1/\" }}]"
+        ),
+    ));
+    let subacks = "Sending SUBACK to edge-1";
+    m.wait_log(subacks, 1);
+    let (status, _) = g.stop_with("TERM");
+    assert!(status.success(), "{}", g.log());
+
+    // The cloud sends commands while the gateway is stopped (mosquitto_pub -q 1 returns after
+    // its PUBACK: the cloud has each one). The network stays cut while the gateway starts
+    // again, so that the device is subscribed on the edge before the link can deliver them.
+    proxy.cut().await;
+    for i in 1..=5 {
+        mosquitto_pub(
+            m.port,
+            &["-t", "site-1/cmd/d1", "-q", "1", "-m", &format!("cmd-{i}")],
+        );
+    }
+    g.restart_stopped();
+    let mut device = Client::connect("d1", g.mqtt_port).await;
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    proxy.restore().await;
+    let got: Vec<String> = device
+        .recv_n(5, WAIT)
+        .await
+        .iter()
+        .map(|p| String::from_utf8_lossy(&p.payload).into_owned())
+        .collect();
+    assert_eq!(
+        got,
+        ["cmd-1", "cmd-2", "cmd-3", "cmd-4", "cmd-5"],
+        "MQTT {protocol}:\n{}",
+        g.log()
+    );
+    // They are acknowledged once handed to the edge broker: the cloud has the five PUBACKs, and
+    // after another restart the next message from the cloud is a new one, not one of them again
+    // (the cloud would resend unacknowledged ones first).
+    m.wait_log("Received PUBACK from edge-1", 5);
+    proxy.cut().await;
+    g.restart();
+    let mut device = Client::connect("d1", g.mqtt_port).await;
+    device.subscribe("cmd/#", QoS::AtLeastOnce).await;
+    proxy.restore().await;
+    m.wait_log(subacks, 3);
+    mosquitto_pub(m.port, &["-t", "site-1/cmd/d1", "-q", "1", "-m", "cmd-6"]);
+    let next = device.recv(WAIT).await.expect("the new command");
+    assert_eq!(
+        String::from_utf8_lossy(&next.payload),
+        "cmd-6",
+        "MQTT {protocol}; the cloud's log:\n{}",
+        m.log()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_aws_profile_paces_the_drain_and_sends_an_oversized_message_to_the_dead_letters() {
+    // AWS IoT Core allows 100 publishes per second per connection and 128 KB per payload
+    // (https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits). The
+    // cloud here is mosquitto, whose log stamps each PUBLISH it receives with the second: the
+    // drain of a backlog must stay near 100 in every second, and the oversized message must
+    // neither reach the cloud nor hold up the ones behind it.
+    let mut m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let g = Gateway::start(&cloud_toml(
+        m.port,
+        "profile = \"aws-iot-core\"\nforward = [{ filter = \"t/#\" }]",
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "t/#").await.disconnect().await;
+    m.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    let mut dlq = Client::connect("dlq-reader", g.mqtt_port).await;
+    dlq.subscribe("$grove/cloud/dlq", QoS::AtLeastOnce).await;
+    let device = Client::connect("d1", g.mqtt_port).await;
+    device
+        .publish("t/big", QoS::AtLeastOnce, false, vec![b'x'; 128 * 1024 + 1])
+        .await;
+    let total = 300u32;
+    for i in 0..total {
+        device
+            .publish("t/a", QoS::AtLeastOnce, false, format!("t/a:{i}"))
+            .await;
+    }
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    let letter = dlq.recv(WAIT).await.expect("the dead letter");
+    let letter: Value = serde_json::from_slice(&letter.payload).expect("JSON");
+    assert_eq!(
+        (&letter["topic"], &letter["reason"], &letter["limit"]),
+        (&json!("t/big"), &json!("payload_too_large"), &json!(131072)),
+        "{letter}"
+    );
+    let status = cloud_status(&g);
+    assert_eq!(status["dead_letters"], 1, "{status}");
+    assert_eq!(status["last_dead_letter"]["reason"], "payload_too_large");
+
+    m.spawn();
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(total));
+    let mut obs = reconnect_observer(m.port).await;
+    let by_topic = collect(&mut obs, total as usize).await;
+    check_order(&by_topic);
+    assert_eq!(
+        by_topic.keys().collect::<Vec<_>>(),
+        ["t/a"],
+        "t/big never went up"
+    );
+    let mut per_second = std::collections::BTreeMap::<String, usize>::new();
+    for line in m.log().lines() {
+        if line.contains("Received PUBLISH from edge-1") {
+            let second = line.split(':').next().unwrap_or_default().to_owned();
+            *per_second.entry(second).or_default() += 1;
+        }
+    }
+    eprintln!("publishes per second at the cloud under the AWS profile: {per_second:?}");
+    // 100 a second, and at most a tenth of a second's worth at once.
+    assert!(
+        per_second.len() >= 3 && per_second.values().all(|n| *n <= 110),
+        "publishes per second at the cloud: {per_second:?}"
+    );
+    assert_eq!(
+        g.metric("grove_cloud_connects_total"),
+        2.0,
+        "never disconnected"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_thing_name_the_client_id_comes_from_the_machine_id() {
+    // Two gateways left on defaults must not share a client id (the cloud would disconnect one
+    // for the other): the default thing, and so the client id, is derived from /etc/machine-id.
+    let machine_id = std::fs::read_to_string("/etc/machine-id").expect("the test machine's id");
+    let want = format!("grove-{}", &machine_id.trim()[..12]);
+    let m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let g = Gateway::start(&format!(
+        "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\n",
+        m.port
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    m.wait_log(&format!(" as {want} "), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_whole_shadow_deleted_on_either_side_is_deleted_on_the_other() {
+    let (_m, cloud, mut edge, _device) = lamp_site().await;
+    let gone_from_cloud = |cloud: &AwsShadows| {
+        eventually(WAIT, || match cloud.version("lamp", None) {
+            None => Ok(()),
+            Some(v) => Err(format!(
+                "the cloud shadow is at version {v}: {}",
+                cloud.report()
+            )),
+        })
+    };
+
+    // Edge to cloud: `grove shadow delete` on the gateway deletes the cloud's shadow too (it
+    // used to be emptied field by field and left in place).
+    update_shadow(&edge, "lamp", json!({"state": {"reported": {"on": true}}}));
+    cloud.wait_state("lamp", &json!({"reported": {"on": true}}));
+    let addr = edge.mqtt_addr().to_string();
+    let (code, out) = grove(
+        &["shadow", "delete", "lamp", "--mqtt", &addr],
+        edge.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    gone_from_cloud(&cloud);
+    assert!(
+        edge.shadow("lamp").is_none(),
+        "not created again at the edge"
+    );
+
+    // Cloud to edge: created again and synced, then deleted through AWS's API (which publishes
+    // nothing); the next round, when the link comes up after a restart, deletes it at the edge.
+    update_shadow(&edge, "lamp", json!({"state": {"reported": {"on": false}}}));
+    cloud.wait_state("lamp", &json!({"reported": {"on": false}}));
+    cloud
+        .delete("lamp", None)
+        .expect("the cloud application's delete");
+    edge.restart();
+    edge.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    eventually(WAIT, || match edge.shadow("lamp") {
+        None => Ok(()),
+        Some(s) => Err(format!("the edge still has {s}\n{}", edge.log())),
+    });
+    gone_from_cloud(&cloud);
+    // Both deletions were sync's doing (the edge's `get` above cannot tell a missing shadow from
+    // a failed request).
+    edge.wait_log(&["shadow deleted on both sides"], 2);
 }

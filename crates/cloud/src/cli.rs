@@ -33,6 +33,22 @@ pub fn render(doc: &Value) -> String {
         "last error:    {}",
         doc["last_error"].as_str().unwrap_or("-")
     );
+    if let Some(n) = doc["dead_letters"].as_u64().filter(|n| *n > 0) {
+        let last = &doc["last_dead_letter"];
+        let _ = writeln!(
+            out,
+            "dead letters:  {n} over the cloud's limits (last: {} on {})",
+            last["reason"].as_str().unwrap_or("-"),
+            last["topic"].as_str().unwrap_or("-")
+        );
+    }
+    if let Some(ms) = doc["retry_in_ms"].as_u64() {
+        let _ = writeln!(
+            out,
+            "retrying:      {:.1} s after the last failure",
+            ms as f64 / 1000.0
+        );
+    }
     out
 }
 
@@ -45,13 +61,17 @@ mod tests {
     fn status_renders_each_field() {
         let text = render(&json!({
             "state": "disconnected", "queue_depth": 3, "queue_bytes": 40, "in_flight": 0,
-            "oldest_age_ms": 1500, "connects": 2, "acked": 7, "last_error": "connection refused"
+            "oldest_age_ms": 1500, "connects": 2, "acked": 7, "last_error": "connection refused",
+            "retry_in_ms": 2500, "dead_letters": 2,
+            "last_dead_letter": {"topic": "big/1", "reason": "payload_too_large"}
         }));
         for line in [
             "link:          disconnected",
             "queue depth:   3 messages (40 bytes), 0 in flight",
             "oldest:        1.5 s",
             "last error:    connection refused",
+            "retrying:      2.5 s after the last failure",
+            "dead letters:  2 over the cloud's limits (last: payload_too_large on big/1)",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

@@ -12,6 +12,7 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use super::outbox::{FullPolicy, Limits};
+use super::quota::{self, Quotas};
 use grove_auth::policy::{overlaps, valid_filter};
 use grove_shadow_api::names::validate_thing_name;
 
@@ -24,12 +25,21 @@ pub struct RawCloud {
     port: Option<Spanned<u16>>,
     client_id: Option<Spanned<String>>,
     thing: Option<Spanned<String>>,
+    username: Option<Spanned<String>>,
+    /// Refused with a pointer to `password_file` / `password_env` (a secret does not belong in
+    /// the configuration file).
+    password: Option<Spanned<String>>,
+    password_file: Option<Spanned<PathBuf>>,
+    password_env: Option<Spanned<String>>,
     keep_alive_secs: Option<Spanned<u64>>,
+    session_expiry_secs: Option<Spanned<u32>>,
     #[serde(default)]
     protocol: Protocol,
     tls: Option<Spanned<RawCloudTls>>,
     plain_tcp: Option<Spanned<bool>>,
     inflight: Option<Spanned<usize>>,
+    profile: Option<Spanned<Profile>>,
+    quotas: Option<RawQuotas>,
     max_backoff_ms: Option<Spanned<u64>>,
     #[serde(default)]
     forward: Vec<Spanned<RawForward>>,
@@ -46,6 +56,7 @@ struct RawCloudTls {
     ca: PathBuf,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
+    alpn: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -62,6 +73,28 @@ struct RawDownlink {
     filter: String,
     #[serde(default)]
     strip_prefix: String,
+}
+
+/// `[cloud.quotas]`: each overrides the profile's value; 0 is no limit.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawQuotas {
+    payload_bytes: Option<usize>,
+    topic_bytes: Option<usize>,
+    topic_slashes: Option<usize>,
+    publishes_per_sec: Option<u32>,
+}
+
+/// Which cloud's limits the link keeps.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Profile {
+    /// Any broker: no limits but the ones written in `[cloud.quotas]`.
+    #[default]
+    Plain,
+    /// AWS IoT Core's per-connection quotas ([`quota::AWS_IOT_CORE`]), `inflight` at most 100,
+    /// client ids of at most 128 bytes.
+    AwsIotCore,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -118,7 +151,34 @@ pub enum Transport {
         ca: PathBuf,
         /// The client certificate chain and key (PEM), when the cloud wants one.
         client: Option<(PathBuf, PathBuf)>,
+        /// The ALPN protocol names offered in the TLS handshake (AWS IoT Core on port 443 with
+        /// a client certificate: `x-amzn-mqtt-ca`); none when empty.
+        alpn: Vec<String>,
     },
+}
+
+/// The ALPN protocol AWS IoT Core expects on port 443 from a client authenticating with an X.509
+/// certificate ("Protocols, port mappings, and authentication",
+/// <https://docs.aws.amazon.com/iot/latest/developerguide/protocols.html>); on 8883 it needs none.
+pub const AWS_MQTT_ALPN: &str = "x-amzn-mqtt-ca";
+
+/// The MQTT user name and where the password is (never the password itself, so that this
+/// configuration can be printed).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Credentials {
+    /// The user name.
+    pub username: String,
+    /// Where the password is read from when the link is set up; `None`: a user name alone.
+    pub password: Option<SecretSource>,
+}
+
+/// Where a secret is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SecretSource {
+    /// A file holding the secret (one trailing line break is not part of it).
+    File(PathBuf),
+    /// An environment variable of the gateway's process.
+    Env(String),
 }
 
 /// One forwarding rule: local topics matching `filter` go up as `prefix` + topic.
@@ -162,6 +222,26 @@ impl ShadowSync {
     }
 }
 
+/// systemd's machine id, from which the default thing name is derived.
+const MACHINE_ID: &str = "/etc/machine-id";
+
+/// The thing name (and client id) when neither is written: `grove-` and the first 12 hex digits
+/// of the machine id, so that two gateways left on defaults do not take each other's place on the
+/// cloud (a broker disconnects the older of two clients with one id). `None` without a usable id.
+pub fn thing_from_machine_id(machine_id: Option<&str>) -> Option<String> {
+    let hex: String = machine_id?
+        .trim()
+        .chars()
+        .filter(char::is_ascii_hexdigit)
+        .take(12)
+        .collect();
+    (hex.len() == 12).then(|| format!("grove-{}", hex.to_ascii_lowercase()))
+}
+
+/// The default of `session_expiry_secs`: an hour, AWS IoT Core's default for persistent
+/// sessions.
+pub const DEFAULT_SESSION_EXPIRY_SECS: u32 = 3600;
+
 /// The resolved `[cloud]` section.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CloudConfig {
@@ -173,14 +253,23 @@ pub struct CloudConfig {
     pub client_id: String,
     /// The gateway's own thing name.
     pub thing: String,
+    /// The MQTT user name and password, for brokers that check one.
+    pub credentials: Option<Credentials>,
     /// MQTT keep-alive.
     pub keep_alive: Duration,
+    /// How long the cloud keeps the link's session (subscriptions and the QoS 1 messages for it)
+    /// while the gateway is away, in seconds; 0: a clean session at every connect. MQTT 3.1.1
+    /// has no expiry on the wire: any value above 0 asks for a persistent session
+    /// (clean session 0) and the broker's own limit applies.
+    pub session_expiry_secs: u32,
     /// MQTT 3.1.1 or 5.
     pub protocol: Protocol,
     /// TCP or TLS.
     pub transport: Transport,
     /// Most QoS 1 publishes awaiting PUBACK at once.
     pub inflight: usize,
+    /// The cloud's limits, kept before sending.
+    pub quotas: Quotas,
     /// The longest wait between reconnection attempts.
     pub max_backoff: Duration,
     /// What goes up.
@@ -237,7 +326,8 @@ impl RawCloud {
                 "the cloud host must not be empty",
             ));
         }
-        let transport = match (self.tls, self.plain_tcp.as_ref().map(|p| *p.get_ref())) {
+        let mut alpn = None;
+        let mut transport = match (self.tls, self.plain_tcp.as_ref().map(|p| *p.get_ref())) {
             (Some(tls), Some(true)) => {
                 return Err(err(
                     "cloud.plain_tcp",
@@ -259,9 +349,23 @@ impl RawCloud {
                         ))
                     }
                 };
+                if let Some(bad) = tls
+                    .alpn
+                    .iter()
+                    .flatten()
+                    .find(|p| !(1..=255).contains(&p.len()))
+                {
+                    return Err(err(
+                        "cloud.tls.alpn",
+                        Some(span),
+                        format!("{bad:?} is not an ALPN protocol name (1 to 255 bytes)"),
+                    ));
+                }
+                alpn = tls.alpn;
                 Transport::Tls {
                     ca: relative(tls.ca),
                     client,
+                    alpn: Vec::new(),
                 }
             }
             (None, Some(true)) => Transport::PlainTcp,
@@ -279,6 +383,22 @@ impl RawCloud {
             Transport::Tls { .. } => 8883,
         };
         let port = self.port.map_or(default_port, Spanned::into_inner);
+        if let Transport::Tls {
+            client,
+            alpn: offered,
+            ..
+        } = &mut transport
+        {
+            // AWS IoT Core takes X.509 client certificates on port 443 only with its ALPN name;
+            // any other broker on 443 that ignores ALPN is not bothered by the offer.
+            *offered = alpn.unwrap_or_else(|| {
+                if port == 443 && client.is_some() {
+                    vec![AWS_MQTT_ALPN.to_owned()]
+                } else {
+                    Vec::new()
+                }
+            });
+        }
         let thing = match self.thing {
             Some(t) => {
                 let span = t.span();
@@ -288,11 +408,68 @@ impl RawCloud {
                 })?;
                 t
             }
-            None => "grove".to_owned(),
+            None => match &self.client_id {
+                // Only the client id is written: the thing name follows it where it can.
+                Some(id) if validate_thing_name(id.get_ref()).is_ok() => id.get_ref().clone(),
+                _ => {
+                    let machine_id = std::fs::read_to_string(MACHINE_ID).ok();
+                    thing_from_machine_id(machine_id.as_deref()).ok_or_else(|| {
+                        err(
+                            "cloud.thing",
+                            Some(host_span.clone()),
+                            format!(
+                                "no `thing` is set and {MACHINE_ID} cannot be read to derive one: \
+                                 set the gateway's thing name (also its MQTT client id)"
+                            ),
+                        )
+                    })?
+                }
+            },
         };
         let client_id = self
             .client_id
             .map_or_else(|| thing.clone(), Spanned::into_inner);
+        if let Some(p) = self.password {
+            return Err(err(
+                "cloud.password",
+                Some(p.span()),
+                "a password is not written in grove.toml: put it in a file (`password_file = \"...\"`) \
+                 or in the gateway's environment (`password_env = \"VARIABLE\"`)",
+            ));
+        }
+        let password = match (self.password_file, self.password_env) {
+            (Some(_), Some(e)) => {
+                return Err(err(
+                    "cloud.password_env",
+                    Some(e.span()),
+                    "both password_file and password_env are set; choose one",
+                ))
+            }
+            (Some(f), None) => Some((f.span(), SecretSource::File(relative(f.into_inner())))),
+            (None, Some(e)) if e.get_ref().is_empty() || e.get_ref().contains(['=', '\0']) => {
+                return Err(err(
+                    "cloud.password_env",
+                    Some(e.span()),
+                    format!("{:?} is not an environment variable name", e.get_ref()),
+                ))
+            }
+            (None, Some(e)) => Some((e.span(), SecretSource::Env(e.into_inner()))),
+            (None, None) => None,
+        };
+        let credentials = match (self.username, password) {
+            (Some(u), password) => Some(Credentials {
+                username: u.into_inner(),
+                password: password.map(|(_, p)| p),
+            }),
+            (None, Some((span, _))) => {
+                return Err(err(
+                    "cloud.username",
+                    Some(span),
+                    "a password needs a `username`",
+                ))
+            }
+            (None, None) => None,
+        };
         let keep_alive = match self.keep_alive_secs {
             Some(k) if !(5..=1200).contains(k.get_ref()) => {
                 return Err(err(
@@ -307,19 +484,67 @@ impl RawCloud {
             Some(k) => Duration::from_secs(k.into_inner()),
             None => Duration::from_secs(30),
         };
+        // AWS IoT Core keeps a persistent session an hour by default
+        // (https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html#mqtt-persistent-sessions).
+        let session_expiry_secs = self
+            .session_expiry_secs
+            .map_or(DEFAULT_SESSION_EXPIRY_SECS, Spanned::into_inner);
+        let profile = self
+            .profile
+            .as_ref()
+            .map_or(Profile::Plain, |p| *p.get_ref());
+        let most_inflight = match profile {
+            Profile::Plain => 1000,
+            Profile::AwsIotCore => quota::AWS_IOT_CORE_INFLIGHT,
+        };
         let inflight = match self.inflight {
-            Some(i) if !(1..=1000).contains(i.get_ref()) => {
+            Some(i) if !(1..=most_inflight).contains(i.get_ref()) => {
                 return Err(err(
                     "cloud.inflight",
                     Some(i.span()),
                     format!(
-                        "{} is out of range: it must be between 1 and 1000",
-                        i.get_ref()
+                        "{} is out of range: it must be between 1 and {most_inflight}{}",
+                        i.get_ref(),
+                        if profile == Profile::AwsIotCore {
+                            " (AWS IoT Core's limit of unacknowledged QoS 1 publishes per connection)"
+                        } else {
+                            ""
+                        }
                     ),
                 ))
             }
             Some(i) => i.into_inner(),
-            None => 256,
+            None => most_inflight.min(256),
+        };
+        if profile == Profile::AwsIotCore && client_id.len() > quota::AWS_IOT_CORE_CLIENT_ID_BYTES {
+            return Err(err(
+                "cloud.client_id",
+                self.profile.map(|p| p.span()),
+                format!(
+                    "{client_id:?} is longer than AWS IoT Core's {} bytes",
+                    quota::AWS_IOT_CORE_CLIENT_ID_BYTES
+                ),
+            ));
+        }
+        let base = match profile {
+            Profile::Plain => Quotas::default(),
+            Profile::AwsIotCore => quota::AWS_IOT_CORE,
+        };
+        let written = self.quotas.unwrap_or_default();
+        let pick = |written: Option<usize>, base: Option<usize>| match written {
+            Some(0) => None,
+            Some(n) => Some(n),
+            None => base,
+        };
+        let quotas = Quotas {
+            payload_bytes: pick(written.payload_bytes, base.payload_bytes),
+            topic_bytes: pick(written.topic_bytes, base.topic_bytes),
+            topic_slashes: pick(written.topic_slashes, base.topic_slashes),
+            publishes_per_sec: match written.publishes_per_sec {
+                Some(0) => None,
+                Some(n) => Some(n),
+                None => base.publishes_per_sec,
+            },
         };
         let max_backoff = match self.max_backoff_ms {
             Some(m) if !(100..=3_600_000).contains(m.get_ref()) => {
@@ -476,10 +701,13 @@ impl RawCloud {
             port,
             client_id,
             thing,
+            credentials,
             keep_alive,
+            session_expiry_secs,
             protocol: self.protocol,
             transport,
             inflight,
+            quotas,
             max_backoff,
             forward,
             downlink,
@@ -513,20 +741,123 @@ mod tests {
             Transport::Tls {
                 ca: "/etc/grove/ca.pem".into(),
                 client: Some(("/etc/grove/c.pem".into(), "/etc/grove/k.pem".into())),
+                alpn: Vec::new(),
             }
         );
+        assert_eq!((c.credentials, c.session_expiry_secs), (None, 3600));
         assert_eq!(
             (c.limits.max_messages, c.when_full),
             (100_000, FullPolicy::DropOldest)
         );
         assert_eq!(c.keep_alive, Duration::from_secs(30));
         let c = resolve("host = \"h\"\nplain_tcp = true\n[shadows]\nthings = [\"a\"]\n");
+        let machine = std::fs::read_to_string(MACHINE_ID).ok();
+        let derived = thing_from_machine_id(machine.as_deref()).expect("this machine has an id");
         assert_eq!(
-            (c.port, c.transport, c.client_id.as_str()),
-            (1883, Transport::PlainTcp, "grove")
+            (c.port, c.transport, c.client_id.as_str(), c.thing.as_str()),
+            (
+                1883,
+                Transport::PlainTcp,
+                derived.as_str(),
+                derived.as_str()
+            )
         );
         let s = c.shadows.expect("shadows");
         assert_eq!((s.direction, s.max_updates_per_sec), (Direction::Both, 100));
+        let c = resolve("host = \"h\"\nplain_tcp = true\nclient_id = \"gw-9\"\n");
+        assert_eq!(c.thing, "gw-9");
+    }
+
+    fn refusal(text: &str) -> SectionError {
+        let raw: RawCloud = toml::from_str(text).expect("parses");
+        raw.resolve(PathBuf::from).expect_err("invalid")
+    }
+
+    #[test]
+    fn the_password_comes_from_a_file_or_the_environment_never_the_file_itself() {
+        let tcp = "host = \"h\"\nplain_tcp = true\nusername = \"u\"\n";
+        let c = resolve(&format!("{tcp}password_file = \"secret\"\n"));
+        assert_eq!(
+            c.credentials,
+            Some(Credentials {
+                username: "u".into(),
+                password: Some(SecretSource::File("/etc/grove/secret".into())),
+            })
+        );
+        let c = resolve(&format!("{tcp}password_env = \"CLOUD_PW\"\n"));
+        assert_eq!(
+            c.credentials.and_then(|c| c.password),
+            Some(SecretSource::Env("CLOUD_PW".into()))
+        );
+        let e = refusal(&format!("{tcp}password = \"hunter2\"\n"));
+        assert_eq!(e.key, "cloud.password");
+        assert!(e.message.contains("password_file"), "{}", e.message);
+        let e = refusal(&format!(
+            "{tcp}password_file = \"f\"\npassword_env = \"V\"\n"
+        ));
+        assert!(e.message.contains("choose one"), "{}", e.message);
+        let e = refusal("host = \"h\"\nplain_tcp = true\npassword_env = \"V\"\n");
+        assert_eq!(e.key, "cloud.username");
+        let e = refusal(&format!("{tcp}password_env = \"A=B\"\n"));
+        assert_eq!(e.key, "cloud.password_env");
+    }
+
+    #[test]
+    fn alpn_defaults_to_aws_on_443_with_a_client_certificate_and_can_be_set() {
+        let alpn = |more: &str| match resolve(&format!("host = \"h\"\n{more}")).transport {
+            Transport::Tls { alpn, .. } => alpn,
+            Transport::PlainTcp => panic!("TLS"),
+        };
+        let mutual = "tls = { ca = \"ca\", cert = \"c\", key = \"k\" }\n";
+        assert_eq!(alpn(&format!("port = 443\n{mutual}")), [AWS_MQTT_ALPN]);
+        assert!(alpn(mutual).is_empty(), "8883 needs no ALPN");
+        assert!(alpn("port = 443\ntls = { ca = \"ca\" }\n").is_empty());
+        assert!(
+            alpn("port = 443\ntls = { ca = \"ca\", cert = \"c\", key = \"k\", alpn = [] }\n")
+                .is_empty()
+        );
+        assert_eq!(alpn("tls = { ca = \"ca\", alpn = [\"mqtt\"] }\n"), ["mqtt"]);
+        let e = refusal("host = \"h\"\ntls = { ca = \"ca\", alpn = [\"\"] }\n");
+        assert_eq!(e.key, "cloud.tls.alpn");
+    }
+
+    #[test]
+    fn the_aws_profile_keeps_aws_quotas_and_each_can_be_overridden() {
+        let c = resolve("host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n");
+        assert_eq!((c.quotas, c.inflight), (quota::AWS_IOT_CORE, 100));
+        let c = resolve(
+            "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n\
+             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\n",
+        );
+        assert_eq!(
+            (
+                c.quotas.publishes_per_sec,
+                c.quotas.payload_bytes,
+                c.quotas.topic_slashes
+            ),
+            (None, Some(1000), Some(7))
+        );
+        let c = resolve("host = \"h\"\nplain_tcp = true\n");
+        assert_eq!((c.quotas, c.inflight), (Quotas::default(), 256));
+        let e =
+            refusal("host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\ninflight = 101\n");
+        assert!(e.message.contains("AWS IoT Core"), "{}", e.message);
+        let long = "x".repeat(129);
+        let e = refusal(&format!(
+            "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\nclient_id = \"{long}\"\n"
+        ));
+        assert_eq!(e.key, "cloud.client_id");
+    }
+
+    #[test]
+    fn the_default_thing_comes_from_the_machine_id() {
+        assert_eq!(
+            thing_from_machine_id(Some("3D1219C7C4C5404AAA1F6D2A48ADFDA4\n")).as_deref(),
+            Some("grove-3d1219c7c4c5")
+        );
+        assert_eq!(thing_from_machine_id(Some("\n")), None);
+        assert_eq!(thing_from_machine_id(Some("uninitialized\n")), None);
+        assert_eq!(thing_from_machine_id(None), None);
     }
 
     #[test]

@@ -11,9 +11,10 @@ use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
 use super::config::{CloudConfig, Downlink};
-use super::link::{Backoff, LinkEvent, Session};
+use super::link::{Ack, Backoff, LinkEvent, Session};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
+use super::quota::{Quotas, TokenBucket};
 use super::{link, sync};
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Message, Outgoing};
@@ -28,12 +29,16 @@ use grove_store::{OutboxMessage, Store};
 /// `…/accepted`.
 pub const STATUS_TOPIC: &str = "$grove/cloud/status";
 
-/// Acknowledged messages are deleted in one transaction per this many, or with the next append,
-/// or after [`DELETE_LINGER`] without one: one commit (and fsync) per PUBACK would cost more than
-/// the sending. A crash before the delete commits only means those messages are sent again.
-const DELETE_BATCH: usize = 1024;
+/// Where a message the cloud can never accept (over its payload or topic limits) goes instead of
+/// the outbox: `{"topic", "reason", "limit", "actual", "payload_base64"}`, QoS 1.
+pub const DEAD_LETTER_TOPIC: &str = "$grove/cloud/dlq";
 
-/// See [`DELETE_BATCH`].
+/// Acknowledged messages are deleted in one transaction per half window (`inflight / 2`), or with
+/// the next append, or at the latest this long after the first of them was acknowledged: one
+/// commit (and fsync) per PUBACK would cost more than the sending. A crash before the delete
+/// commits means those messages are sent again, so acknowledged-but-undeleted messages count
+/// against the `inflight` window: after a crash at most `inflight` messages go up twice, as after
+/// a link drop.
 const DELETE_LINGER: Duration = Duration::from_millis(50);
 
 /// Offers from publishers waiting for the outbox; each publisher waits for its own, so this only
@@ -166,9 +171,20 @@ pub async fn start(
         metrics,
         state: LinkState::Connecting,
         last_error: None,
+        retry_in: None,
         deletes: Vec::new(),
+        deletes_since: None,
         backlog: None,
         sync: sync_tx,
+        quotas: config.quotas,
+        pacer: config
+            .quotas
+            .publishes_per_sec
+            .map(|rate| TokenBucket::new(rate, 0.1)),
+        clock: tokio::time::Instant::now(),
+        paced_until: None,
+        dead_letters: 0,
+        last_dead_letter: None,
     };
     tasks.push(tokio::spawn(owner.run(events, offers, shutdown)));
     Ok(tasks)
@@ -233,11 +249,25 @@ struct Owner {
     metrics: CloudMetrics,
     state: LinkState,
     last_error: Option<String>,
+    /// The wait before the next connection attempt, after a failure.
+    retry_in: Option<Duration>,
     /// Acknowledged sequence numbers whose delete is not yet committed.
     deletes: Vec<u64>,
+    /// When the first of `deletes` was acknowledged.
+    deletes_since: Option<tokio::time::Instant>,
     /// When the current session started with a backlog, and how big it was (for the drain log).
     backlog: Option<(Instant, usize)>,
     sync: Option<mpsc::UnboundedSender<SyncInput>>,
+    /// The cloud's limits.
+    quotas: Quotas,
+    /// The publish rate limit, on the clock `clock` started.
+    pacer: Option<TokenBucket>,
+    clock: tokio::time::Instant,
+    /// When the pacer allows the next publish, while messages wait for it.
+    paced_until: Option<tokio::time::Instant>,
+    /// Messages sent to [`DEAD_LETTER_TOPIC`], and the last one's topic and reason.
+    dead_letters: u64,
+    last_dead_letter: Option<(String, &'static str)>,
 }
 
 impl Owner {
@@ -250,14 +280,22 @@ impl Owner {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
         loop {
-            self.feed().await;
-            if self.deletes.len() >= DELETE_BATCH {
+            if self.deletes.len() >= (self.window / 2).max(1) {
                 self.flush_deletes().await;
             }
-            let linger = !self.deletes.is_empty();
+            self.feed().await;
+            // A deadline from the first pending delete, not a timer restarted by every event: a
+            // steady drain must not hold its deletes back.
+            let linger = self.deletes_since;
+            let paced = self.paced_until;
             tokio::select! {
                 _ = shutdown.changed() => break,
-                _ = tokio::time::sleep(DELETE_LINGER), if linger => self.flush_deletes().await,
+                _ = tokio::time::sleep_until(paced.unwrap_or_else(tokio::time::Instant::now)), if paced.is_some() => {
+                    self.paced_until = None;
+                }
+                _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now) + DELETE_LINGER), if linger.is_some() => {
+                    self.flush_deletes().await
+                }
                 r = self.bus.recv_batch(&mut batch) => {
                     if r.is_err() {
                         break;
@@ -275,13 +313,17 @@ impl Owner {
                 }
                 Some(ev) = events.recv() => {
                     let mut local = Vec::new();
-                    self.on_link(ev, &mut local);
+                    let mut acks = Vec::new();
+                    self.on_link(ev, &mut local, &mut acks);
                     while let Ok(ev) = events.try_recv() {
-                        self.on_link(ev, &mut local);
+                        self.on_link(ev, &mut local, &mut acks);
                     }
+                    // The cloud's messages are acknowledged once the broker has them: a gateway
+                    // stopped before that gets them again from its persistent session.
                     if !local.is_empty() && self.bus.publish(local).await.is_err() {
                         break;
                     }
+                    acks.into_iter().for_each(Ack::send);
                 }
             }
         }
@@ -294,7 +336,24 @@ impl Owner {
         let Some(session) = self.session.clone() else {
             return;
         };
-        while let Some((after, room)) = self.queue.next_batch(self.window) {
+        // Acknowledged messages whose delete is not committed yet would be sent again after a
+        // crash, like the ones in flight: both share the window.
+        while let Some((after, room)) = self
+            .queue
+            .next_batch(self.window.saturating_sub(self.deletes.len()))
+        {
+            let now = self.clock.elapsed();
+            let room = match &mut self.pacer {
+                None => room,
+                Some(pacer) => match pacer.available(now) {
+                    0 => {
+                        // Over the cloud's publish rate: wake up when the next one may go.
+                        self.paced_until = Some(tokio::time::Instant::now() + pacer.wait());
+                        return;
+                    }
+                    tokens => room.min(tokens),
+                },
+            };
             let page = match self.store.outbox_load(after, room).await {
                 Ok(p) => p,
                 Err(e) => {
@@ -316,11 +375,15 @@ impl Owner {
                 }
                 self.ids.handed(m.seq);
                 self.metrics.sent.inc();
+                if let Some(pacer) = &mut self.pacer {
+                    pacer.spend(1);
+                }
             }
         }
     }
 
     async fn flush_deletes(&mut self) {
+        self.deletes_since = None;
         if self.deletes.is_empty() {
             return;
         }
@@ -331,7 +394,7 @@ impl Owner {
         }
     }
 
-    fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>) {
+    fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>, acks: &mut Vec<Ack>) {
         match event {
             LinkEvent::Up(session) => {
                 self.metrics.connects.inc();
@@ -365,7 +428,14 @@ impl Owner {
                         .observe(waited as f64 / 1000.0);
                 }
             }
-            LinkEvent::Message { topic, payload } => {
+            LinkEvent::Message {
+                topic,
+                payload,
+                ack,
+            } => {
+                // Every message is acknowledged after this batch's local publish, also the ones
+                // dropped here (nothing more will come of them).
+                acks.push(ack);
                 if let Some(sync) = self
                     .sync
                     .as_ref()
@@ -395,7 +465,7 @@ impl Owner {
                     ..Outgoing::new(local_topic.to_owned(), payload)
                 });
             }
-            LinkEvent::Down(reason) => {
+            LinkEvent::Down { reason, retry_in } => {
                 if self.state == LinkState::Connected {
                     if let Some(sync) = &self.sync {
                         let _ = sync.send(SyncInput::Down);
@@ -404,6 +474,7 @@ impl Owner {
                 self.metrics.link_up.set(0);
                 self.state = LinkState::Disconnected;
                 self.last_error = Some(reason);
+                self.retry_in = Some(retry_in);
                 self.session = None;
                 self.ids.clear();
                 let resent = self.queue.reset_session();
@@ -439,7 +510,8 @@ impl Owner {
         }
     }
 
-    async fn append(&mut self, incoming: Vec<(String, Bytes)>, now: u64) {
+    async fn append(&mut self, mut incoming: Vec<(String, Bytes)>, now: u64) {
+        self.dead_letters(&mut incoming).await;
         let sizes: Vec<u64> = incoming
             .iter()
             .map(|(t, p)| (t.len() + p.len()) as u64)
@@ -462,6 +534,7 @@ impl Owner {
         let n = append.len() as u64;
         // Pending deletes of acknowledged messages share this commit.
         let mut delete = std::mem::take(&mut self.deletes);
+        self.deletes_since = None;
         delete.extend_from_slice(&admission.dropped_oldest);
         match self.store.outbox_write(append, delete).await {
             Ok(()) => {
@@ -502,6 +575,49 @@ impl Owner {
         self.gauges();
     }
 
+    /// Takes out of `incoming` what the cloud would refuse whatever the time (over its payload or
+    /// topic limits) and publishes it on [`DEAD_LETTER_TOPIC`], counted and logged, so that it
+    /// never blocks the queue behind it.
+    async fn dead_letters(&mut self, incoming: &mut Vec<(String, Bytes)>) {
+        use base64::Engine;
+        let mut letters = Vec::new();
+        incoming.retain(|(topic, payload)| {
+            let Some(refusal) = self.quotas.refusal(topic, payload.len()) else {
+                return true;
+            };
+            self.metrics.drop(refusal.reason, 1);
+            self.dead_letters += 1;
+            // A device sending nothing but oversized messages must not flood the log: the 1st,
+            // 2nd, 4th, 8th, ... are logged, with the running count.
+            if self.dead_letters.is_power_of_two() {
+                warn!(
+                    topic = %topic.chars().take(256).collect::<String>(),
+                    reason = refusal.reason,
+                    limit = refusal.limit,
+                    actual = refusal.actual,
+                    dead_letters = self.dead_letters,
+                    "a message over the cloud's limits goes to {DEAD_LETTER_TOPIC}, not to the cloud"
+                );
+            }
+            self.last_dead_letter = Some((topic.clone(), refusal.reason));
+            let doc = json!({
+                "topic": topic,
+                "reason": refusal.reason,
+                "limit": refusal.limit,
+                "actual": refusal.actual,
+                "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+            });
+            letters.push(Outgoing {
+                qos: 1,
+                ..Outgoing::new(DEAD_LETTER_TOPIC.to_owned(), Bytes::from(doc.to_string()))
+            });
+            false
+        });
+        if !letters.is_empty() && self.bus.publish(letters).await.is_err() {
+            warn!("cannot publish the cloud's dead letters");
+        }
+    }
+
     /// The cloud answered the publish with this packet id (acknowledged or refused): its message
     /// leaves the outbox. `None` if it had already left (dropped while in flight, or a duplicate
     /// answer).
@@ -509,6 +625,8 @@ impl Owner {
         let seq = self.ids.acked(pkid)?;
         let entry = self.queue.acked(seq)?;
         self.deletes.push(seq);
+        self.deletes_since
+            .get_or_insert_with(tokio::time::Instant::now);
         self.gauges();
         if self.queue.depth() == 0 {
             self.drained();
@@ -547,6 +665,9 @@ impl Owner {
             "in_flight": self.queue.inflight(),
             "oldest_age_ms": self.queue.oldest_ms().map(|t| now.saturating_sub(t)),
             "last_error": self.last_error,
+            "dead_letters": self.dead_letters,
+            "last_dead_letter": self.last_dead_letter.as_ref().map(|(topic, reason)| json!({"topic": topic, "reason": reason})),
+            "retry_in_ms": self.retry_in.filter(|_| self.state != LinkState::Connected).map(|d| d.as_millis() as u64),
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
             "clientToken": client_token_of(request),

@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the `[cloud]` section.
 //! - [`outbox`]: the outbox's admission policy, ordering and packet-id bookkeeping (pure).
+//! - [`quota`]: the cloud's limits (payload, topic, publish rate; AWS IoT Core's profile), kept
+//!   before sending (pure).
 //! - `link`: rumqttc, TLS, reconnect with backoff and jitter.
 //! - `merge`: the three-way merge of shadow state (pure); `sync`: the shadow sync component.
 //! - [`cli`]: `grove cloud status` (rendering the answer; the binary asks).
@@ -35,6 +37,7 @@ mod merge;
 pub mod metrics;
 pub mod outbox;
 pub mod queries;
+pub mod quota;
 mod sync;
 
 pub use forwarder::*;

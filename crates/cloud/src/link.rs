@@ -13,6 +13,14 @@
 //! interface (connect, step, subscribe, publish) so the reconnect loop exists once. With MQTT 5 a
 //! PUBACK can carry a failure reason (AWS IoT Core: not authorized, quota exceeded, ...): such a
 //! message was refused, not delivered, and is reported as [`LinkEvent::Refused`].
+//!
+//! The session is persistent unless `session_expiry_secs = 0`: the cloud keeps the link's
+//! subscriptions and queues its QoS 1 messages while the gateway is away. Messages from the cloud
+//! are acknowledged by hand ([`Ack`]), only once the cloud component has handed them on, so a
+//! gateway that stops between the two gets the message again instead of losing it.
+//!
+//! The password is read from its file or environment variable when the options are built and
+//! lives only in rumqttc's options, which are never printed (their `Debug` shows it).
 
 use std::path::Path;
 use std::sync::Arc;
@@ -29,7 +37,7 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 use tokio::sync::{mpsc, watch};
 use tracing::{debug, info, warn};
 
-use super::config::{CloudConfig, Protocol, Transport as LinkTransport};
+use super::config::{CloudConfig, Credentials, Protocol, SecretSource, Transport as LinkTransport};
 
 /// Why the link cannot be set up at all (a configuration problem, reported at startup).
 #[derive(Debug, thiserror::Error)]
@@ -47,6 +55,9 @@ pub enum LinkError {
     /// rustls refused the combination.
     #[error("cloud TLS: {0}")]
     Tls(String),
+    /// The password cannot be read (its content is never part of the message).
+    #[error("cloud password: {0}")]
+    Password(String),
 }
 
 /// What the link reports to the cloud component, in the order it happened.
@@ -66,9 +77,40 @@ pub enum LinkEvent {
         topic: String,
         /// The payload.
         payload: Bytes,
+        /// Its acknowledgement, to send once it has been handed on.
+        ack: Ack,
     },
-    /// The session ended (or the connection attempt failed), with the reason.
-    Down(String),
+    /// The session ended (or the connection attempt failed).
+    Down {
+        /// Why.
+        reason: String,
+        /// How long the link waits before the next attempt.
+        retry_in: Duration,
+    },
+}
+
+/// The PUBACK owed to the cloud for one of its QoS 1 messages, on the session it came in.
+#[derive(Debug)]
+pub struct Ack(Box<AckOn>);
+
+#[derive(Debug)]
+enum AckOn {
+    V4(AsyncClient, rumqttc::Publish),
+    V5(v5::AsyncClient, v5::mqttbytes::v5::Publish),
+}
+
+impl Ack {
+    /// Sends the acknowledgement (nothing for QoS 0). If its session has ended meanwhile, the
+    /// cloud sends the message again on the next one (a persistent session) or has forgotten it.
+    pub fn send(self) {
+        let sent = match &*self.0 {
+            AckOn::V4(c, p) => c.try_ack(p).is_ok(),
+            AckOn::V5(c, p) => c.try_ack(p).is_ok(),
+        };
+        if !sent {
+            debug!("a cloud message's PUBACK could not be queued; the cloud will send it again");
+        }
+    }
 }
 
 /// One connected session: publishes go through it until it ends.
@@ -112,8 +154,9 @@ fn v5_qos(qos: QoS) -> v5::mqttbytes::QoS {
     }
 }
 
-/// The configured client options, for either protocol version.
-#[derive(Debug, Clone)]
+/// The configured client options, for either protocol version. Not `Debug`: rumqttc's options
+/// print the password.
+#[derive(Clone)]
 pub enum Options {
     /// MQTT 3.1.1.
     V4(Box<MqttOptions>),
@@ -162,16 +205,20 @@ impl Driver {
 
     async fn step(&mut self) -> Result<Step, String> {
         match self {
-            Driver::V4(_, eventloop) => eventloop
-                .poll()
-                .await
-                .map(v4_step)
-                .map_err(|e| e.to_string()),
-            Driver::V5(_, eventloop) => eventloop
-                .poll()
-                .await
-                .map(v5_step)
-                .map_err(|e| e.to_string()),
+            Driver::V4(client, eventloop) => match eventloop.poll().await {
+                Ok(event) => Ok(v4_step(client, event)),
+                Err(rumqttc::ConnectionError::ConnectionRefused(code)) => {
+                    Err(refused(&format!("{code:?}")))
+                }
+                Err(e) => Err(e.to_string()),
+            },
+            Driver::V5(client, eventloop) => match eventloop.poll().await {
+                Ok(event) => Ok(v5_step(client, event)),
+                Err(v5::ConnectionError::ConnectionRefused(code)) => {
+                    Err(refused(&format!("{code:?}")))
+                }
+                Err(e) => Err(e.to_string()),
+            },
         }
     }
 
@@ -186,8 +233,18 @@ impl Driver {
     /// delivered.
     fn leftovers(&mut self) -> Vec<LinkEvent> {
         let steps: Vec<Step> = match self {
-            Driver::V4(_, eventloop) => eventloop.state.events.drain(..).map(v4_step).collect(),
-            Driver::V5(_, eventloop) => eventloop.state.events.drain(..).map(v5_step).collect(),
+            Driver::V4(client, eventloop) => eventloop
+                .state
+                .events
+                .drain(..)
+                .map(|e| v4_step(client, e))
+                .collect(),
+            Driver::V5(client, eventloop) => eventloop
+                .state
+                .events
+                .drain(..)
+                .map(|e| v5_step(client, e))
+                .collect(),
         };
         steps
             .into_iter()
@@ -225,30 +282,44 @@ impl Driver {
     }
 }
 
+/// Why the cloud refused the connection (its CONNACK code), and what to check.
+fn refused(code: &str) -> String {
+    let hint = match code {
+        "BadUserNamePassword" | "NotAuthorized" => {
+            ": check cloud.username and the password (and the client certificate, with TLS)"
+        }
+        "BadClientId" | "ClientIdentifierNotValid" => ": check cloud.client_id",
+        _ => "",
+    };
+    format!("the cloud refused the connection: {code}{hint}")
+}
+
 /// What an MQTT 3.1.1 event loop event means for the link.
-fn v4_step(event: Event) -> Step {
+fn v4_step(client: &AsyncClient, event: Event) -> Step {
     match event {
         Event::Incoming(Incoming::ConnAck(ack)) => Step::ConnAck(
-            (ack.code != rumqttc::ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
+            (ack.code != rumqttc::ConnectReturnCode::Success)
+                .then(|| refused(&format!("{:?}", ack.code))),
         ),
         Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
             Step::Report(LinkEvent::Written(pkid))
         }
         Event::Incoming(Incoming::PubAck(ack)) => Step::Report(LinkEvent::PubAck(ack.pkid)),
         Event::Incoming(Incoming::Publish(p)) => Step::Report(LinkEvent::Message {
-            topic: p.topic,
-            payload: p.payload,
+            topic: p.topic.clone(),
+            payload: p.payload.clone(),
+            ack: Ack(Box::new(AckOn::V4(client.clone(), p))),
         }),
         _ => Step::Other,
     }
 }
 
 /// What an MQTT 5 event loop event means for the link.
-fn v5_step(event: v5::Event) -> Step {
+fn v5_step(client: &v5::AsyncClient, event: v5::Event) -> Step {
     use v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
     match event {
         v5::Event::Incoming(Packet::ConnAck(ack)) => Step::ConnAck(
-            (ack.code != ConnectReturnCode::Success).then(|| format!("{:?}", ack.code)),
+            (ack.code != ConnectReturnCode::Success).then(|| refused(&format!("{:?}", ack.code))),
         ),
         v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
             Step::Report(LinkEvent::Written(pkid))
@@ -261,7 +332,8 @@ fn v5_step(event: v5::Event) -> Step {
         },
         v5::Event::Incoming(Packet::Publish(p)) => Step::Report(LinkEvent::Message {
             topic: String::from_utf8_lossy(&p.topic).into_owned(),
-            payload: p.payload,
+            payload: p.payload.clone(),
+            ack: Ack(Box::new(AckOn::V5(client.clone(), p))),
         }),
         _ => Step::Other,
     }
@@ -315,10 +387,16 @@ impl Backoff {
 pub fn options(config: &CloudConfig) -> Result<Options, LinkError> {
     let transport = match &config.transport {
         LinkTransport::PlainTcp => None,
-        LinkTransport::Tls { ca, client } => Some(Transport::tls_with_config(
-            TlsConfiguration::Rustls(tls_config(ca, client.as_ref())?),
+        LinkTransport::Tls { ca, client, alpn } => Some(Transport::tls_with_config(
+            TlsConfiguration::Rustls(tls_config(ca, client.as_ref(), alpn)?),
         )),
     };
+    let login = config
+        .credentials
+        .as_ref()
+        .map(|c| Ok::<_, LinkError>((c.username.clone(), password(c)?)))
+        .transpose()?;
+    let persistent = config.session_expiry_secs > 0;
     // The outbox's window plus room for shadow requests.
     let inflight = u16::try_from(config.inflight + 16).unwrap_or(u16::MAX);
     Ok(match config.protocol {
@@ -326,7 +404,11 @@ pub fn options(config: &CloudConfig) -> Result<Options, LinkError> {
             let mut o =
                 MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
             o.set_keep_alive(config.keep_alive);
-            o.set_clean_session(true);
+            o.set_clean_session(!persistent);
+            o.set_manual_acks(true);
+            if let Some((user, password)) = login {
+                o.set_credentials(user, password);
+            }
             o.set_max_packet_size(1 << 20, 1 << 20);
             o.set_inflight(inflight);
             if let Some(t) = transport {
@@ -338,7 +420,12 @@ pub fn options(config: &CloudConfig) -> Result<Options, LinkError> {
             let mut o =
                 v5::MqttOptions::new(config.client_id.clone(), config.host.clone(), config.port);
             o.set_keep_alive(config.keep_alive);
-            o.set_clean_start(true);
+            o.set_clean_start(!persistent);
+            o.set_session_expiry_interval(persistent.then_some(config.session_expiry_secs));
+            o.set_manual_acks(true);
+            if let Some((user, password)) = login {
+                o.set_credentials(user, password);
+            }
             o.set_max_packet_size(Some(1 << 20));
             o.set_outgoing_inflight_upper_limit(inflight);
             o.set_network_options(network());
@@ -350,9 +437,55 @@ pub fn options(config: &CloudConfig) -> Result<Options, LinkError> {
     })
 }
 
+/// Reads the password from its file or environment variable. Neither the password nor any part
+/// of it is ever in an error or a log line.
+fn password(credentials: &Credentials) -> Result<String, LinkError> {
+    let Some(source) = &credentials.password else {
+        return Ok(String::new());
+    };
+    let secret = match source {
+        SecretSource::Env(name) => std::env::var(name)
+            .map_err(|e| LinkError::Password(format!("the environment variable {name}: {e}")))?,
+        SecretSource::File(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| LinkError::Password(format!("{}: {e}", path.display())))?;
+            warn_if_readable_by_others(path);
+            // `echo secret > file` ends it with a line break that is not part of the password.
+            let text = text.strip_suffix('\n').unwrap_or(&text);
+            text.strip_suffix('\r').unwrap_or(text).to_owned()
+        }
+    };
+    if secret.is_empty() {
+        let place = match source {
+            SecretSource::Env(name) => format!("the environment variable {name}"),
+            SecretSource::File(path) => path.display().to_string(),
+        };
+        return Err(LinkError::Password(format!("{place} is empty")));
+    }
+    Ok(secret)
+}
+
+/// A password file others can read is worth a warning, not a refusal (the operator may have
+/// reasons, e.g. a group of services sharing it).
+fn warn_if_readable_by_others(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        if let Ok(meta) = std::fs::metadata(path) {
+            if meta.permissions().mode() & 0o077 != 0 {
+                warn!(
+                    file = %path.display(),
+                    "the cloud password file can be read by other users (chmod 600 it)"
+                );
+            }
+        }
+    }
+}
+
 fn tls_config(
     ca: &Path,
     client: Option<&(std::path::PathBuf, std::path::PathBuf)>,
+    alpn: &[String],
 ) -> Result<Arc<rustls::ClientConfig>, LinkError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
@@ -367,7 +500,7 @@ fn tls_config(
         .with_safe_default_protocol_versions()
         .map_err(|e| LinkError::Tls(e.to_string()))?
         .with_root_certificates(roots);
-    let config = match client {
+    let mut config = match client {
         None => builder.with_no_client_auth(),
         Some((cert, key)) => {
             let chain = certificates(cert, "certificate")?;
@@ -381,6 +514,7 @@ fn tls_config(
                 .map_err(|e| LinkError::Tls(format!("the key does not fit the certificate: {e}")))?
         }
     };
+    config.alpn_protocols = alpn.iter().map(|p| p.as_bytes().to_vec()).collect();
     Ok(Arc::new(config))
 }
 
@@ -409,6 +543,7 @@ pub async fn run(
     mut shutdown: watch::Receiver<bool>,
 ) {
     let host = options.host();
+    let mut last_failure: Option<String> = None;
     loop {
         let mut driver = Driver::new(&options, window + 64);
         let mut up = false;
@@ -449,15 +584,31 @@ pub async fn run(
             }
         }
         drop(driver);
+        let delay = backoff.next_delay(fastrand::f64());
+        let retry_in_ms = delay.as_millis() as u64;
         if up {
-            warn!(error = reason, "cloud link down");
+            warn!(error = reason, retry_in_ms, "cloud link down");
+        } else if last_failure.as_ref() != Some(&reason) {
+            // A new reason is worth a warning (a wrong password, a refused certificate); the
+            // same one again, every attempt while the cloud is away, is not.
+            warn!(
+                error = reason,
+                retry_in_ms, "cloud connection attempt failed"
+            );
         } else {
-            debug!(error = reason, "cloud connection attempt failed");
+            debug!(
+                error = reason,
+                retry_in_ms, "cloud connection attempt failed"
+            );
         }
-        if events.send(LinkEvent::Down(reason)).is_err() {
+        last_failure = (!up).then(|| reason.clone());
+        let down = LinkEvent::Down {
+            reason,
+            retry_in: delay,
+        };
+        if events.send(down).is_err() {
             return;
         }
-        let delay = backoff.next_delay(fastrand::f64());
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tokio::time::sleep(delay) => {}
@@ -468,6 +619,37 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_password_file_loses_one_line_break_and_an_empty_secret_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("pw");
+        let creds = |source| Credentials {
+            username: "u".into(),
+            password: Some(source),
+        };
+        for (written, want) in [
+            ("s3cret\n", "s3cret"),
+            ("s3cret\r\n", "s3cret"),
+            ("a b\n\n", "a b\n"),
+        ] {
+            std::fs::write(&file, written).unwrap();
+            assert_eq!(
+                password(&creds(SecretSource::File(file.clone()))).unwrap(),
+                want
+            );
+        }
+        std::fs::write(&file, "\n").unwrap();
+        let e = password(&creds(SecretSource::File(file.clone()))).unwrap_err();
+        assert!(e.to_string().ends_with("is empty"), "{e}");
+        let e = password(&creds(SecretSource::File(dir.path().join("missing")))).unwrap_err();
+        assert!(e.to_string().contains("missing"), "{e}");
+        let e = password(&creds(SecretSource::Env(
+            "GROVE_TEST_UNSET_VARIABLE".into(),
+        )))
+        .unwrap_err();
+        assert!(e.to_string().contains("GROVE_TEST_UNSET_VARIABLE"), "{e}");
+    }
 
     #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
@@ -539,7 +721,7 @@ mod tests {
                 LinkEvent::Up(session) if after_publish => {
                     assert!(session.publish_qos1("no/1", Bytes::from_static(b"x")));
                 }
-                LinkEvent::Down(_) => break,
+                LinkEvent::Down { .. } => break,
                 other => seen.push(other),
             }
         }
@@ -587,7 +769,7 @@ mod tests {
         let seen = last_words(v4, CONNACK_V4, false, publish).await;
         assert!(
             seen.iter()
-                .any(|e| matches!(e, LinkEvent::Message { topic, payload }
+                .any(|e| matches!(e, LinkEvent::Message { topic, payload, .. }
                 if topic == "c/1" && payload.as_ref() == b"x")),
             "{seen:?}"
         );

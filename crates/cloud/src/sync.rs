@@ -8,6 +8,9 @@
 //! than the recorded one; on the cloud side any version but the recorded one, see
 //! `ShadowSync::on_cloud`), for every known shadow when the link comes up (so sync resumes after
 //! any outage, however long, from the recorded base), and again later for a round that failed.
+//! A shadow deleted whole on one side (`delete/accepted`, or missing at a round) is deleted on the
+//! other when the merge leaves nothing there, that is when nothing changed on that side since the
+//! recorded base; the base is then empty and both versions 0.
 //!
 //! A version conflict (409: the other side changed between read and write) is settled by a fresh
 //! read and merge, at most [`MAX_ATTEMPTS`] times per round; then the round gives up, is counted,
@@ -27,6 +30,7 @@ use super::config::ShadowSync as SyncConfig;
 use super::link::Session;
 use super::merge::{diff_state, target};
 use super::queries::CloudQueries;
+use super::quota::TokenBucket;
 use super::SyncInput;
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Closed, Message};
@@ -58,51 +62,23 @@ pub fn cloud_filters(config: &SyncConfig) -> Vec<String> {
             [
                 format!("$aws/things/{t}/shadow/get/+"),
                 format!("$aws/things/{t}/shadow/update/+"),
+                format!("$aws/things/{t}/shadow/delete/+"),
                 format!("$aws/things/{t}/shadow/name/+/get/+"),
                 format!("$aws/things/{t}/shadow/name/+/update/+"),
+                format!("$aws/things/{t}/shadow/name/+/delete/+"),
             ]
         })
         .collect()
 }
 
-/// The local subscriptions: the shadow service's change notifications (its answers to sync's own
-/// requests reach [`LocalShadows`]).
-const LOCAL_FILTERS: [&str; 2] = [
+/// The local subscriptions: the shadow service's change notifications and deletions (its answers
+/// to sync's own requests reach [`LocalShadows`]).
+const LOCAL_FILTERS: [&str; 4] = [
     "$aws/things/+/shadow/update/documents",
     "$aws/things/+/shadow/name/+/update/documents",
+    "$aws/things/+/shadow/delete/accepted",
+    "$aws/things/+/shadow/name/+/delete/accepted",
 ];
-
-/// A token bucket for cloud-bound updates (pure: time comes in as an offset from any origin).
-#[derive(Debug, Clone)]
-pub struct RateLimit {
-    per_sec: f64,
-    tokens: f64,
-    last: Duration,
-}
-
-impl RateLimit {
-    /// `per_sec` updates per second, with a burst of one second's worth.
-    pub fn new(per_sec: u32) -> RateLimit {
-        RateLimit {
-            per_sec: f64::from(per_sec),
-            tokens: f64::from(per_sec),
-            last: Duration::ZERO,
-        }
-    }
-
-    /// Takes a token at `now`; returns how long to wait first (zero if one was available).
-    pub fn take(&mut self, now: Duration) -> Duration {
-        let elapsed = now.saturating_sub(self.last).as_secs_f64();
-        self.last = self.last.max(now);
-        self.tokens = (self.tokens + elapsed * self.per_sec).min(self.per_sec);
-        self.tokens -= 1.0;
-        if self.tokens >= 0.0 {
-            Duration::ZERO
-        } else {
-            Duration::from_secs_f64(-self.tokens / self.per_sec)
-        }
-    }
-}
 
 /// A shadow as read from one side: its state (`desired` and `reported` only) and version.
 #[derive(Debug, Clone)]
@@ -149,7 +125,7 @@ pub struct ShadowSync {
     local: LocalShadows,
     /// Cloud messages that arrived while a round waited for an answer.
     pending_cloud: VecDeque<(String, Bytes)>,
-    rate: RateLimit,
+    rate: TokenBucket,
     started: Instant,
     tokens: u64,
 }
@@ -175,7 +151,7 @@ impl ShadowSync {
         Ok(ShadowSync {
             bus,
             store,
-            rate: RateLimit::new(config.max_updates_per_sec),
+            rate: TokenBucket::new(config.max_updates_per_sec, 1.0),
             config,
             metrics,
             states,
@@ -270,6 +246,9 @@ impl ShadowSync {
 
     /// A local `update/documents` newer than what was agreed marks the shadow for a round.
     fn on_local(&mut self, m: &Message) {
+        if let Some(key) = self.deleted(&m.topic) {
+            self.dirty.insert(key);
+        }
         if let Some((key, version)) = self.changed(&m.topic, &m.payload) {
             if self
                 .states
@@ -287,6 +266,9 @@ impl ShadowSync {
     /// deletion ("Device Shadow service documents", versioning), and whose change must come down.
     /// Only the echo of the gateway's own write (the agreed version) is skipped.
     fn on_cloud(&mut self, topic: &str, payload: &[u8]) {
+        if let Some(key) = self.deleted(topic) {
+            self.dirty.insert(key);
+        }
         if let Some((key, version)) = self.changed(topic, payload) {
             if self
                 .states
@@ -308,6 +290,56 @@ impl ShadowSync {
         Some((key, doc["current"]["version"].as_u64()?))
     }
 
+    /// The shadow of a `delete/accepted` message for a configured thing.
+    fn deleted(&self, topic: &str) -> Option<ShadowKey> {
+        let (key, suffix) = parse_topic(topic)?;
+        (suffix == "delete/accepted" && self.config.covers(&key.thing)).then_some(key)
+    }
+
+    /// Deletes the side(s) that still have the shadow after the other side deleted it, and
+    /// records that nothing is agreed any more.
+    async fn delete_round(
+        &mut self,
+        key: &ShadowKey,
+        local: &Side,
+        cloud: &Side,
+        inputs: &mut mpsc::UnboundedReceiver<SyncInput>,
+    ) -> Result<(), RoundError> {
+        if cloud.version.is_some() {
+            let wait = self.rate.reserve(self.started.elapsed());
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            let (accepted, doc) = self
+                .cloud_request(key, Operation::Delete, json!({}), inputs)
+                .await?;
+            gone(accepted, &doc)?;
+            self.metrics.synced("to_cloud");
+        }
+        if local.version.is_some() {
+            let (accepted, doc) = self
+                .local_request(key, Operation::Delete, json!({}))
+                .await?;
+            gone(accepted, &doc)?;
+            self.metrics.synced("to_edge");
+        }
+        // Versions 0: whatever version either side's shadow has when it is created again is
+        // news.
+        let state = SyncState {
+            key: key.clone(),
+            base: json!({}).to_string(),
+            local_version: 0,
+            cloud_version: 0,
+        };
+        self.store
+            .write_sync_state(state.clone())
+            .await
+            .map_err(|e| RoundError::Store(e.to_string()))?;
+        info!(thing = key.thing, shadow = ?key.name, "shadow deleted on both sides");
+        self.states.insert(key.clone(), state);
+        Ok(())
+    }
+
     /// One sync round for `key`.
     async fn round(
         &mut self,
@@ -326,10 +358,19 @@ impl ShadowSync {
                 .and_then(|s| serde_json::from_str(&s.base).ok())
                 .unwrap_or_else(|| json!({}));
             let merged = target(self.config.direction, &base, &local.state, &cloud.state);
+            // A whole shadow deleted on one side, and nothing left on the other that changed
+            // since the agreed state (a change there would have been merged back in): the
+            // deletion, not an emptied shadow, goes to the other side.
+            if no_state(&merged)
+                && !no_state(&base)
+                && (local.version.is_none() || cloud.version.is_none())
+            {
+                return self.delete_round(key, &local, &cloud, inputs).await;
+            }
             let mut cloud_version = cloud.version.unwrap_or(0);
             let mut local_version = local.version.unwrap_or(0);
             if let Some(patch) = diff_state(&cloud.state, &merged) {
-                let wait = self.rate.take(self.started.elapsed());
+                let wait = self.rate.reserve(self.started.elapsed());
                 if !wait.is_zero() {
                     tokio::time::sleep(wait).await;
                 }
@@ -509,6 +550,26 @@ fn side(accepted: bool, doc: &Value) -> Result<Side, RoundError> {
     }
 }
 
+/// Whether a state holds nothing in `desired` and `reported`.
+fn no_state(state: &Value) -> bool {
+    ["desired", "reported"]
+        .iter()
+        .all(|section| match state.get(section) {
+            None | Some(Value::Null) => true,
+            Some(Value::Object(o)) => o.is_empty(),
+            Some(_) => false,
+        })
+}
+
+/// A delete's answer: done, or the shadow was already gone (404).
+fn gone(accepted: bool, doc: &Value) -> Result<(), RoundError> {
+    if accepted || doc["code"].as_u64() == Some(404) {
+        Ok(())
+    } else {
+        Err(RoundError::Rejected(doc.to_string()))
+    }
+}
+
 fn written(accepted: bool, doc: &Value) -> Result<Written, RoundError> {
     if accepted {
         return doc["version"]
@@ -554,19 +615,6 @@ fn parse_topic(topic: &str) -> Option<(ShadowKey, &str)> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn the_rate_limit_spaces_updates_after_a_burst() {
-        let ms = Duration::from_millis;
-        let mut r = RateLimit::new(10);
-        // A burst of 10 passes at once, the 11th waits 100 ms; later, tokens come back.
-        for _ in 0..10 {
-            assert_eq!(r.take(ms(0)), Duration::ZERO);
-        }
-        assert_eq!(r.take(ms(0)), ms(100));
-        assert_eq!(r.take(ms(200)), Duration::ZERO);
-        assert_eq!(r.take(ms(5000)), Duration::ZERO);
-    }
-
     use crate::config::Direction;
 
     #[test]
@@ -576,9 +624,9 @@ mod tests {
             direction: Direction::Both,
             max_updates_per_sec: 1,
         };
-        assert_eq!(cloud_filters(&config(&["a", "b"])).len(), 8);
+        assert_eq!(cloud_filters(&config(&["a", "b"])).len(), 12);
         let all = cloud_filters(&config(&["a", "*"]));
-        assert_eq!(all.len(), 4);
+        assert_eq!(all.len(), 6);
         assert_eq!(all[0], "$aws/things/+/shadow/get/+");
         assert!(config(&["*"]).covers("anything") && !config(&["a"]).covers("b"));
     }
