@@ -24,8 +24,9 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use crate::protocol::{answer, error_answer};
 use crate::routing::Qualifier;
-use crate::service::{answer, error_answer, FunctionError, Functions};
+use crate::service::{FunctionError, Functions};
 
 /// Largest admin request body (a deploy carries the module, base64-encoded).
 const MAX_BODY: usize = 64 << 20;

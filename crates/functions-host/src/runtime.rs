@@ -354,7 +354,8 @@ struct Call {
     deadline: Instant,
     output: Vec<u8>,
     pending: Option<Vec<u8>>,
-    effects: u32,
+    /// The effects made, against [`MAX_EFFECTS`].
+    effects: crate::effects::Budget,
     denied: u32,
 }
 
@@ -599,7 +600,7 @@ impl Runtime {
             deadline,
             output: Vec::new(),
             pending: None,
-            effects: 0,
+            effects: crate::effects::Budget::default(),
             denied: 0,
         });
         let ran = run_handler(&mut warm, topic, payload);

@@ -17,20 +17,18 @@
 //!   redeploy swaps the routes at once, and the queue belongs to the function, not the version, so
 //!   a redeploy under load loses no event.
 //! - Async events: a bounded queue per function, at most `max_concurrency` running,
-//!   at-least-once: a failed attempt is retried twice, after 100 ms and 500 ms, then the event and
-//!   the last error go to `$grove/functions/{name}/dlq`. Handlers must therefore be idempotent. A
-//!   full queue sends the event to the DLQ at once, and so does an event whose function is not
+//!   at-least-once with retries and a dead-letter topic ([`crate::delivery`] decides). A full
+//!   queue sends the event to the DLQ at once, and so does an event whose function is not
 //!   deployed (removed while the event waited): an accepted event is never dropped silently. An
 //!   event leaves the store when it is done (success or dead letter); one running when the
 //!   gateway stops runs again after the restart.
-//! - Sync invocation: a publish to `$grove/functions/{name}/invoke` (or `{name}:{qualifier}`),
-//!   answered on the request's MQTT 5 response topic with its correlation data, or, for MQTT
-//!   3.1.1, on the `replyTo` topic of a JSON envelope `{"replyTo": ..., "correlationId": ...,
-//!   "payload": ...}`. Answers are JSON envelopes (see [`answer`]); errors are answered too.
-//! - Effects are transactional per invocation: publishes and kv writes are applied only when the
-//!   handler returns 0 (kv writes in one store commit, before the answer), so a failed attempt
-//!   that is retried leaves nothing behind. Shadow calls go through the running shadow service
-//!   as a trusted bus client (request with a client token, wait for accepted/rejected).
+//! - Sync invocation: a publish to `$grove/functions/{name}/invoke`, answered on its reply topic
+//!   ([`crate::protocol`]: the request, the reply topic, the answer envelopes).
+//! - Effects are transactional per invocation ([`crate::effects`]): publishes and kv writes are
+//!   applied only when the handler returns 0 (kv writes in one store commit, before the answer),
+//!   so a failed attempt that is retried leaves nothing behind. Shadow calls go through the
+//!   running shadow service as a trusted bus client (request with a client token, wait for
+//!   accepted/rejected).
 //!
 //! Invocations run on tokio's blocking pool, at most `[functions] workers` at once.
 //!
@@ -39,9 +37,10 @@
 //! about names that are no function) in rate; every line refused is counted.
 //!
 //! This file holds the registry (deploy, aliases, remove, load) and invocation; its parts are
-//! `service/events.rs` (the async path: queues, retries, dead letters), `service/sync.rs` (sync
-//! invocation requests and their reply topics) and `service/host.rs` (the host calls' effects and
-//! the output publisher).
+//! `service/events.rs` (the async path: the tap's offers, queues, the attempts [`crate::delivery`]
+//! decides, dead letters), `service/sync.rs` (sync invocation requests) and `service/host.rs`
+//! (performing the host calls' effects that [`crate::effects`] holds, and the output publisher).
+//! Which functions a message triggers is [`crate::triggers`]; all four are pure, with unit tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -60,12 +59,10 @@ use crate::metrics::{FunctionLabels, FunctionMetrics};
 use crate::queries::FunctionQueries;
 use crate::routing::{Alias, Qualifier, Routes, RoutingError};
 use crate::runtime::{
-    write_atomically, DeployError, Failure, Host, HostError, Level, Outcome, Prepared, Runtime,
+    write_atomically, DeployError, Host, HostError, Level, Outcome, Prepared, Runtime,
     RuntimeConfig,
 };
-use grove_broker::bus::MAX_HOPS;
 use grove_broker::bus::{Closed, Message, Outgoing};
-use grove_broker::reply::{self, ReplyError};
 use grove_broker::tap::{Offer, Route, Tap};
 use grove_broker::BusMaker;
 use grove_shadow_api::local::{Answer, LocalShadows};
@@ -76,24 +73,14 @@ mod events;
 mod host;
 mod sync;
 
+use crate::effects::Effects;
+use crate::protocol::{answer, error_answer, event_topic, parse_target, INVOKE_FILTER};
 use events::forgetter;
 use host::{publisher, Batch, ServiceHost};
-use sync::parse_target;
 
 /// Offers from publishers waiting for their events to be recorded; each publisher waits for its
 /// own, so this only bounds how many are queued at once.
 const TAP_QUEUE: usize = 256;
-
-/// The sync invocation filter.
-pub const INVOKE_FILTER: &str = "$grove/functions/+/invoke";
-
-/// The async invocation filter (the rules' `function` action publishes there; devices may too).
-pub const EVENT_FILTER: &str = "$grove/functions/+/event";
-
-/// The topic of an async event for `name` (optionally `name:qualifier`).
-pub fn event_topic(target: &str) -> String {
-    format!("$grove/functions/{target}/event")
-}
 
 /// The metric label of what is about a name that is no deployed function (a device chooses such
 /// names: one series each would grow the registry without bound).
@@ -105,20 +92,6 @@ const MAX_LOGGED: usize = 256;
 /// How long the startup waits for the deployed modules to load before the gateway goes on (and
 /// opens its port) without them.
 const STARTUP_WAIT: Duration = Duration::from_secs(5);
-
-/// Waits before the second and third attempt of an async event.
-const BACKOFF: [Duration; 2] = [Duration::from_millis(100), Duration::from_millis(500)];
-
-/// The dead-letter topic of a function.
-pub fn dlq_topic(name: &str) -> String {
-    format!("$grove/functions/{name}/dlq")
-}
-
-/// The dead-letter error of an event whose function is not deployed (removed after the event was
-/// taken, or never deployed).
-fn not_found(name: &str) -> Value {
-    json!({"kind": "not_found", "message": FunctionError::NotFound(name.to_owned()).to_string()})
-}
 
 /// Why an admin request or invocation failed.
 #[derive(Debug, thiserror::Error)]
@@ -853,10 +826,8 @@ impl Functions {
             inner: self.inner.clone(),
             name: name.to_owned(),
             version,
-            hops,
             logs: logs.clone(),
-            publishes: Vec::new(),
-            kv: BTreeMap::new(),
+            effects: Effects::new(hops),
         };
         let inner = self.inner.clone();
         let outcome = tokio::task::spawn_blocking(move || {
@@ -923,56 +894,6 @@ impl Functions {
                 reason: reason.clone(),
             }),
         }
-    }
-}
-
-/// The answer envelope of an invocation: `{"status": "ok", "function", "version", "result",
-/// "durationUs"}` or `{"status": "error", ..., "error": {"kind", "message"}}`. `result` is the
-/// handler's body, as JSON when it is JSON, else as a string.
-pub fn answer(invoked: &Invoked) -> Value {
-    let mut doc = json!({
-        "function": invoked.name,
-        "version": invoked.version,
-        "durationUs": invoked.outcome.duration.as_micros() as u64,
-    });
-    match &invoked.outcome.result {
-        Ok(body) => {
-            doc["status"] = "ok".into();
-            doc["result"] = serde_json::from_slice(body)
-                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into_owned()));
-        }
-        Err(f) => {
-            doc["status"] = "error".into();
-            doc["error"] = failure_json(f);
-        }
-    }
-    doc
-}
-
-/// The answer envelope of an invocation that could not run.
-pub fn error_answer(e: &FunctionError) -> Value {
-    let kind = match e {
-        FunctionError::NotFound(_) => "not_found",
-        FunctionError::Routing(_) => "routing",
-        FunctionError::LoadFailed { .. } => "load_failed",
-        _ => "unavailable",
-    };
-    json!({"status": "error", "error": {"kind": kind, "message": e.to_string()}})
-}
-
-fn failure_json(f: &Failure) -> Value {
-    json!({"kind": f.kind.as_str(), "message": f.message})
-}
-
-/// An event as the DLQ carries it: the payload as a string when it is UTF-8, else base64.
-fn event_json(topic: &str, payload: &[u8]) -> Value {
-    use base64::Engine as _;
-    match std::str::from_utf8(payload) {
-        Ok(s) => json!({"topic": topic, "payload": s}),
-        Err(_) => json!({
-            "topic": topic,
-            "payloadBase64": base64::engine::general_purpose::STANDARD.encode(payload),
-        }),
     }
 }
 

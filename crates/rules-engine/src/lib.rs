@@ -3,9 +3,14 @@
 //!
 //! - [`RuleConfig`]: what a `[[rules]]` entry says, compiled and checked when the configuration is
 //!   loaded (a bad rule stops startup with the rule's line and the SQL error with a caret).
-//! - [`engine`]: the component. It subscribes on the bus, evaluates, runs actions (`republish`,
-//!   `shadow`, `cloud`, `function`), sends failures to the error action in AWS's payload shape,
-//!   runs windows on a timer, cuts republish loops after [`MAX_HOPS`](grove_broker::bus::MAX_HOPS), and swaps rule sets on
+//! - `dispatch` (pure, no IO, time passed in): which rules a message matches, their outputs
+//!   (windows included), the fan-out budget and the hop limit ([`MAX_HOPS`](grove_broker::bus::MAX_HOPS)),
+//!   what each action (`republish`, `shadow`, `cloud`, `function`) makes, and the routing of
+//!   failures to the error action in AWS's payload shape.
+//! - `groups` (pure): which rules share a bus link (rumqttd delivers a message once per matching
+//!   filter of a link; goes with issue 14's router).
+//! - [`engine`]: the shell. It subscribes on the bus, drives the dispatch, sends the shadow
+//!   actions' updates and takes their answers, runs windows on a timer, and swaps rule sets on
 //!   reload without a gap.
 //!
 //! Actions, as AWS IoT's (a rule's output is the message the action sends):
@@ -47,7 +52,9 @@
 
 pub mod cli;
 mod config;
+mod dispatch;
 pub mod engine;
+mod groups;
 pub mod metrics;
 
 pub use config::*;

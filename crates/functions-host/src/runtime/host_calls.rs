@@ -54,8 +54,7 @@ impl Call {
 
     /// Counts an effect; false past the limit.
     fn effect(&mut self) -> bool {
-        self.effects += 1;
-        self.effects <= MAX_EFFECTS
+        self.effects.spend()
     }
 
     /// Makes `data` the pending result and returns its length.

@@ -3,23 +3,22 @@
 //! done (the triggers are the tap's routes).
 
 use super::*;
+use crate::delivery::{Attempt, Attempts, DeadLetter, Next, Refusal};
+use crate::{protocol, triggers};
 
 impl Functions {
     /// Queues a recorded async event. A full queue sends it to the dead-letter topic.
     pub(super) fn enqueue(&self, name: &str, event: Event) {
         let queue = self.lock().get(name).map(|f| f.queue.clone());
         let Some(queue) = queue else {
-            self.dead_letter_unknown(name, &event);
-            self.forget(event.id);
+            self.refuse(name, &event, Refusal::NotDeployed);
             return;
         };
         if let Err(e) = queue.try_send(event) {
             let event = match e {
                 mpsc::error::TrySendError::Full(ev) | mpsc::error::TrySendError::Closed(ev) => ev,
             };
-            let failure = json!({"kind": "queue_full", "message": "the function's queue is full"});
-            self.dead_letter(name, &event, None, failure, 0);
-            self.forget(event.id);
+            self.refuse(name, &event, Refusal::QueueFull);
         }
     }
 
@@ -89,48 +88,35 @@ impl Functions {
         }
     }
 
-    /// The functions (and qualifiers) a message on `topic` is an event of: the target of
-    /// `$grove/functions/{name}[:{qualifier}]/event`, or every function whose `$LATEST` manifest
-    /// has a trigger matching the topic.
+    /// The functions (and qualifiers) a message on `topic` is an event of (see
+    /// [`triggers::targets`]); a functions topic that names no target is logged (rate-limited).
     fn targets(&self, topic: &str) -> Vec<(String, Qualifier)> {
-        if topic.starts_with("$grove/functions/") {
-            return match parse_target(topic, "/event") {
-                Ok(target) => vec![target],
-                Err(e) => {
-                    if let Some(suppressed) = self.may_log_stray() {
-                        let e = crate::logs::cut(e.as_bytes(), MAX_LOGGED);
-                        warn!(suppressed, "an async event was dropped: {e}");
-                    }
-                    Vec::new()
-                }
-            };
-        }
-        self.lock()
-            .iter()
-            .filter_map(|(name, f)| {
-                let m = f.latest_manifest()?;
-                m.triggers
-                    .iter()
-                    .any(|t| grove_rules::topic_matches(t, topic))
-                    .then(|| {
-                        (
-                            name.clone(),
-                            Qualifier::parse(&m.trigger_qualifier).unwrap_or(Qualifier::Latest),
-                        )
-                    })
-            })
-            .collect()
+        let found = {
+            let registry = self.lock();
+            let latest = registry
+                .iter()
+                .filter_map(|(name, f)| Some((name.as_str(), &**f.latest_manifest()?)));
+            triggers::targets(topic, latest)
+        };
+        found.unwrap_or_else(|e| {
+            if let Some(suppressed) = self.may_log_stray() {
+                let e = crate::logs::cut(e.as_bytes(), MAX_LOGGED);
+                warn!(suppressed, "an async event was dropped: {e}");
+            }
+            Vec::new()
+        })
     }
 
     /// Makes the tap's routes the functions' triggers (plus the async event topic).
     pub(super) fn update_routes(&self) {
-        let filters: std::collections::BTreeSet<String> = self
-            .lock()
-            .values()
-            .filter_map(|f| f.latest_manifest())
-            .flat_map(|m| m.triggers.iter().cloned())
-            .chain(std::iter::once(EVENT_FILTER.to_owned()))
-            .collect();
+        let filters = {
+            let registry = self.lock();
+            triggers::filters(
+                registry
+                    .values()
+                    .filter_map(|f| f.latest_manifest().map(|m| &**m)),
+            )
+        };
         self.inner.tap.set_routes(
             filters
                 .into_iter()
@@ -161,15 +147,12 @@ impl Functions {
         while running.join_next().await.is_some() {}
     }
 
-    /// At-least-once: three attempts with backoff, then the dead-letter topic.
+    /// Runs an event's attempts as [`Attempts`] decides: retries after its backoff, then the
+    /// dead-letter topic.
     async fn attempts(self, name: String, event: Event) {
-        let mut last = None;
-        for attempt in 0..=BACKOFF.len() {
-            if attempt > 0 {
-                self.inner.metrics.count(&self.inner.metrics.retries, &name);
-                tokio::time::sleep(BACKOFF[attempt - 1]).await;
-            }
-            match self
+        let mut attempts = Attempts::default();
+        loop {
+            let attempt = match self
                 .invoke(
                     &name,
                     &event.qualifier,
@@ -182,10 +165,7 @@ impl Functions {
                 Ok(Invoked {
                     outcome: Outcome { result: Ok(_), .. },
                     ..
-                }) => {
-                    self.forget(event.id);
-                    return;
-                }
+                }) => Attempt::Succeeded,
                 Ok(Invoked {
                     version,
                     outcome:
@@ -194,77 +174,70 @@ impl Functions {
                             ..
                         },
                     ..
-                }) => last = Some((Some(version), failure_json(&failure))),
+                }) => Attempt::Failed { version, failure },
+                Err(FunctionError::Closed) => Attempt::Closed,
+                Err(e @ FunctionError::NotFound(_)) => Attempt::NotFound {
+                    message: e.to_string(),
+                },
+                Err(e @ FunctionError::LoadFailed { version, .. }) => Attempt::LoadFailed {
+                    version,
+                    message: e.to_string(),
+                },
+                Err(e) => Attempt::Unroutable {
+                    message: e.to_string(),
+                },
+            };
+            match attempts.after(attempt) {
+                Next::Done => break,
                 // Shutting down: the event stays stored and runs after the restart.
-                Err(FunctionError::Closed) => return,
-                // Removed while the event waited: no retry can succeed.
-                Err(FunctionError::NotFound(_)) => {
-                    self.dead_letter(&name, &event, None, not_found(&name), attempt + 1);
-                    self.forget(event.id);
-                    return;
+                Next::Keep => return,
+                Next::Retry(wait) => {
+                    self.inner.metrics.count(&self.inner.metrics.retries, &name);
+                    tokio::time::sleep(wait).await;
                 }
-                // Neither can one of a version that failed to load.
-                Err(e @ FunctionError::LoadFailed { version, .. }) => {
-                    let error = json!({"kind": "load_failed", "message": e.to_string()});
-                    self.dead_letter(&name, &event, Some(version), error, attempt + 1);
-                    self.forget(event.id);
-                    return;
+                Next::DeadLetter(letter) => {
+                    self.inner.metrics.count(&self.inner.metrics.dlq, &name);
+                    self.send_dead_letter(&name, &event, letter);
+                    break;
                 }
-                Err(e) => last = Some((None, json!({"kind": "routing", "message": e.to_string()}))),
             }
         }
-        if let Some((version, failure)) = last {
-            self.dead_letter(&name, &event, version, failure, BACKOFF.len() + 1);
-        }
+        self.forget(event.id);
+    }
+
+    /// Dead-letters an event refused before any attempt, and forgets it. One for a name that is
+    /// no deployed function is counted under [`UNKNOWN_FUNCTION`], since a device chooses such
+    /// names.
+    fn refuse(&self, name: &str, event: &Event, refusal: Refusal) {
+        let label = match refusal {
+            Refusal::NotDeployed => UNKNOWN_FUNCTION,
+            Refusal::QueueFull => name,
+        };
+        self.inner.metrics.count(&self.inner.metrics.dlq, label);
+        let not_found = FunctionError::NotFound(name.to_owned()).to_string();
+        self.send_dead_letter(name, event, refusal.dead_letter(&not_found));
         self.forget(event.id);
     }
 
     /// Publishes a failed event and its error on the function's dead-letter topic (also for a
     /// function that does not exist, or no longer: an accepted event is never dropped silently).
-    fn dead_letter(
-        &self,
-        name: &str,
-        event: &Event,
-        version: Option<u64>,
-        error: Value,
-        attempts: usize,
-    ) {
-        self.inner.metrics.count(&self.inner.metrics.dlq, name);
-        self.send_dead_letter(name, event, version, error, attempts);
-    }
-
-    /// [`Functions::dead_letter`] for an event whose function was never deployed (or is gone):
-    /// counted under [`UNKNOWN_FUNCTION`], since a device chooses such names.
-    fn dead_letter_unknown(&self, name: &str, event: &Event) {
-        self.inner
-            .metrics
-            .count(&self.inner.metrics.dlq, UNKNOWN_FUNCTION);
-        self.send_dead_letter(name, event, None, not_found(name), 0);
-    }
-
-    fn send_dead_letter(
-        &self,
-        name: &str,
-        event: &Event,
-        version: Option<u64>,
-        error: Value,
-        attempts: usize,
-    ) {
+    fn send_dead_letter(&self, name: &str, event: &Event, letter: DeadLetter) {
         if let Some(suppressed) = self.may_log(name) {
             // The topic is a device's, the error's message may be a guest's `output`.
             let topic = crate::logs::cut(event.topic.as_bytes(), MAX_LOGGED);
-            let error = crate::logs::cut(error.to_string().as_bytes(), MAX_LOGGED).into_owned();
+            let error =
+                crate::logs::cut(letter.error.to_string().as_bytes(), MAX_LOGGED).into_owned();
             warn!(function = %crate::logs::cut(name.as_bytes(), MAX_LOGGED), %topic, error, suppressed, "event sent to the dead-letter topic");
         }
-        let doc = json!({
-            "function": name,
-            "version": version,
-            "attempts": attempts,
-            "error": error,
-            "event": event_json(&event.topic, &event.payload),
-        });
+        let doc = protocol::dead_letter(
+            name,
+            letter.version,
+            letter.attempts,
+            &letter.error,
+            (&event.topic, &event.payload),
+        );
         let msg = Outgoing {
-            topic: dlq_topic(name),
+            topic: protocol::dlq_topic(name),
             payload: Bytes::from(doc.to_string()),
             qos: 1,
             retain: false,

@@ -2,6 +2,7 @@
 //! publisher that sends what functions publish on the component's output link.
 
 use super::*;
+use crate::effects::{self, Commit, Effects};
 
 /// Publishes what functions send, in batches, on the component's output link.
 pub(super) async fn publisher(
@@ -28,17 +29,14 @@ pub(super) async fn publisher(
 /// A batch for the output link: messages with optional MQTT 5 correlation data.
 pub(super) type Batch = Vec<(Outgoing, Option<Bytes>)>;
 
-/// The host calls' effects for one invocation.
+/// The host calls' effects for one invocation: the pure [`Effects`] decide, this performs
+/// (the shadow service, the store, the output link) and counts and logs the refusals.
 pub(super) struct ServiceHost {
     pub(super) inner: Arc<Inner>,
     pub(super) name: String,
     pub(super) version: u64,
-    pub(super) hops: u32,
     pub(super) logs: Logs,
-    /// Held until the handler succeeds.
-    pub(super) publishes: Batch,
-    /// Key-value writes held until the handler succeeds; reads see them.
-    pub(super) kv: BTreeMap<String, Option<Vec<u8>>>,
+    pub(super) effects: Effects,
 }
 
 impl ServiceHost {
@@ -50,21 +48,20 @@ impl ServiceHost {
         body: Value,
         deadline: Instant,
     ) -> Result<Answer, HostError> {
-        if grove_shadow_api::names::validate_thing_name(thing).is_err()
-            || name.is_some_and(|n| grove_shadow_api::names::validate_shadow_name(n).is_err())
-        {
-            return Err(HostError::Invalid);
-        }
-        if self.hops >= MAX_HOPS {
-            self.inner.metrics.deny(&self.name, "shadow_hop_limit");
-            return Err(HostError::Limit);
-        }
+        let hops = match self.effects.shadow_request(thing, name) {
+            Ok(hops) => hops,
+            Err(None) => return Err(HostError::Invalid),
+            Err(Some(limit)) => {
+                self.inner.metrics.deny(&self.name, limit);
+                return Err(HostError::Limit);
+            }
+        };
         let answer = self.inner.handle.block_on(self.inner.shadow.request(
             thing,
             name,
             op,
             body,
-            self.hops + 1,
+            hops,
             deadline.into(),
         ));
         answer.map_err(|_| HostError::Unavailable)
@@ -73,26 +70,19 @@ impl ServiceHost {
 
 impl Host for ServiceHost {
     fn publish(&mut self, topic: &str, payload: &[u8], qos: u8) -> Result<(), HostError> {
-        if self.hops >= MAX_HOPS {
-            self.inner.metrics.deny(&self.name, "publish_hop_limit");
-            self.logs.push(
-                self.version,
-                "warn",
-                format!("publish to {topic} dropped: the message has been republished {} times (hop limit)", self.hops),
-            );
-            return Err(HostError::Limit);
-        }
-        self.publishes.push((
-            Outgoing {
-                topic: topic.to_owned(),
-                payload: Bytes::copy_from_slice(payload),
-                qos,
-                retain: false,
-                hops: self.hops + 1,
-            },
-            None,
-        ));
-        Ok(())
+        let Err(limit) = self.effects.publish(topic, payload, qos) else {
+            return Ok(());
+        };
+        self.inner.metrics.deny(&self.name, limit);
+        self.logs.push(
+            self.version,
+            "warn",
+            format!(
+                "publish to {topic} dropped: the message has been republished {} times (hop limit)",
+                self.effects.hops()
+            ),
+        );
+        Err(HostError::Limit)
     }
 
     fn shadow_get(
@@ -101,22 +91,8 @@ impl Host for ServiceHost {
         name: Option<&str>,
         deadline: Instant,
     ) -> Result<Vec<u8>, HostError> {
-        match self.shadow(thing, name, Operation::Get, json!({}), deadline)? {
-            Answer {
-                accepted: true,
-                doc,
-            } => Ok(doc.to_vec()),
-            Answer { doc, .. } => {
-                let code = serde_json::from_slice::<Value>(&doc)
-                    .ok()
-                    .and_then(|v| v["code"].as_u64());
-                if code == Some(404) {
-                    Err(HostError::NotFound)
-                } else {
-                    Err(HostError::Rejected(doc.to_vec()))
-                }
-            }
-        }
+        let a = self.shadow(thing, name, Operation::Get, json!({}), deadline)?;
+        effects::shadow_get_result(a.accepted, &a.doc)
     }
 
     fn shadow_update(
@@ -126,22 +102,14 @@ impl Host for ServiceHost {
         doc: &[u8],
         deadline: Instant,
     ) -> Result<Vec<u8>, HostError> {
-        let body: Value = serde_json::from_slice(doc).map_err(|_| HostError::Invalid)?;
-        if !body.is_object() {
-            return Err(HostError::Invalid);
-        }
-        match self.shadow(thing, name, Operation::Update, body, deadline)? {
-            Answer {
-                accepted: true,
-                doc,
-            } => Ok(doc.to_vec()),
-            Answer { doc, .. } => Err(HostError::Rejected(doc.to_vec())),
-        }
+        let body = effects::shadow_update_body(doc)?;
+        let a = self.shadow(thing, name, Operation::Update, body, deadline)?;
+        effects::shadow_update_result(a.accepted, &a.doc)
     }
 
     fn kv_get(&mut self, key: &str) -> Result<Option<Vec<u8>>, HostError> {
-        if let Some(v) = self.kv.get(key) {
-            return Ok(v.clone());
+        if let Some(v) = self.effects.kv_written(key) {
+            return Ok(v);
         }
         self.inner
             .handle
@@ -150,7 +118,7 @@ impl Host for ServiceHost {
     }
 
     fn kv_put(&mut self, key: &str, value: Option<&[u8]>) -> Result<(), HostError> {
-        self.kv.insert(key.to_owned(), value.map(<[u8]>::to_vec));
+        self.effects.kv_put(key, value);
         Ok(())
     }
 
@@ -180,21 +148,26 @@ impl Host for ServiceHost {
     }
 
     fn finish(self: Box<Self>, ok: bool) -> Result<(), String> {
-        if !ok {
+        let ServiceHost {
+            inner,
+            name,
+            effects,
+            ..
+        } = *self;
+        let Some(Commit { kv, publishes }) = effects.commit(ok) else {
             return Ok(());
-        }
-        let this = *self;
-        if !this.kv.is_empty() {
-            let writes = this.kv.into_iter().collect();
-            this.inner
+        };
+        if !kv.is_empty() {
+            inner
                 .handle
-                .block_on(this.inner.store.kv_write(this.name.clone(), writes))
+                .block_on(inner.store.kv_write(name, kv))
                 .map_err(|e| format!("the key-value writes were not committed: {e}"))?;
         }
-        if !this.publishes.is_empty() {
-            this.inner
+        if !publishes.is_empty() {
+            let batch = publishes.into_iter().map(|o| (o, None)).collect();
+            inner
                 .handle
-                .block_on(this.inner.publish.send(this.publishes))
+                .block_on(inner.publish.send(batch))
                 .map_err(|_| "the gateway is shutting down".to_owned())?;
         }
         Ok(())

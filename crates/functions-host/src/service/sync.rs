@@ -1,7 +1,8 @@
 //! The functions component's sync invocations: requests on `$grove/functions/{name}/invoke`, their
-//! reply topic checked (`grove_broker::reply`), answered on the bus.
+//! reply topic checked and their answer made by [`crate::protocol`], answered on the bus.
 
 use super::*;
+use crate::protocol::{bad_request, SyncRequest};
 
 impl Functions {
     /// Serves sync invocations published on `$grove/functions/{name}[:{qualifier}]/invoke`.
@@ -30,10 +31,10 @@ impl Functions {
                 return;
             }
         };
-        let body = match request.target {
-            Err(e) => json!({"status": "error", "error": {"kind": "bad_request", "message": e}}),
-            Ok((ref name, ref qualifier)) => {
-                match self
+        let body = match &request.target {
+            Err(e) => bad_request(e),
+            Ok((name, qualifier)) => {
+                let invoked = self
                     .invoke(
                         name,
                         qualifier,
@@ -41,80 +42,13 @@ impl Functions {
                         request.payload.clone(),
                         m.hops,
                     )
-                    .await
-                {
+                    .await;
+                match invoked {
                     Ok(invoked) => answer(&invoked),
                     Err(e) => error_answer(&e),
                 }
             }
         };
-        let mut body = body;
-        if let Some(id) = request.correlation_id {
-            body["correlationId"] = id;
-        }
-        let msg = Outgoing {
-            topic: request.reply_to,
-            payload: Bytes::from(body.to_string()),
-            qos: 1,
-            retain: false,
-            hops: m.hops + 1,
-        };
-        let _ = self
-            .inner
-            .publish
-            .send(vec![(msg, m.correlation_data)])
-            .await;
-    }
-}
-
-/// A parsed sync request: where to answer, and what to invoke with which payload.
-struct SyncRequest {
-    target: Result<(String, Qualifier), String>,
-    reply_to: String,
-    correlation_id: Option<Value>,
-    payload: Bytes,
-}
-
-impl SyncRequest {
-    /// Refuses a request without a valid reply topic (see [`grove_broker::reply`]): it is not invoked,
-    /// and nothing is published.
-    fn parse(m: &Message) -> Result<SyncRequest, ReplyError> {
-        let target = parse_target(&m.topic, "/invoke");
-        let reply_to = reply::reply_topic(m.response_topic.as_deref(), &m.payload)?;
-        if m.response_topic.is_some() {
-            return Ok(SyncRequest {
-                target,
-                reply_to,
-                correlation_id: None,
-                payload: m.payload.clone(),
-            });
-        }
-        // `reply_topic` found a `replyTo` in it, so it is a JSON envelope.
-        let envelope: Value = serde_json::from_slice(&m.payload).unwrap_or_default();
-        let payload = match &envelope["payload"] {
-            Value::String(s) => Bytes::from(s.clone()),
-            Value::Null => Bytes::new(),
-            other => Bytes::from(other.to_string()),
-        };
-        Ok(SyncRequest {
-            target,
-            reply_to,
-            correlation_id: envelope.get("correlationId").cloned(),
-            payload,
-        })
-    }
-}
-
-/// The function and qualifier of `$grove/functions/{name}[:{qualifier}]{suffix}`.
-pub(super) fn parse_target(topic: &str, suffix: &str) -> Result<(String, Qualifier), String> {
-    let target = topic
-        .strip_prefix("$grove/functions/")
-        .and_then(|t| t.strip_suffix(suffix))
-        .ok_or_else(|| format!("{topic:?} is not a functions topic"))?;
-    match target.split_once(':') {
-        None => Ok((target.to_owned(), Qualifier::Latest)),
-        Some((name, q)) => Qualifier::parse(q)
-            .map(|q| (name.to_owned(), q))
-            .map_err(|e| e.to_string()),
+        let _ = self.inner.publish.send(vec![request.reply(body)]).await;
     }
 }
