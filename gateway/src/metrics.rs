@@ -2,8 +2,10 @@
 //!
 //! One [`Metrics`] value is created at startup and shared (its counters are atomics behind `Arc`s,
 //! so cloning is cheap and counting costs one atomic add). Each component crate defines its own
-//! counters (its `metrics.rs`); this registry names them (all start with `grove_`), describes them
-//! and exports them in one place, so the names a dashboard depends on are listed together.
+//! counters (its `metrics.rs`); the shadow service, the rules engine and the functions component
+//! also name and register theirs (`register`, under their own prefix) into this registry, whose
+//! prefix is `grove`. The broker's and cloud sync's are still named here (their crates are being
+//! reworked by other issues); this module only aggregates and exports.
 
 use prometheus_client::encoding::text::encode;
 use prometheus_client::metrics::info::Info;
@@ -108,102 +110,11 @@ impl Metrics {
             broker.password_checks.clone(),
         );
         let shadow = ShadowMetrics::default();
-        let sh = registry.sub_registry_with_prefix("shadow");
-        sh.register(
-            "requests",
-            "Shadow requests answered, by operation and code (200 = accepted)",
-            shadow.requests.clone(),
-        );
-        sh.register(
-            "invalid_names",
-            "Shadow requests on topics with an invalid thing or shadow name",
-            shadow.invalid_names.clone(),
-        );
-        sh.register(
-            "commits",
-            "Group commits of shadow writes",
-            shadow.commits.clone(),
-        );
-        sh.register(
-            "commit_seconds",
-            "Time one group commit of shadow writes took",
-            shadow.commit_seconds.clone(),
-        );
-        sh.register("cached", "Shadows held in memory", shadow.cached.clone());
+        shadow.register(&mut registry);
         let rules = RulesMetrics::default();
-        let r = registry.sub_registry_with_prefix("rule");
-        r.register(
-            "matched",
-            "Messages that matched the rule's FROM filter",
-            rules.matched.clone(),
-        );
-        r.register(
-            "outputs",
-            "Outputs the rule handed to its actions",
-            rules.outputs.clone(),
-        );
-        r.register(
-            "action_failures",
-            "Failed rule actions",
-            rules.action_failures.clone(),
-        );
-        r.register(
-            "hop_dropped",
-            "Rule outputs dropped at the republish hop limit",
-            rules.hop_dropped.clone(),
-        );
-        r.register(
-            "fanout_dropped",
-            "Rule outputs dropped at the fan-out bound (messages one message may cause)",
-            rules.fanout_dropped.clone(),
-        );
+        rules.register(&mut registry);
         let functions = FunctionMetrics::default();
-        let f = registry.sub_registry_with_prefix("function");
-        f.register(
-            "invocations",
-            "Function invocations (each attempt), by function and result",
-            functions.invocations.clone(),
-        );
-        f.register(
-            "retries",
-            "Async function events retried after a failed attempt",
-            functions.retries.clone(),
-        );
-        f.register(
-            "dlq",
-            "Async function events sent to the dead-letter topic",
-            functions.dlq.clone(),
-        );
-        f.register(
-            "denied_calls",
-            "Host calls refused for lack of a grant or at the hop limit",
-            functions.denied.clone(),
-        );
-        f.register(
-            "duration_seconds",
-            "Time one function invocation took inside the host",
-            functions.duration_seconds.clone(),
-        );
-        f.register(
-            "modules_loaded",
-            "Function modules loaded, from the precompiled cache or compiled",
-            functions.modules_loaded.clone(),
-        );
-        f.register(
-            "load_failures",
-            "Deployed function versions that failed to load at startup",
-            functions.load_failures.clone(),
-        );
-        f.register(
-            "log_lines_dropped",
-            "Function log lines dropped over the per-function rate",
-            functions.log_dropped.clone(),
-        );
-        f.register(
-            "log_suppressed",
-            "Gateway log lines about a function suppressed over their rate",
-            functions.log_suppressed.clone(),
-        );
+        functions.register(&mut registry);
         let cloud = CloudMetrics::default();
         let c = registry.sub_registry_with_prefix("cloud");
         c.register(
@@ -307,12 +218,19 @@ mod tests {
         m.broker.messages_received.inc_by(3);
         m.broker.connected_clients.set(2);
         m.broker.refuse("payload_too_large");
+        // The components' own registrations land under the same names as before.
+        m.shadow.cached.set(4);
+        m.rules.counter(&m.rules.matched, "hot").inc();
+        m.functions.count(&m.functions.retries, "f");
         let text = m.render();
         for line in [
             "grove_broker_messages_received_total 3",
             "grove_broker_connected_clients 2",
             "grove_broker_refused_total{reason=\"payload_too_large\"} 1",
             "grove_build_info{version=\"0.1.0\"} 1",
+            "grove_shadow_cached 4",
+            "grove_rule_matched_total{rule=\"hot\"} 1",
+            "grove_function_retries_total{function=\"f\"} 1",
             "# EOF",
         ] {
             assert!(

@@ -1,9 +1,11 @@
-//! The functions component's counters (`grove_function_*`); the binary's metrics registry exports them.
+//! The functions component's counters (`grove_function_*`), registered by
+//! [`FunctionMetrics::register`] into the registry the binary exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 /// Labels of a function counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +81,56 @@ impl Default for FunctionMetrics {
 }
 
 impl FunctionMetrics {
+    /// Registers the counters under `function_` in `registry` (the binary's, prefixed `grove`).
+    pub fn register(&self, registry: &mut Registry) {
+        let f = registry.sub_registry_with_prefix("function");
+        f.register(
+            "invocations",
+            "Function invocations (each attempt), by function and result",
+            self.invocations.clone(),
+        );
+        f.register(
+            "retries",
+            "Async function events retried after a failed attempt",
+            self.retries.clone(),
+        );
+        f.register(
+            "dlq",
+            "Async function events sent to the dead-letter topic",
+            self.dlq.clone(),
+        );
+        f.register(
+            "denied_calls",
+            "Host calls refused for lack of a grant or at the hop limit",
+            self.denied.clone(),
+        );
+        f.register(
+            "duration_seconds",
+            "Time one function invocation took inside the host",
+            self.duration_seconds.clone(),
+        );
+        f.register(
+            "modules_loaded",
+            "Function modules loaded, from the precompiled cache or compiled",
+            self.modules_loaded.clone(),
+        );
+        f.register(
+            "load_failures",
+            "Deployed function versions that failed to load at startup",
+            self.load_failures.clone(),
+        );
+        f.register(
+            "log_lines_dropped",
+            "Function log lines dropped over the per-function rate",
+            self.log_dropped.clone(),
+        );
+        f.register(
+            "log_suppressed",
+            "Gateway log lines about a function suppressed over their rate",
+            self.log_suppressed.clone(),
+        );
+    }
+
     /// Counts an invocation's result.
     pub fn invoked(&self, function: &str, result: &'static str, seconds: f64) {
         self.invocations

@@ -1,8 +1,10 @@
-//! The rules engine's counters (`grove_rule_*`); the binary's metrics registry exports them.
+//! The rules engine's counters (`grove_rule_*`), registered by [`RulesMetrics::register`] into
+//! the registry the binary exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
 
 /// Labels of a per-rule counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -29,6 +31,36 @@ pub struct RulesMetrics {
 }
 
 impl RulesMetrics {
+    /// Registers the counters under `rule_` in `registry` (the binary's, prefixed `grove`).
+    pub fn register(&self, registry: &mut Registry) {
+        let r = registry.sub_registry_with_prefix("rule");
+        r.register(
+            "matched",
+            "Messages that matched the rule's FROM filter",
+            self.matched.clone(),
+        );
+        r.register(
+            "outputs",
+            "Outputs the rule handed to its actions",
+            self.outputs.clone(),
+        );
+        r.register(
+            "action_failures",
+            "Failed rule actions",
+            self.action_failures.clone(),
+        );
+        r.register(
+            "hop_dropped",
+            "Rule outputs dropped at the republish hop limit",
+            self.hop_dropped.clone(),
+        );
+        r.register(
+            "fanout_dropped",
+            "Rule outputs dropped at the fan-out bound (messages one message may cause)",
+            self.fanout_dropped.clone(),
+        );
+    }
+
     /// The counter of `rule` in `family`, to keep and increment without a lookup per message.
     pub fn counter(&self, family: &Family<RuleLabels, Counter>, rule: &str) -> Counter {
         family

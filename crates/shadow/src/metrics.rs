@@ -1,10 +1,12 @@
-//! The shadow service's counters (`grove_shadow_*`); the binary's metrics registry exports them.
+//! The shadow service's counters (`grove_shadow_*`), registered by [`ShadowMetrics::register`]
+//! into the registry the binary exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 /// Labels of a shadow request outcome.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -44,6 +46,32 @@ impl Default for ShadowMetrics {
 }
 
 impl ShadowMetrics {
+    /// Registers the counters under `shadow_` in `registry` (the binary's, prefixed `grove`).
+    pub fn register(&self, registry: &mut Registry) {
+        let sh = registry.sub_registry_with_prefix("shadow");
+        sh.register(
+            "requests",
+            "Shadow requests answered, by operation and code (200 = accepted)",
+            self.requests.clone(),
+        );
+        sh.register(
+            "invalid_names",
+            "Shadow requests on topics with an invalid thing or shadow name",
+            self.invalid_names.clone(),
+        );
+        sh.register(
+            "commits",
+            "Group commits of shadow writes",
+            self.commits.clone(),
+        );
+        sh.register(
+            "commit_seconds",
+            "Time one group commit of shadow writes took",
+            self.commit_seconds.clone(),
+        );
+        sh.register("cached", "Shadows held in memory", self.cached.clone());
+    }
+
     /// Counts an answered request.
     pub fn count(&self, op: grove_shadow_api::names::Operation, code: u16) {
         let code = match code {
