@@ -17,14 +17,14 @@
 //!   redeploy swaps the routes at once, and the queue belongs to the function, not the version, so
 //!   a redeploy under load loses no event.
 //! - Async events: a bounded queue per function, at most `max_concurrency` running,
-//!   at-least-once with retries and a dead-letter topic ([`crate::delivery`] decides). A full
+//!   at-least-once with retries and a dead-letter topic (`crate::delivery` decides). A full
 //!   queue sends the event to the DLQ at once, and so does an event whose function is not
 //!   deployed (removed while the event waited): an accepted event is never dropped silently. An
 //!   event leaves the store when it is done (success or dead letter); one running when the
 //!   gateway stops runs again after the restart.
 //! - Sync invocation: a publish to `$grove/functions/{name}/invoke`, answered on its reply topic
 //!   ([`crate::protocol`]: the request, the reply topic, the answer envelopes).
-//! - Effects are transactional per invocation ([`crate::effects`]): publishes and kv writes are
+//! - Effects are transactional per invocation (`crate::effects`): publishes and kv writes are
 //!   applied only when the handler returns 0 (kv writes in one store commit, before the answer),
 //!   so a failed attempt that is retried leaves nothing behind. Shadow calls go through the
 //!   running shadow service as a trusted bus client (request with a client token, wait for
@@ -37,10 +37,12 @@
 //! about names that are no function) in rate; every line refused is counted.
 //!
 //! This file holds the component's state, its start and invocation; its parts are
-//! `service/registry.rs` (deploy, aliases, remove, list, startup loading), `service/events.rs` (the async path: the tap's offers, queues, the attempts [`crate::delivery`]
-//! decides, dead letters), `service/sync.rs` (sync invocation requests) and `service/host.rs`
-//! (performing the host calls' effects that [`crate::effects`] holds, and the output publisher).
-//! Which functions a message triggers is [`crate::triggers`]; all four are pure, with unit tests.
+//! `service/registry.rs` (deploy, aliases, remove, list, startup loading), `service/events.rs`
+//! (the async path: the tap's offers, queues, the attempts `crate::delivery` decides, dead
+//! letters), `service/sync.rs` (sync invocation requests) and `service/host.rs` (performing the
+//! host calls' effects that `crate::effects` holds, and the output publisher). Which functions a
+//! message triggers is `crate::triggers`. The four `crate::` modules named are pure, with unit
+//! tests.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
