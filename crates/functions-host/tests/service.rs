@@ -140,3 +140,50 @@ async fn an_event_for_no_deployed_function_is_dead_lettered_at_once_as_not_found
     assert_eq!(count(&metrics, "dlq", "ghost"), 0);
     h.stop().await;
 }
+
+/// Returns its payload as its output.
+const ECHO: &str = r#"(module
+  (import "grove" "output" (func $output (param i32 i32) (result i32)))
+  (memory (export "memory") 1)
+  (func (export "grove_abi_version") (result i32) (i32.const 1))
+  (func (export "grove_alloc") (param i32) (result i32) (i32.const 1024))
+  (func (export "grove_handle") (param i32 i32 i32 i32) (result i32)
+    (drop (call $output (local.get 2) (local.get 3))) (i32.const 0)))"#;
+
+/// ABI.md "Sync invocation": an MQTT 3.1.1 request is a JSON envelope; the answer goes to its
+/// `replyTo` with its `correlationId`, and a name that is no function is answered too.
+#[tokio::test(start_paused = true)]
+async fn a_sync_request_is_answered_on_its_reply_topic_with_its_correlation_id() {
+    let h = Harness::start().await;
+    let metrics = FunctionMetrics::default();
+    let functions = start(&h, &metrics).await;
+    let wasm = wat::parse_str(ECHO).expect("WAT");
+    functions
+        .deploy("name = \"echo\"", wasm, None)
+        .await
+        .expect("deployed");
+    let mut answers = h.peer("test-answers", &["me/answers"]).await;
+    let mut caller = h.peer("test-caller", &[]).await;
+
+    let request = r#"{"replyTo": "me/answers", "correlationId": 7, "payload": {"t": 21}}"#;
+    caller
+        .publish("$grove/functions/echo/invoke", request)
+        .await;
+    let (topic, answer) = next_json(&mut answers).await;
+    assert_eq!(topic, "me/answers");
+    assert_eq!(answer["status"], "ok");
+    assert_eq!(answer["function"], "echo");
+    assert_eq!(answer["version"], 1);
+    assert_eq!(answer["result"], serde_json::json!({"t": 21}));
+    assert_eq!(answer["correlationId"], 7);
+
+    let request = r#"{"replyTo": "me/answers", "correlationId": "b"}"#;
+    caller
+        .publish("$grove/functions/nobody/invoke", request)
+        .await;
+    let (_, answer) = next_json(&mut answers).await;
+    assert_eq!(answer["status"], "error");
+    assert_eq!(answer["error"]["kind"], "not_found");
+    assert_eq!(answer["correlationId"], "b");
+    h.stop().await;
+}

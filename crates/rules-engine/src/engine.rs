@@ -41,9 +41,9 @@ use crate::RuleConfig;
 use grove_broker::bus::{Bus, Closed, Outgoing};
 use grove_broker::BusMaker;
 use grove_functions_host::service::Functions;
-use grove_shadow_api::token::client_token_of;
 use grove_shadow_api::local::{LocalError, LocalShadows};
 use grove_shadow_api::names::Operation;
+use grove_shadow_api::token::client_token_of;
 
 /// Grove's topic for reloading rules over MQTT (`grove rules reload`); answered on `…/accepted`
 /// or `…/rejected`.
