@@ -185,18 +185,27 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
     let Packet::Connect(connect, properties, will, will_properties, login) = packet else {
         return Step::Refuse(Refusal::new("protocol", "first packet is not CONNECT"));
     };
-    if connect.client_id.is_empty() && !connect.clean_session {
-        return Step::Refuse(
-            Refusal::new(
-                "identifier_rejected",
-                "an empty client id needs a clean session",
-            )
-            .answer(
-                version,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                ConnectReturnCode::ClientIdentifierNotValid,
-            ),
-        );
+    // 3.1.1 [MQTT-3.1.3-8]: an empty client id needs a clean session (MQTT 5 allows it: the
+    // server assigns an id, 3.1.3.1). Ids of the gateway's own components are not for devices.
+    let refused_id =
+        if connect.client_id.is_empty() && !connect.clean_session && version == Version::V311 {
+            Some("an empty client id needs a clean session".to_owned())
+        } else if connect.client_id.starts_with(crate::COMPONENT_ID_PREFIX) {
+            Some(format!(
+                "client ids starting with {} are the gateway's own",
+                crate::COMPONENT_ID_PREFIX
+            ))
+        } else if connect.client_id.contains('\0') {
+            Some("a client id with a NUL character".to_owned())
+        } else {
+            None
+        };
+    if let Some(detail) = refused_id {
+        return Step::Refuse(Refusal::new("identifier_rejected", detail).answer(
+            version,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            ConnectReturnCode::ClientIdentifierNotValid,
+        ));
     }
     if rules.login == LoginRule::UsernameIsClientId {
         let detail = match &login {

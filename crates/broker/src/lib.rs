@@ -31,9 +31,13 @@ mod connect;
 mod connection;
 pub mod metrics;
 pub mod namespace;
+mod persist;
 mod queries;
+mod relay;
 pub mod reply;
+mod router_task;
 mod server;
 pub mod tap;
+mod translate;
 
 pub use server::*;
