@@ -232,6 +232,11 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
             ),
         );
     };
+    // MQTT 5 lets the server impose its keep alive (3.2.2.3.14); 3.1.1 has no such thing.
+    let keep_alive = match (version, shared.config.server_keep_alive) {
+        (Version::V5, Some(server)) => server,
+        _ => connect.keep_alive,
+    };
     let mut c = core::Connect::new(client_id.clone(), translate::version(version));
     c.clean_start = connect.clean_session;
     if let Some(p) = &props {
@@ -288,8 +293,7 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
         client_id,
         codec,
         policy,
-        keep_alive: (connect.keep_alive > 0)
-            .then(|| Duration::from_secs(u64::from(connect.keep_alive))),
+        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
         device,
         outlet,
         early,

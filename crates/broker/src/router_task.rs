@@ -234,6 +234,7 @@ pub(crate) fn spawn(
     let policies: Arc<Mutex<HashMap<Arc<str>, Resolved>>> = Arc::default();
     {
         let (policies, metrics) = (policies.clone(), metrics.clone());
+
         router.set_delivery_filter(Box::new(move |client, topic| {
             let policies = policies.lock().unwrap_or_else(|p| p.into_inner());
             let allowed = policies.get(client).is_none_or(|p| p.may_receive(topic));
@@ -252,6 +253,8 @@ pub(crate) fn spawn(
         clock: Clock::new(),
         paused: paused.clone(),
         commit: None,
+        metrics,
+        counted: core::Stats::default(),
     };
     let handle = RouterHandle {
         events: events_tx,
@@ -274,6 +277,9 @@ struct Task {
     paused: Arc<AtomicBool>,
     /// The running group commit: it resolves to the highest write number it committed.
     commit: Option<JoinHandle<u64>>,
+    metrics: BrokerMetrics,
+    /// The core's counters as last added to `metrics`.
+    counted: core::Stats,
 }
 
 impl Task {
@@ -404,6 +410,8 @@ impl Task {
         }
         self.paused
             .store(self.router.reading_paused(), Ordering::Relaxed);
+        self.metrics
+            .router_stats(&mut self.counted, self.router.stats());
     }
 
     /// Moves `conn`'s packets into its writer while it has room.

@@ -500,6 +500,9 @@ impl Shared {
 fn router_config(config: &BrokerConfig) -> grove_router::Config {
     grove_router::Config {
         maximum_packet_size: u32::try_from(config.max_payload_size + HEADER_ALLOWANCE).ok(),
+        queue_max_messages: config.queue_max_messages,
+        queue_max_bytes: config.queue_max_bytes,
+        server_keep_alive: config.server_keep_alive,
         ..grove_router::Config::default()
     }
 }
