@@ -503,6 +503,11 @@ fn router_config(config: &BrokerConfig) -> grove_router::Config {
         queue_max_messages: config.queue_max_messages,
         queue_max_bytes: config.queue_max_bytes,
         server_keep_alive: config.server_keep_alive,
+        // Topics as long and deep as MQTT allows (a topic is a 16-bit-length string, 1.5.4): the
+        // payload limit bounds what a client can make the router hold, and a component's
+        // publish must never be refused for its topic's shape (functions' topics carry names).
+        max_topic_length: usize::from(u16::MAX),
+        max_topic_levels: usize::from(u16::MAX),
         ..grove_router::Config::default()
     }
 }
