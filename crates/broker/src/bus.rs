@@ -15,9 +15,10 @@ use bytes::Bytes;
 use grove_router::{self as core, Outbound};
 use tokio::sync::watch;
 
+use crate::connect::COMPONENT_ID_PREFIX;
 use crate::router_task::{Event, Outlet, RouterGone};
 use crate::tap::Tap;
-use crate::{Shared, COMPONENT_ID_PREFIX, HOPS_PROPERTY};
+use crate::{Shared, HOPS_PROPERTY};
 
 /// Most times a message may be republished by rules (or a function's publish) before the next
 /// republish is dropped (and counted): a rule that matches its own output stops there instead of

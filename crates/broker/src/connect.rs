@@ -21,6 +21,10 @@ use rumqttd::protocol::{
 use super::codec::{sniff, Codec, Sniff, Version};
 use super::namespace;
 
+/// Client ids of the gateway's components (its buses) start with this; a device may not use it
+/// (its CONNECT is refused), so no device can take over a component's session.
+pub const COMPONENT_ID_PREFIX: &str = "$grove/";
+
 /// The longest MQTT fixed header: one type byte and a remaining length of up to four bytes.
 pub const MAX_FIXED_HEADER: usize = 5;
 
@@ -190,10 +194,10 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
     let refused_id =
         if connect.client_id.is_empty() && !connect.clean_session && version == Version::V311 {
             Some("an empty client id needs a clean session".to_owned())
-        } else if connect.client_id.starts_with(crate::COMPONENT_ID_PREFIX) {
+        } else if connect.client_id.starts_with(COMPONENT_ID_PREFIX) {
             Some(format!(
                 "client ids starting with {} are the gateway's own",
-                crate::COMPONENT_ID_PREFIX
+                COMPONENT_ID_PREFIX
             ))
         } else if connect.client_id.contains('\0') {
             Some("a client id with a NUL character".to_owned())

@@ -32,10 +32,6 @@ use grove_store::{Store, StoreError};
 /// so devices cannot starve the gateway of links.
 pub(super) const INTERNAL_LINKS: usize = 64;
 
-/// Client ids of the gateway's components start with this; a device may not use it (its CONNECT
-/// is refused), so no device can take over a component's session.
-pub(crate) const COMPONENT_ID_PREFIX: &str = "$grove/";
-
 /// The MQTT 5 user property counting rule republishes, so that a rule feeding itself is cut off.
 pub(crate) const HOPS_PROPERTY: &str = "$grove-hops";
 
