@@ -382,3 +382,25 @@ async fn a_subscriber_that_stopped_acknowledging_gets_every_message_once_it_acks
     let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
     assert_eq!(got, want);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_over_the_clients_maximum_packet_size_is_not_sent_and_is_counted() {
+    // MQTT 5 §3.1.2.11.4 [MQTT-3.1.2-25]: the server must not send a packet larger than the
+    // client's Maximum Packet Size; it discards the message as if sent. Grove counts it.
+    let g = Gateway::start("");
+    let mut o = v5("small", g.mqtt_port);
+    o.set_max_packet_size(Some(200));
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("mps/t", Q5::AtLeastOnce)).await;
+    let (mut publisher, _) = V5::connect(v5("mps-pub", g.mqtt_port)).await;
+    publisher
+        .publish_acked("mps/t", false, &"x".repeat(500))
+        .await;
+    publisher.publish_acked("mps/t", false, "small").await;
+    let got = sub.publish_in().await;
+    assert_eq!(&got.payload[..], b"small", "the large one was not sent");
+    // Counted by the router task as it hands the next packets out: waited for, not raced.
+    g.wait_metric("grove_broker_dropped_total{reason=\"too_large\"}", |v| {
+        v == 1.0
+    });
+}
