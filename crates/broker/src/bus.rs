@@ -198,7 +198,21 @@ impl Bus {
             let mut acked = false;
             for p in packets.drain(..) {
                 match p {
-                    Outbound::SubAck { pkid: p, .. } if p == pkid => acked = true,
+                    Outbound::SubAck { pkid: p, reasons } if p == pkid => {
+                        acked = true;
+                        // A component's filters are the gateway's own, so a refusal (over the
+                        // router's per-client subscription limit, an invalid filter) is a bug to
+                        // see in the log, not a peer to punish.
+                        for (filter, code) in filters.iter().zip(&reasons) {
+                            if *code >= 0x80 {
+                                tracing::warn!(
+                                    filter,
+                                    code,
+                                    "the router refused a component's subscription"
+                                );
+                            }
+                        }
+                    }
                     Outbound::Publish(d) => {
                         let m = self.received(d);
                         self.pending.push(m);
