@@ -415,6 +415,16 @@ mod tests {
                 "connect_too_large None",
             ),
             (
+                "a component's client id",
+                connect("$grove/shadow/0", Some(("$grove/shadow/0", "pw")), None),
+                "identifier_rejected Some(ClientIdentifierNotValid)",
+            ),
+            (
+                "a NUL in the client id",
+                connect("d\01", Some(("d\01", "pw")), None),
+                "identifier_rejected Some(ClientIdentifierNotValid)",
+            ),
+            (
                 // Refused from its first five bytes: the rest need never be read.
                 "a 1 MiB CONNECT announced",
                 vec![
