@@ -1,8 +1,6 @@
 #!/usr/bin/env bash
-# Gateway checks beyond `cargo test`: the vendored rumqttd's own unit tests (it is outside the
-# workspace; they cover Grove's patches to it too, see vendor/rumqttd/GROVE-PATCHES.md), then a short
-# run of each fuzz target (cargo-fuzz on the stable toolchain with RUSTC_BOOTSTRAP=1, as in
-# firmware/ci.sh): `policy` (the policy matcher) and `connect` (the connection layer's CONNECT phase:
+# Gateway checks beyond `cargo test`: a short run of each fuzz target (cargo-fuzz on the stable
+# toolchain with RUSTC_BOOTSTRAP=1, as in firmware/ci.sh): `policy` (the policy matcher) and `connect` (the connection layer's CONNECT phase:
 # bytes from an unauthenticated peer). FUZZ_SECONDS (default 20) sets each run's length and
 # FUZZ_TARGETS (default "policy connect") which run; the corpus is regenerated each run.
 set -euo pipefail
@@ -10,8 +8,6 @@ GATEWAY="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(dirname "$GATEWAY")"
 FUZZ_SECONDS="${FUZZ_SECONDS:-20}"
 FUZZ_TARGETS="${FUZZ_TARGETS:-policy connect}"
-(cd "$ROOT/vendor/rumqttd" && CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$ROOT/target}/rumqttd" \
-    cargo test --locked --lib)
 command -v cargo-fuzz >/dev/null || cargo install cargo-fuzz --locked
 cd "$GATEWAY/fuzz"
 log="$(mktemp)"

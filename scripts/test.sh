@@ -63,7 +63,7 @@ for extra in gateway/ci.sh crates/router/ci.sh firmware/ci.sh rules/ci.sh cross/
     bash "$extra"
   fi
   case "$extra" in
-    gateway/ci.sh) prune "$TARGET/rumqttd" "$TARGET/fuzz-gateway" ;;
+    gateway/ci.sh) prune "$TARGET/fuzz-gateway" ;;
     crates/router/ci.sh) prune "$TARGET/fuzz-router" ;;
     firmware/ci.sh) prune "$TARGET"/thumbv* "$TARGET/fuzz" ;;
     rules/ci.sh) prune rules/fuzz/target ;;

@@ -235,7 +235,7 @@ struct GatewayArgs {
     /// Also write the results as JSON.
     #[arg(long, value_name = "FILE")]
     json: Option<PathBuf>,
-    /// TOML merged into grove's generated config, e.g. `broker.max_outgoing_batch = 1000`
+    /// TOML merged into grove's generated config, e.g. `broker.queue_max_messages = 100000`
     /// (repeatable).
     #[arg(long = "grove-conf", value_name = "TOML", value_parser = parse_toml_snippet)]
     grove_conf: Vec<String>,
@@ -256,7 +256,7 @@ struct BrokerArgs {
     mosquitto_conf: Vec<String>,
 
     /// A TOML snippet merged into the generated grove config (repeatable), e.g.
-    /// "broker.segment_count = 64".
+    /// "broker.queue_max_messages = 100000".
     #[arg(long, value_name = "TOML", value_parser = parse_toml_snippet)]
     grove_conf: Vec<String>,
 

@@ -53,7 +53,7 @@ pub struct PeerSpec {
     /// Path (or bare name, looked up on PATH) of its binary.
     pub binary: PathBuf,
     /// Settings added to the generated config, to try a tuning: for mosquitto, lines appended to its
-    /// config file (`--mosquitto-conf`); for grove, TOML snippets such as `broker.segment_count = 64`
+    /// config file (`--mosquitto-conf`); for grove, TOML snippets such as `broker.queue_max_messages = 64`
     /// merged into its config (`--grove-conf`).
     pub extra_config: Vec<String>,
 }
@@ -618,8 +618,8 @@ mod tests {
     fn grove_config_takes_extra_snippets() {
         use toml::Value::{Boolean, Integer};
         check_grove_snippets(
-            &["broker.segment_count = 64"],
-            "broker.segment_count",
+            &["broker.queue_max_messages = 64"],
+            "broker.queue_max_messages",
             Integer(64),
         );
         check_grove_snippets(
@@ -629,8 +629,8 @@ mod tests {
         );
         check_grove_snippets(&["[ops]\nenabled = true"], "ops.enabled", Boolean(true));
         check_grove_snippets(
-            &["broker.segment_size = 1", "broker.segment_size = 2"],
-            "broker.segment_size",
+            &["broker.queue_max_bytes = 1", "broker.queue_max_bytes = 2"],
+            "broker.queue_max_bytes",
             Integer(2),
         );
         check_grove_snippets(
@@ -650,7 +650,7 @@ mod tests {
         assert!(grove_config(
             Path::new("/d"),
             1883,
-            &["broker.segment_count =".to_owned()]
+            &["broker.queue_max_messages =".to_owned()]
         )
         .is_err());
     }

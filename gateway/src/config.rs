@@ -262,8 +262,8 @@ mod tests {
             ("[broker]\nmax_connections = 0\n", "2: `broker.max_connections`: 0 is out of range"),
             ("[broker]\nmax_payload_size = 4\n", "2: `broker.max_payload_size`: 4 is out of range"),
             (
-                "[broker]\nmax_payload_size = 2000000\n",
-                "grove.toml: `broker.segment_size` (default): 1048576 bytes is too small",
+                "[broker]\nmax_payload_size = 20000000\n",
+                "grove.toml: `broker.queue_max_bytes` (default): 16777216 bytes is too small",
             ),
             ("[[broker.listeners]]\nbind = \"nowhere\"\n", "2:8: invalid socket address syntax"),
             (

@@ -86,13 +86,23 @@ impl Metrics {
         );
         b.register(
             "publisher_holds",
-            "Times a publishing connection stopped reading because a subscriber was about to be overrun (flow control)",
+            "Times a publishing connection stopped reading because the router's queued bytes for subscribers were over its limit (flow control)",
             broker.holds.clone(),
         );
         b.register(
-            "subscriber_overruns",
-            "Times a subscriber fell further behind than the router's in-memory log holds and lost its oldest messages (raise broker.segment_count)",
-            crate::logging::subscriber_overruns(),
+            "dropped",
+            "Messages the router dropped for a subscriber, by reason (queue_full: the session's queue limits; too_large: over the client's Maximum Packet Size; expired; offline_qos0)",
+            broker.dropped.clone(),
+        );
+        b.register(
+            "sessions_taken_over",
+            "Sessions taken over by a reconnecting client with the same client id",
+            broker.sessions_taken_over.clone(),
+        );
+        b.register(
+            "wills_published",
+            "Will messages published",
+            broker.wills_published.clone(),
         );
         b.register(
             "retained_restored",

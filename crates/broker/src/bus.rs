@@ -8,18 +8,17 @@
 //! happens here, as it does in the connection layer. Gateway metadata travels in `$grove-` user
 //! properties that the connection layer strips from everything a device sends or receives.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use rumqttd::local::{LinkRx, LinkTx};
-use rumqttd::protocol::{Disconnect, DisconnectReasonCode, Packet, Publish, PublishProperties};
-use rumqttd::Notification;
+use grove_router::{self as core, Outbound};
 use tokio::sync::watch;
 
+use crate::connect::COMPONENT_ID_PREFIX;
+use crate::router_task::{Event, Outlet, RouterGone};
 use crate::tap::Tap;
-use crate::{
-    make_publish, namespace, origin_client_id, poll_now, RouterHandle, Shared, HOPS_PROPERTY,
-};
+use crate::{Shared, HOPS_PROPERTY};
 
 /// Most times a message may be republished by rules (or a function's publish) before the next
 /// republish is dropped (and counted): a rule that matches its own output stops there instead of
@@ -51,8 +50,7 @@ pub struct Outgoing {
     pub topic: String,
     /// The payload.
     pub payload: Bytes,
-    /// QoS 0 or 1 (subscribers receive it at their subscription's QoS either way; see
-    /// ARCHITECTURE.md).
+    /// QoS 0 or 1 (subscribers receive it at the lower of this and their subscription's QoS).
     pub qos: u8,
     /// Whether the broker retains it (and the store persists it, before it is published).
     pub retain: bool,
@@ -73,102 +71,180 @@ impl Outgoing {
     }
 }
 
-/// The router has gone away, or the store refused a retained message.
+/// The router has gone away, or a durable write failed.
 #[derive(Debug, thiserror::Error)]
 pub enum Closed {
     /// The router link is closed: the gateway is shutting down.
     #[error("the MQTT router link is closed")]
     Link,
-    /// A retained message could not be stored, so it was not published.
-    #[error("cannot store a retained message: {0}")]
+    /// A message could not be stored, so it was not published.
+    #[error("cannot store a message: {0}")]
     Store(String),
 }
 
-/// A component's link to the broker.
+/// A component's link to the broker: a client of the router core like any device, under a client
+/// id no device may use (`$grove/{component}/{n}`), speaking MQTT 3.1.1 inside the router (3.1.1
+/// has no server Receive Maximum, so a component's QoS 1 publishes are never cut off while their
+/// acknowledgements wait for a storage commit; the acknowledgements are read and dropped).
+/// Subscriptions are QoS 0: a component's session queue (the router's bounded per-session
+/// queue) is what buffers for a busy component.
 pub struct Bus {
-    tx: LinkTx,
-    rx: LinkRx,
-    router: RouterHandle,
     shared: Arc<Shared>,
-    /// Messages that arrived while waiting for a SUBACK, handed out by the next receive.
+    outlet: Outlet,
+    /// Messages that arrived while waiting for a SUBACK or taking acknowledgements, handed out by
+    /// the next receive (at most what the router sent meanwhile: its writer is bounded).
     pending: Vec<Message>,
-    /// Packet ids for QoS 1 publishes (the router acknowledges them; nothing waits for that).
+    /// Filters of [`Bus::subscribe`] not yet handed to the router (sent by the next call that
+    /// may wait).
+    unsent: Vec<String>,
+    /// Packet ids for SUBSCRIBE and QoS 1 publishes (nothing waits for their acknowledgements).
     next_pkid: u16,
     /// The durable tap this link's publishes bypass (its owner's own), if any.
     skip: Option<Arc<Tap>>,
 }
 
 impl Bus {
-    pub(crate) fn new(
-        tx: LinkTx,
-        rx: LinkRx,
-        router: RouterHandle,
+    /// Connects a new bus session for `component`.
+    pub(crate) async fn connect(
         shared: Arc<Shared>,
+        component: &str,
         skip: Option<Arc<Tap>>,
-    ) -> Bus {
-        Bus {
-            tx,
-            rx,
-            router,
+    ) -> Result<Bus, RouterGone> {
+        static LINKS: AtomicU64 = AtomicU64::new(0);
+        let n = LINKS.fetch_add(1, Ordering::Relaxed);
+        let client_id = format!("{COMPONENT_ID_PREFIX}{component}/{n}");
+        let (link, mut outlet) = shared.router.open();
+        let connect = core::Connect::new(client_id, core::Version::V311);
+        shared
+            .router
+            .send(Event::Connect {
+                conn: outlet.conn(),
+                connect: Box::new(connect),
+                policy: None,
+                link,
+            })
+            .await?;
+        // The CONNACK (a clean session of a fresh id is never refused).
+        let mut connack = Vec::new();
+        if !outlet.recv(&mut connack).await {
+            return Err(RouterGone);
+        }
+        Ok(Bus {
             shared,
+            outlet,
             pending: Vec::new(),
+            unsent: Vec::new(),
             next_pkid: 0,
             skip,
-        }
+        })
     }
 
-    /// Subscribes (QoS 0; the router's in-memory log is what buffers for a busy component).
-    pub fn subscribe(&mut self, filter: &str) -> Result<(), Closed> {
-        self.tx
-            .subscribe(namespace::filter_to_router(filter))
-            .map(|_| ())
+    fn pkid(&mut self) -> u16 {
+        self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
+        self.next_pkid
+    }
+
+    async fn send(&self, packet: core::Inbound) -> Result<(), Closed> {
+        self.shared
+            .router
+            .send(Event::Packet(self.outlet.conn(), packet))
+            .await
             .map_err(|_| Closed::Link)
+    }
+
+    fn subscribe_packet(&mut self, filters: &[String]) -> core::Inbound {
+        core::Inbound::Subscribe(core::Subscribe {
+            pkid: self.pkid(),
+            filters: filters
+                .iter()
+                .map(|f| (f.clone(), core::SubOptions::qos(core::QoS::AtMostOnce)))
+                .collect(),
+            subscription_id: None,
+        })
+    }
+
+    /// Subscribes (QoS 0); the router sees it with this bus's next receive or publish.
+    pub fn subscribe(&mut self, filter: &str) -> Result<(), Closed> {
+        self.unsent.push(filter.to_owned());
+        Ok(())
+    }
+
+    /// Hands the router the filters of [`Bus::subscribe`]. Cancel-safe: a filter leaves the list
+    /// only once the router has it.
+    async fn send_unsent(&mut self) -> Result<(), Closed> {
+        while let Some(filter) = self.unsent.first().cloned() {
+            let packet = self.subscribe_packet(&[filter]);
+            self.send(packet).await?;
+            self.unsent.remove(0);
+        }
+        Ok(())
     }
 
     /// Subscribes to every filter and returns once the router has confirmed all of them, so that
     /// every message published after this returns reaches this link.
     pub async fn subscribe_confirmed(&mut self, filters: &[String]) -> Result<(), Closed> {
-        for f in filters {
-            self.subscribe(f)?;
-        }
-        let mut acks = 0;
-        while acks < filters.len() {
-            let n = self.rx.next().await.map_err(|_| Closed::Link)?;
-            match n {
-                Some(Notification::DeviceAck(ack)) => {
-                    if matches!(ack.into(), Packet::SubAck(..)) {
-                        acks += 1;
+        self.send_unsent().await?;
+        let packet = self.subscribe_packet(filters);
+        let core::Inbound::Subscribe(core::Subscribe { pkid, .. }) = &packet else {
+            unreachable!("a SUBSCRIBE")
+        };
+        let pkid = *pkid;
+        self.send(packet).await?;
+        let mut packets = Vec::new();
+        loop {
+            if !self.outlet.recv(&mut packets).await {
+                return Err(Closed::Link);
+            }
+            let mut acked = false;
+            for p in packets.drain(..) {
+                match p {
+                    Outbound::SubAck { pkid: p, reasons } if p == pkid => {
+                        acked = true;
+                        // A component's filters are the gateway's own, so a refusal (over the
+                        // router's per-client subscription limit, an invalid filter) is a bug to
+                        // see in the log, not a peer to punish.
+                        for (filter, code) in filters.iter().zip(&reasons) {
+                            if *code >= 0x80 {
+                                tracing::warn!(
+                                    filter,
+                                    code,
+                                    "the router refused a component's subscription"
+                                );
+                            }
+                        }
                     }
+                    Outbound::Publish(d) => {
+                        let m = self.received(d);
+                        self.pending.push(m);
+                    }
+                    _ => {}
                 }
-                Some(Notification::Forward(f)) => self.pending.push(received(f)),
-                Some(Notification::Unschedule) => self.rx.wake().await.map_err(|_| Closed::Link)?,
-                Some(_) | None => {}
+            }
+            if acked {
+                return Ok(());
             }
         }
-        Ok(())
     }
 
     /// Waits for at least one message, then appends every message already waiting to `out`.
     pub async fn recv_batch(&mut self, out: &mut Vec<Message>) -> Result<(), Closed> {
+        self.send_unsent().await?;
         let start = out.len();
         out.append(&mut self.pending);
+        let mut packets = Vec::new();
         loop {
-            let mut unscheduled = false;
-            while let Some(n) = poll_now(&mut self.rx) {
-                take(n.map_err(|_| Closed::Link)?, out, &mut unscheduled);
+            if out.len() > start {
+                self.outlet.try_recv(&mut packets);
+            } else if !self.outlet.recv(&mut packets).await {
+                return Err(Closed::Link);
             }
-            // The router stops scheduling a link whose buffer filled up until it is told that
-            // the buffer was drained.
-            if unscheduled {
-                self.rx.wake().await.map_err(|_| Closed::Link)?;
+            for p in packets.drain(..) {
+                if let Outbound::Publish(d) = p {
+                    out.push(self.received(d));
+                }
             }
             if out.len() > start {
                 return Ok(());
-            }
-            let n = self.rx.next().await.map_err(|_| Closed::Link)?;
-            take(n, out, &mut unscheduled);
-            if unscheduled {
-                self.rx.wake().await.map_err(|_| Closed::Link)?;
             }
         }
     }
@@ -186,19 +262,18 @@ impl Bus {
         }
     }
 
-    /// Leaves the broker: the router frees the link (it would otherwise keep it forever).
-    pub async fn close(mut self) {
-        let bye = Packet::Disconnect(
-            Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        );
-        let _ = self.router.relay(&mut self.tx, vec![bye]).await;
+    /// Leaves the broker: the router ends the session.
+    pub async fn close(self) {
+        let bye = core::Inbound::Disconnect(core::Disconnect {
+            reason: core::reason::SUCCESS,
+            session_expiry_interval: None,
+        });
+        let _ = self.send(bye).await;
     }
 
-    /// Publishes messages. Retained ones are stored first, like a device's, and tapped ones are
-    /// committed by the durable tap's owner first (see `crate::tap`).
+    /// Publishes messages. Tapped ones are committed by the durable tap's owner first (see
+    /// `crate::tap`); retained ones are stored by the router before its acknowledgement, like a
+    /// device's.
     pub async fn publish(&mut self, messages: Vec<Outgoing>) -> Result<(), Closed> {
         self.publish_correlated(messages.into_iter().map(|m| (m, None)).collect())
             .await
@@ -219,66 +294,67 @@ impl Bus {
             )
             .await
             .map_err(|_| Closed::Link)?;
-        let mut batch = Vec::with_capacity(messages.len());
+        self.send_unsent().await?;
         for (m, correlation_data) in messages {
-            let publish = if m.qos == 0 && !m.retain {
-                Publish::new(Bytes::from(m.topic), m.payload, false)
+            let qos = if m.qos == 0 {
+                core::QoS::AtMostOnce
             } else {
-                self.next_pkid = self.next_pkid.checked_add(1).unwrap_or(1);
-                make_publish(&m.topic, m.payload, m.qos, m.retain, self.next_pkid)
+                core::QoS::AtLeastOnce
             };
-            if m.retain {
-                self.shared
-                    .persist_retained(&publish)
-                    .await
-                    .map_err(|e| Closed::Store(e.to_string()))?;
-            }
-            let mut publish = publish;
-            publish.topic = namespace::topic_to_router(&publish.topic);
-            let props = (m.hops > 0 || correlation_data.is_some()).then(|| PublishProperties {
-                user_properties: (m.hops > 0)
-                    .then(|| (HOPS_PROPERTY.to_owned(), m.hops.to_string()))
-                    .into_iter()
-                    .collect(),
-                correlation_data,
-                ..PublishProperties::default()
-            });
-            batch.push(Packet::Publish(publish, props));
+            let pkid = if m.qos == 0 { 0 } else { self.pkid() };
+            let publish = core::Publish {
+                topic: m.topic.into(),
+                payload: m.payload,
+                qos,
+                retain: m.retain,
+                dup: false,
+                pkid,
+                topic_alias: None,
+                properties: core::MessageProperties {
+                    user_properties: (m.hops > 0)
+                        .then(|| (HOPS_PROPERTY.to_owned(), m.hops.to_string()))
+                        .into_iter()
+                        .collect(),
+                    correlation_data,
+                    ..core::MessageProperties::default()
+                },
+            };
+            self.send(core::Inbound::Publish(publish)).await?;
         }
-        self.router
-            .relay(&mut self.tx, batch)
-            .await
-            .map_err(|_| Closed::Link)
+        // Take the acknowledgements (and keep any message) so the router's writer never fills
+        // with them.
+        let mut packets = Vec::new();
+        self.outlet.try_recv(&mut packets);
+        for p in packets {
+            if let Outbound::Publish(d) = p {
+                let m = self.received(d);
+                self.pending.push(m);
+            }
+        }
+        Ok(())
     }
-}
 
-/// Keeps what a notification carries for a component: messages; SUBACKs and PUBACKs need no answer.
-fn take(n: Option<Notification>, out: &mut Vec<Message>, unscheduled: &mut bool) {
-    match n {
-        Some(Notification::Forward(f)) => out.push(received(f)),
-        Some(Notification::Unschedule) => *unscheduled = true,
-        Some(_) | None => {}
-    }
-}
-
-fn received(f: rumqttd::Forward) -> Message {
-    let hops = f
-        .properties
-        .as_ref()
-        .and_then(|p| p.user_properties.iter().find(|(k, _)| k == HOPS_PROPERTY))
-        .and_then(|(_, v)| v.parse().ok())
-        .unwrap_or(0);
-    let (response_topic, correlation_data) = f
-        .properties
-        .as_ref()
-        .map(|p| (p.response_topic.clone(), p.correlation_data.clone()))
-        .unwrap_or_default();
-    Message {
-        response_topic,
-        correlation_data,
-        origin: origin_client_id(f.properties.as_ref()),
-        topic: String::from_utf8_lossy(&namespace::topic_from_router(f.publish.topic)).into_owned(),
-        payload: f.publish.payload,
-        hops,
+    fn received(&self, d: core::Delivery) -> Message {
+        let m = &d.message;
+        let p = &m.properties;
+        let hops = p
+            .user_properties
+            .iter()
+            .find(|(k, _)| k == HOPS_PROPERTY)
+            .and_then(|(_, v)| v.parse().ok())
+            .unwrap_or(0);
+        let device = !m.publisher.is_empty() && !m.publisher.starts_with(COMPONENT_ID_PREFIX);
+        let origin = (device
+            && (m.topic.starts_with("$aws/things/")
+                || self.shared.record_origin.load(Ordering::Relaxed)))
+        .then(|| m.publisher.to_string());
+        Message {
+            topic: m.topic.to_string(),
+            payload: m.payload.clone(),
+            origin,
+            hops,
+            response_topic: p.response_topic.clone(),
+            correlation_data: p.correlation_data.clone(),
+        }
     }
 }

@@ -24,9 +24,9 @@ pub struct RawBroker {
     max_connect_size: Option<Spanned<usize>>,
     max_pending_connections: Option<Spanned<usize>>,
     max_pending_per_address: Option<Spanned<usize>>,
-    segment_size: Option<Spanned<usize>>,
-    segment_count: Option<Spanned<usize>>,
-    max_outgoing_batch: Option<Spanned<u64>>,
+    queue_max_messages: Option<Spanned<usize>>,
+    queue_max_bytes: Option<Spanned<usize>>,
+    server_keep_alive: Option<Spanned<u16>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -92,12 +92,14 @@ pub struct BrokerConfig {
     /// Most connections per listener and peer address that have not authenticated yet; more are
     /// closed at accept. `None` (0 in the file): no per-address share.
     pub max_pending_per_address: Option<usize>,
-    /// Size of one in-memory log segment per subscription filter (rumqttd's router).
-    pub segment_size: usize,
-    /// Segments kept per filter; a subscriber that falls further behind loses the oldest.
-    pub segment_count: usize,
-    /// Most packets the router hands one connection per scheduling round.
-    pub max_outgoing_batch: u64,
+    /// Messages one session may queue behind its in-flight window (the router core's
+    /// `queue_max_messages`); more are dropped, counted in `grove_broker_dropped_total`.
+    pub queue_max_messages: usize,
+    /// Bytes (topic + payload) one session may queue behind its in-flight window.
+    pub queue_max_bytes: usize,
+    /// Keep alive the server imposes on MQTT 5 clients (declared in CONNACK, 3.2.2.3.14);
+    /// `None` (0 in the file): the client's own.
+    pub server_keep_alive: Option<u16>,
     /// Every policy by name: the built-in `device` and `allow-all`, and `[[policies]]`.
     pub policies: BTreeMap<String, Policy>,
 }
@@ -213,16 +215,15 @@ pub fn resolve(
         1024 * 1024,
         16..=MQTT_MAX_PACKET,
     )?;
-    let segment_size = r.located("broker.segment_size", raw.segment_size, 1024 * 1024);
-    // rumqttd panics on segments under 1 KiB; a segment smaller than one message would hold
-    // less than one message, so the floor is the payload limit.
-    if segment_size.value < 1024 || segment_size.value < max_payload_size {
+    let queue_max_bytes = r.located("broker.queue_max_bytes", raw.queue_max_bytes, 16 << 20);
+    // A queue that cannot hold one maximum-size message would drop every such message.
+    if queue_max_bytes.value < max_payload_size {
         return Err(r.invalid(
-            &segment_size,
+            &queue_max_bytes,
             format!(
-                "{} bytes is too small: a segment must hold at least 1024 bytes and one \
-                 maximum-size payload (broker.max_payload_size = {max_payload_size})",
-                segment_size.value
+                "{} bytes is too small: a session queue must hold one maximum-size payload \
+                 (broker.max_payload_size = {max_payload_size})",
+                queue_max_bytes.value
             ),
         ));
     }
@@ -260,15 +261,21 @@ pub fn resolve(
             0..=100_000,
         )?)
         .filter(|&n| n > 0),
-        segment_size: segment_size.value,
-        segment_count: r.ranged("broker.segment_count", raw.segment_count, 4, 1..=1000)?,
-        policies: policies.clone(),
-        max_outgoing_batch: r.ranged(
-            "broker.max_outgoing_batch",
-            raw.max_outgoing_batch,
-            200,
-            1..=100_000,
+        queue_max_messages: r.ranged(
+            "broker.queue_max_messages",
+            raw.queue_max_messages,
+            10_000,
+            1..=10_000_000,
         )?,
+        queue_max_bytes: queue_max_bytes.value,
+        server_keep_alive: Some(r.ranged(
+            "broker.server_keep_alive",
+            raw.server_keep_alive,
+            0,
+            0..=u16::MAX,
+        )?)
+        .filter(|&s| s > 0),
+        policies: policies.clone(),
     })
 }
 

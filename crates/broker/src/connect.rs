@@ -21,6 +21,10 @@ use rumqttd::protocol::{
 use super::codec::{sniff, Codec, Sniff, Version};
 use super::namespace;
 
+/// Client ids of the gateway's components (its buses) start with this; a device may not use it
+/// (its CONNECT is refused), so no device can take over a component's session.
+pub const COMPONENT_ID_PREFIX: &str = "$grove/";
+
 /// The longest MQTT fixed header: one type byte and a remaining length of up to four bytes.
 pub const MAX_FIXED_HEADER: usize = 5;
 
@@ -185,18 +189,27 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
     let Packet::Connect(connect, properties, will, will_properties, login) = packet else {
         return Step::Refuse(Refusal::new("protocol", "first packet is not CONNECT"));
     };
-    if connect.client_id.is_empty() && !connect.clean_session {
-        return Step::Refuse(
-            Refusal::new(
-                "identifier_rejected",
-                "an empty client id needs a clean session",
-            )
-            .answer(
-                version,
-                ConnectReturnCode::ClientIdentifierNotValid,
-                ConnectReturnCode::ClientIdentifierNotValid,
-            ),
-        );
+    // 3.1.1 [MQTT-3.1.3-8]: an empty client id needs a clean session (MQTT 5 allows it: the
+    // server assigns an id, 3.1.3.1). Ids of the gateway's own components are not for devices.
+    let refused_id =
+        if connect.client_id.is_empty() && !connect.clean_session && version == Version::V311 {
+            Some("an empty client id needs a clean session".to_owned())
+        } else if connect.client_id.starts_with(COMPONENT_ID_PREFIX) {
+            Some(format!(
+                "client ids starting with {} are the gateway's own",
+                COMPONENT_ID_PREFIX
+            ))
+        } else if connect.client_id.contains('\0') {
+            Some("a client id with a NUL character".to_owned())
+        } else {
+            None
+        };
+    if let Some(detail) = refused_id {
+        return Step::Refuse(Refusal::new("identifier_rejected", detail).answer(
+            version,
+            ConnectReturnCode::ClientIdentifierNotValid,
+            ConnectReturnCode::ClientIdentifierNotValid,
+        ));
     }
     if rules.login == LoginRule::UsernameIsClientId {
         let detail = match &login {
@@ -400,6 +413,16 @@ mod tests {
                 "a will that does not",
                 connect("d1", Some(("d1", "pw")), Some(("a/b", 300))),
                 "connect_too_large None",
+            ),
+            (
+                "a component's client id",
+                connect("$grove/shadow/0", Some(("$grove/shadow/0", "pw")), None),
+                "identifier_rejected Some(ClientIdentifierNotValid)",
+            ),
+            (
+                "a NUL in the client id",
+                connect("d\u{0}1", Some(("d\u{0}1", "pw")), None),
+                "identifier_rejected Some(ClientIdentifierNotValid)",
             ),
             (
                 // Refused from its first five bytes: the rest need never be read.

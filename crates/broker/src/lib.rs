@@ -1,27 +1,38 @@
-//! `grove-broker`: the embedded MQTT broker: rumqttd's router, driven by Grove's own listeners and connections.
+//! `grove-broker`: the embedded MQTT broker: the shell around Grove's router core
+//! (`grove_router`), with Grove's own listeners, connection layer and codecs.
 //!
-//! rumqttd's router (subscriptions, in-memory per-filter logs, QoS 1 flow, persistent sessions,
-//! retained delivery) runs on its own thread. Grove binds the listeners itself and runs each
-//! connection on its tokio runtime ([`connection`]), relaying packets to the router through local
-//! links. Components inside the gateway reach the broker the same way, through [`Broker::bus`],
-//! never through a loopback socket.
+//! One tokio task owns the core (`router_task`): connection tasks hand it events over a bounded
+//! channel (an authenticated CONNECT, every later packet translated by `translate`, a lost
+//! connection); it moves each client's packets into that client's bounded writer while the writer
+//! has room, commits the core's storage writes in group commits (`persist`, the one storage seam)
+//! before the core releases publishers' acknowledgements, and fires the core's timers (will delay,
+//! session expiry). Each connection runs on the tokio runtime: `connection` up to CONNACK (CONNECT
+//! checks in `connect`, authentication, `max_connections`, the pre-authentication budget of
+//! `admission`), then `relay` (payload limit, topic and filter checks, the policy, durable taps,
+//! PINGREQ, keep alive, read holds while the core's read pressure is high). Both MQTT versions
+//! share every port (`codec`: rumqttd's v4 and v5 codecs, unpatched, from crates.io).
 //!
-//! What rumqttd does not give, Grove adds here: retained messages survive restarts (they are
-//! written to the store before the router sees them, and restored before the listeners open),
-//! both MQTT versions on one port, refusal of oversized payloads with a reason, will messages for
-//! connections that end without DISCONNECT, counters for `/metrics`, and a budget for peers that
-//! have not authenticated yet ([`admission`]: per listener and per peer address, apart from
-//! `max_connections`, which counts authenticated sessions).
+//! What the broker supports, and what CONNACK says about it: MQTT 3.1.1 and 5, QoS 0/1/2 both
+//! ways at min(published, granted) QoS, clean start, session expiry and takeover, retained
+//! messages (stored in SQLite), subscription options (No Local, Retain As Published, Retain
+//! Handling), subscription identifiers, shared subscriptions, topic aliases, message expiry,
+//! wills with delay, the client's Receive Maximum and Maximum Packet Size, the server's Receive
+//! Maximum (100), Maximum Packet Size (`max_payload_size` + 128 KiB), Topic Alias Maximum (64) and,
+//! when configured, Server Keep Alive. Persistent sessions are kept across reconnects; across a
+//! restart once branch `router-durable`'s tables are behind `persist`.
 //!
-//! Also here: [`bus`] (the components' in-process links to the router), [`tap`] (durable taps),
-//! [`reply`] (where a sync invocation's answer may go: checked by the connection layer and by the
-//! functions component), the `[broker]` section ([`config`]), the broker's counters ([`metrics`])
-//! and its table of retained messages (`queries`).
+//! Components inside the gateway are router clients too, through [`Broker::bus`] ([`bus`]), never
+//! through a loopback socket. Also here: [`tap`] (durable taps), [`reply`] (where a sync
+//! invocation's answer may go: checked by the connection layer and by the functions component),
+//! [`namespace`] (Grove's name rules), the `[broker]` section ([`config`]), the broker's counters
+//! ([`metrics`]) and its table of retained messages (`queries`).
 //!
-//! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config` and
-//! `grove-rules` (the pure SQL crate's topic matcher) and nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
-//! binary. rumqttd types stay inside this crate (its public face is Grove's own types: [`Broker`],
-//! [`bus::Bus`], [`bus::Message`], ...), and rumqttd is not re-exported.
+//! Architecture invariant: this crate depends on `grove-router`, `grove-store`, `grove-auth`,
+//! `grove-config` and `grove-rules` (the pure SQL crate's topic matcher) and nothing else of
+//! Grove's; no component crate (shadow, functions, rules, cloud) and never the binary. rumqttd
+//! types stay inside this crate (its public face is Grove's own types: [`Broker`], [`bus::Bus`],
+//! [`bus::Message`], ...), and neither rumqttd nor the core is re-exported. No queue in it is
+//! unbounded: each one's budget is documented where it is declared (`router_task`).
 
 mod admission;
 pub mod bus;
@@ -31,9 +42,13 @@ mod connect;
 mod connection;
 pub mod metrics;
 pub mod namespace;
+mod persist;
 mod queries;
+mod relay;
 pub mod reply;
+mod router_task;
 mod server;
 pub mod tap;
+mod translate;
 
 pub use server::*;

@@ -31,6 +31,15 @@ pub struct DeniedLabels {
     pub action: &'static str,
 }
 
+/// Why the router dropped a message for a subscriber.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DropLabels {
+    /// `queue_full` (the session's queue limit), `too_large` (over the client's Maximum Packet
+    /// Size), `expired` (Message Expiry Interval) or `offline_qos0` (a QoS 0 message for an
+    /// offline session).
+    pub reason: &'static str,
+}
+
 /// The broker's counters.
 #[derive(Clone, Debug, Default)]
 pub struct BrokerMetrics {
@@ -52,17 +61,49 @@ pub struct BrokerMetrics {
     pub retained_restored: Counter,
     /// Actions refused by a policy.
     pub denied: Family<DeniedLabels, Counter>,
-    /// Times a publishing connection stopped reading because a subscriber was about to be
-    /// overrun (flow control).
+    /// Times a publishing connection stopped reading because the router's read pressure (bytes
+    /// queued for subscribers that wait only for the gateway's writes) was over its limit.
     pub holds: Counter,
     /// Connections accepted that have not authenticated yet (TLS handshake, CONNECT, password
     /// check), on all listeners.
     pub pending_connections: Gauge,
     /// Password logins checked, by outcome.
     pub password_checks: Family<PasswordCheckLabels, Counter>,
+    /// Messages the router dropped for a subscriber, by reason (never silent).
+    pub dropped: Family<DropLabels, Counter>,
+    /// Sessions taken over by a reconnecting client (MQTT 5 DISCONNECT 0x8E to the old one).
+    pub sessions_taken_over: Counter,
+    /// Will messages published.
+    pub wills_published: Counter,
 }
 
 impl BrokerMetrics {
+    /// Adds what the router counted since `last` (and remembers `now` as the new `last`).
+    pub(crate) fn router_stats(&self, last: &mut grove_router::Stats, now: &grove_router::Stats) {
+        let drops = [
+            (
+                "queue_full",
+                now.dropped_queue_full - last.dropped_queue_full,
+            ),
+            ("too_large", now.dropped_too_large - last.dropped_too_large),
+            ("expired", now.expired - last.expired),
+            (
+                "offline_qos0",
+                now.qos0_offline_skipped - last.qos0_offline_skipped,
+            ),
+        ];
+        for (reason, n) in drops {
+            if n > 0 {
+                self.dropped.get_or_create(&DropLabels { reason }).inc_by(n);
+            }
+        }
+        self.sessions_taken_over
+            .inc_by(now.sessions_taken_over - last.sessions_taken_over);
+        self.wills_published
+            .inc_by(now.wills_published - last.wills_published);
+        *last = now.clone();
+    }
+
     /// Counts a policy refusal.
     pub fn deny(&self, action: &'static str) {
         self.denied.get_or_create(&DeniedLabels { action }).inc();

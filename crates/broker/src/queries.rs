@@ -1,39 +1,13 @@
-//! The broker's tables: retained messages, which rumqttd keeps only in memory (table `retained`).
-//! Its queries, run by the store's owner thread (see `grove_store`).
-
-use std::future::Future;
+//! The broker's tables: retained messages (table `retained`). Its queries, run by the store's
+//! owner thread (see `grove_store`) inside the router's group commits (`persist`).
 
 use bytes::Bytes;
 use rusqlite::{params, Connection};
 
-use grove_store::{RetainedMessage, Store, StoreError};
+use grove_store::RetainedMessage;
 
-/// The broker's queries: retained messages.
-pub trait RetainedQueries {
-    /// Durably records the retained message of a topic (an empty payload deletes it). Returns
-    /// after the commit.
-    fn retain(
-        &self,
-        message: RetainedMessage,
-    ) -> impl Future<Output = Result<(), StoreError>> + Send;
-
-    /// Every stored retained message, in topic order.
-    fn load_retained(
-        &self,
-    ) -> impl Future<Output = Result<Vec<RetainedMessage>, StoreError>> + Send;
-}
-
-impl RetainedQueries for Store {
-    async fn retain(&self, message: RetainedMessage) -> Result<(), StoreError> {
-        self.transact(move |c| apply_retain(c, &message)).await
-    }
-
-    async fn load_retained(&self) -> Result<Vec<RetainedMessage>, StoreError> {
-        self.transact(load_retained).await
-    }
-}
-
-fn apply_retain(c: &Connection, m: &RetainedMessage) -> rusqlite::Result<()> {
+/// Records the retained message of a topic (an empty payload deletes it).
+pub(crate) fn apply_retain(c: &Connection, m: &RetainedMessage) -> rusqlite::Result<()> {
     if m.payload.is_empty() {
         c.prepare_cached("DELETE FROM retained WHERE topic = ?1")?
             .execute(params![m.topic])?;
@@ -47,7 +21,8 @@ fn apply_retain(c: &Connection, m: &RetainedMessage) -> rusqlite::Result<()> {
     Ok(())
 }
 
-fn load_retained(c: &Connection) -> rusqlite::Result<Vec<RetainedMessage>> {
+/// Every stored retained message, in topic order.
+pub(crate) fn load_retained(c: &Connection) -> rusqlite::Result<Vec<RetainedMessage>> {
     let mut stmt = c.prepare_cached("SELECT topic, payload, qos FROM retained ORDER BY topic")?;
     let rows = stmt.query_map([], |r| {
         Ok(RetainedMessage {
@@ -62,6 +37,11 @@ fn load_retained(c: &Connection) -> rusqlite::Result<Vec<RetainedMessage>> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use grove_store::Store;
+
+    async fn retain(store: &Store, m: RetainedMessage) {
+        store.transact(move |c| apply_retain(c, &m)).await.unwrap();
+    }
 
     fn msg(topic: &str, payload: &'static [u8]) -> RetainedMessage {
         RetainedMessage {
@@ -75,14 +55,17 @@ mod tests {
     async fn retained_survive_reopen_and_empty_payload_deletes() {
         let dir = tempfile::tempdir().unwrap();
         let (store, thread) = Store::open(dir.path()).unwrap();
-        store.retain(msg("a/b", b"1")).await.unwrap();
-        store.retain(msg("a/c", b"2")).await.unwrap();
-        store.retain(msg("a/b", b"3")).await.unwrap();
-        store.retain(msg("a/c", b"")).await.unwrap();
+        retain(&store, msg("a/b", b"1")).await;
+        retain(&store, msg("a/c", b"2")).await;
+        retain(&store, msg("a/b", b"3")).await;
+        retain(&store, msg("a/c", b"")).await;
         thread.close().await;
 
         let (store, thread) = Store::open(dir.path()).unwrap();
-        assert_eq!(store.load_retained().await.unwrap(), vec![msg("a/b", b"3")]);
+        assert_eq!(
+            store.transact(load_retained).await.unwrap(),
+            vec![msg("a/b", b"3")]
+        );
         thread.close().await;
     }
 
@@ -94,19 +77,18 @@ mod tests {
         for i in 0..200 {
             let store = store.clone();
             tasks.push(tokio::spawn(async move {
-                store
-                    .retain(RetainedMessage {
-                        topic: format!("t/{i:03}"),
-                        payload: Bytes::from(vec![b'x'; i + 1]),
-                        qos: 0,
-                    })
-                    .await
+                let m = RetainedMessage {
+                    topic: format!("t/{i:03}"),
+                    payload: Bytes::from(vec![b'x'; i + 1]),
+                    qos: 0,
+                };
+                store.transact(move |c| apply_retain(c, &m)).await
             }));
         }
         for t in tasks {
             t.await.unwrap().unwrap();
         }
-        let all = store.load_retained().await.unwrap();
+        let all = store.transact(load_retained).await.unwrap();
         assert_eq!(all.len(), 200);
         assert_eq!(all[199].payload.len(), 200);
         thread.close().await;

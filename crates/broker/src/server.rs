@@ -1,18 +1,12 @@
-//! The broker itself: the router thread, the listeners, retained persistence and restore, wills
-//! (with MQTT 5 will delay), devices-file revocations, and the [`Bus`] factory for components.
+//! The broker itself: the router task, the listeners, restore at startup, devices-file
+//! revocations, and the [`Bus`] factory for components.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::{BufMut, Bytes, BytesMut};
-use rumqttd::local::{LinkBuilder, LinkError, LinkRx, LinkTx};
-use rumqttd::protocol::{
-    Disconnect, DisconnectReasonCode, LastWill, LastWillProperties, Packet, Publish,
-    PublishProperties, QoS,
-};
-use rumqttd::{Notification, Router, RouterConfig};
+use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -21,29 +15,22 @@ use tracing::{debug, error, info, warn};
 
 use super::admission::PreAuth;
 use super::connect::{ConnectRules, LoginRule};
-use super::queries::RetainedQueries;
-use super::{connection, namespace};
+use super::connection;
+use super::router_task::{self, RouterHandle};
 use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig};
 use crate::metrics::BrokerMetrics;
+use crate::persist;
+use crate::relay::HEADER_ALLOWANCE;
 use crate::tap::{Tap, TapClosed};
 use grove_auth::identity::{Device, Identities};
 use grove_auth::tls;
 use grove_config::ConfigError;
-use grove_store::{RetainedMessage, Store, StoreError};
+use grove_store::{Store, StoreError};
 
-/// Router client ids of the gateway's own links start with `%g`, which the percent-encoding of
-/// device ids ([`namespace::client_id_to_router`]) never produces, so no device can take them over.
-///
-/// Links the gateway itself holds open to the router (system link, restore, components); reserved
-/// on top of `max_connections` so devices cannot starve the gateway of links.
+/// Router sessions the gateway's own components may hold (buses), on top of `max_connections`,
+/// so devices cannot starve the gateway of links.
 pub(super) const INTERNAL_LINKS: usize = 64;
-
-/// The MQTT 5 user property in which the connection layer records, inside the router, which client
-/// published a message on `$aws/things/...`: the shadow service needs it (AWS's per-connection
-/// in-flight limit), and rumqttd's router does not say who published what. It is removed from
-/// every message before it leaves for a client, and a client cannot set it.
-pub(crate) const ORIGIN_PROPERTY: &str = "$grove-origin";
 
 /// The MQTT 5 user property counting rule republishes, so that a rule feeding itself is cut off.
 pub(crate) const HOPS_PROPERTY: &str = "$grove-hops";
@@ -51,38 +38,17 @@ pub(crate) const HOPS_PROPERTY: &str = "$grove-hops";
 /// Prefix of every user property that is Grove's own: removed from what devices send and receive.
 pub(crate) const GROVE_PROPERTY_PREFIX: &str = "$grove-";
 
-/// The publishing client recorded by the connection layer, if any.
-pub(crate) fn origin_client_id(properties: Option<&PublishProperties>) -> Option<String> {
-    properties?
-        .user_properties
-        .iter()
-        .find(|(k, _)| k == ORIGIN_PROPERTY)
-        .map(|(_, v)| v.clone())
-}
-
-/// Polls a link once without waiting: `None` when nothing is ready. Lets a reader take every
-/// notification already queued in one go and write them out together.
-pub(crate) fn poll_now(rx: &mut LinkRx) -> Option<Result<Option<Notification>, LinkError>> {
-    use std::future::Future;
-    use std::task::{Context, Poll, Waker};
-    let mut next = std::pin::pin!(rx.next());
-    match next.as_mut().poll(&mut Context::from_waker(Waker::noop())) {
-        Poll::Ready(r) => Some(r),
-        Poll::Pending => None,
-    }
-}
-
 /// Why the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum BrokerError {
     /// A listener could not bind; the message names the configuration key.
     #[error(transparent)]
     Listen(#[from] ConfigError),
-    /// The store refused to give back the retained messages.
-    #[error("cannot restore retained messages: {0}")]
+    /// The store refused to give back the retained messages or sessions.
+    #[error("cannot restore the router's state: {0}")]
     Restore(#[from] StoreError),
-    /// The router refused a link.
-    #[error("the MQTT router refused a link: {0}")]
+    /// A link to the router failed (the router has stopped: the gateway is shutting down).
+    #[error("the MQTT router link failed: {0}")]
     Link(String),
 }
 
@@ -110,31 +76,21 @@ pub(crate) struct Listener {
 /// State shared by every connection task.
 pub(crate) struct Shared {
     pub(super) config: BrokerConfig,
-    pub(super) router: RouterHandle,
-    pub(super) store: Store,
+    /// What the router core was configured with (its Topic Alias Maximum, ...).
+    pub(crate) router_config: grove_router::Config,
+    pub(crate) router: RouterHandle,
     pub(super) metrics: BrokerMetrics,
     /// Authenticated connections now (see `connection::ConnectionSlot`), at most
     /// `max_connections`.
     pub(super) connected: AtomicUsize,
     pub(super) shutdown: watch::Receiver<bool>,
-    /// The gateway's own link, used to publish delayed wills after their client is gone.
-    pub(super) system: tokio::sync::Mutex<LinkTx>,
     /// Registered device identities (passwords, certificates).
     pub(super) identities: Identities,
-    /// Whether the connection layer records every publisher's client id (rules need it for
+    /// Whether buses are told every device publisher's client id (rules need it for
     /// `clientid()`); otherwise only on `$aws/things/...`.
     pub(crate) record_origin: std::sync::atomic::AtomicBool,
-    /// Set by the router (Grove's patch 4 of rumqttd) while a live subscriber (a device or one of
-    /// the gateway's components) lags far enough behind to be overrun soon: publishing
-    /// connections stop reading until it clears (flow control, as mosquitto paces its
-    /// publishers). A subscriber that stopped reading altogether (2 s without progress) no longer
-    /// counts, so it cannot stop everyone else.
-    pub(crate) pressure: Arc<std::sync::atomic::AtomicBool>,
     /// The durable taps (cloud outbox, functions' events): see `crate::tap`.
     pub(super) taps: std::sync::RwLock<Vec<Arc<Tap>>>,
-    /// Client ids whose delayed will is pending, with the ticket its timer holds; a reconnect
-    /// removes the entry, which cancels the will.
-    pub(super) pending_wills: Mutex<HashMap<String, u64>>,
     /// The connections of proved devices, so that a revocation can wait for their end.
     pub(crate) live_devices: LiveDevices,
 }
@@ -220,51 +176,6 @@ pub(super) async fn watch_identities(shared: Arc<Shared>) {
     }
 }
 
-/// The router's entry point, with rumqttd's channel type kept out of sight: it is not nameable
-/// outside rumqttd, so the sender lives inside this closure.
-pub(super) type LinkFn =
-    dyn Fn(&str, bool, u16) -> Result<(LinkTx, LinkRx, Notification), String> + Send + Sync;
-
-/// Creates links to the router.
-#[derive(Clone)]
-pub(crate) struct RouterHandle {
-    pub(super) link: Arc<LinkFn>,
-}
-
-impl RouterHandle {
-    /// Registers a new connection with the router. rumqttd's `LinkBuilder::build` blocks until the
-    /// router answers, so it runs on the blocking pool.
-    pub(crate) async fn link(
-        &self,
-        client_id: String,
-        clean_session: bool,
-        topic_alias_max: u16,
-    ) -> Result<(LinkTx, LinkRx, Notification), String> {
-        let link = self.link.clone();
-        tokio::task::spawn_blocking(move || link(&client_id, clean_session, topic_alias_max))
-            .await
-            .map_err(|e| e.to_string())?
-    }
-
-    /// Hands a batch of packets to the router and wakes it once.
-    ///
-    /// rumqttd's `LinkTx::send` is `async` in name only: it pushes and then does a blocking send of
-    /// one wake-up on the router's bounded channel (1,000 slots). It blocks only when the router is
-    /// 1,000 events behind, which is the backpressure we want; the router never waits on a
-    /// connection, so this cannot deadlock.
-    pub(crate) async fn relay(
-        &self,
-        tx: &mut LinkTx,
-        mut batch: Vec<Packet>,
-    ) -> Result<(), LinkError> {
-        let Some(last) = batch.pop() else {
-            return Ok(());
-        };
-        tx.buffer().extend(batch);
-        tx.send(last).await.map(|_| ())
-    }
-}
-
 impl Broker {
     /// Starts the router and restores retained messages from the store. Devices are accepted only
     /// once [`Broker::listen`] is called, so a subscriber never sees the broker without them.
@@ -274,52 +185,46 @@ impl Broker {
         identities: Identities,
         metrics: BrokerMetrics,
     ) -> Result<Broker, BrokerError> {
-        let router = Router::new(
-            0,
-            RouterConfig {
-                max_connections: config.max_connections + INTERNAL_LINKS,
-                max_outgoing_packet_count: config.max_outgoing_batch,
-                max_segment_size: config.segment_size,
-                max_segment_count: config.segment_count,
-                ..RouterConfig::default()
-            },
-        );
-        let pressure = router.pressure();
-        let router_tx = router.spawn();
-        let router = RouterHandle {
-            link: Arc::new(move |client_id, clean, alias_max| {
-                LinkBuilder::new(client_id, router_tx.clone())
-                    .clean_session(clean)
-                    .topic_alias_max(alias_max)
-                    .build()
-                    // rumqttd's error is large and only ever reported, so it travels as text.
-                    .map_err(|e| e.to_string())
-            }),
-        };
-        let (system_tx, system_rx, _) = router
-            .link("%grove-system".to_owned(), true, 0)
-            .await
-            .map_err(BrokerError::Link)?;
         let (shutdown, shutdown_rx) = watch::channel(false);
-        let shared = Arc::new(Shared {
-            config,
+        let router_config = router_config(&config);
+        let mut router = grove_router::Router::new(router_config.clone());
+        let (sessions, retained) = persist::load(&store).await?;
+        let (count, restored) = (retained.len(), sessions.len());
+        router.restore(router_task::now(), sessions, retained);
+        metrics.retained_restored.inc_by(count as u64);
+        if count + restored > 0 {
+            info!(
+                retained = count,
+                sessions = restored,
+                "router state restored"
+            );
+        }
+        let (router, router_task) = router_task::spawn(
             router,
             store,
+            metrics.clone(),
+            config.max_connections + INTERNAL_LINKS,
+            shutdown_rx.clone(),
+        );
+        let shared = Arc::new(Shared {
+            config,
+            router_config,
+            router,
             metrics,
             connected: AtomicUsize::new(0),
             shutdown: shutdown_rx,
-            system: tokio::sync::Mutex::new(system_tx),
-            pending_wills: Mutex::new(HashMap::new()),
             live_devices: LiveDevices::default(),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
-            pressure,
             taps: std::sync::RwLock::new(Vec::new()),
         });
         let mut tasks = JoinSet::new();
-        tasks.spawn(drain(system_rx, shared.shutdown.clone()));
+        tasks.spawn(async move {
+            if let Err(e) = router_task.await {
+                error!(error = %e, "the router task failed");
+            }
+        });
         tasks.spawn(watch_identities(shared.clone()));
-        shared.restore_retained().await?;
         Ok(Broker {
             shared,
             shutdown,
@@ -463,22 +368,12 @@ impl BusMaker {
         component: &str,
         skip: Option<Arc<Tap>>,
     ) -> Result<Bus, BrokerError> {
-        let (tx, rx, _) = self
-            .shared
-            .router
-            .link(format!("%g{component}"), true, 0)
+        Bus::connect(self.shared.clone(), component, skip)
             .await
-            .map_err(BrokerError::Link)?;
-        Ok(Bus::new(
-            tx,
-            rx,
-            self.shared.router.clone(),
-            self.shared.clone(),
-            skip,
-        ))
+            .map_err(|_| BrokerError::Link("the router has stopped".into()))
     }
 
-    /// Makes the connection layer record every publisher's client id, for rules' `clientid()`.
+    /// Makes buses see every device publisher's client id, for rules' `clientid()`.
     pub fn record_origins(&self, on: bool) {
         self.shared.record_origin.store(on, Ordering::Relaxed);
     }
@@ -564,131 +459,7 @@ pub(super) async fn accept_loop(
     }
 }
 
-/// Reads and discards what the router sends a publish-only link (PUBACKs of its QoS 1 messages),
-/// so its buffer never fills.
-pub(super) async fn drain(mut rx: LinkRx, mut shutdown: watch::Receiver<bool>) {
-    loop {
-        tokio::select! {
-            _ = shutdown.changed() => return,
-            n = rx.next() => match n {
-                Ok(Some(Notification::Unschedule)) => { let _ = rx.wake().await; }
-                Ok(_) => {}
-                Err(_) => return,
-            }
-        }
-    }
-}
-
 impl Shared {
-    /// Writes a retained message (or its deletion) to the store before the router sees it.
-    ///
-    /// rumqttd drops a topic's retained message on *any* empty payload, retain flag or not
-    /// (`append_to_commitlog`); the store mirrors that so that a restart restores exactly what the
-    /// router held.
-    pub(crate) async fn persist_retained(&self, publish: &Publish) -> Result<(), StoreError> {
-        if !publish.retain && !publish.payload.is_empty() {
-            return Ok(());
-        }
-        let Ok(topic) = std::str::from_utf8(&publish.topic) else {
-            return Ok(());
-        };
-        if topic.is_empty() {
-            // An MQTT 5 topic alias: the router resolves it; Grove does not track aliases, so such
-            // a retained message lives only in memory. Documented in ARCHITECTURE.md.
-            return Ok(());
-        }
-        self.store
-            .retain(RetainedMessage {
-                topic: topic.to_owned(),
-                payload: publish.payload.clone(),
-                qos: publish_qos(publish),
-            })
-            .await
-    }
-
-    /// Publishes every stored retained message into the router, before any listener opens.
-    pub(super) async fn restore_retained(&self) -> Result<(), BrokerError> {
-        let retained = self.store.load_retained().await?;
-        if retained.is_empty() {
-            return Ok(());
-        }
-        let (mut tx, _rx, _) = self
-            .router
-            .link("%grove-restore".to_owned(), true, 0)
-            .await
-            .map_err(BrokerError::Link)?;
-        let count = retained.len();
-        let mut batch: Vec<Packet> = retained
-            .into_iter()
-            .enumerate()
-            .map(|(i, m)| {
-                // Packet ids only need to be unique among this link's unacknowledged messages.
-                let pkid = (i % usize::from(u16::MAX)) as u16 + 1;
-                let mut publish = make_publish(&m.topic, m.payload, m.qos, true, pkid);
-                publish.topic = namespace::topic_to_router(&publish.topic);
-                Packet::Publish(publish, None)
-            })
-            .collect();
-        // The router handles a link's packets in order, so the DISCONNECT that frees this
-        // short-lived link comes after every message has been retained.
-        batch.push(Packet::Disconnect(
-            Disconnect {
-                reason_code: DisconnectReasonCode::NormalDisconnection,
-            },
-            None,
-        ));
-        self.router
-            .relay(&mut tx, batch)
-            .await
-            .map_err(|e| BrokerError::Link(e.to_string()))?;
-        self.metrics.retained_restored.inc_by(count as u64);
-        info!(count, "retained messages restored");
-        Ok(())
-    }
-
-    /// The PUBLISH for a will, stored first if it is retained.
-    pub(crate) async fn will_publish(
-        &self,
-        will: &LastWill,
-        properties: Option<LastWillProperties>,
-    ) -> Result<Packet, StoreError> {
-        let publish = make_publish(
-            std::str::from_utf8(&will.topic).unwrap_or_default(),
-            will.message.clone(),
-            will.qos as u8,
-            will.retain,
-            1,
-        );
-        self.persist_retained(&publish).await?;
-        self.offer_to_tap(&publish).await;
-        let mut publish = publish;
-        publish.topic = namespace::topic_to_router(&publish.topic);
-        let properties = properties.map(|p| PublishProperties {
-            payload_format_indicator: p.payload_format_indicator,
-            message_expiry_interval: p.message_expiry_interval,
-            response_topic: p.response_topic,
-            correlation_data: p.correlation_data,
-            user_properties: p.user_properties,
-            content_type: p.content_type,
-            ..PublishProperties::default()
-        });
-        Ok(Packet::Publish(publish, properties))
-    }
-
-    /// Hands a will to the durable tap, if its topic is tapped. A will is published when its client
-    /// is gone, so there is nobody to refuse: if the tap's owner has stopped, the will still goes
-    /// to local subscribers and the miss is logged.
-    pub(super) async fn offer_to_tap(&self, publish: &Publish) {
-        let topic = String::from_utf8_lossy(&publish.topic);
-        if self
-            .offer_to_taps([(&*topic, &publish.payload, 0)], None)
-            .await
-            .is_err()
-        {
-            warn!(%topic, "a durable tap's owner has stopped: a will was not queued with it");
-        }
-    }
-
     /// Whether a durable tap takes `topic` (the connection layer keeps only those publishes for
     /// the taps, so the others cost no copy).
     pub(crate) fn tapped(&self, topic: &str) -> bool {
@@ -719,113 +490,20 @@ impl Shared {
         }
         Ok(())
     }
-
-    /// Publishes a will after its delay, unless the client connects again first.
-    pub(crate) fn delay_will(
-        self: Arc<Self>,
-        client_id: String,
-        will: LastWill,
-        properties: Option<LastWillProperties>,
-        delay: Duration,
-    ) {
-        static TICKETS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-        let ticket = TICKETS.fetch_add(1, Ordering::Relaxed);
-        self.pending_wills
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(client_id.clone(), ticket);
-        tokio::spawn(async move {
-            tokio::time::sleep(delay).await;
-            let due = {
-                let mut pending = self.pending_wills.lock().unwrap_or_else(|p| p.into_inner());
-                let due = pending.get(&client_id) == Some(&ticket);
-                if due {
-                    pending.remove(&client_id);
-                }
-                due
-            };
-            if !due {
-                return;
-            }
-            match self.will_publish(&will, properties).await {
-                Ok(packet) => {
-                    let mut system = self.system.lock().await;
-                    if let Err(e) = self.router.relay(&mut system, vec![packet]).await {
-                        warn!(client_id, error = %e, "cannot publish the delayed will");
-                    }
-                }
-                Err(e) => warn!(client_id, error = %e, "cannot store the delayed retained will"),
-            }
-        });
-    }
-
-    /// A client connected again: its delayed will, if any, is not published.
-    pub(crate) fn cancel_delayed_will(&self, client_id: &str) {
-        // The pending timer finds its ticket gone and gives up.
-        self.pending_wills
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(client_id);
-    }
 }
 
-/// The QoS and packet id of a decoded PUBLISH.
-///
-/// rumqttd keeps `Publish::qos` and `pkid` crate-private; its public serialisation starts with the
-/// fixed header byte (QoS in bits 1-2) and the packet id. This copies the packet, so it is only
-/// used on rare paths: retained messages, wills, and messages a policy refuses.
-pub(crate) fn publish_qos_pkid(publish: &Publish) -> (u8, u16) {
-    let bytes = publish.serialize();
-    (
-        (bytes[0] >> 1) & 0b11,
-        u16::from_be_bytes([bytes[1], bytes[2]]),
-    )
-}
-
-pub(super) fn publish_qos(publish: &Publish) -> u8 {
-    publish_qos_pkid(publish).0
-}
-
-/// Builds a PUBLISH with a QoS, which rumqttd's public constructor cannot (it makes QoS 0 only):
-/// its public deserialiser reads the same layout `Publish::serialize` writes.
-pub(crate) fn make_publish(
-    topic: &str,
-    payload: Bytes,
-    qos: u8,
-    retain: bool,
-    pkid: u16,
-) -> Publish {
-    let qos = if qos > QoS::AtLeastOnce as u8 {
-        QoS::AtLeastOnce as u8
-    } else {
-        qos
-    };
-    let mut b = BytesMut::with_capacity(7 + topic.len() + payload.len());
-    b.put_u8(0b0011_0000 | u8::from(retain) | (qos << 1));
-    b.put_u16(if qos == 0 { 0 } else { pkid });
-    b.put_u16(topic.len() as u16);
-    b.extend_from_slice(topic.as_bytes());
-    b.extend_from_slice(&payload);
-    Publish::deserialize(b.freeze())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn made_publishes_carry_their_qos_and_retain_flag() {
-        for (qos, retain) in [(0, false), (0, true), (1, false), (1, true)] {
-            let p = make_publish("a/b", Bytes::from_static(b"xyz"), qos, retain, 7);
-            assert_eq!(publish_qos(&p), qos);
-            assert_eq!(p.retain, retain);
-            assert_eq!(&p.topic[..], b"a/b");
-            assert_eq!(&p.payload[..], b"xyz");
-        }
-        // QoS 2 is not offered by Grove's own publishes; it is lowered to 1.
-        assert_eq!(
-            publish_qos(&make_publish("t", Bytes::new(), 2, false, 1)),
-            1
-        );
+/// The router core's configuration from `[broker]`: what CONNACK declares and the budgets.
+fn router_config(config: &BrokerConfig) -> grove_router::Config {
+    grove_router::Config {
+        maximum_packet_size: u32::try_from(config.max_payload_size + HEADER_ALLOWANCE).ok(),
+        queue_max_messages: config.queue_max_messages,
+        queue_max_bytes: config.queue_max_bytes,
+        server_keep_alive: config.server_keep_alive,
+        // Topics as long and deep as MQTT allows (a topic is a 16-bit-length string, 1.5.4): the
+        // payload limit bounds what a client can make the router hold, and a component's
+        // publish must never be refused for its topic's shape (functions' topics carry names).
+        max_topic_length: usize::from(u16::MAX),
+        max_topic_levels: usize::from(u16::MAX),
+        ..grove_router::Config::default()
     }
 }

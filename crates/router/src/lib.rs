@@ -149,8 +149,7 @@
 //! ordinary clients through the shell: the core gives no client id or topic prefix any meaning.
 //!
 //! Architecture invariant: this crate depends on nothing of Grove's, does no IO and never reads
-//! the clock (time comes in as [`Instant`]); it is not yet used by the broker (issue 14's next
-//! step is the shell).
+//! the clock (time comes in as [`Instant`]); `grove-broker`'s router task is its shell.
 #![forbid(unsafe_code)]
 
 pub mod config;

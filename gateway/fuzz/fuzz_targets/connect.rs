@@ -8,7 +8,8 @@
 //! (the connection layer reads at most the room `read_connect` gives); a refusing CONNACK always
 //! encodes in the version it is for; a CONNECT let through on a password listener carries a login
 //! whose username is the client id (what the password check relies on), a valid will topic, and
-//! no empty client id without a clean session.
+//! no empty client id without a clean session on MQTT 3.1.1 (MQTT 5 allows it, 3.1.3.1), and no
+//! client id of the gateway's own components.
 #![no_main]
 
 use bytes::BytesMut;
@@ -85,7 +86,8 @@ fuzz_target!(|data: &[u8]| {
         }
     };
     let id = &hello.connect.client_id;
-    assert!(!id.is_empty() || hello.connect.clean_session);
+    assert!(!id.is_empty() || hello.connect.clean_session || hello.version == codec::Version::V5);
+    assert!(!id.starts_with(connect::COMPONENT_ID_PREFIX));
     if rules.login == LoginRule::UsernameIsClientId {
         let login = hello.login.as_ref().expect("a password listener needs a login");
         assert_eq!(&login.username, id);

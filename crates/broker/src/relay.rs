@@ -1,0 +1,672 @@
+//! One established connection after CONNACK: decodes what the client sends, checks it (payload
+//! limit, topic names and filters, policy, durable taps) and hands it to the router task as the
+//! core's packets; encodes what the router hands back. PINGREQ and keep-alive are handled here.
+//!
+//! Flow control: the router hands this connection at most `router_task::WRITER_SLOTS` packets
+//! at a time, and more only after they were taken; the task writes them to the socket before it
+//! takes more, so a slow socket holds back only its own session. While the router says reading
+//! is paused (its read pressure, see `grove_router::Router::reading_paused`), a connection that
+//! has just published stops reading for at most [`MAX_HOLD`] at a time, so TCP slows the
+//! publisher.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
+use grove_auth::identity::Device;
+use grove_auth::policy::Resolved;
+use grove_router::{self as core, reason, Outbound};
+use rumqttd::protocol::{
+    self, Disconnect, DisconnectReasonCode, Packet, PingResp, PubAck, PubAckReason, PubRec,
+    PubRecReason, Publish, PublishProperties,
+};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::codec::{Codec, Version};
+use crate::connect::check_topic_name;
+use crate::router_task::{Event, Outlet};
+use crate::{namespace, reply, translate, Shared};
+
+/// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
+/// MQTT 5 properties). The exact payload limit is checked after decoding.
+pub(crate) const HEADER_ALLOWANCE: usize = 128 * 1024;
+
+/// Flow control: the longest a publisher goes unread in one hold; then one batch is read and the
+/// hold starts again if reading is still paused.
+const MAX_HOLD: Duration = Duration::from_secs(1);
+
+/// Flow control: how often a held connection looks at the router's pause again.
+const HOLD_POLL: Duration = Duration::from_millis(1);
+
+/// SUBACK reason code of a filter the policy denies (MQTT 5 0x87; 3.1.1 gets its one failure
+/// code, 0x80).
+const NOT_AUTHORIZED: u8 = 0x87;
+
+/// Why a connection ended.
+#[derive(Debug)]
+pub(crate) enum End {
+    /// The client sent DISCONNECT (the router decides about its will).
+    Disconnected,
+    /// The client closed the socket, or it failed, without DISCONNECT.
+    Lost(String),
+    /// Nothing arrived within 1.5 keep-alive periods.
+    KeepAliveTimeout,
+    /// Grove refused a packet and closes the connection.
+    Refused {
+        reason: &'static str,
+        detail: String,
+        code: DisconnectReasonCode,
+    },
+    /// The router closed the connection (session taken over, a protocol error it found).
+    RouterClosed(u8),
+    /// The device's registration was removed or changed: it ends at once, without its will (a
+    /// revoked device can leave nothing behind).
+    Revoked(String),
+    /// The gateway is shutting down.
+    Shutdown,
+}
+
+/// What the handshake produced.
+pub(crate) struct Session {
+    pub(crate) client_id: String,
+    pub(crate) codec: Codec,
+    /// The policy resolved for this client; `None` on an allow-all listener (nothing to check).
+    pub(crate) policy: Option<Resolved>,
+    pub(crate) keep_alive: Option<Duration>,
+    /// The registered identity the client proved, re-checked whenever the devices file changes:
+    /// a device removed (or given new credentials) is disconnected at once.
+    pub(crate) device: Option<Device>,
+    /// Where the router's packets for this connection arrive.
+    pub(crate) outlet: Outlet,
+    /// Packets the router sent along with the CONNACK (resent deliveries), not yet written.
+    pub(crate) early: Vec<Outbound>,
+}
+
+/// Relays packets between the socket and the router for one established session.
+pub(crate) struct Relay<S> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) stream: S,
+    pub(crate) read: BytesMut,
+    pub(crate) write: BytesMut,
+    pub(crate) session: Session,
+    /// Changes when the devices file was re-read: a proved device then checks that it is still
+    /// registered as it was, before anything more of it is relayed (see `Relay::revoked`).
+    pub(crate) identity_changes: tokio::sync::watch::Receiver<u64>,
+    /// Whether the last batch read from the client had a PUBLISH (flow control holds only
+    /// publishers).
+    pub(crate) published: bool,
+    /// SUBSCRIBEs of which the router sees only the allowed filters: the codes of the denied
+    /// ones, by position, merged into the router's SUBACK.
+    pub(crate) partial_subacks: HashMap<u16, Vec<Option<u8>>>,
+    /// The client's topic aliases (3.3.2.3.4), resolved here too so that the policy checks the
+    /// real topic; bounded by the server's Topic Alias Maximum (larger aliases are the router's
+    /// to refuse).
+    pub(crate) aliases: HashMap<u16, Bytes>,
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
+    pub(crate) async fn run(&mut self) -> End {
+        let mut shutdown = self.shared.shutdown.clone();
+        let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
+        let far = Duration::from_secs(86_400 * 365);
+        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
+        // A revocation made while this client was authenticating: its change may predate
+        // `identity_changes`, so it is checked once now.
+        if let Some(end) = self.revoked(true) {
+            return end;
+        }
+        let early = std::mem::take(&mut self.session.early);
+        if let Some(end) = self.deliver(early).await {
+            return end;
+        }
+        // CONNECT may have arrived together with the first packets.
+        if !self.read.is_empty() {
+            if let Some(end) = self.ingest().await {
+                return end;
+            }
+        }
+        let mut held_since: Option<Instant> = None;
+        let mut proved = self.session.device.is_some();
+        let mut out = Vec::new();
+        loop {
+            let held = self.published
+                && self.shared.router.reading_paused()
+                && held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
+            match (held, held_since) {
+                (true, None) => {
+                    held_since = Some(Instant::now());
+                    self.shared.metrics.holds.inc();
+                }
+                (false, Some(_)) => held_since = None,
+                _ => {}
+            }
+            tokio::select! {
+                _ = shutdown.changed() => return End::Shutdown,
+                // The client is not late with its keep-alive while Grove is not reading.
+                _ = tokio::time::sleep(HOLD_POLL), if held => {
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                }
+                read = self.stream.read_buf(&mut self.read), if !held => {
+                    match read {
+                        Ok(0) => return End::Lost("closed by the client".into()),
+                        Err(e) => return End::Lost(e.to_string()),
+                        Ok(_) => {}
+                    }
+                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    if let Some(end) = self.ingest().await {
+                        return end;
+                    }
+                }
+                open = self.session.outlet.recv(&mut out) => {
+                    if !open {
+                        return End::RouterClosed(reason::UNSPECIFIED_ERROR);
+                    }
+                    if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
+                        return end;
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
+                changed = self.identity_changes.changed(), if proved => {
+                    if changed.is_err() {
+                        proved = false;
+                        continue;
+                    }
+                    if let Some(end) = self.revoked(true) {
+                        return end;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Whether a proved device is no longer registered as it was when it connected (removed, or
+    /// given other credentials): then its connection ends without its will. `always` checks even
+    /// when the devices file was not re-read since the last check.
+    fn revoked(&mut self, always: bool) -> Option<End> {
+        // Anonymous clients have no registration to lose.
+        self.session.device.as_ref()?;
+        let changed = self.identity_changes.has_changed().unwrap_or(false);
+        if !always && !changed {
+            return None;
+        }
+        self.identity_changes.borrow_and_update();
+        let id = &self.session.client_id;
+        (self.shared.identities.device(id) != self.session.device).then(|| {
+            End::Revoked(format!(
+                "device {id:?} was removed or its credentials changed"
+            ))
+        })
+    }
+
+    /// Decodes every whole packet in the read buffer and hands them to the router in order.
+    async fn ingest(&mut self) -> Option<End> {
+        // Nothing of a revoked device is taken (stored, acknowledged or routed) once the devices
+        // file that removed it has been read: checked before each batch, at the cost of one
+        // atomic load while nothing changed.
+        if let Some(revoked) = self.revoked(false) {
+            return Some(revoked);
+        }
+        let max_len = self.shared.config.max_payload_size + HEADER_ALLOWANCE;
+        let mut batch = Vec::new();
+        // Publishes a durable tap takes, by wire topic (see `crate::tap`).
+        self.published = false;
+        let mut tapped: Vec<(String, Bytes)> = Vec::new();
+        let mut end = None;
+        loop {
+            let packet = match self.session.codec.read(&mut self.read, max_len) {
+                Ok(p) => p,
+                Err(protocol::Error::InsufficientBytes(_)) => break,
+                Err(protocol::Error::PayloadSizeLimitExceeded(len)) => {
+                    end = Some(self.too_large(len));
+                    break;
+                }
+                Err(e) => {
+                    end = Some(End::Refused {
+                        reason: "malformed",
+                        detail: e.to_string(),
+                        code: DisconnectReasonCode::MalformedPacket,
+                    });
+                    break;
+                }
+            };
+            let result = match packet {
+                Packet::Publish(publish, props) => self.take_publish(publish, props, &mut tapped),
+                Packet::Subscribe(subscribe, props) => self.take_subscribe(subscribe, props),
+                Packet::Unsubscribe(u, _) => {
+                    Ok(Some(core::Inbound::Unsubscribe(core::Unsubscribe {
+                        pkid: u.pkid,
+                        filters: u.filters,
+                    })))
+                }
+                Packet::Disconnect(d, props) => {
+                    batch.push(core::Inbound::Disconnect(core::Disconnect {
+                        reason: translate::disconnect_code(d.reason_code),
+                        session_expiry_interval: props.and_then(|p| p.session_expiry_interval),
+                    }));
+                    end = Some(End::Disconnected);
+                    break;
+                }
+                Packet::PingReq(_) => {
+                    self.encode(Packet::PingResp(PingResp));
+                    Ok(None)
+                }
+                other => match translate::ack_in(&other) {
+                    Some(ack) => Ok(Some(ack)),
+                    None => Err(End::Refused {
+                        reason: "protocol",
+                        detail: format!("unexpected packet from a client: {}", packet_name(&other)),
+                        code: DisconnectReasonCode::ProtocolError,
+                    }),
+                },
+            };
+            match result {
+                Ok(Some(inbound)) => batch.push(inbound),
+                Ok(None) => {}
+                Err(e) => {
+                    end = Some(e);
+                    break;
+                }
+            }
+        }
+        // The router sees (and acknowledges) only what the tap's owner has committed. If the
+        // owner has stopped, the gateway is shutting down: the batch is not handed on, so the
+        // device gets no PUBACK and sends its QoS 1 messages again to the next gateway run.
+        if !tapped.is_empty()
+            && self
+                .shared
+                .offer_to_taps(tapped.iter().map(|(t, p)| (t.as_str(), p, 0)), None)
+                .await
+                .is_err()
+        {
+            return Some(End::Shutdown);
+        }
+        let conn = self.session.outlet.conn();
+        for inbound in batch {
+            if self
+                .shared
+                .router
+                .send(Event::Packet(conn, inbound))
+                .await
+                .is_err()
+            {
+                return Some(End::Shutdown);
+            }
+        }
+        // Answers Grove gives itself (PINGRESP, refused PUBLISHes and SUBSCRIBEs).
+        if let Err(e) = self.flush().await {
+            return Some(End::Lost(e.to_string()));
+        }
+        end
+    }
+
+    /// Checks a PUBLISH; `Ok(None)` when it was refused without ending the connection.
+    fn take_publish(
+        &mut self,
+        publish: Publish,
+        props: Option<PublishProperties>,
+        tapped: &mut Vec<(String, Bytes)>,
+    ) -> Result<Option<core::Inbound>, End> {
+        self.published = true;
+        if publish.payload.len() > self.shared.config.max_payload_size {
+            return Err(self.too_large(publish.payload.len()));
+        }
+        let alias = props.as_ref().and_then(|p| p.topic_alias);
+        check_topic_name(&publish.topic, alias.is_some()).map_err(|detail| End::Refused {
+            reason: "malformed",
+            detail,
+            code: DisconnectReasonCode::TopicNameInvalid,
+        })?;
+        let mut publish = publish;
+        if let Some(a) = alias {
+            if publish.topic.is_empty() {
+                // An unknown alias is the router's protocol error; it sees the empty topic.
+                if let Some(topic) = self.aliases.get(&a) {
+                    publish.topic = topic.clone();
+                }
+            } else if a <= self.shared.router_config.topic_alias_maximum {
+                self.aliases.insert(a, publish.topic.clone());
+            }
+        }
+        if !publish.topic.is_empty() {
+            if let Err(refused) = self.check_publish(&publish, props.as_ref()) {
+                return self.refuse_publish(&publish, refused).map_or(Ok(None), Err);
+            }
+        }
+        self.shared.metrics.messages_received.inc();
+        self.shared
+            .metrics
+            .bytes_received
+            .inc_by(publish.payload.len() as u64);
+        let topic = String::from_utf8_lossy(&publish.topic);
+        if self.shared.tapped(&topic) {
+            tapped.push((topic.into_owned(), publish.payload.clone()));
+        }
+        Ok(Some(core::Inbound::Publish(translate::publish_in(
+            publish, props,
+        ))))
+    }
+
+    /// Checks a SUBSCRIBE's filters and the policy; the router sees only the allowed filters.
+    fn take_subscribe(
+        &mut self,
+        subscribe: protocol::Subscribe,
+        props: Option<protocol::SubscribeProperties>,
+    ) -> Result<Option<core::Inbound>, End> {
+        if let Some(detail) = subscribe
+            .filters
+            .iter()
+            .find_map(|f| namespace::check_filter(&f.path).err())
+        {
+            return Err(End::Refused {
+                reason: "malformed",
+                detail,
+                code: DisconnectReasonCode::TopicFilterInvalid,
+            });
+        }
+        let denied: Vec<bool> = subscribe
+            .filters
+            .iter()
+            .map(|f| {
+                self.session
+                    .policy
+                    .as_ref()
+                    .is_some_and(|p| !p.may_subscribe(&f.path))
+            })
+            .collect();
+        if denied.iter().any(|d| *d) {
+            for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, d)| **d) {
+                self.shared.metrics.deny("subscribe");
+                warn!(
+                    client_id = self.session.client_id,
+                    filter = f.path,
+                    "subscribe denied by policy"
+                );
+            }
+            let codes: Vec<Option<u8>> =
+                denied.iter().map(|d| d.then_some(NOT_AUTHORIZED)).collect();
+            if denied.iter().all(|d| *d) {
+                // Nothing for the router: answer the SUBACK here.
+                let ack = Outbound::SubAck {
+                    pkid: subscribe.pkid,
+                    reasons: codes.into_iter().flatten().collect(),
+                };
+                self.encode_out(ack);
+                return Ok(None);
+            }
+            self.partial_subacks.insert(subscribe.pkid, codes);
+        }
+        let filters = subscribe
+            .filters
+            .iter()
+            .zip(&denied)
+            .filter(|(_, d)| !**d)
+            .map(|(f, _)| (f.path.clone(), translate::sub_options(f)))
+            .collect();
+        Ok(Some(core::Inbound::Subscribe(core::Subscribe {
+            pkid: subscribe.pkid,
+            filters,
+            subscription_id: props.and_then(|p| p.id).map(|id| id as u32),
+        })))
+    }
+
+    /// What the connection layer refuses in a PUBLISH whose topic name is valid: a topic the
+    /// policy denies; a retained message on a reserved (`$`) topic; a sync invocation whose
+    /// reply topic is invalid, reserved, or one the caller may not publish to.
+    fn check_publish(
+        &self,
+        publish: &Publish,
+        props: Option<&PublishProperties>,
+    ) -> Result<(), RefusedPublish> {
+        let topic = String::from_utf8_lossy(&publish.topic);
+        let policy = self.session.policy.as_ref();
+        if policy.is_some_and(|p| !p.may_publish(&topic)) {
+            return Err(RefusedPublish::denied(format!("publish to {topic} denied")));
+        }
+        if publish.retain && !namespace::may_retain(&topic) {
+            return Err(RefusedPublish {
+                reason: PubAckReason::ImplementationSpecificError,
+                label: "retain_reserved",
+                detail: format!("a retained message on the reserved topic {topic}"),
+            });
+        }
+        // The functions component publishes the answer on the bus, where no policy applies: the
+        // caller's own publish rights are checked here, where its policy is known.
+        if reply::is_invoke_topic(&topic) {
+            let response_topic = props.and_then(|p| p.response_topic.as_deref());
+            match reply::reply_topic(response_topic, &publish.payload) {
+                // Nothing to answer: the component drops it, as it always did.
+                Err(reply::ReplyError::Missing) => {}
+                Err(e) => {
+                    return Err(RefusedPublish {
+                        reason: PubAckReason::TopicNameInvalid,
+                        label: "invalid_reply_topic",
+                        detail: e.to_string(),
+                    })
+                }
+                Ok(reply_to) if policy.is_some_and(|p| !p.may_publish(&reply_to)) => {
+                    return Err(RefusedPublish::denied(format!(
+                        "an invocation answered on {reply_to}, where the caller may not publish"
+                    )));
+                }
+                Ok(_) => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// Refuses a PUBLISH: counts and logs it; MQTT 5 answers a QoS 1 one with PUBACK and the
+    /// reason, a QoS 2 one with PUBREC (which ends its flow, §4.3.3), and drops a QoS 0 one;
+    /// MQTT 3.1.1 has no way to refuse a PUBLISH, so the connection ends (as AWS IoT does).
+    fn refuse_publish(&mut self, publish: &Publish, refused: RefusedPublish) -> Option<End> {
+        let client_id = &self.session.client_id;
+        if refused.reason == PubAckReason::NotAuthorized {
+            self.shared.metrics.deny("publish");
+            warn!(
+                client_id,
+                detail = refused.detail,
+                "publish denied by policy"
+            );
+        } else {
+            warn!(client_id, detail = refused.detail, "publish refused");
+        }
+        if self.session.codec.version() == Version::V311 {
+            // Counted as a refusal when the connection ends.
+            return Some(End::Refused {
+                reason: refused.label,
+                detail: refused.detail,
+                code: match refused.reason {
+                    PubAckReason::NotAuthorized => DisconnectReasonCode::NotAuthorized,
+                    PubAckReason::TopicNameInvalid => DisconnectReasonCode::TopicNameInvalid,
+                    _ => DisconnectReasonCode::ImplementationSpecificError,
+                },
+            });
+        }
+        if refused.reason != PubAckReason::NotAuthorized {
+            self.shared.metrics.refuse(refused.label);
+        }
+        match translate::publish_header(publish) {
+            (0, _, _) => {}
+            (1, _, pkid) => self.encode(Packet::PubAck(
+                PubAck {
+                    pkid,
+                    reason: refused.reason,
+                },
+                None,
+            )),
+            (_, _, pkid) => self.encode(Packet::PubRec(
+                PubRec {
+                    pkid,
+                    reason: match refused.reason {
+                        PubAckReason::NotAuthorized => PubRecReason::NotAuthorized,
+                        PubAckReason::TopicNameInvalid => PubRecReason::TopicNameInvalid,
+                        _ => PubRecReason::ImplementationSpecificError,
+                    },
+                },
+                None,
+            )),
+        }
+        None
+    }
+
+    fn too_large(&self, len: usize) -> End {
+        End::Refused {
+            reason: "payload_too_large",
+            detail: format!(
+                "a {len}-byte packet exceeds broker.max_payload_size = {}",
+                self.shared.config.max_payload_size
+            ),
+            code: DisconnectReasonCode::PacketTooLarge,
+        }
+    }
+
+    /// Encodes the router's packets and writes them in one socket write.
+    async fn deliver(&mut self, packets: Vec<Outbound>) -> Option<End> {
+        let mut end = None;
+        for packet in packets {
+            match packet {
+                Outbound::Publish(d) => {
+                    self.shared.metrics.messages_sent.inc();
+                    self.shared
+                        .metrics
+                        .bytes_sent
+                        .inc_by(d.message.payload.len() as u64);
+                    self.encode(translate::delivery_out(d, true));
+                }
+                Outbound::SubAck { pkid, reasons } => {
+                    let reasons = self.merge_suback(pkid, reasons);
+                    self.encode_out(Outbound::SubAck { pkid, reasons });
+                }
+                Outbound::Disconnect { reason } => {
+                    self.encode_out(Outbound::Disconnect { reason });
+                    end = Some(End::RouterClosed(reason));
+                    break;
+                }
+                other => self.encode_out(other),
+            }
+        }
+        if let Err(e) = self.flush().await {
+            return Some(End::Lost(e.to_string()));
+        }
+        end
+    }
+
+    /// Puts the codes of filters the policy denied back into the router's SUBACK, in order.
+    fn merge_suback(&mut self, pkid: u16, granted: Vec<u8>) -> Vec<u8> {
+        match self.partial_subacks.remove(&pkid) {
+            None => granted,
+            Some(codes) => {
+                let mut granted = granted.into_iter();
+                codes
+                    .into_iter()
+                    .filter_map(|c| c.or_else(|| granted.next()))
+                    .collect()
+            }
+        }
+    }
+
+    async fn flush(&mut self) -> std::io::Result<()> {
+        if !self.write.is_empty() {
+            self.stream.write_all(&self.write).await?;
+            self.write.clear();
+        }
+        Ok(())
+    }
+
+    fn encode_out(&mut self, packet: Outbound) {
+        if let Some(p) = translate::control_out(packet, self.session.codec.version()) {
+            self.encode(p);
+        }
+    }
+
+    fn encode(&mut self, packet: Packet) {
+        if let Err(e) = self.session.codec.write(packet, &mut self.write) {
+            warn!(client_id = self.session.client_id, error = %e, "cannot encode a packet; dropped");
+        }
+    }
+
+    /// Says goodbye as the reason requires and tells the router the connection is gone (which
+    /// publishes the will when due, 3.1.2.5).
+    pub(crate) async fn finish(mut self, end: End, peer: SocketAddr) {
+        let client_id = self.session.client_id.clone();
+        match &end {
+            End::Disconnected => info!(%peer, client_id, "client disconnected"),
+            End::Lost(why) => info!(%peer, client_id, why, "connection lost"),
+            End::KeepAliveTimeout => info!(%peer, client_id, "keep-alive timeout"),
+            End::Refused { reason, detail, .. } => {
+                self.shared.metrics.refuse(reason);
+                warn!(%peer, client_id, reason, detail, "closing the connection");
+            }
+            End::RouterClosed(code) => {
+                info!(%peer, client_id, code, "connection closed by the router")
+            }
+            End::Revoked(detail) => {
+                self.shared.metrics.refuse("revoked");
+                warn!(%peer, client_id, detail, "closing the connection of a revoked device");
+            }
+            End::Shutdown => debug!(%peer, client_id, "closing for shutdown"),
+        }
+        if self.session.codec.version() == Version::V5 {
+            let code = match &end {
+                End::Refused { code, .. } => Some(*code),
+                End::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
+                End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+                End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
+                _ => None,
+            };
+            if let Some(reason_code) = code {
+                self.encode(Packet::Disconnect(Disconnect { reason_code }, None));
+                let _ = self.flush().await;
+            }
+        }
+        let conn = self.session.outlet.conn();
+        let event = match end {
+            // The router has seen the DISCONNECT, or closed the connection itself.
+            End::Disconnected | End::RouterClosed(_) => return,
+            // Gone without its will: as a normal DISCONNECT would (3.14.4).
+            End::Revoked(_) | End::Shutdown => Event::Packet(
+                conn,
+                core::Inbound::Disconnect(core::Disconnect {
+                    reason: reason::SUCCESS,
+                    session_expiry_interval: None,
+                }),
+            ),
+            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } => Event::Lost(conn),
+        };
+        let _ = self.shared.router.send(event).await;
+    }
+}
+
+/// A PUBLISH the connection layer refuses (see `Relay::check_publish`).
+struct RefusedPublish {
+    /// The MQTT 5 PUBACK reason; `NotAuthorized` is a policy denial.
+    reason: PubAckReason,
+    /// The refusal's metric label (`grove_broker_refused_total{reason}`).
+    label: &'static str,
+    /// What to log.
+    detail: String,
+}
+
+impl RefusedPublish {
+    fn denied(detail: String) -> RefusedPublish {
+        RefusedPublish {
+            reason: PubAckReason::NotAuthorized,
+            label: "not_authorized",
+            detail,
+        }
+    }
+}
+
+fn packet_name(packet: &Packet) -> &'static str {
+    match packet {
+        Packet::Connect(..) => "CONNECT",
+        Packet::ConnAck(..) => "CONNACK",
+        Packet::SubAck(..) => "SUBACK",
+        Packet::UnsubAck(..) => "UNSUBACK",
+        Packet::PingResp(_) => "PINGRESP",
+        _ => "packet",
+    }
+}

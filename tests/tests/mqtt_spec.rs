@@ -1,0 +1,406 @@
+//! MQTT 5 and 3.1.1 behaviours of Grove's own router (issue 14) that the rumqttd-based broker got
+//! wrong, each checked with a stock client (rumqttc, MQTT 5 and 3.1.1) against the real `grove`
+//! binary, citing the specification's section.
+
+use std::time::Duration;
+
+use grove_tests::{Gateway, WAIT};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnAck, ConnectProperties, Filter, Packet as P5, Publish, RetainForwardRule, UnsubAckReason,
+};
+use rumqttc::v5::mqttbytes::QoS as Q5;
+use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+
+/// How long a test waits for something that must not arrive.
+const QUIET: Duration = Duration::from_millis(300);
+
+/// An MQTT 5 client (rumqttc) and its event loop, polled by the test.
+struct V5 {
+    client: AsyncClient,
+    events: EventLoop,
+}
+
+impl V5 {
+    /// Connects and returns the CONNACK.
+    async fn connect(o: MqttOptions) -> (V5, ConnAck) {
+        let (client, events) = AsyncClient::new(o, 100);
+        let mut c = V5 { client, events };
+        let ack = c
+            .until(|p| match p {
+                P5::ConnAck(a) => Some(a),
+                _ => None,
+            })
+            .await;
+        (c, ack)
+    }
+
+    /// Polls until `f` picks an incoming packet.
+    async fn until<T>(&mut self, mut f: impl FnMut(P5) -> Option<T>) -> T {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let ev = tokio::time::timeout_at(deadline, self.events.poll())
+                .await
+                .expect("timed out")
+                .expect("connection");
+            if let Event::Incoming(p) = ev {
+                if let Some(t) = f(p) {
+                    return t;
+                }
+            }
+        }
+    }
+
+    async fn suback(&mut self) {
+        self.until(|p| matches!(p, P5::SubAck(_)).then_some(()))
+            .await;
+    }
+
+    async fn publish_in(&mut self) -> Publish {
+        self.until(|p| match p {
+            P5::Publish(p) => Some(p),
+            _ => None,
+        })
+        .await
+    }
+
+    /// The next PUBLISH if one arrives within `QUIET`.
+    async fn maybe_publish(&mut self) -> Option<Publish> {
+        tokio::time::timeout(QUIET, self.publish_in()).await.ok()
+    }
+
+    async fn subscribe(&mut self, filter: Filter) {
+        self.client.subscribe_many([filter]).await.unwrap();
+        self.suback().await;
+    }
+
+    /// Publishes at QoS 1 and waits for the PUBACK.
+    async fn publish_acked(&mut self, topic: &str, retain: bool, payload: &str) {
+        self.client
+            .publish(topic, Q5::AtLeastOnce, retain, payload.to_owned())
+            .await
+            .unwrap();
+        self.until(|p| matches!(p, P5::PubAck(_)).then_some(()))
+            .await;
+    }
+}
+
+fn v5(id: &str, port: u16) -> MqttOptions {
+    let mut o = MqttOptions::new(id, "127.0.0.1", port);
+    o.set_keep_alive(Duration::from_secs(30));
+    o
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connack_declares_what_the_server_does() {
+    // MQTT 5 §3.2.2.3: Receive Maximum, Maximum Packet Size, Topic Alias Maximum, Retain /
+    // Wildcard / Subscription Identifier / Shared Subscription Available; no Maximum QoS
+    // property, since QoS 2 is supported (3.2.2.3.4: absent means 2).
+    let g = Gateway::start("[broker]\nserver_keep_alive = 20\n");
+    let (_c, ack) = V5::connect(v5("props", g.mqtt_port)).await;
+    let p = ack.properties.expect("CONNACK properties");
+    assert_eq!(p.receive_max, Some(100));
+    assert_eq!(p.max_qos, None);
+    assert_eq!(p.max_packet_size, Some(1024 * 1024 + 128 * 1024));
+    assert_eq!(p.topic_alias_max, Some(64));
+    assert_eq!(p.retain_available, Some(1));
+    assert_eq!(p.wildcard_subscription_available, Some(1));
+    assert_eq!(p.subscription_identifiers_available, Some(1));
+    assert_eq!(p.shared_subscription_available, Some(1));
+    assert_eq!(p.server_keep_alive, Some(20), "broker.server_keep_alive");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_local_keeps_a_clients_own_messages_from_it() {
+    // MQTT 5 §3.8.3.1, [MQTT-3.8.3-3]: with No Local, messages are not forwarded to the
+    // connection that published them.
+    let g = Gateway::start("");
+    let (mut me, _) = V5::connect(v5("nl-me", g.mqtt_port)).await;
+    let (mut other, _) = V5::connect(v5("nl-other", g.mqtt_port)).await;
+    let mut f = Filter::new("nl/t", Q5::AtLeastOnce);
+    f.nolocal = true;
+    me.subscribe(f).await;
+    me.publish_acked("nl/t", false, "mine").await;
+    other.publish_acked("nl/t", false, "theirs").await;
+    let got = me.publish_in().await;
+    assert_eq!(
+        &got.payload[..],
+        b"theirs",
+        "its own message was not sent back"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retain_as_published_and_retain_handling() {
+    let g = Gateway::start("");
+    let (mut publisher, _) = V5::connect(v5("rap-pub", g.mqtt_port)).await;
+    publisher.publish_acked("rh/t", true, "stored").await;
+
+    // Retain Handling 2 (§3.8.3.1): no retained message at subscribe.
+    let (mut never, _) = V5::connect(v5("rh-2", g.mqtt_port)).await;
+    let mut f = Filter::new("rh/t", Q5::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::Never;
+    never.subscribe(f).await;
+    // Retain As Published (§3.8.3.1, [MQTT-3.3.1-12]): a live delivery keeps the RETAIN flag;
+    // without it the flag is cleared ([MQTT-3.3.1-13]).
+    let (mut rap, _) = V5::connect(v5("rap", g.mqtt_port)).await;
+    let mut f = Filter::new("rap/t", Q5::AtLeastOnce);
+    f.preserve_retain = true;
+    rap.subscribe(f).await;
+    let (mut plain, _) = V5::connect(v5("rap-plain", g.mqtt_port)).await;
+    plain.subscribe(Filter::new("rap/t", Q5::AtLeastOnce)).await;
+
+    publisher.publish_acked("rh/t", false, "live").await;
+    publisher.publish_acked("rap/t", true, "flagged").await;
+    let first = never.publish_in().await;
+    assert_eq!(&first.payload[..], b"live", "the retained one was not sent");
+    let got = rap.publish_in().await;
+    assert!(got.retain, "Retain As Published keeps the flag");
+    let got = plain.publish_in().await;
+    assert!(
+        !got.retain,
+        "cleared on a live delivery without Retain As Published"
+    );
+
+    // Retain Handling 1: sent only for a new subscription.
+    let (mut once, _) = V5::connect(v5("rh-1", g.mqtt_port)).await;
+    let mut f = Filter::new("rh/t", Q5::AtLeastOnce);
+    f.retain_forward_rule = RetainForwardRule::OnNewSubscribe;
+    once.subscribe(f.clone()).await;
+    assert_eq!(&once.publish_in().await.payload[..], b"stored");
+    once.subscribe(f).await;
+    assert!(
+        once.maybe_publish().await.is_none(),
+        "not again for an existing subscription"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unsubscribe_of_an_unknown_filter_gets_its_unsuback() {
+    // MQTT 5 §3.11.3 (reason 0x11 No subscription existed); 3.1.1 [MQTT-3.10.4-5]: the server
+    // answers every UNSUBSCRIBE with UNSUBACK, even when nothing was deleted.
+    let g = Gateway::start("");
+    let (mut c, _) = V5::connect(v5("unsub5", g.mqtt_port)).await;
+    c.client.unsubscribe("never/subscribed").await.unwrap();
+    let reasons = c
+        .until(|p| match p {
+            P5::UnsubAck(a) => Some(a.reasons),
+            _ => None,
+        })
+        .await;
+    assert_eq!(reasons, vec![UnsubAckReason::NoSubscriptionExisted]);
+
+    let (client, mut events) =
+        rumqttc::AsyncClient::new(grove_tests::options("unsub311", g.mqtt_port), 10);
+    client.unsubscribe("never/subscribed").await.unwrap();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        match tokio::time::timeout_at(deadline, events.poll()).await {
+            Ok(Ok(rumqttc::Event::Incoming(rumqttc::Packet::UnsubAck(_)))) => break,
+            Ok(Ok(_)) => {}
+            other => panic!("3.1.1 UNSUBACK expected, got {other:?}"),
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_3_1_1_resubscribe_sends_the_retained_message_again() {
+    // MQTT 3.1.1 [MQTT-3.8.4-3]: a SUBSCRIBE that replaces a subscription re-sends the retained
+    // messages matching its filter.
+    let g = Gateway::start("");
+    let mut publisher = grove_tests::Client::connect("rs-pub", g.mqtt_port).await;
+    publisher
+        .publish("rs/t", rumqttc::QoS::AtLeastOnce, true, "kept")
+        .await;
+    publisher.acked(1).await;
+    let mut sub = grove_tests::Client::connect("rs-sub", g.mqtt_port).await;
+    for round in ["first", "again"] {
+        sub.subscribe("rs/t", rumqttc::QoS::AtLeastOnce).await;
+        let got = sub.recv_n(1, WAIT).await;
+        assert!(got[0].retain, "{round}: retained");
+        assert_eq!(&got[0].payload[..], b"kept", "{round}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_expiry_keeps_or_ends_a_session_as_the_client_asked() {
+    // MQTT 5 §3.1.2.11.2 and §3.1.2.4: a session with an expiry interval outlives its connection
+    // and gets what was published meanwhile; Clean Start discards it (Session Present 0).
+    let g = Gateway::start("");
+    let persistent = |id: &str, clean: bool| {
+        let mut o = v5(id, g.mqtt_port);
+        o.set_clean_start(clean);
+        let mut p = ConnectProperties::new();
+        p.session_expiry_interval = Some(300);
+        o.set_connect_properties(p);
+        o
+    };
+    let (mut away, ack) = V5::connect(persistent("se", true)).await;
+    assert!(!ack.session_present);
+    away.subscribe(Filter::new("se/t", Q5::AtLeastOnce)).await;
+    away.client.disconnect().await.unwrap();
+    let (mut publisher, _) = V5::connect(v5("se-pub", g.mqtt_port)).await;
+    publisher.publish_acked("se/t", false, "while away").await;
+
+    let (mut back, ack) = V5::connect(persistent("se", false)).await;
+    assert!(ack.session_present, "the session was kept");
+    let got = back.publish_in().await;
+    assert_eq!(&got.payload[..], b"while away");
+    assert_eq!(got.qos, Q5::AtLeastOnce);
+    back.client.disconnect().await.unwrap();
+
+    let (_fresh, ack) = V5::connect(persistent("se", true)).await;
+    assert!(!ack.session_present, "Clean Start ends the old session");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_clients_receive_maximum_bounds_unacknowledged_deliveries() {
+    // MQTT 5 §3.3.4 ([MQTT-3.3.4-9]): the server sends no more QoS 1/2 PUBLISHes than the client's
+    // Receive Maximum before they are acknowledged.
+    let g = Gateway::start("");
+    let mut o = v5("rm", g.mqtt_port);
+    o.set_manual_acks(true);
+    let mut p = ConnectProperties::new();
+    p.receive_maximum = Some(2);
+    o.set_connect_properties(p);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("rm/t", Q5::AtLeastOnce)).await;
+    let (mut publisher, _) = V5::connect(v5("rm-pub", g.mqtt_port)).await;
+    for i in 0..4 {
+        publisher.publish_acked("rm/t", false, &i.to_string()).await;
+    }
+    let first = sub.publish_in().await;
+    let second = sub.publish_in().await;
+    assert!(
+        sub.maybe_publish().await.is_none(),
+        "a third before any PUBACK"
+    );
+    sub.client.ack(&first).await.unwrap();
+    let third = sub.publish_in().await;
+    sub.client.ack(&second).await.unwrap();
+    let fourth = sub.publish_in().await;
+    let order: Vec<_> = [first, second, third, fourth]
+        .iter()
+        .map(|p| String::from_utf8(p.payload.to_vec()).unwrap())
+        .collect();
+    assert_eq!(order, ["0", "1", "2", "3"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reconnecting_client_takes_its_session_over() {
+    // MQTT 5 §3.1.4 [MQTT-3.1.4-3]: the existing connection of the same client id is closed,
+    // with DISCONNECT 0x8E Session taken over (§4.13).
+    let g = Gateway::start("");
+    let port = g.mqtt_port.to_string();
+    // The old connection: mosquitto's own client, which prints the DISCONNECT it receives.
+    let old = grove_tests::MosquittoSub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-i",
+        "twin",
+        "-t",
+        "tw/t",
+    ]);
+    let (_new, ack) = V5::connect(v5("twin", g.mqtt_port)).await;
+    assert!(
+        !ack.session_present,
+        "a clean start takes over and discards"
+    );
+    let (lines, _) = old.finish();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("Received DISCONNECT (142)")),
+        "0x8E = 142 to the old connection: {lines:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn qos_2_is_delivered_exactly_once_at_qos_2() {
+    // MQTT 5 §4.3.3: PUBLISH, PUBREC, PUBREL, PUBCOMP both ways; delivered at min(2, 2) = 2.
+    let g = Gateway::start("");
+    let (mut sub, _) = V5::connect(v5("q2-sub", g.mqtt_port)).await;
+    sub.subscribe(Filter::new("q2/t", Q5::ExactlyOnce)).await;
+    let (mut publisher, _) = V5::connect(v5("q2-pub", g.mqtt_port)).await;
+    publisher
+        .client
+        .publish("q2/t", Q5::ExactlyOnce, false, "once")
+        .await
+        .unwrap();
+    publisher
+        .until(|p| matches!(p, P5::PubComp(_)).then_some(()))
+        .await;
+    let got = sub.publish_in().await;
+    assert_eq!((got.qos, &got.payload[..]), (Q5::ExactlyOnce, &b"once"[..]));
+    assert!(sub.maybe_publish().await.is_none(), "exactly once");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subscriber_that_stopped_acknowledging_gets_every_message_once_it_acks_again() {
+    // Issue 14's measurement: an MQTT 5 subscriber (Receive Maximum 10, session expiry 300) that
+    // stops acknowledging while 2,000 QoS 1 messages are published, then acknowledges everything,
+    // receives all 2,000, in order (MQTT 5 §4.6: ordered delivery per topic at QoS 1; §3.3.4:
+    // Receive Maximum only delays them).
+    let g = Gateway::start("");
+    let mut o = v5("laggard", g.mqtt_port);
+    o.set_manual_acks(true);
+    let mut p = ConnectProperties::new();
+    p.receive_maximum = Some(10);
+    p.session_expiry_interval = Some(300);
+    o.set_connect_properties(p);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("lag/t", Q5::AtLeastOnce)).await;
+    let n = 2_000;
+    let (mut publisher, _) = V5::connect(v5("lag-pub", g.mqtt_port)).await;
+    let client = publisher.client.clone();
+    let sending = tokio::spawn(async move {
+        for i in 0..n {
+            client
+                .publish("lag/t", Q5::AtLeastOnce, false, i.to_string())
+                .await
+                .unwrap();
+        }
+    });
+    // Every message is accepted while the subscriber acknowledges nothing.
+    let mut acked = 0;
+    while acked < n {
+        publisher
+            .until(|p| matches!(p, P5::PubAck(_)).then_some(()))
+            .await;
+        acked += 1;
+    }
+    sending.await.unwrap();
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let p = sub.publish_in().await;
+        sub.client.ack(&p).await.unwrap();
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_over_the_clients_maximum_packet_size_is_not_sent_and_is_counted() {
+    // MQTT 5 §3.1.2.11.4 [MQTT-3.1.2-25]: the server must not send a packet larger than the
+    // client's Maximum Packet Size; it discards the message as if sent. Grove counts it.
+    let g = Gateway::start("");
+    let mut o = v5("small", g.mqtt_port);
+    o.set_max_packet_size(Some(200));
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("mps/t", Q5::AtLeastOnce)).await;
+    let (mut publisher, _) = V5::connect(v5("mps-pub", g.mqtt_port)).await;
+    publisher
+        .publish_acked("mps/t", false, &"x".repeat(500))
+        .await;
+    publisher.publish_acked("mps/t", false, "small").await;
+    let got = sub.publish_in().await;
+    assert_eq!(&got.payload[..], b"small", "the large one was not sent");
+    // Counted by the router task as it hands the next packets out: waited for, not raced.
+    g.wait_metric("grove_broker_dropped_total{reason=\"too_large\"}", |v| {
+        v == 1.0
+    });
+}
