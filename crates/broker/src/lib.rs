@@ -34,6 +34,7 @@ pub mod namespace;
 mod queries;
 pub mod reply;
 mod server;
+pub mod sessions;
 pub mod tap;
 
 pub use server::*;

@@ -119,6 +119,67 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE shadows ADD COLUMN deleted_at INTEGER;
     UPDATE shadows SET deleted_at = json_extract(document, '$.deletedAt')
         WHERE json_valid(document);",
+    // 7: the MQTT router's persistent sessions (grove-broker's `sessions.rs`, issue 14): a session
+    // per client id (`sid` keys the rest; `disconnected_at` NULL while connected; the will waiting
+    // for its delay), its subscriptions (`options`: the SUBSCRIBE options byte, MQTT 5 3.8.3.1),
+    // the queued QoS 1/2 messages (stored once in `session_messages`, referenced by one
+    // `session_queue` row per session in queue order `seq`, with the packet id of its first
+    // PUBLISH and whether the PUBREC came; a message goes with its last reference) and the
+    // inbound QoS 2 packet ids not yet released. Times are Unix milliseconds. Retained messages
+    // keep their table (rows written before this migration keep working: no id, publisher ''),
+    // with the columns the router's messages have besides.
+    "CREATE TABLE sessions (
+        sid             INTEGER PRIMARY KEY NOT NULL,
+        client_id       TEXT NOT NULL UNIQUE,
+        version         INTEGER NOT NULL,
+        expiry_interval INTEGER NOT NULL,
+        disconnected_at INTEGER,
+        will_at         INTEGER,
+        will_topic      TEXT,
+        will_payload    BLOB,
+        will_qos        INTEGER,
+        will_retain     INTEGER,
+        will_delay      INTEGER,
+        will_properties TEXT
+    );
+    CREATE TABLE session_subscriptions (
+        sid     INTEGER NOT NULL,
+        filter  TEXT NOT NULL,
+        options INTEGER NOT NULL,
+        sub_id  INTEGER,
+        PRIMARY KEY (sid, filter)
+    ) WITHOUT ROWID;
+    CREATE TABLE session_messages (
+        id         INTEGER PRIMARY KEY NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        expires_at INTEGER,
+        publisher  TEXT NOT NULL,
+        properties TEXT
+    );
+    CREATE TABLE session_queue (
+        seq        INTEGER PRIMARY KEY NOT NULL,
+        sid        INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        sub_ids    BLOB,
+        pkid       INTEGER,
+        released   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX session_queue_by_session ON session_queue (sid, message_id);
+    CREATE INDEX session_queue_by_message ON session_queue (message_id);
+    CREATE TABLE session_qos2_received (
+        sid  INTEGER NOT NULL,
+        pkid INTEGER NOT NULL,
+        PRIMARY KEY (sid, pkid)
+    ) WITHOUT ROWID;
+    ALTER TABLE retained ADD COLUMN id INTEGER;
+    ALTER TABLE retained ADD COLUMN expires_at INTEGER;
+    ALTER TABLE retained ADD COLUMN publisher TEXT NOT NULL DEFAULT '';
+    ALTER TABLE retained ADD COLUMN properties TEXT;",
 ];
 
 /// Why the store refused or failed.
