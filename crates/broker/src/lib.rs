@@ -16,10 +16,12 @@
 //! Also here: [`bus`] (the components' in-process links to the router), [`tap`] (durable taps),
 //! [`reply`] (where a sync invocation's answer may go: checked by the connection layer and by the
 //! functions component), the `[broker]` section ([`config`]), the broker's counters ([`metrics`])
-//! and its table of retained messages (`queries`).
+//! its table of retained messages (`queries`), and [`sessions`]: the persistent sessions of Grove's
+//! own router core (`grove-router`) in SQLite, ready for the connection layer that will drive it.
 //!
-//! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config` and
-//! `grove-rules` (the pure SQL crate's topic matcher) and nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
+//! Architecture invariant: this crate depends on `grove-store`, `grove-auth`, `grove-config`,
+//! `grove-rules` (the pure SQL crate's topic matcher) and `grove-router` (the MQTT router core)
+//! and nothing else of Grove's; no component crate (shadow, functions, rules, cloud) and never the
 //! binary. rumqttd types stay inside this crate (its public face is Grove's own types: [`Broker`],
 //! [`bus::Bus`], [`bus::Message`], ...), and rumqttd is not re-exported.
 

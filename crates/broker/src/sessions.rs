@@ -23,6 +23,11 @@
 //! message columns added (rows from before keep loading: they get fresh message ids and an empty
 //! publisher). Times are the shell's `Instant`s, wall-clock Unix milliseconds.
 //!
+//! The shell calls [`SessionQueries::persist`] (a unit of its own in the next group commit) or,
+//! to put the router's writes in one unit with other work, [`apply`] inside its own
+//! [`Store::transact`]; at startup [`SessionQueries::load_sessions`] (or [`load`]). rusqlite's
+//! types stay in this module and `queries.rs`.
+//!
 //! The write path prepares every statement once per connection (`prepare_cached`) and writes a
 //! message that many sessions queue in one batch once. [`load`] reads each table in one scan
 //! (no query per session): 10,000 sessions holding 100 messages each load and restore in well
@@ -74,7 +79,7 @@ const SID: &str = "(SELECT sid FROM sessions WHERE client_id = ?1)";
 /// Applies `writes` in order on `c` (inside the caller's transaction: run it in
 /// [`Store::transact`]). Writes about a session that is not stored are ignored, as
 /// [`grove_router::MemoryStore`] ignores them.
-pub fn apply(c: &Connection, writes: &[StorageWrite]) -> rusqlite::Result<()> {
+pub(crate) fn apply(c: &Connection, writes: &[StorageWrite]) -> rusqlite::Result<()> {
     // Messages written in this batch (a fan-out to many sessions binds its payload once), and
     // messages that lost a reference (deleted at the end if it was their last).
     let mut written: HashSet<u64> = HashSet::new();
@@ -302,7 +307,7 @@ fn insert_message(c: &Connection, m: &Message) -> rusqlite::Result<()> {
 /// Reads everything stored, one scan per table. Sessions come in creation order, each with its
 /// subscriptions (in filter order) and its queue (in queue order); retained messages in topic
 /// order (rows from before migration 7 last, with message ids above every stored one).
-pub fn load(c: &Connection) -> rusqlite::Result<Loaded> {
+pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
     let mut names = Interner::default();
     let mut sessions = Vec::new();
     let mut by_sid: HashMap<i64, usize> = HashMap::new();
@@ -725,6 +730,121 @@ mod tests {
             }
             rt.block_on(thread.close());
         }
+    }
+
+    /// The shell's storage loop: the router's writes persisted in one unit, then reported.
+    fn commit(rt: &tokio::runtime::Runtime, store: &Store, r: &mut grove_router::Router) {
+        let mut writes = Vec::new();
+        let mut last = 0;
+        while let Some((n, w)) = r.poll_storage() {
+            writes.push(w);
+            last = n;
+        }
+        if last > 0 {
+            rt.block_on(store.persist(writes)).unwrap();
+            r.storage_committed(last);
+        }
+    }
+
+    /// What the router sends to `conn` now.
+    fn sent(
+        r: &mut grove_router::Router,
+        now: Instant,
+        conn: grove_router::ConnId,
+    ) -> Vec<grove_router::Outbound> {
+        let mut out = Vec::new();
+        while let Some(c) = r.poll_ready() {
+            while let Some(p) = r.poll_transmit(now, c) {
+                if c == conn {
+                    out.push(p);
+                }
+            }
+        }
+        out
+    }
+
+    /// Issue 14 through SQLite: kill -9 with a QoS 2 delivery past PUBREC and a QoS 1 delivery
+    /// unacknowledged; after the restart from the database the first is continued with PUBREL
+    /// and the second resent with its packet id and DUP [MQTT-4.4.0-1] (MQTT 5 4.3.3).
+    #[test]
+    fn inflight_deliveries_continue_after_a_restart_from_sqlite() {
+        use grove_router::{Ack, ConnId, Connect, Inbound, Outbound, Publish, Router, Subscribe};
+        let rt = runtime();
+        let dir = tempfile::tempdir().unwrap();
+        let now = Instant(1_765_000_000_000);
+        let persistent = || Connect {
+            clean_start: false,
+            session_expiry_interval: 100,
+            ..Connect::new("s", Version::V5)
+        };
+        let publish = |payload: &'static str, qos, pkid| {
+            Inbound::Publish(Publish {
+                topic: "t".into(),
+                payload: Bytes::from_static(payload.as_bytes()),
+                qos,
+                retain: false,
+                dup: false,
+                pkid,
+                topic_alias: None,
+                properties: MessageProperties::default(),
+            })
+        };
+        let (released, unacked) = {
+            let (store, thread) = Store::open(dir.path()).unwrap();
+            let mut r = Router::new(Default::default());
+            let (s, p) = (ConnId(1), ConnId(2));
+            r.connect(now, s, persistent()).unwrap();
+            let filters = vec![("t".into(), SubOptions::qos(QoS::ExactlyOnce))];
+            let subscribe = Subscribe {
+                pkid: 1,
+                filters,
+                subscription_id: None,
+            };
+            r.handle(now, s, Inbound::Subscribe(subscribe));
+            r.connect(now, p, Connect::new("p", Version::V5)).unwrap();
+            r.handle(now, p, publish("two", QoS::ExactlyOnce, 1));
+            r.handle(now, p, publish("one", QoS::AtLeastOnce, 2));
+            sent(&mut r, now, s);
+            commit(&rt, &store, &mut r);
+            let d: Vec<_> = sent(&mut r, now, s)
+                .into_iter()
+                .filter_map(|o| match o {
+                    Outbound::Publish(d) => Some(d),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(d.len(), 2, "sent once their packet ids are stored");
+            let rec = Ack {
+                pkid: d[0].pkid,
+                reason: 0,
+            };
+            r.handle(now, s, Inbound::PubRec(rec));
+            commit(&rt, &store, &mut r);
+            assert_eq!(sent(&mut r, now, s), [Outbound::PubRel(rec)]);
+            // kill -9: the router is gone with whatever it did not commit.
+            drop(r);
+            rt.block_on(thread.close());
+            (rec, d[1].clone())
+        };
+        let (store, thread) = Store::open(dir.path()).unwrap();
+        let (sessions, retained) = rt.block_on(store.load_sessions()).unwrap();
+        let later = now.plus_secs(5);
+        let mut r = Router::new(Default::default());
+        r.restore(later, sessions, retained);
+        let s = ConnId(3);
+        r.connect(later, s, persistent()).unwrap();
+        commit(&rt, &store, &mut r);
+        let out = sent(&mut r, later, s);
+        assert!(matches!(&out[0], Outbound::ConnAck(a) if a.session_present));
+        assert_eq!(out[1], Outbound::PubRel(released), "PUBREL, not PUBLISH");
+        match &out[2] {
+            Outbound::Publish(d) => {
+                assert!(d.dup && d.pkid == unacked.pkid && d.message.payload == "one");
+            }
+            other => panic!("expected the resent QoS 1 PUBLISH, got {other:?}"),
+        }
+        assert_eq!(out.len(), 3);
+        rt.block_on(thread.close());
     }
 
     /// A message queued for many sessions is one row, and goes with its last reference.

@@ -11,7 +11,8 @@
 //! back, its caller gets its own error at once, and the rest of the batch commits.
 //!
 //! Each component's queries live with the component, as an extension trait on [`Store`] in its
-//! crate's `queries.rs` (`grove-broker`: retained messages; `grove-shadow`: shadows;
+//! crate's `queries.rs` (`grove-broker`: retained messages, and the router's persistent sessions in
+//! its `sessions.rs`; `grove-shadow`: shadows;
 //! `grove-functions-host`: versions, aliases, key-value state, async events; `grove-cloud`: the
 //! outbox and sync states), run through [`Store::transact`]. The schema's migrations are listed
 //! here, in the one order they run (`user_version` counts them across components, so the list
