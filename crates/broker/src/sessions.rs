@@ -587,7 +587,7 @@ mod tests {
     /// The message a router would have with this id: the same id is always the same message.
     fn message(id: u64) -> Arc<Message> {
         let mut properties = MessageProperties::default();
-        if id % 3 == 0 {
+        if id.is_multiple_of(3) {
             properties.content_type = Some("text/plain".into());
             properties.correlation_data = Some(Bytes::from(vec![id as u8; 3]));
             properties.user_properties = vec![("k".into(), format!("v{id}"))];
@@ -597,14 +597,14 @@ mod tests {
             id,
             topic: format!("t/{}", id % 4).into(),
             payload: Bytes::from(vec![b'x'; (id % 5) as usize * 40]),
-            qos: if id % 2 == 0 {
+            qos: if id.is_multiple_of(2) {
                 QoS::AtLeastOnce
             } else {
                 QoS::ExactlyOnce
             },
-            retain: id % 4 == 0,
+            retain: id.is_multiple_of(4),
             properties,
-            expires_at: (id % 3 == 0).then_some(Instant(1_700_000_000_000 + id)),
+            expires_at: (id.is_multiple_of(3)).then_some(Instant(1_700_000_000_000 + id)),
             publisher: CLIENTS[(id % 3) as usize].into(),
         })
     }
@@ -622,7 +622,7 @@ mod tests {
             topic: "will/t".into(),
             payload: Bytes::from_static(b""),
             qos: QoS::AtLeastOnce,
-            retain: delay % 2 == 0,
+            retain: delay.is_multiple_of(2),
             delay_interval: delay,
             properties: MessageProperties {
                 payload_format_indicator: Some(1),
