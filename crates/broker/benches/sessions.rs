@@ -83,6 +83,36 @@ fn restore(c: &mut Criterion) {
         }
         thread.close().await;
     });
+    // Phases of one restart, wall clock and the process's CPU time (utime + stime, all threads:
+    // the store's owner thread reads SQLite), printed once: on a shared machine the CPU time says
+    // what a quiet one would see.
+    for _ in 0..3 {
+        let cpu = || {
+            let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
+            let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+            Duration::from_millis((ticks(11) + ticks(12)) * 10)
+        };
+        let (t0, c0) = (std::time::Instant::now(), cpu());
+        let loaded = rt.block_on(async {
+            let (store, thread) = Store::open(dir.path()).expect("open");
+            let loaded = store.load_sessions().await.expect("load");
+            thread.close().await;
+            loaded
+        });
+        let (t1, c1) = (std::time::Instant::now(), cpu());
+        let mut router = Router::new(Config::default());
+        router.restore(NOW, loaded.0, loaded.1);
+        let (t2, c2) = (std::time::Instant::now(), cpu());
+        eprintln!(
+            "open+load {:?} (cpu {:?}), restore {:?} (cpu {:?})",
+            t1 - t0,
+            c1 - c0,
+            t2 - t1,
+            c2 - c1
+        );
+        drop(router);
+    }
     let mut g = c.benchmark_group("sessions");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
     g.bench_function("restart_10k_sessions_x_100_messages", |b| {

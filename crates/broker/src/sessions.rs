@@ -33,7 +33,7 @@
 //! (no query per session): 10,000 sessions holding 100 messages each load and restore in well
 //! under a second (BENCHMARKS.md, "Persistent sessions").
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::future::Future;
 use std::sync::Arc;
 
@@ -54,6 +54,11 @@ pub type Loaded = (Vec<RestoredSession>, Vec<Arc<Message>>);
 pub trait SessionQueries {
     /// Applies the router's writes in one unit of the next group commit; returns after the commit
     /// (then the shell calls `storage_committed` with the number of the last one).
+    ///
+    /// The database must hold a prefix of the router's writes, so the shell keeps one call in
+    /// flight at a time (what the router writes meanwhile goes in the next call: that is the
+    /// group commit). On an error nothing of the call was kept (its savepoint rolled back): the
+    /// shell retries the same writes, or stops, but never sends later ones first.
     fn persist(
         &self,
         writes: Vec<StorageWrite>,
@@ -308,9 +313,12 @@ fn insert_message(c: &Connection, m: &Message) -> rusqlite::Result<()> {
 /// subscriptions (in filter order) and its queue (in queue order); retained messages in topic
 /// order (rows from before migration 7 last, with message ids above every stored one).
 pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
-    let mut names = Interner::default();
+    let mut names = Names::default();
     let mut sessions = Vec::new();
-    let mut by_sid: HashMap<i64, usize> = HashMap::new();
+    // Rows come in key order, so lookups are binary searches in sorted vectors: no hashing, and
+    // a queue in message order reads the messages' vector nearly in order (a million-entry hash
+    // map was a third of the load's time).
+    let mut sids: Vec<i64> = Vec::new();
     let mut stmt = c.prepare_cached(
         "SELECT sid, client_id, version, expiry_interval, disconnected_at, will_at, will_topic,
             will_payload, will_qos, will_retain, will_delay, will_properties
@@ -323,7 +331,7 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
             Some(at) => Some((
                 instant(at),
                 Will {
-                    topic: names.get(r.get_ref(6)?.as_str()?),
+                    topic: names.topics.get(r.get_ref(6)?.as_str()?),
                     payload: Bytes::copy_from_slice(r.get_ref(7)?.as_blob()?),
                     qos: qos(r, 8)?,
                     retain: r.get(9)?,
@@ -332,7 +340,7 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
                 },
             )),
         };
-        by_sid.insert(r.get::<_, i64>(0)?, sessions.len());
+        sids.push(r.get(0)?);
         sessions.push(RestoredSession {
             client_id: r.get_ref(1)?.as_str()?.into(),
             version: match r.get::<_, u8>(2)? {
@@ -348,12 +356,13 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
             incoming_qos2: Vec::new(),
         });
     }
+    let session = |sid: i64| sids.binary_search(&sid).ok();
     let mut stmt = c.prepare_cached(
         "SELECT sid, filter, options, sub_id FROM session_subscriptions ORDER BY sid, filter",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        if let Some(&i) = by_sid.get(&r.get::<_, i64>(0)?) {
+        if let Some(i) = session(r.get(0)?) {
             let options = options_from_byte(r.get(2)?).ok_or_else(|| out_of_range(2, 0))?;
             sessions[i]
                 .subscriptions
@@ -364,32 +373,42 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
         c.prepare_cached("SELECT sid, pkid FROM session_qos2_received ORDER BY sid, pkid")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        if let Some(&i) = by_sid.get(&r.get::<_, i64>(0)?) {
+        if let Some(i) = session(r.get(0)?) {
             sessions[i].incoming_qos2.push(r.get(1)?);
         }
     }
-    let mut messages: HashMap<i64, Arc<Message>> = HashMap::new();
+    let mut messages: Vec<(i64, Arc<Message>)> = Vec::new();
     let mut stmt = c.prepare_cached(
         "SELECT id, topic, payload, qos, retain, expires_at, publisher, properties
-         FROM session_messages",
+         FROM session_messages ORDER BY id",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
-        messages.insert(id, Arc::new(message(r, id as u64, &mut names)?));
+        messages.push((id, Arc::new(message(r, id as u64, &mut names)?)));
     }
+    // Queue rows mostly follow message order (messages are queued as they arrive): the entry
+    // after the last one found is tried before a search.
+    let mut last = 0;
+    let mut message_of = |id: i64| {
+        let i = match messages.get(last + 1) {
+            Some(m) if m.0 == id => last + 1,
+            _ => messages.binary_search_by_key(&id, |m| m.0).ok()?,
+        };
+        last = i;
+        Some(messages[i].1.clone())
+    };
     let mut stmt = c.prepare_cached(
         "SELECT sid, message_id, qos, retain, sub_ids, pkid, released
          FROM session_queue ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let (sid, id) = (r.get::<_, i64>(0)?, r.get::<_, i64>(1)?);
-        let (Some(&i), Some(m)) = (by_sid.get(&sid), messages.get(&id)) else {
+        let (Some(i), Some(m)) = (session(r.get(0)?), message_of(r.get(1)?)) else {
             continue;
         };
         sessions[i].messages.push(RestoredMessage {
-            message: m.clone(),
+            message: m,
             qos: qos(r, 2)?,
             retain: r.get(3)?,
             subscription_ids: decode_sub_ids(r.get_ref(4)?.as_blob_or_null()?),
@@ -397,7 +416,7 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
             released: r.get(6)?,
         });
     }
-    let mut next_id = messages.keys().max().map_or(1, |m| m + 1);
+    let mut next_id = messages.last().map_or(1, |m| m.0 + 1);
     let mut retained = Vec::new();
     let mut stmt = c.prepare_cached(
         "SELECT id, topic, payload, qos, 1, expires_at, publisher, properties
@@ -424,31 +443,44 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
 
 /// A message from a row of `id, topic, payload, qos, retain, expires_at, publisher, properties`
 /// (`session_messages`, or `retained` with `id` given).
-fn message(r: &Row<'_>, id: u64, names: &mut Interner) -> rusqlite::Result<Message> {
+fn message(r: &Row<'_>, id: u64, names: &mut Names) -> rusqlite::Result<Message> {
     Ok(Message {
         id,
-        topic: names.get(r.get_ref(1)?.as_str()?),
+        topic: names.topics.get(r.get_ref(1)?.as_str()?),
         payload: Bytes::copy_from_slice(r.get_ref(2)?.as_blob()?),
         qos: qos(r, 3)?,
         retain: r.get(4)?,
         expires_at: r.get::<_, Option<i64>>(5)?.map(instant),
-        publisher: names.get(r.get_ref(6)?.as_str()?),
+        publisher: names.clients.get(r.get_ref(6)?.as_str()?),
         properties: properties(r, 7)?,
     })
 }
 
-/// One `Arc<str>` per distinct topic or client id loaded (a session's 100 messages on one topic
-/// share it), so a large restore allocates per name, not per row.
+/// Names shared by many rows.
 #[derive(Default)]
-struct Interner(HashSet<Arc<str>>);
+struct Names {
+    topics: Interner,
+    clients: Interner,
+}
+
+/// One `Arc<str>` per distinct topic or client id loaded (a session's 100 messages on one topic
+/// share it), so a large restore allocates per name, not per row. Consecutive rows often repeat
+/// a name: the last one is checked before the set.
+#[derive(Default)]
+struct Interner(HashSet<Arc<str>>, Option<Arc<str>>);
 
 impl Interner {
     fn get(&mut self, s: &str) -> Arc<str> {
+        if let Some(a) = self.1.as_ref().filter(|a| ***a == *s) {
+            return a.clone();
+        }
         if let Some(a) = self.0.get(s) {
+            self.1 = Some(a.clone());
             return a.clone();
         }
         let a: Arc<str> = s.into();
         self.0.insert(a.clone());
+        self.1 = Some(a.clone());
         a
     }
 }
