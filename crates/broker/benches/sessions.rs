@@ -89,7 +89,12 @@ fn restore(c: &mut Criterion) {
     for _ in 0..3 {
         let cpu = || {
             let stat = std::fs::read_to_string("/proc/self/stat").unwrap_or_default();
-            let f: Vec<&str> = stat.rsplit(')').next().unwrap_or("").split_whitespace().collect();
+            let f: Vec<&str> = stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .split_whitespace()
+                .collect();
             let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
             Duration::from_millis((ticks(11) + ticks(12)) * 10)
         };
