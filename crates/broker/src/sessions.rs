@@ -4,14 +4,14 @@
 //! # What is durable, and when
 //!
 //! The router core numbers its [`StorageWrite`]s; the shell drains them (`poll_storage`), hands
-//! them to [`apply`] inside one [`Store::transact`] unit (so they share the store's next group
+//! them to `apply` inside one [`Store::transact`] unit (so they share the store's next group
 //! commit with whatever else is waiting: one `fsync` for all), and only when that commit returned
 //! calls `storage_committed` with the highest number. The core holds back what must not go out
 //! before its write is durable: a publisher's PUBACK/PUBREC until the messages it queued for
 //! persistent sessions (and a retained message) are committed, PUBCOMP until the release of its
 //! packet id is, the first PUBLISH of a stored QoS 2 delivery until its packet id is, and the
 //! PUBREL after a PUBREC until that PUBREC is. After kill -9 the database holds a prefix of the
-//! writes, so [`load`] gives a state the router really was in, and `Router::restore` continues
+//! writes, so `load` gives a state the router really was in, and `Router::restore` continues
 //! from it: nothing acknowledged is lost and nothing QoS 2 is delivered twice.
 //!
 //! # Tables
@@ -24,12 +24,12 @@
 //! publisher). Times are the shell's `Instant`s, wall-clock Unix milliseconds.
 //!
 //! The shell calls [`SessionQueries::persist`] (a unit of its own in the next group commit) or,
-//! to put the router's writes in one unit with other work, [`apply`] inside its own
-//! [`Store::transact`]; at startup [`SessionQueries::load_sessions`] (or [`load`]). rusqlite's
+//! to put the router's writes in one unit with other work, `apply` inside its own
+//! [`Store::transact`]; at startup [`SessionQueries::load_sessions`] (or `load`). rusqlite's
 //! types stay in this module and `queries.rs`.
 //!
 //! The write path prepares every statement once per connection (`prepare_cached`) and writes a
-//! message that many sessions queue in one batch once. [`load`] reads each table in one scan
+//! message that many sessions queue in one batch once. `load` reads each table in one scan
 //! (no query per session): 10,000 sessions holding 100 distinct messages each take about a second
 //! of CPU to load and restore (BENCHMARKS.md, "Persistent sessions: restart").
 
