@@ -47,7 +47,7 @@ use rusqlite::types::ValueRef;
 use rusqlite::{params, Connection, OptionalExtension, Row};
 use serde::{Deserialize, Serialize};
 
-/// What [`load`] gives: the sessions and the retained messages, as `Router::restore` takes them.
+/// What `load` gives: the sessions and the retained messages, as `Router::restore` takes them.
 pub type Loaded = (Vec<RestoredSession>, Vec<Arc<Message>>);
 
 /// The router's persistent state through the store's owner thread.
