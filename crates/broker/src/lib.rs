@@ -18,14 +18,14 @@
 //! Handling), subscription identifiers, shared subscriptions, topic aliases, message expiry,
 //! wills with delay, the client's Receive Maximum and Maximum Packet Size, the server's Receive
 //! Maximum (100), Maximum Packet Size (`max_payload_size` + 128 KiB), Topic Alias Maximum (64) and,
-//! when configured, Server Keep Alive. Persistent sessions are kept across reconnects; across a
-//! restart once branch `router-durable`'s tables are behind `persist`.
+//! when configured, Server Keep Alive. Persistent sessions are kept across reconnects and
+//! restarts (`sessions`: SQLite, committed before the acknowledgements that depend on them).
 //!
 //! Components inside the gateway are router clients too, through [`Broker::bus`] ([`bus`]), never
 //! through a loopback socket. Also here: [`tap`] (durable taps), [`reply`] (where a sync
 //! invocation's answer may go: checked by the connection layer and by the functions component),
 //! [`namespace`] (Grove's name rules), the `[broker]` section ([`config`]), the broker's counters
-//! ([`metrics`]) and its table of retained messages (`queries`).
+//! ([`metrics`]) and [`sessions`]: the core's persistent sessions and retained messages in SQLite.
 //!
 //! Architecture invariant: this crate depends on `grove-router`, `grove-store`, `grove-auth`,
 //! `grove-config` and `grove-rules` (the pure SQL crate's topic matcher) and nothing else of
@@ -43,11 +43,11 @@ mod connection;
 pub mod metrics;
 pub mod namespace;
 mod persist;
-mod queries;
 mod relay;
 pub mod reply;
 mod router_task;
 mod server;
+pub mod sessions;
 pub mod tap;
 mod translate;
 

@@ -28,10 +28,13 @@
 //!   whatever accumulated while the previous one was committing);
 //! * sleep until `poll_timeout()` and call `handle_timeout(now)`;
 //! * at startup, before the first connection: `restore(now, sessions, retained)` from SQLite
-//!   ([`MemoryStore`] shows what the writes mean).
+//!   ([`MemoryStore`] shows what the writes mean), then drain `poll_storage` as above (the
+//!   restore writes too: sessions that expired while the gateway was down, wills that fell due).
 //!
 //! Time is an [`Instant`] the shell passes in (milliseconds); nothing in the crate reads a clock,
-//! so tests run on a virtual clock.
+//! so tests run on a virtual clock. A shell that persists sessions passes wall-clock Unix
+//! milliseconds, so that the times in its stored state (disconnects, wills, message expiry) keep
+//! their meaning across a restart.
 //!
 //! ```
 //! use grove_router::*;
@@ -128,16 +131,18 @@
 //! # What is durable
 //!
 //! See [`storage`]: sessions that outlive their connection (v5 Session Expiry > 0, 3.1.1 Clean
-//! Session 0) with their subscriptions and queued/inflight QoS 1/2 deliveries, and retained
+//! Session 0) with their subscriptions, queued and inflight QoS 1/2 deliveries (with the packet id
+//! each was sent with and whether the client's PUBREC came), inbound QoS 2 packet ids not yet
+//! released, the time the connection ended and the will waiting for its delay; and retained
 //! messages. A publisher's PUBACK/PUBREC waits until every write its message caused is committed
 //! ([`Router::storage_committed`]); a message that reaches only non-persistent sessions (from a
-//! non-persistent publisher) is acked at once. Removals (acknowledged, expired, dropped) are written too but hold nothing back: a crash
-//! before they commit means a redelivery, never a loss. Inbound QoS 2 packet ids of persistent
-//! sessions are durable too (PUBREC and PUBCOMP wait for them), so exactly-once inbound survives
-//! a restart. Not durable: QoS 0 deliveries, outbound packet ids (after a restart queued messages are sent again with new ids, so
-//! a QoS 2 message inflight at the crash may arrive twice), the will of a disconnected session (a
-//! restart drops pending wills), and the disconnect time (a restored session gets its full expiry
-//! interval again).
+//! non-persistent publisher) is acked at once. The first PUBLISH of a stored QoS 2 delivery waits
+//! for its packet id to be committed, and the PUBREL after its PUBREC for that PUBREC, so after
+//! kill -9 a QoS 2 delivery is resent with its packet id and DUP or continued with PUBREL, never
+//! delivered twice. Removals (acknowledged, expired, dropped) are written too but hold nothing
+//! back: a crash before they commit means a redelivery, never a loss. After a restart a session
+//! expires its interval after its disconnect (downtime included), and a pending will is published
+//! at its time. Not durable: QoS 0 deliveries, and the will of a client connected at the crash.
 //!
 //! # Left to the shell
 //!
@@ -149,7 +154,8 @@
 //! ordinary clients through the shell: the core gives no client id or topic prefix any meaning.
 //!
 //! Architecture invariant: this crate depends on nothing of Grove's, does no IO and never reads
-//! the clock (time comes in as [`Instant`]); `grove-broker`'s router task is its shell.
+//! the clock (time comes in as [`Instant`]); `grove-broker`'s router task is its shell, and
+//! `grove-broker`'s `sessions.rs` stores its writes in SQLite.
 #![forbid(unsafe_code)]
 
 pub mod config;

@@ -11,9 +11,11 @@ use bytes::Bytes;
 use std::sync::Arc;
 
 /// A point on the shell's clock, in milliseconds. The core never reads a clock: every call that
-/// depends on time takes one of these. For persistent sessions the shell should use wall-clock
-/// Unix milliseconds, so that message expiry deadlines stored in SQLite stay meaningful after a
-/// restart.
+/// depends on time takes one of these. For persistent sessions the shell must use wall-clock
+/// Unix milliseconds: the storage writes carry these instants as they are (a disconnect time, a
+/// will's due time, a message's expiry), so they keep their meaning after a restart. (A monotonic
+/// clock would not survive the restart; the one cost of the wall clock is that a clock step moves
+/// those deadlines with it.)
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Instant(pub u64);
 

@@ -74,6 +74,10 @@ enum Flight {
     Sent,
     /// PUBREC received, PUBREL to be (re)sent.
     RelUnsent,
+    /// PUBREC received on a stored delivery; the PUBREL waits for the commit of that fact
+    /// (`Inflight::gate`), so a restart never resends the PUBLISH the client already holds.
+    /// Counts in the window.
+    RelGated,
     /// PUBREL sent, waiting for PUBCOMP.
     RelSent,
 }
@@ -83,6 +87,12 @@ struct Inflight {
     q: Queued,
     pkid: u16,
     state: Flight,
+    /// Storage write that must be committed before this entry's next packet may go (0: none):
+    /// the `PacketId` of a stored QoS 2 message's first PUBLISH, the `PubRecReceived` of a
+    /// PUBREL.
+    gate: u64,
+    /// The PUBLISH was sent before (or may have been, after a restart): resent with DUP.
+    dup: bool,
 }
 
 /// Per-connection state (dropped when the connection goes; the session stays).
@@ -117,6 +127,8 @@ struct Session {
     inflight: VecDeque<Inflight>,
     /// Sent and unacknowledged entries of `inflight` (bounded by the Receive Maximum).
     window: u16,
+    /// Entries of `inflight` in state `RelGated`.
+    rel_gated: u16,
     next_pkid: u16,
     /// QoS 2 packet ids received and not yet released (4.3.3).
     incoming_qos2: HashSet<u16>,
@@ -141,6 +153,7 @@ impl Session {
             queue_bytes: 0,
             inflight: VecDeque::new(),
             window: 0,
+            rel_gated: 0,
             next_pkid: 0,
             incoming_qos2: HashSet::new(),
             conn: None,
@@ -221,6 +234,9 @@ pub struct Router {
     store: Store,
     /// Publisher acks waiting for a storage commit: (write number, connection, ack).
     held: VecDeque<(u64, ConnId, Outbound)>,
+    /// Sessions with an inflight entry gated on a write (`Inflight::gate`), to wake at its
+    /// commit: (write number, client), in write order.
+    gated: VecDeque<(u64, Arc<str>)>,
     next_msg_id: u64,
     next_client_id: u64,
     filter: Option<DeliveryFilter>,
@@ -256,6 +272,7 @@ impl Router {
             finals: HashMap::new(),
             store: Store::default(),
             held: VecDeque::new(),
+            gated: VecDeque::new(),
             next_msg_id: 1,
             next_client_id: 1,
             filter: None,
@@ -412,12 +429,13 @@ impl Router {
             .entry(client.clone())
             .or_insert_with(|| Session::new(c.version, expiry));
         session.version = c.version;
-        let changed = session.expiry != expiry;
         session.expiry = expiry;
         session.will = c.will;
         session.will_at = None;
         session.expires_at = None;
-        if session.persistent() && (!session.stored || changed) {
+        // Written at every connection of a persistent session: the record says it is connected
+        // (no disconnect time, no pending will: a reconnection cancels it [MQTT-3.1.3-9]).
+        if session.persistent() {
             session.stored = true;
             self.store.write(StorageWrite::Session {
                 client_id: client.clone(),
@@ -439,10 +457,11 @@ impl Router {
         for f in session.inflight.iter_mut() {
             f.state = match f.state {
                 Flight::Sent | Flight::Unsent => Flight::Unsent,
-                Flight::RelSent | Flight::RelUnsent => Flight::RelUnsent,
+                Flight::RelSent | Flight::RelUnsent | Flight::RelGated => Flight::RelUnsent,
             };
         }
         session.window = 0;
+        session.rel_gated = 0;
         let mut conn_state = Conn {
             id: conn,
             receive_max: if v5 {
@@ -529,9 +548,11 @@ impl Router {
             let sent = s
                 .inflight
                 .iter()
-                .filter(|f| matches!(f.state, Flight::Sent | Flight::RelSent))
+                .filter(|f| matches!(f.state, Flight::Sent | Flight::RelSent | Flight::RelGated))
                 .count();
             assert_eq!(sent, usize::from(s.window), "window of {client}");
+            let gated = s.inflight.iter().filter(|f| f.state == Flight::RelGated);
+            assert_eq!(gated.count(), usize::from(s.rel_gated), "PUBRELs gated");
             if let Some(c) = &s.conn {
                 assert!(
                     s.window <= c.receive_max,

@@ -791,6 +791,7 @@ fn restore_after_restart() {
     h2.r.restore(h2.now, store.sessions, store.retained);
     let (s, ack) = h2.connect(persistent("s", 1000));
     assert!(ack.session_present);
+    h2.commit_all();
     let d = h2.deliveries(s);
     assert_eq!(payloads(&d), ["a", "b"]);
     assert_eq!(d[1].subscription_ids, [5]);
@@ -1083,20 +1084,28 @@ fn idle_connection_state_is_small() {
 }
 
 /// [MQTT-4.4.0-1]: on reconnect, an outbound QoS 2 message past PUBREC gets its PUBREL again
-/// (same packet id), and one not yet acknowledged is resent with DUP and its original id.
+/// (same packet id), and one not yet acknowledged is resent with DUP and its original id. To a
+/// persistent session the first PUBLISH waits for its stored packet id and the PUBREL for the
+/// stored PUBREC (issue 14: so that kill -9 cannot turn either into a second delivery).
 #[test]
 fn qos2_outbound_resumes_after_reconnect() {
     let mut h = H::new();
     let (s, p) = h.subscriber_and_publisher(persistent("s", 100), Q2);
     h.pub_(p, "t", "a", Q2);
     h.pub_(p, "t", "b", Q2);
+    assert!(h.deliveries(s).is_empty(), "packet ids not durable yet");
+    h.commit_all();
     let d = h.deliveries(s);
     assert_eq!(d.len(), 2);
+    assert!(d.iter().all(|d| !d.dup), "first attempts [MQTT-3.3.1-1]");
     let a = Ack {
         pkid: d[0].pkid,
         reason: 0,
     };
     h.r.handle(h.now, s, Inbound::PubRec(a));
+    assert!(h.take(s).is_empty(), "PUBREL waits for the stored PUBREC");
+    h.commit_all();
+    assert_eq!(h.take(s), [Outbound::PubRel(a)]);
     h.r.connection_lost(h.now, s);
     let (s, ack) = h.connect(persistent("s", 100));
     assert!(ack.session_present);
@@ -1196,6 +1205,7 @@ fn qos2_inbound_exactly_once_survives_restart() {
     assert!(ack.session_present);
     h.publish(p, Publish { dup: true, ..m });
     assert!(h.deliveries(s).is_empty(), "not routed twice");
+    h.commit_all();
     assert_eq!(h.take(p), [Outbound::PubRec(Ack { pkid: 5, reason: 0 })]);
     h.r.handle(h.now, p, Inbound::PubRel(Ack { pkid: 5, reason: 0 }));
     assert!(h.take(p).is_empty(), "PUBCOMP waits for the stored release");
@@ -1211,4 +1221,162 @@ fn qos2_inbound_exactly_once_survives_restart() {
 fn router_is_send() {
     fn assert_send<T: Send>() {}
     assert_send::<Router>();
+}
+
+/// The shell's group commit into `store`.
+fn commit_to(h: &mut H, store: &mut MemoryStore) {
+    for w in h.commit_all() {
+        store.apply(w);
+    }
+}
+
+/// kill -9 and restart: everything committed so far (the shell's group commit of every write)
+/// is what the new router gets; `down` seconds pass while the gateway is down.
+fn restart(h: &mut H, store: &mut MemoryStore, down: u64) -> H {
+    commit_to(h, store);
+    let mut h2 = H::new();
+    h2.now = h.now.plus_millis(down * 1000);
+    h2.r.restore(h2.now, store.sessions.clone(), store.retained.clone());
+    commit_to(&mut h2, store);
+    h2
+}
+
+/// [MQTT-4.4.0-1] and 4.3.3 across kill -9: a QoS 2 delivery the client PUBREC'd is continued
+/// with PUBREL under its packet id, never sent again as PUBLISH; one not yet acknowledged is
+/// resent with its original packet id and DUP; a QoS 1 one likewise. So a client keeping packet
+/// ids until PUBREL (method B) delivers each once.
+#[test]
+fn outbound_inflight_state_survives_restart() {
+    let mut h = H::new();
+    let mut store = MemoryStore::default();
+    let (s, p) = h.subscriber_and_publisher(persistent("s", 100), Q2);
+    h.pub_(p, "t", "released", Q2);
+    h.pub_(p, "t", "unacked", Q2);
+    h.pub_(p, "t", "qos1", Q1);
+    assert!(
+        h.deliveries(s).is_empty(),
+        "behind the QoS 2 packet ids being stored"
+    );
+    commit_to(&mut h, &mut store);
+    let d = h.deliveries(s);
+    assert_eq!(payloads(&d), ["released", "unacked", "qos1"]);
+    let rec = Ack {
+        pkid: d[0].pkid,
+        reason: 0,
+    };
+    h.r.handle(h.now, s, Inbound::PubRec(rec));
+    commit_to(&mut h, &mut store);
+    assert_eq!(h.take(s), [Outbound::PubRel(rec)]);
+    let mut h = restart(&mut h, &mut store, 5);
+    let (s, ack) = h.connect(persistent("s", 100));
+    assert!(ack.session_present);
+    let out = h.take(s);
+    assert_eq!(out[0], Outbound::PubRel(rec), "PUBREL, not PUBLISH");
+    for (packet, want) in out[1..].iter().zip(&d[1..]) {
+        match packet {
+            Outbound::Publish(x) => assert!(
+                x.dup && x.pkid == want.pkid && x.message.payload == want.message.payload,
+                "resent with its packet id and DUP: {x:?}"
+            ),
+            other => panic!("expected a resent PUBLISH, got {other:?}"),
+        }
+    }
+    assert_eq!(out.len(), 3);
+    h.r.handle(h.now, s, Inbound::PubComp(rec));
+    let unacked = Ack {
+        pkid: d[1].pkid,
+        reason: 0,
+    };
+    h.r.handle(h.now, s, Inbound::PubRec(unacked));
+    h.ack(s, &d[2]);
+    h.commit_all();
+    assert_eq!(h.take(s), [Outbound::PubRel(unacked)]);
+    h.r.handle(h.now, s, Inbound::PubComp(unacked));
+    h.commit_all();
+    assert_eq!(h.r.session_backlog("s"), Some((0, 0)));
+}
+
+/// 4.3.3 across kill -9 before the packet id of a QoS 2 delivery is committed: it was not sent
+/// (the PUBLISH waits for the commit), so after the restart it goes out as a first attempt.
+#[test]
+fn qos2_publish_waits_for_its_packet_id_across_a_crash() {
+    let mut h = H::new();
+    let mut store = MemoryStore::default();
+    let (s, p) = h.subscriber_and_publisher(persistent("s", 100), Q2);
+    h.pub_(p, "t", "m", Q2);
+    // The message is committed (the publisher's PUBREC), its packet id is written...
+    while let Some((seq, w)) = h.r.poll_storage() {
+        store.apply(w);
+        h.r.storage_committed(seq);
+    }
+    assert!(h.deliveries(s).is_empty());
+    // ...and lost: kill -9 before the next commit.
+    let _lost: Vec<_> = std::iter::from_fn(|| h.r.poll_storage()).collect();
+    let mut h2 = H::new();
+    h2.now = h.now;
+    h2.r.restore(h2.now, store.sessions.clone(), store.retained.clone());
+    let (s, _) = h2.connect(persistent("s", 100));
+    h2.commit_all();
+    let d = h2.deliveries(s);
+    assert_eq!(payloads(&d), ["m"]);
+    assert!(!d[0].dup, "never sent before");
+}
+
+/// 3.1.2.11.2 across a restart: a session expires its interval after its connection ended, not
+/// after the restart: one that expired while the gateway was down is gone, one that has time
+/// left expires on time, one whose client was connected at the crash gets its full interval
+/// from the restart.
+#[test]
+fn session_expiry_counts_from_the_disconnect_across_restart() {
+    let mut h = H::new();
+    let mut store = MemoryStore::default();
+    for (id, expiry) in [("short", 10), ("long", 100), ("online", 10)] {
+        let (c, _) = h.connect(persistent(id, expiry));
+        h.sub(c, "t", opts(Q1), None);
+        if id != "online" {
+            h.r.connection_lost(h.now, c);
+        }
+    }
+    let mut h = restart(&mut h, &mut store, 30);
+    assert!(!h.r.has_session("short"), "expired while down");
+    assert!(store.sessions.iter().all(|s| &*s.client_id != "short"));
+    assert_eq!(h.r.stats().sessions_expired, 1);
+    h.advance(60);
+    assert!(h.r.has_session("long"));
+    assert!(!h.r.has_session("online"), "10 s after the restart");
+    h.advance(11);
+    assert!(!h.r.has_session("long"), "100 s after its disconnect");
+}
+
+/// 3.1.3.2.2 and [MQTT-3.1.3-9] across a restart: a will waiting for its delay is published at
+/// its time after a restart (at the restore when that time passed while the gateway was down),
+/// and not if the client reconnects first.
+#[test]
+fn pending_wills_survive_restart() {
+    let mut h = H::new();
+    let mut store = MemoryStore::default();
+    let (w, _) = h.connect(c5("watcher"));
+    h.sub(w, "will/+", opts(Q1), None);
+    for (id, delay) in [("due-while-down", 5), ("due-later", 60), ("returns", 60)] {
+        let (c, _) = h.connect(Connect {
+            will: Some(will(&format!("will/{id}"), delay)),
+            ..persistent(id, 1000)
+        });
+        h.r.connection_lost(h.now, c);
+    }
+    let mut h = restart(&mut h, &mut store, 10);
+    let (w, _) = h.connect(c5("watcher"));
+    h.sub(w, "will/+", opts(Q1), None);
+    // The restore published the will that fell due while down, before any client was back.
+    assert_eq!(h.r.stats().wills_published, 1);
+    h.connect(persistent("returns", 1000));
+    h.advance(60);
+    assert_eq!(payloads(&h.deliveries(w)), ["gone"]);
+    assert_eq!(h.r.stats().wills_published, 2);
+    let h = restart(&mut h, &mut store, 100);
+    assert_eq!(
+        h.r.stats().wills_published,
+        0,
+        "published wills are not stored"
+    );
 }

@@ -1,14 +1,24 @@
 //! Property test: random operation sequences (connect, disconnect, connection loss, subscribe
 //! with No Local and retained messages, unsubscribe, publish (retained, and empty retained),
-//! time, restart from storage) run through the router and through a small reference model
-//! written independently of it (brute-force filter matching over a list, plain `VecDeque`
-//! queues). After every operation the deliveries each client has received must be the model's
-//! (which messages, which QoS, in order), and after a restart (kill -9: only committed storage
-//! writes survive) every QoS 1/2 message acknowledged to its publisher for a persistent session,
-//! and every retained message, must still be there.
+//! time, restart from storage after some downtime) run through the router and through a small
+//! reference model written independently of it (brute-force filter matching over a list, plain
+//! `VecDeque` queues). After every operation the deliveries each client has received must be the
+//! model's (which messages, which QoS, in order), and after a restart (kill -9: only committed
+//! storage writes survive) every QoS 1/2 message acknowledged to its publisher for a persistent
+//! session, and every retained message, must still be there (nothing acknowledged is lost), and
+//! sessions expire their interval after their disconnect, downtime included (3.1.2.11.2).
 //!
-//! Clients ack everything at once and the router's windows and queues are unbounded here: the
-//! model checks routing and sessions; windows, drops and the rest have unit tests.
+//! Clients behave as MQTT clients do: a QoS 2 receiver keeps each packet id from PUBLISH to PUBREL
+//! and hands a PUBLISH to its application only if it does not hold that id (4.3.3, method B), and
+//! forgets them when it gets no session back. One client (`SLOW`) answers PUBLISH with PUBREC at
+//! once but holds its PUBACKs and PUBCOMPs until an `Ack` operation, so restarts and reconnects
+//! find QoS 1 deliveries unacknowledged and QoS 2 ones between PUBREC and PUBCOMP: they must be
+//! resent with their packet ids and DUP, and continued with PUBREL [MQTT-4.4.0-1], so that no QoS 2
+//! message reaches an application twice (checked on every delivery) and a resent QoS 1 message
+//! (DUP) is the only duplicate (left out of the comparison).
+//!
+//! The router's windows and queues are unbounded here: the model checks routing and sessions;
+//! windows, drops and the rest have unit tests.
 
 use grove_router::*;
 use proptest::prelude::*;
@@ -49,13 +59,21 @@ enum Op {
     Advance {
         secs: u8,
     },
-    Restart,
+    /// kill -9, `down` seconds without a gateway, restart from what was committed.
+    Restart {
+        down: u8,
+    },
+    /// The slow client sends the acknowledgements it held.
+    Ack,
 }
 
 fn op() -> impl Strategy<Value = Op> {
     let c = 0..CLIENTS.len();
     prop_oneof![
-        3 => (c.clone(), any::<bool>(), any::<bool>()).prop_map(|(c, clean, persistent)| Op::Connect(c, clean, persistent)),
+        // The slow client always resumes its persistent session, so that restarts find its
+        // deliveries inflight.
+        3 => (c.clone(), any::<bool>(), any::<bool>())
+            .prop_map(|(c, clean, persistent)| Op::Connect(c, clean && c != SLOW, persistent || c == SLOW)),
         1 => c.clone().prop_map(|c| Op::Disconnect { c }),
         1 => c.clone().prop_map(|c| Op::Lost { c }),
         3 => (c.clone(), 0..FILTERS.len(), 0..3u8, any::<bool>()).prop_map(|(c, f, qos, nl)| Op::Subscribe { c, f, qos, nl: nl && version(c) == Version::V5 }),
@@ -63,11 +81,15 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (c, 0..TOPICS.len(), 0..3u8, prop_oneof![4 => Just(0u8), 1 => Just(1), 1 => Just(2)])
             .prop_map(|(c, t, qos, retain)| Op::Publish { c, t, qos, retain }),
         1 => (0..60u8).prop_map(|secs| Op::Advance { secs }),
-        1 => Just(Op::Restart),
+        1 => prop_oneof![Just(0u8), 0..80u8].prop_map(|down| Op::Restart { down }),
+        1 => Just(Op::Ack),
     ]
 }
 
 const EXPIRY: u32 = 50;
+
+/// The client that holds its PUBACKs and PUBCOMPs until `Op::Ack`.
+const SLOW: usize = 3;
 
 fn qos(q: u8) -> QoS {
     match q {
@@ -222,16 +244,22 @@ impl Model {
                 self.sessions
                     .retain(|_, s| s.online || s.expires_at.is_none_or(|e| e > now));
             }
-            Op::Restart => {
+            Op::Restart { down } => {
+                // A session connected at the crash lost its connection with the gateway, and
+                // counts its expiry from the restart; the others from their disconnect.
+                self.now += u64::from(down) * 1000;
                 let now = self.now;
                 self.sessions.retain(|_, s| s.persistent);
                 for (c, s) in self.sessions.iter_mut() {
-                    s.online = false;
-                    if version(*c) == Version::V5 {
+                    if s.online && version(*c) == Version::V5 {
                         s.expires_at = Some(now + u64::from(EXPIRY) * 1000);
                     }
+                    s.online = false;
                 }
+                self.sessions
+                    .retain(|_, s| s.expires_at.is_none_or(|e| e > now));
             }
+            Op::Ack => {}
         }
     }
 }
@@ -245,7 +273,14 @@ struct Sut {
     next_conn: u64,
     next_pkid: u16,
     store: MemoryStore,
+    /// What each client's application got: (payload, QoS).
     delivered: HashMap<usize, Vec<(String, u8)>>,
+    /// Each client's QoS 2 packet ids between PUBLISH and PUBREL (4.3.3, method B).
+    qos2_held: HashMap<usize, std::collections::HashSet<u16>>,
+    /// Payloads of the live QoS 2 messages each client's application got.
+    qos2_got: HashMap<usize, std::collections::HashSet<String>>,
+    /// The slow client's held PUBACKs and PUBCOMPs.
+    withheld: Vec<Inbound>,
 }
 
 fn config() -> Config {
@@ -267,7 +302,42 @@ impl Sut {
             next_pkid: 0,
             store: MemoryStore::default(),
             delivered: HashMap::new(),
+            qos2_held: HashMap::new(),
+            qos2_got: HashMap::new(),
+            withheld: Vec::new(),
         }
+    }
+
+    /// A PUBACK or PUBCOMP from client `c`: at once, or held by the slow client.
+    fn ack(&mut self, c: usize, conn: ConnId, packet: Inbound) {
+        if c == SLOW {
+            self.withheld.push(packet);
+        } else {
+            self.r.handle(self.now, conn, packet);
+        }
+    }
+
+    /// A PUBLISH reaches client `c`: its application gets it unless it is a QoS 2 packet id the
+    /// client holds, or a resent QoS 1 message (DUP) it already has.
+    fn receive(&mut self, c: usize, d: &Delivery) {
+        let payload: String = String::from_utf8_lossy(&d.message.payload).into();
+        let got = self.delivered.entry(c).or_default();
+        let new = match d.qos {
+            QoS::AtMostOnce => true,
+            QoS::AtLeastOnce => !(d.dup && got.iter().any(|(p, _)| *p == payload)),
+            QoS::ExactlyOnce => self.qos2_held.entry(c).or_default().insert(d.pkid),
+        };
+        if !new {
+            return;
+        }
+        if d.qos == QoS::ExactlyOnce && !d.retain {
+            assert!(
+                self.qos2_got.entry(c).or_default().insert(payload.clone()),
+                "QoS 2 message {payload} delivered twice to {}",
+                CLIENTS[c]
+            );
+        }
+        got.push((payload, d.qos as u8));
     }
 
     fn client_of(&self, conn: ConnId) -> Option<usize> {
@@ -294,26 +364,28 @@ impl Sut {
                         continue;
                     };
                     match p {
+                        Outbound::ConnAck(a) if !a.session_present => {
+                            // No session: the client discards its own session state too.
+                            self.qos2_held.remove(&c);
+                        }
                         Outbound::Publish(d) => {
                             let a = Ack {
                                 pkid: d.pkid,
                                 reason: 0,
                             };
-                            self.delivered.entry(c).or_default().push((
-                                String::from_utf8_lossy(&d.message.payload).into(),
-                                d.qos as u8,
-                            ));
+                            self.receive(c, &d);
                             match d.qos {
                                 QoS::AtMostOnce => {}
-                                QoS::AtLeastOnce => {
-                                    self.r.handle(self.now, conn, Inbound::PubAck(a))
-                                }
+                                QoS::AtLeastOnce => self.ack(c, conn, Inbound::PubAck(a)),
                                 QoS::ExactlyOnce => {
                                     self.r.handle(self.now, conn, Inbound::PubRec(a))
                                 }
                             }
                         }
-                        Outbound::PubRel(a) => self.r.handle(self.now, conn, Inbound::PubComp(a)),
+                        Outbound::PubRel(a) => {
+                            self.qos2_held.entry(c).or_default().remove(&a.pkid);
+                            self.ack(c, conn, Inbound::PubComp(a));
+                        }
                         Outbound::PubRec(a) => self.r.handle(self.now, conn, Inbound::PubRel(a)),
                         Outbound::Disconnect { .. } => {
                             self.conns.remove(&c);
@@ -330,6 +402,16 @@ impl Sut {
     }
 
     fn apply(&mut self, op: &Op, payload: &str) {
+        // Held acks go with the slow client's connection.
+        if matches!(
+            op,
+            Op::Connect(SLOW, ..)
+                | Op::Disconnect { c: SLOW }
+                | Op::Lost { c: SLOW }
+                | Op::Restart { .. }
+        ) {
+            self.withheld.clear();
+        }
         match *op {
             Op::Connect(c, clean, persistent) => {
                 self.next_conn += 1;
@@ -411,16 +493,24 @@ impl Sut {
                 self.now = self.now.plus_secs(u32::from(secs));
                 self.r.handle_timeout(self.now);
             }
-            Op::Restart => {
+            Op::Restart { down } => {
                 // kill -9: only what was committed survives (settle committed everything that
                 // was written; the acks it released were sent only after that).
                 self.r = Router::new(config());
                 self.conns.clear();
+                self.now = self.now.plus_secs(u32::from(down));
                 self.r.restore(
                     self.now,
                     self.store.sessions.clone(),
                     self.store.retained.clone(),
                 );
+            }
+            Op::Ack => {
+                if let Some(conn) = self.conns.get(&SLOW).copied() {
+                    for p in std::mem::take(&mut self.withheld) {
+                        self.r.handle(self.now, conn, p);
+                    }
+                }
             }
         }
         self.settle();

@@ -11,7 +11,8 @@
 //! back, its caller gets its own error at once, and the rest of the batch commits.
 //!
 //! Each component's queries live with the component, as an extension trait on [`Store`] in its
-//! crate's `queries.rs` (`grove-broker`: retained messages; `grove-shadow`: shadows;
+//! crate (`grove-broker`'s `sessions.rs`: the router's persistent sessions and retained messages;
+//! `grove-shadow`'s `queries.rs`: shadows;
 //! `grove-functions-host`: versions, aliases, key-value state, async events; `grove-cloud`: the
 //! outbox and sync states), run through [`Store::transact`]. The schema's migrations are listed
 //! here, in the one order they run (`user_version` counts them across components, so the list
@@ -119,6 +120,67 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE shadows ADD COLUMN deleted_at INTEGER;
     UPDATE shadows SET deleted_at = json_extract(document, '$.deletedAt')
         WHERE json_valid(document);",
+    // 7: the MQTT router's persistent sessions (grove-broker's `sessions.rs`, issue 14): a session
+    // per client id (`sid` keys the rest; `disconnected_at` NULL while connected; the will waiting
+    // for its delay), its subscriptions (`options`: the SUBSCRIBE options byte, MQTT 5 3.8.3.1),
+    // the queued QoS 1/2 messages (stored once in `session_messages`, referenced by one
+    // `session_queue` row per session in queue order `seq`, with the packet id of its first
+    // PUBLISH and whether the PUBREC came; a message goes with its last reference) and the
+    // inbound QoS 2 packet ids not yet released. Times are Unix milliseconds. Retained messages
+    // keep their table (rows written before this migration keep working: no id, publisher ''),
+    // with the columns the router's messages have besides.
+    "CREATE TABLE sessions (
+        sid             INTEGER PRIMARY KEY NOT NULL,
+        client_id       TEXT NOT NULL UNIQUE,
+        version         INTEGER NOT NULL,
+        expiry_interval INTEGER NOT NULL,
+        disconnected_at INTEGER,
+        will_at         INTEGER,
+        will_topic      TEXT,
+        will_payload    BLOB,
+        will_qos        INTEGER,
+        will_retain     INTEGER,
+        will_delay      INTEGER,
+        will_properties TEXT
+    );
+    CREATE TABLE session_subscriptions (
+        sid     INTEGER NOT NULL,
+        filter  TEXT NOT NULL,
+        options INTEGER NOT NULL,
+        sub_id  INTEGER,
+        PRIMARY KEY (sid, filter)
+    ) WITHOUT ROWID;
+    CREATE TABLE session_messages (
+        id         INTEGER PRIMARY KEY NOT NULL,
+        topic      TEXT NOT NULL,
+        payload    BLOB NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        expires_at INTEGER,
+        publisher  TEXT NOT NULL,
+        properties TEXT
+    );
+    CREATE TABLE session_queue (
+        seq        INTEGER PRIMARY KEY NOT NULL,
+        sid        INTEGER NOT NULL,
+        message_id INTEGER NOT NULL,
+        qos        INTEGER NOT NULL,
+        retain     INTEGER NOT NULL,
+        sub_ids    BLOB,
+        pkid       INTEGER,
+        released   INTEGER NOT NULL DEFAULT 0
+    );
+    CREATE INDEX session_queue_by_session ON session_queue (sid, message_id);
+    CREATE INDEX session_queue_by_message ON session_queue (message_id);
+    CREATE TABLE session_qos2_received (
+        sid  INTEGER NOT NULL,
+        pkid INTEGER NOT NULL,
+        PRIMARY KEY (sid, pkid)
+    ) WITHOUT ROWID;
+    ALTER TABLE retained ADD COLUMN id INTEGER;
+    ALTER TABLE retained ADD COLUMN expires_at INTEGER;
+    ALTER TABLE retained ADD COLUMN publisher TEXT NOT NULL DEFAULT '';
+    ALTER TABLE retained ADD COLUMN properties TEXT;",
 ];
 
 /// Why the store refused or failed.
@@ -161,17 +223,6 @@ impl StoreError {
     fn from_sqlite(e: rusqlite::Error) -> Self {
         StoreError::Sqlite(e.to_string())
     }
-}
-
-/// A retained MQTT message as stored.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RetainedMessage {
-    /// The topic it was published on.
-    pub topic: String,
-    /// Its payload (never empty: an empty retained payload deletes the entry).
-    pub payload: Bytes,
-    /// Its QoS (0 or 1).
-    pub qos: u8,
 }
 
 /// Identifies a shadow: a thing and, for a named shadow, its name.

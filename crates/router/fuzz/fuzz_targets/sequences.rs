@@ -2,7 +2,8 @@
 //! operations on a few clients — connects with any Receive Maximum, Maximum Packet Size and topic
 //! alias settings, publishes with any topic, QoS, alias and expiry, acks with any packet id,
 //! subscribes with any filter and options, disconnects, losses, time, storage commits, restarts
-//! from what was committed — and after each one the router's invariants must hold: no panic,
+//! after some downtime from what was committed (inflight packet ids, pending wills and disconnect
+//! times included) — and after each one the router's invariants must hold: no panic,
 //! inflight never above the client's Receive Maximum, queue, retained and read-pressure byte
 //! counts consistent, statistics never decreasing, and every delivery well formed (QoS <=
 //! published QoS, packet id set iff QoS > 0).
@@ -107,8 +108,10 @@ enum Op {
         secs: u8,
     },
     Commit,
-    /// kill -9 and restart from what was committed.
-    Restart,
+    /// kill -9, `down` seconds without a gateway, and restart from what was committed.
+    Restart {
+        down: u8,
+    },
     Drain {
         c: u8,
         n: u8,
@@ -302,7 +305,8 @@ fuzz_target!(|ops: Vec<Op>| {
                     r.storage_committed(seq);
                 }
             }
-            Op::Restart => {
+            Op::Restart { down } => {
+                now = now.plus_secs(u32::from(*down));
                 r = Router::new(config.clone());
                 r.restore(now, store.sessions.clone(), store.retained.clone());
                 conns.clear();

@@ -193,6 +193,20 @@ impl Router {
         match found {
             // A PUBREC with an error code ends the exchange (4.3.3).
             Some(i) if a.reason >= 0x80 => self.complete(client, i),
+            // A stored delivery: the PUBREL waits until the PUBREC is durable, so that a restart
+            // continues with PUBREL rather than sending the PUBLISH again (4.3.3).
+            Some(i) if s.inflight[i].q.stored => {
+                let f = &mut s.inflight[i];
+                let seq = self.store.write(StorageWrite::PubRecReceived {
+                    client_id: client.clone(),
+                    message_id: f.q.msg.id,
+                    pkid: a.pkid,
+                });
+                f.state = Flight::RelGated;
+                f.gate = seq;
+                s.rel_gated += 1;
+                self.gated.push_back((seq, client.clone()));
+            }
             Some(i) => {
                 s.inflight[i].state = Flight::RelSent;
                 self.push_control(

@@ -84,6 +84,14 @@ impl Router {
             s.expires_at = Some(at);
             self.timers.push(Reverse((at, client.clone())));
         }
+        if expiry != 0 && s.stored {
+            let will = s.will.clone().zip(s.will_at).map(|(w, at)| (at, w));
+            self.store.write(StorageWrite::Disconnected {
+                client_id: client.clone(),
+                at: now,
+                will,
+            });
+        }
         self.reroute(now, client, moved);
         if let Some(w) = publish_will {
             self.publish_will(now, client, w);
@@ -106,11 +114,6 @@ impl Router {
         for full in s.subs.keys() {
             self.remove_from_index(client, full);
         }
-        if s.stored {
-            self.store.write(StorageWrite::SessionDeleted {
-                client_id: client.clone(),
-            });
-        }
         let mut moved: Vec<Queued> = s.queue.drain(..).filter(|q| q.share.is_some()).collect();
         moved.extend(
             s.inflight
@@ -124,6 +127,13 @@ impl Router {
         self.reroute(now, client, moved);
         if let (Some(w), Some(_)) = (s.will.take(), s.will_at) {
             self.publish_will(now, client, w);
+        }
+        // Last: a crash before this commits keeps the session, so the deliveries handed to other
+        // members and the will's are stored before the session that held them is forgotten.
+        if s.stored {
+            self.store.write(StorageWrite::SessionDeleted {
+                client_id: client.clone(),
+            });
         }
     }
 
@@ -202,8 +212,16 @@ impl Router {
             };
             if s.will_at.is_some_and(|w| w <= now) {
                 s.will_at = None;
+                let stored = s.stored;
                 if let Some(w) = s.will.take() {
                     self.publish_will(now, &client, w);
+                    // After the will's deliveries: a crash in between publishes it again (a
+                    // duplicate will rather than none).
+                    if stored {
+                        self.store.write(StorageWrite::WillDone {
+                            client_id: client.clone(),
+                        });
+                    }
                 }
             }
             let Some(s) = self.sessions.get(&client) else {
@@ -216,8 +234,25 @@ impl Router {
         }
     }
 
-    /// Loads the stored state at startup (before any connection). Sessions expire their full
-    /// interval after `now` unless their clients return.
+    /// Loads the stored state at startup (before any connection), `now` being the shell's clock
+    /// (wall-clock Unix milliseconds, as when the state was written).
+    ///
+    /// * A session expires its Session Expiry Interval after its connection ended
+    ///   (3.1.2.11.2): `disconnected_at`, or `now` for a session that was connected when the
+    ///   gateway stopped (its connection ended with the gateway; a `Disconnected` write records
+    ///   that). A session whose expiry passed while the gateway was down is ended here, as
+    ///   [`Router::handle_timeout`] would have ended it: its pending will is published and a
+    ///   `SessionDeleted` written.
+    /// * A pending will is published at its due time (3.1.3.2.2: the earlier of the delay and the
+    ///   session's end); one that fell due while the gateway was down is published here, once
+    ///   every session is restored so that its subscribers get it. A client that reconnects
+    ///   before the due time cancels it [MQTT-3.1.3-9]. Wills of clients that were connected when
+    ///   the gateway stopped are not stored, so not published.
+    /// * Inflight deliveries (a stored packet id) are resent with that packet id and DUP on
+    ///   reconnect, QoS 2 ones whose PUBREC was stored with PUBREL [MQTT-4.4.0-1].
+    ///
+    /// The shell then drains [`Router::poll_storage`] as usual (the writes above, and the
+    /// deliveries of wills).
     pub fn restore(
         &mut self,
         now: Instant,
@@ -246,12 +281,45 @@ impl Router {
                     share: None,
                     stored: true,
                 };
-                s.queue_bytes += q.bytes();
-                s.queue.push_back(q);
+                // A packet id in use twice cannot come from the router's writes; the second
+                // entry is then sent as a new delivery.
+                match m.pkid {
+                    Some(pkid) if pkid != 0 && !s.inflight.iter().any(|f| f.pkid == pkid) => {
+                        let state = if m.released && q.qos == QoS::ExactlyOnce {
+                            Flight::RelUnsent
+                        } else {
+                            Flight::Unsent
+                        };
+                        s.inflight.push_back(Inflight {
+                            q,
+                            pkid,
+                            state,
+                            gate: 0,
+                            dup: true,
+                        });
+                    }
+                    _ => {
+                        s.queue_bytes += q.bytes();
+                        s.queue.push_back(q);
+                    }
+                }
+            }
+            let lost = r.disconnected_at.unwrap_or(now);
+            if r.disconnected_at.is_none() {
+                self.store.write(StorageWrite::Disconnected {
+                    client_id: client.clone(),
+                    at: now,
+                    will: None,
+                });
             }
             if r.expiry_interval != u32::MAX {
-                let at = now.plus_secs(r.expiry_interval);
+                let at = lost.plus_secs(r.expiry_interval);
                 s.expires_at = Some(at);
+                self.timers.push(Reverse((at, client.clone())));
+            }
+            if let Some((at, w)) = r.will {
+                s.will = Some(w);
+                s.will_at = Some(at);
                 self.timers.push(Reverse((at, client.clone())));
             }
             for (filter, options, id) in &r.subscriptions {
@@ -263,5 +331,7 @@ impl Router {
                 self.add_to_index(&client, &filter, options, id);
             }
         }
+        // What fell due while the gateway was down, in the order it fell due.
+        self.handle_timeout(now);
     }
 }

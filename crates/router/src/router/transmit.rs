@@ -45,15 +45,33 @@ impl Router {
         if let Some(p) = c.control.pop_front() {
             return Some(p);
         }
-        // Resends after reconnect [MQTT-4.4.0-1], in order, within the window.
+        let committed = self.store.committed;
+        // PUBRELs whose PUBREC is now durable (4.3.3); they hold their window place already.
+        if s.rel_gated > 0 {
+            let ready = |f: &&mut Inflight| f.state == Flight::RelGated && f.gate <= committed;
+            if let Some(f) = s.inflight.iter_mut().find(ready) {
+                f.state = Flight::RelSent;
+                s.rel_gated -= 1;
+                return Some(Outbound::PubRel(Ack {
+                    pkid: f.pkid,
+                    reason: 0,
+                }));
+            }
+        }
+        // Entries that wait for a commit (`Inflight::gate`); deliveries queue up behind them, so
+        // the order of PUBLISH packets is kept (4.6).
+        let mut waiting = 0usize;
+        // Resends after reconnect [MQTT-4.4.0-1] and first sends that waited for a commit, in
+        // order, within the window.
         while s.window < c.receive_max {
-            let Some(i) = s
-                .inflight
-                .iter()
-                .position(|f| matches!(f.state, Flight::Unsent | Flight::RelUnsent))
-            else {
+            let unsent = |f: &Inflight| matches!(f.state, Flight::Unsent | Flight::RelUnsent);
+            let Some(i) = s.inflight.iter().position(unsent) else {
                 break;
             };
+            if s.inflight[i].gate > committed {
+                waiting = s.inflight.iter().skip(i).filter(|f| unsent(f)).count();
+                break;
+            }
             let f = &mut s.inflight[i];
             if f.state == Flight::RelUnsent {
                 f.state = Flight::RelSent;
@@ -63,8 +81,12 @@ impl Router {
                     reason: 0,
                 }));
             }
-            if let Some(d) = build(now, v5, c, &f.q, f.pkid, true) {
+            if let Some(d) = build(now, v5, c, &f.q, f.pkid, f.dup) {
+                if !f.dup {
+                    self.stats.delivered += 1;
+                }
                 f.state = Flight::Sent;
+                f.dup = true;
                 s.window += 1;
                 return Some(Outbound::Publish(d));
             }
@@ -81,7 +103,10 @@ impl Router {
         }
         loop {
             let front = s.queue.front()?;
-            if front.qos != QoS::AtMostOnce && s.window >= c.receive_max {
+            let room = usize::from(s.window) + waiting < usize::from(c.receive_max);
+            if (front.qos == QoS::AtMostOnce && waiting > 0)
+                || (front.qos != QoS::AtMostOnce && !room)
+            {
                 return None;
             }
             let q = s.queue.pop_front()?;
@@ -108,6 +133,33 @@ impl Router {
             } else {
                 alloc_pkid(&mut s.next_pkid, &s.inflight)
             };
+            let mut gate = 0;
+            if q.stored {
+                let seq = self.store.write(StorageWrite::PacketId {
+                    client_id: client.clone(),
+                    message_id: q.msg.id,
+                    pkid,
+                });
+                // A QoS 2 PUBLISH goes out only once its packet id is durable: sent and then
+                // forgotten in a crash, it would be sent again as a new message, which the
+                // client would deliver twice (4.3.3). QoS 1 does not wait: a duplicate is
+                // allowed (4.3.2).
+                if q.qos == QoS::ExactlyOnce {
+                    gate = seq;
+                    self.gated.push_back((seq, client.clone()));
+                }
+            }
+            if gate > 0 || waiting > 0 {
+                s.inflight.push_back(Inflight {
+                    q,
+                    pkid,
+                    state: Flight::Unsent,
+                    gate,
+                    dup: false,
+                });
+                waiting += 1;
+                continue;
+            }
             let Some(d) = build(now, v5, c, &q, pkid, false) else {
                 self.stats.dropped_too_large += 1;
                 let topic = &q.msg.topic;
@@ -121,6 +173,8 @@ impl Router {
                     q,
                     pkid,
                     state: Flight::Sent,
+                    gate: 0,
+                    dup: true,
                 });
                 s.window += 1;
             }
@@ -134,9 +188,18 @@ impl Router {
         self.store.pending.pop_front()
     }
 
-    /// Every write numbered up to `upto` is durable: the publisher acks waiting for them go out.
+    /// Every write numbered up to `upto` is durable: the publisher acks waiting for them go out,
+    /// and so do the deliveries and PUBRELs that waited for them.
     pub fn storage_committed(&mut self, upto: u64) {
         self.store.committed = self.store.committed.max(upto);
+        while self.gated.front().is_some_and(|(seq, _)| *seq <= upto) {
+            let Some((_, client)) = self.gated.pop_front() else {
+                break;
+            };
+            if let Some(c) = self.sessions.get_mut(&client).and_then(|s| s.conn.as_mut()) {
+                mark_ready(&mut self.ready, c);
+            }
+        }
         while self.held.front().is_some_and(|(seq, _, _)| *seq <= upto) {
             let Some((_, conn, packet)) = self.held.pop_front() else {
                 break;
