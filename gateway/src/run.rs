@@ -60,6 +60,10 @@ impl From<BrokerError> for RunError {
 
 /// Runs the gateway until SIGINT or SIGTERM (SIGHUP reloads the rules from `config_path`).
 pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+    // The handlers are installed first, so that a SIGTERM that arrives while the gateway is still
+    // starting (a service manager's stop, a test's restart) is held and answered with an orderly
+    // stop once it has started, instead of killing the process with the signal's default action.
+    let signals = Signals::install().map_err(RunError::Signals)?;
     let data_dir = &config.data_dir;
     let (store, store_thread) = Store::open(&data_dir.value).map_err(|e| {
         let message = match e {
@@ -134,7 +138,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     };
     info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.value.display(), "grove is running");
 
-    let signal = wait_for_signal(reload_tx).await.map_err(RunError::Signals);
+    signals.wait(reload_tx).await;
     info!("shutting down");
     // How long the orderly stop took, as the gateway itself measured it (a service manager's stop
     // timeout is the budget it must fit in; systemd's default is 90 s, ours is much less).
@@ -152,7 +156,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         took_ms = u64::try_from(stopping.elapsed().as_millis()).unwrap_or(u64::MAX),
         "stopped"
     );
-    signal
+    Ok(())
 }
 
 /// Started components: the broker, tasks to wait for at shutdown, and the functions component.
@@ -268,21 +272,36 @@ async fn start(
     Ok((broker, components, functions))
 }
 
-/// Waits for SIGINT or SIGTERM; each SIGHUP in the meantime reloads the rules.
-async fn wait_for_signal(reloads: mpsc::Sender<Reload>) -> std::io::Result<()> {
-    use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    loop {
-        tokio::select! {
-            _ = term.recv() => return Ok(()),
-            _ = int.recv() => return Ok(()),
-            _ = hup.recv() => {
-                info!("SIGHUP: reloading rules");
-                let (done, _outcome) = oneshot::channel();
-                // The engine logs the outcome; a full queue means reloads are already pending.
-                let _ = reloads.try_send(Reload { done });
+/// SIGTERM, SIGINT (stop) and SIGHUP (reload the rules), registered with tokio.
+struct Signals {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+    hup: tokio::signal::unix::Signal,
+}
+
+impl Signals {
+    fn install() -> std::io::Result<Signals> {
+        use tokio::signal::unix::{signal, SignalKind};
+        Ok(Signals {
+            term: signal(SignalKind::terminate())?,
+            int: signal(SignalKind::interrupt())?,
+            hup: signal(SignalKind::hangup())?,
+        })
+    }
+
+    /// Returns at SIGTERM or SIGINT (also one that arrived before the call); a SIGHUP asks for a
+    /// reload of the rules.
+    async fn wait(mut self, reloads: mpsc::Sender<Reload>) {
+        loop {
+            tokio::select! {
+                _ = self.term.recv() => return,
+                _ = self.int.recv() => return,
+                _ = self.hup.recv() => {
+                    info!("SIGHUP: reloading rules");
+                    let (done, _outcome) = oneshot::channel();
+                    // The engine logs the outcome; a full queue means reloads are already pending.
+                    let _ = reloads.try_send(Reload { done });
+                }
             }
         }
     }

@@ -58,6 +58,42 @@ impl RawClient {
         Ok(RawClient::over(socket.connect(addr).await?))
     }
 
+    /// Connects with a persistent session (Clean Session 0, MQTT 3.1.1 §3.1.2.4) and returns the
+    /// CONNACK's Session Present flag with the client.
+    pub async fn connect_persistent(addr: SocketAddr, client_id: &str) -> (RawClient, bool) {
+        let mut connect = Connect::new(client_id);
+        connect.keep_alive = 120;
+        connect.clean_session = false;
+        let stream = TcpStream::connect(addr).await.expect("TCP connect");
+        let mut c = RawClient::over(stream);
+        let mut buf = BytesMut::new();
+        connect.write(&mut buf).expect("encode CONNECT");
+        c.send(&buf).await;
+        match c.next().await {
+            Packet::ConnAck(ack) if ack.code == ConnectReturnCode::Success => {
+                (c, ack.session_present)
+            }
+            other => panic!("CONNACK accepting the session, got {other:?}"),
+        }
+    }
+
+    /// Sends one packet (encoded by rumqttc's codec): an acknowledgement the test chose to give
+    /// at the moment it chose.
+    pub async fn send_packet(&mut self, packet: &Packet) {
+        let mut buf = BytesMut::new();
+        match packet {
+            Packet::PubAck(p) => p.write(&mut buf),
+            Packet::PubRec(p) => p.write(&mut buf),
+            Packet::PubRel(p) => p.write(&mut buf),
+            Packet::PubComp(p) => p.write(&mut buf),
+            Packet::Publish(p) => p.write(&mut buf),
+            Packet::Subscribe(p) => p.write(&mut buf),
+            other => panic!("send_packet does not send {other:?}"),
+        }
+        .expect("encode");
+        self.send(&buf).await;
+    }
+
     /// Sends `connect` and returns the return code of the CONNACK that answers it, whatever it
     /// is, without judging it (a hostile peer's login may be refused); `Err` says what came
     /// instead: the connection closed without a CONNACK, another packet, nothing within [`WAIT`].
