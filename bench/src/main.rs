@@ -20,6 +20,7 @@ mod cloud;
 mod flow;
 mod functions;
 mod gateway;
+mod half_connect;
 mod hostile;
 mod libmosq;
 mod load;
@@ -525,7 +526,7 @@ enum GatewayBench {
     HalfConnect {
         /// mosquitto and mosquitto_passwd, unless --no-mosquitto.
         mosquitto: Option<(PathBuf, PathBuf)>,
-        settings: auth::HalfSettings,
+        settings: half_connect::HalfSettings,
     },
 }
 
@@ -603,10 +604,10 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
         } => {
             settings.settle = std::time::Duration::from_secs(args.seconds);
             let mosquitto = mosquitto.as_ref().map(|(m, p)| (m.as_path(), p.as_path()));
-            let r = auth::run_half(&args.grove, mosquitto, &settings, &extra).await?;
+            let r = half_connect::run_half(&args.grove, mosquitto, &settings, &extra).await?;
             (
                 "half-connect",
-                auth::half_markdown(&r, &settings),
+                half_connect::half_markdown(&r, &settings),
                 serde_json::json!({ "settings": settings, "results": r }),
             )
         }
@@ -674,7 +675,7 @@ async fn main() -> ExitCode {
         Command::HalfConnect(args) => {
             let which = GatewayBench::HalfConnect {
                 mosquitto: args.peer.peer(),
-                settings: auth::HalfSettings {
+                settings: half_connect::HalfSettings {
                     connections: args.connections,
                     sources: args.sources,
                     announced: usize::try_from(args.announced).unwrap_or(usize::MAX),
