@@ -1,9 +1,11 @@
-//! The broker's counters (`grove_broker_*`); the binary's metrics registry exports them.
+//! The broker's counters (`grove_broker_*`), registered by [`BrokerMetrics::register`] into the
+//! registry the binary exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
 
 /// Why the broker refused a packet or a connection.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -78,6 +80,86 @@ pub struct BrokerMetrics {
 }
 
 impl BrokerMetrics {
+    /// Registers the counters under `broker_` in `registry` (the binary's, prefixed `grove`).
+    pub fn register(&self, registry: &mut Registry) {
+        let b = registry.sub_registry_with_prefix("broker");
+        b.register(
+            "connected_clients",
+            "MQTT clients connected now",
+            self.connected_clients.clone(),
+        );
+        b.register(
+            "connections",
+            "MQTT connections accepted since start",
+            self.connections.clone(),
+        );
+        b.register(
+            "messages_received",
+            "PUBLISH packets received from clients",
+            self.messages_received.clone(),
+        );
+        b.register(
+            "messages_sent",
+            "PUBLISH packets sent to clients",
+            self.messages_sent.clone(),
+        );
+        b.register(
+            "bytes_received",
+            "Payload bytes received in PUBLISH packets",
+            self.bytes_received.clone(),
+        );
+        b.register(
+            "bytes_sent",
+            "Payload bytes sent in PUBLISH packets",
+            self.bytes_sent.clone(),
+        );
+        b.register(
+            "refused",
+            "Packets and connections refused by the broker, by reason",
+            self.refused.clone(),
+        );
+        b.register(
+            "denied",
+            "Publishes, subscriptions and deliveries refused by a policy",
+            self.denied.clone(),
+        );
+        b.register(
+            "publisher_holds",
+            "Times a publishing connection stopped reading because the router's queued bytes for subscribers were over its limit (flow control)",
+            self.holds.clone(),
+        );
+        b.register(
+            "dropped",
+            "Messages the router dropped for a subscriber, by reason (queue_full: the session's queue limits; too_large: over the client's Maximum Packet Size; expired; offline_qos0)",
+            self.dropped.clone(),
+        );
+        b.register(
+            "sessions_taken_over",
+            "Sessions taken over by a reconnecting client with the same client id",
+            self.sessions_taken_over.clone(),
+        );
+        b.register(
+            "wills_published",
+            "Will messages published",
+            self.wills_published.clone(),
+        );
+        b.register(
+            "retained_restored",
+            "Retained messages restored from the store at startup",
+            self.retained_restored.clone(),
+        );
+        b.register(
+            "pending_connections",
+            "Connections accepted that have not authenticated yet, on all listeners",
+            self.pending_connections.clone(),
+        );
+        b.register(
+            "password_checks",
+            "Password logins checked, by outcome (remembered: a recent login, no argon2; busy: refused, the queue was full)",
+            self.password_checks.clone(),
+        );
+    }
+
     /// Adds what the router counted since `last` (and remembers `now` as the new `last`).
     pub(crate) fn router_stats(&self, last: &mut grove_router::Stats, now: &grove_router::Stats) {
         let drops = [

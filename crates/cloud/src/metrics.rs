@@ -1,10 +1,12 @@
-//! Cloud sync's counters (`grove_cloud_*`); the binary's metrics registry exports them.
+//! Cloud sync's counters (`grove_cloud_*`), registered by [`CloudMetrics::register`] into the
+//! registry the binary exports.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
 
 /// Why the outbox dropped a message.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,6 +81,77 @@ impl Default for CloudMetrics {
 }
 
 impl CloudMetrics {
+    /// Registers the counters under `cloud_` in `registry` (the binary's, prefixed `grove`).
+    pub fn register(&self, registry: &mut Registry) {
+        let c = registry.sub_registry_with_prefix("cloud");
+        c.register(
+            "link_up",
+            "1 while the link to the cloud broker is up",
+            self.link_up.clone(),
+        );
+        c.register(
+            "connects",
+            "Successful connections to the cloud broker",
+            self.connects.clone(),
+        );
+        c.register(
+            "outbox_messages",
+            "Messages in the cloud outbox",
+            self.outbox_messages.clone(),
+        );
+        c.register(
+            "outbox_bytes",
+            "Bytes (topic + payload) in the cloud outbox",
+            self.outbox_bytes.clone(),
+        );
+        c.register(
+            "appended",
+            "Messages appended to the cloud outbox",
+            self.appended.clone(),
+        );
+        c.register(
+            "sent",
+            "Publishes handed to the cloud link (sends and resends)",
+            self.sent.clone(),
+        );
+        c.register(
+            "acked",
+            "Messages acknowledged by the cloud (PUBACK) and removed from the outbox",
+            self.acked.clone(),
+        );
+        c.register(
+            "dropped",
+            "Messages the outbox dropped, by reason",
+            self.dropped.clone(),
+        );
+        c.register(
+            "delivery_seconds",
+            "Time from the append to the cloud outbox to the cloud's PUBACK",
+            self.delivery_seconds.clone(),
+        );
+        c.register("resent", "Messages resent after a reconnect because their PUBACK was missing (possible duplicates)", self.resent.clone());
+        c.register(
+            "downlinked",
+            "Messages brought down from the cloud onto local topics",
+            self.downlinked.clone(),
+        );
+        c.register(
+            "sync_updates",
+            "Shadow updates made by sync, by direction",
+            self.sync_updates.clone(),
+        );
+        c.register(
+            "sync_conflicts",
+            "Shadow version conflicts met by sync, each resolved by a fresh read and merge",
+            self.sync_conflicts.clone(),
+        );
+        c.register(
+            "sync_failures",
+            "Shadow sync rounds that gave up until the next trigger",
+            self.sync_failures.clone(),
+        );
+    }
+
     /// Counts `n` dropped messages.
     pub fn drop(&self, reason: &'static str, n: u64) {
         if n > 0 {
