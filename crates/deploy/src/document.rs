@@ -28,8 +28,12 @@
 //!   functions component's canary). Deployed versions are numbered by the gateway, so a document
 //!   cannot name a version number.
 //! - `rules` are `[[rules]]` tables of `grove.toml` written as JSON; they replace the running
-//!   rules as a whole. This core only checks that each is an object with a unique `name`; the
+//!   rules as a whole (`[]`: no rules), and from the first committed deployment with `rules` on,
+//!   they are the gateway's rules instead of `grove.toml`'s. A document without `rules` leaves the
+//!   rules as they are. This core only checks that each is an object with a unique `name`; the
 //!   shell compiles them with the rules component at the staging step (part of the health check).
+//! - Functions the document does not name are left as they are (removing one is `grove fn
+//!   remove`'s, not a deployment's, for now).
 //! - `health` overrides the soak period and the thresholds ([`Health`] has the defaults).
 //!
 //! Configuration sections changeable by a deployment: for now none beyond functions and rules,
@@ -66,8 +70,9 @@ pub struct Deployment {
     pub id: String,
     /// The desired functions, by name.
     pub functions: Vec<Function>,
-    /// The desired rules (each a JSON object with a `name`), in order.
-    pub rules: Vec<serde_json::Map<String, serde_json::Value>>,
+    /// The desired rules (each a JSON object with a `name`), in order; `None` when the document
+    /// leaves the rules alone (no `rules` key), `Some(vec![])` when it wants none.
+    pub rules: Option<Vec<serde_json::Map<String, serde_json::Value>>>,
     /// The health check's soak and thresholds.
     pub health: Health,
 }
@@ -171,8 +176,7 @@ struct RawDocument {
     id: String,
     #[serde(default)]
     functions: Vec<RawFunction>,
-    #[serde(default)]
-    rules: Vec<serde_json::Value>,
+    rules: Option<Vec<serde_json::Value>>,
     #[serde(default)]
     health: RawHealth,
 }
@@ -273,8 +277,8 @@ impl Deployment {
             });
         }
         let mut rule_names = BTreeSet::new();
-        let mut rules = Vec::with_capacity(raw.rules.len());
-        for (i, rule) in raw.rules.into_iter().enumerate() {
+        let mut rules = raw.rules.as_ref().map(|r| Vec::with_capacity(r.len()));
+        for (i, rule) in raw.rules.into_iter().flatten().enumerate() {
             let serde_json::Value::Object(rule) = rule else {
                 return Err(invalid(format!("rules[{i}]"), "a rule is an object"));
             };
@@ -290,7 +294,9 @@ impl Deployment {
                     format!("`{name}` appears twice"),
                 ));
             }
-            rules.push(rule);
+            if let Some(rules) = &mut rules {
+                rules.push(rule);
+            }
         }
         let defaults = Health::default();
         let soak = raw.health.soak_s.map_or(defaults.soak, Duration::from_secs);
@@ -408,10 +414,18 @@ mod tests {
             d.functions[0].module.source,
             Source::Url("https://127.0.0.1/f.wasm".into())
         );
-        assert_eq!(d.rules[0]["name"], "r");
+        assert_eq!(d.rules.as_ref().unwrap()[0]["name"], "r");
         assert_eq!(d.health.soak, Duration::from_secs(5));
         assert_eq!(d.health.max_function_errors, 2);
         assert_eq!(d.health.max_rule_errors, Health::default().max_rule_errors);
+    }
+
+    #[test]
+    fn rules_absent_are_left_alone_and_an_empty_list_means_none() {
+        let absent = Deployment::parse(br#"{"format": 1, "id": "d"}"#).unwrap();
+        assert_eq!(absent.rules, None);
+        let empty = Deployment::parse(br#"{"format": 1, "id": "d", "rules": []}"#).unwrap();
+        assert_eq!(empty.rules, Some(Vec::new()));
     }
 
     #[test]

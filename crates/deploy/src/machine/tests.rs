@@ -8,7 +8,7 @@ fn deployment(id: &str) -> Deployment {
     Deployment {
         id: id.into(),
         functions: Vec::new(),
-        rules: Vec::new(),
+        rules: None,
         health: health(),
     }
 }
