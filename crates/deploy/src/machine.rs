@@ -5,16 +5,17 @@
 //!  received -> fetching -> staging -> switching -> soaking -> committed
 //!                 |           |           |           |
 //!                 v           v           v           v
-//!               failed      failed      rolling back -----> rolled back
+//!               failed      rolling back ----------------> rolled back
 //! ```
 //!
 //! - fetching: every artifact fetched and checked against its SHA-256; staging: the modules
 //!   loaded and the rules compiled beside the running ones (the first half of the health check);
 //!   switching: the functions' aliases and the rules moved to the new deployment; soaking: the
 //!   error counters read periodically against the thresholds ([`crate::health`]).
-//! - A failure or timeout before the switch ends `failed`: nothing served has changed. From the
-//!   switch on, it rolls back to what ran before the switch (the last good deployment, or the
-//!   gateway's own configuration before any). A rollback that fails or times out is retried (it
+//! - A failure or timeout while fetching ends `failed`: nothing on the gateway has changed. From
+//!   staging on, it rolls back to what ran before (the last good deployment, or the gateway's own
+//!   configuration before any): staging registers new function versions, and a function whose
+//!   triggers go to `$LATEST` serves its new version from then on. A rollback that fails or times out is retried (it
 //!   restores a local state that ran before) and the status counts the attempts: the machine never
 //!   waits for anything without a deadline.
 //! - One deployment is applied at a time; one more may wait (`received`), and a newer one
@@ -22,12 +23,12 @@
 //!   a few seconds from an end, and an end is what makes the next one's rollback target known.
 //! - Write-ahead: every transition's first action is [`Action::Record`] of the new step, which the
 //!   shell writes to SQLite before it performs the actions after it. So after a power cut the
-//!   stored step is the one that was in progress, and [`Machine::recover`] decides: before the
-//!   switch it resumes (fetching again is idempotent, artifacts are checked by hash; after
-//!   [`MAX_ATTEMPTS`] interrupted attempts it fails, so a deployment that crashes the gateway
-//!   while staging cannot loop); from the switch on it rolls back (a deployment is committed only
-//!   after a full soak without a restart, and the switch may have been cut half way); a rollback
-//!   resumes. Committing is the one write of `committed`, so it is done or not done.
+//!   stored step is the one that was in progress, and [`Machine::recover`] decides: a received or
+//!   fetching deployment resumes (fetching again is idempotent, artifacts are checked by hash;
+//!   after [`MAX_ATTEMPTS`] interrupted attempts it fails, so it cannot loop); from staging on it
+//!   rolls back (a deployment is committed only after a full soak without a restart, and staging
+//!   or the switch may have been cut half way); a rollback resumes. Committing is the one write
+//!   of `committed`, so it is done or not done.
 //!
 //! The shell answers each step with [`Machine::step_done`], naming the deployment and the step, so
 //! that a late answer for a step that already timed out is ignored.
@@ -39,7 +40,7 @@ use std::time::{Duration, Instant};
 use crate::document::Deployment;
 use crate::health::{Counters, Health};
 
-/// Attempts of the steps before the switch, restarts included, before a deployment fails.
+/// Attempts of fetching, restarts included, before a deployment fails.
 pub const MAX_ATTEMPTS: u32 = 3;
 
 /// A deployment's step, as stored.
@@ -61,7 +62,7 @@ pub enum Phase {
     Committed,
     /// Undone: the gateway runs what it ran before (final).
     RolledBack,
-    /// Refused or failed before the switch: nothing changed (final).
+    /// Refused or failed while fetching: nothing changed (final).
     Failed,
     /// Never applied: a newer deployment came while it waited (final).
     Superseded,
@@ -124,8 +125,8 @@ pub struct Status {
     pub id: String,
     /// Its step.
     pub phase: Phase,
-    /// Attempts of the run up to the switch (a restart before the switch starts the next), or,
-    /// rolling back, of the rollback; 1 for the first.
+    /// Attempts of fetching (a restart while fetching starts the next), or, rolling back, of
+    /// the rollback; 1 for the first.
     pub attempt: u32,
     /// Why it failed or is rolling back.
     pub reason: Option<String>,
@@ -269,12 +270,12 @@ impl Machine {
     pub fn recover(&mut self, status: Status, health: Health, now: Instant) {
         match status.phase {
             Phase::Received => self.enqueue(status.id, health, now),
-            Phase::Fetching | Phase::Staging => {
+            Phase::Fetching => {
                 let attempt = status.attempt + 1;
                 if attempt > MAX_ATTEMPTS {
                     let reason = format!(
-                        "the gateway restarted {} times before the switch ({})",
-                        status.attempt, status.phase
+                        "the gateway restarted {} times while fetching",
+                        status.attempt
                     );
                     self.activate(status.id, health, now);
                     if let Some(a) = &mut self.active {
@@ -289,7 +290,7 @@ impl Machine {
                     self.enter(Phase::Fetching, now);
                 }
             }
-            Phase::Switching | Phase::Soaking => {
+            Phase::Staging | Phase::Switching | Phase::Soaking => {
                 let reason = format!(
                     "the gateway restarted during the {} step: a deployment is committed only \
                      after a full soak",
@@ -322,7 +323,8 @@ impl Machine {
             (Phase::Staging, Ok(())) => self.enter(Phase::Switching, now),
             (Phase::Switching, Ok(())) => self.enter(Phase::Soaking, now),
             (Phase::RollingBack, Ok(())) => self.finish(Phase::RolledBack, now),
-            (Phase::Fetching | Phase::Staging, Err(why)) => self.fail(Some(why), now),
+            (Phase::Fetching, Err(why)) => self.fail(Some(why), now),
+            (Phase::Staging, Err(why)) => self.roll_back(format!("staging failed: {why}"), now),
             (Phase::Switching, Err(why)) => {
                 self.roll_back(format!("the switch failed: {why}"), now)
             }
@@ -362,13 +364,15 @@ impl Machine {
         }
     }
 
-    /// The operator stops the deployment being applied: before the switch it fails, from the
-    /// switch on it rolls back. False when there is none (or it is already rolling back).
+    /// The operator stops the deployment being applied: while fetching it fails, from staging on
+    /// it rolls back. False when there is none (or it is already rolling back).
     pub fn abort(&mut self, reason: &str, now: Instant) -> bool {
         let Some(a) = &self.active else { return false };
         match a.phase {
-            Phase::Fetching | Phase::Staging => self.fail(Some(reason.to_owned()), now),
-            Phase::Switching | Phase::Soaking => self.roll_back(reason.to_owned(), now),
+            Phase::Fetching => self.fail(Some(reason.to_owned()), now),
+            Phase::Staging | Phase::Switching | Phase::Soaking => {
+                self.roll_back(reason.to_owned(), now)
+            }
             _ => return false,
         }
         true
@@ -391,7 +395,7 @@ impl Machine {
         };
         match a.phase {
             Phase::Fetching => self.fail(Some(late("fetching", self.timeouts.fetch)), now),
-            Phase::Staging => self.fail(Some(late("staging", self.timeouts.stage)), now),
+            Phase::Staging => self.roll_back(late("staging", self.timeouts.stage), now),
             Phase::Switching => self.roll_back(late("the switch", self.timeouts.switch), now),
             Phase::Soaking if a.awaiting => {
                 self.roll_back(late("reading the counters", self.timeouts.sample), now)

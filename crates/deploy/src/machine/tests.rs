@@ -173,22 +173,37 @@ fn errors_over_a_threshold_during_the_soak_roll_back_with_the_reason() {
 }
 
 #[test]
-fn a_failure_before_the_switch_fails_without_a_rollback() {
-    for step in [Phase::Fetching, Phase::Staging] {
-        let mut t = Test::new(None);
-        t.submit("d1");
-        if step == Phase::Staging {
-            t.done("d1", Phase::Fetching);
-        }
-        t.actions();
-        t.failed("d1", step, "artifact hash mismatch");
-        assert_eq!(
-            t.actions(),
-            [record_why("d1", Phase::Failed, 1, "artifact hash mismatch")],
-            "{step}"
-        );
-        assert_eq!(t.m.current(), None);
-    }
+fn a_failed_fetch_fails_without_a_rollback() {
+    let mut t = Test::new(None);
+    t.submit("d1");
+    t.actions();
+    t.failed("d1", Phase::Fetching, "artifact hash mismatch");
+    assert_eq!(
+        t.actions(),
+        [record_why("d1", Phase::Failed, 1, "artifact hash mismatch")]
+    );
+    assert_eq!(t.m.current(), None);
+}
+
+#[test]
+fn a_failed_staging_rolls_back_what_it_registered() {
+    let mut t = Test::new(Some("d0"));
+    t.submit("d1");
+    t.done("d1", Phase::Fetching);
+    t.actions();
+    t.failed("d1", Phase::Staging, "rule r: syntax error");
+    assert_eq!(
+        t.actions(),
+        [
+            record_why(
+                "d1",
+                Phase::RollingBack,
+                1,
+                "staging failed: rule r: syntax error"
+            ),
+            roll_back("d1", Some("d0"))
+        ]
+    );
 }
 
 #[test]
@@ -227,7 +242,7 @@ fn every_step_has_a_timeout() {
         (
             1,
             limits.stage,
-            Phase::Failed,
+            Phase::RollingBack,
             "staging did not finish within 60 s",
         ),
         (
@@ -393,7 +408,7 @@ fn the_deployment_after_a_commit_rolls_back_to_it() {
 }
 
 #[test]
-fn abort_fails_before_the_switch_and_rolls_back_after_it() {
+fn abort_fails_a_fetch_and_rolls_back_from_staging_on() {
     let mut t = Test::new(None);
     assert!(!t.m.abort("operator", t.now));
     t.submit("d1");
@@ -426,8 +441,8 @@ fn restart(phase: Phase, attempt: u32, reason: Option<&str>) -> Test {
 }
 
 #[test]
-fn a_restart_before_the_switch_resumes_from_fetching() {
-    for phase in [Phase::Received, Phase::Fetching, Phase::Staging] {
+fn a_restart_before_staging_resumes_from_fetching() {
+    for phase in [Phase::Received, Phase::Fetching] {
         let mut t = restart(phase, 1, None);
         let attempt = if phase == Phase::Received { 1 } else { 2 };
         assert_eq!(
@@ -447,23 +462,23 @@ fn a_restart_before_the_switch_resumes_from_fetching() {
 }
 
 #[test]
-fn restarts_before_the_switch_fail_the_deployment_after_max_attempts() {
-    let mut t = restart(Phase::Staging, MAX_ATTEMPTS, None);
+fn restarts_while_fetching_fail_the_deployment_after_max_attempts() {
+    let mut t = restart(Phase::Fetching, MAX_ATTEMPTS, None);
     assert_eq!(
         t.actions(),
         [record_why(
             "d1",
             Phase::Failed,
             MAX_ATTEMPTS,
-            "the gateway restarted 3 times before the switch (staging)"
+            "the gateway restarted 3 times while fetching"
         )]
     );
     assert_eq!(t.m.current(), None);
 }
 
 #[test]
-fn a_restart_during_the_switch_or_the_soak_rolls_back() {
-    for phase in [Phase::Switching, Phase::Soaking] {
+fn a_restart_during_staging_the_switch_or_the_soak_rolls_back() {
+    for phase in [Phase::Staging, Phase::Switching, Phase::Soaking] {
         let mut t = restart(phase, 1, None);
         let why = format!(
             "the gateway restarted during the {phase} step: a deployment is committed only after \
@@ -534,30 +549,4 @@ fn phases_round_trip_through_their_stored_names() {
         assert_eq!(Phase::parse(phase.as_str()), Some(phase));
     }
     assert_eq!(Phase::parse("stuck"), None);
-}
-
-#[test]
-fn attempts_before_the_switch_count_across_fetching_and_staging() {
-    // A crash while staging resumes at fetching, and staging then carries the count on; the
-    // third crash before the switch fails it.
-    let mut t = restart(Phase::Staging, 1, None);
-    t.done("d1", Phase::Fetching);
-    let staged = t
-        .actions()
-        .into_iter()
-        .rfind(|a| matches!(a, Action::Record(_)));
-    let Some(Action::Record(status)) = staged else {
-        panic!("no record")
-    };
-    assert_eq!((status.phase, status.attempt), (Phase::Staging, 2));
-    let mut t = restart(Phase::Staging, status.attempt + 1, None);
-    assert_eq!(
-        t.actions(),
-        [record_why(
-            "d1",
-            Phase::Failed,
-            3,
-            "the gateway restarted 3 times before the switch (staging)"
-        )]
-    );
 }
