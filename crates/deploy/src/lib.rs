@@ -1,7 +1,7 @@
 //! Deployments (issue 19): the gateway's desired functions and rules as one versioned document,
 //! applied by a state machine that ends committed or rolled back, never in between.
 //!
-//! This crate is, for now, the pure core (no IO, no clock: the shell passes `now` in):
+//! The pure core (no IO, no clock: the shell passes `now` in):
 //!
 //! - [`document`]: the deployment document (JSON, `format: 1`), parsed and checked with errors
 //!   that name the field at fault, and the SHA-256 check of an artifact's bytes.
@@ -11,14 +11,25 @@
 //!   each step.
 //! - [`health`]: the soak check, error counters compared with their thresholds.
 //!
-//! The shell (SQLite state, fetching, the switch through the functions and rules components,
-//! `grove deploy`) drives it; it performs the machine's [`machine::Action`]s in order, and the
-//! first action of every transition is [`machine::Action::Record`], written before anything else
-//! is done, so that what is on disk is always the step in progress (write-ahead).
+//! The shell drives it: it performs the machine's [`machine::Action`]s in order, and the first
+//! action of every transition is [`machine::Action::Record`], written before anything else is
+//! done, so that what is on disk is always the step in progress (write-ahead).
 //!
-//! Architecture invariant: this crate's core depends on nothing of Grove's and never reads the
-//! clock.
+//! - [`service`]: the task owning the machine: steps through the functions component and the
+//!   rules engine, the snapshot and the rollback; [`service::Deployer`], its handle.
+//! - [`fetch`]: an artifact's bytes (file, inline), checked by hash.
+//! - [`queries`]: the `deployments` table.
+//! - [`admin`], [`cli`]: `grove deploy` and the routes it talks to; [`metrics`]: `grove_deploy_*`.
+//!
+//! Architecture invariant: the core (`document`, `health`, `machine`) uses nothing of Grove's
+//! and never reads the clock.
 
+pub mod admin;
+pub mod cli;
 pub mod document;
+pub mod fetch;
 pub mod health;
 pub mod machine;
+pub mod metrics;
+pub mod queries;
+pub mod service;

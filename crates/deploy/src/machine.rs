@@ -378,6 +378,26 @@ impl Machine {
         true
     }
 
+    /// The operator reverts the committed deployment `id` to what ran before it: a rollback
+    /// like a failed deployment's, after which `previous` (the committed deployment before it)
+    /// is the last good one. False when a deployment is being applied (abort that instead).
+    pub fn revert(
+        &mut self,
+        id: &str,
+        health: Health,
+        previous: Option<String>,
+        reason: &str,
+        now: Instant,
+    ) -> bool {
+        if self.active.is_some() {
+            return false;
+        }
+        self.last_good = previous;
+        self.activate(id.to_owned(), health, now);
+        self.roll_back(reason.to_owned(), now);
+        true
+    }
+
     /// When [`Machine::handle_timeout`] is next due.
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.active.as_ref().map(|a| a.deadline)

@@ -13,7 +13,7 @@
 //! Each component's queries live with the component, as an extension trait on [`Store`] in its
 //! crate's `queries.rs` (`grove-broker`: retained messages; `grove-shadow`: shadows;
 //! `grove-functions-host`: versions, aliases, key-value state, async events; `grove-cloud`: the
-//! outbox and sync states), run through [`Store::transact`]. The schema's migrations are listed
+//! outbox and sync states; `grove-deploy`: deployments), run through [`Store::transact`]. The schema's migrations are listed
 //! here, in the one order they run (`user_version` counts them across components, so the list
 //! cannot be split without making that order implicit), with the row types of those tables.
 //!
@@ -119,6 +119,21 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE shadows ADD COLUMN deleted_at INTEGER;
     UPDATE shadows SET deleted_at = json_extract(document, '$.deletedAt')
         WHERE json_valid(document);",
+    // 7: deployments (grove-deploy): each document as received, the step it is at (written before
+    // the step is done: what a restart finds is the step that was in progress), and what its
+    // switch replaced (`snapshot`, written before staging), which its rollback restores. `seq`
+    // orders the history.
+    "CREATE TABLE deployments (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL UNIQUE,
+        document    TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        reason      TEXT,
+        snapshot    TEXT,
+        received_ms INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );",
 ];
 
 /// Why the store refused or failed.

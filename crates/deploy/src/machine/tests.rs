@@ -550,3 +550,25 @@ fn phases_round_trip_through_their_stored_names() {
     }
     assert_eq!(Phase::parse("stuck"), None);
 }
+
+#[test]
+fn reverting_the_committed_deployment_rolls_it_back_to_the_one_before() {
+    let mut t = Test::new(Some("d1"));
+    assert!(t
+        .m
+        .revert("d1", health(), Some("d0".into()), "operator", t.now));
+    assert_eq!(
+        t.actions(),
+        [
+            record_why("d1", Phase::RollingBack, 1, "operator"),
+            roll_back("d1", Some("d0"))
+        ]
+    );
+    assert_eq!(t.m.last_good(), Some("d0"));
+    assert!(!t.m.revert("d1", health(), None, "operator", t.now));
+    t.done("d1", Phase::RollingBack);
+    assert_eq!(
+        t.actions(),
+        [record_why("d1", Phase::RolledBack, 1, "operator")]
+    );
+}
