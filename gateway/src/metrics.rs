@@ -2,7 +2,7 @@
 //!
 //! One [`Metrics`] value is created at startup and shared (its counters are atomics behind `Arc`s,
 //! so cloning is cheap and counting costs one atomic add). Each component crate defines its own
-//! counters (its `metrics.rs`); the shadow service, the rules engine and the functions component
+//! counters (its `metrics.rs`); the shadow service, the rules engine, the functions component and deployments
 //! also name and register theirs (`register`, under their own prefix) into this registry, whose
 //! prefix is `grove`. The broker's and cloud sync's are still named here (their crates are being
 //! reworked by other issues); this module only aggregates and exports.
@@ -13,6 +13,7 @@ use prometheus_client::registry::Registry;
 
 use grove_broker::metrics::BrokerMetrics;
 use grove_cloud::metrics::CloudMetrics;
+use grove_deploy::metrics::DeployMetrics;
 use grove_functions_host::metrics::FunctionMetrics;
 use grove_rules_engine::metrics::RulesMetrics;
 use grove_shadow::metrics::ShadowMetrics;
@@ -31,6 +32,8 @@ pub struct Metrics {
     pub functions: FunctionMetrics,
     /// Cloud sync's counters.
     pub cloud: CloudMetrics,
+    /// The deployments' metrics.
+    pub deploy: DeployMetrics,
 }
 
 impl Metrics {
@@ -125,6 +128,8 @@ impl Metrics {
         rules.register(&mut registry);
         let functions = FunctionMetrics::default();
         functions.register(&mut registry);
+        let deploy = DeployMetrics::default();
+        deploy.register(&mut registry);
         let cloud = CloudMetrics::default();
         let c = registry.sub_registry_with_prefix("cloud");
         c.register(
@@ -198,6 +203,7 @@ impl Metrics {
             broker,
             shadow,
             rules,
+            deploy,
             functions,
             cloud,
         }
