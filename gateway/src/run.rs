@@ -286,6 +286,7 @@ async fn start(
     let parts = DeployParts {
         store: deploy_store,
         functions: functions.clone(),
+        cloud: config.cloud.is_some(),
         function_metrics: metrics.functions.clone(),
         rules_metrics: metrics.rules.clone(),
         rules: deployed,

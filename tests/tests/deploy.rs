@@ -270,3 +270,57 @@ fn rollback_reverts_the_committed_deployment_to_the_one_before() {
     f.g.wait_metric(r#"grove_deploy_committed{deployment="d1"}"#, |v| v == 1.0);
     assert_eq!(live(&f), Ok(r#"{"n":1}"#.to_owned()));
 }
+
+#[test]
+fn rules_that_do_not_compile_or_need_a_missing_section_roll_back_and_the_rules_before_run() {
+    let mut f = Fixture::start("");
+    let write = |id: &str, rules: &str| {
+        let file = f.files.path().join(format!("{id}.json"));
+        let text = format!(
+            r#"{{"format": 1, "id": "{id}", "health": {{"soak_s": 0}}, "rules": {rules}}}"#
+        );
+        std::fs::write(&file, text).unwrap();
+        path(&file)
+    };
+    committed(
+        &f,
+        &write(
+            "d1",
+            r#"[{"name": "fwd", "sql": "SELECT * FROM 'in/+'",
+                 "actions": [{"republish": {"topic": "out/fwd"}}]}]"#,
+        ),
+    );
+    let cases = [
+        (
+            "d2",
+            r#"[{"name": "bad", "sql": "SELECT FROM"}]"#,
+            "staging failed: rule `bad`",
+        ),
+        (
+            "d3",
+            r#"[{"name": "up", "sql": "SELECT * FROM 'in/+'", "actions": [{"cloud": {"topic": "x"}}]}]"#,
+            "rule `up` has a cloud action, but [cloud] is not configured",
+        ),
+    ];
+    for (id, rules, why) in cases {
+        let (code, out) = deploy(&f, &["apply", &write(id, rules)]);
+        assert_eq!(code, 1, "{out}");
+        assert!(
+            out.contains(&format!("{id} rolled_back")) && out.contains(why),
+            "{out}"
+        );
+    }
+    // d1's rule runs, and after a restart too (grove.toml has no rules: the committed
+    // deployment's are the gateway's).
+    for round in ["before", "after"] {
+        let port = f.g.mqtt_port.to_string();
+        let sub = MosquittoSub::start(&["-p", &port, "-t", "out/fwd", "-C", "1", "-W", "20"]);
+        mosquitto_pub(f.g.mqtt_port, &["-q", "1", "-t", "in/a", "-m", round]);
+        let (messages, ok) = sub.finish();
+        assert!(ok, "mosquitto_sub timed out: {messages:?}");
+        assert_eq!(messages, [round]);
+        if round == "before" {
+            f.g.restart();
+        }
+    }
+}

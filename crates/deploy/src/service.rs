@@ -119,6 +119,8 @@ pub struct DeployParts {
     pub store: Store,
     /// The functions component, when it runs.
     pub functions: Option<Functions>,
+    /// Whether cloud sync runs (a rule's `cloud` action needs it, as at startup).
+    pub cloud: bool,
     /// Its counters (function errors, dead letters: the soak).
     pub function_metrics: FunctionMetrics,
     /// The rules engine's counters (rule errors: the soak).
@@ -649,6 +651,21 @@ async fn stage(
     modules: Vec<Vec<u8>>,
 ) -> Result<Staged, String> {
     let rules = doc.rules.as_deref().map(compile_rules).transpose()?;
+    // What the binary checks of grove.toml's rules across sections, checked of these.
+    for r in rules.iter().flatten() {
+        if r.uses_cloud() && !parts.cloud {
+            return Err(format!(
+                "rule `{}` has a cloud action, but [cloud] is not configured (or not enabled)",
+                r.name
+            ));
+        }
+        if r.uses_functions() && parts.functions.is_none() {
+            return Err(format!(
+                "rule `{}` has a function action, but [functions] is not enabled",
+                r.name
+            ));
+        }
+    }
     let mut snapshot = Snapshot::default();
     if !doc.functions.is_empty() {
         let functions = functions(parts, doc)?;
