@@ -2,6 +2,8 @@
 //! applied with `grove deploy`, functions invoked with `grove fn`, events from mosquitto_pub, and
 //! kill -9 at the steps of applying, each step known from the `grove_deploy_*` metrics.
 
+use std::path::Path;
+
 use sha2::{Digest, Sha256};
 
 use grove_tests::functions::{guest, path, Fixture, ECHO};
@@ -25,13 +27,18 @@ fn hex(bytes: &[u8]) -> String {
 fn document(f: &Fixture, id: &str, wasm: &[u8], sha256: &str, extra: &str) -> String {
     let module = f.files.path().join(format!("{id}.wasm"));
     std::fs::write(&module, wasm).unwrap();
+    document_at(f, id, &module, sha256, extra)
+}
+
+/// A document deploying the module at `module` as `f` (see [`document`]).
+fn document_at(f: &Fixture, id: &str, module: &Path, sha256: &str, extra: &str) -> String {
     let doc = serde_json::json!({
         "format": 1,
         "id": id,
         "functions": [{
             "name": "f",
             "manifest": MANIFEST,
-            "module": {"sha256": sha256, "file": path(&module)},
+            "module": {"sha256": sha256, "file": path(module)},
             "aliases": {"live": 100},
         }],
     });
@@ -323,4 +330,39 @@ fn rules_that_do_not_compile_or_need_a_missing_section_roll_back_and_the_rules_b
             f.g.restart();
         }
     }
+}
+
+#[test]
+fn kill_9_while_fetching_then_restart_resumes_the_fetch_and_commits() {
+    let mut f = Fixture::start("");
+    let echo = guest(ECHO, "");
+    committed(
+        &f,
+        &document(&f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
+    );
+    // The module is a named pipe: fetching it waits until the test writes it, so the deployment
+    // is known to be in its fetching step when the gateway is killed.
+    let fifo = f.files.path().join("d2.wasm");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let v2 = guest(ECHO, "v2");
+    let d2 = document_at(&f, "d2", &fifo, &hex(&v2), r#""health": {"soak_s": 0}"#);
+    let (code, out) = deploy(&f, &["apply", &d2, "--no-wait"]);
+    assert_eq!(code, 0, "{out}");
+    let fetching = r#"grove_deploy_applying{deployment="d2",phase="fetching"}"#;
+    f.g.wait_metric(fetching, |v| v == 1.0);
+    f.g.kill_and_restart();
+    // It takes the fetch up again; meanwhile d1 serves.
+    f.g.wait_metric(fetching, |v| v == 1.0);
+    assert_eq!(live(&f), Ok(r#"{"n":1}"#.to_owned()));
+    assert_eq!(live_version(&f), 1);
+    // Opening the pipe for writing waits for the gateway's reader.
+    std::fs::write(&fifo, &v2).unwrap();
+    f.g.wait_metric(r#"grove_deploy_committed{deployment="d2"}"#, |v| v == 1.0);
+    assert_eq!(live_version(&f), 2);
+    let (_, history) = deploy(&f, &["history"]);
+    assert!(history.starts_with("d2 committed\n"), "{history}");
 }
