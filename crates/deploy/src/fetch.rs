@@ -37,3 +37,64 @@ pub fn fetch(artifact: &Artifact) -> Result<Vec<u8>, String> {
         .map_err(|e| format!("{}: {e}", artifact.source))?;
     Ok(bytes)
 }
+
+#[cfg(test)]
+mod tests {
+    use sha2::{Digest, Sha256};
+
+    use super::*;
+
+    fn file(bytes: &[u8], hash_of: &[u8]) -> (tempfile::NamedTempFile, Artifact) {
+        let f = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(f.path(), bytes).unwrap();
+        let artifact = Artifact {
+            sha256: Sha256::digest(hash_of).into(),
+            source: Source::File(f.path().to_str().unwrap().to_owned()),
+        };
+        (f, artifact)
+    }
+
+    #[test]
+    fn a_file_is_read_and_checked_by_hash() {
+        let (_f, artifact) = file(b"module", b"module");
+        assert_eq!(fetch(&artifact).unwrap(), b"module");
+        let (_f, artifact) = file(b"module", b"other");
+        assert!(fetch(&artifact)
+            .unwrap_err()
+            .contains("artifact hash mismatch"));
+    }
+
+    #[test]
+    fn a_file_larger_than_a_module_may_be_is_refused_without_reading_it_all() {
+        // One byte over the limit; and an endless stream, which is refused after the limit too
+        // (reading stops one byte past it), not read until memory runs out.
+        let big = vec![0u8; MAX_MODULE_BYTES + 1];
+        let (_f, artifact) = file(&big, &big);
+        assert!(fetch(&artifact)
+            .unwrap_err()
+            .contains("larger than a module may be"));
+        let zero = Artifact {
+            sha256: [0; 32],
+            source: Source::File("/dev/zero".into()),
+        };
+        assert!(fetch(&zero)
+            .unwrap_err()
+            .contains("larger than a module may be"));
+    }
+
+    #[test]
+    fn a_missing_file_and_a_url_say_why() {
+        let missing = Artifact {
+            sha256: [0; 32],
+            source: Source::File("/nonexistent/m.wasm".into()),
+        };
+        assert!(fetch(&missing)
+            .unwrap_err()
+            .starts_with("cannot read /nonexistent/m.wasm"));
+        let url = Artifact {
+            sha256: [0; 32],
+            source: Source::Url("https://127.0.0.1/m.wasm".into()),
+        };
+        assert!(fetch(&url).unwrap_err().contains("not built yet"));
+    }
+}
