@@ -11,6 +11,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use grove_auth::cli::DeviceAction;
+use grove_deploy::cli::DeployAction;
 use grove_functions_host::cli::FnAction;
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::mqtt_request::{self, ClientError};
@@ -81,6 +82,21 @@ enum Command {
     Fn {
         #[command(subcommand)]
         action: FnAction,
+        /// The gateway's configuration file, to find its ops endpoint.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The gateway's ops endpoint (overrides --config).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        ops: Option<SocketAddr>,
+    },
+    /// Deployments: apply a document of functions and rules to a running gateway (it commits
+    /// after a healthy soak, or rolls back), see the status and history, roll back.
+    ///
+    /// The gateway is reached through its ops endpoint on loopback, as `grove fn` does; nothing
+    /// needs the cloud.
+    Deploy {
+        #[command(subcommand)]
+        action: DeployAction,
         /// The gateway's configuration file, to find its ops endpoint.
         #[arg(short, long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -204,7 +220,16 @@ fn main() -> ExitCode {
             action,
             config,
             ops,
-        } => functions(action, config, ops),
+        } => admin("grove fn", config, ops, |addr| {
+            grove_functions_host::cli::run(action, addr)
+        }),
+        Command::Deploy {
+            action,
+            config,
+            ops,
+        } => admin("grove deploy", config, ops, |addr| {
+            grove_deploy::cli::run(action, addr)
+        }),
         Command::Device { action, config } => match device(action, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
@@ -410,7 +435,14 @@ fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<Sock
     }
 }
 
-fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>) -> ExitCode {
+/// Runs an admin command (`grove fn`, `grove deploy`) against the ops endpoint of `--ops`, or of
+/// the configuration file.
+fn admin(
+    command: &str,
+    config: Option<PathBuf>,
+    ops: Option<SocketAddr>,
+    run: impl FnOnce(SocketAddr) -> Result<String, (u8, String)>,
+) -> ExitCode {
     let addr = match ops {
         Some(a) => a,
         None => {
@@ -424,7 +456,7 @@ fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>)
                 }) => loopback(bind.value),
                 Ok(_) => {
                     eprintln!(
-                        "grove fn: the gateway's ops endpoint is disabled ([ops] enabled = false)"
+                        "{command}: the gateway's ops endpoint is disabled ([ops] enabled = false)"
                     );
                     return ExitCode::from(2);
                 }
@@ -435,7 +467,7 @@ fn functions(action: FnAction, config: Option<PathBuf>, ops: Option<SocketAddr>)
             }
         }
     };
-    match grove_functions_host::cli::run(action, addr) {
+    match run(addr) {
         Ok(text) => {
             print!("{text}");
             ExitCode::SUCCESS

@@ -11,6 +11,7 @@ use prometheus_client::registry::Registry;
 
 use grove_broker::metrics::BrokerMetrics;
 use grove_cloud::metrics::CloudMetrics;
+use grove_deploy::metrics::DeployMetrics;
 use grove_functions_host::metrics::FunctionMetrics;
 use grove_rules_engine::metrics::RulesMetrics;
 use grove_shadow::metrics::ShadowMetrics;
@@ -29,6 +30,8 @@ pub struct Metrics {
     pub functions: FunctionMetrics,
     /// Cloud sync's counters.
     pub cloud: CloudMetrics,
+    /// The deployments' metrics.
+    pub deploy: DeployMetrics,
 }
 
 impl Metrics {
@@ -48,6 +51,8 @@ impl Metrics {
         rules.register(&mut registry);
         let functions = FunctionMetrics::default();
         functions.register(&mut registry);
+        let deploy = DeployMetrics::default();
+        deploy.register(&mut registry);
         let cloud = CloudMetrics::default();
         cloud.register(&mut registry);
         Metrics {
@@ -55,6 +60,7 @@ impl Metrics {
             broker,
             shadow,
             rules,
+            deploy,
             functions,
             cloud,
         }

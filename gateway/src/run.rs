@@ -19,6 +19,8 @@ use crate::metrics::Metrics;
 use grove_auth::identity::{Identities, DEVICES_FILE};
 use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
+use grove_deploy::machine::Timeouts;
+use grove_deploy::service::{DeployParts, DeployedRules, Deployer};
 use grove_functions_host::service::Functions;
 use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
 use grove_shadow::service::ShadowService;
@@ -80,14 +82,21 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     })?;
     let metrics = Arc::new(Metrics::new());
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let (broker, components, functions) =
-        match start(&config, config_path, store, &metrics, reload_rx).await {
-            Ok(started) => started,
-            Err(e) => {
-                store_thread.close().await;
-                return Err(e);
-            }
-        };
+    let (broker, components, functions, deployer) = match start(
+        &config,
+        config_path,
+        store,
+        &metrics,
+        (reload_tx.clone(), reload_rx),
+    )
+    .await
+    {
+        Ok(started) => started,
+        Err(e) => {
+            store_thread.close().await;
+            return Err(e);
+        }
+    };
 
     let (ops_stop, ops_stopped) = oneshot::channel::<()>();
     let ops_task = match &config.ops {
@@ -124,7 +133,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
                 true => Some(
                     admin
                         .unwrap_or_default()
-                        .merge(crate::ops::devices_router(broker.revocations())),
+                        .merge(crate::ops::devices_router(broker.revocations()))
+                        .merge(grove_deploy::admin::router(deployer)),
                 ),
                 false => admin,
             };
@@ -159,8 +169,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     Ok(())
 }
 
-/// Started components: the broker, tasks to wait for at shutdown, and the functions component.
-type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>);
+/// Started components: the broker, tasks to wait for at shutdown, the functions component and
+/// the deployments' handle.
+type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>, Deployer);
 
 /// Starts the broker and the components on it (shadows, functions, rules), then opens the
 /// listeners.
@@ -169,8 +180,9 @@ async fn start(
     config_path: Option<PathBuf>,
     store: Store,
     metrics: &Metrics,
-    reloads: mpsc::Receiver<Reload>,
+    (reload_tx, reloads): (mpsc::Sender<Reload>, mpsc::Receiver<Reload>),
 ) -> Result<Started, RunError> {
+    let deploy_store = store.clone();
     let devices = config.data_dir.value.join(DEVICES_FILE);
     let identities = Identities::open(devices).map_err(|e| ConfigError::Invalid {
         origin: config.data_dir.origin.clone(),
@@ -244,32 +256,56 @@ async fn start(
             .map_err(|e| RunError::Broker(BrokerError::Link(format!("functions: {e}"))))?,
         ),
     };
-    let load_rules = config_path.map(|path| -> LoadRules {
-        Box::new(move || {
-            Config::load(&path)
-                .map(|c| c.rules)
-                .map_err(|e| e.to_string())
-        })
+    // The rules of the newest committed deployment with rules, when there is one, run instead of
+    // grove.toml's (at startup and on a reload); see grove-deploy.
+    let link = |e: String| RunError::Broker(BrokerError::Link(format!("deployments: {e}")));
+    let deployed = DeployedRules::committed(&deploy_store)
+        .await
+        .map_err(link)?;
+    let rules = deployed.clone().unwrap_or_else(|| config.rules.clone());
+    let deployed = DeployedRules::new(deployed, reload_tx);
+    let slot = deployed.clone();
+    let startup_rules = config.rules.clone();
+    let load_rules: LoadRules = Box::new(move || match (slot.current(), &config_path) {
+        (Some(rules), _) => Ok(rules),
+        (None, Some(path)) => Config::load(path)
+            .map(|c| c.rules)
+            .map_err(|e| e.to_string()),
+        (None, None) => Ok(startup_rules.clone()),
     });
     let engine = RulesEngine::start(
         broker.bus_maker(),
-        load_rules,
-        &config.rules,
+        Some(load_rules),
+        &rules,
         metrics.rules.clone(),
         functions.clone(),
     )
     .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     info!(
-        rules = config.rules.iter().filter(|r| r.enabled).count(),
+        rules = rules.iter().filter(|r| r.enabled).count(),
         "rules running"
     );
     components.push(tokio::spawn(engine.run(reloads, broker.shutdown_signal())));
+    let parts = DeployParts {
+        store: deploy_store,
+        functions: functions.clone(),
+        cloud: config.cloud.is_some(),
+        function_metrics: metrics.functions.clone(),
+        rules_metrics: metrics.rules.clone(),
+        rules: deployed,
+        metrics: metrics.deploy.clone(),
+        timeouts: Timeouts::default(),
+    };
+    let (deployer, task) = grove_deploy::service::start(parts, broker.shutdown_signal())
+        .await
+        .map_err(|e| link(e.to_string()))?;
+    components.push(task);
     if let Err(e) = broker.listen().await {
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, components, functions))
+    Ok((broker, components, functions, deployer))
 }
 
 /// SIGTERM, SIGINT (stop) and SIGHUP (reload the rules), registered with tokio.

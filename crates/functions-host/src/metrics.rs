@@ -151,6 +151,30 @@ impl FunctionMetrics {
             .inc();
     }
 
+    /// A function's failed invocations so far, every kind together (read by deployments' soak).
+    pub fn errors(&self, function: &str) -> u64 {
+        crate::runtime::FailureKind::ALL
+            .iter()
+            .map(|kind| {
+                self.invocations
+                    .get_or_create(&InvocationLabels {
+                        function: function.to_owned(),
+                        result: kind.as_str(),
+                    })
+                    .get()
+            })
+            .sum()
+    }
+
+    /// A function's dead letters so far (read by deployments' soak).
+    pub fn dead_letters(&self, function: &str) -> u64 {
+        self.dlq
+            .get_or_create(&FunctionLabels {
+                function: function.to_owned(),
+            })
+            .get()
+    }
+
     /// Counts a denied host call.
     pub fn deny(&self, function: &str, call: &'static str) {
         self.denied

@@ -208,6 +208,17 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
+    /// Every kind (the deployments' soak sums a function's errors over them).
+    pub const ALL: [FailureKind; 7] = [
+        FailureKind::Handler,
+        FailureKind::Timeout,
+        FailureKind::Memory,
+        FailureKind::Trap,
+        FailureKind::Capacity,
+        FailureKind::Abi,
+        FailureKind::Host,
+    ];
+
     /// The name used in answers, DLQ messages, logs and metrics.
     pub fn as_str(self) -> &'static str {
         match self {

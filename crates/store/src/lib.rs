@@ -14,7 +14,7 @@
 //! crate (`grove-broker`'s `sessions.rs`: the router's persistent sessions and retained messages;
 //! `grove-shadow`'s `queries.rs`: shadows;
 //! `grove-functions-host`: versions, aliases, key-value state, async events; `grove-cloud`: the
-//! outbox and sync states), run through [`Store::transact`]. The schema's migrations are listed
+//! outbox and sync states; `grove-deploy`: deployments), run through [`Store::transact`]. The schema's migrations are listed
 //! here, in the one order they run (`user_version` counts them across components, so the list
 //! cannot be split without making that order implicit), with the row types of those tables.
 //!
@@ -181,6 +181,21 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE retained ADD COLUMN expires_at INTEGER;
     ALTER TABLE retained ADD COLUMN publisher TEXT NOT NULL DEFAULT '';
     ALTER TABLE retained ADD COLUMN properties TEXT;",
+    // 8: deployments (grove-deploy): each document as received, the step it is at (written before
+    // the step is done: what a restart finds is the step that was in progress), and what its
+    // switch replaced (`snapshot`, written before staging), which its rollback restores. `seq`
+    // orders the history.
+    "CREATE TABLE deployments (
+        seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+        id          TEXT NOT NULL UNIQUE,
+        document    TEXT NOT NULL,
+        phase       TEXT NOT NULL,
+        attempt     INTEGER NOT NULL,
+        reason      TEXT,
+        snapshot    TEXT,
+        received_ms INTEGER NOT NULL,
+        updated_ms  INTEGER NOT NULL
+    );",
 ];
 
 /// Why the store refused or failed.

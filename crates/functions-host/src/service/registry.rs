@@ -206,6 +206,21 @@ impl Functions {
         })
     }
 
+    /// Deploys an existing version's manifest and module again as the new `$LATEST`: how a
+    /// deployment's rollback puts back the code that ran before it (versions are immutable and
+    /// numbered upwards, so `$LATEST` moves back by moving forwards; the module comes from the
+    /// compile cache).
+    pub async fn restore(&self, name: &str, version: u64) -> Result<Deployed, FunctionError> {
+        let (versions, _) = self.inner.store.load_functions().await?;
+        let stored = versions
+            .into_iter()
+            .find(|v| v.name == name && v.version == version)
+            .ok_or(RoutingError::NoSuchVersion(version))?;
+        let wasm = std::fs::read(self.inner.dir.join(&stored.module))
+            .map_err(|e| FunctionError::Io(format!("cannot read the module: {e}")))?;
+        self.deploy(&stored.manifest, wasm, None).await
+    }
+
     /// Creates or moves an alias.
     pub async fn set_alias(
         &self,
