@@ -178,7 +178,7 @@ impl Codec {
     pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, protocol::Error> {
         match self {
             Codec::V311(p) => p.write(strip_properties(packet), out),
-            Codec::V5(p) => p.write(packet, out),
+            Codec::V5(p) => p.write(v5_disconnect_fix(packet), out),
         }
     }
 }
@@ -194,6 +194,30 @@ fn v5_unreadable(buf: &[u8]) -> Option<u8> {
         (2 | 11, _) => Some(kind),
         (12 | 13, Some(&len)) if len != 0 => Some(kind),
         _ => None,
+    }
+}
+
+/// rumqttd's MQTT 5 DISCONNECT writer cannot write a reason code other than 0 without
+/// properties: with none it writes a remaining length of 1 and then the reason code and a
+/// properties length byte, one byte past the packet (a client reads it as the start of a packet
+/// of the reserved type 0, and rumqttc's reader, which wants the properties length inside the
+/// packet, drops the DISCONNECT); with empty ones it writes `E0 00`, a normal disconnection. So a
+/// DISCONNECT with a reason carries a Reason String (MQTT 5 §3.14.2.2.3), the reason's name,
+/// which the writer counts right.
+fn v5_disconnect_fix(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(d, None)
+            if d.reason_code != protocol::DisconnectReasonCode::NormalDisconnection =>
+        {
+            let properties = protocol::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{:?}", d.reason_code)),
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            Packet::Disconnect(d, Some(properties))
+        }
+        other => other,
     }
 }
 
@@ -296,6 +320,20 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn an_mqtt5_disconnect_with_a_reason_is_well_formed() {
+        let mut out = BytesMut::new();
+        let d = protocol::Disconnect {
+            reason_code: protocol::DisconnectReasonCode::MalformedPacket,
+        };
+        Codec::new(Version::V5)
+            .write(Packet::Disconnect(d, None), &mut out)
+            .unwrap();
+
+        assert_eq!(&out[..5], [0xE0, 20, 0x81, 18, 0x1F]);
+        assert_eq!(&out[5..], b"\x00\x0fMalformedPacket");
     }
 
     #[test]
