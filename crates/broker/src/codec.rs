@@ -331,7 +331,7 @@ mod tests {
         Codec::new(Version::V5)
             .write(Packet::Disconnect(d, None), &mut out)
             .unwrap();
-
+        // Remaining length 20: the reason, the properties' length (18), a Reason String (0x1F).
         assert_eq!(&out[..5], [0xE0, 20, 0x81, 18, 0x1F]);
         assert_eq!(&out[5..], b"\x00\x0fMalformedPacket");
     }
