@@ -202,6 +202,7 @@ async fn start(
         &config.shadow,
         metrics.shadow.clone(),
     )
+    .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
     let mut components = vec![shadows];

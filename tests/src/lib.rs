@@ -38,7 +38,7 @@ mod tls_front;
 
 pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
-pub use raw::RawClient;
+pub use raw::{connect5, Malformed, Packet5, RawClient};
 pub use site::{Devices, Site};
 pub use tls_front::TlsFront;
 

@@ -1001,3 +1001,29 @@ async fn max_concurrency_caps_sync_invocations_too() {
     assert!(apart[0] >= 400, "one at a time, yet {apart:?} ms apart");
     assert!(apart[1] < 400, "side by side, yet {apart:?} ms apart");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_message_matching_two_triggers_of_a_function_is_one_event() {
+    // Overlapping triggers are allowed: the functions' tap takes a message once, and it is one
+    // event of each function any of whose triggers match. The function counts its invocations in
+    // kv: after one message matching both triggers and one matching only `ovl/#` it has run
+    // twice (a third event of the first message would run before the second's: one at a time,
+    // in order), so the synchronous call that follows is its third invocation.
+    let f = Fixture::start("");
+    f.deployed(
+        "twice",
+        &guest(KV_COUNT, ""),
+        "triggers = [\"ovl/#\", \"ovl/+\"]\n[grants]\nkv = true",
+    );
+    let mut inv = Invoker::connect(&f.g, "ovl").await;
+    for topic in ["ovl/a", "ovl/a/b"] {
+        inv.client
+            .publish(topic, QoS::AtLeastOnce, false, "e")
+            .await;
+    }
+    f.g.wait_metric(
+        "grove_function_invocations_total{function=\"twice\",result=\"ok\"}",
+        |v| v >= 2.0,
+    );
+    assert_eq!(inv.call("twice", json!({})).await["result"], 3);
+}

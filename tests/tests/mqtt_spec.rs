@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use grove_tests::{Gateway, WAIT};
+use grove_tests::{connect5, Gateway, Malformed, Packet5, RawClient, WAIT};
 use rumqttc::v5::mqttbytes::v5::{
     ConnAck, ConnectProperties, Filter, Packet as P5, Publish, RetainForwardRule, UnsubAckReason,
 };
@@ -403,4 +403,165 @@ async fn a_delivery_over_the_clients_maximum_packet_size_is_not_sent_and_is_coun
     g.wait_metric("grove_broker_dropped_total{reason=\"too_large\"}", |v| {
         v == 1.0
     });
+}
+
+/// The refusals counted as malformed so far.
+fn malformed_count(g: &Gateway) -> f64 {
+    g.metric("grove_broker_refused_total{reason=\"malformed\"}")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_connects_are_refused_at_once() {
+    // MQTT 3.1.1 [MQTT-3.1.2-3] and 5.0 §3.1.2.3: the reserved connect flag must be 0, else the
+    // CONNECT is malformed; 3.1.1 closes the connection (§4.8), 5.0 may send CONNACK 0x81 first
+    // and closes (§4.13, [MQTT-4.13.1-1]). An empty CONNECT (remaining length 0) can never become
+    // a valid one: it is malformed at once, not held until the CONNECT timeout. The timeout here
+    // is longer than the test's wait, so every close seen is a refusal, and each is counted as
+    // one (`refused{reason="malformed"}`), never as a timeout.
+    let g = Gateway::start("[broker]\nconnect_timeout_ms = 60000\n");
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    c.send_malformed(Malformed::ConnectReservedFlag { v5: false })
+        .await;
+    c.expect_closed().await;
+    g.wait_metric("grove_broker_refused_total{reason=\"malformed\"}", |v| {
+        v == 1.0
+    });
+
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    c.send_malformed(Malformed::ConnectReservedFlag { v5: true })
+        .await;
+    match c.next5().await {
+        Packet5::ConnAck(a) => assert_eq!(
+            a.code,
+            rumqttc::v5::mqttbytes::v5::ConnectReturnCode::MalformedPacket
+        ),
+        other => panic!("CONNACK 0x81, got {other:?}"),
+    }
+    c.expect_closed().await;
+
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    c.send_malformed(Malformed::EmptyConnect).await;
+    c.expect_closed().await;
+    g.wait_metric("grove_broker_refused_total{reason=\"malformed\"}", |v| {
+        v == 3.0
+    });
+    assert_eq!(
+        g.metric("grove_broker_refused_total{reason=\"connect_timeout\"}"),
+        0.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_fixed_header_flags_close_the_connection() {
+    // MQTT 3.1.1 [MQTT-2.2.2-2]: flags other than Table 2.2's are malformed and the connection is
+    // closed; SUBSCRIBE [MQTT-3.8.1-1], UNSUBSCRIBE [MQTT-3.10.1-1] and PUBREL [MQTT-3.6.1-1]
+    // carry 0b0010. MQTT 5 [MQTT-2.1.3-1], §4.13: DISCONNECT 0x81 Malformed Packet, then close.
+    let g = Gateway::start("");
+    for (i, packet) in [
+        Malformed::SubscribeFlags { v5: false },
+        Malformed::UnsubscribeFlags,
+        Malformed::PubRelFlags,
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let mut c = RawClient::connect(g.mqtt_addr(), &format!("flags-{i}")).await;
+        c.send_malformed(packet).await;
+        c.expect_closed().await;
+        g.wait_metric("grove_broker_refused_total{reason=\"malformed\"}", |v| {
+            v == (i + 1) as f64
+        });
+    }
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    let ack = c.login5(connect5("flags-v5", true)).await.unwrap();
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    c.send_malformed(Malformed::SubscribeFlags { v5: true })
+        .await;
+    match c.next5().await {
+        Packet5::Disconnect(d) => assert_eq!(
+            d.reason_code,
+            rumqttc::v5::mqttbytes::v5::DisconnectReasonCode::MalformedPacket
+        ),
+        other => panic!("DISCONNECT 0x81, got {other:?}"),
+    }
+    c.expect_closed().await;
+    assert_eq!(malformed_count(&g), 4.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unexpected_acknowledgements_do_not_close_the_connection() {
+    // MQTT 5 §4.3.3 and §3.7.2.1: a PUBREL for an unknown packet id gets PUBCOMP 0x92 Packet
+    // Identifier not found; a PUBACK for nothing is ignored. 3.1.1 ([MQTT-4.3.3-2]): PUBCOMP for
+    // the PUBREL. Either way the connection stays up: a SUBSCRIBE afterwards is answered.
+    use rumqttc::v5::mqttbytes::v5::{PubAck as PubAck5, PubCompReason, PubRel as PubRel5};
+    let g = Gateway::start("");
+    let mut c = RawClient::connect(g.mqtt_addr(), "acks-311").await;
+    c.send_packet(rumqttc::Packet::PubAck(rumqttc::PubAck::new(9)))
+        .await;
+    c.send_packet(rumqttc::Packet::PubRel(rumqttc::PubRel::new(9)))
+        .await;
+    match c.next().await {
+        rumqttc::Packet::PubComp(p) => assert_eq!(p.pkid, 9),
+        other => panic!("PUBCOMP, got {other:?}"),
+    }
+    c.subscribe("still/up", rumqttc::QoS::AtLeastOnce).await;
+
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    c.login5(connect5("acks-5", true)).await.unwrap();
+    c.send5(Packet5::PubAck(PubAck5::new(9, None))).await;
+    c.send5(Packet5::PubRel(PubRel5::new(9, None))).await;
+    match c.next5().await {
+        Packet5::PubComp(p) => {
+            assert_eq!(p.pkid, 9);
+            assert_eq!(p.reason, PubCompReason::PacketIdentifierNotFound);
+        }
+        other => panic!("PUBCOMP 0x92, got {other:?}"),
+    }
+    c.send5(Packet5::PingReq(rumqttc::v5::mqttbytes::v5::PingReq))
+        .await;
+    assert!(matches!(c.next5().await, Packet5::PingResp(_)));
+    assert_eq!(malformed_count(&g), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn client_ids_empty_or_with_nul() {
+    // MQTT 5 §3.1.3.1: an empty client id is allowed whatever Clean Start says; the server
+    // assigns one and returns it in Assigned Client Identifier ([MQTT-3.1.3-7], §3.2.2.3.7).
+    // MQTT 3.1.1 [MQTT-3.1.3-8]: an empty id with CleanSession=0 is refused, 0x02. A NUL is not
+    // allowed in a UTF-8 string (§1.5.3, [MQTT-1.5.3-2]): the client id is refused.
+    let g = Gateway::start("");
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    let ack = c.login5(connect5("", false)).await.unwrap();
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::Success
+    );
+    let assigned = ack
+        .properties
+        .and_then(|p| p.assigned_client_identifier)
+        .expect("Assigned Client Identifier");
+    assert!(!assigned.is_empty());
+
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    let mut empty = rumqttc::Connect::new("");
+    empty.clean_session = false;
+    assert_eq!(
+        c.login(&empty).await,
+        Ok(rumqttc::ConnectReturnCode::BadClientId)
+    );
+
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    assert_eq!(
+        c.login(&rumqttc::Connect::new("nul\0id")).await,
+        Ok(rumqttc::ConnectReturnCode::BadClientId)
+    );
+    let mut c = RawClient::open(g.mqtt_addr()).await;
+    let ack = c.login5(connect5("nul\0id", true)).await.unwrap();
+    assert_eq!(
+        ack.code,
+        rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ClientIdentifierNotValid
+    );
 }

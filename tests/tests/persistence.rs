@@ -51,7 +51,7 @@ async fn a_persistent_session_keeps_acknowledged_messages_and_qos_2_state_across
         (first.qos, &first.payload[..]),
         (QoS::ExactlyOnce, &b"two-0"[..])
     );
-    sub.send_packet(&Packet::PubRec(PubRec::new(first.pkid)))
+    sub.send_packet(Packet::PubRec(PubRec::new(first.pkid)))
         .await;
     let mut later = Vec::new(); // deliveries after the first, left unacknowledged
     loop {
@@ -85,8 +85,7 @@ async fn a_persistent_session_keeps_acknowledged_messages_and_qos_2_state_across
                 if r.pkid == first.pkid {
                     released = true;
                 }
-                sub.send_packet(&Packet::PubComp(PubComp::new(r.pkid)))
-                    .await;
+                sub.send_packet(Packet::PubComp(PubComp::new(r.pkid))).await;
             }
             Packet::Publish(p) if p.qos == QoS::ExactlyOnce => {
                 let payload = String::from_utf8(p.payload.to_vec()).unwrap();
@@ -94,12 +93,12 @@ async fn a_persistent_session_keeps_acknowledged_messages_and_qos_2_state_across
                     assert_eq!((p.pkid, p.dup), (held.pkid, true), "the held one, resent");
                 }
                 *twos.entry(payload).or_default() += 1;
-                sub.send_packet(&Packet::PubRec(PubRec::new(p.pkid))).await;
+                sub.send_packet(Packet::PubRec(PubRec::new(p.pkid))).await;
             }
             Packet::Publish(p) => {
                 assert_eq!(p.qos, QoS::AtLeastOnce);
                 ones.push(String::from_utf8(p.payload.to_vec()).unwrap());
-                sub.send_packet(&Packet::PubAck(rumqttc::PubAck::new(p.pkid)))
+                sub.send_packet(Packet::PubAck(rumqttc::PubAck::new(p.pkid)))
                     .await;
             }
             other => panic!("unexpected {other:?}"),

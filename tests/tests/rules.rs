@@ -415,3 +415,48 @@ fn rules_test_evaluates_offline() {
     assert_eq!(code, 1);
     assert!(out.contains("aws_lambda") && out.contains('^'), "{out}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rules_with_overlapping_from_filters_each_act_once_per_message() {
+    // The rules share one bus link subscribed to both filters; the router sends a session one
+    // copy of a message however many of its filters match (MQTT 3.1.1 [MQTT-3.3.5-1], allowed by
+    // MQTT 5 §3.3.4), and every rule that matches acts on it once. The rules' outputs leave
+    // in the order of the messages, so when the second message's output has arrived, every
+    // output of the first has too: a duplicate would be among the first three.
+    let g = Gateway::start(
+        r#"
+[[rules]]
+name = "all"
+sql = "SELECT n FROM 'ov/#'"
+actions = [{ republish = { topic = "out/all", qos = 1 } }]
+
+[[rules]]
+name = "one-level"
+sql = "SELECT n FROM 'ov/+'"
+actions = [{ republish = { topic = "out/one", qos = 1 } }]
+"#,
+    );
+    let mut watch = Client::connect("watch", g.mqtt_port).await;
+    watch.subscribe("out/#", QoS::AtLeastOnce).await;
+    let device = Client::connect("ov-device", g.mqtt_port).await;
+    device
+        .publish("ov/a", QoS::AtLeastOnce, false, r#"{"n":1}"#)
+        .await;
+    // Matches `ov/#` only.
+    device
+        .publish("ov/a/b", QoS::AtLeastOnce, false, r#"{"n":2}"#)
+        .await;
+    let got: Vec<(String, Value)> = watch
+        .recv_n(3, WAIT)
+        .await
+        .iter()
+        .map(|p| (p.topic.clone(), json_of(p)))
+        .collect();
+    let first = got[..2].to_vec();
+    assert!(
+        first.contains(&("out/all".into(), json!({"n": 1})))
+            && first.contains(&("out/one".into(), json!({"n": 1}))),
+        "{got:?}"
+    );
+    assert_eq!(got[2], ("out/all".into(), json!({"n": 2})), "{got:?}");
+}

@@ -96,7 +96,6 @@ pub struct Bus {
     pending: Vec<Message>,
     /// Filters of [`Bus::subscribe`] not yet handed to the router (sent by the next call that
     /// may wait).
-    unsent: Vec<String>,
     /// Packet ids for SUBSCRIBE and QoS 1 publishes (nothing waits for their acknowledgements).
     next_pkid: u16,
     /// The durable tap this link's publishes bypass (its owner's own), if any.
@@ -133,7 +132,6 @@ impl Bus {
             shared,
             outlet,
             pending: Vec::new(),
-            unsent: Vec::new(),
             next_pkid: 0,
             skip,
         })
@@ -163,27 +161,9 @@ impl Bus {
         })
     }
 
-    /// Subscribes (QoS 0); the router sees it with this bus's next receive or publish.
-    pub fn subscribe(&mut self, filter: &str) -> Result<(), Closed> {
-        self.unsent.push(filter.to_owned());
-        Ok(())
-    }
-
-    /// Hands the router the filters of [`Bus::subscribe`]. Cancel-safe: a filter leaves the list
-    /// only once the router has it.
-    async fn send_unsent(&mut self) -> Result<(), Closed> {
-        while let Some(filter) = self.unsent.first().cloned() {
-            let packet = self.subscribe_packet(&[filter]);
-            self.send(packet).await?;
-            self.unsent.remove(0);
-        }
-        Ok(())
-    }
-
     /// Subscribes to every filter and returns once the router has confirmed all of them, so that
     /// every message published after this returns reaches this link.
     pub async fn subscribe_confirmed(&mut self, filters: &[String]) -> Result<(), Closed> {
-        self.send_unsent().await?;
         let packet = self.subscribe_packet(filters);
         let core::Inbound::Subscribe(core::Subscribe { pkid, .. }) = &packet else {
             unreachable!("a SUBSCRIBE")
@@ -228,7 +208,6 @@ impl Bus {
 
     /// Waits for at least one message, then appends every message already waiting to `out`.
     pub async fn recv_batch(&mut self, out: &mut Vec<Message>) -> Result<(), Closed> {
-        self.send_unsent().await?;
         let start = out.len();
         out.append(&mut self.pending);
         let mut packets = Vec::new();
@@ -294,7 +273,6 @@ impl Bus {
             )
             .await
             .map_err(|_| Closed::Link)?;
-        self.send_unsent().await?;
         for (m, correlation_data) in messages {
             let qos = if m.qos == 0 {
                 core::QoS::AtMostOnce

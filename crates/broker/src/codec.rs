@@ -30,12 +30,31 @@ pub enum Sniff {
     UnsupportedLevel(u8),
     /// Not an MQTT CONNECT at all.
     NotMqtt,
+    /// A malformed CONNECT, refused as soon as its first bytes show it (MQTT 5 §4.13, 3.1.1
+    /// §4.8): `version` when the protocol level was read (an MQTT 5 client then gets CONNACK
+    /// 0x81 Malformed Packet before the close).
+    Malformed {
+        /// The version the CONNECT asked for, if it got that far.
+        version: Option<Version>,
+        /// What is wrong with it.
+        detail: &'static str,
+    },
 }
+
+/// The shortest remaining length of a CONNECT after its protocol name: level, connect flags,
+/// keep alive, and the length of the client id (MQTT 3.1.1 §3.1.2, 5.0 §3.1.2).
+const CONNECT_MIN_AFTER_NAME: usize = 1 + 1 + 2 + 2;
 
 /// Reads the protocol level from the start of a CONNECT packet.
 ///
 /// Layout (MQTT 3.1.1 §3.1, MQTT 5 §3.1): fixed header byte 0x10, remaining length (1 to 4 bytes),
-/// protocol name as a length-prefixed string ("MQTT"; "MQIsdp" for 3.1), then the level byte.
+/// protocol name as a length-prefixed string ("MQTT"; "MQIsdp" for 3.1), the level byte, then the
+/// connect flags.
+///
+/// A CONNECT whose remaining length cannot hold that much (an empty CONNECT, `10 00`) is
+/// malformed at once rather than held until `connect_timeout_ms` for bytes that could not make
+/// it valid; a CONNECT with the reserved connect flag set is malformed (3.1.1 [MQTT-3.1.2-3],
+/// 5.0 §3.1.2.3). rumqttd's readers check neither.
 pub fn sniff(bytes: &[u8]) -> Sniff {
     let Some(&first) = bytes.first() else {
         return Sniff::NeedMore(1);
@@ -43,17 +62,32 @@ pub fn sniff(bytes: &[u8]) -> Sniff {
     if first != 0x10 {
         return Sniff::NotMqtt;
     }
-    // Skip the variable-length remaining-length field.
+    // The variable-length remaining-length field (§2.2.3).
     let mut i = 1;
+    let mut remaining = 0usize;
     loop {
         match bytes.get(i) {
             None => return Sniff::NeedMore(1),
-            Some(b) if b & 0x80 == 0 => break,
-            Some(_) if i == 4 => return Sniff::NotMqtt,
-            Some(_) => i += 1,
+            Some(b) => {
+                remaining |= usize::from(b & 0x7f) << (7 * (i - 1));
+                if b & 0x80 == 0 {
+                    break;
+                }
+                if i == 4 {
+                    return Sniff::NotMqtt;
+                }
+                i += 1;
+            }
         }
     }
     let name_at = i + 1;
+    let too_short = |version| Sniff::Malformed {
+        version,
+        detail: "a CONNECT too short to be one",
+    };
+    if remaining < 2 {
+        return too_short(None);
+    }
     let Some(len) = bytes.get(name_at..name_at + 2) else {
         return Sniff::NeedMore(name_at + 2 - bytes.len());
     };
@@ -65,11 +99,35 @@ pub fn sniff(bytes: &[u8]) -> Sniff {
     let Some(&level) = bytes.get(level_at) else {
         return Sniff::NeedMore(level_at + 1 - bytes.len());
     };
-    match (&bytes[name_at + 2..level_at], level) {
-        (b"MQTT", 4) => Sniff::Version(Version::V311),
-        (b"MQTT", 5) => Sniff::Version(Version::V5),
-        (b"MQTT" | b"MQIsdp", level) => Sniff::UnsupportedLevel(level),
-        _ => Sniff::NotMqtt,
+    let version = match (&bytes[name_at + 2..level_at], level) {
+        (b"MQTT", 4) => Version::V311,
+        (b"MQTT", 5) => Version::V5,
+        (b"MQTT" | b"MQIsdp", level) => return Sniff::UnsupportedLevel(level),
+        _ => return Sniff::NotMqtt,
+    };
+    if remaining < 2 + name_len + CONNECT_MIN_AFTER_NAME {
+        return too_short(Some(version));
+    }
+    match bytes.get(level_at + 1) {
+        Some(flags) if flags & 1 != 0 => Sniff::Malformed {
+            version: Some(version),
+            detail: "the reserved connect flag is set",
+        },
+        _ => Sniff::Version(version),
+    }
+}
+
+/// Whether the flags of a fixed header (its first byte's low four bits) are what MQTT fixes for
+/// its packet type (3.1.1 §2.2.2 Table 2.2, 5.0 §2.1.3 Table 2-2): 0b0010 for PUBREL, SUBSCRIBE
+/// and UNSUBSCRIBE, 0 for the other packets without flags of their own. Anything else is a
+/// malformed packet: the connection is closed (3.1.1 [MQTT-2.2.2-2]; 5.0 [MQTT-2.1.3-1] and
+/// §4.13, DISCONNECT 0x81). PUBLISH has flags of its own (its QoS 3 is rumqttd's to refuse).
+/// rumqttd's readers do not look at these flags.
+fn fixed_flags_valid(first: u8) -> bool {
+    match (first >> 4, first & 0x0f) {
+        (3, _) => true,
+        (6 | 8 | 10, flags) => flags == 0b0010,
+        (_, flags) => flags == 0,
     }
 }
 
@@ -101,7 +159,12 @@ impl Codec {
 
     /// Takes one whole packet off the front of `buf`; `InsufficientBytes` when it is not all there.
     /// A packet whose remaining length exceeds `max_len` is refused before it is read.
+    /// A packet whose fixed-header flags are not the ones MQTT fixes for its type is
+    /// `MalformedPacket` ([`fixed_flags_valid`]).
     pub fn read(&mut self, buf: &mut BytesMut, max_len: usize) -> Result<Packet, protocol::Error> {
+        if buf.first().is_some_and(|&b| !fixed_flags_valid(b)) {
+            return Err(protocol::Error::MalformedPacket);
+        }
         match self {
             Codec::V311(p) => p.read_mut(buf, max_len),
             Codec::V5(p) => match v5_unreadable(buf) {
@@ -115,7 +178,7 @@ impl Codec {
     pub fn write(&self, packet: Packet, out: &mut BytesMut) -> Result<usize, protocol::Error> {
         match self {
             Codec::V311(p) => p.write(strip_properties(packet), out),
-            Codec::V5(p) => p.write(packet, out),
+            Codec::V5(p) => p.write(v5_disconnect_fix(packet), out),
         }
     }
 }
@@ -131,6 +194,30 @@ fn v5_unreadable(buf: &[u8]) -> Option<u8> {
         (2 | 11, _) => Some(kind),
         (12 | 13, Some(&len)) if len != 0 => Some(kind),
         _ => None,
+    }
+}
+
+/// rumqttd's MQTT 5 DISCONNECT writer cannot write a reason code other than 0 without
+/// properties: with none it writes a remaining length of 1 and then the reason code and a
+/// properties length byte, one byte past the packet (a client reads it as the start of a packet
+/// of the reserved type 0, and rumqttc's reader, which wants the properties length inside the
+/// packet, drops the DISCONNECT); with empty ones it writes `E0 00`, a normal disconnection. So a
+/// DISCONNECT with a reason carries a Reason String (MQTT 5 §3.14.2.2.3), the reason's name,
+/// which the writer counts right.
+fn v5_disconnect_fix(packet: Packet) -> Packet {
+    match packet {
+        Packet::Disconnect(d, None)
+            if d.reason_code != protocol::DisconnectReasonCode::NormalDisconnection =>
+        {
+            let properties = protocol::DisconnectProperties {
+                session_expiry_interval: None,
+                reason_string: Some(format!("{:?}", d.reason_code)),
+                user_properties: Vec::new(),
+                server_reference: None,
+            };
+            Packet::Disconnect(d, Some(properties))
+        }
+        other => other,
     }
 }
 
@@ -185,10 +272,68 @@ mod tests {
             (long_len, Sniff::Version(Version::V5)),
             (vec![0x10, 0x80, 0x80, 0x80, 0x80, 0x01], Sniff::NotMqtt),
             (vec![0x10, 0x20, 0x00, 0x40], Sniff::NotMqtt),
+            (
+                vec![0x10, 0x00],
+                Sniff::Malformed {
+                    version: None,
+                    detail: "a CONNECT too short to be one",
+                },
+            ),
+            (
+                {
+                    let mut v = connect(b"MQTT", 5);
+                    v.push(0x03);
+                    v
+                },
+                Sniff::Malformed {
+                    version: Some(Version::V5),
+                    detail: "the reserved connect flag is set",
+                },
+            ),
         ];
         for (bytes, want) in cases {
             assert_eq!(sniff(&bytes), want, "for {bytes:02x?}");
         }
+    }
+
+    #[test]
+    fn fixed_header_flags_other_than_the_specs_are_malformed() {
+        // SUBSCRIBE, UNSUBSCRIBE, PUBREL: flags 0b0010 ([MQTT-3.8.1-1], [MQTT-3.10.1-1],
+        // [MQTT-3.6.1-1]); PUBACK and PINGREQ: 0.
+        let cases: [(&[u8], bool); 8] = [
+            (&[0x82, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], true),
+            (&[0x80, 0x06, 0x00, 0x01, 0x00, 0x01, b'a', 0x00], false),
+            (&[0xA2, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'], true),
+            (&[0xA0, 0x05, 0x00, 0x01, 0x00, 0x01, b'a'], false),
+            (&[0x62, 0x02, 0x00, 0x01], true),
+            (&[0x60, 0x02, 0x00, 0x01], false),
+            (&[0x41, 0x02, 0x00, 0x01], false),
+            (&[0xC8, 0x00], false),
+        ];
+        for version in [Version::V311, Version::V5] {
+            for (bytes, valid) in cases {
+                let read = Codec::new(version).read(&mut BytesMut::from(bytes), 1024);
+                assert_eq!(
+                    !matches!(read, Err(protocol::Error::MalformedPacket)),
+                    valid,
+                    "{version:?} {bytes:02x?}: {read:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_mqtt5_disconnect_with_a_reason_is_well_formed() {
+        let mut out = BytesMut::new();
+        let d = protocol::Disconnect {
+            reason_code: protocol::DisconnectReasonCode::MalformedPacket,
+        };
+        Codec::new(Version::V5)
+            .write(Packet::Disconnect(d, None), &mut out)
+            .unwrap();
+        // Remaining length 20: the reason, the properties' length (18), a Reason String (0x1F).
+        assert_eq!(&out[..5], [0xE0, 20, 0x81, 18, 0x1F]);
+        assert_eq!(&out[5..], b"\x00\x0fMalformedPacket");
     }
 
     #[test]

@@ -152,6 +152,7 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
         Sniff::Version(v) => v,
         Sniff::NeedMore(_) => return need_more(buf),
         Sniff::NotMqtt => return Step::Refuse(Refusal::new("protocol", "not an MQTT CONNECT")),
+        Sniff::Malformed { version, detail } => return Step::Refuse(malformed(version, detail)),
         Sniff::UnsupportedLevel(level) => {
             // Whatever the level asked for, the answer is in 3.1.1, the oldest Grove speaks.
             return Step::Refuse(
@@ -184,7 +185,7 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
                 ),
             });
         }
-        Err(e) => return Step::Refuse(Refusal::new("malformed", format!("bad CONNECT: {e}"))),
+        Err(e) => return Step::Refuse(malformed(Some(version), format!("bad CONNECT: {e}"))),
     };
     let Packet::Connect(connect, properties, will, will_properties, login) = packet else {
         return Step::Refuse(Refusal::new("protocol", "first packet is not CONNECT"));
@@ -275,6 +276,20 @@ pub fn read_connect(buf: &mut BytesMut, rules: &ConnectRules) -> Step {
         will_properties,
         login,
     }))
+}
+
+/// A malformed CONNECT: MQTT 3.1.1 has no CONNACK code for it, the connection is just closed
+/// (§4.8); an MQTT 5 client gets CONNACK 0x81 Malformed Packet first (§4.13, [MQTT-4.13.1-1]).
+fn malformed(version: Option<Version>, detail: impl Into<String>) -> Refusal {
+    let refusal = Refusal::new("malformed", detail);
+    match version {
+        Some(Version::V5) => refusal.answer(
+            Version::V5,
+            ConnectReturnCode::MalformedPacket,
+            ConnectReturnCode::MalformedPacket,
+        ),
+        _ => refusal,
+    }
 }
 
 /// MQTT §4.7.3: a topic name is at least one character long (MQTT 5 allows it empty when a topic
@@ -423,6 +438,22 @@ mod tests {
                 "a NUL in the client id",
                 connect("d\u{0}1", Some(("d\u{0}1", "pw")), None),
                 "identifier_rejected Some(ClientIdentifierNotValid)",
+            ),
+            (
+                // [MQTT-3.1.2-3]: 3.1.1 closes without a CONNACK.
+                "the reserved connect flag",
+                {
+                    let mut b = connect("d1", Some(("d1", "pw")), None);
+                    b[9] |= 0x01;
+                    b
+                },
+                "malformed None",
+            ),
+            ("an empty CONNECT", vec![0x10, 0x00], "malformed None"),
+            (
+                "a CONNECT too short for its client id",
+                vec![0x10, 0x08, 0x00, 0x04, b'M', b'Q', b'T', b'T', 5, 0x02],
+                "malformed Some(MalformedPacket)",
             ),
             (
                 // Refused from its first five bytes: the rest need never be read.

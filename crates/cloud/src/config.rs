@@ -580,8 +580,9 @@ impl RawCloud {
                     "the prefix must not contain wildcards",
                 ));
             }
-            // One bus link carries every forward filter, and the router delivers a message once
-            // per matching filter of a link: overlapping filters would send it up twice.
+            // A message goes up once, under the prefix of the first forward filter that takes
+            // it (the forwarder's durable tap): with overlapping filters, which prefix a message
+            // gets would depend on their order in the file, so they are refused as ambiguous.
             if let Some(other) = forward.iter().find(|o| overlaps(&o.filter, &f.filter)) {
                 return Err(err(
                     key,

@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 
 use serde::Deserialize;
 
-use grove_auth::policy::{matches, overlaps, valid_filter};
+use grove_auth::policy::{matches, valid_filter};
 
 /// Default memory limit of one instance, in MiB.
 pub const DEFAULT_MEMORY_MB: u32 = 16;
@@ -155,7 +155,9 @@ impl Manifest {
         if handler.is_empty() {
             return Err(invalid("handler", "must not be empty".into()));
         }
-        for (i, t) in raw.triggers.iter().enumerate() {
+        // Triggers may overlap: a message is one event of a function however many of its
+        // triggers match it (`triggers::targets`).
+        for t in &raw.triggers {
             if !valid_filter(t) {
                 return Err(invalid(
                     "triggers",
@@ -166,14 +168,6 @@ impl Manifest {
                 return Err(invalid(
                     "triggers",
                     format!("{t:?}: functions' own topics cannot trigger functions"),
-                ));
-            }
-            // rumqttd delivers a message once per matching filter of a link: two overlapping
-            // triggers of one function would make one message two events.
-            if let Some(o) = raw.triggers[..i].iter().find(|o| overlaps(o, t)) {
-                return Err(invalid(
-                    "triggers",
-                    format!("{o:?} and {t:?} overlap: a message would be two events"),
                 ));
             }
         }
@@ -311,7 +305,6 @@ kv = true
                 "name = \"f\"\ntriggers = [\"a/#/b\"]",
                 "not a valid MQTT filter",
             ),
-            ("name = \"f\"\ntriggers = [\"a/#\", \"a/b\"]", "overlap"),
             (
                 "name = \"f\"\ntriggers = [\"$grove/functions/g/invoke\"]",
                 "cannot trigger",

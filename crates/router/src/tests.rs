@@ -1380,3 +1380,38 @@ fn pending_wills_survive_restart() {
         "published wills are not stored"
     );
 }
+
+/// Unexpected acknowledgements never end a connection: an unknown PUBACK (or PUBCOMP) is ignored
+/// (5.0 §4.3.2 asks nothing of it), a PUBREL for an unknown id is answered PUBCOMP, 0x92 Packet
+/// Identifier not found in MQTT 5 (§3.7.2.1, §4.3.3), success in 3.1.1 ([MQTT-4.3.3-2] has no
+/// code for it and the 3.1.1 PUBCOMP none at all).
+#[test]
+fn unexpected_acks_are_answered_or_ignored_never_fatal() {
+    let mut h = H::new();
+    let (v5, _) = h.connect(c5("v5"));
+    let (v3, _) = h.connect(c3("v3", true));
+    for conn in [v5, v3] {
+        let a = Ack { pkid: 9, reason: 0 };
+        h.r.handle(h.now, conn, Inbound::PubAck(a));
+        h.r.handle(h.now, conn, Inbound::PubComp(a));
+        assert_eq!(
+            h.take(conn),
+            [],
+            "nothing answers an unknown PUBACK / PUBCOMP"
+        );
+        h.r.handle(h.now, conn, Inbound::PubRel(a));
+        let code = if conn == v5 {
+            reason::PACKET_ID_NOT_FOUND
+        } else {
+            reason::SUCCESS
+        };
+        assert_eq!(
+            h.take(conn),
+            [Outbound::PubComp(Ack {
+                pkid: 9,
+                reason: code
+            })]
+        );
+        assert!(h.r.is_connected(conn), "still connected");
+    }
+}

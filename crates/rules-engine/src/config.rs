@@ -14,32 +14,30 @@ pub const MAX_CAUSED: u64 = 2 << MAX_HOPS;
 /// The hop count of the messages one step of the rules makes from one message, and how many of
 /// that step's outputs may be acted on; the hop limit bounds depth, this bounds breadth.
 ///
-/// `hops` is the message's hop count, `consumers` how many rule groups receive it (each
-/// decides alone), and `children[i]` how many messages output `i`'s actions can make (its actions,
-/// plus one for its error action). A step making `n` messages advances them by
-/// `max(1, ceil(log2(consumers * n)))` hops instead of 1, and keeps only the outputs that fit
+/// `hops` is the message's hop count, and `children[i]` how many messages output `i`'s actions
+/// can make (its actions, plus one for its error action). A step making `n` messages advances
+/// them by `max(1, ceil(log2(n)))` hops instead of 1, and keeps only the outputs that fit
 /// within [`MAX_HOPS`](grove_broker::bus::MAX_HOPS). Seen as a budget of `2^(MAX_HOPS - hops)` leaves per message, a step
 /// hands its children together at most its own budget, and each child at most half of it, so all
 /// the messages one message causes number fewer than twice its budget: [`MAX_CAUSED`] for a
-/// device's message. A chain (one output, one action, one group) advances 1 hop as before.
-pub fn fan_out(hops: u32, consumers: usize, children: &[usize]) -> (u32, usize) {
+/// device's message. A chain (one output, one action) advances 1 hop as before. (The rules see
+/// each message once, on one bus link, however many of their filters match it: the router sends
+/// one copy per session.)
+pub fn fan_out(hops: u32, children: &[usize]) -> (u32, usize) {
     let Some(room) = MAX_HOPS.checked_sub(hops).filter(|r| *r > 0) else {
         return (hops.saturating_add(1), 0);
     };
     let budget = 1u64 << room;
-    let consumers = consumers.max(1) as u64;
     let mut made = 0u64;
     let mut kept = 0;
     for &n in children {
-        if consumers * (made + n as u64) > budget {
+        if made + n as u64 > budget {
             break;
         }
         made += n as u64;
         kept += 1;
     }
-    let spread = (consumers * made.max(1))
-        .next_power_of_two()
-        .trailing_zeros();
+    let spread = made.max(1).next_power_of_two().trailing_zeros();
     (hops + spread.max(1), kept)
 }
 
@@ -300,28 +298,23 @@ mod tests {
 
     #[test]
     fn fan_out_keeps_chains_and_spends_breadth_as_depth() {
-        // (hops, consumers, children) -> (children's hops, outputs kept)
-        for (hops, consumers, children, expected) in [
-            (0, 1, vec![1], (1, 1)),
-            (7, 1, vec![1], (8, 1)),
-            (8, 1, vec![1], (9, 0)),
-            (0, 1, vec![2], (1, 1)),
-            (0, 1, vec![4], (2, 1)),
-            (0, 2, vec![1], (1, 1)),
-            (0, 3, vec![1], (2, 1)),
-            (0, 1, vec![1, 1, 1], (2, 3)),
-            (6, 1, vec![4], (8, 1)),
-            (7, 1, vec![4], (8, 0)),
-            (7, 1, vec![2, 2], (8, 1)),
-            (0, 1, vec![256], (8, 1)),
-            (0, 1, vec![257], (1, 0)),
-            (0, 1, vec![200, 100], (8, 1)),
+        // (hops, children) -> (children's hops, outputs kept)
+        for (hops, children, expected) in [
+            (0, vec![1], (1, 1)),
+            (7, vec![1], (8, 1)),
+            (8, vec![1], (9, 0)),
+            (0, vec![2], (1, 1)),
+            (0, vec![3], (2, 1)),
+            (0, vec![4], (2, 1)),
+            (0, vec![1, 1, 1], (2, 3)),
+            (6, vec![4], (8, 1)),
+            (7, vec![4], (8, 0)),
+            (7, vec![2, 2], (8, 1)),
+            (0, vec![256], (8, 1)),
+            (0, vec![257], (1, 0)),
+            (0, vec![200, 100], (8, 1)),
         ] {
-            assert_eq!(
-                fan_out(hops, consumers, &children),
-                expected,
-                "{hops} {consumers} {children:?}"
-            );
+            assert_eq!(fan_out(hops, &children), expected, "{hops} {children:?}");
         }
     }
 
@@ -329,25 +322,17 @@ mod tests {
     /// `n` copies of every message into its own FROM, for every `n`, counted exactly.
     #[test]
     fn no_fan_out_causes_more_than_the_bound() {
-        fn caused(hops: u32, consumers: usize, n: usize) -> u64 {
-            let per_consumer = vec![n];
-            let (next, kept) = fan_out(hops, consumers, &per_consumer);
-            let made = (consumers * kept * n) as u64;
-            made + made
-                * if kept > 0 {
-                    caused(next, consumers, n)
-                } else {
-                    0
-                }
+        fn caused(hops: u32, n: usize) -> u64 {
+            let (next, kept) = fan_out(hops, &[n]);
+            let made = (kept * n) as u64;
+            made + made * if kept > 0 { caused(next, n) } else { 0 }
         }
-        for consumers in 1..=4 {
-            for n in 1..=300 {
-                let total = caused(0, consumers, n);
-                assert!(total < MAX_CAUSED, "{consumers} x {n}: {total}");
-            }
+        for n in 1..=300 {
+            let total = caused(0, n);
+            assert!(total < MAX_CAUSED, "{n}: {total}");
         }
         // The case: 4 republishes into the rule's own FROM made 87,381 messages.
-        assert_eq!(caused(0, 1, 4), 4 + 16 + 64 + 256);
+        assert_eq!(caused(0, 4), 4 + 16 + 64 + 256);
     }
 
     fn raw(sql: &str, actions: Vec<RawAction>) -> RawRule {

@@ -142,7 +142,7 @@ enum Performed {
     Shadow(ShadowUpdate),
 }
 
-/// A set of rules (one group's, see `groups.rs`) with their index, windows and counters.
+/// The rule set with its index, windows and counters.
 pub struct Dispatch {
     rules: Vec<Running>,
     index: RuleIndex<usize>,
@@ -190,16 +190,8 @@ impl Dispatch {
             .min()
     }
 
-    /// Evaluates one message. `consumers` says how many rule groups take the message's topic
-    /// (each decides alone; see [`fan_out`]); it is asked only when some rule made an output.
-    pub fn on_message(
-        &mut self,
-        m: &Message,
-        consumers: impl FnOnce(&str) -> usize,
-        ctx: &Context<'_>,
-        now: Instant,
-        step: &mut Step,
-    ) {
+    /// Evaluates one message: every rule whose filter matches its topic, once.
+    pub fn on_message(&mut self, m: &Message, ctx: &Context<'_>, now: Instant, step: &mut Step) {
         let hops = m.hops;
         let msg = grove_rules::Message::new(
             &m.topic,
@@ -232,10 +224,9 @@ impl Dispatch {
         if outputs.is_empty() {
             return;
         }
-        let consumers = consumers(&m.topic);
         // A window's row is as deep as the deepest message that fed it.
         let deepest = outputs.iter().map(|(_, _, h)| *h).max().unwrap_or(hops);
-        self.act_on(&msg, outputs, deepest, consumers, ctx, now, step);
+        self.act_on(&msg, outputs, deepest, ctx, now, step);
     }
 
     /// Windows that closed: their rows, acted on against a message standing for the window (its
@@ -255,7 +246,7 @@ impl Dispatch {
                     row.output.to_bytes(),
                 );
                 let outputs = vec![(i, row.output, row.hops)];
-                self.act_on(&msg, outputs, row.hops, 1, ctx, now, step);
+                self.act_on(&msg, outputs, row.hops, ctx, now, step);
             }
         }
     }
@@ -282,13 +273,11 @@ impl Dispatch {
 
     /// Acts on the outputs one message (or one window tick) made, as many as [`fan_out`] allows;
     /// the others are counted and cut.
-    #[allow(clippy::too_many_arguments)] // One step's inputs: the message, its outputs, the clock.
     fn act_on(
         &mut self,
         msg: &grove_rules::Message,
         outputs: Vec<(usize, Output, u32)>,
         hops: u32,
-        consumers: usize,
         ctx: &Context<'_>,
         now: Instant,
         step: &mut Step,
@@ -300,7 +289,7 @@ impl Dispatch {
                 config.actions.len() + usize::from(config.error_action.is_some())
             })
             .collect();
-        let (next, kept) = fan_out(hops, consumers, &children);
+        let (next, kept) = fan_out(hops, &children);
         for (n, (i, output, _)) in outputs.into_iter().enumerate() {
             if n < kept {
                 self.act(i, msg, &output, next, ctx, step);
@@ -623,12 +612,12 @@ mod tests {
         }
     }
 
-    /// Runs one message through `rules` (one consumer group) and returns the step.
+    /// Runs one message through `rules` and returns the step.
     fn step(d: &mut Dispatch, m: &Message) -> Step {
         let uuids = || "uuid".to_owned();
         let ctx = Context::new(1_000, &uuids);
         let mut step = Step::default();
-        d.on_message(m, |_| 1, &ctx, Instant::now(), &mut step);
+        d.on_message(m, &ctx, Instant::now(), &mut step);
         step
     }
 

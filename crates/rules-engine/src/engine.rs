@@ -1,6 +1,10 @@
-//! The rules component's shell: rule sets on bus links, the shadow service's answers, windows'
-//! timers, reload. What a message does (matching, outputs, fan-out, actions, error actions) is the
-//! pure `dispatch` module; which rules share a link is the `groups` module.
+//! The rules component's shell: the rule set on its bus link, the shadow service's answers,
+//! windows' timers, reload. What a message does (matching, outputs, fan-out, actions, error
+//! actions) is the pure `dispatch` module.
+//!
+//! Every rule of a set shares one bus link, subscribed to every distinct `FROM` filter: the router
+//! sends a session one copy of a message however many of its filters match (`grove_router`,
+//! "Overlapping subscriptions"), and the dispatch's index finds every rule it matches.
 //!
 //! A `shadow` action's update goes through the in-process shadow client ([`LocalShadows`]) with a
 //! client token the engine chooses (a `clientToken` in the rule's output is replaced), so that the
@@ -8,15 +12,16 @@
 //! document...) or no answer within [`SHADOW_ANSWER`] is a failure of the action, and goes to the
 //! rule's error action like the failures found before the hand-off. The rule loop does not wait
 //! for answers: each update is sent in the order of its message, then waits in a task of the
-//! group's set, whose failures the loop takes up like messages. Once [`PENDING_SHADOWS`] updates wait, the group reads no more messages until
+//! rule set, whose failures the loop takes up like messages. Once [`PENDING_SHADOWS`] updates wait,
+//! the rule set reads no more messages until
 //! one is answered (one batch read at once can pass the bound), so a stalled shadow service slows
 //! the rules down instead of growing memory. The one rejection that cannot be matched is a payload
 //! over the service's 128 KiB request limit: it is refused unparsed, so its answer carries no
 //! client token, and it is reported when [`SHADOW_ANSWER`] has passed, as not answered.
 //!
-//! A reload builds the new groups and waits until the router has confirmed their subscriptions
-//! before it stops the old ones, so no message published during a reload is missed. A replaced
-//! group drains what was routed to it until its link is quiet or [`DRAIN_MAX`] has passed, so a
+//! A reload builds the new rule set and waits until the router has confirmed its subscriptions
+//! before it stops the old one, so no message published during a reload is missed. A replaced
+//! set drains what was routed to it until its link is quiet or [`DRAIN_MAX`] has passed, so a
 //! message published in that window may be handled by both the old and the new rules (at least
 //! once), and a reload returns within that bound even under a steady flow.
 
@@ -49,10 +54,10 @@ use grove_shadow_api::token::client_token_of;
 /// or `…/rejected`.
 pub const RELOAD_TOPIC: &str = "$grove/rules/reload";
 
-/// How long a replaced group's link must stay quiet before the group leaves.
+/// How long a replaced rule set's link must stay quiet before it leaves.
 const DRAIN_IDLE: Duration = Duration::from_millis(200);
 
-/// The longest a replaced group keeps draining. Under a steady flow its link is never quiet: it
+/// The longest a replaced rule set keeps draining. Under a steady flow its link is never quiet: it
 /// would go on handling every new message beside its successor, and the reload would never
 /// return (seen with one message a millisecond). Past this bound it leaves; what the router had
 /// routed to it before the switch is long handled by then, and everything after the switch is
@@ -63,7 +68,7 @@ const DRAIN_MAX: Duration = Duration::from_secs(2);
 /// The service answers in milliseconds; this only catches a service that stopped answering.
 pub const SHADOW_ANSWER: Duration = Duration::from_secs(10);
 
-/// How many `shadow` action updates one group lets wait for their answers before it stops reading
+/// How many `shadow` action updates the rule set lets wait for their answers before it stops reading
 /// messages.
 pub const PENDING_SHADOWS: usize = 1024;
 
@@ -78,12 +83,13 @@ pub struct RulesEngine {
     buses: BusMaker,
     load_rules: Option<LoadRules>,
     metrics: RulesMetrics,
-    groups: Vec<Group>,
+    /// The running rule set (none before the first start or after shutdown).
+    running: Option<RunningSet>,
     generation: u64,
     /// The shadow client of `shadow` actions, made when a rule set first needs one (so a gateway
     /// without shadow actions does not receive every shadow answer on one more link).
     shadows: Option<LocalShadows>,
-    /// Stops the shadow client's task (on shutdown, before the groups wait for their answers).
+    /// Stops the shadow client's task (on shutdown, before the rule set waits for its answers).
     shadows_stop: watch::Sender<bool>,
     /// The functions component, when it runs: `function` actions check their target with it.
     functions: Option<Arc<dyn FunctionTargets>>,
@@ -93,8 +99,8 @@ pub struct RulesEngine {
 /// startup (the binary's `config.rs` provides it), then its `[[rules]]`; `Err`: why it failed.
 pub type LoadRules = Box<dyn Fn() -> Result<Vec<RuleConfig>, String> + Send + Sync>;
 
-/// A running group: its stop signal and task.
-struct Group {
+/// A running rule set: its stop signal and task.
+struct RunningSet {
     stop: oneshot::Sender<()>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -113,7 +119,7 @@ impl RulesEngine {
             buses,
             load_rules,
             metrics,
-            groups: Vec::new(),
+            running: None,
             generation: 0,
             shadows: None,
             shadows_stop: watch::channel(false).0,
@@ -147,10 +153,9 @@ impl RulesEngine {
             }
             let _ = request.done.send(outcome);
         }
-        // Updates still waiting for an answer end now (as not answered), so the groups can leave.
+        // Updates still waiting for an answer end now (as not answered), so the set can leave.
         let _ = self.shadows_stop.send(true);
-        let groups = std::mem::take(&mut self.groups);
-        stop_groups(groups).await;
+        stop(self.running.take()).await;
     }
 
     async fn admin(&self) -> Result<Bus, Closed> {
@@ -178,7 +183,7 @@ impl RulesEngine {
             .collect())
     }
 
-    /// Starts groups for `rules`, then stops the previous ones.
+    /// Starts the rule set `rules` on a link of its own, then stops the previous one.
     async fn apply(&mut self, rules: &[RuleConfig]) -> Result<(), Closed> {
         let enabled: Vec<Arc<RuleConfig>> = rules
             .iter()
@@ -196,41 +201,43 @@ impl RulesEngine {
             let shadows = LocalShadows::start(bus, self.shadows_stop.subscribe()).await?;
             self.shadows = Some(shadows);
         }
-        let groups = crate::groups::group(enabled);
+        let mut filters: Vec<String> = Vec::new();
+        for rule in &enabled {
+            let filter = rule.rule.topic_filter();
+            if !filters.iter().any(|f| f == filter) {
+                filters.push(filter.to_owned());
+            }
+        }
         self.generation += 1;
-        // Every group's filters, for each group to know how many others take a message too.
-        let all_filters: Arc<Vec<Vec<String>>> =
-            Arc::new(groups.iter().map(|(f, _)| f.clone()).collect());
-        let mut started = Vec::new();
-        for (i, (filters, rules)) in groups.into_iter().enumerate() {
+        let mut started = None;
+        if !filters.is_empty() {
             let mut bus = self
                 .buses
-                .bus(&format!("rules-{}-{i}", self.generation))
+                .bus(&format!("rules-{}", self.generation))
                 .await
                 .map_err(|_| Closed::Link)?;
             bus.subscribe_confirmed(&filters).await?;
             let (stop, stopped) = oneshot::channel();
-            let runner = GroupRunner::new(
-                rules,
-                all_filters.clone(),
+            let runner = RuleRunner::new(
+                enabled,
                 &self.metrics,
                 self.shadows.clone(),
                 self.functions.clone(),
             );
             let task = tokio::spawn(runner.run(bus, stopped));
-            started.push(Group { stop, task });
+            started = Some(RunningSet { stop, task });
         }
-        let old = std::mem::replace(&mut self.groups, started);
-        stop_groups(old).await;
+        let old = std::mem::replace(&mut self.running, started);
+        stop(old).await;
         Ok(())
     }
 }
 
-/// Stops groups and waits until each has left the broker.
-async fn stop_groups(groups: Vec<Group>) {
-    for g in groups {
-        let _ = g.stop.send(());
-        let _ = g.task.await;
+/// Stops a rule set and waits until it has left the broker.
+async fn stop(set: Option<RunningSet>) {
+    if let Some(set) = set {
+        let _ = set.stop.send(());
+        let _ = set.task.await;
     }
 }
 
@@ -277,12 +284,10 @@ impl FunctionTargets for Functions {
     }
 }
 
-/// The rules of one group, evaluated on its bus link: the [`Dispatch`] core, and the shadow
-/// updates it made, sent and waiting for their answers.
-struct GroupRunner {
+/// The rule set, evaluated on its bus link: the [`Dispatch`] core, and the shadow updates it
+/// made, sent and waiting for their answers.
+struct RuleRunner {
     dispatch: Dispatch,
-    /// The filters of every group of the rule set (this one's included).
-    all_filters: Arc<Vec<Vec<String>>>,
     shadows: Option<LocalShadows>,
     /// `shadow` action updates sent and waiting for the service's answer.
     pending: JoinSet<Option<LateFailure>>,
@@ -296,17 +301,15 @@ fn clock(uuids: &dyn UuidSource) -> (Context<'_>, Instant) {
     (Context::new(now_ms(), uuids), Instant::now())
 }
 
-impl GroupRunner {
+impl RuleRunner {
     fn new(
         rules: Vec<Arc<RuleConfig>>,
-        all_filters: Arc<Vec<Vec<String>>>,
         metrics: &RulesMetrics,
         shadows: Option<LocalShadows>,
         functions: Option<Arc<dyn FunctionTargets>>,
-    ) -> GroupRunner {
-        GroupRunner {
+    ) -> RuleRunner {
+        RuleRunner {
             dispatch: Dispatch::new(rules, metrics, functions),
-            all_filters,
             shadows,
             pending: JoinSet::new(),
         }
@@ -316,10 +319,8 @@ impl GroupRunner {
     fn on_batch(&mut self, batch: &mut Vec<grove_broker::bus::Message>, step: &mut Step) {
         let uuids = || uuid::Uuid::new_v4().to_string();
         let (ctx, now) = clock(&uuids);
-        let all_filters = &self.all_filters;
         for m in batch.drain(..) {
-            let consumers = |topic: &str| crate::groups::consumers(all_filters, topic);
-            self.dispatch.on_message(&m, consumers, &ctx, now, step);
+            self.dispatch.on_message(&m, &ctx, now, step);
         }
     }
 

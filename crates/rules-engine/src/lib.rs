@@ -7,8 +7,6 @@
 //!   (windows included), the fan-out budget and the hop limit ([`MAX_HOPS`](grove_broker::bus::MAX_HOPS)),
 //!   what each action (`republish`, `shadow`, `cloud`, `function`) makes, and the routing of
 //!   failures to the error action in AWS's payload shape.
-//! - `groups` (pure): which rules share a bus link (rumqttd delivers a message once per matching
-//!   filter of a link; goes with issue 14's router).
 //! - [`engine`]: the shell. It subscribes on the bus, drives the dispatch, sends the shadow
 //!   actions' updates and takes their answers, runs windows on a timer, and swaps rule sets on
 //!   reload without a gap.
@@ -54,7 +52,6 @@ pub mod cli;
 mod config;
 mod dispatch;
 pub mod engine;
-mod groups;
 pub mod metrics;
 
 pub use config::*;

@@ -90,6 +90,7 @@ async fn the_shadow_services_rejection_goes_to_the_error_action_and_an_accepted_
         .expect("the built-in [shadow]");
     let shadow_bus = h.buses().bus("shadow").await.expect("a bus link");
     let service = ShadowService::new(shadow_bus, h.store(), &config, ShadowMetrics::default())
+        .await
         .expect("the shadow service starts");
     tokio::spawn(service.run(h.shutdown_signal()));
     let metrics = RulesMetrics::default();

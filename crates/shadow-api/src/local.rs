@@ -18,8 +18,8 @@ use crate::names::{request_topic, Operation};
 use crate::token::client_token_of;
 use grove_broker::bus::{Bus, Closed, Outgoing};
 
-/// The answer topics of every shadow operation (non-overlapping, because the router delivers a
-/// message once per matching filter of a link).
+/// The answer topics of every shadow operation: only these, not `$aws/things/+/shadow/#`, which
+/// would bring every delta and documents message of every thing to this link too.
 const ANSWER_FILTERS: [&str; 4] = [
     "$aws/things/+/shadow/+/accepted",
     "$aws/things/+/shadow/+/rejected",

@@ -119,17 +119,22 @@ struct Answers {
 }
 
 impl ShadowService {
-    /// Subscribes the service's filters on `bus`. Call before the broker opens its listeners, so no
-    /// request can arrive before the service listens.
-    pub fn new(
+    /// Subscribes the service's filters on `bus` and returns once the router has confirmed them.
+    /// Call before the broker opens its listeners, so no request can arrive before the service
+    /// listens.
+    pub async fn new(
         mut bus: Bus,
         store: Store,
         config: &ShadowConfig,
         metrics: ShadowMetrics,
     ) -> Result<Self, Closed> {
-        for filter in REQUEST_FILTERS.iter().copied().chain([LIST_TOPIC]) {
-            bus.subscribe(filter)?;
-        }
+        let filters: Vec<String> = REQUEST_FILTERS
+            .iter()
+            .copied()
+            .chain([LIST_TOPIC])
+            .map(String::from)
+            .collect();
+        bus.subscribe_confirmed(&filters).await?;
         Ok(ShadowService {
             bus,
             store,
