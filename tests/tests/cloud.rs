@@ -866,19 +866,20 @@ async fn a_cloud_shadow_created_again_48_hours_after_its_deletion_still_reaches_
     assert_eq!(desired_color(&seen), "blue");
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
+/// A gateway forwarding `t/#` with `inflight`, and its cloud (mosquitto, with a persistent
+/// observer session on `t/#`), which then goes away while a device publishes `total` QoS 1
+/// messages `t/{i % 3}`: `t/N:i`. Returns once all of them are in the outbox, the cloud down.
+async fn backlog_while_the_cloud_is_down(inflight: u32, total: u32) -> (Mosquitto, Gateway) {
     let mut m = Mosquitto::start();
     let g = Gateway::start(&cloud_toml(
         m.port,
-        "inflight = 16\nforward = [{ filter = \"t/#\" }]",
+        &format!("inflight = {inflight}\nforward = [{{ filter = \"t/#\" }}]"),
     ));
     g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
     observer(m.port, "t/#").await.disconnect().await;
     m.stop();
     g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
     let device = Client::connect("d1", g.mqtt_port).await;
-    let total = 20_000u32;
     for i in 0..total {
         let topic = format!("t/{}", i % 3);
         device
@@ -886,6 +887,13 @@ async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
             .await;
     }
     g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    (m, g)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_lost_mid_drain_costs_only_bounded_duplicates() {
+    let total = 20_000u32;
+    let (mut m, g) = backlog_while_the_cloud_is_down(16, total).await;
 
     // The broker comes back, and goes away again while the backlog drains.
     m.spawn();
@@ -915,25 +923,8 @@ async fn a_gateway_killed_mid_drain_sends_at_most_inflight_messages_twice() {
     // steady drain, so a SIGKILL sent up to that many again. Acknowledged-but-undeleted messages
     // now share the `inflight` window with the ones in flight.
     let inflight = 16;
-    let mut m = Mosquitto::start();
-    let mut g = Gateway::start(&cloud_toml(
-        m.port,
-        &format!("inflight = {inflight}\nforward = [{{ filter = \"t/#\" }}]"),
-    ));
-    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
-    observer(m.port, "t/#").await.disconnect().await;
-    m.stop();
-    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
-    let device = Client::connect("d1", g.mqtt_port).await;
     let total = 20_000u32;
-    for i in 0..total {
-        let topic = format!("t/{}", i % 3);
-        device
-            .publish(&topic, QoS::AtLeastOnce, false, format!("{topic}:{i}"))
-            .await;
-    }
-    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
-    drop(device);
+    let (mut m, mut g) = backlog_while_the_cloud_is_down(inflight, total).await;
 
     m.spawn();
     g.wait_metric("grove_cloud_acked_total", |v| v >= 1000.0);
@@ -953,7 +944,7 @@ async fn a_gateway_killed_mid_drain_sends_at_most_inflight_messages_twice() {
     let duplicates = check_order(&by_topic);
     eprintln!("killed with {restored} left: {duplicates} duplicates");
     assert!(
-        duplicates <= inflight,
+        duplicates <= inflight as usize,
         "{duplicates} duplicates after SIGKILL, more than inflight = {inflight}"
     );
 }

@@ -131,22 +131,28 @@ fn a_healthy_deployment_is_committed_and_serves() {
     assert!(out.contains("already in the history"), "{out}");
 }
 
-#[test]
-fn a_function_failing_its_soak_rolls_back_to_the_previous_deployment() {
-    let f = Fixture::start("");
+/// Commits `d1` (the echo function behind `live`), then applies `d2` (a function that fails every
+/// event, with a long soak) and returns once `d2` is soaking.
+fn soaking_a_failing_d2_over_a_good_d1(f: &Fixture) {
     let echo = guest(ECHO, "");
     committed(
-        &f,
-        &document(&f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
+        f,
+        &document(f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
     );
     let fail = guest(FAIL, "");
-    let d2 = document(&f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 600}"#);
-    let (code, out) = deploy(&f, &["apply", &d2, "--no-wait"]);
+    let d2 = document(f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 600}"#);
+    let (code, out) = deploy(f, &["apply", &d2, "--no-wait"]);
     assert_eq!(code, 0, "{out}");
     f.g.wait_metric(
         r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
         |v| v == 1.0,
     );
+}
+
+#[test]
+fn a_function_failing_its_soak_rolls_back_to_the_previous_deployment() {
+    let f = Fixture::start("");
+    soaking_a_failing_d2_over_a_good_d1(&f);
     // A device's event reaches the new version through `live`, which fails it.
     mosquitto_pub(f.g.mqtt_port, &["-q", "1", "-t", "sensors/s1", "-m", "{}"]);
     f.g.wait_metric(
@@ -208,19 +214,7 @@ fn a_document_with_an_error_is_refused_naming_the_field() {
 #[test]
 fn kill_9_during_the_soak_then_restart_ends_on_the_previous_deployment() {
     let mut f = Fixture::start("");
-    let echo = guest(ECHO, "");
-    committed(
-        &f,
-        &document(&f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
-    );
-    let fail = guest(FAIL, "");
-    let d2 = document(&f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 600}"#);
-    let (code, out) = deploy(&f, &["apply", &d2, "--no-wait"]);
-    assert_eq!(code, 0, "{out}");
-    f.g.wait_metric(
-        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
-        |v| v == 1.0,
-    );
+    soaking_a_failing_d2_over_a_good_d1(&f);
     // The switch is done: live points at the new version (version 2; not invoked, which would
     // fail it and end the soak before the kill).
     assert_eq!(live_version(&f), 2);

@@ -113,7 +113,10 @@ impl Bus {
         let n = LINKS.fetch_add(1, Ordering::Relaxed);
         let client_id = format!("{COMPONENT_ID_PREFIX}{component}/{n}");
         let (link, mut outlet) = shared.router.open();
-        let connect = core::Connect::new(client_id, core::Version::V311);
+        let mut connect = core::Connect::new(client_id, core::Version::V311);
+        // A component's filters are the gateway's configuration (one per distinct rule `FROM`,
+        // function trigger, forward filter), not a peer's: no per-client subscription budget.
+        connect.max_subscriptions = Some(usize::MAX);
         shared
             .router
             .send(Event::Connect {

@@ -175,6 +175,10 @@ pub struct Connect {
     pub topic_alias_maximum: u16,
     /// Will message.
     pub will: Option<Will>,
+    /// Most subscriptions the session may hold; `None`: [`crate::Config::max_subscriptions_per_client`].
+    /// Not from the wire: the shell lifts the budget for the gateway's own components, whose
+    /// filters come from its configuration (10,000 rules are 10,000 filters), not from a peer.
+    pub max_subscriptions: Option<usize>,
 }
 
 impl Connect {
@@ -191,6 +195,7 @@ impl Connect {
             maximum_packet_size: None,
             topic_alias_maximum: 0,
             will: None,
+            max_subscriptions: None,
         }
     }
 }

@@ -140,10 +140,12 @@ struct Session {
     drops: u64,
     /// This session's part of the router's read pressure (see `Router::reading_paused`).
     counted: usize,
+    /// Most subscriptions it may hold (`Connect::max_subscriptions`, else the configuration's).
+    max_subs: usize,
 }
 
 impl Session {
-    fn new(version: Version, expiry: u32) -> Session {
+    fn new(version: Version, expiry: u32, max_subs: usize) -> Session {
         Session {
             version,
             expiry,
@@ -162,6 +164,7 @@ impl Session {
             expires_at: None,
             drops: 0,
             counted: 0,
+            max_subs,
         }
     }
 
@@ -427,9 +430,12 @@ impl Router {
         let session = self
             .sessions
             .entry(client.clone())
-            .or_insert_with(|| Session::new(c.version, expiry));
+            .or_insert_with(|| Session::new(c.version, expiry, 0));
         session.version = c.version;
         session.expiry = expiry;
+        session.max_subs = c
+            .max_subscriptions
+            .unwrap_or(self.config.max_subscriptions_per_client);
         session.will = c.will;
         session.will_at = None;
         session.expires_at = None;
@@ -570,7 +576,7 @@ impl Router {
             ids.sort_unstable();
             ids.dedup();
             assert_eq!(ids.len(), s.inflight.len(), "packet ids of {client} unique");
-            assert!(s.subs.len() <= self.config.max_subscriptions_per_client);
+            assert!(s.subs.len() <= s.max_subs);
         }
         let counted: usize = self.sessions.values().map(|s| s.counted).sum();
         assert_eq!(

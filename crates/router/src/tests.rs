@@ -981,6 +981,16 @@ fn budgets_are_counted() {
     h.publish(s, publish("r2", "x", Q0, true));
     assert_eq!(h.r.stats().subscriptions_rejected, 1);
     assert_eq!(h.r.stats().retained_rejected, 1);
+    // A session whose CONNECT lifts the budget (the shell does it for the gateway's own
+    // components) holds more than the configuration's per-client limit.
+    let (component, _) = h.connect(Connect {
+        max_subscriptions: Some(usize::MAX),
+        ..c5("component")
+    });
+    for f in ["x/1", "x/2", "x/3"] {
+        assert_eq!(h.sub(component, f, opts(Q0), None), [0], "{f}");
+    }
+    assert_eq!(h.r.stats().subscriptions_rejected, 1);
 }
 
 /// The shell's delivery filter refuses per (client, topic) before any queue place is taken.

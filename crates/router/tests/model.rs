@@ -427,6 +427,7 @@ impl Sut {
                     maximum_packet_size: None,
                     topic_alias_maximum: 2,
                     will: None,
+                    max_subscriptions: None,
                 };
                 self.r.connect(self.now, conn, connect).expect("accepted");
                 self.conns.insert(c, conn);

@@ -268,7 +268,11 @@ impl Router {
         }
         for r in sessions {
             let client = r.client_id.clone();
-            let mut s = Session::new(r.version, r.expiry_interval);
+            let mut s = Session::new(
+                r.version,
+                r.expiry_interval,
+                self.config.max_subscriptions_per_client,
+            );
             s.stored = true;
             s.incoming_qos2 = r.incoming_qos2.iter().copied().collect();
             for m in r.messages {

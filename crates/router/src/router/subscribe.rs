@@ -69,12 +69,11 @@ impl Router {
             return Ok(reason::WILDCARDS_NOT_SUPPORTED);
         }
         options.qos = options.qos.min(cfg.maximum_qos);
-        let max_subs = cfg.max_subscriptions_per_client;
         let Some(s) = self.sessions.get_mut(client) else {
             return Ok(reason::UNSPECIFIED_ERROR);
         };
         let existed = s.subs.contains_key(filter);
-        if !existed && s.subs.len() >= max_subs {
+        if !existed && s.subs.len() >= s.max_subs {
             self.stats.subscriptions_rejected += 1;
             return Ok(reason::QUOTA_EXCEEDED);
         }
