@@ -21,6 +21,7 @@ use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
 use grove_functions_host::service::Functions;
 use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
+use grove_rules_engine::RuleConfig;
 use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
 
@@ -59,7 +60,7 @@ impl From<BrokerError> for RunError {
 }
 
 /// Runs the gateway until SIGINT or SIGTERM (SIGHUP reloads the rules from `config_path`).
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
     // The handlers are installed first, so that a SIGTERM that arrives while the gateway is still
     // starting (a service manager's stop, a test's restart) is held and answered with an orderly
     // stop once it has started, instead of killing the process with the signal's default action.
@@ -80,8 +81,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     })?;
     let metrics = Arc::new(Metrics::new());
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    // The rules engine keeps its own copy of the rules; this one goes once the engine runs, so a
+    // gateway does not hold every rule twice for its lifetime (issue 18: memory per rule).
+    let rules = std::mem::take(&mut config.rules);
     let (broker, components, functions) =
-        match start(&config, config_path, store, &metrics, reload_rx).await {
+        match start(&config, rules, config_path, store, &metrics, reload_rx).await {
             Ok(started) => started,
             Err(e) => {
                 store_thread.close().await;
@@ -162,10 +166,11 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
 /// Started components: the broker, tasks to wait for at shutdown, and the functions component.
 type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>);
 
-/// Starts the broker and the components on it (shadows, functions, rules), then opens the
-/// listeners.
+/// Starts the broker and the components on it (shadows, functions, `rules`: the configuration's,
+/// taken out of it), then opens the listeners.
 async fn start(
     config: &Config,
+    rules: Vec<RuleConfig>,
     config_path: Option<PathBuf>,
     store: Store,
     metrics: &Metrics,
@@ -254,14 +259,14 @@ async fn start(
     let engine = RulesEngine::start(
         broker.bus_maker(),
         load_rules,
-        &config.rules,
+        &rules,
         metrics.rules.clone(),
         functions.clone(),
     )
     .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     info!(
-        rules = config.rules.iter().filter(|r| r.enabled).count(),
+        rules = rules.iter().filter(|r| r.enabled).count(),
         "rules running"
     );
     components.push(tokio::spawn(engine.run(reloads, broker.shutdown_signal())));
