@@ -6,6 +6,9 @@
 //! - `grove-bench rules`: a device publishes, a rule republishes; messages/s and latency from the
 //!   device's publish to the republished message at 10,000 msg/s, against the same load published
 //!   straight to the subscriber (no rule) in the same gateway, for the ratio.
+//! - `grove-bench rules-startup`: the gateway started on 0, 1, 1,000 and 10,000 rules: time from
+//!   spawn to the first CONNACK (the listeners open after the rules run) and resident memory, per
+//!   rule against the gateway without rules.
 //!
 //! There is no peer for these (mosquitto has no shadows or rules); the baseline is the gateway's
 //! own plain pub/sub path.
@@ -303,6 +306,105 @@ async fn rule_load(
         latency: o.latency,
         rss_kib: None,
     })
+}
+
+/// The gateway started on one number of rules.
+#[derive(Debug, serde::Serialize)]
+pub struct StartupResult {
+    /// How many rules.
+    pub rules: usize,
+    /// Spawn to first CONNACK of each start (ms), in order.
+    pub startup_ms: Vec<f64>,
+    /// Resident memory right after each start's CONNACK (KiB).
+    pub rss_kib: Vec<u64>,
+}
+
+impl StartupResult {
+    fn median<T: Copy + PartialOrd>(values: &[T]) -> Option<T> {
+        let mut v = values.to_vec();
+        v.sort_by(|a, b| a.partial_cmp(b).unwrap_or(std::cmp::Ordering::Equal));
+        v.get(v.len() / 2).copied()
+    }
+}
+
+/// `n` rules like the rules benchmark's (a WHERE and a republish), each on a topic of its own, as
+/// one TOML snippet.
+fn rule_set(n: usize) -> String {
+    let mut toml = String::new();
+    for i in 0..n {
+        toml.push_str(&format!(
+            "[[rules]]\nname = \"rule-{i}\"\n\
+             sql = \"SELECT temperature, topic(2) AS id FROM 'sensors/{i}/t' WHERE temperature > 30\"\n\
+             actions = [{{ republish = {{ topic = \"alerts/{i}/${{topic(2)}}\" }} }}]\n"
+        ));
+    }
+    toml
+}
+
+/// Starts the gateway `runs` times on each number of rules in `counts`.
+pub fn rules_startup(
+    grove: &Path,
+    counts: &[usize],
+    runs: u32,
+    extra: &[&str],
+) -> anyhow::Result<Vec<StartupResult>> {
+    let mut results = Vec::new();
+    for &n in counts {
+        let rules = rule_set(n);
+        let config: Vec<&str> = std::iter::once(rules.as_str())
+            .filter(|r| !r.is_empty())
+            .chain(extra.iter().copied())
+            .collect();
+        let mut result = StartupResult {
+            rules: n,
+            startup_ms: Vec::new(),
+            rss_kib: Vec::new(),
+        };
+        for _ in 0..runs {
+            let peer = start(grove, &config)?;
+            result.startup_ms.push(peer.startup().as_secs_f64() * 1e3);
+            result.rss_kib.push(peer.memory()?.rss_kb);
+            peer.stop()?;
+        }
+        eprintln!(
+            "{n} rules: {:?} ms, {:?} KiB",
+            result.startup_ms, result.rss_kib
+        );
+        results.push(result);
+    }
+    Ok(results)
+}
+
+/// The startup table: the median start and RSS per number of rules, and per rule against the
+/// gateway started with the fewest rules (the first row, 0 by default).
+pub fn startup_markdown(results: &[StartupResult]) -> String {
+    let mut out = String::from(
+        "| rules | spawn -> first CONNACK, median (all) | RSS after start, median | RSS per rule (vs first row) |\n|---:|---:|---:|---:|\n",
+    );
+    let base = results
+        .first()
+        .and_then(|r| StartupResult::median(&r.rss_kib));
+    for r in results {
+        let rss = StartupResult::median(&r.rss_kib);
+        let per_rule = match (rss, base, results.first()) {
+            (Some(rss), Some(base), Some(first)) if r.rules > first.rules => format!(
+                "{:.2} KiB ({:.0} B)",
+                (rss as f64 - base as f64) / (r.rules - first.rules) as f64,
+                (rss as f64 - base as f64) * 1024.0 / (r.rules - first.rules) as f64
+            ),
+            _ => "-".to_owned(),
+        };
+        let all: Vec<String> = r.startup_ms.iter().map(|ms| format!("{ms:.0}")).collect();
+        out.push_str(&format!(
+            "| {} | {:.0} ms ({}) | {} | {} |\n",
+            r.rules,
+            StartupResult::median(&r.startup_ms).unwrap_or(0.0),
+            all.join(", "),
+            flow::mib(rss),
+            per_rule,
+        ));
+    }
+    out
 }
 
 /// A Markdown table of results.

@@ -75,6 +75,10 @@ enum Command {
     /// Device publish -> rule -> republished message: messages/s and latency at 10,000 msg/s,
     /// against plain pub/sub in the same gateway.
     Rules(GatewayArgs),
+    /// The gateway started on N rules (default 0, 1, 1,000 and 10,000; a WHERE and a republish
+    /// each, one topic each): spawn to first CONNACK and resident memory, per rule against the
+    /// first count. `--seconds` is unused.
+    RulesStartup(RulesStartupArgs),
     /// MQTT event -> WASM function -> publish: latency at 1,000 events/s and throughput flat out
     /// for the example functions `echo` and `enricher`, against a `[[rules]]` republish.
     Functions(FunctionsArgs),
@@ -240,6 +244,18 @@ struct GatewayArgs {
     /// (repeatable).
     #[arg(long = "grove-conf", value_name = "TOML", value_parser = parse_toml_snippet)]
     grove_conf: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+struct RulesStartupArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The numbers of rules, comma-separated; the first is the baseline of the memory per rule.
+    #[arg(long, value_delimiter = ',', default_values_t = [0, 1, 1_000, 10_000])]
+    rules: Vec<usize>,
+    /// Starts per number of rules (the table gives the median).
+    #[arg(long, default_value_t = 3)]
+    runs: u32,
 }
 
 #[derive(Debug, Args)]
@@ -507,6 +523,10 @@ async fn broker(args: BrokerArgs) -> anyhow::Result<ExitCode> {
 enum GatewayBench {
     Shadow,
     Rules,
+    RulesStartup {
+        counts: Vec<usize>,
+        runs: u32,
+    },
     Functions(Option<PathBuf>),
     Hostile,
     Cloud {
@@ -546,6 +566,14 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
         GatewayBench::Rules => {
             let r = gateway::rules(&args.grove, args.seconds, &extra).await?;
             ("rules", gateway::markdown(&r), serde_json::to_value(&r)?)
+        }
+        GatewayBench::RulesStartup { counts, runs } => {
+            let r = gateway::rules_startup(&args.grove, &counts, runs, &extra)?;
+            (
+                "rules-startup",
+                gateway::startup_markdown(&r),
+                serde_json::to_value(&r)?,
+            )
         }
         GatewayBench::Functions(dir) => {
             let dir = dir.unwrap_or_else(functions::default_dir);
@@ -638,6 +666,13 @@ async fn main() -> ExitCode {
         Command::Broker(args) => broker(*args).await,
         Command::Shadow(args) => gateway_bench(args, GatewayBench::Shadow).await,
         Command::Rules(args) => gateway_bench(args, GatewayBench::Rules).await,
+        Command::RulesStartup(args) => {
+            let which = GatewayBench::RulesStartup {
+                counts: args.rules,
+                runs: args.runs,
+            };
+            gateway_bench(args.gateway, which).await
+        }
         Command::Functions(args) => {
             gateway_bench(args.gateway, GatewayBench::Functions(args.functions_dir)).await
         }

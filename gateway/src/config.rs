@@ -13,6 +13,7 @@
 //! `grove_config::Resolver`, and checks what crosses sections (the ops port against the
 //! listeners, rules' `cloud` and `function` actions against those sections).
 
+use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -161,12 +162,14 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
     let shadow = grove_shadow::config::resolve(r, raw.shadow, broker.max_payload_size)?;
     let mut rules: Vec<RuleConfig> = Vec::with_capacity(raw.rules.len());
     let mut rule_origins = Vec::with_capacity(raw.rules.len());
+    // The names seen so far: a set, as a scan of the rules before each would be quadratic.
+    let mut names = HashSet::with_capacity(raw.rules.len());
     for (i, raw_rule) in raw.rules.into_iter().enumerate() {
         let origin = r.origin(&format!("rules[{i}]"), Some(raw_rule.span()));
         rule_origins.push(origin.clone());
         let raw_rule = raw_rule.into_inner();
         let located = Located { value: (), origin };
-        if rules.iter().any(|r| r.name == raw_rule.name) {
+        if !names.insert(raw_rule.name.clone()) {
             return Err(r.invalid(
                 &located,
                 format!("rule `{}` is defined twice", raw_rule.name),
@@ -302,6 +305,12 @@ mod tests {
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT x FROM\"\nactions = [{ republish = { topic = \"a\" } }]\n",
                 "1: `rules[0]`: rule `r`: the SQL does not compile",
+            ),
+            (
+                "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ republish = { topic = \"a\" } }]\n\
+                 [[rules]]\nname = \"s\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ republish = { topic = \"a\" } }]\n\
+                 [[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 'u'\"\nactions = [{ republish = { topic = \"b\" } }]\n",
+                "9: `rules[2]`: rule `r` is defined twice",
             ),
             (
                 "[[rules]]\nname = \"r\"\nsql = \"SELECT * FROM 't'\"\nactions = [{ lambda = {} }]\n",

@@ -145,6 +145,10 @@ enum Performed {
 /// The rule set with its index, windows and counters.
 pub struct Dispatch {
     rules: Vec<Running>,
+    /// The rules with a window (indices into `rules`): the shell asks for the next deadline once
+    /// per batch, which must not cost a pass over every rule (issue 18: per-message cost flat in
+    /// the number of rules).
+    windowed: Vec<usize>,
     index: RuleIndex<usize>,
     functions: Option<Arc<dyn FunctionTargets>>,
 }
@@ -175,8 +179,12 @@ impl Dispatch {
                 config,
             });
         }
+        let windowed = (0..running.len())
+            .filter(|&i| running[i].window.is_some())
+            .collect();
         Dispatch {
             rules: running,
+            windowed,
             index,
             functions,
         }
@@ -184,9 +192,9 @@ impl Dispatch {
 
     /// When the next window closes (milliseconds since the epoch, the rules' clock), if any.
     pub fn next_deadline(&self) -> Option<i64> {
-        self.rules
+        self.windowed
             .iter()
-            .filter_map(|r| r.window.as_ref()?.next_deadline())
+            .filter_map(|&i| self.rules[i].window.as_ref()?.next_deadline())
             .min()
     }
 
@@ -234,7 +242,8 @@ impl Dispatch {
     /// that fed the row, so that a windowed rule republishing into its own `FROM` meets the hop
     /// limit too.
     pub fn on_tick(&mut self, ctx: &Context<'_>, now: Instant, step: &mut Step) {
-        for i in 0..self.rules.len() {
+        for w in 0..self.windowed.len() {
+            let i = self.windowed[w];
             let rows = match &mut self.rules[i].window {
                 Some(w) => w.poll_with_hops(ctx),
                 None => continue,
@@ -666,6 +675,47 @@ mod tests {
         assert_eq!(metrics.counter(&metrics.matched, "hot").get(), 2);
         assert_eq!(metrics.counter(&metrics.outputs, "hot").get(), 1);
         assert_eq!(metrics.counter(&metrics.matched, "other").get(), 0);
+    }
+
+    /// Among many rules without a window, the one with a window sets the next deadline and its
+    /// row comes out at the tick; without windowed rules there is no deadline at all.
+    #[test]
+    fn only_windowed_rules_set_deadlines_and_their_rows_come_out_at_the_tick() {
+        let metrics = RulesMetrics::default();
+        let plain = |n: usize| {
+            (0..n)
+                .map(|i| {
+                    rule(
+                        &format!("p{i}"),
+                        &format!("SELECT * FROM 'p/{i}'"),
+                        vec![republish("x")],
+                        None,
+                    )
+                })
+                .collect::<Vec<_>>()
+        };
+        let d = Dispatch::new(plain(100), &metrics, None);
+        assert_eq!(d.next_deadline(), None);
+
+        let mut rules = plain(100);
+        rules.push(rule(
+            "w",
+            "SELECT count(*) AS n FROM 'w' GROUP BY TUMBLINGWINDOW(ss, 1)",
+            vec![republish("w/out")],
+            None,
+        ));
+        let mut d = Dispatch::new(rules, &metrics, None);
+        let out = step(&mut d, &message("w", json!({}), 0));
+        assert!(out.publish.is_empty(), "a window publishes when it closes");
+        let deadline = d.next_deadline().expect("the window has a deadline");
+        assert!(deadline > 1_000, "{deadline}");
+        let uuids = || "uuid".to_owned();
+        let ctx = Context::new(deadline, &uuids);
+        let mut tick = Step::default();
+        d.on_tick(&ctx, Instant::now(), &mut tick);
+        assert_eq!(tick.publish.len(), 1);
+        assert_eq!(tick.publish[0].topic, "w/out");
+        assert_eq!(json_of(&tick.publish[0]), json!({"n": 1}));
     }
 
     #[test]
