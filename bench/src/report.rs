@@ -734,7 +734,7 @@ mod tests {
             "| grove     | rumqttc | max   | 1   | 64        | 1000 | 2000      | 1500   | 80  | 200 | 600   | 600 | 0    | 0   | 0         | 40     | 20.00      | 80            | 40.00             |",
             "| phase | client  | QoS | payload B | msgs/s | p50  | p99  | p99.9 | CPU/msg | client CPU/msg | lost: grove / mosquitto |",
             "| max   | rumqttc | 1   | 64        | 1.50   | 0.80 | 1.00 | 2.00  | 0.80    | 0.80           | 0 / 0                   |",
-            "| grove     | grove 1.0     | 4.0 (of 3)                        | 8000         | 0.5        | 8200                          | 20480             | 8100                    | 9000               | 12000        |",
+            "| grove     | grove 1.0     | 4.0 (of 3)                        | 8000         | 0.5        | 8200                         | 20480             | 8100                    | 9000               | 12000        |",
         ];
         for line in expected {
             assert!(
