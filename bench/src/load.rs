@@ -23,6 +23,14 @@ use crate::stats::{DeliveryTally, DeliveryTracker, LatencyRecorder, LatencySumma
 /// How long clients may take to connect and subscribe before the phase fails.
 pub const SETUP_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long the idle clients may take to connect, all of them (10,000 on a loaded 2-CPU box take
+/// seconds, with the broker and the clients sharing the CPUs).
+const IDLE_SETUP_TIMEOUT: Duration = Duration::from_secs(120);
+
+/// Idle clients connecting at the same time: more would overflow the listen backlog (SYNs dropped and
+/// retried after a second), which measures TCP's retry timer, not the broker.
+const CONNECTS_IN_FLIGHT: usize = 256;
+
 /// After the publishers are done, the phase ends once no delivery arrived for this long.
 pub const QUIET_PERIOD: Duration = Duration::from_secs(2);
 
@@ -298,22 +306,38 @@ pub fn outcome(
     }
 }
 
-/// Connects `count` clients, waits until all of them have their CONNACK (so all are connected at once),
-/// then disconnects them all (for the RSS measurement).
-pub async fn connect_and_disconnect(port: u16, count: u32) -> Result<(), LoadError> {
-    let all_connected = Arc::new(tokio::sync::Barrier::new(count as usize));
+/// Connects `count` idle clients (clean session, nothing subscribed), at most [`CONNECTS_IN_FLIGHT`]
+/// of them connecting at once; once every one has its CONNACK, awaits `held` while they all stay
+/// connected (they send nothing meanwhile), then disconnects them all and waits for every DISCONNECT to
+/// be written. Returns what `held` returned: the caller reads the broker's memory there.
+pub async fn hold_idle_clients<T>(
+    port: u16,
+    count: u32,
+    held: impl std::future::Future<Output = T>,
+) -> Result<T, LoadError> {
+    // The clients and this task: the first barrier is "all connected", the second "disconnect now".
+    let connected = Arc::new(tokio::sync::Barrier::new(count as usize + 1));
+    let release = Arc::new(tokio::sync::Barrier::new(count as usize + 1));
+    let connecting = Arc::new(tokio::sync::Semaphore::new(CONNECTS_IN_FLIGHT));
     let mut tasks = Vec::new();
     for index in 0..count {
         let client_id = format!("gb-idle-{index}");
-        let (client, mut eventloop) = AsyncClient::new(options(&client_id, port, 64), 10);
-        let all_connected = Arc::clone(&all_connected);
+        let (connected, release, connecting) = (
+            Arc::clone(&connected),
+            Arc::clone(&release),
+            Arc::clone(&connecting),
+        );
         tasks.push(tokio::spawn(async move {
+            let mut permit = Some(connecting.acquire_owned().await);
+            let (client, mut eventloop) = AsyncClient::new(options(&client_id, port, 64), 10);
             let mut disconnecting = false;
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::ConnAck(_))) if !disconnecting => {
                         disconnecting = true;
-                        all_connected.wait().await;
+                        permit.take();
+                        connected.wait().await;
+                        release.wait().await;
                         client
                             .disconnect()
                             .await
@@ -334,14 +358,21 @@ pub async fn connect_and_disconnect(port: u16, count: u32) -> Result<(), LoadErr
             }
         }));
     }
+    timeout(IDLE_SETUP_TIMEOUT, connected.wait())
+        .await
+        .map_err(|_| LoadError::Setup {
+            what: "connecting every idle client",
+        })?;
+    let value = held.await;
+    release.wait().await;
     for task in tasks {
         timeout(SETUP_TIMEOUT, task)
             .await
             .map_err(|_| LoadError::Setup {
-                what: "connect and disconnect of the idle clients",
+                what: "disconnecting the idle clients",
             })???;
     }
-    Ok(())
+    Ok(value)
 }
 
 /// Client options shared by every benchmark client.

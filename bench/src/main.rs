@@ -336,8 +336,11 @@ struct BrokerArgs {
     #[arg(long, value_name = "N", default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=50))]
     startup_runs: u32,
 
-    /// Clients connected then disconnected before the second RSS reading.
-    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=5000))]
+    /// Idle clients held connected for the second RSS reading (the per-connection cost), then
+    /// disconnected before the third (is the memory given back?). More than about 9,900 need
+    /// `--grove-conf 'broker.max_connections = N'` and an open-files limit (`ulimit -n`) above N in the
+    /// harness, which the brokers inherit.
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(0..=20000))]
     idle_clients: u32,
 
     /// Hard limit on each phase's publishing, in seconds, whatever --messages says.

@@ -94,10 +94,21 @@ pub struct Settings {
     pub clients: Vec<Client>,
     /// Spawns per peer for the start-time median.
     pub startup_runs: u32,
-    /// Clients connected then disconnected before the second RSS reading.
+    /// Idle clients held connected for the second RSS reading, then disconnected before the third.
     pub idle_clients: u32,
     /// Hard limit on each phase's publishing, seconds.
     pub publish_limit_s: u64,
+}
+
+impl PeerReport {
+    /// Memory each idle client costs the broker: (RSS with the clients - idle RSS) / clients, bytes;
+    /// None without clients.
+    pub fn bytes_per_idle_client(&self, clients: u32) -> Option<f64> {
+        divide(
+            self.rss_with_clients_kb.saturating_sub(self.rss_idle_kb) as f64 * 1024.0,
+            f64::from(clients),
+        )
+    }
 }
 
 /// One phase's result.
@@ -148,7 +159,9 @@ pub struct PeerReport {
     pub rss_idle_kb: u64,
     /// CPU use with no client connected, percent of one CPU.
     pub idle_cpu_percent: f64,
-    /// VmRSS after `idle_clients` clients connected and disconnected, KiB.
+    /// VmRSS with `idle_clients` idle clients connected (1 s after the last CONNACK), KiB.
+    pub rss_with_clients_kb: u64,
+    /// VmRSS 1 s after those clients disconnected, KiB.
     pub rss_after_clients_kb: u64,
     /// VmRSS after all phases (every client gone), KiB.
     pub rss_after_load_kb: u64,
@@ -379,7 +392,9 @@ impl Report {
             "start to first CONNACK, median ms".to_owned(),
             "idle RSS KiB".to_owned(),
             "idle CPU %".to_owned(),
-            format!("RSS after {} clients KiB", self.settings.idle_clients),
+            format!("RSS with {} idle clients KiB", self.settings.idle_clients),
+            "per idle client B".to_owned(),
+            "RSS after they left KiB".to_owned(),
             "RSS after load KiB".to_owned(),
             "peak RSS KiB".to_owned(),
         ]);
@@ -394,6 +409,9 @@ impl Report {
                 ),
                 peer.rss_idle_kb.to_string(),
                 format!("{:.1}", peer.idle_cpu_percent),
+                peer.rss_with_clients_kb.to_string(),
+                peer.bytes_per_idle_client(self.settings.idle_clients)
+                    .map_or_else(|| "-".to_owned(), |b| format!("{b:.0}")),
                 peer.rss_after_clients_kb.to_string(),
                 peer.rss_after_load_kb.to_string(),
                 peer.rss_peak_kb.to_string(),
@@ -541,6 +559,7 @@ mod tests {
             startup_median_ms: 4.0,
             rss_idle_kb: 8000,
             idle_cpu_percent: 0.5,
+            rss_with_clients_kb: 8200,
             rss_after_clients_kb: 8100,
             rss_after_load_kb: 9000,
             rss_peak_kb: 12000,
@@ -715,7 +734,7 @@ mod tests {
             "| grove     | rumqttc | max   | 1   | 64        | 1000 | 2000      | 1500   | 80  | 200 | 600   | 600 | 0    | 0   | 0         | 40     | 20.00      | 80            | 40.00             |",
             "| phase | client  | QoS | payload B | msgs/s | p50  | p99  | p99.9 | CPU/msg | client CPU/msg | lost: grove / mosquitto |",
             "| max   | rumqttc | 1   | 64        | 1.50   | 0.80 | 1.00 | 2.00  | 0.80    | 0.80           | 0 / 0                   |",
-            "| grove     | grove 1.0     | 4.0 (of 3)                        | 8000         | 0.5        | 8100                     | 9000               | 12000        |",
+            "| grove     | grove 1.0     | 4.0 (of 3)                        | 8000         | 0.5        | 8200                         | 20480             | 8100                    | 9000               | 12000        |",
         ];
         for line in expected {
             assert!(

@@ -74,17 +74,21 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
         tokio::time::sleep(IDLE_CPU_WINDOW).await;
         let idle_cpu = peer.cpu_time()?.saturating_sub(cpu_before);
         let idle_cpu_percent = idle_cpu.as_secs_f64() / IDLE_CPU_WINDOW.as_secs_f64() * 100.0;
-        load::connect_and_disconnect(peer.port(), settings.idle_clients)
-            .await
-            .with_context(|| format!("connecting idle clients to {}", spec.name()))?;
+        let with_clients = load::hold_idle_clients(peer.port(), settings.idle_clients, async {
+            tokio::time::sleep(SETTLE).await;
+            peer.memory()
+        })
+        .await
+        .with_context(|| format!("connecting idle clients to {}", spec.name()))??;
         tokio::time::sleep(SETTLE).await;
         let after_clients = peer.memory()?;
         eprintln!(
-            "[{}] start median {:.1} ms, idle RSS {} KiB, idle CPU {idle_cpu_percent:.1} %, after {} clients {} KiB",
+            "[{}] start median {:.1} ms, idle RSS {} KiB, idle CPU {idle_cpu_percent:.1} %, with {} clients {} KiB, after they left {} KiB",
             spec.name(),
             median_ms(samples).unwrap_or(0.0),
             idle.rss_kb,
             settings.idle_clients,
+            with_clients.rss_kb,
             after_clients.rss_kb
         );
         reports.push(PeerReport {
@@ -95,6 +99,7 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
             startup_median_ms: median_ms(samples).unwrap_or(0.0),
             rss_idle_kb: idle.rss_kb,
             idle_cpu_percent,
+            rss_with_clients_kb: with_clients.rss_kb,
             rss_after_clients_kb: after_clients.rss_kb,
             rss_after_load_kb: 0,
             rss_peak_kb: 0,

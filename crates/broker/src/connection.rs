@@ -86,7 +86,8 @@ pub(super) async fn serve<S>(
         shared: shared.clone(),
         stream,
         read: buf,
-        write: BytesMut::with_capacity(1024),
+        // Allocated by the first packet encoded: an idle connection holds none.
+        write: BytesMut::new(),
         identity_changes: shared.identities.changes(),
         session,
         published: false,

@@ -35,6 +35,10 @@ use crate::{namespace, reply, translate, Shared};
 /// MQTT 5 properties). The exact payload limit is checked after decoding.
 pub(crate) const HEADER_ALLOWANCE: usize = 128 * 1024;
 
+/// The read buffer a connection that sends gets (it grows beyond for larger packets). A connection
+/// that has sent nothing since its CONNECT holds none: most devices are idle most of the time.
+const READ_BUFFER: usize = 1024;
+
 /// Flow control: the longest a publisher goes unread in one hold; then one batch is read and the
 /// hold starts again if reading is still paused.
 const MAX_HOLD: Duration = Duration::from_secs(1);
@@ -129,6 +133,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 return end;
             }
         }
+        // Nothing more waiting: give the handshake's buffer back until the client sends again.
+        if self.read.is_empty() {
+            self.read = BytesMut::new();
+        }
         let mut held_since: Option<Instant> = None;
         let mut proved = self.session.device.is_some();
         let mut out = Vec::new();
@@ -144,6 +152,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 (false, Some(_)) => held_since = None,
                 _ => {}
             }
+            // Without a buffer the next read allocates only what BytesMut reserves for an empty
+            // buffer (64 B); then the buffer is made a full one, so a publisher is not read 64
+            // bytes at a time.
+            let unbuffered = self.read.capacity() == 0;
             tokio::select! {
                 _ = shutdown.changed() => return End::Shutdown,
                 // The client is not late with its keep-alive while Grove is not reading.
@@ -155,6 +167,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         Ok(0) => return End::Lost("closed by the client".into()),
                         Err(e) => return End::Lost(e.to_string()),
                         Ok(_) => {}
+                    }
+                    if unbuffered {
+                        let mut full = BytesMut::with_capacity(READ_BUFFER);
+                        full.extend_from_slice(&self.read);
+                        self.read = full;
                     }
                     deadline = Instant::now() + keep_alive.unwrap_or(far);
                     if let Some(end) = self.ingest().await {

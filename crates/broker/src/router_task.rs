@@ -78,8 +78,13 @@ pub(crate) enum Event {
 }
 
 /// The router's end of a connection's writer.
+///
+/// A flume channel rather than tokio's: tokio's bounded channel allocates its first block of 32
+/// slots (32 x 64 B = 2 KiB) when it is made, for every connection, while flume's queue is a
+/// `VecDeque` that allocates only as packets wait, so an idle connection's writer costs almost
+/// nothing (BENCHMARKS.md, "Memory per idle connection").
 pub(crate) struct Link {
-    tx: mpsc::Sender<Outbound>,
+    tx: flume::Sender<Outbound>,
     /// Set by the router when the writer was full: the connection then sends a wake-up once it
     /// has taken packets out.
     blocked: Arc<AtomicBool>,
@@ -88,7 +93,7 @@ pub(crate) struct Link {
 /// The connection's end of its writer.
 pub(crate) struct Outlet {
     conn: ConnId,
-    rx: mpsc::Receiver<Outbound>,
+    rx: flume::Receiver<Outbound>,
     blocked: Arc<AtomicBool>,
     wake: mpsc::Sender<ConnId>,
     events: mpsc::Sender<Event>,
@@ -118,7 +123,9 @@ impl Outlet {
     /// one already waiting). False once the router has closed this connection and everything it
     /// sent was taken. Cancel-safe.
     pub(crate) async fn recv(&mut self, out: &mut Vec<Outbound>) -> bool {
-        let Some(first) = self.rx.recv().await else {
+        // Cancel-safe: flume's receive future only waits to be woken; a packet stays in the
+        // queue until it is taken.
+        let Ok(first) = self.rx.recv_async().await else {
             return false;
         };
         out.push(first);
@@ -157,7 +164,7 @@ impl RouterHandle {
     /// A new connection id and its writer (the router's end goes in [`Event::Connect`]).
     pub(crate) fn open(&self) -> (Link, Outlet) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = mpsc::channel(WRITER_SLOTS);
+        let (tx, rx) = flume::bounded(WRITER_SLOTS);
         let blocked = Arc::new(AtomicBool::new(false));
         (
             Link {
@@ -422,10 +429,10 @@ impl Task {
             return;
         };
         loop {
-            if link.tx.capacity() == 0 {
+            if link.tx.is_full() {
                 link.blocked.store(true, Ordering::Release);
                 // The connection may have emptied the writer just before the mark: look again.
-                if link.tx.capacity() == 0 {
+                if link.tx.is_full() {
                     return;
                 }
             }
