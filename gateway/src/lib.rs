@@ -1,7 +1,7 @@
 //! `grove-gateway`: the Grove edge gateway, built into the `grove` binary.
 //!
-//! One process holds an embedded MQTT broker (`grove-broker`: rumqttd's router behind Grove's own
-//! connection layer), the durable store (`grove-store`, SQLite), and the operations endpoint; the
+//! One process holds an embedded MQTT broker (`grove-broker`: Grove's own router core, `grove-router`,
+//! behind Grove's own connection layer), the durable store (`grove-store`, SQLite), and the operations endpoint; the
 //! device shadow service (`grove-shadow`), the rules engine (`grove-rules-engine`), WebAssembly
 //! functions (`grove-functions-host`) and cloud sync (`grove-cloud`) plug into the broker through
 //! in-process links. Each component is its own crate, below this one; this crate starts and stops

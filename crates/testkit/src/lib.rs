@@ -2,7 +2,7 @@
 //! binary.
 //!
 //! [`Harness::start`] opens a real store (SQLite in a temporary directory, its owner thread) and
-//! starts a real broker (rumqttd's router and Grove's bus, with no listener: nothing outside the
+//! starts a real broker (Grove's router and its bus, with no listener: nothing outside the
 //! process can connect) in the test's own tokio runtime. A component under test starts on
 //! [`Harness::buses`] and [`Harness::store`] exactly as `grove run` starts it, and a [`Peer`] (a
 //! bus link of the test's own) publishes to it and receives what it publishes. No mock: the
