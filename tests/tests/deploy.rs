@@ -231,19 +231,25 @@ fn kill_9_during_the_soak_then_restart_ends_on_the_previous_deployment() {
     );
 }
 
-#[test]
-fn kill_9_after_the_commit_then_restart_ends_on_the_new_deployment() {
-    let mut f = Fixture::start("");
+/// Commits `d1` (the echo function behind `live`), then `d2` (a function that fails every event;
+/// no soak, so nothing invokes it before the commit).
+fn committed_d1_then_a_failing_d2(f: &Fixture) {
     let echo = guest(ECHO, "");
     committed(
-        &f,
-        &document(&f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
+        f,
+        &document(f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
     );
     let fail = guest(FAIL, "");
     committed(
-        &f,
-        &document(&f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 0}"#),
+        f,
+        &document(f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 0}"#),
     );
+}
+
+#[test]
+fn kill_9_after_the_commit_then_restart_ends_on_the_new_deployment() {
+    let mut f = Fixture::start("");
+    committed_d1_then_a_failing_d2(&f);
     f.g.kill_and_restart();
     f.g.wait_metric(r#"grove_deploy_committed{deployment="d2"}"#, |v| v == 1.0);
     assert_eq!(live(&f), Err(1));
@@ -255,16 +261,7 @@ fn kill_9_after_the_commit_then_restart_ends_on_the_new_deployment() {
 #[test]
 fn rollback_reverts_the_committed_deployment_to_the_one_before() {
     let f = Fixture::start("");
-    let echo = guest(ECHO, "");
-    committed(
-        &f,
-        &document(&f, "d1", &echo, &hex(&echo), r#""health": {"soak_s": 0}"#),
-    );
-    let fail = guest(FAIL, "");
-    committed(
-        &f,
-        &document(&f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 0}"#),
-    );
+    committed_d1_then_a_failing_d2(&f);
     let (code, out) = deploy(&f, &["rollback"]);
     assert_eq!(code, 0, "{out}");
     assert_eq!(out.trim(), "reverting d2");
