@@ -178,6 +178,7 @@ fuzz_target!(|ops: Vec<Op>| {
                         delay_interval: u32::from(delay),
                         properties: MessageProperties::default(),
                     }),
+                    max_subscriptions: None,
                 };
                 if r.connect(now, conn, connect).is_ok() {
                     conns.insert(c % 4, conn);
