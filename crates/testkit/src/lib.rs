@@ -153,7 +153,9 @@ impl Peer {
 }
 
 /// Checks `fact` every millisecond (of tokio's clock, paused or not) and returns the instant it
-/// first held.
+/// first held. The facts are metric counters, which cannot be awaited, so this polls; on the
+/// paused clock the 1 ms step is the point: each step advances virtual time by 1 ms at most, so
+/// the instant returned is within 1 ms of the fact.
 pub async fn when(fact: impl Fn() -> bool) -> Instant {
     loop {
         if fact() {
