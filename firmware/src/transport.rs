@@ -9,6 +9,8 @@
 //!   for an async executor (embassy on a board, tokio in the simulator through
 //!   `embedded-io-adapters`, a scripted transport in tests). A task parks in [`asynch::wait`] until
 //!   bytes arrive or the device's next timer is due, so a thousand devices cost no polling.
+//! - [`tls`] (feature `tls`): a TLS 1.3 session (embedded-tls) over any `embedded-io-async` socket,
+//!   which the async shell drives like a plain one.
 
 use embedded_io::{Read, ReadReady, Write};
 
@@ -123,6 +125,9 @@ mod std_tcp {
     }
 }
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 /// The async shell (feature `async`): the same steps as [`poll`], over `embedded-io-async`.
 ///
 /// A shell's loop is: act on [`Device::poll_event`], [`transmit`], then [`wait`]. `wait` takes the
@@ -130,6 +135,7 @@ mod std_tcp {
 #[cfg(feature = "async")]
 pub mod asynch {
     use core::future::Future;
+    use core::pin::pin;
 
     use embassy_futures::select::{select, Either};
     use embedded_io_async::{Read, Write};
@@ -177,8 +183,9 @@ pub mod asynch {
     ///
     /// `sleep_until` is the executor's sleep until an instant of the device's clock; `clock` reads that
     /// clock after waking. Cancelling the returned future loses nothing as long as `io.read` is
-    /// cancel-safe (tokio's is): received bytes reach the device in the same poll that reads them.
-    /// On a read error or end of stream the device has already been told, as in [`transmit`].
+    /// cancel-safe (tokio's and embassy-net's are): received bytes reach the device in the same poll
+    /// that reads them. On a read error or end of stream the device has already been told, as in
+    /// [`transmit`].
     pub async fn wait<T, A, S, F>(
         device: &mut Device<A>,
         io: Option<&mut T>,
@@ -189,29 +196,59 @@ pub mod asynch {
     where
         T: Read,
         A: Actuator,
-        S: FnOnce(Instant) -> F,
+        S: FnMut(Instant) -> F,
         F: Future<Output = ()>,
     {
-        let timer = sleep_until(device.poll_timeout());
-        let outcome = match io {
-            Some(io) => select(io.read(scratch), timer).await,
-            None => {
-                timer.await;
-                Either::Second(())
+        wait_interruptible(device, io, scratch, sleep_until, clock, || true).await
+    }
+
+    /// [`wait`] for a transport whose read may be dropped only when `interruptible` says so (a TLS
+    /// session between records, see `transport::tls`). A timer that fires while it may not is run
+    /// at once and the read goes on; what the timer queued is sent by the next [`transmit`], after
+    /// the read. If the timer ended the session, the read is dropped regardless: the transport is
+    /// about to be closed.
+    pub(crate) async fn wait_interruptible<T, A, S, F>(
+        device: &mut Device<A>,
+        io: Option<&mut T>,
+        scratch: &mut [u8],
+        mut sleep_until: S,
+        clock: impl Fn() -> Instant,
+        interruptible: impl Fn() -> bool,
+    ) -> Result<(), TransportError<T::Error>>
+    where
+        T: Read,
+        A: Actuator,
+        S: FnMut(Instant) -> F,
+        F: Future<Output = ()>,
+    {
+        let Some(io) = io else {
+            sleep_until(device.poll_timeout()).await;
+            device.handle_timeout(clock());
+            return Ok(());
+        };
+        let read = {
+            let mut read = pin!(io.read(scratch));
+            loop {
+                match select(read.as_mut(), sleep_until(device.poll_timeout())).await {
+                    Either::First(read) => break Some(read),
+                    Either::Second(()) => {
+                        device.handle_timeout(clock());
+                        if interruptible() || !device.uses_transport() {
+                            break None;
+                        }
+                    }
+                }
             }
         };
         let now = clock();
-        let result = match outcome {
-            Either::First(Ok(0)) => Err(TransportError::Closed),
-            Either::First(Ok(n)) => {
+        let result = match read {
+            None => return Ok(()),
+            Some(Ok(0)) => Err(TransportError::Closed),
+            Some(Ok(n)) => {
                 device.handle_input(&scratch[..n], now);
                 Ok(())
             }
-            Either::First(Err(error)) => Err(TransportError::Io(error)),
-            Either::Second(()) => {
-                device.handle_timeout(now);
-                Ok(())
-            }
+            Some(Err(error)) => Err(TransportError::Io(error)),
         };
         if result.is_err() {
             device.transport_closed(now);
