@@ -39,7 +39,7 @@ mod tls_front;
 pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
-pub use site::{Devices, Site};
+pub use site::{Devices, Site, SERVER_NAME};
 pub use tls_front::TlsFront;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a

@@ -45,16 +45,21 @@ pub struct Policy {
 }
 
 /// The built-in policy for devices: their own shadows (classic and named), their own
-/// `devices/{client_id}/...` space and their telemetry topic, nothing else. Named `device`.
+/// `devices/{client_id}/...` space and their telemetry topic, nothing else; and publishing their
+/// presence on `$grove/things/{thing}/status` (Grove's firmware's will, `offline`, and its
+/// `online`: without it a firmware device is refused at CONNECT, since a will needs publish
+/// rights on its topic). Named `device`.
 pub fn device_policy() -> Policy {
     let own = vec![
         "$aws/things/${thing}/shadow/#".to_owned(),
         "devices/${client_id}/#".to_owned(),
         "dt/${thing}/#".to_owned(),
     ];
+    let mut publish = own.clone();
+    publish.push("$grove/things/${thing}/status".to_owned());
     Policy {
         name: "device".to_owned(),
-        publish: own.clone(),
+        publish,
         subscribe: own.clone(),
         receive: own,
         deny_publish: Vec::new(),
@@ -340,6 +345,12 @@ mod tests {
         assert!(!p.may_subscribe("devices/+/telemetry"));
         assert!(p.may_receive("devices/dev-a/cmd"));
         assert!(!p.may_receive("devices/dev-b/cmd"));
+        // Its presence (Grove's firmware's will and `online`): published, never read back.
+        assert!(p.may_publish("$grove/things/thing-a/status"));
+        assert!(!p.may_publish("$grove/things/thing-b/status"));
+        assert!(!p.may_publish("$grove/things/thing-a/other"));
+        assert!(!p.may_subscribe("$grove/things/thing-a/status"));
+        assert!(!p.may_receive("$grove/things/thing-b/status"));
     }
 
     #[test]
@@ -453,7 +464,7 @@ mod tests {
         fn devices_stay_in_their_own_space(me in "[a-z0-9-]{1,8}", other in "[a-z0-9-]{1,8}", rest in topic()) {
             prop_assume!(me != other);
             let p = device_policy().resolve(&me, &me);
-            for t in [format!("devices/{other}/{rest}"), format!("$aws/things/{other}/shadow/{rest}")] {
+            for t in [format!("devices/{other}/{rest}"), format!("$aws/things/{other}/shadow/{rest}"), format!("$grove/things/{other}/status")] {
                 prop_assert!(!p.may_publish(&t));
                 prop_assert!(!p.may_receive(&t));
             }
