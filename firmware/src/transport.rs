@@ -256,3 +256,98 @@ pub mod asynch {
         result
     }
 }
+
+#[cfg(all(test, feature = "async"))]
+mod tests {
+    use core::cell::Cell;
+    use core::convert::Infallible;
+    use core::future::poll_fn;
+    use core::task::Poll;
+
+    use super::asynch::wait_interruptible;
+    use crate::actuator::Actuator;
+    use crate::device::{Config, Device, Event};
+    use crate::mqtt::{ConnectReturnCode, Packet};
+    use crate::time::Instant;
+
+    struct Off;
+
+    impl Actuator for Off {
+        type Error = Infallible;
+
+        fn set(&mut self, _on: bool) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// A socket whose read is pending on its first poll and then returns a CONNACK: bytes that are
+    /// still arriving when the device's timer fires.
+    struct SlowConnack {
+        polls: u32,
+    }
+
+    impl embedded_io_async::ErrorType for SlowConnack {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl embedded_io_async::Read for SlowConnack {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            poll_fn(|cx| {
+                self.polls += 1;
+                if self.polls == 1 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let connack = Packet::Connack {
+                    session_present: false,
+                    code: ConnectReturnCode::Accepted,
+                };
+                Poll::Ready(Ok(connack.encode(buf).expect("fits")))
+            })
+            .await
+        }
+    }
+
+    /// Runs one wait on a device awaiting its CONNACK, whose first timer (a sample at 10 s) fires
+    /// while the read is pending; returns the socket's polls, the events and whether the CONNACK
+    /// reached the device.
+    fn wait_with(interruptible: bool) -> (u32, Option<Event>, bool) {
+        // An ack timeout beyond the first sample: the timer that fires does not end the session.
+        let config = Config::new("t").unwrap().with_timing(30, 20_000).unwrap();
+        let mut device = Device::new(config, Off, Instant::from_millis(0));
+        while device.poll_event().is_some() {}
+        device.transport_opened(Instant::from_millis(0));
+        while device.poll_transmit(&mut [0u8; 256]).is_some() {}
+        let mut socket = SlowConnack { polls: 0 };
+        let clock = Cell::new(0u64);
+        // A virtual clock: the sleep, once polled, jumps it to its deadline and completes.
+        let sleep_until = |at: Instant| {
+            let clock = &clock;
+            async move { clock.set(clock.get().max(at.as_millis())) }
+        };
+        let now = || Instant::from_millis(clock.get());
+        let mut scratch = [0u8; 64];
+        embassy_futures::block_on(wait_interruptible(
+            &mut device,
+            Some(&mut socket),
+            &mut scratch,
+            sleep_until,
+            now,
+            || interruptible,
+        ))
+        .unwrap();
+        // A SUBSCRIBE waiting to be sent means the CONNACK was handled.
+        let subscribed = device.poll_transmit(&mut [0u8; 256]).is_some();
+        (socket.polls, device.poll_event(), subscribed)
+    }
+
+    #[test]
+    fn a_timer_inside_an_uninterruptible_read_runs_and_the_read_goes_on() {
+        assert_eq!(wait_with(false), (2, Some(Event::SampleDue), true));
+    }
+
+    #[test]
+    fn a_timer_drops_an_interruptible_read() {
+        assert_eq!(wait_with(true), (1, Some(Event::SampleDue), false));
+    }
+}

@@ -904,7 +904,7 @@ fn configuration_is_validated() {
         ("interval 1 day",               base().with_interval(86_400).map(|_| ()),      Ok(())),
         ("interval over 1 day",          base().with_interval(86_401).map(|_| ()),      Err(InvalidInterval(86_401))),
         ("user name and binary password", Credentials::new("t", &[0, 255]).map(|_| ()),  Ok(())),
-        ("64-byte user name and password", Credentials::new(&too_long[1..], too_long[1..].as_bytes()).map(|_| ()), Ok(())),
+        ("64-byte user name and password", Credentials::new(&too_long[1..], &too_long.as_bytes()[1..]).map(|_| ()), Ok(())),
         ("empty user name",              Credentials::new("", b"p").map(|_| ()),        Err(InvalidCredentials)),
         ("65-byte user name",            Credentials::new(&too_long, b"p").map(|_| ()), Err(InvalidCredentials)),
         ("65-byte password",             Credentials::new("t", too_long.as_bytes()).map(|_| ()), Err(InvalidCredentials)),

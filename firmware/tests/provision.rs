@@ -17,7 +17,7 @@ impl ReadNorFlash for Flash {
 
     fn read(&mut self, offset: u32, bytes: &mut [u8]) -> Result<(), Self::Error> {
         let offset = offset as usize;
-        if offset % Self::READ_SIZE != 0 || bytes.len() % Self::READ_SIZE != 0 {
+        if !offset.is_multiple_of(Self::READ_SIZE) || !bytes.len().is_multiple_of(Self::READ_SIZE) {
             return Err(NorFlashErrorKind::NotAligned);
         }
         let source = self
