@@ -1,10 +1,10 @@
 //! `grove-tests`: the harness for Grove's end-to-end tests.
 //!
 //! The tests in `tests/tests/` start the real `grove` binary on free loopback ports with a
-//! temporary data directory and drive it with real clients: rumqttc (MQTT 3.1.1 and 5) and the
-//! mosquitto command-line clients. Nothing is mocked. The binary is the one `cargo build` put next
-//! to the test executable (`target/<profile>/grove`), or `$GROVE_BIN`; the test command builds it
-//! first.
+//! temporary data directory and drive it with real clients: rumqttc (MQTT 3.1.1 and 5), the
+//! mosquitto command-line clients and Python paho-mqtt scripts ([`paho()`]). Nothing is mocked.
+//! The binary is the one `cargo build` put next to the test executable (`target/<profile>/grove`),
+//! or `$GROVE_BIN`; the test command builds it first.
 //!
 //! One harness for every test file: one way to start a gateway ([`Gateway`]) or a mosquitto
 //! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
@@ -32,12 +32,14 @@ pub mod aws_shadow;
 pub mod device;
 pub mod functions;
 mod mosquitto;
+mod paho;
 mod raw;
 mod site;
 mod tls_front;
 
 pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
+pub use paho::{paho, Mqtt};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
 pub use site::{Devices, Site};
 pub use tls_front::TlsFront;
