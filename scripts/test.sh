@@ -49,6 +49,8 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 # Debian puts mosquitto in /usr/sbin, which is not on every PATH.
 export PATH="$PATH:/usr/sbin"
+# Eclipse paho-mqtt: the Python client of the end-to-end tests' AWS IoT Jobs device (tests/clients).
+python3 -c 'import paho.mqtt' 2>/dev/null || python3 -m pip install -q 'paho-mqtt==2.1.0'
 # Property tests draw their cases from a fixed seed here, so that a run of this command is
 # repeatable: a case that fails, fails every time, and CI never passes or fails by luck. Random
 # exploration is for development (`cargo test` without the variable draws a new seed each run)

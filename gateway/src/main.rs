@@ -14,8 +14,8 @@ use grove_auth::cli::DeviceAction;
 use grove_deploy::cli::DeployAction;
 use grove_functions_host::cli::FnAction;
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
-use grove_jobs::cli::JobsAction;
 use grove_gateway::mqtt_request::{self, ClientError};
+use grove_jobs::cli::JobsAction;
 use grove_rules_engine::engine::RELOAD_TOPIC;
 use grove_shadow::cli::{self, Request};
 

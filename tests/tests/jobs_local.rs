@@ -39,7 +39,15 @@ fn three_devices_run_a_job_to_success_and_describe_counts_them() {
     // mosquitto's own client watches every thing's notify-next: 3 announcements of the job, then
     // 3 of "nothing next" once each device has finished.
     let watch = MosquittoSub::start(&[
-        "-p", &port, "-t", "$aws/things/+/jobs/notify-next", "-v", "-C", "6", "-W", "60",
+        "-p",
+        &port,
+        "-t",
+        "$aws/things/+/jobs/notify-next",
+        "-v",
+        "-C",
+        "6",
+        "-W",
+        "60",
     ]);
     let things = ["pump-1", "pump-2", "pump-3"];
     let devices: Vec<JobsDevice> = things
@@ -69,7 +77,10 @@ fn three_devices_run_a_job_to_success_and_describe_counts_them() {
     for e in job["executions"].as_array().expect("executions") {
         assert_eq!(e["status"], "SUCCEEDED", "{e}");
         assert_eq!(e["status_details"]["step"], "succeeded", "{e}");
-        assert_eq!(e["version"], 4, "queued 1, started 2, IN_PROGRESS 3, SUCCEEDED 4: {e}");
+        assert_eq!(
+            e["version"], 4,
+            "queued 1, started 2, IN_PROGRESS 3, SUCCEEDED 4: {e}"
+        );
     }
     let (seen, ok) = watch.finish();
     assert!(ok, "mosquitto_sub saw {seen:?}");
@@ -104,8 +115,14 @@ fn an_abort_threshold_cancels_the_rest_of_the_job_after_failures() {
     create(
         &g,
         &[
-            "--id", "bad-fw", "--targets", "v-1,v-2,v-3,v-4", "--abort-threshold", "50",
-            "--abort-min", "2",
+            "--id",
+            "bad-fw",
+            "--targets",
+            "v-1,v-2,v-3,v-4",
+            "--abort-threshold",
+            "50",
+            "--abort-min",
+            "2",
         ],
     );
     for d in &failing {
@@ -115,10 +132,17 @@ fn an_abort_threshold_cancels_the_rest_of_the_job_after_failures() {
     let job = g.job("bad-fw");
     assert_eq!(job["status"], "CANCELED");
     assert!(
-        job["reason"].as_str().unwrap().contains("2 of 2 ended executions failed"),
+        job["reason"]
+            .as_str()
+            .unwrap()
+            .contains("2 of 2 ended executions failed"),
         "{job}"
     );
-    assert_eq!((count(&job, "FAILED"), count(&job, "CANCELED")), (2, 2), "{job}");
+    assert_eq!(
+        (count(&job, "FAILED"), count(&job, "CANCELED")),
+        (2, 2),
+        "{job}"
+    );
     // A device that comes online now finds nothing to do.
     let late = JobsDevice::start(g.mqtt_port, "v-3", &["--timeout", "30"]);
     late.wait_line("READY");
@@ -144,7 +168,11 @@ fn a_device_offline_at_creation_gets_the_job_on_connect_and_a_stale_update_is_re
     let d = JobsDevice::start(g.mqtt_port, "late-1", &["--stale-update"]);
     d.wait_line("DONE cfg-7 SUCCEEDED");
     let pending = d.received("$aws/things/late-1/jobs/get/accepted");
-    assert_eq!(pending[0]["queuedJobs"][0]["jobId"], "cfg-7", "{}", pending[0]);
+    assert_eq!(
+        pending[0]["queuedJobs"][0]["jobId"], "cfg-7",
+        "{}",
+        pending[0]
+    );
     // The update that carried an outdated expectedVersion was refused, with the state as it is.
     let refused = d.received("$aws/things/late-1/jobs/cfg-7/update/rejected");
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -176,7 +204,11 @@ fn a_device_cannot_subscribe_to_another_things_jobs_topics() {
     assert_eq!(spy.wait_line("SUBACK"), "SUBACK 128 128 1");
     // The same policy lets cam-2 run its own job: requests, answers and notifications.
     create(&site.gateway, &["--id", "snap", "--targets", "cam-2"]);
-    let cam2 = JobsDevice::start(site.password_port, "cam-2", &["--password", "pw-of-a-camera"]);
+    let cam2 = JobsDevice::start(
+        site.password_port,
+        "cam-2",
+        &["--password", "pw-of-a-camera"],
+    );
     cam2.wait_line("DONE snap SUCCEEDED");
     assert!(spy.wait().success());
 }
@@ -184,7 +216,17 @@ fn a_device_cannot_subscribe_to_another_things_jobs_topics() {
 #[test]
 fn jobs_survive_a_kill_between_an_update_and_describe() {
     let mut g = Gateway::start("");
-    create(&g, &["--id", "ota", "--targets", "s-1,s-2", "--timeout-minutes", "30"]);
+    create(
+        &g,
+        &[
+            "--id",
+            "ota",
+            "--targets",
+            "s-1,s-2",
+            "--timeout-minutes",
+            "30",
+        ],
+    );
     let done = JobsDevice::start(g.mqtt_port, "s-1", &[]);
     done.wait_line("DONE ota SUCCEEDED");
     // s-2 reports IN_PROGRESS and loses power.
@@ -193,14 +235,28 @@ fn jobs_survive_a_kill_between_an_update_and_describe() {
     g.kill_and_restart();
     let job = g.job("ota");
     assert_eq!(job["status"], "IN_PROGRESS");
-    assert_eq!((count(&job, "SUCCEEDED"), count(&job, "IN_PROGRESS")), (1, 1), "{job}");
+    assert_eq!(
+        (count(&job, "SUCCEEDED"), count(&job, "IN_PROGRESS")),
+        (1, 1),
+        "{job}"
+    );
     let s2 = &job["executions"][1];
-    assert_eq!((s2["thing"].as_str(), s2["version"].as_u64()), (Some("s-2"), Some(3)));
+    assert_eq!(
+        (s2["thing"].as_str(), s2["version"].as_u64()),
+        (Some("s-2"), Some(3))
+    );
     // After the restart s-2 finds its execution in progress and finishes it.
     let resumed = JobsDevice::start(g.mqtt_port, "s-2", &[]);
     resumed.wait_line("DONE ota SUCCEEDED");
     let pending = resumed.received("$aws/things/s-2/jobs/get/accepted");
-    assert_eq!(pending[0]["inProgressJobs"][0]["jobId"], "ota", "{}", pending[0]);
+    assert_eq!(
+        pending[0]["inProgressJobs"][0]["jobId"], "ota",
+        "{}",
+        pending[0]
+    );
     let job = g.job("ota");
-    assert_eq!((job["status"].as_str(), count(&job, "SUCCEEDED")), (Some("COMPLETED"), 2));
+    assert_eq!(
+        (job["status"].as_str(), count(&job, "SUCCEEDED")),
+        (Some("COMPLETED"), 2)
+    );
 }

@@ -60,7 +60,12 @@ fn failed(e: AdminError) -> Response {
 async fn create(State(jobs): State<JobsHandle>, body: Bytes) -> Response {
     let spec: JobSpec = match serde_json::from_slice(&body) {
         Ok(s) => s,
-        Err(e) => return reply(StatusCode::BAD_REQUEST, json!({ "error": format!("not a job: {e}") })),
+        Err(e) => {
+            return reply(
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("not a job: {e}") }),
+            )
+        }
     };
     match jobs.create(spec).await {
         Ok(info) => reply(StatusCode::CREATED, json!(info)),
@@ -78,7 +83,10 @@ async fn list(State(jobs): State<JobsHandle>) -> Response {
 async fn describe(State(jobs): State<JobsHandle>, Path(id): Path<String>) -> Response {
     match jobs.describe(&id).await {
         Ok(Some(info)) => reply(StatusCode::OK, json!(info)),
-        Ok(None) => reply(StatusCode::NOT_FOUND, json!({ "error": format!("no job `{id}`") })),
+        Ok(None) => reply(
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("no job `{id}`") }),
+        ),
         Err(e) => failed(e),
     }
 }

@@ -25,7 +25,12 @@ pub enum JobsAction {
         #[arg(long)]
         id: Option<String>,
         /// The things to run it, comma-separated.
-        #[arg(long, value_delimiter = ',', required_unless_present = "thing_pattern", conflicts_with = "thing_pattern")]
+        #[arg(
+            long,
+            value_delimiter = ',',
+            required_unless_present = "thing_pattern",
+            conflicts_with = "thing_pattern"
+        )]
         targets: Vec<String>,
         /// Every thing whose name matches this glob (e.g. 'sensor-*'), now and as they appear.
         #[arg(long, value_name = "GLOB")]
@@ -89,8 +94,8 @@ fn request(addr: SocketAddr, path: &str, body: Option<Value>) -> Result<Value, S
     let mut response = result.map_err(unreachable)?;
     let status = response.status();
     let text = response.body_mut().read_to_string().map_err(unreachable)?;
-    let answer: Value =
-        serde_json::from_str(&text).map_err(|_| format!("the gateway answered {status}: {text}"))?;
+    let answer: Value = serde_json::from_str(&text)
+        .map_err(|_| format!("the gateway answered {status}: {text}"))?;
     if status.is_success() {
         Ok(answer)
     } else {
@@ -159,10 +164,16 @@ pub fn run(action: JobsAction, addr: SocketAddr) -> Result<String, (u8, String)>
             timeout_minutes,
         } => {
             let text = std::fs::read(&document).map_err(|e| {
-                (2, format!("grove jobs: cannot read {}: {e}", document.display()))
+                (
+                    2,
+                    format!("grove jobs: cannot read {}: {e}", document.display()),
+                )
             })?;
             let document: Value = serde_json::from_slice(&text).map_err(|e| {
-                (2, format!("grove jobs: {} is not JSON: {e}", document.display()))
+                (
+                    2,
+                    format!("grove jobs: {} is not JSON: {e}", document.display()),
+                )
             })?;
             let id = id.unwrap_or_else(|| {
                 let ms = SystemTime::now()
@@ -178,17 +189,17 @@ pub fn run(action: JobsAction, addr: SocketAddr) -> Result<String, (u8, String)>
                     None => Targets::Things(targets),
                 },
                 rollout_per_minute,
-                abort: abort_threshold.zip(abort_min).map(|(threshold_percent, min_executed)| {
-                    Abort {
+                abort: abort_threshold
+                    .zip(abort_min)
+                    .map(|(threshold_percent, min_executed)| Abort {
                         threshold_percent,
                         min_executed,
-                    }
-                }),
+                    }),
                 timeout_minutes,
             };
             let body = serde_json::to_value(&spec).expect("a spec serializes");
-            let job = info(request(addr, "/admin/jobs", Some(body)).map_err(failed)?)
-                .map_err(failed)?;
+            let job =
+                info(request(addr, "/admin/jobs", Some(body)).map_err(failed)?).map_err(failed)?;
             Ok(format!("{} created: {}\n", job.id, counts(&job)))
         }
         JobsAction::List { json } => {
@@ -216,8 +227,7 @@ pub fn run(action: JobsAction, addr: SocketAddr) -> Result<String, (u8, String)>
         JobsAction::Cancel { id, force } => {
             let body = serde_json::json!({ "force": force });
             let job = info(
-                request(addr, &format!("/admin/jobs/{id}/cancel"), Some(body))
-                    .map_err(failed)?,
+                request(addr, &format!("/admin/jobs/{id}/cancel"), Some(body)).map_err(failed)?,
             )
             .map_err(failed)?;
             Ok(format!("{} {}: {}\n", job.id, job.status, counts(&job)))

@@ -54,7 +54,7 @@ pub struct Request {
 
 /// Reads a request payload: `InvalidJson` if it is not a JSON object, `InvalidRequest` for a bad
 /// `clientToken`.
-pub fn request(payload: &[u8]) -> Result<Request, (Rejection, Option<String>)> {
+pub fn request(payload: &[u8]) -> Result<Request, Rejection> {
     if payload.iter().all(u8::is_ascii_whitespace) {
         return Ok(Request {
             body: Map::new(),
@@ -64,11 +64,10 @@ pub fn request(payload: &[u8]) -> Result<Request, (Rejection, Option<String>)> {
     let body = match serde_json::from_slice::<Value>(payload) {
         Ok(Value::Object(body)) => body,
         _ => {
-            let r = Rejection::new(
+            return Err(Rejection::new(
                 ErrorCode::InvalidJson,
                 "the request is not a UTF-8 encoded JSON object",
-            );
-            return Err((r, None));
+            ));
         }
     };
     match token_field(&body) {
@@ -76,7 +75,7 @@ pub fn request(payload: &[u8]) -> Result<Request, (Rejection, Option<String>)> {
             let token = token.map(str::to_owned);
             Ok(Request { body, token })
         }
-        Err(e) => Err((Rejection::new(ErrorCode::InvalidRequest, e.to_string()), None)),
+        Err(e) => Err(Rejection::new(ErrorCode::InvalidRequest, e.to_string())),
     }
 }
 
@@ -181,7 +180,11 @@ pub fn update(body: &Map<String, Value>) -> Result<(Update, Include), Rejection>
     let status = match body.get("status") {
         Some(Value::String(s)) => Status::parse(s)
             .ok_or_else(|| invalid(format!("status {s:?} is not a job execution status")))?,
-        _ => return Err(invalid("status is required (IN_PROGRESS, SUCCEEDED, FAILED or REJECTED)".into())),
+        _ => {
+            return Err(invalid(
+                "status is required (IN_PROGRESS, SUCCEEDED, FAILED or REJECTED)".into(),
+            ))
+        }
     };
     let update = Update {
         status,
@@ -279,7 +282,10 @@ pub fn pending(in_progress: &[Execution], queued: &[Execution]) -> Map<String, V
 /// StartNextPendingJobExecution's and DescribeJobExecution's answer: `execution`, absent when
 /// nothing is pending ("If no job executions are pending, the response does not include the
 /// `execution` field").
-pub fn execution_answer(view: Option<&ExecutionView>, include_document: bool) -> Map<String, Value> {
+pub fn execution_answer(
+    view: Option<&ExecutionView>,
+    include_document: bool,
+) -> Map<String, Value> {
     let mut doc = Map::new();
     if let Some(view) = view {
         doc.insert("execution".into(), execution(view, include_document));
@@ -347,10 +353,10 @@ mod tests {
         let r = request(br#"{"clientToken":"c-1"}"#).unwrap();
         assert_eq!(r.token.as_deref(), Some("c-1"));
         for bad in [&b"not json"[..], b"[1]", b"\xff"] {
-            let (r, _) = request(bad).unwrap_err();
+            let r = request(bad).unwrap_err();
             assert_eq!(r.code, ErrorCode::InvalidJson, "{bad:?}");
         }
-        let (r, _) = request(br#"{"clientToken":7}"#).unwrap_err();
+        let r = request(br#"{"clientToken":7}"#).unwrap_err();
         assert_eq!(r.code, ErrorCode::InvalidRequest);
 
         assert_eq!(describe(&body("{}")).unwrap(), (None, true));
@@ -366,25 +372,69 @@ mod tests {
         assert_eq!(u.expected_version, Some(2));
         assert_eq!(u.step_timeout_minutes, Some(5));
         assert_eq!(u.details.unwrap()["step"], "download");
-        assert_eq!(inc, Include { state: true, document: false });
+        assert_eq!(
+            inc,
+            Include {
+                state: true,
+                document: false
+            }
+        );
 
         // One case per line: an update body and a fragment of the InvalidRequest message.
-        let long_key = format!(r#"{{"status":"FAILED","statusDetails":{{"{}":"v"}}}}"#, "k".repeat(129));
-        let long_value = format!(r#"{{"status":"FAILED","statusDetails":{{"k":"{}"}}}}"#, "v".repeat(1025));
-        let many: Vec<String> = (0..=MAX_DETAILS).map(|i| format!(r#""k{i}":"v""#)).collect();
-        let many = format!(r#"{{"status":"FAILED","statusDetails":{{{}}}}}"#, many.join(","));
+        let long_key = format!(
+            r#"{{"status":"FAILED","statusDetails":{{"{}":"v"}}}}"#,
+            "k".repeat(129)
+        );
+        let long_value = format!(
+            r#"{{"status":"FAILED","statusDetails":{{"k":"{}"}}}}"#,
+            "v".repeat(1025)
+        );
+        let many: Vec<String> = (0..=MAX_DETAILS)
+            .map(|i| format!(r#""k{i}":"v""#))
+            .collect();
+        let many = format!(
+            r#"{{"status":"FAILED","statusDetails":{{{}}}}}"#,
+            many.join(",")
+        );
         for (text, want) in [
             ("{}", "status is required"),
             (r#"{"status":"DONE"}"#, "not a job execution status"),
-            (r#"{"status":"FAILED","expectedVersion":-1}"#, "expectedVersion must be a whole number"),
-            (r#"{"status":"FAILED","stepTimeoutInMinutes":0}"#, "stepTimeoutInMinutes 0"),
-            (r#"{"status":"FAILED","stepTimeoutInMinutes":10081}"#, "stepTimeoutInMinutes 10081"),
-            (r#"{"status":"FAILED","statusDetails":"x"}"#, "must be an object"),
-            (r#"{"status":"FAILED","statusDetails":{"a b":"v"}}"#, "statusDetails key"),
-            (r#"{"status":"FAILED","statusDetails":{"k":""}}"#, "statusDetails.k"),
-            (r#"{"status":"FAILED","statusDetails":{"k":"a\nb"}}"#, "no control characters"),
-            (r#"{"status":"FAILED","statusDetails":{"k":1}}"#, "must be a string"),
-            (r#"{"status":"FAILED","includeJobDocument":"yes"}"#, "true or false"),
+            (
+                r#"{"status":"FAILED","expectedVersion":-1}"#,
+                "expectedVersion must be a whole number",
+            ),
+            (
+                r#"{"status":"FAILED","stepTimeoutInMinutes":0}"#,
+                "stepTimeoutInMinutes 0",
+            ),
+            (
+                r#"{"status":"FAILED","stepTimeoutInMinutes":10081}"#,
+                "stepTimeoutInMinutes 10081",
+            ),
+            (
+                r#"{"status":"FAILED","statusDetails":"x"}"#,
+                "must be an object",
+            ),
+            (
+                r#"{"status":"FAILED","statusDetails":{"a b":"v"}}"#,
+                "statusDetails key",
+            ),
+            (
+                r#"{"status":"FAILED","statusDetails":{"k":""}}"#,
+                "statusDetails.k",
+            ),
+            (
+                r#"{"status":"FAILED","statusDetails":{"k":"a\nb"}}"#,
+                "no control characters",
+            ),
+            (
+                r#"{"status":"FAILED","statusDetails":{"k":1}}"#,
+                "must be a string",
+            ),
+            (
+                r#"{"status":"FAILED","includeJobDocument":"yes"}"#,
+                "true or false",
+            ),
             (&long_key, "statusDetails key"),
             (&long_value, "statusDetails.k"),
             (&many, "the most is 32"),

@@ -317,7 +317,7 @@ pub struct Rejection {
     /// What was wrong.
     pub message: String,
     /// The execution as it is, for the codes AWS sends it with.
-    pub state: Option<Execution>,
+    pub state: Option<Box<Execution>>,
 }
 
 impl Rejection {
@@ -334,7 +334,7 @@ impl Rejection {
         Rejection {
             code,
             message: message.into(),
-            state: Some(state.clone()),
+            state: Some(Box::new(state.clone())),
         }
     }
 }
@@ -711,7 +711,10 @@ impl Jobs {
         if let Some(status) = e.status.filter(|s| s.is_terminal()) {
             return Err(Rejection::new(
                 ErrorCode::TerminalStateReached,
-                format!("the execution of job {job} on {thing} has ended: {}", status.as_str()),
+                format!(
+                    "the execution of job {job} on {thing} has ended: {}",
+                    status.as_str()
+                ),
             ));
         }
         Ok(self.view(&key, now))
@@ -744,7 +747,10 @@ impl Jobs {
             if expected != e.version {
                 return Err(Rejection::with_state(
                     ErrorCode::VersionMismatch,
-                    format!("expected version {expected}, the execution is at {}", e.version),
+                    format!(
+                        "expected version {expected}, the execution is at {}",
+                        e.version
+                    ),
                     e,
                 ));
             }
@@ -1125,7 +1131,11 @@ impl Jobs {
             .map(|e| e.status)
             .collect();
         if let Some(abort) = &j.spec.abort {
-            let executed = statuses.iter().flatten().filter(|s| s.is_executed()).count();
+            let executed = statuses
+                .iter()
+                .flatten()
+                .filter(|s| s.is_executed())
+                .count();
             let failed = statuses.iter().flatten().filter(|s| s.is_failure()).count();
             if executed >= abort.min_executed as usize
                 && failed as f64 * 100.0 >= abort.threshold_percent * executed as f64

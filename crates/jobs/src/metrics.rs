@@ -93,7 +93,9 @@ impl JobsMetrics {
 
     /// Counts an answered request.
     pub(crate) fn answered(&self, op: &'static str, code: &'static str) {
-        self.requests.get_or_create(&RequestLabels { op, code }).inc();
+        self.requests
+            .get_or_create(&RequestLabels { op, code })
+            .inc();
     }
 
     /// Sets the gauges from the core's counts.
@@ -109,7 +111,11 @@ impl JobsMetrics {
                 .get_or_create(&StatusLabels { status: name })
                 .set(n as i64);
         }
-        for status in [JobStatus::InProgress, JobStatus::Canceled, JobStatus::Completed] {
+        for status in [
+            JobStatus::InProgress,
+            JobStatus::Canceled,
+            JobStatus::Completed,
+        ] {
             let n = jobs.get(&status).copied().unwrap_or(0);
             self.jobs
                 .get_or_create(&StatusLabels {

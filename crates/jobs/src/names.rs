@@ -140,7 +140,9 @@ impl RequestTopic {
         let (thing, op) = match levels.as_slice() {
             [thing, "jobs", "get"] => (*thing, Operation::GetPending),
             [thing, "jobs", "start-next"] => (*thing, Operation::StartNext),
-            [thing, "jobs", job, "get"] if *job == NEXT => (*thing, Operation::Describe(JobRef::Next)),
+            [thing, "jobs", job, "get"] if *job == NEXT => {
+                (*thing, Operation::Describe(JobRef::Next))
+            }
             [thing, "jobs", job, "get"] => {
                 validate_job_id(job).map_err(|e| TopicError::JobId(e.to_string()))?;
                 (*thing, Operation::Describe(JobRef::Id((*job).to_owned())))
@@ -198,19 +200,41 @@ mod tests {
             assert_eq!((r.thing.as_str(), r.op), (thing, op), "{t}");
         };
         ok("$aws/things/t1/jobs/get", "t1", Operation::GetPending);
-        ok("$aws/things/a:b_c-d/jobs/start-next", "a:b_c-d", Operation::StartNext);
-        ok("$aws/things/t/jobs/$next/get", "t", Operation::Describe(JobRef::Next));
-        ok("$aws/things/t/jobs/fw-2_1/get", "t", Operation::Describe(JobRef::Id("fw-2_1".into())));
-        ok("$aws/things/t/jobs/fw/update", "t", Operation::Update("fw".into()));
+        ok(
+            "$aws/things/a:b_c-d/jobs/start-next",
+            "a:b_c-d",
+            Operation::StartNext,
+        );
+        ok(
+            "$aws/things/t/jobs/$next/get",
+            "t",
+            Operation::Describe(JobRef::Next),
+        );
+        ok(
+            "$aws/things/t/jobs/fw-2_1/get",
+            "t",
+            Operation::Describe(JobRef::Id("fw-2_1".into())),
+        );
+        ok(
+            "$aws/things/t/jobs/fw/update",
+            "t",
+            Operation::Update("fw".into()),
+        );
         let bad = |t: &str, want: &str| {
             let e = RequestTopic::parse(t).expect_err(t).to_string();
             assert!(e.contains(want), "{t}: {e}");
         };
         bad("$aws/things/t/jobs/get/accepted", "not a jobs request");
         bad("$aws/things/t/shadow/get", "not a jobs request");
-        bad("$aws/things/t/jobs/$next/update", "$next names no execution");
+        bad(
+            "$aws/things/t/jobs/$next/update",
+            "$next names no execution",
+        );
         bad("$aws/things/t/jobs/a:b/get", "found ':'");
-        bad(&format!("$aws/things/t/jobs/{}/get", "j".repeat(65)), "at most 64");
+        bad(
+            &format!("$aws/things/t/jobs/{}/get", "j".repeat(65)),
+            "at most 64",
+        );
         bad("$aws/things/t!/jobs/get", "invalid thing name");
         let r = RequestTopic::parse("$aws/things/t/jobs/j/update").unwrap();
         assert_eq!(r.accepted(), "$aws/things/t/jobs/j/update/accepted");

@@ -20,8 +20,9 @@ pub const WAITING: &str = "WAITING";
 /// The jobs' queries.
 pub trait JobQueries {
     /// Every job and execution, for [`crate::machine::Jobs::restore`].
-    fn jobs_load(&self)
-        -> impl Future<Output = Result<(Vec<Job>, Vec<Execution>), StoreError>> + Send;
+    fn jobs_load(
+        &self,
+    ) -> impl Future<Output = Result<(Vec<Job>, Vec<Execution>), StoreError>> + Send;
 
     /// Durably writes jobs and executions, all or none. Returns after the commit.
     fn jobs_write(
@@ -37,7 +38,11 @@ impl JobQueries for Store {
             .await
     }
 
-    async fn jobs_write(&self, jobs: Vec<Job>, executions: Vec<Execution>) -> Result<(), StoreError> {
+    async fn jobs_write(
+        &self,
+        jobs: Vec<Job>,
+        executions: Vec<Execution>,
+    ) -> Result<(), StoreError> {
         self.transact(move |c| {
             jobs.iter().try_for_each(|j| write_job(c, j))?;
             executions.iter().try_for_each(|e| write_execution(c, e))
@@ -98,11 +103,7 @@ fn write_execution(c: &Connection, e: &Execution) -> rusqlite::Result<()> {
 
 /// A column that does not hold what this version of Grove writes.
 fn corrupt(column: usize, what: String) -> rusqlite::Error {
-    rusqlite::Error::FromSqlConversionFailure(
-        column,
-        rusqlite::types::Type::Text,
-        what.into(),
-    )
+    rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, what.into())
 }
 
 fn unsigned(r: &Row<'_>, i: usize) -> rusqlite::Result<u64> {

@@ -28,8 +28,8 @@ use crate::machine::{
     Status, Targets,
 };
 use crate::metrics::{JobsMetrics, KindLabels};
-use crate::names::{notify_next_topic, notify_topic, JobRef, Operation, RequestTopic, TopicError};
 use crate::names::REQUEST_FILTERS;
+use crate::names::{notify_next_topic, notify_topic, JobRef, Operation, RequestTopic, TopicError};
 use crate::queries::{JobQueries, WAITING};
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_store::{Store, StoreError};
@@ -129,7 +129,10 @@ pub struct JobsHandle {
 }
 
 impl JobsHandle {
-    async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Result<T, AdminError> {
+    async fn ask<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<T>) -> Command,
+    ) -> Result<T, AdminError> {
         let (done, answer) = oneshot::channel();
         self.tx
             .send(make(done))
@@ -200,7 +203,11 @@ struct Answer {
 
 /// An operator command's answer, made once the batch is committed (or taken back).
 enum Reply {
-    Change(String, Result<(), AdminError>, oneshot::Sender<Result<JobInfo, AdminError>>),
+    Change(
+        String,
+        Result<(), AdminError>,
+        oneshot::Sender<Result<JobInfo, AdminError>>,
+    ),
     List(oneshot::Sender<Vec<JobInfo>>),
     Describe(String, oneshot::Sender<Option<JobInfo>>),
 }
@@ -293,10 +300,7 @@ impl JobsService {
             .into_iter()
             .filter_map(|m| self.request(m, now))
             .collect();
-        let replies: Vec<Reply> = commands
-            .into_iter()
-            .map(|c| self.command(c, now))
-            .collect();
+        let replies: Vec<Reply> = commands.into_iter().map(|c| self.command(c, now)).collect();
         let effects = self.core.take_effects(now);
         let committed = !effects.writes() || self.commit(&effects).await;
         let mut publish = Vec::with_capacity(answers.len());
@@ -311,7 +315,11 @@ impl JobsService {
             let token = a.token.as_deref();
             let (topic, doc, label) = match outcome {
                 Ok(doc) => (a.accepted, document::answer(doc, token, now), "accepted"),
-                Err(r) => (a.rejected, document::rejected(&r, token, now), r.code.as_str()),
+                Err(r) => (
+                    a.rejected,
+                    document::rejected(&r, token, now),
+                    r.code.as_str(),
+                ),
             };
             self.metrics.answered(a.op, label);
             let mut out = Outgoing::new(topic, Bytes::from(doc.to_string()));
@@ -326,7 +334,10 @@ impl JobsService {
                 warn!(job, "job aborted by its abort threshold");
             }
             for (thing, pending) in &effects.notify {
-                publish.push(notification(notify_topic(thing), document::notify(pending, now)));
+                publish.push(notification(
+                    notify_topic(thing),
+                    document::notify(pending, now),
+                ));
                 self.count_notification("notify");
             }
             for (thing, next) in &effects.notify_next {
@@ -388,11 +399,8 @@ impl JobsService {
             }
         };
         let (outcome, token) = match document::request(&m.payload) {
-            Ok(req) => {
-                let outcome = self.serve(&topic, &req, now);
-                (outcome, req.token)
-            }
-            Err((r, token)) => (Err(r), token),
+            Ok(req) => (self.serve(&topic, &req, now), req.token),
+            Err(r) => (Err(r), None),
         };
         Some(Answer {
             op: topic.op.label(),
@@ -443,7 +451,10 @@ impl JobsService {
             Command::Create(spec, done) => {
                 let id = spec.id.clone();
                 let known = (self.known)();
-                let result = self.core.create(spec, &known, now).map_err(AdminError::from);
+                let result = self
+                    .core
+                    .create(spec, &known, now)
+                    .map_err(AdminError::from);
                 if result.is_ok() {
                     info!(job = id, "job created");
                 }

@@ -15,14 +15,10 @@ const MINUTE: Duration = Duration::from_secs(60);
 
 async fn start(h: &Harness) -> JobsHandle {
     let bus = h.buses().bus("jobs").await.expect("a bus link");
-    let (service, handle) = JobsService::new(
-        bus,
-        h.store(),
-        JobsMetrics::default(),
-        Box::new(Vec::new),
-    )
-    .await
-    .expect("the service starts");
+    let (service, handle) =
+        JobsService::new(bus, h.store(), JobsMetrics::default(), Box::new(Vec::new))
+            .await
+            .expect("the service starts");
     tokio::spawn(service.run(h.shutdown_signal()));
     handle
 }
@@ -65,11 +61,18 @@ async fn an_execution_in_progress_times_out_no_sooner_than_its_timeout() {
     let at = Instant::now();
     assert_eq!(started["clientToken"], "s1");
     assert_eq!(started["execution"]["status"], "IN_PROGRESS");
-    assert_eq!(started["execution"]["jobDocument"], json!({"operation": "reboot"}));
+    assert_eq!(
+        started["execution"]["jobDocument"],
+        json!({"operation": "reboot"})
+    );
     // Timed out: nothing is next any more.
     let next = next_on(&mut device, "$aws/things/t1/jobs/notify-next").await;
     assert!(next.get("execution").is_none(), "{next}");
-    assert!(at.elapsed() >= 10 * MINUTE - Duration::from_secs(1), "{:?}", at.elapsed());
+    assert!(
+        at.elapsed() >= 10 * MINUTE - Duration::from_secs(1),
+        "{:?}",
+        at.elapsed()
+    );
     let job = jobs.describe("fw").await.unwrap().unwrap();
     assert_eq!(job.counts.get("TIMED_OUT"), Some(&1));
     assert_eq!(job.status, "COMPLETED");
@@ -101,7 +104,10 @@ async fn the_rollout_tells_no_more_things_per_minute_than_its_rate() {
     }
     let things: Vec<&str> = told
         .iter()
-        .map(|(t, _)| t.trim_start_matches("$aws/things/").trim_end_matches("/jobs/notify-next"))
+        .map(|(t, _)| {
+            t.trim_start_matches("$aws/things/")
+                .trim_end_matches("/jobs/notify-next")
+        })
         .collect();
     assert_eq!(things, ["t1", "t2", "t3", "t4", "t5"], "in target order");
     // Two per minute: the third and fourth no sooner than a minute after the creation, the

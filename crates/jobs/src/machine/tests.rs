@@ -59,12 +59,18 @@ fn a_job_is_refused_with_the_field_at_fault() {
         (Box::new(|s| s.id = "fw-1".into()), "exists already"),
         (Box::new(|s| s.id = "a b".into()), "job id \"a b\""),
         (Box::new(|s| s.id = String::new()), "must not be empty"),
-        (Box::new(|s| s.document = json!([1])), "must be a JSON object"),
+        (
+            Box::new(|s| s.document = json!([1])),
+            "must be a JSON object",
+        ),
         (
             Box::new(|s| s.document = json!({"blob": "x".repeat(33 * 1024)})),
             "the most is 32768",
         ),
-        (Box::new(|s| s.targets = Targets::Things(vec![])), "no targets"),
+        (
+            Box::new(|s| s.targets = Targets::Things(vec![])),
+            "no targets",
+        ),
         (
             Box::new(move |s| s.targets = Targets::Things(many.clone())),
             "a job has at most 10000",
@@ -77,8 +83,14 @@ fn a_job_is_refused_with_the_field_at_fault() {
             Box::new(|s| s.targets = Targets::Pattern("sensor-[".into())),
             "thing pattern",
         ),
-        (Box::new(|s| s.rollout_per_minute = Some(0)), "rollout per minute 0"),
-        (Box::new(|s| s.rollout_per_minute = Some(1001)), "rollout per minute 1001"),
+        (
+            Box::new(|s| s.rollout_per_minute = Some(0)),
+            "rollout per minute 0",
+        ),
+        (
+            Box::new(|s| s.rollout_per_minute = Some(1001)),
+            "rollout per minute 1001",
+        ),
         (
             Box::new(|s| {
                 s.abort = Some(Abort {
@@ -106,8 +118,14 @@ fn a_job_is_refused_with_the_field_at_fault() {
             }),
             "abort minimum",
         ),
-        (Box::new(|s| s.timeout_minutes = Some(0)), "timeout 0 minutes"),
-        (Box::new(|s| s.timeout_minutes = Some(10_081)), "timeout 10081 minutes"),
+        (
+            Box::new(|s| s.timeout_minutes = Some(0)),
+            "timeout 0 minutes",
+        ),
+        (
+            Box::new(|s| s.timeout_minutes = Some(10_081)),
+            "timeout 10081 minutes",
+        ),
     ];
     for (change, want) in cases {
         let mut s = spec("new", &["a"]);
@@ -137,14 +155,25 @@ fn active_jobs_are_bounded() {
 
 #[test]
 fn pending_executions_come_in_progress_first_then_in_creation_order() {
-    let mut core = core_with(vec![spec("j1", &["t"]), spec("j2", &["t"]), spec("j3", &["t"])]);
+    let mut core = core_with(vec![
+        spec("j1", &["t"]),
+        spec("j2", &["t"]),
+        spec("j3", &["t"]),
+    ]);
     let (in_progress, queued) = core.get_pending("t", T0);
-    assert_eq!((ids(&in_progress), ids(&queued)), (vec![], vec!["j1", "j2", "j3"]));
+    assert_eq!(
+        (ids(&in_progress), ids(&queued)),
+        (vec![], vec!["j1", "j2", "j3"])
+    );
     // J2 started while J1 stays queued: J2 is next ("Any job executions with status IN_PROGRESS
     // are returned first").
-    core.update("t", "j2", update(Status::InProgress), T0 + 1).unwrap();
+    core.update("t", "j2", update(Status::InProgress), T0 + 1)
+        .unwrap();
     let (in_progress, queued) = core.get_pending("t", T0 + 2);
-    assert_eq!((ids(&in_progress), ids(&queued)), (vec!["j2"], vec!["j1", "j3"]));
+    assert_eq!(
+        (ids(&in_progress), ids(&queued)),
+        (vec!["j2"], vec!["j1", "j3"])
+    );
     let next = core.describe("t", None, None, T0 + 2).unwrap().unwrap();
     assert_eq!(next.execution.job, "j2");
     assert_eq!(core.get_pending("other", T0), (vec![], vec![]));
@@ -170,13 +199,17 @@ fn start_next_starts_the_next_queued_execution_once() {
         (Some(Status::InProgress), 2, Some(T0 + 1000), &details)
     );
     assert_eq!(started.ms_before_timeout, Some(5 * MIN));
-    assert_eq!(started.document, json!({"operation": "update", "version": "2.0"}));
+    assert_eq!(
+        started.document,
+        json!({"operation": "update", "version": "2.0"})
+    );
     // Already in progress: returned as it is ("its status details are not changed").
     let again = core
         .start_next("t", StartNext::default(), T0 + 2000)
         .unwrap();
     assert_eq!(again.execution, started.execution);
-    core.update("t", "j1", update(Status::Succeeded), T0 + 3000).unwrap();
+    core.update("t", "j1", update(Status::Succeeded), T0 + 3000)
+        .unwrap();
     assert_eq!(core.start_next("t", StartNext::default(), T0 + 4000), None);
 }
 
@@ -185,7 +218,10 @@ fn describe_finds_rolled_out_executions_by_id_or_next() {
     let mut s = spec("slow", &["a", "b"]);
     s.rollout_per_minute = Some(1);
     let mut core = core_with(vec![spec("j1", &["t"]), s]);
-    let found = core.describe("t", Some("j1"), Some(1), T0).unwrap().unwrap();
+    let found = core
+        .describe("t", Some("j1"), Some(1), T0)
+        .unwrap()
+        .unwrap();
     assert_eq!(found.execution.status, Some(Status::Queued));
     let not_found = |core: &mut Jobs, thing: &str, job: &str, n: Option<u64>| {
         let r = core.describe(thing, Some(job), n, T0).unwrap_err();
@@ -197,7 +233,8 @@ fn describe_finds_rolled_out_executions_by_id_or_next() {
     // `b` waits for the rollout: the device sees nothing of it.
     not_found(&mut core, "b", "slow", None);
     assert_eq!(core.describe("b", None, None, T0).unwrap(), None);
-    core.update("t", "j1", update(Status::Succeeded), T0).unwrap();
+    core.update("t", "j1", update(Status::Succeeded), T0)
+        .unwrap();
     let r = core.describe("t", Some("j1"), None, T0).unwrap_err();
     assert_eq!(r.code, ErrorCode::TerminalStateReached);
     assert!(r.message.contains("SUCCEEDED"), "{}", r.message);
@@ -263,7 +300,9 @@ fn updates_check_the_execution_number_and_the_expected_version() {
         ErrorCode::ResourceNotFound
     );
     assert_eq!(
-        core.update("t", "nope", update(Status::Succeeded), T0).unwrap_err().code,
+        core.update("t", "nope", update(Status::Succeeded), T0)
+            .unwrap_err()
+            .code,
         ErrorCode::ResourceNotFound
     );
     let mut u = update(Status::Succeeded);
@@ -281,10 +320,12 @@ fn an_execution_in_progress_times_out_at_its_in_progress_timer() {
     s.timeout_minutes = Some(10);
     let mut core = core_with(vec![s]);
     assert_eq!(core.poll_timeout(), None, "queued: no timer runs");
-    core.start_next("t", StartNext::default(), T0 + MIN).unwrap();
+    core.start_next("t", StartNext::default(), T0 + MIN)
+        .unwrap();
     assert_eq!(core.poll_timeout(), Some(T0 + 11 * MIN));
     // Progress reports do not move the in-progress timer.
-    core.update("t", "j", update(Status::InProgress), T0 + 5 * MIN).unwrap();
+    core.update("t", "j", update(Status::InProgress), T0 + 5 * MIN)
+        .unwrap();
     core.handle_timeout(T0 + 11 * MIN - 1);
     assert_eq!(status(&core, "t", "j"), Some(Status::InProgress));
     core.take_effects(T0);
@@ -314,7 +355,11 @@ fn a_step_timer_is_reset_by_each_update_and_bounded_by_the_in_progress_timer() {
         let mut u = update(Status::InProgress);
         u.step_timeout_minutes = Some(step);
         core.update("t", "j", u, T0 + at * MIN).unwrap();
-        assert_eq!(core.poll_timeout(), Some(T0 + deadline * MIN), "at 12:{at:02}");
+        assert_eq!(
+            core.poll_timeout(),
+            Some(T0 + deadline * MIN),
+            "at 12:{at:02}"
+        );
     }
     // Without an in-progress timer, the step timer alone.
     let mut core = core_with(vec![spec("k", &["t"])]);
@@ -376,15 +421,20 @@ fn the_abort_threshold_cancels_what_is_not_started_once_enough_have_ended() {
     });
     let mut core = core_with(vec![s]);
     core.start_next("e", StartNext::default(), T0).unwrap();
-    core.update("a", "fw", update(Status::Failed), T0 + 1).unwrap();
+    core.update("a", "fw", update(Status::Failed), T0 + 1)
+        .unwrap();
     // 1 of 1 failed, but fewer than 2 have ended.
     assert_eq!(core.job("fw").unwrap().status, JobStatus::InProgress);
-    core.update("b", "fw", update(Status::Succeeded), T0 + 2).unwrap();
+    core.update("b", "fw", update(Status::Succeeded), T0 + 2)
+        .unwrap();
     // 1 of 2 failed: 50 % reached.
     let job = core.job("fw").unwrap();
     assert_eq!(job.status, JobStatus::Canceled);
     assert!(
-        job.reason.as_deref().unwrap().contains("1 of 2 ended executions failed"),
+        job.reason
+            .as_deref()
+            .unwrap()
+            .contains("1 of 2 ended executions failed"),
         "{:?}",
         job.reason
     );
@@ -397,7 +447,8 @@ fn the_abort_threshold_cancels_what_is_not_started_once_enough_have_ended() {
     );
     assert_eq!(core.take_effects(T0 + 2).aborted, ["fw"]);
     // The one in progress may still end.
-    core.update("e", "fw", update(Status::Succeeded), T0 + 3).unwrap();
+    core.update("e", "fw", update(Status::Succeeded), T0 + 3)
+        .unwrap();
     assert_eq!(core.job("fw").unwrap().status, JobStatus::Canceled);
 }
 
@@ -424,10 +475,18 @@ fn cancel_ends_what_is_not_started_and_with_force_what_is_in_progress() {
         let mut core = core_with(vec![s]);
         core.start_next("a", StartNext::default(), T0).unwrap();
         core.cancel("fw", force, T0 + 1).unwrap();
-        let expect_a = if force { Status::Canceled } else { Status::InProgress };
+        let expect_a = if force {
+            Status::Canceled
+        } else {
+            Status::InProgress
+        };
         assert_eq!(status(&core, "a", "fw"), Some(expect_a), "force {force}");
         assert_eq!(status(&core, "b", "fw"), Some(Status::Canceled));
-        assert_eq!(status(&core, "c", "fw"), Some(Status::Canceled), "never rolled out");
+        assert_eq!(
+            status(&core, "c", "fw"),
+            Some(Status::Canceled),
+            "never rolled out"
+        );
         assert_eq!(core.poll_timeout(), None, "no rollout waits any more");
         assert_eq!(
             core.cancel("fw", force, T0 + 2),
@@ -444,10 +503,16 @@ fn cancel_ends_what_is_not_started_and_with_force_what_is_in_progress() {
 #[test]
 fn a_target_list_completes_when_every_execution_has_ended() {
     let mut core = core_with(vec![spec("fw", &["a", "b", "a"])]);
-    assert_eq!(core.executions_of("fw").len(), 2, "duplicates are one target");
-    core.update("a", "fw", update(Status::Rejected), T0).unwrap();
+    assert_eq!(
+        core.executions_of("fw").len(),
+        2,
+        "duplicates are one target"
+    );
+    core.update("a", "fw", update(Status::Rejected), T0)
+        .unwrap();
     assert_eq!(core.job("fw").unwrap().status, JobStatus::InProgress);
-    core.update("b", "fw", update(Status::Succeeded), T0).unwrap();
+    core.update("b", "fw", update(Status::Succeeded), T0)
+        .unwrap();
     assert_eq!(core.job("fw").unwrap().status, JobStatus::Completed);
     assert!(core.cancel("fw", false, T0).is_err());
 }
@@ -457,9 +522,13 @@ fn a_pattern_job_targets_known_things_and_adopts_others_when_they_ask() {
     let mut core = core_with(vec![spec("old", &["sensor-1", "pump-1"])]);
     let mut s = spec("fw", &[]);
     s.targets = Targets::Pattern("sensor-*".into());
-    core.create(s, &["sensor-2".into(), "valve-1".into()], T0).unwrap();
+    core.create(s, &["sensor-2".into(), "valve-1".into()], T0)
+        .unwrap();
     let things = |core: &Jobs| -> Vec<String> {
-        core.executions_of("fw").iter().map(|e| e.thing.clone()).collect()
+        core.executions_of("fw")
+            .iter()
+            .map(|e| e.thing.clone())
+            .collect()
     };
     assert_eq!(things(&core), ["sensor-1", "sensor-2"]);
     core.take_effects(T0);
@@ -471,7 +540,8 @@ fn a_pattern_job_targets_known_things_and_adopts_others_when_they_ask() {
     assert!(queued.is_empty());
     // Every execution ends; a pattern job stays in progress (a continuous job).
     for t in ["sensor-1", "sensor-2", "sensor-9"] {
-        core.update(t, "fw", update(Status::Succeeded), T0 + 2).unwrap();
+        core.update(t, "fw", update(Status::Succeeded), T0 + 2)
+            .unwrap();
     }
     assert_eq!(core.job("fw").unwrap().status, JobStatus::InProgress);
     // Canceled, it adopts nobody.
@@ -502,20 +572,23 @@ fn a_flood_of_thing_names_cannot_grow_a_pattern_job_past_its_budget() {
 fn notifications_follow_the_pending_set_and_the_next_execution() {
     let mut core = core_with(vec![spec("j1", &["t"]), spec("j2", &["t"])]);
     // J2 starting while J1 is queued changes which one is next, not the set.
-    core.update("t", "j2", update(Status::InProgress), T0).unwrap();
+    core.update("t", "j2", update(Status::InProgress), T0)
+        .unwrap();
     let e = core.take_effects(T0);
     core.settle();
     assert!(e.notify.is_empty());
     assert_eq!(e.notify_next.len(), 1);
     assert_eq!(e.notify_next[0].1.as_ref().unwrap().execution.job, "j2");
     // A progress report changes neither.
-    core.update("t", "j2", update(Status::InProgress), T0).unwrap();
+    core.update("t", "j2", update(Status::InProgress), T0)
+        .unwrap();
     let e = core.take_effects(T0);
     core.settle();
     assert!(e.notify.is_empty() && e.notify_next.is_empty());
     assert_eq!(e.executions.len(), 1, "but it is written");
     // J2 ends: the set shrinks and J1 is next.
-    core.update("t", "j2", update(Status::Succeeded), T0).unwrap();
+    core.update("t", "j2", update(Status::Succeeded), T0)
+        .unwrap();
     let e = core.take_effects(T0);
     core.settle();
     assert_eq!(ids(&e.notify[0].1), ["j1"]);
@@ -530,7 +603,10 @@ fn notifications_follow_the_pending_set_and_the_next_execution() {
 #[test]
 fn a_batch_that_could_not_be_written_is_taken_back_whole() {
     let mut core = core_with(vec![spec("j1", &["t"])]);
-    let before = (core.jobs().into_iter().cloned().collect::<Vec<_>>(), core.execs.clone());
+    let before = (
+        core.jobs().into_iter().cloned().collect::<Vec<_>>(),
+        core.execs.clone(),
+    );
     core.start_next("t", StartNext::default(), T0).unwrap();
     let mut s = spec("fw", &[]);
     s.targets = Targets::Pattern("*".into());
@@ -538,7 +614,10 @@ fn a_batch_that_could_not_be_written_is_taken_back_whole() {
     core.get_pending("newcomer", T0);
     assert!(core.take_effects(T0).writes());
     core.rollback();
-    let after = (core.jobs().into_iter().cloned().collect::<Vec<_>>(), core.execs.clone());
+    let after = (
+        core.jobs().into_iter().cloned().collect::<Vec<_>>(),
+        core.execs.clone(),
+    );
     assert_eq!(before, after);
     // The pattern job is gone with its pattern: nobody is adopted.
     assert!(core.get_pending("another", T0).1.is_empty());
@@ -559,7 +638,12 @@ fn a_restored_core_continues_where_the_store_left_it() {
     restored.handle_timeout(T0 + MIN);
     assert_eq!(status(&restored, "b", "fw"), Some(Status::Queued));
     // New executions continue the order.
-    restored.create(spec("next", &["a"]), &[], T0 + MIN).unwrap();
+    restored
+        .create(spec("next", &["a"]), &[], T0 + MIN)
+        .unwrap();
     let (in_progress, queued) = restored.get_pending("a", T0 + MIN);
-    assert_eq!((ids(&in_progress), ids(&queued)), (vec!["fw"], vec!["next"]));
+    assert_eq!(
+        (ids(&in_progress), ids(&queued)),
+        (vec!["fw"], vec!["next"])
+    );
 }
