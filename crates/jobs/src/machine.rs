@@ -833,18 +833,8 @@ impl Jobs {
     /// What the batch changed and the notifications it causes. Call [`Jobs::settle`] once the
     /// changes are durable, or [`Jobs::rollback`] if they could not be written.
     pub fn take_effects(&mut self, now: u64) -> Effects {
-        let jobs = self
-            .undo_jobs
-            .iter()
-            .filter_map(|(id, old)| self.jobs.get(id).filter(|j| Some(*j) != old.as_ref()))
-            .cloned()
-            .collect();
-        let executions = self
-            .undo_execs
-            .iter()
-            .filter_map(|(k, old)| self.execs.get(k).filter(|e| Some(*e) != old.as_ref()))
-            .cloned()
-            .collect();
+        let jobs = changed(&self.undo_jobs, &self.jobs);
+        let executions = changed(&self.undo_execs, &self.execs);
         let mut notify = Vec::new();
         let mut notify_next = Vec::new();
         for (thing, before) in &self.before {
@@ -1055,17 +1045,13 @@ impl Jobs {
         }
     }
 
-    /// Rollout times of a job's executions within the window ending at `now`, oldest first.
-    fn recent_releases(&self, job: &str, now: u64) -> Vec<u64> {
-        let mut recent: Vec<u64> = self
-            .execs
+    /// When each of a job's executions was rolled out.
+    fn rollout_times(&self, job: &str) -> impl Iterator<Item = u64> + '_ {
+        let job = job.to_owned();
+        self.execs
             .values()
-            .filter(|e| e.job == job)
+            .filter(move |e| e.job == job)
             .filter_map(|e| e.queued_at)
-            .filter(|&at| at + ROLLOUT_WINDOW_MS > now)
-            .collect();
-        recent.sort_unstable();
-        recent
     }
 
     fn waiting(&self, job: &str) -> Vec<Key> {
@@ -1089,7 +1075,13 @@ impl Jobs {
         }
         let allowed = match j.spec.rollout_per_minute {
             None => usize::MAX,
-            Some(n) => (n as usize).saturating_sub(self.recent_releases(job, now).len()),
+            Some(n) => {
+                let recent = self
+                    .rollout_times(job)
+                    .filter(|&at| at + ROLLOUT_WINDOW_MS > now)
+                    .count();
+                (n as usize).saturating_sub(recent)
+            }
         };
         for key in self.waiting(job).into_iter().take(allowed) {
             let e = self.exec_mut(&key);
@@ -1108,12 +1100,7 @@ impl Jobs {
         let n = self.jobs.get(job)?.spec.rollout_per_minute? as usize;
         // A slot frees when the n-th most recent rollout leaves the window; with fewer than n
         // rollouts so far (only after a restart, before the first timeout) one is free now.
-        let mut times: Vec<u64> = self
-            .execs
-            .values()
-            .filter(|e| e.job == job)
-            .filter_map(|e| e.queued_at)
-            .collect();
+        let mut times: Vec<u64> = self.rollout_times(job).collect();
         times.sort_unstable_by(|a, b| b.cmp(a));
         Some(times.get(n - 1).map_or(0, |t| t + ROLLOUT_WINDOW_MS))
     }
@@ -1188,6 +1175,18 @@ impl Jobs {
             }
         }
     }
+}
+
+/// The values of `now` whose keys `undo` holds and that differ from what `undo` kept: what a batch
+/// created or changed.
+fn changed<K: Ord, V: Clone + PartialEq>(
+    undo: &BTreeMap<K, Option<V>>,
+    now: &BTreeMap<K, V>,
+) -> Vec<V> {
+    undo.iter()
+        .filter_map(|(k, old)| now.get(k).filter(|v| Some(*v) != old.as_ref()))
+        .cloned()
+        .collect()
 }
 
 #[cfg(test)]
