@@ -29,9 +29,9 @@ pub const MAX_JOB_ID_LEN: usize = 64;
 /// to `$next` to return the next pending job execution for a thing").
 pub const NEXT: &str = "$next";
 
-/// Topic filters of every request the service answers, and nothing it publishes itself: the
-/// answers are one level deeper (`…/get/accepted`), the notifications end in `notify` or
-/// `notify-next`, which only the first two filters could match, and they do not.
+/// Topic filters of every request the service answers and of nothing it publishes itself: its
+/// answers are one level deeper than their requests (`…/get/accepted`), and its notifications
+/// (`…/jobs/notify`, `…/jobs/notify-next`) end in no request's last level.
 pub const REQUEST_FILTERS: [&str; 4] = [
     "$aws/things/+/jobs/get",
     "$aws/things/+/jobs/start-next",
