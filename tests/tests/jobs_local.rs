@@ -260,3 +260,82 @@ fn jobs_survive_a_kill_between_an_update_and_describe() {
         (Some("COMPLETED"), 2)
     );
 }
+
+#[test]
+fn a_pattern_job_reaches_a_matching_thing_the_gateway_had_never_seen() {
+    let g = Gateway::start("");
+    let out = create(&g, &["--id", "cal", "--thing-pattern", "sensor-*"]);
+    assert!(out.contains("cal created: no executions"), "{out}");
+    let sensor = JobsDevice::start(g.mqtt_port, "sensor-9", &[]);
+    sensor.wait_line("DONE cal SUCCEEDED");
+    // A thing that does not match asks too and finds nothing.
+    let pump = JobsDevice::start(g.mqtt_port, "pump-9", &["--timeout", "30"]);
+    let pending = eventually_one(&pump, "$aws/things/pump-9/jobs/get/accepted");
+    assert_eq!(pending["queuedJobs"], Value::Array(vec![]), "{pending}");
+    let job = g.job("cal");
+    assert_eq!(job["status"], "IN_PROGRESS", "a pattern job goes on: {job}");
+    assert_eq!(count(&job, "SUCCEEDED"), 1, "{job}");
+    assert_eq!(job["executions"].as_array().map(Vec::len), Some(1), "{job}");
+}
+
+#[test]
+fn grove_jobs_refuses_bad_input_with_the_reason() {
+    let g = Gateway::start("");
+    create(&g, &["--id", "one", "--targets", "a"]);
+    let doc = document(&g);
+    let doc = doc.to_str().expect("UTF-8");
+    // One case per line: the arguments after `create --document FILE` and the reason printed.
+    for (args, reason) in [
+        (
+            &["--id", "one", "--targets", "b"][..],
+            "a job `one` exists already",
+        ),
+        (&["--id", "two", "--targets", "a/b"], "target \"a/b\""),
+        (&["--id", "bad id", "--targets", "a"], "job id \"bad id\""),
+        (&["--id", "two", "--thing-pattern", "x["], "thing pattern"),
+        (
+            &["--id", "two", "--targets", "a", "--rollout-per-minute", "0"],
+            "rollout per minute 0",
+        ),
+        (
+            &[
+                "--id",
+                "two",
+                "--targets",
+                "a",
+                "--timeout-minutes",
+                "20000",
+            ],
+            "timeout 20000 minutes",
+        ),
+    ] {
+        let mut all = vec!["create", "--document", doc];
+        all.extend_from_slice(args);
+        let (code, out) = g.jobs(&all);
+        assert_eq!(code, 1, "{args:?}: {out}");
+        assert!(out.contains(reason), "{args:?}: {out}");
+    }
+    let not_json = g.dir.path().join("not.json");
+    std::fs::write(&not_json, "firmware please").unwrap();
+    let (code, out) = g.jobs(&[
+        "create",
+        "--document",
+        not_json.to_str().unwrap(),
+        "--targets",
+        "a",
+    ]);
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("is not JSON"), "{out}");
+    let (code, out) = g.jobs(&["describe", "nope"]);
+    assert_eq!((code, out.contains("no job `nope`")), (1, true), "{out}");
+    let (code, out) = g.jobs(&["cancel", "one"]);
+    assert_eq!(code, 0, "{out}");
+    let (code, out) = g.jobs(&["cancel", "one"]);
+    assert_eq!(
+        (code, out.contains("is CANCELED already")),
+        (1, true),
+        "{out}"
+    );
+    let (_, list) = g.jobs(&["list"]);
+    assert!(list.contains("one CANCELED: CANCELED 1"), "{list}");
+}
