@@ -167,12 +167,8 @@ fn a_device_offline_at_creation_gets_the_job_on_connect_and_a_stale_update_is_re
     // The device was not connected when the job was created: its `get` on connect finds it.
     let d = JobsDevice::start(g.mqtt_port, "late-1", &["--stale-update"]);
     d.wait_line("DONE cfg-7 SUCCEEDED");
-    let pending = d.received("$aws/things/late-1/jobs/get/accepted");
-    assert_eq!(
-        pending[0]["queuedJobs"][0]["jobId"], "cfg-7",
-        "{}",
-        pending[0]
-    );
+    let pending = eventually_one(&d, "$aws/things/late-1/jobs/get/accepted");
+    assert_eq!(pending["queuedJobs"][0]["jobId"], "cfg-7", "{pending}");
     // The update that carried an outdated expectedVersion was refused, with the state as it is.
     let refused = d.received("$aws/things/late-1/jobs/cfg-7/update/rejected");
     assert_eq!(refused.len(), 1, "{refused:?}");
@@ -248,12 +244,8 @@ fn jobs_survive_a_kill_between_an_update_and_describe() {
     // After the restart s-2 finds its execution in progress and finishes it.
     let resumed = JobsDevice::start(g.mqtt_port, "s-2", &[]);
     resumed.wait_line("DONE ota SUCCEEDED");
-    let pending = resumed.received("$aws/things/s-2/jobs/get/accepted");
-    assert_eq!(
-        pending[0]["inProgressJobs"][0]["jobId"], "ota",
-        "{}",
-        pending[0]
-    );
+    let pending = eventually_one(&resumed, "$aws/things/s-2/jobs/get/accepted");
+    assert_eq!(pending["inProgressJobs"][0]["jobId"], "ota", "{pending}");
     let job = g.job("ota");
     assert_eq!(
         (job["status"].as_str(), count(&job, "SUCCEEDED")),
