@@ -41,7 +41,8 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 # grove-bench's second load client is C on libmosquitto (bench/build.rs compiles it).
 [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
-# The paho-mqtt conformance tests (tests/paho/) run Python's paho-mqtt, installed with pip below.
+# The paho-mqtt conformance tests and the jobs tests' device (tests/paho/) run Python's paho-mqtt,
+# installed with pip below.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""

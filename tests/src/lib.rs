@@ -11,7 +11,8 @@
 //! way to register devices and reach them over TLS or passwords ([`Devices`], [`Site`]), one way to
 //! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]), one cloud
 //! shadow service written from AWS's documentation ([`AwsShadows`]), one TLS endpoint that checks
-//! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]). Tests wait on facts, never on time:
+//! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]), one device that
+//! runs AWS IoT Jobs written with paho-mqtt ([`JobsDevice`]). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -31,6 +32,7 @@ use tokio::sync::mpsc;
 pub mod aws_shadow;
 pub mod device;
 pub mod functions;
+mod jobs_device;
 mod mosquitto;
 mod paho;
 mod raw;
@@ -38,6 +40,7 @@ mod site;
 mod tls_front;
 
 pub use aws_shadow::AwsShadows;
+pub use jobs_device::JobsDevice;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use paho::{paho, Mqtt};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
@@ -385,6 +388,22 @@ impl Gateway {
             Some(s) if ok(&s) => Ok(s),
             other => Err(format!("{thing}'s shadow is {other:?}")),
         })
+    }
+
+    /// `grove jobs ARGS` against this gateway's ops endpoint: (exit code, output).
+    pub fn jobs(&self, args: &[&str]) -> (i32, String) {
+        let ops = format!("127.0.0.1:{}", self.ops_port);
+        let mut all = vec!["jobs", "--ops", &ops];
+        all.extend_from_slice(args);
+        grove(&all, self.dir.path())
+    }
+
+    /// `grove jobs describe ID --json`: the job with its executions (fails the test if the
+    /// command does).
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let (code, out) = self.jobs(&["describe", id, "--json"]);
+        assert_eq!(code, 0, "grove jobs describe {id}: {out}");
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("JSON")
     }
 
     /// The process's resident set size in KiB (`VmRSS` in `/proc/PID/status`).
