@@ -41,11 +41,21 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 # grove-bench's second load client is C on libmosquitto (bench/build.rs compiles it).
 [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
+# The paho-mqtt conformance tests and the jobs tests' device (tests/paho/) run Python's paho-mqtt,
+# installed with pip below.
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# One exact version (the scripts use paho 2's callback API); a Debian python that refuses pip
+# installs outside a virtualenv (PEP 668) is told to allow it.
+PAHO_MQTT=2.2.0
+if ! python3 -c "import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != '$PAHO_MQTT')" 2>/dev/null; then
+  python3 -m pip install -q "paho-mqtt==$PAHO_MQTT" ||
+    python3 -m pip install -q --break-system-packages "paho-mqtt==$PAHO_MQTT"
 fi
 # Debian puts mosquitto in /usr/sbin, which is not on every PATH.
 export PATH="$PATH:/usr/sbin"
