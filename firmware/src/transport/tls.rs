@@ -100,8 +100,9 @@ pub enum TlsFailure {
     /// gateway does not hold its key.
     #[error("the gateway's certificate is not trusted")]
     Untrusted,
-    /// The gateway ended the handshake with this alert (e.g. 116, certificate required, or 42,
-    /// bad certificate, for a device whose certificate it refuses).
+    /// The gateway ended the handshake with this TLS alert (RFC 8446 §6). A refusal of the device's
+    /// own certificate comes after the device's last handshake message, so it surfaces on the
+    /// session's first read, as [`TlsFailure::Protocol`].
     #[error("the gateway refused the handshake: TLS alert {0}")]
     Refused(u8),
     /// A record larger than the receive buffer.
