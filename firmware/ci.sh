@@ -114,7 +114,7 @@ for target in "${THUMB_TARGETS[@]}"; do
     printf '%-58s %8d %8d\n' "probe with core over TLS ($target)" "$tls_flash" "$tls_ram"
     tls_core_flash=$((tls_flash - base_flash))
     tls_core_ram=$((tls_ram - base_ram - buffers))
-    printf '%-58s %8d %8d\n' "device core + TLS, without record buffers ($target)" "$tls_core_flash" "$tls_core_ram"
+    printf '%-58s %8d %8d\n' "core with TLS, no record buffers ($target)" "$tls_core_flash" "$tls_core_ram"
     printf '%-58s %8s %8d\n' "TLS record buffers ($target)" "" "$buffers"
     if [[ "$target" == "$TLS_TARGET" ]]; then
         (( tls_core_flash <= TLS_FLASH_GOAL )) \
