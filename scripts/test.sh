@@ -94,9 +94,11 @@ prune "$TARGET/debug"
 # that cargo's lock on the build directory does not make the firmware's builds wait for them.
 step "ARM build tools (the ARM build then runs in the background)"
 bash cross/setup.sh
-cross_dir="$TARGET/cross"
-cross_log="$TARGET/cross-build.log"
 mkdir -p "$TARGET"
+# Absolute, as cross/lib.sh's default is: cargo-deb and the checks get the same path whatever their
+# working directory.
+cross_dir="$(cd "$TARGET" && pwd)/cross"
+cross_log="$cross_dir-build.log"
 # setsid: the build gets its own process group, so that a failing stage stops all of it.
 CARGO_TARGET_DIR="$cross_dir" setsid bash cross/build.sh aarch64-unknown-linux-gnu \
   armv7-unknown-linux-gnueabihf > "$cross_log" 2>&1 &
