@@ -3,6 +3,8 @@
 //!
 //! - [`config`]: the `[cloud]` section.
 //! - [`outbox`]: the outbox's admission policy, ordering and packet-id bookkeeping (pure).
+//! - [`batch`]: a forward route's messages as one JSON array per publish, bounded by count, size
+//!   and delay (pure).
 //! - [`quota`]: the cloud's limits (payload, topic, publish rate; AWS IoT Core's profile), kept
 //!   before sending (pure).
 //! - `link`: rumqttc, TLS, reconnect with backoff and jitter.
@@ -29,6 +31,7 @@
 //! `grove-auth` and `grove-rules` (the topic matcher), never on functions, the rules engine or the
 //! binary. rumqttc and rustls types stay inside `link.rs`; neither is re-exported.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 mod forwarder;
