@@ -1708,3 +1708,52 @@ async fn a_reconnect_reads_only_the_shadows_changed_while_the_link_was_down() {
         cloud.report()
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_keep_the_clouds_byte_rate() {
+    // AWS IoT Core allows 512 KB/s per connection (its Device SDK's AwsIotCoreDefaults), which
+    // batches of up to 128 KB at 100 publishes a second would pass: the link paces bytes too.
+    // Here the rate is 4,000 bytes a second and a batch at most 2,000 bytes, and mosquitto's log
+    // stamps each PUBLISH it receives with the second and its payload size.
+    let mut m = Mosquitto::start_with(|_, _| "log_type all\n".to_owned());
+    let g = Gateway::start(&cloud_toml(
+        m.port,
+        "forward = [{ filter = \"t/#\", batch = { topic = \"b/t\", max_bytes = 2000 } }]\n\
+         [cloud.quotas]\nbytes_per_sec = 4000",
+    ));
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    observer(m.port, "#").await.disconnect().await;
+    m.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    let device = Client::connect("d1", g.mqtt_port).await;
+    let total = 200u32;
+    for i in 0..total {
+        let reading = json!({"i": i, "temperature": 21.5, "humidity": 40}).to_string();
+        device
+            .publish("t/a", QoS::AtLeastOnce, false, reading)
+            .await;
+    }
+    g.wait_metric("grove_cloud_outbox_messages", |v| v == f64::from(total));
+    m.spawn();
+    g.wait_metric("grove_cloud_acked_total", |v| v == f64::from(total));
+    let mut per_second = std::collections::BTreeMap::<String, usize>::new();
+    for line in m.log().lines() {
+        if !line.contains("Received PUBLISH from edge-1") {
+            continue;
+        }
+        let second = line.split(':').next().unwrap_or_default().to_owned();
+        let bytes: usize = line
+            .rsplit('(')
+            .next()
+            .and_then(|b| b.split(' ').next())
+            .and_then(|b| b.parse().ok())
+            .unwrap_or_else(|| panic!("a size in {line:?}"));
+        *per_second.entry(second).or_default() += bytes + "b/t".len();
+    }
+    eprintln!("bytes per second at the cloud: {per_second:?}");
+    // 4,000 a second, plus a tenth of a second's burst and one batch in advance at most.
+    assert!(
+        per_second.len() >= 3 && per_second.values().all(|b| *b <= 4000 + 400 + 2000),
+        "bytes per second at the cloud: {per_second:?}"
+    );
+}

@@ -95,6 +95,7 @@ struct RawQuotas {
     topic_bytes: Option<usize>,
     topic_slashes: Option<usize>,
     publishes_per_sec: Option<u32>,
+    bytes_per_sec: Option<u32>,
     subscriptions: Option<usize>,
     filters_per_subscribe: Option<usize>,
 }
@@ -574,20 +575,12 @@ impl RawCloud {
             Profile::AwsIotCore => quota::AWS_IOT_CORE,
         };
         let written = self.quotas.unwrap_or_default();
-        let pick = |written: Option<usize>, base: Option<usize>| match written {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => base,
-        };
         let quotas = Quotas {
             payload_bytes: pick(written.payload_bytes, base.payload_bytes),
             topic_bytes: pick(written.topic_bytes, base.topic_bytes),
             topic_slashes: pick(written.topic_slashes, base.topic_slashes),
-            publishes_per_sec: match written.publishes_per_sec {
-                Some(0) => None,
-                Some(n) => Some(n),
-                None => base.publishes_per_sec,
-            },
+            publishes_per_sec: pick(written.publishes_per_sec, base.publishes_per_sec),
+            bytes_per_sec: pick(written.bytes_per_sec, base.bytes_per_sec),
             subscriptions: pick(written.subscriptions, base.subscriptions),
             filters_per_subscribe: pick(written.filters_per_subscribe, base.filters_per_subscribe),
         };
@@ -773,6 +766,15 @@ impl RawCloud {
     }
 }
 
+/// A quota written in `[cloud.quotas]` over the profile's: 0 is none.
+fn pick<T: Default + PartialEq>(written: Option<T>, base: Option<T>) -> Option<T> {
+    match written {
+        Some(n) if n == T::default() => None,
+        Some(n) => Some(n),
+        None => base,
+    }
+}
+
 /// A forward route's `batch`, checked against the cloud's quotas: the array must fit the payload
 /// limit, its topic the topic limits.
 fn resolve_batch(b: RawBatch, quotas: &Quotas) -> Result<Batch, String> {
@@ -932,7 +934,8 @@ mod tests {
         );
         let c = resolve(
             "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n\
-             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\nfilters_per_subscribe = 0\n",
+             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\nfilters_per_subscribe = 0\n\
+             bytes_per_sec = 2048\n",
         );
         assert_eq!(
             (
@@ -943,6 +946,7 @@ mod tests {
             (None, Some(1000), Some(7))
         );
         assert_eq!(c.quotas.filters_per_subscribe, None, "0 is no limit");
+        assert_eq!(c.quotas.bytes_per_sec, Some(2048));
         let c = resolve("host = \"h\"\nplain_tcp = true\n");
         assert_eq!((c.quotas, c.inflight), (Quotas::default(), 256));
         let e =

@@ -223,6 +223,10 @@ pub async fn start(
             .quotas
             .publishes_per_sec
             .map(|rate| TokenBucket::new(rate, 0.1)),
+        byte_pacer: config
+            .quotas
+            .bytes_per_sec
+            .map(|rate| TokenBucket::new(rate, 0.1)),
         clock: tokio::time::Instant::now(),
         paced_until: None,
         dead_letters: 0,
@@ -325,6 +329,10 @@ struct Owner {
     quotas: Quotas,
     /// The publish rate limit, on the clock `clock` started.
     pacer: Option<TokenBucket>,
+    /// The byte rate limit (topics plus payloads), on the same clock. A publish goes when a
+    /// token is left and spends its size, into debt if it is bigger than the bucket: the rate
+    /// holds on average, and a batch larger than a tenth of a second's bytes still goes.
+    byte_pacer: Option<TokenBucket>,
     clock: tokio::time::Instant,
     /// When the pacer allows the next publish, while messages wait for it.
     paced_until: Option<tokio::time::Instant>,
@@ -429,7 +437,10 @@ impl Owner {
                     return;
                 }
             }
-            self.batch_due = self.batcher.poll_timeout();
+            // Wake up when the next open batch is due. One already due waits for what holds it
+            // back (a full window, the pace, a failed read), each with a wake-up of its own: a
+            // timer in the past would spin.
+            self.batch_due = self.batcher.poll_timeout().filter(|due| *due > now_ms());
             if self.room() == 0 {
                 return;
             }
@@ -458,16 +469,21 @@ impl Owner {
         }
     }
 
-    /// Whether the cloud's publish rate allows a publish now; if not, when it will.
+    /// Whether the cloud's publish and byte rates allow a publish now; if not, when they will.
     fn pace(&mut self) -> bool {
-        let Some(pacer) = &mut self.pacer else {
-            return true;
-        };
-        if pacer.available(self.clock.elapsed()) > 0 {
-            return true;
+        let now = self.clock.elapsed();
+        let wait = [&mut self.pacer, &mut self.byte_pacer]
+            .into_iter()
+            .flatten()
+            .filter_map(|bucket| (bucket.available(now) == 0).then(|| bucket.wait()))
+            .max();
+        match wait {
+            None => true,
+            Some(wait) => {
+                self.paced_until = Some(tokio::time::Instant::now() + wait);
+                false
+            }
         }
-        self.paced_until = Some(tokio::time::Instant::now() + pacer.wait());
-        false
     }
 
     /// Places left in the window. Acknowledged publishes whose delete is not committed yet
@@ -511,28 +527,34 @@ impl Owner {
         let Some(first) = taken.first() else {
             return true;
         };
-        let handed = match publish {
+        let (handed, size) = match publish {
             Publish::Single(_) => {
                 let m = &first.message;
                 let extras = Extras {
                     retain: m.retain,
                     user_properties: &m.user_properties,
                 };
-                session.publish_qos1(&m.topic, m.payload.clone(), extras)
+                let size = m.topic.len() + m.payload.len();
+                (
+                    session.publish_qos1(&m.topic, m.payload.clone(), extras),
+                    size,
+                )
             }
             Publish::Batch { lane, .. } => {
                 let array = batch::array(taken.iter().filter_map(|l| l.element.as_deref()));
                 self.metrics.batches.inc();
                 self.metrics.batched.inc_by(taken.len() as u64);
-                session.publish_qos1(
-                    &self.lane_topics[lane],
-                    Bytes::from(array),
-                    Extras::default(),
-                )
+                let topic = &self.lane_topics[lane];
+                let size = topic.len() + array.len();
+                let handed = session.publish_qos1(topic, Bytes::from(array), Extras::default());
+                (handed, size)
             }
         };
         if !handed {
             return false;
+        }
+        if let Some(bytes) = &mut self.byte_pacer {
+            bytes.spend(size);
         }
         self.ids
             .handed(taken.iter().map(|l| l.message.seq).collect());

@@ -18,8 +18,10 @@
 //! is appended to the outbox (one transaction for all the offers waiting) **before** the router
 //! sees it: a device's QoS 1 PUBACK means the message is on disk for the cloud. Then it considers
 //! them for sending; it feeds the link from the outbox in sequence
-//! order, at most `inflight` unacknowledged at once, deletes each message when its PUBACK arrives,
-//! and after a reconnect starts again at the oldest unacknowledged message. Messages from the cloud
+//! order (a batching route's messages as JSON arrays, [`batch`]), at most `inflight` publishes
+//! unacknowledged at once and within the cloud's rates ([`quota`]), deletes a publish's messages
+//! when its PUBACK arrives, and after a reconnect starts again at the oldest unacknowledged
+//! message. Messages from the cloud
 //! on the `downlink` filters are published on local topics; shadow traffic goes to `sync`.
 //!
 //! Architecture invariant: a message bound for the cloud is in the outbox (committed) before it is

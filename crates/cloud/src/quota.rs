@@ -11,7 +11,8 @@
 //! same list in AWS's own Device SDK, `ClientExtendedValidationAndFlowControl.AwsIotCoreDefaults`,
 //! <https://aws.github.io/aws-iot-device-sdk-js-v2/node/enums/mqtt5.ClientExtendedValidationAndFlowControl.html>:
 //! "No more than 8 subscriptions per SUBSCRIBE packet", topics and topic filters of at most 7
-//! slashes and 256 bytes, 100 publishes per second). A message over a size limit would be
+//! slashes and 256 bytes, 100 publishes per second, and "Outbound throughput throttled to
+//! 512KB/s", the quotas page's throughput per connection, which batches could otherwise pass). A message over a size limit would be
 //! refused on every attempt: it goes to the dead letters instead of blocking the queue behind
 //! it; subscriptions over the limits are a startup error ([`Quotas::check_subscriptions`]).
 
@@ -28,6 +29,8 @@ pub struct Quotas {
     pub topic_slashes: Option<usize>,
     /// Most publishes per second on the connection.
     pub publishes_per_sec: Option<u32>,
+    /// Most bytes (topics plus payloads) per second on the connection.
+    pub bytes_per_sec: Option<u32>,
     /// Most subscriptions the connection may hold.
     pub subscriptions: Option<usize>,
     /// Most topic filters in one SUBSCRIBE packet (the link splits its subscriptions).
@@ -40,6 +43,7 @@ pub const AWS_IOT_CORE: Quotas = Quotas {
     topic_bytes: Some(256),
     topic_slashes: Some(7),
     publishes_per_sec: Some(100),
+    bytes_per_sec: Some(512 * 1024),
     subscriptions: Some(50),
     filters_per_subscribe: Some(8),
 };
@@ -228,6 +232,20 @@ mod tests {
         let n = p.available(ms(0));
         p.spend(n);
         assert_eq!(p.wait(), ms(10));
+    }
+
+    #[test]
+    fn a_spend_bigger_than_the_bucket_goes_and_the_next_waits_its_bytes_out() {
+        let ms = Duration::from_millis;
+        // 1,000 bytes a second, a tenth of a second's burst: a 5,000-byte publish goes at once
+        // (a token is left), and the bucket is then 4,900 bytes in debt: 4.9 s until the next.
+        let mut b = TokenBucket::new(1000, 0.1);
+        assert_eq!(b.available(ms(0)), 100);
+        b.spend(5000);
+        assert_eq!(b.available(ms(0)), 0);
+        assert_eq!(b.wait(), ms(4901));
+        assert_eq!(b.available(ms(4900)), 0);
+        assert_eq!(b.available(ms(4901)), 1);
     }
 
     #[test]
