@@ -515,9 +515,9 @@ impl Owner {
     /// Hands one publish to the session; false if the session is gone. Messages that left the
     /// outbox since they were claimed (the full policy) are left out; nothing left, nothing sent.
     fn publish(&mut self, session: &Session, publish: Publish) -> bool {
-        let seqs = match &publish {
-            Publish::Single(seq) => vec![*seq],
-            Publish::Batch { seqs, .. } => seqs.clone(),
+        let (lane, seqs) = match publish {
+            Publish::Single(seq) => (None, vec![seq]),
+            Publish::Batch { lane, seqs } => (Some(lane), seqs),
         };
         let taken: Vec<Loaded> = seqs
             .iter()
@@ -527,8 +527,8 @@ impl Owner {
         let Some(first) = taken.first() else {
             return true;
         };
-        let (handed, size) = match publish {
-            Publish::Single(_) => {
+        let (handed, size) = match lane {
+            None => {
                 let m = &first.message;
                 let extras = Extras {
                     retain: m.retain,
@@ -540,7 +540,7 @@ impl Owner {
                     size,
                 )
             }
-            Publish::Batch { lane, .. } => {
+            Some(lane) => {
                 let array = batch::array(taken.iter().filter_map(|l| l.element.as_deref()));
                 self.metrics.batches.inc();
                 self.metrics.batched.inc_by(taken.len() as u64);
