@@ -22,6 +22,7 @@ use grove_config::ConfigError;
 use grove_deploy::machine::Timeouts;
 use grove_deploy::service::{DeployParts, DeployedRules, Deployer};
 use grove_functions_host::service::Functions;
+use grove_jobs::service::{JobsHandle, JobsService, KnownThings};
 use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
 use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
@@ -82,7 +83,7 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     })?;
     let metrics = Arc::new(Metrics::new());
     let (reload_tx, reload_rx) = mpsc::channel(4);
-    let (broker, components, functions, deployer) = match start(
+    let (broker, components, functions, deployer, jobs) = match start(
         &config,
         config_path,
         store,
@@ -134,7 +135,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
                     admin
                         .unwrap_or_default()
                         .merge(crate::ops::devices_router(broker.revocations()))
-                        .merge(grove_deploy::admin::router(deployer)),
+                        .merge(grove_deploy::admin::router(deployer))
+                        .merge(grove_jobs::admin::router(jobs)),
                 ),
                 false => admin,
             };
@@ -169,9 +171,15 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     Ok(())
 }
 
-/// Started components: the broker, tasks to wait for at shutdown, the functions component and
-/// the deployments' handle.
-type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>, Deployer);
+/// Started components: the broker, tasks to wait for at shutdown, the functions component, the
+/// deployments' handle and the jobs' handle.
+type Started = (
+    Broker,
+    Vec<JoinHandle<()>>,
+    Option<Functions>,
+    Deployer,
+    JobsHandle,
+);
 
 /// Starts the broker and the components on it (shadows, functions, rules), then opens the
 /// listeners.
@@ -205,7 +213,27 @@ async fn start(
     .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
-    let mut components = vec![shadows];
+    // Local jobs: subscribed (confirmed) before the listeners open, like the shadow service. A
+    // pattern job targets the registered devices' things at once (read from the devices file at
+    // each creation).
+    let devices_file = config.data_dir.value.join(DEVICES_FILE);
+    let known: KnownThings = Box::new(move || {
+        grove_auth::identity::load(&devices_file)
+            .map(|devices| devices.values().map(|d| d.thing().to_owned()).collect())
+            .unwrap_or_default()
+    });
+    let (jobs_service, jobs) = JobsService::new(
+        broker.bus("jobs").await?,
+        store.clone(),
+        metrics.jobs.clone(),
+        known,
+    )
+    .await
+    .map_err(|e| RunError::Broker(BrokerError::Link(format!("jobs: {e}"))))?;
+    let mut components = vec![
+        shadows,
+        tokio::spawn(jobs_service.run(broker.shutdown_signal())),
+    ];
     // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
@@ -308,7 +336,7 @@ async fn start(
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, components, functions, deployer))
+    Ok((broker, components, functions, deployer, jobs))
 }
 
 /// SIGTERM, SIGINT (stop) and SIGHUP (reload the rules), registered with tokio.
