@@ -129,6 +129,7 @@ pub async fn run(
                 filters: vec![path.output.to_owned()],
                 dead_letters: Some(DEAD_LETTERS.to_owned()),
                 encoding: Encoding::Json,
+                batch_topic: None,
             };
             let outcome = flow::run(&publishers, &subscriber, seconds).await?;
             eprintln!(
@@ -214,6 +215,9 @@ mod tests {
                 completed: 0,
                 received: 0,
                 dead_letters: 0,
+                publishes: 0,
+                bytes: 0,
+                billed: 0,
                 latency: LatencySummary {
                     samples: 1,
                     p50_us,

@@ -296,6 +296,7 @@ async fn rule_load(
         filters: vec![if via_rule { "alerts/#" } else { "sensors/#" }.to_owned()],
         dead_letters: None,
         encoding: Encoding::Json,
+        batch_topic: None,
     };
     let o = flow::run(&publishers, &subscriber, seconds).await?;
     Ok(GatewayResult {

@@ -250,10 +250,12 @@ async fn start(
                 Err(e) => {
                     broker.shutdown().await;
                     return Err(match e {
-                        // Unusable TLS files are a configuration error, pointing at [cloud].
-                        grove_cloud::CloudError::Link(l) => ConfigError::Invalid {
+                        // Unusable TLS files, or subscriptions over the cloud's limits, are a
+                        // configuration error, pointing at [cloud].
+                        e @ (grove_cloud::CloudError::Link(_)
+                        | grove_cloud::CloudError::Subscriptions(_)) => ConfigError::Invalid {
                             origin: cloud.origin.clone(),
-                            message: l.to_string(),
+                            message: e.to_string(),
                         }
                         .into(),
                         other => RunError::Broker(BrokerError::Link(other.to_string())),
