@@ -44,7 +44,7 @@ pub use jobs_device::JobsDevice;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use paho::{paho, Mqtt};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
-pub use site::{Devices, Site, SERVER_NAME};
+pub use site::{Devices, Provision, Site, SERVER_NAME};
 pub use tls_front::TlsFront;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
