@@ -69,8 +69,14 @@ pub struct Fixture {
 impl Fixture {
     /// Starts a gateway with `extra` config.
     pub fn start(extra: &str) -> Fixture {
+        Fixture::start_with_env(extra, &[])
+    }
+
+    /// Starts a gateway with `extra` config and these environment variables (kept for its
+    /// restarts).
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Fixture {
         Fixture {
-            g: Gateway::start(extra),
+            g: Gateway::start_with_env(extra, env),
             files: tempfile::tempdir().unwrap(),
         }
     }

@@ -28,6 +28,8 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+mod artifacts;
+pub mod aws_jobs;
 pub mod aws_shadow;
 pub mod device;
 pub mod functions;
@@ -36,6 +38,8 @@ mod raw;
 mod site;
 mod tls_front;
 
+pub use artifacts::{Artifacts, Fetch};
+pub use aws_jobs::AwsJobs;
 pub use aws_shadow::AwsShadows;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use raw::{connect5, Malformed, Packet5, RawClient};

@@ -196,6 +196,13 @@ const MIGRATIONS: &[&str] = &[
         received_ms INTEGER NOT NULL,
         updated_ms  INTEGER NOT NULL
     );",
+    // 9: reserved for another branch's migration (issue 20); an empty step until it lands, so
+    // that 10 keeps its number.
+    "",
+    // 10: the AWS IoT job a deployment came from (grove-deploy's `jobs`; NULL: `grove deploy`), so
+    // a job taken again after a restart finds its deployment, and a document reused by another
+    // job is refused.
+    "ALTER TABLE deployments ADD COLUMN job TEXT;",
 ];
 
 /// Why the store refused or failed.
