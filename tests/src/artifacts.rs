@@ -40,7 +40,7 @@ struct Served {
 }
 
 /// A request the server got.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct Fetch {
     /// The path, without the query.
     pub path: String,
@@ -48,6 +48,8 @@ pub struct Fetch {
     pub query: Option<String>,
     /// The first byte asked for (`Range: bytes=N-`), if a range was asked for.
     pub from: Option<u64>,
+    /// When it arrived.
+    pub at: std::time::Instant,
 }
 
 #[derive(Default)]
@@ -212,6 +214,7 @@ fn answer(state: &Mutex<Shared>, request: Request<hyper::body::Incoming>) -> Res
         path: path.clone(),
         query: request.uri().query().map(String::from),
         from,
+        at: std::time::Instant::now(),
     });
     let Some(served) = shared.served.get_mut(&path) else {
         return status(StatusCode::NOT_FOUND);

@@ -31,7 +31,7 @@ pub mod service;
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeFilter};
 use serde_json::Value;
@@ -45,9 +45,9 @@ struct Shared {
     things: BTreeMap<String, Thing>,
     /// Presigned URLs handed out so far (each gets its own "signature").
     signatures: u64,
-    /// Every request answered: the thing and the topic after `jobs/` (`start-next`,
-    /// `{jobId}/update`).
-    requests: Vec<(String, String)>,
+    /// Every request answered: the thing, the topic after `jobs/` (`start-next`,
+    /// `{jobId}/update`) and when it arrived.
+    requests: Vec<(String, String, Instant)>,
     /// Why the responder stopped, if it did.
     stopped: Option<String>,
 }
@@ -185,12 +185,7 @@ impl AwsJobs {
     /// proves its link is up and subscribed: the link subscribes before it publishes).
     pub fn wait_requests(&self, thing: &str, suffix: &str, n: usize) {
         eventually(WAIT, || {
-            let seen = self
-                .lock()
-                .requests
-                .iter()
-                .filter(|(t, s)| t == thing && s == suffix)
-                .count();
+            let seen = self.requests(thing, suffix).len();
             (seen >= n).then_some(()).ok_or_else(|| {
                 format!(
                     "{seen} of {n} {suffix} requests from {thing}; {}",
@@ -198,6 +193,16 @@ impl AwsJobs {
                 )
             })
         });
+    }
+
+    /// When `thing`'s requests on `jobs/{suffix}` arrived, in order.
+    pub fn requests(&self, thing: &str, suffix: &str) -> Vec<Instant> {
+        self.lock()
+            .requests
+            .iter()
+            .filter(|(t, s, _)| t == thing && s == suffix)
+            .map(|r| r.2)
+            .collect()
     }
 
     /// Why the responder stopped, if it did, and every thing's executions: for failure
@@ -287,7 +292,9 @@ async fn serve(
         let Some(replies) = t.request(thing, suffix, &publish.payload, now()) else {
             continue;
         };
-        state.requests.push((thing.to_owned(), suffix.to_owned()));
+        state
+            .requests
+            .push((thing.to_owned(), suffix.to_owned(), Instant::now()));
         // The client's request queue is drained by this same task's next poll, so it is never
         // awaited here.
         for mut r in replies {

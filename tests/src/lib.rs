@@ -33,6 +33,7 @@ pub mod aws_jobs;
 pub mod aws_shadow;
 pub mod device;
 pub mod functions;
+pub mod jobs_cloud;
 mod mosquitto;
 mod raw;
 mod site;

@@ -11,23 +11,16 @@
 use std::path::Path;
 
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
-use grove_tests::functions::{guest, path, Fixture, ECHO};
-use grove_tests::{grove, mosquitto_pub, Artifacts, AwsJobs, Mosquitto, MosquittoSub};
+use grove_tests::functions::{guest, padded, path, Fixture, ECHO};
+use grove_tests::jobs_cloud::{placeholder, sha256_hex as hex, JobsCloud as Cloud, THING};
+use grove_tests::{grove, mosquitto_pub, MosquittoSub};
 
 /// Fails every invocation (the payload as its error).
 const FAIL: &str = "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 1)";
 
 /// The manifest of `f`: triggered by `sensors/+`, events going to alias `live`.
 const MANIFEST: &str = "name = \"f\"\ntriggers = [\"sensors/+\"]\ntrigger_qualifier = \"live\"\n";
-
-fn hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
 
 /// Writes `wasm` as a file beside the test and a document deploying it as `f` (alias `live` at
 /// 100%) with `extra` top-level keys; returns the document's path.
@@ -48,22 +41,7 @@ fn document_at(f: &Fixture, id: &str, module: &Path, sha256: &str, extra: &str) 
 /// A deployment document `id` deploying `module` (its `module` object) as `f`, alias `live` at
 /// 100%, with `extra` top-level keys.
 fn deployment(id: &str, module: Value, extra: &str) -> String {
-    let doc = json!({
-        "format": 1,
-        "id": id,
-        "functions": [{
-            "name": "f",
-            "manifest": MANIFEST,
-            "module": module,
-            "aliases": {"live": 100},
-        }],
-    });
-    let mut text = doc.to_string();
-    if !extra.is_empty() {
-        text.pop();
-        text = format!("{text}, {extra}}}");
-    }
-    text
+    grove_tests::jobs_cloud::deployment(id, "f", MANIFEST, module, extra)
 }
 
 /// Runs `grove deploy ARGS --config <the gateway's>`; returns (exit code, output).
@@ -375,70 +353,6 @@ fn kill_9_while_fetching_then_restart_resumes_the_fetch_and_commits() {
 // ---------------------------------------------------------------------------------------------
 // From the cloud: AWS IoT Jobs over the cloud link, artifacts by HTTPS.
 
-/// The thing the gateway is in the cloud.
-const THING: &str = "edge-1";
-
-/// The cloud side: its broker, the Jobs service and the artifact server.
-struct Cloud {
-    m: Mosquitto,
-    jobs: AwsJobs,
-    files: Artifacts,
-}
-
-impl Cloud {
-    async fn start() -> Cloud {
-        let m = Mosquitto::start();
-        let jobs = AwsJobs::start(m.port).await;
-        let files = Artifacts::start().await;
-        Cloud { m, jobs, files }
-    }
-
-    /// The gateway's `[cloud]` (with `more`) and `[deploy]` sections, jobs on.
-    fn toml(&self, more: &str) -> String {
-        format!(
-            "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\nclient_id = \"{THING}\"\nthing = \"{THING}\"\nmax_backoff_ms = 1000\n{more}\n\
-             [deploy]\njobs = true\nartifact_ca = {:?}\n",
-            self.m.port,
-            self.files.ca_file()
-        )
-    }
-
-    /// A gateway with jobs on (and `env`), once its link is up and subscribed: its first
-    /// start-next reached the Jobs service.
-    fn gateway(&self, env: &[(&str, &str)]) -> Fixture {
-        let f = Fixture::start_with_env(&self.toml(""), env);
-        self.jobs.wait_requests(THING, "start-next", 1);
-        f
-    }
-
-    /// Serves `module` and returns the `module` object of a document fetching it by a
-    /// presigned-URL placeholder.
-    fn module(&self, name: &str, module: &[u8]) -> Value {
-        placeholder(&self.files.put(name, module.to_vec()), module)
-    }
-
-    /// Creates job `job` deploying `document` (a deployment document's text) to the thing.
-    async fn job(&self, job: &str, document: &str) {
-        let doc: Value = serde_json::from_str(document).expect("a JSON document");
-        self.jobs.create_job(job, &[THING], doc).await;
-    }
-
-    /// Waits for the job's execution to end with `status`; returns its last `statusDetails`.
-    fn ended(&self, job: &str, status: &str) -> serde_json::Map<String, Value> {
-        self.jobs.wait_status(job, THING, status).status_details
-    }
-}
-
-/// The `module` object fetching `module` from `url` as AWS IoT Jobs' placeholder for a presigned
-/// S3 URL.
-fn placeholder(url: &str, module: &[u8]) -> Value {
-    json!({
-        "sha256": hex(module),
-        "size": module.len(),
-        "url": format!("${{aws:iot:s3-presigned-url:{url}}}"),
-    })
-}
-
 /// Where the gateway keeps the partial download of `module`.
 fn part_file(f: &Fixture, module: &[u8]) -> std::path::PathBuf {
     f.g.data_dir()
@@ -457,27 +371,9 @@ fn wait_part(f: &Fixture, module: &[u8], n: u64) {
     });
 }
 
-/// A module of about `size` bytes that echoes (a data segment makes it large).
+/// A module of about `size` bytes that echoes.
 fn large_echo(size: usize) -> Vec<u8> {
-    let mut wasm = guest(ECHO, "large");
-    // A custom section (id 0): a name, then bytes the runtime ignores.
-    let name = b"pad";
-    let body_len = name.len() + 1 + size.saturating_sub(wasm.len() + 16);
-    wasm.push(0);
-    let mut n = body_len;
-    loop {
-        let byte = (n & 0x7f) as u8;
-        n >>= 7;
-        if n == 0 {
-            wasm.push(byte);
-            break;
-        }
-        wasm.push(byte | 0x80);
-    }
-    wasm.push(name.len() as u8);
-    wasm.extend_from_slice(name);
-    wasm.resize(wasm.len() + body_len - name.len() - 1, 0xAB);
-    wasm
+    padded(guest(ECHO, "large"), size)
 }
 
 /// Commits d1 (the echo function behind `live`) through job j1.
@@ -569,6 +465,25 @@ async fn a_job_deploys_a_function_fetched_by_https_resuming_a_cut_download_and_e
         .then_some(())
         .ok_or(status)
     });
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kept_part_that_does_not_add_up_is_downloaded_again_whole() {
+    let c = Cloud::start().await;
+    let f = c.gateway(&[]);
+    let echo = large_echo(64 * 1024);
+    // What a power cut can leave: a part file whose bytes are not the artifact's.
+    std::fs::write(part_file(&f, &echo), vec![0u8; 1000]).unwrap();
+    let d1 = deployment(
+        "d1",
+        c.module("f.wasm", &echo),
+        r#""health": {"soak_s": 0}"#,
+    );
+    c.job("j1", &d1).await;
+    c.ended("j1", "SUCCEEDED");
+    let from: Vec<Option<u64>> = c.files.fetches().iter().map(|r| r.from).collect();
+    assert_eq!(from, [Some(1000), None]);
+    assert_eq!(live(&f), Ok(r#"{"n":1}"#.to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -765,6 +680,37 @@ async fn job_kill_9_during_the_soak_then_restart_ends_on_the_previous_deployment
         |v| v == 1.0,
     );
     ends_on_d1(&c, &mut f, "soaking");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_job_cancelled_in_the_cloud_is_let_go_and_its_deployment_ends_by_itself() {
+    let c = Cloud::start().await;
+    let fail = guest(FAIL, "");
+    let module = c.module("v2.wasm", &fail);
+    let f = second_job(&c, &[], module, r#""health": {"soak_s": 600}"#).await;
+    f.g.wait_metric(
+        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
+        |v| v == 1.0,
+    );
+    c.jobs.cancel("j2", THING).await;
+    // The operator ends the soak: the rollback's update carries the version the gateway knew,
+    // the cancellation made a newer one, and the cloud's answer shows it CANCELED.
+    let (code, out) = deploy(&f, &["rollback"]);
+    assert_eq!((code, out.trim()), (0, "aborting d2"));
+    f.g.wait_log(
+        &[
+            "job j2: no longer followed",
+            "the cloud ended it as CANCELED",
+        ],
+        1,
+    );
+    f.g.wait_metric(
+        r#"grove_deploy_last{deployment="d2",phase="rolled_back"}"#,
+        |v| v == 1.0,
+    );
+    let e = c.jobs.execution("j2", THING).unwrap();
+    assert_eq!(e.status.name(), "CANCELED", "{:?}", e.history);
+    assert_eq!(live(&f), Ok(r#"{"n":1}"#.to_owned()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -15,8 +15,8 @@
 //! file starts again. At most the document's `size` bytes are read: a longer body is refused
 //! without being read further. The finished file is checked by hash; a mismatch after a resumed
 //! download (the kept part may be torn by a power cut) downloads once more from the start, a
-//! mismatch on a whole download deletes the file and fails. Part files are removed when their
-//! deployment ends ([`Fetcher::discard`]).
+//! mismatch on a whole download fails. Part files are removed when their deployment ends
+//! ([`Fetcher::discard`]).
 //!
 //! URLs are presigned (AWS's convention: the signature is the query string), so an error names
 //! the URL without its query ([`crate::document::Source`]'s `Display`).
@@ -193,7 +193,9 @@ impl Fetcher {
         let part = self.part(artifact);
         let at = |e: &dyn std::fmt::Display| format!("{}: {e}", artifact.source);
         let mut stalled = 0;
-        let mut fresh_after_mismatch = false;
+        // Whether the part file holds bytes of an earlier request (this fetch's or a run's
+        // before a restart).
+        let mut resumed = false;
         loop {
             let have = std::fs::metadata(&part).map_or(0, |m| m.len());
             if have > size {
@@ -202,15 +204,17 @@ impl Fetcher {
             }
             if have == size {
                 let bytes = std::fs::read(&part).map_err(|e| at(&e))?;
-                if artifact.verify(&bytes).is_ok() || fresh_after_mismatch {
-                    return Ok(bytes);
+                if resumed && artifact.verify(&bytes).is_err() {
+                    // Resumed bytes that do not add up (a part torn by a power cut, an artifact
+                    // changed on the server): once more from the start.
+                    let _ = std::fs::remove_file(&part);
+                    resumed = false;
+                    continue;
                 }
-                // Resumed bytes that do not add up: once more from the start, then the hash
-                // check in `fetch` has the last word.
-                let _ = std::fs::remove_file(&part);
-                fresh_after_mismatch = true;
-                continue;
+                // The hash check in `fetch` has the last word.
+                return Ok(bytes);
             }
+            resumed |= have > 0;
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
                 return Err(at(&format!("not fetched in time ({have} of {size} bytes)")));

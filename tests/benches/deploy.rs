@@ -1,0 +1,216 @@
+//! Benchmark (issue 19's figure): the time from an AWS IoT job's notification to the new version
+//! of a function serving events, for a 1 MiB module; the goal is under 1 s on the project's
+//! machine (Greengrass users report 2-3 minutes).
+//!
+//! It lives in the end-to-end tests' package because it runs their cloud stand-ins (the Jobs
+//! service and the HTTPS artifact server, `grove_tests::jobs_cloud`) against the real binary,
+//! while `grove-bench` depends on nothing of Grove's. Run it against a release gateway:
+//!
+//! ```sh
+//! cargo build --release -p grove-gateway --bin grove
+//! GROVE_BIN=$PWD/target/release/grove cargo bench -p grove-tests --bench deploy
+//! ```
+//!
+//! Each round creates a job for a new 1 MiB module whose function publishes each event it gets to
+//! `bench/out/{round}`; a device (rumqttc) publishes one event at a time on the trigger topic and
+//! the next once the previous one's output has come (closed loop: no backlog, a resolution of
+//! one event's round trip), until an output of the new version arrives. The time is from the
+//! Jobs service's `notify-next` (just before `create_job`) to that output; it is split at the
+//! gateway's `start-next` and its artifact request, as the cloud side saw them. Two kinds of
+//! module: 1 MiB of function code, which the runtime compiles, and 64 KiB of code with 1 MiB of
+//! custom section (names, debug information), which it skips. The peer in the same run: the same
+//! kind of module deployed locally with `grove fn deploy --alias live` (no cloud, no HTTPS, no
+//! state machine), timed from the command's start to the new version's first output.
+
+use std::time::{Duration, Instant};
+
+use rumqttc::QoS;
+
+use grove_tests::functions::{guest_with, padded, Fixture};
+use grove_tests::jobs_cloud::{deployment, JobsCloud, THING};
+use grove_tests::Client;
+
+/// Rounds per kind of module and path.
+const ROUNDS: usize = 10;
+/// The module's size.
+const SIZE: usize = 1 << 20;
+/// The function's manifest (name `b`).
+const MANIFEST: &str = "name = \"b\"\ntriggers = [\"bench/in\"]\ntrigger_qualifier = \"live\"\n[grants]\npublish = [\"bench/out/#\"]\n";
+
+/// Publishes the payload to the topic at 96.
+fn forward(topic: &str) -> String {
+    format!(
+        "(drop (call $publish (i32.const 96) (i32.const {}) (local.get $pp) (local.get $pl) (i32.const 0))) (i32.const 0)",
+        topic.len()
+    )
+}
+
+#[derive(Clone, Copy, Debug)]
+enum Kind {
+    /// 1 MiB of function code.
+    Code,
+    /// 64 KiB of code and a custom section up to 1 MiB.
+    Padded,
+}
+
+/// Unused functions of about `bytes` of code in all, each different (nothing to share).
+fn code(bytes: usize, seed: usize) -> String {
+    // One `i32.const K` (3 bytes for K < 2^14) and one `i32.add` per step: 4 bytes.
+    const STEPS: usize = 100;
+    let functions = bytes / (STEPS * 4 + 8);
+    let mut text = String::with_capacity(functions * STEPS * 24);
+    for f in 0..functions {
+        text.push_str("(func (param i32) (result i32) (local.get 0)");
+        for k in 0..STEPS {
+            let value = (seed * 31 + f * STEPS + k) % 8000 + 64;
+            text.push_str(&format!(" (i32.const {value}) (i32.add)"));
+        }
+        text.push_str(")\n");
+    }
+    text
+}
+
+/// A module of about [`SIZE`] bytes of `kind` whose handler publishes to `bench/out/{n}`.
+fn module(kind: Kind, n: usize) -> Vec<u8> {
+    let topic = format!("bench/out/{n}");
+    match kind {
+        Kind::Code => guest_with(&forward(&topic), &topic, &code(SIZE, n)),
+        Kind::Padded => padded(
+            guest_with(&forward(&topic), &topic, &code(64 << 10, n)),
+            SIZE,
+        ),
+    }
+}
+
+/// Publishes events until an output of `bench/out/{n}` arrives; returns when it did.
+async fn served(device: &mut Client, n: usize) -> Instant {
+    let want = format!("bench/out/{n}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        assert!(Instant::now() < deadline, "no output on {want} within 60 s");
+        device
+            .publish("bench/in", QoS::AtMostOnce, false, "e")
+            .await;
+        // The old version's output answers too; the loop goes on until the new one's.
+        while let Some(p) = device.recv(Duration::from_millis(200)).await {
+            if p.topic == want {
+                return Instant::now();
+            }
+            if p.topic.starts_with("bench/out/") {
+                break;
+            }
+        }
+    }
+}
+
+/// Milliseconds, one decimal.
+fn ms(d: Duration) -> String {
+    format!("{:.1}", d.as_secs_f64() * 1000.0)
+}
+
+/// min / median / max.
+fn spread(mut v: Vec<Duration>) -> String {
+    v.sort();
+    format!(
+        "{} / {} / {}",
+        ms(v[0]),
+        ms(v[v.len() / 2]),
+        ms(v[v.len() - 1])
+    )
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
+}
+
+fn cpu() -> String {
+    let info = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = info
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|m| m.trim_start_matches([' ', '\t', ':']).to_owned())
+        .unwrap_or_default();
+    let cores = info.lines().filter(|l| l.starts_with("processor")).count();
+    format!("{model}, {cores} cores")
+}
+
+async fn run() {
+    println!("machine: {}; load before: {}", cpu(), loadavg());
+    println!();
+    println!("| module (1 MiB) | path | rounds | notify -> served, ms (min / median / max) | notify -> start-next | notify -> artifact GET |");
+    println!("|---|---|---|---|---|---|");
+    let c = JobsCloud::start().await;
+    let f: Fixture = c.gateway(&[]);
+    let mut device = Client::connect("bench-device", f.g.mqtt_port).await;
+    device.subscribe("bench/out/#", QoS::AtMostOnce).await;
+    let mut n = 0;
+    for kind in [Kind::Padded, Kind::Code] {
+        let (mut total, mut start, mut get) = (Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..ROUNDS {
+            n += 1;
+            let wasm = module(kind, n);
+            let module = c.module(&format!("m{n}.wasm"), &wasm);
+            let doc = deployment(
+                &format!("d{n}"),
+                "b",
+                MANIFEST,
+                module,
+                r#""health": {"soak_s": 0}"#,
+            );
+            let job = format!("j{n}");
+            let t0 = Instant::now();
+            c.job(&job, &doc).await;
+            let at = served(&mut device, n).await;
+            c.ended(&job, "SUCCEEDED");
+            let started = c
+                .jobs
+                .requests(THING, "start-next")
+                .into_iter()
+                .find(|t| *t >= t0)
+                .expect("a start-next after the notification");
+            let fetched = c.files.fetches().last().expect("an artifact request").at;
+            total.push(at - t0);
+            start.push(started - t0);
+            get.push(fetched - t0);
+        }
+        println!(
+            "| {kind:?} | AWS IoT job, HTTPS artifact | {ROUNDS} | {} | {} | {} |",
+            spread(total),
+            spread(start),
+            spread(get)
+        );
+        let mut local = Vec::new();
+        for _ in 0..ROUNDS {
+            n += 1;
+            let wasm = module(kind, n);
+            let t0 = Instant::now();
+            let (code, out) = f.deploy(
+                "b",
+                &wasm,
+                MANIFEST.split_once('\n').map_or("", |m| m.1),
+                Some("live"),
+            );
+            assert_eq!(code, 0, "grove fn deploy: {out}");
+            local.push(served(&mut device, n).await - t0);
+        }
+        println!(
+            "| {kind:?} | `grove fn deploy --alias live` (local file) | {ROUNDS} | {} | - | - |",
+            spread(local)
+        );
+    }
+    println!();
+    println!("load after: {}", loadavg());
+}
+
+fn main() {
+    // `cargo bench` passes `--bench`; this harness takes no arguments.
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+        .block_on(run());
+}
