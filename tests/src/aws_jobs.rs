@@ -30,13 +30,14 @@
 pub mod service;
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeFilter};
+use rumqttc::QoS;
 use serde_json::Value;
 
-use crate::{eventually, options, WAIT};
+use crate::responder::{Answers, Responder, Service};
+use crate::{eventually, WAIT};
 use service::{presign, Execution, Reply, Thing};
 
 /// What the responder's task and the test share.
@@ -54,9 +55,7 @@ struct Shared {
 
 /// The AWS IoT Jobs stand-in (module doc); stops when dropped.
 pub struct AwsJobs {
-    client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
-    task: tokio::task::JoinHandle<()>,
+    responder: Responder<Shared>,
 }
 
 /// The request topics.
@@ -69,36 +68,13 @@ impl AwsJobs {
     /// Connects to the broker on the loopback `port`, subscribes to the request topics, and
     /// returns once the broker has granted them (SUBACK).
     pub async fn start(port: u16) -> AwsJobs {
-        let (client, eventloop) = AsyncClient::new(options("aws-jobs-service", port), 1000);
-        let filters = FILTERS
-            .iter()
-            .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
-        client
-            .try_subscribe_many(filters)
-            .expect("queue the SUBSCRIBE");
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let (subscribed, granted) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(eventloop, client.clone(), shared.clone(), subscribed));
-        let codes = tokio::time::timeout(WAIT, granted)
-            .await
-            .unwrap_or_else(|_| panic!("no SUBACK for the jobs responder within {WAIT:?}"))
-            .expect("the responder's task")
-            .unwrap_or_else(|e| panic!("the jobs responder could not subscribe: {e}"));
-        assert!(
-            codes
-                .iter()
-                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
-            "the broker refused the request topics: {codes:?}"
-        );
         AwsJobs {
-            client,
-            shared,
-            task,
+            responder: Responder::start("aws-jobs-service", port, &FILTERS).await,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().expect("the responder's state")
+        self.responder.lock()
     }
 
     /// Creates a job for `things` with `document` (as `aws iot create-job --targets ...
@@ -144,7 +120,8 @@ impl AwsJobs {
 
     async fn publish(&self, replies: Vec<(String, Reply)>) {
         for (thing, r) in replies {
-            self.client
+            self.responder
+                .client
                 .publish(
                     topic(&thing, &r),
                     QoS::AtLeastOnce,
@@ -225,12 +202,6 @@ impl AwsJobs {
     }
 }
 
-impl Drop for AwsJobs {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// Replaces presigned-URL placeholders in the execution a reply hands over.
 fn sign(signatures: &mut u64, r: &mut Reply) {
     if let Some(document) = r.payload.pointer_mut("/execution/jobDocument") {
@@ -250,64 +221,32 @@ fn now() -> u64 {
         .as_secs()
 }
 
-type Granted = Result<Vec<rumqttc::SubscribeReasonCode>, String>;
+impl Service for Shared {
+    fn stopped(&mut self, why: String) {
+        self.stopped = Some(why);
+    }
 
-/// The responder's task: answers each request as it arrives, until the connection fails.
-async fn serve(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
-    subscribed: tokio::sync::oneshot::Sender<Granted>,
-) {
-    let mut subscribed = Some(subscribed);
-    loop {
-        let publish = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if let Some(s) = subscribed.take() {
-                    let _ = s.send(Ok(ack.return_codes));
-                }
-                continue;
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => p,
-            Ok(_) => continue,
-            Err(e) => {
-                let why = e.to_string();
-                if let Some(s) = subscribed.take() {
-                    let _ = s.send(Err(why.clone()));
-                }
-                shared.lock().expect("the responder's state").stopped = Some(why);
-                return;
-            }
-        };
-        let Some((thing, suffix)) = publish
-            .topic
+    fn answer(&mut self, topic: &str, payload: &[u8]) -> Answers {
+        let Some((thing, suffix)) = topic
             .strip_prefix("$aws/things/")
             .and_then(|rest| rest.split_once("/jobs/"))
         else {
-            continue;
+            return Ok(Vec::new());
         };
-        let mut guard = shared.lock().expect("the responder's state");
-        let state = &mut *guard;
+        let state = self;
         let t = state.things.entry(thing.to_owned()).or_default();
-        let Some(replies) = t.request(thing, suffix, &publish.payload, now()) else {
-            continue;
+        let Some(replies) = t.request(thing, suffix, payload, now()) else {
+            return Ok(Vec::new());
         };
         state
             .requests
             .push((thing.to_owned(), suffix.to_owned(), Instant::now()));
-        // The client's request queue is drained by this same task's next poll, so it is never
-        // awaited here.
-        for mut r in replies {
-            sign(&mut state.signatures, &mut r);
-            if let Err(e) = client.try_publish(
-                topic(thing, &r),
-                QoS::AtLeastOnce,
-                false,
-                r.payload.to_string(),
-            ) {
-                state.stopped = Some(format!("cannot publish an answer: {e}"));
-                return;
-            }
-        }
+        Ok(replies
+            .into_iter()
+            .map(|mut r| {
+                sign(&mut state.signatures, &mut r);
+                (self::topic(thing, &r), r.payload.to_string())
+            })
+            .collect())
     }
 }

@@ -36,6 +36,7 @@ pub mod functions;
 pub mod jobs_cloud;
 mod mosquitto;
 mod raw;
+mod responder;
 mod site;
 mod tls_front;
 

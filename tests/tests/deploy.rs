@@ -60,6 +60,14 @@ fn committed(f: &Fixture, doc: &str) {
     assert!(out.contains("committed"), "{out}");
 }
 
+/// Waits until deployment `id` is soaking.
+fn wait_soaking(f: &Fixture, id: &str) {
+    f.g.wait_metric(
+        &format!(r#"grove_deploy_applying{{deployment="{id}",phase="soaking"}}"#),
+        |v| v == 1.0,
+    );
+}
+
 /// What `f:live` answers `{"n":1}` with: the payload (the echo) or the exit code of the failure.
 fn live(f: &Fixture) -> Result<String, i32> {
     let (code, out) = f.cli(&[
@@ -135,10 +143,7 @@ fn soaking_a_failing_d2_over_a_good_d1(f: &Fixture) {
     let d2 = document(f, "d2", &fail, &hex(&fail), r#""health": {"soak_s": 600}"#);
     let (code, out) = deploy(f, &["apply", &d2, "--no-wait"]);
     assert_eq!(code, 0, "{out}");
-    f.g.wait_metric(
-        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
-        |v| v == 1.0,
-    );
+    wait_soaking(f, "d2");
 }
 
 #[test]
@@ -376,8 +381,8 @@ fn large_echo(size: usize) -> Vec<u8> {
     padded(guest(ECHO, "large"), size)
 }
 
-/// Commits d1 (the echo function behind `live`) through job j1.
-async fn committed_by_job(c: &Cloud, f: &Fixture) {
+/// Creates job j1 deploying d1: the echo function behind `live`, no soak.
+async fn job_d1(c: &Cloud) {
     let echo = guest(ECHO, "");
     let d1 = deployment(
         "d1",
@@ -385,6 +390,11 @@ async fn committed_by_job(c: &Cloud, f: &Fixture) {
         r#""health": {"soak_s": 0}"#,
     );
     c.job("j1", &d1).await;
+}
+
+/// Commits d1 (the echo function behind `live`) through job j1.
+async fn committed_by_job(c: &Cloud, f: &Fixture) {
+    job_d1(c).await;
     c.ended("j1", "SUCCEEDED");
     assert_eq!(live(f), Ok(r#"{"n":1}"#.to_owned()));
 }
@@ -489,19 +499,8 @@ async fn a_kept_part_that_does_not_add_up_is_downloaded_again_whole() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_whose_function_fails_its_soak_rolls_back_and_reports_failed_with_the_reason() {
     let c = Cloud::start().await;
-    let f = c.gateway(&[]);
-    committed_by_job(&c, &f).await;
-    let fail = guest(FAIL, "");
-    let d2 = deployment(
-        "d2",
-        c.module("d2.wasm", &fail),
-        r#""health": {"soak_s": 600}"#,
-    );
-    c.job("j2", &d2).await;
-    f.g.wait_metric(
-        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
-        |v| v == 1.0,
-    );
+    let f = failing_second_job(&c, &[], r#""health": {"soak_s": 600}"#).await;
+    wait_soaking(&f, "d2");
     // A device's event reaches the new version through `live`, which fails it.
     mosquitto_pub(f.g.mqtt_port, &["-q", "1", "-t", "sensors/s1", "-m", "{}"]);
     let details = c.ended("j2", "FAILED");
@@ -577,25 +576,27 @@ async fn a_job_created_while_the_gateway_is_stopped_is_taken_when_it_starts() {
     c.jobs.wait_requests(THING, "start-next", 1);
     let (status, _) = f.g.stop_with("TERM");
     assert!(status.success());
-    let echo = guest(ECHO, "");
-    let d1 = deployment(
-        "d1",
-        c.module("d1.wasm", &echo),
-        r#""health": {"soak_s": 0}"#,
-    );
-    c.job("j1", &d1).await;
+    job_d1(&c).await;
     f.g.restart_stopped();
     c.ended("j1", "SUCCEEDED");
     assert_eq!(live(&f), Ok(r#"{"n":1}"#.to_owned()));
 }
 
-/// Commits d1 through a job, then creates job j2 deploying `v2` (a failing function, which ends
-/// no soak by itself: nothing invokes it) with `extra`; returns the gateway.
+/// Commits d1 through a job, then creates job j2 deploying `module` with `extra`; returns the
+/// gateway.
 async fn second_job(c: &Cloud, env: &[(&str, &str)], module: Value, extra: &str) -> Fixture {
     let f = c.gateway(env);
     committed_by_job(c, &f).await;
     c.job("j2", &deployment("d2", module, extra)).await;
     f
+}
+
+/// [`second_job`] with a function that fails every event (it ends no soak by itself: nothing
+/// invokes it).
+async fn failing_second_job(c: &Cloud, env: &[(&str, &str)], extra: &str) -> Fixture {
+    let fail = guest(FAIL, "");
+    let module = c.module("v2.wasm", &fail);
+    second_job(c, env, module, extra).await
 }
 
 /// After a kill -9 and a restart in d2's step: d2 rolled back, job j2 FAILED with the restart as
@@ -644,10 +645,8 @@ async fn job_kill_9_while_fetching_then_restart_resumes_the_download_and_succeed
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_kill_9_at_the_end_of_staging_then_restart_ends_on_the_previous_deployment_and_fails() {
     let c = Cloud::start().await;
-    let fail = guest(FAIL, "");
-    let module = c.module("v2.wasm", &fail);
     let hold = [("GROVE_DEPLOY_TEST_HOLD", "d2:staging")];
-    let mut f = second_job(&c, &hold, module, r#""health": {"soak_s": 0}"#).await;
+    let mut f = failing_second_job(&c, &hold, r#""health": {"soak_s": 0}"#).await;
     // Version 2 is registered; the switch has not begun.
     f.g.wait_log(&["deployment held for a test", "staging"], 1);
     ends_on_d1(&c, &mut f, "staging");
@@ -657,12 +656,10 @@ async fn job_kill_9_at_the_end_of_staging_then_restart_ends_on_the_previous_depl
 async fn job_kill_9_in_the_middle_of_the_switch_then_restart_ends_on_the_previous_deployment_and_fails(
 ) {
     let c = Cloud::start().await;
-    let fail = guest(FAIL, "");
-    let module = c.module("v2.wasm", &fail);
     let hold = [("GROVE_DEPLOY_TEST_HOLD", "d2:switching")];
     let extra = r#""health": {"soak_s": 0},
         "rules": [{"name": "fwd", "sql": "SELECT * FROM 'in/+'", "actions": [{"republish": {"topic": "out/fwd"}}]}]"#;
-    let mut f = second_job(&c, &hold, module, extra).await;
+    let mut f = failing_second_job(&c, &hold, extra).await;
     // The aliases have moved to version 2; the rules have not.
     f.g.wait_log(&["deployment held for a test", "switching"], 1);
     assert_eq!(live_version(&f), 2);
@@ -672,26 +669,16 @@ async fn job_kill_9_in_the_middle_of_the_switch_then_restart_ends_on_the_previou
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_kill_9_during_the_soak_then_restart_ends_on_the_previous_deployment_and_fails() {
     let c = Cloud::start().await;
-    let fail = guest(FAIL, "");
-    let module = c.module("v2.wasm", &fail);
-    let mut f = second_job(&c, &[], module, r#""health": {"soak_s": 600}"#).await;
-    f.g.wait_metric(
-        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
-        |v| v == 1.0,
-    );
+    let mut f = failing_second_job(&c, &[], r#""health": {"soak_s": 600}"#).await;
+    wait_soaking(&f, "d2");
     ends_on_d1(&c, &mut f, "soaking");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_job_cancelled_in_the_cloud_is_let_go_and_its_deployment_ends_by_itself() {
     let c = Cloud::start().await;
-    let fail = guest(FAIL, "");
-    let module = c.module("v2.wasm", &fail);
-    let f = second_job(&c, &[], module, r#""health": {"soak_s": 600}"#).await;
-    f.g.wait_metric(
-        r#"grove_deploy_applying{deployment="d2",phase="soaking"}"#,
-        |v| v == 1.0,
-    );
+    let f = failing_second_job(&c, &[], r#""health": {"soak_s": 600}"#).await;
+    wait_soaking(&f, "d2");
     c.jobs.cancel("j2", THING).await;
     // The operator ends the soak: the rollback's update carries the version the gateway knew,
     // the cancellation made a newer one, and the cloud's answer shows it CANCELED.
@@ -716,9 +703,7 @@ async fn a_job_cancelled_in_the_cloud_is_let_go_and_its_deployment_ends_by_itsel
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn job_kill_9_right_after_the_commit_then_restart_ends_on_the_new_deployment_and_succeeds() {
     let c = Cloud::start().await;
-    let fail = guest(FAIL, "");
-    let module = c.module("v2.wasm", &fail);
-    let mut f = second_job(&c, &[], module, r#""health": {"soak_s": 0}"#).await;
+    let mut f = failing_second_job(&c, &[], r#""health": {"soak_s": 0}"#).await;
     f.g.wait_metric(r#"grove_deploy_committed{deployment="d2"}"#, |v| v == 1.0);
     // Whether SUCCEEDED went up before the kill or goes up after the restart (start-next hands
     // the job over again), the job ends SUCCEEDED and d2 runs.

@@ -20,7 +20,7 @@ use tracing::{info, warn};
 use crate::jobs::{Jobs, Output};
 use crate::machine::Status;
 use crate::metrics::DeployMetrics;
-use crate::service::{Deployer, Overview, Summary};
+use crate::service::{until, Deployer, Overview, Summary};
 
 /// Publishing on the cloud link's current session.
 pub trait CloudPublish: Send {
@@ -94,13 +94,7 @@ impl Side {
     ) {
         self.show().await;
         loop {
-            let deadline = self.jobs.as_ref().and_then(Jobs::poll_timeout);
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = until(self.jobs.as_ref().and_then(Jobs::poll_timeout));
             tokio::select! {
                 _ = shutdown.changed() => break,
                 input = link.recv() => match input {

@@ -537,20 +537,25 @@ impl Jobs {
         }
     }
 
-    fn on_update_accepted(&mut self, job: &str, doc: &Value, now: Instant) {
-        let Some(j) = self.job.as_mut().filter(|j| j.id == job) else {
-            return;
-        };
-        let Some((pending, report)) = j.inflight.take() else {
-            return;
-        };
+    /// The update of `job` in flight that `doc` answers, taken out of flight.
+    fn answered(&mut self, job: &str, doc: &Value) -> Option<(Pending, Report)> {
+        let j = self.job.as_mut().filter(|j| j.id == job)?;
+        let (pending, _) = j.inflight.as_ref()?;
         if doc["clientToken"].as_str() != Some(&pending.token) {
-            j.inflight = Some((pending, report));
-            return;
+            return None;
         }
-        j.version = doc["executionState"]["versionNumber"]
-            .as_u64()
-            .unwrap_or(j.version + 1);
+        j.inflight.take()
+    }
+
+    fn on_update_accepted(&mut self, job: &str, doc: &Value, now: Instant) {
+        let Some((_, report)) = self.answered(job, doc) else {
+            return;
+        };
+        if let Some(j) = &mut self.job {
+            j.version = doc["executionState"]["versionNumber"]
+                .as_u64()
+                .unwrap_or(j.version + 1);
+        }
         self.accepted(report, now);
     }
 
@@ -577,16 +582,10 @@ impl Jobs {
     }
 
     fn on_update_rejected(&mut self, job: &str, doc: &Value, now: Instant) {
-        let Some(j) = self.job.as_mut().filter(|j| j.id == job) else {
+        let Some((pending, report)) = self.answered(job, doc) else {
             return;
         };
-        let Some((pending, report)) = j.inflight.take() else {
-            return;
-        };
-        if doc["clientToken"].as_str() != Some(&pending.token) {
-            j.inflight = Some((pending, report));
-            return;
-        }
+        let Some(j) = self.job.as_mut() else { return };
         let code = doc["code"].as_str().unwrap_or("unknown");
         let state = &doc["executionState"];
         let status = state["status"].as_str().unwrap_or("");

@@ -438,13 +438,7 @@ impl Shell {
     ) {
         self.perform().await;
         loop {
-            let deadline = self.machine.poll_timeout();
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = until(self.machine.poll_timeout());
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(command) = commands.recv() => self.command(command).await,
@@ -884,6 +878,15 @@ async fn roll_back(parts: &DeployParts, doc: &Deployment) -> Result<(), String> 
         parts.rules.switch(rules).await?;
     }
     Ok(())
+}
+
+/// Sleeps until `deadline`; never returns without one (a `select!` arm for a core's
+/// `poll_timeout`).
+pub(crate) async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_ms() -> i64 {
