@@ -30,20 +30,23 @@
 pub mod service;
 
 use std::collections::BTreeMap;
-use std::sync::MutexGuard;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use rumqttc::QoS;
 use serde_json::Value;
 
 use crate::responder::{Answers, Responder, Service};
 use crate::{eventually, WAIT};
-use service::{presign, Execution, Reply, Thing};
+use service::{presign, Execution, JobRollout, Reply, Status, Thing};
+pub use service::{Abort, Rollout};
 
 /// What the responder's task and the test share.
 #[derive(Default)]
 struct Shared {
     things: BTreeMap<String, Thing>,
+    /// Each job across its targets (rollout, abort).
+    jobs: BTreeMap<String, JobRollout>,
     /// Presigned URLs handed out so far (each gets its own "signature").
     signatures: u64,
     /// Every request answered: the thing, the topic after `jobs/` (`start-next`,
@@ -56,6 +59,8 @@ struct Shared {
 /// The AWS IoT Jobs stand-in (module doc); stops when dropped.
 pub struct AwsJobs {
     responder: Responder<Shared>,
+    /// The timers of rollouts at a rate.
+    rollouts: Mutex<Vec<tokio::task::JoinHandle<()>>>,
 }
 
 /// The request topics.
@@ -70,6 +75,7 @@ impl AwsJobs {
     pub async fn start(port: u16) -> AwsJobs {
         AwsJobs {
             responder: Responder::start("aws-jobs-service", port, &FILTERS).await,
+            rollouts: Mutex::default(),
         }
     }
 
@@ -81,56 +87,98 @@ impl AwsJobs {
     /// --document file://...`): each thing gets a `QUEUED` execution, and `notify-next` where it
     /// is the thing's next one.
     pub async fn create_job(&self, job_id: &str, things: &[&str], document: Value) {
-        let notices: Vec<(String, Reply)> = {
-            let mut shared = self.lock();
-            let shared = &mut *shared;
-            things
-                .iter()
-                .flat_map(|thing| {
-                    let t = shared.things.entry((*thing).to_owned()).or_default();
-                    t.queue(job_id, document.clone(), now())
-                        .into_iter()
-                        .map(|r| ((*thing).to_owned(), r))
-                })
-                .map(|(thing, mut r)| {
-                    sign(&mut shared.signatures, &mut r);
-                    (thing, r)
-                })
-                .collect()
+        self.create_job_with(job_id, things, document, Rollout::default())
+            .await;
+    }
+
+    /// [`AwsJobs::create_job`] with a rollout rate and abort criteria
+    /// (`--job-executions-rollout-config`, `--abort-config`): at a rate, the things are notified
+    /// by a timer of the stand-in's, one every minute / `maximumPerMinute`.
+    pub async fn create_job_with(
+        &self,
+        job_id: &str,
+        things: &[&str],
+        document: Value,
+        rollout: Rollout,
+    ) {
+        let job = JobRollout::new(document, things, rollout);
+        self.lock().jobs.insert(job_id.to_owned(), job);
+        let Some(per_minute) = rollout.per_minute else {
+            let out = self.lock().notify_all(job_id);
+            return self.publish(out).await;
         };
-        self.publish(notices).await;
+        let every = Duration::from_secs(60) / per_minute.max(1);
+        let (shared, client, job) = (
+            self.responder.shared(),
+            self.responder.client.clone(),
+            job_id.to_owned(),
+        );
+        let timer = tokio::spawn(async move {
+            loop {
+                let out = {
+                    let mut s = shared.lock().expect("the responder's state");
+                    let Some(thing) = s.jobs.get_mut(&job).and_then(JobRollout::next_target) else {
+                        return;
+                    };
+                    s.notify(&job, &thing)
+                };
+                for (topic, payload) in out {
+                    if client
+                        .publish(topic, QoS::AtLeastOnce, false, payload)
+                        .await
+                        .is_err()
+                    {
+                        return;
+                    }
+                }
+                tokio::time::sleep(every).await;
+            }
+        });
+        self.rollouts.lock().expect("the rollouts").push(timer);
     }
 
     /// Cancels `thing`'s execution of `job_id` (as `aws iot cancel-job-execution --force`).
     pub async fn cancel(&self, job_id: &str, thing: &str) {
-        let notices: Vec<(String, Reply)> = {
+        let out = {
             let mut shared = self.lock();
-            let shared = &mut *shared;
-            let t = shared.things.entry(thing.to_owned()).or_default();
-            t.cancel(job_id, now())
-                .into_iter()
-                .map(|mut r| {
-                    sign(&mut shared.signatures, &mut r);
-                    (thing.to_owned(), r)
-                })
-                .collect()
+            let replies = shared
+                .things
+                .entry(thing.to_owned())
+                .or_default()
+                .cancel(job_id, now());
+            shared.signed(thing, replies)
         };
-        self.publish(notices).await;
+        self.publish(out).await;
     }
 
-    async fn publish(&self, replies: Vec<(String, Reply)>) {
-        for (thing, r) in replies {
+    async fn publish(&self, out: Vec<(String, String)>) {
+        for (topic, payload) in out {
             self.responder
                 .client
-                .publish(
-                    topic(&thing, &r),
-                    QoS::AtLeastOnce,
-                    false,
-                    r.payload.to_string(),
-                )
+                .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .expect("publish");
         }
+    }
+
+    /// Whether the job was cancelled by its abort criteria.
+    pub fn aborted(&self, job_id: &str) -> bool {
+        self.lock().jobs.get(job_id).is_some_and(|j| j.canceled)
+    }
+
+    /// How many of the job's targets have been notified.
+    pub fn notified(&self, job_id: &str) -> usize {
+        self.lock().jobs.get(job_id).map_or(0, |j| j.notified.len())
+    }
+
+    /// How many executions of the job have the status `status` (`FAILED`, ...).
+    pub fn count(&self, job_id: &str, status: &str) -> usize {
+        self.lock()
+            .things
+            .values()
+            .flat_map(|t| &t.executions)
+            .filter(|e| e.job_id == job_id && e.status.name() == status)
+            .count()
     }
 
     /// `thing`'s execution of `job_id`, if there is one.
@@ -202,6 +250,14 @@ impl AwsJobs {
     }
 }
 
+impl Drop for AwsJobs {
+    fn drop(&mut self) {
+        for timer in self.rollouts.lock().expect("the rollouts").drain(..) {
+            timer.abort();
+        }
+    }
+}
+
 /// Replaces presigned-URL placeholders in the execution a reply hands over.
 fn sign(signatures: &mut u64, r: &mut Reply) {
     if let Some(document) = r.payload.pointer_mut("/execution/jobDocument") {
@@ -219,6 +275,71 @@ fn now() -> u64 {
         .duration_since(UNIX_EPOCH)
         .expect("after 1970")
         .as_secs()
+}
+
+impl Shared {
+    /// `replies` for `thing`, presigned, as (topic, payload).
+    fn signed(&mut self, thing: &str, replies: Vec<Reply>) -> Vec<(String, String)> {
+        replies
+            .into_iter()
+            .map(|mut r| {
+                sign(&mut self.signatures, &mut r);
+                (topic(thing, &r), r.payload.to_string())
+            })
+            .collect()
+    }
+
+    /// Queues `thing`'s execution of `job_id`: what is published about it.
+    fn notify(&mut self, job_id: &str, thing: &str) -> Vec<(String, String)> {
+        let Some(document) = self.jobs.get(job_id).map(|j| j.document.clone()) else {
+            return Vec::new();
+        };
+        let replies =
+            self.things
+                .entry(thing.to_owned())
+                .or_default()
+                .queue(job_id, document, now());
+        self.signed(thing, replies)
+    }
+
+    /// Notifies every target of `job_id` at once.
+    fn notify_all(&mut self, job_id: &str) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        while let Some(thing) = self.jobs.get_mut(job_id).and_then(JobRollout::next_target) {
+            out.extend(self.notify(job_id, &thing));
+        }
+        out
+    }
+
+    /// After an update of `job_id`: if its failures meet its abort criteria, its `QUEUED`
+    /// executions are cancelled; what is published about them.
+    fn abort_if_due(&mut self, job_id: &str) -> Vec<(String, String)> {
+        let Some(job) = self.jobs.get_mut(job_id) else {
+            return Vec::new();
+        };
+        let things = &self.things;
+        let failed = job
+            .notified
+            .iter()
+            .filter_map(|t| things.get(t))
+            .flat_map(|t| &t.executions)
+            .filter(|e| e.job_id == job_id && e.status == Status::Failed)
+            .count();
+        if !job.abort_if_due(failed) {
+            return Vec::new();
+        }
+        let notified = job.notified.clone();
+        let mut out = Vec::new();
+        for thing in notified {
+            let replies = self
+                .things
+                .entry(thing.clone())
+                .or_default()
+                .cancel_queued(job_id, now());
+            out.extend(self.signed(&thing, replies));
+        }
+        out
+    }
 }
 
 impl Service for Shared {
@@ -241,12 +362,10 @@ impl Service for Shared {
         state
             .requests
             .push((thing.to_owned(), suffix.to_owned(), Instant::now()));
-        Ok(replies
-            .into_iter()
-            .map(|mut r| {
-                sign(&mut state.signatures, &mut r);
-                (self::topic(thing, &r), r.payload.to_string())
-            })
-            .collect())
+        let mut out = state.signed(thing, replies);
+        if let Some((job, "update")) = suffix.split_once('/') {
+            out.extend(state.abort_if_due(job));
+        }
+        Ok(out)
     }
 }

@@ -32,10 +32,15 @@ impl JobsCloud {
     }
 
     /// The gateway's `[cloud]` (with `more` keys) and `[deploy]` sections, jobs on, the artifact
-    /// server's CA trusted.
+    /// server's CA trusted, as [`THING`].
     pub fn toml(&self, more: &str) -> String {
+        self.toml_for(THING, more)
+    }
+
+    /// [`JobsCloud::toml`] as `thing` (also the client id).
+    pub fn toml_for(&self, thing: &str, more: &str) -> String {
         format!(
-            "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\nclient_id = \"{THING}\"\nthing = \"{THING}\"\nmax_backoff_ms = 1000\n{more}\n\
+            "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\nclient_id = \"{thing}\"\nthing = \"{thing}\"\nmax_backoff_ms = 1000\n{more}\n\
              [deploy]\njobs = true\nartifact_ca = {:?}\n",
             self.m.port,
             self.files.ca_file()

@@ -34,6 +34,11 @@ impl<S: Service> Responder<S> {
         self.shared.lock().expect("the responder's state")
     }
 
+    /// The service's state, for a task of the stand-in's own (a rollout's timer).
+    pub(crate) fn shared(&self) -> Arc<Mutex<S>> {
+        self.shared.clone()
+    }
+
     /// Connects as `id` to the broker on the loopback `port`, subscribes to `filters` and returns
     /// once the broker has granted them (SUBACK), so a request published afterwards is answered
     /// by a fresh `S`. When the connection fails or the service gives up, the stand-in stops (it

@@ -12,6 +12,7 @@ use std::path::Path;
 
 use serde_json::{json, Value};
 
+use grove_tests::aws_jobs::{Abort, Rollout};
 use grove_tests::functions::{guest, padded, path, Fixture, ECHO};
 use grove_tests::jobs_cloud::{placeholder, sha256_hex as hex, JobsCloud as Cloud, THING};
 use grove_tests::{grove, mosquitto_pub, MosquittoSub};
@@ -713,4 +714,95 @@ async fn job_kill_9_right_after_the_commit_then_restart_ends_on_the_new_deployme
     f.g.wait_metric(r#"grove_deploy_committed{deployment="d2"}"#, |v| v == 1.0);
     assert_eq!(live(&f), Err(1));
     serves_mqtt(&f, "committed");
+}
+
+/// Gateways in the fleet test.
+const FLEET: usize = 100;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hundred_gateways_take_a_bad_job_at_its_rollout_rate_until_it_trips_the_abort_threshold()
+{
+    let c = Cloud::start().await;
+    let things: Vec<String> = (0..FLEET).map(|i| format!("gw-{i:03}")).collect();
+    let configs: Vec<String> = things.iter().map(|t| c.toml_for(t, "")).collect();
+    // Processes on loopback, started ten at a time (each start waits for its ports).
+    let fleet: Vec<Fixture> = grove_tests::blocking(|| {
+        std::thread::scope(|s| {
+            let starting: Vec<_> = configs
+                .chunks(FLEET / 10)
+                .map(|chunk| {
+                    s.spawn(move || chunk.iter().map(|c| Fixture::start(c)).collect::<Vec<_>>())
+                })
+                .collect();
+            starting
+                .into_iter()
+                .flat_map(|t| t.join().expect("a starting thread"))
+                .collect()
+        })
+    });
+    for thing in &things {
+        c.jobs.wait_requests(thing, "start-next", 1);
+    }
+    // A bad deployment: its module's hash is not the one named. Two things a second, cancelled
+    // once half of at least ten notified things have failed.
+    let echo = guest(ECHO, "");
+    let mut module = c.module("bad.wasm", &echo);
+    module["sha256"] = json!(hex(b"something else"));
+    let targets: Vec<&str> = things.iter().map(String::as_str).collect();
+    let rollout = Rollout {
+        per_minute: Some(120),
+        abort: Some(Abort {
+            threshold_percentage: 50.0,
+            min_executed_things: 10,
+        }),
+    };
+    let doc: Value = serde_json::from_str(&deployment("bad", module, "")).unwrap();
+    c.jobs.create_job_with("bad", &targets, doc, rollout).await;
+    grove_tests::eventually(grove_tests::WAIT * 3, || {
+        c.jobs.aborted("bad").then_some(()).ok_or_else(|| {
+            format!(
+                "not aborted: {} notified, {} failed",
+                c.jobs.notified("bad"),
+                c.jobs.count("bad", "FAILED")
+            )
+        })
+    });
+    // Every notified gateway ends: FAILED with the reason (in progress at the abort), or
+    // CANCELED while still queued; the others were never notified and never applied anything.
+    let notified = c.jobs.notified("bad");
+    assert!((10..FLEET).contains(&notified), "{notified} notified");
+    let ended = grove_tests::eventually(grove_tests::WAIT, || {
+        let (failed, canceled) = (
+            c.jobs.count("bad", "FAILED"),
+            c.jobs.count("bad", "CANCELED"),
+        );
+        (failed + canceled == notified)
+            .then_some(failed)
+            .ok_or_else(|| format!("{failed} failed, {canceled} cancelled of {notified}"))
+    });
+    assert!(ended >= 5, "{ended} failed: at least half of ten when it was aborted");
+    for (thing, f) in things.iter().zip(&fleet) {
+        let e = c.jobs.execution("bad", thing);
+        match e.as_ref().map(|e| e.status.name()) {
+            Some("FAILED") => {
+                let reason = e.unwrap().status_details["reason"].clone();
+                assert!(
+                    reason
+                        .as_str()
+                        .is_some_and(|r| r.contains("artifact hash mismatch")),
+                    "{thing}: {reason}"
+                );
+            }
+            Some("CANCELED") => {}
+            None => assert_eq!(
+                f.metric(r#"grove_deploy_results_total{result="failed"}"#),
+                0.0,
+                "{thing} was never notified"
+            ),
+            other => panic!("{thing}: {other:?}"),
+        }
+    }
+    // Devices are served throughout: the first gateway (notified) and the last (never).
+    serves_mqtt(&fleet[0], "first");
+    serves_mqtt(&fleet[FLEET - 1], "last");
 }

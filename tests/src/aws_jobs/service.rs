@@ -132,6 +132,14 @@ impl Thing {
         self.notify_next_if_changed(before, now)
     }
 
+    /// Cancels the execution of `job_id` if it is still `QUEUED` (a job's abort).
+    pub fn cancel_queued(&mut self, job_id: &str, now: u64) -> Vec<Reply> {
+        match self.executions.iter().find(|e| e.job_id == job_id) {
+            Some(e) if e.status == Status::Queued => self.cancel(job_id, now),
+            _ => Vec::new(),
+        }
+    }
+
     /// Answers a device's request on `$aws/things/{thing}/jobs/{suffix}`; `None` for a topic that
     /// is not a request (the service's own answers).
     pub fn request(
@@ -327,6 +335,89 @@ pub fn presign(value: &mut Value, signature: &str) {
     }
 }
 
+/// A job's rollout and abort configuration ("How job configurations work", Job rollout and abort
+/// configurations; API reference, `JobExecutionsRolloutConfig` and `AbortCriteria`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Rollout {
+    /// `maximumPerMinute`: "the maximum number of things that will be notified of a pending job,
+    /// per minute" (a constant rate; the exponential rate is not modelled). `None`: all at once.
+    pub per_minute: Option<u32>,
+    /// `abortConfig.criteriaList[0]` with `failureType` `FAILED` and `action` `CANCEL`.
+    pub abort: Option<Abort>,
+}
+
+/// One abort criterion, for `FAILED` executions.
+#[derive(Debug, Clone, Copy)]
+pub struct Abort {
+    /// `thresholdPercentage`: "the minimum percentage of job execution failures that must occur
+    /// to initiate the job abort". Not documented: the percentage of what; taken of the things
+    /// notified so far.
+    pub threshold_percentage: f64,
+    /// `minNumberOfExecutedThings`: "the minimum number of things which must receive job
+    /// execution notifications before the job can be aborted".
+    pub min_executed_things: usize,
+}
+
+/// A job across its targets: who is still to be notified, who was, and whether it was
+/// cancelled.
+#[derive(Debug, Clone)]
+pub struct JobRollout {
+    /// Its document.
+    pub document: Value,
+    /// The configuration.
+    pub rollout: Rollout,
+    /// Targets not notified yet, in order.
+    pub waiting: std::collections::VecDeque<String>,
+    /// Targets notified (an execution queued for them).
+    pub notified: Vec<String>,
+    /// The abort criteria were met: "only QUEUED job executions are canceled ... current job
+    /// executions that have an IN_PROGRESS status will not be canceled", and nobody else is
+    /// notified.
+    pub canceled: bool,
+}
+
+impl JobRollout {
+    /// A job for `targets`.
+    pub fn new(document: Value, targets: &[&str], rollout: Rollout) -> JobRollout {
+        JobRollout {
+            document,
+            rollout,
+            waiting: targets.iter().map(|t| (*t).to_owned()).collect(),
+            notified: Vec::new(),
+            canceled: false,
+        }
+    }
+
+    /// The next target to notify, if the job goes on.
+    pub fn next_target(&mut self) -> Option<String> {
+        if self.canceled {
+            return None;
+        }
+        let next = self.waiting.pop_front()?;
+        self.notified.push(next.clone());
+        Some(next)
+    }
+
+    /// Whether `failed` of the things notified so far failing meets the abort criteria; if so,
+    /// the job is cancelled (the caller cancels the queued executions).
+    pub fn abort_if_due(&mut self, failed: usize) -> bool {
+        let Some(abort) = self.rollout.abort.filter(|_| !self.canceled) else {
+            return false;
+        };
+        let notified = self.notified.len();
+        if notified < abort.min_executed_things || notified == 0 {
+            return false;
+        }
+        let percentage = failed as f64 * 100.0 / notified as f64;
+        if percentage < abort.threshold_percentage {
+            return false;
+        }
+        self.canceled = true;
+        self.waiting.clear();
+        true
+    }
+}
+
 fn reply(suffix: String, payload: Value) -> Reply {
     Reply { suffix, payload }
 }
@@ -441,6 +532,33 @@ mod tests {
         assert_eq!(unknown[0].payload["code"], "ResourceNotFound");
         let bad = request(&mut t, "j/update", json!({"status": "CANCELED"}));
         assert_eq!(bad[0].payload["code"], "InvalidRequest");
+    }
+
+    #[test]
+    fn a_rollout_notifies_in_order_and_an_abort_stops_it_once_enough_failed() {
+        let abort = Abort {
+            threshold_percentage: 50.0,
+            min_executed_things: 4,
+        };
+        let rollout = Rollout {
+            per_minute: Some(60),
+            abort: Some(abort),
+        };
+        let mut job = JobRollout::new(json!({}), &["a", "b", "c", "d", "e", "f"], rollout);
+        let first: Vec<_> = std::iter::from_fn(|| job.next_target()).take(3).collect();
+        assert_eq!(first, ["a", "b", "c"]);
+        assert!(!job.abort_if_due(3), "fewer notified than the minimum");
+        job.next_target();
+        assert!(!job.abort_if_due(1), "25% failed");
+        assert!(job.abort_if_due(2), "50% failed");
+        assert!(job.canceled);
+        assert_eq!(job.next_target(), None, "nobody else is notified");
+        // Only a QUEUED execution is cancelled.
+        let mut t = Thing::default();
+        t.queue("j", json!({}), 1);
+        request(&mut t, "start-next", json!({}));
+        assert!(t.cancel_queued("j", 2).is_empty());
+        assert_eq!(t.executions[0].status, Status::InProgress);
     }
 
     #[test]
