@@ -20,12 +20,16 @@
 //! - "Managing jobs", Presigned URLs: the `${aws:iot:s3-presigned-url:...}` placeholder replaced
 //!   when the device gets the document.
 //!   <https://docs.aws.amazon.com/iot/latest/developerguide/create-manage-jobs.html>
+//! - "How job configurations work": a constant rollout rate (things notified per minute) and the
+//!   abort criteria (cancel the `QUEUED` executions once a percentage of failures is reached
+//!   among at least so many notified things), with the API reference's `AbortCriteria`.
+//!   <https://docs.aws.amazon.com/iot/latest/developerguide/jobs-configurations-details.html>
 //!
 //! Deliberately not modelled: authorization, DescribeJobExecution and GetPendingJobExecutions
 //! (Grove does not use them), the `notify` list, step and in-progress timeouts (`TIMED_OUT`),
-//! rollout rates and abort thresholds (the fleet scenario), execution numbers beyond 1, and
-//! reconnecting (the responder stops at its connection's first error; [`AwsJobs::report`] says
-//! why).
+//! exponential rollout rates, retries, abort criteria other than `FAILED` with `CANCEL`,
+//! execution numbers beyond 1, and reconnecting (the responder stops at its connection's first
+//! error; [`AwsJobs::report`] says why).
 
 pub mod service;
 
