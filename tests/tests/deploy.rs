@@ -3,10 +3,11 @@
 //! mosquitto_pub, and kill -9 at the steps of applying, each step known from the
 //! `grove_deploy_*` metrics, the gateway's log or the artifact server.
 //!
-//! For jobs the cloud side is a mosquitto plus [`AwsJobs`], a Jobs service written in the harness
-//! from AWS's documentation of the Jobs MQTT API (not Grove's own Jobs client), and the artifacts
-//! come from [`Artifacts`], an HTTPS server on loopback with its own test CA, by presigned-URL
-//! placeholders as AWS IoT Jobs hands them out.
+//! For jobs the cloud side is a mosquitto plus `grove_tests::AwsJobs`, a Jobs service written in
+//! the harness from AWS's documentation of the Jobs MQTT API (not Grove's own Jobs client), and
+//! the artifacts come from `grove_tests::Artifacts`, an HTTPS server on loopback with its own test
+//! CA, by presigned-URL placeholders as AWS IoT Jobs hands them out (`grove_tests::jobs_cloud`).
+//! The fleet test runs 100 gateways against one job with a rollout rate and an abort threshold.
 
 use std::path::Path;
 
