@@ -21,6 +21,10 @@
 //! custom section (names, debug information), which it skips. The peer in the same run: the same
 //! kind of module deployed locally with `grove fn deploy --alias live` (no cloud, no HTTPS, no
 //! state machine), timed from the command's start to the new version's first output.
+//!
+//! Devices are served throughout: a probe client makes a QoS 1 round trip through the gateway
+//! (publish, receive its own message) every 10 ms, 500 times before any deployment and then
+//! during the job rounds; the two sets of round trips are reported side by side.
 
 use std::time::{Duration, Instant};
 
@@ -137,6 +141,37 @@ fn cpu() -> String {
     format!("{model}, {cores} cores")
 }
 
+/// Round trips of a probe client (publish QoS 1 to `probe/rt`, receive it), one every 10 ms,
+/// `most` of them or until `stop`, as client `id`; returns their durations.
+async fn probe(port: u16, most: usize, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
+    let mut c = Client::connect("bench-probe", port).await;
+    c.subscribe("probe/rt", QoS::AtLeastOnce).await;
+    let mut pace = tokio::time::interval(Duration::from_millis(10));
+    let mut samples = Vec::new();
+    while !*stop.borrow() && samples.len() < most {
+        pace.tick().await;
+        let t = Instant::now();
+        c.publish("probe/rt", QoS::AtLeastOnce, false, "p").await;
+        if c.recv(Duration::from_secs(5)).await.is_some() {
+            samples.push(t.elapsed());
+        }
+    }
+    samples
+}
+
+/// p50 / p99 / max of round trips, and how many.
+fn percentiles(mut v: Vec<Duration>) -> String {
+    v.sort();
+    let at = |q: f64| v[((v.len() - 1) as f64 * q) as usize];
+    format!(
+        "{} / {} / {} ({} round trips)",
+        ms(at(0.5)),
+        ms(at(0.99)),
+        ms(at(1.0)),
+        v.len()
+    )
+}
+
 async fn run() {
     println!("machine: {}; load before: {}", cpu(), loadavg());
     println!();
@@ -146,6 +181,9 @@ async fn run() {
     let f: Fixture = c.gateway(&[]);
     let mut device = Client::connect("bench-device", f.g.mqtt_port).await;
     device.subscribe("bench/out/#", QoS::AtMostOnce).await;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let idle = probe("probe-idle", f.g.mqtt_port, 500, stopped.clone()).await;
+    let during = tokio::spawn(probe("probe-during", f.g.mqtt_port, usize::MAX, stopped));
     let mut n = 0;
     for kind in [Kind::Padded, Kind::Code] {
         let (mut total, mut start, mut get) = (Vec::new(), Vec::new(), Vec::new());
@@ -201,6 +239,13 @@ async fn run() {
             spread(local)
         );
     }
+    stop.send(true).expect("the probe");
+    let during = during.await.expect("the probe");
+    println!();
+    println!("| probe QoS 1 round trip, ms | p50 / p99 / max |");
+    println!("|---|---|");
+    println!("| no deployment | {} |", percentiles(idle));
+    println!("| during the deployments above | {} |", percentiles(during));
     println!();
     println!("load after: {}", loadavg());
 }

@@ -781,7 +781,10 @@ async fn a_hundred_gateways_take_a_bad_job_at_its_rollout_rate_until_it_trips_th
             .then_some(failed)
             .ok_or_else(|| format!("{failed} failed, {canceled} cancelled of {notified}"))
     });
-    assert!(ended >= 5, "{ended} failed: at least half of ten when it was aborted");
+    assert!(
+        ended >= 5,
+        "{ended} failed: at least half of ten when it was aborted"
+    );
     for (thing, f) in things.iter().zip(&fleet) {
         let e = c.jobs.execution("bad", thing);
         match e.as_ref().map(|e| e.status.name()) {
