@@ -143,8 +143,13 @@ fn cpu() -> String {
 
 /// Round trips of a probe client (publish QoS 1 to `probe/rt`, receive it), one every 10 ms,
 /// `most` of them or until `stop`, as client `id`; returns their durations.
-async fn probe(port: u16, most: usize, stop: tokio::sync::watch::Receiver<bool>) -> Vec<Duration> {
-    let mut c = Client::connect("bench-probe", port).await;
+async fn probe(
+    id: &'static str,
+    port: u16,
+    most: usize,
+    stop: tokio::sync::watch::Receiver<bool>,
+) -> Vec<Duration> {
+    let mut c = Client::connect(id, port).await;
     c.subscribe("probe/rt", QoS::AtLeastOnce).await;
     let mut pace = tokio::time::interval(Duration::from_millis(10));
     let mut samples = Vec::new();
