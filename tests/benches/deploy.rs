@@ -9,6 +9,7 @@
 //! ```sh
 //! cargo build --release -p grove-gateway --bin grove
 //! GROVE_BIN=$PWD/target/release/grove cargo bench -p grove-tests --bench deploy
+//! # options after `--`: --rounds N (10), --kind padded|code (both)
 //! ```
 //!
 //! Each round creates a job for a new 1 MiB module whose function publishes each event it gets to
@@ -16,7 +17,8 @@
 //! the next once the previous one's output has come (closed loop: no backlog, a resolution of
 //! one event's round trip), until an output of the new version arrives. The time is from the
 //! Jobs service's `notify-next` (just before `create_job`) to that output; it is split at the
-//! gateway's `start-next` and its artifact request, as the cloud side saw them. Two kinds of
+//! gateway's `start-next` and its artifact request, as the cloud side saw them, and the time of
+//! each step (fetching, staging, switching) is read from the gateway's log. Two kinds of
 //! module: 1 MiB of function code, which the runtime compiles, and 64 KiB of code with 1 MiB of
 //! custom section (names, debug information), which it skips. The peer in the same run: the same
 //! kind of module deployed locally with `grove fn deploy --alias live` (no cloud, no HTTPS, no
@@ -26,7 +28,7 @@
 //! (publish, receive its own message) every 10 ms, 500 times before any deployment and then
 //! during the job rounds; the two sets of round trips are reported side by side.
 
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use rumqttc::QoS;
 
@@ -34,8 +36,6 @@ use grove_tests::functions::{guest_with, padded, Fixture};
 use grove_tests::jobs_cloud::{deployment, JobsCloud, THING};
 use grove_tests::Client;
 
-/// Rounds per kind of module and path.
-const ROUNDS: usize = 10;
 /// The module's size.
 const SIZE: usize = 1 << 20;
 /// The function's manifest (name `b`).
@@ -177,11 +177,56 @@ fn percentiles(mut v: Vec<Duration>) -> String {
     )
 }
 
-async fn run() {
+/// The gateway's own times of deployment `id`'s steps, from its log lines ("deployment step
+/// ... phase=P"): (phase, time), in order.
+fn steps(log: &str, id: &str) -> Vec<(String, SystemTime)> {
+    let marker = format!("deployment=\"{id}\"");
+    log.lines()
+        .filter(|l| l.contains("deployment step") && l.contains(&marker))
+        .filter_map(|l| {
+            let at = humantime::parse_rfc3339(l.split_whitespace().next()?).ok()?;
+            let phase = l.split("phase=").nth(1)?.split_whitespace().next()?;
+            Some((phase.to_owned(), at))
+        })
+        .collect()
+}
+
+/// How long deployment `id` was in `phase` (to the next step), by the gateway's log.
+fn in_phase(log: &str, id: &str, phase: &str) -> Option<Duration> {
+    let steps = steps(log, id);
+    let i = steps.iter().position(|(p, _)| p == phase)?;
+    steps.get(i + 1)?.1.duration_since(steps[i].1).ok()
+}
+
+/// The benchmark's options.
+#[derive(clap::Parser)]
+struct Options {
+    /// Rounds per kind of module and path.
+    #[arg(long, default_value_t = 10)]
+    rounds: usize,
+    /// Only this kind of module (`padded` or `code`); both by default.
+    #[arg(long)]
+    kind: Option<String>,
+    /// What `cargo bench` passes.
+    #[arg(long, hide = true)]
+    bench: bool,
+}
+
+async fn run(options: Options) {
+    let kinds: Vec<Kind> = [Kind::Padded, Kind::Code]
+        .into_iter()
+        .filter(|k| {
+            options
+                .kind
+                .as_deref()
+                .is_none_or(|want| format!("{k:?}").eq_ignore_ascii_case(want))
+        })
+        .collect();
+    let rounds = options.rounds;
     println!("machine: {}; load before: {}", cpu(), loadavg());
     println!();
-    println!("| module (1 MiB) | path | rounds | notify -> served, ms (min / median / max) | notify -> start-next | notify -> artifact GET |");
-    println!("|---|---|---|---|---|---|");
+    println!("| module (1 MiB) | path | rounds | notify -> served, ms (min / median / max) | notify -> start-next | notify -> artifact GET | fetching | staging | switching |");
+    println!("|---|---|---|---|---|---|---|---|---|");
     let c = JobsCloud::start().await;
     let f: Fixture = c.gateway(&[]);
     let mut device = Client::connect("bench-device", f.g.mqtt_port).await;
@@ -190,19 +235,15 @@ async fn run() {
     let idle = probe("probe-idle", f.g.mqtt_port, 500, stopped.clone()).await;
     let during = tokio::spawn(probe("probe-during", f.g.mqtt_port, usize::MAX, stopped));
     let mut n = 0;
-    for kind in [Kind::Padded, Kind::Code] {
-        let (mut total, mut start, mut get) = (Vec::new(), Vec::new(), Vec::new());
-        for _ in 0..ROUNDS {
+    for kind in kinds {
+        let (mut total, mut start, mut get, mut ids) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for _ in 0..rounds {
             n += 1;
             let wasm = module(kind, n);
             let module = c.module(&format!("m{n}.wasm"), &wasm);
-            let doc = deployment(
-                &format!("d{n}"),
-                "b",
-                MANIFEST,
-                module,
-                r#""health": {"soak_s": 0}"#,
-            );
+            let id = format!("d{n}");
+            let doc = deployment(&id, "b", MANIFEST, module, r#""health": {"soak_s": 0}"#);
             let job = format!("j{n}");
             let t0 = Instant::now();
             c.job(&job, &doc).await;
@@ -218,15 +259,27 @@ async fn run() {
             total.push(at - t0);
             start.push(started - t0);
             get.push(fetched - t0);
+            ids.push(id);
         }
+        let log = f.g.log();
+        let phase = |p: &str| {
+            spread(
+                ids.iter()
+                    .map(|id| in_phase(&log, id, p).expect("the step in the log"))
+                    .collect(),
+            )
+        };
         println!(
-            "| {kind:?} | AWS IoT job, HTTPS artifact | {ROUNDS} | {} | {} | {} |",
+            "| {kind:?} | AWS IoT job, HTTPS artifact | {rounds} | {} | {} | {} | {} | {} | {} |",
             spread(total),
             spread(start),
-            spread(get)
+            spread(get),
+            phase("fetching"),
+            phase("staging"),
+            phase("switching"),
         );
         let mut local = Vec::new();
-        for _ in 0..ROUNDS {
+        for _ in 0..rounds {
             n += 1;
             let wasm = module(kind, n);
             let t0 = Instant::now();
@@ -240,7 +293,7 @@ async fn run() {
             local.push(served(&mut device, n).await - t0);
         }
         println!(
-            "| {kind:?} | `grove fn deploy --alias live` (local file) | {ROUNDS} | {} | - | - |",
+            "| {kind:?} | `grove fn deploy --alias live` (local file) | {rounds} | {} | - | - | - | - | - |",
             spread(local)
         );
     }
@@ -256,11 +309,11 @@ async fn run() {
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; this harness takes no arguments.
+    let options = <Options as clap::Parser>::parse();
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime")
-        .block_on(run());
+        .block_on(run(options));
 }

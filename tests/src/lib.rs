@@ -574,7 +574,12 @@ impl Client {
     /// CONNACK accepts it, else what ended the attempt (the refusing CONNACK's code, a failed TLS
     /// handshake). Fails when there is no answer within [`WAIT`].
     pub async fn try_connect_with(options: MqttOptions) -> Result<Client, String> {
-        let (client, eventloop) = AsyncClient::new(options, 1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        // A device's small packets must not wait for Nagle's algorithm behind its own delayed
+        // acknowledgements (40 ms a round trip otherwise): devices and the gateway set it too.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, rx) = mpsc::unbounded_channel();
         let (suback_tx, subacks) = mpsc::unbounded_channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0);
