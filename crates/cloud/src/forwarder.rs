@@ -82,13 +82,48 @@ enum LinkState {
     Disconnected,
 }
 
-/// Starts cloud sync: the outbox owner, the link and, if configured, shadow sync. Call before the
-/// broker opens its listeners, so no forwarded message is missed.
+/// Another component riding on the cloud link (the binary wires them: the deployments' AWS IoT
+/// Jobs client is one), so that this crate knows none of them: the cloud topics it takes, where
+/// the link's events for it go, and the lines it adds to `grove cloud status`.
+#[derive(Debug)]
+pub struct Rider {
+    /// Its name: the key of its lines in the status answer.
+    pub name: String,
+    /// Cloud topic filters subscribed on every connection, like the downlink's; a cloud message
+    /// they match goes to this rider only (before the downlink and shadow sync see it), and is
+    /// acknowledged to the cloud once handed over.
+    pub filters: Vec<String>,
+    /// Its events.
+    pub events: mpsc::UnboundedSender<RiderEvent>,
+    /// Its status lines (label, text), kept current by the rider.
+    pub status: watch::Receiver<Vec<(String, String)>>,
+}
+
+/// What the link tells a [`Rider`].
+#[derive(Debug)]
+pub enum RiderEvent {
+    /// A session is up: publish through it (QoS 0: a request whose answer is the acknowledgement,
+    /// as shadow sync's; QoS 1 packet ids belong to the outbox).
+    Up(Session),
+    /// The session ended.
+    Down,
+    /// A cloud message on one of its filters.
+    Message {
+        /// The cloud topic.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+/// Starts cloud sync: the outbox owner, the link and, if configured, shadow sync, with `riders` on
+/// the link. Call before the broker opens its listeners, so no forwarded message is missed.
 pub async fn start(
     config: &CloudConfig,
     buses: &BusMaker,
     store: Store,
     metrics: CloudMetrics,
+    riders: Vec<Rider>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, CloudError> {
     let options = link::options(config)?;
@@ -146,6 +181,9 @@ pub async fn start(
         filters: config.downlink.iter().map(|d| d.filter.clone()).collect(),
         per_packet: config.quotas.filters_per_subscribe,
     };
+    subscriptions
+        .filters
+        .extend(riders.iter().flat_map(|r| r.filters.iter().cloned()));
     if let Some(shadows) = &config.shadows {
         subscriptions.filters.extend(sync::cloud_filters(shadows));
     }
@@ -209,6 +247,7 @@ pub async fn start(
         batcher: Batcher::new(&lane_limits),
         loaded: HashMap::new(),
         batch_due: None,
+        riders,
         metrics,
         state: LinkState::Connecting,
         last_error: None,
@@ -311,6 +350,8 @@ struct Owner {
     loaded: HashMap<u64, Loaded>,
     /// When the next open batch is due (ms since the epoch).
     batch_due: Option<u64>,
+    /// The components that ride on the link (deployments' AWS IoT Jobs client).
+    riders: Vec<Rider>,
     metrics: CloudMetrics,
     state: LinkState,
     last_error: Option<String>,
@@ -588,6 +629,9 @@ impl Owner {
                 if self.queue.depth() > 0 {
                     self.backlog = Some((Instant::now(), self.queue.depth()));
                 }
+                for rider in &self.riders {
+                    let _ = rider.events.send(RiderEvent::Up(session.clone()));
+                }
                 if let Some(sync) = &self.sync {
                     let _ = sync.send(SyncInput::Up { session, resumed });
                 }
@@ -623,6 +667,14 @@ impl Owner {
                 // Every message is acknowledged after this batch's local publish, also the ones
                 // dropped here (nothing more will come of them).
                 acks.push(ack);
+                if let Some(rider) = self.riders.iter().find(|r| {
+                    r.filters
+                        .iter()
+                        .any(|f| grove_rules::topic_matches(f, &topic))
+                }) {
+                    let _ = rider.events.send(RiderEvent::Message { topic, payload });
+                    return;
+                }
                 if let Some(sync) = self.sync.as_ref().filter(|_| sync::is_shadow_topic(&topic)) {
                     let _ = sync.send(SyncInput::Cloud { topic, payload });
                     return;
@@ -652,6 +704,9 @@ impl Owner {
                 if self.state == LinkState::Connected {
                     if let Some(sync) = &self.sync {
                         let _ = sync.send(SyncInput::Down);
+                    }
+                    for rider in &self.riders {
+                        let _ = rider.events.send(RiderEvent::Down);
                     }
                 }
                 self.metrics.link_up.set(0);
@@ -864,6 +919,11 @@ impl Owner {
             "retry_in_ms": self.retry_in.filter(|_| self.state != LinkState::Connected).map(|d| d.as_millis() as u64),
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
+            "riders": self
+                .riders
+                .iter()
+                .map(|r| (r.name.clone(), json!(*r.status.borrow())))
+                .collect::<serde_json::Map<_, _>>(),
             "clientToken": client_token_of(request),
         });
         Outgoing::new(

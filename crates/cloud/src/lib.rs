@@ -10,6 +10,8 @@
 //! - `link`: rumqttc, TLS, reconnect with backoff and jitter.
 //! - `merge`: the three-way merge of shadow state (pure); `sync`: the shadow sync component.
 //! - [`cli`]: `grove cloud status` (rendering the answer; the binary asks).
+//! - [`Rider`]: another component on the link (its cloud topics, its status lines), wired by
+//!   the binary, so this crate depends on none of them (the deployments' AWS IoT Jobs client).
 //! - [`metrics`], [`queries`]: the `grove_cloud_*` counters, the outbox's and sync states' tables.
 //! - `forwarder.rs`: the component (below).
 //!
@@ -46,3 +48,4 @@ pub mod quota;
 mod sync;
 
 pub use forwarder::*;
+pub use link::Session;

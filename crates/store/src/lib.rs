@@ -203,11 +203,12 @@ const MIGRATIONS: &[&str] = &[
     "ALTER TABLE cloud_outbox ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;
     ALTER TABLE cloud_outbox ADD COLUMN user_properties TEXT;
     ALTER TABLE cloud_outbox ADD COLUMN batch TEXT;",
-    // 10 and 11: taken by work on other branches (issue 20's other parts, and others); empty here
-    // so that the migrations after them keep the numbers they were given. The lead replaces these
-    // with the real scripts when the branches are merged (a database migrated without them is a
-    // development one).
-    "",
+    // 10: the AWS IoT job a deployment came from (grove-deploy's `jobs`; NULL: `grove deploy`), so
+    // a job taken again after a restart finds its deployment, and a document reused by another
+    // job is refused.
+    "ALTER TABLE deployments ADD COLUMN job TEXT;",
+    // 11: taken by work on another branch (issue 20's OTA); an empty step until it lands, so that
+    // 12 keeps its number (a database migrated without it is a development one).
     "",
     // 12: local jobs (grove-jobs, issue 20): each job (the operator's spec as JSON: document,
     // targets, rollout, abort, timeout; its status and why it was canceled) and each execution of
