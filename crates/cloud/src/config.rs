@@ -636,6 +636,28 @@ impl RawCloud {
                 .map(|b| resolve_batch(b, &quotas))
                 .transpose()
                 .map_err(|message| err(format!("{key}.batch"), Some(span.clone()), message))?;
+            // Routes naming one batch topic fill one batch (the forwarder keeps a batch per
+            // topic), so they must bound it alike: otherwise whichever route came first in the
+            // file would set the bounds for both.
+            if let Some((j, other)) = batch.as_ref().and_then(|b| {
+                forward.iter().enumerate().find_map(|(j, o)| {
+                    o.batch
+                        .as_ref()
+                        .filter(|ob| ob.topic == b.topic && ob.limits != b.limits)
+                        .map(|ob| (j, ob))
+                })
+            }) {
+                return Err(err(
+                    format!("{key}.batch"),
+                    Some(span),
+                    format!(
+                        "the batch topic {:?} is also cloud.forward[{j}]'s, with other bounds \
+                         ({:?}): routes that share a batch topic share its batches, so give \
+                         them the same max_messages, max_bytes and max_delay_ms",
+                        other.topic, other.limits
+                    ),
+                ));
+            }
             forward.push(Forward {
                 filter: f.filter,
                 prefix: f.prefix,
@@ -1008,6 +1030,26 @@ mod tests {
             assert_eq!(e.key, "cloud.forward[0].batch", "{batch}");
             assert!(e.message.contains(says), "{batch}: {}", e.message);
         }
+    }
+
+    #[test]
+    fn routes_sharing_a_batch_topic_must_bound_it_alike() {
+        let two = |second: &str| {
+            format!(
+                "host = \"h\"\nplain_tcp = true\nforward = [\
+                 {{ filter = \"a/#\", batch = {{ topic = \"b\", max_messages = 10 }} }},\
+                 {{ filter = \"c/#\", batch = {{ topic = \"b\"{second} }} }}]\n"
+            )
+        };
+        let c = resolve(&two(", max_messages = 10"));
+        assert_eq!(c.forward[0].batch, c.forward[1].batch);
+        let e = refusal(&two(""));
+        assert_eq!(e.key, "cloud.forward[1].batch");
+        assert!(
+            e.message.contains("also cloud.forward[0]'s"),
+            "{}",
+            e.message
+        );
     }
 
     #[test]
