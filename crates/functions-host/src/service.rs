@@ -350,9 +350,7 @@ impl Functions {
         let (publish, publish_rx) = mpsc::channel(1024);
         tokio::spawn(publisher(out, publish_rx, shutdown.clone()));
         let shadow_bus = buses.bus("functions-shadow").await.map_err(bus_err)?;
-        let shadow = LocalShadows::start(shadow_bus, shutdown.clone())
-            .await
-            .map_err(|_| FunctionError::Closed)?;
+        let shadow = LocalShadows::start(shadow_bus, shutdown.clone());
         let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
         let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
         let (finished, finished_rx) = mpsc::unbounded_channel();

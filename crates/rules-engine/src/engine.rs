@@ -198,7 +198,7 @@ impl RulesEngine {
                 .bus("rules-shadow")
                 .await
                 .map_err(|_| Closed::Link)?;
-            let shadows = LocalShadows::start(bus, self.shadows_stop.subscribe()).await?;
+            let shadows = LocalShadows::start(bus, self.shadows_stop.subscribe());
             self.shadows = Some(shadows);
         }
         let mut filters: Vec<String> = Vec::new();
