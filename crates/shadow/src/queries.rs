@@ -118,7 +118,9 @@ fn write_shadow(c: &Connection, w: &ShadowWrite) -> rusqlite::Result<()> {
     let (version, deleted_at) = (s.version as i64, s.deleted_at.map(|at| at as i64));
     let changed = match expected {
         None => stmt.execute(params![thing, name, version, deleted_at, s.document])?,
-        Some(v) => stmt.execute(params![thing, name, version, deleted_at, s.document, v as i64])?,
+        Some(v) => stmt.execute(params![
+            thing, name, version, deleted_at, s.document, v as i64
+        ])?,
     };
     if changed == 1 {
         return Ok(());
@@ -276,15 +278,21 @@ mod tests {
             assert_eq!(load(&store, "live").await, Some(row("live", 3, None)));
         }
         // A live shadow that is not there (its creation failed) is not re-created.
-        assert!(commit(&store, vec![write(row("never", 2, None), Replaces::Live(1))])
-            .await
-            .is_err());
+        assert!(commit(
+            &store,
+            vec![write(row("never", 2, None), Replaces::Live(1))]
+        )
+        .await
+        .is_err());
         assert_eq!(load(&store, "never").await, None);
         // A tombstone may have been dropped meanwhile: its successor is written either way.
         store.drop_tombstones(101).await.unwrap();
-        commit(&store, vec![write(row("gone", 6, None), Replaces::Tombstone(5))])
-            .await
-            .unwrap();
+        commit(
+            &store,
+            vec![write(row("gone", 6, None), Replaces::Tombstone(5))],
+        )
+        .await
+        .unwrap();
         assert_eq!(load(&store, "gone").await, Some(row("gone", 6, None)));
         thread.close().await;
     }

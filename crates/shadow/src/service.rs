@@ -326,7 +326,8 @@ impl ShadowService {
             let key = key_of(&topic);
             let mut answer = match self.cache.get(&key) {
                 Some(stored) if !unreadable.contains(&key) => {
-                    let (answer, changed) = self.apply(&topic, &key, stored.as_ref(), &message, now);
+                    let (answer, changed) =
+                        self.apply(&topic, &key, stored.as_ref(), &message, now);
                     if let Some(shadow) = changed {
                         writes
                             .entry(key.clone())
