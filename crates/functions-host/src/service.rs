@@ -343,8 +343,7 @@ impl Functions {
             max_memory_mb: config.max_memory_mb,
             pool_size: config.pool_size,
             cache_dir: dir.join("cache"),
-        })
-        .map_err(FunctionError::Io)?;
+        });
         let bus_err = |e: grove_broker::BrokerError| FunctionError::Io(e.to_string());
         let out = buses.bus("functions-out").await.map_err(bus_err)?;
         let (publish, publish_rx) = mpsc::channel(1024);
