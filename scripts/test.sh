@@ -5,7 +5,20 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-step() { printf '\n==> %s   [disk free: %s]\n' "$*" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')"; }
+# Each stage's wall time is printed at the next stage and in a summary at the end, so a slow run
+# shows where its time went (the whole command aims at ~25 minutes on CI's 2-core machine).
+run_start=$(date +%s)
+stage=""
+stage_start=$run_start
+times=()
+step() {
+  local now
+  now=$(date +%s)
+  [ -z "$stage" ] || times+=("$(printf '%-28s %5d s' "$stage" "$((now - stage_start))")")
+  stage="$*"
+  stage_start=$now
+  printf '\n==> %s   [disk free: %s, %d s so far]\n' "$*" "$(df -h --output=avail . | tail -n 1 | tr -d ' ')" "$((now - run_start))"
+}
 
 # On CI (CI set) the disk is a clean clone's and may be small: it is shared with whatever else the
 # machine holds, and a stop once failed with "No space left on device". A clean build of everything
@@ -28,11 +41,21 @@ command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || missing+=(
 command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 # grove-bench's second load client is C on libmosquitto (bench/build.rs compiles it).
 [ -f /usr/include/mosquitto.h ] || missing+=(libmosquitto-dev)
+# The paho-mqtt conformance tests and the jobs tests' device (tests/paho/) run Python's paho-mqtt,
+# installed with pip below.
+python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+# One exact version (the scripts use paho 2's callback API); a Debian python that refuses pip
+# installs outside a virtualenv (PEP 668) is told to allow it.
+PAHO_MQTT=2.2.0
+if ! python3 -c "import sys, paho.mqtt; sys.exit(paho.mqtt.__version__ != '$PAHO_MQTT')" 2>/dev/null; then
+  python3 -m pip install -q "paho-mqtt==$PAHO_MQTT" ||
+    python3 -m pip install -q --break-system-packages "paho-mqtt==$PAHO_MQTT"
 fi
 # Debian puts mosquitto in /usr/sbin, which is not on every PATH.
 export PATH="$PATH:/usr/sbin"
@@ -64,11 +87,27 @@ echo "security: $(cat "$TARGET/tmp/hostile-cases.txt")"
 # (target/functions, which cross/check.sh deploys, stays).
 prune "$TARGET/debug"
 
-for extra in gateway/ci.sh crates/router/ci.sh firmware/ci.sh rules/ci.sh cross/ci.sh; do
-  if [ -f "$extra" ]; then
-    step "$extra"
-    bash "$extra"
-  fi
+# The ARM release builds (fat LTO, two targets: the longest stage) run in the background while the
+# fuzz and firmware stages run: a fuzzer keeps one core busy, so the build takes the other, and the
+# command is shorter by the overlap. Their tools are installed first, in the foreground, so that
+# two apt-get or rustup runs never race for their locks. They build in their own directory, so
+# that cargo's lock on the build directory does not make the firmware's builds wait for them.
+step "ARM build tools (the ARM build then runs in the background)"
+bash cross/setup.sh
+mkdir -p "$TARGET"
+# Absolute, as cross/lib.sh's default is: cargo-deb and the checks get the same path whatever their
+# working directory.
+cross_dir="$(cd "$TARGET" && pwd)/cross"
+cross_log="$cross_dir-build.log"
+# setsid: the build gets its own process group, so that a failing stage stops all of it.
+CARGO_TARGET_DIR="$cross_dir" setsid bash cross/build.sh aarch64-unknown-linux-gnu \
+  armv7-unknown-linux-gnueabihf > "$cross_log" 2>&1 &
+cross_pid=$!
+trap 'kill -- -"$cross_pid" 2>/dev/null || true' EXIT
+
+for extra in gateway/ci.sh crates/router/ci.sh firmware/ci.sh rules/ci.sh; do
+  step "$extra"
+  bash "$extra"
   case "$extra" in
     gateway/ci.sh) prune "$TARGET/fuzz-gateway" ;;
     crates/router/ci.sh) prune "$TARGET/fuzz-router" ;;
@@ -77,4 +116,16 @@ for extra in gateway/ci.sh crates/router/ci.sh firmware/ci.sh rules/ci.sh cross/
   esac
 done
 
+step "cross/ci.sh (waiting for the ARM build first)"
+if ! wait "$cross_pid"; then
+  cat "$cross_log"
+  echo "the ARM build failed (log above)" >&2
+  exit 1
+fi
+trap - EXIT
+cat "$cross_log"
+CROSS_BUILT=1 CARGO_TARGET_DIR="$cross_dir" bash cross/ci.sh
+
 step "all tests passed"
+printf '%s\n' "${times[@]}"
+printf '%-28s %5d s\n' total "$(($(date +%s) - run_start))"

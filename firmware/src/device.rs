@@ -45,6 +45,11 @@ pub const INFLIGHT_SLOTS: usize = SHADOW_SLOTS + 1;
 pub const INFLIGHT_MESSAGE: usize = 192;
 /// How many events may wait for [`Device::poll_event`]; the oldest is dropped beyond that.
 pub const EVENT_QUEUE: usize = 8;
+/// The longest MQTT user name a device keeps (Grove's is the device id, at most a thing name).
+pub const MAX_USERNAME: usize = 64;
+/// The longest MQTT password a device keeps (Grove's are argon2-checked secrets of any length; 64
+/// bytes hold a 256-bit random secret even in base64).
+pub const MAX_PASSWORD: usize = 64;
 
 /// The status topic carrying the will and the `online` announcement: `$grove/things/{thing}/status`.
 const STATUS_PREFIX: &str = "$grove/things/";
@@ -68,6 +73,47 @@ pub enum ConfigError {
     /// The telemetry interval is outside [`INTERVAL_RANGE_S`].
     #[error("telemetry interval {0} s out of range")]
     InvalidInterval(u32),
+    /// The user name is empty or longer than [`MAX_USERNAME`], or the password longer than
+    /// [`MAX_PASSWORD`].
+    #[error("user name or password too long or empty user name")]
+    InvalidCredentials,
+}
+
+/// The MQTT user name and password a device logs in with (MQTT 3.1.1 §3.1.3.4-5), copied out of the
+/// board's storage at start (see [`crate::provision`]) so that no secret is a constant in the image.
+/// Grove's password listeners take the device id as the user name.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Credentials {
+    username: String<MAX_USERNAME>,
+    password: Vec<u8, MAX_PASSWORD>,
+}
+
+impl Credentials {
+    /// Credentials of `username` (1 to [`MAX_USERNAME`] bytes) and `password` (at most
+    /// [`MAX_PASSWORD`] bytes; MQTT passwords are binary).
+    pub fn new(username: &str, password: &[u8]) -> Result<Self, ConfigError> {
+        if username.is_empty() {
+            return Err(ConfigError::InvalidCredentials);
+        }
+        Ok(Self {
+            username: String::try_from(username).map_err(|_| ConfigError::InvalidCredentials)?,
+            password: Vec::from_slice(password).map_err(|_| ConfigError::InvalidCredentials)?,
+        })
+    }
+
+    /// The user name.
+    pub fn username(&self) -> &str {
+        &self.username
+    }
+}
+
+/// Never prints the password.
+impl core::fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        f.debug_struct("Credentials")
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 /// The device's settings, validated by [`Config::new`].
@@ -80,6 +126,7 @@ pub struct Config {
     reconnect_max_ms: u32,
     interval_s: u32,
     telemetry_qos: QoS,
+    credentials: Option<Credentials>,
 }
 
 impl Config {
@@ -99,6 +146,7 @@ impl Config {
             reconnect_max_ms: 60_000,
             interval_s: 10,
             telemetry_qos: QoS::AtMostOnce,
+            credentials: None,
         })
     }
 
@@ -148,6 +196,13 @@ impl Config {
         self
     }
 
+    /// Logs in with `credentials` at every CONNECT (without them the device connects anonymously,
+    /// which Grove allows only on loopback listeners that say so).
+    pub fn with_credentials(mut self, credentials: Credentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
     /// The thing name, also used as the MQTT client identifier.
     pub fn thing(&self) -> &str {
         &self.thing
@@ -165,7 +220,9 @@ pub enum DisconnectReason {
     SubackTimeout,
     /// No PINGRESP within the ack timeout.
     PingTimeout,
-    /// The broker refused the connection.
+    /// The broker refused the connection: `BadUserNameOrPassword` (4) or `NotAuthorized` (5) when the
+    /// [`Credentials`] are wrong, missing or revoked. The device retries after its backoff, as for any
+    /// other end of a session; the shell decides whether to give up.
     Refused(ConnectReturnCode),
     /// The broker refused a shadow subscription.
     SubscribeRefused,
@@ -319,6 +376,12 @@ impl<A: Actuator> Device<A> {
         self.link == Link::Ready
     }
 
+    /// Whether the device uses its transport: true from [`Device::transport_opened`] until the session
+    /// ends ([`Event::Disconnected`]), when the shell should close it.
+    pub fn uses_transport(&self) -> bool {
+        !matches!(self.link, Link::Idle { .. } | Link::Opening)
+    }
+
     /// The sequence number of the last telemetry sample [`Device::publish_sample`] numbered: 0 after
     /// boot, 1 for the first sample. A sample is numbered once there is a session, even if the transmit
     /// buffer then refuses it ([`PublishError::Backpressure`]), so a receiver sees a gap for it.
@@ -454,8 +517,12 @@ impl<A: Actuator> Device<A> {
                 qos: QoS::AtLeastOnce,
                 retain: true,
             }),
-            username: None,
-            password: None,
+            username: self.config.credentials.as_ref().map(Credentials::username),
+            password: self
+                .config
+                .credentials
+                .as_ref()
+                .map(|c| c.password.as_slice()),
         };
         encode_into(&mut self.tx, &Packet::Connect(connect));
         self.last_tx = now;

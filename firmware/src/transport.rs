@@ -9,6 +9,8 @@
 //!   for an async executor (embassy on a board, tokio in the simulator through
 //!   `embedded-io-adapters`, a scripted transport in tests). A task parks in [`asynch::wait`] until
 //!   bytes arrive or the device's next timer is due, so a thousand devices cost no polling.
+//! - [`tls`] (feature `tls`): a TLS 1.3 session (embedded-tls) over any `embedded-io-async` socket,
+//!   which the async shell drives like a plain one.
 
 use embedded_io::{Read, ReadReady, Write};
 
@@ -123,6 +125,9 @@ mod std_tcp {
     }
 }
 
+#[cfg(feature = "tls")]
+pub mod tls;
+
 /// The async shell (feature `async`): the same steps as [`poll`], over `embedded-io-async`.
 ///
 /// A shell's loop is: act on [`Device::poll_event`], [`transmit`], then [`wait`]. `wait` takes the
@@ -130,6 +135,7 @@ mod std_tcp {
 #[cfg(feature = "async")]
 pub mod asynch {
     use core::future::Future;
+    use core::pin::pin;
 
     use embassy_futures::select::{select, Either};
     use embedded_io_async::{Read, Write};
@@ -177,8 +183,9 @@ pub mod asynch {
     ///
     /// `sleep_until` is the executor's sleep until an instant of the device's clock; `clock` reads that
     /// clock after waking. Cancelling the returned future loses nothing as long as `io.read` is
-    /// cancel-safe (tokio's is): received bytes reach the device in the same poll that reads them.
-    /// On a read error or end of stream the device has already been told, as in [`transmit`].
+    /// cancel-safe (tokio's and embassy-net's are): received bytes reach the device in the same poll
+    /// that reads them. On a read error or end of stream the device has already been told, as in
+    /// [`transmit`].
     pub async fn wait<T, A, S, F>(
         device: &mut Device<A>,
         io: Option<&mut T>,
@@ -189,33 +196,158 @@ pub mod asynch {
     where
         T: Read,
         A: Actuator,
-        S: FnOnce(Instant) -> F,
+        S: FnMut(Instant) -> F,
         F: Future<Output = ()>,
     {
-        let timer = sleep_until(device.poll_timeout());
-        let outcome = match io {
-            Some(io) => select(io.read(scratch), timer).await,
-            None => {
-                timer.await;
-                Either::Second(())
+        wait_interruptible(device, io, scratch, sleep_until, clock, || true).await
+    }
+
+    /// [`wait`] for a transport whose read may be dropped only when `interruptible` says so (a TLS
+    /// session between records, see `transport::tls`). A timer that fires while it may not is run
+    /// at once and the read goes on; what the timer queued is sent by the next [`transmit`], after
+    /// the read. If the timer ended the session, the read is dropped regardless: the transport is
+    /// about to be closed.
+    pub(crate) async fn wait_interruptible<T, A, S, F>(
+        device: &mut Device<A>,
+        io: Option<&mut T>,
+        scratch: &mut [u8],
+        mut sleep_until: S,
+        clock: impl Fn() -> Instant,
+        interruptible: impl Fn() -> bool,
+    ) -> Result<(), TransportError<T::Error>>
+    where
+        T: Read,
+        A: Actuator,
+        S: FnMut(Instant) -> F,
+        F: Future<Output = ()>,
+    {
+        let Some(io) = io else {
+            sleep_until(device.poll_timeout()).await;
+            device.handle_timeout(clock());
+            return Ok(());
+        };
+        let read = {
+            let mut read = pin!(io.read(scratch));
+            loop {
+                match select(read.as_mut(), sleep_until(device.poll_timeout())).await {
+                    Either::First(read) => break Some(read),
+                    Either::Second(()) => {
+                        device.handle_timeout(clock());
+                        if interruptible() || !device.uses_transport() {
+                            break None;
+                        }
+                    }
+                }
             }
         };
         let now = clock();
-        let result = match outcome {
-            Either::First(Ok(0)) => Err(TransportError::Closed),
-            Either::First(Ok(n)) => {
+        let result = match read {
+            None => return Ok(()),
+            Some(Ok(0)) => Err(TransportError::Closed),
+            Some(Ok(n)) => {
                 device.handle_input(&scratch[..n], now);
                 Ok(())
             }
-            Either::First(Err(error)) => Err(TransportError::Io(error)),
-            Either::Second(()) => {
-                device.handle_timeout(now);
-                Ok(())
-            }
+            Some(Err(error)) => Err(TransportError::Io(error)),
         };
         if result.is_err() {
             device.transport_closed(now);
         }
         result
+    }
+}
+
+#[cfg(all(test, feature = "async"))]
+mod tests {
+    use core::cell::Cell;
+    use core::convert::Infallible;
+    use core::future::poll_fn;
+    use core::task::Poll;
+
+    use super::asynch::wait_interruptible;
+    use crate::actuator::Actuator;
+    use crate::device::{Config, Device, Event};
+    use crate::mqtt::{ConnectReturnCode, Packet};
+    use crate::time::Instant;
+
+    struct Off;
+
+    impl Actuator for Off {
+        type Error = Infallible;
+
+        fn set(&mut self, _on: bool) -> Result<(), Infallible> {
+            Ok(())
+        }
+    }
+
+    /// A socket whose read is pending on its first poll and then returns a CONNACK: bytes that are
+    /// still arriving when the device's timer fires.
+    struct SlowConnack {
+        polls: u32,
+    }
+
+    impl embedded_io_async::ErrorType for SlowConnack {
+        type Error = embedded_io_async::ErrorKind;
+    }
+
+    impl embedded_io_async::Read for SlowConnack {
+        async fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+            poll_fn(|cx| {
+                self.polls += 1;
+                if self.polls == 1 {
+                    cx.waker().wake_by_ref();
+                    return Poll::Pending;
+                }
+                let connack = Packet::Connack {
+                    session_present: false,
+                    code: ConnectReturnCode::Accepted,
+                };
+                Poll::Ready(Ok(connack.encode(buf).expect("fits")))
+            })
+            .await
+        }
+    }
+
+    /// Runs one wait on a device awaiting its CONNACK, whose first timer (a sample at 10 s) fires
+    /// while the read is pending; returns the socket's polls, the events and whether the CONNACK
+    /// reached the device.
+    fn wait_with(interruptible: bool) -> (u32, Option<Event>, bool) {
+        // An ack timeout beyond the first sample: the timer that fires does not end the session.
+        let config = Config::new("t").unwrap().with_timing(30, 20_000).unwrap();
+        let mut device = Device::new(config, Off, Instant::from_millis(0));
+        while device.poll_event().is_some() {}
+        device.transport_opened(Instant::from_millis(0));
+        while device.poll_transmit(&mut [0u8; 256]).is_some() {}
+        let mut socket = SlowConnack { polls: 0 };
+        let clock = Cell::new(0u64);
+        // A virtual clock: the sleep, once polled, jumps it to its deadline and completes.
+        let sleep_until = |at: Instant| {
+            let clock = &clock;
+            async move { clock.set(clock.get().max(at.as_millis())) }
+        };
+        let now = || Instant::from_millis(clock.get());
+        let mut scratch = [0u8; 64];
+        embassy_futures::block_on(wait_interruptible(
+            &mut device,
+            Some(&mut socket),
+            &mut scratch,
+            sleep_until,
+            now,
+            || interruptible,
+        ))
+        .unwrap();
+        // A SUBSCRIBE waiting to be sent means the CONNACK was handled.
+        let subscribed = device.poll_transmit(&mut [0u8; 256]).is_some();
+        (socket.polls, device.poll_event(), subscribed)
+    }
+
+    #[test]
+    fn a_timer_inside_an_uninterruptible_read_runs_and_the_read_goes_on() {
+        assert_eq!(wait_with(false), (2, Some(Event::SampleDue), true));
+    }
+
+    #[test]
+    fn a_timer_drops_an_interruptible_read() {
+        assert_eq!(wait_with(true), (1, Some(Event::SampleDue), false));
     }
 }

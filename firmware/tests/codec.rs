@@ -80,6 +80,57 @@ fn decodes_wire_bytes() {
     }
 }
 
+/// A CONNECT with a will, a user name and a password, byte by byte as MQTT 3.1.1 lays it out: the
+/// flags (§3.1.2.3) with User Name Flag 0x80 (§3.1.2.8) and Password Flag 0x40 (§3.1.2.9) set, and
+/// the payload in its order (§3.1.3): client id, will topic, will message, user name (§3.1.3.4, a
+/// UTF-8 string), password (§3.1.3.5, binary data: two length bytes, then any bytes).
+#[test]
+fn connect_with_credentials_has_the_specified_layout() {
+    let connect = Packet::Connect(Connect {
+        client_id: "d1",
+        keep_alive: 30,
+        clean_session: true,
+        will: Some(Will {
+            topic: "s",
+            payload: b"off",
+            qos: QoS::AtLeastOnce,
+            retain: true,
+        }),
+        username: Some("d1"),
+        password: Some(&[0x00, 0xff, b'p']),
+    });
+    #[rustfmt::skip]
+    let wire: &[u8] = &[
+        0x10, 31,                                   // CONNECT, remaining length
+        0, 4, b'M', b'Q', b'T', b'T', 4,            // protocol name and level
+        0b1110_1110,                                // user, password, will retain, will QoS 1, will, clean
+        0, 30,                                      // keep-alive
+        0, 2, b'd', b'1',                           // client id
+        0, 1, b's',                                 // will topic
+        0, 3, b'o', b'f', b'f',                     // will message
+        0, 2, b'd', b'1',                           // user name
+        0, 3, 0x00, 0xff, b'p',                     // password: not UTF-8, and need not be
+    ];
+    let mut buf = [0u8; 64];
+    let len = connect.encode(&mut buf).unwrap();
+    assert_eq!(&buf[..len], wire);
+    check(wire, Ok(connect));
+
+    // A user name alone sets only its flag and ends the payload.
+    let user_only = Packet::Connect(Connect {
+        client_id: "d1",
+        keep_alive: 30,
+        clean_session: true,
+        will: None,
+        username: Some("u"),
+        password: None,
+    });
+    let len = user_only.encode(&mut buf).unwrap();
+    assert_eq!(buf[9], 0b1000_0010, "flags");
+    assert_eq!(&buf[len - 3..len], &[0, 1, b'u'], "user name last");
+    check(&buf[..len], Ok(user_only));
+}
+
 #[test]
 fn incomplete_input_asks_for_more() {
     for bytes in [&[][..], &[0x30], &[0x30, 0x80], &[0x30, 5, 0, 1, b'a']] {

@@ -11,7 +11,7 @@ use grove_firmware::mqtt::{decode, ConnectReturnCode, DecodeError, Packet, Publi
 use grove_firmware::shadow::{State, Topic};
 use grove_firmware::sht4x::Measurement;
 use grove_firmware::transport::{self, TransportError};
-use grove_firmware::{Config, Device, Event, Instant};
+use grove_firmware::{Config, Credentials, Device, Event, Instant};
 
 const DELTA: &str = "$aws/things/t1/shadow/update/delta";
 const GET_ACCEPTED: &str = "$aws/things/t1/shadow/get/accepted";
@@ -41,11 +41,17 @@ fn render(packet: &Packet<'_>) -> String {
                 )
             });
             let clean = if c.clean_session { " clean" } else { "" };
+            let user = c.username.map(|u| format!(" user={u}"));
+            let password = c
+                .password
+                .map(|p| format!(" password={}", String::from_utf8_lossy(p)));
             format!(
-                "CONNECT {} ka={}{clean}{}",
+                "CONNECT {} ka={}{clean}{}{}{}",
                 c.client_id,
                 c.keep_alive,
-                will.unwrap_or_default()
+                will.unwrap_or_default(),
+                user.unwrap_or_default(),
+                password.unwrap_or_default()
             )
         }
         Packet::Publish(p) => {
@@ -545,6 +551,36 @@ fn broker_faults_end_the_session() {
     }
 }
 
+#[test]
+fn credentials_go_in_every_connect_and_a_refused_login_ends_the_session() {
+    let credentials = Credentials::new("t1", b"s3cret").unwrap();
+    assert_eq!(
+        format!("{credentials:?}"),
+        r#"Credentials { username: "t1", .. }"#,
+        "the password is never printed"
+    );
+    let config = config().with_credentials(credentials);
+    let mut h = Harness::with_config(&[set(Level::Low)], usize::MAX, config);
+    let connect = format!("{CONNECT} user=t1 password=s3cret");
+    for (attempt, at) in [(1, 0), (2, 1_000)] {
+        h.advance(at - h.now);
+        h.expect_events(&[Event::OpenTransport]);
+        h.open();
+        assert!(h.device.uses_transport(), "attempt {attempt}");
+        h.expect_sent(&[&connect]);
+        h.broker(Packet::Connack {
+            session_present: false,
+            code: ConnectReturnCode::BadUserNameOrPassword,
+        });
+        h.expect_events(&[Event::Disconnected(DisconnectReason::Refused(
+            ConnectReturnCode::BadUserNameOrPassword,
+        ))]);
+        assert!(!h.device.uses_transport(), "attempt {attempt}");
+        h.expect_sent(&[]);
+    }
+    h.finish();
+}
+
 /// The reading the telemetry tests publish.
 const SAMPLE: Measurement = Measurement {
     temperature_milli_c: 21_500,
@@ -633,13 +669,20 @@ impl embedded_io::ReadReady for ScriptedIo {
     }
 }
 
-impl embedded_io::Read for ScriptedIo {
-    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+impl ScriptedIo {
+    /// Moves what the script holds (at most `buf.len()` bytes) into `buf`.
+    fn take(&mut self, buf: &mut [u8]) -> usize {
         let n = buf.len().min(self.input.len());
         for (slot, byte) in buf.iter_mut().zip(self.input.drain(..n)) {
             *slot = byte;
         }
-        Ok(n)
+        n
+    }
+}
+
+impl embedded_io::Read for ScriptedIo {
+    fn read(&mut self, buf: &mut [u8]) -> Result<usize, Self::Error> {
+        Ok(self.take(buf))
     }
 }
 
@@ -715,6 +758,10 @@ fn packet_kinds(mut wire: &[u8]) -> Vec<String> {
     kinds
 }
 
+impl embedded_io_async::ErrorType for ScriptedIo {
+    type Error = embedded_io_07::ErrorKind;
+}
+
 impl embedded_io_async::Read for ScriptedIo {
     /// Hands out what the script holds; with nothing left it never completes (a quiet broker), unless
     /// the peer closed.
@@ -722,13 +769,18 @@ impl embedded_io_async::Read for ScriptedIo {
         if self.input.is_empty() && !self.closed {
             std::future::pending::<()>().await;
         }
-        embedded_io::Read::read(self, buf)
+        Ok(self.take(buf))
     }
 }
 
 impl embedded_io_async::Write for ScriptedIo {
     async fn write(&mut self, buf: &[u8]) -> Result<usize, Self::Error> {
-        embedded_io::Write::write(self, buf)
+        self.output.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    async fn flush(&mut self) -> Result<(), Self::Error> {
+        Ok(())
     }
 }
 
@@ -851,6 +903,11 @@ fn configuration_is_validated() {
         ("interval 0",                   base().with_interval(0).map(|_| ()),           Err(InvalidInterval(0))),
         ("interval 1 day",               base().with_interval(86_400).map(|_| ()),      Ok(())),
         ("interval over 1 day",          base().with_interval(86_401).map(|_| ()),      Err(InvalidInterval(86_401))),
+        ("user name and binary password", Credentials::new("t", &[0, 255]).map(|_| ()),  Ok(())),
+        ("64-byte user name and password", Credentials::new(&too_long[1..], &too_long.as_bytes()[1..]).map(|_| ()), Ok(())),
+        ("empty user name",              Credentials::new("", b"p").map(|_| ()),        Err(InvalidCredentials)),
+        ("65-byte user name",            Credentials::new(&too_long, b"p").map(|_| ()), Err(InvalidCredentials)),
+        ("65-byte password",             Credentials::new("t", too_long.as_bytes()).map(|_| ()), Err(InvalidCredentials)),
     ];
     for (name, got, expected) in cases {
         assert_eq!(got, expected, "{name}");

@@ -15,6 +15,7 @@ use grove_deploy::cli::DeployAction;
 use grove_functions_host::cli::FnAction;
 use grove_gateway::config::{Config, DEFAULT_TEMPLATE};
 use grove_gateway::mqtt_request::{self, ClientError};
+use grove_jobs::cli::JobsAction;
 use grove_rules_engine::engine::RELOAD_TOPIC;
 use grove_shadow::cli::{self, Request};
 
@@ -97,6 +98,21 @@ enum Command {
     Deploy {
         #[command(subcommand)]
         action: DeployAction,
+        /// The gateway's configuration file, to find its ops endpoint.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The gateway's ops endpoint (overrides --config).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        ops: Option<SocketAddr>,
+    },
+    /// Local jobs for devices (the AWS IoT Jobs device API, served by the gateway): create, list,
+    /// describe, cancel.
+    ///
+    /// The gateway is reached through its ops endpoint on loopback, as `grove deploy` does; jobs
+    /// run while the site is offline.
+    Jobs {
+        #[command(subcommand)]
+        action: JobsAction,
         /// The gateway's configuration file, to find its ops endpoint.
         #[arg(short, long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
@@ -229,6 +245,13 @@ fn main() -> ExitCode {
             ops,
         } => admin("grove deploy", config, ops, |addr| {
             grove_deploy::cli::run(action, addr)
+        }),
+        Command::Jobs {
+            action,
+            config,
+            ops,
+        } => admin("grove jobs", config, ops, |addr| {
+            grove_jobs::cli::run(action, addr)
         }),
         Command::Device { action, config } => match device(action, config) {
             Ok(()) => ExitCode::SUCCESS,
@@ -435,7 +458,7 @@ fn gateway_for(mqtt: Option<SocketAddr>, config: Option<PathBuf>) -> Result<Sock
     }
 }
 
-/// Runs an admin command (`grove fn`, `grove deploy`) against the ops endpoint of `--ops`, or of
+/// Runs an admin command (`grove fn`, `grove deploy`, `grove jobs`) against the ops endpoint of `--ops`, or of
 /// the configuration file.
 fn admin(
     command: &str,

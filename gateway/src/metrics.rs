@@ -13,6 +13,7 @@ use grove_broker::metrics::BrokerMetrics;
 use grove_cloud::metrics::CloudMetrics;
 use grove_deploy::metrics::DeployMetrics;
 use grove_functions_host::metrics::FunctionMetrics;
+use grove_jobs::metrics::JobsMetrics;
 use grove_rules_engine::metrics::RulesMetrics;
 use grove_shadow::metrics::ShadowMetrics;
 
@@ -32,6 +33,8 @@ pub struct Metrics {
     pub cloud: CloudMetrics,
     /// The deployments' metrics.
     pub deploy: DeployMetrics,
+    /// The local jobs' metrics.
+    pub jobs: JobsMetrics,
 }
 
 impl Metrics {
@@ -55,6 +58,8 @@ impl Metrics {
         deploy.register(&mut registry);
         let cloud = CloudMetrics::default();
         cloud.register(&mut registry);
+        let jobs = JobsMetrics::default();
+        jobs.register(&mut registry);
         Metrics {
             registry,
             broker,
@@ -63,6 +68,7 @@ impl Metrics {
             deploy,
             functions,
             cloud,
+            jobs,
         }
     }
 
@@ -95,6 +101,7 @@ mod tests {
         m.shadow.cached.set(4);
         m.rules.counter(&m.rules.matched, "hot").inc();
         m.functions.count(&m.functions.retries, "f");
+        m.jobs.timed_out.inc();
         let text = m.render();
         for line in [
             "grove_broker_messages_received_total 3",
@@ -104,6 +111,7 @@ mod tests {
             "grove_shadow_cached 4",
             "grove_rule_matched_total{rule=\"hot\"} 1",
             "grove_function_retries_total{function=\"f\"} 1",
+            "grove_jobs_timed_out_total 1",
             "# EOF",
         ] {
             assert!(

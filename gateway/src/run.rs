@@ -22,6 +22,7 @@ use grove_config::ConfigError;
 use grove_deploy::machine::Timeouts;
 use grove_deploy::service::{DeployParts, DeployedRules, Deployer};
 use grove_functions_host::service::Functions;
+use grove_jobs::service::{JobsHandle, JobsService, KnownThings};
 use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
 use grove_rules_engine::RuleConfig;
 use grove_shadow::service::ShadowService;
@@ -86,7 +87,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
     // The rules go to the engine and are not kept here too: with many rules, every copy counts
     // (issue 18); a reload reads them from the file again.
     let rules = std::mem::take(&mut config.rules);
-    let (broker, components, functions, deployer) = match start(
+    let (broker, components, functions, deployer, jobs) = match start(
         &config,
         rules,
         config_path,
@@ -139,7 +140,8 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     admin
                         .unwrap_or_default()
                         .merge(crate::ops::devices_router(broker.revocations()))
-                        .merge(grove_deploy::admin::router(deployer)),
+                        .merge(grove_deploy::admin::router(deployer))
+                        .merge(grove_jobs::admin::router(jobs)),
                 ),
                 false => admin,
             };
@@ -154,7 +156,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
     info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.value.display(), "grove is running");
     // Startup's garbage (the parsed configuration file, the rules' compilation) goes back now
     // rather than at the trimmer's first round.
-    tokio::task::spawn_blocking(crate::memory::trim);
+    crate::memory::trim();
 
     signals.wait(reload_tx).await;
     info!("shutting down");
@@ -177,9 +179,15 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
     Ok(())
 }
 
-/// Started components: the broker, tasks to wait for at shutdown, the functions component and
-/// the deployments' handle.
-type Started = (Broker, Vec<JoinHandle<()>>, Option<Functions>, Deployer);
+/// Started components: the broker, tasks to wait for at shutdown, the functions component, the
+/// deployments' handle and the jobs' handle.
+type Started = (
+    Broker,
+    Vec<JoinHandle<()>>,
+    Option<Functions>,
+    Deployer,
+    JobsHandle,
+);
 
 /// Starts the broker and the components on it (shadows, functions, rules: `file_rules`, the
 /// configuration's, unless a deployment's are committed), then opens the listeners.
@@ -214,7 +222,27 @@ async fn start(
     .await
     .map_err(|e| RunError::Broker(BrokerError::Link(e.to_string())))?;
     let shadows = tokio::spawn(service.run(broker.shutdown_signal()));
-    let mut components = vec![shadows];
+    // Local jobs: subscribed (confirmed) before the listeners open, like the shadow service. A
+    // pattern job targets the registered devices' things at once (read from the devices file at
+    // each creation).
+    let devices_file = config.data_dir.value.join(DEVICES_FILE);
+    let known: KnownThings = Box::new(move || {
+        grove_auth::identity::load(&devices_file)
+            .map(|devices| devices.values().map(|d| d.thing().to_owned()).collect())
+            .unwrap_or_default()
+    });
+    let (jobs_service, jobs) = JobsService::new(
+        broker.bus("jobs").await?,
+        store.clone(),
+        metrics.jobs.clone(),
+        known,
+    )
+    .await
+    .map_err(|e| RunError::Broker(BrokerError::Link(format!("jobs: {e}"))))?;
+    let mut components = vec![
+        shadows,
+        tokio::spawn(jobs_service.run(broker.shutdown_signal())),
+    ];
     // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
@@ -316,7 +344,7 @@ async fn start(
         broker.shutdown().await;
         return Err(e.into());
     }
-    Ok((broker, components, functions, deployer))
+    Ok((broker, components, functions, deployer, jobs))
 }
 
 /// SIGTERM, SIGINT (stop) and SIGHUP (reload the rules), registered with tokio.

@@ -1,15 +1,82 @@
-//! The firmware's device core (`grove-firmware`, host build) driven over std TCP, as a board's
-//! firmware drives it: one shell for every test that runs a device against a real broker (Grove
-//! or mosquitto).
+//! The firmware's device core (`grove-firmware`, host build) driven as a board's firmware drives
+//! it: [`Shell`] over std TCP with the blocking shell, [`TlsDevice`] over TLS with the async shell
+//! (tokio through `embedded-io-adapters`, as an embassy task on a board), and the provisioning
+//! record ([`record`]) both read their identity from. One harness for every test that runs a
+//! device against a real broker (Grove or mosquitto).
 
 use std::net::TcpStream;
+use std::path::Path;
 use std::time::{Duration, Instant as WallClock};
 
+use embedded_io_adapters::tokio_1::FromTokio;
 use grove_firmware::actuator::Actuator;
-use grove_firmware::transport::{self, StdTcp};
+use grove_firmware::provision::{self, Login, Record, TlsIdentity};
+use grove_firmware::transport::tls::{self, Buffers, Session, TlsFailure};
+use grove_firmware::transport::{self, asynch, StdTcp};
 use grove_firmware::{Config, Device, Event, Instant};
+use p256::pkcs8::DecodePrivateKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::CertificateDer;
+use tokio::sync::mpsc;
 
 use crate::WAIT;
+
+/// What a device is provisioned with, as files of a site (`grove device`): `ca` (a `ca.pem`) and
+/// the server name for TLS, a device's certificate and key (`devices/ID.pem` and `.key`) for
+/// mutual TLS, a user name and password for a password listener.
+pub struct Provisioning<'a> {
+    /// The thing name.
+    pub thing: &'a str,
+    /// The MQTT login.
+    pub login: Option<(&'a str, &'a str)>,
+    /// The CA certificate file and the server name to expect, for TLS.
+    pub tls: Option<(&'a Path, &'a str)>,
+    /// The device's certificate and key files, for mutual TLS.
+    pub client: Option<(&'a Path, &'a Path)>,
+}
+
+/// The provisioning record (the firmware's `provision` layout) that a host tool would write to a
+/// device's flash: PEM files decoded to DER, the P-256 key (PKCS#8) to its 32-byte scalar.
+pub fn record(p: &Provisioning<'_>) -> Vec<u8> {
+    let der = |path: &Path| {
+        CertificateDer::from_pem_file(path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .to_vec()
+    };
+    let ca = p.tls.map(|(ca, _)| der(ca));
+    let client = p.client.map(|(cert, key)| {
+        let pem = std::fs::read_to_string(key).expect("device key");
+        let key = p256::SecretKey::from_pkcs8_pem(&pem).expect("a P-256 PKCS#8 key");
+        (der(cert), key.to_bytes().to_vec())
+    });
+    let record = Record {
+        thing: p.thing,
+        login: p.login.map(|(username, password)| Login {
+            username,
+            password: password.as_bytes(),
+        }),
+        tls: p.tls.map(|(_, server_name)| TlsIdentity {
+            server_name,
+            ca: ca.as_deref().expect("CA read above"),
+            client: client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        }),
+    };
+    let mut buf = vec![0u8; provision::MAX_RECORD];
+    let len = provision::encode(&record, &mut buf).expect("record fits");
+    buf.truncate(len);
+    buf
+}
+
+/// The device's configuration from its provisioning record: its thing name and, if the record has
+/// them, its credentials, on `base`'s timing (a function of the thing name).
+pub fn provisioned_config(record: &[u8], base: impl FnOnce(&str) -> Config) -> Config {
+    let record = provision::decode(record).expect("a provisioning record");
+    let config = base(record.thing);
+    match record.login {
+        Some(login) => config.with_credentials(login.credentials().expect("valid credentials")),
+        None => config,
+    }
+}
 
 /// The relay, as a flag the test can read.
 pub struct Flag(pub bool);
@@ -125,5 +192,173 @@ impl Shell {
             }
         }
         panic!("timed out; events so far: {events:?}");
+    }
+}
+
+/// What a [`TlsDevice`] reports: its core's events, and each TLS failure (a refused handshake, or a
+/// session the gateway ended).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Seen {
+    /// An event of the device core.
+    Event(Event),
+    /// A TLS session failed; the device retries after its backoff.
+    Tls(TlsFailure),
+}
+
+/// A device over TLS 1.3 (the firmware's `transport::tls` on tokio TCP) that runs until dropped, as
+/// an embassy task on a board would: the record buffers are the task's, the identity comes from a
+/// provisioning [`record`]. The task runs on a thread of its own, on a current-thread runtime: a
+/// TLS session is not `Send` (nor needs to be on a board's executor).
+pub struct TlsDevice {
+    seen: mpsc::UnboundedReceiver<Seen>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TlsDevice {
+    /// Starts a device provisioned by `record` (which must hold TLS) that connects to
+    /// `127.0.0.1:port`, configured by `base` for its thing name (plus the record's credentials).
+    pub fn spawn(record: Vec<u8>, port: u16, base: impl FnOnce(&str) -> Config) -> TlsDevice {
+        let config = provisioned_config(&record, base);
+        let device = Device::new(config, Flag(false), Instant::from_millis(0));
+        let (tx, seen) = mpsc::unbounded_channel();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let thread = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a tokio runtime");
+            runtime.block_on(async {
+                tokio::select! {
+                    () = run_tls(device, record, port, tx) => {}
+                    _ = stopped => {}
+                }
+            });
+        });
+        TlsDevice {
+            seen,
+            stop: Some(stop),
+            thread: Some(thread),
+        }
+    }
+
+    /// Waits until `done` accepts something the device reports; returns all it reported until
+    /// then. Fails after the harness's wait.
+    pub async fn until(&mut self, done: impl Fn(&Seen) -> bool) -> Vec<Seen> {
+        let mut seen = Vec::new();
+        let outcome = tokio::time::timeout(WAIT, async {
+            while let Some(s) = self.seen.recv().await {
+                let finished = done(&s);
+                seen.push(s);
+                if finished {
+                    return true;
+                }
+            }
+            false
+        })
+        .await;
+        assert_eq!(outcome, Ok(true), "not seen; seen so far: {seen:?}");
+        seen
+    }
+}
+
+impl Drop for TlsDevice {
+    fn drop(&mut self) {
+        drop(self.stop.take());
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
+}
+
+/// The device's task: without a session, the core's timers; on `OpenTransport`, TCP and the TLS
+/// handshake; with a session, the async shell (`transmit`, then `tls::wait`) until the session ends.
+async fn run_tls(
+    mut device: Device<Flag>,
+    record: Vec<u8>,
+    port: u16,
+    seen: mpsc::UnboundedSender<Seen>,
+) {
+    let identity = provision::decode(&record)
+        .expect("a provisioning record")
+        .tls
+        .expect("TLS in the record");
+    // 17 KiB: on the heap here, a `static` on a board.
+    let mut buffers = Box::new(Buffers::<{ tls::RECORD_READ }, { tls::RECORD_WRITE }>::new());
+    let origin = tokio::time::Instant::now();
+    let now = move || {
+        Instant::from_millis(u64::try_from(origin.elapsed().as_millis()).unwrap_or(u64::MAX))
+    };
+    // A timer "never" (far in the future) is capped at a day, which tokio can represent.
+    let sleep_until = move |at: Instant| {
+        tokio::time::sleep_until(
+            origin + Duration::from_millis(at.as_millis()).min(Duration::from_secs(86_400)),
+        )
+    };
+    let mut scratch = [0u8; 512];
+    let report = |s: Seen| {
+        let _ = seen.send(s);
+    };
+    loop {
+        let mut open = false;
+        while let Some(event) = device.poll_event() {
+            open |= event == Event::OpenTransport;
+            report(Seen::Event(event));
+        }
+        if !open {
+            let no_session = None::<&mut Session<'_, FromTokio<tokio::net::TcpStream>>>;
+            let _ = tls::wait(&mut device, no_session, &mut scratch, sleep_until, now).await;
+            continue;
+        }
+        let handshake = async {
+            let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                .await
+                .map_err(|_| TlsFailure::Closed)?;
+            stream.set_nodelay(true).expect("TCP_NODELAY");
+            Session::connect(
+                FromTokio::new(stream),
+                &mut buffers,
+                &identity,
+                rand_core::OsRng,
+            )
+            .await
+        };
+        let mut session = match tokio::time::timeout(WAIT, handshake).await {
+            Ok(Ok(session)) => session,
+            Ok(Err(failure)) => {
+                report(Seen::Tls(failure));
+                device.transport_closed(now());
+                continue;
+            }
+            Err(_) => panic!("TLS handshake took longer than {WAIT:?}"),
+        };
+        device.transport_opened(now());
+        loop {
+            let mut ended = false;
+            while let Some(event) = device.poll_event() {
+                ended |= matches!(event, Event::Disconnected(_));
+                report(Seen::Event(event));
+            }
+            if ended {
+                break;
+            }
+            let result =
+                match asynch::transmit(&mut device, &mut session, now(), &mut scratch).await {
+                    Ok(()) => {
+                        tls::wait(
+                            &mut device,
+                            Some(&mut session),
+                            &mut scratch,
+                            sleep_until,
+                            now,
+                        )
+                        .await
+                    }
+                    Err(error) => Err(error),
+                };
+            if let Err(transport::TransportError::Io(failure)) = result {
+                report(Seen::Tls(failure));
+            }
+        }
     }
 }

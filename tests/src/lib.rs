@@ -1,17 +1,18 @@
 //! `grove-tests`: the harness for Grove's end-to-end tests.
 //!
 //! The tests in `tests/tests/` start the real `grove` binary on free loopback ports with a
-//! temporary data directory and drive it with real clients: rumqttc (MQTT 3.1.1 and 5) and the
-//! mosquitto command-line clients. Nothing is mocked. The binary is the one `cargo build` put next
-//! to the test executable (`target/<profile>/grove`), or `$GROVE_BIN`; the test command builds it
-//! first.
+//! temporary data directory and drive it with real clients: rumqttc (MQTT 3.1.1 and 5), the
+//! mosquitto command-line clients and Python paho-mqtt scripts ([`paho()`]). Nothing is mocked.
+//! The binary is the one `cargo build` put next to the test executable (`target/<profile>/grove`),
+//! or `$GROVE_BIN`; the test command builds it first.
 //!
 //! One harness for every test file: one way to start a gateway ([`Gateway`]) or a mosquitto
 //! ([`Mosquitto`]), one MQTT client ([`Client`]), one way to speak raw MQTT ([`RawClient`]), one
 //! way to register devices and reach them over TLS or passwords ([`Devices`], [`Site`]), one way to
 //! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]), one cloud
 //! shadow service written from AWS's documentation ([`AwsShadows`]), one TLS endpoint that checks
-//! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]). Tests wait on facts, never on time:
+//! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]), one device that
+//! runs AWS IoT Jobs written with paho-mqtt ([`JobsDevice`]). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -31,15 +32,19 @@ use tokio::sync::mpsc;
 pub mod aws_shadow;
 pub mod device;
 pub mod functions;
+mod jobs_device;
 mod mosquitto;
+mod paho;
 mod raw;
 mod site;
 mod tls_front;
 
 pub use aws_shadow::AwsShadows;
+pub use jobs_device::JobsDevice;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
+pub use paho::{paho, Mqtt};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
-pub use site::{Devices, Site};
+pub use site::{Devices, Site, SERVER_NAME};
 pub use tls_front::TlsFront;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
@@ -383,6 +388,22 @@ impl Gateway {
             Some(s) if ok(&s) => Ok(s),
             other => Err(format!("{thing}'s shadow is {other:?}")),
         })
+    }
+
+    /// `grove jobs ARGS` against this gateway's ops endpoint: (exit code, output).
+    pub fn jobs(&self, args: &[&str]) -> (i32, String) {
+        let ops = format!("127.0.0.1:{}", self.ops_port);
+        let mut all = vec!["jobs", "--ops", &ops];
+        all.extend_from_slice(args);
+        grove(&all, self.dir.path())
+    }
+
+    /// `grove jobs describe ID --json`: the job with its executions (fails the test if the
+    /// command does).
+    pub fn job(&self, id: &str) -> serde_json::Value {
+        let (code, out) = self.jobs(&["describe", id, "--json"]);
+        assert_eq!(code, 0, "grove jobs describe {id}: {out}");
+        serde_json::from_str(out.lines().last().unwrap_or_default()).expect("JSON")
     }
 
     /// The process's resident set size in KiB (`VmRSS` in `/proc/PID/status`).

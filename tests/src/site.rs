@@ -13,6 +13,10 @@ use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
 use crate::{free_port, grove_device, options, Gateway};
 
+/// The DNS name in the site's server certificate besides 127.0.0.1, for clients that check only
+/// DNS names (the firmware's TLS: embedded-tls reads no IP address names).
+pub const SERVER_NAME: &str = "localhost";
+
 /// A gateway's directory before it starts, whose data directory gets its device identities from
 /// `grove device` (the configuration that command reads is `pre.toml` there).
 pub struct Devices {
@@ -33,13 +37,28 @@ impl Devices {
         Devices { dir }
     }
 
-    /// Like [`Devices::new`], with a local CA for the server name 127.0.0.1 (`grove device
-    /// init-ca`), ready for device certificates and [`Devices::start_site`].
+    /// Like [`Devices::new`], with a local CA for the server names 127.0.0.1 and
+    /// [`SERVER_NAME`] (`grove device init-ca`), ready for device certificates and
+    /// [`Devices::start_site`].
     pub fn with_ca(config: &str) -> Devices {
         let devices = Devices::new(config);
-        let out = devices.run(&["init-ca", "--server-name", "127.0.0.1"], None);
+        let out = devices.run(
+            &[
+                "init-ca",
+                "--server-name",
+                "127.0.0.1",
+                "--server-name",
+                SERVER_NAME,
+            ],
+            None,
+        );
         assert!(out.contains("created the local CA"), "{out}");
         devices
+    }
+
+    /// The local CA's directory (after [`Devices::with_ca`]).
+    pub fn pki(&self) -> PathBuf {
+        self.dir.path().join("data").join("pki")
     }
 
     /// `grove device ARGS` (stdin: a password line) on this directory; checks that it succeeded
@@ -57,7 +76,7 @@ impl Devices {
     /// (certificates from the local CA) and `pw` (passwords); `extra` as in [`Gateway::start`].
     pub fn start_site(self, extra: &str) -> Site {
         let config = self.dir.path().join("pre.toml");
-        let pki = self.dir.path().join("data").join("pki");
+        let pki = self.pki();
         let (mtls_port, password_port) = (free_port(), free_port());
         let listeners = format!(
             "{extra}\n[[broker.listeners]]\nname = \"mtls\"\nbind = \"127.0.0.1:{mtls_port}\"\nauth = \"certificate\"\n\

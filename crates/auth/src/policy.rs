@@ -44,17 +44,25 @@ pub struct Policy {
     pub deny_receive: Vec<String>,
 }
 
-/// The built-in policy for devices: their own shadows (classic and named), their own
-/// `devices/{client_id}/...` space and their telemetry topic, nothing else. Named `device`.
+/// The built-in policy for devices: their own shadows (classic and named), their own jobs (the
+/// AWS IoT Jobs device topics `$aws/things/{thing}/jobs/...`, requests, answers and
+/// notifications), their own `devices/{client_id}/...` space and their telemetry topic, nothing
+/// else; and publishing their presence on `$grove/things/{thing}/status` (Grove's firmware's will,
+/// `offline`, and its `online`: without it a firmware device is refused at CONNECT, since a will
+/// needs publish rights on its topic). Named `device`. As AWS IoT's example policies for jobs do,
+/// a device's jobs are its thing's: it can neither read nor drive another thing's executions.
 pub fn device_policy() -> Policy {
     let own = vec![
         "$aws/things/${thing}/shadow/#".to_owned(),
+        "$aws/things/${thing}/jobs/#".to_owned(),
         "devices/${client_id}/#".to_owned(),
         "dt/${thing}/#".to_owned(),
     ];
+    let mut publish = own.clone();
+    publish.push("$grove/things/${thing}/status".to_owned());
     Policy {
         name: "device".to_owned(),
-        publish: own.clone(),
+        publish,
         subscribe: own.clone(),
         receive: own,
         deny_publish: Vec::new(),
@@ -340,6 +348,22 @@ mod tests {
         assert!(!p.may_subscribe("devices/+/telemetry"));
         assert!(p.may_receive("devices/dev-a/cmd"));
         assert!(!p.may_receive("devices/dev-b/cmd"));
+        // Its presence (Grove's firmware's will and `online`): published, never read back.
+        assert!(p.may_publish("$grove/things/thing-a/status"));
+        assert!(!p.may_publish("$grove/things/thing-b/status"));
+        assert!(!p.may_publish("$grove/things/thing-a/other"));
+        assert!(!p.may_subscribe("$grove/things/thing-a/status"));
+        assert!(!p.may_receive("$grove/things/thing-b/status"));
+        // Jobs: the thing's own requests, answers and notifications, no other thing's.
+        assert!(p.may_publish("$aws/things/thing-a/jobs/start-next"));
+        assert!(p.may_publish("$aws/things/thing-a/jobs/fw-1/update"));
+        assert!(p.may_subscribe("$aws/things/thing-a/jobs/notify-next"));
+        assert!(p.may_subscribe("$aws/things/thing-a/jobs/+/update/accepted"));
+        assert!(p.may_receive("$aws/things/thing-a/jobs/$next/get/accepted"));
+        assert!(!p.may_publish("$aws/things/thing-b/jobs/fw-1/update"));
+        assert!(!p.may_subscribe("$aws/things/thing-b/jobs/notify-next"));
+        assert!(!p.may_subscribe("$aws/things/+/jobs/notify-next"));
+        assert!(!p.may_receive("$aws/things/thing-b/jobs/get/accepted"));
     }
 
     #[test]
@@ -453,7 +477,12 @@ mod tests {
         fn devices_stay_in_their_own_space(me in "[a-z0-9-]{1,8}", other in "[a-z0-9-]{1,8}", rest in topic()) {
             prop_assume!(me != other);
             let p = device_policy().resolve(&me, &me);
-            for t in [format!("devices/{other}/{rest}"), format!("$aws/things/{other}/shadow/{rest}")] {
+            for t in [
+                format!("devices/{other}/{rest}"),
+                format!("$aws/things/{other}/shadow/{rest}"),
+                format!("$aws/things/{other}/jobs/{rest}"),
+                format!("$grove/things/{other}/status"),
+            ] {
                 prop_assert!(!p.may_publish(&t));
                 prop_assert!(!p.may_receive(&t));
             }

@@ -77,6 +77,8 @@ pub struct BrokerMetrics {
     pub sessions_taken_over: Counter,
     /// Will messages published.
     pub wills_published: Counter,
+    /// Sessions ended by their Session Expiry Interval (MQTT 5) after their client left.
+    pub sessions_expired: Counter,
 }
 
 impl BrokerMetrics {
@@ -144,6 +146,11 @@ impl BrokerMetrics {
             self.wills_published.clone(),
         );
         b.register(
+            "sessions_expired",
+            "Sessions ended by their Session Expiry Interval after their client left",
+            self.sessions_expired.clone(),
+        );
+        b.register(
             "retained_restored",
             "Retained messages restored from the store at startup",
             self.retained_restored.clone(),
@@ -183,6 +190,8 @@ impl BrokerMetrics {
             .inc_by(now.sessions_taken_over - last.sessions_taken_over);
         self.wills_published
             .inc_by(now.wills_published - last.wills_published);
+        self.sessions_expired
+            .inc_by(now.sessions_expired - last.sessions_expired);
         *last = now.clone();
     }
 

@@ -6,6 +6,11 @@
 //! development a USB-serial adapter and `socat /dev/ttyUSB0,b115200,raw TCP:gateway:1883`. The bridge
 //! owns TCP, so "opening the transport" is immediate here.
 //!
+//! The device's identity is not in the image: the thing name and the MQTT user name and password
+//! come from the provisioning record (firmware/README.md, "Provisioning") at the start of the last
+//! flash sector, read through the HAL's `LockedFlash` (embedded-storage's `ReadNorFlash`). An
+//! unprovisioned board halts at start.
+//!
 //! The loop is the whole shell around the sans-IO device core: poll the UART, run the device's timers
 //! on TIM2's millisecond count, answer events. Known limit of this example: the UART is polled, so
 //! bytes arriving during the sensor's measurement delay can be lost (the device then reconnects and
@@ -16,10 +21,12 @@
 use cortex_m_rt::entry;
 use embedded_hal_nb::serial::Read as _;
 use grove_firmware::actuator::{Polarity, Relay};
+use grove_firmware::provision;
 use grove_firmware::sht4x::{Address, Precision, Sht4x};
 use grove_firmware::{transport, Config, Device, Instant};
 use panic_halt as _;
 use static_cell::StaticCell;
+use stm32f4xx_hal::flash::LockedFlash;
 use stm32f4xx_hal::gpio::{Output, PushPull, PC13};
 use stm32f4xx_hal::i2c::{I2c, Mode};
 use stm32f4xx_hal::pac::{self, TIM2, USART2};
@@ -27,11 +34,9 @@ use stm32f4xx_hal::prelude::*;
 use stm32f4xx_hal::serial::{self, Rx, Tx};
 use stm32f4xx_hal::timer::CounterMs;
 
-/// The thing name, set at build time with `GROVE_THING=...`.
-const THING: &str = match option_env!("GROVE_THING") {
-    Some(name) => name,
-    None => "grove-board-1",
-};
+/// Where the provisioning record is, as an offset into the flash: sector 7, the last 128 KiB of the
+/// STM32F411CE's 512 KiB (0x0806_0000), far beyond the image (which `memory.x` keeps within 64 KiB).
+const RECORD_OFFSET: u32 = 0x6_0000;
 
 /// The device core lives in a static rather than on the stack, so that its buffers show up in the ELF's
 /// static RAM figure that `firmware/ci.sh` checks against the budget.
@@ -68,7 +73,7 @@ fn main() -> ! {
     };
 
     let mut clock = Clock::new(dp.TIM2.counter_ms(&mut rcc));
-    let config = Config::new(THING).expect("GROVE_THING is a valid thing name");
+    let config = provisioned_config(LockedFlash::new(dp.FLASH));
     let device = DEVICE.init(Device::new(config, relay, clock.now()));
     let mut scratch = [0u8; 128];
 
@@ -77,6 +82,20 @@ fn main() -> ! {
         // On a transport error the device has already been told; it asks to reopen after a backoff.
         let _ = transport::poll(device, &mut link, now, &mut scratch);
         device.handle_events(now, || sensor.measure(Precision::Low));
+    }
+}
+
+/// The device's configuration from its provisioning record: the thing name and, when the record has
+/// them, the credentials (copied into the configuration, so the record's buffer is only this
+/// function's stack).
+fn provisioned_config(mut flash: LockedFlash) -> Config {
+    let mut buf = [0u8; provision::MAX_RECORD];
+    let record = provision::read(&mut flash, RECORD_OFFSET, &mut buf)
+        .expect("a provisioning record (firmware/README.md)");
+    let config = Config::new(record.thing).expect("a valid thing name");
+    match record.login {
+        Some(login) => config.with_credentials(login.credentials().expect("valid credentials")),
+        None => config,
     }
 }
 
