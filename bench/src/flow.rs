@@ -118,6 +118,9 @@ pub struct Subscriber {
     pub dead_letters: Option<String>,
     /// Payload format of the outputs.
     pub encoding: Encoding,
+    /// A topic whose publishes are the gateway's cloud batches: JSON arrays of
+    /// `{"topic", "ts", "payload"}` elements, each payload an output.
+    pub batch_topic: Option<String>,
 }
 
 /// What the subscriber saw.
@@ -135,6 +138,13 @@ pub struct Received {
     pub dead_letters: u64,
     /// Messages on the output filters without a readable stamp.
     pub foreign: u64,
+    /// Publishes received (a batch is one).
+    pub publishes: u64,
+    /// Their topic and payload bytes.
+    pub bytes: u64,
+    /// Their size in AWS IoT Core's billing units: each publish is metered in 5 KB steps of its
+    /// topic plus payload (<https://aws.amazon.com/iot-core/pricing/additional-details/>).
+    pub billed: u64,
     /// When the first and last stamped output arrived.
     pub first: Option<Instant>,
     /// See `first`.
@@ -183,6 +193,12 @@ pub struct FlowOutcome {
     pub received: u64,
     /// Messages on the dead-letter topic.
     pub dead_letters: u64,
+    /// Publishes that carried the outputs (fewer than the outputs when they come in batches).
+    pub publishes: u64,
+    /// Their topic and payload bytes.
+    pub bytes: u64,
+    /// Their AWS IoT Core billing units (5 KB steps per publish).
+    pub billed: u64,
     /// Latency from publish to output.
     pub latency: LatencySummary,
     /// Delivery accounting against what was sent.
@@ -235,6 +251,9 @@ pub async fn receive(
         total: 0,
         dead_letters: 0,
         foreign: 0,
+        publishes: 0,
+        bytes: 0,
+        billed: 0,
         first: None,
         last: None,
     };
@@ -254,26 +273,73 @@ pub async fn receive(
             r.dead_letters += 1;
             continue;
         }
-        let Some(stamp) = sub.encoding.decode(&p.payload) else {
-            r.foreign += 1;
-            continue;
-        };
-        if r.tracker.observe(&stamp).is_err() {
-            r.foreign += 1;
-            continue;
-        }
-        r.total += 1;
-        r.first.get_or_insert(now);
-        r.last = Some(now);
-        if window.contains(now) {
-            r.in_window += 1;
-        }
-        let sent = window.origin + Duration::from_nanos(stamp.sent_ns);
-        if window.contains(sent) {
-            r.latency.record(now.saturating_duration_since(sent));
+        let size = (p.topic.len() + p.payload.len()) as u64;
+        r.publishes += 1;
+        r.bytes += size;
+        r.billed += size.div_ceil(5 * 1024).max(1);
+        if sub.batch_topic.as_deref() == Some(p.topic.as_str()) {
+            let elements: Vec<serde_json::Value> =
+                serde_json::from_slice(&p.payload).unwrap_or_default();
+            for e in elements {
+                r.output(
+                    sub.encoding,
+                    e["payload"].to_string().as_bytes(),
+                    now,
+                    window,
+                );
+            }
+        } else {
+            r.output(sub.encoding, &p.payload, now, window);
         }
     }
     Ok(r)
+}
+
+impl Received {
+    /// The flow's figures: `per_second` outputs and `acked_per_second` inputs acknowledged a
+    /// second, `completed` outputs counted in the rate, the accounting against `sent`.
+    pub fn outcome(
+        &self,
+        per_second: f64,
+        acked_per_second: f64,
+        completed: u64,
+        sent: &[u64],
+    ) -> FlowOutcome {
+        FlowOutcome {
+            per_second,
+            acked_per_second,
+            completed,
+            received: self.total,
+            dead_letters: self.dead_letters,
+            publishes: self.publishes,
+            bytes: self.bytes,
+            billed: self.billed,
+            latency: self.latency.summary(),
+            tally: self.tracker.tally(sent),
+        }
+    }
+
+    /// One output that arrived at `now`.
+    fn output(&mut self, encoding: Encoding, payload: &[u8], now: Instant, window: Window) {
+        let Some(stamp) = encoding.decode(payload) else {
+            self.foreign += 1;
+            return;
+        };
+        if self.tracker.observe(&stamp).is_err() {
+            self.foreign += 1;
+            return;
+        }
+        self.total += 1;
+        self.first.get_or_insert(now);
+        self.last = Some(now);
+        if window.contains(now) {
+            self.in_window += 1;
+        }
+        let sent = window.origin + Duration::from_nanos(stamp.sent_ns);
+        if window.contains(sent) {
+            self.latency.record(now.saturating_duration_since(sent));
+        }
+    }
 }
 
 /// Runs the publishers to their stop, then waits for their PUBACKs.
@@ -417,15 +483,12 @@ async fn run_timed(
     let published = publishing.await??;
     let _ = client.disconnect().await;
     let secs = seconds.max(1) as f64;
-    Ok(FlowOutcome {
-        per_second: received.in_window as f64 / secs,
-        acked_per_second: published.acked_in_window as f64 / secs,
-        completed: received.in_window,
-        received: received.total,
-        dead_letters: received.dead_letters,
-        latency: received.latency.summary(),
-        tally: received.tracker.tally(&published.sent),
-    })
+    Ok(received.outcome(
+        received.in_window as f64 / secs,
+        published.acked_in_window as f64 / secs,
+        received.in_window,
+        &published.sent,
+    ))
 }
 
 /// The gateway's CPU time between `start` and `end` (read from /proc at both instants), in a task

@@ -130,6 +130,7 @@ pub async fn run(
                     filters: vec![path.output.to_owned()],
                     dead_letters: Some(DEAD_LETTERS.to_owned()),
                     encoding: Encoding::Json,
+                    batch_topic: None,
                 };
                 let (outcome, cost) =
                     flow::measure(&gateway, &publishers, &subscriber, seconds, client).await?;

@@ -411,6 +411,7 @@ pub async fn rules(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result
                 filters: vec![if via_rule { "alerts/#" } else { "sensors/#" }.to_owned()],
                 dead_letters: None,
                 encoding: Encoding::Json,
+                batch_topic: None,
             };
             let (outcome, cost) =
                 flow::measure(&peer, &publishers, &subscriber, seconds, client).await?;

@@ -9,14 +9,19 @@
 //! The gateway's own paths have their own subcommands, with the same Markdown and `--json` output:
 //! `shadow` and `rules` ([`gateway`]), `functions` ([`functions`]: MQTT event -> WASM function ->
 //! publish) and `cloud` ([`cloud`]: the outbox against a mosquitto as the cloud), all measured
-//! through one shared flow of publishers and a subscriber ([`flow`]); `topics` ([`topics`]) reads
+//! through one shared flow of publishers and a subscriber ([`flow`]); `cloud-batch`
+//! ([`cloud_batch`]) what batching a forward route saves and `cloud-idle` ([`cloud_idle`]) what an
+//! idle link and a reconnect cost, both through a byte-counting proxy ([`byte_proxy`]); `topics` ([`topics`]) reads
 //! broker memory, against mosquitto, while a device publishes on ever new topics; `auth-storm`
 //! ([`auth`]) a storm of wrong-password CONNECTs, against mosquitto with a password file: memory,
 //! threads, refusals and a legitimate device's login latency meanwhile; `hostile`
 //! ([`hostile`]) measures what the attacks of hostile functions and devices cost the gateway.
 
 mod auth;
+mod byte_proxy;
 mod cloud;
+mod cloud_batch;
+mod cloud_idle;
 mod flow;
 mod functions;
 mod gateway;
@@ -28,6 +33,7 @@ mod payload;
 mod peer;
 mod report;
 mod runner;
+mod shadow_cloud;
 mod stats;
 mod topics;
 
@@ -85,6 +91,15 @@ enum Command {
     /// The cloud outbox against a mosquitto as the cloud: online latency at 1,000 msg/s (and
     /// straight to mosquitto, for the ratio), then append and drain rates across a cloud outage.
     Cloud(CloudArgs),
+    /// What batching a forward route saves, against a mosquitto as the cloud through a
+    /// byte-counting proxy: publishes, AWS billing units and link bytes of the same load sent
+    /// unbatched and batched (online at 1,000 msg/s for `--seconds`), and the drain rate of
+    /// `--messages` under `profile = "aws-iot-core"`.
+    CloudBatch(CloudBatchArgs),
+    /// What the cloud link costs idle: bytes on the wire per day with `--shadows` synced shadows
+    /// (measured over `--seconds` through a byte-counting proxy), and the shadow requests and
+    /// bytes of a reconnect when nothing changed.
+    CloudIdle(CloudIdleArgs),
     /// Broker memory while one device publishes QoS 0 on a new topic every message (nobody
     /// subscribed), round after round, against mosquitto in the same run: does the broker keep
     /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
@@ -227,6 +242,32 @@ struct CloudArgs {
     #[arg(long, value_name = "N", default_value_t = 50_000,
           value_parser = clap::value_parser!(u64).range(1..=1_000_000))]
     messages: u64,
+}
+
+#[derive(Debug, Args)]
+struct CloudBatchArgs {
+    #[command(flatten)]
+    cloud: CloudArgs,
+    /// `max_messages` of the batched route.
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    max_messages: u64,
+}
+
+#[derive(Debug, Args)]
+struct CloudIdleArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// The mosquitto binary that plays the cloud (a bare name is looked up on PATH).
+    #[arg(long, value_name = "PATH", default_value = "mosquitto")]
+    mosquitto: PathBuf,
+    /// Shadows synced (`things = ["*"]`).
+    #[arg(long, value_name = "N", default_value_t = 100,
+          value_parser = clap::value_parser!(u64).range(1..=10_000))]
+    shadows: u64,
+    /// The gateway's `keep_alive_secs` (default: the gateway's own default).
+    #[arg(long, value_name = "SECONDS")]
+    keep_alive_secs: Option<u64>,
 }
 
 #[derive(Debug, Args)]
@@ -536,6 +577,16 @@ enum GatewayBench {
         mosquitto: PathBuf,
         messages: u64,
     },
+    CloudBatch {
+        mosquitto: PathBuf,
+        messages: u64,
+        max_messages: usize,
+    },
+    CloudIdle {
+        mosquitto: PathBuf,
+        shadows: usize,
+        keep_alive_secs: Option<u64>,
+    },
     Topics {
         mosquitto: PathBuf,
         rounds: u32,
@@ -606,6 +657,47 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
         } => {
             let r = cloud::run(&args.grove, &mosquitto, args.seconds, messages, &extra).await?;
             ("cloud", cloud::markdown(&r), serde_json::to_value(&r)?)
+        }
+        GatewayBench::CloudBatch {
+            mosquitto,
+            messages,
+            max_messages,
+        } => {
+            let r = cloud_batch::run(
+                &args.grove,
+                &mosquitto,
+                args.seconds,
+                messages,
+                max_messages,
+                &extra,
+            )
+            .await?;
+            (
+                "cloud-batch",
+                cloud_batch::markdown(&r),
+                serde_json::to_value(&r)?,
+            )
+        }
+        GatewayBench::CloudIdle {
+            mosquitto,
+            shadows,
+            keep_alive_secs,
+        } => {
+            let window = std::time::Duration::from_secs(args.seconds);
+            let r = cloud_idle::run(
+                &args.grove,
+                &mosquitto,
+                shadows,
+                window,
+                keep_alive_secs,
+                &extra,
+            )
+            .await?;
+            (
+                "cloud-idle",
+                cloud_idle::markdown(&r),
+                serde_json::to_value(&r)?,
+            )
         }
         GatewayBench::Topics {
             mosquitto,
@@ -688,6 +780,22 @@ async fn main() -> ExitCode {
             let which = GatewayBench::Cloud {
                 mosquitto: args.mosquitto,
                 messages: args.messages,
+            };
+            gateway_bench(args.gateway, which).await
+        }
+        Command::CloudBatch(args) => {
+            let which = GatewayBench::CloudBatch {
+                mosquitto: args.cloud.mosquitto,
+                messages: args.cloud.messages,
+                max_messages: usize::try_from(args.max_messages).unwrap_or(usize::MAX),
+            };
+            gateway_bench(args.cloud.gateway, which).await
+        }
+        Command::CloudIdle(args) => {
+            let which = GatewayBench::CloudIdle {
+                mosquitto: args.mosquitto,
+                shadows: usize::try_from(args.shadows).unwrap_or(usize::MAX),
+                keep_alive_secs: args.keep_alive_secs,
             };
             gateway_bench(args.gateway, which).await
         }

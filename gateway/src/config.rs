@@ -52,6 +52,8 @@ pub struct RawConfig {
     cloud: Option<Spanned<RawCloud>>,
     #[serde(default)]
     functions: grove_functions_host::config::RawFunctions,
+    #[serde(default)]
+    deploy: grove_deploy::config::RawDeploy,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -87,6 +89,8 @@ pub struct Config {
     pub cloud: Option<Located<CloudConfig>>,
     /// Local functions, or `None` when disabled.
     pub functions: Option<grove_functions_host::config::FunctionsConfig>,
+    /// Deployments: from AWS IoT Jobs too, and what artifact downloads trust.
+    pub deploy: grove_deploy::config::DeployConfig,
 }
 
 impl Config {
@@ -219,6 +223,13 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             });
         }
     }
+    let deploy = grove_deploy::config::resolve(r, raw.deploy)?;
+    if deploy.jobs.value && cloud.is_none() {
+        return Err(r.invalid(
+            &deploy.jobs,
+            "AWS IoT Jobs come over the cloud link: [cloud] is not configured (or not enabled)",
+        ));
+    }
     Ok(Config {
         data_dir,
         log_filter: log_filter.value,
@@ -228,6 +239,7 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         rules,
         cloud,
         functions,
+        deploy,
     })
 }
 
@@ -346,6 +358,12 @@ mod tests {
             ("[functions]\nworkers = 0\n", "2: `functions.workers`: 0 is out of range"),
             ("[functions]\nmax_memory_mb = 5000\n", "2: `functions.max_memory_mb`: 5000 is out of range"),
             ("[functions]\npool = 1\n", "2:1: unknown field `pool`"),
+            (
+                "[deploy]\njobs = true\n",
+                "2: `deploy.jobs`: AWS IoT Jobs come over the cloud link: [cloud] is not configured",
+            ),
+            ("[deploy]\nartifact_ca = \"no-such-ca.pem\"\n", "2: `deploy.artifact_ca`: "),
+            ("[deploy]\njob = true\n", "2:1: unknown field `job`"),
         ];
         for (text, want) in cases {
             let err = Config::parse(text, Some(Path::new("grove.toml")))

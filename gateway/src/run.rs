@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::path::PathBuf;
 use tokio::net::TcpListener;
 
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::info;
 
@@ -19,7 +19,9 @@ use crate::metrics::Metrics;
 use grove_auth::identity::{Identities, DEVICES_FILE};
 use grove_broker::{Broker, BrokerError};
 use grove_config::ConfigError;
-use grove_deploy::machine::Timeouts;
+use grove_deploy::cloud::{CloudPublish, LinkInput, StatusLines};
+use grove_deploy::fetch::Fetcher;
+use grove_deploy::machine::{Phase, Timeouts};
 use grove_deploy::service::{DeployParts, DeployedRules, Deployer};
 use grove_functions_host::service::Functions;
 use grove_jobs::service::{JobsHandle, JobsService, KnownThings};
@@ -243,14 +245,33 @@ async fn start(
         shadows,
         tokio::spawn(jobs_service.run(broker.shutdown_signal())),
     ];
+    // The deployments ride on the cloud link (the Jobs topics, their lines in `grove cloud
+    // status`); their side starts once the deployments' task has.
+    let (rider_events, rider_rx) = mpsc::unbounded_channel();
+    let (deploy_status, rider_status) = watch::channel(StatusLines::new());
+    let cloud_jobs_thing = config
+        .cloud
+        .as_ref()
+        .filter(|_| config.deploy.jobs.value)
+        .map(|c| c.value.thing.clone());
     // Cloud sync installs the durable tap, so it starts before any other component can publish.
     match &config.cloud {
         Some(cloud) => {
+            let rider = grove_cloud::Rider {
+                name: "deploy".to_owned(),
+                filters: cloud_jobs_thing
+                    .as_deref()
+                    .map(grove_deploy::jobs::Jobs::filters)
+                    .unwrap_or_default(),
+                events: rider_events,
+                status: rider_status,
+            };
             let started = grove_cloud::start(
                 &cloud.value,
                 &broker.bus_maker(),
                 store.clone(),
                 metrics.cloud.clone(),
+                vec![rider],
                 broker.shutdown_signal(),
             )
             .await;
@@ -259,10 +280,12 @@ async fn start(
                 Err(e) => {
                     broker.shutdown().await;
                     return Err(match e {
-                        // Unusable TLS files are a configuration error, pointing at [cloud].
-                        grove_cloud::CloudError::Link(l) => ConfigError::Invalid {
+                        // Unusable TLS files, or subscriptions over the cloud's limits, are a
+                        // configuration error, pointing at [cloud].
+                        e @ (grove_cloud::CloudError::Link(_)
+                        | grove_cloud::CloudError::Subscriptions(_)) => ConfigError::Invalid {
                             origin: cloud.origin.clone(),
-                            message: l.to_string(),
+                            message: e.to_string(),
                         }
                         .into(),
                         other => RunError::Broker(BrokerError::Link(other.to_string())),
@@ -326,6 +349,21 @@ async fn start(
         "rules running"
     );
     components.push(tokio::spawn(engine.run(reloads, broker.shutdown_signal())));
+    let fetcher = Fetcher::new(
+        config.data_dir.value.join("deploy"),
+        config
+            .deploy
+            .artifact_ca
+            .as_ref()
+            .map(|c| c.value.as_path()),
+    )
+    .map_err(|e| match &config.deploy.artifact_ca {
+        Some(ca) => RunError::Config(ConfigError::Invalid {
+            origin: ca.origin.clone(),
+            message: e.to_string(),
+        }),
+        None => link(e.to_string()),
+    })?;
     let parts = DeployParts {
         store: deploy_store,
         functions: functions.clone(),
@@ -335,16 +373,56 @@ async fn start(
         rules: deployed,
         metrics: metrics.deploy.clone(),
         timeouts: Timeouts::default(),
+        fetcher,
+        // Test-only: see `DeployParts::hold`.
+        hold: std::env::var("GROVE_DEPLOY_TEST_HOLD")
+            .ok()
+            .and_then(|hold| {
+                let (id, step) = hold.split_once(':')?;
+                Some((id.to_owned(), Phase::parse(step)?))
+            }),
     };
     let (deployer, task) = grove_deploy::service::start(parts, broker.shutdown_signal())
         .await
         .map_err(|e| link(e.to_string()))?;
     components.push(task);
+    if config.cloud.is_some() {
+        components.push(grove_deploy::cloud::start(
+            deployer.clone(),
+            cloud_jobs_thing.as_deref(),
+            rider_rx,
+            link_input,
+            deploy_status,
+            metrics.deploy.clone(),
+            broker.shutdown_signal(),
+        ));
+    }
     if let Err(e) = broker.listen().await {
         broker.shutdown().await;
         return Err(e.into());
     }
     Ok((broker, components, functions, deployer, jobs))
+}
+
+/// The cloud link's session, as the deployments publish on it.
+struct CloudSession(grove_cloud::Session);
+
+impl CloudPublish for CloudSession {
+    fn publish_qos0(&self, topic: &str, payload: Vec<u8>) -> bool {
+        self.0.publish_qos0(topic, payload.into())
+    }
+}
+
+/// The cloud link's events for the deployments' rider, in the deployments' terms.
+fn link_input(event: grove_cloud::RiderEvent) -> LinkInput {
+    match event {
+        grove_cloud::RiderEvent::Up(session) => LinkInput::Up(Box::new(CloudSession(session))),
+        grove_cloud::RiderEvent::Down => LinkInput::Down,
+        grove_cloud::RiderEvent::Message { topic, payload } => LinkInput::Message {
+            topic,
+            payload: payload.to_vec(),
+        },
+    }
 }
 
 /// SIGTERM, SIGINT (stop) and SIGHUP (reload the rules), registered with tokio.

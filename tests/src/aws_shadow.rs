@@ -41,13 +41,14 @@
 pub mod service;
 
 use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::MutexGuard;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use rumqttc::{AsyncClient, Event, EventLoop, Packet, QoS, SubscribeFilter};
+use rumqttc::QoS;
 use serde_json::Value;
 
-use crate::{eventually, options, WAIT};
+use crate::responder::{Answers, Responder, Service};
+use crate::{eventually, WAIT};
 use service::{handle, parse_request, Operation, Reply, ShadowId, Slot};
 
 /// How many requests the responder answered over MQTT, by answer topic.
@@ -98,9 +99,7 @@ struct Shared {
 
 /// The Device Shadow service stand-in (module doc); stops when dropped.
 pub struct AwsShadows {
-    client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
-    task: tokio::task::JoinHandle<()>,
+    responder: Responder<Shared>,
 }
 
 /// The request topics, classic and named.
@@ -118,36 +117,13 @@ impl AwsShadows {
     /// returns once the broker has granted them (SUBACK), so a request published afterwards is
     /// answered.
     pub async fn start(port: u16) -> AwsShadows {
-        let (client, eventloop) = AsyncClient::new(options("aws-shadow-service", port), 1000);
-        let filters = FILTERS
-            .iter()
-            .map(|f| SubscribeFilter::new((*f).to_owned(), QoS::AtLeastOnce));
-        client
-            .try_subscribe_many(filters)
-            .expect("queue the SUBSCRIBE");
-        let shared = Arc::new(Mutex::new(Shared::default()));
-        let (subscribed, granted) = tokio::sync::oneshot::channel();
-        let task = tokio::spawn(serve(eventloop, client.clone(), shared.clone(), subscribed));
-        let codes = tokio::time::timeout(WAIT, granted)
-            .await
-            .unwrap_or_else(|_| panic!("no SUBACK for the shadow responder within {WAIT:?}"))
-            .expect("the responder's task")
-            .unwrap_or_else(|e| panic!("the shadow responder could not subscribe: {e}"));
-        assert!(
-            codes
-                .iter()
-                .all(|c| matches!(c, rumqttc::SubscribeReasonCode::Success(_))),
-            "the broker refused the request topics: {codes:?}"
-        );
         AwsShadows {
-            client,
-            shared,
-            task,
+            responder: Responder::start("aws-shadow-service", port, &FILTERS).await,
         }
     }
 
     fn lock(&self) -> MutexGuard<'_, Shared> {
-        self.shared.lock().expect("the responder's state")
+        self.responder.lock()
     }
 
     /// The shadow's `state` (`desired` and `reported`, each present only once set; no delta), or
@@ -183,7 +159,8 @@ impl AwsShadows {
             api_update(slot, &id, &request)
         };
         for (topic, payload) in notices {
-            self.client
+            self.responder
+                .client
                 .publish(topic, QoS::AtLeastOnce, false, payload)
                 .await
                 .expect("publish");
@@ -259,12 +236,6 @@ impl AwsShadows {
     }
 }
 
-impl Drop for AwsShadows {
-    fn drop(&mut self) {
-        self.task.abort();
-    }
-}
-
 /// An update through the API rather than MQTT: the answer (the API's response, `Err` for the
 /// error document) and the notifications to publish (`update/delta`, `update/documents`), as
 /// (topic, payload).
@@ -303,40 +274,16 @@ fn now() -> u64 {
         .as_secs()
 }
 
-type Granted = Result<Vec<rumqttc::SubscribeReasonCode>, String>;
+impl Service for Shared {
+    fn stopped(&mut self, why: String) {
+        self.stopped = Some(why);
+    }
 
-/// The responder's task: answers each request as it arrives, until the connection fails.
-async fn serve(
-    mut eventloop: EventLoop,
-    client: AsyncClient,
-    shared: Arc<Mutex<Shared>>,
-    subscribed: tokio::sync::oneshot::Sender<Granted>,
-) {
-    let mut subscribed = Some(subscribed);
-    loop {
-        let publish = match eventloop.poll().await {
-            Ok(Event::Incoming(Packet::SubAck(ack))) => {
-                if let Some(s) = subscribed.take() {
-                    let _ = s.send(Ok(ack.return_codes));
-                }
-                continue;
-            }
-            Ok(Event::Incoming(Packet::Publish(p))) => p,
-            Ok(_) => continue,
-            Err(e) => {
-                let why = e.to_string();
-                if let Some(s) = subscribed.take() {
-                    let _ = s.send(Err(why.clone()));
-                }
-                shared.lock().expect("the responder's state").stopped = Some(why);
-                return;
-            }
+    fn answer(&mut self, topic: &str, payload: &[u8]) -> Answers {
+        let Some((id, op)) = parse_request(topic) else {
+            return Ok(Vec::new());
         };
-        let Some((id, op)) = parse_request(&publish.topic) else {
-            continue;
-        };
-        let mut guard = shared.lock().expect("the responder's state");
-        let state = &mut *guard;
+        let state = self;
         let slot = state.slots.entry(id.clone()).or_default();
         let mut out = Vec::new();
         let interposed = match op {
@@ -346,13 +293,12 @@ async fn serve(
         if let Some((_, request)) = interposed {
             let (answer, notices) = api_update(slot, &id, &request);
             if let Err(e) = answer {
-                state.stopped = Some(format!("the interposed update was rejected: {e}"));
-                return;
+                return Err(format!("the interposed update was rejected: {e}"));
             }
             out.extend(notices);
         }
-        for r in handle(slot, &id, op, &publish.payload, now()) {
-            let topic = topic(&id, &r);
+        for r in handle(slot, &id, op, payload, now()) {
+            let topic = self::topic(&id, &r);
             if r.answers() {
                 state.counts.count(r.suffix);
                 if r.suffix.ends_with("/rejected") {
@@ -361,13 +307,6 @@ async fn serve(
             }
             out.push((topic, r.payload.to_string()));
         }
-        // The client's request queue is drained by this same task's next poll, so it is never
-        // awaited here; a full queue (1000 messages) would be the test's flood, and is said.
-        for (topic, payload) in out {
-            if let Err(e) = client.try_publish(topic, QoS::AtLeastOnce, false, payload) {
-                state.stopped = Some(format!("cannot publish an answer: {e}"));
-                return;
-            }
-        }
+        Ok(out)
     }
 }

@@ -1,71 +1,21 @@
 //! The firmware's device core (`grove-firmware`, host build) driven as a board's firmware drives
 //! it: [`Shell`] over std TCP with the blocking shell, [`TlsDevice`] over TLS with the async shell
-//! (tokio through `embedded-io-adapters`, as an embassy task on a board), and the provisioning
-//! record ([`record`]) both read their identity from. One harness for every test that runs a
-//! device against a real broker (Grove or mosquitto).
+//! (tokio through `embedded-io-adapters`, as an embassy task on a board), both taking their identity
+//! from a provisioning record (`grove device provision`, through `crate::Provision`).
+//! One harness for every test that runs a device against a real broker (Grove or mosquitto).
 
 use std::net::TcpStream;
-use std::path::Path;
 use std::time::{Duration, Instant as WallClock};
 
 use embedded_io_adapters::tokio_1::FromTokio;
 use grove_firmware::actuator::Actuator;
-use grove_firmware::provision::{self, Login, Record, TlsIdentity};
+use grove_firmware::provision;
 use grove_firmware::transport::tls::{self, Buffers, Session, TlsFailure};
 use grove_firmware::transport::{self, asynch, StdTcp};
 use grove_firmware::{Config, Device, Event, Instant};
-use p256::pkcs8::DecodePrivateKey;
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::CertificateDer;
 use tokio::sync::mpsc;
 
 use crate::WAIT;
-
-/// What a device is provisioned with, as files of a site (`grove device`): `ca` (a `ca.pem`) and
-/// the server name for TLS, a device's certificate and key (`devices/ID.pem` and `.key`) for
-/// mutual TLS, a user name and password for a password listener.
-pub struct Provisioning<'a> {
-    /// The thing name.
-    pub thing: &'a str,
-    /// The MQTT login.
-    pub login: Option<(&'a str, &'a str)>,
-    /// The CA certificate file and the server name to expect, for TLS.
-    pub tls: Option<(&'a Path, &'a str)>,
-    /// The device's certificate and key files, for mutual TLS.
-    pub client: Option<(&'a Path, &'a Path)>,
-}
-
-/// The provisioning record (the firmware's `provision` layout) that a host tool would write to a
-/// device's flash: PEM files decoded to DER, the P-256 key (PKCS#8) to its 32-byte scalar.
-pub fn record(p: &Provisioning<'_>) -> Vec<u8> {
-    let der = |path: &Path| {
-        CertificateDer::from_pem_file(path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .to_vec()
-    };
-    let ca = p.tls.map(|(ca, _)| der(ca));
-    let client = p.client.map(|(cert, key)| {
-        let pem = std::fs::read_to_string(key).expect("device key");
-        let key = p256::SecretKey::from_pkcs8_pem(&pem).expect("a P-256 PKCS#8 key");
-        (der(cert), key.to_bytes().to_vec())
-    });
-    let record = Record {
-        thing: p.thing,
-        login: p.login.map(|(username, password)| Login {
-            username,
-            password: password.as_bytes(),
-        }),
-        tls: p.tls.map(|(_, server_name)| TlsIdentity {
-            server_name,
-            ca: ca.as_deref().expect("CA read above"),
-            client: client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
-        }),
-    };
-    let mut buf = vec![0u8; provision::MAX_RECORD];
-    let len = provision::encode(&record, &mut buf).expect("record fits");
-    buf.truncate(len);
-    buf
-}
 
 /// The device's configuration from its provisioning record: its thing name and, if the record has
 /// them, its credentials, on `base`'s timing (a function of the thing name).
@@ -207,7 +157,7 @@ pub enum Seen {
 
 /// A device over TLS 1.3 (the firmware's `transport::tls` on tokio TCP) that runs until dropped, as
 /// an embassy task on a board would: the record buffers are the task's, the identity comes from a
-/// provisioning [`record`]. The task runs on a thread of its own, on a current-thread runtime: a
+/// provisioning record. The task runs on a thread of its own, on a current-thread runtime: a
 /// TLS session is not `Send` (nor needs to be on a board's executor).
 pub struct TlsDevice {
     seen: mpsc::UnboundedReceiver<Seen>,

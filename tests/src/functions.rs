@@ -20,6 +20,16 @@ pub fn guest_version(body: &str, topic: &str, abi: i32) -> Vec<u8> {
 
 /// [`guest`] whose `grove_abi_version` has the body `abi` (WAT instructions leaving an i32).
 pub fn guest_abi(body: &str, topic: &str, abi: &str) -> Vec<u8> {
+    guest_module(body, topic, abi, "")
+}
+
+/// [`guest`] with more module fields (`extra`: functions the handler does not call, which make a
+/// module large with code the runtime compiles).
+pub fn guest_with(body: &str, topic: &str, extra: &str) -> Vec<u8> {
+    guest_module(body, topic, "(i32.const 1)", extra)
+}
+
+fn guest_module(body: &str, topic: &str, abi: &str, extra: &str) -> Vec<u8> {
     let text = format!(
         r#"(module
   (import "grove" "output" (func $output (param i32 i32) (result i32)))
@@ -47,12 +57,27 @@ pub fn guest_abi(body: &str, topic: &str, abi: &str) -> Vec<u8> {
       (then (i32.const 0)) (else (i32.const 4096))))
   (func (export "grove_handle") (param $tp i32) (param $tl i32) (param $pp i32) (param $pl i32) (result i32)
     (local $rc i32)
-    {body}))"#,
+    {body})
+  {extra})"#,
         topic = topic,
         body = body,
         abi = abi,
+        extra = extra,
     );
     wat::parse_str(&text).unwrap_or_else(|e| panic!("bad test WAT: {e}\n{text}"))
+}
+
+/// `wasm` grown to about `size` bytes by a custom section, which the runtime skips: what names
+/// and debug information are in a real module.
+pub fn padded(mut wasm: Vec<u8>, size: usize) -> Vec<u8> {
+    use wasm_encoder::Section;
+    let data = vec![0xAB; size.saturating_sub(wasm.len() + 16)];
+    wasm_encoder::CustomSection {
+        name: "pad".into(),
+        data: data.into(),
+    }
+    .append_to(&mut wasm);
+    wasm
 }
 
 /// Echoes the payload.
@@ -69,8 +94,14 @@ pub struct Fixture {
 impl Fixture {
     /// Starts a gateway with `extra` config.
     pub fn start(extra: &str) -> Fixture {
+        Fixture::start_with_env(extra, &[])
+    }
+
+    /// Starts a gateway with `extra` config and these environment variables (kept for its
+    /// restarts).
+    pub fn start_with_env(extra: &str, env: &[(&str, &str)]) -> Fixture {
         Fixture {
-            g: Gateway::start(extra),
+            g: Gateway::start_with_env(extra, env),
             files: tempfile::tempdir().unwrap(),
         }
     }

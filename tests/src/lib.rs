@@ -29,22 +29,28 @@ use std::time::{Duration, Instant};
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, Publish, QoS};
 use tokio::sync::mpsc;
 
+mod artifacts;
+pub mod aws_jobs;
 pub mod aws_shadow;
 pub mod device;
 pub mod functions;
+pub mod jobs_cloud;
 mod jobs_device;
 mod mosquitto;
 mod paho;
 mod raw;
+mod responder;
 mod site;
 mod tls_front;
 
+pub use artifacts::{Artifacts, Fetch};
+pub use aws_jobs::AwsJobs;
 pub use aws_shadow::AwsShadows;
 pub use jobs_device::JobsDevice;
 pub use mosquitto::{mosquitto_client, mosquitto_pub, Mosquitto, MosquittoSub};
 pub use paho::{paho, Mqtt};
 pub use raw::{connect5, Malformed, Packet5, RawClient};
-pub use site::{Devices, Site, SERVER_NAME};
+pub use site::{Devices, Provision, Site, SERVER_NAME};
 pub use tls_front::TlsFront;
 
 /// How long a test waits for a fact before it fails: generous, because the test command runs on a
@@ -589,7 +595,12 @@ impl Client {
     /// CONNACK accepts it, else what ended the attempt (the refusing CONNACK's code, a failed TLS
     /// handshake). Fails when there is no answer within [`WAIT`].
     pub async fn try_connect_with(options: MqttOptions) -> Result<Client, String> {
-        let (client, eventloop) = AsyncClient::new(options, 1000);
+        let (client, mut eventloop) = AsyncClient::new(options, 1000);
+        // A device's small packets must not wait for Nagle's algorithm behind its own delayed
+        // acknowledgements (40 ms a round trip otherwise): devices and the gateway set it too.
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        eventloop.set_network_options(network);
         let (tx, rx) = mpsc::unbounded_channel();
         let (suback_tx, subacks) = mpsc::unbounded_channel();
         let (acked_tx, acked) = tokio::sync::watch::channel(0);

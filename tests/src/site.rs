@@ -169,3 +169,42 @@ impl Site {
         o
     }
 }
+
+/// `grove device provision` on a site's data directory, for [`Devices`] (before the gateway
+/// starts) and [`Site`] (while it runs).
+pub trait Provision {
+    /// The configuration `grove device` reads.
+    fn grove_config(&self) -> PathBuf;
+
+    /// Device `id`'s provisioning record, the one Grove's firmware reads its identity from, with
+    /// `password` (given on stdin) and, for TLS, `server_name` (the device's certificate goes in
+    /// when it has one). The file is written beside the configuration.
+    fn provision(&self, id: &str, password: Option<&str>, server_name: Option<&str>) -> Vec<u8> {
+        let config = self.grove_config();
+        let out = config.with_file_name(format!("{id}.record"));
+        let out_arg = out.to_str().expect("a UTF-8 path");
+        let mut args = vec!["provision", id, "--out", out_arg];
+        if let Some(name) = server_name {
+            args.extend(["--server-name", name]);
+        }
+        let stdin = password.map(|p| format!("{p}\n"));
+        if stdin.is_some() {
+            args.push("--password-stdin");
+        }
+        let said = grove_device(&config, &args, stdin.as_deref());
+        assert!(said.contains("wrote the provisioning record"), "{said}");
+        std::fs::read(&out).expect("the record")
+    }
+}
+
+impl Provision for Devices {
+    fn grove_config(&self) -> PathBuf {
+        self.dir.path().join("pre.toml")
+    }
+}
+
+impl Provision for Site {
+    fn grove_config(&self) -> PathBuf {
+        self.config.clone()
+    }
+}

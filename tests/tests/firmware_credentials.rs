@@ -1,6 +1,5 @@
 //! The firmware's device core joins a gateway that requires credentials, with its identity read
-//! from a provisioning record (the firmware's `provision` layout, made from the site's `grove
-//! device` files): a password on the password listener (plain TCP, the blocking shell), a client
+//! from the provisioning record `grove device provision` wrote: a password on the password listener (plain TCP, the blocking shell), a client
 //! certificate on the mutual-TLS listener and a password inside TLS (TLS 1.3 by embedded-tls, the
 //! async shell), each syncing its shadow, applying a delta and reporting back. And the refusals:
 //! a wrong password comes back from the core as the CONNACK's code, a gateway certificate from
@@ -10,8 +9,8 @@ use grove_firmware::mqtt::ConnectReturnCode;
 use grove_firmware::shadow::State;
 use grove_firmware::transport::tls::TlsFailure;
 use grove_firmware::{Config, Event};
-use grove_tests::device::{provisioned_config, record, Provisioning, Seen, Shell, TlsDevice};
-use grove_tests::{blocking, free_port, grove, Devices, Gateway, Site, SERVER_NAME};
+use grove_tests::device::{provisioned_config, Seen, Shell, TlsDevice};
+use grove_tests::{blocking, free_port, grove, Devices, Gateway, Provision, Site, SERVER_NAME};
 use serde_json::{json, Value};
 
 const PASSWORD: &str = "fw s3cret";
@@ -83,12 +82,7 @@ const RELAY_ON: Event = Event::Applied(State {
 #[test]
 fn a_provisioned_device_logs_in_with_its_password_and_syncs_its_shadow() {
     let (site, _) = site();
-    let record = record(&Provisioning {
-        thing: "fw-pw",
-        login: Some(("fw-pw", PASSWORD)),
-        tls: None,
-        client: None,
-    });
+    let record = site.provision("fw-pw", Some(PASSWORD), None);
     let mut shell = Shell::new(provisioned_config(&record, base), false, site.password_port);
     shell.run_until(|e| *e == Event::Connected);
     boot_report_is_stored(&site.gateway, "fw-pw");
@@ -103,13 +97,20 @@ fn a_provisioned_device_logs_in_with_its_password_and_syncs_its_shadow() {
 #[test]
 fn a_wrong_or_unknown_login_is_refused_with_the_connack_code() {
     let (site, _) = site();
-    for (username, password) in [("fw-pw", "wrong"), ("nobody", PASSWORD)] {
-        let record = record(&Provisioning {
-            thing: "fw-pw",
-            login: Some((username, password)),
-            tls: None,
-            client: None,
-        });
+    // A device of another site, `nobody`, is unknown here.
+    let elsewhere = Devices::new("");
+    elsewhere.run(&["add", "nobody", "--password-stdin"], Some("x\n"));
+    let records = [
+        (
+            "wrong password",
+            site.provision("fw-pw", Some("wrong"), None),
+        ),
+        (
+            "unknown device",
+            elsewhere.provision("nobody", Some(PASSWORD), None),
+        ),
+    ];
+    for (case, record) in records {
         let mut shell = Shell::new(provisioned_config(&record, base), false, site.password_port);
         let events = shell.run_until(|e| matches!(e, Event::Disconnected(_)));
         assert_eq!(
@@ -119,7 +120,7 @@ fn a_wrong_or_unknown_login_is_refused_with_the_connack_code() {
                     ConnectReturnCode::BadUserNameOrPassword
                 )
             )),
-            "{username}: {events:?}"
+            "{case}: {events:?}"
         );
         assert!(!events.contains(&Event::Connected), "{events:?}");
     }
@@ -155,13 +156,7 @@ async fn tls_round_trip(device: &mut TlsDevice, g: &Gateway, thing: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_over_mutual_tls_checks_the_gateway_and_syncs_its_shadow() {
     let (site, _) = site();
-    let (cert, key) = site.device_cert("fw-cert");
-    let record = record(&Provisioning {
-        thing: "fw-cert",
-        login: None,
-        tls: Some((&site.pki.join("ca.pem"), SERVER_NAME)),
-        client: Some((&cert, &key)),
-    });
+    let record = blocking(|| site.provision("fw-cert", None, Some(SERVER_NAME)));
     let mut device = TlsDevice::spawn(record, site.mtls_port, base);
     tls_round_trip(&mut device, &site.gateway, "fw-cert").await;
 }
@@ -169,12 +164,7 @@ async fn a_device_over_mutual_tls_checks_the_gateway_and_syncs_its_shadow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_device_over_tls_logs_in_with_its_password_and_syncs_its_shadow() {
     let (site, tls_password_port) = site();
-    let record = record(&Provisioning {
-        thing: "fw-tls-pw",
-        login: Some(("fw-tls-pw", PASSWORD)),
-        tls: Some((&site.pki.join("ca.pem"), SERVER_NAME)),
-        client: None,
-    });
+    let record = blocking(|| site.provision("fw-tls-pw", Some(PASSWORD), Some(SERVER_NAME)));
     let mut device = TlsDevice::spawn(record, tls_password_port, base);
     tls_round_trip(&mut device, &site.gateway, "fw-tls-pw").await;
 }
@@ -182,22 +172,25 @@ async fn a_device_over_tls_logs_in_with_its_password_and_syncs_its_shadow() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_gateway_certificate_from_another_ca_or_for_another_name_is_refused() {
     let (site, tls_password_port) = site();
+    // Another site's CA, with the same device and password registered there.
     let stranger = Devices::with_ca("");
-    let cases = [
-        (
-            "another site's CA",
-            stranger.pki().join("ca.pem"),
-            SERVER_NAME,
-        ),
-        ("another server name", site.pki.join("ca.pem"), "gw.example"),
-    ];
-    for (case, ca, server_name) in cases {
-        let record = record(&Provisioning {
-            thing: "fw-tls-pw",
-            login: Some(("fw-tls-pw", PASSWORD)),
-            tls: Some((&ca, server_name)),
-            client: None,
-        });
+    stranger.run(
+        &["add", "fw-tls-pw", "--password-stdin"],
+        Some(&format!("{PASSWORD}\n")),
+    );
+    let cases = blocking(|| {
+        [
+            (
+                "another site's CA",
+                stranger.provision("fw-tls-pw", Some(PASSWORD), Some(SERVER_NAME)),
+            ),
+            (
+                "another server name",
+                site.provision("fw-tls-pw", Some(PASSWORD), Some("gw.example")),
+            ),
+        ]
+    });
+    for (case, record) in cases {
         let mut device = TlsDevice::spawn(record, tls_password_port, base);
         // Twice: the refusal is every attempt's, after the backoff too.
         for _ in 0..2 {

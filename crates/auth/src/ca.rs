@@ -115,7 +115,9 @@ fn name(cn: &str) -> DistinguishedName {
     dn
 }
 
-fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
+/// Writes `bytes` to `path` with `mode` (creating its directory); also the provisioning record's
+/// writer (`cli.rs`).
+pub(crate) fn write(path: &Path, bytes: &[u8], mode: u32) -> Result<(), CaError> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let io = |source| CaError::Io {

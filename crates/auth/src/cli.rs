@@ -1,13 +1,16 @@
 //! `grove device ...`: device identities on the data directory (the local CA, device
-//! certificates, passwords), as the operator's command runs them. The binary parses the arguments
+//! certificates, passwords), as the operator's command runs them, and the provisioning record a
+//! device built from Grove's firmware reads its identity from. The binary parses the arguments
 //! and, when this says so, has a running gateway apply the change through its ops endpoint.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 use clap::Subcommand;
+use grove_firmware::provision::{self, Login, Record, TlsIdentity};
+use p256::pkcs8::DecodePrivateKey;
 
-use crate::{ca, identity, policy};
+use crate::{ca, identity, policy, tls};
 
 /// `grove device ...`: the subcommands.
 #[derive(Debug, Subcommand)]
@@ -43,6 +46,24 @@ pub enum DeviceAction {
     },
     /// List registered devices.
     List,
+    /// Write a registered device's provisioning record for Grove's firmware (its thing name, a
+    /// password, the local CA, its certificate and key): the file to flash at the record's offset
+    /// (firmware/README.md, "Credentials and provisioning").
+    Provision {
+        /// The device id, which the firmware also uses as its thing name.
+        id: String,
+        /// Where to write the record (mode 0600: it holds the device's secrets).
+        #[arg(long)]
+        out: PathBuf,
+        /// Put the password from the first line of stdin in the record.
+        #[arg(long)]
+        password_stdin: bool,
+        /// Use TLS, checking the gateway's certificate against the local CA for this DNS name
+        /// (one of `init-ca --server-name`); the device's certificate and key go in too when it
+        /// has one.
+        #[arg(long = "server-name", value_name = "NAME")]
+        server_name: Option<String>,
+    },
 }
 
 /// Runs `grove device ...` on the data directory `data_dir`; `has_policy` says whether the
@@ -108,11 +129,7 @@ pub fn device(
                 entry.policy = policy;
             }
             if password_stdin {
-                let mut line = String::new();
-                std::io::stdin().read_line(&mut line)?;
-                let password = line.trim_end_matches(['\n', '\r']);
-                anyhow::ensure!(!password.is_empty(), "the password on stdin is empty");
-                entry.password_hash = Some(identity::hash_password(password)?);
+                entry.password_hash = Some(identity::hash_password(&read_password()?)?);
             }
             if cert {
                 let (path, der) = ca::issue_device(&pki, &id)?;
@@ -155,6 +172,93 @@ pub fn device(
             }
             false
         }
+        DeviceAction::Provision {
+            id,
+            out,
+            password_stdin,
+            server_name,
+        } => {
+            let record =
+                provision_record(&file, &pki, &id, password_stdin, server_name.as_deref())?;
+            ca::write(&out, &record, 0o600)?;
+            println!(
+                "wrote the provisioning record of {id} ({} bytes) to {}",
+                record.len(),
+                out.display()
+            );
+            false
+        }
     };
     Ok(apply)
+}
+
+/// `grove device provision`: the record of device `id` (firmware's `provision` layout).
+fn provision_record(
+    devices_file: &Path,
+    pki: &Path,
+    id: &str,
+    password_stdin: bool,
+    server_name: Option<&str>,
+) -> anyhow::Result<Vec<u8>> {
+    let devices = identity::load(devices_file)?;
+    let device = devices
+        .get(id)
+        .with_context(|| format!("no device {id}: `grove device add` it first"))?;
+    anyhow::ensure!(
+        device.thing() == id,
+        "device {id} has the thing name {}: Grove's firmware uses its thing name as its client id, \
+         so only a device registered without another --thing can be provisioned",
+        device.thing()
+    );
+    let password = if password_stdin {
+        Some(read_password()?)
+    } else {
+        None
+    };
+    let first_der = |path: PathBuf, what| -> anyhow::Result<Vec<u8>> {
+        let certs = tls::certificates(&path, what)?;
+        Ok(certs[0].to_vec())
+    };
+    let ca = match server_name {
+        Some(_) => Some(first_der(pki.join("ca.pem"), "CA certificate")?),
+        None => None,
+    };
+    let client = match (server_name, &device.certificate_sha256) {
+        (Some(_), Some(_)) => {
+            let dir = pki.join("devices");
+            let key_path = dir.join(format!("{id}.key"));
+            let pem = std::fs::read_to_string(&key_path)
+                .with_context(|| format!("cannot read {}", key_path.display()))?;
+            let key = p256::SecretKey::from_pkcs8_pem(&pem)
+                .map_err(|e| anyhow::anyhow!("{}: not a P-256 key: {e}", key_path.display()))?;
+            let cert = first_der(dir.join(format!("{id}.pem")), "device certificate")?;
+            Some((cert, key.to_bytes().to_vec()))
+        }
+        _ => None,
+    };
+    let record = Record {
+        thing: id,
+        login: password.as_deref().map(|p| Login {
+            username: id,
+            password: p.as_bytes(),
+        }),
+        tls: server_name.map(|server_name| TlsIdentity {
+            server_name,
+            ca: ca.as_deref().unwrap_or_default(),
+            client: client.as_ref().map(|(c, k)| (c.as_slice(), k.as_slice())),
+        }),
+    };
+    let mut buf = vec![0u8; provision::MAX_RECORD];
+    let len = provision::encode(&record, &mut buf).map_err(|e| anyhow::anyhow!("{e}"))?;
+    buf.truncate(len);
+    Ok(buf)
+}
+
+/// The first line of stdin, without its line break; refused if empty.
+fn read_password() -> anyhow::Result<String> {
+    let mut line = String::new();
+    std::io::stdin().read_line(&mut line)?;
+    let password = line.trim_end_matches(['\n', '\r']);
+    anyhow::ensure!(!password.is_empty(), "the password on stdin is empty");
+    Ok(password.to_owned())
 }

@@ -17,7 +17,7 @@ use tokio::sync::watch;
 
 use crate::connect::COMPONENT_ID_PREFIX;
 use crate::router_task::{Event, Outlet, RouterGone};
-use crate::tap::Tap;
+use crate::tap::{Offered, Tap};
 use crate::{Shared, HOPS_PROPERTY};
 
 /// Most times a message may be republished by rules (or a function's publish) before the next
@@ -269,9 +269,10 @@ impl Bus {
     ) -> Result<(), Closed> {
         self.shared
             .offer_to_taps(
-                messages
-                    .iter()
-                    .map(|(m, _)| (m.topic.as_str(), &m.payload, m.hops)),
+                messages.iter().map(|(m, _)| Offered {
+                    retain: m.retain,
+                    ..Offered::plain(&m.topic, &m.payload, m.hops)
+                }),
                 self.skip.as_ref(),
             )
             .await

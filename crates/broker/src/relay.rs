@@ -29,6 +29,7 @@ use tracing::{debug, info, warn};
 use crate::codec::{Codec, Version};
 use crate::connect::check_topic_name;
 use crate::router_task::{Event, Outlet};
+use crate::tap::Offered;
 use crate::{namespace, reply, translate, Shared};
 
 /// Extra room, beyond the payload limit, for the rest of a PUBLISH (topic up to 64 KiB, packet id,
@@ -72,6 +73,14 @@ pub(crate) enum End {
     Revoked(String),
     /// The gateway is shutting down.
     Shutdown,
+}
+
+/// A publish a durable tap takes, kept from the batch it came in until the taps have it.
+struct TapCopy {
+    topic: String,
+    payload: Bytes,
+    retain: bool,
+    user_properties: Vec<(String, String)>,
 }
 
 /// What the handshake produced.
@@ -231,7 +240,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let mut batch = Vec::new();
         // Publishes a durable tap takes, by wire topic (see `crate::tap`).
         self.published = false;
-        let mut tapped: Vec<(String, Bytes)> = Vec::new();
+        let mut tapped: Vec<TapCopy> = Vec::new();
         let mut end = None;
         loop {
             let packet = match self.session.codec.read(&mut self.read, max_len) {
@@ -295,7 +304,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if !tapped.is_empty()
             && self
                 .shared
-                .offer_to_taps(tapped.iter().map(|(t, p)| (t.as_str(), p, 0)), None)
+                .offer_to_taps(
+                    tapped.iter().map(|t| Offered {
+                        retain: t.retain,
+                        user_properties: &t.user_properties,
+                        ..Offered::plain(&t.topic, &t.payload, 0)
+                    }),
+                    None,
+                )
                 .await
                 .is_err()
         {
@@ -325,7 +341,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         &mut self,
         publish: Publish,
         props: Option<PublishProperties>,
-        tapped: &mut Vec<(String, Bytes)>,
+        tapped: &mut Vec<TapCopy>,
     ) -> Result<Option<core::Inbound>, End> {
         self.published = true;
         if publish.payload.len() > self.shared.config.max_payload_size {
@@ -358,13 +374,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             .metrics
             .bytes_received
             .inc_by(publish.payload.len() as u64);
-        let topic = String::from_utf8_lossy(&publish.topic);
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let publish = translate::publish_in(publish, props);
         if self.shared.tapped(&topic) {
-            tapped.push((topic.into_owned(), publish.payload.clone()));
+            tapped.push(TapCopy {
+                topic,
+                payload: publish.payload.clone(),
+                retain: publish.retain,
+                // Without Grove's own `$grove-` properties (`publish_in` drops them).
+                user_properties: publish.properties.user_properties.clone(),
+            });
         }
-        Ok(Some(core::Inbound::Publish(translate::publish_in(
-            publish, props,
-        ))))
+        Ok(Some(core::Inbound::Publish(publish)))
     }
 
     /// Checks a SUBSCRIBE's filters and the policy; the router sees only the allowed filters.

@@ -6,7 +6,6 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use bytes::Bytes;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
@@ -22,7 +21,7 @@ use crate::config::{AuthMode, BrokerConfig};
 use crate::metrics::BrokerMetrics;
 use crate::persist;
 use crate::relay::HEADER_ALLOWANCE;
-use crate::tap::{Tap, TapClosed};
+use crate::tap::{Offered, Tap, TapClosed};
 use grove_auth::identity::{Device, Identities};
 use grove_auth::tls;
 use grove_config::ConfigError;
@@ -470,11 +469,11 @@ impl Shared {
             .any(|t| t.takes(topic))
     }
 
-    /// Offers `messages` (`(topic, payload, hops)`) to every durable tap except `skip`, and waits
-    /// until each owner has committed what it took.
+    /// Offers `messages` to every durable tap except `skip`, and waits until each owner has
+    /// committed what it took.
     pub(crate) async fn offer_to_taps<'a>(
         &self,
-        messages: impl IntoIterator<Item = (&'a str, &'a Bytes, u32)> + Clone,
+        messages: impl IntoIterator<Item = Offered<'a>> + Clone,
         skip: Option<&Arc<Tap>>,
     ) -> Result<(), TapClosed> {
         let taps: Vec<Arc<Tap>> = self

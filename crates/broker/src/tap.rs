@@ -32,6 +32,35 @@ pub struct Route {
     pub prefix: String,
 }
 
+/// A message as it is offered to the taps, where it enters the router.
+#[derive(Debug, Clone, Copy)]
+pub struct Offered<'a> {
+    /// The local (wire) topic.
+    pub topic: &'a str,
+    /// The payload.
+    pub payload: &'a Bytes,
+    /// Rule and function republish hops that led to it (0 for a device's own message).
+    pub hops: u32,
+    /// The publisher's retain flag.
+    pub retain: bool,
+    /// The publisher's MQTT 5 user properties (none from MQTT 3.1.1 publishers and Grove's
+    /// components; Grove's own `$grove-hops` is never among them: it travels as `hops`).
+    pub user_properties: &'a [(String, String)],
+}
+
+impl<'a> Offered<'a> {
+    /// A message without retain flag or user properties.
+    pub fn plain(topic: &'a str, payload: &'a Bytes, hops: u32) -> Offered<'a> {
+        Offered {
+            topic,
+            payload,
+            hops,
+            retain: false,
+            user_properties: &[],
+        }
+    }
+}
+
 /// One message a tap took.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Tapped {
@@ -41,6 +70,13 @@ pub struct Tapped {
     pub payload: Bytes,
     /// Rule and function republish hops that led to it (0 for a device's own message).
     pub hops: u32,
+    /// Which of the tap's routes took it (its index in the routes given to [`Tap::new`] or
+    /// [`Tap::set_routes`]): an owner may treat its routes differently (the cloud batches some).
+    pub route: usize,
+    /// The publisher's retain flag (the cloud carries it upward).
+    pub retain: bool,
+    /// The publisher's MQTT 5 user properties (the cloud carries them upward on MQTT 5).
+    pub user_properties: Vec<(String, String)>,
 }
 
 /// Messages offered together, with the channel on which the owner says they are committed.
@@ -90,33 +126,44 @@ impl Tap {
 
     /// The target topic of `topic`, if a route takes it (the first matching route wins).
     pub fn target(&self, topic: &str) -> Option<String> {
+        self.route_of(topic).map(|(_, target)| target)
+    }
+
+    /// The index of the first route that takes `topic`, and the target topic.
+    fn route_of(&self, topic: &str) -> Option<(usize, String)> {
         self.routes
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .iter()
-            .find(|r| grove_rules::topic_matches(&r.filter, topic))
-            .map(|r| {
-                format!(
+            .enumerate()
+            .find(|(_, r)| grove_rules::topic_matches(&r.filter, topic))
+            .map(|(i, r)| {
+                let target = format!(
                     "{}{}",
                     r.prefix,
                     topic.strip_prefix(&r.strip).unwrap_or(topic)
-                )
+                );
+                (i, target)
             })
     }
 
-    /// Hands the owner the messages among `messages` (`(topic, payload, hops)`) that a route
-    /// takes and waits until they are committed. Returns at once when none is taken.
+    /// Hands the owner the messages among `messages` that a route takes and waits until they
+    /// are committed. Returns at once when none is taken.
     pub async fn offer<'a>(
         &self,
-        messages: impl IntoIterator<Item = (&'a str, &'a Bytes, u32)>,
+        messages: impl IntoIterator<Item = Offered<'a>>,
     ) -> Result<(), TapClosed> {
         let taken: Vec<Tapped> = messages
             .into_iter()
-            .filter_map(|(topic, payload, hops)| {
+            .filter_map(|m| {
+                let (route, topic) = self.route_of(m.topic)?;
                 Some(Tapped {
-                    topic: self.target(topic)?,
-                    payload: payload.clone(),
-                    hops,
+                    topic,
+                    payload: m.payload.clone(),
+                    hops: m.hops,
+                    route,
+                    retain: m.retain,
+                    user_properties: m.user_properties.to_vec(),
                 })
             })
             .collect();
@@ -174,28 +221,34 @@ mod tests {
     #[tokio::test]
     async fn offer_waits_for_the_owner_and_fails_once_it_is_gone() {
         let (tx, mut rx) = mpsc::channel(4);
-        let tap = Tap::new(vec![route("a/#", "", "")], tx);
+        let tap = Tap::new(vec![route("z/#", "", ""), route("a/#", "", "")], tx);
         let payload = Bytes::from_static(b"p");
+        let properties = [("k".to_owned(), "v".to_owned())];
+        let plain = |topic, hops| Offered::plain(topic, &payload, hops);
         let owner = tokio::spawn(async move {
             let offer = rx.recv().await.expect("an offer");
             let want = Tapped {
                 topic: "a/1".into(),
                 payload: Bytes::from_static(b"p"),
                 hops: 2,
+                route: 1,
+                retain: true,
+                user_properties: vec![("k".into(), "v".into())],
             };
             assert_eq!(offer.messages, vec![want]);
             offer.done.send(()).expect("waiting");
             // The owner stops.
         });
-        tap.offer([("b/0", &payload, 0), ("a/1", &payload, 2)])
-            .await
-            .expect("committed");
+        let a1 = Offered {
+            retain: true,
+            user_properties: &properties,
+            ..plain("a/1", 2)
+        };
+        tap.offer([plain("b/0", 0), a1]).await.expect("committed");
         owner.await.expect("owner");
         // Nothing taken: no round trip, even without an owner.
-        tap.offer([("b/0", &payload, 0)])
-            .await
-            .expect("nothing to take");
-        assert_eq!(tap.offer([("a/2", &payload, 0)]).await, Err(TapClosed));
+        tap.offer([plain("b/0", 0)]).await.expect("nothing to take");
+        assert_eq!(tap.offer([plain("a/2", 0)]).await, Err(TapClosed));
         // New routes apply to the next offer.
         tap.set_routes(vec![route("c/#", "", "x/")]);
         assert_eq!(tap.target("a/2"), None);

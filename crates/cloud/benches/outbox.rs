@@ -22,6 +22,9 @@ fn messages(first: u64) -> Vec<OutboxMessage> {
             topic: format!("site-1/sensors/d{}/telemetry", seq % 100),
             payload: Bytes::from(vec![b'x'; 100]),
             enqueued_ms: 0,
+            retain: false,
+            user_properties: Vec::new(),
+            batch: None,
         })
         .collect()
 }

@@ -49,6 +49,18 @@ pub fn render(doc: &Value) -> String {
             ms as f64 / 1000.0
         );
     }
+    // The lines of the components riding on the link (the deployments' jobs), as they wrote them.
+    for lines in doc["riders"]
+        .as_object()
+        .into_iter()
+        .flat_map(|r| r.values())
+    {
+        for line in lines.as_array().into_iter().flatten() {
+            if let (Some(label), Some(text)) = (line[0].as_str(), line[1].as_str()) {
+                let _ = writeln!(out, "{:<15}{text}", format!("{label}:"));
+            }
+        }
+    }
     out
 }
 
@@ -63,7 +75,8 @@ mod tests {
             "state": "disconnected", "queue_depth": 3, "queue_bytes": 40, "in_flight": 0,
             "oldest_age_ms": 1500, "connects": 2, "acked": 7, "last_error": "connection refused",
             "retry_in_ms": 2500, "dead_letters": 2,
-            "last_dead_letter": {"topic": "big/1", "reason": "payload_too_large"}
+            "last_dead_letter": {"topic": "big/1", "reason": "payload_too_large"},
+            "riders": {"jobs": [["deployment", "committed d1"], ["job", "j1 SUCCEEDED"]]}
         }));
         for line in [
             "link:          disconnected",
@@ -72,6 +85,8 @@ mod tests {
             "last error:    connection refused",
             "retrying:      2.5 s after the last failure",
             "dead letters:  2 over the cloud's limits (last: payload_too_large on big/1)",
+            "deployment:    committed d1",
+            "job:           j1 SUCCEEDED",
         ] {
             assert!(text.lines().any(|l| l == line), "{line:?} in\n{text}");
         }

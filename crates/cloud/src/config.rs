@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use toml::Spanned;
 
+use super::batch::Limits as BatchLimits;
 use super::outbox::{FullPolicy, Limits};
 use super::quota::{self, Quotas};
 use grove_auth::policy::{overlaps, valid_filter};
@@ -65,6 +66,17 @@ struct RawForward {
     filter: String,
     #[serde(default)]
     prefix: String,
+    batch: Option<RawBatch>,
+}
+
+/// `batch = { topic, max_messages, max_bytes, max_delay_ms }` of a forward route.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBatch {
+    topic: String,
+    max_messages: Option<usize>,
+    max_bytes: Option<usize>,
+    max_delay_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -83,6 +95,9 @@ struct RawQuotas {
     topic_bytes: Option<usize>,
     topic_slashes: Option<usize>,
     publishes_per_sec: Option<u32>,
+    bytes_per_sec: Option<u32>,
+    subscriptions: Option<usize>,
+    filters_per_subscribe: Option<usize>,
 }
 
 /// Which cloud's limits the link keeps.
@@ -188,7 +203,28 @@ pub struct Forward {
     pub filter: String,
     /// Prepended to the local topic to form the cloud topic.
     pub prefix: String,
+    /// When set, the route's messages go up in batches ([`crate::batch`]).
+    pub batch: Option<Batch>,
 }
+
+/// A forward route's batching.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Batch {
+    /// The cloud topic the arrays go up on.
+    pub topic: String,
+    /// The bounds of one batch.
+    pub limits: BatchLimits,
+}
+
+/// The default `max_messages` of a batch.
+pub const DEFAULT_BATCH_MESSAGES: usize = 100;
+
+/// The default `max_delay_ms` of a batch: a second, the time scale of telemetry dashboards.
+pub const DEFAULT_BATCH_DELAY_MS: u64 = 1000;
+
+/// The largest `max_bytes` of a batch without a payload quota: AWS IoT Core's 128 KB, a size
+/// most brokers take (mosquitto's default has no limit, EMQX's is 1 MB).
+pub const DEFAULT_BATCH_BYTES: usize = 128 * 1024;
 
 /// One downlink: cloud topics matching `filter` are published locally without `strip_prefix`.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -237,6 +273,14 @@ pub fn thing_from_machine_id(machine_id: Option<&str>) -> Option<String> {
         .collect();
     (hex.len() == 12).then(|| format!("grove-{}", hex.to_ascii_lowercase()))
 }
+
+/// The default of `keep_alive_secs`. Idle, the link's only traffic is its keep-alive exchange,
+/// about 200 bytes on the wire with TLS and TCP/IP (BENCHMARKS.md, "Idle cost"): every 30 s that
+/// is 0.6 MB a day, over half of issue 16's 1 MB budget; every 60 s, 0.3 MB. A minute still
+/// keeps a NAT mapping alive on cellular networks that drop idle TCP after a few minutes, and a
+/// dead link is noticed within two periods (rumqttc gives up when a PINGRESP has not come by the
+/// next ping); AWS IoT Core takes 30 to 1200 s and bills no ping.
+pub const DEFAULT_KEEP_ALIVE_SECS: u64 = 60;
 
 /// The default of `session_expiry_secs`: an hour, AWS IoT Core's default for persistent
 /// sessions.
@@ -482,7 +526,7 @@ impl RawCloud {
                 ))
             }
             Some(k) => Duration::from_secs(k.into_inner()),
-            None => Duration::from_secs(30),
+            None => Duration::from_secs(DEFAULT_KEEP_ALIVE_SECS),
         };
         // AWS IoT Core keeps a persistent session an hour by default
         // (https://docs.aws.amazon.com/iot/latest/developerguide/mqtt.html#mqtt-persistent-sessions).
@@ -531,20 +575,14 @@ impl RawCloud {
             Profile::AwsIotCore => quota::AWS_IOT_CORE,
         };
         let written = self.quotas.unwrap_or_default();
-        let pick = |written: Option<usize>, base: Option<usize>| match written {
-            Some(0) => None,
-            Some(n) => Some(n),
-            None => base,
-        };
         let quotas = Quotas {
             payload_bytes: pick(written.payload_bytes, base.payload_bytes),
             topic_bytes: pick(written.topic_bytes, base.topic_bytes),
             topic_slashes: pick(written.topic_slashes, base.topic_slashes),
-            publishes_per_sec: match written.publishes_per_sec {
-                Some(0) => None,
-                Some(n) => Some(n),
-                None => base.publishes_per_sec,
-            },
+            publishes_per_sec: pick(written.publishes_per_sec, base.publishes_per_sec),
+            bytes_per_sec: pick(written.bytes_per_sec, base.bytes_per_sec),
+            subscriptions: pick(written.subscriptions, base.subscriptions),
+            filters_per_subscribe: pick(written.filters_per_subscribe, base.filters_per_subscribe),
         };
         let max_backoff = match self.max_backoff_ms {
             Some(m) if !(100..=3_600_000).contains(m.get_ref()) => {
@@ -593,9 +631,15 @@ impl RawCloud {
                     ),
                 ));
             }
+            let batch = f
+                .batch
+                .map(|b| resolve_batch(b, &quotas))
+                .transpose()
+                .map_err(|message| err(format!("{key}.batch"), Some(span.clone()), message))?;
             forward.push(Forward {
                 filter: f.filter,
                 prefix: f.prefix,
+                batch,
             });
         }
         let mut downlink = Vec::new();
@@ -722,6 +766,64 @@ impl RawCloud {
     }
 }
 
+/// A quota written in `[cloud.quotas]` over the profile's: 0 is none.
+fn pick<T: Default + PartialEq>(written: Option<T>, base: Option<T>) -> Option<T> {
+    match written {
+        Some(n) if n == T::default() => None,
+        Some(n) => Some(n),
+        None => base,
+    }
+}
+
+/// A forward route's `batch`, checked against the cloud's quotas: the array must fit the payload
+/// limit, its topic the topic limits.
+fn resolve_batch(b: RawBatch, quotas: &Quotas) -> Result<Batch, String> {
+    if b.topic.is_empty() || b.topic.contains(['+', '#', '\0']) {
+        return Err(format!(
+            "{:?} is not a topic to publish on (no wildcards)",
+            b.topic
+        ));
+    }
+    if let Some(r) = quotas.refusal(&b.topic, 0) {
+        return Err(format!(
+            "the batch topic {:?} is over the cloud's limit ({}: {} > {})",
+            b.topic, r.reason, r.actual, r.limit
+        ));
+    }
+    let most_bytes = quotas.payload_bytes.unwrap_or(DEFAULT_BATCH_BYTES);
+    let max_bytes = b.max_bytes.unwrap_or(most_bytes);
+    if !(64..=most_bytes).contains(&max_bytes) {
+        return Err(format!(
+            "max_bytes {max_bytes} is out of range: it must be between 64 and {most_bytes}{}",
+            if quotas.payload_bytes.is_some() {
+                " (the cloud's payload limit)"
+            } else {
+                ""
+            }
+        ));
+    }
+    let max_messages = b.max_messages.unwrap_or(DEFAULT_BATCH_MESSAGES);
+    if !(1..=10_000).contains(&max_messages) {
+        return Err(format!(
+            "max_messages {max_messages} is out of range: it must be between 1 and 10000"
+        ));
+    }
+    let max_delay_ms = b.max_delay_ms.unwrap_or(DEFAULT_BATCH_DELAY_MS);
+    if max_delay_ms > 3_600_000 {
+        return Err(format!(
+            "max_delay_ms {max_delay_ms} is out of range: at most 3600000 (an hour)"
+        ));
+    }
+    Ok(Batch {
+        topic: b.topic,
+        limits: BatchLimits {
+            max_messages,
+            max_bytes,
+            max_delay_ms,
+        },
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -750,7 +852,7 @@ mod tests {
             (c.limits.max_messages, c.when_full),
             (100_000, FullPolicy::DropOldest)
         );
-        assert_eq!(c.keep_alive, Duration::from_secs(30));
+        assert_eq!(c.keep_alive, Duration::from_secs(60));
         let c = resolve("host = \"h\"\nplain_tcp = true\n[shadows]\nthings = [\"a\"]\n");
         let machine = std::fs::read_to_string(MACHINE_ID).ok();
         let derived = thing_from_machine_id(machine.as_deref()).expect("this machine has an id");
@@ -826,9 +928,14 @@ mod tests {
     fn the_aws_profile_keeps_aws_quotas_and_each_can_be_overridden() {
         let c = resolve("host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n");
         assert_eq!((c.quotas, c.inflight), (quota::AWS_IOT_CORE, 100));
+        assert_eq!(
+            (c.quotas.subscriptions, c.quotas.filters_per_subscribe),
+            (Some(50), Some(8))
+        );
         let c = resolve(
             "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\n\
-             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\n",
+             [quotas]\npublishes_per_sec = 0\npayload_bytes = 1000\nfilters_per_subscribe = 0\n\
+             bytes_per_sec = 2048\n",
         );
         assert_eq!(
             (
@@ -838,6 +945,8 @@ mod tests {
             ),
             (None, Some(1000), Some(7))
         );
+        assert_eq!(c.quotas.filters_per_subscribe, None, "0 is no limit");
+        assert_eq!(c.quotas.bytes_per_sec, Some(2048));
         let c = resolve("host = \"h\"\nplain_tcp = true\n");
         assert_eq!((c.quotas, c.inflight), (Quotas::default(), 256));
         let e =
@@ -848,6 +957,57 @@ mod tests {
             "host = \"h\"\nplain_tcp = true\nprofile = \"aws-iot-core\"\nclient_id = \"{long}\"\n"
         ));
         assert_eq!(e.key, "cloud.client_id");
+    }
+
+    #[test]
+    fn a_batch_fits_the_cloud_s_payload_and_topic_limits() {
+        let forward = |profile: &str, batch: &str| {
+            format!(
+                "host = \"h\"\nplain_tcp = true\n{profile}\
+                 forward = [{{ filter = \"s/#\", batch = {{ {batch} }} }}]\n"
+            )
+        };
+        let aws = "profile = \"aws-iot-core\"\n";
+        let c = resolve(&forward(aws, "topic = \"site/batch\""));
+        let b = c.forward[0].batch.clone().expect("a batch");
+        assert_eq!(
+            (b.topic.as_str(), b.limits),
+            (
+                "site/batch",
+                BatchLimits {
+                    max_messages: DEFAULT_BATCH_MESSAGES,
+                    max_bytes: 128 * 1024,
+                    max_delay_ms: DEFAULT_BATCH_DELAY_MS,
+                }
+            )
+        );
+        let c = resolve(&forward(
+            "",
+            "topic = \"b\", max_messages = 5, max_bytes = 4096, max_delay_ms = 0",
+        ));
+        assert_eq!(
+            c.forward[0].batch.as_ref().map(|b| b.limits),
+            Some(BatchLimits {
+                max_messages: 5,
+                max_bytes: 4096,
+                max_delay_ms: 0
+            })
+        );
+        for (profile, batch, says) in [
+            (
+                aws,
+                "topic = \"b\", max_bytes = 131073",
+                "the cloud's payload limit",
+            ),
+            (aws, "topic = \"1/2/3/4/5/6/7/8/9\"", "topic_too_deep"),
+            ("", "topic = \"b/+\"", "no wildcards"),
+            ("", "topic = \"b\", max_messages = 0", "max_messages"),
+            ("", "topic = \"b\", max_bytes = 10", "max_bytes"),
+        ] {
+            let e = refusal(&forward(profile, batch));
+            assert_eq!(e.key, "cloud.forward[0].batch", "{batch}");
+            assert!(e.message.contains(says), "{batch}: {}", e.message);
+        }
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! The cloud component: owns the outbox, feeds the link, bridges the downlink, and publishes
 //! `$grove/cloud/status` (the crate doc of [`crate`] says how).
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -10,8 +11,9 @@ use tokio::sync::{mpsc, watch};
 use tokio::task::JoinHandle;
 use tracing::{error, info, warn};
 
+use super::batch::{self, Batcher, Publish, Shape};
 use super::config::{CloudConfig, Downlink};
-use super::link::{Ack, Backoff, LinkEvent, Session};
+use super::link::{Ack, Backoff, Extras, LinkEvent, Session, Subscriptions};
 use super::outbox::{Entry, PacketIds, Queue};
 use super::queries::CloudQueries;
 use super::quota::{Quotas, TokenBucket};
@@ -19,7 +21,7 @@ use super::{link, sync};
 use crate::metrics::CloudMetrics;
 use grove_broker::bus::{Bus, Message, Outgoing};
 use grove_broker::namespace::UP_PREFIX;
-use grove_broker::tap::{Offer, Route, Tap};
+use grove_broker::tap::{Offer, Route, Tap, Tapped};
 use grove_broker::BusMaker;
 use grove_shadow_api::local::LocalShadows;
 use grove_shadow_api::token::client_token_of;
@@ -33,20 +35,27 @@ pub const STATUS_TOPIC: &str = "$grove/cloud/status";
 /// the outbox: `{"topic", "reason", "limit", "actual", "payload_base64"}`, QoS 1.
 pub const DEAD_LETTER_TOPIC: &str = "$grove/cloud/dlq";
 
-/// Acknowledged messages are deleted in one transaction per half window (`inflight / 2`), or with
-/// the next append, or at the latest this long after the first of them was acknowledged: one
-/// commit (and fsync) per PUBACK would cost more than the sending. A crash before the delete
-/// commits means those messages are sent again, so acknowledged-but-undeleted messages count
-/// against the `inflight` window: after a crash at most `inflight` messages go up twice, as after
-/// a link drop.
+/// Acknowledged messages are deleted in one transaction per half window (the messages of
+/// `inflight / 2` publishes), or with the next append, or at the latest this long after the first
+/// of them was acknowledged: one commit (and fsync) per PUBACK would cost more than the sending.
+/// A crash before the delete commits means those messages are sent again, so the publishes whose
+/// deletes are not committed count against the `inflight` window: after a crash at most
+/// `inflight` publishes go up twice (a batch is one publish), as after a link drop.
 const DELETE_LINGER: Duration = Duration::from_millis(50);
 
 /// Offers from publishers waiting for the outbox; each publisher waits for its own, so this only
 /// bounds how many are queued at once.
 const TAP_QUEUE: usize = 256;
 
-/// The smallest reconnect delay.
-const BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// The smallest reconnect delay (the first attempt comes after half to all of it). A second:
+/// AWS IoT Core takes at most one CONNECT per second per client id ("Connect requests per second
+/// per client ID", <https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits>),
+/// and issue 16 asks for a backoff from about a second up to about 30 s (`max_backoff_ms`).
+const BACKOFF_BASE: Duration = Duration::from_secs(1);
+
+/// Most bytes (topics plus payloads) read from the outbox in one page: with batches, a page holds
+/// more messages than the window has publishes, and what it holds waits in memory.
+const PAGE_BYTES: u64 = 1 << 20;
 
 /// Why the cloud component could not start.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +69,9 @@ pub enum CloudError {
     /// The broker refused the component's bus link.
     #[error("cannot attach the cloud component to the broker: {0}")]
     Bus(String),
+    /// The link's subscriptions are over the cloud's limits (`[cloud.quotas]`, the profile).
+    #[error("{0}")]
+    Subscriptions(String),
 }
 
 /// Whether the link is up, for the status answer.
@@ -70,13 +82,48 @@ enum LinkState {
     Disconnected,
 }
 
-/// Starts cloud sync: the outbox owner, the link and, if configured, shadow sync. Call before the
-/// broker opens its listeners, so no forwarded message is missed.
+/// Another component riding on the cloud link (the binary wires them: the deployments' AWS IoT
+/// Jobs client is one), so that this crate knows none of them: the cloud topics it takes, where
+/// the link's events for it go, and the lines it adds to `grove cloud status`.
+#[derive(Debug)]
+pub struct Rider {
+    /// Its name: the key of its lines in the status answer.
+    pub name: String,
+    /// Cloud topic filters subscribed on every connection, like the downlink's; a cloud message
+    /// they match goes to this rider only (before the downlink and shadow sync see it), and is
+    /// acknowledged to the cloud once handed over.
+    pub filters: Vec<String>,
+    /// Its events.
+    pub events: mpsc::UnboundedSender<RiderEvent>,
+    /// Its status lines (label, text), kept current by the rider.
+    pub status: watch::Receiver<Vec<(String, String)>>,
+}
+
+/// What the link tells a [`Rider`].
+#[derive(Debug)]
+pub enum RiderEvent {
+    /// A session is up: publish through it (QoS 0: a request whose answer is the acknowledgement,
+    /// as shadow sync's; QoS 1 packet ids belong to the outbox).
+    Up(Session),
+    /// The session ended.
+    Down,
+    /// A cloud message on one of its filters.
+    Message {
+        /// The cloud topic.
+        topic: String,
+        /// The payload.
+        payload: Bytes,
+    },
+}
+
+/// Starts cloud sync: the outbox owner, the link and, if configured, shadow sync, with `riders` on
+/// the link. Call before the broker opens its listeners, so no forwarded message is missed.
 pub async fn start(
     config: &CloudConfig,
     buses: &BusMaker,
     store: Store,
     metrics: CloudMetrics,
+    riders: Vec<Rider>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<Vec<JoinHandle<()>>, CloudError> {
     let options = link::options(config)?;
@@ -90,6 +137,7 @@ pub async fn start(
         );
     }
     let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
+    // Route i is forward route i; the rules' `cloud` action's route comes last.
     let mut routes: Vec<Route> = config
         .forward
         .iter()
@@ -99,6 +147,17 @@ pub async fn start(
             prefix: f.prefix.clone(),
         })
         .collect();
+    let route_batches: Vec<Option<String>> = config
+        .forward
+        .iter()
+        .map(|f| f.batch.as_ref().map(|b| b.topic.clone()))
+        .collect();
+    let (lane_topics, lane_limits): (Vec<String>, Vec<batch::Limits>) = config
+        .forward
+        .iter()
+        .filter_map(|f| f.batch.as_ref())
+        .map(|b| (b.topic.clone(), b.limits))
+        .unzip();
     routes.push(Route {
         filter: format!("{UP_PREFIX}#"),
         strip: UP_PREFIX.to_owned(),
@@ -116,12 +175,26 @@ pub async fn start(
         .map_err(|e| CloudError::Bus(e.to_string()))?;
     buses.add_tap(tap.clone());
 
-    let mut subscriptions: Vec<String> = config.downlink.iter().map(|d| d.filter.clone()).collect();
+    // One list that every component adds its filters to; the link makes them all at each
+    // connect, within the cloud's limits.
+    let mut subscriptions = Subscriptions {
+        filters: config.downlink.iter().map(|d| d.filter.clone()).collect(),
+        per_packet: config.quotas.filters_per_subscribe,
+    };
+    subscriptions
+        .filters
+        .extend(riders.iter().flat_map(|r| r.filters.iter().cloned()));
+    if let Some(shadows) = &config.shadows {
+        subscriptions.filters.extend(sync::cloud_filters(shadows));
+    }
+    config
+        .quotas
+        .check_subscriptions(&subscriptions.filters)
+        .map_err(CloudError::Subscriptions)?;
     let mut tasks = Vec::new();
     let sync_tx = match &config.shadows {
         None => None,
         Some(shadows) => {
-            subscriptions.extend(sync::cloud_filters(shadows));
             let (tx, rx) = mpsc::unbounded_channel();
             let sync_bus = buses
                 .bus_outside("cloud-sync", &tap)
@@ -166,11 +239,19 @@ pub async fn start(
         session: None,
         window: config.inflight,
         downlink: config.downlink.clone(),
+        carries_properties: config.protocol == super::config::Protocol::V5,
+        route_batches,
+        lane_topics,
+        batcher: Batcher::new(&lane_limits),
+        loaded: HashMap::new(),
+        batch_due: None,
+        riders,
         metrics,
         state: LinkState::Connecting,
         last_error: None,
         retry_in: None,
         deletes: Vec::new(),
+        deleted_publishes: 0,
         deletes_since: None,
         backlog: None,
         sync: sync_tx,
@@ -178,6 +259,10 @@ pub async fn start(
         pacer: config
             .quotas
             .publishes_per_sec
+            .map(|rate| TokenBucket::new(rate, 0.1)),
+        byte_pacer: config
+            .quotas
+            .bytes_per_sec
             .map(|rate| TokenBucket::new(rate, 0.1)),
         clock: tokio::time::Instant::now(),
         paced_until: None,
@@ -222,8 +307,14 @@ pub async fn serve_disabled(
 /// What the shadow sync component hears from the link.
 #[derive(Debug)]
 pub enum SyncInput {
-    /// A session is up: cloud requests go through it.
-    Up(Session),
+    /// A session is up: cloud requests go through it. `resumed`: the cloud kept the session
+    /// (see [`LinkEvent::Up`]).
+    Up {
+        /// The session's publishing handle.
+        session: Session,
+        /// Whether the cloud resumed the session it kept.
+        resumed: bool,
+    },
     /// The session ended.
     Down,
     /// A shadow message from the cloud.
@@ -244,6 +335,21 @@ struct Owner {
     session: Option<Session>,
     window: usize,
     downlink: Vec<Downlink>,
+    /// Whether the link carries MQTT 5 user properties (a message with some goes up alone).
+    carries_properties: bool,
+    /// Per tap route (forward routes, then the rules' `cloud` action): its batch topic, if it
+    /// batches.
+    route_batches: Vec<Option<String>>,
+    /// Per batching lane: its batch topic (a stored message names its lane by it).
+    lane_topics: Vec<String>,
+    batcher: Batcher,
+    /// Claimed messages not yet handed to the link, by sequence number, with their batch
+    /// element when they go in one.
+    loaded: HashMap<u64, Loaded>,
+    /// When the next open batch is due (ms since the epoch).
+    batch_due: Option<u64>,
+    /// The components that ride on the link (deployments' AWS IoT Jobs client).
+    riders: Vec<Rider>,
     metrics: CloudMetrics,
     state: LinkState,
     last_error: Option<String>,
@@ -251,6 +357,8 @@ struct Owner {
     retry_in: Option<Duration>,
     /// Acknowledged sequence numbers whose delete is not yet committed.
     deletes: Vec<u64>,
+    /// The publishes that carried them (what counts against the window).
+    deleted_publishes: usize,
     /// When the first of `deletes` was acknowledged.
     deletes_since: Option<tokio::time::Instant>,
     /// When the current session started with a backlog, and how big it was (for the drain log).
@@ -260,12 +368,23 @@ struct Owner {
     quotas: Quotas,
     /// The publish rate limit, on the clock `clock` started.
     pacer: Option<TokenBucket>,
+    /// The byte rate limit (topics plus payloads), on the same clock. A publish goes when a
+    /// token is left and spends its size, into debt if it is bigger than the bucket: the rate
+    /// holds on average, and a batch larger than a tenth of a second's bytes still goes.
+    byte_pacer: Option<TokenBucket>,
     clock: tokio::time::Instant,
     /// When the pacer allows the next publish, while messages wait for it.
     paced_until: Option<tokio::time::Instant>,
     /// Messages sent to [`DEAD_LETTER_TOPIC`], and the last one's topic and reason.
     dead_letters: u64,
     last_dead_letter: Option<(String, &'static str)>,
+}
+
+/// A message read from the outbox for sending.
+struct Loaded {
+    message: OutboxMessage,
+    /// Its element of its lane's array, when it goes in one.
+    element: Option<Vec<u8>>,
 }
 
 impl Owner {
@@ -278,7 +397,7 @@ impl Owner {
         let mut batch = Vec::new();
         let mut waiting = Vec::new();
         loop {
-            if self.deletes.len() >= (self.window / 2).max(1) {
+            if self.deleted_publishes >= (self.window / 2).max(1) {
                 self.flush_deletes().await;
             }
             self.feed().await;
@@ -286,10 +405,17 @@ impl Owner {
             // steady drain must not hold its deletes back.
             let linger = self.deletes_since;
             let paced = self.paced_until;
+            // The next batch's deadline, on the wall clock its messages' append times are on.
+            let batch_due = self.batch_due.map(|due| {
+                tokio::time::Instant::now() + Duration::from_millis(due.saturating_sub(now_ms()))
+            });
             tokio::select! {
                 _ = shutdown.changed() => break,
                 _ = tokio::time::sleep_until(paced.unwrap_or_else(tokio::time::Instant::now)), if paced.is_some() => {
                     self.paced_until = None;
+                }
+                _ = tokio::time::sleep_until(batch_due.unwrap_or_else(tokio::time::Instant::now)), if batch_due.is_some() => {
+                    self.batch_due = None;
                 }
                 _ = tokio::time::sleep_until(linger.unwrap_or_else(tokio::time::Instant::now) + DELETE_LINGER), if linger.is_some() => {
                     self.flush_deletes().await
@@ -329,30 +455,42 @@ impl Owner {
         self.bus.close().await;
     }
 
-    /// Hands the link what the window allows, in sequence order.
+    /// Publishes what may go (within the window and the pace), reading more of the outbox while
+    /// there is room: each route's messages in sequence order, a batching route's in arrays.
     async fn feed(&mut self) {
-        let Some(session) = self.session.clone() else {
-            return;
-        };
-        // Acknowledged messages whose delete is not committed yet would be sent again after a
-        // crash, like the ones in flight: both share the window.
-        while let Some((after, room)) = self
-            .queue
-            .next_batch(self.window.saturating_sub(self.deletes.len()))
-        {
-            let now = self.clock.elapsed();
-            let room = match &mut self.pacer {
-                None => room,
-                Some(pacer) => match pacer.available(now) {
-                    0 => {
-                        // Over the cloud's publish rate: wake up when the next one may go.
-                        self.paced_until = Some(tokio::time::Instant::now() + pacer.wait());
-                        return;
-                    }
-                    tokens => room.min(tokens),
-                },
+        loop {
+            let Some(session) = self.session.clone() else {
+                return;
             };
-            let page = match self.store.outbox_load(after, room).await {
+            while self.room() > 0 {
+                if !self.pace() {
+                    return;
+                }
+                let more_to_read = self.queue.has_unclaimed();
+                let Some(publish) = self.batcher.poll_publish(now_ms(), more_to_read) else {
+                    break;
+                };
+                if !self.publish(&session, publish) {
+                    // The session is ending; its Down event resets the queue for the next one.
+                    self.session = None;
+                    return;
+                }
+            }
+            // Wake up when the next open batch is due. One already due waits for what holds it
+            // back (a full window, the pace, a failed read), each with a wake-up of its own: a
+            // timer in the past would spin.
+            self.batch_due = self.batcher.poll_timeout().filter(|due| *due > now_ms());
+            if self.room() == 0 {
+                return;
+            }
+            // Nothing ready and room in the window: read the next page. A batch takes up to
+            // `max_messages` messages for one place in the window, so a page may hold more
+            // messages than places; its bytes bound what waits in memory.
+            let most = self.room().saturating_mul(self.batcher.max_messages());
+            let Some((after, count)) = self.queue.next_load(most, PAGE_BYTES) else {
+                return;
+            };
+            let page = match self.store.outbox_load(after, count).await {
                 Ok(p) => p,
                 Err(e) => {
                     error!(error = %e, "cannot read the cloud outbox");
@@ -362,22 +500,108 @@ impl Owner {
             if page.is_empty() {
                 return;
             }
-            for m in page {
-                if !self.queue.mark_sent(m.seq) {
-                    continue;
-                }
-                if !session.publish_qos1(&m.topic, m.payload) {
-                    // The session is ending; its Down event resets the queue for the next one.
-                    self.session = None;
-                    return;
-                }
-                self.ids.handed(m.seq);
-                self.metrics.sent.inc();
-                if let Some(pacer) = &mut self.pacer {
-                    pacer.spend(1);
+            for message in page {
+                if self.queue.claim(message.seq) {
+                    self.take(message);
                 }
             }
         }
+    }
+
+    /// Whether the cloud's publish and byte rates allow a publish now; if not, when they will.
+    fn pace(&mut self) -> bool {
+        let now = self.clock.elapsed();
+        let wait = [&mut self.pacer, &mut self.byte_pacer]
+            .into_iter()
+            .flatten()
+            .filter_map(|bucket| (bucket.available(now) == 0).then(|| bucket.wait()))
+            .max();
+        match wait {
+            None => true,
+            Some(wait) => {
+                self.paced_until = Some(tokio::time::Instant::now() + wait);
+                false
+            }
+        }
+    }
+
+    /// Places left in the window. Acknowledged publishes whose delete is not committed yet
+    /// would be sent again after a crash, like the ones in flight: both take places.
+    fn room(&self) -> usize {
+        self.window
+            .saturating_sub(self.ids.in_flight() + self.deleted_publishes)
+    }
+
+    /// A claimed message joins its lane's batch, or waits to go as itself.
+    fn take(&mut self, message: OutboxMessage) {
+        let lane = message
+            .batch
+            .as_ref()
+            .and_then(|topic| self.lane_topics.iter().position(|t| t == topic));
+        let alone =
+            message.retain || (self.carries_properties && !message.user_properties.is_empty());
+        let element = (lane.is_some() && !alone)
+            .then(|| batch::element(&message.topic, &message.payload, message.enqueued_ms));
+        let shape = match &element {
+            Some(e) => Shape::Element(e.len()),
+            None => Shape::Alone,
+        };
+        self.batcher
+            .push(lane, message.seq, shape, message.enqueued_ms);
+        self.loaded.insert(message.seq, Loaded { message, element });
+    }
+
+    /// Hands one publish to the session; false if the session is gone. Messages that left the
+    /// outbox since they were claimed (the full policy) are left out; nothing left, nothing sent.
+    fn publish(&mut self, session: &Session, publish: Publish) -> bool {
+        let (lane, seqs) = match publish {
+            Publish::Single(seq) => (None, vec![seq]),
+            Publish::Batch { lane, seqs } => (Some(lane), seqs),
+        };
+        let taken: Vec<Loaded> = seqs
+            .iter()
+            .filter_map(|seq| self.loaded.remove(seq))
+            .filter(|l| self.queue.sent(l.message.seq))
+            .collect();
+        let Some(first) = taken.first() else {
+            return true;
+        };
+        let (handed, size) = match lane {
+            None => {
+                let m = &first.message;
+                let extras = Extras {
+                    retain: m.retain,
+                    user_properties: &m.user_properties,
+                };
+                let size = m.topic.len() + m.payload.len();
+                (
+                    session.publish_qos1(&m.topic, m.payload.clone(), extras),
+                    size,
+                )
+            }
+            Some(lane) => {
+                let array = batch::array(taken.iter().filter_map(|l| l.element.as_deref()));
+                self.metrics.batches.inc();
+                self.metrics.batched.inc_by(taken.len() as u64);
+                let topic = &self.lane_topics[lane];
+                let size = topic.len() + array.len();
+                let handed = session.publish_qos1(topic, Bytes::from(array), Extras::default());
+                (handed, size)
+            }
+        };
+        if !handed {
+            return false;
+        }
+        if let Some(bytes) = &mut self.byte_pacer {
+            bytes.spend(size);
+        }
+        self.ids
+            .handed(taken.iter().map(|l| l.message.seq).collect());
+        self.metrics.sent.inc();
+        if let Some(pacer) = &mut self.pacer {
+            pacer.spend(1);
+        }
+        true
     }
 
     async fn flush_deletes(&mut self) {
@@ -386,6 +610,7 @@ impl Owner {
             return;
         }
         let deletes = std::mem::take(&mut self.deletes);
+        self.deleted_publishes = 0;
         // A failed delete only means the message may be sent again after a restart.
         if let Err(e) = self.store.outbox_write(Vec::new(), deletes).await {
             warn!(error = %e, "cannot delete acknowledged messages from the cloud outbox");
@@ -394,7 +619,7 @@ impl Owner {
 
     fn on_link(&mut self, event: LinkEvent, local: &mut Vec<Outgoing>, acks: &mut Vec<Ack>) {
         match event {
-            LinkEvent::Up(session) => {
+            LinkEvent::Up { session, resumed } => {
                 self.metrics.connects.inc();
                 self.metrics.link_up.set(1);
                 self.state = LinkState::Connected;
@@ -402,25 +627,31 @@ impl Owner {
                 if self.queue.depth() > 0 {
                     self.backlog = Some((Instant::now(), self.queue.depth()));
                 }
+                for rider in &self.riders {
+                    let _ = rider.events.send(RiderEvent::Up(session.clone()));
+                }
                 if let Some(sync) = &self.sync {
-                    let _ = sync.send(SyncInput::Up(session));
+                    let _ = sync.send(SyncInput::Up { session, resumed });
                 }
             }
             LinkEvent::Written(pkid) => self.ids.written(pkid),
             LinkEvent::Refused(pkid, reason) => {
                 // The cloud will not take it, now or on a resend: it leaves the outbox, counted.
-                if self.settle(pkid).is_some() {
+                let refused = self.settle(pkid).len() as u64;
+                if refused > 0 {
                     warn!(
                         reason,
-                        "the cloud refused a message (MQTT 5 PUBACK reason): dropped"
+                        messages = refused,
+                        "the cloud refused a publish (MQTT 5 PUBACK reason): dropped"
                     );
-                    self.metrics.drop("refused_by_cloud", 1);
+                    self.metrics.drop("refused_by_cloud", refused);
                 }
             }
             LinkEvent::PubAck(pkid) => {
-                if let Some(entry) = self.settle(pkid) {
+                let now = now_ms();
+                for entry in self.settle(pkid) {
                     self.metrics.acked.inc();
-                    let waited = now_ms().saturating_sub(entry.enqueued_ms);
+                    let waited = now.saturating_sub(entry.enqueued_ms);
                     self.metrics
                         .delivery_seconds
                         .observe(waited as f64 / 1000.0);
@@ -434,11 +665,15 @@ impl Owner {
                 // Every message is acknowledged after this batch's local publish, also the ones
                 // dropped here (nothing more will come of them).
                 acks.push(ack);
-                if let Some(sync) = self
-                    .sync
-                    .as_ref()
-                    .filter(|_| topic.starts_with("$aws/things/"))
-                {
+                if let Some(rider) = self.riders.iter().find(|r| {
+                    r.filters
+                        .iter()
+                        .any(|f| grove_rules::topic_matches(f, &topic))
+                }) {
+                    let _ = rider.events.send(RiderEvent::Message { topic, payload });
+                    return;
+                }
+                if let Some(sync) = self.sync.as_ref().filter(|_| sync::is_shadow_topic(&topic)) {
                     let _ = sync.send(SyncInput::Cloud { topic, payload });
                     return;
                 }
@@ -468,6 +703,9 @@ impl Owner {
                     if let Some(sync) = &self.sync {
                         let _ = sync.send(SyncInput::Down);
                     }
+                    for rider in &self.riders {
+                        let _ = rider.events.send(RiderEvent::Down);
+                    }
                 }
                 self.metrics.link_up.set(0);
                 self.state = LinkState::Disconnected;
@@ -475,6 +713,9 @@ impl Owner {
                 self.retry_in = Some(retry_in);
                 self.session = None;
                 self.ids.clear();
+                self.batcher.clear();
+                self.loaded.clear();
+                self.batch_due = None;
                 let resent = self.queue.reset_session();
                 self.metrics.resent.inc_by(resent as u64);
             }
@@ -497,10 +738,9 @@ impl Owner {
     /// Appends what the tap took (one transaction for every waiting offer), then lets the
     /// publishers go on.
     async fn on_offers(&mut self, waiting: &mut Vec<Offer>) {
-        let incoming: Vec<(String, Bytes)> = waiting
+        let incoming: Vec<Tapped> = waiting
             .iter_mut()
             .flat_map(|o| std::mem::take(&mut o.messages))
-            .map(|t| (t.topic, t.payload))
             .collect();
         self.append(incoming, now_ms()).await;
         for offer in waiting.drain(..) {
@@ -508,30 +748,34 @@ impl Owner {
         }
     }
 
-    async fn append(&mut self, mut incoming: Vec<(String, Bytes)>, now: u64) {
+    async fn append(&mut self, mut incoming: Vec<Tapped>, now: u64) {
         self.dead_letters(&mut incoming).await;
         let sizes: Vec<u64> = incoming
             .iter()
-            .map(|(t, p)| (t.len() + p.len()) as u64)
+            .map(|t| (t.topic.len() + t.payload.len()) as u64)
             .collect();
         let admission = self.queue.admit(&sizes, now);
-        let mut incoming: Vec<Option<(String, Bytes)>> = incoming.into_iter().map(Some).collect();
+        let mut incoming: Vec<Option<Tapped>> = incoming.into_iter().map(Some).collect();
         let append: Vec<OutboxMessage> = admission
             .accepted
             .iter()
             .filter_map(|&(i, seq)| {
-                let (topic, payload) = incoming[i].take()?;
+                let t = incoming[i].take()?;
                 Some(OutboxMessage {
                     seq,
-                    topic,
-                    payload,
+                    batch: self.route_batches.get(t.route).cloned().flatten(),
+                    topic: t.topic,
+                    payload: t.payload,
                     enqueued_ms: now,
+                    retain: t.retain,
+                    user_properties: t.user_properties,
                 })
             })
             .collect();
         let n = append.len() as u64;
         // Pending deletes of acknowledged messages share this commit.
         let mut delete = std::mem::take(&mut self.deletes);
+        self.deleted_publishes = 0;
         self.deletes_since = None;
         delete.extend_from_slice(&admission.dropped_oldest);
         match self.store.outbox_write(append, delete).await {
@@ -576,10 +820,10 @@ impl Owner {
     /// Takes out of `incoming` what the cloud would refuse whatever the time (over its payload or
     /// topic limits) and publishes it on [`DEAD_LETTER_TOPIC`], counted and logged, so that it
     /// never blocks the queue behind it.
-    async fn dead_letters(&mut self, incoming: &mut Vec<(String, Bytes)>) {
+    async fn dead_letters(&mut self, incoming: &mut Vec<Tapped>) {
         use base64::Engine;
         let mut letters = Vec::new();
-        incoming.retain(|(topic, payload)| {
+        incoming.retain(|Tapped { topic, payload, .. }| {
             let Some(refusal) = self.quotas.refusal(topic, payload.len()) else {
                 return true;
             };
@@ -616,20 +860,25 @@ impl Owner {
         }
     }
 
-    /// The cloud answered the publish with this packet id (acknowledged or refused): its message
-    /// leaves the outbox. `None` if it had already left (dropped while in flight, or a duplicate
-    /// answer).
-    fn settle(&mut self, pkid: u16) -> Option<Entry> {
-        let seq = self.ids.acked(pkid)?;
-        let entry = self.queue.acked(seq)?;
-        self.deletes.push(seq);
+    /// The cloud answered the publish with this packet id (acknowledged or refused): its
+    /// messages leave the outbox. Returns those that were still there (none for a duplicate
+    /// answer; messages dropped while in flight are not among them).
+    fn settle(&mut self, pkid: u16) -> Vec<Entry> {
+        let Some(seqs) = self.ids.acked(pkid) else {
+            return Vec::new();
+        };
+        let entries: Vec<Entry> = seqs.iter().filter_map(|s| self.queue.acked(*s)).collect();
+        if !entries.is_empty() {
+            self.deletes.extend(entries.iter().map(|e| e.seq));
+            self.deleted_publishes += 1;
+        }
         self.deletes_since
             .get_or_insert_with(tokio::time::Instant::now);
         self.gauges();
         if self.queue.depth() == 0 {
             self.drained();
         }
-        Some(entry)
+        entries
     }
 
     /// Logs how fast a backlog drained after a reconnect.
@@ -668,6 +917,11 @@ impl Owner {
             "retry_in_ms": self.retry_in.filter(|_| self.state != LinkState::Connected).map(|d| d.as_millis() as u64),
             "connects": self.metrics.connects.get(),
             "acked": self.metrics.acked.get(),
+            "riders": self
+                .riders
+                .iter()
+                .map(|r| (r.name.clone(), json!(*r.status.borrow())))
+                .collect::<serde_json::Map<_, _>>(),
             "clientToken": client_token_of(request),
         });
         Outgoing::new(

@@ -3,11 +3,15 @@
 //!
 //! - [`config`]: the `[cloud]` section.
 //! - [`outbox`]: the outbox's admission policy, ordering and packet-id bookkeeping (pure).
+//! - [`batch`]: a forward route's messages as one JSON array per publish, bounded by count, size
+//!   and delay (pure).
 //! - [`quota`]: the cloud's limits (payload, topic, publish rate; AWS IoT Core's profile), kept
 //!   before sending (pure).
 //! - `link`: rumqttc, TLS, reconnect with backoff and jitter.
 //! - `merge`: the three-way merge of shadow state (pure); `sync`: the shadow sync component.
 //! - [`cli`]: `grove cloud status` (rendering the answer; the binary asks).
+//! - [`Rider`]: another component on the link (its cloud topics, its status lines), wired by
+//!   the binary, so this crate depends on none of them (the deployments' AWS IoT Jobs client).
 //! - [`metrics`], [`queries`]: the `grove_cloud_*` counters, the outbox's and sync states' tables.
 //! - `forwarder.rs`: the component (below).
 //!
@@ -16,8 +20,10 @@
 //! is appended to the outbox (one transaction for all the offers waiting) **before** the router
 //! sees it: a device's QoS 1 PUBACK means the message is on disk for the cloud. Then it considers
 //! them for sending; it feeds the link from the outbox in sequence
-//! order, at most `inflight` unacknowledged at once, deletes each message when its PUBACK arrives,
-//! and after a reconnect starts again at the oldest unacknowledged message. Messages from the cloud
+//! order (a batching route's messages as JSON arrays, [`batch`]), at most `inflight` publishes
+//! unacknowledged at once and within the cloud's rates ([`quota`]), deletes a publish's messages
+//! when its PUBACK arrives, and after a reconnect starts again at the oldest unacknowledged
+//! message. Messages from the cloud
 //! on the `downlink` filters are published on local topics; shadow traffic goes to `sync`.
 //!
 //! Architecture invariant: a message bound for the cloud is in the outbox (committed) before it is
@@ -29,6 +35,7 @@
 //! `grove-auth` and `grove-rules` (the topic matcher), never on functions, the rules engine or the
 //! binary. rumqttc and rustls types stay inside `link.rs`; neither is re-exported.
 
+pub mod batch;
 pub mod cli;
 pub mod config;
 mod forwarder;
@@ -41,3 +48,4 @@ pub mod quota;
 mod sync;
 
 pub use forwarder::*;
+pub use link::Session;

@@ -15,7 +15,14 @@
 //! message was refused, not delivered, and is reported as [`LinkEvent::Refused`].
 //!
 //! The session is persistent unless `session_expiry_secs = 0`: the cloud keeps the link's
-//! subscriptions and queues its QoS 1 messages while the gateway is away. Messages from the cloud
+//! subscriptions and queues its QoS 1 messages while the gateway is away; [`LinkEvent::Up`] says
+//! whether the cloud still had the session (CONNACK's session present flag), so shadow sync knows
+//! whether what changed in the cloud meanwhile is on its way or must be read.
+//!
+//! The subscriptions ([`Subscriptions`]: every component's filters, one list) are made again at
+//! every connect, split into SUBSCRIBE packets of at most the cloud's filters per packet (AWS IoT
+//! Core: 8). On MQTT 5 they ask for retained messages only when the subscription is new (retain
+//! handling 1), so a resumed session does not get the cloud's retained messages again. Messages from the cloud
 //! are acknowledged by hand ([`Ack`]), only once the cloud component has handed them on, so a
 //! gateway that stops between the two gets the message again instead of losing it.
 //!
@@ -60,11 +67,35 @@ pub enum LinkError {
     Password(String),
 }
 
+/// The cloud subscriptions the link makes at every connect.
+#[derive(Debug, Clone, Default)]
+pub struct Subscriptions {
+    /// The filters, every component's (downlink, shadow sync, ...), in the order they are made.
+    pub filters: Vec<String>,
+    /// Most filters in one SUBSCRIBE packet; `None`: all in one.
+    pub per_packet: Option<usize>,
+}
+
+impl Subscriptions {
+    /// The SUBSCRIBE packets to send: the filters in order, in chunks of `per_packet`.
+    fn packets(&self) -> impl Iterator<Item = &[String]> {
+        self.filters
+            .chunks(self.per_packet.unwrap_or(usize::MAX).max(1))
+    }
+}
+
 /// What the link reports to the cloud component, in the order it happened.
 #[derive(Debug)]
 pub enum LinkEvent {
     /// Connected (CONNACK received, subscriptions requested): publish through this session.
-    Up(Session),
+    Up {
+        /// The session's publishing handle.
+        session: Session,
+        /// Whether the cloud resumed the session it kept (CONNACK's session present flag): its
+        /// subscriptions held, and the QoS 1 messages published for the gateway meanwhile
+        /// follow.
+        resumed: bool,
+    },
     /// rumqttc wrote a QoS 1 PUBLISH with this packet id.
     Written(u16),
     /// The cloud acknowledged the QoS 1 PUBLISH with this packet id.
@@ -126,22 +157,48 @@ enum Client {
     V5(v5::AsyncClient),
 }
 
+/// What a publish carries besides topic and payload.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Extras<'a> {
+    /// The retain flag.
+    pub retain: bool,
+    /// MQTT 5 user properties; an MQTT 3.1.1 link cannot carry them and sends the message
+    /// without.
+    pub user_properties: &'a [(String, String)],
+}
+
 impl Session {
     /// Hands a QoS 1 publish to the session without waiting; false if the session is gone or its
     /// queue is full (the caller keeps the message and sends it in a later session).
-    pub fn publish_qos1(&self, topic: &str, payload: Bytes) -> bool {
-        self.publish(topic, QoS::AtLeastOnce, payload)
+    pub fn publish_qos1(&self, topic: &str, payload: Bytes, extras: Extras<'_>) -> bool {
+        self.publish(topic, QoS::AtLeastOnce, payload, extras)
     }
 
     /// Hands a QoS 0 publish (shadow requests: their answer is the acknowledgement).
     pub fn publish_qos0(&self, topic: &str, payload: Bytes) -> bool {
-        self.publish(topic, QoS::AtMostOnce, payload)
+        self.publish(topic, QoS::AtMostOnce, payload, Extras::default())
     }
 
-    fn publish(&self, topic: &str, qos: QoS, payload: Bytes) -> bool {
+    fn publish(&self, topic: &str, qos: QoS, payload: Bytes, extras: Extras<'_>) -> bool {
         match &self.client {
-            Client::V4(c) => c.try_publish(topic, qos, false, payload).is_ok(),
-            Client::V5(c) => c.try_publish(topic, v5_qos(qos), false, payload).is_ok(),
+            Client::V4(c) => c.try_publish(topic, qos, extras.retain, payload).is_ok(),
+            Client::V5(c) if extras.user_properties.is_empty() => c
+                .try_publish(topic, v5_qos(qos), extras.retain, payload)
+                .is_ok(),
+            Client::V5(c) => {
+                let properties = v5::mqttbytes::v5::PublishProperties {
+                    user_properties: extras.user_properties.to_vec(),
+                    ..Default::default()
+                };
+                c.try_publish_with_properties(
+                    topic,
+                    v5_qos(qos),
+                    extras.retain,
+                    payload,
+                    properties,
+                )
+                .is_ok()
+            }
         }
     }
 }
@@ -175,8 +232,8 @@ impl Options {
 
 /// What one event-loop step meant, in either protocol version.
 enum Step {
-    /// CONNACK; the refusal reason if it was not a success.
-    ConnAck(Option<String>),
+    /// CONNACK: whether the session was resumed, or the refusal reason.
+    ConnAck(Result<bool, String>),
     /// Something to report as it is.
     Report(LinkEvent),
     Other,
@@ -255,11 +312,21 @@ impl Driver {
             .collect()
     }
 
-    fn subscribe(&self, filter: &str) -> bool {
+    /// Queues one SUBSCRIBE packet with `filters`, each at QoS 1.
+    fn subscribe(&self, filters: &[String]) -> bool {
         match self {
-            Driver::V4(c, _) => c.try_subscribe(filter, QoS::AtLeastOnce).is_ok(),
+            Driver::V4(c, _) => c
+                .try_subscribe_many(
+                    filters
+                        .iter()
+                        .map(|f| rumqttc::SubscribeFilter::new(f.clone(), QoS::AtLeastOnce)),
+                )
+                .is_ok(),
             Driver::V5(c, _) => c
-                .try_subscribe(filter, v5::mqttbytes::QoS::AtLeastOnce)
+                .try_subscribe_many(filters.iter().map(|f| v5::mqttbytes::v5::Filter {
+                    retain_forward_rule: v5::mqttbytes::v5::RetainForwardRule::OnNewSubscribe,
+                    ..v5::mqttbytes::v5::Filter::new(f.clone(), v5::mqttbytes::QoS::AtLeastOnce)
+                }))
                 .is_ok(),
         }
     }
@@ -297,10 +364,13 @@ fn refused(code: &str) -> String {
 /// What an MQTT 3.1.1 event loop event means for the link.
 fn v4_step(client: &AsyncClient, event: Event) -> Step {
     match event {
-        Event::Incoming(Incoming::ConnAck(ack)) => Step::ConnAck(
-            (ack.code != rumqttc::ConnectReturnCode::Success)
-                .then(|| refused(&format!("{:?}", ack.code))),
-        ),
+        Event::Incoming(Incoming::ConnAck(ack)) => {
+            Step::ConnAck(if ack.code == rumqttc::ConnectReturnCode::Success {
+                Ok(ack.session_present)
+            } else {
+                Err(refused(&format!("{:?}", ack.code)))
+            })
+        }
         Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
             Step::Report(LinkEvent::Written(pkid))
         }
@@ -318,9 +388,13 @@ fn v4_step(client: &AsyncClient, event: Event) -> Step {
 fn v5_step(client: &v5::AsyncClient, event: v5::Event) -> Step {
     use v5::mqttbytes::v5::{ConnectReturnCode, Packet, PubAckReason};
     match event {
-        v5::Event::Incoming(Packet::ConnAck(ack)) => Step::ConnAck(
-            (ack.code != ConnectReturnCode::Success).then(|| refused(&format!("{:?}", ack.code))),
-        ),
+        v5::Event::Incoming(Packet::ConnAck(ack)) => {
+            Step::ConnAck(if ack.code == ConnectReturnCode::Success {
+                Ok(ack.session_present)
+            } else {
+                Err(refused(&format!("{:?}", ack.code)))
+            })
+        }
         v5::Event::Outgoing(Outgoing::Publish(pkid)) if pkid != 0 => {
             Step::Report(LinkEvent::Written(pkid))
         }
@@ -536,7 +610,7 @@ fn certificates(
 /// Drives the link until shutdown: connect, report, reconnect after a backoff.
 pub async fn run(
     options: Options,
-    subscriptions: Vec<String>,
+    subscriptions: Subscriptions,
     window: usize,
     mut backoff: Backoff,
     events: mpsc::UnboundedSender<LinkEvent>,
@@ -557,19 +631,20 @@ pub async fn run(
             };
             let event = match step {
                 Err(e) => break e,
-                Ok(Step::ConnAck(Some(refused))) => {
-                    break format!("the cloud refused the connection: {refused}")
-                }
-                Ok(Step::ConnAck(None)) => {
+                Ok(Step::ConnAck(Err(refused))) => break refused,
+                Ok(Step::ConnAck(Ok(resumed))) => {
                     backoff.reset();
                     up = true;
-                    for f in &subscriptions {
-                        if !driver.subscribe(f) {
-                            warn!(filter = f, "cannot queue a cloud subscription");
+                    for filters in subscriptions.packets() {
+                        if !driver.subscribe(filters) {
+                            warn!(?filters, "cannot queue a cloud subscription");
                         }
                     }
-                    info!(host, "cloud link up");
-                    LinkEvent::Up(driver.session())
+                    info!(host, resumed, "cloud link up");
+                    LinkEvent::Up {
+                        session: driver.session(),
+                        resumed,
+                    }
                 }
                 Ok(Step::Report(event)) => event,
                 Ok(Step::Other) => continue,
@@ -652,6 +727,22 @@ mod tests {
     }
 
     #[test]
+    fn subscriptions_go_in_packets_of_at_most_the_cloud_s_limit() {
+        let subs = |n: usize, per_packet| Subscriptions {
+            filters: (0..n).map(|i| format!("f/{i}")).collect(),
+            per_packet,
+        };
+        let sizes = |s: &Subscriptions| s.packets().map(<[String]>::len).collect::<Vec<_>>();
+        assert_eq!(sizes(&subs(20, Some(8))), [8, 8, 4]);
+        assert_eq!(sizes(&subs(8, Some(8))), [8]);
+        assert_eq!(sizes(&subs(20, None)), [20]);
+        assert_eq!(sizes(&subs(0, Some(8))), Vec::<usize>::new());
+        let s = subs(9, Some(8));
+        let order: Vec<&String> = s.packets().flatten().collect();
+        assert_eq!(order, s.filters.iter().collect::<Vec<_>>(), "in order");
+    }
+
+    #[test]
     fn backoff_doubles_with_jitter_up_to_the_cap_and_resets() {
         let ms = Duration::from_millis;
         let mut b = Backoff::new(ms(100), ms(1000));
@@ -705,7 +796,7 @@ mod tests {
         let never = Duration::from_secs(3600);
         let link = tokio::spawn(run(
             options(port),
-            Vec::new(),
+            Subscriptions::default(),
             16,
             Backoff::new(never, never),
             tx,
@@ -718,8 +809,9 @@ mod tests {
                 .expect("the link reports within 10 s")
                 .expect("the link runs");
             match event {
-                LinkEvent::Up(session) if after_publish => {
-                    assert!(session.publish_qos1("no/1", Bytes::from_static(b"x")));
+                LinkEvent::Up { session, .. } if after_publish => {
+                    let payload = Bytes::from_static(b"x");
+                    assert!(session.publish_qos1("no/1", payload, Extras::default()));
                 }
                 LinkEvent::Down { .. } => break,
                 other => seen.push(other),

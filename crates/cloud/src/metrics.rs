@@ -39,8 +39,12 @@ pub struct CloudMetrics {
     pub outbox_bytes: Gauge,
     /// Messages appended to the outbox.
     pub appended: Counter,
-    /// Publishes handed to the link (first sends and resends).
+    /// Publishes handed to the link (first sends and resends; a batch is one).
     pub sent: Counter,
+    /// Of these, batches (JSON arrays of a batching forward route).
+    pub batches: Counter,
+    /// Messages that went up in batches.
+    pub batched: Counter,
     /// Messages acknowledged by the cloud and removed from the outbox.
     pub acked: Counter,
     /// Messages dropped, by reason.
@@ -69,6 +73,8 @@ impl Default for CloudMetrics {
             outbox_bytes: Gauge::default(),
             appended: Counter::default(),
             sent: Counter::default(),
+            batches: Counter::default(),
+            batched: Counter::default(),
             acked: Counter::default(),
             dropped: Family::default(),
             resent: Counter::default(),
@@ -111,8 +117,18 @@ impl CloudMetrics {
         );
         c.register(
             "sent",
-            "Publishes handed to the cloud link (sends and resends)",
+            "Publishes handed to the cloud link (sends and resends; a batch is one)",
             self.sent.clone(),
+        );
+        c.register(
+            "batches",
+            "Publishes that carried a batch (a JSON array of a batching forward route)",
+            self.batches.clone(),
+        );
+        c.register(
+            "batched",
+            "Messages that went up in batches",
+            self.batched.clone(),
         );
         c.register(
             "acked",

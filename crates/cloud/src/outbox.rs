@@ -7,14 +7,16 @@
 //! admission when the outbox is full, which messages to send next, and what a reconnect resends.
 //! The payloads themselves stay in SQLite and are read back in pages when they are sent.
 //!
-//! Order: messages are sent in sequence order, one session at a time; a new session starts again
-//! at the oldest unacknowledged message. So the first arrival of every message at the cloud is in
-//! append order (per topic and overall), and the only duplicates are messages that were in flight
-//! when a session ended: at most `inflight` per reconnect.
+//! Order: messages are claimed for sending in sequence order, one session at a time; a new
+//! session starts again at the oldest unacknowledged message. Claimed messages go up in that
+//! order, except that a forward route that batches holds its messages for a while
+//! ([`crate::batch`]): order is kept per route (so per topic), not between routes. The only
+//! duplicates are the publishes that were in flight when a session ended: at most `inflight`
+//! per reconnect (a batch counts as one publish).
 //!
-//! [`PacketIds`] maps rumqttc's packet ids back to sequence numbers: rumqttc chooses the packet id
-//! when it writes a PUBLISH and reports it as `Outgoing::Publish(pkid)`, in the order the publishes
-//! were handed to it.
+//! [`PacketIds`] maps rumqttc's packet ids back to the sequence numbers a publish carries (one, or
+//! a batch's): rumqttc chooses the packet id when it writes a PUBLISH and reports it as
+//! `Outgoing::Publish(pkid)`, in the order the publishes were handed to it.
 
 use std::collections::{HashMap, VecDeque};
 
@@ -42,8 +44,10 @@ pub struct Limits {
 /// Where a queued message is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum State {
-    /// Not yet handed to the link in this session.
+    /// Not yet read for sending in this session.
     Waiting,
+    /// Read for sending, waiting for its batch to close or for room in the window.
+    Claimed,
     /// Handed to the link, no PUBACK yet.
     InFlight,
 }
@@ -81,8 +85,9 @@ pub struct Queue {
     entries: VecDeque<(Entry, State)>,
     bytes: u64,
     next_seq: u64,
-    /// The highest sequence number handed to the link in this session.
+    /// The highest sequence number claimed in this session.
     cursor: u64,
+    /// Messages handed to the link and not acknowledged.
     inflight: usize,
     limits: Limits,
     policy: FullPolicy,
@@ -181,24 +186,50 @@ impl Queue {
         }
     }
 
-    /// How many more messages the link may take with `window` in flight at most, and the
-    /// sequence number after which to read them; `None` when nothing is waiting or the window is
-    /// full.
-    pub fn next_batch(&self, window: usize) -> Option<(u64, usize)> {
-        let room = window.saturating_sub(self.inflight);
-        let waiting = self
-            .entries
+    /// Whether messages wait that this session has not claimed yet.
+    pub fn has_unclaimed(&self) -> bool {
+        self.entries
             .back()
-            .is_some_and(|(e, _)| e.seq > self.cursor);
-        (room > 0 && waiting).then_some((self.cursor, room))
+            .is_some_and(|(e, _)| e.seq > self.cursor)
     }
 
-    /// Records that message `seq` (read from the table) is handed to the link; false if it has
+    /// The next messages to read for sending: the sequence number after which to read them and
+    /// how many, at most `max_messages` and, after the first, `max_bytes` (topics plus
+    /// payloads); `None` when every message is claimed.
+    pub fn next_load(&self, max_messages: usize, max_bytes: u64) -> Option<(u64, usize)> {
+        let first = self.entries.partition_point(|(e, _)| e.seq <= self.cursor);
+        let mut bytes = 0;
+        let count = self
+            .entries
+            .range(first..)
+            .take(max_messages.max(1))
+            .take_while(|(e, _)| {
+                let fits = bytes == 0 || bytes + e.size <= max_bytes;
+                bytes += e.size.max(1);
+                fits
+            })
+            .count();
+        (count > 0).then_some((self.cursor, count))
+    }
+
+    /// Records that message `seq` (read from the table) is claimed for sending; false if it has
     /// left the queue meanwhile (acknowledged or dropped), so it must not be sent.
-    pub fn mark_sent(&mut self, seq: u64) -> bool {
+    pub fn claim(&mut self, seq: u64) -> bool {
         self.cursor = self.cursor.max(seq);
         match self.position(seq) {
             Some(i) if self.entries[i].1 == State::Waiting => {
+                self.entries[i].1 = State::Claimed;
+                true
+            }
+            _ => false,
+        }
+    }
+
+    /// Records that claimed message `seq` is handed to the link; false if it has left the queue
+    /// since it was claimed (dropped by the full policy), so it must not be sent.
+    pub fn sent(&mut self, seq: u64) -> bool {
+        match self.position(seq) {
+            Some(i) if self.entries[i].1 == State::Claimed => {
                 self.entries[i].1 = State::InFlight;
                 self.inflight += 1;
                 true
@@ -213,8 +244,9 @@ impl Queue {
         self.remove(seq)
     }
 
-    /// The session ended: what was in flight will be sent again, from the oldest. Returns how many
-    /// messages that is (the cloud may already have some of them: possible duplicates).
+    /// The session ended: what was claimed or in flight will be sent again, from the oldest.
+    /// Returns how many messages were in flight (the cloud may already have some of them:
+    /// possible duplicates).
     pub fn reset_session(&mut self) -> usize {
         let resent = self.inflight;
         for (_, state) in &mut self.entries {
@@ -239,31 +271,37 @@ impl Queue {
     }
 }
 
-/// Maps rumqttc's packet ids to outbox sequence numbers for one session.
+/// Maps rumqttc's packet ids to the outbox sequence numbers of each publish, for one session.
 #[derive(Debug, Default)]
 pub struct PacketIds {
     /// Handed to rumqttc, packet id not yet known, in order.
-    handed: VecDeque<u64>,
+    handed: VecDeque<Vec<u64>>,
     /// Written with a packet id, awaiting PUBACK.
-    by_pkid: HashMap<u16, u64>,
+    by_pkid: HashMap<u16, Vec<u64>>,
 }
 
 impl PacketIds {
-    /// `seq` was handed to rumqttc (after every earlier one).
-    pub fn handed(&mut self, seq: u64) {
-        self.handed.push_back(seq);
+    /// A publish carrying `seqs` (one message, or a batch's) was handed to rumqttc, after every
+    /// earlier one.
+    pub fn handed(&mut self, seqs: Vec<u64>) {
+        self.handed.push_back(seqs);
     }
 
     /// rumqttc wrote the next handed QoS 1 publish with packet id `pkid`.
     pub fn written(&mut self, pkid: u16) {
-        if let Some(seq) = self.handed.pop_front() {
-            self.by_pkid.insert(pkid, seq);
+        if let Some(seqs) = self.handed.pop_front() {
+            self.by_pkid.insert(pkid, seqs);
         }
     }
 
-    /// The PUBACK for `pkid` arrived: the sequence number it acknowledges.
-    pub fn acked(&mut self, pkid: u16) -> Option<u64> {
+    /// The PUBACK for `pkid` arrived: the sequence numbers it acknowledges.
+    pub fn acked(&mut self, pkid: u16) -> Option<Vec<u64>> {
         self.by_pkid.remove(&pkid)
+    }
+
+    /// Publishes handed to rumqttc and not answered yet (the link's window).
+    pub fn in_flight(&self) -> usize {
+        self.handed.len() + self.by_pkid.len()
     }
 
     /// The session ended: nothing of it will be acknowledged.
@@ -408,34 +446,60 @@ mod tests {
     fn a_new_session_resends_from_the_oldest_unacknowledged() {
         let mut q = queue(100, 10_000, FullPolicy::DropOldest);
         q.admit(&[1; 6], 5);
-        assert_eq!(q.next_batch(4), Some((0, 4)));
+        assert_eq!(q.next_load(4, 1000), Some((0, 4)));
         for s in 1..=4 {
-            assert!(q.mark_sent(s));
+            assert!(q.claim(s) && q.sent(s));
         }
-        assert_eq!(q.next_batch(4), None, "window full");
+        assert_eq!(q.next_load(4, 1000), Some((4, 2)));
         assert_eq!(q.acked(1).map(|e| e.enqueued_ms), Some(5));
         assert!(q.acked(2).is_some());
-        assert_eq!(q.next_batch(4), Some((4, 2)));
-        assert!(q.mark_sent(5));
-        // The link drops: 3, 4, 5 were in flight and go again, first.
+        assert!(q.claim(5) && q.sent(5));
+        assert!(q.claim(6), "claimed, not sent: held for a batch");
+        assert!(!q.has_unclaimed());
+        assert_eq!(q.next_load(10, 1000), None);
+        // The link drops: 3, 4, 5 were in flight (6 only claimed) and go again, first.
         assert_eq!(q.reset_session(), 3);
-        assert_eq!(q.next_batch(10), Some((0, 10)));
-        assert!(!q.mark_sent(1), "acknowledged messages are not sent again");
-        assert!(q.mark_sent(3));
+        assert!(q.has_unclaimed());
+        assert_eq!(q.next_load(10, 1000), Some((0, 4)));
+        assert!(!q.claim(1), "acknowledged messages are not sent again");
+        assert!(q.claim(3) && q.sent(3));
+        assert!(!q.sent(3), "sent once per session");
         assert_eq!(q.acked(1), None, "a second ack is not counted");
         assert_eq!(q.depth(), 4);
         assert_eq!(q.oldest_ms(), Some(5));
     }
 
     #[test]
+    fn a_load_stops_at_its_byte_budget_but_takes_at_least_one() {
+        let mut q = queue(100, 10_000, FullPolicy::DropOldest);
+        q.admit(&[400, 400, 400, 5000, 1], 0);
+        assert_eq!(q.next_load(10, 1000), Some((0, 2)));
+        for s in 1..=3 {
+            assert!(q.claim(s));
+        }
+        assert_eq!(
+            q.next_load(10, 1000),
+            Some((3, 1)),
+            "one over the budget alone"
+        );
+        assert!(q.claim(4));
+        assert_eq!(q.next_load(10, 1000), Some((4, 1)));
+        assert_eq!(q.next_load(0, 1000), Some((4, 1)), "at least one");
+    }
+
+    #[test]
     fn dropping_an_in_flight_message_frees_its_window_slot() {
         let mut q = queue(2, 10_000, FullPolicy::DropOldest);
         q.admit(&[1, 1], 0);
-        assert!(q.mark_sent(1));
+        assert!(q.claim(1) && q.sent(1));
+        assert!(q.claim(2));
         let a = q.admit(&[1], 0);
         assert_eq!(a.dropped_oldest, vec![1]);
         assert_eq!(q.inflight(), 0);
         assert_eq!(q.acked(1), None, "its late PUBACK finds nothing");
+        // A claimed message dropped before its batch goes up is not sent.
+        q.admit(&[1], 0);
+        assert!(!q.sent(2));
     }
 
     #[test]
@@ -473,15 +537,17 @@ mod tests {
     #[test]
     fn packet_ids_map_in_handing_order_and_acks_in_any_order() {
         let mut p = PacketIds::default();
-        for s in [10, 11, 12] {
+        for s in [vec![10], vec![11, 12, 13], vec![14]] {
             p.handed(s);
         }
         p.written(1);
         p.written(2);
+        assert_eq!(p.in_flight(), 3);
         p.written(3);
-        assert_eq!(p.acked(2), Some(11));
-        assert_eq!(p.acked(1), Some(10));
+        assert_eq!(p.acked(2), Some(vec![11, 12, 13]));
+        assert_eq!(p.acked(1), Some(vec![10]));
         assert_eq!(p.acked(1), None);
+        assert_eq!(p.in_flight(), 1);
         p.clear();
         assert_eq!(p.acked(3), None);
     }

@@ -72,14 +72,20 @@ impl CloudQueries for Store {
 
 fn outbox_write(c: &Connection, append: &[OutboxMessage], delete: &[u64]) -> rusqlite::Result<()> {
     let mut insert = c.prepare_cached(
-        "INSERT INTO cloud_outbox (seq, topic, payload, enqueued_ms) VALUES (?1, ?2, ?3, ?4)",
+        "INSERT INTO cloud_outbox (seq, topic, payload, enqueued_ms, retain, user_properties, batch)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
     )?;
     for m in append {
+        let properties = (!m.user_properties.is_empty())
+            .then(|| serde_json::to_string(&m.user_properties).unwrap_or_default());
         insert.execute(params![
             m.seq as i64,
             m.topic,
             m.payload.as_ref(),
-            m.enqueued_ms as i64
+            m.enqueued_ms as i64,
+            m.retain,
+            properties,
+            m.batch,
         ])?;
     }
     let mut remove = c.prepare_cached("DELETE FROM cloud_outbox WHERE seq = ?1")?;
@@ -105,14 +111,23 @@ fn outbox_index(c: &Connection) -> rusqlite::Result<Vec<Entry>> {
 
 fn outbox_load(c: &Connection, after: u64, limit: usize) -> rusqlite::Result<Vec<OutboxMessage>> {
     let mut stmt = c.prepare_cached(
-        "SELECT seq, topic, payload, enqueued_ms FROM cloud_outbox WHERE seq > ?1 ORDER BY seq LIMIT ?2",
+        "SELECT seq, topic, payload, enqueued_ms, retain, user_properties, batch FROM cloud_outbox
+         WHERE seq > ?1 ORDER BY seq LIMIT ?2",
     )?;
     let rows = stmt.query_map(params![after as i64, limit as i64], |r| {
+        // Written by `outbox_write` from a list of pairs: unreadable only if someone else wrote
+        // it, and then the message still goes up, without them.
+        let properties: Option<String> = r.get(5)?;
         Ok(OutboxMessage {
             seq: r.get::<_, i64>(0)? as u64,
             topic: r.get(1)?,
             payload: Bytes::from(r.get::<_, Vec<u8>>(2)?),
             enqueued_ms: r.get::<_, i64>(3)? as u64,
+            retain: r.get(4)?,
+            user_properties: properties
+                .and_then(|p| serde_json::from_str(&p).ok())
+                .unwrap_or_default(),
+            batch: r.get(6)?,
         })
     })?;
     rows.collect()
@@ -167,6 +182,13 @@ mod tests {
             topic: format!("t/{seq}"),
             payload: Bytes::from(vec![b'x'; seq as usize]),
             enqueued_ms: 100 + seq,
+            retain: seq == 4,
+            user_properties: if seq == 5 {
+                vec![("k".into(), "v".into()), ("k".into(), "w".into())]
+            } else {
+                Vec::new()
+            },
+            batch: (seq == 6).then(|| "b/all".to_owned()),
         };
         store
             .outbox_write((1..=5).map(m).collect(), vec![])
@@ -179,8 +201,12 @@ mod tests {
         let seqs: Vec<u64> = index.iter().map(|e| e.seq).collect();
         assert_eq!(seqs, [2, 4, 5, 6]);
         assert_eq!((index[0].size, index[0].enqueued_ms), (3 + 2, 102));
-        let page = store.outbox_load(2, 2).await.unwrap();
-        assert_eq!(page, vec![m(4), m(5)]);
+        let page = store.outbox_load(2, 3).await.unwrap();
+        assert_eq!(
+            page,
+            vec![m(4), m(5), m(6)],
+            "with retain, properties and batch"
+        );
         thread.close().await;
     }
 }

@@ -6,8 +6,15 @@
 //! limits and quotas", <https://docs.aws.amazon.com/general/latest/gr/iot-core.html#message-broker-limits>):
 //! 128 KB per payload, topics of at most 256 bytes and 7 forward slashes, 100 publish requests per
 //! second per connection, 100 unacknowledged inbound QoS 1 messages per connection, client ids of
-//! at most 128 bytes. A message over a size limit would be refused on every attempt: it goes to
-//! the dead letters instead of blocking the queue behind it.
+//! at most 128 bytes, 50 subscriptions per connection ("Subscriptions per connection"; a
+//! SUBSCRIBE that passes it ends the connection) and 8 topic filters per SUBSCRIBE packet (the
+//! same list in AWS's own Device SDK, `ClientExtendedValidationAndFlowControl.AwsIotCoreDefaults`,
+//! <https://aws.github.io/aws-iot-device-sdk-js-v2/node/enums/mqtt5.ClientExtendedValidationAndFlowControl.html>:
+//! "No more than 8 subscriptions per SUBSCRIBE packet", topics and topic filters of at most 7
+//! slashes and 256 bytes, 100 publishes per second, and "Outbound throughput throttled to
+//! 512KB/s", the quotas page's throughput per connection, which batches could otherwise pass). A message over a size limit would be
+//! refused on every attempt: it goes to the dead letters instead of blocking the queue behind
+//! it; subscriptions over the limits are a startup error ([`Quotas::check_subscriptions`]).
 
 use std::time::Duration;
 
@@ -22,6 +29,12 @@ pub struct Quotas {
     pub topic_slashes: Option<usize>,
     /// Most publishes per second on the connection.
     pub publishes_per_sec: Option<u32>,
+    /// Most bytes (topics plus payloads) per second on the connection.
+    pub bytes_per_sec: Option<u32>,
+    /// Most subscriptions the connection may hold.
+    pub subscriptions: Option<usize>,
+    /// Most topic filters in one SUBSCRIBE packet (the link splits its subscriptions).
+    pub filters_per_subscribe: Option<usize>,
 }
 
 /// AWS IoT Core's per-connection limits (see the module doc).
@@ -30,6 +43,9 @@ pub const AWS_IOT_CORE: Quotas = Quotas {
     topic_bytes: Some(256),
     topic_slashes: Some(7),
     publishes_per_sec: Some(100),
+    bytes_per_sec: Some(512 * 1024),
+    subscriptions: Some(50),
+    filters_per_subscribe: Some(8),
 };
 
 /// AWS IoT Core's most unacknowledged QoS 1 publishes per connection.
@@ -67,6 +83,27 @@ impl Quotas {
                 limit,
                 actual,
             })
+        })
+    }
+
+    /// Whether the link's subscriptions (every component's, in the order they are made) keep
+    /// the limits: their number, and each filter's length and depth. The error names the first
+    /// problem.
+    pub fn check_subscriptions(&self, filters: &[String]) -> Result<(), String> {
+        if let Some(most) = self.subscriptions.filter(|most| filters.len() > *most) {
+            return Err(format!(
+                "the cloud link needs {} subscriptions (downlink filters, 6 per synced thing, \
+                 ...) but the cloud allows {most} per connection: sync `things = [\"*\"]` (6 in \
+                 all) or use fewer downlink filters",
+                filters.len()
+            ));
+        }
+        filters.iter().try_for_each(|f| match self.refusal(f, 0) {
+            None => Ok(()),
+            Some(r) => Err(format!(
+                "the cloud subscription {f:?} is over the cloud's limit ({}: {} > {})",
+                r.reason, r.actual, r.limit
+            )),
         })
     }
 }
@@ -154,6 +191,21 @@ mod tests {
     }
 
     #[test]
+    fn aws_takes_50_subscriptions_within_its_topic_limits() {
+        let filters = |n: usize| (0..n).map(|i| format!("c/{i}/#")).collect::<Vec<_>>();
+        assert_eq!(AWS_IOT_CORE.check_subscriptions(&filters(50)), Ok(()));
+        let e = AWS_IOT_CORE.check_subscriptions(&filters(51)).unwrap_err();
+        assert!(e.contains("51 subscriptions") && e.contains("50"), "{e}");
+        let deep = vec!["$aws/things/+/shadow/name/+/update/+/x".to_owned()];
+        let e = AWS_IOT_CORE.check_subscriptions(&deep).unwrap_err();
+        assert!(e.contains("topic_too_deep"), "{e}");
+        assert_eq!(
+            Quotas::default().check_subscriptions(&filters(5000)),
+            Ok(())
+        );
+    }
+
+    #[test]
     fn a_tenth_of_a_second_burst_keeps_any_second_near_the_rate() {
         let ms = Duration::from_millis;
         let mut p = TokenBucket::new(100, 0.1);
@@ -180,6 +232,20 @@ mod tests {
         let n = p.available(ms(0));
         p.spend(n);
         assert_eq!(p.wait(), ms(10));
+    }
+
+    #[test]
+    fn a_spend_bigger_than_the_bucket_goes_and_the_next_waits_its_bytes_out() {
+        let ms = Duration::from_millis;
+        // 1,000 bytes a second, a tenth of a second's burst: a 5,000-byte publish goes at once
+        // (a token is left), and the bucket is then 4,900 bytes in debt: 4.9 s until the next.
+        let mut b = TokenBucket::new(1000, 0.1);
+        assert_eq!(b.available(ms(0)), 100);
+        b.spend(5000);
+        assert_eq!(b.available(ms(0)), 0);
+        assert_eq!(b.wait(), ms(4901));
+        assert_eq!(b.available(ms(4900)), 0);
+        assert_eq!(b.available(ms(4901)), 1);
     }
 
     #[test]

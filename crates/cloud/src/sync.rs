@@ -6,8 +6,20 @@
 //! it was read at, and records the merged state with both sides' new versions (the sync state, in
 //! the store). A round runs when a side reports a change (`update/documents` with a version newer
 //! than the recorded one; on the cloud side any version but the recorded one, see
-//! `ShadowSync::on_cloud`), for every known shadow when the link comes up (so sync resumes after
-//! any outage, however long, from the recorded base), and again later for a round that failed.
+//! `ShadowSync::on_cloud`), and again later for a round that failed. When the link comes up, what
+//! costs cloud messages depends on what the cloud kept (issue 16: a reconnect must cost
+//! O(changed shadows), not a read of every shadow):
+//! - the first connection after the gateway starts, or a session the cloud did not keep (CONNACK
+//!   without session present: `session_expiry_secs = 0`, or away longer than it): a round for
+//!   every known shadow, from the recorded base (so sync resumes after any outage, however long).
+//!   The start is included because a gateway stopped (or killed) between taking a cloud
+//!   notification and finishing its round would otherwise never learn of that change, and
+//!   because a whole shadow deleted through AWS's API publishes nothing;
+//! - a resumed session on a link that dropped: rounds only for the shadows changed meanwhile.
+//!   Local changes were seen on the bus (and local versions are compared with the recorded ones
+//!   too, which costs nothing on the wire); the cloud's arrive as the `update/documents` messages
+//!   it queued for the session's QoS 1 subscriptions while the link was down.
+//!
 //! A shadow deleted whole on one side (`delete/accepted`, or missing at a round) is deleted on the
 //! other when the merge leaves nothing there, that is when nothing changed on that side since the
 //! recorded base; the base is then empty and both versions 0.
@@ -128,6 +140,8 @@ pub struct ShadowSync {
     rate: TokenBucket,
     started: Instant,
     tokens: u64,
+    /// Whether a link came up since the gateway started (the first one reads every shadow).
+    connected_before: bool,
 }
 
 impl ShadowSync {
@@ -162,6 +176,7 @@ impl ShadowSync {
             pending_cloud: VecDeque::new(),
             started: Instant::now(),
             tokens: 0,
+            connected_before: false,
         })
     }
 
@@ -220,24 +235,48 @@ impl ShadowSync {
 
     async fn on_input(&mut self, input: SyncInput) {
         match input {
-            SyncInput::Up(session) => {
+            SyncInput::Up { session, resumed } => {
                 self.session = Some(session);
-                // Resume: every known shadow of the configured things gets a round.
-                for t in self.config.things.iter().filter(|t| *t != "*") {
-                    self.dirty.insert(ShadowKey {
-                        thing: t.clone(),
-                        name: None,
-                    });
-                }
-                self.dirty.extend(self.states.keys().cloned());
-                if let Ok(list) = self.store.list_shadows().await {
+                let everything = !resumed || !self.connected_before;
+                self.connected_before = true;
+                let failed = std::mem::take(&mut self.failed);
+                self.dirty.extend(failed);
+                let local = self.store.list_shadows().await.unwrap_or_default();
+                if everything {
+                    // Every known shadow of the configured things gets a round.
+                    for t in self.config.things.iter().filter(|t| *t != "*") {
+                        self.dirty.insert(ShadowKey {
+                            thing: t.clone(),
+                            name: None,
+                        });
+                    }
+                    self.dirty.extend(self.states.keys().cloned());
                     self.dirty.extend(
-                        list.into_iter()
+                        local
+                            .into_iter()
                             .map(|(k, _)| k)
                             .filter(|k| self.config.covers(&k.thing)),
                     );
+                } else {
+                    // Only what changed here since the agreed state; the cloud's changes are
+                    // on their way from the resumed session.
+                    let changed: Vec<ShadowKey> = local
+                        .into_iter()
+                        .filter(|(k, version)| {
+                            self.config.covers(&k.thing)
+                                && self
+                                    .states
+                                    .get(k)
+                                    .is_none_or(|s| s.local_version != *version)
+                        })
+                        .map(|(k, _)| k)
+                        .collect();
+                    self.dirty.extend(changed);
                 }
-                info!(shadows = self.dirty.len(), "shadow sync resuming");
+                info!(
+                    shadows = self.dirty.len(),
+                    resumed, everything, "shadow sync resuming"
+                );
             }
             SyncInput::Down => self.session = None,
             SyncInput::Cloud { topic, payload } => self.on_cloud(&topic, &payload),
@@ -504,7 +543,7 @@ impl ShadowSync {
                     self.session = None;
                     return Err(RoundError::Offline);
                 }
-                SyncInput::Up(s) => self.session = Some(s),
+                SyncInput::Up { session, .. } => self.session = Some(session),
             }
         }
     }
@@ -591,6 +630,12 @@ fn update_body(patch: Value, version: Option<u64>) -> Value {
     body
 }
 
+/// Whether a cloud topic is a shadow's (`$aws/things/{thing}/shadow/...`): sync takes those;
+/// other `$aws/things/` topics (jobs, ...) are not its.
+pub fn is_shadow_topic(topic: &str) -> bool {
+    parse_topic(topic).is_some()
+}
+
 /// Splits `$aws/things/{thing}/shadow/[name/{name}/]{rest}` into the shadow and `rest`.
 fn parse_topic(topic: &str) -> Option<(ShadowKey, &str)> {
     let rest = topic.strip_prefix("$aws/things/")?;
@@ -643,9 +688,11 @@ mod tests {
                 Some(("t1", Some("n"), "get/accepted")),
             ),
             ("$aws/things/t1/other", None),
+            ("$aws/things/t1/jobs/notify", None),
             ("sensors/t1", None),
         ];
         for (topic, want) in cases {
+            assert_eq!(is_shadow_topic(topic), want.is_some(), "{topic}");
             let got = parse_topic(topic);
             let got = got
                 .as_ref()

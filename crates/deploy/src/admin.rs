@@ -52,7 +52,9 @@ async fn apply(State(d): State<Deployer>, body: Bytes) -> Response {
     match d.apply(&body).await {
         Ok(id) => reply(StatusCode::ACCEPTED, json!({ "id": id })),
         Err(e @ ApplyError::Document(_)) => error(StatusCode::BAD_REQUEST, e),
-        Err(e @ ApplyError::Duplicate(_)) => error(StatusCode::CONFLICT, e),
+        Err(e @ (ApplyError::Duplicate(_) | ApplyError::DuplicateFrom(..))) => {
+            error(StatusCode::CONFLICT, e)
+        }
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

@@ -92,9 +92,17 @@ impl Client {
 }
 
 fn line(s: &Summary) -> String {
+    let from = s
+        .job
+        .as_ref()
+        .map(|job| format!(" (job {job})"))
+        .unwrap_or_default();
     match &s.reason {
-        Some(reason) => format!("{} {} (attempt {}): {reason}\n", s.id, s.phase, s.attempt),
-        None => format!("{} {}\n", s.id, s.phase),
+        Some(reason) => format!(
+            "{} {}{from} (attempt {}): {reason}\n",
+            s.id, s.phase, s.attempt
+        ),
+        None => format!("{} {}{from}\n", s.id, s.phase),
     }
 }
 

@@ -10,7 +10,7 @@
 //!   "functions": [{
 //!     "name": "threshold",
 //!     "manifest": "name = \"threshold\"\ntriggers = [\"sensors/+/telemetry\"]\n",
-//!     "module": { "sha256": "9f86…", "file": "/opt/grove/threshold.wasm" },
+//!     "module": { "sha256": "9f86…", "size": 48213, "url": "https://bucket.s3.amazonaws.com/t.wasm?X-Amz-…" },
 //!     "aliases": { "live": 100, "canary": 10 }
 //!   }],
 //!   "rules": [{ "name": "hot", "sql": "SELECT * FROM 'sensors/+/telemetry' WHERE t > 30",
@@ -20,9 +20,13 @@
 //! ```
 //!
 //! - A function's module is named by its SHA-256 and fetched from exactly one place: `file` (an
-//!   absolute path on the gateway), `url` (`https://` only, e.g. an S3 presigned URL) or `inline`
-//!   (base64, at most [`MAX_INLINE`] bytes once decoded, so that a job document stays within AWS
-//!   IoT Jobs' 32 KB). The bytes are always checked against the hash, inline ones included.
+//!   absolute path on the gateway), `url` (`https://` only, e.g. an S3 presigned URL: AWS IoT Jobs
+//!   puts one in place of `${aws:iot:s3-presigned-url:...}` when it hands the document over) or
+//!   `inline` (base64, at most [`MAX_INLINE`] bytes once decoded, so that a job document stays
+//!   within AWS IoT Jobs' 32 KB). The bytes are always checked against the hash, inline ones
+//!   included. `size` (bytes) is required with `url`: the download stops there, so a server cannot
+//!   make the gateway fetch more than the document declared; with `file` and `inline` it is
+//!   optional and checked when given.
 //! - `aliases` maps an alias to the percent of its traffic the deployed version gets: 100 moves the
 //!   alias; less keeps the rest on the version the alias served before (a weighted alias, the
 //!   functions component's canary). Deployed versions are numbered by the gateway, so a document
@@ -90,11 +94,13 @@ pub struct Function {
     pub aliases: BTreeMap<String, u8>,
 }
 
-/// A module: its hash and where its bytes are.
+/// A module: its hash, its size and where its bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Artifact {
     /// The SHA-256 of the bytes.
     pub sha256: [u8; 32],
+    /// The size the document declares (required with a URL): more is refused.
+    pub size: Option<u64>,
     /// Where to get them.
     pub source: Source,
 }
@@ -163,7 +169,12 @@ impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Source::File(path) => write!(f, "file {path}"),
-            Source::Url(url) => write!(f, "url {url}"),
+            // A presigned URL's query is its signature: it is not for logs or statuses.
+            Source::Url(url) => write!(
+                f,
+                "url {}",
+                url.split_once('?').map_or(url.as_str(), |(u, _)| u)
+            ),
             Source::Inline(bytes) => write!(f, "inline ({} bytes)", bytes.len()),
         }
     }
@@ -195,6 +206,7 @@ struct RawFunction {
 #[serde(deny_unknown_fields)]
 struct RawArtifact {
     sha256: String,
+    size: Option<u64>,
     file: Option<String>,
     url: Option<String>,
     inline: Option<String>,
@@ -347,6 +359,12 @@ fn artifact(raw: RawArtifact, at: &str) -> Result<Artifact, DocumentError> {
             if !url.starts_with("https://") || url.len() <= "https://".len() {
                 return Err(invalid(format!("{at}.url"), "must be an https:// URL"));
             }
+            if raw.size.is_none() {
+                return Err(invalid(
+                    format!("{at}.size"),
+                    "a module fetched by URL needs its size in bytes (the download stops there)",
+                ));
+            }
             Source::Url(url)
         }
         (None, None, Some(b64)) => {
@@ -376,7 +394,14 @@ fn artifact(raw: RawArtifact, at: &str) -> Result<Artifact, DocumentError> {
             ))
         }
     };
-    Ok(Artifact { sha256, source })
+    if raw.size == Some(0) {
+        return Err(invalid(format!("{at}.size"), "a module is not empty"));
+    }
+    Ok(Artifact {
+        sha256,
+        size: raw.size,
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -402,7 +427,7 @@ mod tests {
         let text = format!(
             r#"{{"format": 1, "id": "2026-12-07.1",
                 "functions": [{{"name": "f", "manifest": "name = \"f\"",
-                  "module": {{"sha256": "{HASH_ABC}", "url": "https://127.0.0.1/f.wasm"}},
+                  "module": {{"sha256": "{HASH_ABC}", "size": 3, "url": "https://127.0.0.1/f.wasm"}},
                   "aliases": {{"live": 100, "canary": 10}}}}],
                 "rules": [{{"name": "r", "sql": "SELECT * FROM 'a'"}}],
                 "health": {{"soak_s": 5, "max_function_errors": 2}}}}"#
@@ -414,6 +439,7 @@ mod tests {
             d.functions[0].module.source,
             Source::Url("https://127.0.0.1/f.wasm".into())
         );
+        assert_eq!(d.functions[0].module.size, Some(3));
         assert_eq!(d.rules.as_ref().unwrap()[0]["name"], "r");
         assert_eq!(d.health.soak, Duration::from_secs(5));
         assert_eq!(d.health.max_function_errors, 2);
@@ -477,6 +503,18 @@ mod tests {
                     r#"{{"sha256": "{HASH_ABC}", "file": "/a", "url": "https://a/b"}}"#
                 ))),
                 "exactly one of",
+            ),
+            (
+                doc(&function(&format!(
+                    r#"{{"sha256": "{HASH_ABC}", "url": "https://a/b"}}"#
+                ))),
+                "functions[0].module.size`: a module fetched by URL needs its size",
+            ),
+            (
+                doc(&function(&format!(
+                    r#"{{"sha256": "{HASH_ABC}", "size": 0, "file": "/a"}}"#
+                ))),
+                "functions[0].module.size`: a module is not empty",
             ),
             (
                 doc(&function(&format!(

@@ -34,6 +34,13 @@ pub struct ResultLabels {
     pub result: &'static str,
 }
 
+/// Labels of a job status.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct JobLabels {
+    /// `IN_PROGRESS`, `SUCCEEDED`, `FAILED` or `REJECTED`.
+    pub status: &'static str,
+}
+
 /// The deployments' metrics.
 #[derive(Clone, Debug, Default)]
 pub struct DeployMetrics {
@@ -45,6 +52,8 @@ pub struct DeployMetrics {
     pub last: Family<StepLabels, Gauge>,
     /// Deployments ended, by result.
     pub results: Family<ResultLabels, Counter>,
+    /// AWS IoT job statuses the cloud accepted, by status.
+    pub job_reports: Family<JobLabels, Counter>,
     committed_id: Arc<Mutex<Option<String>>>,
 }
 
@@ -72,6 +81,16 @@ impl DeployMetrics {
             "Deployments ended, by result",
             self.results.clone(),
         );
+        r.register(
+            "job_reports",
+            "AWS IoT job statuses the cloud accepted, by status",
+            self.job_reports.clone(),
+        );
+    }
+
+    /// Counts a job status the cloud accepted.
+    pub(crate) fn job_reported(&self, status: &'static str) {
+        self.job_reports.get_or_create(&JobLabels { status }).inc();
     }
 
     /// Shows a deployment's new step.

@@ -1,5 +1,5 @@
-//! The `deployments` table (migration 8 of `grove_store`) and its queries, run by the store's
-//! owner thread.
+//! The `deployments` table (migrations 8 and 10 of `grove_store`) and its queries, run by the
+//! store's owner thread.
 
 use std::future::Future;
 
@@ -32,6 +32,8 @@ pub struct DeploymentRow {
     pub received_ms: i64,
     /// When its step last changed (Unix ms).
     pub updated_ms: i64,
+    /// The AWS IoT job it came from (`None`: `grove deploy`).
+    pub job: Option<String>,
 }
 
 impl DeploymentRow {
@@ -48,12 +50,13 @@ impl DeploymentRow {
 
 /// The deployments' queries.
 pub trait DeployQueries {
-    /// Durably records a new deployment as received; false if its id is already in the history.
-    /// Prunes finished deployments beyond [`HISTORY`].
+    /// Durably records a new deployment (from `job`, if one) as received; false if its id is
+    /// already in the history. Prunes finished deployments beyond [`HISTORY`].
     fn deployment_insert(
         &self,
         id: String,
         document: String,
+        job: Option<String>,
         now_ms: i64,
     ) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
@@ -98,7 +101,7 @@ pub trait DeployQueries {
 }
 
 const COLUMNS: &str =
-    "id, document, phase, attempt, reason, snapshot, received_ms, updated_ms FROM deployments";
+    "id, document, phase, attempt, reason, snapshot, received_ms, updated_ms, job FROM deployments";
 
 fn row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
     let phase: String = r.get(2)?;
@@ -113,6 +116,7 @@ fn row(r: &Row<'_>) -> rusqlite::Result<DeploymentRow> {
         snapshot: r.get(5)?,
         received_ms: r.get(6)?,
         updated_ms: r.get(7)?,
+        job: r.get(8)?,
     })
 }
 
@@ -133,15 +137,16 @@ impl DeployQueries for Store {
         &self,
         id: String,
         document: String,
+        job: Option<String>,
         now_ms: i64,
     ) -> Result<bool, StoreError> {
         self.transact(move |c| {
             let inserted = c
                 .prepare_cached(
-                    "INSERT INTO deployments (id, document, phase, attempt, received_ms, updated_ms)
-                     VALUES (?1, ?2, 'received', 1, ?3, ?3) ON CONFLICT (id) DO NOTHING",
+                    "INSERT INTO deployments (id, document, phase, attempt, received_ms, updated_ms, job)
+                     VALUES (?1, ?2, 'received', 1, ?3, ?3, ?4) ON CONFLICT (id) DO NOTHING",
                 )?
-                .execute(params![id, document, now_ms])?;
+                .execute(params![id, document, now_ms, job])?;
             c.prepare_cached(&format!(
                 "DELETE FROM deployments WHERE phase IN {FINAL}
                    AND seq NOT IN (SELECT seq FROM deployments ORDER BY seq DESC LIMIT ?1)

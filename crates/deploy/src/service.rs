@@ -19,7 +19,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::{broadcast, mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::{info, warn};
 
@@ -32,7 +32,7 @@ use grove_rules_engine::{RawRule, RuleConfig};
 use grove_store::{Store, StoreError};
 
 use crate::document::{Deployment, DocumentError};
-use crate::fetch::fetch;
+use crate::fetch::Fetcher;
 use crate::health::Counters;
 use crate::machine::{Action, Machine, Phase, Status, SubmitError, Timeouts};
 use crate::metrics::DeployMetrics;
@@ -131,6 +131,15 @@ pub struct DeployParts {
     pub metrics: DeployMetrics,
     /// Each step's time limit.
     pub timeouts: Timeouts,
+    /// Fetches the artifacts (keeping partial downloads in the staging directory).
+    pub fetcher: Fetcher,
+    /// Test-only (`GROVE_DEPLOY_TEST_HOLD=ID:STEP`, read by the binary): the deployment and
+    /// step that stop before the step ends, so that an end-to-end test can kill the gateway in
+    /// it deterministically. `staging` stops once the new versions are registered, `switching`
+    /// once the aliases have moved and before the rules do (a switch cut half way); the step then
+    /// times out like a hung one. The fetch and the soak need no such help (a slow artifact
+    /// server, a long soak).
+    pub hold: Option<(String, Phase)>,
 }
 
 /// Why a deployment was not taken.
@@ -142,6 +151,9 @@ pub enum ApplyError {
     /// Its id was applied before (ids are unique in the history).
     #[error("deployment `{0}` is already in the history: give the new one a new id")]
     Duplicate(String),
+    /// Its id came before from another job or from `grove deploy`.
+    #[error("deployment `{0}` is already in the history, from {1}: give the new one a new id")]
+    DuplicateFrom(String, String),
     /// The store failed.
     #[error("the store failed: {0}")]
     Store(#[from] StoreError),
@@ -174,6 +186,9 @@ pub struct Summary {
     pub received_ms: i64,
     /// When its step last changed (Unix ms).
     pub updated_ms: i64,
+    /// The AWS IoT job it came from (`None`: `grove deploy`).
+    #[serde(default)]
+    pub job: Option<String>,
 }
 
 impl From<&DeploymentRow> for Summary {
@@ -185,6 +200,7 @@ impl From<&DeploymentRow> for Summary {
             reason: row.reason.clone(),
             received_ms: row.received_ms,
             updated_ms: row.updated_ms,
+            job: row.job.clone(),
         }
     }
 }
@@ -205,7 +221,12 @@ pub struct Overview {
 pub struct Deployer {
     commands: mpsc::Sender<Command>,
     store: Store,
+    /// Every step recorded, after it is written.
+    steps: broadcast::Sender<Status>,
 }
+
+/// Steps a slow listener may fall behind by before it must read the store instead.
+const STEPS_BACKLOG: usize = 64;
 
 enum Command {
     Submit(Box<Deployment>, oneshot::Sender<Result<(), SubmitError>>),
@@ -215,14 +236,38 @@ enum Command {
 impl Deployer {
     /// Takes a deployment document: checked, stored as received, then applied (or waiting).
     pub async fn apply(&self, document: &[u8]) -> Result<String, ApplyError> {
+        self.submit(document, None).await
+    }
+
+    /// Takes the document of the AWS IoT job `job`, as [`Deployer::apply`] does, and also when
+    /// the job is taken again (after a restart, a reconnection): then its deployment is the one
+    /// in the history, which the machine resumed or finished; its id is returned as is.
+    pub async fn apply_job(&self, job: &str, document: &[u8]) -> Result<String, ApplyError> {
+        self.submit(document, Some(job)).await
+    }
+
+    /// Every step recorded from now on (a listener that falls behind gets `Lagged` and reads the
+    /// store).
+    pub fn steps(&self) -> broadcast::Receiver<Status> {
+        self.steps.subscribe()
+    }
+
+    async fn submit(&self, document: &[u8], job: Option<&str>) -> Result<String, ApplyError> {
         let doc = Deployment::parse(document)?;
         let text = String::from_utf8_lossy(document).into_owned();
-        if !self
+        let inserted = self
             .store
-            .deployment_insert(doc.id.clone(), text, now_ms())
-            .await?
-        {
-            return Err(ApplyError::Duplicate(doc.id));
+            .deployment_insert(doc.id.clone(), text, job.map(String::from), now_ms())
+            .await?;
+        if !inserted {
+            let before = self.store.deployment(doc.id.clone()).await?;
+            let from = before.and_then(|row| row.job);
+            return match (job, from) {
+                (Some(job), Some(from)) if from == job => Ok(doc.id),
+                (_, Some(from)) => Err(ApplyError::DuplicateFrom(doc.id, format!("job {from}"))),
+                (Some(_), None) => Err(ApplyError::DuplicateFrom(doc.id, "grove deploy".into())),
+                (None, None) => Err(ApplyError::Duplicate(doc.id)),
+            };
         }
         let id = doc.id.clone();
         let (done, answer) = oneshot::channel();
@@ -350,13 +395,16 @@ pub async fn start(
         }
     }
     let (commands, rx) = mpsc::channel(8);
+    let (steps, _) = broadcast::channel(STEPS_BACKLOG);
     let deployer = Deployer {
         commands,
         store: parts.store.clone(),
+        steps: steps.clone(),
     };
     let (finished_tx, finished_rx) = mpsc::channel(8);
     let shell = Shell {
         parts: Arc::new(parts),
+        steps,
         machine,
         finished: finished_tx,
         running: None,
@@ -370,6 +418,7 @@ pub async fn start(
 
 struct Shell {
     parts: Arc<DeployParts>,
+    steps: broadcast::Sender<Status>,
     machine: Machine,
     finished: mpsc::Sender<Finished>,
     /// The step running, aborted when the machine moves on without its answer.
@@ -389,13 +438,7 @@ impl Shell {
     ) {
         self.perform().await;
         loop {
-            let deadline = self.machine.poll_timeout();
-            let timer = async {
-                match deadline {
-                    Some(at) => tokio::time::sleep_until(at.into()).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = until(self.machine.poll_timeout());
             tokio::select! {
                 _ = shutdown.changed() => break,
                 Some(command) = commands.recv() => self.command(command).await,
@@ -508,8 +551,10 @@ impl Shell {
         }
         self.parts.metrics.step(&status);
         if phase.is_final() {
-            if self.doc.as_ref().is_some_and(|d| d.id == status.id) {
-                self.doc = None;
+            if let Some(doc) = self.doc.take_if(|d| d.id == status.id) {
+                for f in &doc.functions {
+                    self.parts.fetcher.discard(&f.module);
+                }
                 self.fetched = None;
                 self.staged = None;
             }
@@ -517,9 +562,16 @@ impl Shell {
                 self.parts.metrics.committed(self.machine.last_good());
             }
         }
-        if let Err(e) = self.parts.store.deployment_record(status, now_ms()).await {
+        if let Err(e) = self
+            .parts
+            .store
+            .deployment_record(status.clone(), now_ms())
+            .await
+        {
             warn!(error = %e, "cannot record a deployment's step");
         }
+        // Nobody listening (no jobs) is fine.
+        let _ = self.steps.send(status);
     }
 
     /// The document of `id`, from the store on its first step.
@@ -560,12 +612,16 @@ impl Shell {
         Some(match action {
             Action::Fetch(_) => tokio::task::spawn(async move {
                 let fetching = doc.clone();
+                let deadline = Instant::now() + parts.timeouts.fetch;
                 let result = tokio::task::spawn_blocking(move || {
                     fetching
                         .functions
                         .iter()
                         .map(|f| {
-                            fetch(&f.module).map_err(|e| format!("function `{}`: {e}", f.name))
+                            parts
+                                .fetcher
+                                .fetch(&f.module, deadline)
+                                .map_err(|e| format!("function `{}`: {e}", f.name))
                         })
                         .collect::<Result<Vec<_>, _>>()
                 })
@@ -580,6 +636,7 @@ impl Shell {
                 };
                 tokio::spawn(async move {
                     let result = stage(&parts, &doc, modules).await;
+                    hold(&parts, &doc, Phase::Staging).await;
                     let _ = tx.send(Finished::Staged(id, result)).await;
                 })
             }
@@ -744,10 +801,23 @@ async fn switch(parts: &DeployParts, doc: &Deployment, staged: Staged) -> Result
                 .map_err(|e| format!("alias `{alias}` of `{}`: {e}", f.name))?;
         }
     }
+    hold(parts, doc, Phase::Switching).await;
     if let Some(rules) = staged.rules {
         parts.rules.switch(Some(rules)).await?;
     }
     Ok(())
+}
+
+/// Waits forever at `step` of `doc` when the test-only hold names them ([`DeployParts::hold`]).
+async fn hold(parts: &DeployParts, doc: &Deployment, step: Phase) {
+    if parts
+        .hold
+        .as_ref()
+        .is_some_and(|(id, at)| *id == doc.id && *at == step)
+    {
+        info!(deployment = doc.id, step = %step, "deployment held for a test (GROVE_DEPLOY_TEST_HOLD)");
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn snapshot(parts: &DeployParts, doc: &Deployment) -> Result<Snapshot, String> {
@@ -808,6 +878,15 @@ async fn roll_back(parts: &DeployParts, doc: &Deployment) -> Result<(), String> 
         parts.rules.switch(rules).await?;
     }
     Ok(())
+}
+
+/// Sleeps until `deadline`; never returns without one (a `select!` arm for a core's
+/// `poll_timeout`).
+pub(crate) async fn until(deadline: Option<Instant>) {
+    match deadline {
+        Some(at) => tokio::time::sleep_until(at.into()).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn now_ms() -> i64 {

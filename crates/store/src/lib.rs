@@ -196,12 +196,19 @@ const MIGRATIONS: &[&str] = &[
         received_ms INTEGER NOT NULL,
         updated_ms  INTEGER NOT NULL
     );",
-    // 9 to 11: taken by work on other branches (issue 20's other parts, and others); empty here
-    // so that this branch's migration keeps the number it was given. The lead replaces these with
-    // the real scripts when the branches are merged (a database migrated by this branch alone is
-    // a development one).
-    "",
-    "",
+    // 9: what a cloud-bound message carries besides topic and payload (issue 16): the publisher's
+    // retain flag, its MQTT 5 user properties (a JSON array of [name, value] pairs; NULL for
+    // none) and, for a forward route that batches, the batch topic its array goes up on (NULL:
+    // sent as itself). Rows written before this migration go up as they always did.
+    "ALTER TABLE cloud_outbox ADD COLUMN retain INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE cloud_outbox ADD COLUMN user_properties TEXT;
+    ALTER TABLE cloud_outbox ADD COLUMN batch TEXT;",
+    // 10: the AWS IoT job a deployment came from (grove-deploy's `jobs`; NULL: `grove deploy`), so
+    // a job taken again after a restart finds its deployment, and a document reused by another
+    // job is refused.
+    "ALTER TABLE deployments ADD COLUMN job TEXT;",
+    // 11: taken by work on another branch (issue 20's OTA); an empty step until it lands, so that
+    // 12 keeps its number (a database migrated without it is a development one).
     "",
     // 12: local jobs (grove-jobs, issue 20): each job (the operator's spec as JSON: document,
     // targets, rollout, abort, timeout; its status and why it was canceled) and each execution of
@@ -343,6 +350,12 @@ pub struct OutboxMessage {
     pub payload: Bytes,
     /// When it was appended (ms since the epoch).
     pub enqueued_ms: u64,
+    /// The publisher's retain flag, carried upward.
+    pub retain: bool,
+    /// The publisher's MQTT 5 user properties, carried upward on an MQTT 5 link.
+    pub user_properties: Vec<(String, String)>,
+    /// The batch topic of the forward route that took it, when that route batches.
+    pub batch: Option<String>,
 }
 
 /// The sync state of one shadow: the last state both sides agreed on, and their versions then.
