@@ -12,15 +12,35 @@
  *   stdin:  phase host=127.0.0.1 port=P id=ID publishers=N subscribers=M qos=0|1 payload=B
  *                 rate=R (0: flat out) messages=K duration_ms=D (one of K, D is 0) limit_ms=L
  *                 window=W protocol=4|5 quiet_ms=Q drain_ms=X setup_ms=S
+ *                 [topic=T] [filter=F[,F...]] [dead=F] [sub_qos=0|1] [encoding=binary|json]
+ *                 [mode=pubsub|shadow] [things=K]
  *   stdout: ready                      (every subscriber has its SUBACK, every publisher its CONNACK)
  *   stdin:  start
  *   stdout: cpu user_us=U sys_us=S     (getrusage(RUSAGE_SELF) once the phase is over, before the
  *                                       results are written)
- *           pub I sent=N acked=N finished_ns=T
- *           sub I received=N foreign=N last_ns=T|none
- *           d SUB PUB SEQ LATENCY_NS   (one per benchmark delivery)
+ *           pub I sent=N acked=N rejected=N finished_ns=T
+ *           sub I received=N foreign=N dead=N last_ns=T|none
+ *           d SUB PUB SEQ LATENCY_NS SENT_NS   (one per benchmark delivery; SENT_NS after the start)
  *           done drain_timed_out=0|1
  *   or at any point: error MESSAGE, and exit status 1.
+ *
+ * Where the messages go (defaults: the broker benchmark's): publisher p publishes to `topic`, in which
+ * `{id}` is the phase id and `{p}` the publisher index (default `bench/{id}/{p}`), or to item p of a
+ * comma-separated list of topics; every subscriber
+ * subscribes to each of the comma-separated `filter`s (default `bench/{id}/#`, `{id}` replaced) at
+ * `sub_qos` (default: `qos`), and to `dead` if given, whose messages are counted as `dead` (a
+ * function's dead letters). `encoding=json` sends grove-bench's JSON reading instead of the binary
+ * header (bench/src/payload.rs: `{"temperature":31.5,"publisher":P,"seq":N,"sent_ns":T}`, T the
+ * CLOCK_MONOTONIC send time) and reads those fields back from whatever object arrives (a rule or a
+ * function passes them on); `payload` is then unused.
+ *
+ * `mode=shadow` (no subscribers): each publisher is an AWS IoT Device Shadow client of `things` things
+ * of its own (`t{p}x{k}`; 0: one thing, `hot-thing`, shared by all): it subscribes to their
+ * `update/accepted` and `update/rejected`, then sends `{"state":{"reported":{"c{p}":N}},
+ * "clientToken":"{p}-{N}"}` updates to them in turn at QoS 0, at most `window` unanswered (AWS allows
+ * 10 in flight per connection). An answer is matched by its client token: `acked` counts the
+ * accepted ones, `rejected` the rejected ones, and each accepted one is a `d` line whose SUB is the
+ * publisher itself (latency: publish call to its `update/accepted`).
  *
  * Times T are nanoseconds after the start signal. Payloads carry grove-bench's 24-byte header
  * (bench/src/payload.rs): "GRVB", publisher index (u32 LE), sequence number (u64 LE), send time
@@ -52,6 +72,8 @@
 #include <mosquitto.h>
 
 #define HEADER_LEN 24
+/* Room for a JSON reading or a shadow update. */
+#define JSON_BUF 160
 #define LINE_MAX_LEN 4096
 /* Packets read from one socket per wakeup before the others get their turn. */
 #define READ_BURST 64
@@ -76,13 +98,25 @@ struct params {
     uint64_t quiet_ms;
     uint64_t drain_ms;
     uint64_t setup_ms;
+    char topic[1024];
+    char filters[512];
+    char dead[192];
+    int sub_qos;
+    bool json;
+    bool shadow;
+    unsigned things;
 };
 
 struct delivery {
     uint32_t publisher;
     uint64_t seq;
     uint64_t latency_ns;
+    uint64_t sent_ns; /* absolute CLOCK_MONOTONIC */
 };
+
+/* Shadow mode: send times of a client's updates by sequence number modulo this (it keeps at most
+ * `window` <= 1000 unanswered, so a slot is never reused while its answer is awaited). */
+#define SHADOW_RING 1024
 
 enum role { SUBSCRIBER, PUBLISHER };
 
@@ -96,7 +130,7 @@ struct client {
     bool disconnecting;   /* we asked for the DISCONNECT */
     bool closed;          /* socket closed after our DISCONNECT */
     /* publisher */
-    char topic[192];
+    char topic[256];
     unsigned char *buf;
     uint64_t seq;         /* messages handed to libmosquitto */
     uint64_t done_count;  /* QoS 0: written to the socket; QoS 1: PUBACK received */
@@ -104,9 +138,13 @@ struct client {
     bool publishing_done;
     uint64_t finished_ns; /* absolute CLOCK_MONOTONIC of the last publish call */
     uint64_t acks_deadline;
-    /* subscriber */
+    uint64_t rejected;    /* shadow: updates answered on update/rejected */
+    unsigned subacks;     /* SUBACKs received */
+    uint64_t *sent_at;    /* shadow: SHADOW_RING send times */
+    /* subscriber (and shadow client) */
     uint64_t received;
     uint64_t foreign;
+    uint64_t dead;
     uint64_t last_ns;     /* absolute, 0: none */
     struct delivery *deliveries;
     size_t len, cap;
@@ -213,6 +251,63 @@ static uint64_t parse_u64(const char *key, const char *value, uint64_t max)
     return (uint64_t)v;
 }
 
+static void copy_param(char *to, size_t cap, const char *key, const char *value)
+{
+    if (strlen(value) == 0 || strlen(value) >= cap) {
+        fail("%s must be 1..%zu bytes", key, cap - 1);
+    }
+    strcpy(to, value);
+}
+
+/* Writes `template` with `{id}` replaced by the phase id and `{p}` by `index`. */
+static void expand(char *out, size_t cap, const char *template, unsigned index)
+{
+    size_t n = 0;
+    for (const char *t = template; *t != '\0';) {
+        char piece[160];
+        size_t len;
+        if (strncmp(t, "{id}", 4) == 0) {
+            len = (size_t)snprintf(piece, sizeof piece, "%s", P.id);
+            t += 4;
+        } else if (strncmp(t, "{p}", 3) == 0) {
+            len = (size_t)snprintf(piece, sizeof piece, "%u", index);
+            t += 3;
+        } else {
+            piece[0] = *t++;
+            len = 1;
+        }
+        if (n + len >= cap) {
+            fail("topic `%s` is too long once expanded", template);
+        }
+        memcpy(out + n, piece, len);
+        n += len;
+    }
+    out[n] = '\0';
+}
+
+/* Publisher `index`'s topic: item `index` of a comma-separated `topic` list, or the one template. */
+static void publisher_topic(char *out, size_t cap, unsigned index)
+{
+    if (strchr(P.topic, ',') == NULL) {
+        expand(out, cap, P.topic, index);
+        return;
+    }
+    const char *item = P.topic;
+    for (unsigned i = 0; i < index; i++) {
+        item = strchr(item, ',');
+        if (item == NULL) {
+            fail("the topic list has fewer than %u topics", P.publishers);
+        }
+        item++;
+    }
+    size_t len = strcspn(item, ",");
+    if (len == 0 || len >= cap) {
+        fail("topic %u of the list is empty or too long", index);
+    }
+    memcpy(out, item, len);
+    out[len] = '\0';
+}
+
 static void parse_params(char *line)
 {
     char *save = NULL;
@@ -228,6 +323,9 @@ static void parse_params(char *line)
     P.drain_ms = 30000;
     P.setup_ms = 10000;
     P.limit_ms = 60000;
+    P.sub_qos = -1;
+    strcpy(P.topic, "bench/{id}/{p}");
+    strcpy(P.filters, "bench/{id}/#");
     while ((word = strtok_r(NULL, " ", &save)) != NULL) {
         char *eq = strchr(word, '=');
         if (eq == NULL) {
@@ -273,6 +371,26 @@ static void parse_params(char *line)
             P.drain_ms = parse_u64(key, value, UINT64_MAX / 1000000);
         } else if (strcmp(key, "setup_ms") == 0) {
             P.setup_ms = parse_u64(key, value, UINT64_MAX / 1000000);
+        } else if (strcmp(key, "topic") == 0) {
+            copy_param(P.topic, sizeof P.topic, key, value);
+        } else if (strcmp(key, "filter") == 0) {
+            copy_param(P.filters, sizeof P.filters, key, value);
+        } else if (strcmp(key, "dead") == 0) {
+            copy_param(P.dead, sizeof P.dead, key, value);
+        } else if (strcmp(key, "sub_qos") == 0) {
+            P.sub_qos = (int)parse_u64(key, value, 1);
+        } else if (strcmp(key, "encoding") == 0) {
+            if (strcmp(value, "json") != 0 && strcmp(value, "binary") != 0) {
+                fail("encoding must be binary or json, got `%s`", value);
+            }
+            P.json = strcmp(value, "json") == 0;
+        } else if (strcmp(key, "mode") == 0) {
+            if (strcmp(value, "shadow") != 0 && strcmp(value, "pubsub") != 0) {
+                fail("mode must be pubsub or shadow, got `%s`", value);
+            }
+            P.shadow = strcmp(value, "shadow") == 0;
+        } else if (strcmp(key, "things") == 0) {
+            P.things = (unsigned)parse_u64(key, value, 500);
         } else {
             fail("unknown parameter `%s`", key);
         }
@@ -283,10 +401,16 @@ static void parse_params(char *line)
     if (P.qos < 0) {
         fail("qos is required");
     }
-    if (P.publishers == 0 || P.subscribers == 0) {
-        fail("publishers and subscribers must be at least 1");
+    if (P.sub_qos < 0) {
+        P.sub_qos = P.qos;
     }
-    if (P.payload < HEADER_LEN) {
+    if (P.publishers == 0 || (P.subscribers == 0) != P.shadow) {
+        fail("publishers must be at least 1, and subscribers too (none in shadow mode)");
+    }
+    if (P.shadow && P.window > SHADOW_RING - 24) {
+        fail("window of %u is too large for shadow mode", P.window);
+    }
+    if (!P.json && !P.shadow && P.payload < HEADER_LEN) {
         fail("payload of %zu bytes cannot hold the %d-byte header", P.payload, HEADER_LEN);
     }
     if ((P.messages == 0) == (P.duration_ms == 0)) {
@@ -334,21 +458,96 @@ static uint64_t get_u64_le(const unsigned char *p)
     return v;
 }
 
+/* Reads the unsigned integer after `"key":` in a JSON text of `len` bytes (not NUL-terminated). */
+static bool json_u64(const char *text, size_t len, const char *key, uint64_t *out)
+{
+    char pattern[32];
+    int n = snprintf(pattern, sizeof pattern, "\"%s\":", key);
+    const char *at = memmem(text, len, pattern, (size_t)n);
+    if (at == NULL) {
+        return false;
+    }
+    const char *end = text + len;
+    at += n;
+    while (at < end && *at == ' ') {
+        at++;
+    }
+    if (at == end || *at < '0' || *at > '9') {
+        return false;
+    }
+    uint64_t v = 0;
+    while (at < end && *at >= '0' && *at <= '9') {
+        v = v * 10 + (uint64_t)(*at++ - '0');
+    }
+    *out = v;
+    return true;
+}
+
+/* Shadow mode: the name of thing `k` of client `index`. */
+static void thing_name(char *out, size_t cap, unsigned index, unsigned k)
+{
+    if (P.things == 0) {
+        snprintf(out, cap, "hot-thing");
+    } else {
+        snprintf(out, cap, "t%ux%u", index, k);
+    }
+}
+
+static unsigned thing_count(void)
+{
+    return P.things == 0 ? 1 : P.things;
+}
+
+static void subscribe_to(struct client *c, const char *filter, int qos)
+{
+    int err = mosquitto_subscribe(c->mosq, NULL, filter, qos);
+    if (err != MOSQ_ERR_SUCCESS) {
+        fail("client %s: SUBSCRIBE %s failed: %s", c->client_id, filter, mosquitto_strerror(err));
+    }
+}
+
+/* The SUBACKs a client waits for before it is ready: each of its SUBSCRIBEs is one filter. */
+static unsigned expected_subacks(const struct client *c)
+{
+    if (c->role == PUBLISHER) {
+        return P.shadow ? 2 * thing_count() : 0;
+    }
+    unsigned n = 1;
+    for (const char *f = P.filters; *f != '\0'; f++) {
+        n += *f == ',';
+    }
+    return n + (P.dead[0] != '\0');
+}
+
 /* ---- callbacks ---- */
 
 static void on_connect(struct mosquitto *mosq, void *obj, int rc)
 {
     struct client *c = obj;
+    (void)mosq;
     if (rc != 0) {
         fail("client %s: connection refused: %s", c->client_id, mosquitto_connack_string(rc));
     }
     c->connected = true;
     if (c->role == SUBSCRIBER) {
-        char filter[192];
-        snprintf(filter, sizeof filter, "bench/%s/#", P.id);
-        int err = mosquitto_subscribe(mosq, NULL, filter, P.qos);
-        if (err != MOSQ_ERR_SUCCESS) {
-            fail("client %s: SUBSCRIBE failed: %s", c->client_id, mosquitto_strerror(err));
+        char filters[sizeof P.filters], filter[256];
+        strcpy(filters, P.filters);
+        char *save = NULL;
+        for (char *f = strtok_r(filters, ",", &save); f != NULL; f = strtok_r(NULL, ",", &save)) {
+            expand(filter, sizeof filter, f, c->index);
+            subscribe_to(c, filter, P.sub_qos);
+        }
+        if (P.dead[0] != '\0') {
+            subscribe_to(c, P.dead, P.sub_qos);
+        }
+    } else if (P.shadow) {
+        for (unsigned k = 0; k < thing_count(); k++) {
+            char thing[64], filter[160];
+            thing_name(thing, sizeof thing, c->index, k);
+            snprintf(filter, sizeof filter, "$aws/things/%s/shadow/update/accepted", thing);
+            subscribe_to(c, filter, 0);
+            snprintf(filter, sizeof filter, "$aws/things/%s/shadow/update/rejected", thing);
+            subscribe_to(c, filter, 0);
         }
     } else {
         c->ready = true;
@@ -364,7 +563,8 @@ static void on_subscribe(struct mosquitto *mosq, void *obj, int mid, int count, 
         fail("client %s: subscription refused (SUBACK code %d)", c->client_id,
              count < 1 ? -1 : granted[0]);
     }
-    c->ready = true;
+    c->subacks++;
+    c->ready = c->subacks >= expected_subacks(c);
 }
 
 static void on_publish(struct mosquitto *mosq, void *obj, int mid)
@@ -372,25 +572,18 @@ static void on_publish(struct mosquitto *mosq, void *obj, int mid)
     struct client *c = obj;
     (void)mosq;
     (void)mid;
+    /* A shadow client's window is its unanswered updates (see shadow_answer). */
+    if (P.shadow) {
+        return;
+    }
     c->done_count++;
     if (P.qos == 1) {
         c->acked++;
     }
 }
 
-static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *m)
+static void record(struct client *c, uint32_t publisher, uint64_t seq, uint64_t sent, uint64_t now)
 {
-    struct client *c = obj;
-    uint64_t now = mono_ns();
-    (void)mosq;
-    c->received++;
-    c->last_ns = now;
-    delivered_total++;
-    const unsigned char *p = m->payload;
-    if (m->payloadlen < HEADER_LEN || memcmp(p, "GRVB", 4) != 0) {
-        c->foreign++;
-        return;
-    }
     if (c->len == c->cap) {
         size_t cap = c->cap ? c->cap * 2 : 4096;
         struct delivery *d = realloc(c->deliveries, cap * sizeof *d);
@@ -400,11 +593,93 @@ static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto
         c->deliveries = d;
         c->cap = cap;
     }
-    uint64_t sent = get_u64_le(p + 16);
     struct delivery *d = &c->deliveries[c->len++];
-    d->publisher = get_u32_le(p + 4);
-    d->seq = get_u64_le(p + 8);
+    d->publisher = publisher;
+    d->seq = seq;
+    d->sent_ns = sent;
     d->latency_ns = now > sent ? now - sent : 0;
+}
+
+/* Shadow mode: an answer on update/accepted or update/rejected, matched by its client token. */
+static void shadow_answer(struct client *c, const struct mosquitto_message *m, uint64_t now)
+{
+    static const char key[] = "\"clientToken\":\"";
+    size_t topic_len = strlen(m->topic);
+    bool accepted = topic_len > 9 && strcmp(m->topic + topic_len - 9, "/accepted") == 0;
+    const char *text = m->payload;
+    size_t len = (size_t)m->payloadlen;
+    const char *at = memmem(text, len, key, sizeof key - 1);
+    unsigned index;
+    unsigned long long seq;
+    char token[48];
+    size_t left = at == NULL ? 0 : len - (size_t)(at - text) - (sizeof key - 1);
+    if (at == NULL || left == 0) {
+        c->foreign++;
+        return;
+    }
+    size_t n = left < sizeof token - 1 ? left : sizeof token - 1;
+    memcpy(token, at + sizeof key - 1, n);
+    token[n] = '\0';
+    if (sscanf(token, "%u-%llu\"", &index, &seq) != 2) {
+        c->foreign++;
+        return;
+    }
+    if (index != c->index) {
+        return; /* another client's answer on a thing they share */
+    }
+    if (seq >= c->seq || c->done_count >= c->seq) {
+        c->foreign++;
+        return;
+    }
+    c->received++;
+    c->last_ns = now;
+    c->done_count++;
+    if (accepted) {
+        c->acked++;
+        record(c, index, seq, c->sent_at[seq % SHADOW_RING], now);
+    } else {
+        c->rejected++;
+    }
+}
+
+static void on_message(struct mosquitto *mosq, void *obj, const struct mosquitto_message *m)
+{
+    struct client *c = obj;
+    uint64_t now = mono_ns();
+    (void)mosq;
+    if (P.shadow) {
+        shadow_answer(c, m, now);
+        return;
+    }
+    c->received++;
+    c->last_ns = now;
+    delivered_total++;
+    bool dead = false;
+    if (P.dead[0] != '\0' && mosquitto_topic_matches_sub(P.dead, m->topic, &dead) == MOSQ_ERR_SUCCESS &&
+        dead) {
+        c->dead++;
+        return;
+    }
+    const unsigned char *p = m->payload;
+    size_t len = (size_t)m->payloadlen;
+    uint64_t publisher, seq, sent;
+    if (P.json) {
+        if (!json_u64((const char *)p, len, "publisher", &publisher) ||
+            !json_u64((const char *)p, len, "seq", &seq) ||
+            !json_u64((const char *)p, len, "sent_ns", &sent) || publisher > UINT32_MAX) {
+            c->foreign++;
+            return;
+        }
+    } else {
+        if (len < HEADER_LEN || memcmp(p, "GRVB", 4) != 0) {
+            c->foreign++;
+            return;
+        }
+        publisher = get_u32_le(p + 4);
+        seq = get_u64_le(p + 8);
+        sent = get_u64_le(p + 16);
+    }
+    record(c, (uint32_t)publisher, seq, sent, now);
 }
 
 static void on_disconnect(struct mosquitto *mosq, void *obj, int rc)
@@ -474,6 +749,37 @@ static void start_disconnect(struct client *c)
     check(c, err, "DISCONNECT");
 }
 
+/* Publishes message `c->seq` of a publisher: the binary header, a JSON reading, or a shadow update. */
+static void send_one(struct client *c)
+{
+    uint64_t stamp = mono_ns();
+    const char *topic = c->topic;
+    char shadow_topic[160];
+    int len = (int)P.payload;
+    if (P.shadow) {
+        char thing[64];
+        thing_name(thing, sizeof thing, c->index, (unsigned)(c->seq % thing_count()));
+        snprintf(shadow_topic, sizeof shadow_topic, "$aws/things/%s/shadow/update", thing);
+        topic = shadow_topic;
+        len = snprintf((char *)c->buf, JSON_BUF,
+                       "{\"state\":{\"reported\":{\"c%u\":%" PRIu64 "}},\"clientToken\":\"%u-%" PRIu64
+                       "\"}",
+                       c->index, c->seq, c->index, c->seq);
+        c->sent_at[c->seq % SHADOW_RING] = stamp;
+    } else if (P.json) {
+        len = snprintf((char *)c->buf, JSON_BUF,
+                       "{\"temperature\":31.5,\"publisher\":%u,\"seq\":%" PRIu64 ",\"sent_ns\":%" PRIu64
+                       "}",
+                       c->index, c->seq, stamp);
+    } else {
+        put_u32_le(c->buf + 4, c->index);
+        put_u64_le(c->buf + 8, c->seq);
+        put_u64_le(c->buf + 16, stamp);
+    }
+    int err = mosquitto_publish(c->mosq, NULL, topic, len, c->buf, P.qos, false);
+    check(c, err, "PUBLISH");
+}
+
 /* Publishes what is due and fits in the window; returns the earliest future due time (0: none). */
 static uint64_t publish_due(struct client *c, uint64_t start, uint64_t now)
 {
@@ -498,12 +804,7 @@ static uint64_t publish_due(struct client *c, uint64_t start, uint64_t now)
         if (c->seq - c->done_count >= P.window || sent_in_burst >= P.window) {
             break;
         }
-        uint64_t stamp = mono_ns();
-        put_u32_le(c->buf + 4, c->index);
-        put_u64_le(c->buf + 8, c->seq);
-        put_u64_le(c->buf + 16, stamp);
-        int err = mosquitto_publish(c->mosq, NULL, c->topic, (int)P.payload, c->buf, P.qos, false);
-        check(c, err, "PUBLISH");
+        send_one(c);
         c->seq++;
         c->finished_ns = mono_ns();
         sent_in_burst++;
@@ -628,12 +929,19 @@ int main(void)
         c->role = PUBLISHER;
         c->index = i;
         snprintf(c->client_id, sizeof c->client_id, "gb-%s-p%u", P.id, i);
-        snprintf(c->topic, sizeof c->topic, "bench/%s/%u", P.id, i);
-        c->buf = calloc(1, P.payload);
+        publisher_topic(c->topic, sizeof c->topic, i);
+        size_t size = P.json || P.shadow ? JSON_BUF : P.payload;
+        c->buf = calloc(1, size);
         if (c->buf == NULL) {
-            fail("out of memory for a %zu-byte payload", P.payload);
+            fail("out of memory for a %zu-byte payload", size);
         }
         memcpy(c->buf, "GRVB", 4);
+        if (P.shadow) {
+            c->sent_at = calloc(SHADOW_RING, sizeof *c->sent_at);
+            if (c->sent_at == NULL) {
+                fail("out of memory for send times");
+            }
+        }
     }
 
     /* Subscribers first; publishers once every SUBACK is in (as in load.rs). */
@@ -661,7 +969,7 @@ int main(void)
             if (now >= setup_deadline) {
                 fail("%s did not happen within %" PRIu64 " ms",
                      stage == SUBSCRIBING ? "SUBACK for every subscriber"
-                                          : "CONNACK for every publisher",
+                                          : "CONNACK (shadow mode: and SUBACKs) for every publisher",
                      P.setup_ms);
             }
             struct client *group = stage == SUBSCRIBING ? subs : pubs;
@@ -801,24 +1109,29 @@ int main(void)
     for (unsigned i = 0; i < P.publishers; i++) {
         struct client *c = &pubs[i];
         uint64_t finished = c->finished_ns > start ? c->finished_ns - start : 0;
-        printf("pub %u sent=%" PRIu64 " acked=%" PRIu64 " finished_ns=%" PRIu64 "\n", i, c->seq,
-               c->acked, finished);
+        printf("pub %u sent=%" PRIu64 " acked=%" PRIu64 " rejected=%" PRIu64 " finished_ns=%" PRIu64
+               "\n",
+               i, c->seq, c->acked, c->rejected, finished);
     }
     for (unsigned i = 0; i < P.subscribers; i++) {
         struct client *c = &subs[i];
-        printf("sub %u received=%" PRIu64 " foreign=%" PRIu64, i, c->received, c->foreign);
+        printf("sub %u received=%" PRIu64 " foreign=%" PRIu64 " dead=%" PRIu64, i, c->received,
+               c->foreign, c->dead);
         if (c->last_ns != 0) {
             printf(" last_ns=%" PRIu64 "\n", c->last_ns > start ? c->last_ns - start : 0);
         } else {
             printf(" last_ns=none\n");
         }
     }
-    for (unsigned i = 0; i < P.subscribers; i++) {
-        struct client *c = &subs[i];
+    /* Deliveries: the subscribers', or in shadow mode each client's accepted answers. */
+    struct client *receivers = P.shadow ? pubs : subs;
+    unsigned n_receivers = P.shadow ? P.publishers : P.subscribers;
+    for (unsigned i = 0; i < n_receivers; i++) {
+        struct client *c = &receivers[i];
         for (size_t k = 0; k < c->len; k++) {
             const struct delivery *d = &c->deliveries[k];
-            printf("d %u %" PRIu32 " %" PRIu64 " %" PRIu64 "\n", i, d->publisher, d->seq,
-                   d->latency_ns);
+            printf("d %u %" PRIu32 " %" PRIu64 " %" PRIu64 " %" PRIu64 "\n", i, d->publisher, d->seq,
+                   d->latency_ns, d->sent_ns > start ? d->sent_ns - start : 0);
         }
     }
     printf("done drain_timed_out=%d\n", drain_timed_out ? 1 : 0);

@@ -132,6 +132,8 @@ pub async fn run(
         online.push(FlowRow {
             scenario: scenario.clone(),
             path: label.to_owned(),
+            client: crate::report::Client::Rumqttc,
+            cost: flow::Cost::default(),
             outcome,
             rss_kib: gateway.memory().ok().map(|m| m.rss_kb),
         });

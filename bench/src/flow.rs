@@ -15,8 +15,11 @@ use anyhow::Context as _;
 use bytes::Bytes;
 use rumqttc::{AsyncClient, Event, EventLoop, MqttOptions, Packet, QoS};
 
-use crate::load::{nanos_since, Pace, Stop};
+use crate::libmosq::{self, Routing};
+use crate::load::{nanos_since, LoadSpec, Pace, Stop};
 use crate::payload::{self, Stamp};
+use crate::peer::RunningPeer;
+use crate::report::Client;
 use crate::stats::{DeliveryTally, DeliveryTracker, LatencyRecorder, LatencySummary};
 
 /// How long publishers wait for their last PUBACKs before the flow counts the rest as unacknowledged.
@@ -451,8 +454,19 @@ async fn one_publisher(
 /// Runs a whole flow: subscribe, publish for the window (after one second of warm-up), listen for
 /// the tail, and tally.
 pub async fn run(pubs: &Publishers, sub: &Subscriber, seconds: u64) -> anyhow::Result<FlowOutcome> {
+    run_timed(pubs, sub, seconds, |_| {}).await
+}
+
+/// [`run`], telling `started` the window once the subscriber is ready.
+async fn run_timed(
+    pubs: &Publishers,
+    sub: &Subscriber,
+    seconds: u64,
+    started: impl FnOnce(Window),
+) -> anyhow::Result<FlowOutcome> {
     let (client, mut events) = subscribe(sub, &format!("{}-sub", pubs.id), false).await?;
     let window = Window::after_warmup(seconds);
+    started(window);
     let publishing = {
         let pubs = pubs.clone();
         tokio::spawn(async move { publish(&pubs, window).await })
@@ -477,6 +491,146 @@ pub async fn run(pubs: &Publishers, sub: &Subscriber, seconds: u64) -> anyhow::R
     ))
 }
 
+/// The gateway's CPU time between `start` and `end` (read from /proc at both instants), in a task
+/// of its own so the load goes on meanwhile; `None` if /proc could not be read.
+pub fn cpu_between(
+    gateway: &RunningPeer,
+    start: Instant,
+    end: Instant,
+) -> tokio::task::JoinHandle<Option<Duration>> {
+    let pid = gateway.pid();
+    tokio::spawn(async move {
+        // Linux pids fit in i32 (pid_max is at most 2^22).
+        let process = procfs::process::Process::new(pid as i32).ok()?;
+        tokio::time::sleep_until(start.into()).await;
+        let before = crate::peer::cpu_time(&process).ok()?;
+        tokio::time::sleep_until(end.into()).await;
+        Some(crate::peer::cpu_time(&process).ok()?.saturating_sub(before))
+    })
+}
+
+/// grove-bench's own CPU time so far: the rumqttc clients' (and the harness's bookkeeping).
+pub fn own_cpu() -> Option<Duration> {
+    procfs::process::Process::myself()
+        .and_then(|me| crate::peer::cpu_time(&me))
+        .ok()
+}
+
+/// What a flow cost: the gateway's CPU per output inside the window, and the load clients' CPU
+/// per output over the whole flow (µs).
+#[derive(Debug, Clone, Copy, Default, serde::Serialize)]
+pub struct Cost {
+    /// Gateway CPU time in the window / outputs received in the window.
+    pub gateway_us: Option<f64>,
+    /// Load clients' CPU time over the flow (setup, warm-up, window, tail) / outputs received in
+    /// all: rumqttc: grove-bench's own process; libmosquitto: the client process's getrusage.
+    pub client_us: Option<f64>,
+}
+
+impl Cost {
+    fn per(cpu: Option<Duration>, count: u64) -> Option<f64> {
+        let cpu = cpu?;
+        (count > 0).then(|| cpu.as_secs_f64() * 1e6 / count as f64)
+    }
+
+    /// From the gateway's CPU over `in_window` outputs and the clients' over `total`.
+    pub fn new(
+        gateway: Option<Duration>,
+        in_window: u64,
+        client: Option<Duration>,
+        total: u64,
+    ) -> Self {
+        Cost {
+            gateway_us: Self::per(gateway, in_window),
+            client_us: Self::per(client, total),
+        }
+    }
+}
+
+/// Runs a flow through `gateway` with one client library, its window's gateway CPU measured
+/// (see [`Cost`]). The libmosquitto client ([`crate::libmosq`]) runs the same load: the same
+/// topics, pace, QoS and payload format, one second of warm-up before the window, its deliveries
+/// accounted by the same code.
+pub async fn measure(
+    gateway: &RunningPeer,
+    pubs: &Publishers,
+    sub: &Subscriber,
+    seconds: u64,
+    client: Client,
+) -> anyhow::Result<(FlowOutcome, Cost)> {
+    let mut gateway_cpu = None;
+    match client {
+        Client::Rumqttc => {
+            let before = own_cpu();
+            let outcome = run_timed(pubs, sub, seconds, |w| {
+                gateway_cpu = Some(cpu_between(gateway, w.start, w.end));
+            })
+            .await?;
+            let clients = own_cpu().zip(before).map(|(after, before)| after - before);
+            let gateway = match gateway_cpu {
+                Some(task) => task.await?,
+                None => None,
+            };
+            let cost = Cost::new(gateway, outcome.completed, clients, outcome.received);
+            Ok((outcome, cost))
+        }
+        Client::Libmosquitto => {
+            let warmup = Duration::from_secs(1);
+            let measured = Duration::from_secs(seconds);
+            let (payload, json) = match sub.encoding {
+                Encoding::Binary(size) => (size, false),
+                Encoding::Json => (payload::HEADER_LEN, true),
+            };
+            let spec = LoadSpec {
+                publishers: u32::try_from(pubs.topics.len())?,
+                subscribers: 1,
+                qos: pubs.qos,
+                payload,
+                pace: pubs.pace,
+                stop: pubs.stop,
+                publish_limit: warmup + measured + Duration::from_secs(60),
+            };
+            let routing = Routing {
+                topic: Some(pubs.topics.join(",")),
+                filters: sub.filters.clone(),
+                dead: sub.dead_letters.clone(),
+                sub_qos: Some(QoS::AtLeastOnce),
+                json,
+                window_after_start: Some(warmup..warmup + measured),
+                ..Routing::default()
+            };
+            let phase = libmosq::run_phase_with(gateway.port(), &pubs.id, &spec, &routing, || {
+                let start = Instant::now() + warmup;
+                gateway_cpu = Some(cpu_between(gateway, start, start + measured));
+            })
+            .await?;
+            let gateway = match gateway_cpu {
+                Some(task) => task.await?,
+                None => None,
+            };
+            let o = &phase.outcome;
+            let received = o.delivered.saturating_sub(phase.dead + o.foreign);
+            let secs = seconds.max(1) as f64;
+            let outcome = FlowOutcome {
+                per_second: phase.in_window as f64 / secs,
+                // The client counts PUBACKs over the whole publishing time, not per window.
+                acked_per_second: if o.sent > 0 {
+                    o.acked as f64 * o.publish_rate / o.sent as f64
+                } else {
+                    0.0
+                },
+                completed: phase.in_window,
+                received,
+                dead_letters: phase.dead,
+                latency: o.latency,
+                tally: o.tally,
+            };
+            let cost = Cost::new(gateway, phase.in_window, Some(phase.cpu), received);
+            Ok((outcome, cost))
+        }
+    }
+}
+
 /// One row of a flow table: a scenario through one path of the gateway.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct FlowRow {
@@ -484,8 +638,12 @@ pub struct FlowRow {
     pub scenario: String,
     /// The path through the gateway, e.g. "function echo" or "rule republish (baseline)".
     pub path: String,
+    /// The load clients' library.
+    pub client: Client,
     /// The figures.
     pub outcome: FlowOutcome,
+    /// CPU per output, when measured.
+    pub cost: Cost,
     /// Gateway resident memory after the scenario (KiB).
     pub rss_kib: Option<u64>,
 }
@@ -493,15 +651,16 @@ pub struct FlowRow {
 /// A Markdown table of flow rows.
 pub fn markdown(rows: &[FlowRow]) -> String {
     let mut out = String::from(
-        "| scenario | path | outputs/s | inputs acked/s | outputs (all) | p50 | p99 | p999 | max | missing | dup | reordered | dead letters | gateway RSS |\n\
-         |---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+        "| scenario | path | client | outputs/s | inputs acked/s | outputs (all) | p50 | p99 | p999 | max | missing | dup | reordered | dead letters | gateway CPU µs/output | clients' CPU µs/output | gateway RSS |\n\
+         |---|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
     );
     for r in rows {
         let (o, l) = (&r.outcome, &r.outcome.latency);
         out.push_str(&format!(
-            "| {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {} | {:.0} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
             r.path,
+            r.client.name(),
             o.per_second,
             o.acked_per_second,
             o.received,
@@ -513,6 +672,8 @@ pub fn markdown(rows: &[FlowRow]) -> String {
             o.tally.duplicates,
             o.tally.out_of_order,
             o.dead_letters,
+            micros(r.cost.gateway_us),
+            micros(r.cost.client_us),
             mib(r.rss_kib),
         ));
     }
@@ -522,6 +683,11 @@ pub fn markdown(rows: &[FlowRow]) -> String {
 /// Microseconds as milliseconds with two decimals.
 pub fn ms(us: u64) -> String {
     format!("{:.2} ms", us as f64 / 1000.0)
+}
+
+/// Microseconds with one decimal, or `-` when unknown.
+pub fn micros(us: Option<f64>) -> String {
+    us.map_or("-".to_owned(), |us| format!("{us:.1}"))
 }
 
 /// KiB as MiB with one decimal, or `-` when unknown.

@@ -113,37 +113,44 @@ pub async fn run(
         (format!("flat out ({PUBLISHERS} publishers)"), Pace::FlatOut),
     ];
     let mut rows = Vec::new();
-    for (index, (scenario, pace)) in scenarios.into_iter().enumerate() {
-        for (k, path) in ROUTES.iter().enumerate() {
-            let publishers = Publishers {
-                port: gateway.port(),
-                topics: (0..PUBLISHERS).map(path.topic).collect(),
-                qos: QoS::AtLeastOnce,
-                pace,
-                stop: Stop::Duration(Duration::from_secs(seconds + 1)),
-                encoding: Encoding::Json,
-                id: format!("fn-bench-{index}-{k}"),
-            };
-            let subscriber = Subscriber {
-                port: gateway.port(),
-                filters: vec![path.output.to_owned()],
-                dead_letters: Some(DEAD_LETTERS.to_owned()),
-                encoding: Encoding::Json,
-                batch_topic: None,
-            };
-            let outcome = flow::run(&publishers, &subscriber, seconds).await?;
-            eprintln!(
-                "functions: {scenario}, {}: {:.0} outputs/s",
-                path.label, outcome.per_second
-            );
-            rows.push(FlowRow {
-                scenario: scenario.clone(),
-                path: path.label.to_owned(),
-                outcome,
-                rss_kib: gateway.memory().ok().map(|m| m.rss_kb),
-            });
-            // Let the gateway finish what is queued before the next path is measured.
-            tokio::time::sleep(Duration::from_secs(1)).await;
+    for client in crate::gateway::CLIENTS {
+        for (index, (scenario, pace)) in scenarios.iter().enumerate() {
+            for (k, path) in ROUTES.iter().enumerate() {
+                let publishers = Publishers {
+                    port: gateway.port(),
+                    topics: (0..PUBLISHERS).map(path.topic).collect(),
+                    qos: QoS::AtLeastOnce,
+                    pace: *pace,
+                    stop: Stop::Duration(Duration::from_secs(seconds + 1)),
+                    encoding: Encoding::Json,
+                    id: format!("fn-bench-{}-{index}-{k}", client.name()),
+                };
+                let subscriber = Subscriber {
+                    port: gateway.port(),
+                    filters: vec![path.output.to_owned()],
+                    dead_letters: Some(DEAD_LETTERS.to_owned()),
+                    encoding: Encoding::Json,
+                    batch_topic: None,
+                };
+                let (outcome, cost) =
+                    flow::measure(&gateway, &publishers, &subscriber, seconds, client).await?;
+                eprintln!(
+                    "functions: {scenario}, {}, {}: {:.0} outputs/s",
+                    path.label,
+                    client.name(),
+                    outcome.per_second
+                );
+                rows.push(FlowRow {
+                    scenario: scenario.clone(),
+                    path: path.label.to_owned(),
+                    client,
+                    outcome,
+                    cost,
+                    rss_kib: gateway.memory().ok().map(|m| m.rss_kb),
+                });
+                // Let the gateway finish what is queued before the next path is measured.
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
         }
     }
     gateway.stop()?;
@@ -178,7 +185,7 @@ pub fn markdown(rows: &[FlowRow]) -> String {
     out.push_str(
         "\nTarget (issue): > 100,000 invocations/s on 2 cores, host side; these figures are end to \
          end over MQTT (QoS 1 inputs, each committed to SQLite before its PUBACK), so lower.\n\n\
-         | scenario | function | outputs/s vs rule | p50 vs rule | p99 vs rule |\n|---|---|---:|---:|---:|\n",
+         | scenario | client | function | outputs/s vs rule | p50 vs rule | p99 vs rule |\n|---|---|---|---:|---:|---:|\n",
     );
     for chunk in rows.chunks(ROUTES.len()) {
         let Some(baseline) = chunk.last() else {
@@ -187,8 +194,9 @@ pub fn markdown(rows: &[FlowRow]) -> String {
         for r in &chunk[..chunk.len() - 1] {
             let (a, b) = (&r.outcome, &baseline.outcome);
             out.push_str(&format!(
-                "| {} | {} | {} | {} | {} |\n",
+                "| {} | {} | {} | {} | {} | {} |\n",
                 r.scenario,
+                r.client.name(),
                 r.path,
                 flow::ratio(a.per_second, b.per_second),
                 flow::ratio(a.latency.p50_us as f64, b.latency.p50_us as f64),
@@ -209,15 +217,14 @@ mod tests {
         FlowRow {
             scenario: scenario.to_owned(),
             path: path.to_owned(),
+            client: crate::report::Client::Rumqttc,
+            cost: flow::Cost::default(),
             outcome: flow::FlowOutcome {
                 per_second,
                 acked_per_second: per_second,
                 completed: 0,
                 received: 0,
                 dead_letters: 0,
-                publishes: 0,
-                bytes: 0,
-                billed: 0,
                 latency: LatencySummary {
                     samples: 1,
                     p50_us,
@@ -243,13 +250,15 @@ mod tests {
         ];
         let text = markdown(&rows);
         for line in [
-            "| slow | echo | 1.00 | 2.00 | 0.90 |",
-            "| slow | enricher | 0.90 | 3.00 | 3.00 |",
-            "| fast | echo | 0.25 | 2.00 | 2.00 |",
-            "| fast | enricher | 0.00 | 0.00 | 0.00 |",
+            "| slow | rumqttc | echo | 1.00 | 2.00 | 0.90 |",
+            "| slow | rumqttc | enricher | 0.90 | 3.00 | 3.00 |",
+            "| fast | rumqttc | echo | 0.25 | 2.00 | 2.00 |",
+            "| fast | rumqttc | enricher | 0.00 | 0.00 | 0.00 |",
         ] {
             assert!(text.lines().any(|l| l == line), "no `{line}` in:\n{text}");
         }
-        assert!(!text.lines().any(|l| l.starts_with("| slow | rule | 1.00")));
+        assert!(!text
+            .lines()
+            .any(|l| l.starts_with("| slow | rumqttc | rule | 1.00")));
     }
 }

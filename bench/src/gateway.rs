@@ -23,17 +23,27 @@ use anyhow::Context as _;
 use rumqttc::{Event, Packet, QoS};
 use tokio::sync::Semaphore;
 
-use crate::flow::{self, event_loop, options, Encoding, Publishers, Subscriber};
-use crate::load::{Pace, Stop};
+use crate::flow::{self, event_loop, options, Cost, Encoding, FlowRow, Publishers, Subscriber};
+use crate::libmosq::{self, Routing};
+use crate::load::{LoadSpec, Pace, Stop};
 use crate::peer::{PeerKind, PeerSpec, RunningPeer};
+use crate::report::Client;
 use crate::stats::{LatencyRecorder, LatencySummary};
 
-/// One measured shadow or rules scenario.
+/// Both load client libraries, in the order every scenario runs them.
+pub const CLIENTS: [Client; 2] = [Client::Rumqttc, Client::Libmosquitto];
+
+/// Updates a shadow client keeps unanswered: AWS's limit per connection.
+const SHADOW_WINDOW: usize = 10;
+
+/// One measured shadow scenario.
 #[derive(Debug, serde::Serialize)]
 pub struct GatewayResult {
     /// What was measured.
     pub scenario: String,
-    /// Requests or messages completed per second.
+    /// The load clients' library.
+    pub client: Client,
+    /// Requests completed per second.
     pub per_second: f64,
     /// Completed in the measured window.
     pub completed: u64,
@@ -41,8 +51,19 @@ pub struct GatewayResult {
     pub rejected: u64,
     /// Latency from publish to answer or republished message.
     pub latency: LatencySummary,
+    /// Gateway CPU per accepted update in the window, the clients' per answer over the scenario.
+    pub cost: Cost,
     /// Gateway resident memory after the scenario (KiB).
     pub rss_kib: Option<u64>,
+}
+
+/// What shadow clients saw: latencies of the updates sent in the window and accepted in it, those
+/// accepted and rejected in the window, and every answer matched.
+struct ShadowTally<L> {
+    latency: L,
+    ok: u64,
+    rejected: u64,
+    answers: u64,
 }
 
 /// Starts the gateway with extra TOML.
@@ -65,7 +86,7 @@ async fn shadow_client(
     rate: Option<f64>,
     until: Instant,
     warmup: Instant,
-) -> anyhow::Result<(LatencyRecorder, u64, u64)> {
+) -> anyhow::Result<ShadowTally<LatencyRecorder>> {
     let (client, mut events) = event_loop(options(&format!("shadow-bench-{id}"), port));
     for t in &things {
         client
@@ -84,7 +105,7 @@ async fn shadow_client(
     let slots = Arc::new(Semaphore::new(window));
     let sent: Arc<Mutex<HashMap<String, Instant>>> = Arc::default();
     let counter = Arc::new(AtomicU64::new(0));
-    let (mut latency, mut ok, mut rejected) = (LatencyRecorder::new(), 0u64, 0u64);
+    let (mut latency, mut ok, mut rejected, mut answers) = (LatencyRecorder::new(), 0u64, 0u64, 0);
     // Wait for the SUBACKs before sending.
     let mut subacks = 0;
     while subacks < things.len() * 2 {
@@ -148,6 +169,7 @@ async fn shadow_client(
                 continue;
             };
             slots.add_permits(1);
+            answers += 1;
             let now = Instant::now();
             if p.topic.ends_with("/accepted") {
                 if at >= warmup && now <= until {
@@ -164,17 +186,22 @@ async fn shadow_client(
     }
     sender.abort();
     let _ = client.disconnect().await;
-    Ok((latency, ok, rejected))
+    Ok(ShadowTally {
+        latency,
+        ok,
+        rejected,
+        answers,
+    })
 }
 
-/// Runs the shadow scenarios against a fresh gateway each.
+/// Runs the shadow scenarios against a fresh gateway each, with each client library.
 pub async fn shadow(
     grove: &Path,
     seconds: u64,
     extra: &[&str],
 ) -> anyhow::Result<Vec<GatewayResult>> {
     let scenarios: Vec<(&str, usize, usize, Option<f64>)> = vec![
-        // (name, clients, things per client, rate per client)
+        // (name, clients, things per client (0: one shared thing), rate per client)
         (
             "1 thing, 50 clients, 10 in flight each, flat out",
             50,
@@ -203,41 +230,146 @@ pub async fn shadow(
     ];
     let mut results = Vec::new();
     for (name, clients, per_client, rate) in scenarios {
-        let peer = start(grove, extra)?;
-        let port = peer.port();
-        let warmup = Instant::now() + Duration::from_secs(1);
-        let until = warmup + Duration::from_secs(seconds);
-        let mut tasks = Vec::new();
-        for c in 0..clients {
-            let things: Vec<String> = if per_client == 0 {
-                vec!["hot-thing".to_owned()]
-            } else {
-                (0..per_client).map(|k| format!("t{c}x{k}")).collect()
+        for client in CLIENTS {
+            let peer = start(grove, extra)?;
+            let warmup = Instant::now() + Duration::from_secs(1);
+            let until = warmup + Duration::from_secs(seconds);
+            let (tally, clients_cpu, gateway_cpu) = match client {
+                Client::Rumqttc => {
+                    let before = flow::own_cpu();
+                    let cpu = flow::cpu_between(&peer, warmup, until);
+                    let tally =
+                        shadow_rumqttc(&peer, clients, per_client, rate, warmup, until).await?;
+                    let clients_cpu = flow::own_cpu().zip(before).map(|(a, b)| a - b);
+                    (tally, clients_cpu, cpu.await?)
+                }
+                Client::Libmosquitto => {
+                    let mut cpu = None;
+                    let tally =
+                        shadow_libmosquitto(&peer, clients, per_client, rate, seconds, || {
+                            let start = Instant::now() + Duration::from_secs(1);
+                            cpu = Some(flow::cpu_between(
+                                &peer,
+                                start,
+                                start + Duration::from_secs(seconds),
+                            ));
+                        })
+                        .await?;
+                    let cpu = match cpu {
+                        Some(task) => task.await?,
+                        None => None,
+                    };
+                    (tally.0, Some(tally.1), cpu)
+                }
             };
-            tasks.push(tokio::spawn(shadow_client(
-                port, c, things, 10, rate, until, warmup,
-            )));
+            let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
+            eprintln!(
+                "shadow: {name}, {}: {:.0} accepted/s",
+                client.name(),
+                tally.ok as f64 / seconds as f64
+            );
+            results.push(GatewayResult {
+                scenario: name.to_owned(),
+                client,
+                per_second: tally.ok as f64 / seconds as f64,
+                completed: tally.ok,
+                rejected: tally.rejected,
+                latency: tally.latency,
+                cost: Cost::new(gateway_cpu, tally.ok, clients_cpu, tally.answers),
+                rss_kib,
+            });
+            peer.stop()?;
         }
-        let mut latency = LatencyRecorder::new();
-        let (mut ok, mut rejected) = (0, 0);
-        for t in tasks {
-            let (l, o, r) = t.await??;
-            latency.merge(&l);
-            ok += o;
-            rejected += r;
-        }
-        let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
-        results.push(GatewayResult {
-            scenario: name.to_owned(),
-            per_second: ok as f64 / seconds as f64,
-            completed: ok,
-            rejected,
-            latency: latency.summary(),
-            rss_kib,
-        });
-        peer.stop()?;
     }
     Ok(results)
+}
+
+/// The things of shadow client `c`: `per_client` of its own, or the one shared thing.
+fn things_of(c: usize, per_client: usize) -> Vec<String> {
+    if per_client == 0 {
+        vec!["hot-thing".to_owned()]
+    } else {
+        (0..per_client).map(|k| format!("t{c}x{k}")).collect()
+    }
+}
+
+/// A shadow scenario with rumqttc clients, tasks of this process.
+async fn shadow_rumqttc(
+    peer: &RunningPeer,
+    clients: usize,
+    per_client: usize,
+    rate: Option<f64>,
+    warmup: Instant,
+    until: Instant,
+) -> anyhow::Result<ShadowTally<LatencySummary>> {
+    let mut tasks = Vec::new();
+    for c in 0..clients {
+        tasks.push(tokio::spawn(shadow_client(
+            peer.port(),
+            c,
+            things_of(c, per_client),
+            SHADOW_WINDOW,
+            rate,
+            until,
+            warmup,
+        )));
+    }
+    let mut all = ShadowTally {
+        latency: LatencyRecorder::new(),
+        ok: 0,
+        rejected: 0,
+        answers: 0,
+    };
+    for t in tasks {
+        let one = t.await??;
+        all.latency.merge(&one.latency);
+        all.ok += one.ok;
+        all.rejected += one.rejected;
+        all.answers += one.answers;
+    }
+    Ok(ShadowTally {
+        latency: all.latency.summary(),
+        ok: all.ok,
+        rejected: all.rejected,
+        answers: all.answers,
+    })
+}
+
+/// The same shadow scenario with the libmosquitto client (its shadow mode: the same things, update
+/// documents, client tokens and window; see bench/c/mqtt_load.c), and the client's CPU time.
+async fn shadow_libmosquitto(
+    peer: &RunningPeer,
+    clients: usize,
+    per_client: usize,
+    rate: Option<f64>,
+    seconds: u64,
+    started: impl FnOnce(),
+) -> anyhow::Result<(ShadowTally<LatencySummary>, Duration)> {
+    let warmup = Duration::from_secs(1);
+    let measured = Duration::from_secs(seconds);
+    let spec = LoadSpec {
+        publishers: u32::try_from(clients)?,
+        subscribers: 0,
+        qos: QoS::AtMostOnce,
+        payload: 64,
+        pace: rate.map_or(Pace::FlatOut, |r| Pace::PerSecond(r as u32)),
+        stop: Stop::Duration(warmup + measured),
+        publish_limit: warmup + measured + Duration::from_secs(60),
+    };
+    let routing = Routing {
+        shadow_things: Some(u32::try_from(per_client)?),
+        window: Some(SHADOW_WINDOW),
+        window_after_start: Some(warmup..warmup + measured),
+        ..Routing::default()
+    };
+    let phase = libmosq::run_phase_with(peer.port(), "shadow", &spec, &routing, started).await?;
+    let tally = ShadowTally {
+        ok: phase.in_window,
+        rejected: phase.rejected,
+        answers: phase.outcome.acked + phase.rejected,
+        latency: phase.outcome.latency,
+    };
+    Ok((tally, phase.cpu))
 }
 
 /// The rule the rules benchmark runs: AWS's typical example.
@@ -247,66 +379,82 @@ sql = "SELECT temperature, publisher, seq, sent_ns, topic(2) AS id FROM 'sensors
 actions = [{ republish = { topic = "alerts/${topic(2)}" } }]
 "#;
 
-/// Runs the rules scenarios: through a rule vs published straight to the subscriber.
-pub async fn rules(
-    grove: &Path,
-    seconds: u64,
-    extra: &[&str],
-) -> anyhow::Result<Vec<GatewayResult>> {
-    let mut results = Vec::new();
+/// Runs the rules scenarios: through a rule vs published straight to the subscriber of a gateway
+/// without rules, with each client library.
+pub async fn rules(grove: &Path, seconds: u64, extra: &[&str]) -> anyhow::Result<Vec<FlowRow>> {
+    let mut rows = Vec::new();
     // A flat-out variant is not measured here: with QoS 0 and no flow control, publishers that
     // outrun the subscriber only measure how far behind it falls (see the broker benchmark).
-    for (name, rate) in [("10,000 msg/s (10 publishers x 1,000/s)", 1000)] {
+    let (scenario, rate) = ("10,000 msg/s (10 publishers x 1,000/s)", 1000);
+    for client in CLIENTS {
         for (path, via_rule) in [
             ("through the rule", true),
-            ("plain pub/sub (baseline)", false),
+            ("plain pub/sub, no rule (baseline)", false),
         ] {
-            let config: Vec<&str> = std::iter::once(RULE).chain(extra.iter().copied()).collect();
+            let config: Vec<&str> = via_rule
+                .then_some(RULE)
+                .into_iter()
+                .chain(extra.iter().copied())
+                .collect();
             let peer = start(grove, &config)?;
-            let r = rule_load(peer.port(), via_rule, rate, seconds).await?;
-            let rss_kib = peer.memory().ok().map(|m| m.rss_kb);
-            results.push(GatewayResult {
-                scenario: format!("{name}, {path}"),
-                rss_kib,
-                ..r
+            let publishers = Publishers {
+                port: peer.port(),
+                topics: (0..10).map(|p| format!("sensors/d{p}/t")).collect(),
+                qos: QoS::AtMostOnce,
+                pace: Pace::PerSecond(rate),
+                stop: Stop::Duration(Duration::from_secs(seconds + 1)),
+                encoding: Encoding::Json,
+                id: "rules-bench".to_owned(),
+            };
+            let subscriber = Subscriber {
+                port: peer.port(),
+                filters: vec![if via_rule { "alerts/#" } else { "sensors/#" }.to_owned()],
+                dead_letters: None,
+                encoding: Encoding::Json,
+                batch_topic: None,
+            };
+            let (outcome, cost) =
+                flow::measure(&peer, &publishers, &subscriber, seconds, client).await?;
+            eprintln!(
+                "rules: {path}, {}: p99 {}",
+                client.name(),
+                flow::ms(outcome.latency.p99_us)
+            );
+            rows.push(FlowRow {
+                scenario: scenario.to_owned(),
+                path: path.to_owned(),
+                client,
+                outcome,
+                cost,
+                rss_kib: peer.memory().ok().map(|m| m.rss_kb),
             });
             peer.stop()?;
         }
     }
-    Ok(results)
+    Ok(rows)
 }
 
-async fn rule_load(
-    port: u16,
-    via_rule: bool,
-    rate: u32,
-    seconds: u64,
-) -> anyhow::Result<GatewayResult> {
-    let publishers = Publishers {
-        port,
-        topics: (0..10).map(|p| format!("sensors/d{p}/t")).collect(),
-        qos: QoS::AtMostOnce,
-        pace: Pace::PerSecond(rate),
-        stop: Stop::Duration(Duration::from_secs(seconds + 1)),
-        encoding: Encoding::Json,
-        id: "rules-bench".to_owned(),
-    };
-    let subscriber = Subscriber {
-        port,
-        filters: vec![if via_rule { "alerts/#" } else { "sensors/#" }.to_owned()],
-        dead_letters: None,
-        encoding: Encoding::Json,
-        batch_topic: None,
-    };
-    let o = flow::run(&publishers, &subscriber, seconds).await?;
-    Ok(GatewayResult {
-        scenario: String::new(),
-        per_second: o.per_second,
-        completed: o.completed,
-        rejected: 0,
-        latency: o.latency,
-        rss_kib: None,
-    })
+/// The rules' table, then the rule against the plain path per client library.
+pub fn rules_markdown(rows: &[FlowRow]) -> String {
+    let mut out = flow::markdown(rows);
+    out.push_str(
+        "\n| client | p50 rule / plain | p99 rule / plain | gateway CPU per message rule / plain |\n|---|---:|---:|---:|\n",
+    );
+    for pair in rows.chunks(2) {
+        let [rule, plain] = pair else { continue };
+        let (a, b) = (&rule.outcome.latency, &plain.outcome.latency);
+        out.push_str(&format!(
+            "| {} | {} | {} | {} |\n",
+            rule.client.name(),
+            flow::ratio(a.p50_us as f64, b.p50_us as f64),
+            flow::ratio(a.p99_us as f64, b.p99_us as f64),
+            match (rule.cost.gateway_us, plain.cost.gateway_us) {
+                (Some(a), Some(b)) => flow::ratio(a, b),
+                _ => "-".to_owned(),
+            },
+        ));
+    }
+    out
 }
 
 /// The gateway started on one number of rules.
@@ -408,14 +556,15 @@ pub fn startup_markdown(results: &[StartupResult]) -> String {
     out
 }
 
-/// A Markdown table of results.
+/// A Markdown table of the shadow results.
 pub fn markdown(results: &[GatewayResult]) -> String {
-    let mut out = String::from("| scenario | per second | completed | rejected | p50 | p99 | p999 | max | gateway RSS |\n|---|---:|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut out = String::from("| scenario | client | accepted/s | accepted | rejected | p50 | p99 | p999 | max | gateway CPU µs/update | clients' CPU µs/answer | gateway RSS |\n|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n");
     for r in results {
         let l = &r.latency;
         out.push_str(&format!(
-            "| {} | {:.0} | {} | {} | {} | {} | {} | {} | {} |\n",
+            "| {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |\n",
             r.scenario,
+            r.client.name(),
             r.per_second,
             r.completed,
             r.rejected,
@@ -423,6 +572,8 @@ pub fn markdown(results: &[GatewayResult]) -> String {
             flow::ms(l.p99_us),
             flow::ms(l.p999_us),
             flow::ms(l.max_us),
+            flow::micros(r.cost.gateway_us),
+            flow::micros(r.cost.client_us),
             flow::mib(r.rss_kib),
         ));
     }

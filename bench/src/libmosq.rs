@@ -38,10 +38,70 @@ pub struct ClientPhase {
     pub outcome: PhaseOutcome,
     /// CPU time (user + system) of the client process, up to the end of the phase.
     pub cpu: Duration,
+    /// Deliveries received inside [`Routing::window`] (all of them without one).
+    pub in_window: u64,
+    /// Shadow mode: updates answered on `update/rejected`.
+    pub rejected: u64,
+    /// Messages on [`Routing::dead`], all subscribers.
+    pub dead: u64,
+}
+
+/// Where a phase's messages go and what they carry, for the gateway benchmarks; the default is
+/// the broker benchmark's load (`bench/{id}/{p}` to `bench/{id}/#`, the binary header).
+#[derive(Debug, Clone, Default)]
+pub struct Routing {
+    /// Publisher `p`'s topic, `{p}` and `{id}` (the phase id) replaced.
+    pub topic: Option<String>,
+    /// The subscribers' filters (`{id}` replaced).
+    pub filters: Vec<String>,
+    /// A filter subscribed besides, whose messages are counted apart (dead letters).
+    pub dead: Option<String>,
+    /// QoS of the subscriptions, when not the publishes'.
+    pub sub_qos: Option<QoS>,
+    /// Send grove-bench's JSON reading ([`crate::payload::encode_json`]'s fields) instead of the
+    /// binary header.
+    pub json: bool,
+    /// Shadow mode: each publisher is a Device Shadow client of this many things of its own (0:
+    /// one shared thing); see the C file's head comment.
+    pub shadow_things: Option<u32>,
+    /// Most messages per publisher unanswered (default [`load::REQUEST_CAPACITY`]).
+    pub window: Option<usize>,
+    /// The measured part of the phase, after the start signal: latencies are recorded for
+    /// messages sent inside it, and deliveries received inside it counted in
+    /// [`ClientPhase::in_window`]; `None`: the whole phase.
+    pub window_after_start: Option<std::ops::Range<Duration>>,
+}
+
+impl Routing {
+    /// The `key=value` words the broker benchmark's default leaves out.
+    fn words(&self) -> String {
+        let mut out = String::new();
+        let mut add = |key: &str, value: &str| out.push_str(&format!(" {key}={value}"));
+        if let Some(topic) = &self.topic {
+            add("topic", topic);
+        }
+        if !self.filters.is_empty() {
+            add("filter", &self.filters.join(","));
+        }
+        if let Some(dead) = &self.dead {
+            add("dead", dead);
+        }
+        if let Some(qos) = self.sub_qos {
+            add("sub_qos", if qos == QoS::AtMostOnce { "0" } else { "1" });
+        }
+        if self.json {
+            add("encoding", "json");
+        }
+        if let Some(things) = self.shadow_things {
+            add("mode", "shadow");
+            add("things", &things.to_string());
+        }
+        out
+    }
 }
 
 /// The `phase` line that tells the client what to run.
-pub fn phase_line(port: u16, phase_id: &str, spec: &LoadSpec) -> String {
+pub fn phase_line(port: u16, phase_id: &str, spec: &LoadSpec, routing: &Routing) -> String {
     let (messages, duration_ms) = match spec.stop {
         Stop::Messages(count) => (count, 0),
         // The client takes whole milliseconds; at least 1, since 0 means "by message count".
@@ -55,15 +115,16 @@ pub fn phase_line(port: u16, phase_id: &str, spec: &LoadSpec) -> String {
     format!(
         "phase host=127.0.0.1 port={port} id={phase_id} publishers={} subscribers={} qos={qos} \
          payload={} rate={rate} messages={messages} duration_ms={duration_ms} limit_ms={} \
-         window={} protocol=4 quiet_ms={} drain_ms={} setup_ms={}\n",
+         window={} protocol=4 quiet_ms={} drain_ms={} setup_ms={}{}\n",
         spec.publishers,
         spec.subscribers,
         spec.payload,
         millis(spec.publish_limit),
-        load::REQUEST_CAPACITY,
+        routing.window.unwrap_or(load::REQUEST_CAPACITY),
         millis(load::QUIET_PERIOD),
         millis(load::DRAIN_LIMIT),
         millis(load::SETUP_TIMEOUT),
+        routing.words(),
     )
 }
 
@@ -72,7 +133,24 @@ fn millis(duration: Duration) -> u64 {
 }
 
 /// Runs one phase with the libmosquitto client against the broker on 127.0.0.1:`port`.
-pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Result<ClientPhase> {
+pub async fn run_phase(
+    port: u16,
+    phase_id: &str,
+    spec: &LoadSpec,
+    routing: &Routing,
+) -> anyhow::Result<ClientPhase> {
+    run_phase_with(port, phase_id, spec, routing, || {}).await
+}
+
+/// [`run_phase`], calling `started` right after the start signal is sent (the origin of the
+/// client's times and of [`Routing::window_after_start`]).
+pub async fn run_phase_with(
+    port: u16,
+    phase_id: &str,
+    spec: &LoadSpec,
+    routing: &Routing,
+    started: impl FnOnce(),
+) -> anyhow::Result<ClientPhase> {
     let mut child = Command::new(EXECUTABLE)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
@@ -97,7 +175,7 @@ pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Re
 
     let result = async {
         stdin
-            .write_all(phase_line(port, phase_id, spec).as_bytes())
+            .write_all(phase_line(port, phase_id, spec, routing).as_bytes())
             .await
             .context("writing the phase to the libmosquitto client")?;
         match next_line(&mut lines, load::SETUP_TIMEOUT + MARGIN)
@@ -112,8 +190,14 @@ pub async fn run_phase(port: u16, phase_id: &str, spec: &LoadSpec) -> anyhow::Re
             .write_all(b"start\n")
             .await
             .context("sending the start signal to the libmosquitto client")?;
+        started();
         let limit = spec.publish_limit + 2 * load::DRAIN_LIMIT + MARGIN;
-        let mut results = Results::new(spec.publishers, spec.subscribers);
+        let receivers = match routing.shadow_things {
+            Some(_) => spec.publishers,
+            None => spec.subscribers,
+        };
+        let mut results = Results::new(spec.publishers, receivers);
+        results.window = routing.window_after_start.clone();
         while !results.is_done() {
             match next_line(&mut lines, limit).await? {
                 Some(line) if line.starts_with("error ") => bail!("{}", unexpected(&line, "")),
@@ -192,6 +276,11 @@ pub struct Results {
     seen_subscribers: Vec<bool>,
     /// `done`'s drain_timed_out, once it came.
     done: Option<bool>,
+    /// See [`Routing::window_after_start`].
+    pub window: Option<std::ops::Range<Duration>>,
+    in_window: u64,
+    rejected: u64,
+    dead: u64,
 }
 
 impl Results {
@@ -205,6 +294,10 @@ impl Results {
                 .collect(),
             seen_subscribers: vec![false; subscribers as usize],
             done: None,
+            window: None,
+            in_window: 0,
+            rejected: 0,
+            dead: 0,
         }
     }
 
@@ -223,6 +316,25 @@ impl Results {
                     words.next().and_then(|w| w.parse().ok()).ok_or_else(bad)
                 };
                 let (sub, publisher, seq, latency) = (number()?, number()?, number()?, number()?);
+                // The send time after the start (the client's lines have it; a missing one
+                // counts as inside any window).
+                let sent = words
+                    .next()
+                    .map(str::parse::<u64>)
+                    .transpose()
+                    .map_err(|_| bad())?;
+                let (sent, latency) = (
+                    sent.map(Duration::from_nanos),
+                    Duration::from_nanos(latency),
+                );
+                let window = self.window.clone();
+                let measured = match (&window, sent) {
+                    (Some(w), Some(sent)) => w.contains(&sent),
+                    _ => true,
+                };
+                if window.is_none_or(|w| sent.is_none_or(|s| w.contains(&(s + latency)))) {
+                    self.in_window += 1;
+                }
                 let report = self.subscriber(sub).ok_or_else(bad)?;
                 let publisher = u32::try_from(publisher).map_err(|_| bad())?;
                 let stamp = Stamp {
@@ -230,7 +342,7 @@ impl Results {
                     seq,
                     sent_ns: 0,
                 };
-                report.account(&stamp, Duration::from_nanos(latency));
+                report.account(&stamp, measured.then_some(latency));
             }
             Some("cpu") => {
                 let fields = fields(words).ok_or_else(bad)?;
@@ -242,6 +354,7 @@ impl Results {
                 let fields = fields(words).ok_or_else(bad)?;
                 let value = |key| field(&fields, key).ok_or_else(bad);
                 let entry = (value("sent")?, value("acked")?, value("finished_ns")?);
+                self.rejected += field(&fields, "rejected").unwrap_or(0);
                 let slot = index
                     .and_then(|i| self.publishers.get_mut(i))
                     .ok_or_else(bad)?;
@@ -252,6 +365,7 @@ impl Results {
                 let fields = fields(words).ok_or_else(bad)?;
                 let value = |key| field(&fields, key).ok_or_else(bad);
                 let (received, foreign) = (value("received")?, value("foreign")?);
+                self.dead += field(&fields, "dead").unwrap_or(0);
                 let last = match fields.get("last_ns") {
                     Some(&"none") => None,
                     Some(_) => Some(Duration::from_nanos(value("last_ns")?)),
@@ -307,7 +421,13 @@ impl Results {
         let drain_timed_out = self.done.ok_or_else(|| missing("`done`"))?;
         // The client's times are measured from the start signal.
         let outcome = load::outcome(&totals, &self.subscribers, Duration::ZERO, drain_timed_out);
-        Ok(ClientPhase { outcome, cpu })
+        Ok(ClientPhase {
+            outcome,
+            cpu,
+            in_window: self.in_window,
+            rejected: self.rejected,
+            dead: self.dead,
+        })
     }
 }
 
@@ -342,7 +462,8 @@ mod tests {
             phase_line(
                 1883,
                 "m-0-max-q1-64",
-                &spec(Pace::FlatOut, Stop::Messages(40), QoS::AtLeastOnce)
+                &spec(Pace::FlatOut, Stop::Messages(40), QoS::AtLeastOnce),
+                &Routing::default(),
             ),
             "phase host=127.0.0.1 port=1883 id=m-0-max-q1-64 publishers=2 subscribers=3 qos=1 \
              payload=64 rate=0 messages=40 duration_ms=0 limit_ms=60000 window=100 protocol=4 \
@@ -356,6 +477,7 @@ mod tests {
                 Stop::Duration(Duration::from_micros(1500)),
                 QoS::AtMostOnce,
             ),
+            &Routing::default(),
         );
         assert!(
             line.contains(" qos=0 ") && line.contains(" rate=250 messages=0 duration_ms=1 "),
@@ -370,8 +492,34 @@ mod tests {
                 Stop::Duration(Duration::from_micros(10)),
                 QoS::AtMostOnce,
             ),
+            &Routing::default(),
         );
         assert!(line.contains(" messages=0 duration_ms=1 "), "{line}");
+        // A gateway benchmark's routing: the shadow mode, JSON readings, other topics.
+        let routing = Routing {
+            topic: Some("sensors/d{p}/t".into()),
+            filters: vec!["alerts/#".into(), "x/{id}".into()],
+            dead: Some("$grove/functions/+/dlq".into()),
+            sub_qos: Some(QoS::AtLeastOnce),
+            json: true,
+            shadow_things: Some(20),
+            window: Some(10),
+            window_after_start: None,
+        };
+        let line = phase_line(
+            9,
+            "x",
+            &spec(Pace::FlatOut, Stop::Messages(1), QoS::AtMostOnce),
+            &routing,
+        );
+        assert!(
+            line.ends_with(
+                " window=10 protocol=4 quiet_ms=2000 drain_ms=30000 setup_ms=10000 \
+                 topic=sensors/d{p}/t filter=alerts/#,x/{id} dead=$grove/functions/+/dlq \
+                 sub_qos=1 encoding=json mode=shadow things=20\n"
+            ),
+            "{line}"
+        );
     }
 
     /// Feeds lines to the results of 2 publishers and 2 subscribers.
@@ -419,6 +567,39 @@ mod tests {
         assert_eq!(o.latency.samples, 8);
         assert_eq!((o.latency.p50_us, o.latency.max_us), (400, 3001));
         assert!(!o.drain_timed_out);
+    }
+
+    #[test]
+    fn a_window_times_only_what_was_sent_in_it_and_counts_what_arrived_in_it() {
+        let mut results = Results::new(1, 1);
+        results.window = Some(Duration::from_secs(1)..Duration::from_secs(2));
+        for line in [
+            "cpu user_us=1 sys_us=1",
+            "pub 0 sent=4 acked=3 rejected=1 finished_ns=2500000000",
+            "sub 0 received=6 foreign=0 dead=2 last_ns=2600000000",
+            // Sent in the warm-up, received in the window: counted, not timed.
+            "d 0 0 0 700000000 500000000",
+            // Sent and received in the window: both.
+            "d 0 0 1 5000000 1200000000",
+            // Sent in the window, received after it: timed, not counted.
+            "d 0 0 2 900000000 1900000000",
+            // After the window.
+            "d 0 0 3 1000000 2100000000",
+            "done drain_timed_out=0",
+        ] {
+            results.line(line).expect(line);
+        }
+        let phase = results.finish().expect("complete results");
+        assert_eq!((phase.in_window, phase.rejected, phase.dead), (2, 1, 2));
+        let o = &phase.outcome;
+        assert_eq!(o.tally.unique, 4);
+        assert_eq!(o.latency.samples, 2);
+        // The histogram keeps three significant digits.
+        assert!(
+            (899_000..=901_000).contains(&o.latency.max_us),
+            "{:?}",
+            o.latency
+        );
     }
 
     #[test]

@@ -478,11 +478,12 @@ impl SubscriberReport {
     }
 
     /// Accounts the stamp of a benchmark payload received `latency` after it was sent (`received`
-    /// is counted apart, foreign payloads included). A stamp of no publisher of the phase is foreign.
-    pub fn account(&mut self, stamp: &Stamp, latency: Duration) {
+    /// is counted apart, foreign payloads included); `None`: a delivery outside the measured
+    /// window, counted but not timed. A stamp of no publisher of the phase is foreign.
+    pub fn account(&mut self, stamp: &Stamp, latency: Option<Duration>) {
         if self.tracker.observe(stamp).is_err() {
             self.foreign += 1;
-        } else {
+        } else if let Some(latency) = latency {
             self.latency.record(latency);
         }
     }
@@ -525,7 +526,7 @@ impl Subscriber {
                     match payload::decode(&publish.payload) {
                         Ok(stamp) => report.account(
                             &stamp,
-                            Duration::from_nanos(now.saturating_sub(stamp.sent_ns)),
+                            Some(Duration::from_nanos(now.saturating_sub(stamp.sent_ns))),
                         ),
                         Err(_) => report.foreign += 1,
                     }

@@ -619,7 +619,11 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
         }
         GatewayBench::Rules => {
             let r = gateway::rules(&args.grove, args.seconds, &extra).await?;
-            ("rules", gateway::markdown(&r), serde_json::to_value(&r)?)
+            (
+                "rules",
+                gateway::rules_markdown(&r),
+                serde_json::to_value(&r)?,
+            )
         }
         GatewayBench::RulesStartup { counts, runs } => {
             let r = gateway::rules_startup(&args.grove, &counts, runs, &extra)?;

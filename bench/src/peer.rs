@@ -311,6 +311,11 @@ impl RunningPeer {
         })
     }
 
+    /// The broker's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     /// CPU time (user + system) the broker process has used so far.
     pub fn cpu_time(&self) -> Result<Duration, PeerError> {
         self.proc(cpu_time)

@@ -132,9 +132,14 @@ pub async fn run(plan: &Plan) -> anyhow::Result<Report> {
                     (outcome, None)
                 }
                 Client::Libmosquitto => {
-                    let phase = libmosq::run_phase(peer.port(), &phase_id, &spec_load)
-                        .await
-                        .with_context(context)?;
+                    let phase = libmosq::run_phase(
+                        peer.port(),
+                        &phase_id,
+                        &spec_load,
+                        &libmosq::Routing::default(),
+                    )
+                    .await
+                    .with_context(context)?;
                     (phase.outcome, Some(phase.cpu))
                 }
             };

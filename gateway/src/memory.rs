@@ -14,26 +14,33 @@ const TRIM_EVERY: std::time::Duration = std::time::Duration::from_secs(10);
 /// 512 MB board (issue 15, item 9). Measured: `malloc_trim(0)` took such a gateway from 362 MB
 /// back to 70 MB (debug build, 36 MB idle). mimalloc (v3) was tried instead: it gives memory back
 /// only when the threads that freed it allocate again, and it added ~18 MB to the idle size.
-#[cfg(all(target_os = "linux", target_env = "gnu"))]
 pub fn give_back_freed_memory() {
-    let trim = || loop {
+    let every = || loop {
         std::thread::sleep(TRIM_EVERY);
-        // SAFETY: malloc_trim takes no pointer and no lock of ours; glibc locks each arena while
-        // it returns the free pages at its top and inside it (madvise) to the kernel. Written by
-        // hand: one call, and no well-kept crate wrapping it was found.
-        #[allow(unsafe_code)]
-        unsafe {
-            libc::malloc_trim(0);
-        }
+        trim();
     };
-    if let Err(e) = std::thread::Builder::new()
-        .name("grove-trim".into())
-        .spawn(trim)
-    {
-        eprintln!("grove: cannot start the memory trimmer (memory freed after bursts stays with the process): {e}");
+    if cfg!(all(target_os = "linux", target_env = "gnu")) {
+        if let Err(e) = std::thread::Builder::new()
+            .name("grove-trim".into())
+            .spawn(every)
+        {
+            eprintln!("grove: cannot start the memory trimmer (memory freed after bursts stays with the process): {e}");
+        }
     }
 }
 
-/// No trimmer elsewhere (musl's malloc returns freed memory by itself).
+/// Gives the memory glibc's malloc holds free back to the system, now.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+pub fn trim() {
+    // SAFETY: malloc_trim takes no pointer and no lock of ours; glibc locks each arena while it
+    // returns the free pages at its top and inside it (madvise) to the kernel. Written by hand:
+    // one call, and no well-kept crate wrapping it was found.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::malloc_trim(0);
+    }
+}
+
+/// Nothing to do elsewhere (musl's malloc returns freed memory by itself), so no trimmer either.
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
-pub fn give_back_freed_memory() {}
+pub fn trim() {}

@@ -26,6 +26,7 @@ use grove_deploy::service::{DeployParts, DeployedRules, Deployer};
 use grove_functions_host::service::Functions;
 use grove_jobs::service::{JobsHandle, JobsService, KnownThings};
 use grove_rules_engine::engine::{LoadRules, Reload, RulesEngine};
+use grove_rules_engine::RuleConfig;
 use grove_shadow::service::ShadowService;
 use grove_store::{Store, StoreError};
 
@@ -64,7 +65,7 @@ impl From<BrokerError> for RunError {
 }
 
 /// Runs the gateway until SIGINT or SIGTERM (SIGHUP reloads the rules from `config_path`).
-pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
+pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(), RunError> {
     // The handlers are installed first, so that a SIGTERM that arrives while the gateway is still
     // starting (a service manager's stop, a test's restart) is held and answered with an orderly
     // stop once it has started, instead of killing the process with the signal's default action.
@@ -85,8 +86,12 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
     })?;
     let metrics = Arc::new(Metrics::new());
     let (reload_tx, reload_rx) = mpsc::channel(4);
+    // The rules go to the engine and are not kept here too: with many rules, every copy counts
+    // (issue 18); a reload reads them from the file again.
+    let rules = std::mem::take(&mut config.rules);
     let (broker, components, functions, deployer, jobs) = match start(
         &config,
+        rules,
         config_path,
         store,
         &metrics,
@@ -151,6 +156,9 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     };
     info!(version = env!("CARGO_PKG_VERSION"), data_dir = %data_dir.value.display(), "grove is running");
+    // Startup's garbage (the parsed configuration file, the rules' compilation) goes back now
+    // rather than at the trimmer's first round.
+    crate::memory::trim();
 
     signals.wait(reload_tx).await;
     info!("shutting down");
@@ -183,10 +191,11 @@ type Started = (
     JobsHandle,
 );
 
-/// Starts the broker and the components on it (shadows, functions, rules), then opens the
-/// listeners.
+/// Starts the broker and the components on it (shadows, functions, rules: `file_rules`, the
+/// configuration's, unless a deployment's are committed), then opens the listeners.
 async fn start(
     config: &Config,
+    file_rules: Vec<RuleConfig>,
     config_path: Option<PathBuf>,
     store: Store,
     metrics: &Metrics,
@@ -314,16 +323,17 @@ async fn start(
     let deployed = DeployedRules::committed(&deploy_store)
         .await
         .map_err(link)?;
-    let rules = deployed.clone().unwrap_or_else(|| config.rules.clone());
+    let rules = deployed.clone().unwrap_or(file_rules);
     let deployed = DeployedRules::new(deployed, reload_tx);
     let slot = deployed.clone();
-    let startup_rules = config.rules.clone();
     let load_rules: LoadRules = Box::new(move || match (slot.current(), &config_path) {
         (Some(rules), _) => Ok(rules),
         (None, Some(path)) => Config::load(path)
             .map(|c| c.rules)
             .map_err(|e| e.to_string()),
-        (None, None) => Ok(startup_rules.clone()),
+        // The gateway runs on the built-in defaults (no file), whose rules these are; not a
+        // copy of the running ones kept for this (the engine's rules can be many).
+        (None, None) => Ok(Config::defaults().rules),
     });
     let engine = RulesEngine::start(
         broker.bus_maker(),

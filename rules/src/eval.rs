@@ -107,7 +107,9 @@ impl Output {
     /// The bytes to publish: the JSON serialised, or the raw payload.
     pub fn to_bytes(&self) -> Vec<u8> {
         match self {
-            Output::Json(v) => v.to_string().into_bytes(),
+            // Straight into a `Vec` (`to_string` goes through `fmt::Write`, a call per token):
+            // once per republished message. Serialising a `Value` cannot fail.
+            Output::Json(v) => serde_json::to_vec(v).unwrap_or_default(),
             Output::Binary(b) => b.clone(),
         }
     }

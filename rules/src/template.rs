@@ -6,6 +6,8 @@
 //! aliases from SELECT are not visible. A string result is inserted as it is, other values in their
 //! string form (arrays and objects as JSON), and Undefined or Null as the empty string.
 
+use std::sync::Arc;
+
 use crate::compile::{compile_template_expr, eval_standalone};
 use crate::error::CompileError;
 use crate::eval::{CExpr, Context, Message};
@@ -17,12 +19,14 @@ enum Piece {
     Expr(CExpr),
 }
 
-/// A compiled substitution template. Two templates are equal when their text is.
+/// A compiled substitution template: cheap to clone (the compiled pieces are shared, like a
+/// [`crate::Rule`]'s program; a gateway keeps a rule set's actions in more than one place). Two
+/// templates are equal when their text is.
 #[derive(Debug, Clone)]
 pub struct Template {
     /// The text it was compiled from, which decides equality (compiling is deterministic).
-    text: String,
-    pieces: Vec<Piece>,
+    text: Arc<str>,
+    pieces: Arc<[Piece]>,
 }
 
 impl PartialEq for Template {
@@ -54,8 +58,8 @@ impl Template {
             pieces.push(Piece::Text(literal));
         }
         Ok(Template {
-            text: text.to_owned(),
-            pieces,
+            text: text.into(),
+            pieces: pieces.into(),
         })
     }
 
@@ -67,7 +71,7 @@ impl Template {
     /// Renders the template for `msg`.
     pub fn render(&self, msg: &Message, ctx: &Context<'_>) -> String {
         let mut out = String::new();
-        for piece in &self.pieces {
+        for piece in self.pieces.iter() {
             match piece {
                 Piece::Text(t) => out.push_str(t),
                 Piece::Expr(e) => {

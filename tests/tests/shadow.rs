@@ -926,3 +926,60 @@ async fn a_failed_commit_answers_500_to_its_whole_batch_and_keeps_none_of_it() {
         .await;
     assert_eq!((kind.as_str(), &doc["version"]), ("accepted", &json!(1)));
 }
+
+/// The shadow service answers the next batches while an earlier one commits; when that commit
+/// fails, what was answered on top of it must not survive it. Updates of `x` follow, without
+/// waiting, a batch whose commit fails (it also wrote `doomed`): whichever of them were answered
+/// before the failure was known fail with it (500), the others start again from what is durable.
+/// So however the requests fell into batches, the accepted versions are exactly 1..=k, and the
+/// shadow read afterwards is at version k, with the value of the last accepted update.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn updates_built_on_a_failed_commit_are_never_accepted_beyond_what_is_stored() {
+    let mut g = Gateway::start("");
+    g.stop_with("TERM");
+    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER doomed BEFORE INSERT ON shadows WHEN NEW.thing = 'doomed'
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+    drop(db);
+    g.restart_stopped();
+    let mut x = Device::connect(&g, "w-x", "x", None).await;
+    let mut raw = RawClient::connect(g.mqtt_addr(), "burst").await;
+    let update = |thing: &str, token: String| {
+        (
+            format!("$aws/things/{thing}/shadow/update"),
+            json!({"state": {"reported": {"t": token}}, "clientToken": token}).to_string(),
+        )
+    };
+    raw.burst(&[update("doomed", "d".into()), update("x", "x0".into())])
+        .await;
+    let tokens: Vec<String> = (0..8).map(|i| format!("x{i}")).collect();
+    for token in &tokens[1..] {
+        raw.burst(&[update("x", token.clone())]).await;
+    }
+    let answers = answers_to(&mut x, &tokens).await;
+    rejected(&answers["x0"], 500, "Internal service failure");
+    let mut accepted: Vec<(u64, &str)> = Vec::new();
+    for token in &tokens {
+        match &answers[token] {
+            (kind, doc) if kind == "accepted" => {
+                accepted.push((doc["version"].as_u64().unwrap(), token));
+            }
+            answer => rejected(answer, 500, "Internal service failure"),
+        }
+    }
+    accepted.sort();
+    let versions: Vec<u64> = accepted.iter().map(|(v, _)| *v).collect();
+    assert_eq!(versions, (1..=accepted.len() as u64).collect::<Vec<_>>());
+    let got = x.call("get", json!({})).await;
+    match accepted.last() {
+        None => rejected(&got, 404, "No shadow exists with name: 'x'"),
+        Some((version, token)) => {
+            assert_eq!(got.0, "accepted", "{got:?}");
+            assert_eq!(got.1["version"], *version, "{got:?}");
+            assert_eq!(got.1["state"]["reported"]["t"], *token, "{got:?}");
+        }
+    }
+}

@@ -206,9 +206,7 @@ pub async fn start(
                 .bus_outside("cloud-sync-requests", &tap)
                 .await
                 .map_err(|e| CloudError::Bus(e.to_string()))?;
-            let local = LocalShadows::start(requests_bus, shutdown.clone())
-                .await
-                .map_err(|e| CloudError::Bus(e.to_string()))?;
+            let local = LocalShadows::start(requests_bus, shutdown.clone());
             let component = sync::ShadowSync::start(
                 sync_bus,
                 local,

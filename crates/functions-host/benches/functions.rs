@@ -122,8 +122,7 @@ fn functions(c: &mut Criterion) {
         max_memory_mb: 64,
         pool_size: 200,
         cache_dir: cache.path().to_owned(),
-    })
-    .expect("runtime");
+    });
     let echo = wat::parse_str(ECHO).expect("WAT");
     let mut handlers = vec![(
         "wat-echo".to_owned(),

@@ -25,7 +25,7 @@
 use std::hash::{Hash, Hasher};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use wasmtime::{
@@ -186,6 +186,9 @@ pub enum DeployError {
         /// Why.
         message: String,
     },
+    /// The wasmtime engine could not be set up (made at the first deploy or load).
+    #[error("cannot set up the WebAssembly engine: {0}")]
+    Engine(String),
 }
 
 /// How an invocation failed.
@@ -264,11 +267,19 @@ pub struct RuntimeConfig {
     pub cache_dir: PathBuf,
 }
 
-/// The wasmtime engine, its host-call linker and the epoch ticker.
+/// The wasmtime engine, its host-call linker and the epoch ticker, made when the first module is
+/// deployed or loaded: a gateway with no function deployed never builds them. (Built eagerly they
+/// were ~2 MiB of its idle resident memory: wasmtime's and cranelift's code paged in to set up
+/// the engine and the pooling allocator, and one more thread.)
 pub struct Runtime {
+    config: RuntimeConfig,
+    wasm: OnceLock<Result<Wasm, String>>,
+}
+
+/// The engine and what is built with it.
+struct Wasm {
     engine: Engine,
     linker: Linker<HostState>,
-    cache_dir: PathBuf,
     engine_hash: u64,
     clock: Arc<EpochClock>,
     ticker: Option<std::thread::JoinHandle<()>>,
@@ -321,6 +332,9 @@ impl Drop for Running<'_> {
 /// A compiled module ready to instantiate, with its manifest and idle instances.
 pub struct Prepared {
     pre: InstancePre<HostState>,
+    /// The engine it was compiled for, and its epoch clock.
+    engine: Engine,
+    clock: Arc<EpochClock>,
     manifest: Arc<Manifest>,
     idle: Mutex<Vec<Warm>>,
     /// Whether the compile cache already held this module.
@@ -331,6 +345,52 @@ impl Prepared {
     /// The manifest it was deployed with.
     pub fn manifest(&self) -> &Arc<Manifest> {
         &self.manifest
+    }
+
+    /// A new instance in a new store, its start function under `timeout_ms`.
+    fn instantiate(&self, timeout_ms: u64) -> Result<Warm, Failure> {
+        let state = HostState {
+            limiter: Limiter {
+                max_bytes: self.manifest.memory_limit_mb as usize * 1024 * 1024,
+                refused: false,
+            },
+            memory: None,
+            manifest: self.manifest.clone(),
+            call: None,
+        };
+        let mut store = Store::new(&self.engine, state);
+        store.limiter(|s| &mut s.limiter);
+        store.epoch_deadline_trap();
+        store.set_epoch_deadline(ticks(timeout_ms));
+        let fail = |kind, message: String| Failure { kind, message };
+        let instance = self.pre.instantiate(&mut store).map_err(|e| {
+            let (kind, message) = match e.downcast_ref::<Trap>() {
+                Some(Trap::Interrupt) => (
+                    FailureKind::Timeout,
+                    format!("the module's start function did not finish within {timeout_ms} ms"),
+                ),
+                _ if store.data().limiter.refused => {
+                    (FailureKind::Memory, format!("cannot instantiate: {e:#}"))
+                }
+                Some(_) => (FailureKind::Trap, format!("cannot instantiate: {e:#}")),
+                None => (FailureKind::Capacity, format!("cannot instantiate: {e:#}")),
+            };
+            fail(kind, cut(&message))
+        })?;
+        let memory = instance.get_memory(&mut store, "memory");
+        store.data_mut().memory = memory;
+        let alloc = instance
+            .get_typed_func::<i32, i32>(&mut store, "grove_alloc")
+            .map_err(|e| fail(FailureKind::Abi, format!("{e:#}")))?;
+        let handler = instance
+            .get_typed_func::<(i32, i32, i32, i32), i32>(&mut store, &self.manifest.handler)
+            .map_err(|e| fail(FailureKind::Abi, format!("{e:#}")))?;
+        Ok(Warm {
+            store,
+            instance,
+            alloc,
+            handler,
+        })
     }
 
     /// Drops the idle instances, giving their pool slots back (a superseded version keeps
@@ -399,9 +459,9 @@ impl ResourceLimiter for Limiter {
     }
 }
 
-impl Runtime {
-    /// Builds the engine and starts the epoch ticker.
-    pub fn new(config: &RuntimeConfig) -> Result<Runtime, String> {
+impl Wasm {
+    /// Builds the engine (the pooling allocator sized by `config`) and starts the epoch ticker.
+    fn new(config: &RuntimeConfig) -> Result<Wasm, String> {
         let max_bytes = config.max_memory_mb as usize * 1024 * 1024;
         let mut pool = PoolingAllocationConfig::default();
         pool.total_core_instances(config.pool_size)
@@ -437,29 +497,47 @@ impl Runtime {
                 .spawn(move || clock.tick(&engine))
                 .map_err(|e| e.to_string())?
         };
-        Ok(Runtime {
+        Ok(Wasm {
             engine,
             linker,
-            cache_dir: config.cache_dir.clone(),
             engine_hash: h.finish(),
             clock,
             ticker: Some(ticker),
         })
     }
+}
 
+impl Runtime {
+    /// A runtime with these settings; the engine is built on first use.
+    pub fn new(config: &RuntimeConfig) -> Runtime {
+        Runtime {
+            config: config.clone(),
+            wasm: OnceLock::new(),
+        }
+    }
+
+    /// The engine, built and its epoch ticker started the first time this is called.
+    fn wasm(&self) -> Result<&Wasm, DeployError> {
+        self.wasm
+            .get_or_init(|| Wasm::new(&self.config))
+            .as_ref()
+            .map_err(|e| DeployError::Engine(e.clone()))
+    }
     /// The cache file of a module's bytes for this engine.
-    fn cache_path(&self, wasm: &[u8]) -> PathBuf {
-        let digest = ring::digest::digest(&ring::digest::SHA256, wasm);
+    fn cache_path(&self, wasm: &Wasm, module: &[u8]) -> PathBuf {
+        let digest = ring::digest::digest(&ring::digest::SHA256, module);
         let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
-        self.cache_dir
-            .join(format!("{hex}-{:016x}.cwasm", self.engine_hash))
+        self.config
+            .cache_dir
+            .join(format!("{hex}-{:016x}.cwasm", wasm.engine_hash))
     }
 
     /// Compiles (or maps from the cache) and checks a module against the ABI and the manifest.
-    pub fn prepare(&self, wasm: &[u8], manifest: Arc<Manifest>) -> Result<Prepared, DeployError> {
-        check_shape(wasm, &manifest)?;
-        let path = self.cache_path(wasm);
-        let cached = match path.exists().then(|| load_cached(&self.engine, &path)) {
+    pub fn prepare(&self, module: &[u8], manifest: Arc<Manifest>) -> Result<Prepared, DeployError> {
+        check_shape(module, &manifest)?;
+        let wasm = self.wasm()?;
+        let path = self.cache_path(wasm, module);
+        let cached = match path.exists().then(|| load_cached(&wasm.engine, &path)) {
             Some(Ok(m)) => Some(m),
             Some(Err(e)) => {
                 tracing::warn!(path = %path.display(), error = %format!("{e:#}"), "ignoring an unusable compiled module");
@@ -471,9 +549,9 @@ impl Runtime {
         let module = match cached {
             Some(m) => m,
             None => {
-                let compiled = self
+                let compiled = wasm
                     .engine
-                    .precompile_module(wasm)
+                    .precompile_module(module)
                     .map_err(|e| DeployError::Malformed(cut(&format!("{e:#}"))))?;
                 write_atomically(&path, &compiled).map_err(|e| DeployError::Cache {
                     path: path.clone(),
@@ -483,29 +561,32 @@ impl Runtime {
                 // Loading checks the module against the engine's limits (the pool's slot sizes):
                 // a refusal is the module's fault (the cause is the last in the chain, after the
                 // file's name), and its file must not stay in the cache.
-                load_cached(&self.engine, &path).map_err(|e| {
+                load_cached(&wasm.engine, &path).map_err(|e| {
                     let _ = std::fs::remove_file(&path);
                     DeployError::Limit(cut(&e.root_cause().to_string()))
                 })?
             }
         };
         check_exports(&module, &manifest.handler)?;
-        let pre = self
+        let pre = wasm
             .linker
             .instantiate_pre(&module)
             .map_err(|e| DeployError::Abi(format!("{e:#}")))?;
         let prepared = Prepared {
             pre,
+            engine: wasm.engine.clone(),
+            clock: wasm.clock.clone(),
             manifest,
             idle: Mutex::new(Vec::new()),
             from_cache,
         };
         // The version check runs the guest: under the manifest's memory limit, like an
         // invocation, and under the check's own deadline (the ticker must run meanwhile).
-        let _running = self.clock.start();
+        let clock = prepared.clock.clone();
+        let _running = clock.start();
         let timeout_ms = CHECK_TIMEOUT.as_millis() as u64;
-        let mut warm = self
-            .instantiate(&prepared, timeout_ms)
+        let mut warm = prepared
+            .instantiate(timeout_ms)
             .map_err(|f| DeployError::Abi(f.message))?;
         let version = warm
             .instance
@@ -526,52 +607,6 @@ impl Runtime {
         Ok(prepared)
     }
 
-    /// A new instance of `p` in a new store, its start function under `timeout_ms`.
-    fn instantiate(&self, p: &Prepared, timeout_ms: u64) -> Result<Warm, Failure> {
-        let state = HostState {
-            limiter: Limiter {
-                max_bytes: p.manifest.memory_limit_mb as usize * 1024 * 1024,
-                refused: false,
-            },
-            memory: None,
-            manifest: p.manifest.clone(),
-            call: None,
-        };
-        let mut store = Store::new(&self.engine, state);
-        store.limiter(|s| &mut s.limiter);
-        store.epoch_deadline_trap();
-        store.set_epoch_deadline(ticks(timeout_ms));
-        let fail = |kind, message: String| Failure { kind, message };
-        let instance = p.pre.instantiate(&mut store).map_err(|e| {
-            let (kind, message) = match e.downcast_ref::<Trap>() {
-                Some(Trap::Interrupt) => (
-                    FailureKind::Timeout,
-                    format!("the module's start function did not finish within {timeout_ms} ms"),
-                ),
-                _ if store.data().limiter.refused => {
-                    (FailureKind::Memory, format!("cannot instantiate: {e:#}"))
-                }
-                Some(_) => (FailureKind::Trap, format!("cannot instantiate: {e:#}")),
-                None => (FailureKind::Capacity, format!("cannot instantiate: {e:#}")),
-            };
-            fail(kind, cut(&message))
-        })?;
-        let memory = instance.get_memory(&mut store, "memory");
-        store.data_mut().memory = memory;
-        let alloc = instance
-            .get_typed_func::<i32, i32>(&mut store, "grove_alloc")
-            .map_err(|e| fail(FailureKind::Abi, format!("{e:#}")))?;
-        let handler = instance
-            .get_typed_func::<(i32, i32, i32, i32), i32>(&mut store, &p.manifest.handler)
-            .map_err(|e| fail(FailureKind::Abi, format!("{e:#}")))?;
-        Ok(Warm {
-            store,
-            instance,
-            alloc,
-            handler,
-        })
-    }
-
     /// Runs the handler of `p` on one event. Blocks the calling thread (host calls may wait on
     /// the shadow service): call it from a blocking thread, never from an async task.
     pub fn invoke(
@@ -581,7 +616,7 @@ impl Runtime {
         payload: &[u8],
         host: Box<dyn Host>,
     ) -> Outcome {
-        let _running = self.clock.start();
+        let _running = p.clock.start();
         let started = Instant::now();
         let reuse = p.manifest.instance == InstanceMode::Reuse;
         let idle = if reuse {
@@ -591,7 +626,7 @@ impl Runtime {
         };
         let mut warm = match idle
             .map(Ok)
-            .unwrap_or_else(|| self.instantiate(p, p.manifest.timeout_ms))
+            .unwrap_or_else(|| p.instantiate(p.manifest.timeout_ms))
         {
             Ok(w) => w,
             Err(failure) => {
@@ -668,7 +703,7 @@ impl Runtime {
     }
 }
 
-impl Drop for Runtime {
+impl Drop for Wasm {
     fn drop(&mut self) {
         {
             // Under the lock, so the ticker cannot miss it between its check and its wait.
@@ -893,16 +928,30 @@ mod tests {
             max_memory_mb: 64,
             pool_size: 4,
             cache_dir: dir.path().to_owned(),
-        })
-        .unwrap();
+        });
         let wasm = wat::parse_str(MODULE).unwrap();
         assert!(!rt.prepare(&wasm, manifest()).unwrap().from_cache);
         assert!(rt.prepare(&wasm, manifest()).unwrap().from_cache);
-        let entry = rt.cache_path(&wasm);
+        let entry = rt.cache_path(rt.wasm().unwrap(), &wasm);
         std::fs::write(&entry, b"not a compiled module").unwrap();
         let p = rt.prepare(&wasm, manifest()).unwrap();
         assert!(!p.from_cache, "the corrupt entry was not trusted");
         assert!(rt.prepare(&wasm, manifest()).unwrap().from_cache);
+    }
+
+    /// A gateway with no function deployed never sets up wasmtime (memory, a thread).
+    #[test]
+    fn the_engine_is_built_by_the_first_module_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let rt = Runtime::new(&RuntimeConfig {
+            max_memory_mb: 64,
+            pool_size: 4,
+            cache_dir: dir.path().to_owned(),
+        });
+        assert!(rt.wasm.get().is_none());
+        rt.prepare(&wat::parse_str(MODULE).unwrap(), manifest())
+            .unwrap();
+        assert!(rt.wasm.get().is_some_and(Result::is_ok));
     }
 
     /// One case per line: the module's items, and a fragment of the refusal (or `None`).

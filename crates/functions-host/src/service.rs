@@ -78,7 +78,7 @@ mod sync;
 
 use crate::effects::Effects;
 use crate::protocol::{answer, error_answer, event_topic, parse_target, INVOKE_FILTER};
-use events::forgetter;
+use events::{forgetter, Finished};
 use host::{publisher, Batch, ServiceHost};
 
 /// Offers from publishers waiting for their events to be recorded; each publisher waits for its
@@ -318,8 +318,8 @@ struct Inner {
     shadow: LocalShadows,
     /// The durable tap whose routes are the triggers.
     tap: Arc<Tap>,
-    /// Ids of finished events, for [`forgetter`] to delete.
-    finished: mpsc::UnboundedSender<u64>,
+    /// Finished events, deleted with the next commit of new events or by [`forgetter`].
+    finished: Arc<Finished>,
     /// The next event's id (one more than the largest ever stored).
     next_event: std::sync::atomic::AtomicU64,
     handle: tokio::runtime::Handle,
@@ -343,20 +343,17 @@ impl Functions {
             max_memory_mb: config.max_memory_mb,
             pool_size: config.pool_size,
             cache_dir: dir.join("cache"),
-        })
-        .map_err(FunctionError::Io)?;
+        });
         let bus_err = |e: grove_broker::BrokerError| FunctionError::Io(e.to_string());
         let out = buses.bus("functions-out").await.map_err(bus_err)?;
         let (publish, publish_rx) = mpsc::channel(1024);
         tokio::spawn(publisher(out, publish_rx, shutdown.clone()));
         let shadow_bus = buses.bus("functions-shadow").await.map_err(bus_err)?;
-        let shadow = LocalShadows::start(shadow_bus, shutdown.clone())
-            .await
-            .map_err(|_| FunctionError::Closed)?;
+        let shadow = LocalShadows::start(shadow_bus, shutdown.clone());
         let (offers_tx, offers) = mpsc::channel(TAP_QUEUE);
         let tap = Arc::new(Tap::new(Vec::new(), offers_tx));
-        let (finished, finished_rx) = mpsc::unbounded_channel();
-        tokio::spawn(forgetter(store.clone(), finished_rx));
+        let finished = Arc::new(Finished::default());
+        tokio::spawn(forgetter(store.clone(), finished.clone(), shutdown.clone()));
         let functions = Functions {
             inner: Arc::new(Inner {
                 runtime,
@@ -480,65 +477,110 @@ impl Functions {
         payload: Bytes,
         hops: u32,
     ) -> Result<Invoked, FunctionError> {
-        let Runnable {
-            version,
-            prepared,
-            logs,
-            running,
-        } = loop {
-            match self.lookup(name, qualifier)? {
-                Some(found) => break found,
-                None => self.loaded().await,
+        let mut outcomes = self
+            .invoke_batch(name, vec![(qualifier, topic, payload, hops)])
+            .await;
+        outcomes.pop().unwrap_or(Err(FunctionError::Closed))
+    }
+
+    /// Runs invocations of `name` (qualifier, topic, payload, hops) one after the other on one
+    /// thread of the blocking pool, a single hand-off for them all, holding one of the function's
+    /// `max_concurrency` slots and one worker meanwhile; each is routed by its own qualifier (a
+    /// weighted alias draws for each). Returns their outcomes in order.
+    pub(crate) async fn invoke_batch(
+        &self,
+        name: &str,
+        calls: Vec<(&Qualifier, String, Bytes, u32)>,
+    ) -> Vec<Result<Invoked, FunctionError>> {
+        let mut outcomes: Vec<Option<Result<Invoked, FunctionError>>> = Vec::new();
+        let mut runs = Vec::new();
+        for (i, (qualifier, topic, payload, hops)) in calls.into_iter().enumerate() {
+            let found = loop {
+                match self.lookup(name, qualifier) {
+                    Ok(Some(found)) => break Ok(found),
+                    Ok(None) => self.loaded().await,
+                    Err(e) => break Err(e),
+                }
+            };
+            match found {
+                Ok(runnable) => {
+                    outcomes.push(None);
+                    runs.push((i, runnable, topic, payload, hops));
+                }
+                Err(e) => outcomes.push(Some(Err(e))),
             }
+        }
+        if let Some((_, first, ..)) = runs.first() {
+            for (i, version, logs, outcome) in
+                self.run_blocking(name, first.running.clone(), runs).await
+            {
+                let result = match &outcome.result {
+                    Ok(_) => "ok",
+                    Err(f) => f.kind.as_str(),
+                };
+                self.inner
+                    .metrics
+                    .invoked(name, result, outcome.duration.as_secs_f64());
+                if let Err(f) = &outcome.result {
+                    // The ring cuts the message (a handler's error is its `output`, up to 1 MiB)
+                    // and writes it to the gateway's debug log if it keeps it.
+                    logs.push(
+                        version,
+                        "error",
+                        format!("invocation failed: {}: {}", f.kind.as_str(), f.message),
+                    );
+                }
+                outcomes[i] = Some(Ok(Invoked {
+                    name: name.to_owned(),
+                    version,
+                    outcome,
+                }));
+            }
+        }
+        // An invocation without an outcome did not run: the component is shutting down.
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or(Err(FunctionError::Closed)))
+            .collect()
+    }
+
+    /// Runs routed invocations on one thread of the blocking pool, under one of the function's
+    /// slots (`running`) and one worker; (index, version, log, outcome) of each that ran.
+    async fn run_blocking(
+        &self,
+        name: &str,
+        running: Arc<Semaphore>,
+        runs: Vec<(usize, Runnable, String, Bytes, u32)>,
+    ) -> Vec<(usize, u64, Logs, Outcome)> {
+        let Ok(slot) = running.acquire_owned().await else {
+            return Vec::new();
         };
-        let slot = running
-            .acquire_owned()
-            .await
-            .map_err(|_| FunctionError::Closed)?;
-        let permit = self
-            .inner
-            .workers
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(|_| FunctionError::Closed)?;
-        let host = ServiceHost {
-            inner: self.inner.clone(),
-            name: name.to_owned(),
-            version,
-            logs: logs.clone(),
-            effects: Effects::new(hops),
+        let Ok(permit) = self.inner.workers.clone().acquire_owned().await else {
+            return Vec::new();
         };
         let inner = self.inner.clone();
-        let outcome = tokio::task::spawn_blocking(move || {
+        let name = name.to_owned();
+        tokio::task::spawn_blocking(move || {
             let _permits = (slot, permit);
-            inner
-                .runtime
-                .invoke(&prepared, &topic, &payload, Box::new(host))
+            runs.into_iter()
+                .map(|(i, runnable, topic, payload, hops)| {
+                    let host = ServiceHost {
+                        inner: inner.clone(),
+                        name: name.clone(),
+                        version: runnable.version,
+                        logs: runnable.logs.clone(),
+                        effects: Effects::new(hops),
+                    };
+                    let outcome =
+                        inner
+                            .runtime
+                            .invoke(&runnable.prepared, &topic, &payload, Box::new(host));
+                    (i, runnable.version, runnable.logs, outcome)
+                })
+                .collect()
         })
         .await
-        .map_err(|_| FunctionError::Closed)?;
-        let result = match &outcome.result {
-            Ok(_) => "ok",
-            Err(f) => f.kind.as_str(),
-        };
-        self.inner
-            .metrics
-            .invoked(name, result, outcome.duration.as_secs_f64());
-        if let Err(f) = &outcome.result {
-            // The ring cuts the message (a handler's error is its `output`, up to 1 MiB) and
-            // writes it to the gateway's debug log if it keeps it.
-            logs.push(
-                version,
-                "error",
-                format!("invocation failed: {}: {}", f.kind.as_str(), f.message),
-            );
-        }
-        Ok(Invoked {
-            name: name.to_owned(),
-            version,
-            outcome,
-        })
+        .unwrap_or_default()
     }
 
     /// The version `qualifier` routes to now, ready to run; `None` while the startup is still

@@ -199,15 +199,15 @@ impl Dispatch {
     }
 
     /// Evaluates one message: every rule whose filter matches its topic, once.
-    pub fn on_message(&mut self, m: &Message, ctx: &Context<'_>, now: Instant, step: &mut Step) {
+    pub fn on_message(&mut self, m: Message, ctx: &Context<'_>, now: Instant, step: &mut Step) {
         let hops = m.hops;
-        let msg = grove_rules::Message::new(
-            &m.topic,
-            m.origin.as_deref().unwrap_or(""),
-            m.payload.to_vec(),
-        );
         let mut matched = Vec::new();
         self.index.for_each_match(&m.topic, |i| matched.push(*i));
+        if matched.is_empty() {
+            return;
+        }
+        // The bus message's own topic and origin are moved, not copied: this is per message.
+        let msg = grove_rules::Message::new(m.topic, m.origin.unwrap_or_default(), m.payload);
         let mut outputs: Vec<(usize, Output, u32)> = Vec::new();
         for i in matched {
             let rule = &mut self.rules[i];
@@ -626,7 +626,7 @@ mod tests {
         let uuids = || "uuid".to_owned();
         let ctx = Context::new(1_000, &uuids);
         let mut step = Step::default();
-        d.on_message(m, &ctx, Instant::now(), &mut step);
+        d.on_message(m.clone(), &ctx, Instant::now(), &mut step);
         step
     }
 

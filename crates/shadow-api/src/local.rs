@@ -16,7 +16,7 @@ use tokio::time::Instant;
 
 use crate::names::{request_topic, Operation};
 use crate::token::client_token_of;
-use grove_broker::bus::{Bus, Closed, Outgoing};
+use grove_broker::bus::{Bus, Outgoing};
 
 /// The answer topics of every shadow operation: only these, not `$aws/things/+/shadow/#`, which
 /// would bring every delta and documents message of every thing to this link too.
@@ -63,18 +63,15 @@ pub struct LocalShadows {
 }
 
 impl LocalShadows {
-    /// Subscribes `bus` to the answer topics and serves requests over it until shutdown. The bus
-    /// is the component's own, so that its requests pass (or bypass) the durable taps as the
-    /// component's other publishes do.
-    pub async fn start(
-        mut bus: Bus,
-        shutdown: watch::Receiver<bool>,
-    ) -> Result<LocalShadows, Closed> {
-        let filters: Vec<String> = ANSWER_FILTERS.map(String::from).to_vec();
-        bus.subscribe_confirmed(&filters).await?;
+    /// Serves requests over `bus` until shutdown. The bus is the component's own, so that its
+    /// requests pass (or bypass) the durable taps as the component's other publishes do. It is
+    /// subscribed to the answer topics before the first request is sent, not before: until a
+    /// component makes a shadow request (a function may never), the shadow service's answers to
+    /// devices are not routed to it too.
+    pub fn start(bus: Bus, shutdown: watch::Receiver<bool>) -> LocalShadows {
         let (requests, rx) = mpsc::channel(QUEUE);
         tokio::spawn(serve(bus, rx, shutdown));
-        Ok(LocalShadows { requests })
+        LocalShadows { requests }
     }
 
     /// Sends `op` with `body` (a JSON object; its client token is replaced) for a thing's classic
@@ -128,11 +125,19 @@ async fn serve(
     // since the last sweep, so it stays about as small as the requests in flight at O(1) a request.
     let mut sweep_at = 64;
     let mut batch = Vec::new();
+    let mut subscribed = false;
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
             request = requests.recv() => {
                 let Some(r) = request else { break };
+                if !subscribed {
+                    let filters: Vec<String> = ANSWER_FILTERS.map(String::from).to_vec();
+                    if bus.subscribe_confirmed(&filters).await.is_err() {
+                        break;
+                    }
+                    subscribed = true;
+                }
                 if waiting.len() >= sweep_at {
                     waiting.retain(|_, (_, w)| !w.is_closed());
                     sweep_at = (2 * waiting.len()).max(64);
@@ -147,6 +152,10 @@ async fn serve(
                     break;
                 }
                 for m in batch.drain(..) {
+                    // Answers to devices come here too; with nothing waiting, none is read.
+                    if waiting.is_empty() {
+                        continue;
+                    }
                     let Some(token) = client_token_of(&m.payload) else {
                         continue;
                     };

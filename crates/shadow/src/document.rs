@@ -29,7 +29,7 @@
 use std::io;
 
 use grove_shadow_api::token::token_field;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 /// A JSON object: the type of the `desired` and `reported` sections and of their metadata.
@@ -210,7 +210,7 @@ impl Rejected {
 /// Why a stored shadow could not be read back.
 #[derive(Debug, thiserror::Error)]
 pub enum StoredShadowError {
-    /// The stored JSON is not a shadow written by [`Shadow::to_json`].
+    /// The stored JSON is not a shadow written by [`Shadow::to_document`].
     #[error("stored shadow is malformed: {0}")]
     Malformed(#[from] serde_json::Error),
 }
@@ -219,14 +219,18 @@ pub enum StoredShadowError {
 ///
 /// "Device Shadow service documents", Empty sections: a section is present only when it has content, so an
 /// empty section is stored as `None`.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+///
+/// Documents are written straight from these types with serde (`Serialize`, borrowing), never through a
+/// `Value` copy of the shadow: an update publishes the shadow twice (`/update/documents`' `previous` and
+/// `current`) and stores it once, and copying it into `Value`s for each was most of an update's cost.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct Sections {
     /// The desired section.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub desired: Option<Object>,
     /// The reported section.
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reported: Option<Object>,
 }
 
@@ -260,14 +264,61 @@ enum Section {
 ///
 /// A deleted shadow is kept as a tombstone (empty state, `deleted_at` set) so that a shadow re-created within
 /// [`VERSION_RETENTION_SECS`] continues from the deleted version, as AWS does.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Shadow {
     state: Sections,
     metadata: Sections,
     version: u64,
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     deleted_at: Option<u64>,
+}
+
+/// `{"state", "metadata", "version"}` of a shadow, the form of `previous` and `current` in `/update/documents`.
+#[derive(Serialize)]
+struct Snapshot<'a> {
+    state: &'a Sections,
+    metadata: &'a Sections,
+    version: u64,
+}
+
+/// The `/update/accepted` document.
+#[derive(Serialize)]
+struct AcceptedDocument<'a> {
+    state: &'a Value,
+    metadata: Value,
+    version: u64,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// The `/update/documents` document.
+#[derive(Serialize)]
+struct Documents<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    previous: Option<Snapshot<'a>>,
+    current: Snapshot<'a>,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// The `/update/delta` document.
+#[derive(Serialize)]
+struct DeltaDocument<'a> {
+    state: Object,
+    metadata: Object,
+    version: u64,
+    timestamp: u64,
+    #[serde(rename = "clientToken", skip_serializing_if = "Option::is_none")]
+    client_token: Option<&'a str>,
+}
+
+/// A document as JSON text. Serialising maps of JSON values and plain fields cannot fail (serde_json
+/// fails only on non-string map keys and on a failing writer, and a `String` does not fail).
+fn to_text(document: &impl Serialize) -> String {
+    serde_json::to_string(document).unwrap_or_default()
 }
 
 impl Shadow {
@@ -303,30 +354,22 @@ impl Shadow {
         &self.metadata
     }
 
-    /// The JSON form the store persists: `{"state", "metadata", "version", "deletedAt"?}`.
-    pub fn to_json(&self) -> Value {
-        let mut out = Object::new();
-        out.insert("state".into(), self.state.to_json());
-        out.insert("metadata".into(), self.metadata.to_json());
-        out.insert("version".into(), self.version.into());
-        if let Some(at) = self.deleted_at {
-            out.insert("deletedAt".into(), at.into());
+    /// The JSON text the store persists: `{"state", "metadata", "version", "deletedAt"?}`.
+    pub fn to_document(&self) -> String {
+        to_text(self)
+    }
+
+    /// Reads back what [`Shadow::to_document`] wrote.
+    pub fn from_document(text: &str) -> Result<Shadow, StoredShadowError> {
+        Ok(serde_json::from_str(text)?)
+    }
+
+    fn snapshot(&self) -> Snapshot<'_> {
+        Snapshot {
+            state: &self.state,
+            metadata: &self.metadata,
+            version: self.version,
         }
-        Value::Object(out)
-    }
-
-    /// Reads back what [`Shadow::to_json`] wrote.
-    pub fn from_json(value: Value) -> Result<Shadow, StoredShadowError> {
-        Ok(Shadow::deserialize(value)?)
-    }
-
-    /// `{"state", "metadata", "version"}`, the form of `previous` and `current` in `/update/documents`.
-    fn snapshot(&self) -> Value {
-        let mut out = Object::new();
-        out.insert("state".into(), self.state.to_json());
-        out.insert("metadata".into(), self.metadata.to_json());
-        out.insert("version".into(), self.version.into());
-        Value::Object(out)
     }
 
     /// An empty shadow at `version`: a tombstone when `deleted_at` is set, else the starting point of a new
@@ -388,17 +431,18 @@ impl UpdateRequest {
     }
 }
 
-/// The outcome of an accepted update: the shadow to persist and the documents to publish after it is durable.
+/// The outcome of an accepted update: the shadow to persist and the documents (JSON text) to publish after it
+/// is durable.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Updated {
     /// The new shadow.
     pub shadow: Shadow,
     /// The `/update/accepted` document.
-    pub accepted: Value,
+    pub accepted: String,
     /// The `/update/documents` document.
-    pub documents: Value,
+    pub documents: String,
     /// The `/update/delta` document, when the new shadow's desired state differs from its reported state.
-    pub delta: Option<Value>,
+    pub delta: Option<String>,
 }
 
 /// The outcome of an accepted delete.
@@ -518,23 +562,23 @@ pub fn apply_update(
 
     // "Shadow document syntax", /accepted response: the request's state, the metadata of the fields it
     // updated (a `null` that deleted a field is stamped too, as AWS Greengrass's Shadow manager does).
-    let mut accepted = Object::new();
-    accepted.insert("state".into(), request.state.clone());
-    accepted.insert("metadata".into(), metadata_of(&request.state, now));
-    accepted.insert("version".into(), next.version.into());
-    accepted.insert("timestamp".into(), now.into());
-    let accepted = with_token(accepted, token);
+    let accepted = to_text(&AcceptedDocument {
+        state: &request.state,
+        metadata: metadata_of(&request.state, now),
+        version: next.version,
+        timestamp: now,
+        client_token: token,
+    });
 
     // "Device Shadow MQTT topics", /update/documents: published "whenever an update to the shadow is
     // successfully performed" with `previous` and `current`. A shadow that did not exist before has no
     // `previous` (AWS Greengrass's Shadow manager omits it).
-    let mut documents = Object::new();
-    if let Some(previous) = previous {
-        documents.insert("previous".into(), previous.snapshot());
-    }
-    documents.insert("current".into(), next.snapshot());
-    documents.insert("timestamp".into(), now.into());
-    let documents = with_token(documents, token);
+    let documents = to_text(&Documents {
+        previous: previous.map(Shadow::snapshot),
+        current: next.snapshot(),
+        timestamp: now,
+        client_token: token,
+    });
 
     // "Device Shadow MQTT topics", /update/delta: published "when it accepts a change for the device's shadow,
     // and the request state document contains different values for desired and reported states", with all
@@ -542,12 +586,13 @@ pub fn apply_update(
     // update message or were already stored". So the test is on the shadow after the update, whichever
     // section the request touched (AWS Greengrass's Shadow manager decides the same way).
     let delta = delta_with_metadata(&next).map(|(state, metadata)| {
-        let mut doc = Object::new();
-        doc.insert("state".into(), Value::Object(state));
-        doc.insert("metadata".into(), Value::Object(metadata));
-        doc.insert("version".into(), next.version.into());
-        doc.insert("timestamp".into(), now.into());
-        with_token(doc, token)
+        to_text(&DeltaDocument {
+            state,
+            metadata,
+            version: next.version,
+            timestamp: now,
+            client_token: token,
+        })
     });
 
     Ok(Updated {
@@ -889,8 +934,7 @@ mod tests {
         if text.is_empty() {
             return None;
         }
-        let value = serde_json::from_str(text).expect("stored fixture is JSON");
-        Some(Shadow::from_json(value).expect("stored fixture is a shadow"))
+        Some(Shadow::from_document(text).expect("stored fixture is a shadow"))
     }
 
     /// Runs one operation and renders its outcome as JSON: `{"accepted", "documents", "delta", "shadow"}`
@@ -899,14 +943,24 @@ mod tests {
     fn run(limits: &Limits, now: u64, op: &str, stored: Option<&Shadow>, payload: &[u8]) -> Value {
         let outcome = match op {
             "update" => update(stored, payload, limits, now).map(|u| {
-                json!({"accepted": u.accepted, "documents": u.documents, "delta": u.delta, "shadow": u.shadow.to_json()})
+                json!({"accepted": parse(&u.accepted), "documents": parse(&u.documents), "delta": u.delta.as_deref().map(parse), "shadow": to_value(&u.shadow)})
             }),
             "get" => get(stored, payload, NAME, now).map(|doc| json!({ "accepted": doc })),
             "delete" => delete(stored, payload, NAME, now)
-                .map(|d| json!({"accepted": d.accepted, "shadow": d.shadow.to_json()})),
+                .map(|d| json!({"accepted": d.accepted, "shadow": to_value(&d.shadow)})),
             other => panic!("unknown operation {other}"),
         };
         outcome.unwrap_or_else(|rejected| json!({ "rejected": rejected.document(now) }))
+    }
+
+    /// A published document as JSON.
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).expect("a published document is JSON")
+    }
+
+    /// A shadow as the store holds it, as JSON.
+    fn to_value(shadow: &Shadow) -> Value {
+        parse(&shadow.to_document())
     }
 
     /// The one data-driven helper: every key of `expected` must equal the same key of the outcome.
@@ -1644,7 +1698,7 @@ mod tests {
         .expect("re-create");
         assert_eq!(again.shadow.version(), 3);
         assert!(again.shadow.exists());
-        assert_eq!(again.documents.get("previous"), None);
+        assert_eq!(parse(&again.documents).get("previous"), None);
         assert_eq!(
             get(Some(&again.shadow), b"", NAME, 15).expect("found")["state"],
             json!({"desired": {"b": 1}, "delta": {"b": 1}})
@@ -1722,11 +1776,11 @@ mod tests {
         for text in [LAMP, GONE, COLORS, EMPTY] {
             let shadow = stored(text).expect("fixture");
             assert_eq!(
-                shadow.to_json(),
+                to_value(&shadow),
                 serde_json::from_str::<Value>(text).expect("fixture JSON")
             );
             assert_eq!(
-                Shadow::from_json(shadow.to_json()).expect("round trip"),
+                Shadow::from_document(&shadow.to_document()).expect("round trip"),
                 shadow
             );
         }
@@ -1762,10 +1816,11 @@ mod tests {
             json!([]),
         ] {
             assert!(
-                Shadow::from_json(bad.clone()).is_err(),
+                Shadow::from_document(&bad.to_string()).is_err(),
                 "{bad} must not load"
             );
         }
+        assert!(Shadow::from_document("{broken").is_err());
     }
 
     // Property tests: generated states and patches over a small key alphabet, so keys collide often.
@@ -1962,7 +2017,7 @@ mod tests {
                         prop_assert!(mirrors(&Value::Object(s.clone()), &Value::Object(m.clone())), "{:?} vs {:?}", s, m);
                     }
                 }
-                prop_assert_eq!(&Shadow::from_json(next.to_json()).expect("round trip"), &next);
+                prop_assert_eq!(&Shadow::from_document(&next.to_document()).expect("round trip"), &next);
                 shadow = Some(next);
             }
         }

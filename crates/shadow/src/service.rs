@@ -1,15 +1,25 @@
 //! The shadow service: the IO shell around [`super::document`].
 //!
 //! It serves the AWS Device Shadow MQTT API on the bus: it takes every request waiting (a batch),
-//! answers each against its in-memory copy of the shadows, writes every changed shadow to the store
-//! in one transaction, and only after that commit publishes the answers. So `update/accepted` is
-//! never seen for an update that a power cut could lose, and however many updates arrive during a
-//! commit, they share the next one (group commit).
+//! answers each against its in-memory copy of the shadows, queues every changed shadow of the batch
+//! to the store as one unit of work, and only after that unit's commit publishes the batch's
+//! answers. So `update/accepted` is never seen for an update that a power cut could lose, and
+//! however many updates arrive during a commit, they share the next one (group commit).
+//!
+//! The service does not wait for a batch's commit before it answers the next batch: up to
+//! [`PIPELINE`] batches are answered and queued to the store while the oldest one commits, so the
+//! service's work overlaps the disk's (`fsync`) instead of taking turns with it. Answers are still
+//! published batch by batch in order, each only after its own commit (and so after every earlier
+//! one: the store runs units in the order they were queued). A later batch may build on a shadow
+//! an earlier batch changed before that change is durable; each write therefore names the state it
+//! replaces ([`Replaces`]), and if the earlier commit failed the later write finds the old state and
+//! fails too. A failed batch's answers, and every answer of a later batch about a shadow the failed
+//! batch wrote, become 500 and nothing of them is kept: those shadows are dropped from the cache and
+//! read again from the store when next used.
 //!
 //! Requests on one shadow are answered in the order the broker delivered them, which for one client
 //! is the order it published them (versions and 409s stay exact). Shadows are read from the store
-//! on first use and then kept in memory; the cache is the store's mirror, rolled back if a commit
-//! fails (the affected requests then get 500 and nothing of them is kept).
+//! on first use (all of a batch's in one read) and then kept in memory.
 //!
 //! AWS's 429 ("Device Shadow error messages": "more than 10 in-flight requests on a single
 //! connection. An in-flight request is an in-progress request that has been started but not yet
@@ -19,8 +29,8 @@
 //! previous commit was running arrives together in the next batch and counts at once; a client that
 //! waits for each answer before sending the next request never has more than one in flight.
 
-use std::collections::{BTreeMap, HashMap};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 use serde_json::{json, Value};
@@ -30,15 +40,20 @@ use tracing::{debug, error, warn};
 use crate::config::ShadowConfig;
 use crate::document::{self, Limits, Rejected, Rejection, Shadow};
 use crate::metrics::ShadowMetrics;
-use crate::queries::ShadowQueries;
+use crate::queries::{Replaces, ShadowQueries, ShadowWrite};
 use grove_broker::bus::{Bus, Closed, Message, Outgoing};
 use grove_shadow_api::names::{Operation, RequestTopic, Response, TopicError, REQUEST_FILTERS};
 use grove_shadow_api::token::client_token_of;
-use grove_store::{ShadowKey, Store, StoredShadow};
+use grove_store::{Queued, ShadowKey, Store, StoreError, StoredShadow};
 
 /// Grove's own request topic for listing shadows (AWS's MQTT API has no list operation); the
 /// answer comes on `…/accepted`. Used by `grove shadow list`.
 pub const LIST_TOPIC: &str = "$grove/shadows/list";
+
+/// Most batches answered and waiting for their commits at once. Beyond it the service waits for
+/// the oldest commit before it takes more requests, which bounds what a burst of requests from
+/// the gateway's own components (not bound by the per-client in-flight limit) holds in memory.
+pub const PIPELINE: usize = 8;
 
 /// The running service.
 pub struct ShadowService {
@@ -47,7 +62,8 @@ pub struct ShadowService {
     limits: Limits,
     inflight: InFlight,
     metrics: ShadowMetrics,
-    /// Shadows read from or written to the store; `None` marks one known not to be stored.
+    /// Shadows as the answers given so far left them: the store's state plus the writes of the
+    /// batches still committing; `None` marks one known not to be stored.
     cache: HashMap<ShadowKey, Option<Shadow>>,
 }
 
@@ -94,13 +110,14 @@ impl InFlight {
     }
 }
 
-/// One answered request, held until the batch's commit.
+/// One answered request, held until its batch's commit.
 struct Answer {
     /// The documents to publish once the batch is durable.
     publish: Vec<Outgoing>,
-    /// Whether the answer depends on this batch's commit (anything after a write in the batch).
-    durable: bool,
-    /// Where to send a 500 if the commit fails.
+    /// The shadow whose state the answer reflects: if a commit that wrote it fails, the answer
+    /// becomes a 500. `None` for answers that depend on no shadow (429, an invalid name, a list).
+    key: Option<ShadowKey>,
+    /// Where to send that 500.
     rejected_topic: String,
     /// The request payload, to echo its client token in that 500.
     payload: Bytes,
@@ -111,11 +128,31 @@ struct Answer {
     counted: Option<String>,
 }
 
-/// A batch's answers, ready to publish, and the clients whose in-flight counts to release once
-/// they are published.
-struct Answers {
-    publish: Vec<Outgoing>,
-    counted: Vec<String>,
+/// A batch answered and waiting for its commit.
+struct Pending {
+    answers: Vec<Answer>,
+    /// The shadows its commit writes, all or none.
+    written: HashSet<ShadowKey>,
+    /// The commit, if the batch wrote anything, and when it was queued.
+    commit: Option<(Queued<()>, Instant)>,
+}
+
+impl Pending {
+    /// Waits for the commit (at once for a batch that wrote nothing).
+    async fn committed(&mut self) -> Result<(), StoreError> {
+        match &mut self.commit {
+            Some((commit, _)) => commit.await,
+            None => Ok(()),
+        }
+    }
+}
+
+/// The oldest pending batch's commit; never completes when nothing is pending.
+async fn oldest_committed(pending: &mut VecDeque<Pending>) -> Result<(), StoreError> {
+    match pending.front_mut() {
+        Some(p) => p.committed().await,
+        None => std::future::pending().await,
+    }
 }
 
 impl ShadowService {
@@ -153,23 +190,88 @@ impl ShadowService {
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
         self.drop_expired_tombstones(now()).await;
         let mut batch = Vec::new();
+        let mut pending: VecDeque<Pending> = VecDeque::new();
         loop {
             tokio::select! {
+                biased;
                 _ = shutdown.changed() => return,
-                received = self.bus.recv_batch(&mut batch) => {
-                    if received.is_err() {
+                outcome = oldest_committed(&mut pending) => {
+                    let Some(done) = pending.pop_front() else { continue };
+                    if self.finish(done, outcome, &mut pending).await.is_err() {
                         return;
                     }
                 }
-            }
-            let answers = self.answer(&mut batch).await;
-            if self.bus.publish(answers.publish).await.is_err() {
-                return;
-            }
-            for origin in &answers.counted {
-                self.inflight.answered(origin);
+                received = self.bus.recv_batch(&mut batch), if pending.len() < PIPELINE => {
+                    if received.is_err() {
+                        return;
+                    }
+                    // The store has shut down (so has the gateway): nothing more is answered.
+                    let Ok(answered) = self.answer(&mut batch).await else {
+                        return;
+                    };
+                    pending.push_back(answered);
+                }
             }
         }
+    }
+
+    /// Publishes a batch's answers once its commit is done: as they are, or, if the commit
+    /// failed, with 500 for every answer about a shadow it wrote, which are then read again from
+    /// the store; later batches' answers about those shadows become 500 as well (their writes,
+    /// built on the failed ones, fail in the store too).
+    async fn finish(
+        &mut self,
+        done: Pending,
+        outcome: Result<(), StoreError>,
+        later: &mut VecDeque<Pending>,
+    ) -> Result<(), Closed> {
+        let Pending {
+            mut answers,
+            written,
+            commit,
+        } = done;
+        if let Some((_, queued)) = commit {
+            match outcome {
+                Ok(()) => {
+                    self.metrics.commits.inc();
+                    self.metrics
+                        .commit_seconds
+                        .observe(queued.elapsed().as_secs_f64());
+                    debug!(shadows = written.len(), "shadow batch committed");
+                }
+                Err(e) => {
+                    error!(error = %e, shadows = written.len(), "shadow commit failed; answering 500");
+                    let now = now();
+                    for key in &written {
+                        self.cache.remove(key);
+                    }
+                    for answer in answers
+                        .iter_mut()
+                        .chain(later.iter_mut().flat_map(|p| p.answers.iter_mut()))
+                        .filter(|a| a.key.as_ref().is_some_and(|k| written.contains(k)))
+                    {
+                        let token = client_token_of(&answer.payload);
+                        let doc = Rejected::new(Rejection::Internal, token).document(now);
+                        answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
+                    }
+                }
+            }
+        }
+        let mut publish = Vec::new();
+        let mut counted = Vec::new();
+        for answer in answers {
+            counted.extend(answer.counted);
+            let hops = answer.hops;
+            publish.extend(answer.publish.into_iter().map(|mut o| {
+                o.hops = hops;
+                o
+            }));
+        }
+        self.bus.publish(publish).await?;
+        for origin in &counted {
+            self.inflight.answered(origin);
+        }
+        Ok(())
     }
 
     /// Lets the store forget tombstones whose version AWS would no longer continue (see
@@ -184,11 +286,13 @@ impl ShadowService {
         }
     }
 
-    /// Answers a batch of requests, committing its writes before returning what to publish.
-    async fn answer(&mut self, batch: &mut Vec<Message>) -> Answers {
+    /// Answers a batch of requests and queues its writes to the store (an error: the store has
+    /// shut down).
+    async fn answer(&mut self, batch: &mut Vec<Message>) -> Result<Pending, StoreError> {
         let now = now();
-        let mut writes: BTreeMap<ShadowKey, Shadow> = BTreeMap::new();
-        let mut before: HashMap<ShadowKey, Option<Shadow>> = HashMap::new();
+        let unreadable = self.load_missing(batch).await;
+        // What each shadow written in this batch replaces: its state before the batch.
+        let mut writes: BTreeMap<ShadowKey, Replaces> = BTreeMap::new();
         let mut answers = Vec::with_capacity(batch.len());
         for message in batch.drain(..) {
             if message.topic == LIST_TOPIC {
@@ -215,212 +319,163 @@ impl ShadowService {
                         Rejection::TooManyRequests,
                         client_token_of(&message.payload),
                     );
-                    answers.push(self.rejection(&topic, rejected, &message, now, false));
+                    answers.push(self.rejection(&topic, rejected, &message, None, now));
                     continue;
                 }
             }
-            let first = answers.len();
-            let key = ShadowKey {
-                thing: topic.thing.to_owned(),
-                name: topic.shadow.map(str::to_owned),
-            };
-            let stored = match self.load(&key).await {
-                Ok(s) => s,
-                Err(()) => {
+            let key = key_of(&topic);
+            let mut answer = match self.cache.get(&key) {
+                Some(stored) if !unreadable.contains(&key) => {
+                    let (answer, changed) =
+                        self.apply(&topic, &key, stored.as_ref(), &message, now);
+                    if let Some(shadow) = changed {
+                        writes
+                            .entry(key.clone())
+                            .or_insert_with(|| replaces(stored.as_ref()));
+                        self.cache.insert(key, Some(shadow));
+                    }
+                    answer
+                }
+                // Not readable from the store: 500, and nothing cached, so the next request
+                // tries again.
+                _ => {
                     let rejected =
                         Rejected::new(Rejection::Internal, client_token_of(&message.payload));
-                    let mut answer =
-                        self.rejection(&topic, rejected, &message, now, !writes.is_empty());
-                    answer.counted = counted;
-                    answers.push(answer);
+                    self.rejection(&topic, rejected, &message, Some(key), now)
+                }
+            };
+            answer.counted = counted;
+            answers.push(answer);
+        }
+        self.metrics.cached.set(self.cache.len() as i64);
+        let written: HashSet<ShadowKey> = writes.keys().cloned().collect();
+        let commit = if writes.is_empty() {
+            None
+        } else {
+            let rows = writes
+                .into_iter()
+                .filter_map(|(key, replaces)| {
+                    let shadow = self.cache.get(&key)?.as_ref()?;
+                    Some(ShadowWrite {
+                        row: StoredShadow {
+                            version: shadow.version(),
+                            deleted_at: shadow.deleted_at(),
+                            document: shadow.to_document(),
+                            key,
+                        },
+                        replaces,
+                    })
+                })
+                .collect();
+            let queued = Instant::now();
+            Some((self.store.write_shadows(rows).await?, queued))
+        };
+        Ok(Pending {
+            answers,
+            written,
+            commit,
+        })
+    }
+
+    /// Answers one request on a readable shadow: the answer, and the changed shadow if the
+    /// request changed it.
+    fn apply(
+        &self,
+        topic: &RequestTopic<'_>,
+        key: &ShadowKey,
+        stored: Option<&Shadow>,
+        message: &Message,
+        now: u64,
+    ) -> (Answer, Option<Shadow>) {
+        let reject = |rejected| self.rejection(topic, rejected, message, Some(key.clone()), now);
+        let (publish, changed) = match topic.op {
+            Operation::Update => {
+                match document::update(stored, &message.payload, &self.limits, now) {
+                    Ok(updated) => {
+                        let mut publish = vec![
+                            Outgoing::new(
+                                topic.response(Response::UpdateAccepted),
+                                Bytes::from(updated.accepted),
+                            ),
+                            Outgoing::new(
+                                topic.response(Response::UpdateDocuments),
+                                Bytes::from(updated.documents),
+                            ),
+                        ];
+                        if let Some(delta) = updated.delta {
+                            publish.push(Outgoing::new(
+                                topic.response(Response::UpdateDelta),
+                                Bytes::from(delta),
+                            ));
+                        }
+                        (publish, Some(updated.shadow))
+                    }
+                    Err(rejected) => return (reject(rejected), None),
+                }
+            }
+            Operation::Delete => {
+                match document::delete(stored, &message.payload, topic.not_found_name(), now) {
+                    Ok(deleted) => (
+                        vec![outgoing(topic.accepted(), &deleted.accepted)],
+                        Some(deleted.shadow),
+                    ),
+                    Err(rejected) => return (reject(rejected), None),
+                }
+            }
+            Operation::Get => {
+                match document::get(stored, &message.payload, topic.not_found_name(), now) {
+                    Ok(doc) => (vec![outgoing(topic.accepted(), &doc)], None),
+                    Err(rejected) => return (reject(rejected), None),
+                }
+            }
+        };
+        self.metrics.count(topic.op, 200);
+        let answer = Answer {
+            publish,
+            key: Some(key.clone()),
+            rejected_topic: topic.rejected(),
+            payload: message.payload.clone(),
+            hops: message.hops,
+            counted: None,
+        };
+        (answer, changed)
+    }
+
+    /// Reads every shadow the batch's requests name that is not cached, in one unit of work;
+    /// returns those that could not be read (the store failed, or the document is unreadable).
+    async fn load_missing(&mut self, batch: &[Message]) -> HashSet<ShadowKey> {
+        let mut missing: Vec<ShadowKey> = Vec::new();
+        for message in batch {
+            if let Ok(topic) = RequestTopic::parse(&message.topic) {
+                let key = key_of(&topic);
+                if !self.cache.contains_key(&key) && !missing.contains(&key) {
+                    missing.push(key);
+                }
+            }
+        }
+        if missing.is_empty() {
+            return HashSet::new();
+        }
+        let rows = match self.store.load_shadows(missing.clone()).await {
+            Ok(rows) => rows,
+            Err(e) => {
+                error!(error = %e, shadows = missing.len(), "cannot read shadows");
+                return missing.into_iter().collect();
+            }
+        };
+        let mut unreadable = HashSet::new();
+        for (key, row) in missing.into_iter().zip(rows) {
+            let shadow = match row.map(|r| Shadow::from_document(&r.document)).transpose() {
+                Ok(shadow) => shadow,
+                Err(e) => {
+                    error!(error = %e, thing = key.thing, "a stored shadow is unreadable");
+                    unreadable.insert(key);
                     continue;
                 }
             };
-            let changed = match topic.op {
-                Operation::Update => {
-                    match document::update(stored.as_ref(), &message.payload, &self.limits, now) {
-                        Ok(updated) => {
-                            let mut publish = vec![
-                                outgoing(
-                                    topic.response(Response::UpdateAccepted),
-                                    &updated.accepted,
-                                ),
-                                outgoing(
-                                    topic.response(Response::UpdateDocuments),
-                                    &updated.documents,
-                                ),
-                            ];
-                            if let Some(delta) = &updated.delta {
-                                publish
-                                    .push(outgoing(topic.response(Response::UpdateDelta), delta));
-                            }
-                            Some((updated.shadow, publish))
-                        }
-                        Err(rejected) => {
-                            answers.push(self.rejection(
-                                &topic,
-                                rejected,
-                                &message,
-                                now,
-                                !writes.is_empty(),
-                            ));
-                            None
-                        }
-                    }
-                }
-                Operation::Delete => match document::delete(
-                    stored.as_ref(),
-                    &message.payload,
-                    topic.not_found_name(),
-                    now,
-                ) {
-                    Ok(deleted) => Some((
-                        deleted.shadow,
-                        vec![outgoing(topic.accepted(), &deleted.accepted)],
-                    )),
-                    Err(rejected) => {
-                        answers.push(self.rejection(
-                            &topic,
-                            rejected,
-                            &message,
-                            now,
-                            !writes.is_empty(),
-                        ));
-                        None
-                    }
-                },
-                Operation::Get => {
-                    match document::get(
-                        stored.as_ref(),
-                        &message.payload,
-                        topic.not_found_name(),
-                        now,
-                    ) {
-                        Ok(doc) => {
-                            self.metrics.count(Operation::Get, 200);
-                            answers.push(Answer {
-                                publish: vec![outgoing(topic.accepted(), &doc)],
-                                durable: !writes.is_empty(),
-                                rejected_topic: topic.rejected(),
-                                payload: message.payload.clone(),
-                                hops: message.hops,
-                                counted: None,
-                            });
-                        }
-                        Err(rejected) => {
-                            answers.push(self.rejection(
-                                &topic,
-                                rejected,
-                                &message,
-                                now,
-                                !writes.is_empty(),
-                            ));
-                        }
-                    }
-                    None
-                }
-            };
-            if let Some((shadow, publish)) = changed {
-                self.metrics.count(topic.op, 200);
-                before.entry(key.clone()).or_insert(stored);
-                self.cache.insert(key.clone(), Some(shadow.clone()));
-                writes.insert(key, shadow);
-                answers.push(Answer {
-                    publish,
-                    durable: true,
-                    rejected_topic: topic.rejected(),
-                    payload: message.payload,
-                    hops: message.hops,
-                    counted: None,
-                });
-            }
-            // Exactly one answer was pushed for this request; it holds the client's count.
-            if let Some(answer) = answers.get_mut(first) {
-                answer.counted = counted;
-            }
+            self.cache.insert(key, shadow);
         }
-        if !writes.is_empty() && !self.commit(writes).await {
-            // Nothing of this batch was kept: forget its changes and answer what depended on them
-            // with 500, so no device believes in a write that is not there.
-            for (key, shadow) in before {
-                self.cache.insert(key, shadow);
-            }
-            for answer in answers.iter_mut().filter(|a| a.durable) {
-                let token = client_token_of(&answer.payload);
-                let doc = Rejected::new(Rejection::Internal, token).document(now);
-                answer.publish = vec![outgoing(answer.rejected_topic.clone(), &doc)];
-            }
-        }
-        let counted = answers
-            .iter_mut()
-            .filter_map(|a| a.counted.take())
-            .collect();
-        let publish = answers
-            .into_iter()
-            .flat_map(|a| {
-                let hops = a.hops;
-                a.publish.into_iter().map(move |mut o| {
-                    o.hops = hops;
-                    o
-                })
-            })
-            .collect();
-        Answers { publish, counted }
-    }
-
-    /// Writes the batch's shadows in one transaction; false if that failed.
-    async fn commit(&mut self, writes: BTreeMap<ShadowKey, Shadow>) -> bool {
-        let rows = writes
-            .into_iter()
-            .map(|(key, shadow)| StoredShadow {
-                version: shadow.version(),
-                deleted_at: shadow.deleted_at(),
-                document: shadow.to_json().to_string(),
-                key,
-            })
-            .collect::<Vec<_>>();
-        let count = rows.len();
-        let started = std::time::Instant::now();
-        match self.store.write_shadows(rows).await {
-            Ok(()) => {
-                self.metrics.commits.inc();
-                self.metrics
-                    .commit_seconds
-                    .observe(started.elapsed().as_secs_f64());
-                debug!(shadows = count, "shadow batch committed");
-                true
-            }
-            Err(e) => {
-                error!(error = %e, shadows = count, "shadow commit failed; answering 500");
-                false
-            }
-        }
-    }
-
-    /// The stored shadow of `key`, from the cache or the store.
-    async fn load(&mut self, key: &ShadowKey) -> Result<Option<Shadow>, ()> {
-        if let Some(cached) = self.cache.get(key) {
-            return Ok(cached.clone());
-        }
-        let stored = self.store.load_shadow(key.clone()).await.map_err(|e| {
-            error!(error = %e, thing = key.thing, "cannot read a shadow");
-        })?;
-        let shadow = match stored {
-            None => None,
-            Some(row) => match serde_json::from_str::<Value>(&row.document)
-                .map_err(|e| e.to_string())
-                .and_then(|v| Shadow::from_json(v).map_err(|e| e.to_string()))
-            {
-                Ok(s) => Some(s),
-                Err(e) => {
-                    error!(error = %e, thing = key.thing, "a stored shadow is unreadable");
-                    return Err(());
-                }
-            },
-        };
-        self.cache.insert(key.clone(), shadow.clone());
-        self.metrics.cached.set(self.cache.len() as i64);
-        Ok(shadow)
+        unreadable
     }
 
     fn rejection(
@@ -428,14 +483,13 @@ impl ShadowService {
         topic: &RequestTopic<'_>,
         rejected: Rejected,
         message: &Message,
+        key: Option<ShadowKey>,
         now: u64,
-        durable: bool,
     ) -> Answer {
         self.metrics.count(topic.op, rejected.code());
         Answer {
             publish: vec![outgoing(topic.rejected(), &rejected.document(now))],
-            // A rejection reflects the state as of this batch, so it waits for the batch's commit.
-            durable,
+            key,
             rejected_topic: topic.rejected(),
             payload: message.payload.clone(),
             hops: message.hops,
@@ -456,7 +510,7 @@ impl ShadowService {
         self.metrics.invalid_names.inc();
         Answer {
             publish: vec![outgoing(rejected_topic.clone(), &doc)],
-            durable: false,
+            key: None,
             rejected_topic,
             payload: message.payload.clone(),
             hops: message.hops,
@@ -467,7 +521,8 @@ impl ShadowService {
     /// Answers `$grove/shadows/list` on `…/accepted` with every live shadow's thing, name and
     /// version (deleted shadows' tombstones left out, and expired ones dropped first), or on
     /// `…/rejected` with a 500 error document if the store fails. As in AWS's answers, the client
-    /// token is echoed only when the request carried one.
+    /// token is echoed only when the request carried one. The list is what is committed: the
+    /// writes of batches still committing are not in it.
     async fn list(&self, message: Message, now: u64) -> Answer {
         let token = client_token_of(&message.payload);
         self.drop_expired_tombstones(now).await;
@@ -495,12 +550,29 @@ impl ShadowService {
         };
         Answer {
             publish: vec![outgoing(topic, &doc)],
-            durable: false,
+            key: None,
             rejected_topic: format!("{LIST_TOPIC}/rejected"),
             payload: message.payload,
             hops: 0,
             counted: None,
         }
+    }
+}
+
+/// The shadow a request topic names.
+fn key_of(topic: &RequestTopic<'_>) -> ShadowKey {
+    ShadowKey {
+        thing: topic.thing.to_owned(),
+        name: topic.shadow.map(str::to_owned),
+    }
+}
+
+/// What a write of a shadow whose committed state is `stored` replaces.
+fn replaces(stored: Option<&Shadow>) -> Replaces {
+    match stored {
+        None => Replaces::Nothing,
+        Some(s) if s.exists() => Replaces::Live(s.version()),
+        Some(s) => Replaces::Tombstone(s.version()),
     }
 }
 

@@ -22,11 +22,12 @@ impl Functions {
         }
     }
 
-    /// Marks an event done: [`forgetter`] deletes it from the store with the others finished
-    /// meanwhile. Nothing waits for that commit (a crash before it only means the event runs
-    /// again: at least once), so a function's next event never waits for the disk.
+    /// Marks an event done: it is deleted from the store with the others finished meanwhile, by
+    /// the next commit of new events or by [`forgetter`]. Nothing waits for that commit (a crash
+    /// before it only means the event runs again: at least once), so a function's next event
+    /// never waits for the disk.
     pub(super) fn forget(&self, id: u64) {
-        let _ = self.inner.finished.send(id);
+        self.inner.finished.add(id);
     }
 
     /// The durable tap's owner: turns the messages its routes took into events of the functions
@@ -64,6 +65,9 @@ impl Functions {
                     }
                 }
             }
+            // The events finished meanwhile are deleted in the same commit: at a steady rate each
+            // new event would otherwise cost a second commit (and `fsync`) for its deletion.
+            let forgotten = self.inner.finished.take();
             let stored = events
                 .iter()
                 .map(|(name, e)| StoredEvent {
@@ -75,7 +79,7 @@ impl Functions {
                     hops: e.hops,
                 })
                 .collect();
-            if let Err(e) = self.inner.store.events_write(stored, Vec::new()).await {
+            if let Err(e) = self.inner.store.events_write(stored, forgotten).await {
                 // They still run now; only a crash before they finish would lose them.
                 warn!(error = %e, events = events.len(), "cannot record function events");
             }
@@ -141,63 +145,66 @@ impl Functions {
             while running.len() >= limit {
                 running.join_next().await;
             }
-            let Some(event) = rx.recv().await else { break };
-            running.spawn(self.clone().attempts(name.clone(), event));
+            let Some(first) = rx.recv().await else { break };
+            // Events already waiting go with it to a worker thread, one hand-off for many (a
+            // thread hand-off costs more than a trivial handler's run), shared out over the free
+            // slots so that `max_concurrency` instances still run.
+            let free = limit.saturating_sub(running.len()).max(1);
+            let take = (rx.len() / free).min(BATCH - 1);
+            let mut batch = vec![first];
+            while batch.len() <= take {
+                match rx.try_recv() {
+                    Ok(event) => batch.push(event),
+                    Err(_) => break,
+                }
+            }
+            running.spawn(self.clone().run_batch(name.clone(), batch));
         }
         while running.join_next().await.is_some() {}
     }
 
-    /// Runs an event's attempts as [`Attempts`] decides: retries after its backoff, then the
-    /// dead-letter topic.
-    async fn attempts(self, name: String, event: Event) {
+    /// Runs the first attempt of each event of a batch, then the further attempts of those that
+    /// failed, one event after the other.
+    async fn run_batch(self, name: String, events: Vec<Event>) {
+        let calls: Vec<(&Qualifier, String, Bytes, u32)> = events
+            .iter()
+            .map(|e| (&e.qualifier, e.topic.clone(), e.payload.clone(), e.hops))
+            .collect();
+        let firsts = self.invoke_batch(&name, calls).await;
+        for (event, first) in events.into_iter().zip(firsts) {
+            self.attempts(&name, event, Some(attempt_of(first))).await;
+        }
+    }
+
+    /// Runs an event's attempts as [`Attempts`] decides (the first one's outcome given if it
+    /// ran already): retries after its backoff, then the dead-letter topic.
+    async fn attempts(&self, name: &str, event: Event, mut ran: Option<Attempt>) {
         let mut attempts = Attempts::default();
         loop {
-            let attempt = match self
-                .invoke(
-                    &name,
-                    &event.qualifier,
-                    event.topic.clone(),
-                    event.payload.clone(),
-                    event.hops,
-                )
-                .await
-            {
-                Ok(Invoked {
-                    outcome: Outcome { result: Ok(_), .. },
-                    ..
-                }) => Attempt::Succeeded,
-                Ok(Invoked {
-                    version,
-                    outcome:
-                        Outcome {
-                            result: Err(failure),
-                            ..
-                        },
-                    ..
-                }) => Attempt::Failed { version, failure },
-                Err(FunctionError::Closed) => Attempt::Closed,
-                Err(e @ FunctionError::NotFound(_)) => Attempt::NotFound {
-                    message: e.to_string(),
-                },
-                Err(e @ FunctionError::LoadFailed { version, .. }) => Attempt::LoadFailed {
-                    version,
-                    message: e.to_string(),
-                },
-                Err(e) => Attempt::Unroutable {
-                    message: e.to_string(),
-                },
+            let attempt = match ran.take() {
+                Some(attempt) => attempt,
+                None => attempt_of(
+                    self.invoke(
+                        name,
+                        &event.qualifier,
+                        event.topic.clone(),
+                        event.payload.clone(),
+                        event.hops,
+                    )
+                    .await,
+                ),
             };
             match attempts.after(attempt) {
                 Next::Done => break,
                 // Shutting down: the event stays stored and runs after the restart.
                 Next::Keep => return,
                 Next::Retry(wait) => {
-                    self.inner.metrics.count(&self.inner.metrics.retries, &name);
+                    self.inner.metrics.count(&self.inner.metrics.retries, name);
                     tokio::time::sleep(wait).await;
                 }
                 Next::DeadLetter(letter) => {
-                    self.inner.metrics.count(&self.inner.metrics.dlq, &name);
-                    self.send_dead_letter(&name, &event, letter);
+                    self.inner.metrics.count(&self.inner.metrics.dlq, name);
+                    self.send_dead_letter(name, &event, letter);
                     break;
                 }
             }
@@ -252,16 +259,92 @@ impl Functions {
     }
 }
 
-/// Deletes finished events from the store: every id waiting goes in one commit, so under load
-/// one commit serves many events.
-pub(super) async fn forgetter(store: Store, mut finished: mpsc::UnboundedReceiver<u64>) {
-    while let Some(id) = finished.recv().await {
-        let mut ids = vec![id];
-        while let Ok(id) = finished.try_recv() {
+/// Most events of one function handed to a worker thread at once (each runs to its own timeout,
+/// so this bounds how long a batch holds a worker).
+const BATCH: usize = 16;
+
+/// How an invocation ended, for [`Attempts`].
+fn attempt_of(invoked: Result<Invoked, FunctionError>) -> Attempt {
+    match invoked {
+        Ok(Invoked {
+            outcome: Outcome { result: Ok(_), .. },
+            ..
+        }) => Attempt::Succeeded,
+        Ok(Invoked {
+            version,
+            outcome:
+                Outcome {
+                    result: Err(failure),
+                    ..
+                },
+            ..
+        }) => Attempt::Failed { version, failure },
+        Err(FunctionError::Closed) => Attempt::Closed,
+        Err(e @ FunctionError::NotFound(_)) => Attempt::NotFound {
+            message: e.to_string(),
+        },
+        Err(e @ FunctionError::LoadFailed { version, .. }) => Attempt::LoadFailed {
+            version,
+            message: e.to_string(),
+        },
+        Err(e) => Attempt::Unroutable {
+            message: e.to_string(),
+        },
+    }
+}
+
+/// Events done and not yet deleted from the store.
+#[derive(Default)]
+pub(super) struct Finished {
+    ids: Mutex<Vec<u64>>,
+    /// Woken when the first id of a batch arrives.
+    wake: tokio::sync::Notify,
+}
+
+impl Finished {
+    fn add(&self, id: u64) {
+        let first = {
+            let mut ids = self.ids.lock().unwrap_or_else(|p| p.into_inner());
             ids.push(id);
+            ids.len() == 1
+        };
+        if first {
+            self.wake.notify_one();
         }
-        if let Err(e) = store.events_write(Vec::new(), ids).await {
-            warn!(error = %e, "cannot delete finished function events; they may run again after a restart");
+    }
+
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.ids.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// How long a finished event may wait to be deleted with others (or with the next new events'
+/// commit) before it is deleted on its own; a crash or a stop in between only re-runs it.
+const FORGET_WITHIN: Duration = Duration::from_millis(50);
+
+/// Deletes finished events that no commit of new events took within [`FORGET_WITHIN`]: every id
+/// waiting goes in one commit, and what is waiting at shutdown is deleted then.
+pub(super) async fn forgetter(
+    store: Store,
+    finished: Arc<Finished>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stopping = tokio::select! {
+            _ = shutdown.changed() => true,
+            _ = finished.wake.notified() => tokio::select! {
+                _ = shutdown.changed() => true,
+                _ = tokio::time::sleep(FORGET_WITHIN) => false,
+            },
+        };
+        let ids = finished.take();
+        if !ids.is_empty() {
+            if let Err(e) = store.events_write(Vec::new(), ids).await {
+                warn!(error = %e, "cannot delete finished function events; they may run again after a restart");
+            }
+        }
+        if stopping {
+            return;
         }
     }
 }
