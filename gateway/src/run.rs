@@ -82,6 +82,8 @@ pub async fn run(config: Config, config_path: Option<PathBuf>) -> Result<(), Run
         }
     })?;
     let metrics = Arc::new(Metrics::new());
+    let connected = metrics.broker.connected_clients.clone();
+    crate::memory::give_back_freed_memory(move || connected.get());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     let (broker, components, functions, deployer, jobs) = match start(
         &config,
