@@ -286,7 +286,6 @@ fn run(config_path: Option<PathBuf>) -> ExitCode {
         }
     };
     grove_gateway::logging::init(&config.log_filter);
-    grove_gateway::memory::give_back_freed_memory();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()

@@ -85,6 +85,8 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
         }
     })?;
     let metrics = Arc::new(Metrics::new());
+    let connected = metrics.broker.connected_clients.clone();
+    crate::memory::give_back_freed_memory(move || connected.get());
     let (reload_tx, reload_rx) = mpsc::channel(4);
     // The rules go to the engine and are not kept here too: with many rules, every copy counts
     // (issue 18); a reload reads them from the file again.

@@ -12,7 +12,7 @@
 //! while holding a place in the listener's pre-authentication budget (`admission.rs`); then relay
 //! both ways until DISCONNECT, an error, a keep-alive timeout or shutdown.
 
-use std::collections::HashMap;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -29,7 +29,7 @@ use super::admission::Ticket;
 use super::codec::{Codec, Version};
 use super::connect::{read_connect, Hello, Refusal, Step};
 use super::relay::{Relay, Session};
-use super::router_task::Event;
+use super::router_task::{Event, Nudge};
 use super::{translate, Listener, Shared};
 use crate::config::AuthMode;
 use grove_auth::identity::{Device, PasswordCheck};
@@ -39,16 +39,44 @@ use grove_auth::tls::common_name;
 /// Counts connections for generated client ids.
 static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 
-/// Serves one accepted TCP connection to its end. `ticket` is its place in the listener's
-/// pre-authentication budget, given back once the handshake is over either way.
-pub(super) async fn serve<S>(
+/// Serves one accepted connection to its end: `establish` (see [`establish`]; a TLS handshake
+/// first, on a TLS listener), then the relay until the connection ends, then the goodbye.
+///
+/// Memory: tokio allocates a task with room for its future's largest state, for the task's whole
+/// life. Establishing a connection (CONNECT decoding, authentication, the router's answer, a TLS
+/// handshake) takes ~2 KiB of state that an established connection no longer needs, and the
+/// goodbye takes the relay by value; inline, both would size the task of every connection, idle
+/// ones included. So both run boxed, and what an idle connection's task holds is its relay and the
+/// relay's wait (BENCHMARKS.md, "Memory per idle connection").
+pub(super) fn serve<S>(
+    establish: impl Future<Output = Option<Relay<S>>> + Send + 'static,
+) -> impl Future<Output = ()> + Send + 'static
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let establish = Box::pin(establish);
+    async move {
+        let Some(mut relay) = establish.await else {
+            return;
+        };
+        let end = relay.run().await;
+        Box::pin(relay.finish(end)).await;
+    }
+}
+
+/// Establishes one accepted connection: reads and checks CONNECT, authenticates the client, takes
+/// one of `max_connections` and answers CONNACK, all within `connect_timeout_ms`. `ticket` is its
+/// place in the listener's pre-authentication budget, given back once the handshake is over
+/// either way. `None`: refused or timed out (counted and logged).
+pub(super) async fn establish<S>(
     mut stream: S,
     peer: SocketAddr,
     peer_cert: Option<Vec<u8>>,
     listener: Arc<Listener>,
     shared: Arc<Shared>,
     ticket: Ticket,
-) where
+) -> Option<Relay<S>>
+where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut buf = BytesMut::with_capacity(1024);
@@ -63,58 +91,62 @@ pub(super) async fn serve<S>(
     );
     let outcome = tokio::time::timeout(timeout, handshake).await;
     drop(ticket);
-    let (session, _slot) = match outcome {
+    let (session, slot) = match outcome {
         Ok(Ok(accepted)) => accepted,
         // Counted and logged by `handshake`.
-        Ok(Err(())) => return,
+        Ok(Err(())) => return None,
         Err(_) => {
             shared.metrics.refuse("connect_timeout");
             debug!(%peer, "no CONNECT within connect_timeout_ms");
-            return;
+            return None;
         }
     };
-    let client_id = session.client_id.clone();
     shared.metrics.connections.inc();
-    info!(%peer, client_id, version = ?session.codec.version(), "client connected");
-    // Registered before the relay first checks its identity, and dropped only after `finish`,
-    // so a revocation either waits for this connection's end or is seen by its first check.
-    let _live = session
+    info!(%peer, client_id = &*session.client_id, version = ?session.codec.version(), "client connected");
+    // Registered before the relay first checks its identity, and dropped with the relay (after
+    // `finish`), so a revocation either waits for this connection's end or is seen by its first
+    // check.
+    let live = session
         .device
-        .clone()
-        .map(|device| LiveDevice::register(&shared, device));
-    let mut relay = Relay {
-        shared: shared.clone(),
+        .as_deref()
+        .map(|device| LiveDevice::register(&shared, device.clone(), session.outlet.nudge()));
+    Some(Relay {
+        identity_changes: shared.identities.changes(),
+        shared,
         stream,
+        peer,
         read: buf,
         // Allocated by the first packet encoded: an idle connection holds none.
         write: BytesMut::new(),
-        identity_changes: shared.identities.changes(),
         session,
         published: false,
-        partial_subacks: HashMap::new(),
-        aliases: HashMap::new(),
-    };
-    let end = relay.run().await;
-    relay.finish(end, peer).await;
+        partial_subacks: Vec::new(),
+        aliases: Vec::new(),
+        _slot: slot,
+        _live: live,
+    })
 }
 
 /// A proved device's connection, listed in `Shared::live_devices` until it has ended (its last
 /// packet relayed, its will published or not), so that a revocation can wait for that.
-struct LiveDevice<'a> {
-    shared: &'a Shared,
+pub(crate) struct LiveDevice {
+    shared: Arc<Shared>,
     id: u64,
 }
 
-impl<'a> LiveDevice<'a> {
-    fn register(shared: &'a Shared, device: Device) -> LiveDevice<'a> {
+impl LiveDevice {
+    fn register(shared: &Arc<Shared>, device: Device, nudge: Nudge) -> LiveDevice {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let id = IDS.fetch_add(1, Ordering::Relaxed);
-        shared.live_devices.register(id, device);
-        LiveDevice { shared, id }
+        shared.live_devices.register(id, device, nudge);
+        LiveDevice {
+            shared: shared.clone(),
+            id,
+        }
     }
 }
 
-impl Drop for LiveDevice<'_> {
+impl Drop for LiveDevice {
     fn drop(&mut self) {
         self.shared.live_devices.remove(self.id);
     }
@@ -122,14 +154,14 @@ impl Drop for LiveDevice<'_> {
 
 /// Runs the handshake; a refusal is counted and logged, then answered with its CONNACK, if any
 /// (counted first, so that a client that has read its refusal finds it in `/metrics`).
-async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
+async fn handshake<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    shared: &'a Shared,
+    shared: &Arc<Shared>,
     listener: &Listener,
     peer: SocketAddr,
     peer_cert: Option<&[u8]>,
-) -> Result<(Session, ConnectionSlot<'a>), ()> {
+) -> Result<(Session, ConnectionSlot), ()> {
     let refusal = match negotiate(stream, buf, shared, listener, peer, peer_cert).await {
         Ok(accepted) => return Ok(accepted),
         Err(refusal) => refusal,
@@ -157,14 +189,14 @@ async fn handshake<'a, S: AsyncRead + AsyncWrite + Unpin>(
 
 /// Reads CONNECT and checks it (`connect.rs`), authenticates the client, takes one of
 /// `max_connections`, registers the link with the router and answers CONNACK.
-async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
+async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
     stream: &mut S,
     buf: &mut BytesMut,
-    shared: &'a Shared,
+    shared: &Arc<Shared>,
     listener: &Listener,
     peer: SocketAddr,
     peer_cert: Option<&[u8]>,
-) -> Result<(Session, ConnectionSlot<'a>), Refusal> {
+) -> Result<(Session, ConnectionSlot), Refusal> {
     let hello = loop {
         match read_connect(buf, &listener.connect_rules) {
             Step::Connect(hello) => break *hello,
@@ -204,6 +236,9 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
         peer_cert,
     )
     .await?;
+    // Shared with the router task's delivery filter, and small in the relay: an idle
+    // connection's task carries a pointer, not the policy's lists.
+    let (policy, device) = (policy.map(Arc::new), device.map(Box::new));
     if let Some(will) = &will {
         // A will may only go where the client may publish (AWS IoT asks for iot:Publish on the
         // will topic at connect), or a device could leave a will in another device's space. Its
@@ -238,6 +273,8 @@ async fn negotiate<'a, S: AsyncRead + AsyncWrite + Unpin>(
         (Version::V5, Some(server)) => server,
         _ => connect.keep_alive,
     };
+    // One allocation of the id for the relay and the router's session.
+    let client_id: Arc<str> = client_id.into();
     let mut c = core::Connect::new(client_id.clone(), translate::version(version));
     c.clean_start = connect.clean_session;
     if let Some(p) = &props {
@@ -444,11 +481,11 @@ async fn write_packet<S: AsyncWrite + Unpin>(stream: &mut S, codec: &Codec, pack
 
 /// Holds one of `max_connections` and the connected-clients gauge from authentication until the
 /// client is gone.
-struct ConnectionSlot<'a>(&'a Shared);
+pub(crate) struct ConnectionSlot(Arc<Shared>);
 
-impl<'a> ConnectionSlot<'a> {
+impl ConnectionSlot {
     /// One of `max_connections`, or `None` when all are taken.
-    fn reserve(shared: &'a Shared) -> Option<Self> {
+    fn reserve(shared: &Arc<Shared>) -> Option<Self> {
         shared
             .connected
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
@@ -456,11 +493,11 @@ impl<'a> ConnectionSlot<'a> {
             })
             .ok()?;
         shared.metrics.connected_clients.inc();
-        Some(ConnectionSlot(shared))
+        Some(ConnectionSlot(shared.clone()))
     }
 }
 
-impl Drop for ConnectionSlot<'_> {
+impl Drop for ConnectionSlot {
     fn drop(&mut self) {
         self.0.connected.fetch_sub(1, Ordering::Relaxed);
         self.0.metrics.connected_clients.dec();

@@ -9,7 +9,6 @@
 //! has just published stops reading for at most [`MAX_HOLD`] at a time, so TCP slows the
 //! publisher.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +27,7 @@ use tracing::{debug, info, warn};
 
 use crate::codec::{Codec, Version};
 use crate::connect::check_topic_name;
+use crate::connection::{ConnectionSlot, LiveDevice};
 use crate::router_task::{Event, Outlet};
 use crate::tap::Offered;
 use crate::{namespace, reply, translate, Shared};
@@ -85,14 +85,14 @@ struct TapCopy {
 
 /// What the handshake produced.
 pub(crate) struct Session {
-    pub(crate) client_id: String,
+    pub(crate) client_id: Arc<str>,
     pub(crate) codec: Codec,
     /// The policy resolved for this client; `None` on an allow-all listener (nothing to check).
-    pub(crate) policy: Option<Resolved>,
+    pub(crate) policy: Option<Arc<Resolved>>,
     pub(crate) keep_alive: Option<Duration>,
     /// The registered identity the client proved, re-checked whenever the devices file changes:
     /// a device removed (or given new credentials) is disconnected at once.
-    pub(crate) device: Option<Device>,
+    pub(crate) device: Option<Box<Device>>,
     /// Where the router's packets for this connection arrive.
     pub(crate) outlet: Outlet,
     /// Packets the router sent along with the CONNACK (resent deliveries), not yet written.
@@ -100,9 +100,13 @@ pub(crate) struct Session {
 }
 
 /// Relays packets between the socket and the router for one established session.
+///
+/// It is what an idle connection's task holds (with the wait in [`Relay::run`]), so whatever
+/// only some connections use is boxed or kept in vectors that allocate when first used.
 pub(crate) struct Relay<S> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stream: S,
+    pub(crate) peer: SocketAddr,
     pub(crate) read: BytesMut,
     pub(crate) write: BytesMut,
     pub(crate) session: Session,
@@ -112,18 +116,21 @@ pub(crate) struct Relay<S> {
     /// Whether the last batch read from the client had a PUBLISH (flow control holds only
     /// publishers).
     pub(crate) published: bool,
-    /// SUBSCRIBEs of which the router sees only the allowed filters: the codes of the denied
-    /// ones, by position, merged into the router's SUBACK.
-    pub(crate) partial_subacks: HashMap<u16, Vec<Option<u8>>>,
+    /// SUBSCRIBEs of which the router sees only the allowed filters, by packet id: the codes of
+    /// the denied ones, by position, merged into the router's SUBACK.
+    pub(crate) partial_subacks: Vec<(u16, Vec<Option<u8>>)>,
     /// The client's topic aliases (3.3.2.3.4), resolved here too so that the policy checks the
-    /// real topic; bounded by the server's Topic Alias Maximum (larger aliases are the router's
-    /// to refuse).
-    pub(crate) aliases: HashMap<u16, Bytes>,
+    /// real topic; at most the server's Topic Alias Maximum of them (larger aliases are the
+    /// router's to refuse).
+    pub(crate) aliases: Vec<(u16, Bytes)>,
+    /// One of `max_connections`, given back when the relay is dropped (after `finish`).
+    pub(crate) _slot: ConnectionSlot,
+    /// A proved device's entry in the live list, removed when the relay is dropped.
+    pub(crate) _live: Option<LiveDevice>,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     pub(crate) async fn run(&mut self) -> End {
-        let mut shutdown = self.shared.shutdown.clone();
         let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
         let far = Duration::from_secs(86_400 * 365);
         let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
@@ -138,7 +145,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         // CONNECT may have arrived together with the first packets.
         if !self.read.is_empty() {
-            if let Some(end) = self.ingest().await {
+            if let Some(end) = Box::pin(self.ingest()).await {
                 return end;
             }
         }
@@ -147,7 +154,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             self.read = BytesMut::new();
         }
         let mut held_since: Option<Instant> = None;
-        let mut proved = self.session.device.is_some();
         let mut out = Vec::new();
         loop {
             let held = self.published
@@ -165,10 +171,22 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             // buffer (64 B); then the buffer is made a full one, so a publisher is not read 64
             // bytes at a time.
             let unbuffered = self.read.capacity() == 0;
+            // One timer (each is ~100 B of the task): the next look at the pause while held,
+            // else the keep-alive deadline.
+            let wake = if held {
+                Instant::now() + HOLD_POLL
+            } else {
+                deadline
+            };
+            // What an idle connection's task holds is mostly these futures, so they are few: the
+            // router stopping (shutdown) and a change of the device's registration come through
+            // the writer (`Outlet::recv`) rather than futures of their own.
             tokio::select! {
-                _ = shutdown.changed() => return End::Shutdown,
-                // The client is not late with its keep-alive while Grove is not reading.
-                _ = tokio::time::sleep(HOLD_POLL), if held => {
+                _ = tokio::time::sleep_until(wake) => {
+                    if !held {
+                        return End::KeepAliveTimeout;
+                    }
+                    // The client is not late with its keep-alive while Grove is not reading.
                     deadline = Instant::now() + keep_alive.unwrap_or(far);
                 }
                 read = self.stream.read_buf(&mut self.read), if !held => {
@@ -183,26 +201,28 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         self.read = full;
                     }
                     deadline = Instant::now() + keep_alive.unwrap_or(far);
-                    if let Some(end) = self.ingest().await {
+                    if let Some(end) = Box::pin(self.ingest()).await {
                         return end;
                     }
                 }
                 open = self.session.outlet.recv(&mut out) => {
                     if !open {
-                        return End::RouterClosed(reason::UNSPECIFIED_ERROR);
+                        // The router stops only for a shutdown, unless it failed.
+                        return if *self.shared.shutdown.borrow() {
+                            End::Shutdown
+                        } else {
+                            End::RouterClosed(reason::UNSPECIFIED_ERROR)
+                        };
                     }
-                    if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
+                    // Woken with packets, or nudged because the devices file changed
+                    // (`LiveDevices`): a device no longer registered as it connected ends here.
+                    if let Some(end) = self.revoked(false) {
                         return end;
                     }
-                }
-                _ = tokio::time::sleep_until(deadline) => return End::KeepAliveTimeout,
-                changed = self.identity_changes.changed(), if proved => {
-                    if changed.is_err() {
-                        proved = false;
-                        continue;
-                    }
-                    if let Some(end) = self.revoked(true) {
-                        return end;
+                    if !out.is_empty() {
+                        if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
+                            return end;
+                        }
                     }
                 }
             }
@@ -221,7 +241,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
         self.identity_changes.borrow_and_update();
         let id = &self.session.client_id;
-        (self.shared.identities.device(id) != self.session.device).then(|| {
+        (self.shared.identities.device(id).as_ref() != self.session.device.as_deref()).then(|| {
             End::Revoked(format!(
                 "device {id:?} was removed or its credentials changed"
             ))
@@ -229,6 +249,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     }
 
     /// Decodes every whole packet in the read buffer and hands them to the router in order.
+    ///
+    /// Its future (decoding, the taps' and the router's channel waits: ~1 KiB) is boxed by the
+    /// callers: inline, it would size the task of every connection, idle ones included (tokio
+    /// allocates a task with room for its future's largest state).
     async fn ingest(&mut self) -> Option<End> {
         // Nothing of a revoked device is taken (stored, acknowledged or routed) once the devices
         // file that removed it has been read: checked before each batch, at the cost of one
@@ -357,11 +381,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if let Some(a) = alias {
             if publish.topic.is_empty() {
                 // An unknown alias is the router's protocol error; it sees the empty topic.
-                if let Some(topic) = self.aliases.get(&a) {
+                if let Some((_, topic)) = self.aliases.iter().find(|(n, _)| *n == a) {
                     publish.topic = topic.clone();
                 }
             } else if a <= self.shared.router_config.topic_alias_maximum {
-                self.aliases.insert(a, publish.topic.clone());
+                match self.aliases.iter_mut().find(|(n, _)| *n == a) {
+                    Some((_, topic)) => *topic = publish.topic.clone(),
+                    None => self.aliases.push((a, publish.topic.clone())),
+                }
             }
         }
         if !publish.topic.is_empty() {
@@ -419,7 +446,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             for (f, _) in subscribe.filters.iter().zip(&denied).filter(|(_, d)| **d) {
                 self.shared.metrics.deny("subscribe");
                 warn!(
-                    client_id = self.session.client_id,
+                    client_id = &*self.session.client_id,
                     filter = f.path,
                     "subscribe denied by policy"
                 );
@@ -435,7 +462,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 self.encode_out(ack);
                 return Ok(None);
             }
-            self.partial_subacks.insert(subscribe.pkid, codes);
+            self.partial_subacks
+                .retain(|(pkid, _)| *pkid != subscribe.pkid);
+            self.partial_subacks.push((subscribe.pkid, codes));
         }
         let filters = subscribe
             .filters
@@ -500,7 +529,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// reason, a QoS 2 one with PUBREC (which ends its flow, §4.3.3), and drops a QoS 0 one;
     /// MQTT 3.1.1 has no way to refuse a PUBLISH, so the connection ends (as AWS IoT does).
     fn refuse_publish(&mut self, publish: &Publish, refused: RefusedPublish) -> Option<End> {
-        let client_id = &self.session.client_id;
+        let client_id = &*self.session.client_id;
         if refused.reason == PubAckReason::NotAuthorized {
             self.shared.metrics.deny("publish");
             warn!(
@@ -594,7 +623,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
 
     /// Puts the codes of filters the policy denied back into the router's SUBACK, in order.
     fn merge_suback(&mut self, pkid: u16, granted: Vec<u8>) -> Vec<u8> {
-        match self.partial_subacks.remove(&pkid) {
+        let waiting = self.partial_subacks.iter().position(|(p, _)| *p == pkid);
+        match waiting.map(|i| self.partial_subacks.swap_remove(i).1) {
             None => granted,
             Some(codes) => {
                 let mut granted = granted.into_iter();
@@ -622,14 +652,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
 
     fn encode(&mut self, packet: Packet) {
         if let Err(e) = self.session.codec.write(packet, &mut self.write) {
-            warn!(client_id = self.session.client_id, error = %e, "cannot encode a packet; dropped");
+            warn!(client_id = &*self.session.client_id, error = %e, "cannot encode a packet; dropped");
         }
     }
 
     /// Says goodbye as the reason requires and tells the router the connection is gone (which
     /// publishes the will when due, 3.1.2.5).
-    pub(crate) async fn finish(mut self, end: End, peer: SocketAddr) {
+    pub(crate) async fn finish(mut self, end: End) {
+        let peer = self.peer;
         let client_id = self.session.client_id.clone();
+        let client_id = &*client_id;
         match &end {
             End::Disconnected => info!(%peer, client_id, "client disconnected"),
             End::Lost(why) => info!(%peer, client_id, why, "connection lost"),

@@ -39,7 +39,7 @@ use std::time::Duration;
 use grove_auth::policy::Resolved;
 use grove_router::{self as core, ConnId, Outbound, Router, StorageWrite};
 use grove_store::Store;
-use tokio::sync::{mpsc, watch};
+use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
@@ -68,7 +68,7 @@ pub(crate) enum Event {
         conn: ConnId,
         connect: Box<core::Connect>,
         /// The client's resolved policy, checked for every delivery; `None`: allow all.
-        policy: Option<Resolved>,
+        policy: Option<Arc<Resolved>>,
         link: Link,
     },
     /// Any packet after CONNECT (PINGREQ is answered by the connection).
@@ -77,24 +77,108 @@ pub(crate) enum Event {
     Lost(ConnId),
 }
 
-/// The router's end of a connection's writer.
+/// One connection's writer: the router's packets for it, at most [`WRITER_SLOTS`] waiting.
 ///
-/// A flume channel rather than tokio's: tokio's bounded channel allocates its first block of 32
-/// slots (32 x 64 B = 2 KiB) when it is made, for every connection, while flume's queue is a
-/// `VecDeque` that allocates only as packets wait, so an idle connection's writer costs almost
-/// nothing (BENCHMARKS.md, "Memory per idle connection").
-pub(crate) struct Link {
-    tx: flume::Sender<Outbound>,
-    /// Set by the router when the writer was full: the connection then sends a wake-up once it
-    /// has taken packets out.
-    blocked: Arc<AtomicBool>,
+/// Written here rather than taken from a channel crate for what an idle connection holds, most of
+/// a gateway's connections being idle: tokio's bounded channel allocates a block of 32 slots when
+/// it is made (2 KiB of `Outbound`s), and flume allocates a waker hook each time the connection
+/// waits and keeps its queue's room once drained (about 600 B per idle connection, measured with
+/// heaptrack; BENCHMARKS.md, issue 14 figures). Here the connection takes the waiting packets in
+/// one swap (their room goes with them) and waits on a `Notify`, which allocates nothing.
+struct Writer {
+    state: Mutex<Waiting>,
+    /// Packets arrived, the router closed the link, or a [`Nudge`].
+    ready: Notify,
+}
+
+/// What a writer holds between the router and its connection.
+#[derive(Default)]
+struct Waiting {
+    packets: Vec<Outbound>,
+    /// The router found the writer full: the connection sends a wake-up once it took packets.
+    blocked: bool,
+    /// The router's end is gone (it closed the connection, or forgot it): nothing more comes.
+    closed: bool,
+    /// The connection's end is gone: nothing more is taken.
+    abandoned: bool,
+    /// Something outside the router asks the connection to look (see [`Nudge`]).
+    nudged: bool,
+}
+
+impl Writer {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Waiting> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+/// The router's end of a connection's writer.
+pub(crate) struct Link(Arc<Writer>);
+
+/// Wakes a connection that waits for the router's packets, to have it look at something else:
+/// a device whose registration changed (`server::LiveDevices`). One wait for both, instead of a
+/// future per connection for each thing it may have to look at (an idle connection's task holds
+/// every future it waits on).
+pub(crate) struct Nudge(Arc<Writer>);
+
+impl Nudge {
+    pub(crate) fn nudge(&self) {
+        self.0.lock().nudged = true;
+        self.0.ready.notify_one();
+    }
+}
+
+/// What [`Link::fill`] did.
+enum Fill {
+    /// Everything the router had went in.
+    Drained,
+    /// The writer is full; the connection sends a wake-up once it has taken packets.
+    Full,
+    /// The connection is gone, or the router's last packet (DISCONNECT) went in: the link is done.
+    Done,
+}
+
+impl Link {
+    /// Moves packets from `next` into the writer while it has room.
+    fn fill(&self, mut next: impl FnMut() -> Option<Outbound>) -> Fill {
+        let mut w = self.0.lock();
+        if w.abandoned {
+            return Fill::Done;
+        }
+        let was_empty = w.packets.is_empty();
+        let fill = loop {
+            if w.packets.len() >= WRITER_SLOTS {
+                w.blocked = true;
+                break Fill::Full;
+            }
+            let Some(packet) = next() else {
+                break Fill::Drained;
+            };
+            let last = matches!(packet, Outbound::Disconnect { .. });
+            w.packets.push(packet);
+            if last {
+                w.closed = true;
+                break Fill::Done;
+            }
+        };
+        if was_empty && !w.packets.is_empty() {
+            self.0.ready.notify_one();
+        }
+        fill
+    }
+}
+
+/// The router has forgotten the connection: its connection task reads what is left, then ends.
+impl Drop for Link {
+    fn drop(&mut self) {
+        self.0.lock().closed = true;
+        self.0.ready.notify_one();
+    }
 }
 
 /// The connection's end of its writer.
 pub(crate) struct Outlet {
     conn: ConnId,
-    rx: flume::Receiver<Outbound>,
-    blocked: Arc<AtomicBool>,
+    writer: Arc<Writer>,
     wake: mpsc::Sender<ConnId>,
     events: mpsc::Sender<Event>,
 }
@@ -104,6 +188,7 @@ pub(crate) struct Outlet {
 /// connection ids are never reused.
 impl Drop for Outlet {
     fn drop(&mut self) {
+        self.writer.lock().abandoned = true;
         let (events, conn) = (self.events.clone(), self.conn);
         if let Ok(runtime) = tokio::runtime::Handle::try_current() {
             runtime.spawn(async move {
@@ -119,30 +204,59 @@ impl Outlet {
         self.conn
     }
 
-    /// Waits for the router's next packets and appends them to `out` (at least one, and every
-    /// one already waiting). False once the router has closed this connection and everything it
-    /// sent was taken. Cancel-safe.
-    pub(crate) async fn recv(&mut self, out: &mut Vec<Outbound>) -> bool {
-        // Cancel-safe: flume's receive future only waits to be woken; a packet stays in the
-        // queue until it is taken.
-        let Ok(first) = self.rx.recv_async().await else {
-            return false;
-        };
-        out.push(first);
-        self.try_recv(out);
-        true
+    /// A handle that wakes this outlet's [`Outlet::recv`].
+    pub(crate) fn nudge(&self) -> Nudge {
+        Nudge(self.writer.clone())
     }
 
-    /// Appends whatever is already waiting, without waiting.
-    pub(crate) fn try_recv(&mut self, out: &mut Vec<Outbound>) {
-        while let Ok(p) = self.rx.try_recv() {
-            out.push(p);
+    /// Waits for the router's next packets and appends them to `out` (every one waiting), or for
+    /// a [`Nudge`] (then maybe none). False once the router has closed this connection (or
+    /// stopped) and everything it sent was taken. Cancel-safe: packets stay in the writer until
+    /// they are taken, and each call looks before it waits.
+    pub(crate) async fn recv(&mut self, out: &mut Vec<Outbound>) -> bool {
+        loop {
+            let (closed, nudged) = {
+                let mut w = self.writer.lock();
+                (
+                    w.packets.is_empty() && w.closed,
+                    std::mem::take(&mut w.nudged),
+                )
+            };
+            if closed {
+                return false;
+            }
+            if self.try_recv(out) || nudged {
+                return true;
+            }
+            // A packet that arrives between the look and this wait leaves a permit (`notify_one`
+            // with nobody waiting), so the wait ends at once.
+            self.writer.ready.notified().await;
         }
-        if self.blocked.swap(false, Ordering::AcqRel) && self.wake.try_send(self.conn).is_err() {
+    }
+
+    /// Appends whatever is already waiting, without waiting; whether there was anything.
+    pub(crate) fn try_recv(&mut self, out: &mut Vec<Outbound>) -> bool {
+        let (packets, wake) = {
+            let mut w = self.writer.lock();
+            (
+                std::mem::take(&mut w.packets),
+                std::mem::take(&mut w.blocked),
+            )
+        };
+        if packets.is_empty() {
+            return false;
+        }
+        if out.is_empty() {
+            *out = packets;
+        } else {
+            out.extend(packets);
+        }
+        if wake && self.wake.try_send(self.conn).is_err() {
             // Cannot happen within the channel's budget (one per link); the router's next
             // flush of this connection still sends what it can.
             warn!(conn = self.conn.0, "router wake-up channel full");
         }
+        true
     }
 }
 
@@ -164,17 +278,15 @@ impl RouterHandle {
     /// A new connection id and its writer (the router's end goes in [`Event::Connect`]).
     pub(crate) fn open(&self) -> (Link, Outlet) {
         let conn = ConnId(self.next_conn.fetch_add(1, Ordering::Relaxed));
-        let (tx, rx) = flume::bounded(WRITER_SLOTS);
-        let blocked = Arc::new(AtomicBool::new(false));
+        let writer = Arc::new(Writer {
+            state: Mutex::default(),
+            ready: Notify::new(),
+        });
         (
-            Link {
-                tx,
-                blocked: blocked.clone(),
-            },
+            Link(writer.clone()),
             Outlet {
                 conn,
-                rx,
-                blocked,
+                writer,
                 wake: self.wake.clone(),
                 events: self.events.clone(),
             },
@@ -238,7 +350,7 @@ pub(crate) fn spawn(
     let (events_tx, events) = mpsc::channel(EVENT_SLOTS);
     let (wake_tx, wake) = mpsc::channel(max_links.max(1));
     let paused = Arc::new(AtomicBool::new(false));
-    let policies: Arc<Mutex<HashMap<Arc<str>, Resolved>>> = Arc::default();
+    let policies: Arc<Mutex<HashMap<Arc<str>, Arc<Resolved>>>> = Arc::default();
     {
         let (policies, metrics) = (policies.clone(), metrics.clone());
 
@@ -278,7 +390,7 @@ struct Task {
     links: HashMap<ConnId, Link>,
     /// Client id of each connection with a policy (to forget the policy with the session).
     clients: HashMap<ConnId, Arc<str>>,
-    policies: Arc<Mutex<HashMap<Arc<str>, Resolved>>>,
+    policies: Arc<Mutex<HashMap<Arc<str>, Arc<Resolved>>>>,
     store: Store,
     clock: Clock,
     paused: Arc<AtomicBool>,
@@ -327,6 +439,9 @@ impl Task {
                 }
             }
         }
+        // Every connection and bus learns at once that the router has stopped (their writers
+        // close); a connection then says goodbye as for a shutdown.
+        self.links.clear();
         // Whatever was acknowledged is committed already; a commit still running finishes (its
         // publishers are waiting for it, or gone).
         if let Some(commit) = self.commit.take() {
@@ -343,7 +458,7 @@ impl Task {
                 policy,
                 link,
             } => {
-                let client: Arc<str> = connect.client_id.as_str().into();
+                let client = connect.client_id.clone();
                 {
                     let mut policies = self.policies.lock().unwrap_or_else(|p| p.into_inner());
                     match policy {
@@ -360,7 +475,8 @@ impl Task {
                 if let Err(refusal) = self.router.connect(now, conn, *connect) {
                     if let Some(link) = self.links.remove(&conn) {
                         // A fresh writer has room for its one packet.
-                        let _ = link.tx.try_send(Outbound::ConnAck(refusal));
+                        let mut refusal = Some(Outbound::ConnAck(refusal));
+                        link.fill(|| refusal.take());
                     }
                     self.forget(conn);
                 }
@@ -428,23 +544,13 @@ impl Task {
             while self.router.poll_transmit(now, conn).is_some() {}
             return;
         };
-        loop {
-            if link.tx.is_full() {
-                link.blocked.store(true, Ordering::Release);
-                // The connection may have emptied the writer just before the mark: look again.
-                if link.tx.is_full() {
-                    return;
-                }
-            }
-            let Some(packet) = self.router.poll_transmit(now, conn) else {
-                return;
-            };
-            let last = matches!(packet, Outbound::Disconnect { .. });
-            if link.tx.try_send(packet).is_err() || last {
-                // Closed by the router (DISCONNECT sent), or the connection task has gone.
+        let router = &mut self.router;
+        match link.fill(|| router.poll_transmit(now, conn)) {
+            Fill::Drained | Fill::Full => {}
+            // Closed by the router (DISCONNECT sent), or the connection task has gone.
+            Fill::Done => {
                 self.links.remove(&conn);
                 self.forget(conn);
-                return;
             }
         }
     }

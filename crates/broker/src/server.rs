@@ -15,7 +15,7 @@ use tracing::{debug, error, info, warn};
 use super::admission::PreAuth;
 use super::connect::{ConnectRules, LoginRule};
 use super::connection;
-use super::router_task::{self, RouterHandle};
+use super::router_task::{self, Nudge, RouterHandle};
 use crate::bus::Bus;
 use crate::config::{AuthMode, BrokerConfig};
 use crate::metrics::BrokerMetrics;
@@ -94,20 +94,21 @@ pub(crate) struct Shared {
     pub(crate) live_devices: LiveDevices,
 }
 
-/// The connections of proved (registered) devices now open, by connection number.
+/// The connections of proved (registered) devices now open, by connection number, with the
+/// device each proved and a handle that wakes it.
 #[derive(Default)]
 pub(crate) struct LiveDevices {
-    pub(super) open: Mutex<HashMap<u64, Device>>,
+    pub(super) open: Mutex<HashMap<u64, (Device, Nudge)>>,
     /// Bumped whenever one of them has ended.
     pub(super) ended: watch::Sender<u64>,
 }
 
 impl LiveDevices {
-    pub(crate) fn register(&self, connection: u64, device: Device) {
+    pub(crate) fn register(&self, connection: u64, device: Device, nudge: Nudge) {
         self.open
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(connection, device);
+            .insert(connection, (device, nudge));
     }
 
     pub(crate) fn remove(&self, connection: u64) {
@@ -118,12 +119,18 @@ impl LiveDevices {
         self.ended.send_modify(|n| *n += 1);
     }
 
-    /// How many open connections are of devices no longer registered as they connected.
+    /// How many open connections are of devices no longer registered as they connected; each of
+    /// them is woken, so that it looks and ends.
     pub(super) fn revoked(&self, identities: &Identities) -> usize {
         let open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        open.values()
-            .filter(|d| identities.device(&d.id).as_ref() != Some(*d))
-            .count()
+        let mut revoked = 0;
+        for (device, nudge) in open.values() {
+            if identities.device(&device.id).as_ref() != Some(device) {
+                nudge.nudge();
+                revoked += 1;
+            }
+        }
+        revoked
     }
 }
 
@@ -163,14 +170,23 @@ impl Revocations {
 pub(super) const IDENTITY_POLL: Duration = Duration::from_secs(1);
 
 /// Re-reads the devices file when it changes until shutdown; connections of devices that were
-/// removed then end (see the connection layer).
+/// removed then end: whenever the devices file was re-read (here, at a CONNECT, or for
+/// `grove device remove`), the connections of devices no longer registered as they connected are
+/// woken, and each ends (see the connection layer).
 pub(super) async fn watch_identities(shared: Arc<Shared>) {
     let mut shutdown = shared.shutdown.clone();
+    let mut changes = shared.identities.changes();
     let mut tick = tokio::time::interval(IDENTITY_POLL);
     loop {
         tokio::select! {
             _ = shutdown.changed() => return,
             _ = tick.tick() => shared.identities.refresh(),
+            changed = changes.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+                shared.live_devices.revoked(&shared.identities);
+            }
         }
     }
 }
@@ -419,11 +435,15 @@ pub(super) async fn accept_loop(
                     let (listener, shared) = (listener.clone(), shared.clone());
                     match &tls {
                         None => {
-                            tokio::spawn(connection::serve(stream, peer, None, listener, shared, ticket));
+                            tokio::spawn(connection::serve(connection::establish(
+                                stream, peer, None, listener, shared, ticket,
+                            )));
                         }
                         Some(acceptor) => {
                             let acceptor = acceptor.clone();
-                            tokio::spawn(async move {
+                            // The TLS handshake is part of establishing: boxed with it (see
+                            // `connection::serve`).
+                            tokio::spawn(connection::serve(async move {
                                 let timeout = Duration::from_millis(shared.config.connect_timeout_ms);
                                 match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
                                     Ok(Ok(tls)) => {
@@ -433,18 +453,20 @@ pub(super) async fn accept_loop(
                                             .peer_certificates()
                                             .and_then(|c| c.first())
                                             .map(|c| c.to_vec());
-                                        connection::serve(tls, peer, cert, listener, shared, ticket).await;
+                                        connection::establish(tls, peer, cert, listener, shared, ticket).await
                                     }
                                     Ok(Err(e)) => {
                                         shared.metrics.refuse("tls_handshake");
                                         warn!(%peer, listener = listener.name, error = %e, "TLS handshake failed");
+                                        None
                                     }
                                     Err(_) => {
                                         shared.metrics.refuse("tls_handshake");
                                         debug!(%peer, "TLS handshake timed out");
+                                        None
                                     }
                                 }
-                            });
+                            }));
                         }
                     }
                 }

@@ -25,19 +25,24 @@
 //!
 //! The shell calls [`SessionQueries::persist`] (a unit of its own in the next group commit) or,
 //! to put the router's writes in one unit with other work, `apply` inside its own
-//! [`Store::transact`]; at startup [`SessionQueries::load_sessions`] (or `load`). rusqlite's
-//! types stay in this module.
+//! [`Store::transact`]; at startup [`SessionQueries::load_sessions`]. rusqlite's types stay in
+//! this module.
 //!
 //! The write path prepares every statement once per connection (`prepare_cached`) and writes a
-//! message that many sessions queue in one batch once. `load` reads each table in one scan
-//! (no query per session): 10,000 sessions holding 100 distinct messages each take about a second
-//! of CPU to load and restore (BENCHMARKS.md, "Persistent sessions: restart").
+//! message that many sessions queue in one batch once. The load reads each table in one scan (no
+//! query per session) on the store's thread while another thread builds the messages and the
+//! sessions' queues from the rows read. 10,000 sessions holding 100 distinct messages each take
+//! about 6.6 billion instructions to load and restore, three quarters of them SQLite's stepping
+//! and column reads through rusqlite (~560 instructions per row and ~310 per column read, 15
+//! columns per queued message): a leaner row format is what would make it cheaper
+//! (BENCHMARKS.md, "Persistent sessions: restart").
 
 use std::collections::HashSet;
 use std::future::Future;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender};
 use std::sync::Arc;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use grove_router::{
     Instant, Message, MessageProperties, QoS, RestoredMessage, RestoredSession, RetainHandling,
     StorageWrite, SubOptions, Version, Will,
@@ -74,7 +79,19 @@ impl SessionQueries for Store {
     }
 
     async fn load_sessions(&self) -> Result<Loaded, StoreError> {
-        self.transact(load).await
+        // Reading (SQLite, on the store's thread) and building (a million `Arc<Message>`s and
+        // the sessions' queues for a large restore) overlap, the building on a blocking thread of
+        // tokio's: the load's wall time is then about SQLite's part alone.
+        let (to, rows) = sync_channel(READ_AHEAD);
+        let built = tokio::task::spawn_blocking(move || build(rows));
+        let read = self.transact(move |c| load(c, &to)).await;
+        let built = match built.await {
+            Ok(built) => built,
+            Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return Err(StoreError::Closed),
+        };
+        read.map(|()| built)
     }
 }
 
@@ -309,16 +326,86 @@ fn insert_message(c: &Connection, m: &Message) -> rusqlite::Result<()> {
     Ok(())
 }
 
-/// Reads everything stored, one scan per table. Sessions come in creation order, each with its
-/// subscriptions (in filter order) and its queue (in queue order); retained messages in topic
-/// order (rows from before migration 7 last, with message ids above every stored one).
-pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
+/// Reads everything stored, one scan per table, and hands the rows to [`build`] as they come
+/// (on `rows`; a closed channel stops the reading). Sessions come in creation order, subscriptions
+/// in filter order, queue entries in queue order, retained messages in topic order.
+fn load(c: &Connection, rows: &SyncSender<Rows>) -> rusqlite::Result<()> {
+    // The load reads every page of the router's tables once. Mapped, SQLite reads them in the
+    // kernel's page cache instead of copying each into its own cache with a `pread` (~10% of a
+    // large restore). Only for the load: with mmap an I/O error is a SIGBUS rather than an error
+    // SQLite can return, which a gateway that runs for months should not risk, while at startup it
+    // ends the start as an error would.
+    c.pragma_update(None, "mmap_size", LOAD_MMAP_BYTES)?;
+    let read = read(c, rows);
+    c.pragma_update(None, "mmap_size", 0)?;
+    read
+}
+
+/// How much of the database the load maps (SQLite caps it at its compile-time maximum, 2 GiB on
+/// 64-bit Linux; pages beyond are read as usual).
+const LOAD_MMAP_BYTES: i64 = 1 << 31;
+
+/// Rows read, on their way from the store's thread to [`build`].
+enum Rows {
+    Sessions(Vec<(i64, RestoredSession)>),
+    Subscriptions(Vec<(i64, (Arc<str>, SubOptions, Option<u32>))>),
+    Qos2(Vec<(i64, u16)>),
+    Messages(Vec<(i64, Message)>),
+    Queue(Vec<QueueRow>),
+    /// With their message id; `None` for rows from before migration 7.
+    Retained(Vec<(Option<i64>, Message)>),
+}
+
+/// A `session_queue` row.
+struct QueueRow {
+    sid: i64,
+    message_id: i64,
+    qos: QoS,
+    retain: bool,
+    subscription_ids: Vec<u32>,
+    pkid: Option<u16>,
+    released: bool,
+}
+
+/// Rows handed over at a time (one channel operation per chunk, not per row).
+const CHUNK_ROWS: usize = 1024;
+
+/// Chunks the reading may be ahead of the building.
+const READ_AHEAD: usize = 8;
+
+/// One table's rows on their way to [`build`], [`CHUNK_ROWS`] at a time.
+struct Chunks<'a, T> {
+    to: &'a SyncSender<Rows>,
+    wrap: fn(Vec<T>) -> Rows,
+    rows: Vec<T>,
+}
+
+impl<'a, T> Chunks<'a, T> {
+    fn new(to: &'a SyncSender<Rows>, wrap: fn(Vec<T>) -> Rows) -> Self {
+        Chunks {
+            to,
+            wrap,
+            rows: Vec::with_capacity(CHUNK_ROWS),
+        }
+    }
+
+    /// Adds a row; false if `build` is gone (then reading stops).
+    fn push(&mut self, row: T) -> bool {
+        self.rows.push(row);
+        self.rows.len() < CHUNK_ROWS || self.send()
+    }
+
+    /// Hands over what is left; false if `build` is gone.
+    fn send(&mut self) -> bool {
+        let rows = std::mem::replace(&mut self.rows, Vec::with_capacity(CHUNK_ROWS));
+        rows.is_empty() || self.to.send((self.wrap)(rows)).is_ok()
+    }
+}
+
+/// The reading half of [`load`]: each table in one scan, in key order.
+fn read(c: &Connection, to: &SyncSender<Rows>) -> rusqlite::Result<()> {
     let mut names = Names::default();
-    let mut sessions = Vec::new();
-    // Rows come in key order, so lookups are binary searches in sorted vectors: no hashing, and
-    // a queue in message order reads the messages' vector nearly in order (a million-entry hash
-    // map was a third of the load's time).
-    let mut sids: Vec<i64> = Vec::new();
+    let mut chunks = Chunks::new(to, Rows::Sessions);
     let mut stmt = c.prepare_cached(
         "SELECT sid, client_id, version, expiry_interval, disconnected_at, will_at, will_topic,
             will_payload, will_qos, will_retain, will_delay, will_properties
@@ -331,8 +418,8 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
             Some(at) => Some((
                 instant(at),
                 Will {
-                    topic: names.topics.get(r.get_ref(6)?.as_str()?),
-                    payload: Bytes::copy_from_slice(r.get_ref(7)?.as_blob()?),
+                    topic: names.topics.get(r, 6)?,
+                    payload: names.payloads.copy(r.get_ref(7)?.as_blob()?),
                     qos: qos(r, 8)?,
                     retain: r.get(9)?,
                     delay_interval: r.get(10)?,
@@ -340,8 +427,7 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
                 },
             )),
         };
-        sids.push(r.get(0)?);
-        sessions.push(RestoredSession {
+        let session = RestoredSession {
             client_id: r.get_ref(1)?.as_str()?.into(),
             version: match r.get::<_, u8>(2)? {
                 4 => Version::V311,
@@ -354,30 +440,42 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
             subscriptions: Vec::new(),
             messages: Vec::new(),
             incoming_qos2: Vec::new(),
-        });
+        };
+        if !chunks.push((r.get(0)?, session)) {
+            return Ok(());
+        }
     }
-    let session = |sid: i64| sids.binary_search(&sid).ok();
+    if !chunks.send() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::new(to, Rows::Subscriptions);
     let mut stmt = c.prepare_cached(
         "SELECT sid, filter, options, sub_id FROM session_subscriptions ORDER BY sid, filter",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        if let Some(i) = session(r.get(0)?) {
-            let options = options_from_byte(r.get(2)?).ok_or_else(|| out_of_range(2, 0))?;
-            sessions[i]
-                .subscriptions
-                .push((r.get_ref(1)?.as_str()?.into(), options, r.get(3)?));
+        let options = options_from_byte(r.get(2)?).ok_or_else(|| out_of_range(2, 0))?;
+        let subscription = (r.get_ref(1)?.as_str()?.into(), options, r.get(3)?);
+        if !chunks.push((r.get(0)?, subscription)) {
+            return Ok(());
         }
     }
+    if !chunks.send() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::new(to, Rows::Qos2);
     let mut stmt =
         c.prepare_cached("SELECT sid, pkid FROM session_qos2_received ORDER BY sid, pkid")?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        if let Some(i) = session(r.get(0)?) {
-            sessions[i].incoming_qos2.push(r.get(1)?);
+        if !chunks.push((r.get(0)?, r.get(1)?)) {
+            return Ok(());
         }
     }
-    let mut messages: Vec<(i64, Arc<Message>)> = Vec::new();
+    if !chunks.send() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::new(to, Rows::Messages);
     let mut stmt = c.prepare_cached(
         "SELECT id, topic, payload, qos, retain, expires_at, publisher, properties
          FROM session_messages ORDER BY id",
@@ -385,60 +483,136 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
         let id: i64 = r.get(0)?;
-        messages.push((id, Arc::new(message(r, id as u64, &mut names)?)));
+        if !chunks.push((id, message(r, id as u64, &mut names)?)) {
+            return Ok(());
+        }
     }
-    // Queue rows mostly follow message order (messages are queued as they arrive): the entry
-    // after the last one found is tried before a search.
-    let mut last = 0;
-    let mut message_of = |id: i64| {
-        let i = match messages.get(last + 1) {
-            Some(m) if m.0 == id => last + 1,
-            _ => messages.binary_search_by_key(&id, |m| m.0).ok()?,
-        };
-        last = i;
-        Some(messages[i].1.clone())
-    };
+    if !chunks.send() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::new(to, Rows::Queue);
     let mut stmt = c.prepare_cached(
         "SELECT sid, message_id, qos, retain, sub_ids, pkid, released
          FROM session_queue ORDER BY seq",
     )?;
     let mut rows = stmt.query([])?;
     while let Some(r) = rows.next()? {
-        let (Some(i), Some(m)) = (session(r.get(0)?), message_of(r.get(1)?)) else {
-            continue;
-        };
-        sessions[i].messages.push(RestoredMessage {
-            message: m,
+        let row = QueueRow {
+            sid: r.get(0)?,
+            message_id: r.get(1)?,
             qos: qos(r, 2)?,
             retain: r.get(3)?,
             subscription_ids: decode_sub_ids(r.get_ref(4)?.as_blob_or_null()?),
             pkid: r.get(5)?,
             released: r.get(6)?,
-        });
+        };
+        if !chunks.push(row) {
+            return Ok(());
+        }
     }
-    let mut next_id = messages.last().map_or(1, |m| m.0 + 1);
-    let mut retained = Vec::new();
+    if !chunks.send() {
+        return Ok(());
+    }
+    let mut chunks = Chunks::new(to, Rows::Retained);
     let mut stmt = c.prepare_cached(
         "SELECT id, topic, payload, qos, 1, expires_at, publisher, properties
          FROM retained ORDER BY topic",
     )?;
     let mut rows = stmt.query([])?;
-    let mut legacy = Vec::new();
     while let Some(r) = rows.next()? {
-        match r.get::<_, Option<i64>>(0)? {
-            Some(id) => {
-                next_id = next_id.max(id + 1);
-                retained.push(Arc::new(message(r, id as u64, &mut names)?));
-            }
-            // Written before migration 7 (by the rumqttd broker): numbered after the others.
-            None => legacy.push(message(r, 0, &mut names)?),
+        let id: Option<i64> = r.get(0)?;
+        if !chunks.push((id, message(r, id.unwrap_or(0) as u64, &mut names)?)) {
+            return Ok(());
         }
     }
+    chunks.send();
+    Ok(())
+}
+
+/// The building half of [`load`]: the sessions with their subscriptions, inbound QoS 2 ids and
+/// queues, and the retained messages, from the rows `read` hands over (in its order).
+fn build(rows: Receiver<Rows>) -> Loaded {
+    let mut sessions = Vec::new();
+    // Rows come in key order, so lookups are binary searches in sorted vectors: no hashing, and
+    // a queue in message order reads the messages' vector nearly in order (a million-entry hash
+    // map was a third of the load's time).
+    let mut sids: Vec<i64> = Vec::new();
+    let mut messages: Vec<(i64, Arc<Message>)> = Vec::new();
+    // Queue rows mostly follow message order (messages are queued as they arrive): the entry
+    // after the last one found is tried before a search.
+    let mut last = 0;
+    let mut retained = Vec::new();
+    let mut legacy = Vec::new();
+    for chunk in rows {
+        match chunk {
+            Rows::Sessions(rows) => {
+                for (sid, session) in rows {
+                    sids.push(sid);
+                    sessions.push(session);
+                }
+            }
+            Rows::Subscriptions(rows) => {
+                for (sid, subscription) in rows {
+                    if let Ok(i) = sids.binary_search(&sid) {
+                        sessions[i].subscriptions.push(subscription);
+                    }
+                }
+            }
+            Rows::Qos2(rows) => {
+                for (sid, pkid) in rows {
+                    if let Ok(i) = sids.binary_search(&sid) {
+                        sessions[i].incoming_qos2.push(pkid);
+                    }
+                }
+            }
+            Rows::Messages(rows) => {
+                messages.extend(rows.into_iter().map(|(id, m)| (id, Arc::new(m))));
+            }
+            Rows::Queue(rows) => {
+                for q in rows {
+                    let Ok(i) = sids.binary_search(&q.sid) else {
+                        continue;
+                    };
+                    let found = match messages.get(last + 1) {
+                        Some(m) if m.0 == q.message_id => Ok(last + 1),
+                        _ => messages.binary_search_by_key(&q.message_id, |m| m.0),
+                    };
+                    let Ok(m) = found else { continue };
+                    last = m;
+                    sessions[i].messages.push(RestoredMessage {
+                        message: messages[m].1.clone(),
+                        qos: q.qos,
+                        retain: q.retain,
+                        subscription_ids: q.subscription_ids,
+                        pkid: q.pkid,
+                        released: q.released,
+                    });
+                }
+            }
+            Rows::Retained(rows) => {
+                for (id, m) in rows {
+                    match id {
+                        Some(_) => retained.push(Arc::new(m)),
+                        // Written before migration 7 (by the rumqttd broker): numbered after the
+                        // others, below.
+                        None => legacy.push(m),
+                    }
+                }
+            }
+        }
+    }
+    let next_id = messages
+        .last()
+        .map(|m| m.0 as u64)
+        .into_iter()
+        .chain(retained.iter().map(|m| m.id))
+        .max()
+        .map_or(1, |id| id + 1);
     for (n, mut m) in legacy.into_iter().enumerate() {
-        m.id = (next_id + n as i64) as u64;
+        m.id = next_id + n as u64;
         retained.push(Arc::new(m));
     }
-    Ok((sessions, retained))
+    (sessions, retained)
 }
 
 /// A message from a row of `id, topic, payload, qos, retain, expires_at, publisher, properties`
@@ -446,42 +620,73 @@ pub(crate) fn load(c: &Connection) -> rusqlite::Result<Loaded> {
 fn message(r: &Row<'_>, id: u64, names: &mut Names) -> rusqlite::Result<Message> {
     Ok(Message {
         id,
-        topic: names.topics.get(r.get_ref(1)?.as_str()?),
-        payload: Bytes::copy_from_slice(r.get_ref(2)?.as_blob()?),
+        topic: names.topics.get(r, 1)?,
+        payload: names.payloads.copy(r.get_ref(2)?.as_blob()?),
         qos: qos(r, 3)?,
         retain: r.get(4)?,
         expires_at: r.get::<_, Option<i64>>(5)?.map(instant),
-        publisher: names.clients.get(r.get_ref(6)?.as_str()?),
+        publisher: names.clients.get(r, 6)?,
         properties: properties(r, 7)?,
     })
 }
 
-/// Names shared by many rows.
+/// Names shared by many rows, and the payloads' memory.
 #[derive(Default)]
 struct Names {
     topics: Interner,
     clients: Interner,
+    payloads: Payloads,
+}
+
+/// Payloads loaded at startup, copied into shared chunks of [`PAYLOAD_CHUNK`] bytes: a million
+/// queued messages take a few thousand allocations instead of a million (allocating, and the
+/// page faults of fresh memory, were a quarter of a large restore's time). A chunk is freed with
+/// the last of its messages, so what the restore holds is never more than the payloads it loaded.
+#[derive(Default)]
+struct Payloads(BytesMut);
+
+/// Size of a payload chunk; a payload above a quarter of it gets an allocation of its own.
+const PAYLOAD_CHUNK: usize = 16 * 1024;
+
+impl Payloads {
+    fn copy(&mut self, payload: &[u8]) -> Bytes {
+        if payload.len() > PAYLOAD_CHUNK / 4 {
+            return Bytes::copy_from_slice(payload);
+        }
+        if self.0.capacity() - self.0.len() < payload.len() {
+            self.0 = BytesMut::with_capacity(PAYLOAD_CHUNK);
+        }
+        self.0.extend_from_slice(payload);
+        self.0.split().freeze()
+    }
 }
 
 /// One `Arc<str>` per distinct topic or client id loaded (a session's 100 messages on one topic
 /// share it), so a large restore allocates per name, not per row. Consecutive rows often repeat
-/// a name: the last one is checked before the set.
+/// a name: the last one is compared (as bytes, before any UTF-8 check) before the set.
 #[derive(Default)]
 struct Interner(HashSet<Arc<str>>, Option<Arc<str>>);
 
 impl Interner {
-    fn get(&mut self, s: &str) -> Arc<str> {
-        if let Some(a) = self.1.as_ref().filter(|a| ***a == *s) {
-            return a.clone();
+    /// The text of column `column` of `r`, interned.
+    fn get(&mut self, r: &Row<'_>, column: usize) -> rusqlite::Result<Arc<str>> {
+        let bytes = r.get_ref(column)?.as_bytes()?;
+        if let Some(a) = self.1.as_ref().filter(|a| a.as_bytes() == bytes) {
+            return Ok(a.clone());
         }
-        if let Some(a) = self.0.get(s) {
-            self.1 = Some(a.clone());
-            return a.clone();
-        }
-        let a: Arc<str> = s.into();
-        self.0.insert(a.clone());
+        let s = std::str::from_utf8(bytes).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(column, rusqlite::types::Type::Text, e.into())
+        })?;
+        let a = match self.0.get(s) {
+            Some(a) => a.clone(),
+            None => {
+                let a: Arc<str> = s.into();
+                self.0.insert(a.clone());
+                a
+            }
+        };
         self.1 = Some(a.clone());
-        a
+        Ok(a)
     }
 }
 

@@ -159,7 +159,7 @@ pub struct Will {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Connect {
     /// Client identifier; empty asks the server to assign one (3.1.3.1).
-    pub client_id: String,
+    pub client_id: Arc<str>,
     /// Protocol version.
     pub version: Version,
     /// Clean Start (5) / Clean Session (3.1.1) (3.1.2.4).
@@ -185,7 +185,7 @@ impl Connect {
     /// A Clean Start connection of `client_id` without session expiry, will or topic aliases,
     /// and with the client's Receive Maximum and Maximum Packet Size at the protocol's defaults;
     /// set the fields that differ.
-    pub fn new(client_id: impl Into<String>, version: Version) -> Connect {
+    pub fn new(client_id: impl Into<Arc<str>>, version: Version) -> Connect {
         Connect {
             client_id: client_id.into(),
             version,

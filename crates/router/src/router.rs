@@ -11,7 +11,7 @@ use crate::packet::{
 use crate::storage::{RestoredSession, StorageWrite};
 use crate::topic::{self, Entry, Parsed, RetainedTree, Trie};
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, HashSet, VecDeque};
+use std::collections::{BTreeSet, BinaryHeap, HashMap, VecDeque};
 use std::sync::Arc;
 
 mod publish;
@@ -95,6 +95,15 @@ struct Inflight {
     dup: bool,
 }
 
+/// A connection's topic aliases (3.3.2.3.4).
+#[derive(Debug, Default)]
+struct Aliases {
+    /// Ours, to the client: topic -> alias.
+    outbound: HashMap<Arc<str>, u16>,
+    /// The client's: alias -> topic.
+    inbound: HashMap<u16, Arc<str>>,
+}
+
 /// Per-connection state (dropped when the connection goes; the session stays).
 #[derive(Debug)]
 struct Conn {
@@ -102,8 +111,8 @@ struct Conn {
     receive_max: u16,
     max_packet: u32,
     alias_max: u16,
-    aliases_out: HashMap<Arc<str>, u16>,
-    aliases_in: HashMap<u16, Arc<str>>,
+    /// Topic aliases both ways, allocated when the first one is used (most clients use none).
+    aliases: Option<Box<Aliases>>,
     /// Acks, SUBACKs and other control packets, sent before deliveries.
     control: VecDeque<Outbound>,
     /// In the router's ready list.
@@ -130,10 +139,13 @@ struct Session {
     /// Entries of `inflight` in state `RelGated`.
     rel_gated: u16,
     next_pkid: u16,
-    /// QoS 2 packet ids received and not yet released (4.3.3).
-    incoming_qos2: HashSet<u16>,
+    /// QoS 2 packet ids received and not yet released (4.3.3); at most the server's Receive
+    /// Maximum of them. A tree (24 B) rather than a hash set (48 B): a session is what an idle
+    /// client costs.
+    incoming_qos2: BTreeSet<u16>,
     conn: Option<Conn>,
-    will: Option<Will>,
+    /// Boxed: most sessions have none, and a session is what an idle client costs.
+    will: Option<Box<Will>>,
     will_at: Option<Instant>,
     expires_at: Option<Instant>,
     /// Messages dropped since the queue last drained (for the drop log).
@@ -157,7 +169,7 @@ impl Session {
             window: 0,
             rel_gated: 0,
             next_pkid: 0,
-            incoming_qos2: HashSet::new(),
+            incoming_qos2: BTreeSet::new(),
             conn: None,
             will: None,
             will_at: None,
@@ -173,10 +185,10 @@ impl Session {
     }
 }
 
-/// The sizes of a session's and a connection's state (the idle-cost test).
+/// The size of a session's state, its connection's included (the idle-cost test).
 #[cfg(test)]
-pub(crate) fn state_sizes() -> (usize, usize) {
-    (std::mem::size_of::<Session>(), std::mem::size_of::<Conn>())
+pub(crate) fn session_size() -> usize {
+    std::mem::size_of::<Session>()
 }
 
 /// The next free outbound packet id (2.2.1): non-zero, not in use by an inflight delivery.
@@ -224,7 +236,9 @@ fn mark_ready(ready: &mut VecDeque<ConnId>, c: &mut Conn) {
 pub struct Router {
     config: Config,
     stats: Stats,
-    sessions: HashMap<Arc<str>, Session>,
+    /// Boxed: the map's table grows to about 1.6 entries per session and keeps its size when
+    /// sessions go, so it holds pointers, not ~400-byte sessions (what an idle client costs).
+    sessions: HashMap<Arc<str>, Box<Session>>,
     conns: HashMap<ConnId, Arc<str>>,
     trie: Trie,
     groups: HashMap<Arc<str>, Group>,
@@ -392,7 +406,7 @@ impl Router {
             props.assigned_client_identifier = Some(id.clone());
             id
         } else {
-            c.client_id.as_str().into()
+            c.client_id.clone()
         };
         let expiry = match c.version {
             Version::V311 if c.clean_start => 0,
@@ -430,13 +444,13 @@ impl Router {
         let session = self
             .sessions
             .entry(client.clone())
-            .or_insert_with(|| Session::new(c.version, expiry, 0));
+            .or_insert_with(|| Box::new(Session::new(c.version, expiry, 0)));
         session.version = c.version;
         session.expiry = expiry;
         session.max_subs = c
             .max_subscriptions
             .unwrap_or(self.config.max_subscriptions_per_client);
-        session.will = c.will;
+        session.will = c.will.map(Box::new);
         session.will_at = None;
         session.expires_at = None;
         // Written at every connection of a persistent session: the record says it is connected
@@ -481,8 +495,7 @@ impl Router {
                 u32::MAX
             },
             alias_max: if v5 { c.topic_alias_maximum } else { 0 },
-            aliases_out: HashMap::new(),
-            aliases_in: HashMap::new(),
+            aliases: None,
             control: VecDeque::new(),
             ready: false,
             held_qos1: 0,

@@ -163,7 +163,7 @@ fuzz_target!(|ops: Vec<Op>| {
                 next += 1;
                 let conn = ConnId(next);
                 let connect = Connect {
-                    client_id: client(*c),
+                    client_id: client(*c).into(),
                     version: if *v5 { Version::V5 } else { Version::V311 },
                     clean_start: *clean,
                     session_expiry_interval: u32::from(*expiry),

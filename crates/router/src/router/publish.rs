@@ -30,12 +30,15 @@ impl Router {
             Some(a) if a == 0 || a > alias_max || !v5 => {
                 return self.close(now, client, reason::TOPIC_ALIAS_INVALID)
             }
-            Some(a) if p.topic.is_empty() => match c.aliases_in.get(&a) {
-                Some(t) => t.clone(),
-                None => return self.close(now, client, reason::PROTOCOL_ERROR),
-            },
+            Some(a) if p.topic.is_empty() => {
+                match c.aliases.as_ref().and_then(|x| x.inbound.get(&a)) {
+                    Some(t) => t.clone(),
+                    None => return self.close(now, client, reason::PROTOCOL_ERROR),
+                }
+            }
             Some(a) => {
-                c.aliases_in.insert(a, p.topic.clone());
+                let aliases = c.aliases.get_or_insert_default();
+                aliases.inbound.insert(a, p.topic.clone());
                 p.topic.clone()
             }
             None => p.topic.clone(),

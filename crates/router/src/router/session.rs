@@ -55,7 +55,7 @@ impl Router {
         let mut publish_will = None;
         match s.will.take() {
             // Will at the earlier of the delay and the session's end (3.1.3.2.2).
-            Some(w) if will && (w.delay_interval == 0 || s.expiry == 0) => publish_will = Some(w),
+            Some(w) if will && (w.delay_interval == 0 || s.expiry == 0) => publish_will = Some(*w),
             Some(w) if will => {
                 let at = now.plus_secs(w.delay_interval.min(s.expiry));
                 s.will = Some(w);
@@ -85,7 +85,12 @@ impl Router {
             self.timers.push(Reverse((at, client.clone())));
         }
         if expiry != 0 && s.stored {
-            let will = s.will.clone().zip(s.will_at).map(|(w, at)| (at, w));
+            let will = s
+                .will
+                .as_deref()
+                .cloned()
+                .zip(s.will_at)
+                .map(|(w, at)| (at, w));
             self.store.write(StorageWrite::Disconnected {
                 client_id: client.clone(),
                 at: now,
@@ -126,7 +131,7 @@ impl Router {
         }
         self.reroute(now, client, moved);
         if let (Some(w), Some(_)) = (s.will.take(), s.will_at) {
-            self.publish_will(now, client, w);
+            self.publish_will(now, client, *w);
         }
         // Last: a crash before this commits keeps the session, so the deliveries handed to other
         // members and the will's are stored before the session that held them is forgotten.
@@ -214,7 +219,7 @@ impl Router {
                 s.will_at = None;
                 let stored = s.stored;
                 if let Some(w) = s.will.take() {
-                    self.publish_will(now, &client, w);
+                    self.publish_will(now, &client, *w);
                     // After the will's deliveries: a crash in between publishes it again (a
                     // duplicate will rather than none).
                     if stored {
@@ -322,7 +327,7 @@ impl Router {
                 self.timers.push(Reverse((at, client.clone())));
             }
             if let Some((at, w)) = r.will {
-                s.will = Some(w);
+                s.will = Some(Box::new(w));
                 s.will_at = Some(at);
                 self.timers.push(Reverse((at, client.clone())));
             }
@@ -330,7 +335,7 @@ impl Router {
                 s.subs.insert(filter.clone(), (*options, *id));
             }
             let subs = r.subscriptions;
-            self.sessions.insert(client.clone(), s);
+            self.sessions.insert(client.clone(), Box::new(s));
             for (filter, options, id) in subs {
                 self.add_to_index(&client, &filter, options, id);
             }

@@ -43,6 +43,11 @@ impl Router {
         let v5 = s.version == Version::V5;
         let c = s.conn.as_mut()?;
         if let Some(p) = c.control.pop_front() {
+            if c.control.is_empty() {
+                // Drained: its room goes back. Every connection gets a CONNACK and most then
+                // stay idle, each keeping 4 x 64 B otherwise.
+                c.control = VecDeque::new();
+            }
             return Some(p);
         }
         let committed = self.store.committed;
@@ -236,11 +241,11 @@ pub(super) fn build(
         .expires_at
         .filter(|_| v5)
         .map(|e| u32::try_from(e.0.saturating_sub(now.0).div_ceil(1000)).unwrap_or(u32::MAX));
-    let (alias, elided, new) = match c.aliases_out.get(&m.topic) {
+    let outbound = c.aliases.as_ref().map(|a| &a.outbound);
+    let used = outbound.map_or(0, HashMap::len);
+    let (alias, elided, new) = match outbound.and_then(|o| o.get(&m.topic)) {
         Some(a) => (Some(*a), true, false),
-        None if usize::from(c.alias_max) > c.aliases_out.len() => {
-            (Some(c.aliases_out.len() as u16 + 1), false, true)
-        }
+        None if usize::from(c.alias_max) > used => (Some(used as u16 + 1), false, true),
         None => (None, false, false),
     };
     let sub_ids: Vec<u32> = if v5 { q.sub_ids.clone() } else { Vec::new() };
@@ -250,7 +255,8 @@ pub(super) fn build(
     }
     if new {
         if let Some(a) = alias {
-            c.aliases_out.insert(m.topic.clone(), a);
+            let aliases = c.aliases.get_or_insert_default();
+            aliases.outbound.insert(m.topic.clone(), a);
         }
     }
     Some(Delivery {
