@@ -622,6 +622,12 @@ pub async fn measure(
                 completed: phase.in_window,
                 received,
                 dead_letters: phase.dead,
+                // One output per publish (this client reads no batches); its bytes and billing
+                // are not counted: only the cloud-batch tables show them, and those are measured
+                // with the rumqttc subscriber.
+                publishes: received,
+                bytes: 0,
+                billed: 0,
                 latency: o.latency,
                 tally: o.tally,
             };

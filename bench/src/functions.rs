@@ -225,6 +225,9 @@ mod tests {
                 completed: 0,
                 received: 0,
                 dead_letters: 0,
+                publishes: 0,
+                bytes: 0,
+                billed: 0,
                 latency: LatencySummary {
                     samples: 1,
                     p50_us,

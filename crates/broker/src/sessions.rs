@@ -348,13 +348,17 @@ const LOAD_MMAP_BYTES: i64 = 1 << 31;
 /// Rows read, on their way from the store's thread to [`build`].
 enum Rows {
     Sessions(Vec<(i64, RestoredSession)>),
-    Subscriptions(Vec<(i64, (Arc<str>, SubOptions, Option<u32>))>),
+    Subscriptions(Vec<(i64, Subscription)>),
     Qos2(Vec<(i64, u16)>),
     Messages(Vec<(i64, Message)>),
     Queue(Vec<QueueRow>),
     /// With their message id; `None` for rows from before migration 7.
     Retained(Vec<(Option<i64>, Message)>),
 }
+
+/// A `session_subscriptions` row as [`RestoredSession::subscriptions`] holds it: the filter, its
+/// options and its subscription identifier.
+type Subscription = (Arc<str>, SubOptions, Option<u32>);
 
 /// A `session_queue` row.
 struct QueueRow {
