@@ -902,6 +902,22 @@ async fn an_unreadable_stored_shadow_answers_500_and_others_keep_working() {
     assert!(g.log().contains("a stored shadow is unreadable"), "logged");
 }
 
+/// A gateway whose database refuses any write of the thing `doomed` (a trigger that aborts it,
+/// added while the gateway was stopped): a fault injected into the shadow service's commits.
+fn gateway_that_cannot_store_doomed() -> Gateway {
+    let mut g = Gateway::start("");
+    g.stop_with("TERM");
+    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
+    db.execute_batch(
+        "CREATE TRIGGER doomed BEFORE INSERT ON shadows WHEN NEW.thing = 'doomed'
+         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
+    )
+    .unwrap();
+    drop(db);
+    g.restart_stopped();
+    g
+}
+
 /// The shadow service's commit-failure path. A fault injected into the database (a trigger that
 /// aborts any write of the thing `doomed`) makes the commit of a batch fail: every request of the
 /// batch that wrote gets 500, also the one that was fine on its own (it shared the commit), and
@@ -913,16 +929,7 @@ async fn an_unreadable_stored_shadow_answers_500_and_others_keep_working() {
 /// answer is checked against what is stored either way.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failed_commit_answers_500_to_its_whole_batch_and_keeps_none_of_it() {
-    let mut g = Gateway::start("");
-    g.stop_with("TERM");
-    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER doomed BEFORE INSERT ON shadows WHEN NEW.thing = 'doomed'
-         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
-    )
-    .unwrap();
-    drop(db);
-    g.restart_stopped();
+    let g = gateway_that_cannot_store_doomed();
     let mut doomed = Device::connect(&g, "w-doomed", "doomed", None).await;
     let mut raw = RawClient::connect(g.mqtt_addr(), "burst").await;
     let update = |thing: &str, token: &str| {
@@ -979,16 +986,7 @@ async fn a_failed_commit_answers_500_to_its_whole_batch_and_keeps_none_of_it() {
 /// shadow read afterwards is at version k, with the value of the last accepted update.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn updates_built_on_a_failed_commit_are_never_accepted_beyond_what_is_stored() {
-    let mut g = Gateway::start("");
-    g.stop_with("TERM");
-    let db = rusqlite::Connection::open(g.data_dir().join("grove.db")).unwrap();
-    db.execute_batch(
-        "CREATE TRIGGER doomed BEFORE INSERT ON shadows WHEN NEW.thing = 'doomed'
-         BEGIN SELECT RAISE(ABORT, 'injected fault'); END;",
-    )
-    .unwrap();
-    drop(db);
-    g.restart_stopped();
+    let g = gateway_that_cannot_store_doomed();
     let mut x = Device::connect(&g, "w-x", "x", None).await;
     let mut raw = RawClient::connect(g.mqtt_addr(), "burst").await;
     let update = |thing: &str, token: String| {
