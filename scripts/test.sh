@@ -75,10 +75,11 @@ cargo build --workspace --bins --locked
 
 # The ARM release builds (fat LTO, two targets: ~15 minutes of both cores, the longest stage) run
 # in the background from here on, at the lowest CPU priority, beside the functions, tests, fuzz
-# and firmware stages: those leave a core or more idle most of the time (the end-to-end tests wait
-# on sockets and timers: 50-95 % idle on 2 cores, measured with vmstat), which the build takes
-# without slowing them down (a nice-19 process gets ~1.5 % of a core that something else wants;
-# the tests are also made to pass with a CPU hog beside them, issue 17). The build's tools are
+# and firmware stages, taking what those leave idle without slowing them down (a nice-19 process
+# gets ~1.5 % of a core that something else wants; the tests are also made to pass with a CPU hog
+# beside them, issue 17). The end-to-end tests leave 50-95 % of 2 cores idle while they run
+# (vmstat), but the stages are mostly compiling, which keeps both cores busy: measured on
+# 2026-12-07, the build still ended ~9 minutes after the last stage (README, "Testing"). The build's tools are
 # installed first, in the foreground, so that two apt-get or rustup runs never race for their
 # locks. It builds in its own directory, so that cargo's lock on the build directory makes no
 # other stage wait for it.
