@@ -135,6 +135,8 @@ impl AwsJobs {
                         return;
                     }
                 }
+                // The pause is the behaviour modelled, not a wait for a fact: AWS IoT Jobs
+                // notifies a rollout's things at `maximumPerMinute`, by its own clock.
                 tokio::time::sleep(every).await;
             }
         });

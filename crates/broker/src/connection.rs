@@ -47,7 +47,8 @@ static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 /// handshake) takes ~2 KiB of state that an established connection no longer needs, and the
 /// goodbye takes the relay by value; inline, both would size the task of every connection, idle
 /// ones included. So both run boxed, and what an idle connection's task holds is its relay and the
-/// relay's wait (BENCHMARKS.md, "Memory per idle connection").
+/// relay's wait (BENCHMARKS.md, "Broker, issue 14 figures re-measured": 2,041 B per idle
+/// connection).
 pub(super) fn serve<S>(
     establish: impl Future<Output = Option<Relay<S>>> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static

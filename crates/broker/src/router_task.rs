@@ -83,7 +83,8 @@ pub(crate) enum Event {
 /// a gateway's connections being idle: tokio's bounded channel allocates a block of 32 slots when
 /// it is made (2 KiB of `Outbound`s), and flume allocates a waker hook each time the connection
 /// waits and keeps its queue's room once drained (about 600 B per idle connection, measured with
-/// heaptrack; BENCHMARKS.md, issue 14 figures). Here the connection takes the waiting packets in
+/// heaptrack while this was written; BENCHMARKS.md has the whole connection's figure, "Broker,
+/// issue 14 figures re-measured"). Here the connection takes the waiting packets in
 /// one swap (their room goes with them) and waits on a `Notify`, which allocates nothing.
 struct Writer {
     state: Mutex<Waiting>,
