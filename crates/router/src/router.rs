@@ -133,6 +133,13 @@ struct Session {
     subs: HashMap<Arc<str>, (SubOptions, Option<u32>)>,
     queue: VecDeque<Queued>,
     queue_bytes: usize,
+    /// A lower bound, in whole seconds of the router's clock, on the earliest Message Expiry of
+    /// the messages in `queue` (`u32::MAX`: none of them expires). A full queue looks for expired
+    /// messages to make room only once `now` has reached it: without it, every delivery to a full
+    /// queue scanned all of it (up to `queue_max_messages`, 10,000 by default), ~10 µs each, and a
+    /// subscriber that fell behind a QoS 0 flood made the router slow for everyone (BENCHMARKS,
+    /// issue 14). 4 bytes, in what was padding: a session is what an idle client costs.
+    expiry_floor: u32,
     inflight: VecDeque<Inflight>,
     /// Sent and unacknowledged entries of `inflight` (bounded by the Receive Maximum).
     window: u16,
@@ -165,6 +172,7 @@ impl Session {
             subs: HashMap::new(),
             queue: VecDeque::new(),
             queue_bytes: 0,
+            expiry_floor: u32::MAX,
             inflight: VecDeque::new(),
             window: 0,
             rel_gated: 0,
@@ -183,6 +191,47 @@ impl Session {
     fn persistent(&self) -> bool {
         self.expiry > 0
     }
+
+    /// Appends a delivery to the queue, keeping `queue_bytes` and `expiry_floor`.
+    fn push_queued(&mut self, q: Queued) {
+        self.queue_bytes += q.bytes();
+        if let Some(e) = q.msg.expires_at {
+            self.expiry_floor = self.expiry_floor.min(whole_secs(e));
+        }
+        self.queue.push_back(q);
+    }
+
+    /// Removes the queued messages that have expired at `now`, if any may have (see
+    /// `expiry_floor`), passing each to `gone`; returns how many.
+    fn drop_expired(&mut self, now: Instant, mut gone: impl FnMut(&Queued)) -> usize {
+        if self.expiry_floor > whole_secs(now) {
+            return 0;
+        }
+        let before = self.queue.len();
+        let mut floor = u32::MAX;
+        self.queue.retain(|q| match q.msg.expires_at {
+            Some(e) if e <= now => {
+                gone(q);
+                false
+            }
+            Some(e) => {
+                floor = floor.min(whole_secs(e));
+                true
+            }
+            None => true,
+        });
+        self.expiry_floor = floor;
+        let removed = before - self.queue.len();
+        if removed > 0 {
+            self.queue_bytes = self.queue.iter().map(Queued::bytes).sum();
+        }
+        removed
+    }
+}
+
+/// `at` in whole seconds, rounded down (a lower bound), below the `u32::MAX` that means never.
+fn whole_secs(at: Instant) -> u32 {
+    u32::try_from(at.0 / 1000).map_or(u32::MAX - 1, |s| s.min(u32::MAX - 1))
 }
 
 /// The size of a session's state, its connection's included (the idle-cost test).

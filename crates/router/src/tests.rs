@@ -1182,6 +1182,45 @@ fn expired_messages_make_room_before_drops() {
     assert_eq!(payloads(&h.deliveries(s)), ["new"]);
 }
 
+/// The same with messages of different lifetimes, arriving at a full queue over time: each
+/// expired message makes room once it has expired, and a message that has not expired yet is
+/// never taken for one (the router only looks for expired messages from the earliest expiry on).
+#[test]
+fn a_full_queue_makes_room_as_each_message_expires() {
+    let mut h = H::with(Config {
+        queue_max_messages: 2,
+        ..Config::default()
+    });
+    let (s, _) = h.connect(persistent("s", 1000));
+    h.sub(s, "t", opts(Q1), None);
+    h.r.connection_lost(h.now, s);
+    let (p, _) = h.connect(c5("p"));
+    for (m, secs) in [("short", 5), ("long", 20)] {
+        let mut x = publish("t", m, Q1, false);
+        x.properties.message_expiry_interval = Some(secs);
+        h.publish(p, x);
+    }
+    h.advance(10);
+    h.pub_(p, "t", "a", Q1);
+    assert_eq!(h.r.stats().expired, 1, "short made room for a");
+    h.advance(1);
+    h.pub_(p, "t", "b", Q1);
+    assert_eq!(
+        (h.r.stats().expired, h.r.stats().dropped_queue_full),
+        (1, 1),
+        "long has 9 s left: b is dropped"
+    );
+    h.advance(10);
+    h.pub_(p, "t", "c", Q1);
+    assert_eq!(
+        (h.r.stats().expired, h.r.stats().dropped_queue_full),
+        (2, 1),
+        "long made room for c"
+    );
+    let (s, _) = h.connect(persistent("s", 1000));
+    assert_eq!(payloads(&h.deliveries(s)), ["a", "c"]);
+}
+
 /// 4.3.3 across kill -9: a persistent publisher's unreleased QoS 2 packet id is stored before
 /// PUBREC, so the PUBLISH it resends after a restart is not routed again; the release is stored
 /// before PUBCOMP.

@@ -485,21 +485,15 @@ impl Router {
         };
         if full(s) {
             // Expired messages make room before anything is dropped (3.3.2.3.3).
-            let (before, store) = (s.queue.len(), &mut self.store);
-            s.queue.retain(|q| {
-                let expired = q.msg.expires_at.is_some_and(|e| e <= now);
-                if expired && q.stored {
+            let store = &mut self.store;
+            self.stats.expired += s.drop_expired(now, |q| {
+                if q.stored {
                     store.write(StorageWrite::Dequeued {
                         client_id: client.clone(),
                         message_id: q.msg.id,
                     });
                 }
-                !expired
-            });
-            if s.queue.len() != before {
-                self.stats.expired += (before - s.queue.len()) as u64;
-                s.queue_bytes = s.queue.iter().map(Queued::bytes).sum();
-            }
+            }) as u64;
         }
         if full(s) {
             let mut dropped = 0u64;
@@ -546,8 +540,7 @@ impl Router {
                 subscription_ids: q.sub_ids.clone(),
             }));
         }
-        s.queue_bytes += size;
-        s.queue.push_back(q);
+        s.push_queued(q);
         if let Some(c) = s.conn.as_mut() {
             mark_ready(&mut self.ready, c);
         }

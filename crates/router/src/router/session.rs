@@ -307,10 +307,7 @@ impl Router {
                             dup: true,
                         });
                     }
-                    _ => {
-                        s.queue_bytes += q.bytes();
-                        s.queue.push_back(q);
-                    }
+                    _ => s.push_queued(q),
                 }
             }
             let lost = r.disconnected_at.unwrap_or(now);
