@@ -1113,8 +1113,11 @@ int main(void)
                "\n",
                i, c->seq, c->acked, c->rejected, finished);
     }
-    for (unsigned i = 0; i < P.subscribers; i++) {
-        struct client *c = &subs[i];
+    /* The receivers: the subscribers, or in shadow mode each client, which receives its answers. */
+    struct client *receivers = P.shadow ? pubs : subs;
+    unsigned n_receivers = P.shadow ? P.publishers : P.subscribers;
+    for (unsigned i = 0; i < n_receivers; i++) {
+        struct client *c = &receivers[i];
         printf("sub %u received=%" PRIu64 " foreign=%" PRIu64 " dead=%" PRIu64, i, c->received,
                c->foreign, c->dead);
         if (c->last_ns != 0) {
@@ -1124,8 +1127,6 @@ int main(void)
         }
     }
     /* Deliveries: the subscribers', or in shadow mode each client's accepted answers. */
-    struct client *receivers = P.shadow ? pubs : subs;
-    unsigned n_receivers = P.shadow ? P.publishers : P.subscribers;
     for (unsigned i = 0; i < n_receivers; i++) {
         struct client *c = &receivers[i];
         for (size_t k = 0; k < c->len; k++) {
