@@ -4,8 +4,11 @@
 //!
 //! HTTPS is ureq on rustls (ring, as the cloud link): no runtime of its own, one request at a
 //! time, and already in the binary for the CLI's loopback calls. The trusted roots are the
-//! system's (read once at start by rustls-native-certs, which the cloud link's rumqttc already
-//! brings) plus an optional CA file (`[deploy] artifact_ca`, e.g. a private artifact server's).
+//! system's (read by rustls-native-certs, which the cloud link's rumqttc already brings, at the
+//! first HTTPS fetch: not at start, where reading and parsing the ~150 files of a Debian CA store
+//! cost startup time and resident memory that a gateway which never fetches over HTTPS should not
+//! pay, issue 18) plus an optional CA file (`[deploy] artifact_ca`, e.g. a private artifact
+//! server's, read and checked at start, so that a bad one is a configuration error there).
 //! Redirects may not leave HTTPS.
 //!
 //! A download is resumable. Its bytes go to `{staging}/{sha256}.part` as they arrive, so an
@@ -26,7 +29,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use crate::document::{hex, Artifact, Source};
@@ -67,7 +70,10 @@ pub enum FetcherError {
 /// Fetches artifacts; cheap to clone (the HTTPS agent is shared).
 #[derive(Clone)]
 pub struct Fetcher {
-    agent: ureq::Agent,
+    /// Made at the first HTTPS fetch (see the module doc).
+    agent: Arc<OnceLock<ureq::Agent>>,
+    /// The certificates of `[deploy] artifact_ca`, trusted beside the system's roots.
+    extra_roots: Arc<Vec<ureq::tls::Certificate<'static>>>,
     staging: Arc<PathBuf>,
 }
 
@@ -87,52 +93,61 @@ impl Fetcher {
             path: staging.display().to_string(),
             message: e.to_string(),
         })?;
-        let mut roots: Vec<ureq::tls::Certificate<'static>> = Vec::new();
-        // A system without a CA bundle (a minimal image) still fetches from a server the
-        // configured CA vouches for; the errors are the unreadable files, not worth stopping for.
-        let native = rustls_native_certs::load_native_certs();
-        for e in &native.errors {
-            tracing::debug!(error = %e, "a system CA certificate could not be read");
-        }
-        roots.extend(
-            native
-                .certs
-                .iter()
-                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned()),
-        );
+        let mut extra_roots = Vec::new();
         if let Some(path) = extra_ca {
             let ca = |message: String| FetcherError::Ca {
                 path: path.display().to_string(),
                 message,
             };
             let pem = std::fs::read(path).map_err(|e| ca(e.to_string()))?;
-            let before = roots.len();
             for item in ureq::tls::parse_pem(&pem) {
                 if let ureq::tls::PemItem::Certificate(c) = item.map_err(|e| ca(e.to_string()))? {
-                    roots.push(c);
+                    extra_roots.push(c);
                 }
             }
-            if roots.len() == before {
+            if extra_roots.is_empty() {
                 return Err(ca("no certificate in it".to_owned()));
             }
         }
-        let tls = ureq::tls::TlsConfig::builder()
-            .provider(ureq::tls::TlsProvider::Rustls)
-            .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
-            .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
-            .build();
-        let agent = ureq::Agent::config_builder()
-            .tls_config(tls)
-            .https_only(true)
-            // 206, 200 and 416 are read; other statuses become errors naming the status.
-            .http_status_as_error(false)
-            .timeout_connect(Some(CONNECT))
-            .timeout_per_read(Some(READ_IDLE))
-            .build()
-            .into();
         Ok(Fetcher {
-            agent,
+            agent: Arc::new(OnceLock::new()),
+            extra_roots: Arc::new(extra_roots),
             staging: Arc::new(staging),
+        })
+    }
+
+    /// The HTTPS agent, made on first use: it trusts the system's roots and `extra_roots`.
+    fn agent(&self) -> &ureq::Agent {
+        self.agent.get_or_init(|| {
+            // A system without a CA bundle (a minimal image) still fetches from a server the
+            // configured CA vouches for; the errors are the unreadable files, not worth failing
+            // a fetch for.
+            let native = rustls_native_certs::load_native_certs();
+            for e in &native.errors {
+                tracing::debug!(error = %e, "a system CA certificate could not be read");
+            }
+            let roots: Vec<ureq::tls::Certificate<'static>> = native
+                .certs
+                .iter()
+                .map(|c| ureq::tls::Certificate::from_der(c.as_ref()).to_owned())
+                .chain(self.extra_roots.iter().cloned())
+                .collect();
+            let tls = ureq::tls::TlsConfig::builder()
+                .provider(ureq::tls::TlsProvider::Rustls)
+                .root_certs(ureq::tls::RootCerts::new_with_certs(&roots))
+                .unversioned_rustls_crypto_provider(Arc::new(
+                    rustls::crypto::ring::default_provider(),
+                ))
+                .build();
+            ureq::Agent::config_builder()
+                .tls_config(tls)
+                .https_only(true)
+                // 206, 200 and 416 are read; other statuses become errors naming the status.
+                .http_status_as_error(false)
+                .timeout_connect(Some(CONNECT))
+                .timeout_per_read(Some(READ_IDLE))
+                .build()
+                .into()
         })
     }
 
@@ -258,7 +273,7 @@ impl Fetcher {
         left: Duration,
     ) -> Result<(), Attempt> {
         let interrupted = |e: &dyn std::fmt::Display| Attempt::Interrupted(e.to_string());
-        let mut request = self.agent.get(url);
+        let mut request = self.agent().get(url);
         if have > 0 {
             request = request.header("Range", format!("bytes={have}-"));
         }
