@@ -13,18 +13,22 @@ run_start=$(date +%s)
 stage=""
 stage_start=$run_start
 times=()
-# CPU seconds used so far by the finished children of this shell (bash's `times`, second line).
+# CPU seconds used so far by the finished children of this shell, into $cpu: bash's `times`
+# (its second line), which must run in this shell, not in a $(...) subshell that has no children.
+times_file="$(mktemp)"
 children_cpu() {
-  times | awk 'NR == 2 {
+  times >"$times_file"
+  cpu=$(awk 'NR == 2 {
     t = 0
     for (i = 1; i <= 2; i++) { split($i, a, /[ms]/); t += a[1] * 60 + a[2] }
-    printf "%d", t }'
+    printf "%d", t }' "$times_file")
 }
-stage_cpu=$(children_cpu)
+children_cpu
+stage_cpu=$cpu
 step() {
-  local now cpu
+  local now
   now=$(date +%s)
-  cpu=$(children_cpu)
+  children_cpu
   [ -z "$stage" ] || times+=("$(printf '%-50s %5d s wall %6d s CPU' "$stage" "$((now - stage_start))" "$((cpu - stage_cpu))")")
   stage="$*"
   stage_start=$now
@@ -150,4 +154,6 @@ CROSS_BUILT=1 CARGO_TARGET_DIR="$cross_dir" bash cross/ci.sh
 
 step "all tests passed"
 printf '%s\n' "${times[@]}"
-printf '%-50s %5d s wall %6d s CPU\n' total "$(($(date +%s) - run_start))" "$(children_cpu)"
+children_cpu
+printf '%-50s %5d s wall %6d s CPU\n' total "$(($(date +%s) - run_start))" "$cpu"
+rm -f "$times_file"
