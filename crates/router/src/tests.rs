@@ -1157,10 +1157,9 @@ fn shared_inflight_requeued_when_member_session_ends() {
     assert!(!h.r.has_session("a"));
 }
 
-/// 3.3.2.3.3 with the queue bound: expired messages make room in a full queue before anything
-/// is dropped.
-#[test]
-fn expired_messages_make_room_before_drops() {
+/// A router whose sessions queue at most 2 messages, with a persistent session "s" subscribed to
+/// `t` at QoS 1 and offline, and a connected publisher (returned).
+fn offline_subscriber_queueing_two() -> (H, ConnId) {
     let mut h = H::with(Config {
         queue_max_messages: 2,
         ..Config::default()
@@ -1169,10 +1168,23 @@ fn expired_messages_make_room_before_drops() {
     h.sub(s, "t", opts(Q1), None);
     h.r.connection_lost(h.now, s);
     let (p, _) = h.connect(c5("p"));
+    (h, p)
+}
+
+/// `p` publishes `payload` on `t` at QoS 1 with a Message Expiry Interval of `secs`.
+fn publish_expiring(h: &mut H, p: ConnId, payload: &str, secs: u32) {
+    let mut x = publish("t", payload, Q1, false);
+    x.properties.message_expiry_interval = Some(secs);
+    h.publish(p, x);
+}
+
+/// 3.3.2.3.3 with the queue bound: expired messages make room in a full queue before anything
+/// is dropped.
+#[test]
+fn expired_messages_make_room_before_drops() {
+    let (mut h, p) = offline_subscriber_queueing_two();
     for m in ["old1", "old2"] {
-        let mut x = publish("t", m, Q1, false);
-        x.properties.message_expiry_interval = Some(5);
-        h.publish(p, x);
+        publish_expiring(&mut h, p, m, 5);
     }
     h.advance(10);
     h.pub_(p, "t", "new", Q1);
@@ -1187,36 +1199,20 @@ fn expired_messages_make_room_before_drops() {
 /// never taken for one (the router only looks for expired messages from the earliest expiry on).
 #[test]
 fn a_full_queue_makes_room_as_each_message_expires() {
-    let mut h = H::with(Config {
-        queue_max_messages: 2,
-        ..Config::default()
-    });
-    let (s, _) = h.connect(persistent("s", 1000));
-    h.sub(s, "t", opts(Q1), None);
-    h.r.connection_lost(h.now, s);
-    let (p, _) = h.connect(c5("p"));
-    for (m, secs) in [("short", 5), ("long", 20)] {
-        let mut x = publish("t", m, Q1, false);
-        x.properties.message_expiry_interval = Some(secs);
-        h.publish(p, x);
+    let (mut h, p) = offline_subscriber_queueing_two();
+    publish_expiring(&mut h, p, "short", 5);
+    publish_expiring(&mut h, p, "long", 20);
+    // (seconds later, what is published, (expired, dropped) so far, why)
+    for (secs, m, counts, why) in [
+        (10, "a", (1, 0), "short made room for a"),
+        (1, "b", (1, 1), "long has 9 s left: b is dropped"),
+        (10, "c", (2, 1), "long made room for c"),
+    ] {
+        h.advance(secs);
+        h.pub_(p, "t", m, Q1);
+        let stats = h.r.stats();
+        assert_eq!((stats.expired, stats.dropped_queue_full), counts, "{why}");
     }
-    h.advance(10);
-    h.pub_(p, "t", "a", Q1);
-    assert_eq!(h.r.stats().expired, 1, "short made room for a");
-    h.advance(1);
-    h.pub_(p, "t", "b", Q1);
-    assert_eq!(
-        (h.r.stats().expired, h.r.stats().dropped_queue_full),
-        (1, 1),
-        "long has 9 s left: b is dropped"
-    );
-    h.advance(10);
-    h.pub_(p, "t", "c", Q1);
-    assert_eq!(
-        (h.r.stats().expired, h.r.stats().dropped_queue_full),
-        (2, 1),
-        "long made room for c"
-    );
     let (s, _) = h.connect(persistent("s", 1000));
     assert_eq!(payloads(&h.deliveries(s)), ["a", "c"]);
 }
