@@ -91,13 +91,13 @@ cargo build --workspace --bins --locked
 
 # The ARM release builds of `grove` (fat LTO, two targets: 1,496 s of CPU, 13 minutes on the idle
 # 2-core machine, measured 2026-12-07; the simulator is no longer built for ARM, see
-# cross/build.sh) run in the background from here on, at the lowest CPU priority, beside the functions, tests, fuzz
-# and firmware stages, taking what those leave idle without slowing them down (a nice-19 process
-# gets ~1.5 % of a core that something else wants; the tests are also made to pass with a CPU hog
-# beside them, issue 17). The end-to-end tests leave 50-95 % of 2 cores idle while they run
-# (vmstat), but the stages are mostly compiling, which keeps both cores busy: measured on
-# 2026-12-07, the build still ended ~9 minutes after the last stage, the whole run being CPU-bound
-# (3,832 s of CPU in 2,009 s on 2 cores; README, "Testing"). The build's tools are
+# cross/build.sh) run in the background from here on, at the lowest CPU priority, beside the
+# functions, tests, fuzz and firmware stages, taking what those leave idle without slowing them
+# down (a nice-19 process gets ~1.5 % of a core that something else wants; the tests are also made
+# to pass with a CPU hog beside them, issue 17). The end-to-end tests leave 50-95 % of 2 cores idle
+# while they run (vmstat), but the stages are mostly compiling, which keeps both cores busy:
+# measured on 2026-12-07, the build still ended ~9 minutes after the last stage, the whole run
+# being CPU-bound (3,832 s of CPU in 2,009 s on 2 cores; README, "Testing"). The build's tools are
 # installed first, in the foreground, so that two apt-get or rustup runs never race for their
 # locks. It builds in its own directory, so that cargo's lock on the build directory makes no
 # other stage wait for it.
