@@ -102,7 +102,7 @@ pub struct BrokerConfig {
     /// Deliveries in flight (sent, unacknowledged) to one client at most, whatever its Receive
     /// Maximum (MQTT 3.1.1 declares none).
     pub max_inflight_messages: u16,
-    /// The longest a QoS 1/2 publisher's acknowledgements wait for a congested subscriber;
+    /// The longest a publisher is held (acks waiting, not read) for a congested subscriber;
     /// still congested then, it is stuck, and holds nobody back until it has caught up.
     pub backpressure_hold_ms: u64,
     /// Keep alive the server imposes on MQTT 5 clients (declared in CONNACK, 3.2.2.3.14);

@@ -131,7 +131,7 @@ impl BrokerMetrics {
         );
         b.register(
             "publisher_holds",
-            "Times a publishing connection stopped reading because the router's queued bytes for subscribers were over its limit (flow control)",
+            "Times a publishing connection stopped reading (flow control): the router's queued bytes for subscribers were over its limit, or a subscriber of its messages had more queued than its backpressure mark",
             self.holds.clone(),
         );
         b.register(

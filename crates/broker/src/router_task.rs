@@ -104,6 +104,9 @@ struct Waiting {
     abandoned: bool,
     /// Something outside the router asks the connection to look (see [`Nudge`]).
     nudged: bool,
+    /// The core holds this publisher for a congested subscriber (`Router::poll_hold`): the
+    /// connection stops reading it.
+    held: bool,
 }
 
 impl Writer {
@@ -203,6 +206,11 @@ impl Outlet {
     /// The connection this outlet belongs to.
     pub(crate) fn conn(&self) -> ConnId {
         self.conn
+    }
+
+    /// Whether the router holds this publisher for a congested subscriber (backpressure).
+    pub(crate) fn held(&self) -> bool {
+        self.writer.lock().held
     }
 
     /// A handle that wakes this outlet's [`Outlet::recv`].
@@ -534,6 +542,11 @@ impl Task {
         }
         self.paused
             .store(self.router.reading_paused(), Ordering::Relaxed);
+        while let Some((conn, held)) = self.router.poll_hold() {
+            if let Some(link) = self.links.get(&conn) {
+                link.0.lock().held = held;
+            }
+        }
         self.metrics
             .router_stats(&mut self.counted, self.router.stats());
     }

@@ -45,10 +45,10 @@ pub struct Config {
     /// Bytes (topic + payload) a session may hold: queued behind its inflight window and in it.
     pub queue_max_bytes: usize,
     /// Backpressure: a connected session with this many messages queued is congested, and the
-    /// acknowledgement of a QoS 1/2 PUBLISH that reaches it at QoS 1/2 is held until its queue is
-    /// down to half of this (see `Router::reading_paused` for QoS 0), so a publisher that waits
-    /// for its acks (every client library bounds what it has in flight) goes at the speed of its
-    /// slowest subscriber instead of filling that subscriber's queue until messages are dropped.
+    /// publisher of a message that reaches it is held until its queue is down to half of this:
+    /// its acks wait and the shell stops reading it (`Router::poll_hold`), so it goes at the speed
+    /// of its slowest subscriber (every client library bounds what it has in flight) instead of
+    /// filling that subscriber's queue until messages are dropped.
     pub backpressure_messages: usize,
     /// Backpressure: the same, in queued bytes (topic + payload).
     pub backpressure_bytes: usize,

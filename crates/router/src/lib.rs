@@ -119,10 +119,11 @@
 //! Publishers are slowed at the source four ways:
 //!
 //! * Backpressure ([`Config::backpressure_messages`], `_bytes`): a connected session with that
-//!   much queued is congested, and the PUBACK/PUBREC of a QoS 1/2 PUBLISH that reaches it at QoS
-//!   1/2 is held (with every later ack of that connection, in order) until it has caught up to
-//!   half the mark. Every client library bounds what it has in flight, so its publisher then goes
-//!   at the pace of its slowest subscriber instead of filling that queue until messages are
+//!   much queued is congested, and the publisher of a message that reaches it is held until it
+//!   has caught up to half the mark: its PUBACK/PUBREC waits (with every later ack of that
+//!   connection, in order), and the shell stops reading it ([`Router::poll_hold`]; QoS 0 has no
+//!   ack to hold). Every client library bounds what it has in flight, so a publisher then goes at
+//!   the pace of its slowest subscriber instead of filling that queue until messages are
 //!   dropped; publishers of other topics are not held. A hold lasts
 //!   [`Config::backpressure_max_hold_ms`] at most: a session still congested then is stalled
 //!   (stuck, not slow) and holds nobody until it has caught up, so one stuck subscriber delays

@@ -357,6 +357,8 @@ pub struct Router {
     park_deadlines: VecDeque<(Instant, ConnId)>,
     /// The congested sessions the message being routed reached (scratch of `on_publish`).
     blockers: Vec<Arc<str>>,
+    /// Holds begun and ended, for the shell ([`Router::poll_hold`]).
+    hold_changes: VecDeque<(ConnId, bool)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -396,6 +398,7 @@ impl Router {
             parked: HashMap::new(),
             park_deadlines: VecDeque::new(),
             blockers: Vec::new(),
+            hold_changes: VecDeque::new(),
         }
     }
 

@@ -88,6 +88,11 @@ impl Router {
         self.next_msg_id += 1;
         self.blockers.clear();
         let seq = self.route(now, client, msg);
+        let blockers = std::mem::take(&mut self.blockers);
+        if !blockers.is_empty() {
+            self.park(now, client, &blockers);
+        }
+        self.blockers = blockers;
         let ack = Ack {
             pkid: p.pkid,
             reason: reason::SUCCESS,
@@ -113,11 +118,6 @@ impl Router {
                 seq = Some(self.store.write(w));
             }
         }
-        let blockers = std::mem::take(&mut self.blockers);
-        if !blockers.is_empty() {
-            self.park(now, client, &blockers);
-        }
-        self.blockers = blockers;
         self.ack_publisher(client, packet, seq);
     }
 
@@ -564,14 +564,11 @@ impl Router {
                 subscription_ids: q.sub_ids.clone(),
             }));
         }
-        let qos = q.qos;
         s.push_queued(q);
         if let Some(c) = s.conn.as_mut() {
             mark_ready(&mut self.ready, c);
-            // Backpressure: the publisher's ack will wait for this session (`park`).
-            if qos != QoS::AtMostOnce
-                && (s.queue.len() >= cfg.backpressure_messages
-                    || s.queue_bytes >= cfg.backpressure_bytes)
+            // Backpressure: the publisher will wait for this session (`park`).
+            if s.queue.len() >= cfg.backpressure_messages || s.queue_bytes >= cfg.backpressure_bytes
             {
                 if !c.congested {
                     c.congested = true;
@@ -586,9 +583,10 @@ impl Router {
         seq
     }
 
-    /// Holds the acks of `client`'s connection (the current one and every later one, in order:
-    /// [MQTT-4.6.0-2], [MQTT-4.6.0-3]) until the congested sessions `blockers` drain to half
-    /// their mark, or for [`Config::backpressure_max_hold_ms`] at most (`handle_timeout`).
+    /// Holds `client`'s connection until the congested sessions `blockers` drain to half their
+    /// mark, or for [`Config::backpressure_max_hold_ms`] at most (`handle_timeout`): its acks
+    /// wait (the current one and every later one, in order: [MQTT-4.6.0-2], [MQTT-4.6.0-3]), and
+    /// the shell stops reading it ([`Router::poll_hold`]), which is what slows a QoS 0 publisher.
     fn park(&mut self, now: Instant, client: &Arc<str>, blockers: &[Arc<str>]) {
         let Some(conn) = self.sessions.get(client).and_then(|s| s.conn.as_ref()) else {
             return;
@@ -596,9 +594,11 @@ impl Router {
         let conn = conn.id;
         let deadlines = &mut self.park_deadlines;
         let hold = self.config.backpressure_max_hold_ms;
+        let changes = &mut self.hold_changes;
         let p = self.parked.entry(conn).or_insert_with(|| {
             let deadline = now.plus_millis(hold);
             deadlines.push_back((deadline, conn));
+            changes.push_back((conn, true));
             Parked {
                 client: client.clone(),
                 acks: VecDeque::new(),
@@ -615,8 +615,14 @@ impl Router {
             }
         }
         if p.waiting_on.is_empty() {
-            self.parked.remove(&conn);
+            self.release(conn);
         }
+    }
+
+    /// The next change of a connection's hold (`true`: held, stop reading it; `false`: read it
+    /// again), in order. A connection that goes while held has no `false`: it is gone.
+    pub fn poll_hold(&mut self) -> Option<(ConnId, bool)> {
+        self.hold_changes.pop_front()
     }
 
     /// A congested session drained (`stalled` false: it no longer is congested) or is found
@@ -667,6 +673,7 @@ impl Router {
         let Some(p) = self.parked.remove(&conn) else {
             return;
         };
+        self.hold_changes.push_back((conn, false));
         for (packet, seq) in p.acks {
             if matches!(packet, Outbound::PubAck(_)) {
                 let c = self

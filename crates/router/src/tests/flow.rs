@@ -223,3 +223,49 @@ fn held_acks_of_a_publisher_that_does_not_wait_for_them_are_bounded() {
     assert_eq!(h.r.stats().acks_backpressured, 11);
     assert_eq!(h.r.stats().backpressure_stalls, 1);
 }
+
+/// Holds the shell has been told of for `conn`, in order.
+fn holds(h: &mut H, conn: ConnId) -> Vec<bool> {
+    std::iter::from_fn(|| h.r.poll_hold())
+        .filter(|(c, _)| *c == conn)
+        .map(|(_, held)| held)
+        .collect()
+}
+
+/// QoS 0 has no ack to hold: a QoS 0 publisher to a congested subscriber is held by the shell
+/// not reading it (`poll_hold`) until the subscriber has caught up.
+#[test]
+fn a_congested_subscriber_holds_its_qos_0_publisher_from_being_read() {
+    let mut h = H::with(congestible());
+    let (s, p) = h.subscriber_and_publisher(c5("s"), Q0);
+    for i in 0..3 {
+        h.pub_(p, "t", &i.to_string(), Q0);
+    }
+    assert!(holds(&mut h, p).is_empty(), "3 queued: below the mark");
+    h.pub_(p, "t", "3", Q0);
+    assert_eq!(holds(&mut h, p), [true]);
+    assert_eq!(h.deliveries(s).len(), 4);
+    assert_eq!(holds(&mut h, p), [false]);
+}
+
+/// A QoS 0 subscriber whose queue does not drain (its socket takes nothing) is stalled after the
+/// hold, and the publisher is read again.
+#[test]
+fn a_stuck_qos_0_subscriber_holds_its_publisher_once_for_the_hold() {
+    let mut h = H::with(congestible());
+    let (_s, p) = h.subscriber_and_publisher(c5("s"), Q0);
+    for i in 0..4 {
+        h.pub_(p, "t", &i.to_string(), Q0);
+    }
+    assert_eq!(holds(&mut h, p), [true]);
+    h.advance(1);
+    assert_eq!(holds(&mut h, p), [false]);
+    assert_eq!(h.r.stats().backpressure_stalls, 1);
+    for i in 4..20 {
+        h.pub_(p, "t", &i.to_string(), Q0);
+    }
+    assert!(
+        holds(&mut h, p).is_empty(),
+        "a stalled subscriber holds nobody"
+    );
+}
