@@ -4,7 +4,8 @@
 //! and `/metrics` read nothing but the shared [`Metrics`], so they can never block the gateway's
 //! work. On a loopback address it also serves the admin routes of `grove fn` (the functions
 //! component's) and of `grove device remove` ([`devices_router`]: apply a revocation now and
-//! confirm it).
+//! confirm it). Where `[console]` allows, it serves the web console under `/console`
+//! (`grove-console`, with its own sign-in: see `crate::console`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -39,12 +40,12 @@ struct Ops {
     started: Instant,
 }
 
-/// Serves the endpoint on `listener` until `shutdown` completes; `admin` adds the routes `grove fn`
-/// uses (the functions component's, see `functions::admin`).
+/// Serves the endpoint on `listener` until `shutdown` completes; `routes` adds the admin routes of
+/// the CLI (loopback only, see `run`) and the web console (`grove_console`, under `/console`).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    admin: Option<Router>,
+    routes: Option<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
@@ -54,7 +55,7 @@ pub async fn serve(
             metrics,
             started: Instant::now(),
         })
-        .merge(admin.unwrap_or_default());
+        .merge(routes.unwrap_or_default());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

@@ -10,6 +10,7 @@
 //! publisher.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +26,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::clients::Listed;
 use crate::codec::{Codec, Version};
 use crate::connect::check_topic_name;
 use crate::connection::{ConnectionSlot, LiveDevice};
@@ -71,6 +73,8 @@ pub(crate) enum End {
     /// The device's registration was removed or changed: it ends at once, without its will (a
     /// revoked device can leave nothing behind).
     Revoked(String),
+    /// An operator disconnected it (`Clients::disconnect`).
+    Kicked,
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -127,6 +131,9 @@ pub(crate) struct Relay<S> {
     pub(crate) _slot: ConnectionSlot,
     /// A proved device's entry in the live list, removed when the relay is dropped.
     pub(crate) _live: Option<LiveDevice>,
+    /// Its entry in the operators' list of clients (`crate::clients`): its message counts, and
+    /// whether an operator asked for it to end.
+    pub(crate) listed: Listed,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -218,6 +225,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     // (`LiveDevices`): a device no longer registered as it connected ends here.
                     if let Some(end) = self.revoked(false) {
                         return end;
+                    }
+                    if self.listed.kicked() {
+                        return End::Kicked;
                     }
                     if !out.is_empty() {
                         if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
@@ -397,6 +407,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             }
         }
         self.shared.metrics.messages_received.inc();
+        self.listed.counts.received.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .bytes_received
@@ -597,6 +608,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             match packet {
                 Outbound::Publish(d) => {
                     self.shared.metrics.messages_sent.inc();
+                    self.listed.counts.sent.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .metrics
                         .bytes_sent
@@ -677,6 +689,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 self.shared.metrics.refuse("revoked");
                 warn!(%peer, client_id, detail, "closing the connection of a revoked device");
             }
+            End::Kicked => warn!(%peer, client_id, "disconnected by an operator"),
             End::Shutdown => debug!(%peer, client_id, "closing for shutdown"),
         }
         if self.session.codec.version() == Version::V5 {
@@ -684,6 +697,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 End::Refused { code, .. } => Some(*code),
                 End::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
                 End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+                End::Kicked => Some(DisconnectReasonCode::AdministrativeAction),
                 End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
                 _ => None,
             };
@@ -704,7 +718,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     session_expiry_interval: None,
                 }),
             ),
-            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } => Event::Lost(conn),
+            // Closed by the server: the will is due (3.1.2.5).
+            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } | End::Kicked => {
+                Event::Lost(conn)
+            }
         };
         let _ = self.shared.router.send(event).await;
     }
