@@ -218,7 +218,7 @@ pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
                     } }
                     tbody {
                         @for c in &d.clients {
-                            tr data-client=(c.client_id) {
+                            tr data-client=(c.client_id) data-peer=(c.peer) {
                                 th scope="row" { code { (c.client_id) } }
                                 td { (c.peer) }
                                 td { (protocol(c.protocol)) }

@@ -97,6 +97,9 @@ const HISTORY: Duration = Duration::from_secs(3600);
 /// How often a devices stream looks at the connected clients (an in-memory table: no IO).
 const DEVICES_EVERY: Duration = Duration::from_millis(500);
 
+/// How often an idle live stream sends a comment (see `live`).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
 /// The largest form a change may send (a client id and a token).
 const FORM_LIMIT: usize = 16 * 1024;
 
@@ -216,9 +219,11 @@ async fn harden(mut response: Response) -> Response {
         header::X_CONTENT_TYPE_OPTIONS,
         HeaderValue::from_static("nosniff"),
     );
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the console's own form posts
+    // (Fetch's origin serialization), which the same-origin check then refuses.
     h.insert(
         header::REFERRER_POLICY,
-        HeaderValue::from_static("no-referrer"),
+        HeaderValue::from_static("same-origin"),
     );
     h.entry(header::CACHE_CONTROL)
         .or_insert(HeaderValue::from_static("no-store"));
@@ -362,20 +367,21 @@ async fn sign_in(State(shell): State<Shell>, Form(form): Form<SignIn>) -> Respon
         .unwrap_or_else(|p| p.into_inner())
         .check(Instant::now());
     if let Err(wait) = check {
-        let mut r = refused(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Too many failed sign-ins: wait a minute.",
+        return retry_after(
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed sign-ins: wait a minute.",
+            ),
+            wait,
         );
-        r.headers_mut().insert(
-            header::RETRY_AFTER,
-            HeaderValue::from(wait.as_secs().max(1)),
-        );
-        return r;
     }
     let Ok(_running) = shell.0.argon2.try_acquire() else {
-        return refused(
-            StatusCode::TOO_MANY_REQUESTS,
-            "Another sign-in is being checked: try again.",
+        return retry_after(
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Another sign-in is being checked: try again.",
+            ),
+            Duration::from_secs(1),
         );
     };
     let matches = tokio::task::spawn_blocking(move || {
@@ -404,6 +410,15 @@ async fn sign_in(State(shell): State<Shell>, Form(form): Form<SignIn>) -> Respon
         Redirect::to(OVERVIEW),
     )
         .into_response()
+}
+
+/// `response` with a `Retry-After` of `wait` (at least a second).
+fn retry_after(mut response: Response, wait: Duration) -> Response {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    response
 }
 
 async fn sign_out(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
@@ -542,8 +557,10 @@ where
             }
         }
     });
+    // A closed tab is noticed at the next write: a comment every few seconds gives its place in
+    // the streams' budget back soon.
     Sse::new(events)
-        .keep_alive(KeepAlive::default())
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
         .into_response()
 }
 
