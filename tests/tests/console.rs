@@ -105,6 +105,9 @@ fn the_session_cookie_is_http_only_and_strictly_same_site() {
     }
 }
 
+/// A refused change: what is wrong with it, its headers, its CSRF token.
+type Refused<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
 #[test]
 fn a_cross_site_post_is_refused_and_only_a_same_origin_one_with_the_token_is_taken() {
     let (g, c) = console_gateway("");
@@ -113,7 +116,8 @@ fn a_cross_site_post_is_refused_and_only_a_same_origin_one_with_the_token_is_tak
     let other = c.session();
     assert!(listed(&c, &s, "sensor-1"));
     let own = c.origin().to_owned();
-    let refused: &[(&str, &[(&str, &str)], Option<&str>)] = &[
+    // (what is wrong, the request's headers, the form's CSRF token)
+    let refused: &[Refused] = &[
         (
             "a foreign Origin",
             &[("Origin", "http://evil.example")],
@@ -457,6 +461,11 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         .unwrap()
         .expect("the row's address");
     b.screenshot(&shots, "devices").await;
+    // A phone-sized window.
+    b.web.set_window_size(390, 844).await.unwrap();
+    b.wait("#clients tr[data-client='sensor-1']").await;
+    b.screenshot(&shots, "devices-narrow").await;
+    b.web.set_window_size(1280, 900).await.unwrap();
     // By keyboard: focus the row's button and press Enter.
     let button = b.wait("button[aria-label='Disconnect sensor-1']").await;
     button.send_keys("\u{E007}").await.unwrap();
@@ -465,10 +474,6 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         .await;
     g.wait_log(&["disconnected by an operator", "sensor-1"], 1);
     b.screenshot(&shots, "devices-after-disconnect").await;
-    // A phone-sized window.
-    b.web.set_window_size(390, 844).await.unwrap();
-    b.wait("#clients").await;
-    b.screenshot(&shots, "devices-narrow").await;
     b.web.clone().close().await.unwrap();
     if std::env::var_os("GROVE_CONSOLE_DOCS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
