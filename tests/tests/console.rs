@@ -28,21 +28,9 @@ fn console_gateway(extra: &str) -> (Gateway, Console) {
     (g, c)
 }
 
-/// A mosquitto_sub connected as `id` (MQTT 5), subscribed.
+/// A device: mosquitto_sub connected as `id` (MQTT 5), subscribed.
 fn device(g: &Gateway, id: &str) -> MosquittoSub {
-    let port = g.mqtt_port.to_string();
-    MosquittoSub::start(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-V",
-        "mqttv5",
-        "-i",
-        id,
-        "-t",
-        "site/#",
-    ])
+    MosquittoSub::connect_v5(g.mqtt_port, id, "site/#")
 }
 
 fn listed(c: &Console, s: &Session, id: &str) -> bool {
@@ -392,6 +380,10 @@ impl Browser {
             .unwrap_or_else(|e| panic!("no {css}: {e}\n{}", futures_source(&self.web)))
     }
 
+    async fn click(&self, css: &str) {
+        self.wait(css).await.click().await.unwrap();
+    }
+
     async fn screenshot(&self, dir: &Path, name: &str) {
         let png = self.web.screenshot().await.expect("a screenshot");
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
@@ -434,11 +426,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         .ends_with("/console/signin"));
     b.screenshot(&shots, "signin").await;
     password.send_keys(PASSWORD).await.unwrap();
-    b.wait("form button[type=submit]")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("form button[type=submit]").await;
     // The overview, live.
     b.wait("dd#health").await;
     b.wait("p.stream[data-state=live]").await;
@@ -446,11 +434,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
     b.wait(".chart polyline[points*=',']").await;
     b.screenshot(&shots, "overview").await;
     // The devices page: nothing connected yet; then a mosquitto client appears without a reload.
-    b.wait("a[href='/console/devices']")
-        .await
-        .click()
-        .await
-        .unwrap();
+    b.click("a[href='/console/devices']").await;
     b.wait("#clients").await;
     b.wait("p.stream[data-state=live]").await;
     let _sensor = device(&g, "sensor-1");
