@@ -2,15 +2,11 @@
 //! from the metrics and the process, the broker's connected clients, and their disconnect.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use grove_broker::clients::Clients;
 use grove_console::{Client, Gateway, Pending, Reading};
 
 use crate::metrics::Metrics;
-
-/// How long a disconnect from the console waits for the connection to end.
-const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// The gateway as the console sees it.
 pub struct ConsoleView {
@@ -54,13 +50,16 @@ impl Gateway for ConsoleView {
             .collect()
     }
 
+    /// Through the checks of `grove clients disconnect` (`crate::ops::disconnect_client`); a
+    /// client that has already gone counts as done (the operator wanted it gone).
     fn disconnect(&self, client_id: String) -> Pending<Result<usize, String>> {
         let clients = self.clients.clone();
         Box::pin(async move {
-            clients
-                .disconnect(&client_id, DISCONNECT_WAIT)
-                .await
-                .map_err(|open| format!("{open} connection(s) still open"))
+            match crate::ops::disconnect_client(&clients, &client_id).await {
+                Ok(n) => Ok(n),
+                Err((axum::http::StatusCode::NOT_FOUND, _)) => Ok(0),
+                Err((_, why)) => Err(why),
+            }
         })
     }
 }

@@ -120,6 +120,20 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT", global = true)]
         ops: Option<SocketAddr>,
     },
+    /// The clients connected to a running gateway: disconnect one (as the web console's devices
+    /// page does).
+    ///
+    /// The gateway is reached through its ops endpoint on loopback, as `grove fn` does.
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+        /// The gateway's configuration file, to find its ops endpoint.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The gateway's ops endpoint (overrides --config).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        ops: Option<SocketAddr>,
+    },
     /// The web console (http://127.0.0.1:9464/console by default): its operator password.
     Console {
         #[command(subcommand)]
@@ -136,6 +150,16 @@ enum Command {
         /// Overwrite the file if it exists.
         #[arg(long)]
         force: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum ClientsAction {
+    /// End the connections of a client id now (MQTT 5 clients are told "administrative action";
+    /// wills are published) and wait until they have ended.
+    Disconnect {
+        /// The client id.
+        client_id: String,
     },
 }
 
@@ -278,6 +302,13 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
+        Command::Clients {
+            action: ClientsAction::Disconnect { client_id },
+            config,
+            ops,
+        } => admin("grove clients", config, ops, |addr| {
+            grove_gateway::ops::request_disconnect(addr, &client_id).map_err(|e| (1, e))
+        }),
         Command::Console { action, config } => match console(action, config) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {

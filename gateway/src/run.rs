@@ -144,6 +144,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     admin
                         .unwrap_or_default()
                         .merge(crate::ops::devices_router(broker.revocations()))
+                        .merge(crate::ops::clients_router(broker.clients()))
                         .merge(grove_deploy::admin::router(deployer))
                         .merge(grove_jobs::admin::router(jobs)),
                 ),

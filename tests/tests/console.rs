@@ -478,3 +478,28 @@ fn futures_source(web: &fantoccini::Client) -> String {
     .join()
     .unwrap()
 }
+
+#[test]
+fn the_cli_disconnects_through_the_same_checks_as_the_console() {
+    let (g, c) = console_gateway("");
+    let _sensor = device(&g, "sensor-2");
+    let s = c.session();
+    assert!(listed(&c, &s, "sensor-2"));
+    let config = g.config_path();
+    let config = config.to_str().unwrap();
+    let (code, out) = grove(
+        &["clients", "disconnect", "nobody", "--config", config],
+        g.dir.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no client \"nobody\" is connected"), "{out}");
+    let (code, out) = grove(
+        &["clients", "disconnect", "sensor-2", "--config", config],
+        g.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("sensor-2: 1 connection(s) closed"), "{out}");
+    // It has ended when the command returns.
+    assert!(!listed(&c, &s, "sensor-2"));
+    g.wait_log(&["an operator disconnects a client", "sensor-2"], 1);
+}
