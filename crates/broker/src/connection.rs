@@ -137,7 +137,7 @@ where
         aliases: Vec::new(),
         _slot: slot,
         _live: live,
-        listed,
+        _listed: listed,
     })
 }
 

@@ -131,9 +131,9 @@ pub(crate) struct Relay<S> {
     pub(crate) _slot: ConnectionSlot,
     /// A proved device's entry in the live list, removed when the relay is dropped.
     pub(crate) _live: Option<LiveDevice>,
-    /// Its entry in the operators' list of clients (`crate::clients`): its message counts, and
-    /// whether an operator asked for it to end.
-    pub(crate) listed: Listed,
+    /// Its entry in the operators' list of clients (`crate::clients`), removed when the relay is
+    /// dropped (its counts are in its writer: `Outlet::counts`).
+    pub(crate) _listed: Listed,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -226,7 +226,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     if let Some(end) = self.revoked(false) {
                         return end;
                     }
-                    if self.listed.kicked() {
+                    if self.session.outlet.counts().kicked.load(Ordering::Relaxed) {
                         return End::Kicked;
                     }
                     if !out.is_empty() {
@@ -407,7 +407,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             }
         }
         self.shared.metrics.messages_received.inc();
-        self.listed.counts.received.fetch_add(1, Ordering::Relaxed);
+        let counts = self.session.outlet.counts();
+        counts.received.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .bytes_received
@@ -608,7 +609,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             match packet {
                 Outbound::Publish(d) => {
                     self.shared.metrics.messages_sent.inc();
-                    self.listed.counts.sent.fetch_add(1, Ordering::Relaxed);
+                    self.session.outlet.counts().sent.fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .metrics
                         .bytes_sent
