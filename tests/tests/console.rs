@@ -325,7 +325,8 @@ struct Browser {
 }
 
 impl Browser {
-    async fn start() -> Browser {
+    /// Starts Chromium with the machine's flags and `extra` ones.
+    async fn start(extra: &[&str]) -> Browser {
         let port = free_port();
         let driver = Command::new("/usr/bin/chromedriver")
             .arg(format!("--port={port}"))
@@ -340,7 +341,8 @@ impl Browser {
         });
         let profile = tempfile::tempdir().unwrap();
         // The flags this machine needs (no sandbox as root, no network beyond loopback).
-        let args = [
+        let user_data = format!("--user-data-dir={}", profile.path().display());
+        let mut args = vec![
             "--headless",
             "--no-sandbox",
             "--disable-gpu",
@@ -350,8 +352,9 @@ impl Browser {
             "--disable-component-update",
             "--disable-sync",
             "--window-size=1280,900",
-            &format!("--user-data-dir={}", profile.path().display()),
+            &user_data,
         ];
+        args.extend_from_slice(extra);
         let capabilities = serde_json::json!({
             "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
         });
@@ -384,6 +387,22 @@ impl Browser {
         self.wait(css).await.click().await.unwrap();
     }
 
+    /// The page's background colour, as the style sheet resolved it.
+    async fn background(&self) -> String {
+        let script = "return getComputedStyle(document.body).backgroundColor";
+        let colour = self.web.execute(script, Vec::new()).await.unwrap();
+        colour.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Signs in on the console at `origin` with the sign-in form.
+    async fn sign_in(&self, origin: &str) {
+        self.web.goto(&format!("{origin}/console")).await.unwrap();
+        let password = self.wait("form input#password").await;
+        password.send_keys(PASSWORD).await.unwrap();
+        self.click("form button[type=submit]").await;
+        self.wait("dd#health").await;
+    }
+
     async fn screenshot(&self, dir: &Path, name: &str) {
         let png = self.web.screenshot().await.expect("a screenshot");
         std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
@@ -410,7 +429,7 @@ fn screenshot_dir() -> PathBuf {
 async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() {
     let (g, c) = console_gateway("");
     let shots = screenshot_dir();
-    let b = Browser::start().await;
+    let b = Browser::start(&[]).await;
     // Without a session the console sends the browser to the sign-in page.
     b.web
         .goto(&format!("{}/console", c.origin()))
@@ -430,9 +449,10 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
     // The overview, live.
     b.wait("dd#health").await;
     b.wait("p.stream[data-state=live]").await;
-    // A chart with a point: the sampler's second reading (5 s apart), as the stream brought it.
-    b.wait(".chart polyline[points*=',']").await;
+    // A chart with a line: the sampler's third reading (5 s apart), as the stream brought it.
+    b.wait(".chart polyline[points*=' ']").await;
     b.screenshot(&shots, "overview").await;
+    let light = b.background().await;
     // The devices page: nothing connected yet; then a mosquitto client appears without a reload.
     b.click("a[href='/console/devices']").await;
     b.wait("#clients").await;
@@ -459,10 +479,23 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
     g.wait_log(&["disconnected by an operator", "sensor-1"], 1);
     b.screenshot(&shots, "devices-after-disconnect").await;
     b.web.clone().close().await.unwrap();
+    // Light above (the machine's default scheme); dark where the system asks for it.
+    assert_eq!(light, "rgb(250, 250, 247)");
+    let dark = Browser::start(&["--force-dark-mode"]).await;
+    dark.sign_in(c.origin()).await;
+    assert_eq!(dark.background().await, "rgb(20, 22, 18)");
+    dark.screenshot(&shots, "overview-dark").await;
+    dark.web.clone().close().await.unwrap();
     if std::env::var_os("GROVE_CONSOLE_DOCS").is_some() {
         let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
         std::fs::create_dir_all(&docs).unwrap();
-        for name in ["signin", "overview", "devices", "devices-narrow"] {
+        for name in [
+            "signin",
+            "overview",
+            "overview-dark",
+            "devices",
+            "devices-narrow",
+        ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
         }

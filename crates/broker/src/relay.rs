@@ -609,7 +609,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             match packet {
                 Outbound::Publish(d) => {
                     self.shared.metrics.messages_sent.inc();
-                    self.session.outlet.counts().sent.fetch_add(1, Ordering::Relaxed);
+                    self.session
+                        .outlet
+                        .counts()
+                        .sent
+                        .fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .metrics
                         .bytes_sent

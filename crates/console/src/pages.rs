@@ -174,6 +174,7 @@ fn chart(title: &str, now: &str, series: &[(f64, f64)]) -> Markup {
         figure.chart {
             figcaption { span { (title) } strong { (now) } }
             svg viewBox="0 0 300 60" preserveAspectRatio="none" role="img" aria-label=(label) {
+                line.axis x1="0" y1="59" x2="300" y2="59" {}
                 polyline points=(points) {}
             }
         }
