@@ -536,3 +536,23 @@ fn the_cli_disconnects_through_the_same_checks_as_the_console() {
     assert!(!listed(&c, &s, "sensor-2"));
     g.wait_log(&["an operator disconnects a client", "sensor-2"], 1);
 }
+
+#[test]
+fn the_devices_stream_shows_identities_as_the_devices_file_changes() {
+    let (g, c) = console_gateway("");
+    let s = c.session();
+    let mut stream = c.stream(DEVICES_EVENTS, Some(&s)).unwrap();
+    let first = stream.next_event().unwrap();
+    assert!(first.contains("No device is registered"), "{first}");
+    grove_tests::grove_device(
+        &g.config_path(),
+        &["add", "pump-1", "--password-stdin", "--thing", "pump-thing"],
+        Some("pump-1-password\n"),
+    );
+    // The next fragment lists it (a new one is sent only when something changed).
+    let next = stream.next_event().unwrap();
+    assert!(
+        next.contains("<code>pump-1</code>") && next.contains("pump-thing"),
+        "{next}"
+    );
+}

@@ -94,7 +94,8 @@ const COOKIE: &str = "grove_console";
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 const HISTORY: Duration = Duration::from_secs(3600);
 
-/// How often a devices stream looks at the connected clients (an in-memory table: no IO).
+/// How often a devices stream looks at the connected clients (an in-memory table) and at the
+/// devices file's modification time.
 const DEVICES_EVERY: Duration = Duration::from_millis(500);
 
 /// How often an idle live stream sends a comment (see `live`).
@@ -128,6 +129,9 @@ struct Inner {
     readings: watch::Sender<u64>,
     password_file: PathBuf,
     devices_file: PathBuf,
+    /// The devices file as last read, with its modification time and length then: the devices
+    /// streams look twice a second, and read the file again only when it changed.
+    identities: Mutex<(Option<(std::time::SystemTime, u64)>, Identities)>,
     started: Instant,
     random: SystemRandom,
 }
@@ -171,6 +175,7 @@ pub fn router(config: &ConsoleConfig, data_dir: &Path, gateway: Arc<dyn Gateway>
         readings: watch::Sender::new(0),
         password_file: password::path(data_dir),
         devices_file: data_dir.join(grove_auth::identity::DEVICES_FILE),
+        identities: Mutex::new((None, Ok(Vec::new()))),
         started: Instant::now(),
         random: SystemRandom::new(),
     }));
@@ -443,13 +448,24 @@ async fn overview(State(shell): State<Shell>, Extension(current): Extension<Curr
     pages::overview(&current.csrf, &overview_now(&shell)).into_response()
 }
 
+/// The registered devices, or why the devices file cannot be read.
+type Identities = Result<Vec<grove_auth::identity::Device>, String>;
+
 fn devices_now(shell: &Shell) -> pages::Devices {
-    let identities = grove_auth::identity::load(&shell.0.devices_file)
-        .map(|d| d.into_values().collect())
-        .map_err(|e| e.to_string());
+    let file = &shell.0.devices_file;
+    let stamp = std::fs::metadata(file)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let mut cached = shell.0.identities.lock().unwrap_or_else(|p| p.into_inner());
+    if stamp.is_none() || cached.0 != stamp {
+        let identities = grove_auth::identity::load(file)
+            .map(|d| d.into_values().collect())
+            .map_err(|e| e.to_string());
+        *cached = (stamp, identities);
+    }
     pages::Devices {
         clients: shell.0.gateway.clients(),
-        identities,
+        identities: cached.1.clone(),
     }
 }
 
@@ -487,7 +503,7 @@ async fn disconnect(State(shell): State<Shell>, Form(form): Form<Disconnect>) ->
 enum Wake {
     /// A new reading (the overview).
     Readings(watch::Receiver<u64>),
-    /// A look every so often (the devices: an in-memory table, no IO).
+    /// A look every so often (the devices: an in-memory table and a file's time).
     Every(Duration),
 }
 
