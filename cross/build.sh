@@ -29,12 +29,20 @@ start=$(date +%s)
 cross_cargo build --release --locked "${target_args[@]}" -p grove-gateway --bin grove "$@"
 echo "built in $(( $(date +%s) - start )) s"
 
+# The binaries this build made: grove, and every `--bin NAME` / `--bin=NAME` of the extra
+# arguments (an older binary in the directory is not this build's, so only these are checked).
+bins=(grove)
+args=("$@")
+for ((i = 0; i < ${#args[@]}; i++)); do
+  case "${args[i]}" in
+    --bin) bins+=("${args[i + 1]:-}") ;;
+    --bin=*) bins+=("${args[i]#--bin=}") ;;
+  esac
+done
 for target in "${targets[@]}"; do
   target_info "$target"
-  for bin in grove grove-sim; do
+  for bin in "${bins[@]}"; do
     path="$(bin_path "$target" "$bin")"
-    # grove-sim only when asked for (above); an older one in the directory is not this build's.
-    [ "$bin" = grove ] || [[ " $* " == *" --bin grove-sim "* ]] || continue
     # The binary must be for the target's machine, or every later step is testing the wrong thing.
     file_out="$("${GNU_TRIPLE}-readelf" -h "$path" | awk -F: '/Machine/ {gsub(/^ +/, "", $2); print $2}')"
     printf '%-10s %10d bytes  %s  %s\n' "$bin" "$(stat -c %s "$path")" "$file_out" "$path"

@@ -16,6 +16,8 @@ times=()
 # CPU seconds used so far by the finished children of this shell, into $cpu: bash's `times`
 # (its second line), which must run in this shell, not in a $(...) subshell that has no children.
 times_file="$(mktemp)"
+# Every EXIT trap below removes it too, so a failing run leaves nothing in /tmp.
+trap 'rm -f "$times_file"' EXIT
 children_cpu() {
   times >"$times_file"
   cpu=$(awk 'NR == 2 {
@@ -120,7 +122,7 @@ CARGO_TARGET_DIR="$cross_dir" setsid bash -c \
   'echo 19 > /proc/self/autogroup 2>/dev/null || true; exec nice -n 19 bash cross/build.sh "$@"' \
   arm-build aarch64-unknown-linux-gnu armv7-unknown-linux-gnueabihf > "$cross_log" 2>&1 &
 cross_pid=$!
-trap 'kill -- -"$cross_pid" 2>/dev/null || true' EXIT
+trap 'kill -- -"$cross_pid" 2>/dev/null || true; rm -f "$times_file"' EXIT
 
 # The guest side of local functions is its own workspace (wasm32): its checks, and the example
 # modules the end-to-end tests deploy (target/functions/).
@@ -153,7 +155,7 @@ if ! wait "$cross_pid"; then
   echo "the ARM build failed (log above)" >&2
   exit 1
 fi
-trap - EXIT
+trap 'rm -f "$times_file"' EXIT
 cat "$cross_log"
 CROSS_BUILT=1 CARGO_TARGET_DIR="$cross_dir" bash cross/ci.sh
 
@@ -161,4 +163,3 @@ step "all tests passed"
 printf '%s\n' "${times[@]}"
 children_cpu
 printf '%-50s %5d s wall %6d s CPU\n' total "$(($(date +%s) - run_start))" "$cpu"
-rm -f "$times_file"

@@ -1,6 +1,6 @@
 //! Runs the real `grove-bench` binary from the outside: a tiny broker benchmark against a real mosquitto,
-//! the shadow benchmark against the real gateway with both client libraries, and the command-line
-//! errors.
+//! and the command-line errors. (Its runs against the gateway are in `tests/tests/benchmarks.rs`,
+//! where the harness finds both binaries.)
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -57,50 +57,6 @@ fn run_broker_json(args: &[&str]) -> (Value, String) {
     .expect("valid JSON");
     assert_eq!(report["qos1_losses"], Value::Array(Vec::new()));
     (report, stdout)
-}
-
-/// The shadow benchmark, one second per scenario against the debug `grove` (built beside
-/// grove-bench by `cargo build --workspace --bins`, as the test command does; `GROVE_BIN` names
-/// another): every scenario completes with both client libraries, each with answers measured. In
-/// shadow mode the libmosquitto client's own clients receive the answers; its results once lacked
-/// their lines, and grove-bench refused them ("lack subscriber 0").
-#[test]
-fn shadow_benchmark_completes_with_both_clients() {
-    let grove = std::env::var_os("GROVE_BIN")
-        .map_or_else(|| Path::new(BIN).with_file_name("grove"), Into::into);
-    assert!(
-        grove.exists(),
-        "{} is missing: build it first (`cargo build --workspace --bins`) or set $GROVE_BIN",
-        grove.display()
-    );
-    let dir = tempfile::tempdir().expect("temp dir");
-    let json_path = dir.path().join("shadow.json");
-    let output = run(&[
-        "shadow",
-        "--grove",
-        grove.to_str().expect("utf-8 path"),
-        "--seconds",
-        "1",
-        "--json",
-        json_path.to_str().expect("utf-8 temp path"),
-    ]);
-    assert!(
-        output.status.success(),
-        "grove-bench shadow failed:\n{}\n{}",
-        text(&output.stderr),
-        text(&output.stdout)
-    );
-    let report: Value =
-        serde_json::from_str(&std::fs::read_to_string(&json_path).expect("JSON written"))
-            .expect("valid JSON");
-    let rows = report.as_array().expect("a list of results");
-    let clients: Vec<&str> = rows.iter().filter_map(|r| r["client"].as_str()).collect();
-    // Five scenarios, each with rumqttc, then with libmosquitto.
-    assert_eq!(clients, ["rumqttc", "libmosquitto"].repeat(5));
-    for row in rows {
-        assert!(number(row, "/completed") > 0, "no update answered: {row}");
-        assert!(number(row, "/latency/samples") > 0, "no latency: {row}");
-    }
 }
 
 #[test]

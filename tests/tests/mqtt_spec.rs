@@ -372,6 +372,123 @@ async fn a_subscriber_that_stopped_acknowledging_gets_every_message_once_it_acks
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_declares_no_receive_maximum_gets_max_inflight_messages_at_most() {
+    // MQTT 5 §3.1.2.11.3: no Receive Maximum means 65,535, and a server may send fewer.
+    // `broker.max_inflight_messages` bounds what the gateway holds in flight for one client
+    // (MQTT 3.1.1 clients declare nothing either): the rest waits in its bounded queue.
+    let g = Gateway::start("[broker]\nmax_inflight_messages = 3\n");
+    let mut o = v5("unbounded", g.mqtt_port);
+    o.set_manual_acks(true);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("mi/t", Q5::AtLeastOnce)).await;
+    let (mut publisher, _) = V5::connect(v5("mi-pub", g.mqtt_port)).await;
+    for i in 0..5 {
+        publisher.publish_acked("mi/t", false, &i.to_string()).await;
+    }
+    let mut first = Vec::new();
+    for _ in 0..3 {
+        first.push(sub.publish_in().await);
+    }
+    assert!(
+        sub.maybe_publish().await.is_none(),
+        "a fourth before any PUBACK"
+    );
+    sub.client.ack(&first[0]).await.unwrap();
+    let fourth = sub.publish_in().await;
+    assert_eq!(&fourth.payload[..], b"3");
+}
+
+/// Publishes `n` QoS 1 messages ("0", "1", ...) on `topic` from an MQTT 5 rumqttc client (at most
+/// 100 in flight: its default, and the gateway's Receive Maximum), and returns when all `n` are
+/// acknowledged.
+fn publish_all(port: u16, id: &str, topic: &'static str, n: usize) -> tokio::task::JoinHandle<()> {
+    let o = v5(id, port);
+    tokio::spawn(async move {
+        let (mut publisher, _) = V5::connect(o).await;
+        let client = publisher.client.clone();
+        tokio::spawn(async move {
+            for i in 0..n {
+                client
+                    .publish(topic, Q5::AtLeastOnce, false, i.to_string())
+                    .await
+                    .unwrap();
+            }
+        });
+        for _ in 0..n {
+            publisher
+                .until(|p| matches!(p, P5::PubAck(_)).then_some(()))
+                .await;
+        }
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_subscriber_holds_its_qos_1_publisher_instead_of_losing_messages() {
+    // Issue 14: flow control slows publishers at the source. A subscriber with a tenth of its
+    // queue bound queued holds the PUBACKs of its QoS 1 publisher until it has caught up to half
+    // of that, so the publisher waits instead of filling the queue: all 1,000 messages arrive,
+    // five times the queue's bound of 200. (Without it, all 1,000 were acknowledged at once and
+    // those beyond the bound dropped.) The hold is long here so that how fast this machine runs
+    // the test cannot turn the slow subscriber into a stuck one.
+    let g = Gateway::start("[broker]\nqueue_max_messages = 200\nbackpressure_hold_ms = 600000\n");
+    let mut o = v5("slow", g.mqtt_port);
+    o.set_manual_acks(true);
+    let mut p = ConnectProperties::new();
+    p.receive_maximum = Some(10);
+    o.set_connect_properties(p);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("bp/t", Q5::AtLeastOnce)).await;
+    let n = 1_000;
+    let publishing = publish_all(g.mqtt_port, "bp-pub", "bp/t", n);
+    // The subscriber acknowledges nothing until the publisher is held.
+    grove_tests::blocking(|| g.wait_metric("grove_broker_acks_backpressured_total", |v| v >= 1.0));
+    let mut got = Vec::with_capacity(n);
+    while got.len() < n {
+        let p = sub.publish_in().await;
+        sub.client.ack(&p).await.unwrap();
+        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+    }
+    publishing.await.unwrap();
+    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
+    assert_eq!(got, want);
+    assert_eq!(
+        g.metric("grove_broker_dropped_total{reason=\"queue_full\"}"),
+        0.0
+    );
+    assert_eq!(g.metric("grove_broker_backpressure_stalls_total"), 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stuck_subscriber_delays_its_publisher_once_and_then_fills_only_its_own_queue() {
+    // Issue 14: one stuck subscriber must not stall the others. A subscriber that never
+    // acknowledges holds its publisher for `broker.backpressure_hold_ms` once; then it counts as
+    // stalled, the publisher gets every PUBACK, and the subscriber's queue fills to its bound
+    // (10 in flight + 50 queued), the rest dropped and counted.
+    let g = Gateway::start("[broker]\nqueue_max_messages = 50\nbackpressure_hold_ms = 200\n");
+    let mut o = v5("stuck", g.mqtt_port);
+    o.set_manual_acks(true);
+    let mut p = ConnectProperties::new();
+    p.receive_maximum = Some(10);
+    o.set_connect_properties(p);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new("st/t", Q5::AtLeastOnce)).await;
+    let n = 500;
+    let publishing = publish_all(g.mqtt_port, "st-pub", "st/t", n);
+    // The subscriber's event loop is polled (it reads), but it never acknowledges.
+    let reading = tokio::spawn(async move {
+        loop {
+            sub.publish_in().await;
+        }
+    });
+    publishing.await.unwrap();
+    g.wait_metric("grove_broker_backpressure_stalls_total", |v| v == 1.0);
+    g.wait_metric("grove_broker_dropped_total{reason=\"queue_full\"}", |v| {
+        v == (n - 10 - 50) as f64
+    });
+    reading.abort();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_over_the_clients_maximum_packet_size_is_not_sent_and_is_counted() {
     // MQTT 5 §3.1.2.11.4 [MQTT-3.1.2-25]: the server must not send a packet larger than the
     // client's Maximum Packet Size; it discards the message as if sent. Grove counts it.

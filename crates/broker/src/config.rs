@@ -26,6 +26,8 @@ pub struct RawBroker {
     max_pending_per_address: Option<Spanned<usize>>,
     queue_max_messages: Option<Spanned<usize>>,
     queue_max_bytes: Option<Spanned<usize>>,
+    max_inflight_messages: Option<Spanned<u16>>,
+    backpressure_hold_ms: Option<Spanned<u64>>,
     server_keep_alive: Option<Spanned<u16>>,
 }
 
@@ -97,6 +99,12 @@ pub struct BrokerConfig {
     pub queue_max_messages: usize,
     /// Bytes (topic + payload) one session may queue behind its in-flight window.
     pub queue_max_bytes: usize,
+    /// Deliveries in flight (sent, unacknowledged) to one client at most, whatever its Receive
+    /// Maximum (MQTT 3.1.1 declares none).
+    pub max_inflight_messages: u16,
+    /// The longest a publisher is held (acks waiting, not read) for a congested subscriber;
+    /// still congested then, it is stuck, and holds nobody back until it has caught up.
+    pub backpressure_hold_ms: u64,
     /// Keep alive the server imposes on MQTT 5 clients (declared in CONNACK, 3.2.2.3.14);
     /// `None` (0 in the file): the client's own.
     pub server_keep_alive: Option<u16>,
@@ -268,6 +276,18 @@ pub fn resolve(
             1..=10_000_000,
         )?,
         queue_max_bytes: queue_max_bytes.value,
+        max_inflight_messages: r.ranged(
+            "broker.max_inflight_messages",
+            raw.max_inflight_messages,
+            100,
+            1..=u16::MAX,
+        )?,
+        backpressure_hold_ms: r.ranged(
+            "broker.backpressure_hold_ms",
+            raw.backpressure_hold_ms,
+            1_000,
+            1..=3_600_000,
+        )?,
         server_keep_alive: Some(r.ranged(
             "broker.server_keep_alive",
             raw.server_keep_alive,

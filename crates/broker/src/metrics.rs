@@ -66,6 +66,10 @@ pub struct BrokerMetrics {
     /// Times a publishing connection stopped reading because the router's read pressure (bytes
     /// queued for subscribers that wait only for the gateway's writes) was over its limit.
     pub holds: Counter,
+    /// Publisher acks held for subscribers over their backpressure mark.
+    pub acks_backpressured: Counter,
+    /// Subscribers found stalled by backpressure (still congested when a hold ran out).
+    pub backpressure_stalls: Counter,
     /// Connections accepted that have not authenticated yet (TLS handshake, CONNECT, password
     /// check), on all listeners.
     pub pending_connections: Gauge,
@@ -127,8 +131,18 @@ impl BrokerMetrics {
         );
         b.register(
             "publisher_holds",
-            "Times a publishing connection stopped reading because the router's queued bytes for subscribers were over its limit (flow control)",
+            "Times a publishing connection stopped reading (flow control): the router's queued bytes for subscribers were over its limit, or a subscriber of its messages had more queued than its backpressure mark",
             self.holds.clone(),
+        );
+        b.register(
+            "acks_backpressured",
+            "Publisher acknowledgements held because a subscriber of the message had more queued than broker.backpressure_messages or _bytes (flow control for QoS 1 and 2)",
+            self.acks_backpressured.clone(),
+        );
+        b.register(
+            "backpressure_stalls",
+            "Subscribers still over their backpressure mark when a publisher's hold ran out (stuck, not slow): they hold nobody back until they drain",
+            self.backpressure_stalls.clone(),
         );
         b.register(
             "dropped",
@@ -192,6 +206,10 @@ impl BrokerMetrics {
             .inc_by(now.wills_published - last.wills_published);
         self.sessions_expired
             .inc_by(now.sessions_expired - last.sessions_expired);
+        self.acks_backpressured
+            .inc_by(now.acks_backpressured - last.acks_backpressured);
+        self.backpressure_stalls
+            .inc_by(now.backpressure_stalls - last.backpressure_stalls);
         *last = now.clone();
     }
 

@@ -5,9 +5,10 @@
 //! Flow control: the router hands this connection at most `router_task::WRITER_SLOTS` packets
 //! at a time, and more only after they were taken; the task writes them to the socket before it
 //! takes more, so a slow socket holds back only its own session. While the router says reading
-//! is paused (its read pressure, see `grove_router::Router::reading_paused`), a connection that
-//! has just published stops reading for at most [`MAX_HOLD`] at a time, so TCP slows the
-//! publisher.
+//! is paused (its read pressure, see `grove_router::Router::reading_paused`), or holds this
+//! publisher for a congested subscriber of its messages (`grove_router::Router::poll_hold`), a
+//! connection that has just published stops reading for at most [`MAX_HOLD`] at a time, so TCP
+//! slows the publisher.
 
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
@@ -164,7 +165,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         let mut out = Vec::new();
         loop {
             let held = self.published
-                && self.shared.router.reading_paused()
+                && (self.shared.router.reading_paused() || self.session.outlet.held())
                 && held_since.is_none_or(|t| t.elapsed() < MAX_HOLD);
             match (held, held_since) {
                 (true, None) => {

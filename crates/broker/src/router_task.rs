@@ -109,6 +109,9 @@ struct Waiting {
     abandoned: bool,
     /// Something outside the router asks the connection to look (see [`Nudge`]).
     nudged: bool,
+    /// The core holds this publisher for a congested subscriber (`Router::poll_hold`): the
+    /// connection stops reading it.
+    held: bool,
 }
 
 impl Writer {
@@ -218,6 +221,11 @@ impl Outlet {
     /// The connection's counts for operators.
     pub(crate) fn counts(&self) -> &Counts {
         &self.writer.counts
+    }
+
+    /// Whether the router holds this publisher for a congested subscriber (backpressure).
+    pub(crate) fn held(&self) -> bool {
+        self.writer.lock().held
     }
 
     /// A handle that wakes this outlet's [`Outlet::recv`].
@@ -550,6 +558,11 @@ impl Task {
         }
         self.paused
             .store(self.router.reading_paused(), Ordering::Relaxed);
+        while let Some((conn, held)) = self.router.poll_hold() {
+            if let Some(link) = self.links.get(&conn) {
+                link.0.lock().held = held;
+            }
+        }
         self.metrics
             .router_stats(&mut self.counted, self.router.stats());
     }

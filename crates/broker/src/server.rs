@@ -529,6 +529,13 @@ fn router_config(config: &BrokerConfig) -> grove_router::Config {
         maximum_packet_size: u32::try_from(config.max_payload_size + HEADER_ALLOWANCE).ok(),
         queue_max_messages: config.queue_max_messages,
         queue_max_bytes: config.queue_max_bytes,
+        max_inflight_out: config.max_inflight_messages,
+        // Publishers of a subscriber with a tenth of its message bound (a quarter of its bytes)
+        // queued wait for it (`grove_router::Config::backpressure_messages`): far enough below
+        // the bounds that the publishers' own in-flight messages still fit when they stop.
+        backpressure_messages: (config.queue_max_messages / 10).max(1),
+        backpressure_bytes: config.queue_max_bytes / 4,
+        backpressure_max_hold_ms: config.backpressure_hold_ms,
         server_keep_alive: config.server_keep_alive,
         // Topics as long and deep as MQTT allows (a topic is a 16-bit-length string, 1.5.4): the
         // payload limit bounds what a client can make the router hold, and a component's

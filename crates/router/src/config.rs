@@ -34,10 +34,30 @@ pub struct Config {
     pub server_keep_alive: Option<u16>,
     /// Highest Session Expiry Interval granted (seconds; `u32::MAX` = never expires).
     pub maximum_session_expiry: u32,
+    /// Deliveries in flight to one client at most (sent, not yet acknowledged), whatever its
+    /// Receive Maximum: MQTT 3.1.1 declares none, and an MQTT 5 client that omits it allows
+    /// 65,535 (3.1.2.11.3). Without this bound a client that reads but never acknowledges made
+    /// the gateway hold up to 65,535 deliveries beside its queue, and every packet scanned them
+    /// (BENCHMARKS.md, issue 14). mosquitto's `max_inflight_messages` is the same bound (20 there).
+    pub max_inflight_out: u16,
     /// Messages a session may queue behind its inflight window.
     pub queue_max_messages: usize,
-    /// Bytes (topic + payload) a session may queue behind its inflight window.
+    /// Bytes (topic + payload) a session may hold: queued behind its inflight window and in it.
     pub queue_max_bytes: usize,
+    /// Backpressure: a connected session with this many messages queued is congested, and the
+    /// publisher of a message that reaches it is held until its queue is down to half of this:
+    /// its acks wait and the shell stops reading it (`Router::poll_hold`), so it goes at the speed
+    /// of its slowest subscriber (every client library bounds what it has in flight) instead of
+    /// filling that subscriber's queue until messages are dropped.
+    pub backpressure_messages: usize,
+    /// Backpressure: the same, in queued bytes (topic + payload).
+    pub backpressure_bytes: usize,
+    /// Backpressure: the longest a publisher's acknowledgements are held for congested sessions.
+    /// A session still congested then is stalled (stuck, not slow): it holds nobody back until
+    /// its queue is down to half the mark, and fills up to its bounds instead (drops counted). So
+    /// one stuck subscriber delays the publishers of its topics once, by this much, and never
+    /// stalls them.
+    pub backpressure_max_hold_ms: u64,
     /// What a full queue does.
     pub drop_policy: DropPolicy,
     /// Whether QoS 0 messages are queued for a disconnected persistent session (4.1: MAY).
@@ -72,8 +92,12 @@ impl Default for Config {
             subscription_identifiers_available: true,
             server_keep_alive: None,
             maximum_session_expiry: u32::MAX,
+            max_inflight_out: 100,
             queue_max_messages: 10_000,
             queue_max_bytes: 16 << 20,
+            backpressure_messages: 1_000,
+            backpressure_bytes: 4 << 20,
+            backpressure_max_hold_ms: 1_000,
             drop_policy: DropPolicy::DropNewest,
             queue_qos0_offline: false,
             pause_reading_above_bytes: 4 << 20,
@@ -122,4 +146,8 @@ pub struct Stats {
     pub wills_published: u64,
     /// Publisher acknowledgements held until storage commit.
     pub acks_held: u64,
+    /// Publisher acknowledgements held for congested subscribers (backpressure).
+    pub acks_backpressured: u64,
+    /// Congested sessions found stalled: still congested when a publisher's hold ran out.
+    pub backpressure_stalls: u64,
 }

@@ -113,9 +113,23 @@
 //!
 //! Deliveries stay in the subscriber's bounded session queue until the shell asks for them with
 //! `poll_transmit`, which it does when that socket can take more: a slow or stuck subscriber fills
-//! only its own queue (then drops, counted) and never holds up the publisher or other subscribers.
-//! Publishers are slowed at the source three ways:
+//! only its own queue (then drops, counted) and never stalls the publisher or other subscribers.
+//! A client has at most [`Config::max_inflight_out`] deliveries in flight whatever its Receive
+//! Maximum (3.1.1 declares none), and a session's byte bound counts them with its queue.
+//! Publishers are slowed at the source four ways:
 //!
+//! * Backpressure ([`Config::backpressure_messages`], `_bytes`): a connected session with that
+//!   much queued is congested, and the publisher of a message that reaches it is held until it
+//!   has caught up to half the mark: its PUBACK/PUBREC waits (with every later ack of that
+//!   connection, in order), and the shell stops reading it ([`Router::poll_hold`]; QoS 0 has no
+//!   ack to hold). Every client library bounds what it has in flight, so a publisher then goes at
+//!   the pace of its slowest subscriber instead of filling that queue until messages are
+//!   dropped; publishers of other topics are not held. A hold lasts
+//!   [`Config::backpressure_max_hold_ms`] at most: a session still congested then is stalled
+//!   (stuck, not slow) and holds nobody until it has caught up, so one stuck subscriber delays
+//!   its publishers once and never stalls them. A publisher that does not wait for its acks
+//!   (more held than the server's Receive Maximum) ends its hold at once the same way, so what is
+//!   held for it stays bounded.
 //! * [`Router::reading_paused`]: the shell stops reading sockets while the bytes queued for
 //!   connected subscribers that wait only for its writes exceed
 //!   [`Config::pause_reading_above_bytes`]. A session counts at most

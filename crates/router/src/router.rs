@@ -44,6 +44,8 @@ pub struct Gauges {
     pub read_pressure_bytes: usize,
     /// Publisher acks waiting for a storage commit.
     pub acks_held: usize,
+    /// Publisher connections whose acks wait for congested subscribers (backpressure).
+    pub publishers_held: usize,
 }
 
 /// A message waiting for (or in) a session's inflight window.
@@ -121,6 +123,9 @@ struct Conn {
     held_qos1: u16,
     /// Acks of any kind held for this connection (later ones queue behind them).
     held: u32,
+    /// The session's queue is over its backpressure mark (`Router::congestion` has its entry).
+    /// Only a connected session holds publishers back.
+    congested: bool,
 }
 
 #[derive(Debug)]
@@ -132,6 +137,7 @@ struct Session {
     stored: bool,
     subs: HashMap<Arc<str>, (SubOptions, Option<u32>)>,
     queue: VecDeque<Queued>,
+    /// Bytes of `queue` and of `inflight` (what [`Config::queue_max_bytes`] bounds).
     queue_bytes: usize,
     /// A lower bound, in whole seconds of the router's clock, on the earliest Message Expiry of
     /// the messages in `queue` (`u32::MAX`: none of them expires). A full queue looks for expired
@@ -140,6 +146,9 @@ struct Session {
     /// subscriber that fell behind a QoS 0 flood made the router slow for everyone (BENCHMARKS,
     /// issue 14). 4 bytes, in what was padding: a session is what an idle client costs.
     expiry_floor: u32,
+    /// Deliveries with a packet id: in the window, or waiting for room in it (after a
+    /// reconnection, or for a commit); the rest of `inflight` is `inflight.len() - window`
+    /// entries in state `Unsent` or `RelUnsent`, so a packet looks for one only when there is one.
     inflight: VecDeque<Inflight>,
     /// Sent and unacknowledged entries of `inflight` (bounded by the Receive Maximum).
     window: u16,
@@ -192,6 +201,17 @@ impl Session {
         self.expiry > 0
     }
 
+    /// Bytes of the queue and the in-flight deliveries, counted (`queue_bytes` keeps it).
+    fn held_bytes(&self) -> usize {
+        let queued: usize = self.queue.iter().map(Queued::bytes).sum();
+        queued + self.inflight.iter().map(|f| f.q.bytes()).sum::<usize>()
+    }
+
+    /// Entries of `inflight` waiting to be (re)sent (`Unsent`, `RelUnsent`).
+    fn unsent(&self) -> usize {
+        self.inflight.len() - usize::from(self.window)
+    }
+
     /// Appends a delivery to the queue, keeping `queue_bytes` and `expiry_floor`.
     fn push_queued(&mut self, q: Queued) {
         self.queue_bytes += q.bytes();
@@ -223,7 +243,7 @@ impl Session {
         self.expiry_floor = floor;
         let removed = before - self.queue.len();
         if removed > 0 {
-            self.queue_bytes = self.queue.iter().map(Queued::bytes).sum();
+            self.queue_bytes = self.held_bytes();
         }
         removed
     }
@@ -256,6 +276,27 @@ fn alloc_pkid(next: &mut u16, inflight: &VecDeque<Inflight>) -> u16 {
 struct Group {
     members: Vec<(Arc<str>, SubOptions, Option<u32>)>,
     next: usize,
+}
+
+/// A congested session (its queue over the backpressure mark, see `Config`).
+#[derive(Debug, Default)]
+struct Congestion {
+    /// Publisher connections whose acks wait for this session (some may have gone since).
+    waiters: Vec<ConnId>,
+    /// Still congested when a publisher's hold ran out: holds nobody back until it drains.
+    stalled: bool,
+}
+
+/// A publisher connection whose acks are held for congested sessions.
+#[derive(Debug)]
+struct Parked {
+    client: Arc<str>,
+    /// Its acks, in order, each with the storage write it also waits for.
+    acks: VecDeque<(Outbound, Option<u64>)>,
+    /// The congested sessions it waits for.
+    waiting_on: Vec<Arc<str>>,
+    /// When the hold runs out (`Config::backpressure_max_hold_ms` after it began).
+    deadline: Instant,
 }
 
 /// Numbered storage writes not yet taken by the shell.
@@ -308,6 +349,16 @@ pub struct Router {
     filter: Option<DeliveryFilter>,
     /// Bytes queued that only wait for the shell to write them (sum of `Session::counted`).
     pressure: usize,
+    /// Congested sessions (backpressure, `publish.rs`).
+    congestion: HashMap<Arc<str>, Congestion>,
+    /// Publisher connections whose acks are held for congested sessions.
+    parked: HashMap<ConnId, Parked>,
+    /// `(deadline, connection)` of the holds, in the order they began (so deadlines ascend).
+    park_deadlines: VecDeque<(Instant, ConnId)>,
+    /// The congested sessions the message being routed reached (scratch of `on_publish`).
+    blockers: Vec<Arc<str>>,
+    /// Holds begun and ended, for the shell ([`Router::poll_hold`]).
+    hold_changes: VecDeque<(ConnId, bool)>,
 }
 
 impl std::fmt::Debug for Router {
@@ -343,6 +394,11 @@ impl Router {
             next_client_id: 1,
             filter: None,
             pressure: 0,
+            congestion: HashMap::new(),
+            parked: HashMap::new(),
+            park_deadlines: VecDeque::new(),
+            blockers: Vec::new(),
+            hold_changes: VecDeque::new(),
         }
     }
 
@@ -376,6 +432,7 @@ impl Router {
             queued_messages: self.sessions.values().map(|s| s.queue.len()).sum(),
             read_pressure_bytes: self.pressure,
             acks_held: self.held.len(),
+            publishers_held: self.parked.len(),
         }
     }
 
@@ -537,7 +594,8 @@ impl Router {
                 c.receive_maximum.unwrap_or(u16::MAX)
             } else {
                 u16::MAX
-            },
+            }
+            .min(self.config.max_inflight_out.max(1)),
             max_packet: if v5 {
                 c.maximum_packet_size.unwrap_or(u32::MAX)
             } else {
@@ -549,6 +607,7 @@ impl Router {
             ready: false,
             held_qos1: 0,
             held: 0,
+            congested: false,
         };
         conn_state.control.push_back(Outbound::ConnAck(ConnAck {
             session_present: present,
@@ -611,8 +670,7 @@ impl Router {
     /// broken.
     pub fn check_invariants(&self) {
         for (client, s) in &self.sessions {
-            let bytes: usize = s.queue.iter().map(Queued::bytes).sum();
-            assert_eq!(bytes, s.queue_bytes, "queue bytes of {client}");
+            assert_eq!(s.held_bytes(), s.queue_bytes, "queue bytes of {client}");
             let sent = s
                 .inflight
                 .iter()
@@ -621,6 +679,14 @@ impl Router {
             assert_eq!(sent, usize::from(s.window), "window of {client}");
             let gated = s.inflight.iter().filter(|f| f.state == Flight::RelGated);
             assert_eq!(gated.count(), usize::from(s.rel_gated), "PUBRELs gated");
+            let unsent = |f: &&Inflight| matches!(f.state, Flight::Unsent | Flight::RelUnsent);
+            assert_eq!(s.inflight.iter().filter(unsent).count(), s.unsent());
+            let congested = s.conn.as_ref().is_some_and(|c| c.congested);
+            assert_eq!(
+                congested,
+                self.congestion.contains_key(client),
+                "congestion of {client} recorded"
+            );
             if let Some(c) = &s.conn {
                 assert!(
                     s.window <= c.receive_max,
@@ -639,6 +705,21 @@ impl Router {
             ids.dedup();
             assert_eq!(ids.len(), s.inflight.len(), "packet ids of {client} unique");
             assert!(s.subs.len() <= s.max_subs);
+        }
+        for (conn, p) in &self.parked {
+            assert_eq!(
+                self.conns.get(conn),
+                Some(&p.client),
+                "held publisher {conn:?}"
+            );
+            assert!(
+                !p.waiting_on.is_empty(),
+                "a held publisher waits for someone"
+            );
+            for b in &p.waiting_on {
+                let c = self.congestion.get(b);
+                assert!(c.is_some_and(|c| !c.stalled && c.waiters.contains(conn)));
+            }
         }
         let counted: usize = self.sessions.values().map(|s| s.counted).sum();
         assert_eq!(

@@ -140,6 +140,11 @@ fuzz_target!(|ops: Vec<Op>| {
         retained_max_messages: 4,
         max_subscriptions_per_client: 4,
         maximum_session_expiry: 100,
+        // Small enough that sequences reach them: the in-flight bound and backpressure.
+        max_inflight_out: 3,
+        backpressure_messages: 3,
+        backpressure_bytes: 100,
+        backpressure_max_hold_ms: 1_500,
         ..Config::default()
     };
     let mut r = Router::new(config.clone());

@@ -86,7 +86,13 @@ impl Router {
             publisher: client.clone(),
         });
         self.next_msg_id += 1;
+        self.blockers.clear();
         let seq = self.route(now, client, msg);
+        let blockers = std::mem::take(&mut self.blockers);
+        if !blockers.is_empty() {
+            self.park(now, client, &blockers);
+        }
+        self.blockers = blockers;
         let ack = Ack {
             pkid: p.pkid,
             reason: reason::SUCCESS,
@@ -118,10 +124,27 @@ impl Router {
     /// Sends a publisher's PUBACK/PUBREC, or holds it until storage write `seq` is committed.
     /// Acks go out in the order of their PUBLISH packets [MQTT-4.6.0-2, MQTT-4.6.0-3]: behind a
     /// held one, the next is held too.
+    /// While the connection is held for congested subscribers (backpressure), its acks wait
+    /// behind the hold instead.
     pub(super) fn ack_publisher(&mut self, client: &Arc<str>, packet: Outbound, seq: Option<u64>) {
         let Some(c) = self.sessions.get_mut(client).and_then(|s| s.conn.as_mut()) else {
             return;
         };
+        if let Some(p) = self.parked.get_mut(&c.id) {
+            self.stats.acks_backpressured += 1;
+            if matches!(packet, Outbound::PubAck(_)) {
+                c.held_qos1 += 1;
+            }
+            p.acks.push_back((packet, seq));
+            // A publisher that does not wait for its acks (MQTT 3.1.1 has no Receive Maximum)
+            // is not slowed by holding them: its hold ends at once, so what is held stays
+            // bounded, and the sessions it waited for count as stalled.
+            if p.acks.len() > usize::from(self.config.receive_maximum) {
+                let conn = c.id;
+                self.stall_for(conn);
+            }
+            return;
+        }
         let last_held = self.held.back().map_or(0, |h| h.0);
         let hold = match seq {
             Some(seq) if seq > self.store.committed => Some(seq.max(last_held)),
@@ -172,6 +195,7 @@ impl Router {
         };
         if let Some(f) = s.inflight.remove(i) {
             s.window -= 1;
+            s.queue_bytes -= f.q.bytes();
             if f.q.stored {
                 self.store.write(StorageWrite::Dequeued {
                     client_id: client.clone(),
@@ -543,7 +567,149 @@ impl Router {
         s.push_queued(q);
         if let Some(c) = s.conn.as_mut() {
             mark_ready(&mut self.ready, c);
+            // Backpressure: the publisher will wait for this session (`park`).
+            if s.queue.len() >= cfg.backpressure_messages || s.queue_bytes >= cfg.backpressure_bytes
+            {
+                if !c.congested {
+                    c.congested = true;
+                    self.congestion
+                        .insert(client.clone(), Congestion::default());
+                }
+                if self.congestion.get(client).is_some_and(|g| !g.stalled) {
+                    self.blockers.push(client.clone());
+                }
+            }
         }
         seq
+    }
+
+    /// Holds `client`'s connection until the congested sessions `blockers` drain to half their
+    /// mark, or for [`Config::backpressure_max_hold_ms`] at most (`handle_timeout`): its acks
+    /// wait (the current one and every later one, in order: [MQTT-4.6.0-2], [MQTT-4.6.0-3]), and
+    /// the shell stops reading it ([`Router::poll_hold`]), which is what slows a QoS 0 publisher.
+    fn park(&mut self, now: Instant, client: &Arc<str>, blockers: &[Arc<str>]) {
+        let Some(conn) = self.sessions.get(client).and_then(|s| s.conn.as_ref()) else {
+            return;
+        };
+        let conn = conn.id;
+        let deadlines = &mut self.park_deadlines;
+        let hold = self.config.backpressure_max_hold_ms;
+        let changes = &mut self.hold_changes;
+        let p = self.parked.entry(conn).or_insert_with(|| {
+            let deadline = now.plus_millis(hold);
+            deadlines.push_back((deadline, conn));
+            changes.push_back((conn, true));
+            Parked {
+                client: client.clone(),
+                acks: VecDeque::new(),
+                waiting_on: Vec::new(),
+                deadline,
+            }
+        });
+        for b in blockers {
+            if !p.waiting_on.contains(b) {
+                if let Some(g) = self.congestion.get_mut(b) {
+                    g.waiters.push(conn);
+                    p.waiting_on.push(b.clone());
+                }
+            }
+        }
+        if p.waiting_on.is_empty() {
+            self.release(conn);
+        }
+    }
+
+    /// The next change of a connection's hold (`true`: held, stop reading it; `false`: read it
+    /// again), in order. A connection that goes while held has no `false`: it is gone.
+    pub fn poll_hold(&mut self) -> Option<(ConnId, bool)> {
+        self.hold_changes.pop_front()
+    }
+
+    /// A congested session drained (`stalled` false: it no longer is congested) or is found
+    /// stalled (it holds nobody back until it drains): the publishers that waited only for it
+    /// get their acks.
+    pub(super) fn unblock(&mut self, session: &Arc<str>, stalled: bool) {
+        let waiters = match self.congestion.get_mut(session) {
+            None => return,
+            Some(g) if stalled => {
+                if !g.stalled {
+                    g.stalled = true;
+                    self.stats.backpressure_stalls += 1;
+                    tracing::info!(client = %session, "subscriber stalled: it no longer slows \
+                        its publishers (its queue fills to its bounds instead)");
+                }
+                std::mem::take(&mut g.waiters)
+            }
+            Some(_) => {
+                let g = self.congestion.remove(session).unwrap_or_default();
+                let conn = self.sessions.get_mut(session).and_then(|s| s.conn.as_mut());
+                if let Some(c) = conn {
+                    c.congested = false;
+                }
+                g.waiters
+            }
+        };
+        for conn in waiters {
+            let Some(p) = self.parked.get_mut(&conn) else {
+                continue;
+            };
+            p.waiting_on.retain(|b| b != session);
+            if p.waiting_on.is_empty() {
+                self.release(conn);
+            }
+        }
+    }
+
+    /// A held publisher's hold ends: the sessions it waits for are stalled.
+    pub(super) fn stall_for(&mut self, conn: ConnId) {
+        let waiting = self.parked.get(&conn).map(|p| p.waiting_on.clone());
+        for b in waiting.unwrap_or_default() {
+            self.unblock(&b, true);
+        }
+    }
+
+    /// Sends a held publisher's acks, in order (each still waits for its storage write).
+    fn release(&mut self, conn: ConnId) {
+        let Some(p) = self.parked.remove(&conn) else {
+            return;
+        };
+        self.hold_changes.push_back((conn, false));
+        for (packet, seq) in p.acks {
+            if matches!(packet, Outbound::PubAck(_)) {
+                let c = self
+                    .sessions
+                    .get_mut(&p.client)
+                    .and_then(|s| s.conn.as_mut());
+                if let Some(c) = c {
+                    c.held_qos1 = c.held_qos1.saturating_sub(1);
+                }
+            }
+            self.ack_publisher(&p.client, packet, seq);
+        }
+    }
+
+    /// After `client`'s session sent: a congested (or stalled) session whose queue is down to
+    /// half its marks is no longer congested.
+    pub(super) fn relieve(&mut self, client: &Arc<str>) {
+        let cfg = &self.config;
+        let Some(s) = self.sessions.get(client) else {
+            return;
+        };
+        if s.conn.as_ref().is_some_and(|c| c.congested)
+            && s.queue.len() <= cfg.backpressure_messages / 2
+            && s.queue_bytes <= cfg.backpressure_bytes / 2
+        {
+            self.unblock(client, false);
+        }
+    }
+
+    /// `client`'s connection goes: its held acks go with it, and its session, offline, holds
+    /// nobody back.
+    pub(super) fn forget_flow(&mut self, client: &Arc<str>) {
+        let conn = self.sessions.get(client).and_then(|s| s.conn.as_ref());
+        if let Some(id) = conn.map(|c| c.id) {
+            self.parked.remove(&id);
+            self.unblock(client, false);
+        }
     }
 }

@@ -42,6 +42,7 @@ impl Router {
         will: bool,
         last: Option<Outbound>,
     ) {
+        self.forget_flow(client);
         let Some(s) = self.sessions.get_mut(client) else {
             return;
         };
@@ -109,6 +110,7 @@ impl Router {
     /// Removes a session: subscriptions, stored state; a pending will is published; shared
     /// deliveries go to other members.
     pub(super) fn end_session(&mut self, now: Instant, client: &Arc<str>) {
+        self.forget_flow(client);
         let Some(mut s) = self.sessions.remove(client) else {
             return;
         };
@@ -187,24 +189,43 @@ impl Router {
         }
     }
 
-    /// When [`Router::handle_timeout`] is next due (will delay, session expiry).
+    /// When [`Router::handle_timeout`] is next due (will delay, session expiry, the end of a
+    /// publisher's backpressure hold). Call it again after every call that changes state.
     pub fn poll_timeout(&mut self) -> Option<Instant> {
+        let mut next = None;
         while let Some(Reverse((at, client))) = self.timers.peek() {
             let live = self.sessions.get(client).is_some_and(|s| {
                 s.will_at == Some(*at) || (s.conn.is_none() && s.expires_at == Some(*at))
             });
             if live {
-                return Some(*at);
+                next = Some(*at);
+                break;
             }
             self.timers.pop();
         }
-        None
+        while let Some(&(at, conn)) = self.park_deadlines.front() {
+            if self.parked.get(&conn).is_some_and(|p| p.deadline == at) {
+                return Some(next.map_or(at, |n: Instant| n.min(at)));
+            }
+            self.park_deadlines.pop_front();
+        }
+        next
     }
 
-    /// Fires due timers: delayed wills (3.1.3.2.2) and session expiry (3.1.2.11.2). Message
-    /// expiry is applied when a message reaches the head of a queue or a subscriber of a retained
-    /// topic (3.3.2.3.3), so it needs no timer.
+    /// Fires due timers: delayed wills (3.1.3.2.2), session expiry (3.1.2.11.2) and the end of
+    /// backpressure holds (the sessions a publisher still waits for are stalled). Message expiry
+    /// is applied when a message reaches the head of a queue or a subscriber of a retained topic
+    /// (3.3.2.3.3), so it needs no timer.
     pub fn handle_timeout(&mut self, now: Instant) {
+        while let Some(&(at, conn)) = self.park_deadlines.front() {
+            if at > now {
+                break;
+            }
+            self.park_deadlines.pop_front();
+            if self.parked.get(&conn).is_some_and(|p| p.deadline == at) {
+                self.stall_for(conn);
+            }
+        }
         while let Some(Reverse((at, _))) = self.timers.peek() {
             if *at > now {
                 break;
@@ -299,6 +320,7 @@ impl Router {
                         } else {
                             Flight::Unsent
                         };
+                        s.queue_bytes += q.bytes();
                         s.inflight.push_back(Inflight {
                             q,
                             pkid,

@@ -35,6 +35,7 @@ impl Router {
         let client = self.conns.get(&conn)?.clone();
         let out = self.transmit(now, &client);
         self.recount(&client);
+        self.relieve(&client);
         out
     }
 
@@ -67,14 +68,16 @@ impl Router {
         // the order of PUBLISH packets is kept (4.6).
         let mut waiting = 0usize;
         // Resends after reconnect [MQTT-4.4.0-1] and first sends that waited for a commit, in
-        // order, within the window.
-        while s.window < c.receive_max {
+        // order, within the window. Entries outside the window are the unsent ones, so the scan
+        // happens only when there is one, and the window bounds it.
+        while s.inflight.len() > usize::from(s.window) && s.window < c.receive_max {
             let unsent = |f: &Inflight| matches!(f.state, Flight::Unsent | Flight::RelUnsent);
             let Some(i) = s.inflight.iter().position(unsent) else {
                 break;
             };
             if s.inflight[i].gate > committed {
-                waiting = s.inflight.iter().skip(i).filter(|f| unsent(f)).count();
+                // Every unsent entry is at `i` or after it.
+                waiting = s.inflight.len() - usize::from(s.window);
                 break;
             }
             let f = &mut s.inflight[i];
@@ -98,6 +101,7 @@ impl Router {
             // Too large for this connection's maximum: discarded as if sent [MQTT-3.1.2-25].
             self.stats.dropped_too_large += 1;
             if let Some(f) = s.inflight.remove(i) {
+                s.queue_bytes -= f.q.bytes();
                 if f.q.stored {
                     self.store.write(StorageWrite::Dequeued {
                         client_id: client.clone(),
@@ -114,13 +118,14 @@ impl Router {
             {
                 return None;
             }
+            // Its bytes stay counted while it is in flight (`Session::queue_bytes`).
             let q = s.queue.pop_front()?;
-            s.queue_bytes -= q.bytes();
             if s.queue.is_empty() && s.drops > 0 {
                 tracing::info!(client = %client, dropped = s.drops, "session queue drained");
                 s.drops = 0;
             }
-            let done = |store: &mut Store, q: &Queued| {
+            let done = |store: &mut Store, bytes: &mut usize, q: &Queued| {
+                *bytes -= q.bytes();
                 if q.stored {
                     store.write(StorageWrite::Dequeued {
                         client_id: client.clone(),
@@ -130,7 +135,7 @@ impl Router {
             };
             if q.msg.expires_at.is_some_and(|e| e <= now) {
                 self.stats.expired += 1;
-                done(&mut self.store, &q);
+                done(&mut self.store, &mut s.queue_bytes, &q);
                 continue;
             }
             let pkid = if q.qos == QoS::AtMostOnce {
@@ -169,7 +174,7 @@ impl Router {
                 self.stats.dropped_too_large += 1;
                 let topic = &q.msg.topic;
                 tracing::debug!(client = %client, %topic, "over Maximum Packet Size: discarded");
-                done(&mut self.store, &q);
+                done(&mut self.store, &mut s.queue_bytes, &q);
                 continue;
             };
             self.stats.delivered += 1;
@@ -182,6 +187,8 @@ impl Router {
                     dup: true,
                 });
                 s.window += 1;
+            } else {
+                s.queue_bytes -= q.bytes();
             }
             return Some(Outbound::Publish(d));
         }
