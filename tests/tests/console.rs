@@ -8,6 +8,7 @@
 //! the devices page live and disconnects it from the page.
 
 use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
@@ -328,7 +329,10 @@ impl Browser {
     /// Starts Chromium with the machine's flags and `extra` ones.
     async fn start(extra: &[&str]) -> Browser {
         let port = free_port();
+        // Its own process group, so that a failed test's drop ends Chromium with it (Chromium is
+        // chromedriver's child, in its group; killing chromedriver alone would leave it running).
         let driver = Command::new("/usr/bin/chromedriver")
+            .process_group(0)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -411,7 +415,9 @@ impl Browser {
 
 impl Drop for Browser {
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        // The whole group: chromedriver and the Chromium it started (`kill -- -PGID`).
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
         let _ = self.driver.wait();
     }
 }
