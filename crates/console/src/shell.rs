@@ -107,7 +107,7 @@ const FORM_LIMIT: usize = 16 * 1024;
 /// How long a disconnect waits for the connection to end.
 const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
-/// The embedded assets (see README "Web console" for their byte budget).
+/// The embedded assets (their byte budget: README "Web console", checked by a test).
 const CSS: &str = include_str!("../assets/console.css");
 const JS: &str = include_str!("../assets/console.js");
 
@@ -661,6 +661,12 @@ mod tests {
         let h = headers(&[("cookie", "a=1; grove_console=abc; b=2")]);
         assert_eq!(cookie(&h).as_deref(), Some("abc"));
         assert_eq!(cookie(&headers(&[("cookie", "grove_consolex=1")])), None);
+    }
+
+    #[test]
+    fn the_embedded_assets_keep_to_their_budget() {
+        // README "Web console": 8 KiB for the style sheet and the script together.
+        assert!(CSS.len() + JS.len() <= 8 * 1024, "{} B", CSS.len() + JS.len());
     }
 
     #[test]
