@@ -62,6 +62,10 @@ command -v mosquitto_pub >/dev/null 2>&1 || missing+=(mosquitto-clients)
 # The paho-mqtt conformance tests and the jobs tests' device (tests/paho/) run Python's paho-mqtt,
 # installed with pip below.
 python3 -m pip --version >/dev/null 2>&1 || missing+=(python3 python3-pip)
+# The web console's browser test (tests/tests/console.rs) drives Debian's Chromium through its
+# chromedriver.
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/bin/chromedriver ] || missing+=(chromium-driver)
 if [ ${#missing[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -eq 0 ] || sudo="sudo"

@@ -54,6 +54,8 @@ pub struct RawConfig {
     functions: grove_functions_host::config::RawFunctions,
     #[serde(default)]
     deploy: grove_deploy::config::RawDeploy,
+    #[serde(default)]
+    console: grove_console::config::RawConsole,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -91,6 +93,9 @@ pub struct Config {
     pub functions: Option<grove_functions_host::config::FunctionsConfig>,
     /// Deployments: from AWS IoT Jobs too, and what artifact downloads trust.
     pub deploy: grove_deploy::config::DeployConfig,
+    /// The web console on the ops endpoint, or `None` when it is not served (disabled, the ops
+    /// endpoint off, or not on loopback without the allowance).
+    pub console: Option<grove_console::config::ConsoleConfig>,
 }
 
 impl Config {
@@ -230,6 +235,7 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
             "AWS IoT Jobs come over the cloud link: [cloud] is not configured (or not enabled)",
         ));
     }
+    let console = grove_console::config::resolve(r, raw.console, ops.as_ref())?;
     Ok(Config {
         data_dir,
         log_filter: log_filter.value,
@@ -240,6 +246,7 @@ fn resolve(r: &Resolver<'_>, raw: RawConfig) -> Result<Config, ConfigError> {
         cloud,
         functions,
         deploy,
+        console,
     })
 }
 

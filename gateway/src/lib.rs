@@ -13,6 +13,8 @@
 //!   file and line.
 //! - [`metrics`] and [`ops`]: the registry of every component's counters and the `/healthz` +
 //!   `/metrics` endpoint.
+//! - [`console`]: what the web console (`grove-console`, mounted on the ops endpoint) reads from
+//!   and asks of this gateway.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 //! - [`mqtt_request`]: the operator's one-request MQTT client, for the CLI commands that talk to a
@@ -21,6 +23,7 @@
 //! Architecture invariant: no crate depends on this one; it depends on every component crate.
 
 pub mod config;
+pub mod console;
 pub mod logging;
 pub mod memory;
 pub mod metrics;

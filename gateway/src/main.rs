@@ -120,6 +120,28 @@ enum Command {
         #[arg(long, value_name = "HOST:PORT", global = true)]
         ops: Option<SocketAddr>,
     },
+    /// The clients connected to a running gateway: disconnect one (as the web console's devices
+    /// page does).
+    ///
+    /// The gateway is reached through its ops endpoint on loopback, as `grove fn` does.
+    Clients {
+        #[command(subcommand)]
+        action: ClientsAction,
+        /// The gateway's configuration file, to find its ops endpoint.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+        /// The gateway's ops endpoint (overrides --config).
+        #[arg(long, value_name = "HOST:PORT", global = true)]
+        ops: Option<SocketAddr>,
+    },
+    /// The web console (http://127.0.0.1:9464/console by default): its operator password.
+    Console {
+        #[command(subcommand)]
+        action: ConsoleAction,
+        /// The gateway's configuration file, to find its data directory.
+        #[arg(short, long, value_name = "FILE", global = true)]
+        config: Option<PathBuf>,
+    },
     /// Write a fully commented default configuration file.
     Init {
         /// Where to write it.
@@ -129,6 +151,26 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+}
+
+#[derive(Subcommand)]
+enum ClientsAction {
+    /// End the connections of a client id now (MQTT 5 clients are told "administrative action";
+    /// wills are published) and wait until they have ended.
+    Disconnect {
+        /// The client id.
+        client_id: String,
+    },
+}
+
+#[derive(Subcommand)]
+enum ConsoleAction {
+    /// Set the operator password, read from standard input (one line; at least 8 characters).
+    ///
+    /// Stored as an argon2id hash in {data_dir}/console.passwd (mode 0600); a running gateway
+    /// uses it from the next sign-in. Sessions already open stay open until they expire or sign
+    /// out.
+    Passwd,
 }
 
 #[derive(Subcommand)]
@@ -257,6 +299,20 @@ fn main() -> ExitCode {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("grove device: {e:#}");
+                ExitCode::FAILURE
+            }
+        },
+        Command::Clients {
+            action: ClientsAction::Disconnect { client_id },
+            config,
+            ops,
+        } => admin("grove clients", config, ops, |addr| {
+            grove_gateway::ops::request_disconnect(addr, &client_id).map_err(|e| (1, e))
+        }),
+        Command::Console { action, config } => match console(action, config) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("grove console: {e:#}");
                 ExitCode::FAILURE
             }
         },
@@ -522,6 +578,29 @@ fn device(action: DeviceAction, config: Option<PathBuf>) -> anyhow::Result<()> {
     let policies = &config.broker.policies;
     if grove_auth::cli::device(action, &config.data_dir.value, |p| policies.contains_key(p))? {
         apply_now(config.ops.map(|o| o.value))?;
+    }
+    Ok(())
+}
+
+fn console(action: ConsoleAction, config: Option<PathBuf>) -> anyhow::Result<()> {
+    let config = match config {
+        Some(path) => Config::load(&path)?,
+        None => Config::defaults(),
+    };
+    match action {
+        ConsoleAction::Passwd => {
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let password = line.trim_end_matches(['\r', '\n']);
+            let data_dir = &config.data_dir.value;
+            grove_console::password::set(data_dir, password)?;
+            println!(
+                "the console password is set ({})",
+                grove_console::password::path(data_dir).display()
+            );
+        }
     }
     Ok(())
 }

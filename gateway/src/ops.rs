@@ -4,7 +4,9 @@
 //! and `/metrics` read nothing but the shared [`Metrics`], so they can never block the gateway's
 //! work. On a loopback address it also serves the admin routes of `grove fn` (the functions
 //! component's) and of `grove device remove` ([`devices_router`]: apply a revocation now and
-//! confirm it).
+//! confirm it) and of `grove clients disconnect` ([`clients_router`], with the checks the web
+//! console's disconnect shares: [`disconnect_client`]). Where `[console]` allows, it serves the web console under `/console`
+//! (`grove-console`, with its own sign-in: see `crate::console`).
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,10 +22,17 @@ use axum::Router;
 use tokio::net::TcpListener;
 
 use crate::metrics::Metrics;
+use grove_broker::clients::Clients;
 use grove_broker::Revocations;
 
 /// The route `grove device remove` calls once it has written the devices file.
 pub const REVOCATIONS_PATH: &str = "/admin/devices/revocations";
+
+/// The route of `grove clients disconnect` (an operator ends a client's connection).
+pub const DISCONNECT_PATH: &str = "/admin/clients/disconnect";
+
+/// How long an operator's disconnect waits for the connection to end.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 
 /// How long the gateway waits for the connections of removed devices to end before it answers
 /// that some are still open. A connection ends within one batch of its packets, so this only
@@ -39,12 +48,12 @@ struct Ops {
     started: Instant,
 }
 
-/// Serves the endpoint on `listener` until `shutdown` completes; `admin` adds the routes `grove fn`
-/// uses (the functions component's, see `functions::admin`).
+/// Serves the endpoint on `listener` until `shutdown` completes; `routes` adds the admin routes of
+/// the CLI (loopback only, see `run`) and the web console (`grove_console`, under `/console`).
 pub async fn serve(
     listener: TcpListener,
     metrics: Arc<Metrics>,
-    admin: Option<Router>,
+    routes: Option<Router>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
     let app = Router::new()
@@ -54,7 +63,7 @@ pub async fn serve(
             metrics,
             started: Instant::now(),
         })
-        .merge(admin.unwrap_or_default());
+        .merge(routes.unwrap_or_default());
     if let Err(e) = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await
@@ -106,6 +115,105 @@ async fn revoke(State(revocations): State<Revocations>) -> impl IntoResponse {
     )
 }
 
+/// An operator's disconnect of `client_id`, from `grove clients disconnect` (the admin route) or
+/// the web console: the one set of checks both go through. How many connections ended, or the
+/// refusal's status and message.
+pub async fn disconnect_client(
+    clients: &Clients,
+    client_id: &str,
+) -> Result<usize, (StatusCode, String)> {
+    if client_id.is_empty() {
+        return Err((
+            StatusCode::BAD_REQUEST,
+            "a client id is required".to_owned(),
+        ));
+    }
+    tracing::warn!(client_id, "an operator disconnects a client");
+    match clients.disconnect(client_id, DISCONNECT_WAIT).await {
+        Ok(0) => Err((
+            StatusCode::NOT_FOUND,
+            format!("no client {client_id:?} is connected"),
+        )),
+        Ok(n) => Ok(n),
+        Err(open) => Err((
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("{open} connection(s) of {client_id:?} still open after {DISCONNECT_WAIT:?}"),
+        )),
+    }
+}
+
+/// The admin route of `grove clients disconnect` (loopback only, like the others):
+/// `POST /admin/clients/disconnect` with `{"client_id": ...}` answers `{"disconnected": n}` once
+/// the connections have ended, else `{"error": ...}` (see [`disconnect_client`]).
+pub fn clients_router(clients: Clients) -> Router {
+    Router::new()
+        .route(DISCONNECT_PATH, post(disconnect))
+        .with_state(clients)
+}
+
+async fn disconnect(State(clients): State<Clients>, body: String) -> impl IntoResponse {
+    let request: serde_json::Value = serde_json::from_str(&body).unwrap_or_default();
+    let client_id = request["client_id"].as_str().unwrap_or_default();
+    let (status, body) = match disconnect_client(&clients, client_id).await {
+        Ok(n) => (StatusCode::OK, serde_json::json!({ "disconnected": n })),
+        Err((status, error)) => (status, serde_json::json!({ "error": error })),
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+}
+
+/// `grove clients disconnect`: asks the gateway whose ops endpoint is `addr` to end the
+/// connections of `client_id` (blocking, for the CLI); what it answered, for the operator.
+pub fn request_disconnect(addr: SocketAddr, client_id: &str) -> Result<String, String> {
+    let body = serde_json::json!({ "client_id": client_id }).to_string();
+    match admin_post(addr, DISCONNECT_PATH, body)? {
+        Some((status, answer)) => match answer["disconnected"].as_u64() {
+            Some(n) if status.is_success() => {
+                Ok(format!("{client_id}: {n} connection(s) closed\n"))
+            }
+            _ => Err(answer["error"]
+                .as_str()
+                .map_or_else(|| format!("the gateway answered {status}"), str::to_owned)),
+        },
+        None => Err(format!("no gateway is running at {addr}")),
+    }
+}
+
+/// A POST of `body` to the loopback admin route `path` (ureq, as `grove fn` uses: one request,
+/// no runtime): the status and JSON answer, `None` when nothing listens at `addr`.
+fn admin_post(
+    addr: SocketAddr,
+    path: &str,
+    body: String,
+) -> Result<Option<(ureq::http::StatusCode, serde_json::Value)>, String> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .timeout_global(Some(REVOCATION_WAIT + Duration::from_secs(5)))
+        .build()
+        .into();
+    let response = match agent
+        .post(format!("http://{addr}{path}"))
+        .header("content-type", "application/json")
+        .send(body.as_bytes())
+    {
+        Ok(r) => r,
+        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            return Ok(None)
+        }
+        Err(e) => return Err(format!("cannot reach the gateway at {addr}: {e}")),
+    };
+    let status = response.status();
+    let text = response
+        .into_body()
+        .read_to_string()
+        .map_err(|e| format!("cannot read the gateway's answer: {e}"))?;
+    let answer = serde_json::from_str(&text).unwrap_or(serde_json::Value::String(text));
+    Ok(Some((status, answer)))
+}
+
 /// What `grove device remove` learns from the gateway.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Confirmation {
@@ -119,32 +227,16 @@ pub enum Confirmation {
 /// Asks the gateway whose ops endpoint is `addr` to apply a change of the devices file now (see
 /// [`devices_router`]); blocking, for the CLI. ureq, as `grove fn` uses: one request, no runtime.
 pub fn confirm_revocation(addr: SocketAddr) -> Result<Confirmation, String> {
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .http_status_as_error(false)
-        .timeout_global(Some(REVOCATION_WAIT + Duration::from_secs(5)))
-        .build()
-        .into();
-    let response = match agent
-        .post(format!("http://{addr}{REVOCATIONS_PATH}"))
-        .send_empty()
-    {
-        Ok(r) => r,
-        Err(ureq::Error::Io(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Ok(Confirmation::NotRunning)
-        }
-        Err(e) => return Err(format!("cannot reach the gateway at {addr}: {e}")),
+    let Some((status, body)) = admin_post(addr, REVOCATIONS_PATH, String::new())? else {
+        return Ok(Confirmation::NotRunning);
     };
-    let status = response.status();
-    let text = response
-        .into_body()
-        .read_to_string()
-        .map_err(|e| format!("cannot read the gateway's answer: {e}"))?;
-    let body: serde_json::Value = serde_json::from_str(&text).unwrap_or_default();
     match body["disconnected"].as_u64() {
         Some(n) if status.is_success() => Ok(Confirmation::Applied(n)),
         _ => Err(format!(
             "the gateway at {addr} answered {status}: {}",
-            body["error"].as_str().unwrap_or(&text)
+            body["error"]
+                .as_str()
+                .map_or_else(|| body.to_string(), str::to_owned)
         )),
     }
 }

@@ -144,15 +144,26 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     admin
                         .unwrap_or_default()
                         .merge(crate::ops::devices_router(broker.revocations()))
+                        .merge(crate::ops::clients_router(broker.clients()))
                         .merge(grove_deploy::admin::router(deployer))
                         .merge(grove_jobs::admin::router(jobs)),
                 ),
                 false => admin,
             };
+            // The web console, where `[console]` allows it (see grove_console::config).
+            let console = config.console.as_ref().map(|c| {
+                let view = crate::console::ConsoleView::new(metrics.clone(), broker.clients());
+                info!("web console at http://{}/console", bind.value);
+                grove_console::router(c, &data_dir.value, Arc::new(view))
+            });
+            let routes = match (admin, console) {
+                (Some(a), Some(c)) => Some(a.merge(c)),
+                (a, c) => a.or(c),
+            };
             Some(tokio::spawn(crate::ops::serve(
                 listener,
                 metrics.clone(),
-                admin,
+                routes,
                 shutdown,
             )))
         }

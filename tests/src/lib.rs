@@ -12,7 +12,8 @@
 //! read a shadow ([`Gateway::shadow`]) or the gateway's memory ([`Gateway::rss_kib`]), one cloud
 //! shadow service written from AWS's documentation ([`AwsShadows`]), one TLS endpoint that checks
 //! client certificates and ALPN as AWS IoT Core's port 443 does ([`TlsFront`]), one device that
-//! runs AWS IoT Jobs written with paho-mqtt ([`JobsDevice`]). Tests wait on facts, never on time:
+//! runs AWS IoT Jobs written with paho-mqtt ([`JobsDevice`]), one client of the web console
+//! ([`console`]: HTTP, and a real Chromium through WebDriver). Tests wait on facts, never on time:
 //! [`eventually`] polls a fact (a metric, a log line, a shadow's version) until a generous deadline,
 //! and every wait on the wire waits for the packet that proves it (CONNACK, SUBACK, PUBACK).
 //! Blocking work (a process, an HTTP request) runs through [`blocking`], so an async test's own
@@ -32,6 +33,7 @@ use tokio::sync::mpsc;
 mod artifacts;
 pub mod aws_jobs;
 pub mod aws_shadow;
+pub mod console;
 pub mod device;
 pub mod functions;
 pub mod jobs_cloud;
@@ -145,6 +147,8 @@ pub struct Gateway {
     extra: String,
     /// Environment variables the process gets, kept for restarts.
     env: Vec<(String, String)>,
+    /// The address the ops endpoint binds (with `ops_port`).
+    ops_ip: std::net::IpAddr,
 }
 
 impl Gateway {
@@ -166,8 +170,26 @@ impl Gateway {
         Gateway::start_in_with_env(tempfile::tempdir().expect("tempdir"), extra, env)
     }
 
+    /// Like [`Gateway::start`], with the ops endpoint bound to `ip` (on `ops_port`) instead of
+    /// 127.0.0.1: what the ops endpoint serves on another address. The test still connects to
+    /// it on 127.0.0.1 only (an unspecified address, 0.0.0.0, includes loopback).
+    pub fn start_with_ops_on(ip: std::net::IpAddr, extra: &str) -> Gateway {
+        let mut g = Gateway::prepare(tempfile::tempdir().expect("tempdir"), extra, &[]);
+        g.ops_ip = ip;
+        g.write_config();
+        g.spawn();
+        g
+    }
+
     fn start_in_with_env(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Gateway {
-        let mut g = Gateway {
+        let mut g = Gateway::prepare(dir, extra, env);
+        g.write_config();
+        g.spawn();
+        g
+    }
+
+    fn prepare(dir: tempfile::TempDir, extra: &str, env: &[(&str, &str)]) -> Gateway {
+        Gateway {
             mqtt_port: free_port(),
             ops_port: free_port(),
             dir,
@@ -177,10 +199,8 @@ impl Gateway {
                 .iter()
                 .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
                 .collect(),
-        };
-        g.write_config();
-        g.spawn();
-        g
+            ops_ip: std::net::Ipv4Addr::LOCALHOST.into(),
+        }
     }
 
     /// The generated config file.
@@ -200,11 +220,11 @@ impl Gateway {
 
     fn write_config(&self) {
         let text = format!(
-            "data_dir = {data:?}\n{extra}\n[[broker.listeners]]\nname = \"test\"\nbind = \"127.0.0.1:{mqtt}\"\n\n[ops]\nbind = \"127.0.0.1:{ops}\"\n",
+            "data_dir = {data:?}\n{extra}\n[[broker.listeners]]\nname = \"test\"\nbind = \"127.0.0.1:{mqtt}\"\n\n[ops]\nbind = \"{ops}\"\n",
             data = self.data_dir(),
             extra = self.extra,
             mqtt = self.mqtt_port,
-            ops = self.ops_port,
+            ops = SocketAddr::new(self.ops_ip, self.ops_port),
         );
         std::fs::write(self.config_path(), text).expect("write config");
     }

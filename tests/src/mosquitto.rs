@@ -162,6 +162,24 @@ impl MosquittoSub {
         sub
     }
 
+    /// A `mosquitto_sub` connected to the local `port` with MQTT 5 as client `id`, subscribed to
+    /// `filter`: a device that stays connected (until the broker closes its connection).
+    pub fn connect_v5(port: u16, id: &str, filter: &str) -> MosquittoSub {
+        let port = port.to_string();
+        MosquittoSub::start(&[
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-i",
+            id,
+            "-t",
+            filter,
+        ])
+    }
+
     /// Waits for the process to end (its `-C` count or `-W` timeout) and returns the messages it
     /// printed (its `-d` debug lines left out) and whether it exited successfully.
     pub fn finish(mut self) -> (Vec<String>, bool) {

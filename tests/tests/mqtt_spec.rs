@@ -290,20 +290,8 @@ async fn a_reconnecting_client_takes_its_session_over() {
     // MQTT 5 §3.1.4 [MQTT-3.1.4-3]: the existing connection of the same client id is closed,
     // with DISCONNECT 0x8E Session taken over (§4.13).
     let g = Gateway::start("");
-    let port = g.mqtt_port.to_string();
     // The old connection: mosquitto's own client, which prints the DISCONNECT it receives.
-    let old = grove_tests::MosquittoSub::start(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-V",
-        "mqttv5",
-        "-i",
-        "twin",
-        "-t",
-        "tw/t",
-    ]);
+    let old = grove_tests::MosquittoSub::connect_v5(g.mqtt_port, "twin", "tw/t");
     let (_new, ack) = V5::connect(v5("twin", g.mqtt_port)).await;
     assert!(
         !ack.session_present,

@@ -179,12 +179,6 @@ pub fn load(path: &Path) -> Result<BTreeMap<String, Device>, IdentityError> {
 
 /// Writes the devices file atomically with mode 0600.
 pub fn save(path: &Path, devices: &BTreeMap<String, Device>) -> Result<(), IdentityError> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let io = |source| IdentityError::Io {
-        path: path.to_owned(),
-        source,
-    };
     let file = File {
         devices: devices.values().cloned().collect(),
     };
@@ -192,7 +186,21 @@ pub fn save(path: &Path, devices: &BTreeMap<String, Device>) -> Result<(), Ident
         "# Grove device identities, managed by `grove device add|remove`.\n# The gateway re-reads this file when it changes.\n\n{}",
         toml::to_string(&file).map_err(|e| IdentityError::Hash(e.to_string()))?
     );
-    let tmp = path.with_extension("toml.tmp");
+    write_private(path, &text)
+}
+
+/// Writes a file of secrets (password hashes) atomically with mode 0600: a temporary file beside
+/// it, synced, then renamed over it.
+pub fn write_private(path: &Path, text: &str) -> Result<(), IdentityError> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let io = |source| IdentityError::Io {
+        path: path.to_owned(),
+        source,
+    };
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -212,6 +220,13 @@ pub fn hash_password(password: &str) -> Result<String, IdentityError> {
         .hash_password(password.as_bytes(), &salt)
         .map(|h| h.to_string())
         .map_err(|e| IdentityError::Hash(e.to_string()))
+}
+
+/// Whether `password` matches the argon2 PHC string `phc` (a malformed hash matches nothing).
+/// Blocking, ~10-50 ms: for callers with a budget of their own (the console's sign-in), not for
+/// device logins, which go through [`Identities::check_password`]'s bounded workers.
+pub fn password_matches(phc: &str, password: &str) -> bool {
+    verify(phc, password.as_bytes(), &mut Vec::new()).unwrap_or(false)
 }
 
 /// Lower-case hex SHA-256 of a DER certificate.

@@ -31,6 +31,7 @@ use super::connect::{read_connect, Hello, Refusal, Step};
 use super::relay::{Relay, Session};
 use super::router_task::{Event, Nudge};
 use super::{translate, Listener, Shared};
+use crate::clients::Listed;
 use crate::config::AuthMode;
 use grove_auth::identity::{Device, PasswordCheck};
 use grove_auth::policy::{allow_all_policy, safe_variable, Resolved};
@@ -111,6 +112,17 @@ where
         .device
         .as_deref()
         .map(|device| LiveDevice::register(&shared, device.clone(), session.outlet.nudge()));
+    let protocol = match session.codec.version() {
+        Version::V311 => 4,
+        Version::V5 => 5,
+    };
+    let listed = Listed::register(
+        &shared,
+        session.client_id.clone(),
+        peer,
+        protocol,
+        session.outlet.nudge(),
+    );
     Some(Relay {
         identity_changes: shared.identities.changes(),
         shared,
@@ -125,6 +137,7 @@ where
         aliases: Vec::new(),
         _slot: slot,
         _live: live,
+        _listed: listed,
     })
 }
 

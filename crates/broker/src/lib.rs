@@ -24,7 +24,7 @@
 //! Components inside the gateway are router clients too, through [`Broker::bus`] ([`bus`]), never
 //! through a loopback socket. Also here: [`tap`] (durable taps), [`reply`] (where a sync
 //! invocation's answer may go: checked by the connection layer and by the functions component),
-//! [`namespace`] (Grove's name rules), the `[broker]` section ([`config`]), the broker's counters
+//! [`namespace`] (Grove's name rules), [`clients`] (the clients connected now, for operators), the `[broker]` section ([`config`]), the broker's counters
 //! ([`metrics`]) and [`sessions`]: the core's persistent sessions and retained messages in SQLite.
 //!
 //! Architecture invariant: this crate depends on `grove-router`, `grove-store`, `grove-auth`,
@@ -36,6 +36,7 @@
 
 mod admission;
 pub mod bus;
+pub mod clients;
 mod codec;
 pub mod config;
 mod connect;

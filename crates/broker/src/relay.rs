@@ -11,6 +11,7 @@
 //! slows the publisher.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -26,6 +27,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use crate::clients::Listed;
 use crate::codec::{Codec, Version};
 use crate::connect::check_topic_name;
 use crate::connection::{ConnectionSlot, LiveDevice};
@@ -72,6 +74,8 @@ pub(crate) enum End {
     /// The device's registration was removed or changed: it ends at once, without its will (a
     /// revoked device can leave nothing behind).
     Revoked(String),
+    /// An operator disconnected it (`Clients::disconnect`).
+    Kicked,
     /// The gateway is shutting down.
     Shutdown,
 }
@@ -128,6 +132,9 @@ pub(crate) struct Relay<S> {
     pub(crate) _slot: ConnectionSlot,
     /// A proved device's entry in the live list, removed when the relay is dropped.
     pub(crate) _live: Option<LiveDevice>,
+    /// Its entry in the operators' list of clients (`crate::clients`), removed when the relay is
+    /// dropped (its counts are in its writer: `Outlet::counts`).
+    pub(crate) _listed: Listed,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
@@ -219,6 +226,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     // (`LiveDevices`): a device no longer registered as it connected ends here.
                     if let Some(end) = self.revoked(false) {
                         return end;
+                    }
+                    if self.session.outlet.counts().kicked.load(Ordering::Relaxed) {
+                        return End::Kicked;
                     }
                     if !out.is_empty() {
                         if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
@@ -398,6 +408,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             }
         }
         self.shared.metrics.messages_received.inc();
+        let counts = self.session.outlet.counts();
+        counts.received.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
             .bytes_received
@@ -598,6 +610,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             match packet {
                 Outbound::Publish(d) => {
                     self.shared.metrics.messages_sent.inc();
+                    self.session
+                        .outlet
+                        .counts()
+                        .sent
+                        .fetch_add(1, Ordering::Relaxed);
                     self.shared
                         .metrics
                         .bytes_sent
@@ -678,6 +695,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 self.shared.metrics.refuse("revoked");
                 warn!(%peer, client_id, detail, "closing the connection of a revoked device");
             }
+            End::Kicked => warn!(%peer, client_id, "disconnected by an operator"),
             End::Shutdown => debug!(%peer, client_id, "closing for shutdown"),
         }
         if self.session.codec.version() == Version::V5 {
@@ -685,6 +703,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 End::Refused { code, .. } => Some(*code),
                 End::Revoked(_) => Some(DisconnectReasonCode::NotAuthorized),
                 End::KeepAliveTimeout => Some(DisconnectReasonCode::KeepAliveTimeout),
+                End::Kicked => Some(DisconnectReasonCode::AdministrativeAction),
                 End::Shutdown => Some(DisconnectReasonCode::ServerShuttingDown),
                 _ => None,
             };
@@ -705,7 +724,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     session_expiry_interval: None,
                 }),
             ),
-            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } => Event::Lost(conn),
+            // Closed by the server: the will is due (3.1.2.5).
+            End::Lost(_) | End::KeepAliveTimeout | End::Refused { .. } | End::Kicked => {
+                Event::Lost(conn)
+            }
         };
         let _ = self.shared.router.send(event).await;
     }

@@ -38,6 +38,8 @@ use std::time::Duration;
 
 use grove_auth::policy::Resolved;
 use grove_router::{self as core, ConnId, Outbound, Router, StorageWrite};
+
+use crate::clients::Counts;
 use grove_store::Store;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
@@ -90,6 +92,9 @@ struct Writer {
     state: Mutex<Waiting>,
     /// Packets arrived, the router closed the link, or a [`Nudge`].
     ready: Notify,
+    /// The connection's counts for operators (`crate::clients`), here rather than in an
+    /// allocation of their own: every connection already has its writer.
+    counts: Counts,
 }
 
 /// What a writer holds between the router and its connection.
@@ -125,6 +130,11 @@ pub(crate) struct Link(Arc<Writer>);
 pub(crate) struct Nudge(Arc<Writer>);
 
 impl Nudge {
+    /// The connection's counts for operators.
+    pub(crate) fn counts(&self) -> &Counts {
+        &self.0.counts
+    }
+
     pub(crate) fn nudge(&self) {
         self.0.lock().nudged = true;
         self.0.ready.notify_one();
@@ -206,6 +216,11 @@ impl Outlet {
     /// The connection this outlet belongs to.
     pub(crate) fn conn(&self) -> ConnId {
         self.conn
+    }
+
+    /// The connection's counts for operators.
+    pub(crate) fn counts(&self) -> &Counts {
+        &self.writer.counts
     }
 
     /// Whether the router holds this publisher for a congested subscriber (backpressure).
@@ -290,6 +305,7 @@ impl RouterHandle {
         let writer = Arc::new(Writer {
             state: Mutex::default(),
             ready: Notify::new(),
+            counts: Counts::default(),
         });
         (
             Link(writer.clone()),

@@ -92,6 +92,8 @@ pub(crate) struct Shared {
     pub(super) taps: std::sync::RwLock<Vec<Arc<Tap>>>,
     /// The connections of proved devices, so that a revocation can wait for their end.
     pub(crate) live_devices: LiveDevices,
+    /// Every authenticated connection, for operators (`crate::clients`).
+    pub(crate) clients: crate::clients::Table,
 }
 
 /// The connections of proved (registered) devices now open, by connection number, with the
@@ -229,6 +231,7 @@ impl Broker {
             connected: AtomicUsize::new(0),
             shutdown: shutdown_rx,
             live_devices: LiveDevices::default(),
+            clients: crate::clients::Table::default(),
             identities,
             record_origin: std::sync::atomic::AtomicBool::new(false),
             taps: std::sync::RwLock::new(Vec::new()),
@@ -332,6 +335,13 @@ impl Broker {
     /// The handle `grove device remove` reaches through the ops endpoint.
     pub fn revocations(&self) -> Revocations {
         Revocations {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// The clients connected now, and an operator's disconnect (the console's devices page).
+    pub fn clients(&self) -> crate::clients::Clients {
+        crate::clients::Clients {
             shared: self.shared.clone(),
         }
     }

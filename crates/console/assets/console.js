@@ -1,0 +1,26 @@
+// Grove console: swaps each live part for the fragment its stream (server-sent events) sends.
+// The server renders everything; this only keeps pages current. No framework, no build step.
+"use strict";
+for (const part of document.querySelectorAll("[data-stream]")) {
+  const status = document.createElement("p");
+  status.className = "stream";
+  status.setAttribute("role", "status");
+  part.before(status);
+  const events = new EventSource(part.dataset.stream);
+  events.onopen = () => { status.textContent = "Live"; status.dataset.state = "live"; };
+  events.onerror = () => {
+    status.textContent = "Reconnecting…";
+    status.dataset.state = "lost";
+  };
+  events.onmessage = (e) => {
+    // Keep keyboard focus on the same control across the swap.
+    const focused = document.activeElement && part.contains(document.activeElement)
+      ? document.activeElement.getAttribute("aria-label") : null;
+    part.innerHTML = e.data;
+    if (focused) {
+      const again = [...part.querySelectorAll("[aria-label]")]
+        .find((el) => el.getAttribute("aria-label") === focused);
+      if (again) again.focus();
+    }
+  };
+}

@@ -1,0 +1,74 @@
+//! `grove-console`: the local web console (issue 21), served by the gateway on its ops endpoint
+//! under `/console`.
+//!
+//! A pure core ([`core`]: sessions with idle and absolute expiry and a CSRF token each, the
+//! sign-in attempt budget, the overview's last hour of readings; time passed in) and a thin axum
+//! shell ([`shell`]: the routes, one table of them, [`ROUTES`], from which the router is built and
+//! which the security tests enumerate; the guard every route passes; the live streams). Pages are
+//! rendered on the server ([`pages`], maud: every value is HTML-escaped, a device's client id
+//! included) and kept live by server-sent events that carry the re-rendered fragment; the one
+//! script and style sheet are embedded in the binary (`assets/`, `include_str!`).
+//!
+//! What the console shows comes from the gateway through [`Gateway`] (readings, connected
+//! clients, the disconnect), so that this crate stays low in the layering: it depends on
+//! `grove-auth` (argon2 for the operator's password, the devices file) and `grove-config` (its
+//! `[console]` section) only.
+//!
+//! Architecture invariant: every route is in [`ROUTES`] with its [`Access`]; the guard, chosen by
+//! the table, runs before any handler: a page or stream needs a live session, a change also its
+//! CSRF token and a same-origin request.
+
+pub mod config;
+pub mod core;
+mod pages;
+pub mod password;
+mod shell;
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::SystemTime;
+
+pub use crate::core::Reading;
+pub use shell::{router, Access, Route, ROUTES};
+
+/// Why a console operation failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ConsoleError {
+    /// The password is too short.
+    #[error("the password must have at least {0} characters")]
+    WeakPassword(usize),
+    /// Hashing or storing the password failed.
+    #[error("cannot set the console password: {0}")]
+    Password(String),
+}
+
+/// A client connected now, as the devices page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Client {
+    /// Its MQTT client id.
+    pub client_id: String,
+    /// Where it connects from.
+    pub peer: SocketAddr,
+    /// The MQTT protocol level: 4 (3.1.1) or 5.
+    pub protocol: u8,
+    /// Connected since.
+    pub since: SystemTime,
+    /// Messages received from it.
+    pub received: u64,
+    /// Messages sent to it.
+    pub sent: u64,
+}
+
+/// A boxed future, for [`Gateway`]'s one asynchronous call.
+pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// What the console reads from, and asks of, the gateway it runs in.
+pub trait Gateway: Send + Sync + 'static {
+    /// The overview's counters now.
+    fn reading(&self) -> Reading;
+    /// The clients connected now.
+    fn clients(&self) -> Vec<Client>;
+    /// Ends the connections of `client_id` and waits for them to end: how many ended, or why not.
+    fn disconnect(&self, client_id: String) -> Pending<Result<usize, String>>;
+}

@@ -1,0 +1,318 @@
+//! The console's pages, rendered on the server with maud (which escapes every value: a device
+//! chooses its client id, so nothing it sends may become markup).
+//!
+//! Each page has a live part, a fragment that the page's stream (server-sent events) sends again
+//! whenever it changes; `assets/console.js` swaps it in. Without JavaScript the pages still show
+//! the state at load and every action works (plain forms).
+
+use std::collections::HashSet;
+use std::time::{Duration, SystemTime};
+
+use axum::response::Html;
+use grove_auth::identity::Device;
+use maud::{html, Markup, DOCTYPE};
+
+use crate::core::{Point, Reading};
+use crate::shell::{
+    DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT, SIGN_IN, SIGN_OUT,
+    STYLE,
+};
+use crate::Client;
+
+/// What the overview shows.
+pub(crate) struct Overview {
+    pub(crate) uptime: Duration,
+    pub(crate) points: Vec<Point>,
+    pub(crate) reading: Reading,
+}
+
+/// What the devices page shows.
+pub(crate) struct Devices {
+    pub(crate) clients: Vec<Client>,
+    /// The registered identities, or why the devices file could not be read.
+    pub(crate) identities: Result<Vec<Device>, String>,
+}
+
+/// Which page a layout is for (the navigation marks it).
+#[derive(PartialEq, Eq)]
+enum Nav {
+    Overview,
+    Devices,
+}
+
+fn head(title: &str) -> Markup {
+    html! {
+        head {
+            meta charset="utf-8";
+            meta name="viewport" content="width=device-width, initial-scale=1";
+            meta name="color-scheme" content="light dark";
+            title { (title) " · Grove console" }
+            link rel="stylesheet" href=(STYLE);
+            script src=(SCRIPT) defer {}
+        }
+    }
+}
+
+fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
+    let current = |n: Nav| (nav == n).then_some("page");
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                (head(title))
+                body {
+                    a.skip href="#main" { "Skip to content" }
+                    header {
+                        span.brand { "Grove" }
+                        nav aria-label="Console" {
+                            a href=(OVERVIEW) aria-current=[current(Nav::Overview)] { "Overview" }
+                            a href=(DEVICES) aria-current=[current(Nav::Devices)] { "Devices" }
+                        }
+                        form.signout method="post" action=(SIGN_OUT) {
+                            input type="hidden" name="csrf" value=(csrf);
+                            button type="submit" { "Sign out" }
+                        }
+                    }
+                    main #main {
+                        h1 { (title) }
+                        (body)
+                    }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+/// The sign-in page; `password_set` false says how to set one.
+pub(crate) fn sign_in(password_set: bool, error: Option<&str>) -> Html<String> {
+    Html(
+        html! {
+            (DOCTYPE)
+            html lang="en" {
+                (head("Sign in"))
+                body {
+                    main #main .signin {
+                        h1 { "Grove console" }
+                        @if !password_set {
+                            p role="alert" {
+                                "No operator password is set. On the gateway, run "
+                                code { "grove console passwd" } "."
+                            }
+                        }
+                        @if let Some(error) = error {
+                            p.error role="alert" { (error) }
+                        }
+                        form method="post" action=(SIGN_IN) {
+                            label for="password" { "Operator password" }
+                            input #password type="password" name="password"
+                                autocomplete="current-password" required autofocus;
+                            button type="submit" { "Sign in" }
+                        }
+                    }
+                }
+            }
+        }
+        .into_string(),
+    )
+}
+
+/// The overview page.
+pub(crate) fn overview(csrf: &str, o: &Overview) -> Html<String> {
+    layout(
+        "Overview",
+        Nav::Overview,
+        csrf,
+        html! {
+            div #live data-stream=(OVERVIEW_EVENTS) { (overview_live(o)) }
+            p.note { "Charts: the last hour, one point every 5 s." }
+        },
+    )
+}
+
+/// The overview's live part.
+pub(crate) fn overview_live(o: &Overview) -> Markup {
+    let r = &o.reading;
+    let last = o.points.last().copied().unwrap_or_default();
+    let series = |f: fn(&Point) -> f64| o.points.iter().map(|p| (p.age, f(p))).collect::<Vec<_>>();
+    html! {
+        dl.facts {
+            div { dt { "Health" } dd #health { "ok" } }
+            div { dt { "Version" } dd { (env!("CARGO_PKG_VERSION")) } }
+            div { dt { "Uptime" } dd #uptime { (humantime::format_duration(Duration::from_secs(o.uptime.as_secs()))) } }
+            div { dt { "Connected clients" } dd #connected { (r.connected) } }
+            div { dt { "Cloud outbox" } dd #outbox { (r.outbox) " messages" } }
+        }
+        div.charts {
+            (chart("Connected clients", &format!("{}", r.connected), &series(|p| p.connected)))
+            (chart("Messages in", &format!("{:.1}/s", last.in_rate), &series(|p| p.in_rate)))
+            (chart("Messages out", &format!("{:.1}/s", last.out_rate), &series(|p| p.out_rate)))
+            (chart("Cloud outbox", &format!("{}", r.outbox), &series(|p| p.outbox)))
+            (chart("CPU", &format!("{:.0} %", last.cpu * 100.0), &series(|p| p.cpu * 100.0)))
+            (chart("Memory (RSS)", &format!("{:.1} MiB", r.rss_bytes as f64 / 1048576.0), &series(|p| p.rss_mib)))
+        }
+    }
+}
+
+/// A small line chart over the last hour: x is the age (an hour wide), y from 0 to the largest
+/// value.
+fn chart(title: &str, now: &str, series: &[(f64, f64)]) -> Markup {
+    const W: f64 = 300.0;
+    const H: f64 = 60.0;
+    let top = series.iter().map(|(_, v)| *v).fold(0.0, f64::max);
+    let scale = if top > 0.0 { (H - 4.0) / top } else { 0.0 };
+    let points = series
+        .iter()
+        .map(|(age, v)| {
+            let x = W - (age / 3600.0 * W).min(W);
+            format!("{x:.1},{:.1}", H - 2.0 - v * scale)
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    let label = format!("{title}: {now} now, at most {top:.1} in the last hour");
+    html! {
+        figure.chart {
+            figcaption { span { (title) } strong { (now) } }
+            svg viewBox="0 0 300 60" preserveAspectRatio="none" role="img" aria-label=(label) {
+                line.axis x1="0" y1="59" x2="300" y2="59" {}
+                polyline points=(points) {}
+            }
+        }
+    }
+}
+
+/// The devices page.
+pub(crate) fn devices(csrf: &str, d: &Devices) -> Html<String> {
+    layout(
+        "Devices",
+        Nav::Devices,
+        csrf,
+        html! {
+            div #live data-stream=(DEVICES_EVENTS) { (devices_live(csrf, d)) }
+        },
+    )
+}
+
+fn protocol(level: u8) -> &'static str {
+    match level {
+        5 => "MQTT 5",
+        _ => "MQTT 3.1.1",
+    }
+}
+
+fn since(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// The devices page's live part: the connected clients and the registered identities.
+pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
+    let connected: HashSet<&str> = d.clients.iter().map(|c| c.client_id.as_str()).collect();
+    html! {
+        section aria-labelledby="connected-title" {
+            h2 #connected-title { "Connected now (" (d.clients.len()) ")" }
+            div.scroll {
+                table #clients {
+                    thead { tr {
+                        th scope="col" { "Client id" } th scope="col" { "Address" }
+                        th scope="col" { "Protocol" } th scope="col" { "Since" }
+                        th scope="col" { "Messages in / out" } th scope="col" { span.visually-hidden { "Action" } }
+                    } }
+                    tbody {
+                        @for c in &d.clients {
+                            tr data-client=(c.client_id) data-peer=(c.peer) {
+                                th scope="row" { code { (c.client_id) } }
+                                td { (c.peer) }
+                                td { (protocol(c.protocol)) }
+                                td { time datetime=(since(c.since)) { (since(c.since)) } }
+                                td { (c.received) " / " (c.sent) }
+                                td {
+                                    form method="post" action=(DISCONNECT) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="client_id" value=(c.client_id);
+                                        button.danger type="submit" aria-label={ "Disconnect " (c.client_id) } { "Disconnect" }
+                                    }
+                                }
+                            }
+                        }
+                        @if d.clients.is_empty() {
+                            tr { td colspan="6" { "No client is connected." } }
+                        }
+                    }
+                }
+            }
+        }
+        section aria-labelledby="identities-title" {
+            h2 #identities-title { "Registered identities (devices.toml)" }
+            @match &d.identities {
+                Err(e) => p.error role="alert" { "Cannot read the devices file: " (e) }
+                Ok(ids) if ids.is_empty() => p { "No device is registered (" code { "grove device add" } ")." }
+                Ok(ids) => div.scroll {
+                    table #identities {
+                        thead { tr {
+                            th scope="col" { "Device id" } th scope="col" { "Thing" }
+                            th scope="col" { "Signs in with" } th scope="col" { "Policy" }
+                            th scope="col" { "Connected" }
+                        } }
+                        tbody {
+                            @for id in ids {
+                                tr {
+                                    th scope="row" { code { (id.id) } }
+                                    td { (id.thing()) }
+                                    td { (credentials(id)) }
+                                    td { (id.policy.as_deref().unwrap_or("the listener's")) }
+                                    td { @if connected.contains(id.id.as_str()) { "yes" } @else { "no" } }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn credentials(d: &Device) -> &'static str {
+    match (d.password_hash.is_some(), d.certificate_sha256.is_some()) {
+        (true, true) => "password and certificate",
+        (true, false) => "password",
+        (false, true) => "certificate",
+        (false, false) => "nothing (cannot sign in)",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_id_with_markup_is_shown_as_text() {
+        let d = Devices {
+            clients: vec![Client {
+                client_id: "<script>alert(1)</script>".into(),
+                peer: "127.0.0.1:5000".parse().unwrap(),
+                protocol: 5,
+                since: SystemTime::UNIX_EPOCH,
+                received: 1,
+                sent: 2,
+            }],
+            identities: Ok(Vec::new()),
+        };
+        let html = devices_live("t", &d).into_string();
+        assert!(!html.contains("<script>"), "{html}");
+        assert!(
+            html.contains("&lt;script&gt;alert(1)&lt;/script&gt;"),
+            "{html}"
+        );
+        assert!(html.contains("MQTT 5") && html.contains("1970-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_chart_spans_the_hour_and_scales_to_its_largest_value() {
+        let m = chart("In", "2/s", &[(3600.0, 0.0), (0.0, 10.0)]).into_string();
+        assert!(m.contains(r#"points="0.0,58.0 300.0,2.0""#), "{m}");
+        assert!(
+            m.contains("In: 2/s now, at most 10.0 in the last hour"),
+            "{m}"
+        );
+    }
+}

@@ -1,0 +1,682 @@
+//! The console's HTTP shell (axum): the route table, the guard, the handlers and the live streams.
+//!
+//! The router is built from [`ROUTES`] only, each route behind the guard its [`Access`] names, so
+//! a route cannot be served without being in the table, and the security tests, which enumerate
+//! the table, see every route.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::sse::{Event, KeepAlive, Sse};
+use axum::response::{IntoResponse, Redirect, Response};
+use axum::routing::{get, post, MethodRouter};
+use axum::{Extension, Form, Router};
+use futures_util::stream;
+use ring::rand::{SecureRandom, SystemRandom};
+use serde::Deserialize;
+use subtle::ConstantTimeEq;
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
+
+use crate::config::ConsoleConfig;
+use crate::core::{History, Limits, Sessions, SignInBudget};
+use crate::{pages, password, Gateway};
+
+/// Who may use a route, and what the guard checks before its handler runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Access {
+    /// Anyone: the sign-in page and the embedded assets.
+    Open,
+    /// The sign-in form's target: a same-origin request (no session yet).
+    SignIn,
+    /// A page: a live session, else a redirect to the sign-in page.
+    Page,
+    /// A live stream: a live session, else 401.
+    Stream,
+    /// A change: a live session, its CSRF token in the form and a same-origin request, else 401
+    /// (no session) or 403.
+    Change,
+}
+
+/// One route of the console.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route {
+    /// `GET` or `POST`.
+    pub method: &'static str,
+    /// The path.
+    pub path: &'static str,
+    /// Who may use it.
+    pub access: Access,
+}
+
+const fn route(method: &'static str, path: &'static str, access: Access) -> Route {
+    Route {
+        method,
+        path,
+        access,
+    }
+}
+
+/// Where the console lives on the ops endpoint.
+pub(crate) const BASE: &str = "/console";
+pub(crate) const SIGN_IN: &str = "/console/signin";
+pub(crate) const SIGN_OUT: &str = "/console/signout";
+pub(crate) const OVERVIEW: &str = "/console";
+pub(crate) const DEVICES: &str = "/console/devices";
+pub(crate) const DISCONNECT: &str = "/console/devices/disconnect";
+pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
+pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
+pub(crate) const STYLE: &str = "/console/assets/console.css";
+pub(crate) const SCRIPT: &str = "/console/assets/console.js";
+
+/// Every route of the console: the router is built from this table only.
+pub const ROUTES: &[Route] = &[
+    route("GET", SIGN_IN, Access::Open),
+    route("POST", SIGN_IN, Access::SignIn),
+    route("GET", STYLE, Access::Open),
+    route("GET", SCRIPT, Access::Open),
+    route("GET", OVERVIEW, Access::Page),
+    route("GET", DEVICES, Access::Page),
+    route("GET", OVERVIEW_EVENTS, Access::Stream),
+    route("GET", DEVICES_EVENTS, Access::Stream),
+    route("POST", DISCONNECT, Access::Change),
+    route("POST", SIGN_OUT, Access::Change),
+];
+
+/// The session cookie's name.
+const COOKIE: &str = "grove_console";
+
+/// How often the overview takes a reading, and how long it keeps them.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+const HISTORY: Duration = Duration::from_secs(3600);
+
+/// How often a devices stream looks at the connected clients (an in-memory table) and at the
+/// devices file's modification time.
+const DEVICES_EVERY: Duration = Duration::from_millis(500);
+
+/// How often an idle live stream sends a comment (see `live`).
+const KEEP_ALIVE: Duration = Duration::from_secs(5);
+
+/// The largest form a change may send (a client id and a token).
+const FORM_LIMIT: usize = 16 * 1024;
+
+/// How long a disconnect waits for the connection to end.
+const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
+
+/// The embedded assets (their byte budget: README "Web console", checked by a test).
+const CSS: &str = include_str!("../assets/console.css");
+const JS: &str = include_str!("../assets/console.js");
+
+/// The shell's state, shared by every request.
+#[derive(Clone)]
+struct Shell(Arc<Inner>);
+
+struct Inner {
+    gateway: Arc<dyn Gateway>,
+    limits: Limits,
+    sessions: Mutex<Sessions>,
+    budget: Mutex<SignInBudget>,
+    /// One argon2 run at a time: a burst of sign-ins queues nothing (see `sign_in`).
+    argon2: Semaphore,
+    /// The live streams' budget.
+    streams: Arc<Semaphore>,
+    history: Mutex<History>,
+    /// Bumped at every reading, which wakes the overview streams.
+    readings: watch::Sender<u64>,
+    password_file: PathBuf,
+    devices_file: PathBuf,
+    /// The devices file as last read, with its modification time and length then: the devices
+    /// streams look twice a second, and read the file again only when it changed.
+    identities: Mutex<(Option<(std::time::SystemTime, u64)>, Identities)>,
+    started: Instant,
+    random: SystemRandom,
+}
+
+impl Shell {
+    fn sessions(&self) -> std::sync::MutexGuard<'_, Sessions> {
+        self.0.sessions.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn token(&self) -> String {
+        let mut bytes = [0u8; 32];
+        // The system's random source failing is not something to serve through.
+        self.0
+            .random
+            .fill(&mut bytes)
+            .expect("the system's random source");
+        hex::encode(bytes)
+    }
+}
+
+/// The session the guard found, for the handlers.
+#[derive(Clone)]
+struct Current {
+    token: String,
+    csrf: String,
+}
+
+/// The console's router (mounted by the gateway on its ops endpoint), reading the operator's
+/// password and the devices file in `data_dir`. It starts the overview's sampler, which ends
+/// when the router is dropped; so it must be called within a tokio runtime.
+pub fn router(config: &ConsoleConfig, data_dir: &Path, gateway: Arc<dyn Gateway>) -> Router {
+    let limits = config.limits;
+    let shell = Shell(Arc::new(Inner {
+        gateway,
+        limits,
+        sessions: Mutex::new(Sessions::new(limits)),
+        budget: Mutex::new(SignInBudget::new(limits)),
+        argon2: Semaphore::new(1),
+        streams: Arc::new(Semaphore::new(limits.max_streams)),
+        history: Mutex::new(History::new(HISTORY, SAMPLE_EVERY)),
+        readings: watch::Sender::new(0),
+        password_file: password::path(data_dir),
+        devices_file: data_dir.join(grove_auth::identity::DEVICES_FILE),
+        identities: Mutex::new((None, Ok(Vec::new()))),
+        started: Instant::now(),
+        random: SystemRandom::new(),
+    }));
+    tokio::spawn(sample(Arc::downgrade(&shell.0)));
+    let mut app = Router::new();
+    for r in ROUTES {
+        let guarded = handler(r).route_layer(middleware::from_fn_with_state(
+            (shell.clone(), r.access),
+            guard,
+        ));
+        app = app.route(r.path, guarded);
+    }
+    app.layer(middleware::map_response(harden))
+        .with_state(shell)
+}
+
+/// The handler of a route in [`ROUTES`].
+fn handler(r: &Route) -> MethodRouter<Shell> {
+    match (r.method, r.path) {
+        ("GET", SIGN_IN) => get(sign_in_page),
+        ("POST", SIGN_IN) => post(sign_in),
+        ("GET", STYLE) => get(|| async { asset("text/css; charset=utf-8", CSS) }),
+        ("GET", SCRIPT) => get(|| async { asset("text/javascript; charset=utf-8", JS) }),
+        ("GET", OVERVIEW) => get(overview),
+        ("GET", DEVICES) => get(devices),
+        ("GET", OVERVIEW_EVENTS) => get(overview_events),
+        ("GET", DEVICES_EVENTS) => get(devices_events),
+        ("POST", DISCONNECT) => post(disconnect),
+        ("POST", SIGN_OUT) => post(sign_out),
+        (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
+    }
+}
+
+/// Every answer: not cached, not framed by another site, scripts and styles from the console
+/// only (no inline script runs).
+async fn harden(mut response: Response) -> Response {
+    let h = response.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; form-action 'self'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
+    // Not `no-referrer`: with it a browser sends `Origin: null` on the console's own form posts
+    // (Fetch's origin serialization), which the same-origin check then refuses.
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("same-origin"),
+    );
+    h.entry(header::CACHE_CONTROL)
+        .or_insert(HeaderValue::from_static("no-store"));
+    response
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    (
+        [
+            (header::CONTENT_TYPE, content_type),
+            (header::CACHE_CONTROL, "private, max-age=300"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+/// The guard of every route, by its [`Access`].
+async fn guard(
+    State((shell, access)): State<(Shell, Access)>,
+    request: Request,
+    next: Next,
+) -> Response {
+    match access {
+        Access::Open => return next.run(request).await,
+        Access::SignIn if !same_origin(request.headers()) => return cross_site(),
+        Access::SignIn => return next.run(request).await,
+        Access::Page | Access::Stream | Access::Change => {}
+    }
+    let token = cookie(request.headers());
+    let session = token
+        .as_deref()
+        .and_then(|t| shell.sessions().touch(Instant::now(), t));
+    let (Some(token), Some(session)) = (token, session) else {
+        return match access {
+            Access::Page => Redirect::to(SIGN_IN).into_response(),
+            _ => (StatusCode::UNAUTHORIZED, "sign in first\n").into_response(),
+        };
+    };
+    let mut request = request;
+    if access == Access::Change {
+        if !same_origin(request.headers()) {
+            return cross_site();
+        }
+        let (parts, body) = request.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+            return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+        };
+        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+        let sent = form
+            .iter()
+            .find(|(k, _)| k == "csrf")
+            .map(|(_, v)| v.as_bytes());
+        if !sent.is_some_and(|sent| bool::from(sent.ct_eq(session.csrf.as_bytes()))) {
+            return (
+                StatusCode::FORBIDDEN,
+                "refused: the form's CSRF token is missing or not this session's\n",
+            )
+                .into_response();
+        }
+        request = Request::from_parts(parts, Body::from(bytes));
+    }
+    request.extensions_mut().insert(Current {
+        token,
+        csrf: session.csrf,
+    });
+    next.run(request).await
+}
+
+fn cross_site() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "refused: not a same-origin request (Origin / Sec-Fetch-Site)\n",
+    )
+        .into_response()
+}
+
+/// Whether a request comes from the console's own pages: `Sec-Fetch-Site: same-origin` and an
+/// `Origin` of this host, whichever the client sent, and at least one of them (every browser
+/// that runs the console sends `Origin` with a POST; a request with neither is not a browser's
+/// form and is refused too).
+fn same_origin(headers: &HeaderMap) -> bool {
+    let text = |name| {
+        headers
+            .get(name)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+    };
+    let site = text(header::HeaderName::from_static("sec-fetch-site")).map(|s| s == "same-origin");
+    let origin = match (text(header::ORIGIN), text(header::HOST)) {
+        (Some(origin), Some(host)) => {
+            Some(origin == format!("http://{host}") || origin == format!("https://{host}"))
+        }
+        (Some(_), None) => Some(false),
+        (None, _) => None,
+    };
+    site != Some(false) && origin != Some(false) && (site.is_some() || origin.is_some())
+}
+
+/// The session cookie's value. By hand rather than with a cookie crate: one cookie of ours is
+/// read, and RFC 6265's `Cookie` header is `name=value` pairs separated by `; `.
+fn cookie(headers: &HeaderMap) -> Option<String> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|pair| pair.trim().split_once('='))
+        .find(|(name, _)| *name == COOKIE)
+        .map(|(_, value)| value.to_owned())
+}
+
+fn session_cookie(token: &str, max_age: Duration) -> String {
+    format!(
+        "{COOKIE}={token}; Path={BASE}; HttpOnly; SameSite=Strict; Max-Age={}",
+        max_age.as_secs()
+    )
+}
+
+async fn sign_in_page(State(shell): State<Shell>) -> Response {
+    let set = password::load(&shell.0.password_file).is_some();
+    pages::sign_in(set, None).into_response()
+}
+
+#[derive(Deserialize)]
+struct SignIn {
+    password: String,
+}
+
+/// Checks the operator's password within the budget: refused without running argon2 when the
+/// failures' budget is spent or another check is running (429), so a burst of wrong passwords
+/// costs at most one argon2 run at a time.
+async fn sign_in(State(shell): State<Shell>, Form(form): Form<SignIn>) -> Response {
+    let refused = |status, why: &str| (status, pages::sign_in(true, Some(why))).into_response();
+    let Some(hash) = password::load(&shell.0.password_file) else {
+        return (StatusCode::UNAUTHORIZED, pages::sign_in(false, None)).into_response();
+    };
+    let check = shell
+        .0
+        .budget
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .check(Instant::now());
+    if let Err(wait) = check {
+        return retry_after(
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many failed sign-ins: wait a minute.",
+            ),
+            wait,
+        );
+    }
+    let Ok(_running) = shell.0.argon2.try_acquire() else {
+        return retry_after(
+            refused(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Another sign-in is being checked: try again.",
+            ),
+            Duration::from_secs(1),
+        );
+    };
+    let matches = tokio::task::spawn_blocking(move || {
+        grove_auth::identity::password_matches(&hash, &form.password)
+    })
+    .await
+    .unwrap_or(false);
+    if !matches {
+        shell
+            .0
+            .budget
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .failed(Instant::now());
+        tracing::warn!("console: a sign-in with a wrong password");
+        return refused(StatusCode::UNAUTHORIZED, "Wrong password.");
+    }
+    let (token, csrf) = (shell.token(), shell.token());
+    shell.sessions().open(Instant::now(), token.clone(), csrf);
+    tracing::info!("console: operator signed in");
+    (
+        [(
+            header::SET_COOKIE,
+            session_cookie(&token, shell.0.limits.absolute),
+        )],
+        Redirect::to(OVERVIEW),
+    )
+        .into_response()
+}
+
+/// `response` with a `Retry-After` of `wait` (at least a second).
+fn retry_after(mut response: Response, wait: Duration) -> Response {
+    response.headers_mut().insert(
+        header::RETRY_AFTER,
+        HeaderValue::from(wait.as_secs().max(1)),
+    );
+    response
+}
+
+async fn sign_out(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    shell.sessions().close(&current.token);
+    (
+        [(header::SET_COOKIE, session_cookie("", Duration::ZERO))],
+        Redirect::to(SIGN_IN),
+    )
+        .into_response()
+}
+
+fn overview_now(shell: &Shell) -> pages::Overview {
+    let history = shell.0.history.lock().unwrap_or_else(|p| p.into_inner());
+    pages::Overview {
+        uptime: shell.0.started.elapsed(),
+        points: history.points(),
+        reading: shell.0.gateway.reading(),
+    }
+}
+
+async fn overview(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    pages::overview(&current.csrf, &overview_now(&shell)).into_response()
+}
+
+/// The registered devices, or why the devices file cannot be read.
+type Identities = Result<Vec<grove_auth::identity::Device>, String>;
+
+fn devices_now(shell: &Shell) -> pages::Devices {
+    let file = &shell.0.devices_file;
+    let stamp = std::fs::metadata(file)
+        .ok()
+        .and_then(|m| Some((m.modified().ok()?, m.len())));
+    let mut cached = shell.0.identities.lock().unwrap_or_else(|p| p.into_inner());
+    if stamp.is_none() || cached.0 != stamp {
+        let identities = grove_auth::identity::load(file)
+            .map(|d| d.into_values().collect())
+            .map_err(|e| e.to_string());
+        *cached = (stamp, identities);
+    }
+    pages::Devices {
+        clients: shell.0.gateway.clients(),
+        identities: cached.1.clone(),
+    }
+}
+
+async fn devices(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    pages::devices(&current.csrf, &devices_now(&shell)).into_response()
+}
+
+#[derive(Deserialize)]
+struct Disconnect {
+    client_id: String,
+}
+
+async fn disconnect(State(shell): State<Shell>, Form(form): Form<Disconnect>) -> Response {
+    tracing::warn!(
+        client_id = form.client_id,
+        "console: disconnecting a client"
+    );
+    let outcome = tokio::time::timeout(
+        DISCONNECT_WAIT,
+        shell.0.gateway.disconnect(form.client_id.clone()),
+    )
+    .await
+    .unwrap_or_else(|_| Err("timed out".to_owned()));
+    match outcome {
+        Ok(_) => Redirect::to(DEVICES).into_response(),
+        Err(e) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot disconnect {:?}: {e}\n", form.client_id),
+        )
+            .into_response(),
+    }
+}
+
+/// What wakes a live stream to render again.
+enum Wake {
+    /// A new reading (the overview).
+    Readings(watch::Receiver<u64>),
+    /// A look every so often (the devices: an in-memory table and a file's time).
+    Every(Duration),
+}
+
+impl Wake {
+    /// Waits for the next wake; `false` once nothing will wake it again.
+    async fn wait(&mut self) -> bool {
+        match self {
+            Wake::Readings(r) => r.changed().await.is_ok(),
+            Wake::Every(d) => {
+                tokio::time::sleep(*d).await;
+                true
+            }
+        }
+    }
+}
+
+/// A live stream's state.
+struct Live<F> {
+    shell: Shell,
+    token: String,
+    /// Its place in the streams' budget, given back when the stream is dropped.
+    _slot: OwnedSemaphorePermit,
+    wake: Wake,
+    render: F,
+    last: Option<String>,
+}
+
+/// A live stream of `render`'s fragments: one at once, then one whenever `wake` says and the
+/// fragment changed, while the session lives (a sign-out or expiry ends it at its next wake).
+fn live<F>(shell: Shell, current: Current, wake: Wake, render: F) -> Response
+where
+    F: Fn(&Shell) -> String + Send + 'static,
+{
+    let slot = match shell.0.streams.clone().try_acquire_owned() {
+        Ok(slot) => slot,
+        Err(_) => {
+            return (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "too many live streams open: close a console tab\n",
+            )
+                .into_response()
+        }
+    };
+    let state = Live {
+        shell,
+        token: current.token,
+        _slot: slot,
+        wake,
+        render,
+        last: None,
+    };
+    let events = stream::unfold(state, |mut s| async move {
+        loop {
+            if s.last.is_some() && !s.wake.wait().await {
+                return None;
+            }
+            if !s.shell.sessions().is_live(Instant::now(), &s.token) {
+                return None;
+            }
+            let fragment = (s.render)(&s.shell);
+            if s.last.as_deref() != Some(fragment.as_str()) {
+                s.last = Some(fragment.clone());
+                return Some((
+                    Ok::<_, std::convert::Infallible>(Event::default().data(fragment)),
+                    s,
+                ));
+            }
+        }
+    });
+    // A closed tab is noticed at the next write: a comment every few seconds gives its place in
+    // the streams' budget back soon.
+    Sse::new(events)
+        .keep_alive(KeepAlive::new().interval(KEEP_ALIVE))
+        .into_response()
+}
+
+async fn overview_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let wake = Wake::Readings(shell.0.readings.subscribe());
+    live(shell, current, wake, |shell| {
+        pages::overview_live(&overview_now(shell)).into_string()
+    })
+}
+
+async fn devices_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let csrf = current.csrf.clone();
+    live(shell, current, Wake::Every(DEVICES_EVERY), move |shell| {
+        pages::devices_live(&csrf, &devices_now(shell)).into_string()
+    })
+}
+
+/// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
+async fn sample(shell: Weak<Inner>) {
+    let mut tick = tokio::time::interval(SAMPLE_EVERY);
+    loop {
+        tick.tick().await;
+        let Some(inner) = shell.upgrade() else {
+            return;
+        };
+        let reading = inner.gateway.reading();
+        inner
+            .history
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(Instant::now(), reading);
+        inner.readings.send_modify(|n| *n += 1);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    #[test]
+    fn same_origin_needs_a_matching_origin_or_fetch_site_and_no_contrary_one() {
+        let host = ("host", "127.0.0.1:9464");
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[host, ("origin", "http://127.0.0.1:9464")], true),
+            (&[host, ("sec-fetch-site", "same-origin")], true),
+            (&[host, ("origin", "http://evil.example")], false),
+            (&[host, ("origin", "null")], false),
+            (&[host, ("sec-fetch-site", "cross-site")], false),
+            (&[host, ("sec-fetch-site", "same-site")], false),
+            (
+                &[
+                    host,
+                    ("origin", "http://127.0.0.1:9464"),
+                    ("sec-fetch-site", "cross-site"),
+                ],
+                false,
+            ),
+            (&[host], false),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(same_origin(&headers(pairs)), *expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn the_session_cookie_is_found_among_others() {
+        let h = headers(&[("cookie", "a=1; grove_console=abc; b=2")]);
+        assert_eq!(cookie(&h).as_deref(), Some("abc"));
+        assert_eq!(cookie(&headers(&[("cookie", "grove_consolex=1")])), None);
+    }
+
+    #[test]
+    fn the_embedded_assets_keep_to_their_budget() {
+        // README "Web console": 8 KiB for the style sheet and the script together.
+        assert!(CSS.len() + JS.len() <= 8 * 1024, "{} B", CSS.len() + JS.len());
+    }
+
+    #[test]
+    fn every_route_has_a_handler_and_one_access() {
+        let mut seen = HashSet::new();
+        for r in ROUTES {
+            // Panics (unreachable) for a route without a handler.
+            let _ = handler(r);
+            assert!(seen.insert((r.method, r.path)), "{r:?} twice");
+            assert!(r.path.starts_with(BASE), "{r:?}");
+        }
+    }
+}

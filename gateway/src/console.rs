@@ -1,0 +1,110 @@
+//! The web console's view of this gateway (`grove_console::Gateway`): the overview's readings
+//! from the metrics and the process, the broker's connected clients, and their disconnect.
+
+use std::sync::Arc;
+
+use grove_broker::clients::Clients;
+use grove_console::{Client, Gateway, Pending, Reading};
+
+use crate::metrics::Metrics;
+
+/// The gateway as the console sees it.
+pub struct ConsoleView {
+    metrics: Arc<Metrics>,
+    clients: Clients,
+}
+
+impl ConsoleView {
+    /// A view of the gateway whose counters are `metrics` and whose broker's clients are `clients`.
+    pub fn new(metrics: Arc<Metrics>, clients: Clients) -> ConsoleView {
+        ConsoleView { metrics, clients }
+    }
+}
+
+impl Gateway for ConsoleView {
+    fn reading(&self) -> Reading {
+        let (cpu_seconds, rss_bytes) = process();
+        let broker = &self.metrics.broker;
+        Reading {
+            connected: u64::try_from(broker.connected_clients.get()).unwrap_or(0),
+            received: broker.messages_received.get(),
+            sent: broker.messages_sent.get(),
+            outbox: u64::try_from(self.metrics.cloud.outbox_messages.get()).unwrap_or(0),
+            cpu_seconds,
+            rss_bytes,
+        }
+    }
+
+    fn clients(&self) -> Vec<Client> {
+        self.clients
+            .list()
+            .into_iter()
+            .map(|c| Client {
+                client_id: c.client_id,
+                peer: c.peer,
+                protocol: c.protocol,
+                since: c.since,
+                received: c.received,
+                sent: c.sent,
+            })
+            .collect()
+    }
+
+    /// Through the checks of `grove clients disconnect` (`crate::ops::disconnect_client`); a
+    /// client that has already gone counts as done (the operator wanted it gone).
+    fn disconnect(&self, client_id: String) -> Pending<Result<usize, String>> {
+        let clients = self.clients.clone();
+        Box::pin(async move {
+            match crate::ops::disconnect_client(&clients, &client_id).await {
+                Ok(n) => Ok(n),
+                Err((axum::http::StatusCode::NOT_FOUND, _)) => Ok(0),
+                Err((_, why)) => Err(why),
+            }
+        })
+    }
+}
+
+/// Clock ticks per second in `/proc/self/stat`: USER_HZ, 100 in Linux's ABI on every
+/// architecture Grove builds for (asking `sysconf` would be the binary's second `unsafe` call).
+const USER_HZ: f64 = 100.0;
+
+/// The process's CPU time (user + system, seconds) and resident memory (bytes), from
+/// `/proc/self/stat` and `/proc/self/status`; zeros where they cannot be read (not Linux).
+fn process() -> (f64, u64) {
+    let cpu = std::fs::read_to_string("/proc/self/stat")
+        .ok()
+        .and_then(|stat| {
+            // The command name (field 2) may hold spaces: fields are counted after its ')'.
+            // utime and stime are fields 14 and 15, the 12th and 13th after it.
+            let rest = stat.get(stat.rfind(')')? + 2..)?;
+            let mut fields = rest.split(' ');
+            let utime: f64 = fields.nth(11)?.parse().ok()?;
+            let stime: f64 = fields.next()?.parse().ok()?;
+            Some((utime + stime) / USER_HZ)
+        })
+        .unwrap_or(0.0);
+    let rss = std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+            Some(kib * 1024)
+        })
+        .unwrap_or(0);
+    (cpu, rss)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn the_process_has_used_cpu_and_is_resident() {
+        let spin = std::time::Instant::now();
+        // Some CPU time to see: a tick is 10 ms.
+        while spin.elapsed() < std::time::Duration::from_millis(30) {
+            std::hint::black_box(spin.elapsed());
+        }
+        let (cpu, rss) = super::process();
+        assert!(cpu > 0.0, "{cpu}");
+        assert!(rss > 1 << 20, "{rss}");
+    }
+}

@@ -1,0 +1,564 @@
+//! The web console (issue 21, phase 1) against the real `grove`.
+//!
+//! Security from outside: every route of `grove_console::ROUTES` (the one table the console's
+//! router is built from, so a new route cannot escape these tests) without a session, cross-site
+//! posts, the ops endpoint's bind, sessions' expiry and sign-out, and each budget under its attack
+//! (wrong passwords, sessions, live streams). Then a real browser: Debian's Chromium driven
+//! through chromedriver (WebDriver, fantoccini) signs in, watches a mosquitto client appear on
+//! the devices page live and disconnects it from the page.
+
+use std::net::{IpAddr, Ipv4Addr, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+use fantoccini::{ClientBuilder, Locator};
+use grove_console::{Access, ROUTES};
+use grove_tests::console::{set_password, Console, Session, PASSWORD};
+use grove_tests::{eventually, free_port, grove, Gateway, MosquittoSub, WAIT};
+
+const DEVICES: &str = "/console/devices";
+const DEVICES_EVENTS: &str = "/console/events/devices";
+const DISCONNECT: &str = "/console/devices/disconnect";
+
+/// A gateway with the operator password set, and a console client for it.
+fn console_gateway(extra: &str) -> (Gateway, Console) {
+    let g = Gateway::start(extra);
+    set_password(&g, PASSWORD);
+    let c = Console::new(g.ops_port);
+    (g, c)
+}
+
+/// A device: mosquitto_sub connected as `id` (MQTT 5), subscribed.
+fn device(g: &Gateway, id: &str) -> MosquittoSub {
+    MosquittoSub::connect_v5(g.mqtt_port, id, "site/#")
+}
+
+fn listed(c: &Console, s: &Session, id: &str) -> bool {
+    let page = c.get(DEVICES, Some(s));
+    assert_eq!(page.status, 200, "{page:?}");
+    page.body.contains(&format!("data-client=\"{id}\""))
+}
+
+#[test]
+fn every_console_route_refuses_without_a_session() {
+    let (_g, c) = console_gateway("");
+    let kinds = |a: Access| ROUTES.iter().filter(|r| r.access == a).count();
+    assert!(
+        kinds(Access::Page) >= 2 && kinds(Access::Stream) >= 2 && kinds(Access::Change) >= 2,
+        "{ROUTES:?}"
+    );
+    let forged = Session {
+        cookie: "grove_console=0123456789abcdef".into(),
+        csrf: "0123456789abcdef".into(),
+    };
+    for session in [None, Some(&forged)] {
+        for r in ROUTES {
+            let answer = match r.method {
+                "GET" => c.get(r.path, session),
+                "POST" => c.post(
+                    r.path,
+                    session,
+                    &[("Origin", c.origin())],
+                    &[("csrf", &forged.csrf), ("password", "not the password")],
+                ),
+                other => panic!("{other} {}: a method this test does not know", r.path),
+            };
+            let seen = (answer.status, answer.location.as_deref());
+            let case = format!("{} {} with {session:?}: {answer:?}", r.method, r.path);
+            match r.access {
+                Access::Open => assert_eq!(seen, (200, None), "{case}"),
+                // The sign-in form itself: the wrong password is refused.
+                Access::SignIn => assert_eq!(seen.0, 401, "{case}"),
+                Access::Page => assert_eq!(seen, (303, Some("/console/signin")), "{case}"),
+                Access::Stream | Access::Change => assert_eq!(seen, (401, None), "{case}"),
+            }
+            assert!(answer.set_cookie.is_none(), "{case}");
+        }
+    }
+    // The same requests with a real session are served: the refusals above were the guard's.
+    let s = c.session();
+    assert_eq!(c.get("/console", Some(&s)).status, 200);
+    assert_eq!(c.get(DEVICES, Some(&s)).status, 200);
+    assert!(c.stream(DEVICES_EVENTS, Some(&s)).is_ok());
+}
+
+#[test]
+fn the_session_cookie_is_http_only_and_strictly_same_site() {
+    let (_g, c) = console_gateway("");
+    let answer = c.sign_in(PASSWORD);
+    assert_eq!(answer.location.as_deref(), Some("/console"), "{answer:?}");
+    let cookie = answer.set_cookie.expect("a session cookie");
+    for attribute in ["HttpOnly", "SameSite=Strict", "Path=/console"] {
+        assert!(cookie.contains(attribute), "{attribute} in {cookie}");
+    }
+}
+
+/// A refused change: what is wrong with it, its headers, its CSRF token.
+type Refused<'a> = (&'a str, &'a [(&'a str, &'a str)], Option<&'a str>);
+
+#[test]
+fn a_cross_site_post_is_refused_and_only_a_same_origin_one_with_the_token_is_taken() {
+    let (g, c) = console_gateway("");
+    let _sensor = device(&g, "sensor-1");
+    let s = c.session();
+    let other = c.session();
+    assert!(listed(&c, &s, "sensor-1"));
+    let own = c.origin().to_owned();
+    // (what is wrong, the request's headers, the form's CSRF token)
+    let refused: &[Refused] = &[
+        (
+            "a foreign Origin",
+            &[("Origin", "http://evil.example")],
+            Some(&s.csrf),
+        ),
+        (
+            "Sec-Fetch-Site: cross-site",
+            &[("Origin", &own), ("Sec-Fetch-Site", "cross-site")],
+            Some(&s.csrf),
+        ),
+        ("neither Origin nor Sec-Fetch-Site", &[], Some(&s.csrf)),
+        ("no CSRF token", &[("Origin", &own)], None),
+        ("a wrong CSRF token", &[("Origin", &own)], Some("0000")),
+        (
+            "another session's token",
+            &[("Origin", &own)],
+            Some(&other.csrf),
+        ),
+    ];
+    for (case, headers, csrf) in refused {
+        let mut form = vec![("client_id", "sensor-1")];
+        form.extend(csrf.map(|t| ("csrf", t)));
+        let answer = c.post(DISCONNECT, Some(&s), headers, &form);
+        assert_eq!(answer.status, 403, "{case}: {answer:?}");
+        assert!(listed(&c, &s, "sensor-1"), "{case}: still connected");
+    }
+    assert_eq!(g.log_count(&["disconnected by an operator"]), 0);
+    // A cross-site sign-in (login CSRF) is refused before the password is looked at.
+    let answer = c.post(
+        "/console/signin",
+        None,
+        &[("Origin", "http://evil.example")],
+        &[("password", PASSWORD)],
+    );
+    assert_eq!((answer.status, answer.set_cookie), (403, None));
+    // The console's own form: taken.
+    let answer = c.post(
+        DISCONNECT,
+        Some(&s),
+        &[("Origin", &own), ("Sec-Fetch-Site", "same-origin")],
+        &[("client_id", "sensor-1"), ("csrf", &s.csrf)],
+    );
+    assert_eq!(
+        (answer.status, answer.location.as_deref()),
+        (303, Some(DEVICES)),
+        "{answer:?}"
+    );
+    g.wait_log(&["disconnected by an operator", "sensor-1"], 1);
+}
+
+#[test]
+fn the_console_obeys_the_ops_bind() {
+    // On 127.0.0.1: there, and nowhere else on loopback.
+    let (g, c) = console_gateway("");
+    assert_eq!(c.get("/console", None).status, 303);
+    assert!(TcpStream::connect(("127.0.0.2", g.ops_port)).is_err());
+
+    // The ops endpoint on every address (plain HTTP on the network): the console is not served.
+    let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+    let open = Gateway::start_with_ops_on(any, "");
+    assert_eq!(open.http_get("/healthz").0, 200);
+    assert_eq!(open.http_get("/console").0, 404);
+    assert_eq!(open.http_get("/console/signin").0, 404);
+    // ... unless the operator says TLS is in front.
+    let allowed = Gateway::start_with_ops_on(
+        any,
+        "[console]\nenabled = true\nallow_network_without_tls = true\n",
+    );
+    assert_eq!(allowed.http_get("/console/signin").0, 200);
+
+    // Asked for explicitly without that: a configuration error naming the way out.
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("grove.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "data_dir = {:?}\n[console]\nenabled = true\n[[broker.listeners]]\nbind = \"127.0.0.1:{}\"\n[ops]\nbind = \"0.0.0.0:{}\"\n",
+            dir.path().join("data"),
+            free_port(),
+            free_port()
+        ),
+    )
+    .unwrap();
+    let (code, out) = grove(&["run", "--config", config.to_str().unwrap()], dir.path());
+    assert_eq!(code, 2, "{out}");
+    assert!(out.contains("allow_network_without_tls"), "{out}");
+}
+
+/// Waits until the console ends the live stream `s` holds open (the session is over), then
+/// checks that the session's pages redirect to the sign-in page.
+fn wait_session_over(c: &Console, s: &Session, mut stream: grove_tests::console::Stream) {
+    while stream.next_event().is_some() {}
+    let page = c.get(DEVICES, Some(s));
+    assert_eq!(
+        (page.status, page.location.as_deref()),
+        (303, Some("/console/signin"))
+    );
+}
+
+#[test]
+fn sessions_end_when_idle_and_at_their_absolute_expiry() {
+    let cases = [
+        ("idle", "[console]\nidle_timeout_s = 3\n"),
+        (
+            "absolute",
+            "[console]\nidle_timeout_s = 3600\nsession_max_s = 3\n",
+        ),
+    ];
+    for (case, extra) in cases {
+        let (_g, c) = console_gateway(extra);
+        let s = c.session();
+        let mut stream = c.stream(DEVICES_EVENTS, Some(&s)).expect(case);
+        assert!(stream.next_event().is_some(), "{case}: first fragment");
+        // The stream looks at the session without using it; it ends when the session does.
+        wait_session_over(&c, &s, stream);
+    }
+}
+
+#[test]
+fn signing_out_ends_the_session_and_its_streams() {
+    let (_g, c) = console_gateway("");
+    let s = c.session();
+    let mut stream = c.stream(DEVICES_EVENTS, Some(&s)).unwrap();
+    assert!(stream.next_event().is_some());
+    let answer = c.post(
+        "/console/signout",
+        Some(&s),
+        &[("Origin", c.origin())],
+        &[("csrf", &s.csrf)],
+    );
+    assert_eq!(answer.location.as_deref(), Some("/console/signin"));
+    assert!(answer.set_cookie.unwrap().contains("Max-Age=0"));
+    wait_session_over(&c, &s, stream);
+}
+
+#[test]
+fn a_burst_of_wrong_passwords_is_held_to_the_sign_in_budget() {
+    let (g, c) = console_gateway("");
+    // 8 peers at once, 4 wrong passwords each.
+    let answers: Vec<_> = std::thread::scope(|scope| {
+        let peers: Vec<_> = (0..8)
+            .map(|_| scope.spawn(|| (0..4).map(|_| c.sign_in("wrong")).collect::<Vec<_>>()))
+            .collect();
+        peers.into_iter().flat_map(|p| p.join().unwrap()).collect()
+    });
+    let checked = answers.iter().filter(|a| a.status == 401).count();
+    let refused: Vec<_> = answers.iter().filter(|a| a.status == 429).collect();
+    assert_eq!(checked + refused.len(), 32, "{answers:?}");
+    // One password check at a time, 5 failures a minute: everything else is refused without an
+    // argon2 run, with when to come back.
+    assert!((1..=5).contains(&checked), "{checked} passwords checked");
+    assert!(refused.iter().all(|a| a.retry_after.is_some()));
+    // One at a time, the rest of the budget: exactly 5 failures are checked in all.
+    let sequential: Vec<u16> = (0..10).map(|_| c.sign_in("wrong").status).collect();
+    let checked = checked + sequential.iter().filter(|s| **s == 401).count();
+    assert_eq!(checked, 5, "{sequential:?}");
+    assert!(sequential.ends_with(&[429; 5]), "{sequential:?}");
+    assert_eq!(
+        g.log_count(&["console: a sign-in with a wrong password"]),
+        5
+    );
+    // Spent: even the right password waits for the window to slide.
+    let answer = c.sign_in(PASSWORD);
+    assert_eq!((answer.status, answer.set_cookie), (429, None));
+}
+
+#[test]
+fn sign_ins_beyond_the_session_budget_end_the_least_recently_used() {
+    let (_g, c) = console_gateway("");
+    let sessions: Vec<Session> = (0..9).map(|_| c.session()).collect();
+    // 8 live at most: the first (least recently used) is gone, the others are live.
+    assert_eq!(c.get("/console", Some(&sessions[0])).status, 303);
+    for s in &sessions[1..] {
+        assert_eq!(c.get("/console", Some(s)).status, 200);
+    }
+}
+
+#[test]
+fn live_streams_are_held_to_their_budget() {
+    let (_g, c) = console_gateway("");
+    let s = c.session();
+    let mut open: Vec<_> = (0..16)
+        .map(|i| {
+            let mut stream = c
+                .stream(DEVICES_EVENTS, Some(&s))
+                .unwrap_or_else(|a| panic!("stream {i}: {a:?}"));
+            assert!(stream.next_event().is_some());
+            stream
+        })
+        .collect();
+    let refused = c
+        .stream(DEVICES_EVENTS, Some(&s))
+        .err()
+        .expect("a 17th stream refused");
+    assert_eq!(refused.status, 503, "{refused:?}");
+    assert_eq!(
+        c.stream("/console/events/overview", Some(&s))
+            .err()
+            .map(|a| a.status),
+        Some(503)
+    );
+    // Pages still answer, and a closed stream's place comes back.
+    assert_eq!(c.get(DEVICES, Some(&s)).status, 200);
+    open.pop();
+    eventually(WAIT, || {
+        c.stream(DEVICES_EVENTS, Some(&s))
+            .map(drop)
+            .map_err(|a| format!("still refused: {}", a.status))
+    });
+}
+
+/// Debian's Chromium, headless, driven through its chromedriver (WebDriver) by fantoccini.
+struct Browser {
+    web: fantoccini::Client,
+    driver: Child,
+    _profile: tempfile::TempDir,
+}
+
+impl Browser {
+    /// Starts Chromium with the machine's flags and `extra` ones.
+    async fn start(extra: &[&str]) -> Browser {
+        let port = free_port();
+        // Its own process group, so that a failed test's drop ends Chromium with it (Chromium is
+        // chromedriver's child, in its group; killing chromedriver alone would leave it running).
+        let driver = Command::new("/usr/bin/chromedriver")
+            .process_group(0)
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("chromedriver (Debian's chromium-driver, installed by scripts/test.sh)");
+        eventually(WAIT, || {
+            TcpStream::connect(("127.0.0.1", port))
+                .map(drop)
+                .map_err(|e| format!("chromedriver on {port}: {e}"))
+        });
+        let profile = tempfile::tempdir().unwrap();
+        // The flags this machine needs (no sandbox as root, no network beyond loopback).
+        let user_data = format!("--user-data-dir={}", profile.path().display());
+        let mut args = vec![
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--window-size=1280,900",
+            &user_data,
+        ];
+        args.extend_from_slice(extra);
+        let capabilities = serde_json::json!({
+            "goog:chromeOptions": { "binary": "/usr/bin/chromium", "args": args }
+        });
+        let serde_json::Value::Object(capabilities) = capabilities else {
+            unreachable!()
+        };
+        let connector = hyper_util::client::legacy::connect::HttpConnector::new();
+        let web = ClientBuilder::new(connector)
+            .capabilities(capabilities)
+            .connect(&format!("http://127.0.0.1:{port}"))
+            .await
+            .expect("a Chromium session");
+        Browser {
+            web,
+            driver,
+            _profile: profile,
+        }
+    }
+
+    async fn wait(&self, css: &str) -> fantoccini::elements::Element {
+        self.web
+            .wait()
+            .at_most(WAIT)
+            .for_element(Locator::Css(css))
+            .await
+            .unwrap_or_else(|e| panic!("no {css}: {e}\n{}", futures_source(&self.web)))
+    }
+
+    async fn click(&self, css: &str) {
+        self.wait(css).await.click().await.unwrap();
+    }
+
+    /// The page's background colour, as the style sheet resolved it.
+    async fn background(&self) -> String {
+        let script = "return getComputedStyle(document.body).backgroundColor";
+        let colour = self.web.execute(script, Vec::new()).await.unwrap();
+        colour.as_str().unwrap_or_default().to_owned()
+    }
+
+    /// Signs in on the console at `origin` with the sign-in form.
+    async fn sign_in(&self, origin: &str) {
+        self.web.goto(&format!("{origin}/console")).await.unwrap();
+        let password = self.wait("form input#password").await;
+        password.send_keys(PASSWORD).await.unwrap();
+        self.click("form button[type=submit]").await;
+        self.wait("dd#health").await;
+    }
+
+    async fn screenshot(&self, dir: &Path, name: &str) {
+        let png = self.web.screenshot().await.expect("a screenshot");
+        std::fs::write(dir.join(format!("{name}.png")), png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        // The whole group: chromedriver and the Chromium it started (`kill -- -PGID`).
+        let group = format!("-{}", self.driver.id());
+        let _ = Command::new("kill").args(["-KILL", "--", &group]).status();
+        let _ = self.driver.wait();
+    }
+}
+
+/// Where the browser test saves its screenshots (printed by the test); with
+/// `GROVE_CONSOLE_DOCS=1` they are also copied to `docs/console/` for the README.
+fn screenshot_dir() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("console-screenshots");
+    std::fs::create_dir_all(&dir).unwrap();
+    println!("console screenshots: {}", dir.display());
+    dir
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() {
+    let (g, c) = console_gateway("");
+    let shots = screenshot_dir();
+    let b = Browser::start(&[]).await;
+    // Without a session the console sends the browser to the sign-in page.
+    b.web
+        .goto(&format!("{}/console", c.origin()))
+        .await
+        .unwrap();
+    let password = b.wait("form input#password").await;
+    assert!(b
+        .web
+        .current_url()
+        .await
+        .unwrap()
+        .path()
+        .ends_with("/console/signin"));
+    b.screenshot(&shots, "signin").await;
+    password.send_keys(PASSWORD).await.unwrap();
+    b.click("form button[type=submit]").await;
+    // The overview, live.
+    b.wait("dd#health").await;
+    b.wait("p.stream[data-state=live]").await;
+    // A chart with a line: the sampler's third reading (5 s apart), as the stream brought it.
+    b.wait(".chart polyline[points*=' ']").await;
+    b.screenshot(&shots, "overview").await;
+    let light = b.background().await;
+    // The devices page: nothing connected yet; then a mosquitto client appears without a reload.
+    b.click("a[href='/console/devices']").await;
+    b.wait("#clients").await;
+    b.wait("p.stream[data-state=live]").await;
+    let _sensor = device(&g, "sensor-1");
+    let row = b.wait("#clients tr[data-client='sensor-1']").await;
+    let peer = row
+        .attr("data-peer")
+        .await
+        .unwrap()
+        .expect("the row's address");
+    b.screenshot(&shots, "devices").await;
+    // A phone-sized window.
+    b.web.set_window_size(390, 844).await.unwrap();
+    b.wait("#clients tr[data-client='sensor-1']").await;
+    b.screenshot(&shots, "devices-narrow").await;
+    b.web.set_window_size(1280, 900).await.unwrap();
+    // By keyboard: focus the row's button and press Enter.
+    let button = b.wait("button[aria-label='Disconnect sensor-1']").await;
+    button.send_keys("\u{E007}").await.unwrap();
+    // That connection goes (mosquitto_sub may come back on a new connection: a new address).
+    b.wait(&format!("#clients tbody:not(:has(tr[data-peer='{peer}']))"))
+        .await;
+    g.wait_log(&["disconnected by an operator", "sensor-1"], 1);
+    b.screenshot(&shots, "devices-after-disconnect").await;
+    b.web.clone().close().await.unwrap();
+    // Light above (the machine's default scheme); dark where the system asks for it.
+    assert_eq!(light, "rgb(250, 250, 247)");
+    let dark = Browser::start(&["--force-dark-mode"]).await;
+    dark.sign_in(c.origin()).await;
+    assert_eq!(dark.background().await, "rgb(20, 22, 18)");
+    dark.screenshot(&shots, "overview-dark").await;
+    dark.web.clone().close().await.unwrap();
+    if std::env::var_os("GROVE_CONSOLE_DOCS").is_some() {
+        let docs = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/console");
+        std::fs::create_dir_all(&docs).unwrap();
+        for name in [
+            "signin",
+            "overview",
+            "overview-dark",
+            "devices",
+            "devices-narrow",
+        ] {
+            let file = format!("{name}.png");
+            std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
+        }
+    }
+}
+fn futures_source(web: &fantoccini::Client) -> String {
+    let web = web.clone();
+    std::thread::spawn(move || {
+        tokio::runtime::Runtime::new()
+            .unwrap()
+            .block_on(async { format!("{:?} {:?}", web.current_url().await, web.source().await) })
+    })
+    .join()
+    .unwrap()
+}
+
+#[test]
+fn the_cli_disconnects_through_the_same_checks_as_the_console() {
+    let (g, c) = console_gateway("");
+    let _sensor = device(&g, "sensor-2");
+    let s = c.session();
+    assert!(listed(&c, &s, "sensor-2"));
+    let config = g.config_path();
+    let config = config.to_str().unwrap();
+    let (code, out) = grove(
+        &["clients", "disconnect", "nobody", "--config", config],
+        g.dir.path(),
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("no client \"nobody\" is connected"), "{out}");
+    let (code, out) = grove(
+        &["clients", "disconnect", "sensor-2", "--config", config],
+        g.dir.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("sensor-2: 1 connection(s) closed"), "{out}");
+    // It has ended when the command returns.
+    assert!(!listed(&c, &s, "sensor-2"));
+    g.wait_log(&["an operator disconnects a client", "sensor-2"], 1);
+}
+
+#[test]
+fn the_devices_stream_shows_identities_as_the_devices_file_changes() {
+    let (g, c) = console_gateway("");
+    let s = c.session();
+    let mut stream = c.stream(DEVICES_EVENTS, Some(&s)).unwrap();
+    let first = stream.next_event().unwrap();
+    assert!(first.contains("No device is registered"), "{first}");
+    grove_tests::grove_device(
+        &g.config_path(),
+        &["add", "pump-1", "--password-stdin", "--thing", "pump-thing"],
+        Some("pump-1-password\n"),
+    );
+    // The next fragment lists it (a new one is sent only when something changed).
+    let next = stream.next_event().unwrap();
+    assert!(
+        next.contains("<code>pump-1</code>") && next.contains("pump-thing"),
+        "{next}"
+    );
+}
