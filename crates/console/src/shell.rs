@@ -666,7 +666,11 @@ mod tests {
     #[test]
     fn the_embedded_assets_keep_to_their_budget() {
         // README "Web console": 8 KiB for the style sheet and the script together.
-        assert!(CSS.len() + JS.len() <= 8 * 1024, "{} B", CSS.len() + JS.len());
+        assert!(
+            CSS.len() + JS.len() <= 8 * 1024,
+            "{} B",
+            CSS.len() + JS.len()
+        );
     }
 
     #[test]
