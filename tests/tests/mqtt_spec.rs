@@ -398,6 +398,19 @@ async fn a_client_that_declares_no_receive_maximum_gets_max_inflight_messages_at
     assert_eq!(&fourth.payload[..], b"3");
 }
 
+/// A subscriber to `filter` at QoS 1 that acknowledges only when the test does (manual acks),
+/// with 10 deliveries in flight at most (Receive Maximum 10).
+async fn lagging_subscriber(port: u16, id: &str, filter: &str) -> V5 {
+    let mut o = v5(id, port);
+    o.set_manual_acks(true);
+    let mut p = ConnectProperties::new();
+    p.receive_maximum = Some(10);
+    o.set_connect_properties(p);
+    let (mut sub, _) = V5::connect(o).await;
+    sub.subscribe(Filter::new(filter, Q5::AtLeastOnce)).await;
+    sub
+}
+
 /// Publishes `n` QoS 1 messages ("0", "1", ...) on `topic` from an MQTT 5 rumqttc client (at most
 /// 100 in flight: its default, and the gateway's Receive Maximum), and returns when all `n` are
 /// acknowledged.
@@ -431,13 +444,7 @@ async fn a_slow_subscriber_holds_its_qos_1_publisher_instead_of_losing_messages(
     // those beyond the bound dropped.) The hold is long here so that how fast this machine runs
     // the test cannot turn the slow subscriber into a stuck one.
     let g = Gateway::start("[broker]\nqueue_max_messages = 200\nbackpressure_hold_ms = 600000\n");
-    let mut o = v5("slow", g.mqtt_port);
-    o.set_manual_acks(true);
-    let mut p = ConnectProperties::new();
-    p.receive_maximum = Some(10);
-    o.set_connect_properties(p);
-    let (mut sub, _) = V5::connect(o).await;
-    sub.subscribe(Filter::new("bp/t", Q5::AtLeastOnce)).await;
+    let mut sub = lagging_subscriber(g.mqtt_port, "slow", "bp/t").await;
     let n = 1_000;
     let publishing = publish_all(g.mqtt_port, "bp-pub", "bp/t", n);
     // The subscriber acknowledges nothing until the publisher is held.
@@ -465,13 +472,7 @@ async fn a_stuck_subscriber_delays_its_publisher_once_and_then_fills_only_its_ow
     // stalled, the publisher gets every PUBACK, and the subscriber's queue fills to its bound
     // (10 in flight + 50 queued), the rest dropped and counted.
     let g = Gateway::start("[broker]\nqueue_max_messages = 50\nbackpressure_hold_ms = 200\n");
-    let mut o = v5("stuck", g.mqtt_port);
-    o.set_manual_acks(true);
-    let mut p = ConnectProperties::new();
-    p.receive_maximum = Some(10);
-    o.set_connect_properties(p);
-    let (mut sub, _) = V5::connect(o).await;
-    sub.subscribe(Filter::new("st/t", Q5::AtLeastOnce)).await;
+    let mut sub = lagging_subscriber(g.mqtt_port, "stuck", "st/t").await;
     let n = 500;
     let publishing = publish_all(g.mqtt_port, "st-pub", "st/t", n);
     // The subscriber's event loop is polled (it reads), but it never acknowledges.

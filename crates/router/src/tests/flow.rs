@@ -17,6 +17,23 @@ fn pubacks(h: &mut H, conn: ConnId) -> Vec<u16> {
         .collect()
 }
 
+/// A subscriber "s" to "t" at QoS 1 that takes one delivery at a time (Receive Maximum 1),
+/// connected as `c` says, and a publisher "p".
+fn one_at_a_time(h: &mut H, c: Connect) -> (ConnId, ConnId) {
+    h.subscriber_and_publisher(
+        Connect {
+            receive_maximum: Some(1),
+            ..c
+        },
+        Q1,
+    )
+}
+
+/// Publishes "0", "1", ... (`range`) from `p` on "t" at QoS 1; their packet ids.
+fn publish_range(h: &mut H, p: ConnId, range: std::ops::Range<u32>) -> Vec<u16> {
+    range.map(|i| h.pub_(p, "t", &i.to_string(), Q1)).collect()
+}
+
 /// Backpressure at 4 queued messages, a hold of at most 1 s.
 fn congestible() -> Config {
     Config {
@@ -75,14 +92,8 @@ fn max_inflight_out_caps_a_larger_receive_maximum() {
 #[test]
 fn a_congested_subscriber_holds_its_publishers_acks_until_it_catches_up() {
     let mut h = H::with(congestible());
-    let (s, p) = h.subscriber_and_publisher(
-        Connect {
-            receive_maximum: Some(1),
-            ..c5("s")
-        },
-        Q1,
-    );
-    let ids: Vec<u16> = (0..8).map(|i| h.pub_(p, "t", &i.to_string(), Q1)).collect();
+    let (s, p) = one_at_a_time(&mut h, c5("s"));
+    let ids = publish_range(&mut h, p, 0..8);
     // The 4th message makes the queue 4 long: its ack and every later one wait.
     assert_eq!(pubacks(&mut h, p), ids[..3]);
     assert_eq!(h.r.gauges().publishers_held, 1);
@@ -116,14 +127,8 @@ fn a_stuck_subscriber_holds_publishers_once_for_the_hold_and_then_never() {
         queue_max_messages: 10,
         ..congestible()
     });
-    let (s, p) = h.subscriber_and_publisher(
-        Connect {
-            receive_maximum: Some(1),
-            ..c5("s")
-        },
-        Q1,
-    );
-    let ids: Vec<u16> = (0..6).map(|i| h.pub_(p, "t", &i.to_string(), Q1)).collect();
+    let (s, p) = one_at_a_time(&mut h, c5("s"));
+    let ids = publish_range(&mut h, p, 0..6);
     assert_eq!(h.deliveries(s).len(), 1);
     assert_eq!(pubacks(&mut h, p), ids[..3]);
     // Not yet: 999 ms.
@@ -133,9 +138,7 @@ fn a_stuck_subscriber_holds_publishers_once_for_the_hold_and_then_never() {
     h.advance(1);
     assert_eq!(pubacks(&mut h, p), ids[3..]);
     assert_eq!(h.r.stats().backpressure_stalls, 1);
-    let later: Vec<u16> = (6..20)
-        .map(|i| h.pub_(p, "t", &i.to_string(), Q1))
-        .collect();
+    let later = publish_range(&mut h, p, 6..20);
     assert_eq!(
         pubacks(&mut h, p),
         later,
@@ -150,13 +153,7 @@ fn a_stuck_subscriber_holds_publishers_once_for_the_hold_and_then_never() {
 #[test]
 fn backpressure_holds_only_the_publishers_of_the_congested_subscriber() {
     let mut h = H::with(congestible());
-    let (s, p) = h.subscriber_and_publisher(
-        Connect {
-            receive_maximum: Some(1),
-            ..c5("s")
-        },
-        Q1,
-    );
+    let (s, p) = one_at_a_time(&mut h, c5("s"));
     let (other, _) = h.connect(c5("other"));
     h.sub(other, "u", opts(Q1), None);
     let (lazy, _) = h.connect(c5("lazy"));
@@ -184,14 +181,8 @@ fn backpressure_holds_only_the_publishers_of_the_congested_subscriber() {
 #[test]
 fn a_congested_subscriber_that_disconnects_releases_its_publishers() {
     let mut h = H::with(congestible());
-    let (s, p) = h.subscriber_and_publisher(
-        Connect {
-            receive_maximum: Some(1),
-            ..persistent("s", 600)
-        },
-        Q1,
-    );
-    let ids: Vec<u16> = (0..6).map(|i| h.pub_(p, "t", &i.to_string(), Q1)).collect();
+    let (s, p) = one_at_a_time(&mut h, persistent("s", 600));
+    let ids = publish_range(&mut h, p, 0..6);
     h.commit_all();
     assert_eq!(pubacks(&mut h, p), ids[..3]);
     h.disconnect(s, reason::SUCCESS, None);
@@ -215,9 +206,7 @@ fn held_acks_of_a_publisher_that_does_not_wait_for_them_are_bounded() {
     });
     h.sub(s, "t", opts(Q1), None);
     let (p, _) = h.connect(c3("p", true));
-    let ids: Vec<u16> = (0..20)
-        .map(|i| h.pub_(p, "t", &i.to_string(), Q1))
-        .collect();
+    let ids = publish_range(&mut h, p, 0..20);
     // 3 acked at once, then 11 held and released together; the rest at once (stalled).
     assert_eq!(pubacks(&mut h, p), ids);
     assert_eq!(h.r.stats().acks_backpressured, 11);
