@@ -137,6 +137,14 @@ impl Console {
         })
     }
 
+    /// `GET path` with no session, addressed to `host` (the `Host` header).
+    pub fn get_for_host(&self, path: &str, host: &str) -> Answer {
+        blocking(|| {
+            let request = self.agent.get(format!("{}{path}", self.base));
+            Console::answer(request.header("Host", host).call())
+        })
+    }
+
     /// `POST path` with a form, the session's cookie if any and `headers` (`Origin`, ...).
     pub fn post(
         &self,

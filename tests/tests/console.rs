@@ -195,6 +195,34 @@ fn the_console_obeys_the_ops_bind() {
     assert!(out.contains("allow_network_without_tls"), "{out}");
 }
 
+#[test]
+fn a_request_for_another_host_name_is_refused_against_dns_rebinding() {
+    // A page of rebind.example whose name was made to resolve to 127.0.0.1 (DNS rebinding)
+    // reaches the console with its own name in `Host` and `Origin`, which pass the same-origin
+    // checks. The console answers only requests for an IP address, localhost or a name in
+    // `console.hosts`: 421 for the rest, so such a page cannot even try a password.
+    let (g, c) = console_gateway("[console]\nhosts = [\"gateway.lan\"]\n");
+    let port = g.ops_port;
+    let rebound = format!("rebind.example:{port}");
+    assert_eq!(c.get_for_host("/console/signin", &rebound).status, 421);
+    let origin = format!("http://{rebound}");
+    let answer = c.post(
+        "/console/signin",
+        None,
+        &[("Host", &rebound), ("Origin", &origin)],
+        &[("password", PASSWORD)],
+    );
+    assert_eq!(answer.status, 421, "{answer:?}");
+    assert!(answer.set_cookie.is_none(), "no session: {answer:?}");
+    for host in [format!("gateway.lan:{port}"), format!("localhost:{port}")] {
+        assert_eq!(
+            c.get_for_host("/console/signin", &host).status,
+            200,
+            "{host}"
+        );
+    }
+}
+
 /// Waits until the console ends the live stream `s` holds open (the session is over), then
 /// checks that the session's pages redirect to the sign-in page.
 fn wait_session_over(c: &Console, s: &Session, mut stream: grove_tests::console::Stream) {

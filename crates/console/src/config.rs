@@ -7,6 +7,11 @@
 //! operator has put TLS in front (a reverse proxy) or accepts the risk. With the ops endpoint on
 //! another address the console is off by default, and an explicit `enabled = true` without that
 //! allowance is a configuration error.
+//!
+//! The console answers only requests addressed to an IP address, `localhost` or a name in
+//! `console.hosts` (the `Host` header): a page of another site whose name was made to resolve to
+//! the gateway's address (DNS rebinding) reaches it with that name, and its own origin, so the
+//! same-origin checks alone would let it try passwords and, signed in, act.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -25,6 +30,7 @@ pub struct RawConsole {
     allow_network_without_tls: Option<Spanned<bool>>,
     idle_timeout_s: Option<Spanned<u64>>,
     session_max_s: Option<Spanned<u64>>,
+    hosts: Option<Spanned<Vec<String>>>,
 }
 
 /// The console, as it runs.
@@ -32,6 +38,8 @@ pub struct RawConsole {
 pub struct ConsoleConfig {
     /// Sessions' lifetimes and the budgets.
     pub limits: Limits,
+    /// Host names the console answers to besides IP addresses and `localhost` (lower case).
+    pub hosts: Vec<String>,
 }
 
 /// Resolves `[console]` against the ops endpoint's address (`None`: the ops endpoint is off, and
@@ -63,6 +71,14 @@ pub fn resolve(
         defaults.absolute.as_secs(),
         1..=7 * 86_400,
     )?;
+    let hosts = r.located("console.hosts", raw.hosts, Vec::new());
+    if let Some(bad) = hosts.value.iter().find(|h| !valid_host_name(h)) {
+        return Err(r.invalid(
+            &hosts,
+            format!("{bad:?} is not a host name (letters, digits, `-` and `.`; no port)"),
+        ));
+    }
+    let hosts = hosts.value.iter().map(|h| h.to_ascii_lowercase()).collect();
     let Some(ops) = ops.filter(|_| enabled.value) else {
         return Ok(None);
     };
@@ -89,7 +105,15 @@ pub fn resolve(
             absolute: Duration::from_secs(max),
             ..defaults
         },
+        hosts,
     }))
+}
+
+fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.')
 }
 
 #[cfg(test)]
@@ -129,6 +153,16 @@ mod tests {
         assert!(e.to_string().contains("allow_network_without_tls"), "{e}");
         let allowed = "[console]\nenabled = true\nallow_network_without_tls = true\n";
         assert!(resolve_text(allowed, "0.0.0.0:9464").unwrap().is_some());
+    }
+
+    #[test]
+    fn hosts_are_names_without_ports() {
+        let c = resolve_text("[console]\nhosts = [\"Gateway.lan\"]\n", "127.0.0.1:1")
+            .unwrap()
+            .unwrap();
+        assert_eq!(c.hosts, ["gateway.lan"]);
+        let e = resolve_text("[console]\nhosts = [\"gw:9464\"]\n", "127.0.0.1:1").unwrap_err();
+        assert!(e.to_string().contains("console.hosts"), "{e}");
     }
 
     #[test]

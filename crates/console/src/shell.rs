@@ -118,6 +118,8 @@ struct Shell(Arc<Inner>);
 struct Inner {
     gateway: Arc<dyn Gateway>,
     limits: Limits,
+    /// Host names answered besides IP addresses and `localhost` (`config::ConsoleConfig::hosts`).
+    hosts: Vec<String>,
     sessions: Mutex<Sessions>,
     budget: Mutex<SignInBudget>,
     /// One argon2 run at a time: a burst of sign-ins queues nothing (see `sign_in`).
@@ -167,6 +169,7 @@ pub fn router(config: &ConsoleConfig, data_dir: &Path, gateway: Arc<dyn Gateway>
     let shell = Shell(Arc::new(Inner {
         gateway,
         limits,
+        hosts: config.hosts.clone(),
         sessions: Mutex::new(Sessions::new(limits)),
         budget: Mutex::new(SignInBudget::new(limits)),
         argon2: Semaphore::new(1),
@@ -252,6 +255,14 @@ async fn guard(
     request: Request,
     next: Next,
 ) -> Response {
+    if !host_allowed(request.headers(), &shell.0.hosts) {
+        return (
+            StatusCode::MISDIRECTED_REQUEST,
+            "refused: the Host header names neither an IP address, localhost nor a name in \
+             console.hosts (a guard against DNS rebinding)\n",
+        )
+            .into_response();
+    }
     match access {
         Access::Open => return next.run(request).await,
         Access::SignIn if !same_origin(request.headers()) => return cross_site(),
@@ -296,6 +307,24 @@ async fn guard(
         csrf: session.csrf,
     });
     next.run(request).await
+}
+
+/// Whether the request is addressed (`Host`, without its port) to an IP address, `localhost` or
+/// one of `hosts` (see `config`: DNS rebinding).
+fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
+    let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
+        return false;
+    };
+    let Ok(authority) = host.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    let name = authority
+        .host()
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    name.parse::<std::net::IpAddr>().is_ok()
+        || name.eq_ignore_ascii_case("localhost")
+        || hosts.iter().any(|h| name.eq_ignore_ascii_case(h))
 }
 
 fn cross_site() -> Response {
@@ -653,6 +682,29 @@ mod tests {
         ];
         for (pairs, expected) in cases {
             assert_eq!(same_origin(&headers(pairs)), *expected, "{pairs:?}");
+        }
+    }
+
+    #[test]
+    fn only_requests_for_an_address_localhost_or_a_listed_name_are_answered() {
+        let hosts = ["gateway.lan".to_owned()];
+        let cases: &[(&[(&str, &str)], bool)] = &[
+            (&[("host", "127.0.0.1:9464")], true),
+            (&[("host", "[::1]:9464")], true),
+            (&[("host", "192.168.1.20")], true),
+            (&[("host", "LocalHost:9464")], true),
+            (&[("host", "Gateway.LAN:9464")], true),
+            (&[("host", "rebind.example:9464")], false),
+            (&[("host", "localhost.rebind.example")], false),
+            (&[("host", "not a host")], false),
+            (&[], false),
+        ];
+        for (pairs, expected) in cases {
+            assert_eq!(
+                host_allowed(&headers(pairs), &hosts),
+                *expected,
+                "{pairs:?}"
+            );
         }
     }
 
