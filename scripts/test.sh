@@ -103,7 +103,7 @@ cargo build --workspace --bins --locked
 # to pass with a CPU hog beside them, issue 17). The end-to-end tests leave 50-95 % of 2 cores idle
 # while they run (vmstat), but the stages are mostly compiling, which keeps both cores busy:
 # measured on 2026-12-07, the build still ended ~9 minutes after the last stage, the whole run
-# being CPU-bound (3,832 s of CPU in 2,009 s on 2 cores; README, "Testing"). The build's tools are
+# being CPU-bound (3,832 s of CPU in 2,009 s on 2 cores, and 3,661 s in 1,900 s in a later run; README, "Testing"). The build's tools are
 # installed first, in the foreground, so that two apt-get or rustup runs never race for their
 # locks. It builds in its own directory, so that cargo's lock on the build directory makes no
 # other stage wait for it.
