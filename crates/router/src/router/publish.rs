@@ -462,15 +462,24 @@ impl Router {
     /// Updates a session's part of the read pressure: its queued bytes, up to
     /// [`Config::pressure_share_bytes`], while it is connected and its window has room (a stuck
     /// subscriber's queue waits for its acks, not for the shell, and must not pause others).
-    pub(super) fn recount(&mut self, client: &str) {
-        let share = self.config.pressure_share_bytes;
-        if let Some(s) = self.sessions.get_mut(client) {
-            let new = match &s.conn {
-                Some(c) if s.window < c.receive_max => s.queue_bytes.min(share),
-                _ => 0,
-            };
-            self.pressure = self.pressure - s.counted + new;
-            s.counted = new;
+    /// A congested (or stalled) session whose queue is down to half its backpressure marks is no
+    /// longer congested: its publishers are released (`unblock`).
+    pub(super) fn recount(&mut self, client: &Arc<str>) {
+        let cfg = &self.config;
+        let Some(s) = self.sessions.get_mut(client) else {
+            return;
+        };
+        let new = match &s.conn {
+            Some(c) if s.window < c.receive_max => s.queue_bytes.min(cfg.pressure_share_bytes),
+            _ => 0,
+        };
+        self.pressure = self.pressure - s.counted + new;
+        s.counted = new;
+        let caught_up = s.conn.as_ref().is_some_and(|c| c.congested)
+            && s.queue.len() <= cfg.backpressure_messages / 2
+            && s.queue_bytes <= cfg.backpressure_bytes / 2;
+        if caught_up {
+            self.unblock(client, false);
         }
     }
 
@@ -600,7 +609,6 @@ impl Router {
             deadlines.push_back((deadline, conn));
             changes.push_back((conn, true));
             Parked {
-                client: client.clone(),
                 acks: VecDeque::new(),
                 waiting_on: Vec::new(),
                 deadline,
@@ -674,32 +682,17 @@ impl Router {
             return;
         };
         self.hold_changes.push_back((conn, false));
+        let Some(client) = self.conns.get(&conn).cloned() else {
+            return;
+        };
         for (packet, seq) in p.acks {
             if matches!(packet, Outbound::PubAck(_)) {
-                let c = self
-                    .sessions
-                    .get_mut(&p.client)
-                    .and_then(|s| s.conn.as_mut());
+                let c = self.sessions.get_mut(&client).and_then(|s| s.conn.as_mut());
                 if let Some(c) = c {
                     c.held_qos1 = c.held_qos1.saturating_sub(1);
                 }
             }
-            self.ack_publisher(&p.client, packet, seq);
-        }
-    }
-
-    /// After `client`'s session sent: a congested (or stalled) session whose queue is down to
-    /// half its marks is no longer congested.
-    pub(super) fn relieve(&mut self, client: &Arc<str>) {
-        let cfg = &self.config;
-        let Some(s) = self.sessions.get(client) else {
-            return;
-        };
-        if s.conn.as_ref().is_some_and(|c| c.congested)
-            && s.queue.len() <= cfg.backpressure_messages / 2
-            && s.queue_bytes <= cfg.backpressure_bytes / 2
-        {
-            self.unblock(client, false);
+            self.ack_publisher(&client, packet, seq);
         }
     }
 

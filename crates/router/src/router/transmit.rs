@@ -35,7 +35,6 @@ impl Router {
         let client = self.conns.get(&conn)?.clone();
         let out = self.transmit(now, &client);
         self.recount(&client);
-        self.relieve(&client);
         out
     }
 
