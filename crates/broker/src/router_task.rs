@@ -38,13 +38,12 @@ use std::time::Duration;
 
 use grove_auth::policy::Resolved;
 use grove_router::{self as core, ConnId, Outbound, Router, StorageWrite};
-
-use crate::clients::Counts;
 use grove_store::Store;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
+use crate::clients::Counts;
 use crate::metrics::BrokerMetrics;
 use crate::persist;
 
@@ -95,6 +94,10 @@ struct Writer {
     /// The connection's counts for operators (`crate::clients`), here rather than in an
     /// allocation of their own: every connection already has its writer.
     counts: Counts,
+    /// The core holds this publisher for a congested subscriber (`Router::poll_hold`): the
+    /// connection stops reading it. Outside the lock: a publishing connection looks at it on
+    /// every turn of its loop.
+    held: AtomicBool,
 }
 
 /// What a writer holds between the router and its connection.
@@ -109,9 +112,6 @@ struct Waiting {
     abandoned: bool,
     /// Something outside the router asks the connection to look (see [`Nudge`]).
     nudged: bool,
-    /// The core holds this publisher for a congested subscriber (`Router::poll_hold`): the
-    /// connection stops reading it.
-    held: bool,
 }
 
 impl Writer {
@@ -225,7 +225,7 @@ impl Outlet {
 
     /// Whether the router holds this publisher for a congested subscriber (backpressure).
     pub(crate) fn held(&self) -> bool {
-        self.writer.lock().held
+        self.writer.held.load(Ordering::Relaxed)
     }
 
     /// A handle that wakes this outlet's [`Outlet::recv`].
@@ -306,6 +306,7 @@ impl RouterHandle {
             state: Mutex::default(),
             ready: Notify::new(),
             counts: Counts::default(),
+            held: AtomicBool::new(false),
         });
         (
             Link(writer.clone()),
@@ -560,7 +561,7 @@ impl Task {
             .store(self.router.reading_paused(), Ordering::Relaxed);
         while let Some((conn, held)) = self.router.poll_hold() {
             if let Some(link) = self.links.get(&conn) {
-                link.0.lock().held = held;
+                link.0.held.store(held, Ordering::Relaxed);
             }
         }
         self.metrics
