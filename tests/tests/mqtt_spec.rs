@@ -73,6 +73,17 @@ impl V5 {
         self.suback().await;
     }
 
+    /// Takes the next `n` PUBLISHes, acknowledging each (manual acks); their payloads.
+    async fn ack_all(&mut self, n: usize) -> Vec<String> {
+        let mut got = Vec::with_capacity(n);
+        while got.len() < n {
+            let p = self.publish_in().await;
+            self.client.ack(&p).await.unwrap();
+            got.push(String::from_utf8(p.payload.to_vec()).unwrap());
+        }
+        got
+    }
+
     /// Publishes at QoS 1 and waits for the PUBACK.
     async fn publish_acked(&mut self, topic: &str, retain: bool, payload: &str) {
         self.client
@@ -342,33 +353,11 @@ async fn a_subscriber_that_stopped_acknowledging_gets_every_message_once_it_acks
     let (mut sub, _) = V5::connect(o).await;
     sub.subscribe(Filter::new("lag/t", Q5::AtLeastOnce)).await;
     let n = 2_000;
-    let (mut publisher, _) = V5::connect(v5("lag-pub", g.mqtt_port)).await;
-    let client = publisher.client.clone();
-    let sending = tokio::spawn(async move {
-        for i in 0..n {
-            client
-                .publish("lag/t", Q5::AtLeastOnce, false, i.to_string())
-                .await
-                .unwrap();
-        }
-    });
     // Every message is accepted while the subscriber acknowledges nothing.
-    let mut acked = 0;
-    while acked < n {
-        publisher
-            .until(|p| matches!(p, P5::PubAck(_)).then_some(()))
-            .await;
-        acked += 1;
-    }
-    sending.await.unwrap();
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let p = sub.publish_in().await;
-        sub.client.ack(&p).await.unwrap();
-        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-    }
-    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    assert_eq!(got, want);
+    publish_all(g.mqtt_port, "lag-pub", "lag/t", n)
+        .await
+        .unwrap();
+    assert_eq!(sub.ack_all(n).await, numbered(n));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -396,6 +385,11 @@ async fn a_client_that_declares_no_receive_maximum_gets_max_inflight_messages_at
     sub.client.ack(&first[0]).await.unwrap();
     let fourth = sub.publish_in().await;
     assert_eq!(&fourth.payload[..], b"3");
+}
+
+/// "0", "1", ... "n - 1": the payloads `publish_all` sends.
+fn numbered(n: usize) -> Vec<String> {
+    (0..n).map(|i| i.to_string()).collect()
 }
 
 /// A subscriber to `filter` at QoS 1 that acknowledges only when the test does (manual acks),
@@ -449,15 +443,8 @@ async fn a_slow_subscriber_holds_its_qos_1_publisher_instead_of_losing_messages(
     let publishing = publish_all(g.mqtt_port, "bp-pub", "bp/t", n);
     // The subscriber acknowledges nothing until the publisher is held.
     grove_tests::blocking(|| g.wait_metric("grove_broker_acks_backpressured_total", |v| v >= 1.0));
-    let mut got = Vec::with_capacity(n);
-    while got.len() < n {
-        let p = sub.publish_in().await;
-        sub.client.ack(&p).await.unwrap();
-        got.push(String::from_utf8(p.payload.to_vec()).unwrap());
-    }
+    assert_eq!(sub.ack_all(n).await, numbered(n));
     publishing.await.unwrap();
-    let want: Vec<String> = (0..n).map(|i| i.to_string()).collect();
-    assert_eq!(got, want);
     assert_eq!(
         g.metric("grove_broker_dropped_total{reason=\"queue_full\"}"),
         0.0
