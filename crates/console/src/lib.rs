@@ -69,6 +69,7 @@ pub trait Gateway: Send + Sync + 'static {
     fn reading(&self) -> Reading;
     /// The clients connected now.
     fn clients(&self) -> Vec<Client>;
-    /// Ends the connections of `client_id` and waits for them to end: how many ended, or why not.
+    /// Ends the connections of `client_id` and waits, for a bounded time, for them to end: how
+    /// many ended, or why not. The gateway logs it (an operator's action).
     fn disconnect(&self, client_id: String) -> Pending<Result<usize, String>>;
 }
