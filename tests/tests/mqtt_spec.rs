@@ -658,3 +658,70 @@ async fn client_ids_empty_or_with_nul() {
         rumqttc::v5::mqttbytes::v5::ConnectReturnCode::ClientIdentifierNotValid
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_silent_for_one_and_a_half_keep_alive_periods_is_closed_and_its_will_published() {
+    // MQTT 3.1.1 §3.1.2.10 [MQTT-3.1.2-24] and MQTT 5 §3.1.2.11: a server that hears nothing from
+    // a client within one and a half keep-alive periods closes its connection (MQTT 5: with
+    // DISCONNECT 0x8D Keep Alive timeout, §3.14.2.1), and the will is published (§3.1.2.5). A
+    // client that pings in time stays.
+    use rumqttc::v5::mqttbytes::v5::{DisconnectReasonCode, LastWill};
+    let g = Gateway::start("");
+    let (mut watcher, _) = V5::connect(v5("ka-watcher", g.mqtt_port)).await;
+    watcher
+        .subscribe(Filter::new("ka/#", Q5::AtLeastOnce))
+        .await;
+
+    // rumqttc (3.1.1: its MQTT 5 client allows no keep-alive under 5 s) with keep-alive 1 s,
+    // its event loop polled all along: it pings on its own; the harness does not reconnect it.
+    let mut o = grove_tests::options("ka-pinging", g.mqtt_port);
+    o.set_keep_alive(Duration::from_secs(1));
+    let mut pinging = grove_tests::Client::connect_with(o).await;
+
+    // MQTT 5, keep-alive 1 s, with a will, then silent.
+    let started = tokio::time::Instant::now();
+    let mut silent = RawClient::open(g.mqtt_addr()).await;
+    let mut connect = grove_tests::connect5("ka-silent-5", true);
+    connect.keep_alive = 1;
+    let will = LastWill::new("ka/silent-5", "gone", Q5::AtMostOnce, false, None);
+    silent
+        .send5(Packet5::Connect(connect, Some(will), None))
+        .await;
+    assert!(matches!(silent.next5().await, Packet5::ConnAck(_)));
+    match silent.next5().await {
+        Packet5::Disconnect(d) => {
+            assert_eq!(d.reason_code, DisconnectReasonCode::KeepAliveTimeout)
+        }
+        other => panic!("DISCONNECT 0x8D, got {other:?}"),
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1_500),
+        "closed before 1.5 keep-alive periods: {:?}",
+        started.elapsed()
+    );
+    silent.expect_closed().await;
+    assert_eq!(&watcher.publish_in().await.payload[..], b"gone");
+
+    // MQTT 3.1.1, keep-alive 1 s, then silent: the connection is closed (3.1.1 has no
+    // DISCONNECT from the server) and its will published.
+    let mut connect = rumqttc::Connect::new("ka-silent-311");
+    connect.keep_alive = 1;
+    connect.last_will = Some(rumqttc::LastWill::new(
+        "ka/silent-311",
+        "gone too",
+        rumqttc::QoS::AtMostOnce,
+        false,
+    ));
+    let mut silent = RawClient::connect_with(g.mqtt_addr(), connect).await;
+    silent.expect_closed().await;
+    assert_eq!(&watcher.publish_in().await.payload[..], b"gone too");
+
+    // The pinging client was connected all along (its one connection, which would have ended
+    // the harness's event loop had it been closed): a message from it is acknowledged and
+    // arrives.
+    (pinging)
+        .publish("ka/pinging", rumqttc::QoS::AtLeastOnce, false, "here")
+        .await;
+    pinging.acked(1).await;
+    assert_eq!(&watcher.publish_in().await.payload[..], b"here");
+}

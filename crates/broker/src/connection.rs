@@ -16,7 +16,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use bytes::BytesMut;
 use grove_router::{self as core, Outbound};
@@ -31,7 +31,7 @@ use super::connect::{read_connect, Hello, Refusal, Step};
 use super::relay::{Relay, Session};
 use super::router_task::{Event, Nudge};
 use super::{translate, Listener, Shared};
-use crate::clients::Listed;
+use crate::clients::{Listed, Listing};
 use crate::config::AuthMode;
 use grove_auth::identity::{Device, PasswordCheck};
 use grove_auth::policy::{allow_all_policy, safe_variable, Resolved};
@@ -48,8 +48,8 @@ static ASSIGNED_IDS: AtomicU64 = AtomicU64::new(0);
 /// handshake) takes ~2 KiB of state that an established connection no longer needs, and the
 /// goodbye takes the relay by value; inline, both would size the task of every connection, idle
 /// ones included. So both run boxed, and what an idle connection's task holds is its relay and the
-/// relay's wait (BENCHMARKS.md, "Broker, issue 14 figures re-measured": 2,041 B per idle
-/// connection).
+/// relay's wait (BENCHMARKS.md, "Broker: the idle connection's cost after the keep-alive
+/// sweep": 1,868-1,899 B per idle connection, of which this task is 640 B).
 pub(super) fn serve<S>(
     establish: impl Future<Output = Option<Relay<S>>> + Send + 'static,
 ) -> impl Future<Output = ()> + Send + 'static
@@ -108,55 +108,56 @@ where
     // Registered before the relay first checks its identity, and dropped with the relay (after
     // `finish`), so a revocation either waits for this connection's end or is seen by its first
     // check.
-    let live = session
-        .device
-        .as_deref()
+    let live = (session.device.as_deref())
         .map(|device| LiveDevice::register(&shared, device.clone(), session.outlet.nudge()));
     let protocol = match session.codec.version() {
         Version::V311 => 4,
         Version::V5 => 5,
     };
-    let listed = Listed::register(
-        &shared,
-        session.client_id.clone(),
+    let listing = Listing {
+        client_id: session.client_id.clone(),
         peer,
         protocol,
-        session.outlet.nudge(),
-    );
+        since: SystemTime::now(),
+        silence_limit_ms: session.silence_limit_ms,
+    };
+    let listed = Listed::register(slot, listing, session.outlet.nudge());
     Some(Relay {
-        identity_changes: shared.identities.changes(),
         shared,
         stream,
-        peer,
         read: buf,
         // Allocated by the first packet encoded: an idle connection holds none.
         write: BytesMut::new(),
         session,
         published: false,
-        partial_subacks: Vec::new(),
-        aliases: Vec::new(),
-        _slot: slot,
-        _live: live,
+        rare: None,
+        hold_timer: None,
+        live,
         _listed: listed,
     })
 }
 
 /// A proved device's connection, listed in `Shared::live_devices` until it has ended (its last
-/// packet relayed, its will published or not), so that a revocation can wait for that.
+/// packet relayed, its will published or not), so that a revocation can wait for that. Boxed in
+/// its relay: anonymous connections have none.
 pub(crate) struct LiveDevice {
     shared: Arc<Shared>,
     id: u64,
+    /// Changes when the devices file was re-read: the device then checks that it is still
+    /// registered as it was, before anything more of it is relayed (see `Relay::revoked`).
+    pub(crate) changes: tokio::sync::watch::Receiver<u64>,
 }
 
 impl LiveDevice {
-    fn register(shared: &Arc<Shared>, device: Device, nudge: Nudge) -> LiveDevice {
+    fn register(shared: &Arc<Shared>, device: Device, nudge: Nudge) -> Box<LiveDevice> {
         static IDS: AtomicU64 = AtomicU64::new(0);
         let id = IDS.fetch_add(1, Ordering::Relaxed);
         shared.live_devices.register(id, device, nudge);
-        LiveDevice {
+        Box::new(LiveDevice {
             shared: shared.clone(),
             id,
-        }
+            changes: shared.identities.changes(),
+        })
     }
 }
 
@@ -345,7 +346,8 @@ async fn negotiate<S: AsyncRead + AsyncWrite + Unpin>(
         client_id,
         codec,
         policy,
-        keep_alive: (keep_alive > 0).then(|| Duration::from_secs(u64::from(keep_alive))),
+        // 3.1.2.10: one and a half keep-alive periods; 0: none.
+        silence_limit_ms: u64::from(keep_alive) * 1_500,
         device,
         outlet,
         early,
@@ -508,6 +510,11 @@ impl ConnectionSlot {
             .ok()?;
         shared.metrics.connected_clients.inc();
         Some(ConnectionSlot(shared.clone()))
+    }
+
+    /// The broker the slot is of.
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.0
     }
 }
 

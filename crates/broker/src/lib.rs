@@ -9,7 +9,8 @@
 //! session expiry). Each connection runs on the tokio runtime: `connection` up to CONNACK (CONNECT
 //! checks in `connect`, authentication, `max_connections`, the pre-authentication budget of
 //! `admission`), then `relay` (payload limit, topic and filter checks, the policy, durable taps,
-//! PINGREQ, keep alive, read holds while the core's read pressure is high). Both MQTT versions
+//! PINGREQ, read holds while the core's read pressure is high); keep-alive is one sweep a second
+//! over the registry of connections (`clients`), which wakes a silent client's relay. Both MQTT versions
 //! share every port (`codec`: rumqttd's v4 and v5 codecs, unpatched, from crates.io).
 //!
 //! What the broker supports, and what CONNACK says about it: MQTT 3.1.1 and 5, QoS 0/1/2 both
@@ -24,8 +25,9 @@
 //! Components inside the gateway are router clients too, through [`Broker::bus`] ([`bus`]), never
 //! through a loopback socket. Also here: [`tap`] (durable taps), [`reply`] (where a sync
 //! invocation's answer may go: checked by the connection layer and by the functions component),
-//! [`namespace`] (Grove's name rules), [`clients`] (the clients connected now, for operators), the `[broker]` section ([`config`]), the broker's counters
-//! ([`metrics`]) and [`sessions`]: the core's persistent sessions and retained messages in SQLite.
+//! [`namespace`] (Grove's name rules), [`clients`] (the registry of connections: the clients
+//! connected now, for operators, and the keep-alive sweep), the `[broker]` section ([`config`]),
+//! the broker's counters ([`metrics`]) and [`sessions`]: the core's persistent sessions and retained messages in SQLite.
 //!
 //! Architecture invariant: this crate depends on `grove-router`, `grove-store`, `grove-auth`,
 //! `grove-config` and `grove-rules` (the pure SQL crate's topic matcher) and nothing else of

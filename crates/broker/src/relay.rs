@@ -1,6 +1,7 @@
 //! One established connection after CONNACK: decodes what the client sends, checks it (payload
 //! limit, topic names and filters, policy, durable taps) and hands it to the router task as the
-//! core's packets; encodes what the router hands back. PINGREQ and keep-alive are handled here.
+//! core's packets; encodes what the router hands back. PINGREQ is answered here; a client silent
+//! beyond its keep-alive is ended here once the registry's sweep wakes it (`crate::clients`).
 //!
 //! Flow control: the router hands this connection at most `router_task::WRITER_SLOTS` packets
 //! at a time, and more only after they were taken; the task writes them to the socket before it
@@ -11,6 +12,7 @@
 //! slows the publisher.
 
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,13 +26,13 @@ use rumqttd::protocol::{
     PubRecReason, Publish, PublishProperties,
 };
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::time::Instant;
+use tokio::time::{Instant, Sleep};
 use tracing::{debug, info, warn};
 
-use crate::clients::Listed;
+use crate::clients::{silent_too_long, Listed};
 use crate::codec::{Codec, Version};
 use crate::connect::check_topic_name;
-use crate::connection::{ConnectionSlot, LiveDevice};
+use crate::connection::LiveDevice;
 use crate::router_task::{Event, Outlet};
 use crate::tap::Offered;
 use crate::{namespace, reply, translate, Shared};
@@ -94,7 +96,8 @@ pub(crate) struct Session {
     pub(crate) codec: Codec,
     /// The policy resolved for this client; `None` on an allow-all listener (nothing to check).
     pub(crate) policy: Option<Arc<Resolved>>,
-    pub(crate) keep_alive: Option<Duration>,
+    /// One and a half keep-alive periods in ms (3.1.2.10); 0: no keep-alive.
+    pub(crate) silence_limit_ms: u64,
     /// The registered identity the client proved, re-checked whenever the devices file changes:
     /// a device removed (or given new credentials) is disconnected at once.
     pub(crate) device: Option<Box<Device>>,
@@ -104,6 +107,18 @@ pub(crate) struct Session {
     pub(crate) early: Vec<Outbound>,
 }
 
+/// What only some connections need, boxed out of [`Relay`] (what every connection's task holds).
+#[derive(Default)]
+pub(crate) struct Rare {
+    /// SUBSCRIBEs of which the router sees only the allowed filters, by packet id: the codes of
+    /// the denied ones, by position, merged into the router's SUBACK.
+    partial_subacks: Vec<(u16, Vec<Option<u8>>)>,
+    /// The client's topic aliases (3.3.2.3.4), resolved here too so that the policy checks the
+    /// real topic; at most the server's Topic Alias Maximum of them (larger aliases are the
+    /// router's to refuse).
+    aliases: Vec<(u16, Bytes)>,
+}
+
 /// Relays packets between the socket and the router for one established session.
 ///
 /// It is what an idle connection's task holds (with the wait in [`Relay::run`]), so whatever
@@ -111,39 +126,31 @@ pub(crate) struct Session {
 pub(crate) struct Relay<S> {
     pub(crate) shared: Arc<Shared>,
     pub(crate) stream: S,
-    pub(crate) peer: SocketAddr,
     pub(crate) read: BytesMut,
     pub(crate) write: BytesMut,
     pub(crate) session: Session,
-    /// Changes when the devices file was re-read: a proved device then checks that it is still
-    /// registered as it was, before anything more of it is relayed (see `Relay::revoked`).
-    pub(crate) identity_changes: tokio::sync::watch::Receiver<u64>,
     /// Whether the last batch read from the client had a PUBLISH (flow control holds only
     /// publishers).
     pub(crate) published: bool,
-    /// SUBSCRIBEs of which the router sees only the allowed filters, by packet id: the codes of
-    /// the denied ones, by position, merged into the router's SUBACK.
-    pub(crate) partial_subacks: Vec<(u16, Vec<Option<u8>>)>,
-    /// The client's topic aliases (3.3.2.3.4), resolved here too so that the policy checks the
-    /// real topic; at most the server's Topic Alias Maximum of them (larger aliases are the
-    /// router's to refuse).
-    pub(crate) aliases: Vec<(u16, Bytes)>,
-    /// One of `max_connections`, given back when the relay is dropped (after `finish`).
-    pub(crate) _slot: ConnectionSlot,
-    /// A proved device's entry in the live list, removed when the relay is dropped.
-    pub(crate) _live: Option<LiveDevice>,
-    /// Its entry in the operators' list of clients (`crate::clients`), removed when the relay is
-    /// dropped (its counts are in its writer: `Outlet::counts`).
+    /// What few connections need (partly denied SUBSCRIBEs, topic aliases), made by the first
+    /// that does.
+    pub(crate) rare: Option<Box<Rare>>,
+    /// The timer of flow control's hold, made by the first hold: only publishers are held, and a
+    /// timer is 112 B that every idle connection's task would hold (keep-alive is the registry's
+    /// sweep: `crate::clients`).
+    pub(crate) hold_timer: Option<Pin<Box<Sleep>>>,
+    /// A proved device's entry in the live list (with its view of the devices file's changes),
+    /// removed when the relay is dropped.
+    pub(crate) live: Option<Box<LiveDevice>>,
+    /// Its entry in the registry of connections (`crate::clients`) and its one of
+    /// `max_connections`, both given back when the relay is dropped (after `finish`).
     pub(crate) _listed: Listed,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     pub(crate) async fn run(&mut self) -> End {
-        let keep_alive = self.session.keep_alive.map(|k| k + k / 2);
-        let far = Duration::from_secs(86_400 * 365);
-        let mut deadline = Instant::now() + keep_alive.unwrap_or(far);
         // A revocation made while this client was authenticating: its change may predate
-        // `identity_changes`, so it is checked once now.
+        // its `LiveDevice::changes`, so it is checked once now.
         if let Some(end) = self.revoked(true) {
             return end;
         }
@@ -179,23 +186,14 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             // buffer (64 B); then the buffer is made a full one, so a publisher is not read 64
             // bytes at a time.
             let unbuffered = self.read.capacity() == 0;
-            // One timer (each is ~100 B of the task): the next look at the pause while held,
-            // else the keep-alive deadline.
-            let wake = if held {
-                Instant::now() + HOLD_POLL
-            } else {
-                deadline
-            };
             // What an idle connection's task holds is mostly these futures, so they are few: the
-            // router stopping (shutdown) and a change of the device's registration come through
-            // the writer (`Outlet::recv`) rather than futures of their own.
+            // router stopping (shutdown), a change of the device's registration, an operator's
+            // disconnect and the keep-alive sweep come through the writer (`Outlet::recv`)
+            // rather than futures of their own, and the hold's timer is boxed.
             tokio::select! {
-                _ = tokio::time::sleep_until(wake) => {
-                    if !held {
-                        return End::KeepAliveTimeout;
-                    }
+                _ = hold(&mut self.hold_timer, held) => {
                     // The client is not late with its keep-alive while Grove is not reading.
-                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    self.heard();
                 }
                 read = self.stream.read_buf(&mut self.read), if !held => {
                     match read {
@@ -208,7 +206,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                         full.extend_from_slice(&self.read);
                         self.read = full;
                     }
-                    deadline = Instant::now() + keep_alive.unwrap_or(far);
+                    self.heard();
                     if let Some(end) = Box::pin(self.ingest()).await {
                         return end;
                     }
@@ -222,13 +220,20 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                             End::RouterClosed(reason::UNSPECIFIED_ERROR)
                         };
                     }
-                    // Woken with packets, or nudged because the devices file changed
-                    // (`LiveDevices`): a device no longer registered as it connected ends here.
+                    // Woken with packets, or nudged: because the devices file changed
+                    // (`LiveDevices`; a device no longer registered as it connected ends here),
+                    // by an operator's disconnect, or by the keep-alive sweep.
                     if let Some(end) = self.revoked(false) {
                         return end;
                     }
-                    if self.session.outlet.counts().kicked.load(Ordering::Relaxed) {
+                    if self.session.outlet.presence().kicked.load(Ordering::Relaxed) {
                         return End::Kicked;
+                    }
+                    // The sweep's reading may predate a packet read since: decided again here.
+                    let heard = self.session.outlet.presence().heard_ms.load(Ordering::Relaxed);
+                    let now = self.shared.clients.clock_ms();
+                    if silent_too_long(now, heard, self.session.silence_limit_ms) {
+                        return End::KeepAliveTimeout;
                     }
                     if !out.is_empty() {
                         if let Some(end) = self.deliver(std::mem::take(&mut out)).await {
@@ -240,17 +245,23 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         }
     }
 
+    /// Notes that the client was heard from now (or is not being read), for the keep-alive sweep.
+    fn heard(&self) {
+        let now = self.shared.clients.clock_ms();
+        (self.session.outlet.presence().heard_ms).store(now, Ordering::Relaxed);
+    }
+
     /// Whether a proved device is no longer registered as it was when it connected (removed, or
     /// given other credentials): then its connection ends without its will. `always` checks even
     /// when the devices file was not re-read since the last check.
     fn revoked(&mut self, always: bool) -> Option<End> {
         // Anonymous clients have no registration to lose.
-        self.session.device.as_ref()?;
-        let changed = self.identity_changes.has_changed().unwrap_or(false);
+        let live = self.live.as_mut()?;
+        let changed = live.changes.has_changed().unwrap_or(false);
         if !always && !changed {
             return None;
         }
-        self.identity_changes.borrow_and_update();
+        live.changes.borrow_and_update();
         let id = &self.session.client_id;
         (self.shared.identities.device(id).as_ref() != self.session.device.as_deref()).then(|| {
             End::Revoked(format!(
@@ -392,13 +403,18 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
         if let Some(a) = alias {
             if publish.topic.is_empty() {
                 // An unknown alias is the router's protocol error; it sees the empty topic.
-                if let Some((_, topic)) = self.aliases.iter().find(|(n, _)| *n == a) {
+                let known = self
+                    .rare
+                    .as_ref()
+                    .and_then(|r| r.aliases.iter().find(|(n, _)| *n == a));
+                if let Some((_, topic)) = known {
                     publish.topic = topic.clone();
                 }
             } else if a <= self.shared.router_config.topic_alias_maximum {
-                match self.aliases.iter_mut().find(|(n, _)| *n == a) {
+                let aliases = &mut self.rare.get_or_insert_default().aliases;
+                match aliases.iter_mut().find(|(n, _)| *n == a) {
                     Some((_, topic)) => *topic = publish.topic.clone(),
-                    None => self.aliases.push((a, publish.topic.clone())),
+                    None => aliases.push((a, publish.topic.clone())),
                 }
             }
         }
@@ -408,7 +424,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
             }
         }
         self.shared.metrics.messages_received.inc();
-        let counts = self.session.outlet.counts();
+        let counts = self.session.outlet.presence();
         counts.received.fetch_add(1, Ordering::Relaxed);
         self.shared
             .metrics
@@ -475,9 +491,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                 self.encode_out(ack);
                 return Ok(None);
             }
-            self.partial_subacks
-                .retain(|(pkid, _)| *pkid != subscribe.pkid);
-            self.partial_subacks.push((subscribe.pkid, codes));
+            let partial = &mut self.rare.get_or_insert_default().partial_subacks;
+            partial.retain(|(pkid, _)| *pkid != subscribe.pkid);
+            partial.push((subscribe.pkid, codes));
         }
         let filters = subscribe
             .filters
@@ -612,7 +628,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
                     self.shared.metrics.messages_sent.inc();
                     self.session
                         .outlet
-                        .counts()
+                        .presence()
                         .sent
                         .fetch_add(1, Ordering::Relaxed);
                     self.shared
@@ -641,8 +657,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
 
     /// Puts the codes of filters the policy denied back into the router's SUBACK, in order.
     fn merge_suback(&mut self, pkid: u16, granted: Vec<u8>) -> Vec<u8> {
-        let waiting = self.partial_subacks.iter().position(|(p, _)| *p == pkid);
-        match waiting.map(|i| self.partial_subacks.swap_remove(i).1) {
+        let partial = self.rare.as_mut().map(|r| &mut r.partial_subacks);
+        let waiting =
+            partial.and_then(|p| Some(p.swap_remove(p.iter().position(|(id, _)| *id == pkid)?).1));
+        match waiting {
             None => granted,
             Some(codes) => {
                 let mut granted = granted.into_iter();
@@ -677,7 +695,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {
     /// Says goodbye as the reason requires and tells the router the connection is gone (which
     /// publishes the will when due, 3.1.2.5).
     pub(crate) async fn finish(mut self, end: End) {
-        let peer = self.peer;
+        // Every relay is listed before it is made (`connection::establish`).
+        let peer =
+            (self.session.outlet.listing()).map_or(SocketAddr::from(([0, 0, 0, 0], 0)), |l| l.peer);
         let client_id = self.session.client_id.clone();
         let client_id = &*client_id;
         match &end {
@@ -762,4 +782,16 @@ fn packet_name(packet: &Packet) -> &'static str {
         Packet::PingResp(_) => "PINGRESP",
         _ => "packet",
     }
+}
+
+/// Flow control's hold: ends [`HOLD_POLL`] from now while `held`, and never otherwise. The timer
+/// is made by the first hold and reused.
+async fn hold(timer: &mut Option<Pin<Box<Sleep>>>, held: bool) {
+    if !held {
+        return std::future::pending().await;
+    }
+    let deadline = Instant::now() + HOLD_POLL;
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    timer.as_mut().reset(deadline);
+    timer.await;
 }

@@ -33,7 +33,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use grove_auth::policy::Resolved;
@@ -43,7 +43,7 @@ use tokio::sync::{mpsc, watch, Notify};
 use tokio::task::JoinHandle;
 use tracing::{error, warn};
 
-use crate::clients::Counts;
+use crate::clients::{Listing, Presence};
 use crate::metrics::BrokerMetrics;
 use crate::persist;
 
@@ -91,9 +91,12 @@ struct Writer {
     state: Mutex<Waiting>,
     /// Packets arrived, the router closed the link, or a [`Nudge`].
     ready: Notify,
-    /// The connection's counts for operators (`crate::clients`), here rather than in an
-    /// allocation of their own: every connection already has its writer.
-    counts: Counts,
+    /// What the connection is, for operators and the keep-alive sweep (`crate::clients`): set
+    /// at its CONNACK (never, for a component's bus). Here rather than in an allocation of its
+    /// own: every connection already has its writer.
+    listing: OnceLock<Listing>,
+    /// Its counts, when it last heard its client, an operator's disconnect (`crate::clients`).
+    presence: Presence,
     /// The core holds this publisher for a congested subscriber (`Router::poll_hold`): the
     /// connection stops reading it. Outside the lock: a publishing connection looks at it on
     /// every turn of its loop.
@@ -124,15 +127,23 @@ impl Writer {
 pub(crate) struct Link(Arc<Writer>);
 
 /// Wakes a connection that waits for the router's packets, to have it look at something else:
-/// a device whose registration changed (`server::LiveDevices`). One wait for both, instead of a
-/// future per connection for each thing it may have to look at (an idle connection's task holds
-/// every future it waits on).
+/// a device whose registration changed (`server::LiveDevices`), an operator's disconnect or its
+/// client's silence (`crate::clients`). One wait for all, instead of a future per connection for
+/// each thing it may have to look at (an idle connection's task holds every future it waits on).
 pub(crate) struct Nudge(Arc<Writer>);
 
 impl Nudge {
-    /// The connection's counts for operators.
-    pub(crate) fn counts(&self) -> &Counts {
-        &self.0.counts
+    /// What the connection is, once it is listed (`crate::clients::Listed::register`).
+    pub(crate) fn listing(&self) -> Option<&Listing> {
+        self.0.listing.get()
+    }
+
+    pub(crate) fn listing_cell(&self) -> &OnceLock<Listing> {
+        &self.0.listing
+    }
+
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.0.presence
     }
 
     pub(crate) fn nudge(&self) {
@@ -218,9 +229,14 @@ impl Outlet {
         self.conn
     }
 
-    /// The connection's counts for operators.
-    pub(crate) fn counts(&self) -> &Counts {
-        &self.writer.counts
+    /// What the connection is, once it is listed.
+    pub(crate) fn listing(&self) -> Option<&Listing> {
+        self.writer.listing.get()
+    }
+
+    /// Its counts, when it last heard its client, an operator's disconnect.
+    pub(crate) fn presence(&self) -> &Presence {
+        &self.writer.presence
     }
 
     /// Whether the router holds this publisher for a congested subscriber (backpressure).
@@ -305,7 +321,8 @@ impl RouterHandle {
         let writer = Arc::new(Writer {
             state: Mutex::default(),
             ready: Notify::new(),
-            counts: Counts::default(),
+            listing: OnceLock::new(),
+            presence: Presence::default(),
             held: AtomicBool::new(false),
         });
         (

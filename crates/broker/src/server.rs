@@ -92,7 +92,8 @@ pub(crate) struct Shared {
     pub(super) taps: std::sync::RwLock<Vec<Arc<Tap>>>,
     /// The connections of proved devices, so that a revocation can wait for their end.
     pub(crate) live_devices: LiveDevices,
-    /// Every authenticated connection, for operators (`crate::clients`).
+    /// Every authenticated connection, for operators and the keep-alive sweep
+    /// (`crate::clients`).
     pub(crate) clients: crate::clients::Table,
 }
 
@@ -243,6 +244,7 @@ impl Broker {
             }
         });
         tasks.spawn(watch_identities(shared.clone()));
+        tasks.spawn(crate::clients::sweep_keep_alives(shared.clone()));
         Ok(Broker {
             shared,
             shutdown,
