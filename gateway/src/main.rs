@@ -142,7 +142,8 @@ enum Command {
         #[arg(short, long, value_name = "FILE", global = true)]
         config: Option<PathBuf>,
     },
-    /// Write a fully commented default configuration file.
+    /// Write a fully commented default configuration file, and set a random operator password
+    /// for the web console (printed once) unless its data directory has one already.
     Init {
         /// Where to write it.
         #[arg(default_value = "grove.toml", value_name = "FILE")]
@@ -150,6 +151,9 @@ enum Command {
         /// Overwrite the file if it exists.
         #[arg(long)]
         force: bool,
+        /// Set no console password (set one later with `grove console passwd`).
+        #[arg(long)]
+        no_console_password: bool,
     },
 }
 
@@ -316,11 +320,12 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Init { file, force } => match init(&file, force) {
-            Ok(()) => {
-                eprintln!("wrote {}", file.display());
-                ExitCode::SUCCESS
-            }
+        Command::Init {
+            file,
+            force,
+            no_console_password,
+        } => match init(&file, force, !no_console_password) {
+            Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("grove init: {e:#}");
                 ExitCode::from(2)
@@ -627,10 +632,36 @@ fn apply_now(ops: Option<SocketAddr>) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init(file: &PathBuf, force: bool) -> anyhow::Result<()> {
+/// Writes the default configuration to `file`; with `console_password`, also sets a random
+/// console password in its data directory (the template's, as `grove run --config FILE` will use)
+/// unless one is set there, and prints it: the one time it is shown.
+fn init(file: &PathBuf, force: bool, console_password: bool) -> anyhow::Result<()> {
     if file.exists() && !force {
         anyhow::bail!("{} exists; use --force to overwrite it", file.display());
     }
     std::fs::write(file, DEFAULT_TEMPLATE)
-        .with_context(|| format!("cannot write {}", file.display()))
+        .with_context(|| format!("cannot write {}", file.display()))?;
+    eprintln!("wrote {}", file.display());
+    if !console_password {
+        return Ok(());
+    }
+    let data_dir = Config::load(file)?.data_dir.value;
+    let stored = grove_console::password::path(&data_dir);
+    if stored.exists() {
+        eprintln!(
+            "the console password already set is kept ({}; change it with `grove console passwd`)",
+            stored.display()
+        );
+        return Ok(());
+    }
+    let password = grove_console::password::generate()?;
+    grove_console::password::set(&data_dir, &password)?;
+    eprintln!(
+        "the web console's operator password (shown this once; stored hashed in {}; change it \
+         with `grove console passwd`):",
+        stored.display()
+    );
+    // On stdout alone, so that a script can capture it.
+    println!("{password}");
+    Ok(())
 }

@@ -137,10 +137,26 @@ fn a_missing_config_file_is_exit_code_2() {
 }
 
 #[test]
-fn init_writes_a_commented_default_that_runs_and_refuses_to_overwrite() {
+fn init_writes_a_commented_default_and_a_console_password_that_run_and_refuses_to_overwrite() {
+    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let (code, out) = grove(&["init"], dir.path());
     assert_eq!(code, 0, "{out}");
+    // The console's operator password: random, printed once (the last line, on stdout), stored
+    // hashed and private in the data directory the file names.
+    let password = out.lines().last().unwrap_or_default().to_owned();
+    assert!(
+        password.len() == 24 && password.chars().all(|c| c.is_ascii_hexdigit()),
+        "a printed password: {out}"
+    );
+    let stored = dir.path().join("grove-data/console.passwd");
+    let hash = std::fs::read_to_string(&stored).expect("console.passwd written");
+    assert!(
+        hash.starts_with("$argon2id$") && !hash.contains(&password),
+        "{hash}"
+    );
+    let mode = std::fs::metadata(&stored).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
     let text = std::fs::read_to_string(dir.path().join("grove.toml")).unwrap();
     assert!(
         text.lines().filter(|l| l.starts_with('#')).count() > 10,
@@ -163,11 +179,24 @@ fn init_writes_a_commented_default_that_runs_and_refuses_to_overwrite() {
         text,
         "the refused init left the file as it was"
     );
-    let (code, _) = grove(&["init", "--force", "other.toml"], dir.path());
+    let (code, out) = grove(&["init", "--force", "other.toml"], dir.path());
     assert_eq!(code, 0);
     assert_eq!(
         std::fs::read_to_string(dir.path().join("other.toml")).unwrap(),
         text
+    );
+    // Same data directory: the password set is kept, and none is printed.
+    assert!(out.contains("already set is kept"), "{out}");
+    assert!(!out.contains(&password), "{out}");
+    assert_eq!(std::fs::read_to_string(&stored).unwrap(), hash);
+    // Asked not to, it sets none.
+    let bare = tempfile::tempdir().unwrap();
+    let (code, out) = grove(&["init", "--no-console-password"], bare.path());
+    assert_eq!(code, 0, "{out}");
+    assert!(bare.path().join("grove.toml").exists());
+    assert!(
+        !bare.path().join("grove-data/console.passwd").exists(),
+        "{out}"
     );
 
     // The written file is the defaults: run it with only the ports moved off the defaults, and
@@ -197,6 +226,9 @@ fn init_writes_a_commented_default_that_runs_and_refuses_to_overwrite() {
         Ok(http_get(("127.0.0.1", ops), "/healthz"))
     });
     assert_eq!(health.0, 200, "{health:?}");
+    // The console on the ops endpoint takes the password `grove init` printed.
+    let signed_in = grove_tests::console::Console::new(ops).sign_in(&password);
+    assert_eq!(signed_in.status, 303, "{signed_in:?}");
     assert!(
         dir.path().join("grove-data/grove.db").exists(),
         "the default data dir"

@@ -1,5 +1,6 @@
 //! The operator's password: an argon2id hash (grove-auth's, as for devices) in
-//! `console.passwd` in the data directory, mode 0600, written by `grove console passwd`.
+//! `console.passwd` in the data directory, mode 0600, written by `grove console passwd` (and, with
+//! a random password it prints once, by `grove init`).
 //!
 //! The gateway reads the file at each sign-in, so a new password takes effect at once, and a
 //! removed file means no one can sign in.
@@ -17,6 +18,16 @@ pub const MIN_LENGTH: usize = 8;
 /// Where the operator's password hash is kept for the data directory `data_dir`.
 pub fn path(data_dir: &Path) -> PathBuf {
     data_dir.join(PASSWORD_FILE)
+}
+
+/// A new random password for `grove init`: 24 hex digits, 96 bits from the system's random
+/// source.
+pub fn generate() -> Result<String, ConsoleError> {
+    use ring::rand::SecureRandom;
+    let mut bytes = [0u8; 12];
+    (ring::rand::SystemRandom::new().fill(&mut bytes))
+        .map_err(|_| ConsoleError::Password("the system's random source failed".into()))?;
+    Ok(hex::encode(bytes))
 }
 
 /// Sets the operator's password (`grove console passwd`): hashes it and replaces the file.
