@@ -30,6 +30,7 @@ impl Gateway for ConsoleView {
             received: broker.messages_received.get(),
             sent: broker.messages_sent.get(),
             outbox: u64::try_from(self.metrics.cloud.outbox_messages.get()).unwrap_or(0),
+            drained: self.metrics.cloud.acked.get(),
             cpu_seconds,
             rss_bytes,
         }

@@ -186,6 +186,8 @@ pub struct Reading {
     pub sent: u64,
     /// Messages in the cloud outbox.
     pub outbox: u64,
+    /// Messages the cloud acknowledged and the outbox let go, in total.
+    pub drained: u64,
     /// CPU time the process has used, in total, in seconds.
     pub cpu_seconds: f64,
     /// Resident memory, in bytes.
@@ -205,6 +207,8 @@ pub struct Point {
     pub out_rate: f64,
     /// Messages in the cloud outbox.
     pub outbox: f64,
+    /// Messages the outbox drained (acknowledged by the cloud) per second.
+    pub drain_rate: f64,
     /// CPU use, in cores (1.0 is one core busy).
     pub cpu: f64,
     /// Resident memory, in MiB.
@@ -261,6 +265,7 @@ impl History {
                     in_rate: rate(r0.received, r1.received),
                     out_rate: rate(r0.sent, r1.sent),
                     outbox: r1.outbox as f64,
+                    drain_rate: rate(r0.drained, r1.drained),
                     cpu: (r1.cpu_seconds - r0.cpu_seconds).max(0.0) / dt,
                     rss_mib: r1.rss_bytes as f64 / (1024.0 * 1024.0),
                 }
@@ -371,6 +376,7 @@ mod tests {
                     received: 50 * i,
                     sent: 100 * i,
                     outbox: i,
+                    drained: 30 * i,
                     cpu_seconds: 2.5 * i as f64,
                     rss_bytes: 8 << 20,
                 },
@@ -388,6 +394,7 @@ mod tests {
                 in_rate: 10.0,
                 out_rate: 20.0,
                 outbox: 1999.0,
+                drain_rate: 6.0,
                 cpu: 0.5,
                 rss_mib: 8.0,
             }

@@ -141,13 +141,14 @@ pub(crate) fn overview_live(o: &Overview) -> Markup {
             div { dt { "Version" } dd { (env!("CARGO_PKG_VERSION")) } }
             div { dt { "Uptime" } dd #uptime { (humantime::format_duration(Duration::from_secs(o.uptime.as_secs()))) } }
             div { dt { "Connected clients" } dd #connected { (r.connected) } }
-            div { dt { "Cloud outbox" } dd #outbox { (r.outbox) " messages" } }
+            div { dt { "Cloud outbox" } dd #outbox { (r.outbox) " messages, draining " (format!("{:.1}", last.drain_rate)) "/s" } }
         }
         div.charts {
             (chart("Connected clients", &format!("{}", r.connected), &series(|p| p.connected)))
             (chart("Messages in", &format!("{:.1}/s", last.in_rate), &series(|p| p.in_rate)))
             (chart("Messages out", &format!("{:.1}/s", last.out_rate), &series(|p| p.out_rate)))
             (chart("Cloud outbox", &format!("{}", r.outbox), &series(|p| p.outbox)))
+            (chart("Outbox drained", &format!("{:.1}/s", last.drain_rate), &series(|p| p.drain_rate)))
             (chart("CPU", &format!("{:.0} %", last.cpu * 100.0), &series(|p| p.cpu * 100.0)))
             (chart("Memory (RSS)", &format!("{:.1} MiB", r.rss_bytes as f64 / 1048576.0), &series(|p| p.rss_mib)))
         }
@@ -304,6 +305,27 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("MQTT 5") && html.contains("1970-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn the_overview_shows_how_fast_the_cloud_outbox_drains() {
+        let mut h = crate::core::History::new(Duration::from_secs(3600), Duration::from_secs(5));
+        let t0 = std::time::Instant::now();
+        let reading = |outbox, drained| Reading {
+            outbox,
+            drained,
+            ..Reading::default()
+        };
+        h.push(t0, reading(500, 1_000));
+        h.push(t0 + Duration::from_secs(5), reading(440, 1_060));
+        let o = Overview {
+            uptime: Duration::from_secs(10),
+            points: h.points(),
+            reading: reading(440, 1_060),
+        };
+        let html = overview_live(&o).into_string();
+        assert!(html.contains("440 messages, draining 12.0/s"), "{html}");
+        assert!(html.contains("Outbox drained: 12.0/s now"), "{html}");
     }
 
     #[test]
