@@ -1,23 +1,36 @@
 //! The web console's view of this gateway (`grove_console::Gateway`): the overview's readings
-//! from the metrics and the process, the broker's connected clients, and their disconnect.
+//! from the metrics and the process, the broker's connected clients, and their disconnect, and
+//! topic filters watched through a bus link of their own.
 
 use std::sync::Arc;
 
 use grove_broker::clients::Clients;
-use grove_console::{Client, Gateway, Pending, Reading};
+use grove_broker::BusMaker;
+use grove_console::{Client, Gateway, Pending, Reading, Watched, SHOWN_PAYLOAD};
+use tokio::sync::mpsc;
 
 use crate::metrics::Metrics;
+
+/// Messages a watched filter's channel holds for the console's stream (which takes them as they
+/// come); beyond, they are dropped for that viewer.
+const WATCH_QUEUE: usize = 256;
 
 /// The gateway as the console sees it.
 pub struct ConsoleView {
     metrics: Arc<Metrics>,
     clients: Clients,
+    buses: BusMaker,
 }
 
 impl ConsoleView {
-    /// A view of the gateway whose counters are `metrics` and whose broker's clients are `clients`.
-    pub fn new(metrics: Arc<Metrics>, clients: Clients) -> ConsoleView {
-        ConsoleView { metrics, clients }
+    /// A view of the gateway whose counters are `metrics`, whose broker's clients are `clients`,
+    /// and whose topics are watched through links `buses` makes.
+    pub fn new(metrics: Arc<Metrics>, clients: Clients, buses: BusMaker) -> ConsoleView {
+        ConsoleView {
+            metrics,
+            clients,
+            buses,
+        }
     }
 }
 
@@ -61,6 +74,49 @@ impl Gateway for ConsoleView {
                 Err((axum::http::StatusCode::NOT_FOUND, _)) => Ok(0),
                 Err((_, why)) => Err(why),
             }
+        })
+    }
+
+    /// A bus link of its own subscribed to `filter` (QoS 0: the link's session queue in the
+    /// router is bounded like a device's), forwarding each message's first [`SHOWN_PAYLOAD`]
+    /// bytes into a bounded channel without ever waiting on it (a slow viewer loses messages;
+    /// the link keeps up, so it never holds a device's publisher). It ends, and the link leaves
+    /// the broker, once the console drops the receiver or the gateway shuts down.
+    fn watch(&self, filter: String) -> Pending<Result<mpsc::Receiver<Watched>, String>> {
+        let buses = self.buses.clone();
+        Box::pin(async move {
+            grove_broker::namespace::check_filter(&filter)?;
+            if filter.starts_with("$share/") {
+                return Err(format!(
+                    "{filter:?} is a shared subscription: a viewer would take messages from the \
+                     group's members"
+                ));
+            }
+            let mut bus = buses.bus("console").await.map_err(|e| e.to_string())?;
+            (bus.subscribe_confirmed(std::slice::from_ref(&filter)).await)
+                .map_err(|e| e.to_string())?;
+            let (tx, rx) = mpsc::channel(WATCH_QUEUE);
+            tokio::spawn(async move {
+                let mut batch = Vec::new();
+                loop {
+                    tokio::select! {
+                        _ = tx.closed() => break,
+                        received = bus.recv_batch(&mut batch) => if received.is_err() { break },
+                    }
+                    for m in batch.drain(..) {
+                        let size = m.payload.len();
+                        let shown = m.payload.slice(..size.min(SHOWN_PAYLOAD));
+                        // Full: this viewer is behind, and this message is not shown to it.
+                        let _ = tx.try_send(Watched {
+                            topic: m.topic,
+                            payload: shown.to_vec(),
+                            size,
+                        });
+                    }
+                }
+                bus.close().await;
+            });
+            Ok(rx)
         })
     }
 }

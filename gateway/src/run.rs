@@ -152,7 +152,11 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
             };
             // The web console, where `[console]` allows it (see grove_console::config).
             let console = config.console.as_ref().map(|c| {
-                let view = crate::console::ConsoleView::new(metrics.clone(), broker.clients());
+                let view = crate::console::ConsoleView::new(
+                    metrics.clone(),
+                    broker.clients(),
+                    broker.bus_maker(),
+                );
                 info!("web console at http://{}/console", bind.value);
                 grove_console::router(c, &data_dir.value, Arc::new(view))
             });

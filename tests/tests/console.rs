@@ -512,6 +512,25 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         .await;
     g.wait_log(&["disconnected by an operator", "sensor-1"], 1);
     b.screenshot(&shots, "devices-after-disconnect").await;
+    // The topics page: a filter typed and submitted with Enter, then a message arrives live and
+    // its JSON is shown pretty-printed.
+    b.click("a[href='/console/topics']").await;
+    let filter = b.wait("input#filter").await;
+    filter.send_keys("site/+/temp\u{E007}").await.unwrap();
+    b.wait("p#messages").await;
+    b.wait("p.stream[data-state=live]").await;
+    grove_tests::blocking(|| {
+        grove_tests::mosquitto_pub(
+            g.mqtt_port,
+            &["-t", "site/kitchen/temp", "-m", r#"{"c":21.5,"unit":"C"}"#],
+        )
+    });
+    let payload = b.wait("ol#messages li.message pre.payload").await;
+    assert_eq!(
+        payload.text().await.unwrap(),
+        "{\n  \"c\": 21.5,\n  \"unit\": \"C\"\n}"
+    );
+    b.screenshot(&shots, "topics").await;
     b.web.clone().close().await.unwrap();
     // Light above (the machine's default scheme); dark where the system asks for it.
     assert_eq!(light, "rgb(250, 250, 247)");
@@ -529,6 +548,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
             "overview-dark",
             "devices",
             "devices-narrow",
+            "topics",
         ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
@@ -589,4 +609,66 @@ fn the_devices_stream_shows_identities_as_the_devices_file_changes() {
         next.contains("<code>pump-1</code>") && next.contains("pump-thing"),
         "{next}"
     );
+}
+
+#[test]
+fn the_topics_page_streams_a_filters_messages_newest_first_with_json_pretty_printed() {
+    let (g, c) = console_gateway("");
+    let s = c.session();
+    let watched = "/console/events/topics?filter=site%2F%2B%2Ftemp";
+    let page = c.get("/console/topics?filter=site%2F%2B%2Ftemp", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains(&format!("data-stream=\"{watched}\"")),
+        "{}",
+        page.body
+    );
+    let mut stream = c.stream(watched, Some(&s)).expect("a topics stream");
+    // The stream answers once the subscription is in place: what is published now reaches it.
+    let first = stream.next_event().expect("the first fragment");
+    assert!(first.contains("no message yet"), "{first}");
+    grove_tests::mosquitto_pub(
+        g.mqtt_port,
+        &["-t", "site/kitchen/temp", "-m", r#"{"c":21.5,"unit":"C"}"#],
+    );
+    grove_tests::mosquitto_pub(g.mqtt_port, &["-t", "site/kitchen/humidity", "-m", "40"]);
+    grove_tests::mosquitto_pub(g.mqtt_port, &["-t", "site/hall/temp", "-m", "<b>hot</b>"]);
+    let shown = loop {
+        let fragment = stream
+            .next_event()
+            .expect("fragments until both messages are shown");
+        if fragment.contains("site/hall/temp") && fragment.contains("site/kitchen/temp") {
+            break fragment;
+        }
+    };
+    // Pretty-printed JSON (escaped as text), a text payload escaped, newest first, and only
+    // what the filter matches.
+    assert!(
+        shown.contains("{\n  &quot;c&quot;: 21.5,\n  &quot;unit&quot;: &quot;C&quot;\n}"),
+        "{shown}"
+    );
+    assert!(
+        shown.contains("&lt;b&gt;hot&lt;/b&gt;") && !shown.contains("<b>"),
+        "{shown}"
+    );
+    assert!(
+        shown.find("site/hall/temp") < shown.find("site/kitchen/temp"),
+        "newest first: {shown}"
+    );
+    assert!(!shown.contains("humidity"), "{shown}");
+
+    // Refused filters are answered, not watched.
+    for (filter, why) in [
+        ("a%2F%23%2Fb", "#"),
+        ("%24share%2Fg%2Fsite%2F%23", "shared subscription"),
+        ("", "no filter"),
+    ] {
+        match c.stream(&format!("/console/events/topics?filter={filter}"), Some(&s)) {
+            Err(answer) => {
+                assert_eq!(answer.status, 400, "{filter}: {answer:?}");
+                assert!(answer.body.contains(why), "{filter}: {answer:?}");
+            }
+            Ok(_) => panic!("{filter} was watched"),
+        }
+    }
 }

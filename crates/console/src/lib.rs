@@ -10,7 +10,7 @@
 //! script and style sheet are embedded in the binary (`assets/`, `include_str!`).
 //!
 //! What the console shows comes from the gateway through [`Gateway`] (readings, connected
-//! clients, the disconnect), so that this crate stays low in the layering: it depends on
+//! clients, the disconnect, a watched topic filter), so that this crate stays low in the layering: it depends on
 //! `grove-auth` (argon2 for the operator's password, the devices file) and `grove-config` (its
 //! `[console]` section) only.
 //!
@@ -60,8 +60,22 @@ pub struct Client {
     pub sent: u64,
 }
 
-/// A boxed future, for [`Gateway`]'s one asynchronous call.
+/// A boxed future, for [`Gateway`]'s asynchronous calls.
 pub type Pending<T> = Pin<Box<dyn Future<Output = T> + Send>>;
+
+/// The most of a payload the topics page shows (and the gateway hands over): 4 KiB.
+pub const SHOWN_PAYLOAD: usize = 4096;
+
+/// A message seen on a watched filter (the topics page).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Watched {
+    /// Its topic.
+    pub topic: String,
+    /// Its payload's first [`SHOWN_PAYLOAD`] bytes at most.
+    pub payload: Vec<u8>,
+    /// The payload's whole size, in bytes.
+    pub size: usize,
+}
 
 /// What the console reads from, and asks of, the gateway it runs in.
 pub trait Gateway: Send + Sync + 'static {
@@ -72,4 +86,12 @@ pub trait Gateway: Send + Sync + 'static {
     /// Ends the connections of `client_id` and waits, for a bounded time, for them to end: how
     /// many ended, or why not. The gateway logs it (an operator's action).
     fn disconnect(&self, client_id: String) -> Pending<Result<usize, String>>;
+    /// Subscribes to `filter` (the operator sees every topic it matches; no shared
+    /// subscriptions) once the subscription is in place: its messages, until the receiver is
+    /// dropped. The channel is bounded; what a full channel cannot take is dropped (a viewer,
+    /// never a device's publisher, falls behind). `Err`: why the filter is refused.
+    fn watch(
+        &self,
+        filter: String,
+    ) -> Pending<Result<tokio::sync::mpsc::Receiver<Watched>, String>>;
 }

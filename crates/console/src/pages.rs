@@ -15,9 +15,9 @@ use maud::{html, Markup, DOCTYPE};
 use crate::core::{Point, Reading};
 use crate::shell::{
     DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT, SIGN_IN, SIGN_OUT,
-    STYLE,
+    STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
-use crate::Client;
+use crate::{Client, Watched, SHOWN_PAYLOAD};
 
 /// What the overview shows.
 pub(crate) struct Overview {
@@ -38,6 +38,7 @@ pub(crate) struct Devices {
 enum Nav {
     Overview,
     Devices,
+    Topics,
 }
 
 fn head(title: &str) -> Markup {
@@ -67,6 +68,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                         nav aria-label="Console" {
                             a href=(OVERVIEW) aria-current=[current(Nav::Overview)] { "Overview" }
                             a href=(DEVICES) aria-current=[current(Nav::Devices)] { "Devices" }
+                            a href=(TOPICS) aria-current=[current(Nav::Topics)] { "Topics" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
                             input type="hidden" name="csrf" value=(csrf);
@@ -194,6 +196,75 @@ pub(crate) fn devices(csrf: &str, d: &Devices) -> Html<String> {
     )
 }
 
+/// The topics page: a filter to watch and, once one is given, its messages as they come.
+pub(crate) fn topics(csrf: &str, filter: &str) -> Html<String> {
+    let stream = (!filter.is_empty()).then(|| {
+        let query = serde_urlencoded::to_string([("filter", filter)]).unwrap_or_default();
+        format!("{TOPICS_EVENTS}?{query}")
+    });
+    layout(
+        "Topics",
+        Nav::Topics,
+        csrf,
+        html! {
+            form.watch method="get" action=(TOPICS) {
+                label for="filter" { "Topic filter" }
+                input #filter type="text" name="filter" value=(filter) required
+                    placeholder="sensors/+/temperature" autocomplete="off" spellcheck="false";
+                button type="submit" { "Watch" }
+            }
+            p.note {
+                "Every message on the filter, newest first (the last " (TOPICS_SHOWN) "); JSON is \
+                 shown pretty-printed, payloads up to " (SHOWN_PAYLOAD / 1024) " KiB. Shared \
+                 subscriptions ($share/...) are not offered: a viewer would take messages from \
+                 the group."
+            }
+            @if let Some(stream) = stream {
+                div #live data-stream=(stream) { (topics_live(filter, std::iter::empty())) }
+            }
+        },
+    )
+}
+
+/// The topics page's live part: `shown`, fragments from [`watched`], newest first.
+pub(crate) fn topics_live<'a>(filter: &str, shown: impl Iterator<Item = &'a str>) -> Markup {
+    let mut shown = shown.peekable();
+    html! {
+        @if shown.peek().is_none() {
+            p #messages { "Watching " code { (filter) } ": no message yet." }
+        } @else {
+            ol #messages.messages aria-label="Messages, newest first" {
+                @for m in shown { (maud::PreEscaped(m)) }
+            }
+        }
+    }
+}
+
+/// One watched message (rendered once, when it arrives): its topic, size and payload, JSON
+/// pretty-printed, other text as it is, anything else in hex.
+pub(crate) fn watched(m: &Watched) -> Markup {
+    let whole = m.payload.len() == m.size;
+    let json = whole
+        .then(|| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
+        .flatten()
+        .and_then(|v| serde_json::to_string_pretty(&v).ok());
+    let (kind, shown) = match (json, std::str::from_utf8(&m.payload)) {
+        (Some(pretty), _) => ("JSON", pretty),
+        (None, Ok(text)) => ("text", text.to_owned()),
+        (None, Err(_)) => ("binary, hex", hex::encode(&m.payload)),
+    };
+    let time = humantime::format_rfc3339_seconds(SystemTime::now());
+    html! {
+        li.message {
+            div.meta {
+                code.topic { (m.topic) }
+                span { (m.size) " B, " (kind) " · " (time.to_string()) }
+            }
+            pre.payload { (shown) @if !whole { "\n… (" (m.size - m.payload.len()) " more bytes not shown)" } }
+        }
+    }
+}
+
 fn protocol(level: u8) -> &'static str {
     match level {
         5 => "MQTT 5",
@@ -305,6 +376,33 @@ mod tests {
             "{html}"
         );
         assert!(html.contains("MQTT 5") && html.contains("1970-01-01T00:00:00Z"));
+    }
+
+    #[test]
+    fn a_watched_payload_is_shown_as_json_text_or_hex_and_says_what_was_cut() {
+        let shown = |payload: &[u8], size: usize| {
+            watched(&Watched {
+                topic: "t".into(),
+                payload: payload.to_vec(),
+                size,
+            })
+            .into_string()
+        };
+        let json = shown(br#"{"a":[1,2]}"#, 11);
+        assert!(json.contains("11 B, JSON"), "{json}");
+        assert!(
+            json.contains("{\n  &quot;a&quot;: [\n    1,\n    2\n  ]\n}"),
+            "{json}"
+        );
+        let binary = shown(&[0xff, 0x00, 0x10], 3);
+        assert!(
+            binary.contains("binary, hex") && binary.contains("ff0010"),
+            "{binary}"
+        );
+        // Cut: not parsed as JSON (it would be invalid), shown as text with what is missing.
+        let cut = shown(br#"{"a":"#, 5000);
+        assert!(cut.contains("5000 B, text"), "{cut}");
+        assert!(cut.contains("4995 more bytes not shown"), "{cut}");
     }
 
     #[test]

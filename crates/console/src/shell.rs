@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Request, State};
+use axum::extract::{Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -70,6 +70,8 @@ pub(crate) const DEVICES: &str = "/console/devices";
 pub(crate) const DISCONNECT: &str = "/console/devices/disconnect";
 pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
 pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
+pub(crate) const TOPICS: &str = "/console/topics";
+pub(crate) const TOPICS_EVENTS: &str = "/console/events/topics";
 pub(crate) const STYLE: &str = "/console/assets/console.css";
 pub(crate) const SCRIPT: &str = "/console/assets/console.js";
 
@@ -83,6 +85,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", DEVICES, Access::Page),
     route("GET", OVERVIEW_EVENTS, Access::Stream),
     route("GET", DEVICES_EVENTS, Access::Stream),
+    route("GET", TOPICS, Access::Page),
+    route("GET", TOPICS_EVENTS, Access::Stream),
     route("POST", DISCONNECT, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
@@ -97,6 +101,13 @@ const HISTORY: Duration = Duration::from_secs(3600);
 /// How often a devices stream looks at the connected clients (an in-memory table) and at the
 /// devices file's modification time.
 const DEVICES_EVERY: Duration = Duration::from_millis(500);
+
+/// A topics stream sends its fragment at most this often, whatever the message rate: a busy
+/// topic costs the gateway a few renders a second per viewer, not one per message.
+const TOPICS_EVERY: Duration = Duration::from_millis(250);
+
+/// The messages a topics stream shows, newest first.
+pub(crate) const TOPICS_SHOWN: usize = 50;
 
 /// How often an idle live stream sends a comment (see `live`).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -203,6 +214,8 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("GET", DEVICES) => get(devices),
         ("GET", OVERVIEW_EVENTS) => get(overview_events),
         ("GET", DEVICES_EVENTS) => get(devices_events),
+        ("GET", TOPICS) => get(topics),
+        ("GET", TOPICS_EVENTS) => get(topics_events),
         ("POST", DISCONNECT) => post(disconnect),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
@@ -518,7 +531,7 @@ async fn disconnect(State(shell): State<Shell>, Form(form): Form<Disconnect>) ->
 
 /// What wakes a live stream to render again.
 enum Wake {
-    /// A new reading (the overview).
+    /// A change: a new reading (the overview), new messages (a topics stream).
     Readings(watch::Receiver<u64>),
     /// A look every so often (the devices: an in-memory table and a file's time).
     Every(Duration),
@@ -614,6 +627,71 @@ async fn devices_events(
     let csrf = current.csrf.clone();
     live(shell, current, Wake::Every(DEVICES_EVERY), move |shell| {
         pages::devices_live(&csrf, &devices_now(shell)).into_string()
+    })
+}
+
+/// The topics page's query: the filter to watch, if any.
+#[derive(Deserialize)]
+struct Watch {
+    #[serde(default)]
+    filter: String,
+}
+
+async fn topics(
+    State(_shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<Watch>,
+) -> Response {
+    pages::topics(&current.csrf, q.filter.trim()).into_response()
+}
+
+/// The messages of one filter, rendered as they come, newest first: a task takes them from the
+/// gateway's bounded channel into the last [`TOPICS_SHOWN`] and wakes the stream at most every
+/// [`TOPICS_EVERY`]; it ends with the stream (its wake's receiver dropped), which drops the
+/// gateway's subscription.
+async fn topics_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<Watch>,
+) -> Response {
+    let filter = q.filter.trim().to_owned();
+    if filter.is_empty() {
+        return (StatusCode::BAD_REQUEST, "no filter to watch\n").into_response();
+    }
+    let mut messages = match shell.0.gateway.watch(filter.clone()).await {
+        Ok(rx) => rx,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let shown: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
+    let (wake, woken) = watch::channel(0u64);
+    {
+        let shown = shown.clone();
+        tokio::spawn(async move {
+            loop {
+                let first = tokio::select! {
+                    _ = wake.closed() => return,
+                    m = messages.recv() => m,
+                };
+                let Some(first) = first else { return };
+                {
+                    let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+                    let mut take = Some(first);
+                    while let Some(m) = take {
+                        shown.push_front(pages::watched(&m).into_string());
+                        shown.truncate(TOPICS_SHOWN);
+                        take = messages.try_recv().ok();
+                    }
+                }
+                wake.send_modify(|n| *n += 1);
+                // Rate limit of the renders (not a wait for anything): messages arriving
+                // meanwhile wait in the channel and go into the next render together.
+                tokio::time::sleep(TOPICS_EVERY).await;
+            }
+        });
+    }
+    live(shell, current, Wake::Readings(woken), move |_| {
+        let shown = shown.lock().unwrap_or_else(|p| p.into_inner());
+        pages::topics_live(&filter, shown.iter().map(String::as_str)).into_string()
     })
 }
 
