@@ -6,14 +6,25 @@ use std::sync::Arc;
 
 use grove_broker::clients::Clients;
 use grove_broker::BusMaker;
-use grove_console::{Client, Gateway, Pending, Reading, Watched, SHOWN_PAYLOAD};
+use grove_console::{
+    Client, Gateway, Pending, Reading, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
+};
+use grove_shadow::cli::{call, Request};
+use grove_shadow_api::names::{
+    request_topic, validate_shadow_name, validate_thing_name, Operation,
+};
+use serde_json::Value;
 use tokio::sync::mpsc;
+use tracing::info;
 
 use crate::metrics::Metrics;
 
 /// Messages a watched filter's channel holds for the console's stream (which takes them as they
 /// come); beyond, they are dropped for that viewer.
 const WATCH_QUEUE: usize = 256;
+
+/// How long the console waits for the shadow service's answer.
+const ANSWER_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// The gateway as the console sees it.
 pub struct ConsoleView {
@@ -24,13 +35,71 @@ pub struct ConsoleView {
 
 impl ConsoleView {
     /// A view of the gateway whose counters are `metrics`, whose broker's clients are `clients`,
-    /// and whose topics are watched through links `buses` makes.
+    /// and whose topics and shadows are reached through links `buses` makes.
     pub fn new(metrics: Arc<Metrics>, clients: Clients, buses: BusMaker) -> ConsoleView {
         ConsoleView {
             metrics,
             clients,
             buses,
         }
+    }
+
+    /// One shadow request, made as a device (or `grove shadow`) makes it: through a bus link of
+    /// its own, subscribed to the answers, with a client token; the accepted document, or why not.
+    fn ask(
+        &self,
+        request: Request,
+        thing: &str,
+        shadow: Option<&str>,
+    ) -> Pending<Result<Value, String>> {
+        let buses = self.buses.clone();
+        let names = match request {
+            Request::List => Ok(()),
+            _ => check_names(thing, shadow),
+        };
+        let asked = call(thing, shadow, request).map_err(|e| e.to_string());
+        Box::pin(async move {
+            names?;
+            let (topic, mut body) = asked?;
+            static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+            let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let token = format!("grove-console-{n}");
+            if let Value::Object(map) = &mut body {
+                map.insert("clientToken".into(), token.clone().into());
+            }
+            let mut bus = buses.bus("console").await.map_err(|e| e.to_string())?;
+            let answer = async {
+                (bus.subscribe_confirmed(&[format!("{topic}/+")]).await)
+                    .map_err(|e| e.to_string())?;
+                let request =
+                    grove_broker::bus::Outgoing::new(topic.clone(), body.to_string().into());
+                bus.publish(vec![request])
+                    .await
+                    .map_err(|e| e.to_string())?;
+                let mut batch = Vec::new();
+                loop {
+                    bus.recv_batch(&mut batch)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    for m in batch.drain(..) {
+                        let answer =
+                            crate::mqtt_request::answer_to(&topic, &token, &m.topic, &m.payload);
+                        if let Some(answer) = answer {
+                            return answer.map_err(|e| e.to_string());
+                        }
+                    }
+                }
+            };
+            let result = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(format!(
+                        "no answer from the shadow service within {ANSWER_TIMEOUT:?}"
+                    ))
+                });
+            bus.close().await;
+            result
+        })
     }
 }
 
@@ -119,6 +188,70 @@ impl Gateway for ConsoleView {
             Ok(rx)
         })
     }
+
+    fn shadows(&self) -> Pending<Result<Vec<ShadowEntry>, String>> {
+        let asked = self.ask(Request::List, "", None);
+        Box::pin(async move {
+            let doc = asked.await?;
+            Ok((doc["shadows"].as_array().into_iter().flatten())
+                .map(|s| ShadowEntry {
+                    thing: s["thing"].as_str().unwrap_or_default().to_owned(),
+                    shadow: s["shadow"].as_str().map(str::to_owned),
+                    version: s["version"].as_u64().unwrap_or(0),
+                })
+                .collect())
+        })
+    }
+
+    fn shadow(&self, thing: String, shadow: Option<String>) -> Pending<Result<ShadowDoc, String>> {
+        let asked = self.ask(Request::Get, &thing, shadow.as_deref());
+        Box::pin(async move {
+            let doc = asked.await?;
+            let section = |name: &str| doc["state"].get(name).cloned();
+            Ok(ShadowDoc {
+                version: doc["version"].as_u64().unwrap_or(0),
+                desired: section("desired"),
+                reported: section("reported"),
+                delta: section("delta"),
+            })
+        })
+    }
+
+    fn set_desired(
+        &self,
+        thing: String,
+        shadow: Option<String>,
+        desired: Value,
+    ) -> Pending<Result<u64, String>> {
+        let update = serde_json::json!({ "state": { "desired": desired } }).to_string();
+        let asked = self.ask(Request::Update(update), &thing, shadow.as_deref());
+        Box::pin(async move {
+            let doc = asked.await?;
+            let version = doc["version"].as_u64().unwrap_or(0);
+            info!(
+                thing,
+                shadow, version, "console: desired state updated by an operator"
+            );
+            Ok(version)
+        })
+    }
+
+    fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String> {
+        check_names(thing, shadow)?;
+        Ok(format!(
+            "{}/documents",
+            request_topic(thing, shadow, Operation::Update)
+        ))
+    }
+}
+
+/// Whether a thing (and shadow) name is one a shadow can have (AWS's rules): a name with `/`,
+/// `+` or `#` would make another topic.
+fn check_names(thing: &str, shadow: Option<&str>) -> Result<(), String> {
+    validate_thing_name(thing).map_err(|e| format!("thing name: {e}"))?;
+    shadow.map_or(Ok(()), |s| {
+        validate_shadow_name(s).map_err(|e| format!("shadow name: {e}"))
+    })
 }
 
 /// Clock ticks per second in `/proc/self/stat`: USER_HZ, 100 in Linux's ABI on every

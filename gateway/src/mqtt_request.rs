@@ -54,8 +54,6 @@ pub async fn request(addr: SocketAddr, topic: &str, mut body: Value) -> Result<V
     options.set_keep_alive(Duration::from_secs(30));
     options.set_max_packet_size(1 << 20, 1 << 20);
     let (client, mut events) = AsyncClient::new(options, 10);
-    let accepted = format!("{topic}/accepted");
-    let rejected = format!("{topic}/rejected");
     client
         .subscribe(format!("{topic}/+"), QoS::AtLeastOnce)
         .await
@@ -70,20 +68,8 @@ pub async fn request(addr: SocketAddr, topic: &str, mut body: Value) -> Result<V
                         .map_err(|e| connection(e.to_string()))?;
                 }
                 Ok(Event::Incoming(Packet::Publish(p))) => {
-                    let Ok(doc) = serde_json::from_slice::<Value>(&p.payload) else {
-                        continue;
-                    };
-                    if doc["clientToken"] != token.as_str() {
-                        continue;
-                    }
-                    if p.topic == rejected || (p.topic == accepted && doc.get("code").is_some()) {
-                        return Err(ClientError::Rejected {
-                            code: doc["code"].as_u64().unwrap_or(0),
-                            message: doc["message"].as_str().unwrap_or_default().to_owned(),
-                        });
-                    }
-                    if p.topic == accepted {
-                        return Ok(doc);
+                    if let Some(answer) = answer_to(&topic, &token, &p.topic, &p.payload) {
+                        return answer;
                     }
                 }
                 Ok(_) => {}
@@ -96,4 +82,27 @@ pub async fn request(addr: SocketAddr, topic: &str, mut body: Value) -> Result<V
         .unwrap_or(Err(ClientError::Timeout(ANSWER_TIMEOUT)));
     let _ = client.disconnect().await;
     result
+}
+
+/// Whether a message received on `received` (with `payload`) answers the request made on `topic`
+/// with client token `token`: its `accepted` document or its rejection; `None` for anything
+/// else (another client's answer, a message that is not JSON).
+pub fn answer_to(
+    topic: &str,
+    token: &str,
+    received: &str,
+    payload: &[u8],
+) -> Option<Result<Value, ClientError>> {
+    let doc = serde_json::from_slice::<Value>(payload).ok()?;
+    if doc["clientToken"] != token {
+        return None;
+    }
+    let op = received.strip_prefix(topic)?;
+    if op == "/rejected" || (op == "/accepted" && doc.get("code").is_some()) {
+        return Some(Err(ClientError::Rejected {
+            code: doc["code"].as_u64().unwrap_or(0),
+            message: doc["message"].as_str().unwrap_or_default().to_owned(),
+        }));
+    }
+    (op == "/accepted").then_some(Ok(doc))
 }

@@ -531,6 +531,47 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         "{\n  \"c\": 21.5,\n  \"unit\": \"C\"\n}"
     );
     b.screenshot(&shots, "topics").await;
+    // A shadow: found on the shadows page, its desired state edited in the page's form, and the
+    // device gets the delta while the page shows it pending.
+    let mqtt = g.mqtt_port.to_string();
+    grove_tests::blocking(|| {
+        grove_tests::mosquitto_pub(
+            g.mqtt_port,
+            &[
+                "-t",
+                "$aws/things/lamp-1/shadow/update",
+                "-m",
+                r#"{"state":{"reported":{"on":false}}}"#,
+            ],
+        )
+    });
+    b.click("a[href='/console/shadows']").await;
+    b.click("#shadows a[href*='lamp-1']").await;
+    b.wait("#reported-now").await;
+    b.wait("p.stream[data-state=live]").await;
+    let delta = MosquittoSub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &mqtt,
+        "-t",
+        "$aws/things/lamp-1/shadow/update/delta",
+        "-C",
+        "1",
+        "-W",
+        "20",
+    ]);
+    let desired = b.wait("textarea#desired").await;
+    desired.clear().await.unwrap();
+    desired.send_keys(r#"{"on": true}"#).await.unwrap();
+    b.click("form.desired button[type=submit]").await;
+    b.wait(".sides section.delta").await;
+    let (got, ok) = grove_tests::blocking(|| delta.finish());
+    assert!(
+        ok && got[0].contains(r#""on":true"#),
+        "the device's delta: {got:?}"
+    );
+    b.screenshot(&shots, "shadow").await;
     b.web.clone().close().await.unwrap();
     // Light above (the machine's default scheme); dark where the system asks for it.
     assert_eq!(light, "rgb(250, 250, 247)");
@@ -549,6 +590,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
             "devices",
             "devices-narrow",
             "topics",
+            "shadow",
         ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
@@ -671,4 +713,135 @@ fn the_topics_page_streams_a_filters_messages_newest_first_with_json_pretty_prin
             Ok(_) => panic!("{filter} was watched"),
         }
     }
+}
+
+#[test]
+fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_the_console() {
+    let (g, c) = console_gateway("");
+    let s = c.session();
+    let mqtt = g.mqtt_port.to_string();
+    // A device reports its state (AWS IoT Device Shadow over MQTT, mosquitto's own client).
+    grove_tests::mosquitto_pub(
+        g.mqtt_port,
+        &[
+            "-t",
+            "$aws/things/lamp-7/shadow/update",
+            "-m",
+            r#"{"state":{"reported":{"on":false}}}"#,
+        ],
+    );
+    // Listed, and found by a search; another search finds nothing.
+    let listed = eventually(WAIT, || {
+        let page = c.get("/console/shadows?q=LAMP", Some(&s));
+        match page.body.contains("lamp-7") {
+            true => Ok(page),
+            false => Err(format!("not listed yet: {page:?}")),
+        }
+    });
+    assert_eq!(listed.status, 200);
+    assert!(
+        listed
+            .body
+            .contains("href=\"/console/shadow?thing=lamp-7&amp;shadow=\""),
+        "{}",
+        listed.body
+    );
+    let none = c.get("/console/shadows?q=pump", Some(&s));
+    assert!(none.body.contains("No shadow matches"), "{}", none.body);
+
+    // Its page, live: version 1, reported, no delta.
+    let page = c.get("/console/shadow?thing=lamp-7&shadow=", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    let mut stream = c
+        .stream("/console/events/shadow?thing=lamp-7&shadow=", Some(&s))
+        .expect("the shadow's stream");
+    let first = stream.next_event().expect("the first fragment");
+    assert!(
+        first.contains("Version 1") && first.contains("&quot;on&quot;: false"),
+        "{first}"
+    );
+    assert!(!first.contains("a delta is pending"), "{first}");
+
+    // The device listens for its delta; the operator sets desired from the console.
+    let delta = MosquittoSub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &mqtt,
+        "-t",
+        "$aws/things/lamp-7/shadow/update/delta",
+        "-C",
+        "1",
+        "-W",
+        "20",
+    ]);
+    let set = c.post(
+        "/console/shadow/desired",
+        Some(&s),
+        &[("Origin", c.origin())],
+        &[
+            ("csrf", &s.csrf),
+            ("thing", "lamp-7"),
+            ("shadow", ""),
+            ("desired", r#"{"on": true}"#),
+        ],
+    );
+    assert_eq!(set.status, 303, "{set:?}");
+    assert_eq!(
+        set.location.as_deref(),
+        Some("/console/shadow?thing=lamp-7&shadow=")
+    );
+    let (got, ok) = delta.finish();
+    assert!(ok, "the device got its delta: {got:?}");
+    let doc: serde_json::Value = serde_json::from_str(&got[0]).unwrap();
+    assert_eq!(doc["state"], serde_json::json!({"on": true}), "{doc}");
+    // The page shows it without a reload: version 2, the delta pending and marked.
+    let live = loop {
+        let fragment = stream
+            .next_event()
+            .expect("fragments until the update shows");
+        if fragment.contains("Version 2") {
+            break fragment;
+        }
+    };
+    assert!(live.contains("a delta is pending"), "{live}");
+    assert!(live.contains("class=\"delta\""), "{live}");
+
+    // Refused: JSON that is not, and a desired state the shadow service refuses; the page comes
+    // back with the text and why (400), and the shadow is unchanged.
+    for (text, why) in [
+        ("{on: true", "not JSON"),
+        ("42", "Desired node must be an object"),
+    ] {
+        let refused = c.post(
+            "/console/shadow/desired",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[
+                ("csrf", &s.csrf),
+                ("thing", "lamp-7"),
+                ("shadow", ""),
+                ("desired", text),
+            ],
+        );
+        assert_eq!(refused.status, 400, "{text}: {refused:?}");
+        assert!(
+            refused.body.contains(why) && refused.body.contains("role=\"alert\""),
+            "{refused:?}"
+        );
+    }
+    let page = c.get("/console/shadow?thing=lamp-7&shadow=", Some(&s));
+    assert!(page.body.contains("Version 2"), "{}", page.body);
+    // A shadow that does not exist, and a name no shadow can have.
+    assert_eq!(
+        c.get("/console/shadow?thing=nothing-here&shadow=", Some(&s))
+            .status,
+        404
+    );
+    let bad = c.stream("/console/events/shadow?thing=a%2Fb&shadow=", Some(&s));
+    assert!(
+        matches!(bad, Err(ref a) if a.status == 400),
+        "{:?}",
+        bad.err()
+    );
 }

@@ -77,6 +77,30 @@ pub struct Watched {
     pub size: usize,
 }
 
+/// A shadow as the shadows page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShadowEntry {
+    /// Its thing.
+    pub thing: String,
+    /// Its name; `None`: the thing's classic (unnamed) shadow.
+    pub shadow: Option<String>,
+    /// Its version.
+    pub version: u64,
+}
+
+/// A shadow's document, as a device would get it (AWS IoT Device Shadow).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ShadowDoc {
+    /// Its version.
+    pub version: u64,
+    /// `state.desired` (absent when empty).
+    pub desired: Option<serde_json::Value>,
+    /// `state.reported` (absent when empty).
+    pub reported: Option<serde_json::Value>,
+    /// `state.delta`: what desired asks and reported does not say yet (absent when none).
+    pub delta: Option<serde_json::Value>,
+}
+
 /// What the console reads from, and asks of, the gateway it runs in.
 pub trait Gateway: Send + Sync + 'static {
     /// The overview's counters now.
@@ -94,4 +118,19 @@ pub trait Gateway: Send + Sync + 'static {
         &self,
         filter: String,
     ) -> Pending<Result<tokio::sync::mpsc::Receiver<Watched>, String>>;
+    /// Every shadow, as `grove shadow list` lists them.
+    fn shadows(&self) -> Pending<Result<Vec<ShadowEntry>, String>>;
+    /// One shadow's document (`Err`: why not, "not found" included).
+    fn shadow(&self, thing: String, shadow: Option<String>) -> Pending<Result<ShadowDoc, String>>;
+    /// Updates one shadow's desired state with `desired` (merged as an AWS update merges: a
+    /// `null` removes a key); the new version, or why not. The gateway logs it.
+    fn set_desired(
+        &self,
+        thing: String,
+        shadow: Option<String>,
+        desired: serde_json::Value,
+    ) -> Pending<Result<u64, String>>;
+    /// The topic a shadow's accepted updates are announced on (`update/documents`), for its page
+    /// to follow with [`Gateway::watch`]; `Err` for names a shadow cannot have.
+    fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String>;
 }

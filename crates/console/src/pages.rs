@@ -14,10 +14,10 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT, SIGN_IN, SIGN_OUT,
-    STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
+    DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT, SET_DESIRED, SHADOW,
+    SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
-use crate::{Client, Watched, SHOWN_PAYLOAD};
+use crate::{Client, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
 
 /// What the overview shows.
 pub(crate) struct Overview {
@@ -39,6 +39,7 @@ enum Nav {
     Overview,
     Devices,
     Topics,
+    Shadows,
 }
 
 fn head(title: &str) -> Markup {
@@ -69,6 +70,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                             a href=(OVERVIEW) aria-current=[current(Nav::Overview)] { "Overview" }
                             a href=(DEVICES) aria-current=[current(Nav::Devices)] { "Devices" }
                             a href=(TOPICS) aria-current=[current(Nav::Topics)] { "Topics" }
+                            a href=(SHADOWS) aria-current=[current(Nav::Shadows)] { "Shadows" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
                             input type="hidden" name="csrf" value=(csrf);
@@ -263,6 +265,120 @@ pub(crate) fn watched(m: &Watched) -> Markup {
             pre.payload { (shown) @if !whole { "\n… (" (m.size - m.payload.len()) " more bytes not shown)" } }
         }
     }
+}
+
+/// The link to a shadow's page.
+fn shadow_link(thing: &str, shadow: Option<&str>) -> String {
+    let query = serde_urlencoded::to_string([("thing", thing), ("shadow", shadow.unwrap_or(""))]);
+    format!("{SHADOW}?{}", query.unwrap_or_default())
+}
+
+/// The shadows page: every shadow (or those whose thing or name contains `q`), each a link to
+/// its page.
+pub(crate) fn shadows(
+    csrf: &str,
+    q: &str,
+    listed: &Result<Vec<ShadowEntry>, String>,
+) -> Html<String> {
+    layout(
+        "Shadows",
+        Nav::Shadows,
+        csrf,
+        html! {
+            form.watch method="get" action=(SHADOWS) role="search" {
+                label for="q" { "Search" }
+                input #q type="search" name="q" value=(q) placeholder="thing or shadow name" autocomplete="off";
+                button type="submit" { "Search" }
+            }
+            @match listed {
+                Err(why) => p.error role="alert" { "Cannot list the shadows: " (why) },
+                Ok(list) if list.is_empty() => p #shadows { "No shadow" @if !q.is_empty() { " matches " code { (q) } } "." },
+                Ok(list) => div.scroll {
+                    table #shadows {
+                        caption.visually-hidden { "Shadows" }
+                        thead { tr { th scope="col" { "Thing" } th scope="col" { "Shadow" } th scope="col" { "Version" } } }
+                        tbody {
+                            @for s in list {
+                                tr {
+                                    td { a href=(shadow_link(&s.thing, s.shadow.as_deref())) { (s.thing) } }
+                                    td { (s.shadow.as_deref().unwrap_or("(classic)")) }
+                                    td { (s.version) }
+                                }
+                            }
+                        }
+                    }
+                },
+            }
+        },
+    )
+}
+
+/// A shadow's page: its live document (desired, reported and the delta between them side by
+/// side) and a form that sets its desired state. `edit`: the text an operator sent and why it
+/// was refused.
+pub(crate) fn shadow(
+    csrf: &str,
+    thing: &str,
+    shadow: Option<&str>,
+    doc: &Result<ShadowDoc, String>,
+    edit: Option<(&str, &str)>,
+) -> Html<String> {
+    let stream = format!(
+        "{SHADOW_EVENTS}?{}",
+        serde_urlencoded::to_string([("thing", thing), ("shadow", shadow.unwrap_or(""))])
+            .unwrap_or_default()
+    );
+    let desired = match (edit, doc) {
+        (Some((text, _)), _) => text.to_owned(),
+        (None, Ok(d)) => d.desired.as_ref().map_or("{}".to_owned(), pretty),
+        (None, Err(_)) => "{}".to_owned(),
+    };
+    let title = match shadow {
+        None => format!("{thing} (classic shadow)"),
+        Some(name) => format!("{thing} / {name}"),
+    };
+    layout(
+        &title,
+        Nav::Shadows,
+        csrf,
+        html! {
+            div #live data-stream=(stream) { (shadow_live(doc)) }
+            h2 { "Set the desired state" }
+            form.desired method="post" action=(SET_DESIRED) {
+                input type="hidden" name="csrf" value=(csrf);
+                input type="hidden" name="thing" value=(thing);
+                input type="hidden" name="shadow" value=(shadow.unwrap_or(""));
+                label for="desired" { "Desired (JSON, merged as an update: null removes a key)" }
+                textarea #desired name="desired" rows="8" spellcheck="false" { (desired) }
+                @if let Some((_, why)) = edit { p.error role="alert" { (why) } }
+                button type="submit" { "Update desired" }
+            }
+            p.note { "Versions are not kept beyond the current one (nor are they by AWS IoT); every accepted update is published on its update/documents topic, which the topics page can watch." }
+        },
+    )
+}
+
+/// A shadow's live part: its version, and desired, reported and delta side by side, the delta
+/// marked.
+pub(crate) fn shadow_live(doc: &Result<ShadowDoc, String>) -> Markup {
+    let section = |v: &Option<serde_json::Value>| v.as_ref().map_or("(none)".to_owned(), pretty);
+    html! {
+        @match doc {
+            Err(why) => p #document.error role="alert" { (why) },
+            Ok(d) => {
+                p #document { "Version " (d.version) @if d.delta.is_some() { " · a delta is pending: the device has not reported what is desired" } }
+                div.sides {
+                    section { h2 { "Desired" } pre.payload #desired-now { (section(&d.desired)) } }
+                    section { h2 { "Reported" } pre.payload #reported-now { (section(&d.reported)) } }
+                    section.delta[d.delta.is_some()] { h2 { "Delta" } pre.payload #delta-now { (section(&d.delta)) } }
+                }
+            }
+        }
+    }
+}
+
+fn pretty(v: &serde_json::Value) -> String {
+    serde_json::to_string_pretty(v).unwrap_or_default()
 }
 
 fn protocol(level: u8) -> &'static str {

@@ -71,6 +71,10 @@ pub(crate) const DISCONNECT: &str = "/console/devices/disconnect";
 pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
 pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
 pub(crate) const TOPICS: &str = "/console/topics";
+pub(crate) const SHADOWS: &str = "/console/shadows";
+pub(crate) const SHADOW: &str = "/console/shadow";
+pub(crate) const SHADOW_EVENTS: &str = "/console/events/shadow";
+pub(crate) const SET_DESIRED: &str = "/console/shadow/desired";
 pub(crate) const TOPICS_EVENTS: &str = "/console/events/topics";
 pub(crate) const STYLE: &str = "/console/assets/console.css";
 pub(crate) const SCRIPT: &str = "/console/assets/console.js";
@@ -87,6 +91,10 @@ pub const ROUTES: &[Route] = &[
     route("GET", DEVICES_EVENTS, Access::Stream),
     route("GET", TOPICS, Access::Page),
     route("GET", TOPICS_EVENTS, Access::Stream),
+    route("GET", SHADOWS, Access::Page),
+    route("GET", SHADOW, Access::Page),
+    route("GET", SHADOW_EVENTS, Access::Stream),
+    route("POST", SET_DESIRED, Access::Change),
     route("POST", DISCONNECT, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
@@ -216,6 +224,10 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("GET", DEVICES_EVENTS) => get(devices_events),
         ("GET", TOPICS) => get(topics),
         ("GET", TOPICS_EVENTS) => get(topics_events),
+        ("GET", SHADOWS) => get(shadows),
+        ("GET", SHADOW) => get(shadow),
+        ("GET", SHADOW_EVENTS) => get(shadow_events),
+        ("POST", SET_DESIRED) => post(set_desired),
         ("POST", DISCONNECT) => post(disconnect),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
@@ -693,6 +705,169 @@ async fn topics_events(
         let shown = shown.lock().unwrap_or_else(|p| p.into_inner());
         pages::topics_live(&filter, shown.iter().map(String::as_str)).into_string()
     })
+}
+
+/// The shadows page's query: a search in thing and shadow names.
+#[derive(Deserialize)]
+struct Search {
+    #[serde(default)]
+    q: String,
+}
+
+async fn shadows(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(search): Query<Search>,
+) -> Response {
+    let q = search.q.trim();
+    let listed = shell.0.gateway.shadows().await.map(|all| {
+        let wanted = q.to_lowercase();
+        all.into_iter()
+            .filter(|s| {
+                s.thing.to_lowercase().contains(&wanted)
+                    || s.shadow
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase().contains(&wanted))
+            })
+            .collect::<Vec<_>>()
+    });
+    pages::shadows(&current.csrf, q, &listed).into_response()
+}
+
+/// A shadow named in a query or a form: its thing and, for a named shadow, its name (empty:
+/// the classic shadow).
+#[derive(Deserialize)]
+struct Named {
+    thing: String,
+    #[serde(default)]
+    shadow: String,
+}
+
+impl Named {
+    fn shadow(&self) -> Option<String> {
+        (!self.shadow.is_empty()).then(|| self.shadow.clone())
+    }
+}
+
+async fn shadow(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(named): Query<Named>,
+) -> Response {
+    let doc = shell
+        .0
+        .gateway
+        .shadow(named.thing.clone(), named.shadow())
+        .await;
+    let status = if doc.is_ok() {
+        StatusCode::OK
+    } else {
+        StatusCode::NOT_FOUND
+    };
+    let page = pages::shadow(
+        &current.csrf,
+        &named.thing,
+        named.shadow().as_deref(),
+        &doc,
+        None,
+    );
+    (status, page).into_response()
+}
+
+/// A shadow's page, live: rendered again whenever the shadow service announces an accepted
+/// update of it (`update/documents`, watched through the gateway like a topic).
+async fn shadow_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(named): Query<Named>,
+) -> Response {
+    let gateway = shell.0.gateway.clone();
+    let topic = match gateway.shadow_documents_topic(&named.thing, named.shadow().as_deref()) {
+        Ok(topic) => topic,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let mut updates = match gateway.watch(topic).await {
+        Ok(rx) => rx,
+        Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
+    };
+    let first = gateway.shadow(named.thing.clone(), named.shadow()).await;
+    let shown = Arc::new(Mutex::new(pages::shadow_live(&first).into_string()));
+    let (wake, woken) = watch::channel(0u64);
+    {
+        let shown = shown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = wake.closed() => return,
+                    update = updates.recv() => if update.is_none() { return },
+                }
+                // Updates that came together make one render.
+                while updates.try_recv().is_ok() {}
+                let doc = gateway.shadow(named.thing.clone(), named.shadow()).await;
+                let fragment = pages::shadow_live(&doc).into_string();
+                *shown.lock().unwrap_or_else(|p| p.into_inner()) = fragment;
+                wake.send_modify(|n| *n += 1);
+            }
+        });
+    }
+    live(shell, current, Wake::Readings(woken), move |_| {
+        shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    })
+}
+
+/// The shadow page's form: the desired state to set, as JSON text.
+#[derive(Deserialize)]
+struct SetDesired {
+    thing: String,
+    #[serde(default)]
+    shadow: String,
+    desired: String,
+}
+
+/// Sets a shadow's desired state as a device's update would; the shadow's page again, with the
+/// error (400) when the JSON or the update is refused.
+async fn set_desired(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<SetDesired>,
+) -> Response {
+    let named = Named {
+        thing: form.thing,
+        shadow: form.shadow,
+    };
+    let result = match serde_json::from_str::<serde_json::Value>(&form.desired) {
+        Ok(desired) => {
+            let set = shell
+                .0
+                .gateway
+                .set_desired(named.thing.clone(), named.shadow(), desired);
+            set.await
+        }
+        Err(e) => Err(format!("the desired state is not JSON: {e}")),
+    };
+    match result {
+        Ok(_) => {
+            let query =
+                serde_urlencoded::to_string([("thing", &named.thing), ("shadow", &named.shadow)])
+                    .unwrap_or_default();
+            Redirect::to(&format!("{SHADOW}?{query}")).into_response()
+        }
+        Err(why) => {
+            let doc = shell
+                .0
+                .gateway
+                .shadow(named.thing.clone(), named.shadow())
+                .await;
+            let page = pages::shadow(
+                &current.csrf,
+                &named.thing,
+                named.shadow().as_deref(),
+                &doc,
+                Some((&form.desired, &why)),
+            );
+            (StatusCode::BAD_REQUEST, page).into_response()
+        }
+    }
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
