@@ -44,63 +44,62 @@ impl ConsoleView {
         }
     }
 
-    /// One shadow request, made as a device (or `grove shadow`) makes it: through a bus link of
-    /// its own, subscribed to the answers, with a client token; the accepted document, or why not.
+    /// One shadow request, made as a device (or `grove shadow`) makes it (see [`ask_component`]).
     fn ask(
         &self,
         request: Request,
         thing: &str,
         shadow: Option<&str>,
     ) -> Pending<Result<Value, String>> {
-        let buses = self.buses.clone();
         let names = match request {
             Request::List => Ok(()),
             _ => check_names(thing, shadow),
         };
         let asked = call(thing, shadow, request).map_err(|e| e.to_string());
+        let buses = self.buses.clone();
         Box::pin(async move {
             names?;
-            let (topic, mut body) = asked?;
-            static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
-            let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            let token = format!("grove-console-{n}");
-            if let Value::Object(map) = &mut body {
-                map.insert("clientToken".into(), token.clone().into());
-            }
-            let mut bus = buses.bus("console").await.map_err(|e| e.to_string())?;
-            let answer = async {
-                (bus.subscribe_confirmed(&[format!("{topic}/+")]).await)
-                    .map_err(|e| e.to_string())?;
-                let request =
-                    grove_broker::bus::Outgoing::new(topic.clone(), body.to_string().into());
-                bus.publish(vec![request])
-                    .await
-                    .map_err(|e| e.to_string())?;
-                let mut batch = Vec::new();
-                loop {
-                    bus.recv_batch(&mut batch)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    for m in batch.drain(..) {
-                        let answer =
-                            crate::mqtt_request::answer_to(&topic, &token, &m.topic, &m.payload);
-                        if let Some(answer) = answer {
-                            return answer.map_err(|e| e.to_string());
-                        }
-                    }
-                }
-            };
-            let result = tokio::time::timeout(ANSWER_TIMEOUT, answer)
-                .await
-                .unwrap_or_else(|_| {
-                    Err(format!(
-                        "no answer from the shadow service within {ANSWER_TIMEOUT:?}"
-                    ))
-                });
-            bus.close().await;
-            result
+            let (topic, body) = asked?;
+            ask_component(&buses, topic, body).await
         })
     }
+}
+
+/// One request to a component of this gateway, made as a device makes it: through a bus link of
+/// its own, subscribed to `{topic}/+`, the body published on `topic` with a client token; the
+/// accepted answer, or why not (a rejection's message, no answer within [`ANSWER_TIMEOUT`]).
+async fn ask_component(buses: &BusMaker, topic: String, mut body: Value) -> Result<Value, String> {
+    static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let token = format!("grove-console-{n}");
+    if let Value::Object(map) = &mut body {
+        map.insert("clientToken".into(), token.clone().into());
+    }
+    let mut bus = buses.bus("console").await.map_err(|e| e.to_string())?;
+    let answer = async {
+        (bus.subscribe_confirmed(&[format!("{topic}/+")]).await).map_err(|e| e.to_string())?;
+        let request = grove_broker::bus::Outgoing::new(topic.clone(), body.to_string().into());
+        bus.publish(vec![request])
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut batch = Vec::new();
+        loop {
+            bus.recv_batch(&mut batch)
+                .await
+                .map_err(|e| e.to_string())?;
+            for m in batch.drain(..) {
+                let answer = crate::mqtt_request::answer_to(&topic, &token, &m.topic, &m.payload);
+                if let Some(answer) = answer {
+                    return answer.map_err(|e| e.to_string());
+                }
+            }
+        }
+    };
+    let result = tokio::time::timeout(ANSWER_TIMEOUT, answer)
+        .await
+        .unwrap_or_else(|_| Err(format!("no answer on {topic} within {ANSWER_TIMEOUT:?}")));
+    bus.close().await;
+    result
 }
 
 impl Gateway for ConsoleView {
@@ -233,6 +232,42 @@ impl Gateway for ConsoleView {
                 shadow, version, "console: desired state updated by an operator"
             );
             Ok(version)
+        })
+    }
+
+    fn cloud(&self) -> Pending<Result<Vec<(String, String)>, String>> {
+        let buses = self.buses.clone();
+        let cloud = self.metrics.cloud.clone();
+        Box::pin(async move {
+            let status = serde_json::json!({});
+            let doc = ask_component(&buses, grove_cloud::STATUS_TOPIC.to_owned(), status).await?;
+            let mut lines = grove_cloud::cli::lines(&doc);
+            if doc["state"] != "disabled" {
+                let dropped = cloud.dropped_by_reason();
+                let dropped = match dropped.is_empty() {
+                    true => "none".to_owned(),
+                    false => (dropped.iter())
+                        .map(|(reason, n)| format!("{n} {reason}"))
+                        .collect::<Vec<_>>()
+                        .join(", "),
+                };
+                lines.push(("dropped".into(), dropped));
+                let way = |direction| {
+                    let labels = grove_cloud::metrics::SyncLabels { direction };
+                    cloud.sync_updates.get_or_create(&labels).get()
+                };
+                lines.push((
+                    "shadow sync".into(),
+                    format!(
+                        "{} updates to the cloud, {} to the edge, {} conflicts merged, {} rounds given up",
+                        way("to_cloud"),
+                        way("to_edge"),
+                        cloud.sync_conflicts.get(),
+                        cloud.sync_failures.get()
+                    ),
+                ));
+            }
+            Ok(lines)
         })
     }
 

@@ -845,3 +845,43 @@ fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_th
         bad.err()
     );
 }
+
+#[test]
+fn the_cloud_page_follows_the_links_state_live() {
+    // Without a cloud: said so.
+    let (_g, c) = console_gateway("");
+    let s = c.session();
+    let page = c.get("/console/cloud", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(page.body.contains("no [cloud] section"), "{}", page.body);
+
+    // A cloud broker (mosquitto) that goes away: the page shows the link up, then down with the
+    // error and the messages waiting, without a reload.
+    let mut cloud = grove_tests::Mosquitto::start();
+    let (g, c) = console_gateway(&format!(
+        "[cloud]\nhost = \"127.0.0.1\"\nport = {}\nplain_tcp = true\nclient_id = \"edge-1\"\nthing = \"edge-1\"\nmax_backoff_ms = 1000\nforward = [{{ filter = \"t/#\" }}]\n",
+        cloud.port
+    ));
+    let s = c.session();
+    g.wait_metric("grove_cloud_link_up", |v| v == 1.0);
+    let mut stream = c
+        .stream("/console/events/cloud", Some(&s))
+        .expect("the cloud stream");
+    let up = stream.next_event().expect("the first fragment");
+    assert!(
+        up.contains("<dd>connected</dd>") && up.contains("shadow sync"),
+        "{up}"
+    );
+    cloud.stop();
+    g.wait_metric("grove_cloud_link_up", |v| v == 0.0);
+    grove_tests::mosquitto_pub(g.mqtt_port, &["-t", "t/1", "-q", "1", "-m", "waiting"]);
+    let down = loop {
+        let fragment = stream
+            .next_event()
+            .expect("fragments until the link is down");
+        if fragment.contains("<dd>disconnected</dd>") && fragment.contains("1 messages") {
+            break fragment;
+        }
+    };
+    assert!(down.contains("last error"), "{down}");
+}

@@ -2,51 +2,70 @@
 //! over MQTT on [`STATUS_TOPIC`] (answered on `…/accepted`) by the binary's one-request client.
 
 use serde_json::Value;
-use std::fmt::Write;
 
 #[cfg(doc)]
 use crate::STATUS_TOPIC;
 
-/// The status document for people.
+/// The status document for people: one line per [`lines`] entry.
 pub fn render(doc: &Value) -> String {
     let mut out = String::new();
+    for (label, text) in lines(doc) {
+        match label.is_empty() {
+            true => out.push_str(&text),
+            false => out.push_str(&format!("{:<15}{text}", format!("{label}:"))),
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// The status document as labelled lines (the web console's cloud page shows the same); an
+/// empty label: a note.
+pub fn lines(doc: &Value) -> Vec<(String, String)> {
+    let mut out = Vec::new();
+    let mut line = |label: &str, text: String| out.push((label.to_owned(), text));
     let state = doc["state"].as_str().unwrap_or("unknown");
-    let _ = writeln!(out, "link:          {state}");
+    line("link", state.to_owned());
     if state == "disabled" {
-        let _ = writeln!(out, "(no [cloud] section in the gateway's configuration)");
+        line(
+            "",
+            "(no [cloud] section in the gateway's configuration)".into(),
+        );
         return out;
     }
-    let _ = writeln!(
-        out,
-        "queue depth:   {} messages ({} bytes), {} in flight",
-        doc["queue_depth"], doc["queue_bytes"], doc["in_flight"]
+    line(
+        "queue depth",
+        format!(
+            "{} messages ({} bytes), {} in flight",
+            doc["queue_depth"], doc["queue_bytes"], doc["in_flight"]
+        ),
     );
     let age = match doc["oldest_age_ms"].as_u64() {
         Some(ms) => format!("{:.1} s", ms as f64 / 1000.0),
         None => "-".to_owned(),
     };
-    let _ = writeln!(out, "oldest:        {age}");
-    let _ = writeln!(out, "connects:      {}", doc["connects"]);
-    let _ = writeln!(out, "acknowledged:  {}", doc["acked"]);
-    let _ = writeln!(
-        out,
-        "last error:    {}",
-        doc["last_error"].as_str().unwrap_or("-")
+    line("oldest", age);
+    line("connects", doc["connects"].to_string());
+    line("acknowledged", doc["acked"].to_string());
+    line(
+        "last error",
+        doc["last_error"].as_str().unwrap_or("-").to_owned(),
     );
     if let Some(n) = doc["dead_letters"].as_u64().filter(|n| *n > 0) {
         let last = &doc["last_dead_letter"];
-        let _ = writeln!(
-            out,
-            "dead letters:  {n} over the cloud's limits (last: {} on {})",
-            last["reason"].as_str().unwrap_or("-"),
-            last["topic"].as_str().unwrap_or("-")
+        line(
+            "dead letters",
+            format!(
+                "{n} over the cloud's limits (last: {} on {})",
+                last["reason"].as_str().unwrap_or("-"),
+                last["topic"].as_str().unwrap_or("-")
+            ),
         );
     }
     if let Some(ms) = doc["retry_in_ms"].as_u64() {
-        let _ = writeln!(
-            out,
-            "retrying:      {:.1} s after the last failure",
-            ms as f64 / 1000.0
+        line(
+            "retrying",
+            format!("{:.1} s after the last failure", ms as f64 / 1000.0),
         );
     }
     // The lines of the components riding on the link (the deployments' jobs), as they wrote them.
@@ -55,9 +74,9 @@ pub fn render(doc: &Value) -> String {
         .into_iter()
         .flat_map(|r| r.values())
     {
-        for line in lines.as_array().into_iter().flatten() {
-            if let (Some(label), Some(text)) = (line[0].as_str(), line[1].as_str()) {
-                let _ = writeln!(out, "{:<15}{text}", format!("{label}:"));
+        for l in lines.as_array().into_iter().flatten() {
+            if let (Some(label), Some(text)) = (l[0].as_str(), l[1].as_str()) {
+                line(label, text.to_owned());
             }
         }
     }

@@ -8,11 +8,25 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
+/// Every reason the outbox drops a message for (`refused_by_cloud`: an MQTT 5 PUBACK with a
+/// failure reason; the last three: over a quota of the cloud's, `quota.rs`, to the dead
+/// letters); [`CloudMetrics::drop`] takes no other (checked in debug builds, so the tests catch a
+/// new reason missing here).
+pub const DROP_REASONS: [&str; 8] = [
+    "full_drop_oldest",
+    "full_refuse_newest",
+    "too_large",
+    "store_failed",
+    "refused_by_cloud",
+    "payload_too_large",
+    "topic_too_long",
+    "topic_too_deep",
+];
+
 /// Why the outbox dropped a message.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DropLabels {
-    /// `full_drop_oldest`, `full_refuse_newest`, `too_large`, `store_failed` or
-    /// `refused_by_cloud` (an MQTT 5 PUBACK with a failure reason).
+    /// One of [`DROP_REASONS`].
     pub reason: &'static str,
 }
 
@@ -168,11 +182,29 @@ impl CloudMetrics {
         );
     }
 
-    /// Counts `n` dropped messages.
+    /// Counts `n` dropped messages, for one of [`DROP_REASONS`].
     pub fn drop(&self, reason: &'static str, n: u64) {
+        debug_assert!(
+            DROP_REASONS.contains(&reason),
+            "an unlisted drop reason: {reason}"
+        );
         if n > 0 {
             self.dropped.get_or_create(&DropLabels { reason }).inc_by(n);
         }
+    }
+
+    /// The messages dropped so far, by reason (those with none left out).
+    pub fn dropped_by_reason(&self) -> Vec<(&'static str, u64)> {
+        DROP_REASONS
+            .iter()
+            .filter_map(|&reason| {
+                let n = self
+                    .dropped
+                    .get(&DropLabels { reason })
+                    .map_or(0, |c| c.get());
+                (n > 0).then_some((reason, n))
+            })
+            .collect()
     }
 
     /// Counts a sync update.
@@ -180,5 +212,24 @@ impl CloudMetrics {
         self.sync_updates
             .get_or_create(&SyncLabels { direction })
             .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn drops_are_listed_by_reason_and_only_those_with_some() {
+        let m = CloudMetrics::default();
+        assert!(m.dropped_by_reason().is_empty());
+        m.drop("too_large", 3);
+        m.drop("full_drop_oldest", 0);
+        m.drop("refused_by_cloud", 1);
+        m.drop("too_large", 2);
+        assert_eq!(
+            m.dropped_by_reason(),
+            vec![("too_large", 5), ("refused_by_cloud", 1)]
+        );
     }
 }

@@ -133,4 +133,8 @@ pub trait Gateway: Send + Sync + 'static {
     /// The topic a shadow's accepted updates are announced on (`update/documents`), for its page
     /// to follow with [`Gateway::watch`]; `Err` for names a shadow cannot have.
     fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String>;
+    /// The cloud link as `grove cloud status` shows it (link state, outbox depth and age, last
+    /// error, dead letters, deployments and jobs) and shadow sync's counters, as labelled lines
+    /// (an empty label: a note).
+    fn cloud(&self) -> Pending<Result<Vec<(String, String)>, String>>;
 }

@@ -14,8 +14,9 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT, SET_DESIRED, SHADOW,
-    SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
+    CLOUD, CLOUD_EVENTS, DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT,
+    SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS,
+    TOPICS_SHOWN,
 };
 use crate::{Client, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
 
@@ -40,6 +41,7 @@ enum Nav {
     Devices,
     Topics,
     Shadows,
+    Cloud,
 }
 
 fn head(title: &str) -> Markup {
@@ -71,6 +73,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                             a href=(DEVICES) aria-current=[current(Nav::Devices)] { "Devices" }
                             a href=(TOPICS) aria-current=[current(Nav::Topics)] { "Topics" }
                             a href=(SHADOWS) aria-current=[current(Nav::Shadows)] { "Shadows" }
+                            a href=(CLOUD) aria-current=[current(Nav::Cloud)] { "Cloud" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
                             input type="hidden" name="csrf" value=(csrf);
@@ -373,6 +376,34 @@ pub(crate) fn shadow_live(doc: &Result<ShadowDoc, String>) -> Markup {
                     section.delta[d.delta.is_some()] { h2 { "Delta" } pre.payload #delta-now { (section(&d.delta)) } }
                 }
             }
+        }
+    }
+}
+
+/// The cloud page: the link's status, live.
+pub(crate) fn cloud(csrf: &str, status: &Result<Vec<(String, String)>, String>) -> Html<String> {
+    layout(
+        "Cloud",
+        Nav::Cloud,
+        csrf,
+        html! {
+            div #live data-stream=(CLOUD_EVENTS) { (cloud_live(status)) }
+            p.note { "The same status as grove cloud status, asked every 2 s; the outbox's depth and drain rate over the last hour are on the overview." }
+        },
+    )
+}
+
+/// The cloud page's live part.
+pub(crate) fn cloud_live(status: &Result<Vec<(String, String)>, String>) -> Markup {
+    html! {
+        @match status {
+            Err(why) => p #cloud.error role="alert" { "Cannot read the cloud link's status: " (why) },
+            Ok(lines) => dl #cloud.facts {
+                @for (label, text) in lines {
+                    @if label.is_empty() { div { dd { (text) } } }
+                    @else { div { dt { (label) } dd { (text) } } }
+                }
+            },
         }
     }
 }

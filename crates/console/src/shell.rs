@@ -72,6 +72,8 @@ pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
 pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
 pub(crate) const TOPICS: &str = "/console/topics";
 pub(crate) const SHADOWS: &str = "/console/shadows";
+pub(crate) const CLOUD: &str = "/console/cloud";
+pub(crate) const CLOUD_EVENTS: &str = "/console/events/cloud";
 pub(crate) const SHADOW: &str = "/console/shadow";
 pub(crate) const SHADOW_EVENTS: &str = "/console/events/shadow";
 pub(crate) const SET_DESIRED: &str = "/console/shadow/desired";
@@ -92,6 +94,8 @@ pub const ROUTES: &[Route] = &[
     route("GET", TOPICS, Access::Page),
     route("GET", TOPICS_EVENTS, Access::Stream),
     route("GET", SHADOWS, Access::Page),
+    route("GET", CLOUD, Access::Page),
+    route("GET", CLOUD_EVENTS, Access::Stream),
     route("GET", SHADOW, Access::Page),
     route("GET", SHADOW_EVENTS, Access::Stream),
     route("POST", SET_DESIRED, Access::Change),
@@ -116,6 +120,9 @@ const TOPICS_EVERY: Duration = Duration::from_millis(250);
 
 /// The messages a topics stream shows, newest first.
 pub(crate) const TOPICS_SHOWN: usize = 50;
+
+/// How often a cloud stream asks the cloud link for its status.
+const CLOUD_EVERY: Duration = Duration::from_secs(2);
 
 /// How often an idle live stream sends a comment (see `live`).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
@@ -225,6 +232,8 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("GET", TOPICS) => get(topics),
         ("GET", TOPICS_EVENTS) => get(topics_events),
         ("GET", SHADOWS) => get(shadows),
+        ("GET", CLOUD) => get(cloud),
+        ("GET", CLOUD_EVENTS) => get(cloud_events),
         ("GET", SHADOW) => get(shadow),
         ("GET", SHADOW_EVENTS) => get(shadow_events),
         ("POST", SET_DESIRED) => post(set_desired),
@@ -868,6 +877,40 @@ async fn set_desired(
             (StatusCode::BAD_REQUEST, page).into_response()
         }
     }
+}
+
+async fn cloud(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    let status = shell.0.gateway.cloud().await;
+    pages::cloud(&current.csrf, &status).into_response()
+}
+
+/// The cloud page, live: a task asks the cloud link for its status every [`CLOUD_EVERY`] while
+/// the stream lives, and the stream sends the page's part when it changed.
+async fn cloud_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let gateway = shell.0.gateway.clone();
+    let first = gateway.cloud().await;
+    let shown = Arc::new(Mutex::new(pages::cloud_live(&first).into_string()));
+    let (wake, woken) = watch::channel(0u64);
+    {
+        let shown = shown.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = wake.closed() => return,
+                    _ = tokio::time::sleep(CLOUD_EVERY) => {}
+                }
+                let fragment = pages::cloud_live(&gateway.cloud().await).into_string();
+                *shown.lock().unwrap_or_else(|p| p.into_inner()) = fragment;
+                wake.send_modify(|n| *n += 1);
+            }
+        });
+    }
+    live(shell, current, Wake::Readings(woken), move |_| {
+        shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    })
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
