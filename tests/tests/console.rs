@@ -715,6 +715,26 @@ fn the_topics_page_streams_a_filters_messages_newest_first_with_json_pretty_prin
     }
 }
 
+/// Posts the shadow page's form: `desired` for the classic shadow of `thing`.
+fn set_desired(
+    c: &Console,
+    s: &Session,
+    thing: &str,
+    desired: &str,
+) -> grove_tests::console::Answer {
+    c.post(
+        "/console/shadow/desired",
+        Some(s),
+        &[("Origin", c.origin())],
+        &[
+            ("csrf", &s.csrf),
+            ("thing", thing),
+            ("shadow", ""),
+            ("desired", desired),
+        ],
+    )
+}
+
 #[test]
 fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_the_console() {
     let (g, c) = console_gateway("");
@@ -775,17 +795,7 @@ fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_th
         "-W",
         "20",
     ]);
-    let set = c.post(
-        "/console/shadow/desired",
-        Some(&s),
-        &[("Origin", c.origin())],
-        &[
-            ("csrf", &s.csrf),
-            ("thing", "lamp-7"),
-            ("shadow", ""),
-            ("desired", r#"{"on": true}"#),
-        ],
-    );
+    let set = set_desired(&c, &s, "lamp-7", r#"{"on": true}"#);
     assert_eq!(set.status, 303, "{set:?}");
     assert_eq!(
         set.location.as_deref(),
@@ -813,17 +823,7 @@ fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_th
         ("{on: true", "not JSON"),
         ("42", "Desired node must be an object"),
     ] {
-        let refused = c.post(
-            "/console/shadow/desired",
-            Some(&s),
-            &[("Origin", c.origin())],
-            &[
-                ("csrf", &s.csrf),
-                ("thing", "lamp-7"),
-                ("shadow", ""),
-                ("desired", text),
-            ],
-        );
+        let refused = set_desired(&c, &s, "lamp-7", text);
         assert_eq!(refused.status, 400, "{text}: {refused:?}");
         assert!(
             refused.body.contains(why) && refused.body.contains("role=\"alert\""),

@@ -552,8 +552,10 @@ async fn disconnect(State(shell): State<Shell>, Form(form): Form<Disconnect>) ->
 
 /// What wakes a live stream to render again.
 enum Wake {
-    /// A change: a new reading (the overview), new messages (a topics stream).
+    /// A new reading (the overview).
     Readings(watch::Receiver<u64>),
+    /// A new fragment from a page's task (see `live_fragments`).
+    Fragments(watch::Receiver<String>),
     /// A look every so often (the devices: an in-memory table and a file's time).
     Every(Duration),
 }
@@ -563,6 +565,7 @@ impl Wake {
     async fn wait(&mut self) -> bool {
         match self {
             Wake::Readings(r) => r.changed().await.is_ok(),
+            Wake::Fragments(f) => f.changed().await.is_ok(),
             Wake::Every(d) => {
                 tokio::time::sleep(*d).await;
                 true
@@ -631,6 +634,16 @@ where
         .into_response()
 }
 
+/// A live stream of the fragments a page's own task makes (it renders on its own events: a
+/// topic's messages, a shadow's updates, a status asked every so often) and sends on the other
+/// end of `fragments`, the first at once; the task sees the stream end as that end's `closed()`.
+fn live_fragments(shell: Shell, current: Current, fragments: watch::Receiver<String>) -> Response {
+    let shown = fragments.clone();
+    live(shell, current, Wake::Fragments(fragments), move |_| {
+        shown.borrow().clone()
+    })
+}
+
 async fn overview_events(
     State(shell): State<Shell>,
     Extension(current): Extension<Current>,
@@ -683,37 +696,31 @@ async fn topics_events(
         Ok(rx) => rx,
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
-    let shown: Arc<Mutex<std::collections::VecDeque<String>>> = Arc::default();
-    let (wake, woken) = watch::channel(0u64);
-    {
-        let shown = shown.clone();
-        tokio::spawn(async move {
-            loop {
-                let first = tokio::select! {
-                    _ = wake.closed() => return,
-                    m = messages.recv() => m,
-                };
-                let Some(first) = first else { return };
-                {
-                    let mut shown = shown.lock().unwrap_or_else(|p| p.into_inner());
-                    let mut take = Some(first);
-                    while let Some(m) = take {
-                        shown.push_front(pages::watched(&m).into_string());
-                        shown.truncate(TOPICS_SHOWN);
-                        take = messages.try_recv().ok();
-                    }
-                }
-                wake.send_modify(|n| *n += 1);
-                // Rate limit of the renders (not a wait for anything): messages arriving
-                // meanwhile wait in the channel and go into the next render together.
-                tokio::time::sleep(TOPICS_EVERY).await;
+    let first = pages::topics_live(&filter, std::iter::empty()).into_string();
+    let (fragments, stream) = watch::channel(first);
+    tokio::spawn(async move {
+        let mut shown = std::collections::VecDeque::new();
+        loop {
+            let first = tokio::select! {
+                _ = fragments.closed() => return,
+                m = messages.recv() => m,
+            };
+            let mut take = Some(first);
+            while let Some(m) = take {
+                let Some(m) = m else { return };
+                shown.push_front(pages::watched(&m).into_string());
+                shown.truncate(TOPICS_SHOWN);
+                take = messages.try_recv().ok().map(Some);
             }
-        });
-    }
-    live(shell, current, Wake::Readings(woken), move |_| {
-        let shown = shown.lock().unwrap_or_else(|p| p.into_inner());
-        pages::topics_live(&filter, shown.iter().map(String::as_str)).into_string()
-    })
+            fragments.send_replace(
+                pages::topics_live(&filter, shown.iter().map(String::as_str)).into_string(),
+            );
+            // Rate limit of the renders (not a wait for anything): messages arriving
+            // meanwhile wait in the channel and go into the next render together.
+            tokio::time::sleep(TOPICS_EVERY).await;
+        }
+    });
+    live_fragments(shell, current, stream)
 }
 
 /// The shadows page's query: a search in thing and shadow names.
@@ -800,28 +807,20 @@ async fn shadow_events(
         Err(why) => return (StatusCode::BAD_REQUEST, format!("{why}\n")).into_response(),
     };
     let first = gateway.shadow(named.thing.clone(), named.shadow()).await;
-    let shown = Arc::new(Mutex::new(pages::shadow_live(&first).into_string()));
-    let (wake, woken) = watch::channel(0u64);
-    {
-        let shown = shown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = wake.closed() => return,
-                    update = updates.recv() => if update.is_none() { return },
-                }
-                // Updates that came together make one render.
-                while updates.try_recv().is_ok() {}
-                let doc = gateway.shadow(named.thing.clone(), named.shadow()).await;
-                let fragment = pages::shadow_live(&doc).into_string();
-                *shown.lock().unwrap_or_else(|p| p.into_inner()) = fragment;
-                wake.send_modify(|n| *n += 1);
+    let (fragments, stream) = watch::channel(pages::shadow_live(&first).into_string());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = fragments.closed() => return,
+                update = updates.recv() => if update.is_none() { return },
             }
-        });
-    }
-    live(shell, current, Wake::Readings(woken), move |_| {
-        shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    })
+            // Updates that came together make one render.
+            while updates.try_recv().is_ok() {}
+            let doc = gateway.shadow(named.thing.clone(), named.shadow()).await;
+            fragments.send_replace(pages::shadow_live(&doc).into_string());
+        }
+    });
+    live_fragments(shell, current, stream)
 }
 
 /// The shadow page's form: the desired state to set, as JSON text.
@@ -892,25 +891,17 @@ async fn cloud_events(
 ) -> Response {
     let gateway = shell.0.gateway.clone();
     let first = gateway.cloud().await;
-    let shown = Arc::new(Mutex::new(pages::cloud_live(&first).into_string()));
-    let (wake, woken) = watch::channel(0u64);
-    {
-        let shown = shown.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::select! {
-                    _ = wake.closed() => return,
-                    _ = tokio::time::sleep(CLOUD_EVERY) => {}
-                }
-                let fragment = pages::cloud_live(&gateway.cloud().await).into_string();
-                *shown.lock().unwrap_or_else(|p| p.into_inner()) = fragment;
-                wake.send_modify(|n| *n += 1);
+    let (fragments, stream) = watch::channel(pages::cloud_live(&first).into_string());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = fragments.closed() => return,
+                _ = tokio::time::sleep(CLOUD_EVERY) => {}
             }
-        });
-    }
-    live(shell, current, Wake::Readings(woken), move |_| {
-        shown.lock().unwrap_or_else(|p| p.into_inner()).clone()
-    })
+            fragments.send_replace(pages::cloud_live(&gateway.cloud().await).into_string());
+        }
+    });
+    live_fragments(shell, current, stream)
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
