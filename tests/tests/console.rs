@@ -768,30 +768,6 @@ fn a_shadow_is_found_shown_live_with_its_delta_and_its_desired_state_set_from_th
     );
     let none = c.get("/console/shadows?q=pump", Some(&s));
     assert!(none.body.contains("No shadow matches"), "{}", none.body);
-    // The list is live: a shadow made meanwhile appears without a reload.
-    let mut list = c
-        .stream("/console/events/shadows?q=lamp", Some(&s))
-        .expect("the shadows stream");
-    let first = list.next_event().expect("the first fragment");
-    assert!(
-        first.contains("lamp-7") && !first.contains("lamp-8"),
-        "{first}"
-    );
-    grove_tests::mosquitto_pub(
-        g.mqtt_port,
-        &[
-            "-t",
-            "$aws/things/lamp-8/shadow/update",
-            "-m",
-            r#"{"state":{"reported":{"on":true}}}"#,
-        ],
-    );
-    while !list
-        .next_event()
-        .expect("fragments until lamp-8 is listed")
-        .contains("lamp-8")
-    {}
-    drop(list);
 
     // Its page, live: version 1, reported, no delta.
     let page = c.get("/console/shadow?thing=lamp-7&shadow=", Some(&s));

@@ -15,8 +15,8 @@ use maud::{html, Markup, DOCTYPE};
 use crate::core::{Point, Reading};
 use crate::shell::{
     CLOUD, CLOUD_EVENTS, DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT,
-    SET_DESIRED, SHADOW, SHADOWS, SHADOWS_EVENTS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS,
-    TOPICS_EVENTS, TOPICS_SHOWN,
+    SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS,
+    TOPICS_SHOWN,
 };
 use crate::{Client, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
 
@@ -283,8 +283,6 @@ pub(crate) fn shadows(
     q: &str,
     listed: &Result<Vec<ShadowEntry>, String>,
 ) -> Html<String> {
-    let query = serde_urlencoded::to_string([("q", q)]).unwrap_or_default();
-    let stream = format!("{SHADOWS_EVENTS}?{query}");
     layout(
         "Shadows",
         Nav::Shadows,
@@ -295,34 +293,27 @@ pub(crate) fn shadows(
                 input #q type="search" name="q" value=(q) placeholder="thing or shadow name" autocomplete="off";
                 button type="submit" { "Search" }
             }
-            div #live data-stream=(stream) { (shadows_live(q, listed)) }
-        },
-    )
-}
-
-/// The shadows page's live part: the shadows `q` found.
-pub(crate) fn shadows_live(q: &str, listed: &Result<Vec<ShadowEntry>, String>) -> Markup {
-    html! {
-        @match listed {
-            Err(why) => p.error role="alert" { "Cannot list the shadows: " (why) },
-            Ok(list) if list.is_empty() => p #shadows { "No shadow" @if !q.is_empty() { " matches " code { (q) } } "." },
-            Ok(list) => div.scroll {
-                table #shadows {
-                    caption.visually-hidden { "Shadows" }
-                    thead { tr { th scope="col" { "Thing" } th scope="col" { "Shadow" } th scope="col" { "Version" } } }
-                    tbody {
-                        @for s in list {
-                            tr {
-                                td { a href=(shadow_link(&s.thing, s.shadow.as_deref())) { (s.thing) } }
-                                td { (s.shadow.as_deref().unwrap_or("(classic)")) }
-                                td { (s.version) }
+            @match listed {
+                Err(why) => p.error role="alert" { "Cannot list the shadows: " (why) },
+                Ok(list) if list.is_empty() => p #shadows { "No shadow" @if !q.is_empty() { " matches " code { (q) } } "." },
+                Ok(list) => div.scroll {
+                    table #shadows {
+                        caption.visually-hidden { "Shadows" }
+                        thead { tr { th scope="col" { "Thing" } th scope="col" { "Shadow" } th scope="col" { "Version" } } }
+                        tbody {
+                            @for s in list {
+                                tr {
+                                    td { a href=(shadow_link(&s.thing, s.shadow.as_deref())) { (s.thing) } }
+                                    td { (s.shadow.as_deref().unwrap_or("(classic)")) }
+                                    td { (s.version) }
+                                }
                             }
                         }
                     }
-                }
-            },
-        }
-    }
+                },
+            }
+        },
+    )
 }
 
 /// A shadow's page: its live document (desired, reported and the delta between them side by

@@ -72,7 +72,6 @@ pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
 pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
 pub(crate) const TOPICS: &str = "/console/topics";
 pub(crate) const SHADOWS: &str = "/console/shadows";
-pub(crate) const SHADOWS_EVENTS: &str = "/console/events/shadows";
 pub(crate) const CLOUD: &str = "/console/cloud";
 pub(crate) const CLOUD_EVENTS: &str = "/console/events/cloud";
 pub(crate) const SHADOW: &str = "/console/shadow";
@@ -95,7 +94,6 @@ pub const ROUTES: &[Route] = &[
     route("GET", TOPICS, Access::Page),
     route("GET", TOPICS_EVENTS, Access::Stream),
     route("GET", SHADOWS, Access::Page),
-    route("GET", SHADOWS_EVENTS, Access::Stream),
     route("GET", CLOUD, Access::Page),
     route("GET", CLOUD_EVENTS, Access::Stream),
     route("GET", SHADOW, Access::Page),
@@ -123,8 +121,7 @@ const TOPICS_EVERY: Duration = Duration::from_millis(250);
 /// The messages a topics stream shows, newest first.
 pub(crate) const TOPICS_SHOWN: usize = 50;
 
-/// How often a cloud stream asks the cloud link for its status, and a shadows stream the shadow
-/// service for its list.
+/// How often a cloud stream asks the cloud link for its status.
 const CLOUD_EVERY: Duration = Duration::from_secs(2);
 
 /// How often an idle live stream sends a comment (see `live`).
@@ -235,7 +232,6 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("GET", TOPICS) => get(topics),
         ("GET", TOPICS_EVENTS) => get(topics_events),
         ("GET", SHADOWS) => get(shadows),
-        ("GET", SHADOWS_EVENTS) => get(shadows_events),
         ("GET", CLOUD) => get(cloud),
         ("GET", CLOUD_EVENTS) => get(cloud_events),
         ("GET", SHADOW) => get(shadow),
@@ -740,44 +736,18 @@ async fn shadows(
     Query(search): Query<Search>,
 ) -> Response {
     let q = search.q.trim();
-    let listed = found(shell.0.gateway.as_ref(), q).await;
-    pages::shadows(&current.csrf, q, &listed).into_response()
-}
-
-/// The shadows whose thing or name contains `q` (any case).
-async fn found(gateway: &dyn Gateway, q: &str) -> Result<Vec<crate::ShadowEntry>, String> {
-    let wanted = q.to_lowercase();
-    let all = gateway.shadows().await?;
-    Ok(all
-        .into_iter()
-        .filter(|s| {
-            s.thing.to_lowercase().contains(&wanted)
-                || (s.shadow.as_deref()).is_some_and(|n| n.to_lowercase().contains(&wanted))
-        })
-        .collect())
-}
-
-/// The shadows page, live: the list asked for every [`CLOUD_EVERY`] while the stream lives.
-async fn shadows_events(
-    State(shell): State<Shell>,
-    Extension(current): Extension<Current>,
-    Query(search): Query<Search>,
-) -> Response {
-    let gateway = shell.0.gateway.clone();
-    let q = search.q.trim().to_owned();
-    let first = pages::shadows_live(&q, &found(gateway.as_ref(), &q).await).into_string();
-    let (fragments, stream) = watch::channel(first);
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = fragments.closed() => return,
-                _ = tokio::time::sleep(CLOUD_EVERY) => {}
-            }
-            let listed = found(gateway.as_ref(), &q).await;
-            fragments.send_replace(pages::shadows_live(&q, &listed).into_string());
-        }
+    let listed = shell.0.gateway.shadows().await.map(|all| {
+        let wanted = q.to_lowercase();
+        all.into_iter()
+            .filter(|s| {
+                s.thing.to_lowercase().contains(&wanted)
+                    || s.shadow
+                        .as_deref()
+                        .is_some_and(|n| n.to_lowercase().contains(&wanted))
+            })
+            .collect::<Vec<_>>()
     });
-    live_fragments(shell, current, stream)
+    pages::shadows(&current.csrf, q, &listed).into_response()
 }
 
 /// A shadow named in a query or a form: its thing and, for a named shadow, its name (empty:
