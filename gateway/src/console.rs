@@ -11,7 +11,7 @@ use grove_console::{
 };
 use grove_shadow::cli::{call, Request};
 use grove_shadow_api::names::{
-    request_topic, validate_shadow_name, validate_thing_name, Operation,
+    response_topic, validate_shadow_name, validate_thing_name, Response,
 };
 use serde_json::Value;
 use tokio::sync::mpsc;
@@ -273,10 +273,7 @@ impl Gateway for ConsoleView {
 
     fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String> {
         check_names(thing, shadow)?;
-        Ok(format!(
-            "{}/documents",
-            request_topic(thing, shadow, Operation::Update)
-        ))
+        Ok(response_topic(thing, shadow, Response::UpdateDocuments))
     }
 }
 

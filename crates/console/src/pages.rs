@@ -252,7 +252,7 @@ pub(crate) fn watched(m: &Watched) -> Markup {
     let json = whole
         .then(|| serde_json::from_slice::<serde_json::Value>(&m.payload).ok())
         .flatten()
-        .and_then(|v| serde_json::to_string_pretty(&v).ok());
+        .map(|v| pretty(&v));
     let (kind, shown) = match (json, std::str::from_utf8(&m.payload)) {
         (Some(pretty), _) => ("JSON", pretty),
         (None, Ok(text)) => ("text", text.to_owned()),
@@ -270,10 +270,11 @@ pub(crate) fn watched(m: &Watched) -> Markup {
     }
 }
 
-/// The link to a shadow's page.
-fn shadow_link(thing: &str, shadow: Option<&str>) -> String {
+/// `path` (a shadow's page or its stream) with the shadow's query: its thing and, for a named
+/// shadow, its name (empty: the classic shadow).
+pub(crate) fn shadow_link(path: &str, thing: &str, shadow: Option<&str>) -> String {
     let query = serde_urlencoded::to_string([("thing", thing), ("shadow", shadow.unwrap_or(""))]);
-    format!("{SHADOW}?{}", query.unwrap_or_default())
+    format!("{path}?{}", query.unwrap_or_default())
 }
 
 /// The shadows page: every shadow (or those whose thing or name contains `q`), each a link to
@@ -303,7 +304,7 @@ pub(crate) fn shadows(
                         tbody {
                             @for s in list {
                                 tr {
-                                    td { a href=(shadow_link(&s.thing, s.shadow.as_deref())) { (s.thing) } }
+                                    td { a href=(shadow_link(SHADOW, &s.thing, s.shadow.as_deref())) { (s.thing) } }
                                     td { (s.shadow.as_deref().unwrap_or("(classic)")) }
                                     td { (s.version) }
                                 }
@@ -326,11 +327,7 @@ pub(crate) fn shadow(
     doc: &Result<ShadowDoc, String>,
     edit: Option<(&str, &str)>,
 ) -> Html<String> {
-    let stream = format!(
-        "{SHADOW_EVENTS}?{}",
-        serde_urlencoded::to_string([("thing", thing), ("shadow", shadow.unwrap_or(""))])
-            .unwrap_or_default()
-    );
+    let stream = shadow_link(SHADOW_EVENTS, thing, shadow);
     let desired = match (edit, doc) {
         (Some((text, _)), _) => text.to_owned(),
         (None, Ok(d)) => d.desired.as_ref().map_or("{}".to_owned(), pretty),

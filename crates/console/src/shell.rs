@@ -855,10 +855,8 @@ async fn set_desired(
     };
     match result {
         Ok(_) => {
-            let query =
-                serde_urlencoded::to_string([("thing", &named.thing), ("shadow", &named.shadow)])
-                    .unwrap_or_default();
-            Redirect::to(&format!("{SHADOW}?{query}")).into_response()
+            let page = pages::shadow_link(SHADOW, &named.thing, named.shadow().as_deref());
+            Redirect::to(&page).into_response()
         }
         Err(why) => {
             let doc = shell
