@@ -1,18 +1,24 @@
 //! The web console's view of this gateway (`grove_console::Gateway`): the overview's readings
 //! from the metrics and the process, the broker's connected clients, and their disconnect, and
-//! topic filters watched through a bus link of their own.
+//! topic filters watched through a bus link of their own; shadows, the cloud link's status and
+//! the rules' reload asked as a device or the CLI asks them; the rules' counters and status.
 
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use grove_broker::clients::Clients;
 use grove_broker::BusMaker;
 use grove_console::{
-    Client, Gateway, Pending, Reading, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
+    Client, Gateway, Pending, Reading, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
 };
+use grove_rules_engine::engine::RELOAD_TOPIC;
+use grove_rules_engine::metrics::RuleLabels;
 use grove_shadow::cli::{call, Request};
 use grove_shadow_api::names::{
     response_topic, validate_shadow_name, validate_thing_name, Response,
 };
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use serde_json::Value;
 use tokio::sync::mpsc;
 use tracing::info;
@@ -31,16 +37,28 @@ pub struct ConsoleView {
     metrics: Arc<Metrics>,
     clients: Clients,
     buses: BusMaker,
+    /// The configuration file, where the gateway has one (the rule editor changes it).
+    config_path: Option<PathBuf>,
+    /// One rule edit at a time: each reads, changes and perhaps restores the whole file.
+    editing: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ConsoleView {
     /// A view of the gateway whose counters are `metrics`, whose broker's clients are `clients`,
-    /// and whose topics and shadows are reached through links `buses` makes.
-    pub fn new(metrics: Arc<Metrics>, clients: Clients, buses: BusMaker) -> ConsoleView {
+    /// whose topics, shadows and rules' reload are reached through links `buses` makes, and whose
+    /// configuration file (if any) is `config_path`.
+    pub fn new(
+        metrics: Arc<Metrics>,
+        clients: Clients,
+        buses: BusMaker,
+        config_path: Option<PathBuf>,
+    ) -> ConsoleView {
         ConsoleView {
             metrics,
             clients,
             buses,
+            config_path,
+            editing: Arc::default(),
         }
     }
 
@@ -271,10 +289,116 @@ impl Gateway for ConsoleView {
         })
     }
 
+    fn rules(&self) -> Vec<RuleRow> {
+        let rules = &self.metrics.rules;
+        rules
+            .status
+            .rules()
+            .into_iter()
+            .map(|r| {
+                let labels = RuleLabels {
+                    rule: r.name.clone(),
+                };
+                let count = |family| read(family, &labels);
+                RuleRow {
+                    matched: count(&rules.matched),
+                    outputs: count(&rules.outputs),
+                    failures: count(&rules.action_failures),
+                    dropped: count(&rules.hop_dropped) + count(&rules.fanout_dropped),
+                    last_failure: r.last_failure.map(|f| {
+                        let line = format!("{} on {}: {}", f.action, f.resource, f.message);
+                        (f.at, line)
+                    }),
+                    name: r.name,
+                    enabled: r.enabled,
+                    sql: r.sql,
+                    actions: r.actions,
+                    error_action: r.error_action,
+                }
+            })
+            .collect()
+    }
+
+    fn test_rule(
+        &self,
+        sql: &str,
+        topic: &str,
+        payload: &str,
+        client_id: &str,
+    ) -> Result<String, String> {
+        grove_rules_engine::cli::test(sql, topic, payload.to_owned(), client_id)
+    }
+
+    fn reload_rules(&self) -> Pending<Result<Vec<String>, String>> {
+        let buses = self.buses.clone();
+        Box::pin(async move {
+            let names = reload(&buses).await?;
+            info!(rules = ?names, "console: rules reloaded by an operator");
+            Ok(names)
+        })
+    }
+
+    /// The statement checked, the file changed (`crate::rule_file`), the rules reloaded; the
+    /// file put back as it was when the reload fails or the rule running is not the file's (the
+    /// rules of a committed deployment run instead of the file's).
+    fn save_rule(&self, name: String, sql: String) -> Pending<Result<Vec<String>, String>> {
+        let buses = self.buses.clone();
+        let status = self.metrics.rules.status.clone();
+        let path = self.config_path.clone();
+        let editing = self.editing.clone();
+        Box::pin(async move {
+            grove_rules_engine::cli::compile(&sql)?;
+            let Some(path) = path else {
+                return Err("the gateway runs on the built-in defaults: there is no configuration file to change".into());
+            };
+            let _one_at_a_time = editing.lock().await;
+            let cannot = |e: std::io::Error| format!("cannot change {}: {e}", path.display());
+            let before = std::fs::read_to_string(&path).map_err(cannot)?;
+            let after = crate::rule_file::with_rule_sql(&before, &name, &sql)?;
+            crate::rule_file::replace(&path, &after).map_err(cannot)?;
+            let running = match reload(&buses).await {
+                Ok(names) if (status.rules().iter()).any(|r| r.name == name && r.sql == sql) => {
+                    Ok(names)
+                }
+                Ok(_) => Err(format!(
+                    "the rule {name:?} running is not the configuration file's: a deployment's rules run instead"
+                )),
+                Err(why) => Err(format!("the rules were not reloaded: {why}")),
+            };
+            match running {
+                Ok(names) => {
+                    info!(
+                        rule = name,
+                        sql, "console: a rule changed and applied by an operator"
+                    );
+                    Ok(names)
+                }
+                Err(why) => {
+                    crate::rule_file::replace(&path, &before).map_err(cannot)?;
+                    Err(format!("{why}; the file is as it was"))
+                }
+            }
+        })
+    }
+
     fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String> {
         check_names(thing, shadow)?;
         Ok(response_topic(thing, shadow, Response::UpdateDocuments))
     }
+}
+
+/// The request `grove rules reload` makes, through a bus link: the names of the rules now
+/// running, or why nothing changed.
+async fn reload(buses: &BusMaker) -> Result<Vec<String>, String> {
+    let doc = ask_component(buses, RELOAD_TOPIC.to_owned(), serde_json::json!({})).await?;
+    Ok((doc["rules"].as_array().into_iter().flatten())
+        .filter_map(|n| n.as_str().map(str::to_owned))
+        .collect())
+}
+
+/// A rule's counter in `family`, read without creating it (a disabled rule has none).
+fn read(family: &Family<RuleLabels, Counter>, labels: &RuleLabels) -> u64 {
+    family.get(labels).map_or(0, |c| c.get())
 }
 
 /// Whether a thing (and shadow) name is one a shadow can have (AWS's rules): a name with `/`,

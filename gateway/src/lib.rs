@@ -14,7 +14,7 @@
 //! - [`metrics`] and [`ops`]: the registry of every component's counters and the `/healthz` +
 //!   `/metrics` endpoint.
 //! - [`console`]: what the web console (`grove-console`, mounted on the ops endpoint) reads from
-//!   and asks of this gateway.
+//!   and asks of this gateway; [`rule_file`]: its rule editor's change to `grove.toml`.
 //! - [`run`]: startup and shutdown order; [`logging`]: the tracing subscriber; [`memory`]: freed
 //!   memory given back to the system after bursts.
 //! - [`mqtt_request`]: the operator's one-request MQTT client, for the CLI commands that talk to a
@@ -29,4 +29,5 @@ pub mod memory;
 pub mod metrics;
 pub mod mqtt_request;
 pub mod ops;
+pub mod rule_file;
 pub mod run;

@@ -94,7 +94,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
     let (broker, components, functions, deployer, jobs) = match start(
         &config,
         rules,
-        config_path,
+        config_path.clone(),
         store,
         &metrics,
         (reload_tx.clone(), reload_rx),
@@ -156,6 +156,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     metrics.clone(),
                     broker.clients(),
                     broker.bus_maker(),
+                    config_path,
                 );
                 info!("web console at http://{}/console", bind.value);
                 grove_console::router(c, &data_dir.value, Arc::new(view))

@@ -63,6 +63,11 @@ impl Template {
         })
     }
 
+    /// The text it was compiled from, as written.
+    pub fn text(&self) -> &str {
+        &self.text
+    }
+
     /// Whether the template has no `${...}` (so it renders to the same text for every message).
     pub fn is_static(&self) -> bool {
         self.pieces.iter().all(|p| matches!(p, Piece::Text(_)))

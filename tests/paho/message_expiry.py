@@ -3,9 +3,11 @@ for an offline session is not delivered ([MQTT-3.3.2-5]); one still valid is del
 interval less the time it waited ([MQTT-3.3.2-6]).
 
 "s" (session expiry 300) subscribes to me/t and disconnects. The publisher sends "short" (expiry
-1 s) and "long" (expiry 300 s) to me/t, with a retained "probe" (expiry 1 s) on me/probe between
-them. It then polls until the gateway no longer sends the probe to a new subscription: the
-probe expired, and "short", published before it with the same interval, too. Each poll
+1 s) and "long" (expiry 300 s) to me/t, then a retained "probe" (expiry 1 s) on me/probe. It then
+polls until the gateway no longer sends the probe to a new subscription: the probe expired, so
+"short", published before it with the same interval, expired too, and "long", published before
+it, has waited at least a second (the gateway rounds the remaining interval up: a message that
+waited less than a second may keep its whole interval). Each poll
 subscribes again (Retain Handling 0 re-sends retained messages) and publishes a marker: a probe
 not received before the marker was not sent. Then "s" comes back. Facts: {"received": payloads
 "s" got up to "long", "long_expiry": the interval "long" arrived with, "polls"}."""
@@ -24,8 +26,8 @@ s.disconnect()
 pub = Client(port, version, "me-pub")
 short = props(PacketTypes.PUBLISH, MessageExpiryInterval=1)
 pub.publish("me/t", "short", properties=short)
-pub.publish("me/probe", "probe", retain=True, properties=short)
 pub.publish("me/t", "long", properties=props(PacketTypes.PUBLISH, MessageExpiryInterval=300))
+pub.publish("me/probe", "probe", retain=True, properties=short)
 polls = 0
 while True:
     polls += 1

@@ -461,7 +461,7 @@ fn screenshot_dir() -> PathBuf {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() {
-    let (g, c) = console_gateway("");
+    let (g, c) = console_gateway(RULES);
     let shots = screenshot_dir();
     let b = Browser::start(&[]).await;
     // Without a session the console sends the browser to the sign-in page.
@@ -572,6 +572,27 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         "the device's delta: {got:?}"
     );
     b.screenshot(&shots, "shadow").await;
+    // A rule: listed with its counters, then a statement tried on a message in the page's form
+    // (nothing published).
+    b.click("a[href='/console/rules']").await;
+    b.wait("#rules tr[data-rule='apply']").await;
+    let sql = b.wait("textarea#sql").await;
+    sql.clear().await.unwrap();
+    sql.send_keys("SELECT state.reported.on AS on FROM 'apply/+'")
+        .await
+        .unwrap();
+    let topic = b.wait("input#topic").await;
+    topic.send_keys("apply/lamp-1").await.unwrap();
+    let payload = b.wait("textarea#payload").await;
+    payload.clear().await.unwrap();
+    payload
+        .send_keys(r#"{"state":{"reported":{"on":true}}}"#)
+        .await
+        .unwrap();
+    b.click("button#run-test").await;
+    let outcome = b.wait("pre#outcome").await;
+    assert_eq!(outcome.text().await.unwrap().trim(), r#"{"on":true}"#);
+    b.screenshot(&shots, "rules").await;
     b.web.clone().close().await.unwrap();
     // Light above (the machine's default scheme); dark where the system asks for it.
     assert_eq!(light, "rgb(250, 250, 247)");
@@ -591,6 +612,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
             "devices-narrow",
             "topics",
             "shadow",
+            "rules",
         ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
@@ -884,4 +906,250 @@ fn the_cloud_page_follows_the_links_state_live() {
         }
     };
     assert!(down.contains("last error"), "{down}");
+}
+
+/// The counters the rules page shows for `rule` in a fragment: matched, outputs, failed actions,
+/// dropped (the row's numeric cells, in order).
+fn rule_counts(fragment: &str, rule: &str) -> Vec<u64> {
+    let row = fragment
+        .split("<tr data-rule=\"")
+        .find(|r| r.starts_with(&format!("{rule}\"")))
+        .unwrap_or_else(|| panic!("no row for {rule}: {fragment}"));
+    let row = &row[..row.find("</tr>").unwrap_or(row.len())];
+    row.split("<td class=\"num")
+        .skip(1)
+        .map(|cell| {
+            let value = &cell[cell.find('>').expect("a cell") + 1..];
+            value[..value.find('<').expect("its end")]
+                .parse()
+                .expect("a count")
+        })
+        .collect()
+}
+
+const RULES: &str = r#"
+[[rules]]
+name = "apply"
+sql = "SELECT state FROM 'apply/+'"
+actions = [{ shadow = { thing = "${topic(2)}" } }]
+error_action = { republish = { topic = "errors/${topic(2)}" } }
+"#;
+
+#[test]
+fn the_rules_page_shows_counters_and_the_last_failure_live_and_tests_a_statement() {
+    let (g, c) = console_gateway(RULES);
+    let s = c.session();
+    let page = c.get("/console/rules", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body
+            .contains("<code>SELECT state FROM 'apply/+'</code>"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body
+            .contains("update the classic shadow of ${topic(2)}")
+            && page
+                .body
+                .contains("on error: republish to errors/${topic(2)} (QoS 0)"),
+        "{}",
+        page.body
+    );
+    let mut stream = c
+        .stream("/console/events/rules", Some(&s))
+        .expect("the rules stream");
+    let first = stream.next_event().expect("the first fragment");
+    assert_eq!(rule_counts(&first, "apply"), [0, 0, 0, 0], "{first}");
+
+    // A device's update the shadow service takes, then one it refuses (AWS: "delta" is not a
+    // state a device may write): the page follows, and shows the refusal as the last failure.
+    let next_with = |stream: &mut grove_tests::console::Stream, counts: [u64; 4]| loop {
+        let fragment = stream
+            .next_event()
+            .expect("fragments until the counts show");
+        if rule_counts(&fragment, "apply") == counts {
+            break fragment;
+        }
+    };
+    let publish = |thing: &str, payload: &str| {
+        grove_tests::mosquitto_pub(
+            g.mqtt_port,
+            &["-t", &format!("apply/{thing}"), "-q", "1", "-m", payload],
+        )
+    };
+    publish("t1", r#"{"state":{"reported":{"a":1}}}"#);
+    let ok = next_with(&mut stream, [1, 1, 0, 0]);
+    assert!(ok.contains("<td>none</td>"), "{ok}");
+    publish("t2", r#"{"state":{"delta":{"a":1}}}"#);
+    let failed = next_with(&mut stream, [2, 2, 1, 0]);
+    assert!(
+        failed.contains("IotShadowAction on t2: ")
+            && failed.contains("400 State contains an invalid node: 'delta'"),
+        "{failed}"
+    );
+    assert!(failed.contains("class=\"num failed\""), "{failed}");
+    g.wait_metric("grove_rule_action_failures_total{rule=\"apply\"}", |v| {
+        v == 1.0
+    });
+
+    // The test form: outputs, a WHERE that lets nothing through, and a statement that does not
+    // compile, with its line and column (400).
+    let test = |sql: &str, payload: &str| {
+        c.post(
+            "/console/rules/test",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[
+                ("csrf", &s.csrf),
+                ("sql", sql),
+                ("topic", "site/a/temp"),
+                ("client_id", "dev-1"),
+                ("payload", payload),
+            ],
+        )
+    };
+    let hot = "SELECT temp * 2 AS t, topic(2) AS at FROM 'site/+/temp' WHERE temp > 30";
+    let out = test(hot, r#"{"temp": 31}"#);
+    assert_eq!(out.status, 200, "{out:?}");
+    assert!(
+        out.body
+            .contains("{&quot;t&quot;:62,&quot;at&quot;:&quot;a&quot;}"),
+        "{}",
+        out.body
+    );
+    let none = test(hot, r#"{"temp": 20}"#);
+    assert_eq!(none.status, 200, "{none:?}");
+    assert!(none
+        .body
+        .contains("the WHERE clause did not let the message through"));
+    let bad = test("SELECT temp\nFROM 'site/+/temp' WHERE", "{}");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(
+        bad.body.contains("at line 2, column") && bad.body.contains("role=\"alert\""),
+        "{}",
+        bad.body
+    );
+    let no_topic = rules_form(&c, &s, "/console/rules/test", "apply", hot);
+    assert_eq!(no_topic.status, 400, "{no_topic:?}");
+    assert!(
+        no_topic.body.contains("a test needs its message's topic"),
+        "{}",
+        no_topic.body
+    );
+}
+
+/// Posts the rules page's form to `path` with `rule` and `sql` only (no test message).
+fn rules_form(
+    c: &Console,
+    s: &Session,
+    path: &str,
+    rule: &str,
+    sql: &str,
+) -> grove_tests::console::Answer {
+    c.post(
+        path,
+        Some(s),
+        &[("Origin", c.origin())],
+        &[("csrf", &s.csrf), ("rule", rule), ("sql", sql)],
+    )
+}
+
+#[test]
+fn a_rule_edited_in_the_console_is_saved_in_the_file_and_applied_and_what_fails_changes_nothing() {
+    let (g, c) = console_gateway(RULES);
+    let s = c.session();
+    let config = g.config_path();
+    let save = |rule: &str, sql: &str| rules_form(&c, &s, "/console/rules/save", rule, sql);
+
+    // A new statement: in the file, the rest of the file as it was, and running (a device's
+    // message on the new filter reaches the rule).
+    let before = std::fs::read_to_string(&config).unwrap();
+    let saved = save("apply", "SELECT state FROM 'apply/#'");
+    assert_eq!(saved.status, 200, "{saved:?}");
+    assert!(
+        saved
+            .body
+            .contains("Saved in the configuration file and applied; running: apply")
+            && saved
+                .body
+                .contains("<code>SELECT state FROM 'apply/#'</code>"),
+        "{}",
+        saved.body
+    );
+    assert_eq!(
+        std::fs::read_to_string(&config).unwrap(),
+        before.replace("SELECT state FROM 'apply/+'", "SELECT state FROM 'apply/#'")
+    );
+    grove_tests::mosquitto_pub(
+        g.mqtt_port,
+        &[
+            "-t",
+            "apply/t9/deeper",
+            "-q",
+            "1",
+            "-m",
+            r#"{"state":{"reported":{"a":1}}}"#,
+        ],
+    );
+    g.wait_metric("grove_rule_matched_total{rule=\"apply\"}", |v| v == 1.0);
+    g.wait_log(&["console: a rule changed and applied by an operator"], 1);
+
+    // Refused, the file unchanged: a statement that does not compile (its line and column), a
+    // rule the file does not have.
+    let now = std::fs::read_to_string(&config).unwrap();
+    let bad = save("apply", "SELECT state\nFROM 'apply/#' WHERE");
+    assert_eq!(bad.status, 400, "{bad:?}");
+    assert!(
+        bad.body.contains("at line 2, column") && bad.body.contains("role=\"alert\""),
+        "{}",
+        bad.body
+    );
+    let missing = save("nope", "SELECT * FROM 'x'");
+    assert_eq!(missing.status, 400, "{missing:?}");
+    assert!(
+        missing.body.contains("no rule named &quot;nope&quot;"),
+        "{}",
+        missing.body
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), now);
+
+    // The reload: a second rule added to the file runs; a file that does not compile changes
+    // nothing and says why.
+    let text = now;
+    let added = format!(
+        "{text}\n[[rules]]\nname = \"hot\"\nsql = \"SELECT temp FROM 'site/+/temp' WHERE temp > 30\"\nactions = [{{ republish = {{ topic = \"alerts/${{topic(2)}}\" }} }}]\n"
+    );
+    std::fs::write(&config, &added).unwrap();
+    let reload = || rules_form(&c, &s, "/console/rules/reload", "", "");
+    let reloaded = reload();
+    assert_eq!(reloaded.status, 200, "{reloaded:?}");
+    assert!(
+        reloaded.body.contains("Reloaded; running: apply, hot")
+            && reloaded.body.contains("data-rule=\"hot\""),
+        "{}",
+        reloaded.body
+    );
+    let broken = added.replace("WHERE temp > 30", "WHERE");
+    std::fs::write(&config, &broken).unwrap();
+    let refused = reload();
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(
+        refused.body.contains("Not reloaded") && refused.body.contains("role=\"alert\""),
+        "{}",
+        refused.body
+    );
+    assert!(refused.body.contains("data-rule=\"hot\""), "still running");
+    g.wait_log(&["console: rules reloaded by an operator"], 1);
+    // A save into a file that another rule breaks: the reload fails, and the file is put back
+    // as it was, broken rule and all (the operator's text, not the console's, to mend).
+    let failed = save("apply", "SELECT state FROM 'apply/+'");
+    assert_eq!(failed.status, 400, "{failed:?}");
+    assert!(
+        failed.body.contains("the rules were not reloaded")
+            && failed.body.contains("the file is as it was"),
+        "{}",
+        failed.body
+    );
+    assert_eq!(std::fs::read_to_string(&config).unwrap(), broken);
 }

@@ -10,7 +10,7 @@
 //! script and style sheet are embedded in the binary (`assets/`, `include_str!`).
 //!
 //! What the console shows comes from the gateway through [`Gateway`] (readings, connected
-//! clients, the disconnect, a watched topic filter), so that this crate stays low in the layering: it depends on
+//! clients, the disconnect, a watched topic filter, shadows, the cloud link's status, the rules), so that this crate stays low in the layering: it depends on
 //! `grove-auth` (argon2 for the operator's password, the devices file) and `grove-config` (its
 //! `[console]` section) only.
 //!
@@ -101,6 +101,31 @@ pub struct ShadowDoc {
     pub delta: Option<serde_json::Value>,
 }
 
+/// A rule as the rules page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RuleRow {
+    /// Its name.
+    pub name: String,
+    /// Whether it runs.
+    pub enabled: bool,
+    /// Its SQL statement.
+    pub sql: String,
+    /// Its actions, one line each.
+    pub actions: Vec<String>,
+    /// Its error action, if any.
+    pub error_action: Option<String>,
+    /// Messages that matched its FROM filter.
+    pub matched: u64,
+    /// Outputs it handed to its actions.
+    pub outputs: u64,
+    /// Failed actions.
+    pub failures: u64,
+    /// Outputs dropped at the hop or fan-out bound.
+    pub dropped: u64,
+    /// Its last failure: when, and what failed and why, in one line.
+    pub last_failure: Option<(SystemTime, String)>,
+}
+
 /// What the console reads from, and asks of, the gateway it runs in.
 pub trait Gateway: Send + Sync + 'static {
     /// The overview's counters now.
@@ -137,4 +162,24 @@ pub trait Gateway: Send + Sync + 'static {
     /// error, dead letters, deployments and jobs) and shadow sync's counters, as labelled lines
     /// (an empty label: a note).
     fn cloud(&self) -> Pending<Result<Vec<(String, String)>, String>>;
+    /// The rules running now (as last applied), with their counters and last failures.
+    fn rules(&self) -> Vec<RuleRow>;
+    /// Evaluates the rule `sql` on one message from `client_id` on `topic`, as `grove rules
+    /// test` does (nothing is published): what it would output, one output a line, or why there
+    /// is none; `Err`: why the rule cannot be tested (a compile error, with its line and column).
+    fn test_rule(
+        &self,
+        sql: &str,
+        topic: &str,
+        payload: &str,
+        client_id: &str,
+    ) -> Result<String, String>;
+    /// Re-reads the rules from the configuration file, as `grove rules reload` does: the names
+    /// of the rules now running, or why nothing changed. The gateway logs it.
+    fn reload_rules(&self) -> Pending<Result<Vec<String>, String>>;
+    /// Sets the SQL of rule `name` in the configuration file and reloads the rules: the names of
+    /// the rules now running, or why not (a statement that does not compile, with its line and
+    /// column; a rule not in the file; a reload that failed), the file then as it was. The
+    /// gateway logs it.
+    fn save_rule(&self, name: String, sql: String) -> Pending<Result<Vec<String>, String>>;
 }

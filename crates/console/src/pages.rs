@@ -14,11 +14,11 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    CLOUD, CLOUD_EVENTS, DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, SCRIPT,
-    SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS,
-    TOPICS_SHOWN,
+    CLOUD, CLOUD_EVENTS, DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, RULES,
+    RULES_EVENTS, RULES_RELOAD, RULE_SAVE, RULE_TEST, SCRIPT, SET_DESIRED, SHADOW, SHADOWS,
+    SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
-use crate::{Client, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
+use crate::{Client, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
 
 /// What the overview shows.
 pub(crate) struct Overview {
@@ -41,7 +41,45 @@ enum Nav {
     Devices,
     Topics,
     Shadows,
+    Rules,
     Cloud,
+}
+
+/// The rules page's form: a rule, the statement to test on a message or to save as its SQL.
+#[derive(serde::Deserialize)]
+pub(crate) struct RuleTest {
+    #[serde(default)]
+    pub(crate) rule: String,
+    pub(crate) sql: String,
+    #[serde(default)]
+    pub(crate) topic: String,
+    #[serde(default)]
+    pub(crate) payload: String,
+    #[serde(default)]
+    pub(crate) client_id: String,
+}
+
+impl RuleTest {
+    /// The form as the page first shows it: the rule named `name` (else the first) with its
+    /// SQL, and an empty JSON object from `console`.
+    pub(crate) fn of(rows: &[RuleRow], name: &str) -> RuleTest {
+        let chosen = rows.iter().find(|r| r.name == name).or(rows.first());
+        RuleTest {
+            rule: chosen.map(|r| r.name.clone()).unwrap_or_default(),
+            sql: chosen.map(|r| r.sql.clone()).unwrap_or_default(),
+            topic: String::new(),
+            payload: "{}".into(),
+            client_id: "console".into(),
+        }
+    }
+}
+
+/// What the rules page answers to a form: a test's outputs, the rules running after a reload or
+/// a rule's change; `Err`: why not.
+pub(crate) enum Said {
+    Test(Result<String, String>),
+    Reload(Result<Vec<String>, String>),
+    Saved(Result<Vec<String>, String>),
 }
 
 fn head(title: &str) -> Markup {
@@ -73,6 +111,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                             a href=(DEVICES) aria-current=[current(Nav::Devices)] { "Devices" }
                             a href=(TOPICS) aria-current=[current(Nav::Topics)] { "Topics" }
                             a href=(SHADOWS) aria-current=[current(Nav::Shadows)] { "Shadows" }
+                            a href=(RULES) aria-current=[current(Nav::Rules)] { "Rules" }
                             a href=(CLOUD) aria-current=[current(Nav::Cloud)] { "Cloud" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
@@ -277,6 +316,12 @@ pub(crate) fn shadow_link(path: &str, thing: &str, shadow: Option<&str>) -> Stri
     format!("{path}?{}", query.unwrap_or_default())
 }
 
+/// The rules page with its test form starting from rule `name`'s statement.
+fn rule_link(name: &str) -> String {
+    let query = serde_urlencoded::to_string([("rule", name)]).unwrap_or_default();
+    format!("{RULES}?{query}#test")
+}
+
 /// The shadows page: every shadow (or those whose thing or name contains `q`), each a link to
 /// its page.
 pub(crate) fn shadows(
@@ -401,6 +446,112 @@ pub(crate) fn cloud_live(status: &Result<Vec<(String, String)>, String>) -> Mark
                     @else { div { dt { (label) } dd { (text) } } }
                 }
             },
+        }
+    }
+}
+
+/// The rules page: the rules running with their counters and last failures (live), a form that
+/// tries a statement on a message as `grove rules test` does, and the reload from the
+/// configuration file. `said`: the answer to the form just sent.
+pub(crate) fn rules(
+    csrf: &str,
+    rows: &[RuleRow],
+    form: &RuleTest,
+    said: Option<&Said>,
+) -> Html<String> {
+    layout(
+        "Rules",
+        Nav::Rules,
+        csrf,
+        html! {
+            div #live data-stream=(RULES_EVENTS) { (rules_live(rows)) }
+            form.reload method="post" action=(RULES_RELOAD) {
+                input type="hidden" name="csrf" value=(csrf);
+                button type="submit" { "Reload the rules from the configuration file" }
+            }
+            @if let Some(Said::Reload(outcome)) = said {
+                @match outcome {
+                    Ok(names) => p #reloaded role="status" { "Reloaded; running: " (names.join(", ")) },
+                    Err(why) => pre #reloaded.error role="alert" { "Not reloaded: " (why) },
+                }
+            }
+            h2 #test { "Edit and test a rule" }
+            // The answer is shown below the form: the browser is sent to it.
+            form.rule-test method="post" action={ (RULE_TEST) "#outcome" } {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="rule" { "Rule" }
+                select #rule name="rule" {
+                    @for r in rows { option value=(r.name) selected[r.name == form.rule] { (r.name) } }
+                }
+                label for="sql" { "SQL" }
+                textarea #sql name="sql" rows="4" spellcheck="false" required { (form.sql) }
+                label for="topic" { "Topic of the test message" }
+                input #topic name="topic" value=(form.topic);
+                label for="client_id" { "From client id" }
+                input #client_id name="client_id" value=(form.client_id);
+                label for="payload" { "Payload" }
+                textarea #payload name="payload" rows="4" spellcheck="false" { (form.payload) }
+                div.buttons {
+                    button #run-test type="submit" { "Test on the message" }
+                    button #save type="submit" formaction={ (RULE_SAVE) "#outcome" } { "Save as the rule's SQL and apply" }
+                }
+            }
+            @match said {
+                Some(Said::Test(Ok(out))) => pre #outcome.payload role="status" { (out) },
+                Some(Said::Saved(Ok(names))) => p #outcome role="status" { "Saved in the configuration file and applied; running: " (names.join(", ")) },
+                Some(Said::Test(Err(why)) | Said::Saved(Err(why))) => pre #outcome.error role="alert" { (why) },
+                _ => {}
+            }
+            p.note { "A test evaluates the statement on one message and publishes nothing (a window is given the message and then closed). Saving sets the rule's sql in the configuration file, the rest of the file as it was, then reloads as grove rules reload and SIGHUP do; if the reload fails the file is put back. The reload button applies changes made in the file by hand." }
+        },
+    )
+}
+
+/// The rules page's live part: each rule with its counters and last failure.
+pub(crate) fn rules_live(rows: &[RuleRow]) -> Markup {
+    html! {
+        @if rows.is_empty() {
+            p #rules { "No rules are configured ([[rules]] in the configuration file)." }
+        } @else {
+            div.scroll {
+                table #rules {
+                    caption { "Rules running, in their order" }
+                    thead { tr {
+                        th scope="col" { "Rule" } th scope="col" { "SQL and actions" }
+                        th scope="col" { "Matched" } th scope="col" { "Outputs" }
+                        th scope="col" { "Failed actions" } th scope="col" { "Dropped" }
+                        th scope="col" { "Last failure" }
+                    } }
+                    tbody {
+                        @for r in rows {
+                            tr data-rule=(r.name) {
+                                th scope="row" {
+                                    (r.name)
+                                    @if !r.enabled { " (disabled)" }
+                                    br;
+                                    a href=(rule_link(&r.name)) { "test" }
+                                }
+                                td {
+                                    code { (r.sql) }
+                                    ul {
+                                        @for a in &r.actions { li { (a) } }
+                                        @if let Some(e) = &r.error_action { li { "on error: " (e) } }
+                                    }
+                                }
+                                td.num { (r.matched) } td.num { (r.outputs) }
+                                td.num.failed[r.failures > 0] { (r.failures) }
+                                td.num { (r.dropped) }
+                                td {
+                                    @match &r.last_failure {
+                                        None => "none",
+                                        Some((at, line)) => { (since(*at)) ": " (line) },
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         }
     }
 }

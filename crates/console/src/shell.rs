@@ -78,6 +78,11 @@ pub(crate) const SHADOW: &str = "/console/shadow";
 pub(crate) const SHADOW_EVENTS: &str = "/console/events/shadow";
 pub(crate) const SET_DESIRED: &str = "/console/shadow/desired";
 pub(crate) const TOPICS_EVENTS: &str = "/console/events/topics";
+pub(crate) const RULES: &str = "/console/rules";
+pub(crate) const RULES_EVENTS: &str = "/console/events/rules";
+pub(crate) const RULE_TEST: &str = "/console/rules/test";
+pub(crate) const RULES_RELOAD: &str = "/console/rules/reload";
+pub(crate) const RULE_SAVE: &str = "/console/rules/save";
 pub(crate) const STYLE: &str = "/console/assets/console.css";
 pub(crate) const SCRIPT: &str = "/console/assets/console.js";
 
@@ -99,6 +104,11 @@ pub const ROUTES: &[Route] = &[
     route("GET", SHADOW, Access::Page),
     route("GET", SHADOW_EVENTS, Access::Stream),
     route("POST", SET_DESIRED, Access::Change),
+    route("GET", RULES, Access::Page),
+    route("GET", RULES_EVENTS, Access::Stream),
+    route("POST", RULE_TEST, Access::Change),
+    route("POST", RULES_RELOAD, Access::Change),
+    route("POST", RULE_SAVE, Access::Change),
     route("POST", DISCONNECT, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
@@ -124,10 +134,14 @@ pub(crate) const TOPICS_SHOWN: usize = 50;
 /// How often a cloud stream asks the cloud link for its status.
 const CLOUD_EVERY: Duration = Duration::from_secs(2);
 
+/// How often a rules stream reads the rules' counters (in memory).
+const RULES_EVERY: Duration = Duration::from_secs(1);
+
 /// How often an idle live stream sends a comment (see `live`).
 const KEEP_ALIVE: Duration = Duration::from_secs(5);
 
-/// The largest form a change may send (a client id and a token).
+/// The largest form a change may send (a rule to test with its sample message, a desired state,
+/// a client id; and the token).
 const FORM_LIMIT: usize = 16 * 1024;
 
 /// The embedded assets (their byte budget: README "Web console", checked by a test).
@@ -237,6 +251,11 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("GET", SHADOW) => get(shadow),
         ("GET", SHADOW_EVENTS) => get(shadow_events),
         ("POST", SET_DESIRED) => post(set_desired),
+        ("GET", RULES) => get(rules),
+        ("GET", RULES_EVENTS) => get(rules_events),
+        ("POST", RULE_TEST) => post(rule_test),
+        ("POST", RULES_RELOAD) => post(rules_reload),
+        ("POST", RULE_SAVE) => post(rule_save),
         ("POST", DISCONNECT) => post(disconnect),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
@@ -900,6 +919,94 @@ async fn cloud_events(
         }
     });
     live_fragments(shell, current, stream)
+}
+
+/// The rules page's query: the rule whose statement the test form starts from (default: the
+/// first).
+#[derive(Deserialize)]
+struct RuleQuery {
+    #[serde(default)]
+    rule: String,
+}
+
+async fn rules(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<RuleQuery>,
+) -> Response {
+    let rows = shell.0.gateway.rules();
+    let form = pages::RuleTest::of(&rows, &q.rule);
+    pages::rules(&current.csrf, &rows, &form, None).into_response()
+}
+
+async fn rules_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    live(shell, current, Wake::Every(RULES_EVERY), |shell| {
+        pages::rules_live(&shell.0.gateway.rules()).into_string()
+    })
+}
+
+/// Runs the test form's rule on its message (nothing is published); the page again with what it
+/// would output, or why it cannot (400).
+async fn rule_test(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<pages::RuleTest>,
+) -> Response {
+    let gateway = &shell.0.gateway;
+    let outcome = match form.topic.trim() {
+        "" => Err("a test needs its message's topic".to_owned()),
+        topic => gateway.test_rule(&form.sql, topic, &form.payload, &form.client_id),
+    };
+    let status = match outcome {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    let said = pages::Said::Test(outcome);
+    let page = pages::rules(&current.csrf, &gateway.rules(), &form, Some(&said));
+    (status, page).into_response()
+}
+
+/// Re-reads the rules from the configuration file; the page again with the rules now running,
+/// or why nothing changed (400).
+async fn rules_reload(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let gateway = &shell.0.gateway;
+    let outcome = gateway.reload_rules().await;
+    let status = match outcome {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    let rows = gateway.rules();
+    let form = pages::RuleTest::of(&rows, "");
+    let said = pages::Said::Reload(outcome);
+    (
+        status,
+        pages::rules(&current.csrf, &rows, &form, Some(&said)),
+    )
+        .into_response()
+}
+
+/// Sets the form's rule's SQL in the configuration file and reloads; the page again with the
+/// rules now running, or with the text sent and why it was not applied (400).
+async fn rule_save(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<pages::RuleTest>,
+) -> Response {
+    let gateway = &shell.0.gateway;
+    let outcome = gateway.save_rule(form.rule.clone(), form.sql.clone()).await;
+    let status = match outcome {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    let said = pages::Said::Saved(outcome);
+    let page = pages::rules(&current.csrf, &gateway.rules(), &form, Some(&said));
+    (status, page).into_response()
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.

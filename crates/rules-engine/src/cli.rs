@@ -6,10 +6,7 @@
 /// one per line, or why there is none); `Err`, why the rule cannot be tested (it does not compile,
 /// or its evaluation failed).
 pub fn test(sql: &str, topic: &str, payload: String, client_id: &str) -> Result<String, String> {
-    let rule = match grove_rules::Rule::compile(sql) {
-        Ok(r) => r,
-        Err(e) => return Err(format!("the rule does not compile:\n{e}")),
-    };
+    let rule = compile(sql)?;
     let message = grove_rules::Message::new(topic, client_id, payload.into_bytes());
     let uuids = || uuid::Uuid::new_v4().to_string();
     let now = std::time::SystemTime::now()
@@ -44,4 +41,10 @@ pub fn test(sql: &str, topic: &str, payload: String, client_id: &str) -> Result<
         out.push('\n');
     }
     Ok(out)
+}
+
+/// Compiles `sql`; `Err`: why it does not compile, with the line and column and a caret under
+/// the place.
+pub fn compile(sql: &str) -> Result<grove_rules::Rule, String> {
+    grove_rules::Rule::compile(sql).map_err(|e| format!("the rule does not compile:\n{e}"))
 }

@@ -18,6 +18,7 @@ use serde_json::Value;
 use tracing::{error, warn};
 
 use crate::metrics::RulesMetrics;
+use crate::status::RuleStatus;
 use crate::{fan_out, Action, RuleConfig, SHADOW_ACTION};
 use grove_broker::bus::{Message, Outgoing, MAX_HOPS};
 use grove_shadow_api::names::{validate_shadow_name, validate_thing_name};
@@ -151,6 +152,8 @@ pub struct Dispatch {
     windowed: Vec<usize>,
     index: RuleIndex<usize>,
     functions: Option<Arc<dyn FunctionTargets>>,
+    /// Where each rule's last failure is kept for the console.
+    status: RuleStatus,
 }
 
 impl Dispatch {
@@ -187,6 +190,7 @@ impl Dispatch {
             windowed,
             index,
             functions,
+            status: metrics.status.clone(),
         }
     }
 
@@ -432,6 +436,9 @@ impl Dispatch {
                 "action failed: {}",
                 f.error_message
             );
+        }
+        if let Some(last) = failures.last() {
+            self.status.failed(name, last);
         }
         let Some(error_action) = &config.error_action else {
             return;

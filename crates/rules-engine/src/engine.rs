@@ -230,6 +230,7 @@ impl RulesEngine {
             started = Some(RunningSet { stop, task });
         }
         let old = std::mem::replace(&mut self.running, started);
+        self.metrics.status.applied(rules);
         stop(old).await;
         Ok(())
     }

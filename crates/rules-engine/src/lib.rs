@@ -41,7 +41,8 @@
 //! function's own dead-letter queue or destination, not to the rule.
 
 //! The SQL itself (lexer, parser, evaluator, windows) is `grove-rules`, a pure crate; this one is
-//! the component around it. [`metrics`]: the `grove_rule_*` counters; [`cli`]: `grove rules test`.
+//! the component around it. [`metrics`]: the `grove_rule_*` counters; [`status`]: the rules as
+//! applied and their last failures (the console's rules page); [`cli`]: `grove rules test`.
 //!
 //! Architecture invariant: this crate depends on `grove-rules`, `grove-broker`, `grove-shadow-api`,
 //! `grove-functions-host` and `grove-auth`, never on cloud sync or the binary: the `cloud` action
@@ -53,5 +54,6 @@ mod config;
 mod dispatch;
 pub mod engine;
 pub mod metrics;
+pub mod status;
 
 pub use config::*;

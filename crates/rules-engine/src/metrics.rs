@@ -1,10 +1,13 @@
 //! The rules engine's counters (`grove_rule_*`), registered by [`RulesMetrics::register`] into
-//! the registry the binary exports.
+//! the registry the binary exports, and beside them the rules' [`RuleStatus`] (what the console
+//! shows of each rule besides numbers).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::registry::Registry;
+
+use crate::status::RuleStatus;
 
 /// Labels of a per-rule counter.
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -28,6 +31,8 @@ pub struct RulesMetrics {
     /// Outputs dropped because acting on them would have exceeded the number of messages one
     /// message may cause (`rules::fan_out`).
     pub fanout_dropped: Family<RuleLabels, Counter>,
+    /// The rule set as last applied and each rule's last failure (not exported as metrics).
+    pub status: RuleStatus,
 }
 
 impl RulesMetrics {
