@@ -9,8 +9,11 @@ use std::sync::Arc;
 use grove_broker::clients::Clients;
 use grove_broker::BusMaker;
 use grove_console::{
-    Client, Gateway, Pending, Reading, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
+    Alias, Client, FunctionRow, Gateway, Pending, Reading, RuleRow, ShadowDoc, ShadowEntry,
+    Watched, SHOWN_PAYLOAD,
 };
+use grove_functions_host::routing::Qualifier;
+use grove_functions_host::service::Functions;
 use grove_rules_engine::engine::RELOAD_TOPIC;
 use grove_rules_engine::metrics::RuleLabels;
 use grove_shadow::cli::{call, Request};
@@ -41,17 +44,21 @@ pub struct ConsoleView {
     config_path: Option<PathBuf>,
     /// One rule edit at a time: each reads, changes and perhaps restores the whole file.
     editing: Arc<tokio::sync::Mutex<()>>,
+    /// The functions component, when it runs.
+    functions: Option<Functions>,
 }
 
 impl ConsoleView {
     /// A view of the gateway whose counters are `metrics`, whose broker's clients are `clients`,
-    /// whose topics, shadows and rules' reload are reached through links `buses` makes, and whose
-    /// configuration file (if any) is `config_path`.
+    /// whose topics, shadows and rules' reload are reached through links `buses` makes, whose
+    /// configuration file (if any) is `config_path`, and whose functions component (if it runs)
+    /// is `functions`.
     pub fn new(
         metrics: Arc<Metrics>,
         clients: Clients,
         buses: BusMaker,
         config_path: Option<PathBuf>,
+        functions: Option<Functions>,
     ) -> ConsoleView {
         ConsoleView {
             metrics,
@@ -59,7 +66,15 @@ impl ConsoleView {
             buses,
             config_path,
             editing: Arc::default(),
+            functions,
         }
+    }
+
+    /// The functions component, or why the console cannot use it.
+    fn functions_component(&self) -> Result<Functions, String> {
+        self.functions.clone().ok_or_else(|| {
+            "the functions component does not run ([functions] is off in the configuration)".into()
+        })
     }
 
     /// One shadow request, made as a device (or `grove shadow`) makes it (see [`ask_component`]).
@@ -378,6 +393,112 @@ impl Gateway for ConsoleView {
                     Err(format!("{why}; the file is as it was"))
                 }
             }
+        })
+    }
+
+    fn functions(&self) -> Result<Vec<FunctionRow>, String> {
+        let functions = self.functions_component()?;
+        let metrics = &self.metrics.functions;
+        Ok((functions.list().into_iter())
+            .map(|f| {
+                let ok = grove_functions_host::metrics::InvocationLabels {
+                    function: f.name.clone(),
+                    result: "ok",
+                };
+                FunctionRow {
+                    succeeded: metrics.invocations.get(&ok).map_or(0, |c| c.get()),
+                    failed: metrics.errors(&f.name),
+                    dead_letters: metrics.dead_letters(&f.name),
+                    versions: f.versions,
+                    latest: f.latest,
+                    aliases: (f.aliases.into_iter())
+                        .map(|(name, (version, weight))| Alias {
+                            name,
+                            version,
+                            weight,
+                        })
+                        .collect(),
+                    triggers: f.triggers,
+                    unavailable: f.unavailable.into_iter().collect(),
+                    name: f.name,
+                }
+            })
+            .collect())
+    }
+
+    fn function_logs(&self, name: &str) -> Result<Vec<String>, String> {
+        (self.functions_component()?.logs(name)).map_err(|e| e.to_string())
+    }
+
+    /// As the admin route `grove fn invoke` calls: on the invoke topic, the answer envelope
+    /// whatever the handler did (an error envelope when the function is not found).
+    fn invoke(
+        &self,
+        name: String,
+        qualifier: String,
+        payload: String,
+    ) -> Pending<Result<Value, String>> {
+        let functions = self.functions_component();
+        Box::pin(async move {
+            let functions = functions?;
+            let qualifier = match qualifier.trim() {
+                "" => Qualifier::Latest,
+                q => Qualifier::parse(q).map_err(|e| e.to_string())?,
+            };
+            let topic = format!("$grove/functions/{name}/invoke");
+            info!(
+                function = name,
+                ?qualifier,
+                "console: function invoked by an operator"
+            );
+            let invoked = functions
+                .invoke(&name, &qualifier, topic, payload.into(), 0)
+                .await;
+            Ok(match invoked {
+                Ok(invoked) => grove_functions_host::protocol::answer(&invoked),
+                Err(e) => grove_functions_host::protocol::error_answer(&e),
+            })
+        })
+    }
+
+    fn set_alias(
+        &self,
+        name: String,
+        alias: String,
+        version: u64,
+        weight: Option<(u64, u8)>,
+    ) -> Pending<Result<(), String>> {
+        let functions = self.functions_component();
+        Box::pin(async move {
+            (functions?.set_alias(&name, &alias, version, weight).await)
+                .map_err(|e| e.to_string())?;
+            info!(
+                function = name,
+                alias,
+                version,
+                ?weight,
+                "console: alias set by an operator"
+            );
+            Ok(())
+        })
+    }
+
+    fn deploy(
+        &self,
+        manifest: String,
+        module: Vec<u8>,
+        alias: Option<String>,
+    ) -> Pending<Result<(String, u64), String>> {
+        let functions = self.functions_component();
+        Box::pin(async move {
+            let deployed =
+                (functions?.deploy(&manifest, module, alias).await).map_err(|e| e.to_string())?;
+            info!(
+                function = deployed.name,
+                version = deployed.version,
+                "console: function deployed by an operator"
+            );
+            Ok((deployed.name, deployed.version))
         })
     }
 

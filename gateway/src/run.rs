@@ -129,7 +129,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                 let _ = ops_stopped.await;
             };
             // The admin routes deploy code and apply revocations: only for clients on this machine.
-            let admin = match functions {
+            let admin = match functions.clone() {
                 Some(f) if bind.value.ip().is_loopback() => {
                     Some(grove_functions_host::admin::router(f))
                 }
@@ -157,6 +157,7 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     broker.clients(),
                     broker.bus_maker(),
                     config_path,
+                    functions,
                 );
                 info!("web console at http://{}/console", bind.value);
                 grove_console::router(c, &data_dir.value, Arc::new(view))

@@ -165,6 +165,32 @@ impl Console {
         })
     }
 
+    /// `POST path` with a multipart form (a browser's file upload: `module` as a file, the other
+    /// fields as text), the session's cookie and `headers`.
+    pub fn post_upload(
+        &self,
+        path: &str,
+        session: &Session,
+        headers: &[(&str, &str)],
+        module: &[u8],
+        fields: &[(&str, &str)],
+    ) -> Answer {
+        use ureq::unversioned::multipart::{Form, Part};
+        blocking(|| {
+            let mut request = self.agent.post(format!("{}{path}", self.base));
+            request = request.header("Cookie", &session.cookie);
+            for (k, v) in headers {
+                request = request.header(*k, *v);
+            }
+            let part = Part::bytes(module).file_name("module.wasm");
+            let mut form = Form::new().part("module", part);
+            for (k, v) in fields {
+                form = form.text(k, v);
+            }
+            Console::answer(request.send(form))
+        })
+    }
+
     /// Signs in with `password` as the console's sign-in page does (same origin).
     pub fn sign_in(&self, password: &str) -> Answer {
         self.post(

@@ -71,7 +71,9 @@ fn every_console_route_refuses_without_a_session() {
                 // The sign-in form itself: the wrong password is refused.
                 Access::SignIn => assert_eq!(seen.0, 401, "{case}"),
                 Access::Page => assert_eq!(seen, (303, Some("/console/signin")), "{case}"),
-                Access::Stream | Access::Change => assert_eq!(seen, (401, None), "{case}"),
+                Access::Stream | Access::Change | Access::Upload => {
+                    assert_eq!(seen, (401, None), "{case}")
+                }
             }
             assert!(answer.set_cookie.is_none(), "{case}");
         }
@@ -593,6 +595,32 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
     let outcome = b.wait("pre#outcome").await;
     assert_eq!(outcome.text().await.unwrap().trim(), r#"{"on":true}"#);
     b.screenshot(&shots, "rules").await;
+    // A function: its module chosen in the upload form's file input and deployed, then invoked
+    // from its page.
+    let module = shots.join("echo.wasm");
+    std::fs::write(
+        &module,
+        grove_tests::functions::guest(grove_tests::functions::ECHO, ""),
+    )
+    .unwrap();
+    b.click("a[href='/console/functions']").await;
+    b.wait("p#functions").await;
+    let file = b.wait("input#module").await;
+    file.send_keys(module.to_str().unwrap()).await.unwrap();
+    let manifest = b.wait("textarea#manifest").await;
+    manifest.clear().await.unwrap();
+    manifest.send_keys("name = \"echo\"\n").await.unwrap();
+    b.click("button#deploy").await;
+    let payload = b.wait("form.invoke textarea#payload").await;
+    payload.clear().await.unwrap();
+    payload.send_keys(r#"{"hello":"browser"}"#).await.unwrap();
+    b.click("button#invoke").await;
+    let answer = b.wait("pre#answer").await.text().await.unwrap();
+    assert!(
+        answer.contains(r#""status": "ok""#) && answer.contains(r#""hello": "browser""#),
+        "{answer}"
+    );
+    b.screenshot(&shots, "function").await;
     b.web.clone().close().await.unwrap();
     // Light above (the machine's default scheme); dark where the system asks for it.
     assert_eq!(light, "rgb(250, 250, 247)");
@@ -613,6 +641,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
             "topics",
             "shadow",
             "rules",
+            "function",
         ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
@@ -1152,4 +1181,277 @@ fn a_rule_edited_in_the_console_is_saved_in_the_file_and_applied_and_what_fails_
         failed.body
     );
     assert_eq!(std::fs::read_to_string(&config).unwrap(), broken);
+}
+
+#[test]
+fn functions_are_listed_invoked_and_aliased_from_the_console_with_their_log_live() {
+    use grove_tests::functions::{guest, Fixture};
+    let f = Fixture::start("");
+    set_password(&f.g, PASSWORD);
+    let c = Console::new(f.g.ops_port);
+    let s = c.session();
+    let none = c.get("/console/functions", Some(&s));
+    assert_eq!(none.status, 200, "{none:?}");
+    assert!(
+        none.body.contains("No function is deployed."),
+        "{}",
+        none.body
+    );
+
+    // Logs its event and echoes it; deployed twice (versions 1 and 2). One that always fails.
+    let logger = "(call $log (i32.const 2) (local.get $pp) (local.get $pl)) \
+                  (drop (call $output (local.get $pp) (local.get $pl))) (i32.const 0)";
+    f.deployed("logger", &guest(logger, ""), "triggers = [\"log/#\"]");
+    f.deployed("logger", &guest(logger, ""), "triggers = [\"log/#\"]");
+    f.deployed(
+        "fails",
+        &guest(
+            "(drop (call $output (local.get $pp) (local.get $pl))) (i32.const 1)",
+            "",
+        ),
+        "",
+    );
+    let listed = c.get("/console/functions", Some(&s));
+    assert!(
+        listed
+            .body
+            .contains("<a href=\"/console/function?name=logger\">logger</a>")
+            && listed.body.contains("<td>log/#</td>")
+            && listed.body.contains("data-function=\"fails\""),
+        "{}",
+        listed.body
+    );
+
+    // The function's page, live: nothing logged; an invocation from the page answers with the
+    // envelope, and its log line and count show without a reload.
+    let page = c.get("/console/function?name=logger", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    let mut stream = c
+        .stream("/console/events/function?name=logger", Some(&s))
+        .expect("the function's stream");
+    let first = stream.next_event().expect("the first fragment");
+    assert!(first.contains("Nothing logged yet."), "{first}");
+    let invoke = |name: &str, qualifier: &str, payload: &str| {
+        c.post(
+            "/console/function/invoke",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[
+                ("csrf", &s.csrf),
+                ("name", name),
+                ("qualifier", qualifier),
+                ("payload", payload),
+            ],
+        )
+    };
+    let answered = invoke("logger", "", "hello from the console");
+    assert_eq!(answered.status, 200, "{answered:?}");
+    assert!(
+        answered.body.contains("&quot;status&quot;: &quot;ok&quot;")
+            && answered
+                .body
+                .contains("&quot;result&quot;: &quot;hello from the console&quot;")
+            && answered.body.contains("&quot;version&quot;: 2"),
+        "{}",
+        answered.body
+    );
+    let logged = loop {
+        let fragment = stream.next_event().expect("fragments until the log shows");
+        if fragment.contains("hello from the console") {
+            break fragment;
+        }
+    };
+    assert!(
+        logged.contains("v2 info  hello from the console"),
+        "{logged}"
+    );
+    f.g.wait_log(&["console: function invoked by an operator", "logger"], 1);
+    // A failing handler's envelope; the list counts it.
+    let failed = invoke("fails", "", "{}");
+    assert_eq!(failed.status, 200, "{failed:?}");
+    assert!(
+        failed
+            .body
+            .contains("&quot;status&quot;: &quot;error&quot;"),
+        "{}",
+        failed.body
+    );
+    f.g.wait_metric(
+        "grove_function_invocations_total{function=\"fails\",result=\"handler_error\"}",
+        |v| v == 1.0,
+    );
+    let listed = c.get("/console/functions", Some(&s));
+    let row = listed.body.split("data-function=\"fails\"").nth(1).unwrap();
+    assert!(row.contains("class=\"num failed\">1<"), "{row}");
+
+    // An alias with a weight: set from the page, shown on it; the invocation through it runs.
+    let alias = |fields: &[(&str, &str)]| {
+        let mut form = vec![("csrf", s.csrf.as_str()), ("name", "logger")];
+        form.extend_from_slice(fields);
+        c.post(
+            "/console/function/alias",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &form,
+        )
+    };
+    let set = alias(&[
+        ("alias", "live"),
+        ("version", "1"),
+        ("weight_version", "2"),
+        ("weight_percent", "10"),
+    ]);
+    assert_eq!(set.status, 303, "{set:?}");
+    assert_eq!(
+        set.location.as_deref(),
+        Some("/console/function?name=logger")
+    );
+    let page = c.get("/console/function?name=logger", Some(&s));
+    assert!(
+        page.body.contains("Alias live → 1, 10 % to 2"),
+        "{}",
+        page.body
+    );
+    let through = invoke("logger", "live", "via the alias");
+    assert!(
+        through.body.contains("&quot;status&quot;: &quot;ok&quot;"),
+        "{}",
+        through.body
+    );
+
+    // Refused, with why: numbers that are not, a version that does not exist, a qualifier that
+    // cannot be one; a function that is not deployed has no page.
+    for (fields, why) in [
+        (vec![("alias", "live"), ("version", "x")], "is not a number"),
+        (
+            vec![("alias", "live"), ("version", "9")],
+            "version 9 does not exist",
+        ),
+    ] {
+        let refused = alias(&fields);
+        assert_eq!(refused.status, 400, "{fields:?}: {refused:?}");
+        assert!(
+            refused.body.contains(why) && refused.body.contains("id=\"alias-refused\""),
+            "{}",
+            refused.body
+        );
+    }
+    let refused = invoke("logger", "no such/alias", "{}");
+    assert_eq!(refused.status, 400, "{refused:?}");
+    assert!(refused.body.contains("role=\"alert\""), "{}", refused.body);
+    assert_eq!(
+        c.get("/console/function?name=nothing", Some(&s)).status,
+        404
+    );
+}
+
+#[test]
+fn a_function_is_deployed_by_upload_with_the_token_of_the_session_and_refused_otherwise() {
+    use grove_tests::functions::{guest, Fixture, ECHO};
+    let f = Fixture::start("");
+    set_password(&f.g, PASSWORD);
+    let c = Console::new(f.g.ops_port);
+    let s = c.session();
+    let other = c.session();
+    let own = c.origin().to_owned();
+    let wasm = guest(ECHO, "");
+    let manifest = "name = \"echo\"\ntriggers = [\"echo/#\"]\n";
+    let upload = |query: &str, headers: &[(&str, &str)], module: &[u8], manifest: &str| {
+        let path = format!("/console/functions/deploy{query}");
+        c.post_upload(
+            &path,
+            &s,
+            headers,
+            module,
+            &[("manifest", manifest), ("alias", "live")],
+        )
+    };
+    let with_token = format!("?csrf={}", s.csrf);
+    // Refused before anything is read: a foreign origin, no token, another session's token.
+    let others = format!("?csrf={}", other.csrf);
+    for (case, query, headers) in [
+        (
+            "a foreign Origin",
+            with_token.as_str(),
+            vec![("Origin", "http://evil.example")],
+        ),
+        ("no token", "", vec![("Origin", own.as_str())]),
+        (
+            "another session's token",
+            others.as_str(),
+            vec![("Origin", own.as_str())],
+        ),
+    ] {
+        let refused = upload(query, &headers, &wasm, manifest);
+        assert_eq!(refused.status, 403, "{case}: {refused:?}");
+    }
+    // Refused with why, on the functions page (400): not WebAssembly, a manifest that is not.
+    let origin = [("Origin", own.as_str())];
+    for (module, text, why) in [
+        (b"not wasm".as_slice(), manifest, "module"),
+        (wasm.as_slice(), "name = ", "manifest"),
+    ] {
+        let refused = upload(&with_token, &origin, module, text);
+        assert_eq!(refused.status, 400, "{why}: {refused:?}");
+        assert!(
+            refused.body.contains("id=\"deploy-refused\"") && refused.body.contains(why),
+            "{}",
+            refused.body
+        );
+    }
+    // The upload budget: over 5 MiB, 413 (what was sent is read and dropped, so the answer
+    // arrives).
+    let big = grove_tests::functions::padded(wasm.clone(), 6 << 20);
+    let refused = upload(&with_token, &origin, &big, manifest);
+    assert_eq!(refused.status, 413, "{}", refused.status);
+    assert!(
+        refused.body.contains("the upload is over 5 MiB"),
+        "{}",
+        refused.body
+    );
+    // One upload at a time: while one is being received (a client that sent its head and part of
+    // its body), another is answered 503; once that client has gone, uploads are taken again.
+    let received = f.g.log_count(&["console: receiving an upload"]);
+    let mut slow = TcpStream::connect(("127.0.0.1", f.g.ops_port)).unwrap();
+    let head = format!(
+        "POST /console/functions/deploy{with_token} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\
+         Cookie: {}\r\nOrigin: {own}\r\n\
+         Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 1000000\r\n\r\n\
+         --b\r\nContent-Disposition: form-data; name=\"module\"; filename=\"m.wasm\"\r\n\r\n",
+        f.g.ops_port, s.cookie
+    );
+    std::io::Write::write_all(&mut slow, head.as_bytes()).unwrap();
+    f.g.wait_log(&["console: receiving an upload"], received + 1);
+    let busy = upload(&with_token, &origin, &wasm, manifest);
+    assert_eq!(busy.status, 503, "{busy:?}");
+    assert!(
+        busy.body.contains("another upload is in progress"),
+        "{}",
+        busy.body
+    );
+    drop(slow);
+    let (_, listed) = f.cli(&["list"]);
+    assert!(!listed.contains("echo"), "nothing deployed: {listed}");
+    // Taken: the new version's page, the alias pointed at it, and it runs (the slow upload's
+    // place comes back when its connection ends, which the gateway notices on its own time).
+    let deployed = eventually(WAIT, || {
+        let answer = upload(&with_token, &origin, &wasm, manifest);
+        match answer.status {
+            503 => Err(format!("still busy: {answer:?}")),
+            _ => Ok(answer),
+        }
+    });
+    assert_eq!(deployed.status, 303, "{deployed:?}");
+    assert_eq!(
+        deployed.location.as_deref(),
+        Some("/console/function?name=echo")
+    );
+    let page = c.get("/console/function?name=echo", Some(&s));
+    assert!(page.body.contains("Alias live → 1"), "{}", page.body);
+    f.g.wait_log(&["console: function deployed by an operator", "echo"], 1);
+    grove_tests::mosquitto_pub(f.g.mqtt_port, &["-t", "echo/1", "-q", "1", "-m", "hi"]);
+    f.g.wait_metric(
+        "grove_function_invocations_total{function=\"echo\",result=\"ok\"}",
+        |v| v == 1.0,
+    );
 }

@@ -10,7 +10,7 @@
 //! script and style sheet are embedded in the binary (`assets/`, `include_str!`).
 //!
 //! What the console shows comes from the gateway through [`Gateway`] (readings, connected
-//! clients, the disconnect, a watched topic filter, shadows, the cloud link's status, the rules), so that this crate stays low in the layering: it depends on
+//! clients, the disconnect, a watched topic filter, shadows, the cloud link's status, the rules, the functions), so that this crate stays low in the layering: it depends on
 //! `grove-auth` (argon2 for the operator's password, the devices file) and `grove-config` (its
 //! `[console]` section) only.
 //!
@@ -126,6 +126,40 @@ pub struct RuleRow {
     pub last_failure: Option<(SystemTime, String)>,
 }
 
+/// A function's alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// Its name.
+    pub name: String,
+    /// The version it names.
+    pub version: u64,
+    /// For a weighted alias, the other version and the percent of invocations it takes.
+    pub weight: Option<(u64, u8)>,
+}
+
+/// A function as the functions page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FunctionRow {
+    /// Its name.
+    pub name: String,
+    /// Its versions, oldest first.
+    pub versions: Vec<u64>,
+    /// The version `$LATEST` names.
+    pub latest: u64,
+    /// Its aliases.
+    pub aliases: Vec<Alias>,
+    /// `$LATEST`'s triggers (topic filters).
+    pub triggers: Vec<String>,
+    /// Versions that cannot be invoked, and why.
+    pub unavailable: Vec<(u64, String)>,
+    /// Invocations that succeeded.
+    pub succeeded: u64,
+    /// Invocations that failed, every kind together.
+    pub failed: u64,
+    /// Events given up and sent to its dead-letter topic.
+    pub dead_letters: u64,
+}
+
 /// What the console reads from, and asks of, the gateway it runs in.
 pub trait Gateway: Send + Sync + 'static {
     /// The overview's counters now.
@@ -182,4 +216,36 @@ pub trait Gateway: Send + Sync + 'static {
     /// column; a rule not in the file; a reload that failed), the file then as it was. The
     /// gateway logs it.
     fn save_rule(&self, name: String, sql: String) -> Pending<Result<Vec<String>, String>>;
+    /// The functions deployed, with their counters; `Err`: why there are none to show (the
+    /// functions component does not run).
+    fn functions(&self) -> Result<Vec<FunctionRow>, String>;
+    /// A function's recent log lines (its own and the gateway's about it), oldest first.
+    fn function_logs(&self, name: &str) -> Result<Vec<String>, String>;
+    /// Invokes `name` (at `qualifier`: a version, an alias or `$LATEST`; empty: `$LATEST`)
+    /// with `payload`, as `grove fn invoke` does: the answer envelope (JSON), or why it could
+    /// not run. The gateway logs it.
+    fn invoke(
+        &self,
+        name: String,
+        qualifier: String,
+        payload: String,
+    ) -> Pending<Result<serde_json::Value, String>>;
+    /// Points alias `alias` of `name` at `version`, with `weight` (another version and the
+    /// percent of invocations it takes), as `grove fn alias` does. The gateway logs it.
+    fn set_alias(
+        &self,
+        name: String,
+        alias: String,
+        version: u64,
+        weight: Option<(u64, u8)>,
+    ) -> Pending<Result<(), String>>;
+    /// Deploys `module` (WebAssembly) with `manifest` (TOML text) as a new version, pointing
+    /// `alias` at it if given, as `grove fn deploy` does: the function's name and the new
+    /// version, or why not. The gateway logs it.
+    fn deploy(
+        &self,
+        manifest: String,
+        module: Vec<u8>,
+        alias: Option<String>,
+    ) -> Pending<Result<(String, u64), String>>;
 }

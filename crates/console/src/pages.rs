@@ -14,11 +14,12 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    CLOUD, CLOUD_EVENTS, DEVICES, DEVICES_EVENTS, DISCONNECT, OVERVIEW, OVERVIEW_EVENTS, RULES,
-    RULES_EVENTS, RULES_RELOAD, RULE_SAVE, RULE_TEST, SCRIPT, SET_DESIRED, SHADOW, SHADOWS,
+    CLOUD, CLOUD_EVENTS, DEPLOY, DEVICES, DEVICES_EVENTS, DISCONNECT, FUNCTION, FUNCTIONS,
+    FUNCTIONS_EVENTS, FUNCTION_EVENTS, INVOKE, OVERVIEW, OVERVIEW_EVENTS, RULES, RULES_EVENTS,
+    RULES_RELOAD, RULE_SAVE, RULE_TEST, SCRIPT, SET_ALIAS, SET_DESIRED, SHADOW, SHADOWS,
     SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
-use crate::{Client, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
+use crate::{Alias, Client, FunctionRow, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
 
 /// What the overview shows.
 pub(crate) struct Overview {
@@ -42,7 +43,23 @@ enum Nav {
     Topics,
     Shadows,
     Rules,
+    Functions,
     Cloud,
+}
+
+/// One function as its page shows it.
+pub(crate) struct Function {
+    pub(crate) row: FunctionRow,
+    /// Its recent log lines, oldest first.
+    pub(crate) logs: Vec<String>,
+}
+
+/// What a function's page answers to a form: an invocation's answer envelope, or why the
+/// invocation or the alias was refused.
+pub(crate) enum FunctionSaid {
+    Answer(serde_json::Value),
+    InvokeRefused(String),
+    AliasRefused(String),
 }
 
 /// The rules page's form: a rule, the statement to test on a message or to save as its SQL.
@@ -112,6 +129,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                             a href=(TOPICS) aria-current=[current(Nav::Topics)] { "Topics" }
                             a href=(SHADOWS) aria-current=[current(Nav::Shadows)] { "Shadows" }
                             a href=(RULES) aria-current=[current(Nav::Rules)] { "Rules" }
+                            a href=(FUNCTIONS) aria-current=[current(Nav::Functions)] { "Functions" }
                             a href=(CLOUD) aria-current=[current(Nav::Cloud)] { "Cloud" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
@@ -551,6 +569,169 @@ pub(crate) fn rules_live(rows: &[RuleRow]) -> Markup {
                         }
                     }
                 }
+            }
+        }
+    }
+}
+
+/// A function's page.
+pub(crate) fn function_link(name: &str) -> String {
+    let query = serde_urlencoded::to_string([("name", name)]).unwrap_or_default();
+    format!("{FUNCTION}?{query}")
+}
+
+/// The functions page: every function deployed with its versions, aliases, triggers and
+/// counters, live, each a link to its page; and the upload form that deploys a version.
+/// `refused`: why the upload just sent was not deployed.
+pub(crate) fn functions_with(
+    csrf: &str,
+    rows: &Result<Vec<FunctionRow>, String>,
+    refused: Option<&str>,
+) -> Html<String> {
+    // The guard does not read a multipart body: the token is in the action's query string.
+    let action = format!(
+        "{DEPLOY}?{}",
+        serde_urlencoded::to_string([("csrf", csrf)]).unwrap_or_default()
+    );
+    layout(
+        "Functions",
+        Nav::Functions,
+        csrf,
+        html! {
+            div #live data-stream=(FUNCTIONS_EVENTS) { (functions_live(rows)) }
+            h2 { "Deploy a version" }
+            form.deploy method="post" action=(action) enctype="multipart/form-data" {
+                label for="module" { "Module (.wasm, at most 4 MiB)" }
+                input #module type="file" name="module" accept=".wasm,application/wasm" required;
+                label for="manifest" { "Manifest (TOML: name, triggers, grants, limits)" }
+                textarea #manifest name="manifest" rows="6" spellcheck="false" required { "name = \"\"\n" }
+                label for="deploy-alias" { "Point this alias at it (optional)" }
+                input #deploy-alias name="alias";
+                button #deploy type="submit" { "Deploy" }
+            }
+            @if let Some(why) = refused { pre #deploy-refused.error role="alert" { (why) } }
+            p.note { "The same as grove fn deploy: the module is checked and compiled before the version exists. A function's page invokes it, points its aliases and shows its log." }
+        },
+    )
+}
+
+/// An alias as one line: `live → 3`, or `live → 3, 10 % to 4`.
+fn alias_line(a: &Alias) -> String {
+    match a.weight {
+        None => format!("{} → {}", a.name, a.version),
+        Some((other, percent)) => format!("{} → {}, {percent} % to {other}", a.name, a.version),
+    }
+}
+
+/// The functions page's live part.
+pub(crate) fn functions_live(rows: &Result<Vec<FunctionRow>, String>) -> Markup {
+    html! {
+        @match rows {
+            Err(why) => p #functions.error role="alert" { (why) },
+            Ok(rows) if rows.is_empty() => p #functions { "No function is deployed." },
+            Ok(rows) => div.scroll { table #functions {
+                caption { "Functions deployed" }
+                thead { tr {
+                    th scope="col" { "Function" } th scope="col" { "$LATEST" }
+                    th scope="col" { "Aliases" } th scope="col" { "Triggers" }
+                    th scope="col" { "Succeeded" } th scope="col" { "Failed" }
+                    th scope="col" { "Dead letters" }
+                } }
+                tbody {
+                    @for f in rows {
+                        tr data-function=(f.name) {
+                            th scope="row" { a href=(function_link(&f.name)) { (f.name) } }
+                            td.num { (f.latest) }
+                            td { (f.aliases.iter().map(alias_line).collect::<Vec<_>>().join("; ")) }
+                            td { (f.triggers.join(", ")) }
+                            td.num { (f.succeeded) }
+                            td.num.failed[f.failed > 0] { (f.failed) }
+                            td.num { (f.dead_letters) }
+                        }
+                    }
+                }
+            } },
+        }
+    }
+}
+
+/// A function's page: its versions, aliases and log (live), a form that invokes it and one that
+/// points an alias. `said`: the answer to the form just sent.
+pub(crate) fn function(
+    csrf: &str,
+    name: &str,
+    now: &Result<Function, String>,
+    said: Option<&FunctionSaid>,
+) -> Html<String> {
+    let stream = format!(
+        "{FUNCTION_EVENTS}?{}",
+        serde_urlencoded::to_string([("name", name)]).unwrap_or_default()
+    );
+    layout(
+        name,
+        Nav::Functions,
+        csrf,
+        html! {
+            div #live data-stream=(stream) { (function_live(now)) }
+            @if now.is_ok() {
+                h2 { "Invoke" }
+                form.invoke method="post" action={ (INVOKE) "#answer" } {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="name" value=(name);
+                    label for="qualifier" { "Version or alias (empty: $LATEST)" }
+                    input #qualifier name="qualifier";
+                    label for="payload" { "Event (the payload, as a trigger's message would carry it)" }
+                    textarea #payload name="payload" rows="4" spellcheck="false" { "{}" }
+                    button #invoke type="submit" { "Invoke" }
+                }
+                @match said {
+                    Some(FunctionSaid::Answer(envelope)) => pre #answer.payload role="status" { (pretty(envelope)) },
+                    Some(FunctionSaid::InvokeRefused(why)) => p #answer.error role="alert" { (why) },
+                    _ => {}
+                }
+                h2 { "Point an alias" }
+                form.alias method="post" action=(SET_ALIAS) {
+                    input type="hidden" name="csrf" value=(csrf);
+                    input type="hidden" name="name" value=(name);
+                    label for="alias" { "Alias" }
+                    input #alias name="alias" required;
+                    label for="version" { "Version" }
+                    input #version name="version" inputmode="numeric" required;
+                    label for="weight_version" { "Also a second version (optional)" }
+                    input #weight_version name="weight_version" inputmode="numeric";
+                    label for="weight_percent" { "taking this percent of invocations" }
+                    input #weight_percent name="weight_percent" inputmode="numeric";
+                    button type="submit" { "Set the alias" }
+                }
+                @if let Some(FunctionSaid::AliasRefused(why)) = said {
+                    p #alias-refused.error role="alert" { (why) }
+                }
+            }
+        },
+    )
+}
+
+/// A function's live part: versions, aliases, triggers, counters and its log.
+pub(crate) fn function_live(now: &Result<Function, String>) -> Markup {
+    html! {
+        @match now {
+            Err(why) => p #function.error role="alert" { (why) },
+            Ok(Function { row: f, logs }) => {
+                dl #function.facts {
+                    div { dt { "$LATEST" } dd { (f.latest) } }
+                    div { dt { "Versions" } dd { (f.versions.iter().map(u64::to_string).collect::<Vec<_>>().join(", ")) } }
+                    div { dt { "Succeeded" } dd { (f.succeeded) } }
+                    div { dt { "Failed" } dd { (f.failed) } }
+                    div { dt { "Dead letters" } dd { (f.dead_letters) } }
+                }
+                ul.plain {
+                    @for a in &f.aliases { li { "Alias " (alias_line(a)) } }
+                    @for t in &f.triggers { li { "Triggered by " code { (t) } } }
+                    @for (version, why) in &f.unavailable { li.error { "Version " (version) " cannot be invoked: " (why) } }
+                }
+                h2 { "Log" }
+                @if logs.is_empty() { p #log { "Nothing logged yet." } }
+                @else { pre #log.payload { @for line in logs { (line) "\n" } } }
             }
         }
     }

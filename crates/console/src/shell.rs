@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
+use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -40,6 +40,10 @@ pub enum Access {
     /// A change: a live session, its CSRF token in the form and a same-origin request, else 401
     /// (no session) or 403.
     Change,
+    /// An upload (a multipart form: a function's module): a live session, its CSRF token in the
+    /// query string (`?csrf=`; the guard does not read a multipart body) and a same-origin
+    /// request, else 401 (no session) or 403.
+    Upload,
 }
 
 /// One route of the console.
@@ -83,6 +87,13 @@ pub(crate) const RULES_EVENTS: &str = "/console/events/rules";
 pub(crate) const RULE_TEST: &str = "/console/rules/test";
 pub(crate) const RULES_RELOAD: &str = "/console/rules/reload";
 pub(crate) const RULE_SAVE: &str = "/console/rules/save";
+pub(crate) const FUNCTIONS: &str = "/console/functions";
+pub(crate) const FUNCTIONS_EVENTS: &str = "/console/events/functions";
+pub(crate) const FUNCTION: &str = "/console/function";
+pub(crate) const FUNCTION_EVENTS: &str = "/console/events/function";
+pub(crate) const INVOKE: &str = "/console/function/invoke";
+pub(crate) const SET_ALIAS: &str = "/console/function/alias";
+pub(crate) const DEPLOY: &str = "/console/functions/deploy";
 pub(crate) const STYLE: &str = "/console/assets/console.css";
 pub(crate) const SCRIPT: &str = "/console/assets/console.js";
 
@@ -109,6 +120,13 @@ pub const ROUTES: &[Route] = &[
     route("POST", RULE_TEST, Access::Change),
     route("POST", RULES_RELOAD, Access::Change),
     route("POST", RULE_SAVE, Access::Change),
+    route("GET", FUNCTIONS, Access::Page),
+    route("GET", FUNCTIONS_EVENTS, Access::Stream),
+    route("GET", FUNCTION, Access::Page),
+    route("GET", FUNCTION_EVENTS, Access::Stream),
+    route("POST", INVOKE, Access::Change),
+    route("POST", SET_ALIAS, Access::Change),
+    route("POST", DEPLOY, Access::Upload),
     route("POST", DISCONNECT, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
@@ -134,7 +152,8 @@ pub(crate) const TOPICS_SHOWN: usize = 50;
 /// How often a cloud stream asks the cloud link for its status.
 const CLOUD_EVERY: Duration = Duration::from_secs(2);
 
-/// How often a rules stream reads the rules' counters (in memory).
+/// How often a rules stream reads the rules' counters, and a functions stream the functions'
+/// list, counters and logs (all in memory).
 const RULES_EVERY: Duration = Duration::from_secs(1);
 
 /// How often an idle live stream sends a comment (see `live`).
@@ -143,6 +162,17 @@ const KEEP_ALIVE: Duration = Duration::from_secs(5);
 /// The largest form a change may send (a rule to test with its sample message, a desired state,
 /// a client id; and the token).
 const FORM_LIMIT: usize = 16 * 1024;
+
+/// The largest upload: a module (the functions host compiles modules of at most 4 MiB), its
+/// manifest and the form's framing.
+const UPLOAD_LIMIT: usize = 5 << 20;
+
+/// The most of an upload read at all: past [`UPLOAD_LIMIT`] it is read and dropped, to answer
+/// 413 to a browser that is still sending; past this, the connection is closed.
+const DRAIN_LIMIT: usize = 64 << 20;
+
+/// The longest a refused upload's body is read (see `discard`).
+const DISCARD_FOR: Duration = Duration::from_secs(5);
 
 /// The embedded assets (their byte budget: README "Web console", checked by a test).
 const CSS: &str = include_str!("../assets/console.css");
@@ -163,6 +193,8 @@ struct Inner {
     argon2: Semaphore,
     /// The live streams' budget.
     streams: Arc<Semaphore>,
+    /// One upload at a time (each holds up to [`UPLOAD_LIMIT`] in memory).
+    uploads: Semaphore,
     history: Mutex<History>,
     /// Bumped at every reading, which wakes the overview streams.
     readings: watch::Sender<u64>,
@@ -211,6 +243,7 @@ pub fn router(config: &ConsoleConfig, data_dir: &Path, gateway: Arc<dyn Gateway>
         budget: Mutex::new(SignInBudget::new(limits)),
         argon2: Semaphore::new(1),
         streams: Arc::new(Semaphore::new(limits.max_streams)),
+        uploads: Semaphore::new(1),
         history: Mutex::new(History::new(HISTORY, SAMPLE_EVERY)),
         readings: watch::Sender::new(0),
         password_file: password::path(data_dir),
@@ -256,6 +289,13 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("POST", RULE_TEST) => post(rule_test),
         ("POST", RULES_RELOAD) => post(rules_reload),
         ("POST", RULE_SAVE) => post(rule_save),
+        ("GET", FUNCTIONS) => get(functions),
+        ("GET", FUNCTIONS_EVENTS) => get(functions_events),
+        ("GET", FUNCTION) => get(function),
+        ("GET", FUNCTION_EVENTS) => get(function_events),
+        ("POST", INVOKE) => post(invoke),
+        ("POST", SET_ALIAS) => post(set_alias),
+        ("POST", DEPLOY) => post(deploy).layer(DefaultBodyLimit::max(DRAIN_LIMIT)),
         ("POST", DISCONNECT) => post(disconnect),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
@@ -317,50 +357,129 @@ async fn guard(
         Access::Open => return next.run(request).await,
         Access::SignIn if !same_origin(request.headers()) => return cross_site(),
         Access::SignIn => return next.run(request).await,
-        Access::Page | Access::Stream | Access::Change => {}
+        Access::Page | Access::Stream | Access::Change | Access::Upload => {}
     }
-    let token = cookie(request.headers());
-    let session = token
-        .as_deref()
-        .and_then(|t| shell.sessions().touch(Instant::now(), t));
-    let (Some(token), Some(session)) = (token, session) else {
-        return match access {
-            Access::Page => Redirect::to(SIGN_IN).into_response(),
-            _ => (StatusCode::UNAUTHORIZED, "sign in first\n").into_response(),
-        };
+    let (parts, body) = request.into_parts();
+    let current = match admit(&shell, access, &parts) {
+        Ok(current) => current,
+        Err(refused) => {
+            if access == Access::Upload {
+                discard(body).await;
+            }
+            return refused.into_response();
+        }
     };
-    let mut request = request;
-    if access == Access::Change {
-        if !same_origin(request.headers()) {
-            return cross_site();
+    let body = match access {
+        Access::Change => {
+            let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
+                return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
+            };
+            let form: Vec<(String, String)> =
+                serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
+            if !carries_token(&form, &current.csrf) {
+                return wrong_token();
+            }
+            Body::from(bytes)
         }
-        let (parts, body) = request.into_parts();
-        let Ok(bytes) = axum::body::to_bytes(body, FORM_LIMIT).await else {
-            return (StatusCode::PAYLOAD_TOO_LARGE, "form too large\n").into_response();
-        };
-        let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&bytes).unwrap_or_default();
-        let sent = form
-            .iter()
-            .find(|(k, _)| k == "csrf")
-            .map(|(_, v)| v.as_bytes());
-        if !sent.is_some_and(|sent| bool::from(sent.ct_eq(session.csrf.as_bytes()))) {
-            return (
-                StatusCode::FORBIDDEN,
-                "refused: the form's CSRF token is missing or not this session's\n",
-            )
-                .into_response();
-        }
-        request = Request::from_parts(parts, Body::from(bytes));
-    }
-    request.extensions_mut().insert(Current {
-        token,
-        csrf: session.csrf,
-    });
+        _ => body,
+    };
+    let mut request = Request::from_parts(parts, body);
+    request.extensions_mut().insert(current);
     next.run(request).await
 }
 
 /// Whether the request is addressed (`Host`, without its port) to an IP address, `localhost` or
 /// one of `hosts` (see `config`: DNS rebinding).
+/// Why the guard refused a request.
+enum Refusal {
+    /// A page without a live session: sent to the sign-in page.
+    SignInFirst,
+    /// A stream, change or upload without a live session: 401.
+    NoSession,
+    /// A change or upload from another site: 403.
+    CrossSite,
+    /// A change or upload without this session's CSRF token: 403.
+    WrongToken,
+}
+
+impl IntoResponse for Refusal {
+    fn into_response(self) -> Response {
+        match self {
+            Refusal::SignInFirst => Redirect::to(SIGN_IN).into_response(),
+            Refusal::NoSession => (StatusCode::UNAUTHORIZED, "sign in first\n").into_response(),
+            Refusal::CrossSite => cross_site(),
+            Refusal::WrongToken => wrong_token(),
+        }
+    }
+}
+
+/// The session a page, stream, change or upload comes with, checked as far as the request's
+/// head allows: live, and for a change or an upload same-origin, and for an upload its CSRF token
+/// in the query string (a change's is in its form, read by the guard).
+fn admit(
+    shell: &Shell,
+    access: Access,
+    head: &axum::http::request::Parts,
+) -> Result<Current, Refusal> {
+    let token = cookie(&head.headers);
+    let session = token
+        .as_deref()
+        .and_then(|t| shell.sessions().touch(Instant::now(), t));
+    let (Some(token), Some(session)) = (token, session) else {
+        return Err(match access {
+            Access::Page => Refusal::SignInFirst,
+            _ => Refusal::NoSession,
+        });
+    };
+    if matches!(access, Access::Change | Access::Upload) && !same_origin(&head.headers) {
+        return Err(Refusal::CrossSite);
+    }
+    if access == Access::Upload {
+        let query = head.uri.query().unwrap_or_default();
+        let fields: Vec<(String, String)> = serde_urlencoded::from_str(query).unwrap_or_default();
+        if !carries_token(&fields, &session.csrf) {
+            return Err(Refusal::WrongToken);
+        }
+    }
+    Ok(Current {
+        token,
+        csrf: session.csrf,
+    })
+}
+
+/// Reads a refused upload's body and drops it, [`UPLOAD_LIMIT`] bytes and [`DISCARD_FOR`] at
+/// most: a browser still sending its upload when the refusal comes would otherwise see the
+/// connection reset instead of the answer.
+async fn discard(body: Body) {
+    use futures_util::StreamExt;
+    let mut data = body.into_data_stream();
+    let _ = tokio::time::timeout(DISCARD_FOR, async {
+        let mut seen = 0;
+        while let Some(Ok(chunk)) = data.next().await {
+            seen += chunk.len();
+            if seen > UPLOAD_LIMIT {
+                return;
+            }
+        }
+    })
+    .await;
+}
+
+/// Whether `fields` (a form's, or a query string's) carry the session's CSRF token `csrf`
+/// (compared in constant time).
+fn carries_token(fields: &[(String, String)], csrf: &str) -> bool {
+    let sent = fields.iter().find(|(k, _)| k == "csrf");
+    sent.is_some_and(|(_, sent)| bool::from(sent.as_bytes().ct_eq(csrf.as_bytes())))
+}
+
+fn wrong_token() -> Response {
+    (
+        StatusCode::FORBIDDEN,
+        "refused: the form's CSRF token is missing or not this session's\n",
+    )
+        .into_response()
+}
+
 fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -1007,6 +1126,242 @@ async fn rule_save(
     let said = pages::Said::Saved(outcome);
     let page = pages::rules(&current.csrf, &gateway.rules(), &form, Some(&said));
     (status, page).into_response()
+}
+
+async fn functions(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    pages::functions_with(&current.csrf, &shell.0.gateway.functions(), None).into_response()
+}
+
+async fn functions_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    live(shell, current, Wake::Every(RULES_EVERY), |shell| {
+        pages::functions_live(&shell.0.gateway.functions()).into_string()
+    })
+}
+
+/// A function named in a query or a form.
+#[derive(Deserialize)]
+struct FunctionName {
+    name: String,
+}
+
+/// One function, as its page and its stream show it: its row and its log (`Err`: why not, 404).
+fn function_now(shell: &Shell, name: &str) -> Result<pages::Function, String> {
+    let gateway = &shell.0.gateway;
+    let row = (gateway.functions()?.into_iter())
+        .find(|f| f.name == name)
+        .ok_or_else(|| format!("no function named {name:?} is deployed"))?;
+    let logs = gateway.function_logs(name)?;
+    Ok(pages::Function { row, logs })
+}
+
+/// A function's page again, with the answer to a form; 404 when the function is not there.
+fn function_page(
+    shell: &Shell,
+    csrf: &str,
+    name: &str,
+    said: Option<&pages::FunctionSaid>,
+) -> Response {
+    let now = function_now(shell, name);
+    let status = match (&now, said) {
+        (Err(_), _) => StatusCode::NOT_FOUND,
+        (
+            Ok(_),
+            Some(pages::FunctionSaid::InvokeRefused(_) | pages::FunctionSaid::AliasRefused(_)),
+        ) => StatusCode::BAD_REQUEST,
+        (Ok(_), _) => StatusCode::OK,
+    };
+    (status, pages::function(csrf, name, &now, said)).into_response()
+}
+
+async fn function(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<FunctionName>,
+) -> Response {
+    function_page(&shell, &current.csrf, &q.name, None)
+}
+
+async fn function_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Query(q): Query<FunctionName>,
+) -> Response {
+    live(shell, current, Wake::Every(RULES_EVERY), move |shell| {
+        pages::function_live(&function_now(shell, &q.name)).into_string()
+    })
+}
+
+/// The function page's invoke form.
+#[derive(Deserialize)]
+struct Invoke {
+    name: String,
+    #[serde(default)]
+    qualifier: String,
+    #[serde(default)]
+    payload: String,
+}
+
+/// Invokes the function with the form's payload; its page again with the answer envelope.
+async fn invoke(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<Invoke>,
+) -> Response {
+    let answer = (shell.0.gateway)
+        .invoke(
+            form.name.clone(),
+            form.qualifier.clone(),
+            form.payload.clone(),
+        )
+        .await;
+    let said = match answer {
+        Ok(envelope) => pages::FunctionSaid::Answer(envelope),
+        Err(why) => pages::FunctionSaid::InvokeRefused(why),
+    };
+    function_page(&shell, &current.csrf, &form.name, Some(&said))
+}
+
+/// The function page's alias form: the alias, its version, and optionally a second version with
+/// the percent of invocations it takes.
+#[derive(Deserialize)]
+struct SetAlias {
+    name: String,
+    alias: String,
+    version: String,
+    #[serde(default)]
+    weight_version: String,
+    #[serde(default)]
+    weight_percent: String,
+}
+
+impl SetAlias {
+    /// The version and the weight, or why the numbers are not.
+    fn numbers(&self) -> Result<(u64, Option<(u64, u8)>), String> {
+        let version = (self.version.trim().parse())
+            .map_err(|_| format!("version {:?} is not a number", self.version))?;
+        let weight = match (self.weight_version.trim(), self.weight_percent.trim()) {
+            ("", "") => None,
+            (v, p) => Some((
+                v.parse()
+                    .map_err(|_| format!("the weighted version {v:?} is not a number"))?,
+                p.parse()
+                    .map_err(|_| format!("the percent {p:?} is not a number from 0 to 100"))?,
+            )),
+        };
+        Ok((version, weight))
+    }
+}
+
+/// Points an alias; the function's page (303), or the page again with why not (400).
+async fn set_alias(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<SetAlias>,
+) -> Response {
+    let result = match form.numbers() {
+        Ok((version, weight)) => {
+            let set =
+                (shell.0.gateway).set_alias(form.name.clone(), form.alias.clone(), version, weight);
+            set.await
+        }
+        Err(why) => Err(why),
+    };
+    match result {
+        Ok(()) => Redirect::to(&pages::function_link(&form.name)).into_response(),
+        Err(why) => {
+            let said = pages::FunctionSaid::AliasRefused(why);
+            function_page(&shell, &current.csrf, &form.name, Some(&said))
+        }
+    }
+}
+
+/// The functions page's upload form as read.
+#[derive(Default)]
+struct Upload {
+    /// The manifest (TOML text).
+    manifest: String,
+    /// The module (WebAssembly).
+    module: Vec<u8>,
+    /// An alias to point at the new version (empty: none).
+    alias: String,
+}
+
+/// Deploys the module and manifest of the functions page's upload form (one upload at a time),
+/// as `grove fn deploy` does; the new version's page (303), or the functions page with why not
+/// (400; 503 while another upload runs).
+async fn deploy(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    mut form: Multipart,
+) -> Response {
+    let Ok(_one_at_a_time) = shell.0.uploads.try_acquire() else {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "another upload is in progress: try again when it has finished\n",
+        )
+            .into_response();
+    };
+    tracing::info!("console: receiving an upload");
+    let mut upload = Upload::default();
+    // What cannot be read: its status and why (413: the upload holds more than UPLOAD_LIMIT).
+    let unreadable = |e: axum::extract::multipart::MultipartError| (e.status(), e.body_text());
+    let read = async {
+        // What the form holds may not pass UPLOAD_LIMIT; past it, the rest is read and dropped
+        // (up to DRAIN_LIMIT), so that the browser gets the answer, not a reset connection.
+        let mut room = UPLOAD_LIMIT;
+        let mut over = false;
+        while let Some(mut field) = form.next_field().await.map_err(unreadable)? {
+            let name = field.name().unwrap_or_default().to_owned();
+            let mut value = Vec::new();
+            while let Some(chunk) = field.chunk().await.map_err(unreadable)? {
+                over |= chunk.len() > room;
+                if !over {
+                    room -= chunk.len();
+                    value.extend_from_slice(&chunk);
+                }
+            }
+            let text = || String::from_utf8_lossy(&value).into_owned();
+            match name.as_str() {
+                "manifest" => upload.manifest = text(),
+                "alias" => upload.alias = text(),
+                "module" => upload.module = value,
+                _ => {}
+            }
+        }
+        match over {
+            true => Err((
+                StatusCode::PAYLOAD_TOO_LARGE,
+                format!("the upload is over {} MiB", UPLOAD_LIMIT >> 20),
+            )),
+            false => Ok(()),
+        }
+    };
+    let deployed = match read.await {
+        Err((status, why)) => Err((status, format!("the upload could not be read: {why}"))),
+        Ok(()) if upload.module.is_empty() => Err((
+            StatusCode::BAD_REQUEST,
+            "choose the module (.wasm) to deploy".into(),
+        )),
+        Ok(()) => {
+            let alias = Some(upload.alias.trim().to_owned()).filter(|a| !a.is_empty());
+            let deploy = (shell.0.gateway).deploy(upload.manifest, upload.module, alias);
+            deploy.await.map_err(|why| (StatusCode::BAD_REQUEST, why))
+        }
+    };
+    match deployed {
+        Ok((name, _version)) => Redirect::to(&pages::function_link(&name)).into_response(),
+        Err((status, why)) => {
+            let rows = shell.0.gateway.functions();
+            (
+                status,
+                pages::functions_with(&current.csrf, &rows, Some(&why)),
+            )
+                .into_response()
+        }
+    }
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
