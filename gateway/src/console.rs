@@ -9,11 +9,13 @@ use std::sync::Arc;
 use grove_broker::clients::Clients;
 use grove_broker::BusMaker;
 use grove_console::{
-    Alias, Client, FunctionRow, Gateway, Pending, Reading, RuleRow, ShadowDoc, ShadowEntry,
-    Watched, SHOWN_PAYLOAD,
+    Alias, Client, DeploymentRow, Deployments, FunctionRow, Gateway, JobRow, Pending, Reading,
+    RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
 };
+use grove_deploy::service::Deployer;
 use grove_functions_host::routing::Qualifier;
 use grove_functions_host::service::Functions;
+use grove_jobs::service::JobsHandle;
 use grove_rules_engine::engine::RELOAD_TOPIC;
 use grove_rules_engine::metrics::RuleLabels;
 use grove_shadow::cli::{call, Request};
@@ -44,21 +46,30 @@ pub struct ConsoleView {
     config_path: Option<PathBuf>,
     /// One rule edit at a time: each reads, changes and perhaps restores the whole file.
     editing: Arc<tokio::sync::Mutex<()>>,
+    /// The components the console works with beside the broker.
+    handles: Handles,
+}
+
+/// The handles of the components the console works with beside the broker and the metrics.
+pub struct Handles {
     /// The functions component, when it runs.
-    functions: Option<Functions>,
+    pub functions: Option<Functions>,
+    /// The deployments.
+    pub deployer: Deployer,
+    /// The jobs for devices.
+    pub jobs: JobsHandle,
 }
 
 impl ConsoleView {
     /// A view of the gateway whose counters are `metrics`, whose broker's clients are `clients`,
     /// whose topics, shadows and rules' reload are reached through links `buses` makes, whose
-    /// configuration file (if any) is `config_path`, and whose functions component (if it runs)
-    /// is `functions`.
+    /// configuration file (if any) is `config_path`, and whose other components are `handles`.
     pub fn new(
         metrics: Arc<Metrics>,
         clients: Clients,
         buses: BusMaker,
         config_path: Option<PathBuf>,
-        functions: Option<Functions>,
+        handles: Handles,
     ) -> ConsoleView {
         ConsoleView {
             metrics,
@@ -66,13 +77,13 @@ impl ConsoleView {
             buses,
             config_path,
             editing: Arc::default(),
-            functions,
+            handles,
         }
     }
 
     /// The functions component, or why the console cannot use it.
     fn functions_component(&self) -> Result<Functions, String> {
-        self.functions.clone().ok_or_else(|| {
+        self.handles.functions.clone().ok_or_else(|| {
             "the functions component does not run ([functions] is off in the configuration)".into()
         })
     }
@@ -502,6 +513,66 @@ impl Gateway for ConsoleView {
         })
     }
 
+    fn deployments(&self) -> Pending<Result<Deployments, String>> {
+        let (deployer, jobs) = (self.handles.deployer.clone(), self.handles.jobs.clone());
+        Box::pin(async move {
+            let overview = deployer.overview().await.map_err(|e| e.to_string())?;
+            let history = deployer.history().await.map_err(|e| e.to_string())?;
+            let jobs = jobs.list().await.map_err(|e| e.to_string());
+            Ok(Deployments {
+                committed: overview.committed.map(|c| c.id),
+                history: (history.into_iter())
+                    .map(|d| DeploymentRow {
+                        id: d.id,
+                        phase: d.phase,
+                        reason: d.reason,
+                        received: unix_ms(u64::try_from(d.received_ms).unwrap_or(0)),
+                        job: d.job,
+                    })
+                    .collect(),
+                jobs: jobs.map(|jobs| {
+                    (jobs.into_iter())
+                        .map(|j| JobRow {
+                            targets: match j.targets {
+                                grove_jobs::machine::Targets::Things(things) => things.join(", "),
+                                grove_jobs::machine::Targets::Pattern(p) => {
+                                    format!("every thing matching {p}")
+                                }
+                            },
+                            id: j.id,
+                            status: j.status,
+                            reason: j.reason,
+                            created: unix_ms(j.created_ms),
+                            counts: j.counts.into_iter().collect(),
+                        })
+                        .collect()
+                }),
+            })
+        })
+    }
+
+    fn rollback(&self) -> Pending<Result<String, String>> {
+        let deployer = self.handles.deployer.clone();
+        Box::pin(async move {
+            let started = deployer.rollback().await?;
+            info!(
+                deployment = started.id,
+                action = started.action,
+                "console: rollback asked by an operator"
+            );
+            Ok(format!("{} {}", started.action, started.id))
+        })
+    }
+
+    fn cancel_job(&self, id: String, force: bool) -> Pending<Result<(), String>> {
+        let jobs = self.handles.jobs.clone();
+        Box::pin(async move {
+            jobs.cancel(&id, force).await.map_err(|e| e.to_string())?;
+            info!(job = id, force, "console: job canceled by an operator");
+            Ok(())
+        })
+    }
+
     fn shadow_documents_topic(&self, thing: &str, shadow: Option<&str>) -> Result<String, String> {
         check_names(thing, shadow)?;
         Ok(response_topic(thing, shadow, Response::UpdateDocuments))
@@ -515,6 +586,11 @@ async fn reload(buses: &BusMaker) -> Result<Vec<String>, String> {
     Ok((doc["rules"].as_array().into_iter().flatten())
         .filter_map(|n| n.as_str().map(str::to_owned))
         .collect())
+}
+
+/// A time given in milliseconds since the Unix epoch.
+fn unix_ms(ms: u64) -> std::time::SystemTime {
+    std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)
 }
 
 /// A rule's counter in `family`, read without creating it (a disabled rule has none).

@@ -145,8 +145,8 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                         .unwrap_or_default()
                         .merge(crate::ops::devices_router(broker.revocations()))
                         .merge(crate::ops::clients_router(broker.clients()))
-                        .merge(grove_deploy::admin::router(deployer))
-                        .merge(grove_jobs::admin::router(jobs)),
+                        .merge(grove_deploy::admin::router(deployer.clone()))
+                        .merge(grove_jobs::admin::router(jobs.clone())),
                 ),
                 false => admin,
             };
@@ -157,7 +157,11 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                     broker.clients(),
                     broker.bus_maker(),
                     config_path,
-                    functions,
+                    crate::console::Handles {
+                        functions,
+                        deployer,
+                        jobs,
+                    },
                 );
                 info!("web console at http://{}/console", bind.value);
                 grove_console::router(c, &data_dir.value, Arc::new(view))

@@ -621,6 +621,10 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
         "{answer}"
     );
     b.screenshot(&shots, "function").await;
+    b.click("a[href='/console/deployments']").await;
+    b.wait("p#deployments").await;
+    b.wait("p.stream[data-state=live]").await;
+    b.screenshot(&shots, "deployments").await;
     b.web.clone().close().await.unwrap();
     // Light above (the machine's default scheme); dark where the system asks for it.
     assert_eq!(light, "rgb(250, 250, 247)");
@@ -642,6 +646,7 @@ async fn in_a_browser_a_device_appears_live_and_is_disconnected_from_the_page() 
             "shadow",
             "rules",
             "function",
+            "deployments",
         ] {
             let file = format!("{name}.png");
             std::fs::copy(shots.join(&file), docs.join(&file)).unwrap();
@@ -1454,4 +1459,119 @@ fn a_function_is_deployed_by_upload_with_the_token_of_the_session_and_refused_ot
         "grove_function_invocations_total{function=\"echo\",result=\"ok\"}",
         |v| v == 1.0,
     );
+}
+
+#[test]
+fn deployments_and_jobs_are_followed_live_and_rolled_back_and_canceled_from_the_console() {
+    use grove_tests::functions::{guest, path, Fixture, ECHO};
+    use grove_tests::jobs_cloud::{deployment, sha256_hex};
+    let f = Fixture::start("");
+    set_password(&f.g, PASSWORD);
+    let c = Console::new(f.g.ops_port);
+    let s = c.session();
+    let page = c.get("/console/deployments", Some(&s));
+    assert_eq!(page.status, 200, "{page:?}");
+    assert!(
+        page.body.contains("No deployment has been committed")
+            && page.body.contains("No jobs for devices."),
+        "{}",
+        page.body
+    );
+    let mut stream = c
+        .stream("/console/events/deployments", Some(&s))
+        .expect("the deployments stream");
+    stream.next_event().expect("the first fragment");
+    let until = |stream: &mut grove_tests::console::Stream, wanted: &[&str]| loop {
+        let fragment = stream.next_event().expect("fragments until it shows");
+        if wanted.iter().all(|w| fragment.contains(w)) {
+            break fragment;
+        }
+    };
+
+    // A deployment applied with `grove deploy`: shown running, without a reload.
+    let echo = guest(ECHO, "");
+    let module = f.files.path().join("d1.wasm");
+    std::fs::write(&module, &echo).unwrap();
+    let doc = f.files.path().join("d1.json");
+    let manifest = "name = \"f\"\ntriggers = [\"sensors/+\"]\n";
+    let module_ref = serde_json::json!({"sha256": sha256_hex(&echo), "file": path(&module)});
+    let text = deployment(
+        "d1",
+        "f",
+        manifest,
+        module_ref,
+        r#""health": {"soak_s": 1}"#,
+    );
+    std::fs::write(&doc, text).unwrap();
+    let config = path(&f.g.config_path());
+    let (code, out) = grove_tests::grove(
+        &["deploy", "apply", &path(&doc), "--config", &config],
+        f.files.path(),
+    );
+    assert_eq!(code, 0, "{out}");
+    until(
+        &mut stream,
+        &[
+            "Running deployment <strong>d1</strong>",
+            "<td>committed</td>",
+        ],
+    );
+
+    // A job for a device, created with `grove jobs`, then canceled from the page.
+    let job = f.files.path().join("fw.json");
+    std::fs::write(&job, r#"{"operation":"firmware-update","version":"2.1.0"}"#).unwrap();
+    let job = path(&job);
+    let (code, out) = f.g.jobs(&[
+        "create",
+        "--document",
+        &job,
+        "--id",
+        "fw-1",
+        "--targets",
+        "lamp-1",
+    ]);
+    assert_eq!(code, 0, "{out}");
+    until(&mut stream, &["data-job=\"fw-1\"", "IN_PROGRESS", "lamp-1"]);
+    let cancel = |id: &str| {
+        c.post(
+            "/console/jobs/cancel",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[("csrf", &s.csrf), ("id", id), ("force", "on")],
+        )
+    };
+    let canceled = cancel("fw-1");
+    assert_eq!(canceled.status, 200, "{canceled:?}");
+    assert!(
+        canceled.body.contains("Job fw-1 canceled"),
+        "{}",
+        canceled.body
+    );
+    until(&mut stream, &["data-job=\"fw-1\"", "CANCELED"]);
+    let again = cancel("fw-1");
+    assert_eq!(again.status, 400, "{again:?}");
+    assert!(again.body.contains("is CANCELED already"), "{}", again.body);
+    f.g.wait_log(&["console: job canceled by an operator", "fw-1"], 1);
+
+    // The rollback: the committed deployment reverted to what ran before it (the file's).
+    let rollback = || {
+        c.post(
+            "/console/deployments/rollback",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[("csrf", &s.csrf)],
+        )
+    };
+    let rolled = rollback();
+    assert_eq!(rolled.status, 200, "{rolled:?}");
+    assert!(
+        rolled.body.contains("Rollback started: reverting d1"),
+        "{}",
+        rolled.body
+    );
+    until(
+        &mut stream,
+        &["No deployment has been committed", "<td>rolled_back</td>"],
+    );
+    f.g.wait_log(&["console: rollback asked by an operator", "d1"], 1);
 }

@@ -7,6 +7,11 @@ for (const part of document.querySelectorAll("[data-stream]")) {
   status.setAttribute("role", "status");
   part.before(status);
   const events = new EventSource(part.dataset.stream);
+  // A page left for another stays in the back-forward cache with its stream open, holding one of
+  // the browser's few connections to the console (six in Chromium): close it when the page is
+  // hidden, and load the page afresh if it is shown again from the cache.
+  addEventListener("pagehide", () => events.close());
+  addEventListener("pageshow", (e) => { if (e.persisted) location.reload(); });
   events.onopen = () => { status.textContent = "Live"; status.dataset.state = "live"; };
   events.onerror = () => {
     status.textContent = "Reconnecting…";

@@ -10,7 +10,7 @@
 //! script and style sheet are embedded in the binary (`assets/`, `include_str!`).
 //!
 //! What the console shows comes from the gateway through [`Gateway`] (readings, connected
-//! clients, the disconnect, a watched topic filter, shadows, the cloud link's status, the rules, the functions), so that this crate stays low in the layering: it depends on
+//! clients, the disconnect, a watched topic filter, shadows, the cloud link's status, the rules, the functions, deployments and jobs), so that this crate stays low in the layering: it depends on
 //! `grove-auth` (argon2 for the operator's password, the devices file) and `grove-config` (its
 //! `[console]` section) only.
 //!
@@ -124,6 +124,49 @@ pub struct RuleRow {
     pub dropped: u64,
     /// Its last failure: when, and what failed and why, in one line.
     pub last_failure: Option<(SystemTime, String)>,
+}
+
+/// A deployment as the deployments page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeploymentRow {
+    /// Its id.
+    pub id: String,
+    /// Its step (`committed`, `rolled_back`, `applying`, ...).
+    pub phase: String,
+    /// Why it failed or was rolled back.
+    pub reason: Option<String>,
+    /// When it was received.
+    pub received: SystemTime,
+    /// The AWS IoT job it came from (`None`: `grove deploy` or the console).
+    pub job: Option<String>,
+}
+
+/// A job this gateway runs for its devices (AWS IoT Jobs, local), as the page lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobRow {
+    /// Its id.
+    pub id: String,
+    /// `IN_PROGRESS`, `CANCELED` or `COMPLETED`.
+    pub status: String,
+    /// Why it was canceled.
+    pub reason: Option<String>,
+    /// Who runs it: things, or a pattern of names.
+    pub targets: String,
+    /// When it was created.
+    pub created: SystemTime,
+    /// Its executions by status.
+    pub counts: Vec<(String, u64)>,
+}
+
+/// Deployments and jobs, for their page.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Deployments {
+    /// The id of the deployment the gateway runs, if any.
+    pub committed: Option<String>,
+    /// The deployments, newest first.
+    pub history: Vec<DeploymentRow>,
+    /// The jobs for devices, or why they cannot be listed.
+    pub jobs: Result<Vec<JobRow>, String>,
 }
 
 /// A function's alias.
@@ -248,4 +291,13 @@ pub trait Gateway: Send + Sync + 'static {
         module: Vec<u8>,
         alias: Option<String>,
     ) -> Pending<Result<(String, u64), String>>;
+    /// The deployments (the one running, the history) and the jobs for devices.
+    fn deployments(&self) -> Pending<Result<Deployments, String>>;
+    /// Rolls back the deployment being applied, or else reverts the committed one to what ran
+    /// before it, as `grove deploy rollback` does: which deployment and what is done, or why
+    /// not. The gateway logs it.
+    fn rollback(&self) -> Pending<Result<String, String>>;
+    /// Cancels job `id` (`force`: executions in progress too), as `grove jobs cancel` does. The
+    /// gateway logs it.
+    fn cancel_job(&self, id: String, force: bool) -> Pending<Result<(), String>>;
 }

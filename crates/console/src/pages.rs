@@ -14,12 +14,16 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    CLOUD, CLOUD_EVENTS, DEPLOY, DEVICES, DEVICES_EVENTS, DISCONNECT, FUNCTION, FUNCTIONS,
-    FUNCTIONS_EVENTS, FUNCTION_EVENTS, INVOKE, OVERVIEW, OVERVIEW_EVENTS, RULES, RULES_EVENTS,
-    RULES_RELOAD, RULE_SAVE, RULE_TEST, SCRIPT, SET_ALIAS, SET_DESIRED, SHADOW, SHADOWS,
-    SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
+    CANCEL_JOB, CLOUD, CLOUD_EVENTS, DEPLOY, DEPLOYMENTS, DEPLOYMENTS_EVENTS, DEVICES,
+    DEVICES_EVENTS, DISCONNECT, FUNCTION, FUNCTIONS, FUNCTIONS_EVENTS, FUNCTION_EVENTS, INVOKE,
+    OVERVIEW, OVERVIEW_EVENTS, ROLLBACK, RULES, RULES_EVENTS, RULES_RELOAD, RULE_SAVE, RULE_TEST,
+    SCRIPT, SET_ALIAS, SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE,
+    TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
-use crate::{Alias, Client, FunctionRow, RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD};
+use crate::{
+    Alias, Client, Deployments, FunctionRow, RuleRow, ShadowDoc, ShadowEntry, Watched,
+    SHOWN_PAYLOAD,
+};
 
 /// What the overview shows.
 pub(crate) struct Overview {
@@ -44,6 +48,7 @@ enum Nav {
     Shadows,
     Rules,
     Functions,
+    Deployments,
     Cloud,
 }
 
@@ -130,6 +135,7 @@ fn layout(title: &str, nav: Nav, csrf: &str, body: Markup) -> Html<String> {
                             a href=(SHADOWS) aria-current=[current(Nav::Shadows)] { "Shadows" }
                             a href=(RULES) aria-current=[current(Nav::Rules)] { "Rules" }
                             a href=(FUNCTIONS) aria-current=[current(Nav::Functions)] { "Functions" }
+                            a href=(DEPLOYMENTS) aria-current=[current(Nav::Deployments)] { "Deployments" }
                             a href=(CLOUD) aria-current=[current(Nav::Cloud)] { "Cloud" }
                         }
                         form.signout method="post" action=(SIGN_OUT) {
@@ -732,6 +738,88 @@ pub(crate) fn function_live(now: &Result<Function, String>) -> Markup {
                 h2 { "Log" }
                 @if logs.is_empty() { p #log { "Nothing logged yet." } }
                 @else { pre #log.payload { @for line in logs { (line) "\n" } } }
+            }
+        }
+    }
+}
+
+/// The deployments page: the deployment running, every deployment with its step and why it
+/// failed, and the jobs for devices with their executions, live; a rollback, and a job's cancel.
+/// `said`: the answer to the form just sent.
+pub(crate) fn deployments(
+    csrf: &str,
+    now: &Result<Deployments, String>,
+    said: Option<&Result<String, String>>,
+) -> Html<String> {
+    layout(
+        "Deployments and jobs",
+        Nav::Deployments,
+        csrf,
+        html! {
+            @match said {
+                Some(Ok(done)) => p #said role="status" { (done) },
+                Some(Err(why)) => p #said.error role="alert" { (why) },
+                None => {}
+            }
+            div #live data-stream=(DEPLOYMENTS_EVENTS) { (deployments_live(csrf, now)) }
+            form.rollback method="post" action=(ROLLBACK) {
+                input type="hidden" name="csrf" value=(csrf);
+                button.danger #rollback type="submit" { "Roll back (the deployment applying, else the one running)" }
+            }
+            p.note { "Deployments come from grove deploy or AWS IoT Jobs on the cloud link; jobs for devices from grove jobs. A rollback is grove deploy rollback." }
+        },
+    )
+}
+
+/// The deployments page's live part.
+pub(crate) fn deployments_live(csrf: &str, now: &Result<Deployments, String>) -> Markup {
+    html! {
+        @match now {
+            Err(why) => p #deployments.error role="alert" { (why) },
+            Ok(d) => {
+                p #deployments {
+                    @match &d.committed {
+                        Some(id) => { "Running deployment " strong { (id) } "." },
+                        None => "No deployment has been committed: the configuration file's functions and rules run.",
+                    }
+                }
+                @if !d.history.is_empty() {
+                    div.scroll { table #history {
+                        caption { "Deployments, newest first" }
+                        thead { tr { th scope="col" { "Id" } th scope="col" { "Step" } th scope="col" { "Received" } th scope="col" { "From job" } th scope="col" { "Why" } } }
+                        tbody { @for r in &d.history {
+                            tr data-deployment=(r.id) {
+                                th scope="row" { (r.id) } td { (r.phase) } td { (since(r.received)) }
+                                td { (r.job.as_deref().unwrap_or("")) } td { (r.reason.as_deref().unwrap_or("")) }
+                            }
+                        } }
+                    } }
+                }
+                @match &d.jobs {
+                    Err(why) => p #jobs.error role="alert" { (why) },
+                    Ok(jobs) if jobs.is_empty() => p #jobs { "No jobs for devices." },
+                    Ok(jobs) => div.scroll { table #jobs {
+                        caption { "Jobs for devices" }
+                        thead { tr { th scope="col" { "Job" } th scope="col" { "Status" } th scope="col" { "Targets" } th scope="col" { "Executions" } th scope="col" { "Created" } th scope="col" { span.visually-hidden { "Cancel" } } } }
+                        tbody { @for j in jobs {
+                            tr data-job=(j.id) {
+                                th scope="row" { (j.id) }
+                                td { (j.status) @if let Some(r) = &j.reason { " (" (r) ")" } }
+                                td { (j.targets) }
+                                td { (j.counts.iter().map(|(status, n)| format!("{n} {status}")).collect::<Vec<_>>().join(", ")) }
+                                td { (since(j.created)) }
+                                td { @if j.status == "IN_PROGRESS" {
+                                    form method="post" action=(CANCEL_JOB) {
+                                        input type="hidden" name="csrf" value=(csrf);
+                                        input type="hidden" name="id" value=(j.id);
+                                        label { input type="checkbox" name="force"; " and executions in progress" }
+                                        button.danger type="submit" aria-label={ "Cancel " (j.id) } { "Cancel" }
+                                    }
+                                } }
+                            }
+                        } }
+                    } },
+                }
             }
         }
     }

@@ -94,6 +94,10 @@ pub(crate) const FUNCTION_EVENTS: &str = "/console/events/function";
 pub(crate) const INVOKE: &str = "/console/function/invoke";
 pub(crate) const SET_ALIAS: &str = "/console/function/alias";
 pub(crate) const DEPLOY: &str = "/console/functions/deploy";
+pub(crate) const DEPLOYMENTS: &str = "/console/deployments";
+pub(crate) const DEPLOYMENTS_EVENTS: &str = "/console/events/deployments";
+pub(crate) const ROLLBACK: &str = "/console/deployments/rollback";
+pub(crate) const CANCEL_JOB: &str = "/console/jobs/cancel";
 pub(crate) const STYLE: &str = "/console/assets/console.css";
 pub(crate) const SCRIPT: &str = "/console/assets/console.js";
 
@@ -127,6 +131,10 @@ pub const ROUTES: &[Route] = &[
     route("POST", INVOKE, Access::Change),
     route("POST", SET_ALIAS, Access::Change),
     route("POST", DEPLOY, Access::Upload),
+    route("GET", DEPLOYMENTS, Access::Page),
+    route("GET", DEPLOYMENTS_EVENTS, Access::Stream),
+    route("POST", ROLLBACK, Access::Change),
+    route("POST", CANCEL_JOB, Access::Change),
     route("POST", DISCONNECT, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
@@ -149,7 +157,8 @@ const TOPICS_EVERY: Duration = Duration::from_millis(250);
 /// The messages a topics stream shows, newest first.
 pub(crate) const TOPICS_SHOWN: usize = 50;
 
-/// How often a cloud stream asks the cloud link for its status.
+/// How often a cloud stream asks the cloud link for its status, and a deployments stream the
+/// deployments and jobs (from the store).
 const CLOUD_EVERY: Duration = Duration::from_secs(2);
 
 /// How often a rules stream reads the rules' counters, and a functions stream the functions'
@@ -296,6 +305,10 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("POST", INVOKE) => post(invoke),
         ("POST", SET_ALIAS) => post(set_alias),
         ("POST", DEPLOY) => post(deploy).layer(DefaultBodyLimit::max(DRAIN_LIMIT)),
+        ("GET", DEPLOYMENTS) => get(deployments),
+        ("GET", DEPLOYMENTS_EVENTS) => get(deployments_events),
+        ("POST", ROLLBACK) => post(rollback),
+        ("POST", CANCEL_JOB) => post(cancel_job),
         ("POST", DISCONNECT) => post(disconnect),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
@@ -1362,6 +1375,80 @@ async fn deploy(
                 .into_response()
         }
     }
+}
+
+async fn deployments(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let now = shell.0.gateway.deployments().await;
+    pages::deployments(&current.csrf, &now, None).into_response()
+}
+
+/// The deployments page, live: a task asks for the deployments and jobs every [`CLOUD_EVERY`]
+/// while the stream lives.
+async fn deployments_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    let gateway = shell.0.gateway.clone();
+    let csrf = current.csrf.clone();
+    let render = move |now: &Result<crate::Deployments, String>| {
+        pages::deployments_live(&csrf, now).into_string()
+    };
+    let (fragments, stream) = watch::channel(render(&gateway.deployments().await));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = fragments.closed() => return,
+                _ = tokio::time::sleep(CLOUD_EVERY) => {}
+            }
+            fragments.send_replace(render(&gateway.deployments().await));
+        }
+    });
+    live_fragments(shell, current, stream)
+}
+
+/// The deployments page again with the answer to a form (400 when refused).
+async fn deployments_with(shell: &Shell, csrf: &str, said: Result<String, String>) -> Response {
+    let status = match said {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_REQUEST,
+    };
+    let now = shell.0.gateway.deployments().await;
+    (status, pages::deployments(csrf, &now, Some(&said))).into_response()
+}
+
+async fn rollback(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
+    let said = shell
+        .0
+        .gateway
+        .rollback()
+        .await
+        .map(|done| format!("Rollback started: {done}"));
+    deployments_with(&shell, &current.csrf, said).await
+}
+
+/// The cancel form of a job: its id, and whether executions in progress are canceled too.
+#[derive(Deserialize)]
+struct CancelJob {
+    id: String,
+    #[serde(default)]
+    force: Option<String>,
+}
+
+async fn cancel_job(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<CancelJob>,
+) -> Response {
+    let canceled = shell
+        .0
+        .gateway
+        .cancel_job(form.id.clone(), form.force.is_some())
+        .await;
+    let said = canceled.map(|()| format!("Job {} canceled", form.id));
+    deployments_with(&shell, &current.csrf, said).await
 }
 
 /// Takes a reading every [`SAMPLE_EVERY`] until the console is dropped.
