@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 
 use grove_broker::clients::Clients;
-use grove_broker::BusMaker;
+use grove_broker::{BusMaker, Revocations};
 use grove_console::{
     Alias, Client, DeploymentRow, Deployments, FunctionRow, Gateway, JobRow, Pending, Reading,
     RuleRow, ShadowDoc, ShadowEntry, Watched, SHOWN_PAYLOAD,
@@ -58,6 +58,12 @@ pub struct Handles {
     pub deployer: Deployer,
     /// The jobs for devices.
     pub jobs: JobsHandle,
+    /// The data directory (its devices file and local CA).
+    pub data_dir: PathBuf,
+    /// The names of the policies the configuration defines (a device may name one).
+    pub policies: Vec<String>,
+    /// Applies a change of the devices file at once.
+    pub revocations: Revocations,
 }
 
 impl ConsoleView {
@@ -510,6 +516,76 @@ impl Gateway for ConsoleView {
                 "console: function deployed by an operator"
             );
             Ok((deployed.name, deployed.version))
+        })
+    }
+
+    /// Through `grove device add`'s own code (`grove_auth::cli::add`, on a blocking thread:
+    /// argon2), then applied as `grove device add` has the ops endpoint apply it.
+    fn add_device(
+        &self,
+        id: String,
+        thing: Option<String>,
+        password: Option<String>,
+        certificate: bool,
+    ) -> Pending<Result<Option<String>, String>> {
+        let (data_dir, policies) = (self.handles.data_dir.clone(), self.handles.policies.clone());
+        let revocations = self.handles.revocations.clone();
+        Box::pin(async move {
+            let new = grove_auth::cli::NewDevice {
+                id: id.clone(),
+                thing,
+                policy: None,
+                password,
+                cert: certificate,
+            };
+            let added = tokio::task::spawn_blocking(move || {
+                let issued =
+                    grove_auth::cli::add(&data_dir, new, |p| policies.iter().any(|n| n == p))?;
+                let read = |path: &std::path::Path| {
+                    std::fs::read_to_string(path)
+                        .map_err(|e| anyhow::anyhow!("cannot read {}: {e}", path.display()))
+                };
+                issued
+                    .map(|i| {
+                        Ok::<_, anyhow::Error>(format!(
+                            "{}{}{}",
+                            read(&i.certificate)?,
+                            read(&i.key)?,
+                            read(&i.ca)?
+                        ))
+                    })
+                    .transpose()
+            });
+            let bundle = (added.await.map_err(|e| e.to_string())?).map_err(|e| format!("{e:#}"))?;
+            revocations
+                .apply(crate::ops::REVOCATION_WAIT)
+                .await
+                .map_err(|open| format!("registered, but {open} connection(s) with its old credentials are still open"))?;
+            info!(
+                device = id,
+                certificate = bundle.is_some(),
+                "console: device registered by an operator"
+            );
+            Ok(bundle)
+        })
+    }
+
+    fn remove_device(&self, id: String) -> Pending<Result<usize, String>> {
+        let data_dir = self.handles.data_dir.clone();
+        let revocations = self.handles.revocations.clone();
+        Box::pin(async move {
+            grove_auth::cli::remove(&data_dir, &id).map_err(|e| format!("{e:#}"))?;
+            let closed = revocations
+                .apply(crate::ops::REVOCATION_WAIT)
+                .await
+                .map_err(|open| {
+                    format!("removed, but {open} of its connection(s) are still open")
+                })?;
+            info!(
+                device = id,
+                closed, "console: device removed by an operator"
+            );
+            Ok(closed)
         })
     }
 

@@ -37,7 +37,7 @@ const DISCONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How long the gateway waits for the connections of removed devices to end before it answers
 /// that some are still open. A connection ends within one batch of its packets, so this only
 /// catches a gateway too loaded to answer.
-const REVOCATION_WAIT: Duration = Duration::from_secs(10);
+pub(crate) const REVOCATION_WAIT: Duration = Duration::from_secs(10);
 
 /// The content type of the OpenMetrics text format, which Prometheus reads.
 const OPENMETRICS: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";

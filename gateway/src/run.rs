@@ -161,6 +161,9 @@ pub async fn run(mut config: Config, config_path: Option<PathBuf>) -> Result<(),
                         functions,
                         deployer,
                         jobs,
+                        data_dir: data_dir.value.clone(),
+                        policies: config.broker.policies.keys().cloned().collect(),
+                        revocations: broker.revocations(),
                     },
                 );
                 info!("web console at http://{}/console", bind.value);

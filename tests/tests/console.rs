@@ -1575,3 +1575,134 @@ fn deployments_and_jobs_are_followed_live_and_rolled_back_and_canceled_from_the_
     );
     f.g.wait_log(&["console: rollback asked by an operator", "d1"], 1);
 }
+
+#[test]
+fn devices_are_registered_with_a_password_or_a_downloaded_certificate_and_removed_from_the_console()
+{
+    let site = grove_tests::Devices::with_ca("").start_site("");
+    let g = &site.gateway;
+    set_password(g, PASSWORD);
+    let c = Console::new(g.ops_port);
+    let s = c.session();
+    let add = |fields: &[(&str, &str)]| {
+        let mut form = vec![("csrf", s.csrf.as_str())];
+        form.extend_from_slice(fields);
+        c.post(
+            "/console/devices/add",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &form,
+        )
+    };
+
+    // A password: registered, and mosquitto's own client signs in with it on the password
+    // listener (staying connected, subscribed).
+    let added = add(&[
+        ("id", "pump-2"),
+        ("thing", "pump-thing"),
+        ("password", "pump-2-secret"),
+    ]);
+    assert_eq!(
+        (added.status, added.location.as_deref()),
+        (303, Some(DEVICES)),
+        "{added:?}"
+    );
+    let port = site.password_port.to_string();
+    let _pump = MosquittoSub::start(&[
+        "-h",
+        "127.0.0.1",
+        "-p",
+        &port,
+        "-V",
+        "mqttv5",
+        "-i",
+        "pump-2",
+        "-u",
+        "pump-2",
+        "-P",
+        "pump-2-secret",
+        "-t",
+        "$aws/things/pump-thing/shadow/#",
+    ]);
+    assert!(listed(&c, &s, "pump-2"));
+    g.wait_log(&["console: device registered by an operator", "pump-2"], 1);
+
+    // A certificate: downloaded once as one PEM (its certificate, its key, the local CA), with
+    // which mosquitto_pub connects to the mutual-TLS listener.
+    let issued = add(&[("id", "lamp-3"), ("certificate", "on")]);
+    assert_eq!(issued.status, 200, "{issued:?}");
+    assert_eq!(
+        issued.body.matches("-----BEGIN CERTIFICATE-----").count(),
+        2,
+        "{}",
+        issued.body
+    );
+    assert!(issued.body.contains("PRIVATE KEY-----"), "{}", issued.body);
+    let pem = site.pki.join("lamp-3-download.pem");
+    std::fs::write(&pem, &issued.body).unwrap();
+    let pem = pem.to_str().unwrap();
+    grove_tests::mosquitto_pub(
+        site.mtls_port,
+        &[
+            "--cafile",
+            pem,
+            "--cert",
+            pem,
+            "--key",
+            pem,
+            "-i",
+            "lamp-3",
+            "-q",
+            "1",
+            "-t",
+            "$aws/things/lamp-3/shadow/update",
+            "-m",
+            r#"{"state":{"reported":{"on":true}}}"#,
+        ],
+    );
+
+    // Refused with why (400), nothing registered: no credential, an id a policy cannot hold.
+    for (fields, why) in [
+        (vec![("id", "bare")], "say how the device proves itself"),
+        (
+            vec![("id", "a/b"), ("password", "x-secret")],
+            "free of / + # $",
+        ),
+    ] {
+        let refused = add(&fields);
+        assert_eq!(refused.status, 400, "{fields:?}: {refused:?}");
+        assert!(
+            refused.body.contains(why) && refused.body.contains("id=\"device-refused\""),
+            "{}",
+            refused.body
+        );
+    }
+
+    // Removed: its connection is closed before the page comes back.
+    let remove = |id: &str| {
+        c.post(
+            "/console/devices/remove",
+            Some(&s),
+            &[("Origin", c.origin())],
+            &[("csrf", &s.csrf), ("id", id)],
+        )
+    };
+    let removed = remove("pump-2");
+    assert_eq!(
+        (removed.status, removed.location.as_deref()),
+        (303, Some(DEVICES)),
+        "{removed:?}"
+    );
+    assert!(!listed(&c, &s, "pump-2"), "pump-2's connection is closed");
+    g.wait_log(
+        &[
+            "console: device removed by an operator",
+            "pump-2",
+            "closed=1",
+        ],
+        1,
+    );
+    let again = remove("pump-2");
+    assert_eq!(again.status, 400, "{again:?}");
+    assert!(again.body.contains("no device pump-2"), "{}", again.body);
+}

@@ -99,52 +99,26 @@ pub fn device(
                 password_stdin || cert,
                 "say how the device proves itself: --password-stdin and/or --cert"
             );
-            anyhow::ensure!(
-                policy::safe_variable(&id),
-                "a device id must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
-            );
-            if let Some(t) = &thing {
-                anyhow::ensure!(
-                    policy::safe_variable(t),
-                    "a thing name must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
+            let password = password_stdin.then(read_password).transpose()?;
+            let new = NewDevice {
+                id: id.clone(),
+                thing,
+                policy,
+                password,
+                cert,
+            };
+            if let Some(issued) = add(data_dir, new, has_policy)? {
+                println!(
+                    "certificate: {} (key beside it)",
+                    issued.certificate.display()
                 );
             }
-            if let Some(p) = &policy {
-                anyhow::ensure!(has_policy(p), "no policy named `{p}` in the configuration");
-            }
-            let mut devices = identity::load(&file)?;
-            let entry = devices
-                .entry(id.clone())
-                .or_insert_with(|| identity::Device {
-                    id: id.clone(),
-                    thing: None,
-                    policy: None,
-                    password_hash: None,
-                    certificate_sha256: None,
-                });
-            if thing.is_some() {
-                entry.thing = thing;
-            }
-            if policy.is_some() {
-                entry.policy = policy;
-            }
-            if password_stdin {
-                entry.password_hash = Some(identity::hash_password(&read_password()?)?);
-            }
-            if cert {
-                let (path, der) = ca::issue_device(&pki, &id)?;
-                entry.certificate_sha256 = Some(identity::fingerprint(&der));
-                println!("certificate: {} (key beside it)", path.display());
-            }
-            identity::save(&file, &devices)?;
             println!("device {id} registered in {}", file.display());
             // New credentials revoke the old ones.
             true
         }
         DeviceAction::Remove { id } => {
-            let mut devices = identity::load(&file)?;
-            anyhow::ensure!(devices.remove(&id).is_some(), "no device {id}");
-            identity::save(&file, &devices)?;
+            remove(data_dir, &id)?;
             println!("device {id} removed");
             true
         }
@@ -190,6 +164,108 @@ pub fn device(
         }
     };
     Ok(apply)
+}
+
+/// A device to register (or update), as `grove device add` and the console's devices page give
+/// it.
+pub struct NewDevice {
+    /// The device id, which is its MQTT client id.
+    pub id: String,
+    /// The thing name its policy sees as `${thing}` (`None`: the id, or as it was).
+    pub thing: Option<String>,
+    /// A policy overriding the listener's (`None`: as it was).
+    pub policy: Option<String>,
+    /// A password to sign in with (hashed with argon2id; `None`: as it was).
+    pub password: Option<String>,
+    /// Whether to issue it a client certificate from the local CA.
+    pub cert: bool,
+}
+
+/// Where a device's new certificate was written, with its key and the local CA that signed it.
+pub struct Issued {
+    /// The certificate (PEM).
+    pub certificate: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The local CA's certificate (PEM), which also signed the gateway's TLS certificate.
+    pub ca: PathBuf,
+}
+
+/// Registers `new` in the devices file of `data_dir` (`has_policy`: whether the configuration
+/// defines a policy of that name): its new certificate, if one was issued. The caller has a running gateway apply the change (new
+/// credentials revoke the old ones). Slow: hashing a password is argon2's work.
+pub fn add(
+    data_dir: &Path,
+    new: NewDevice,
+    has_policy: impl Fn(&str) -> bool,
+) -> anyhow::Result<Option<Issued>> {
+    let NewDevice {
+        id,
+        thing,
+        policy,
+        password,
+        cert,
+    } = new;
+    anyhow::ensure!(
+        password.is_some() || cert,
+        "say how the device proves itself: a password and/or a certificate"
+    );
+    anyhow::ensure!(
+        policy::safe_variable(&id),
+        "a device id must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
+    );
+    if let Some(t) = &thing {
+        anyhow::ensure!(
+            policy::safe_variable(t),
+            "a thing name must be non-empty and free of / + # $ {{ }} (it is substituted into policies)"
+        );
+    }
+    if let Some(p) = &policy {
+        anyhow::ensure!(has_policy(p), "no policy named `{p}` in the configuration");
+    }
+    let file = data_dir.join(identity::DEVICES_FILE);
+    let mut devices = identity::load(&file)?;
+    let entry = devices
+        .entry(id.clone())
+        .or_insert_with(|| identity::Device {
+            id: id.clone(),
+            thing: None,
+            policy: None,
+            password_hash: None,
+            certificate_sha256: None,
+        });
+    if thing.is_some() {
+        entry.thing = thing;
+    }
+    if policy.is_some() {
+        entry.policy = policy;
+    }
+    if let Some(password) = password {
+        entry.password_hash = Some(identity::hash_password(&password)?);
+    }
+    let mut issued = None;
+    if cert {
+        let pki = ca::pki_dir(data_dir);
+        let (certificate, der) = ca::issue_device(&pki, &id)?;
+        entry.certificate_sha256 = Some(identity::fingerprint(&der));
+        issued = Some(Issued {
+            key: certificate.with_extension("key"),
+            certificate,
+            ca: pki.join("ca.pem"),
+        });
+    }
+    identity::save(&file, &devices)?;
+    Ok(issued)
+}
+
+/// Removes device `id` from the devices file of `data_dir` (its password and certificate stop
+/// working once a running gateway applies it).
+pub fn remove(data_dir: &Path, id: &str) -> anyhow::Result<()> {
+    let file = data_dir.join(identity::DEVICES_FILE);
+    let mut devices = identity::load(&file)?;
+    anyhow::ensure!(devices.remove(id).is_some(), "no device {id}");
+    identity::save(&file, &devices)?;
+    Ok(())
 }
 
 /// `grove device provision`: the record of device `id` (firmware's `provision` layout).

@@ -291,6 +291,21 @@ pub trait Gateway: Send + Sync + 'static {
         module: Vec<u8>,
         alias: Option<String>,
     ) -> Pending<Result<(String, u64), String>>;
+    /// Registers device `id` (or updates it) with `password` and/or a client certificate from
+    /// the gateway's local CA (`certificate`), with `thing` as its thing name, as `grove device
+    /// add` does, and has the running gateway apply it (old credentials stop working): the new
+    /// certificate with its key and the CA's certificate, as one PEM text, when one was issued.
+    /// The gateway logs it.
+    fn add_device(
+        &self,
+        id: String,
+        thing: Option<String>,
+        password: Option<String>,
+        certificate: bool,
+    ) -> Pending<Result<Option<String>, String>>;
+    /// Removes device `id`, as `grove device remove` does, and waits for the gateway to close its
+    /// connections: how many it closed. The gateway logs it.
+    fn remove_device(&self, id: String) -> Pending<Result<usize, String>>;
     /// The deployments (the one running, the history) and the jobs for devices.
     fn deployments(&self) -> Pending<Result<Deployments, String>>;
     /// Rolls back the deployment being applied, or else reverts the committed one to what ran

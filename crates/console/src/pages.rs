@@ -14,11 +14,11 @@ use maud::{html, Markup, DOCTYPE};
 
 use crate::core::{Point, Reading};
 use crate::shell::{
-    CANCEL_JOB, CLOUD, CLOUD_EVENTS, DEPLOY, DEPLOYMENTS, DEPLOYMENTS_EVENTS, DEVICES,
+    ADD_DEVICE, CANCEL_JOB, CLOUD, CLOUD_EVENTS, DEPLOY, DEPLOYMENTS, DEPLOYMENTS_EVENTS, DEVICES,
     DEVICES_EVENTS, DISCONNECT, FUNCTION, FUNCTIONS, FUNCTIONS_EVENTS, FUNCTION_EVENTS, INVOKE,
-    OVERVIEW, OVERVIEW_EVENTS, ROLLBACK, RULES, RULES_EVENTS, RULES_RELOAD, RULE_SAVE, RULE_TEST,
-    SCRIPT, SET_ALIAS, SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN, SIGN_OUT, STYLE,
-    TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
+    OVERVIEW, OVERVIEW_EVENTS, REMOVE_DEVICE, ROLLBACK, RULES, RULES_EVENTS, RULES_RELOAD,
+    RULE_SAVE, RULE_TEST, SCRIPT, SET_ALIAS, SET_DESIRED, SHADOW, SHADOWS, SHADOW_EVENTS, SIGN_IN,
+    SIGN_OUT, STYLE, TOPICS, TOPICS_EVENTS, TOPICS_SHOWN,
 };
 use crate::{
     Alias, Client, Deployments, FunctionRow, RuleRow, ShadowDoc, ShadowEntry, Watched,
@@ -253,13 +253,27 @@ fn chart(title: &str, now: &str, series: &[(f64, f64)]) -> Markup {
 }
 
 /// The devices page.
-pub(crate) fn devices(csrf: &str, d: &Devices) -> Html<String> {
+pub(crate) fn devices(csrf: &str, d: &Devices, refused: Option<&str>) -> Html<String> {
     layout(
         "Devices",
         Nav::Devices,
         csrf,
         html! {
             div #live data-stream=(DEVICES_EVENTS) { (devices_live(csrf, d)) }
+            h2 #add { "Register a device" }
+            form.add-device method="post" action=(ADD_DEVICE) {
+                input type="hidden" name="csrf" value=(csrf);
+                label for="device-id" { "Device id (its MQTT client id)" }
+                input #device-id name="id" required autocomplete="off";
+                label for="device-thing" { "Thing name (optional: the id)" }
+                input #device-thing name="thing" autocomplete="off";
+                label for="device-password" { "Password (optional)" }
+                input #device-password type="password" name="password" autocomplete="new-password";
+                label.check { input #device-certificate type="checkbox" name="certificate"; " Issue a client certificate (downloaded once: the certificate, its key and the gateway's CA)" }
+                button #add-device type="submit" { "Register" }
+            }
+            @if let Some(why) = refused { p #device-refused.error role="alert" { (why) } }
+            p.note { "The same as grove device add and grove device remove: new credentials replace the old ones, and a removed device's connections are closed before the page comes back." }
         },
     )
 }
@@ -881,13 +895,13 @@ pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
             h2 #identities-title { "Registered identities (devices.toml)" }
             @match &d.identities {
                 Err(e) => p.error role="alert" { "Cannot read the devices file: " (e) }
-                Ok(ids) if ids.is_empty() => p { "No device is registered (" code { "grove device add" } ")." }
+                Ok(ids) if ids.is_empty() => p { "No device is registered (the form below, or " code { "grove device add" } ")." }
                 Ok(ids) => div.scroll {
                     table #identities {
                         thead { tr {
                             th scope="col" { "Device id" } th scope="col" { "Thing" }
                             th scope="col" { "Signs in with" } th scope="col" { "Policy" }
-                            th scope="col" { "Connected" }
+                            th scope="col" { "Connected" } th scope="col" { span.visually-hidden { "Action" } }
                         } }
                         tbody {
                             @for id in ids {
@@ -897,6 +911,13 @@ pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
                                     td { (credentials(id)) }
                                     td { (id.policy.as_deref().unwrap_or("the listener's")) }
                                     td { @if connected.contains(id.id.as_str()) { "yes" } @else { "no" } }
+                                    td {
+                                        form method="post" action=(REMOVE_DEVICE) {
+                                            input type="hidden" name="csrf" value=(csrf);
+                                            input type="hidden" name="id" value=(id.id);
+                                            button.danger type="submit" aria-label={ "Remove " (id.id) } { "Remove" }
+                                        }
+                                    }
                                 }
                             }
                         }

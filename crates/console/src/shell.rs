@@ -72,6 +72,8 @@ pub(crate) const SIGN_OUT: &str = "/console/signout";
 pub(crate) const OVERVIEW: &str = "/console";
 pub(crate) const DEVICES: &str = "/console/devices";
 pub(crate) const DISCONNECT: &str = "/console/devices/disconnect";
+pub(crate) const ADD_DEVICE: &str = "/console/devices/add";
+pub(crate) const REMOVE_DEVICE: &str = "/console/devices/remove";
 pub(crate) const OVERVIEW_EVENTS: &str = "/console/events/overview";
 pub(crate) const DEVICES_EVENTS: &str = "/console/events/devices";
 pub(crate) const TOPICS: &str = "/console/topics";
@@ -136,6 +138,8 @@ pub const ROUTES: &[Route] = &[
     route("POST", ROLLBACK, Access::Change),
     route("POST", CANCEL_JOB, Access::Change),
     route("POST", DISCONNECT, Access::Change),
+    route("POST", ADD_DEVICE, Access::Change),
+    route("POST", REMOVE_DEVICE, Access::Change),
     route("POST", SIGN_OUT, Access::Change),
 ];
 
@@ -310,6 +314,8 @@ fn handler(r: &Route) -> MethodRouter<Shell> {
         ("POST", ROLLBACK) => post(rollback),
         ("POST", CANCEL_JOB) => post(cancel_job),
         ("POST", DISCONNECT) => post(disconnect),
+        ("POST", ADD_DEVICE) => post(add_device),
+        ("POST", REMOVE_DEVICE) => post(remove_device),
         ("POST", SIGN_OUT) => post(sign_out),
         (method, path) => unreachable!("route {method} {path} in ROUTES has no handler"),
     }
@@ -681,7 +687,90 @@ fn devices_now(shell: &Shell) -> pages::Devices {
 }
 
 async fn devices(State(shell): State<Shell>, Extension(current): Extension<Current>) -> Response {
-    pages::devices(&current.csrf, &devices_now(&shell)).into_response()
+    pages::devices(&current.csrf, &devices_now(&shell), None).into_response()
+}
+
+/// The devices page's form that registers a device.
+#[derive(Deserialize)]
+struct AddDevice {
+    id: String,
+    #[serde(default)]
+    thing: String,
+    #[serde(default)]
+    password: String,
+    /// A checkbox: present when checked.
+    #[serde(default)]
+    certificate: Option<String>,
+}
+
+/// Registers a device; with a certificate, answers with its PEM (the certificate, its key and
+/// the CA's) as a download, else goes back to the devices page (303); the page with why not
+/// (400).
+async fn add_device(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<AddDevice>,
+) -> Response {
+    let given = |s: String| Some(s.trim().to_owned()).filter(|s| !s.is_empty());
+    let password = Some(form.password).filter(|p| !p.is_empty());
+    let added = (shell.0.gateway)
+        .add_device(
+            form.id.trim().to_owned(),
+            given(form.thing),
+            password,
+            form.certificate.is_some(),
+        )
+        .await;
+    match added {
+        Ok(None) => Redirect::to(DEVICES).into_response(),
+        Ok(Some(pem)) => {
+            // The id is free of / + # $ { } (a policy variable); the file name keeps it plain.
+            let name: String = (form.id.trim().chars())
+                .map(|c| {
+                    if c.is_ascii_alphanumeric() || "-_.".contains(c) {
+                        c
+                    } else {
+                        '_'
+                    }
+                })
+                .collect();
+            let disposition = format!("attachment; filename=\"{name}.pem\"");
+            (
+                [
+                    (header::CONTENT_TYPE, "application/x-pem-file".to_owned()),
+                    (header::CONTENT_DISPOSITION, disposition),
+                ],
+                pem,
+            )
+                .into_response()
+        }
+        Err(why) => {
+            let page = pages::devices(&current.csrf, &devices_now(&shell), Some(&why));
+            (StatusCode::BAD_REQUEST, page).into_response()
+        }
+    }
+}
+
+/// The remove button of a registered device.
+#[derive(Deserialize)]
+struct RemoveDevice {
+    id: String,
+}
+
+/// Removes a device and waits for its connections to close; the devices page (303), or the page
+/// with why not (400).
+async fn remove_device(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+    Form(form): Form<RemoveDevice>,
+) -> Response {
+    match shell.0.gateway.remove_device(form.id).await {
+        Ok(_) => Redirect::to(DEVICES).into_response(),
+        Err(why) => {
+            let page = pages::devices(&current.csrf, &devices_now(&shell), Some(&why));
+            (StatusCode::BAD_REQUEST, page).into_response()
+        }
+    }
 }
 
 #[derive(Deserialize)]
