@@ -14,7 +14,9 @@
 //! idle link and a reconnect cost, both through a byte-counting proxy ([`byte_proxy`]); `topics` ([`topics`]) reads
 //! broker memory, against mosquitto, while a device publishes on ever new topics; `auth-storm`
 //! ([`auth`]) a storm of wrong-password CONNECTs, against mosquitto with a password file: memory,
-//! threads, refusals and a legitimate device's login latency meanwhile; `hostile`
+//! threads, refusals and a legitimate device's login latency meanwhile; `console` ([`console`])
+//! the web console's page loads, its memory per tab and what tabs watching a busy topic cost the
+//! broker's other clients, in Chromium; `hostile`
 //! ([`hostile`]) measures what the attacks of hostile functions and devices cost the gateway.
 
 mod auth;
@@ -22,6 +24,7 @@ mod byte_proxy;
 mod cloud;
 mod cloud_batch;
 mod cloud_idle;
+mod console;
 mod flow;
 mod functions;
 mod gateway;
@@ -100,6 +103,10 @@ enum Command {
     /// (measured over `--seconds` through a byte-counting proxy), and the shadow requests and
     /// bytes of a reconnect when nothing changed.
     CloudIdle(CloudIdleArgs),
+    /// The web console in a real browser (Chromium through chromedriver): each page's load to
+    /// interactive and its bytes, the gateway's memory with 5 tabs each watching a topic, and the
+    /// p99 of a 1,000 msg/s flow without and with those tabs watching it (both client libraries).
+    Console(ConsoleArgs),
     /// Broker memory while one device publishes QoS 0 on a new topic every message (nobody
     /// subscribed), round after round, against mosquitto in the same run: does the broker keep
     /// something per distinct topic forever? `--seconds` is the pause before each memory reading.
@@ -203,6 +210,18 @@ struct AuthStormArgs {
     #[arg(long, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
     max_connections: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+struct ConsoleArgs {
+    #[command(flatten)]
+    gateway: GatewayArgs,
+    /// chromedriver (Debian's chromium-driver).
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/chromedriver")]
+    chromedriver: PathBuf,
+    /// The Chromium it drives.
+    #[arg(long, value_name = "PATH", default_value = "/usr/bin/chromium")]
+    chromium: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -592,6 +611,10 @@ enum GatewayBench {
         rounds: u32,
         per_round: u64,
     },
+    Console {
+        chromedriver: PathBuf,
+        chromium: PathBuf,
+    },
     AuthStorm {
         /// mosquitto and mosquitto_passwd, unless --no-mosquitto.
         mosquitto: Option<(PathBuf, PathBuf)>,
@@ -712,6 +735,14 @@ async fn gateway_bench(mut args: GatewayArgs, which: GatewayBench) -> anyhow::Re
                 serde_json::to_value(&r)?,
             )
         }
+        GatewayBench::Console {
+            chromedriver,
+            chromium,
+        } => {
+            let r =
+                console::run(&args.grove, &chromedriver, &chromium, args.seconds, &extra).await?;
+            ("console", console::markdown(&r), serde_json::to_value(&r)?)
+        }
         GatewayBench::AuthStorm {
             mosquitto,
             mut settings,
@@ -804,6 +835,13 @@ async fn main() -> ExitCode {
                 mosquitto: args.mosquitto,
                 rounds: args.rounds,
                 per_round: args.per_round,
+            };
+            gateway_bench(args.gateway, which).await
+        }
+        Command::Console(args) => {
+            let which = GatewayBench::Console {
+                chromedriver: args.chromedriver,
+                chromium: args.chromium,
             };
             gateway_bench(args.gateway, which).await
         }

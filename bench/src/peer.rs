@@ -287,6 +287,11 @@ impl RunningPeer {
         self.port
     }
 
+    /// Its configuration file.
+    pub fn config(&self) -> &Path {
+        &self.config
+    }
+
     /// Time from spawn to the first CONNACK.
     pub fn startup(&self) -> Duration {
         self.startup

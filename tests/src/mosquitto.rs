@@ -165,8 +165,23 @@ impl MosquittoSub {
     /// A `mosquitto_sub` connected to the local `port` with MQTT 5 as client `id`, subscribed to
     /// `filter`: a device that stays connected (until the broker closes its connection).
     pub fn connect_v5(port: u16, id: &str, filter: &str) -> MosquittoSub {
+        MosquittoSub::connect_v5_with(port, id, filter, &[])
+    }
+
+    /// [`MosquittoSub::connect_v5`] signing in as user `id` with `password` (a password
+    /// listener's device).
+    pub fn connect_v5_with_password(
+        port: u16,
+        id: &str,
+        password: &str,
+        filter: &str,
+    ) -> MosquittoSub {
+        MosquittoSub::connect_v5_with(port, id, filter, &["-u", id, "-P", password])
+    }
+
+    fn connect_v5_with(port: u16, id: &str, filter: &str, more: &[&str]) -> MosquittoSub {
         let port = port.to_string();
-        MosquittoSub::start(&[
+        let mut args = vec![
             "-h",
             "127.0.0.1",
             "-p",
@@ -177,7 +192,9 @@ impl MosquittoSub {
             id,
             "-t",
             filter,
-        ])
+        ];
+        args.extend_from_slice(more);
+        MosquittoSub::start(&args)
     }
 
     /// Waits for the process to end (its `-C` count or `-W` timeout) and returns the messages it

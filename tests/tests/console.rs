@@ -1607,23 +1607,12 @@ fn devices_are_registered_with_a_password_or_a_downloaded_certificate_and_remove
         (303, Some(DEVICES)),
         "{added:?}"
     );
-    let port = site.password_port.to_string();
-    let _pump = MosquittoSub::start(&[
-        "-h",
-        "127.0.0.1",
-        "-p",
-        &port,
-        "-V",
-        "mqttv5",
-        "-i",
+    let _pump = MosquittoSub::connect_v5_with_password(
+        site.password_port,
         "pump-2",
-        "-u",
-        "pump-2",
-        "-P",
         "pump-2-secret",
-        "-t",
         "$aws/things/pump-thing/shadow/#",
-    ]);
+    );
     assert!(listed(&c, &s, "pump-2"));
     g.wait_log(&["console: device registered by an operator", "pump-2"], 1);
 

@@ -554,12 +554,7 @@ pub(crate) fn rules_live(rows: &[RuleRow]) -> Markup {
             div.scroll {
                 table #rules {
                     caption { "Rules running, in their order" }
-                    thead { tr {
-                        th scope="col" { "Rule" } th scope="col" { "SQL and actions" }
-                        th scope="col" { "Matched" } th scope="col" { "Outputs" }
-                        th scope="col" { "Failed actions" } th scope="col" { "Dropped" }
-                        th scope="col" { "Last failure" }
-                    } }
+                    (columns(&["Rule", "SQL and actions", "Matched", "Outputs", "Failed actions", "Dropped", "Last failure"]))
                     tbody {
                         @for r in rows {
                             tr data-rule=(r.name) {
@@ -651,12 +646,7 @@ pub(crate) fn functions_live(rows: &Result<Vec<FunctionRow>, String>) -> Markup 
             Ok(rows) if rows.is_empty() => p #functions { "No function is deployed." },
             Ok(rows) => div.scroll { table #functions {
                 caption { "Functions deployed" }
-                thead { tr {
-                    th scope="col" { "Function" } th scope="col" { "$LATEST" }
-                    th scope="col" { "Aliases" } th scope="col" { "Triggers" }
-                    th scope="col" { "Succeeded" } th scope="col" { "Failed" }
-                    th scope="col" { "Dead letters" }
-                } }
+                (columns(&["Function", "$LATEST", "Aliases", "Triggers", "Succeeded", "Failed", "Dead letters"]))
                 tbody {
                     @for f in rows {
                         tr data-function=(f.name) {
@@ -800,7 +790,7 @@ pub(crate) fn deployments_live(csrf: &str, now: &Result<Deployments, String>) ->
                 @if !d.history.is_empty() {
                     div.scroll { table #history {
                         caption { "Deployments, newest first" }
-                        thead { tr { th scope="col" { "Id" } th scope="col" { "Step" } th scope="col" { "Received" } th scope="col" { "From job" } th scope="col" { "Why" } } }
+                        (columns(&["Id", "Step", "Received", "From job", "Why"]))
                         tbody { @for r in &d.history {
                             tr data-deployment=(r.id) {
                                 th scope="row" { (r.id) } td { (r.phase) } td { (since(r.received)) }
@@ -814,7 +804,7 @@ pub(crate) fn deployments_live(csrf: &str, now: &Result<Deployments, String>) ->
                     Ok(jobs) if jobs.is_empty() => p #jobs { "No jobs for devices." },
                     Ok(jobs) => div.scroll { table #jobs {
                         caption { "Jobs for devices" }
-                        thead { tr { th scope="col" { "Job" } th scope="col" { "Status" } th scope="col" { "Targets" } th scope="col" { "Executions" } th scope="col" { "Created" } th scope="col" { span.visually-hidden { "Cancel" } } } }
+                        (columns(&["Job", "Status", "Targets", "Executions", "Created", ""]))
                         tbody { @for j in jobs {
                             tr data-job=(j.id) {
                                 th scope="row" { (j.id) }
@@ -836,6 +826,19 @@ pub(crate) fn deployments_live(csrf: &str, now: &Result<Deployments, String>) ->
                 }
             }
         }
+    }
+}
+
+/// A table's head: one column header each; an empty one (a column of buttons) is named for
+/// screen readers only.
+fn columns(names: &[&str]) -> Markup {
+    html! {
+        thead { tr {
+            @for name in names {
+                @if name.is_empty() { th scope="col" { span.visually-hidden { "Action" } } }
+                @else { th scope="col" { (name) } }
+            }
+        } }
     }
 }
 
@@ -862,11 +865,7 @@ pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
             h2 #connected-title { "Connected now (" (d.clients.len()) ")" }
             div.scroll {
                 table #clients {
-                    thead { tr {
-                        th scope="col" { "Client id" } th scope="col" { "Address" }
-                        th scope="col" { "Protocol" } th scope="col" { "Since" }
-                        th scope="col" { "Messages in / out" } th scope="col" { span.visually-hidden { "Action" } }
-                    } }
+                    (columns(&["Client id", "Address", "Protocol", "Since", "Messages in / out", ""]))
                     tbody {
                         @for c in &d.clients {
                             tr data-client=(c.client_id) data-peer=(c.peer) {
@@ -898,11 +897,7 @@ pub(crate) fn devices_live(csrf: &str, d: &Devices) -> Markup {
                 Ok(ids) if ids.is_empty() => p { "No device is registered (the form below, or " code { "grove device add" } ")." }
                 Ok(ids) => div.scroll {
                     table #identities {
-                        thead { tr {
-                            th scope="col" { "Device id" } th scope="col" { "Thing" }
-                            th scope="col" { "Signs in with" } th scope="col" { "Policy" }
-                            th scope="col" { "Connected" } th scope="col" { span.visually-hidden { "Action" } }
-                        } }
+                        (columns(&["Device id", "Thing", "Signs in with", "Policy", "Connected", ""]))
                         tbody {
                             @for id in ids {
                                 tr {
