@@ -68,6 +68,9 @@ pub struct ConsoleReport {
     pub rss_tabs_kib: u64,
     /// The flow without tabs, then with them, per client library.
     pub flows: Vec<FlowRow>,
+    /// The browser's CPU during each flow (percent of one core), in the order of `flows`: it
+    /// runs on the same machine as the gateway and the load.
+    pub browser_cpu_percent: Vec<f64>,
 }
 
 /// A Chromium driven through chromedriver; both end when it is dropped.
@@ -130,6 +133,23 @@ impl Browser {
         })
     }
 
+    /// The CPU time used so far by the browser: chromedriver's process group (Chromium and its
+    /// renderers are in it).
+    fn cpu(&self) -> Duration {
+        let Ok(group) = i32::try_from(self.driver.id()) else {
+            return Duration::ZERO;
+        };
+        let Ok(all) = procfs::process::all_processes() else {
+            return Duration::ZERO;
+        };
+        let ticks = procfs::ticks_per_second() as f64;
+        (all.flatten())
+            .filter_map(|p| p.stat().ok())
+            .filter(|stat| stat.pgrp == group)
+            .map(|stat| Duration::from_secs_f64((stat.utime + stat.stime) as f64 / ticks))
+            .sum()
+    }
+
     async fn wait(&self, css: &str) -> anyhow::Result<fantoccini::elements::Element> {
         (self.web.wait())
             .at_most(Duration::from_secs(20))
@@ -158,6 +178,8 @@ pub async fn run(
     let browser = Browser::start(chromedriver, chromium).await?;
     let web = &browser.web;
     web.goto(&format!("{origin}/console/signin")).await?;
+    browser.wait("input#password").await?;
+    let mut pages = vec![page_load(web, "/console/signin (first, cold cache)").await?];
     browser
         .wait("input#password")
         .await?
@@ -169,7 +191,6 @@ pub async fn run(
         .click()
         .await?;
     browser.wait("dd#health").await?;
-    let mut pages = Vec::new();
     for page in PAGES {
         web.goto(&format!("{origin}{page}")).await?;
         browser.wait("main#main").await?;
@@ -192,6 +213,7 @@ pub async fn run(
     web.switch_to_window(first.clone()).await?;
     // The flow, without the tabs watching, then with them.
     let mut flows = Vec::new();
+    let mut browser_cpu_percent = Vec::new();
     for watched in [false, true] {
         if !watched {
             for tab in &tabs {
@@ -223,8 +245,10 @@ pub async fn run(
                 encoding: Encoding::Json,
                 batch_topic: None,
             };
+            let browser_before = browser.cpu();
             let (outcome, cost) =
                 flow::measure(&peer, &publishers, &subscriber, seconds, client).await?;
+            let browser_cpu = browser.cpu().saturating_sub(browser_before);
             let path = match watched {
                 false => "no console tab".to_owned(),
                 true => format!("{TABS} console tabs watching it"),
@@ -234,6 +258,7 @@ pub async fn run(
                 client.name(),
                 flow::ms(outcome.latency.p99_us)
             );
+            browser_cpu_percent.push(browser_cpu.as_secs_f64() * 100.0 / (seconds + 1) as f64);
             flows.push(FlowRow {
                 scenario: "1,000 msg/s, QoS 0, 1 publisher, 1 subscriber".to_owned(),
                 path,
@@ -252,6 +277,7 @@ pub async fn run(
         rss_one_tab_kib,
         rss_tabs_kib,
         flows,
+        browser_cpu_percent,
     })
 }
 
@@ -316,6 +342,14 @@ pub fn markdown(r: &ConsoleReport) -> String {
         r.rss_tabs_kib.saturating_sub(r.rss_one_tab_kib) / TABS as u64,
     ));
     out.push_str(&flow::markdown(&r.flows));
+    let browser: Vec<String> = (r.browser_cpu_percent.iter())
+        .map(|p| format!("{p:.0} %"))
+        .collect();
+    out.push_str(&format!(
+        "\nThe browser's CPU during each flow, in the table's order (one core = 100 %, on the same \
+         2 cores as the gateway and the load): {}.\n",
+        browser.join(", ")
+    ));
     out.push_str("\n| client | p99 with tabs / without | gateway CPU per message with / without |\n|---|---:|---:|\n");
     for client in CLIENTS {
         let of = |watched: bool| {

@@ -940,6 +940,7 @@ async fn topics_events(
     let (fragments, stream) = watch::channel(first);
     tokio::spawn(async move {
         let mut shown = std::collections::VecDeque::new();
+        let mut arrived = std::collections::VecDeque::new();
         loop {
             let first = tokio::select! {
                 _ = fragments.closed() => return,
@@ -948,10 +949,18 @@ async fn topics_events(
             let mut take = Some(first);
             while let Some(m) = take {
                 let Some(m) = m else { return };
-                shown.push_front(pages::watched(&m).into_string());
-                shown.truncate(TOPICS_SHOWN);
+                // Of a burst, only the last TOPICS_SHOWN are rendered: a busy topic costs a
+                // render per message shown, not per message.
+                arrived.push_back(m);
+                if arrived.len() > TOPICS_SHOWN {
+                    arrived.pop_front();
+                }
                 take = messages.try_recv().ok().map(Some);
             }
+            for m in arrived.drain(..) {
+                shown.push_front(pages::watched(&m).into_string());
+            }
+            shown.truncate(TOPICS_SHOWN);
             fragments.send_replace(
                 pages::topics_live(&filter, shown.iter().map(String::as_str)).into_string(),
             );
