@@ -139,12 +139,14 @@ pub(crate) struct Relay<S> {
     /// timer is 112 B that every idle connection's task would hold (keep-alive is the registry's
     /// sweep: `crate::clients`).
     pub(crate) hold_timer: Option<Pin<Box<Sleep>>>,
+    /// Its entry in the registry of connections (`crate::clients`) and its one of
+    /// `max_connections`, both given back when the relay is dropped (after `finish`). Declared
+    /// (so dropped) before `live`: a revocation's wait ends when `live` is dropped, and by then
+    /// the connection is no longer listed either.
+    pub(crate) _listed: Listed,
     /// A proved device's entry in the live list (with its view of the devices file's changes),
     /// removed when the relay is dropped.
     pub(crate) live: Option<Box<LiveDevice>>,
-    /// Its entry in the registry of connections (`crate::clients`) and its one of
-    /// `max_connections`, both given back when the relay is dropped (after `finish`).
-    pub(crate) _listed: Listed,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Relay<S> {

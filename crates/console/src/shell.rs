@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Multipart, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequest, Multipart, Query, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::sse::{Event, KeepAlive, Sse};
@@ -468,7 +468,8 @@ fn admit(
 
 /// Reads a refused upload's body and drops it, [`UPLOAD_LIMIT`] bytes and [`DISCARD_FOR`] at
 /// most: a browser still sending its upload when the refusal comes would otherwise see the
-/// connection reset instead of the answer.
+/// connection reset instead of the answer (the test's client did, now and then, on a loaded
+/// machine).
 async fn discard(body: Body) {
     use futures_util::StreamExt;
     let mut data = body.into_data_stream();
@@ -1406,14 +1407,20 @@ struct Upload {
 async fn deploy(
     State(shell): State<Shell>,
     Extension(current): Extension<Current>,
-    mut form: Multipart,
+    request: Request,
 ) -> Response {
     let Ok(_one_at_a_time) = shell.0.uploads.try_acquire() else {
+        // Read and dropped, like a refused upload's (see `discard`).
+        discard(request.into_body()).await;
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "another upload is in progress: try again when it has finished\n",
         )
             .into_response();
+    };
+    let mut form = match Multipart::from_request(request, &()).await {
+        Ok(form) => form,
+        Err(refused) => return refused.into_response(),
     };
     tracing::info!("console: receiving an upload");
     let mut upload = Upload::default();
