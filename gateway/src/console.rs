@@ -1,7 +1,10 @@
 //! The web console's view of this gateway (`grove_console::Gateway`): the overview's readings
 //! from the metrics and the process, the broker's connected clients, and their disconnect, and
 //! topic filters watched through a bus link of their own; shadows, the cloud link's status and
-//! the rules' reload asked as a device or the CLI asks them; the rules' counters and status.
+//! the rules' reload asked as a device or the CLI asks them; the rules' counters and status, and
+//! a rule's SQL changed in the configuration file ([`crate::rule_file`]); the functions,
+//! deployments and jobs through their components' handles; devices registered and removed with
+//! `grove device`'s own code.
 
 use std::path::PathBuf;
 use std::sync::Arc;
