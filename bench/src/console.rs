@@ -81,8 +81,13 @@ struct Browser {
 }
 
 impl Drop for Browser {
+    /// Ends chromedriver's whole process group: Chromium and its helpers are chromedriver's
+    /// children, and a benchmark that stops on an error would otherwise leave them running.
     fn drop(&mut self) {
-        let _ = self.driver.kill();
+        if let Ok(group) = i32::try_from(self.driver.id()) {
+            let group = nix::unistd::Pid::from_raw(group);
+            let _ = nix::sys::signal::killpg(group, nix::sys::signal::Signal::SIGKILL);
+        }
         let _ = self.driver.wait();
     }
 }
