@@ -280,10 +280,7 @@ pub(crate) fn devices(csrf: &str, d: &Devices, refused: Option<&str>) -> Html<St
 
 /// The topics page: a filter to watch and, once one is given, its messages as they come.
 pub(crate) fn topics(csrf: &str, filter: &str) -> Html<String> {
-    let stream = (!filter.is_empty()).then(|| {
-        let query = serde_urlencoded::to_string([("filter", filter)]).unwrap_or_default();
-        format!("{TOPICS_EVENTS}?{query}")
-    });
+    let stream = (!filter.is_empty()).then(|| link(TOPICS_EVENTS, &[("filter", filter)]));
     layout(
         "Topics",
         Nav::Topics,
@@ -347,17 +344,23 @@ pub(crate) fn watched(m: &Watched) -> Markup {
     }
 }
 
+/// `path` with `query` (URL-encoded).
+fn link(path: &str, query: &[(&str, &str)]) -> String {
+    format!(
+        "{path}?{}",
+        serde_urlencoded::to_string(query).unwrap_or_default()
+    )
+}
+
 /// `path` (a shadow's page or its stream) with the shadow's query: its thing and, for a named
 /// shadow, its name (empty: the classic shadow).
 pub(crate) fn shadow_link(path: &str, thing: &str, shadow: Option<&str>) -> String {
-    let query = serde_urlencoded::to_string([("thing", thing), ("shadow", shadow.unwrap_or(""))]);
-    format!("{path}?{}", query.unwrap_or_default())
+    link(path, &[("thing", thing), ("shadow", shadow.unwrap_or(""))])
 }
 
 /// The rules page with its test form starting from rule `name`'s statement.
 fn rule_link(name: &str) -> String {
-    let query = serde_urlencoded::to_string([("rule", name)]).unwrap_or_default();
-    format!("{RULES}?{query}#test")
+    link(RULES, &[("rule", name)]) + "#test"
 }
 
 /// The shadows page: every shadow (or those whose thing or name contains `q`), each a link to
@@ -589,10 +592,9 @@ pub(crate) fn rules_live(rows: &[RuleRow]) -> Markup {
     }
 }
 
-/// A function's page.
-pub(crate) fn function_link(name: &str) -> String {
-    let query = serde_urlencoded::to_string([("name", name)]).unwrap_or_default();
-    format!("{FUNCTION}?{query}")
+/// `path` (a function's page or its stream) for function `name`.
+pub(crate) fn function_link(path: &str, name: &str) -> String {
+    link(path, &[("name", name)])
 }
 
 /// The functions page: every function deployed with its versions, aliases, triggers and
@@ -604,10 +606,7 @@ pub(crate) fn functions_with(
     refused: Option<&str>,
 ) -> Html<String> {
     // The guard does not read a multipart body: the token is in the action's query string.
-    let action = format!(
-        "{DEPLOY}?{}",
-        serde_urlencoded::to_string([("csrf", csrf)]).unwrap_or_default()
-    );
+    let action = link(DEPLOY, &[("csrf", csrf)]);
     layout(
         "Functions",
         Nav::Functions,
@@ -650,7 +649,7 @@ pub(crate) fn functions_live(rows: &Result<Vec<FunctionRow>, String>) -> Markup 
                 tbody {
                     @for f in rows {
                         tr data-function=(f.name) {
-                            th scope="row" { a href=(function_link(&f.name)) { (f.name) } }
+                            th scope="row" { a href=(function_link(FUNCTION, &f.name)) { (f.name) } }
                             td.num { (f.latest) }
                             td { (f.aliases.iter().map(alias_line).collect::<Vec<_>>().join("; ")) }
                             td { (f.triggers.join(", ")) }
@@ -673,10 +672,7 @@ pub(crate) fn function(
     now: &Result<Function, String>,
     said: Option<&FunctionSaid>,
 ) -> Html<String> {
-    let stream = format!(
-        "{FUNCTION_EVENTS}?{}",
-        serde_urlencoded::to_string([("name", name)]).unwrap_or_default()
-    );
+    let stream = function_link(FUNCTION_EVENTS, name);
     layout(
         name,
         Nav::Functions,

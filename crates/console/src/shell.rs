@@ -407,8 +407,6 @@ async fn guard(
     next.run(request).await
 }
 
-/// Whether the request is addressed (`Host`, without its port) to an IP address, `localhost` or
-/// one of `hosts` (see `config`: DNS rebinding).
 /// Why the guard refused a request.
 enum Refusal {
     /// A page without a live session: sent to the sign-in page.
@@ -500,6 +498,8 @@ fn wrong_token() -> Response {
         .into_response()
 }
 
+/// Whether the request is addressed (`Host`, without its port) to an IP address, `localhost` or
+/// one of `hosts` (see `config`: DNS rebinding).
 fn host_allowed(headers: &HeaderMap, hosts: &[String]) -> bool {
     let Some(host) = headers.get(header::HOST).and_then(|v| v.to_str().ok()) else {
         return false;
@@ -745,11 +745,14 @@ async fn add_device(
             )
                 .into_response()
         }
-        Err(why) => {
-            let page = pages::devices(&current.csrf, &devices_now(&shell), Some(&why));
-            (StatusCode::BAD_REQUEST, page).into_response()
-        }
+        Err(why) => devices_refused(&shell, &current.csrf, &why),
     }
+}
+
+/// The devices page again with why its form was refused (400).
+fn devices_refused(shell: &Shell, csrf: &str, why: &str) -> Response {
+    let page = pages::devices(csrf, &devices_now(shell), Some(why));
+    (StatusCode::BAD_REQUEST, page).into_response()
 }
 
 /// The remove button of a registered device.
@@ -767,10 +770,7 @@ async fn remove_device(
 ) -> Response {
     match shell.0.gateway.remove_device(form.id).await {
         Ok(_) => Redirect::to(DEVICES).into_response(),
-        Err(why) => {
-            let page = pages::devices(&current.csrf, &devices_now(&shell), Some(&why));
-            (StatusCode::BAD_REQUEST, page).into_response()
-        }
+        Err(why) => devices_refused(&shell, &current.csrf, &why),
     }
 }
 
@@ -1131,25 +1131,45 @@ async fn cloud(State(shell): State<Shell>, Extension(current): Extension<Current
     pages::cloud(&current.csrf, &status).into_response()
 }
 
-/// The cloud page, live: a task asks the cloud link for its status every [`CLOUD_EVERY`] while
-/// the stream lives, and the stream sends the page's part when it changed.
-async fn cloud_events(
-    State(shell): State<Shell>,
-    Extension(current): Extension<Current>,
+/// A live stream of a part rendered from what the gateway is asked every [`CLOUD_EVERY`] while
+/// the stream lives (`ask`: a request through a bus link or the store, so a task of its own
+/// asks, not the stream); the stream sends the part when it changed.
+async fn asked_every(
+    shell: Shell,
+    current: Current,
+    ask: impl Fn(Arc<dyn Gateway>) -> crate::Pending<String> + Send + 'static,
 ) -> Response {
     let gateway = shell.0.gateway.clone();
-    let first = gateway.cloud().await;
-    let (fragments, stream) = watch::channel(pages::cloud_live(&first).into_string());
+    let (fragments, stream) = watch::channel(ask(gateway.clone()).await);
     tokio::spawn(async move {
         loop {
             tokio::select! {
                 _ = fragments.closed() => return,
                 _ = tokio::time::sleep(CLOUD_EVERY) => {}
             }
-            fragments.send_replace(pages::cloud_live(&gateway.cloud().await).into_string());
+            fragments.send_replace(ask(gateway.clone()).await);
         }
     });
     live_fragments(shell, current, stream)
+}
+
+/// The cloud page, live: the cloud link's status.
+async fn cloud_events(
+    State(shell): State<Shell>,
+    Extension(current): Extension<Current>,
+) -> Response {
+    asked_every(shell, current, |gateway| {
+        Box::pin(async move { pages::cloud_live(&gateway.cloud().await).into_string() })
+    })
+    .await
+}
+
+/// The status of a page that answers a form: 200, or 400 when the form was refused.
+fn answered<T, E>(outcome: &Result<T, E>) -> StatusCode {
+    match outcome {
+        Ok(_) => StatusCode::OK,
+        Err(_) => StatusCode::BAD_REQUEST,
+    }
 }
 
 /// The rules page's query: the rule whose statement the test form starts from (default: the
@@ -1191,10 +1211,7 @@ async fn rule_test(
         "" => Err("a test needs its message's topic".to_owned()),
         topic => gateway.test_rule(&form.sql, topic, &form.payload, &form.client_id),
     };
-    let status = match outcome {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::BAD_REQUEST,
-    };
+    let status = answered(&outcome);
     let said = pages::Said::Test(outcome);
     let page = pages::rules(&current.csrf, &gateway.rules(), &form, Some(&said));
     (status, page).into_response()
@@ -1208,10 +1225,7 @@ async fn rules_reload(
 ) -> Response {
     let gateway = &shell.0.gateway;
     let outcome = gateway.reload_rules().await;
-    let status = match outcome {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::BAD_REQUEST,
-    };
+    let status = answered(&outcome);
     let rows = gateway.rules();
     let form = pages::RuleTest::of(&rows, "");
     let said = pages::Said::Reload(outcome);
@@ -1231,10 +1245,7 @@ async fn rule_save(
 ) -> Response {
     let gateway = &shell.0.gateway;
     let outcome = gateway.save_rule(form.rule.clone(), form.sql.clone()).await;
-    let status = match outcome {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::BAD_REQUEST,
-    };
+    let status = answered(&outcome);
     let said = pages::Said::Saved(outcome);
     let page = pages::rules(&current.csrf, &gateway.rules(), &form, Some(&said));
     (status, page).into_response()
@@ -1382,7 +1393,7 @@ async fn set_alias(
         Err(why) => Err(why),
     };
     match result {
-        Ok(()) => Redirect::to(&pages::function_link(&form.name)).into_response(),
+        Ok(()) => Redirect::to(&pages::function_link(FUNCTION, &form.name)).into_response(),
         Err(why) => {
             let said = pages::FunctionSaid::AliasRefused(why);
             function_page(&shell, &current.csrf, &form.name, Some(&said))
@@ -1470,7 +1481,9 @@ async fn deploy(
         }
     };
     match deployed {
-        Ok((name, _version)) => Redirect::to(&pages::function_link(&name)).into_response(),
+        Ok((name, _version)) => {
+            Redirect::to(&pages::function_link(FUNCTION, &name)).into_response()
+        }
         Err((status, why)) => {
             let rows = shell.0.gateway.functions();
             (
@@ -1490,36 +1503,24 @@ async fn deployments(
     pages::deployments(&current.csrf, &now, None).into_response()
 }
 
-/// The deployments page, live: a task asks for the deployments and jobs every [`CLOUD_EVERY`]
-/// while the stream lives.
+/// The deployments page, live: the deployments and the jobs.
 async fn deployments_events(
     State(shell): State<Shell>,
     Extension(current): Extension<Current>,
 ) -> Response {
-    let gateway = shell.0.gateway.clone();
     let csrf = current.csrf.clone();
-    let render = move |now: &Result<crate::Deployments, String>| {
-        pages::deployments_live(&csrf, now).into_string()
-    };
-    let (fragments, stream) = watch::channel(render(&gateway.deployments().await));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = fragments.closed() => return,
-                _ = tokio::time::sleep(CLOUD_EVERY) => {}
-            }
-            fragments.send_replace(render(&gateway.deployments().await));
-        }
-    });
-    live_fragments(shell, current, stream)
+    asked_every(shell, current, move |gateway| {
+        let csrf = csrf.clone();
+        Box::pin(async move {
+            pages::deployments_live(&csrf, &gateway.deployments().await).into_string()
+        })
+    })
+    .await
 }
 
 /// The deployments page again with the answer to a form (400 when refused).
 async fn deployments_with(shell: &Shell, csrf: &str, said: Result<String, String>) -> Response {
-    let status = match said {
-        Ok(_) => StatusCode::OK,
-        Err(_) => StatusCode::BAD_REQUEST,
-    };
+    let status = answered(&said);
     let now = shell.0.gateway.deployments().await;
     (status, pages::deployments(csrf, &now, Some(&said))).into_response()
 }
