@@ -450,8 +450,8 @@ impl Gateway for ConsoleView {
         (self.functions_component()?.logs(name)).map_err(|e| e.to_string())
     }
 
-    /// As the admin route `grove fn invoke` calls: on the invoke topic, the answer envelope
-    /// whatever the handler did (an error envelope when the function is not found).
+    /// As the admin route of `grove fn invoke` does (`Functions::invoke_by_operator`): the answer
+    /// envelope whatever the handler did (an error envelope when the function is not found).
     fn invoke(
         &self,
         name: String,
@@ -465,14 +465,13 @@ impl Gateway for ConsoleView {
                 "" => Qualifier::Latest,
                 q => Qualifier::parse(q).map_err(|e| e.to_string())?,
             };
-            let topic = format!("$grove/functions/{name}/invoke");
             info!(
                 function = name,
                 ?qualifier,
                 "console: function invoked by an operator"
             );
             let invoked = functions
-                .invoke(&name, &qualifier, topic, payload.into(), 0)
+                .invoke_by_operator(&name, &qualifier, payload.into())
                 .await;
             Ok(match invoked {
                 Ok(invoked) => grove_functions_host::protocol::answer(&invoked),

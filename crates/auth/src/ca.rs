@@ -64,19 +64,33 @@ pub fn init(dir: &Path, server_names: &[String]) -> Result<(), CaError> {
     write(&dir.join("server.key"), key.as_bytes(), 0o600)
 }
 
+/// Where a device's new certificate was written, with its key and the local CA that signed it.
+pub struct Issued {
+    /// The certificate (PEM).
+    pub certificate: PathBuf,
+    /// Its private key (PEM, mode 0600).
+    pub key: PathBuf,
+    /// The local CA's certificate (PEM), which also signed the gateway's TLS certificate.
+    pub ca: PathBuf,
+}
+
 /// Issues a device certificate (common name = `id`), writes it with its key to
-/// `devices/{id}.pem|.key`, and returns the certificate's DER for fingerprinting.
-pub fn issue_device(dir: &Path, id: &str) -> Result<(PathBuf, Vec<u8>), CaError> {
+/// `devices/{id}.pem|.key`, and returns where, with the certificate's DER for fingerprinting.
+pub fn issue_device(dir: &Path, id: &str) -> Result<(Issued, Vec<u8>), CaError> {
     let (pem, key, der) = issue(dir, id, &[], ExtendedKeyUsagePurpose::ClientAuth)?;
     let devices = dir.join("devices");
     std::fs::create_dir_all(&devices).map_err(|source| CaError::Io {
         path: devices.clone(),
         source,
     })?;
-    let cert_path = devices.join(format!("{id}.pem"));
-    write(&cert_path, pem.as_bytes(), 0o644)?;
-    write(&devices.join(format!("{id}.key")), key.as_bytes(), 0o600)?;
-    Ok((cert_path, der))
+    let issued = Issued {
+        certificate: devices.join(format!("{id}.pem")),
+        key: devices.join(format!("{id}.key")),
+        ca: dir.join("ca.pem"),
+    };
+    write(&issued.certificate, pem.as_bytes(), 0o644)?;
+    write(&issued.key, key.as_bytes(), 0o600)?;
+    Ok((issued, der))
 }
 
 /// Issues a certificate signed by the CA in `dir`; returns (certificate PEM, key PEM, DER).

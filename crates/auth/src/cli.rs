@@ -12,6 +12,8 @@ use p256::pkcs8::DecodePrivateKey;
 
 use crate::{ca, identity, policy, tls};
 
+pub use crate::ca::Issued;
+
 /// `grove device ...`: the subcommands.
 #[derive(Debug, Subcommand)]
 pub enum DeviceAction {
@@ -181,16 +183,6 @@ pub struct NewDevice {
     pub cert: bool,
 }
 
-/// Where a device's new certificate was written, with its key and the local CA that signed it.
-pub struct Issued {
-    /// The certificate (PEM).
-    pub certificate: PathBuf,
-    /// Its private key (PEM, mode 0600).
-    pub key: PathBuf,
-    /// The local CA's certificate (PEM), which also signed the gateway's TLS certificate.
-    pub ca: PathBuf,
-}
-
 /// Registers `new` in the devices file of `data_dir` (`has_policy`: whether the configuration
 /// defines a policy of that name): its new certificate, if one was issued. The caller has a running gateway apply the change (new
 /// credentials revoke the old ones). Slow: hashing a password is argon2's work.
@@ -245,14 +237,9 @@ pub fn add(
     }
     let mut issued = None;
     if cert {
-        let pki = ca::pki_dir(data_dir);
-        let (certificate, der) = ca::issue_device(&pki, &id)?;
+        let (files, der) = ca::issue_device(&ca::pki_dir(data_dir), &id)?;
         entry.certificate_sha256 = Some(identity::fingerprint(&der));
-        issued = Some(Issued {
-            key: certificate.with_extension("key"),
-            certificate,
-            ca: pki.join("ca.pem"),
-        });
+        issued = Some(files);
     }
     identity::save(&file, &devices)?;
     Ok(issued)

@@ -129,9 +129,8 @@ async fn invoke(State(f): State<Functions>, Path(name): Path<String>, body: Byte
         Some(Ok(q)) => q,
         Some(Err(e)) => return failed(e.into()),
     };
-    let topic = format!("$grove/functions/{name}/invoke");
     match f
-        .invoke(&name, &qualifier, topic, request.payload.into(), 0)
+        .invoke_by_operator(&name, &qualifier, request.payload.into())
         .await
     {
         Ok(invoked) => reply(StatusCode::OK, answer(&invoked)),

@@ -468,6 +468,18 @@ impl Functions {
             .unwrap_or_else(|p| p.into_inner())
     }
 
+    /// An operator's invocation (`grove fn invoke` through the admin route, the web console):
+    /// `payload` as an event on the function's own invoke topic, caused by no other message.
+    pub async fn invoke_by_operator(
+        &self,
+        name: &str,
+        qualifier: &Qualifier,
+        payload: Bytes,
+    ) -> Result<Invoked, FunctionError> {
+        let topic = format!("$grove/functions/{name}/invoke");
+        self.invoke(name, qualifier, topic, payload, 0).await
+    }
+
     /// Runs one invocation on the blocking pool.
     pub async fn invoke(
         &self,
