@@ -24,6 +24,11 @@ pub const INVOKE_FILTER: &str = "$grove/functions/+/invoke";
 /// The async invocation filter (the rules' `function` action publishes there; devices may too).
 pub const EVENT_FILTER: &str = "$grove/functions/+/event";
 
+/// The topic of a sync invocation of `target` (`name`, optionally `name:qualifier`).
+pub fn invoke_topic(target: &str) -> String {
+    format!("$grove/functions/{target}/invoke")
+}
+
 /// The topic of an async event for `name` (optionally `name:qualifier`).
 pub fn event_topic(target: &str) -> String {
     format!("$grove/functions/{target}/event")

@@ -476,7 +476,7 @@ impl Functions {
         qualifier: &Qualifier,
         payload: Bytes,
     ) -> Result<Invoked, FunctionError> {
-        let topic = format!("$grove/functions/{name}/invoke");
+        let topic = crate::protocol::invoke_topic(name);
         self.invoke(name, qualifier, topic, payload, 0).await
     }
 
